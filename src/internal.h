@@ -1,0 +1,32 @@
+/* internal.h — helpers shared by the library's source files (not installed). */
+#ifndef FR_INTERNAL_H
+#define FR_INTERNAL_H
+
+#include "frugal.h"
+#include <stddef.h>
+
+/* Record an error message for fr_last_error() and return `code`.
+ * Usage: return fr_error(FR_ERR_IO, "cannot open %s: %s", path, strerror(errno)); */
+int fr_error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Clear the message (start of a public call that may succeed). */
+void fr_clear_error(void);
+
+/* Read a whole file into a NUL-terminated malloc'd buffer (len excludes the NUL). */
+int fr_read_file(const char *path, char **out, size_t *len);
+/* Write a file atomically: write `path`.tmp.PID, fsync, rename over `path`, fsync dir. */
+int fr_write_file_atomic(const char *path, const void *data, size_t len);
+
+/* 64-byte aligned, zeroed allocation for host buffers; free with fr_free. */
+void *fr_alloc(size_t bytes);
+void fr_free(void *p);
+
+#define FR_CHECK(expr) do { int fr_rc_ = (expr); if (fr_rc_ != FR_OK) return fr_rc_; } while (0)
+
+/* Deterministic RNG (splitmix64 seeding a xoshiro256** stream). */
+typedef struct { uint64_t s[4]; } fr_rng;
+void fr_rng_seed(fr_rng *r, uint64_t seed);
+uint64_t fr_rng_next(fr_rng *r);
+double fr_rng_uniform(fr_rng *r);   /* [0, 1) */
+double fr_rng_normal(fr_rng *r);    /* N(0, 1), Box-Muller */
+
+#endif

@@ -1,0 +1,160 @@
+/*
+ * ops.h — the operations interface between the model and a compute backend.
+ *
+ * The model (model.c, layers) is written once against this table; the CPU backend
+ * (ops_cpu.c) implements it, and a CUDA backend can implement it later without touching
+ * the model. All pointers to float/int arrays are *device* pointers of the backend
+ * (host memory for the CPU backend) unless a parameter says "host".
+ *
+ * Conventions
+ *  - Row-major everywhere. A linear layer's weight W is [out, in] (Hugging Face layout),
+ *    so y = x W^T.
+ *  - Forward ops overwrite their outputs.
+ *  - Backward ops OVERWRITE input gradients unless the comment says "+=", and always
+ *    ACCUMULATE (+=) into parameter gradients (so micro-batches can accumulate).
+ *  - N = number of rows (tokens), D = row width.
+ *  - Everything computes and accumulates in FP32.
+ */
+#ifndef FR_OPS_H
+#define FR_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Parameters of DeepSeekMoE routing (mirrors the config). */
+typedef struct {
+    int n_experts;          /* E */
+    int top_k;              /* K */
+    int n_group;            /* expert groups (1 = none) */
+    int topk_group;         /* groups kept */
+    int method;             /* fr_topk_method */
+    int scoring;            /* fr_scoring */
+    int norm_topk_prob;
+    float routed_scaling_factor;
+} fr_route_params;
+
+typedef struct fr_ops {
+    const char *name;
+
+    /* ---- memory */
+    void *(*alloc)(size_t bytes);                 /* zero-filled, 64-byte aligned; NULL on failure */
+    void (*free)(void *p);
+    void (*memset0)(void *p, size_t bytes);
+    void (*copy)(void *dst, const void *src, size_t bytes);        /* device -> device */
+    void (*to_host)(void *host, const void *src, size_t bytes);    /* device -> host */
+    void (*to_device)(void *dst, const void *host, size_t bytes);  /* host -> device */
+
+    /* ---- matrix multiply
+     * C[M,N] = alpha * op(A)[M,K] · op(B)[K,N] + beta * C.
+     * op(A) = A (A stored [M,K], lda >= K) or A^T if transA (A stored [K,M], lda >= M).
+     * op(B) = B (B stored [K,N], ldb >= N) or B^T if transB (B stored [N,K], ldb >= K).
+     * beta == 0 means C is not read (may hold garbage/NaN).
+     * Linear layer: forward   gemm(0,1, N,out,in, 1, x,in, W,in, 0, y,out)
+     *               d input   gemm(0,0, N,in,out, 1, dy,out, W,in, 0, dx,in)
+     *               d weight  gemm(1,0, out,in,N, 1, dy,out, x,in, 1, dW,in) */
+    void (*gemm)(int transA, int transB, int M, int N, int K, float alpha,
+                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
+    /* ---- embedding: out[N,D] = table[tokens[n]];  backward: dtable[tokens[n]] += dout[n] */
+    void (*embedding_forward)(float *out, const float *table, const int *tokens, int N, int D);
+    void (*embedding_backward)(float *dtable, const float *dout, const int *tokens, int N, int D);
+
+    /* ---- RMSNorm over rows of x (row stride ldx >= D):
+     * y[N,D] = x / sqrt(mean(x^2) + eps) * w;  rstd[N] saved for backward.
+     * backward: dx[n, 0:D] (row stride lddx) += ...;  dw[D] += ... */
+    void (*rmsnorm_forward)(float *y, float *rstd, const float *x, int ldx, const float *w,
+                            int N, int D, float eps);
+    void (*rmsnorm_backward)(float *dx, int lddx, float *dw, const float *dy, const float *x, int ldx,
+                             const float *w, const float *rstd, int N, int D);
+
+    /* ---- rotary embedding, in place, on rope_dim values starting at column `offset` of
+     * each of n_heads head-slices of each row: element (n, h, offset + j) lives at
+     * x[n*row_stride + h*head_stride + offset + j].
+     * Position of row n = pos[n] (host-visible int array on CPU; device array otherwise).
+     * cos/sin tables are [max_pos, rope_dim/2] (attention scaling folded in).
+     * interleave=1: rotates pairs (2i, 2i+1) by angle i; 0: pairs (i, i + rope_dim/2).
+     * backward applies the transposed rotation (in place on the gradient). */
+    void (*rope_forward)(float *x, int N, int n_heads, int row_stride, int head_stride, int offset,
+                         int rope_dim, const int *pos, const float *cos_table,
+                         const float *sin_table, int interleave);
+    void (*rope_backward)(float *dx, int N, int n_heads, int row_stride, int head_stride, int offset,
+                          int rope_dim, const int *pos, const float *cos_table,
+                          const float *sin_table, int interleave);
+
+    /* ---- causal softmax attention over B sequences of T tokens, H heads.
+     * q, k: [B*T, H, dqk] contiguous; v: [B*T, H, dv]; out: [B*T, H*dv];
+     * lse: [B, H, T] log-sum-exp of the scaled scores (saved for backward).
+     * scores = q·k * scale, key t' <= query t.
+     * backward: overwrites dq, dk, dv (same shapes). */
+    void (*attention_forward)(float *out, float *lse, const float *q, const float *k, const float *v,
+                              int B, int T, int H, int dqk, int dv, float scale);
+    void (*attention_backward)(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                               const float *lse, const float *q, const float *k, const float *v,
+                               int B, int T, int H, int dqk, int dv, float scale);
+
+    /* ---- MLA: split kv_b output and broadcast the shared rope key.
+     * kv: [N, H, nope + vd] (kv_b_proj output); k_pe: rows of stride ld_kpe, rope values
+     * (already rotated). Produces k: [N, H, nope + rope] = [k_nope | k_pe] and v: [N, H, vd].
+     * backward: dkv (overwrite) and dk_pe (overwrite, rows of stride ld_kpe, sum over heads). */
+    void (*mla_kv_split_forward)(float *k, float *v, const float *kv, const float *k_pe, int ld_kpe,
+                                 int N, int H, int nope, int rope, int vd);
+    void (*mla_kv_split_backward)(float *dkv, float *dk_pe, int ld_kpe, const float *dk, const float *dv,
+                                  int N, int H, int nope, int rope, int vd);
+
+    /* ---- SwiGLU: h = silu(g) * u elementwise over n values. */
+    void (*swiglu_forward)(float *h, const float *g, const float *u, size_t n);
+    void (*swiglu_backward)(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n);
+
+    /* ---- elementwise */
+    void (*add)(float *y, const float *a, const float *b, size_t n);   /* y = a + b (y may alias) */
+    void (*axpy)(float *y, float alpha, const float *x, size_t n);     /* y += alpha * x */
+
+    /* ---- cross-entropy over rows of logits [N, V].
+     * losses[n] = logsumexp(logits[n]) - logits[n, targets[n]], 0 for ignored rows
+     * (targets[n] < 0). If dlogits is non-NULL it receives (softmax - onehot) * grad_scale
+     * for non-ignored rows and 0 for ignored ones; dlogits may alias logits. */
+    void (*cross_entropy)(float *losses, float *dlogits, const float *logits, const int *targets,
+                          int N, int V, float grad_scale);
+
+    /* ---- DeepSeekMoE router (FP32).
+     * logits [N, E] (x · gate^T) -> scores [N, E] (sigmoid or softmax), chosen experts
+     * topk_idx [N, K] and gate weights topk_w [N, K]. Selection uses scores + bias (bias
+     * may be NULL), group-limited as p->method says; masked groups are filled with 0.0
+     * as transformers does. Weights use the unbiased scores, normalised over the K chosen
+     * (+1e-20) if norm_topk_prob, times routed_scaling_factor. */
+    void (*moe_route_forward)(int *topk_idx, float *topk_w, float *scores, const float *logits,
+                              const float *bias, int N, const fr_route_params *p);
+    /* dlogits [N,E] (overwrite) from dtopk_w [N,K] plus optional extra gradient on the
+     * scores dscores_extra [N,E] (e.g. from the balance loss; may be NULL). */
+    void (*moe_route_backward)(float *dlogits, const float *dtopk_w, const float *dscores_extra,
+                               const float *scores, const int *topk_idx, int N, const fr_route_params *p);
+
+    /* ---- sequence-wise balance loss (DeepSeek-V3 eq. 17-20) for B sequences of T tokens:
+     * per sequence, f_i = E/(K T) * #{t : i in topk(t)}, P_i = 1/T sum_t s_it / sum_j s_jt,
+     * L_seq = sum_i f_i P_i; loss_per_seq[B] (device) gets L_seq.
+     * If dscores is non-NULL it receives (+=) d(grad_scale * sum_b L_b)/d scores. */
+    void (*moe_balance_loss)(float *loss_per_seq, float *dscores, const float *scores,
+                             const int *topk_idx, int B, int T, int E, int K, float grad_scale);
+
+    /* ---- dropless expert dispatch. Routing slots (n, k) are sorted by expert.
+     * perm_token[NK]: token of sorted slot i; slot_pos[N*K]: sorted position of slot (n,k);
+     * expert_offsets[E+1] (HOST array): sorted slots of expert e are [off[e], off[e+1]).
+     * Built from topk_idx (device) by moe_permute, stable by (expert, token, k). */
+    void (*moe_permute)(int *perm_token, int *slot_pos, int *expert_offsets_host,
+                        const int *topk_idx, int N, int K, int E);
+    /* xe[i] = x[perm_token[i]] for i < N*K;  backward: dx[n] += sum_k dxe[slot_pos[n*K+k]] */
+    void (*moe_dispatch_forward)(float *xe, const float *x, const int *perm_token, int NK, int D);
+    void (*moe_dispatch_backward)(float *dx, const float *dxe, const int *slot_pos, int N, int K, int D);
+    /* out[n] += sum_k topk_w[n,k] * ye[slot_pos[n*K+k]]
+     * backward: dye[slot_pos[n,k]] = topk_w[n,k] * dout[n] (overwrite),
+     *           dtopk_w[n,k] = dout[n] · ye[slot_pos[n,k]] (overwrite) */
+    void (*moe_combine_forward)(float *out, const float *ye, const float *topk_w, const int *slot_pos,
+                                int N, int K, int D);
+    void (*moe_combine_backward)(float *dye, float *dtopk_w, const float *dout, const float *ye,
+                                 const float *topk_w, const int *slot_pos, int N, int K, int D);
+} fr_ops;
+
+/* The CPU backend (OpenMP threads, SIMD chosen at run time). */
+const fr_ops *fr_ops_cpu(void);
+
+#endif /* FR_OPS_H */

@@ -1,0 +1,20 @@
+/* testutil.h — tiny test harness: CHECK macros and a closing "N passed, N failed" line. */
+#ifndef FR_TESTUTIL_H
+#define FR_TESTUTIL_H
+#include <stdio.h>
+#include <stddef.h>
+
+extern int fr_test_passed, fr_test_failed;
+
+/* Record one check; prints a line for failures only. */
+#define CHECK(cond, ...) do { \
+    if (cond) fr_test_passed++; \
+    else { fr_test_failed++; printf("FAIL %s:%d: ", __FILE__, __LINE__); printf(__VA_ARGS__); printf("\n"); } \
+} while (0)
+
+/* max |a-b| / max(max |b|, tiny): the relative error used against references. */
+double fr_rel_err(const float *a, const float *b, size_t n);
+/* Prints "N passed, N failed" and returns the process exit code. */
+int fr_test_finish(const char *suite);
+
+#endif
