@@ -138,6 +138,10 @@ size_t fr_model_num_active_params(const fr_model *m);
  * token plus attention), counted from the config. */
 double fr_model_train_flops(const fr_model *m, int B, int T);
 
+/* Bytes of the activation arena (saved activations + backward scratch) that a forward and
+ * backward over B x T tokens needs: the memory plan, computed from the config. */
+size_t fr_model_activation_bytes(const fr_model *m, int B, int T);
+
 /* Parameter / gradient access by Hugging Face tensor name. Returns NULL if absent.
  * `numel` (optional) receives the element count. */
 float *fr_model_param(fr_model *m, const char *name, size_t *numel);

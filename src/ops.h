@@ -85,10 +85,10 @@ typedef struct fr_ops {
      * q, k: [B*T, H, dqk] contiguous; v: [B*T, H, dv]; out: [B*T, H*dv];
      * lse: [B, H, T] log-sum-exp of the scaled scores (saved for backward).
      * scores = q·k * scale, key t' <= query t.
-     * backward: overwrites dq, dk, dv (same shapes). */
+     * backward: overwrites dq, dk, dval (shapes of q, k, v). */
     void (*attention_forward)(float *out, float *lse, const float *q, const float *k, const float *v,
                               int B, int T, int H, int dqk, int dv, float scale);
-    void (*attention_backward)(float *dq, float *dk, float *dv, const float *dout, const float *out,
+    void (*attention_backward)(float *dq, float *dk, float *dval, const float *dout, const float *out,
                                const float *lse, const float *q, const float *k, const float *v,
                                int B, int T, int H, int dqk, int dv, float scale);
 

@@ -66,9 +66,10 @@ int fr_st_set_open_dir(fr_st_set *s, const char *dir);
 void fr_st_set_close(fr_st_set *s);
 const fr_st_tensor *fr_st_set_find(const fr_st_set *s, const char *name);
 
-/* Writing. Tensors are written in the order given, 8-byte aligned offsets, with optional
- * metadata pairs (meta_keys/meta_values, n_meta, may be 0). Atomic: temp file, fsync,
- * rename. */
+/* Writing. The header lists tensors in the order given; the data region is packed without
+ * gaps (the Python package rejects gaps), widest dtypes first so every tensor is aligned
+ * to its element size (an all-F32 file keeps the given order). Optional metadata pairs
+ * (meta_keys/meta_values, n_meta, may be 0). Atomic: temp file, fsync, rename. */
 typedef struct {
     const char *name;
     fr_dtype dtype;

@@ -1,0 +1,54 @@
+# Top-level convenience targets; the real build is CMake (CMakeLists.txt).
+#
+#   make            install missing Debian packages, then build Release into build/
+#   make test       build Release and run its tests, then the ASan/UBSan build (build-asan/) and its tests
+#   make fixtures   regenerate tests/fixtures with Python + transformers (needs network; tests do not)
+#   make bench      build Release and run bench_peak and bench_model
+#   make clean      remove build/ and build-asan/
+
+NPROC      := $(shell nproc 2>/dev/null || echo 4)
+BUILD      := build
+BUILD_ASAN := build-asan
+CMAKE      ?= cmake
+CTEST      ?= ctest
+PYTHON     ?= python3
+
+.PHONY: all deps build test test-release test-asan asan fixtures bench clean help
+
+all: build
+
+help:
+	@sed -n '3,7p' Makefile | sed 's/^# \{0,1\}//'
+
+deps:
+	scripts/install-deps.sh --check || scripts/install-deps.sh
+
+build: deps
+	$(CMAKE) -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release
+	$(CMAKE) --build $(BUILD) -j$(NPROC)
+
+test: test-release test-asan
+
+test-release: build
+	$(CTEST) --test-dir $(BUILD) --output-on-failure
+
+asan: deps
+	$(CMAKE) -S . -B $(BUILD_ASAN) -DFRUGAL_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug \
+		-DCMAKE_C_FLAGS_DEBUG="-O1 -g"
+	$(CMAKE) --build $(BUILD_ASAN) -j$(NPROC)
+
+# Runs after the Release tests (test-release is a prerequisite so `make -j test` keeps the order).
+test-asan: test-release asan
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+		$(CTEST) --test-dir $(BUILD_ASAN) --output-on-failure
+
+fixtures:
+	$(PYTHON) -m pip install -q -r tools/requirements.txt
+	$(PYTHON) tools/make_fixtures.py --out tests/fixtures
+
+bench: build
+	./$(BUILD)/bench_peak
+	./$(BUILD)/bench_model
+
+clean:
+	rm -rf $(BUILD) $(BUILD_ASAN)

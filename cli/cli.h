@@ -1,0 +1,64 @@
+/* cli.h — shared pieces of the `frugal` command (a thin layer over include/frugal.h).
+ *
+ * Exit codes: 0 success, 1 a runtime failure (library error, unreadable or invalid input
+ * file), 2 a usage error (unknown command or option, missing or malformed option value)
+ * or a command that is planned but not implemented yet. */
+#ifndef FR_CLI_H
+#define FR_CLI_H
+
+#include <stdio.h>
+#include <stddef.h>
+
+#define CLI_EXIT_OK 0
+#define CLI_EXIT_FAIL 1
+#define CLI_EXIT_USAGE 2
+
+/* Subcommands: argv[0] is the command name, argv[1..] its options. */
+int cmd_eval(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+void usage_eval(FILE *f);
+void usage_info(FILE *f);
+
+/* Print "frugal: error: <message>\n" to stderr; returns CLI_EXIT_FAIL. */
+int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Print "frugal: error: <fr_last_error()>" (or `what` if the library left no message). */
+int cli_fail_lib(const char *what);
+/* Print "frugal CMD: <message>\n" then the command's usage to stderr; returns CLI_EXIT_USAGE. */
+int cli_usage_error(const char *cmd, void (*usage)(FILE *), const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Is argv entry a request for help (-h, --help)? */
+int cli_is_help(const char *arg);
+
+/* Option matching for `--name VALUE` and `--name=VALUE`.
+ * Returns 1 and sets *value when argv[*i] is option `name` with a value (advancing *i past
+ * a separate value), 0 when argv[*i] is not this option, -1 when it is but the value is
+ * missing (a usage error has been printed). */
+int cli_opt_value(const char *cmd, void (*usage)(FILE *), int argc, char **argv, int *i,
+                  const char *name, const char **value);
+/* Is argv[i] exactly the flag `name` (a boolean option)? "--name=..." is rejected as a usage
+ * error: returns -1 after printing it. */
+int cli_opt_flag(const char *cmd, void (*usage)(FILE *), const char *arg, const char *name);
+
+/* Parse a decimal integer in [lo, hi]. On failure prints a usage error naming the option and
+ * the text, and returns -1; 0 on success. */
+int cli_parse_int(const char *cmd, void (*usage)(FILE *), const char *opt, const char *text,
+                  long lo, long hi, long *out);
+
+/* Write s as a JSON string literal (with quotes) to f. */
+void cli_json_string(FILE *f, const char *s);
+/* Write a double as JSON (17 significant digits; null if not finite). */
+void cli_json_number(FILE *f, double x);
+/* Human form of a count: 1234 -> "1.23K", 20123456 -> "20.1M" (into buf). */
+const char *cli_human_count(char *buf, size_t n, double x);
+/* Human form of a byte count: 1536 -> "1.50 KiB" (into buf). */
+const char *cli_human_bytes(char *buf, size_t n, double bytes);
+
+/* Check that `path` is an existing directory; prints an error naming it and returns
+ * CLI_EXIT_FAIL if not, CLI_EXIT_OK if it is. */
+int cli_check_dir(const char *path, const char *what);
+
+/* Wall clock in seconds (monotonic). */
+double cli_now(void);
+
+#endif

@@ -1,0 +1,154 @@
+/* cli_util.c — option parsing, error printing and formatting helpers for the CLI. */
+#include "cli.h"
+
+#include "frugal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+int cli_fail(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("frugal: error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return CLI_EXIT_FAIL;
+}
+
+int cli_fail_lib(const char *what) {
+    const char *msg = fr_last_error();
+    return cli_fail("%s", (msg && msg[0]) ? msg : what);
+}
+
+int cli_usage_error(const char *cmd, void (*usage)(FILE *), const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "frugal %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    fputs("\n\n", stderr);
+    va_end(ap);
+    if (usage) usage(stderr);
+    return CLI_EXIT_USAGE;
+}
+
+int cli_is_help(const char *arg) { return strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0; }
+
+int cli_opt_value(const char *cmd, void (*usage)(FILE *), int argc, char **argv, int *i,
+                  const char *name, const char **value) {
+    const char *arg = argv[*i];
+    size_t n = strlen(name);
+    if (strncmp(arg, name, n) != 0) return 0;
+    if (arg[n] == '=') {
+        if (arg[n + 1] == 0) {
+            cli_usage_error(cmd, usage, "option '%s' needs a value", name);
+            return -1;
+        }
+        *value = arg + n + 1;
+        return 1;
+    }
+    if (arg[n] != 0) return 0; /* a longer option that merely starts with `name` */
+    if (*i + 1 >= argc || (argv[*i + 1][0] == '-' && argv[*i + 1][1] == '-')) {
+        cli_usage_error(cmd, usage, "option '%s' needs a value", name);
+        return -1;
+    }
+    *i += 1;
+    *value = argv[*i];
+    return 1;
+}
+
+int cli_opt_flag(const char *cmd, void (*usage)(FILE *), const char *arg, const char *name) {
+    size_t n = strlen(name);
+    if (strncmp(arg, name, n) != 0) return 0;
+    if (arg[n] == 0) return 1;
+    if (arg[n] == '=') {
+        cli_usage_error(cmd, usage, "option '%s' takes no value", name);
+        return -1;
+    }
+    return 0;
+}
+
+int cli_parse_int(const char *cmd, void (*usage)(FILE *), const char *opt, const char *text,
+                  long lo, long hi, long *out) {
+    const char *p = text;
+    if (*p == '+') p++;
+    int ok = *p >= '0' && *p <= '9';
+    char *end = NULL;
+    errno = 0;
+    long v = ok ? strtol(p, &end, 10) : 0;
+    if (!ok || errno != 0 || *end != 0 || v < lo || v > hi) {
+        if (hi == LONG_MAX)
+            cli_usage_error(cmd, usage, "option '%s' expects an integer >= %ld, got '%s'", opt, lo, text);
+        else
+            cli_usage_error(cmd, usage, "option '%s' expects an integer in [%ld, %ld], got '%s'", opt, lo,
+                            hi, text);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+void cli_json_string(FILE *f, const char *s) {
+    fputc('"', f);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        switch (*p) {
+        case '"': fputs("\\\"", f); break;
+        case '\\': fputs("\\\\", f); break;
+        case '\n': fputs("\\n", f); break;
+        case '\r': fputs("\\r", f); break;
+        case '\t': fputs("\\t", f); break;
+        default:
+            if (*p < 0x20) fprintf(f, "\\u%04x", *p);
+            else fputc(*p, f);
+        }
+    }
+    fputc('"', f);
+}
+
+void cli_json_number(FILE *f, double x) {
+    if (!isfinite(x)) fputs("null", f);
+    else fprintf(f, "%.17g", x);
+}
+
+const char *cli_human_count(char *buf, size_t n, double x) {
+    static const char *suffix[] = {"", "K", "M", "B", "T"};
+    int s = 0;
+    while (fabs(x) >= 1000.0 && s < 4) {
+        x /= 1000.0;
+        s++;
+    }
+    if (s == 0) snprintf(buf, n, "%.0f", x);
+    else snprintf(buf, n, "%.3g%s", x, suffix[s]);
+    return buf;
+}
+
+const char *cli_human_bytes(char *buf, size_t n, double bytes) {
+    static const char *suffix[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int s = 0;
+    while (bytes >= 1024.0 && s < 4) {
+        bytes /= 1024.0;
+        s++;
+    }
+    if (s == 0) snprintf(buf, n, "%.0f B", bytes);
+    else snprintf(buf, n, "%.2f %s", bytes, suffix[s]);
+    return buf;
+}
+
+int cli_check_dir(const char *path, const char *what) {
+    struct stat st;
+    if (stat(path, &st) != 0) return cli_fail("%s %s: %s", what, path, strerror(errno));
+    if (!S_ISDIR(st.st_mode)) return cli_fail("%s %s is not a directory", what, path);
+    return CLI_EXIT_OK;
+}
+
+double cli_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}

@@ -1,0 +1,253 @@
+/* cmd_eval.c — `frugal eval`: mean next-token loss and perplexity on token sequences. */
+#include "cli.h"
+
+#include "frugal.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void usage_eval(FILE *f) {
+    fprintf(f,
+            "usage: frugal eval --model DIR --tokens FILE [--threads N] [--json]\n"
+            "\n"
+            "Loads the Hugging Face model folder DIR (config.json + model.safetensors) and prints\n"
+            "the mean next-token cross-entropy over the sequences in FILE:\n"
+            "  loss <mean> ppl <exp(mean)> tokens <number of predicted tokens>\n"
+            "\n"
+            "Options:\n"
+            "  --model DIR     model folder (DeepSeek-V3 / V2 config.json and safetensors weights)\n"
+            "  --tokens FILE   one sequence per line: whitespace-separated token ids, each in\n"
+            "                  [0, vocab_size); at least 2 tokens per line; blank lines are skipped\n"
+            "  --threads N     CPU threads (default: OpenMP's default, i.e. OMP_NUM_THREADS or all cores)\n"
+            "  --json          print one JSON object instead of the text line\n"
+            "  -h, --help      show this help\n");
+}
+
+/* Token sequences read from a file, kept with their line numbers for error messages. */
+typedef struct {
+    int *ids;          /* all tokens, sequences back to back */
+    size_t n_ids, cap_ids;
+    size_t *start;     /* start[s]: first token of sequence s in ids */
+    int *len;          /* len[s] */
+    long *line;        /* line[s]: 1-based line number in the file */
+    int n_seqs, cap_seqs;
+} token_seqs;
+
+static void seqs_free(token_seqs *t) {
+    free(t->ids);
+    free(t->start);
+    free(t->len);
+    free(t->line);
+    memset(t, 0, sizeof *t);
+}
+
+static int push_id(token_seqs *t, int id) {
+    if (t->n_ids == t->cap_ids) {
+        size_t cap = t->cap_ids ? 2 * t->cap_ids : 4096;
+        int *p = realloc(t->ids, cap * sizeof *p);
+        if (!p) return -1;
+        t->ids = p;
+        t->cap_ids = cap;
+    }
+    t->ids[t->n_ids++] = id;
+    return 0;
+}
+
+static int push_seq(token_seqs *t, size_t start, int len, long line) {
+    if (t->n_seqs == INT_MAX) return -1;
+    if (t->n_seqs == t->cap_seqs) {
+        int cap = t->cap_seqs ? (t->cap_seqs > INT_MAX / 2 ? INT_MAX : 2 * t->cap_seqs) : 64;
+        size_t *s = realloc(t->start, (size_t)cap * sizeof *s);
+        if (!s) return -1;
+        t->start = s;
+        int *l = realloc(t->len, (size_t)cap * sizeof *l);
+        if (!l) return -1;
+        t->len = l;
+        long *ln = realloc(t->line, (size_t)cap * sizeof *ln);
+        if (!ln) return -1;
+        t->line = ln;
+        t->cap_seqs = cap;
+    }
+    t->start[t->n_seqs] = start;
+    t->len[t->n_seqs] = len;
+    t->line[t->n_seqs] = line;
+    t->n_seqs++;
+    return 0;
+}
+
+static int is_sep(int c) { return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f' || c == '\n'; }
+
+/* Parse FILE. Syntax errors name the line; ids are range-checked later against the model. */
+static int read_token_file(const char *path, token_seqs *t) {
+    FILE *f = fopen(path, "r");
+    if (!f) return cli_fail("cannot open tokens file %s: %s", path, strerror(errno));
+    char *buf = NULL;
+    size_t cap = 0;
+    ssize_t got;
+    long lineno = 0;
+    int rc = CLI_EXIT_OK;
+    while ((got = getline(&buf, &cap, f)) >= 0) {
+        lineno++;
+        if (memchr(buf, 0, (size_t)got)) {
+            rc = cli_fail("%s: line %ld: contains a NUL byte (not a text file of token ids)", path, lineno);
+            break;
+        }
+        size_t start = t->n_ids;
+        int count = 0;
+        const char *p = buf;
+        while (*p) {
+            while (*p && is_sep((unsigned char)*p)) p++;
+            if (!*p) break;
+            const char *w = p;
+            while (*p && !is_sep((unsigned char)*p)) p++;
+            int wlen = (int)(p - w);
+            long v = 0;
+            int ok = 1;
+            for (const char *q = w; q < p; q++) {
+                if (!isdigit((unsigned char)*q)) {
+                    ok = 0;
+                    break;
+                }
+                v = v * 10 + (*q - '0');
+                if (v > INT_MAX) {
+                    rc = cli_fail("%s: line %ld: token id '%.*s' is too large", path, lineno, wlen > 40 ? 40 : wlen,
+                                  w);
+                    goto done;
+                }
+            }
+            if (!ok) {
+                rc = cli_fail("%s: line %ld: '%.*s' is not a token id (expected a non-negative integer)", path,
+                              lineno, wlen > 40 ? 40 : wlen, w);
+                goto done;
+            }
+            if (push_id(t, (int)v) != 0) {
+                rc = cli_fail("out of memory reading %s", path);
+                goto done;
+            }
+            count++;
+        }
+        if (count == 0) continue; /* blank line */
+        if (count < 2) {
+            rc = cli_fail("%s: line %ld: a sequence needs at least 2 tokens (one input and one target), found %d",
+                          path, lineno, count);
+            goto done;
+        }
+        if (push_seq(t, start, count, lineno) != 0) {
+            rc = cli_fail("out of memory reading %s", path);
+            goto done;
+        }
+    }
+    if (ferror(f)) rc = cli_fail("error reading %s: %s", path, strerror(errno));
+    else if (t->n_seqs == 0) rc = cli_fail("%s: no token sequences (the file is empty or all its lines are blank)", path);
+done:
+    free(buf);
+    fclose(f);
+    return rc;
+}
+
+int cmd_eval(int argc, char **argv) {
+    const char *model_dir = NULL, *tokens_path = NULL, *threads_text = NULL;
+    int json = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int r;
+        if (cli_is_help(a)) {
+            usage_eval(stdout);
+            return CLI_EXIT_OK;
+        }
+        if ((r = cli_opt_value("eval", usage_eval, argc, argv, &i, "--model", &model_dir)) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+        } else if ((r = cli_opt_value("eval", usage_eval, argc, argv, &i, "--tokens", &tokens_path)) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+        } else if ((r = cli_opt_value("eval", usage_eval, argc, argv, &i, "--threads", &threads_text)) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+        } else if ((r = cli_opt_flag("eval", usage_eval, a, "--json")) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+            json = 1;
+        } else if (a[0] == '-') {
+            return cli_usage_error("eval", usage_eval, "unknown option '%s'", a);
+        } else {
+            return cli_usage_error("eval", usage_eval, "unexpected argument '%s'", a);
+        }
+    }
+    long threads = 0;
+    if (threads_text && cli_parse_int("eval", usage_eval, "--threads", threads_text, 1, 4096, &threads) != 0)
+        return CLI_EXIT_USAGE;
+    if (!model_dir) return cli_usage_error("eval", usage_eval, "missing required option '--model DIR'");
+    if (!tokens_path) return cli_usage_error("eval", usage_eval, "missing required option '--tokens FILE'");
+
+    token_seqs seqs = {0};
+    fr_model *m = NULL;
+    const int **ptrs = NULL;
+    int rc = read_token_file(tokens_path, &seqs);
+    if (rc != CLI_EXIT_OK) goto out;
+    rc = cli_check_dir(model_dir, "model folder");
+    if (rc != CLI_EXIT_OK) goto out;
+
+    if (threads > 0) fr_set_num_threads((int)threads);
+    double t0 = cli_now();
+    if (fr_model_load(&m, model_dir) != FR_OK) {
+        rc = cli_fail_lib("cannot load the model");
+        goto out;
+    }
+    double t_load = cli_now() - t0;
+    const fr_config *cfg = fr_model_config(m);
+    for (int s = 0; s < seqs.n_seqs; s++) {
+        const int *ids = seqs.ids + seqs.start[s];
+        for (int j = 0; j < seqs.len[s]; j++) {
+            if (ids[j] >= cfg->vocab_size) {
+                rc = cli_fail("%s: line %ld: token id %d is out of range (the model's vocab_size is %d)",
+                              tokens_path, seqs.line[s], ids[j], cfg->vocab_size);
+                goto out;
+            }
+        }
+    }
+    ptrs = malloc((size_t)seqs.n_seqs * sizeof *ptrs);
+    if (!ptrs) {
+        rc = cli_fail("out of memory");
+        goto out;
+    }
+    for (int s = 0; s < seqs.n_seqs; s++) ptrs[s] = seqs.ids + seqs.start[s];
+
+    double mean = 0;
+    long n_pred = 0;
+    t0 = cli_now();
+    if (fr_model_eval_sequences(m, seqs.n_seqs, ptrs, seqs.len, &mean, &n_pred) != FR_OK) {
+        rc = cli_fail_lib("evaluation failed");
+        goto out;
+    }
+    double t_eval = cli_now() - t0;
+    if (!isfinite(mean)) {
+        rc = cli_fail("evaluation produced a non-finite loss (%g)", mean);
+        goto out;
+    }
+    double ppl = exp(mean);
+    if (json) {
+        printf("{\"command\": \"eval\", \"model\": ");
+        cli_json_string(stdout, model_dir);
+        printf(", \"tokens_file\": ");
+        cli_json_string(stdout, tokens_path);
+        printf(", \"sequences\": %d, \"tokens\": %ld, \"loss\": ", seqs.n_seqs, n_pred);
+        cli_json_number(stdout, mean);
+        printf(", \"ppl\": ");
+        cli_json_number(stdout, ppl);
+        printf(", \"threads\": %ld, \"load_seconds\": ", threads);
+        cli_json_number(stdout, t_load);
+        printf(", \"eval_seconds\": ");
+        cli_json_number(stdout, t_eval);
+        printf("}\n");
+    } else {
+        printf("loss %.6f ppl %.4f tokens %ld\n", mean, ppl, n_pred);
+    }
+    if (fflush(stdout) != 0) rc = cli_fail("cannot write the result: %s", strerror(errno));
+
+out:
+    free(ptrs);
+    if (m) fr_model_free(m);
+    seqs_free(&seqs);
+    return rc;
+}

@@ -1,0 +1,156 @@
+/* frugal.c — entry point of the `frugal` command: dispatches to the subcommands.
+ *
+ * The CLI uses only the public API (include/frugal.h). Library calls return an int status;
+ * on failure the command prints "frugal: error: <fr_last_error()>" and exits non-zero. */
+#include "cli.h"
+
+#include "frugal.h"
+
+#include <string.h>
+
+typedef struct {
+    const char *name;
+    const char *summary;
+} planned_cmd;
+
+/* Commands on the roadmap. They exist as names so that scripts get an honest answer. */
+static const planned_cmd PLANNED[] = {
+    {"data", "tokenize text files into token shards"},
+    {"train", "pre-train or fine-tune a model (AdamW, aux-loss-free balancing, MTP)"},
+    {"generate", "sample text from a checkpoint (latent KV cache, MTP speculation)"},
+    {"chat", "interactive chat with a checkpoint"},
+    {"serve", "HTTP server for completions"},
+    {"quantize", "quantize a checkpoint's weights (FP8 / integer formats)"},
+    {"convert", "convert between HF safetensors, DeepSeek FP8 checkpoints and GGUF"},
+    {"distill", "distil a large model into a small one"},
+    {"cost", "report the cost ledger: FLOPs, device-hours, energy, money"},
+};
+#define N_PLANNED ((int)(sizeof PLANNED / sizeof PLANNED[0]))
+
+static void usage_main(FILE *f) {
+    fprintf(f,
+            "usage: frugal <command> [options]\n"
+            "\n"
+            "frugal trains and runs DeepSeek-V3-architecture language models (MLA, DeepSeekMoE, MTP).\n"
+            "\n"
+            "Commands:\n"
+            "  eval       mean next-token loss and perplexity of a model on token sequences\n"
+            "  info       config summary, parameter counts, latent KV-cache size, CPU features\n"
+            "  version    print the version\n"
+            "  help       show this help, or `frugal help <command>` for a command's help\n"
+            "\n"
+            "Planned, not implemented yet (they print \"not implemented yet\" and exit 2):\n");
+    for (int i = 0; i < N_PLANNED; i++) fprintf(f, "  %-10s %s\n", PLANNED[i].name, PLANNED[i].summary);
+    fprintf(f,
+            "\n"
+            "Run `frugal <command> --help` for the options of a command.\n"
+            "Exit status: 0 success, 1 failure, 2 usage error or command not implemented yet.\n");
+}
+
+static void usage_version(FILE *f) {
+    fprintf(f,
+            "usage: frugal version\n"
+            "\n"
+            "Print the version of frugal (and of the linked libfrugal).\n");
+}
+
+static void usage_help(FILE *f) {
+    fprintf(f,
+            "usage: frugal help [command]\n"
+            "\n"
+            "Without a command, list the commands; with one, show that command's help.\n");
+}
+
+static int cmd_version(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        if (cli_is_help(argv[i])) {
+            usage_version(stdout);
+            return CLI_EXIT_OK;
+        }
+        return cli_usage_error("version", usage_version, "unexpected argument '%s'", argv[i]);
+    }
+    printf("frugal %s\n", FRUGAL_VERSION);
+    return CLI_EXIT_OK;
+}
+
+static const planned_cmd *find_planned(const char *name) {
+    for (int i = 0; i < N_PLANNED; i++)
+        if (strcmp(PLANNED[i].name, name) == 0) return &PLANNED[i];
+    return NULL;
+}
+
+static int cmd_planned(const planned_cmd *p) {
+    fprintf(stderr,
+            "frugal %s: not implemented yet (planned: %s).\n"
+            "Implemented today: eval, info, version. See README.md for the roadmap.\n",
+            p->name, p->summary);
+    return CLI_EXIT_USAGE;
+}
+
+static int cmd_help(int argc, char **argv);
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    void (*usage)(FILE *);
+} command;
+
+static const command COMMANDS[] = {
+    {"eval", cmd_eval, usage_eval},
+    {"info", cmd_info, usage_info},
+    {"version", cmd_version, usage_version},
+    {"help", cmd_help, usage_help},
+};
+#define N_COMMANDS ((int)(sizeof COMMANDS / sizeof COMMANDS[0]))
+
+static const command *find_command(const char *name) {
+    for (int i = 0; i < N_COMMANDS; i++)
+        if (strcmp(COMMANDS[i].name, name) == 0) return &COMMANDS[i];
+    return NULL;
+}
+
+static int cmd_help(int argc, char **argv) {
+    if (argc <= 1) {
+        usage_main(stdout);
+        return CLI_EXIT_OK;
+    }
+    if (cli_is_help(argv[1])) {
+        usage_help(stdout);
+        return CLI_EXIT_OK;
+    }
+    if (argc > 2) return cli_usage_error("help", usage_help, "unexpected argument '%s'", argv[2]);
+    const command *c = find_command(argv[1]);
+    if (c) {
+        c->usage(stdout);
+        return CLI_EXIT_OK;
+    }
+    const planned_cmd *p = find_planned(argv[1]);
+    if (p) return cmd_planned(p);
+    fprintf(stderr, "frugal help: unknown command '%s'\n\n", argv[1]);
+    usage_main(stderr);
+    return CLI_EXIT_USAGE;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage_main(stderr);
+        return CLI_EXIT_USAGE;
+    }
+    const char *name = argv[1];
+    if (cli_is_help(name)) {
+        usage_main(stdout);
+        return CLI_EXIT_OK;
+    }
+    if (strcmp(name, "--version") == 0 || strcmp(name, "-V") == 0) {
+        printf("frugal %s\n", FRUGAL_VERSION);
+        return CLI_EXIT_OK;
+    }
+    const command *c = find_command(name);
+    if (c) return c->run(argc - 1, argv + 1);
+    const planned_cmd *p = find_planned(name);
+    if (p) return cmd_planned(p);
+    if (name[0] == '-') fprintf(stderr, "frugal: unknown option '%s'\n\n", name);
+    else fprintf(stderr, "frugal: unknown command '%s'\n\n", name);
+    usage_main(stderr);
+    return CLI_EXIT_USAGE;
+}

@@ -1,0 +1,53 @@
+/*
+ * ops_cpu.h — private interface between the CPU backend's source files (ops_cpu.c,
+ * ops_cpu_gemm.c, ops_cpu_simd.c) and its tests. Not installed, not used by the model.
+ *
+ * Instruction-set selection: at first use the backend picks the best kernels the CPU
+ * supports (AVX-512F > AVX2+FMA > generic C). The environment variable FRUGAL_CPU
+ * ("generic", "avx2", "avx512") caps the choice, e.g. FRUGAL_CPU=generic forces the
+ * portable kernels. Tests may switch explicitly with fr_cpu_set_isa().
+ */
+#ifndef FR_OPS_CPU_H
+#define FR_OPS_CPU_H
+
+#include <stddef.h>
+
+enum { FR_ISA_GENERIC = 0, FR_ISA_AVX2 = 1, FR_ISA_AVX512 = 2 };
+
+/* 1 if this CPU (and OS) can run the kernels of `isa`. */
+int fr_cpu_isa_supported(int isa);
+/* The instruction set the kernels use now (initialises on first call). */
+int fr_cpu_isa(void);
+/* Select the kernels of `isa` (clamped to the best supported); -1 = automatic choice
+ * (FRUGAL_CPU, then the best supported). Not thread-safe against running ops: for tests
+ * and start-up only. Returns the isa now in use. */
+int fr_cpu_set_isa(int isa);
+const char *fr_cpu_isa_name(int isa);
+
+/* SIMD helpers used by the non-GEMM ops. Every function reduces in a fixed order that
+ * depends only on n / d (never on threads), so results are reproducible. */
+typedef struct {
+    /* out[j] = scale * dot(q, K + j*ks, d) for j < rows */
+    void (*dots)(float *out, const float *q, const float *K, size_t ks, int rows, int d, float scale);
+    /* acc[0:d] += sum_j p[j] * V[j*vs + 0:d]  (rows accumulated in order j = 0, 1, ...) */
+    void (*axpys)(float *acc, const float *p, const float *V, size_t vs, int rows, int d);
+    /* Y[j*ys + 0:d] += c[j] * x[0:d] for j < rows */
+    void (*rank1s)(float *Y, size_t ys, const float *c, const float *x, int rows, int d);
+    /* dot product of n floats */
+    float (*dot)(const float *a, const float *b, int n);
+    /* max of x[0:n] (n >= 1) */
+    float (*max)(const float *x, int n);
+    /* returns sum_i exp(x[i] - m); if y != NULL also y[i] = exp(x[i] - m) (y may alias x) */
+    float (*expsum)(float *y, const float *x, int n, float m);
+} fr_cpu_vec;
+
+const fr_cpu_vec *fr_cpu_vec_ops(void);
+
+/* The GEMM of the backend (ops_cpu_gemm.c), same contract as fr_ops.gemm. */
+void fr_cpu_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                 const float *B, int ldb, float beta, float *C, int ldc);
+
+/* Internal: called by fr_cpu_set_isa so the GEMM picks its micro-kernel. */
+void fr_cpu_gemm_select(int isa);
+
+#endif
