@@ -166,6 +166,151 @@ void fr_model_zero_grad(fr_model *m);
 int fr_model_eval_sequences(fr_model *m, int n_seqs, const int *const *seqs,
                             const int *lens, double *mean_loss, long *n_predicted);
 
+/* ------------------------------------------------------------------ tokenizer */
+
+/* Byte-level BPE tokenizer compatible with Hugging Face `tokenizers` (tokenizer.json with a
+ * BPE model, ByteLevel pre-tokenizer/decoder, a GPT-4/DeepSeek-V3 style split regex run
+ * through PCRE2, and added special tokens that are never split). Thread-safe for
+ * concurrent encode/decode on one tokenizer. */
+typedef struct fr_tokenizer fr_tokenizer;
+
+typedef enum { FR_TOKEN_BOS = 0, FR_TOKEN_EOS = 1, FR_TOKEN_PAD = 2 } fr_special_token;
+
+/* `path` is a folder holding tokenizer.json (and optionally tokenizer_config.json, whose
+ * bos/eos/pad tokens and chat_template are read) or a tokenizer.json file. */
+int fr_tokenizer_load(fr_tokenizer **out, const char *path);
+/* Write tokenizer.json and tokenizer_config.json (with chat template) into dir, atomically. */
+int fr_tokenizer_save(const fr_tokenizer *tok, const char *dir);
+void fr_tokenizer_free(fr_tokenizer *tok);
+/* Number of ids (BPE vocabulary plus added tokens). */
+int fr_tokenizer_vocab_size(const fr_tokenizer *tok);
+/* Encode len bytes of text (any bytes, not necessarily valid UTF-8). When parse_special
+ * is nonzero, special-token strings in the text become their ids; otherwise they are
+ * encoded as ordinary text. *ids is malloc'd (caller frees). */
+int fr_tokenizer_encode(const fr_tokenizer *tok, const char *text, size_t len, int parse_special,
+                        int **ids, size_t *n_ids);
+/* Decode ids back to bytes (NUL-terminated, *len excludes the NUL; caller frees). Decoding
+ * an encoding gives back exactly the input bytes. skip_special drops special tokens. */
+int fr_tokenizer_decode(const fr_tokenizer *tok, const int *ids, size_t n_ids, int skip_special,
+                        char **text, size_t *len);
+/* Token string as stored in tokenizer.json (byte-level alphabet), NULL if out of range. */
+const char *fr_tokenizer_id_to_token(const fr_tokenizer *tok, int id);
+/* Id of a token string (vocabulary or added token), -1 if absent. */
+int fr_tokenizer_token_to_id(const fr_tokenizer *tok, const char *token);
+/* Id of the BOS/EOS/PAD token, -1 if the tokenizer has none. */
+int fr_tokenizer_special_id(const fr_tokenizer *tok, fr_special_token which);
+int fr_tokenizer_is_special(const fr_tokenizer *tok, int id);
+/* Jinja chat template from tokenizer_config.json ("" if none). */
+const char *fr_tokenizer_chat_template(const fr_tokenizer *tok);
+
+typedef struct {
+    int vocab_size;           /* total ids including the 256 byte tokens and specials */
+    int min_frequency;        /* pairs seen fewer times are not merged (0 or 1 = no limit) */
+    const char *const *special_tokens; /* added first, ids 0..n_special-1; NULL = DeepSeek set */
+    int n_special;
+    const char *bos_token, *eos_token, *pad_token; /* must be among the specials; NULL = defaults */
+    int num_threads;          /* 0 = all cores */
+    /* Optional progress report: frac in [0,1]; return nonzero to cancel (FR_ERR_STATE). */
+    int (*progress)(void *user, double frac, const char *phase);
+    void *progress_user;
+} fr_bpe_train_options;
+
+/* Train a byte-level BPE tokenizer on text files (JSONL files: the "text" field of each line). */
+int fr_tokenizer_train(fr_tokenizer **out, const char *const *files, int n_files,
+                       const fr_bpe_train_options *opt);
+
+/* ------------------------------------------------------------------ token shards */
+
+/* A prepared dataset is a folder with train_NNNNN.bin / val_NNNNN.bin shards, meta.json and
+ * a copy of the tokenizer. Shard layout (little-endian), documented in docs/data.md:
+ *   bytes 0..7   magic "FRUGALTK"     bytes 8..11  version (1)
+ *   bytes 12..15 token width (2 or 4) bytes 16..23 token count
+ *   bytes 24..27 vocab size           bytes 28..31 end-of-text id
+ *   bytes 32..63 reserved (zero)      then `count` tokens of `width` bytes
+ * Documents are separated by the end-of-text token. */
+typedef struct {
+    const char *tokenizer_dir;
+    const char *const *inputs;  /* files or directories (recursed); .jsonl uses the "text" field */
+    int n_inputs;
+    const char *output_dir;
+    double val_fraction;        /* fraction of documents for validation (deterministic) */
+    uint64_t shard_tokens;      /* tokens per shard (0 = 100M) */
+    int num_threads;            /* 0 = all cores */
+    int (*progress)(void *user, double frac, const char *phase);
+    void *progress_user;
+} fr_data_prepare_options;
+
+typedef struct {
+    uint64_t train_tokens, val_tokens;
+    uint64_t train_docs, val_docs;
+    uint64_t bytes_in;
+} fr_data_stats;
+
+int fr_data_prepare(const fr_data_prepare_options *opt, fr_data_stats *stats);
+
+/* Read access to one split ("train" or "val") of a prepared dataset (shards are mmap'd). */
+typedef struct fr_dataset fr_dataset;
+int fr_dataset_open(fr_dataset **out, const char *dir, const char *split);
+void fr_dataset_close(fr_dataset *ds);
+uint64_t fr_dataset_num_tokens(const fr_dataset *ds);
+int fr_dataset_vocab_size(const fr_dataset *ds);
+int fr_dataset_eot_id(const fr_dataset *ds);
+/* Copy n tokens starting at global position pos (across shard boundaries). */
+int fr_dataset_read(const fr_dataset *ds, uint64_t pos, int *dst, size_t n);
+
+/* ------------------------------------------------------------------ run ledger */
+
+/* The ledger is an append-only JSONL file shared by all runs of a project: every run,
+ * finished, interrupted, crashed or experimental, is recorded, so `frugal cost` can print
+ * the final-run cost next to the lifecycle cost. A run appends a "begin" record, "progress"
+ * records while it works (at least at every checkpoint) and an "end" record; a run whose
+ * last record is not "end" was killed and counts as crashed with its last progress.
+ * Each record is one write(2) of one line to an O_APPEND descriptor followed by fsync, so
+ * concurrent runs never interleave and a torn last line (power loss) is skipped on read. */
+
+typedef struct {
+    double usd_per_device_hour; /* price of one device-hour (CPU core-hour or GPU-hour) */
+    double watts_per_device;    /* power drawn by one device (core or GPU) under load */
+    double usd_per_kwh;         /* electricity price; energy cost is reported separately */
+} fr_prices;
+
+/* Defaults: CPU core-hour $0.02, 8 W per core; GPU-hour $2.00 (the DeepSeek-V3 report's
+ * H800 rental assumption), 700 W per GPU; $0.15 per kWh. */
+fr_prices fr_prices_default(int gpu);
+
+typedef struct {
+    char run_id[64];        /* unique: <UTC timestamp>-<pid>-<random> */
+    char kind[16];          /* "train", "distill", "experiment", ... */
+    char status[16];        /* "running", "finished", "interrupted", "crashed", "failed" */
+    char run_dir[512];
+    char config[512];       /* model config path or name */
+    char device[64];        /* "cpu", "cuda:H100", ... */
+    int n_devices;          /* cores or GPUs charged for */
+    double start_unix;      /* seconds since the epoch */
+    double wall_s;          /* elapsed wall time so far */
+    long steps;
+    double tokens;          /* training tokens processed */
+    double flops;           /* model FLOPs executed (exact count from the config) */
+    double device_hours;    /* wall_s * n_devices / 3600 */
+    double energy_kwh;      /* device_hours * watts_per_device / 1000 */
+    double cost_usd;        /* device_hours * usd_per_device_hour */
+    double final_loss;      /* last training loss (NaN if none) */
+    double val_loss;        /* last validation loss (NaN if none) */
+} fr_ledger_entry;
+
+/* Fill the derived fields (device_hours, energy_kwh, cost_usd) of e from wall_s, n_devices
+ * and prices. */
+void fr_ledger_price(fr_ledger_entry *e, const fr_prices *prices);
+/* Create a run id into e->run_id and append a "begin" record. */
+int fr_ledger_begin(const char *ledger_path, fr_ledger_entry *e);
+/* Append a "progress" record (status "running") or the "end" record (any other status). */
+int fr_ledger_update(const char *ledger_path, const fr_ledger_entry *e);
+/* Read the ledger: one entry per run (latest record wins; runs without an end record get
+ * status "crashed"). *entries is malloc'd. Torn or malformed lines are skipped and
+ * counted in *n_skipped (optional). A missing file is an empty ledger. */
+int fr_ledger_read(const char *ledger_path, fr_ledger_entry **entries, int *n_entries,
+                   int *n_skipped);
+
 /* ------------------------------------------------------------------ runtime */
 
 /* Threads used by the CPU backend (0 = OpenMP default). */
