@@ -9,7 +9,7 @@
 # or test; only `make fixtures` uses it (see tools/requirements.txt).
 set -euo pipefail
 
-PACKAGES=(build-essential cmake pkg-config libcjson-dev libpcre2-dev bible-kjv-text)
+PACKAGES=(build-essential cmake pkg-config libcjson-dev libpcre2-dev bible-kjv-text bible-kjv)
 
 usage() {
     cat <<USAGE
