@@ -17,14 +17,8 @@
 #include <string.h>
 #include <time.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define BENCH_X86 1
-#else
-#define BENCH_X86 0
-#endif
+#include "frugal.h"
 
-#define BENCH_FMA_CHAINS 12
 
 static inline double bench_now(void) {
     struct timespec ts;
@@ -56,142 +50,12 @@ static inline const char *bench_opt_value(const char *prog, int argc, char **arg
 
 /* ------------------------------------------------------------------ FMA peak */
 
-#if BENCH_X86
-__attribute__((target("avx512f"))) static inline float bench_fma_chains_avx512(long iters, float seed) {
-    const __m512 m = _mm512_set1_ps(0.9999999f), c = _mm512_set1_ps(1e-7f);
-    __m512 a[BENCH_FMA_CHAINS];
-    for (int j = 0; j < BENCH_FMA_CHAINS; j++) a[j] = _mm512_set1_ps(seed + 0.01f * (float)j);
-    for (long i = 0; i < iters; i++) {
-        a[0] = _mm512_fmadd_ps(a[0], m, c);
-        a[1] = _mm512_fmadd_ps(a[1], m, c);
-        a[2] = _mm512_fmadd_ps(a[2], m, c);
-        a[3] = _mm512_fmadd_ps(a[3], m, c);
-        a[4] = _mm512_fmadd_ps(a[4], m, c);
-        a[5] = _mm512_fmadd_ps(a[5], m, c);
-        a[6] = _mm512_fmadd_ps(a[6], m, c);
-        a[7] = _mm512_fmadd_ps(a[7], m, c);
-        a[8] = _mm512_fmadd_ps(a[8], m, c);
-        a[9] = _mm512_fmadd_ps(a[9], m, c);
-        a[10] = _mm512_fmadd_ps(a[10], m, c);
-        a[11] = _mm512_fmadd_ps(a[11], m, c);
-    }
-    __m512 s = a[0];
-    for (int j = 1; j < BENCH_FMA_CHAINS; j++) s = _mm512_add_ps(s, a[j]);
-    return _mm512_reduce_add_ps(s);
-}
-
-__attribute__((target("avx2,fma"))) static inline float bench_fma_chains_avx2(long iters, float seed) {
-    const __m256 m = _mm256_set1_ps(0.9999999f), c = _mm256_set1_ps(1e-7f);
-    __m256 a[BENCH_FMA_CHAINS];
-    for (int j = 0; j < BENCH_FMA_CHAINS; j++) a[j] = _mm256_set1_ps(seed + 0.01f * (float)j);
-    for (long i = 0; i < iters; i++) {
-        a[0] = _mm256_fmadd_ps(a[0], m, c);
-        a[1] = _mm256_fmadd_ps(a[1], m, c);
-        a[2] = _mm256_fmadd_ps(a[2], m, c);
-        a[3] = _mm256_fmadd_ps(a[3], m, c);
-        a[4] = _mm256_fmadd_ps(a[4], m, c);
-        a[5] = _mm256_fmadd_ps(a[5], m, c);
-        a[6] = _mm256_fmadd_ps(a[6], m, c);
-        a[7] = _mm256_fmadd_ps(a[7], m, c);
-        a[8] = _mm256_fmadd_ps(a[8], m, c);
-        a[9] = _mm256_fmadd_ps(a[9], m, c);
-        a[10] = _mm256_fmadd_ps(a[10], m, c);
-        a[11] = _mm256_fmadd_ps(a[11], m, c);
-    }
-    __m256 s = a[0];
-    for (int j = 1; j < BENCH_FMA_CHAINS; j++) s = _mm256_add_ps(s, a[j]);
-    float lanes[8];
-    _mm256_storeu_ps(lanes, s);
-    float r = 0;
-    for (int j = 0; j < 8; j++) r += lanes[j];
-    return r;
-}
-#endif
-
-/* Portable fallback: 4 lanes x 12 chains of multiply + add (the compiler may or may not fuse). */
-static inline float bench_fma_chains_generic(long iters, float seed) {
-    float a[BENCH_FMA_CHAINS][4];
-    for (int j = 0; j < BENCH_FMA_CHAINS; j++)
-        for (int l = 0; l < 4; l++) a[j][l] = seed + 0.01f * (float)j + 0.001f * (float)l;
-    for (long i = 0; i < iters; i++)
-        for (int j = 0; j < BENCH_FMA_CHAINS; j++)
-            for (int l = 0; l < 4; l++) a[j][l] = a[j][l] * 0.9999999f + 1e-7f;
-    float r = 0;
-    for (int j = 0; j < BENCH_FMA_CHAINS; j++)
-        for (int l = 0; l < 4; l++) r += a[j][l];
-    return r;
-}
-
-typedef struct {
-    double gflops;            /* all threads */
-    double gflops_per_thread;
-    int threads;
-    const char *isa;          /* "avx512f", "avx2+fma" or "generic" */
-    int lanes;
-} bench_peak_result;
-
-typedef float (*bench_fma_fn)(long, float);
-
-static inline bench_fma_fn bench_pick_fma(const char **isa, int *lanes) {
-#if BENCH_X86
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) {
-        *isa = "avx512f";
-        *lanes = 16;
-        return bench_fma_chains_avx512;
-    }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        *isa = "avx2+fma";
-        *lanes = 8;
-        return bench_fma_chains_avx2;
-    }
-#endif
-    *isa = "generic";
-    *lanes = 4;
-    return bench_fma_chains_generic;
-}
-
-/* Seconds for every thread to run `iters` iterations of the kernel (one parallel region). */
-static inline double bench_fma_run(bench_fma_fn fn, long iters, int *threads) {
-    static volatile float sink;
-    int nt = 1;
-    double t0 = omp_get_wtime();
-#pragma omp parallel
-    {
-        float r = fn(iters, 0.5f + 0.001f * (float)omp_get_thread_num());
-#pragma omp atomic
-        sink += r;
-#pragma omp single
-        nt = omp_get_num_threads();
-    }
-    double t = omp_get_wtime() - t0;
-    *threads = nt;
-    return t;
-}
-
-/* FP32 FMA peak with all OpenMP threads: calibrate to ~0.25 s per run, best of 3 runs. */
+/* The probe lives in the library (src/peak.c) so the trainer can report MFU against it. */
+typedef fr_peak bench_peak_result;
 static inline bench_peak_result bench_fma_peak(void) {
-    bench_peak_result r = {0};
-    bench_fma_fn fn = bench_pick_fma(&r.isa, &r.lanes);
-    int nt = 1;
-    long iters = 1L << 14;
-    double t = bench_fma_run(fn, iters, &nt); /* also wakes the thread pool */
-    while (t < 0.25 && iters < (1L << 40)) {
-        double scale = t > 1e-4 ? 0.3 / t : 8.0;
-        if (scale > 8.0) scale = 8.0;
-        if (scale < 1.5) scale = 1.5;
-        iters = (long)((double)iters * scale);
-        t = bench_fma_run(fn, iters, &nt);
-    }
-    double best = t;
-    for (int rep = 0; rep < 3; rep++) {
-        double tr = bench_fma_run(fn, iters, &nt);
-        if (tr < best) best = tr;
-    }
-    double flops = 2.0 * r.lanes * BENCH_FMA_CHAINS * (double)iters * nt;
-    r.threads = nt;
-    r.gflops = flops / best / 1e9;
-    r.gflops_per_thread = r.gflops / nt;
+    fr_peak r;
+    memset(&r, 0, sizeof r);
+    fr_measure_fp32_peak(&r);
     return r;
 }
 

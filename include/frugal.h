@@ -156,11 +156,23 @@ const char *fr_model_tensor_info(const fr_model *m, int i, int *ndim, int64_t sh
  * that should follow tokens[b*T+t]. */
 int fr_model_forward(fr_model *m, const int *tokens, const int *targets, int B, int T,
                      fr_loss_info *loss);
+/* Forward for evaluation: main head only (no MTP, no balance loss); the loss is
+ * loss->loss_main over loss->n_targets. Not backpropagatable. */
+int fr_model_forward_eval(fr_model *m, const int *tokens, const int *targets, int B, int T,
+                          fr_loss_info *loss);
 /* Logits [B*T, vocab] of the last forward (main head). */
 const float *fr_model_logits(const fr_model *m);
 /* Backward of the last forward with targets; ADDS into the gradients. */
 int fr_model_backward(fr_model *m);
 void fr_model_zero_grad(fr_model *m);
+
+/* MoE blocks: main MoE layers in order, then the MoE blocks of the MTP modules. */
+int fr_model_num_moe_blocks(const fr_model *m);
+/* Routed-expert assignment counts of the last forward: counts[i * n_routed_experts + e] for
+ * MoE block i; layer_index[i] (optional) receives the block's layer number as in tensor
+ * names (MTP blocks: >= num_hidden_layers). MTP blocks report zeros after a forward
+ * without targets (they do not run then). */
+int fr_model_expert_counts(const fr_model *m, long *counts, int *layer_index);
 
 /* Mean next-token loss over sequences of different lengths (one per row). */
 int fr_model_eval_sequences(fr_model *m, int n_seqs, const int *const *seqs,
@@ -246,7 +258,13 @@ typedef struct {
     uint64_t bytes_in;
 } fr_data_stats;
 
+/* Tokenize the inputs into opt->output_dir (built in output_dir.tmp-PID, renamed at the end;
+ * removed on failure or cancel). An existing non-empty output folder is refused. Documents
+ * go to "val" by a hash of their bytes (see docs/data.md), the same for any thread count. */
 int fr_data_prepare(const fr_data_prepare_options *opt, fr_data_stats *stats);
+/* As fr_data_prepare, but an existing output folder holding a prepared dataset (meta.json)
+ * is replaced, only after the new one is complete. */
+int fr_data_prepare_replace(const fr_data_prepare_options *opt, fr_data_stats *stats);
 
 /* Read access to one split ("train" or "val") of a prepared dataset (shards are mmap'd). */
 typedef struct fr_dataset fr_dataset;
@@ -257,6 +275,10 @@ int fr_dataset_vocab_size(const fr_dataset *ds);
 int fr_dataset_eot_id(const fr_dataset *ds);
 /* Copy n tokens starting at global position pos (across shard boundaries). */
 int fr_dataset_read(const fr_dataset *ds, uint64_t pos, int *dst, size_t n);
+/* Bytes per stored token (2 or 4), number of shards, and path / token count of shard i. */
+int fr_dataset_token_width(const fr_dataset *ds);
+int fr_dataset_num_shards(const fr_dataset *ds);
+int fr_dataset_shard_info(const fr_dataset *ds, int i, const char **path, uint64_t *n_tokens);
 
 /* ------------------------------------------------------------------ run ledger */
 
@@ -311,10 +333,102 @@ int fr_ledger_update(const char *ledger_path, const fr_ledger_entry *e);
 int fr_ledger_read(const char *ledger_path, fr_ledger_entry **entries, int *n_entries,
                    int *n_skipped);
 
+/* ------------------------------------------------------------------ training */
+
+typedef enum { FR_LR_COSINE = 0, FR_LR_WSD = 1, FR_LR_CONSTANT = 2 } fr_lr_schedule;
+
+/* Everything a run needs; saved as RUN_DIR/train_args.json so --resume needs no flags.
+ * String fields are copied into the run's saved arguments. */
+typedef struct {
+    char model_config[512];   /* config.json of a new model ... */
+    char init_model[512];     /* ... or an HF folder to start from ("" = none) */
+    char data_dir[512];       /* prepared by fr_data_prepare */
+    char run_dir[512];
+    int batch_size, seq_len, grad_accum;
+    long max_steps;           /* 0: derived from max_tokens */
+    double max_tokens;
+    double lr, min_lr_frac;   /* peak learning rate; floor as a fraction of it */
+    int warmup_steps;
+    fr_lr_schedule schedule;
+    double decay_frac;        /* WSD: fraction of the steps spent decaying at the end */
+    double beta1, beta2, eps, weight_decay, grad_clip; /* AdamW; grad_clip 0 = off */
+    double bias_update_speed; /* gamma of the aux-loss-free balancer (0 = off) */
+    double balance_alpha;     /* sequence-wise balance loss weight */
+    double mtp_lambda;        /* MTP loss weight */
+    uint64_t seed;
+    int threads;
+    int eval_interval, eval_batches;   /* 0 = no periodic eval */
+    int ckpt_interval;                 /* steps between checkpoints (0 = only at the end) */
+    int sample_interval, sample_tokens;
+    char sample_prompt[256];
+    char ledger_path[512];             /* "" = RUN_DIR/../ledger.jsonl */
+    fr_prices prices;
+    double peak_gflops;                /* measured FP32 peak for MFU (0 = not reported) */
+} fr_train_args;
+
+/* Defaults: B 8, T 256, accumulation 1, lr 3e-3 cosine to 10 %, warmup 50, AdamW
+ * (0.9, 0.95, 1e-8, wd 0.1), clip 1.0, gamma 1e-3, alpha 1e-4, lambda 0.3, seed 1,
+ * eval every 100 steps over 8 batches, checkpoint every 200, sample every 200 (48 tokens). */
+void fr_train_args_default(fr_train_args *a);
+
+typedef enum { FR_EV_STEP = 0, FR_EV_EVAL = 1, FR_EV_SAMPLE = 2, FR_EV_CHECKPOINT = 3, FR_EV_INFO = 4 } fr_train_event_type;
+
+typedef struct {
+    fr_train_event_type type;
+    long step, max_steps;
+    double tokens;            /* training tokens processed so far (this run, all segments) */
+    fr_loss_info loss;        /* mean over the step's micro-batches */
+    double lr, grad_norm;
+    double tokens_per_s, gflops, mfu; /* this step */
+    double elapsed_s, eta_s, cost_usd;
+    int n_moe;                /* MoE blocks; maxvio[i] for each (first 64) */
+    double maxvio[64];
+    double val_loss, val_bpb; /* FR_EV_EVAL */
+    const char *text;         /* FR_EV_SAMPLE: the sample; FR_EV_CHECKPOINT: its folder; FR_EV_INFO: a message */
+    size_t rss_peak_bytes, mem_plan_bytes;
+} fr_train_event;
+
+typedef struct {
+    void (*on_event)(void *user, const fr_train_event *ev);
+    int (*should_stop)(void *user);   /* polled between steps: nonzero = checkpoint and stop */
+    void *user;
+} fr_train_hooks;
+
+typedef struct {
+    long steps_done;
+    int interrupted;          /* stopped by should_stop */
+    double final_loss, val_loss;
+    char run_id[64];
+    char checkpoint[600];     /* last checkpoint folder */
+} fr_train_result;
+
+/* Train from scratch (resume = 0: args used as given, run_dir must not hold a run) or
+ * continue the run in args->run_dir (resume = 1: its saved arguments are used, except
+ * max_steps/max_tokens when nonzero in args). Writes checkpoints (HF folders + training
+ * state), metrics.jsonl and ledger records. */
+int fr_train(const fr_train_args *args, int resume, const fr_train_hooks *hooks, fr_train_result *result);
+
+/* Learning rate of 0-based step `step` of max_steps: linear warmup over warmup_steps to lr,
+ * then cosine to lr * min_lr_frac at the last step, or WSD (stable, then a linear decay
+ * over the last decay_frac of the steps), or constant. */
+double fr_train_lr(const fr_train_args *a, long step, long max_steps);
+
+/* Folder of the latest complete checkpoint of a run (RUN_DIR/ckpt-NNNNNNNN). */
+int fr_train_latest_checkpoint(const char *run_dir, char *out, size_t n);
+
 /* ------------------------------------------------------------------ runtime */
 
 /* Threads used by the CPU backend (0 = OpenMP default). */
 void fr_set_num_threads(int n);
+/* The machine's measured FP32 FMA peak with the current OpenMP threads (about 1.5 s). */
+typedef struct {
+    double gflops;            /* all threads */
+    double gflops_per_thread;
+    int threads;
+    const char *isa;          /* "avx512f", "avx2+fma" or "generic" */
+    int lanes;
+} fr_peak;
+int fr_measure_fp32_peak(fr_peak *out);
 /* Describes the CPU features found at run time, e.g. "avx2 fma". */
 const char *fr_cpu_features(void);
 

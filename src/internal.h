@@ -15,6 +15,10 @@ void fr_clear_error(void);
 int fr_read_file(const char *path, char **out, size_t *len);
 /* Write a file atomically: write `path`.tmp.PID, fsync, rename over `path`, fsync dir. */
 int fr_write_file_atomic(const char *path, const void *data, size_t len);
+/* The same for a file made of n_parts buffers written in order. */
+int fr_write_file_atomic_v(const char *path, const void *const *parts, const size_t *lens, int n_parts);
+/* fsync a directory (after renames inside it); best effort. */
+int fr_fsync_dir(const char *dir);
 
 /* 64-byte aligned, zeroed allocation for host buffers; free with fr_free. */
 void *fr_alloc(size_t bytes);

@@ -764,6 +764,10 @@ int fr_model_forward(fr_model *m, const int *tokens, const int *targets, int B, 
     return forward(m, tokens, targets, B, T, loss, 1);
 }
 
+int fr_model_forward_eval(fr_model *m, const int *tokens, const int *targets, int B, int T, fr_loss_info *loss) {
+    return forward(m, tokens, targets, B, T, loss, 0);
+}
+
 const float *fr_model_logits(const fr_model *m) { return m->logits; }
 
 /* ================================================================ backward */
@@ -946,4 +950,29 @@ size_t fr_model_num_active_params(const fr_model *m) {
     if (c->n_routed_experts > 0)
         total -= routed - routed / c->n_routed_experts * c->num_experts_per_tok;
     return total;
+}
+
+/* ================================================================ expert load */
+
+int fr_model_num_moe_blocks(const fr_model *m) {
+    int n = 0;
+    for (int l = 0; l < n_blocks(m); l++) n += m->blocks[l].is_moe;
+    return n;
+}
+
+int fr_model_expert_counts(const fr_model *m, long *counts, int *layer_index) {
+    if (!m || !counts) return fr_error(FR_ERR_ARG, "fr_model_expert_counts: NULL argument");
+    if (!m->bacts) return fr_error(FR_ERR_STATE, "fr_model_expert_counts: no forward pass yet");
+    const int E = m->cfg.n_routed_experts, L = m->cfg.num_hidden_layers;
+    int i = 0;
+    for (int l = 0; l < n_blocks(m); l++) {
+        if (!m->blocks[l].is_moe) continue;
+        /* MTP blocks only run in a training forward; report zeros otherwise. */
+        const int ran = l < L || (m->have_targets && l - L + 1 < m->T);
+        const int *off = m->bacts[l].offsets;
+        for (int e = 0; e < E; e++) counts[(size_t)i * E + e] = ran ? off[e + 1] - off[e] : 0;
+        if (layer_index) layer_index[i] = m->blocks[l].index;
+        i++;
+    }
+    return FR_OK;
 }

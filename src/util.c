@@ -68,6 +68,10 @@ static int fsync_parent_dir(const char *path) {
 }
 
 int fr_write_file_atomic(const char *path, const void *data, size_t len) {
+    return fr_write_file_atomic_v(path, &data, &len, 1);
+}
+
+int fr_write_file_atomic_v(const char *path, const void *const *parts, const size_t *lens, int n_parts) {
     size_t n = strlen(path) + 32;
     char *tmp = malloc(n);
     if (!tmp) return fr_error(FR_ERR_NOMEM, "out of memory");
@@ -78,20 +82,22 @@ int fr_write_file_atomic(const char *path, const void *data, size_t len) {
         free(tmp);
         return rc;
     }
-    const char *p = data;
-    size_t left = len;
-    while (left > 0) {
-        ssize_t w = write(fd, p, left > (1u << 30) ? (1u << 30) : left);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            int rc = fr_error(FR_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
-            close(fd);
-            unlink(tmp);
-            free(tmp);
-            return rc;
+    for (int i = 0; i < n_parts; i++) {
+        const char *p = parts[i];
+        size_t left = lens[i];
+        while (left > 0) {
+            ssize_t w = write(fd, p, left > (1u << 30) ? (1u << 30) : left);
+            if (w < 0) {
+                if (errno == EINTR) continue;
+                int rc = fr_error(FR_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
+                close(fd);
+                unlink(tmp);
+                free(tmp);
+                return rc;
+            }
+            p += w;
+            left -= (size_t)w;
         }
-        p += w;
-        left -= (size_t)w;
     }
     if (fsync(fd) != 0 || close(fd) != 0) {
         int rc = fr_error(FR_ERR_IO, "cannot flush %s: %s", tmp, strerror(errno));
@@ -107,6 +113,14 @@ int fr_write_file_atomic(const char *path, const void *data, size_t len) {
     }
     free(tmp);
     return fsync_parent_dir(path);
+}
+
+int fr_fsync_dir(const char *dir) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return FR_OK; /* best effort */
+    fsync(fd);
+    close(fd);
+    return FR_OK;
 }
 
 void *fr_alloc(size_t bytes) {
