@@ -1,6 +1,7 @@
 # Top-level convenience targets; the real build is CMake (CMakeLists.txt).
 #
 #   make            install missing Debian packages, then build Release into build/
+#   make demo       the main job: install, build, prepare the KJV corpus, train ~10 min, plot, cost
 #   make test       build Release and run its tests, then the ASan/UBSan build (build-asan/) and its tests
 #   make fixtures   regenerate tests/fixtures with Python + transformers (needs network; tests do not)
 #   make bench      build Release and run bench_peak and bench_model
@@ -13,12 +14,15 @@ CMAKE      ?= cmake
 CTEST      ?= ctest
 PYTHON     ?= python3
 
-.PHONY: all deps build test test-release test-asan asan fixtures bench clean help
+.PHONY: demo all deps build test test-release test-asan asan fixtures bench clean help
 
 all: build
 
+demo: build
+	scripts/demo.sh
+
 help:
-	@sed -n '3,7p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,8p' Makefile | sed 's/^# \{0,1\}//'
 
 deps:
 	scripts/install-deps.sh --check || scripts/install-deps.sh
@@ -52,3 +56,8 @@ bench: build
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN)
+
+# Default training corpus (King James Bible, one chapter per JSONL line) -> data/kjv/kjv.jsonl
+.PHONY: corpus
+corpus:
+	scripts/corpus-kjv.sh data/kjv

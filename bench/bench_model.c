@@ -10,6 +10,7 @@
 #include "bench_common.h"
 
 #include "frugal.h"
+#include "optim.h"
 
 #include <math.h>
 
@@ -19,9 +20,9 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: bench_model [--config FILE] [--batch B] [--seq T] [--steps N] [--warmup N] [--threads N]\n"
+            "usage: bench_model [--config FILE] [--batch B] [--seq T] [--steps N] [--warmup N] [--threads N] [--no-adamw]\n"
             "\n"
-            "Times training steps (forward with loss + backward, no optimizer yet) of a DeepSeek-V3-style\n"
+            "Times training steps (forward with loss + backward + AdamW) of a DeepSeek-V3-style\n"
             "model created from FILE (default bench/configs/bench-20m.json) on random tokens.\n"
             "\n"
             "  --config FILE  model config.json (default: bench/configs/bench-20m.json)\n"
@@ -29,7 +30,8 @@ static void usage(FILE *f) {
             "  --seq T        tokens per sequence (default 256)\n"
             "  --steps N      timed steps (default 10)\n"
             "  --warmup N     untimed steps first (default 2)\n"
-            "  --threads N    threads (default: OMP_NUM_THREADS or all cores)\n");
+            "  --threads N    threads (default: OMP_NUM_THREADS or all cores)\n"
+            "  --no-adamw     time forward + backward only (default: the whole step, AdamW included)\n");
 }
 
 /* bench/configs/bench-20m.json next to this source file, else relative to the cwd. */
@@ -61,11 +63,19 @@ static int fail(const char *what) {
     return 1;
 }
 
+/* What the trainer does after backward: the global gradient norm (for clipping) and AdamW. */
+static void optimizer_step(fr_model *m, float *mom, float *var, long step) {
+    fr_adamw_hparams h = {1e-4, 0.9, 0.95, 1e-8, 0.1, step, 1.0};
+    fr_grad_norm(m, 1.0);
+    fr_adamw_step(m, mom, var, &h);
+}
+
 int main(int argc, char **argv) {
     const char *prog = "bench_model";
     char cfg_buf[4096];
     const char *cfg_path = NULL;
     long B = 4, T = 256, steps = 10, warmup = 2, threads = 0;
+    int adamw = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -81,6 +91,8 @@ int main(int argc, char **argv) {
             steps = bench_parse_long(prog, a, bench_opt_value(prog, argc, argv, &i), 1, 1 << 20);
         } else if (!strcmp(a, "--warmup")) {
             warmup = bench_parse_long(prog, a, bench_opt_value(prog, argc, argv, &i), 0, 1 << 20);
+        } else if (!strcmp(a, "--no-adamw")) {
+            adamw = 0;
         } else if (!strcmp(a, "--threads")) {
             threads = bench_parse_long(prog, a, bench_opt_value(prog, argc, argv, &i), 1, 4096);
         } else {
@@ -136,12 +148,19 @@ int main(int argc, char **argv) {
      * the higher of the two counts (a busy neighbour can only make a probe slower). */
     bench_peak_result peak = bench_fma_peak();
 
+    float *mom = adamw ? calloc(m->n_params, sizeof(float)) : NULL, *var = adamw ? calloc(m->n_params, sizeof(float)) : NULL;
+    if (adamw && (!mom || !var)) {
+        fprintf(stderr, "%s: out of memory\n", prog);
+        return 1;
+    }
+    long opt_step = 0;
     fr_loss_info li;
     double loss_total = NAN, loss_main = NAN;
     for (long s = 0; s < warmup; s++) {
         fr_model_zero_grad(m);
         if (fr_model_forward(m, tokens, targets, (int)B, (int)T, &li) != FR_OK) return fail("forward failed");
         if (fr_model_backward(m) != FR_OK) return fail("backward failed");
+        if (adamw) optimizer_step(m, mom, var, ++opt_step);
     }
     double *dts = malloc((size_t)steps * sizeof *dts);
     if (!dts) {
@@ -155,6 +174,7 @@ int main(int argc, char **argv) {
         if (fr_model_forward(m, tokens, targets, (int)B, (int)T, &li) != FR_OK) return fail("forward failed");
         double t1 = bench_now();
         if (fr_model_backward(m) != FR_OK) return fail("backward failed");
+        if (adamw) optimizer_step(m, mom, var, ++opt_step);
         double dt = bench_now() - t0;
         fwd_total += t1 - t0;
         total += dt;
@@ -191,14 +211,16 @@ int main(int argc, char **argv) {
            1e3 * best, 1e3 * fwd_total / (double)steps, gflops, 100.0 * frac, peak.gflops, peak.isa, loss_total,
            loss_main);
     printf("{\"bench\": \"model\", \"config\": \"%s\", \"params\": %zu, \"active_params\": %zu, \"batch\": %ld, "
-           "\"seq\": %ld, \"threads\": %d, \"steps\": %ld, \"step_ms_median\": %.3f, \"step_ms_mean\": %.3f, "
+           "\"seq\": %ld, \"adamw\": %d, \"threads\": %d, \"steps\": %ld, \"step_ms_median\": %.3f, \"step_ms_mean\": %.3f, "
            "\"step_ms_best\": %.3f, \"forward_ms_mean\": %.3f, \"tokens_per_s\": %.1f, \"train_flops_per_step\": %.6g, "
            "\"gflops\": %.3f, \"peak_gflops\": %.2f, \"peak_isa\": \"%s\", \"fraction_of_peak\": %.5f, "
            "\"loss\": %.6f, \"loss_main\": %.6f}\n",
-           name, n_params, n_active, B, T, peak.threads, steps, 1e3 * median, 1e3 * mean, 1e3 * best,
+           name, n_params, n_active, B, T, adamw, peak.threads, steps, 1e3 * median, 1e3 * mean, 1e3 * best,
            1e3 * fwd_total / (double)steps, tok_s, flops, gflops, peak.gflops, peak.isa, frac,
            isfinite(loss_total) ? loss_total : -1.0, isfinite(loss_main) ? loss_main : -1.0);
 
+    free(mom);
+    free(var);
     free(tokens);
     free(targets);
     fr_model_free(m);

@@ -12,12 +12,23 @@
 #define CLI_EXIT_OK 0
 #define CLI_EXIT_FAIL 1
 #define CLI_EXIT_USAGE 2
+#define CLI_EXIT_INTERRUPTED 130 /* stopped by Ctrl-C (SIGINT), after cleaning up */
 
 /* Subcommands: argv[0] is the command name, argv[1..] its options. */
 int cmd_eval(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+void usage_train(FILE *f);
 int cmd_info(int argc, char **argv);
 void usage_eval(FILE *f);
 void usage_info(FILE *f);
+int cmd_data(int argc, char **argv);
+void usage_data(FILE *f);
+int cmd_tokenizer(int argc, char **argv);
+void usage_tokenizer(FILE *f);
+int cmd_cost(int argc, char **argv);
+int cmd_plot(int argc, char **argv);
+void usage_cost(FILE *f);
+void usage_plot(FILE *f);
 
 /* Print "frugal: error: <message>\n" to stderr; returns CLI_EXIT_FAIL. */
 int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -60,5 +71,29 @@ int cli_check_dir(const char *path, const char *what);
 
 /* Wall clock in seconds (monotonic). */
 double cli_now(void);
+
+/* Progress bar with rate and ETA on stderr. On a terminal it redraws one line with \r at most
+ * ~10 times a second; otherwise (logs, pipes) it prints a line at every 10 %.
+ * Usage:
+ *   cli_progress pb;
+ *   cli_progress_start(&pb, "tokenizing", total_bytes, "B");  // unit "B": bytes/s in KiB/MiB
+ *   ... cli_progress_update(&pb, fraction_done);               // cheap; call as often as you like
+ *   cli_progress_finish(&pb);     // draws 100 % and ends the line
+ *   or cli_progress_abort(&pb);   // ends a half-drawn line before printing an error
+ * `total` is the amount of work at 100 % in `unit`s (for the rate; 0 or unit NULL: no rate);
+ * any other unit prints a count rate ("1.2K steps/s"). Set pb.quiet = 1 to silence it. */
+typedef struct {
+    char label[64];
+    double total;
+    const char *unit;
+    double start, last_draw, frac;
+    int tty, next_pct, midline, quiet;
+    size_t last_len;
+} cli_progress;
+void cli_progress_start(cli_progress *p, const char *label, double total, const char *unit);
+void cli_progress_set_label(cli_progress *p, const char *label);
+void cli_progress_update(cli_progress *p, double frac);
+void cli_progress_finish(cli_progress *p);
+void cli_progress_abort(cli_progress *p);
 
 #endif

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 int cli_fail(const char *fmt, ...) {
     va_list ap;
@@ -151,4 +152,98 @@ double cli_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------------ progress bar */
+
+static void fmt_duration(char *buf, size_t n, double s) {
+    if (!isfinite(s) || s < 0) {
+        snprintf(buf, n, "?");
+        return;
+    }
+    long t = (long)(s + 0.5);
+    if (t >= 3600) snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
+    else snprintf(buf, n, "%ld:%02ld", t / 60, t % 60);
+}
+
+void cli_progress_start(cli_progress *p, const char *label, double total, const char *unit) {
+    memset(p, 0, sizeof *p);
+    snprintf(p->label, sizeof p->label, "%s", label ? label : "");
+    p->total = total;
+    p->unit = unit;
+    p->start = cli_now();
+    p->last_draw = -1.0;
+    p->tty = isatty(fileno(stderr));
+    p->next_pct = 10;
+}
+
+void cli_progress_set_label(cli_progress *p, const char *label) {
+    snprintf(p->label, sizeof p->label, "%s", label ? label : "");
+}
+
+static void progress_draw(cli_progress *p, double now, int final) {
+    double elapsed = now - p->start;
+    double frac = p->frac;
+    char el[32], eta[48], rate[48] = "";
+    fmt_duration(el, sizeof el, elapsed);
+    if (final) snprintf(eta, sizeof eta, "done");
+    else if (frac > 0 && elapsed > 0) {
+        char d[32];
+        fmt_duration(d, sizeof d, elapsed * (1.0 - frac) / frac);
+        snprintf(eta, sizeof eta, "ETA %s", d);
+    } else snprintf(eta, sizeof eta, "ETA ?");
+    if (p->unit && p->total > 0 && elapsed > 0) {
+        double r = frac * p->total / elapsed;
+        char h[32];
+        if (strcmp(p->unit, "B") == 0) snprintf(rate, sizeof rate, "  %s/s", cli_human_bytes(h, sizeof h, r));
+        else snprintf(rate, sizeof rate, "  %s %s/s", cli_human_count(h, sizeof h, r), p->unit);
+    }
+    char line[256];
+    int len;
+    if (p->tty) {
+        char bar[21];
+        int filled = (int)(frac * 20.0);
+        for (int i = 0; i < 20; i++) bar[i] = i < filled ? '#' : '.';
+        bar[20] = 0;
+        len = snprintf(line, sizeof line, "%s [%s] %5.1f%%%s  elapsed %s  %s", p->label, bar, 100.0 * frac, rate, el,
+                       eta);
+        if (len < 0) return;
+        if ((size_t)len >= sizeof line) len = (int)sizeof line - 1;
+        int pad = p->last_len > (size_t)len ? (int)(p->last_len - (size_t)len) : 0;
+        fprintf(stderr, "\r%s%*s%s", line, pad, "", final ? "\n" : "");
+        p->last_len = final ? 0 : (size_t)len;
+        p->midline = !final;
+    } else {
+        fprintf(stderr, "%s %5.1f%%%s  elapsed %s  %s\n", p->label, 100.0 * frac, rate, el, eta);
+    }
+    fflush(stderr);
+    p->last_draw = now;
+}
+
+void cli_progress_update(cli_progress *p, double frac) {
+    if (p->quiet) return;
+    if (!(frac >= 0)) frac = 0;
+    if (frac > 1) frac = 1;
+    p->frac = frac;
+    double now = cli_now();
+    if (p->tty) {
+        if (p->last_draw < 0 || now - p->last_draw >= 0.1) progress_draw(p, now, 0);
+    } else if (frac * 100.0 >= p->next_pct && frac < 1.0) {
+        while (p->next_pct <= frac * 100.0) p->next_pct += 10;
+        progress_draw(p, now, 0);
+    }
+}
+
+void cli_progress_finish(cli_progress *p) {
+    if (p->quiet) return;
+    p->frac = 1.0;
+    progress_draw(p, cli_now(), 1);
+}
+
+void cli_progress_abort(cli_progress *p) {
+    if (p->quiet) return;
+    if (p->tty && p->midline) fputc('\n', stderr);
+    p->midline = 0;
+    p->last_len = 0;
+    fflush(stderr);
 }

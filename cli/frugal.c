@@ -15,15 +15,12 @@ typedef struct {
 
 /* Commands on the roadmap. They exist as names so that scripts get an honest answer. */
 static const planned_cmd PLANNED[] = {
-    {"data", "tokenize text files into token shards"},
-    {"train", "pre-train or fine-tune a model (AdamW, aux-loss-free balancing, MTP)"},
     {"generate", "sample text from a checkpoint (latent KV cache, MTP speculation)"},
     {"chat", "interactive chat with a checkpoint"},
     {"serve", "HTTP server for completions"},
     {"quantize", "quantize a checkpoint's weights (FP8 / integer formats)"},
     {"convert", "convert between HF safetensors, DeepSeek FP8 checkpoints and GGUF"},
     {"distill", "distil a large model into a small one"},
-    {"cost", "report the cost ledger: FLOPs, device-hours, energy, money"},
 };
 #define N_PLANNED ((int)(sizeof PLANNED / sizeof PLANNED[0]))
 
@@ -34,8 +31,13 @@ static void usage_main(FILE *f) {
             "frugal trains and runs DeepSeek-V3-architecture language models (MLA, DeepSeekMoE, MTP).\n"
             "\n"
             "Commands:\n"
+            "  data       tokenize text / JSONL / folders into token shards; inspect a dataset\n"
+            "  tokenizer  train a byte-level BPE tokenizer; encode and decode text\n"
+            "  train      train a model: AdamW, aux-loss-free balancing, MTP, checkpoints, ledger\n"
             "  eval       mean next-token loss and perplexity of a model on token sequences\n"
             "  info       config summary, parameter counts, latent KV-cache size, CPU features\n"
+            "  cost       run ledger: final-run cost next to the lifecycle cost of all runs\n"
+            "  plot       draw training curves from metrics.jsonl (SVG or terminal)\n"
             "  version    print the version\n"
             "  help       show this help, or `frugal help <command>` for a command's help\n"
             "\n"
@@ -82,7 +84,7 @@ static const planned_cmd *find_planned(const char *name) {
 static int cmd_planned(const planned_cmd *p) {
     fprintf(stderr,
             "frugal %s: not implemented yet (planned: %s).\n"
-            "Implemented today: eval, info, version. See README.md for the roadmap.\n",
+            "Implemented today: data, tokenizer, train, eval, info, cost, plot, version. See README.md for the roadmap.\n",
             p->name, p->summary);
     return CLI_EXIT_USAGE;
 }
@@ -96,8 +98,13 @@ typedef struct {
 } command;
 
 static const command COMMANDS[] = {
+    {"train", cmd_train, usage_train},
+    {"data", cmd_data, usage_data},
+    {"tokenizer", cmd_tokenizer, usage_tokenizer},
     {"eval", cmd_eval, usage_eval},
     {"info", cmd_info, usage_info},
+    {"cost", cmd_cost, usage_cost},
+    {"plot", cmd_plot, usage_plot},
     {"version", cmd_version, usage_version},
     {"help", cmd_help, usage_help},
 };

@@ -430,9 +430,9 @@ static int remove_tree(const char *dir) {
 
 static int ckpt_complete(const char *dir) {
     const char *need[] = {"config.json", "model.safetensors", STATE_FILE};
-    char path[1200];
+    char path[1300];
     for (int i = 0; i < 3; i++) {
-        snprintf(path, sizeof path, "%s/%s", dir, need[i]);
+        if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, need[i]) >= sizeof path) return 0;
         if (access(path, R_OK) != 0) return 0;
     }
     return 1;
@@ -731,6 +731,7 @@ static int do_checkpoint(run *r) {
 }
 
 static int do_eval(run *r) {
+    if (!r->data.val) return FR_OK;
     double vl = 0, bpb = 0;
     FR_CHECK(evaluate(r, &vl, &bpb));
     r->last_val = vl;
@@ -804,11 +805,11 @@ static int train_steps(run *r, fr_train_result *res) {
             }
             fr_loss_info li;
             if (rc == FR_OK) rc = fr_model_forward(r->m, tokens, targets, B, T, &li);
-            if (rc == FR_OK) rc = fr_model_backward(r->m);
-            if (rc == FR_OK && n_moe > 0) {
+            if (rc == FR_OK && n_moe > 0) { /* before backward, which retires the forward */
                 rc = fr_model_expert_counts(r->m, micro_counts, layer_idx);
-                for (long i = 0; i < (long)n_moe * E; i++) counts[i] += micro_counts[i];
+                for (long i = 0; rc == FR_OK && i < (long)n_moe * E; i++) counts[i] += micro_counts[i];
             }
+            if (rc == FR_OK) rc = fr_model_backward(r->m);
             if (rc != FR_OK) break;
             const double w = 1.0 / a->grad_accum;
             mean.loss += w * li.loss;
@@ -969,7 +970,12 @@ int fr_train(const fr_train_args *args_in, int resume, const fr_train_hooks *hoo
     int threads = args.threads > 0 ? args.threads : omp_get_max_threads();
 
     int rc = fr_dataset_open(&r.data.train, args.data_dir, "train");
-    if (rc == FR_OK) rc = fr_dataset_open(&r.data.val, args.data_dir, "val");
+    int no_val = 0;
+    if (rc == FR_OK && fr_dataset_open(&r.data.val, args.data_dir, "val") != FR_OK) {
+        r.data.val = NULL; /* a corpus too small for a validation split still trains */
+        no_val = 1;
+        fr_clear_error();
+    }
     if (rc == FR_OK) {
         uint64_t nt = fr_dataset_num_tokens(r.data.train);
         if (nt < (uint64_t)args.seq_len + 1) rc = fr_error(FR_ERR_ARG, "%s: the training split has %llu tokens, fewer than one sequence of %d",
@@ -1067,6 +1073,7 @@ int fr_train(const fr_train_args *args_in, int resume, const fr_train_hooks *hoo
         }
     }
     r.t_start = now_s();
+    if (rc == FR_OK && no_val) info(&r, "%s has no validation split: no validation loss will be reported", args.data_dir);
     r.mem_plan = r.m ? 4 * r.m->n_params * sizeof(float) + fr_model_activation_bytes(r.m, args.batch_size, args.seq_len) : 0;
     if (rc == FR_OK) {
         snprintf(res->run_id, sizeof res->run_id, "%s", r.led.run_id);

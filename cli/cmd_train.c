@@ -1,0 +1,335 @@
+/* cmd_train.c — `frugal train`: flags to fr_train_args, a progress line per step, Ctrl-C. */
+#include "cli.h"
+
+#include "frugal.h"
+
+#include <math.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+void usage_train(FILE *f) {
+    fr_train_args d;
+    fr_train_args_default(&d);
+    fprintf(f,
+            "usage: frugal train --config CONFIG.json --data DIR --out RUN_DIR (--steps N | --tokens N) [options]\n"
+            "       frugal train --resume RUN_DIR [--steps N | --tokens N]\n"
+            "\n"
+            "Trains a DeepSeek-V3-style model on token shards made by `frugal data prepare`. Writes\n"
+            "checkpoints (Hugging Face folders RUN_DIR/ckpt-NNNNNNNN + training state), metrics.jsonl,\n"
+            "and records the run in the ledger (default: RUN_DIR/../ledger.jsonl; see `frugal cost`).\n"
+            "Ctrl-C saves a checkpoint and stops; --resume continues with exactly the losses an\n"
+            "uninterrupted run would have had (same --threads).\n"
+            "\n"
+            "What:\n"
+            "  --config FILE        model config.json (a new model, initialised from --seed)\n"
+            "  --init DIR           or start from the weights of a model folder\n"
+            "  --data DIR           prepared data (train_*.bin, val_*.bin, tokenizer.json)\n"
+            "  --out RUN_DIR        run folder to create\n"
+            "  --resume RUN_DIR     continue a run from its latest checkpoint\n"
+            "How long:\n"
+            "  --steps N            optimizer steps\n"
+            "  --tokens N           or training tokens (steps = ceil(N / (batch x seq x accum)))\n"
+            "Batch:\n"
+            "  --batch B            sequences per micro-batch (default %d)\n"
+            "  --seq T              tokens per sequence (default %d)\n"
+            "  --accum N            micro-batches per step, gradient accumulation (default %d)\n"
+            "Optimizer (AdamW; no weight decay on norms and biases):\n"
+            "  --lr X               peak learning rate (default %g)\n"
+            "  --schedule S         cosine | wsd | constant (default cosine)\n"
+            "  --warmup N           linear warmup steps (default %d)\n"
+            "  --min-lr-frac X      final learning rate as a fraction of the peak (default %g)\n"
+            "  --decay-frac X       wsd: fraction of steps spent decaying (default %g)\n"
+            "  --beta1 X --beta2 X --eps X   AdamW moments (default %g, %g, %g)\n"
+            "  --weight-decay X     (default %g)\n"
+            "  --clip X             clip the global gradient norm to X, 0 = off (default %g)\n"
+            "DeepSeek-V3 balancing and MTP:\n"
+            "  --bias-speed X       gamma of the auxiliary-loss-free router-bias update (default %g)\n"
+            "  --balance-alpha X    weight of the sequence-wise balance loss (default %g)\n"
+            "  --mtp-lambda X       weight of the multi-token-prediction loss (default %g)\n"
+            "Run:\n"
+            "  --seed N             initialisation and data order (default %llu)\n"
+            "  --threads N          CPU threads (default: OMP_NUM_THREADS or all cores)\n"
+            "  --eval-interval N    steps between validation evaluations, 0 = only at the end (default %d)\n"
+            "  --eval-batches N     validation batches per evaluation (default %d)\n"
+            "  --ckpt-interval N    steps between checkpoints, 0 = only at the end (default %d)\n"
+            "  --sample-interval N  steps between samples, 0 = none (default %d)\n"
+            "  --sample-tokens N    tokens per sample (default %d)\n"
+            "  --prompt TEXT        sample prompt (default \"And\")\n"
+            "Cost ledger:\n"
+            "  --ledger FILE        ledger file (default RUN_DIR/../ledger.jsonl)\n"
+            "  --price-hour X       $ per core-hour (default %g)\n"
+            "  --watts X            watts per core (default %g)\n"
+            "  --price-kwh X        $ per kWh (default %g)\n"
+            "Output:\n"
+            "  --peak-gflops X      FP32 peak for MFU instead of measuring it at start (1.5 s)\n"
+            "  --quiet              no per-step lines (events still go to metrics.jsonl)\n"
+            "  --json               print each event as one JSON line on stdout\n"
+            "  -h, --help           show this help\n"
+            "\n"
+            "Exit status: 0 finished, 1 failure, 2 usage error, 130 stopped by Ctrl-C (checkpoint saved).\n",
+            d.batch_size, d.seq_len, d.grad_accum, d.lr, d.warmup_steps, d.min_lr_frac, d.decay_frac, d.beta1,
+            d.beta2, d.eps, d.weight_decay, d.grad_clip, d.bias_update_speed, d.balance_alpha, d.mtp_lambda,
+            (unsigned long long)d.seed, d.eval_interval, d.eval_batches, d.ckpt_interval, d.sample_interval,
+            d.sample_tokens, d.prices.usd_per_device_hour, d.prices.watts_per_device, d.prices.usd_per_kwh);
+}
+
+static volatile sig_atomic_t g_stop = 0;
+
+static void on_sigint(int sig) {
+    (void)sig;
+    if (g_stop) _exit(130); /* second Ctrl-C: give up now (the last checkpoint stays valid) */
+    g_stop = 1;
+    static const char msg[] = "\nfrugal train: Ctrl-C: finishing this step, saving a checkpoint (Ctrl-C again to abort now)\n";
+    ssize_t w = write(2, msg, sizeof msg - 1);
+    (void)w;
+}
+
+static int should_stop(void *user) {
+    (void)user;
+    return g_stop;
+}
+
+typedef struct {
+    int quiet, json;
+} out_opts;
+
+static void fmt_time(char *buf, size_t n, double s) {
+    if (!isfinite(s) || s < 0) s = 0;
+    long t = (long)(s + 0.5);
+    if (t >= 3600) snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+    else snprintf(buf, n, "%ld:%02ld", t / 60, t % 60);
+}
+
+static void on_event(void *user, const fr_train_event *ev) {
+    const out_opts *o = user;
+    if (o->json) {
+        printf("{\"event\": ");
+        switch (ev->type) {
+        case FR_EV_STEP:
+            printf("\"step\", \"step\": %ld, \"max_steps\": %ld, \"loss\": ", ev->step, ev->max_steps);
+            cli_json_number(stdout, ev->loss.loss);
+            printf(", \"loss_main\": ");
+            cli_json_number(stdout, ev->loss.loss_main);
+            printf(", \"lr\": %.6g, \"tokens_per_s\": %.1f, \"gflops\": %.2f, \"mfu\": %.4f, \"elapsed_s\": %.2f, \"cost_usd\": %.6f, \"rss_peak_bytes\": %zu, \"mem_plan_bytes\": %zu",
+                   ev->lr, ev->tokens_per_s, ev->gflops, ev->mfu, ev->elapsed_s, ev->cost_usd, ev->rss_peak_bytes, ev->mem_plan_bytes);
+            break;
+        case FR_EV_EVAL:
+            printf("\"eval\", \"step\": %ld, \"val_loss\": ", ev->step);
+            cli_json_number(stdout, ev->val_loss);
+            printf(", \"val_bpb\": ");
+            cli_json_number(stdout, ev->val_bpb);
+            break;
+        case FR_EV_SAMPLE:
+        case FR_EV_CHECKPOINT:
+        case FR_EV_INFO:
+            printf("\"%s\", \"step\": %ld, \"text\": ",
+                   ev->type == FR_EV_SAMPLE ? "sample" : ev->type == FR_EV_CHECKPOINT ? "checkpoint" : "info", ev->step);
+            cli_json_string(stdout, ev->text ? ev->text : "");
+            break;
+        }
+        printf("}\n");
+        fflush(stdout);
+        return;
+    }
+    if (o->quiet && ev->type == FR_EV_STEP) return;
+    char el[32], eta[32];
+    switch (ev->type) {
+    case FR_EV_STEP: {
+        fmt_time(el, sizeof el, ev->elapsed_s);
+        fmt_time(eta, sizeof eta, ev->eta_s);
+        int w = 1;
+        for (long m = ev->max_steps; m >= 10; m /= 10) w++;
+        printf("step %*ld/%ld | loss %.4f (main %.4f", w, ev->step, ev->max_steps, ev->loss.loss, ev->loss.loss_main);
+        if (ev->loss.loss_mtp[0] > 0) printf(" mtp %.4f", ev->loss.loss_mtp[0]);
+        printf(") | lr %.2e | %6.0f tok/s | %5.1f GFLOP/s", ev->lr, ev->tokens_per_s, ev->gflops);
+        if (ev->mfu > 0) printf(" | MFU %4.1f%%", 100 * ev->mfu);
+        if (ev->n_moe > 0) {
+            double mx = 0;
+            for (int i = 0; i < ev->n_moe; i++) mx = ev->maxvio[i] > mx ? ev->maxvio[i] : mx;
+            printf(" | MaxVio %.2f", mx);
+        }
+        printf(" | %s, ETA %s | $%.4f\n", el, eta, ev->cost_usd);
+        break;
+    }
+    case FR_EV_EVAL:
+        printf("eval step %ld | val loss %.4f", ev->step, ev->val_loss);
+        if (isfinite(ev->val_bpb)) printf(" | %.4f bits/byte", ev->val_bpb);
+        printf("\n");
+        break;
+    case FR_EV_SAMPLE:
+        printf("sample step %ld | %s\n", ev->step, ev->text);
+        break;
+    case FR_EV_CHECKPOINT:
+        printf("checkpoint step %ld -> %s\n", ev->step, ev->text);
+        break;
+    case FR_EV_INFO:
+        printf("%s\n", ev->text);
+        break;
+    }
+    fflush(stdout);
+}
+
+static int parse_double(const char *cmd, const char *opt, const char *text, double lo, double hi, double *out) {
+    char *end = NULL;
+    double v = strtod(text, &end);
+    if (end == text || *end != 0 || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "frugal %s: option '%s' expects a number in [%g, %g], got '%s'\n", cmd, opt, lo, hi, text);
+        usage_train(stderr);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int copy_arg(char *dst, size_t n, const char *opt, const char *v) {
+    if (strlen(v) >= n) {
+        fprintf(stderr, "frugal train: the value of %s is too long\n", opt);
+        return -1;
+    }
+    strcpy(dst, v);
+    return 0;
+}
+
+int cmd_train(int argc, char **argv) {
+    fr_train_args a;
+    fr_train_args_default(&a);
+    a.max_steps = 0;
+    const char *resume = NULL, *v = NULL;
+    out_opts oo = {0, 0};
+    int have_peak = 0;
+    for (int i = 1; i < argc; i++) {
+        int r;
+        long n;
+        double x;
+        if (cli_is_help(argv[i])) {
+            usage_train(stdout);
+            return CLI_EXIT_OK;
+        }
+#define STROPT(name, field) \
+        if ((r = cli_opt_value("train", usage_train, argc, argv, &i, name, &v)) != 0) { \
+            if (r < 0 || copy_arg(a.field, sizeof a.field, name, v) < 0) return CLI_EXIT_USAGE; \
+            continue; \
+        }
+#define INTOPT(name, lo, hi, dst) \
+        if ((r = cli_opt_value("train", usage_train, argc, argv, &i, name, &v)) != 0) { \
+            if (r < 0 || cli_parse_int("train", usage_train, name, v, lo, hi, &n) < 0) return CLI_EXIT_USAGE; \
+            dst = n; \
+            continue; \
+        }
+#define DBLOPT(name, lo, hi, dst) \
+        if ((r = cli_opt_value("train", usage_train, argc, argv, &i, name, &v)) != 0) { \
+            if (r < 0 || parse_double("train", name, v, lo, hi, &x) < 0) return CLI_EXIT_USAGE; \
+            dst = x; \
+            continue; \
+        }
+        STROPT("--config", model_config)
+        STROPT("--init", init_model)
+        STROPT("--data", data_dir)
+        STROPT("--out", run_dir)
+        STROPT("--prompt", sample_prompt)
+        STROPT("--ledger", ledger_path)
+        if ((r = cli_opt_value("train", usage_train, argc, argv, &i, "--resume", &v)) != 0) {
+            if (r < 0 || copy_arg(a.run_dir, sizeof a.run_dir, "--resume", v) < 0) return CLI_EXIT_USAGE;
+            resume = v;
+            continue;
+        }
+        if ((r = cli_opt_value("train", usage_train, argc, argv, &i, "--schedule", &v)) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+            if (!strcmp(v, "cosine")) a.schedule = FR_LR_COSINE;
+            else if (!strcmp(v, "wsd")) a.schedule = FR_LR_WSD;
+            else if (!strcmp(v, "constant")) a.schedule = FR_LR_CONSTANT;
+            else return cli_usage_error("train", usage_train, "--schedule must be cosine, wsd or constant, got '%s'", v);
+            continue;
+        }
+        INTOPT("--steps", 1, 1000000000L, a.max_steps)
+        INTOPT("--batch", 1, 1 << 20, a.batch_size)
+        INTOPT("--seq", 2, 1 << 20, a.seq_len)
+        INTOPT("--accum", 1, 1 << 20, a.grad_accum)
+        INTOPT("--warmup", 0, 1000000000L, a.warmup_steps)
+        INTOPT("--threads", 1, 4096, a.threads)
+        INTOPT("--eval-interval", 0, 1000000000L, a.eval_interval)
+        INTOPT("--eval-batches", 1, 1000000, a.eval_batches)
+        INTOPT("--ckpt-interval", 0, 1000000000L, a.ckpt_interval)
+        INTOPT("--sample-interval", 0, 1000000000L, a.sample_interval)
+        INTOPT("--sample-tokens", 1, 100000, a.sample_tokens)
+        if ((r = cli_opt_value("train", usage_train, argc, argv, &i, "--seed", &v)) != 0) {
+            if (r < 0 || cli_parse_int("train", usage_train, "--seed", v, 0, LONG_MAX, &n) < 0) return CLI_EXIT_USAGE;
+            a.seed = (uint64_t)n;
+            continue;
+        }
+        DBLOPT("--tokens", 1, 1e18, a.max_tokens)
+        DBLOPT("--lr", 1e-12, 10, a.lr)
+        DBLOPT("--min-lr-frac", 0, 1, a.min_lr_frac)
+        DBLOPT("--decay-frac", 0, 1, a.decay_frac)
+        DBLOPT("--beta1", 0, 0.999999, a.beta1)
+        DBLOPT("--beta2", 0, 0.999999999, a.beta2)
+        DBLOPT("--eps", 1e-30, 1, a.eps)
+        DBLOPT("--weight-decay", 0, 10, a.weight_decay)
+        DBLOPT("--clip", 0, 1e9, a.grad_clip)
+        DBLOPT("--bias-speed", 0, 1, a.bias_update_speed)
+        DBLOPT("--balance-alpha", 0, 10, a.balance_alpha)
+        DBLOPT("--mtp-lambda", 0, 10, a.mtp_lambda)
+        DBLOPT("--price-hour", 0, 1e6, a.prices.usd_per_device_hour)
+        DBLOPT("--watts", 0, 1e6, a.prices.watts_per_device)
+        DBLOPT("--price-kwh", 0, 1e6, a.prices.usd_per_kwh)
+        if ((r = cli_opt_value("train", usage_train, argc, argv, &i, "--peak-gflops", &v)) != 0) {
+            if (r < 0 || parse_double("train", "--peak-gflops", v, 1e-3, 1e12, &x) < 0) return CLI_EXIT_USAGE;
+            a.peak_gflops = x;
+            have_peak = 1;
+            continue;
+        }
+        if ((r = cli_opt_flag("train", usage_train, argv[i], "--quiet")) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+            oo.quiet = 1;
+            continue;
+        }
+        if ((r = cli_opt_flag("train", usage_train, argv[i], "--json")) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+            oo.json = 1;
+            continue;
+        }
+#undef STROPT
+#undef INTOPT
+#undef DBLOPT
+        return cli_usage_error("train", usage_train, "unknown option '%s'", argv[i]);
+    }
+    if (!resume) {
+        if (!a.run_dir[0]) return cli_usage_error("train", usage_train, "--out RUN_DIR is required");
+        if (!a.data_dir[0]) return cli_usage_error("train", usage_train, "--data DIR is required");
+        if (!a.model_config[0] && !a.init_model[0]) return cli_usage_error("train", usage_train, "--config FILE or --init DIR is required");
+        if (a.model_config[0] && a.init_model[0]) return cli_usage_error("train", usage_train, "give --config or --init, not both");
+        if (a.max_steps <= 0 && a.max_tokens <= 0) return cli_usage_error("train", usage_train, "--steps N or --tokens N is required");
+        if (cli_check_dir(a.data_dir, "data folder") != CLI_EXIT_OK) return CLI_EXIT_FAIL;
+    } else if (cli_check_dir(resume, "run folder") != CLI_EXIT_OK) {
+        return CLI_EXIT_FAIL;
+    }
+    if (a.threads > 0) fr_set_num_threads(a.threads);
+    if (!have_peak) {
+        fr_peak p = {0};
+        if (fr_measure_fp32_peak(&p) == FR_OK) a.peak_gflops = p.gflops;
+        if (!oo.json) printf("measured FP32 peak: %.1f GFLOP/s (%s, %d threads)\n", p.gflops, p.isa, p.threads);
+    }
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigint;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    fr_train_hooks hooks = {on_event, should_stop, &oo};
+    fr_train_result res;
+    int rc = fr_train(&a, resume != NULL, &hooks, &res);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    if (rc != FR_OK) return cli_fail_lib("training failed");
+    if (!oo.json) {
+        printf("%s run %s at step %ld: loss %.4f", res.interrupted ? "stopped" : "finished", res.run_id, res.steps_done, res.final_loss);
+        if (isfinite(res.val_loss)) printf(", val loss %.4f", res.val_loss);
+        printf("\ncheckpoint: %s\n", res.checkpoint);
+    }
+    return res.interrupted ? 130 : CLI_EXIT_OK;
+}
