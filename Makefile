@@ -49,6 +49,7 @@ test-asan: test-release asan
 fixtures:
 	$(PYTHON) -m pip install -q -r tools/requirements.txt
 	$(PYTHON) tools/make_fixtures.py --out tests/fixtures
+	$(CMAKE) -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release && $(CMAKE) --build $(BUILD) -j$(NPROC) --target test_tokenizer && $(PYTHON) tools/make_tokenizer_fixtures.py --out tests/fixtures/tokenizer --test-bin $(BUILD)/test_tokenizer
 
 bench: build
 	./$(BUILD)/bench_peak

@@ -94,6 +94,7 @@ static int should_stop(void *user) {
 
 typedef struct {
     int quiet, json;
+    size_t rss_peak, mem_plan; /* of the last step */
 } out_opts;
 
 static void fmt_time(char *buf, size_t n, double s) {
@@ -104,7 +105,11 @@ static void fmt_time(char *buf, size_t n, double s) {
 }
 
 static void on_event(void *user, const fr_train_event *ev) {
-    const out_opts *o = user;
+    out_opts *o = user;
+    if (ev->type == FR_EV_STEP) {
+        o->rss_peak = ev->rss_peak_bytes;
+        o->mem_plan = ev->mem_plan_bytes;
+    }
     if (o->json) {
         printf("{\"event\": ");
         switch (ev->type) {
@@ -198,7 +203,7 @@ int cmd_train(int argc, char **argv) {
     fr_train_args_default(&a);
     a.max_steps = 0;
     const char *resume = NULL, *v = NULL;
-    out_opts oo = {0, 0};
+    out_opts oo = {0, 0, 0, 0};
     int have_peak = 0;
     for (int i = 1; i < argc; i++) {
         int r;
@@ -330,6 +335,12 @@ int cmd_train(int argc, char **argv) {
         printf("%s run %s at step %ld: loss %.4f", res.interrupted ? "stopped" : "finished", res.run_id, res.steps_done, res.final_loss);
         if (isfinite(res.val_loss)) printf(", val loss %.4f", res.val_loss);
         printf("\ncheckpoint: %s\n", res.checkpoint);
+        if (oo.mem_plan > 0) {
+            char a[32], b[32];
+            printf("memory: peak resident %s, memory plan %s (parameters, gradients, AdamW moments, activations): %+.1f%%\n",
+                   cli_human_bytes(a, sizeof a, (double)oo.rss_peak), cli_human_bytes(b, sizeof b, (double)oo.mem_plan),
+                   100.0 * ((double)oo.rss_peak / (double)oo.mem_plan - 1.0));
+        }
     }
     return res.interrupted ? 130 : CLI_EXIT_OK;
 }

@@ -10,7 +10,8 @@
    the same corpus, with a GPT-4 (cl100k) Split, the DeepSeek-V3 Split sequence and a plain
    ByteLevel(use_regex=true) pre-tokenizer; hf_gpt2 also has a non-special added token.
    Variants edited from those files: hf_gpt2_prefix (ByteLevel add_prefix_space=true,
-   merges in the older "a b" string form) and hf_cl100k_ignore (model.ignore_merges=true).
+   merges in the older "a b" string form), hf_cl100k_ignore (model.ignore_merges=true) and
+   hf_gpt2_literal (a Split on the literal string ". " before ByteLevel(use_regex=true)).
 4. expected.json: the test texts and, for every tokenizer, the ids `tokenizers` gives with
    special tokens parsed (encode(..., add_special_tokens=False)) and not parsed
    (encode_special_tokens=True), plus what transformers' AutoTokenizer reports for the
@@ -181,7 +182,14 @@ def main():
         j["model"]["ignore_merges"] = True
     edit_json(os.path.join(a.out, "hf_cl100k"), os.path.join(a.out, "hf_cl100k_ignore"), ignore_merges)
 
-    names = ["frugal_trained", "hf_cl100k", "hf_dsv3", "hf_gpt2", "hf_gpt2_prefix", "hf_cl100k_ignore"]
+    def literal_split(j):
+        j["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"String": ". "}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}]}
+    edit_json(os.path.join(a.out, "hf_gpt2"), os.path.join(a.out, "hf_gpt2_literal"), literal_split)
+
+    names = ["frugal_trained", "hf_cl100k", "hf_dsv3", "hf_gpt2", "hf_gpt2_prefix", "hf_cl100k_ignore",
+             "hf_gpt2_literal"]
     expected = {"texts": TEXTS, "versions": {"tokenizers": tokenizers.__version__}, "tokenizers": {}}
     for n in names:
         expected["tokenizers"][n] = ids_for(os.path.join(a.out, n), adds_prefix="prefix" in n)
