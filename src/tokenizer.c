@@ -174,6 +174,70 @@ fr_strmap_slot *fr_strmap_put(fr_strmap *m, const void *key, size_t len, uint64_
 
 /* ------------------------------------------------------------------ pre-tokenizer */
 
+/* Unicode White_Space, which is what \s means in Oniguruma (tokenizers' regex engine). In
+ * UCP mode PCRE2's \s also takes U+180E (MONGOLIAN VOWEL SEPARATOR, a format character since
+ * Unicode 6.3), so \s and \S are spelled out. */
+#define WS_SET "\\t-\\r\\x{20}\\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}\\x{202f}\\x{205f}\\x{3000}"
+
+/* Copy pattern with \s -> [WS] (bare WS inside a class) and \S -> [^WS] (outside classes;
+ * a \S inside a class is left as is). Returns a malloc'd string or NULL. */
+static char *rewrite_space_classes(const char *p, size_t len, size_t *out_len) {
+    size_t n = 0, ws = strlen(WS_SET), count = 0;
+    for (size_t i = 0; i + 1 < len; i++)
+        if (p[i] == '\\') {
+            count++;
+            i++;
+        }
+    char *o = malloc(len + count * (ws + 4) + 1);
+    if (!o) return NULL;
+    int in_class = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = p[i];
+        if (c == '\\' && i + 1 < len) {
+            char e = p[i + 1];
+            if (e == 's' || (e == 'S' && !in_class)) {
+                if (!in_class) o[n++] = '[';
+                if (e == 'S') o[n++] = '^';
+                memcpy(o + n, WS_SET, ws);
+                n += ws;
+                if (!in_class) o[n++] = ']';
+            } else {
+                o[n++] = c;
+                o[n++] = e;
+            }
+            i++;
+            continue;
+        }
+        if (!in_class && c == '[') {
+            in_class = 1;
+            o[n++] = c;
+            if (i + 1 < len && p[i + 1] == '^') o[n++] = p[++i];
+            if (i + 1 < len && p[i + 1] == ']') o[n++] = p[++i]; /* a leading ] is literal */
+            continue;
+        }
+        if (in_class && c == '[' && i + 1 < len && p[i + 1] == ':') { /* [:alpha:] */
+            const char *end = NULL;
+            for (size_t k = i + 2; k + 1 < len; k++)
+                if (p[k] == ':' && p[k + 1] == ']') {
+                    end = p + k + 2;
+                    break;
+                }
+            if (end) {
+                size_t l = (size_t)(end - (p + i));
+                memcpy(o + n, p + i, l);
+                n += l;
+                i += l - 1;
+                continue;
+            }
+        }
+        if (in_class && c == ']') in_class = 0;
+        o[n++] = c;
+    }
+    o[n] = 0;
+    *out_len = n;
+    return o;
+}
+
 int fr_pretok_add(fr_pretok *pt, const char *pattern, size_t len, int literal, const char *what) {
     if (pt->n_steps >= FR_PRETOK_MAX_STEPS)
         return fr_error(FR_ERR_FORMAT, "%s: more than %d split steps are not supported", what, FR_PRETOK_MAX_STEPS);
@@ -181,7 +245,14 @@ int fr_pretok_add(fr_pretok *pt, const char *pattern, size_t len, int literal, c
     PCRE2_SIZE erroff = 0;
     /* PCRE2_LITERAL refuses PCRE2_UCP (it has no classes to apply it to) */
     uint32_t opts = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, len, opts, &errcode, &erroff, NULL);
+    char *rewritten = NULL;
+    size_t rlen = len;
+    if (!literal) {
+        rewritten = rewrite_space_classes(pattern, len, &rlen);
+        if (!rewritten) return fr_error(FR_ERR_NOMEM, "out of memory");
+    }
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)(rewritten ? rewritten : pattern), rlen, opts, &errcode, &erroff, NULL);
+    free(rewritten);
     if (!re) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(errcode, msg, sizeof msg);

@@ -18,6 +18,7 @@ Prints a table with the ratios. Encode figures are the best of --reps passes.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -113,6 +114,7 @@ def main():
         out = subprocess.run([sys.executable, __file__, "--encode-child", "--corpus", a.corpus, "--tokenizer", work,
                               "--reps", str(a.reps)], check=True, capture_output=True, text=True, env=env)
         hf[nt] = json.loads(out.stdout.strip().splitlines()[-1])
+    shutil.rmtree(work, ignore_errors=True)
     same = all(hf[nt]["ids_fnv1a"] == fr["ids_fnv1a"] and hf[nt]["tokens"] == fr["tokens"] for nt in (1, 2))
 
     print(f"corpus {a.corpus}: {fr['docs']} documents, {fr['bytes'] / 1e6:.2f} MB; vocab {a.vocab}; "

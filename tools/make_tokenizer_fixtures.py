@@ -93,6 +93,8 @@ TEXTS = [
     "!!!??? ... --- *** ### @@@ $$$ %%% ^^^ &&& ((( ))) [[[ ]]] {{{ }}} ||| \\\\ /// ~~~ ```",
     "URL: https://example.com/path?q=1&r=two#frag email: someone@example.org",
     "\t\t\tdeeply\n\t\t\t\tindented\n\n\n\n",
+    # U+180E is not White_Space for tokenizers (Oniguruma) but is \s for PCRE2 in UCP mode
+    " \u2000\u180e x\u180e'S \u2029\u2028\u180e end\u180e",
 ]
 
 
