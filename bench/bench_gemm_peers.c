@@ -17,8 +17,9 @@
  *
  * Every library runs with the same thread count (omp_set_num_threads; OpenBLAS also
  * openblas_set_num_threads; oneDNN of Debian uses the OpenMP runtime). Timing: warm-up calls
- * (>= 2 and >= 20 ms), then the best of >= 3 calls (more until --min-ms has passed, at most
- * 50). Every peer result is checked against frugal's (Frobenius relative error <= 1e-5),
+ * (>= 2 and >= 20 ms per library), then the libraries take turns call by call (so that all
+ * meet the same load on a shared machine) for >= 3 rounds and --min-ms, at most 50 rounds;
+ * the best call of each library counts. Every peer result is checked against frugal's (Frobenius relative error <= 1e-5),
  * and frugal's own against a double-precision reference on sampled entries.
  *
  * Built with the peers when CMake finds them (FR_HAVE_OPENBLAS / FR_HAVE_DNNL, this target
@@ -26,6 +27,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <unistd.h>
 
 #include "bench_common.h"
 #include "ops_cpu.h"
@@ -181,25 +183,13 @@ static int run_gemm(int lib, const shape *s, const operands *o) {
     }
 }
 
-/* Best seconds per call after warm-up; -1 on a library error. */
-static double time_best(int lib, const shape *s, const operands *o, double min_s, int *reps_out) {
+/* Warm-up: >= 2 calls and >= 20 ms; -1 on a library error. */
+static int warm_up(int lib, const shape *s, const operands *o) {
     double t0 = bench_now();
     for (int w = 0; w < 2 || bench_now() - t0 < 0.02; w++)
         if (run_gemm(lib, s, o) != 0) return -1;
-    double best = 1e30, total = 0;
-    int reps = 0;
-    while (reps < 3 || (total < min_s && reps < 50)) {
-        double a = bench_now();
-        run_gemm(lib, s, o);
-        double t = bench_now() - a;
-        total += t;
-        if (t < best) best = t;
-        reps++;
-    }
-    *reps_out = reps;
-    return best;
+    return 0;
 }
-
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
 static float rnd(void) { /* uniform in [-1, 1) */
     g_rng ^= g_rng << 13;
@@ -293,12 +283,31 @@ static int measure(shape *s, double min_s) {
         }
         s->ok[lib] = s->err[lib] <= TOL;
         if (!s->ok[lib]) failed = 1;
-        /* then the timing (beta = 1 keeps accumulating into C: harmless) */
-        s->best_s[lib] = time_best(lib, s, &o, min_s, &s->reps[lib]);
-        if (s->best_s[lib] < 0) {
-            s->best_s[lib] = 0;
-            failed = 1;
+    }
+    /* Timing, the libraries taking turns call by call so that all of them meet the same load
+     * on a shared machine; best call per library (beta = 1 keeps accumulating into C: harmless). */
+    int live[NLIB] = {0};
+    for (int lib = 0; lib < NLIB; lib++) {
+        if (!lib_available(lib)) continue;
+        live[lib] = warm_up(lib, s, &o) == 0;
+        if (!live[lib]) failed = 1;
+        s->best_s[lib] = 1e30;
+    }
+    double t0 = bench_now();
+    int rounds = 0;
+    while (rounds < 3 || (bench_now() - t0 < min_s && rounds < 50)) {
+        for (int lib = 0; lib < NLIB; lib++) {
+            if (!live[lib]) continue;
+            double a = bench_now();
+            run_gemm(lib, s, &o);
+            double t = bench_now() - a;
+            if (t < s->best_s[lib]) s->best_s[lib] = t;
         }
+        rounds++;
+    }
+    for (int lib = 0; lib < NLIB; lib++) {
+        if (!live[lib]) s->best_s[lib] = 0;
+        s->reps[lib] = live[lib] ? rounds : 0;
     }
     free(A);
     free(B);
@@ -323,7 +332,8 @@ static void usage(FILE *f) {
             "                 bench/configs/bench-100m.json)\n"
             "  --tokens N     tokens per step B*T (default 2048)\n"
             "  --threads N    threads for every library (default 2)\n"
-            "  --min-ms MS    keep timing a shape until MS ms have passed (>= 3, <= 50 calls; default 150)\n"
+            "  --min-ms MS    time a shape for MS ms, the libraries taking turns (>= 3, <= 50 calls each;\n"
+            "                 default 300)\n"
             "  --libs LIST    peers to run besides frugal, e.g. openblas,onednn (default: all built)\n");
 }
 
@@ -391,7 +401,7 @@ int main(int argc, char **argv) {
     const char *prog = "bench_gemm_peers";
     char cfg_paths[MAX_CONFIGS][1024];
     int ncfg = 0;
-    long tokens = 2048, threads = 2, min_ms = 150;
+    long tokens = 2048, threads = 2, min_ms = 300;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -425,6 +435,17 @@ int main(int argc, char **argv) {
         ncfg = 2;
     }
 
+#ifdef FR_HAVE_OPENBLAS
+    /* OpenBLAS's idle pthread workers spin for 2^28 TSC cycles (~0.1 s) after every call,
+     * taking a core from whatever runs next on a 2-core machine, while libgomp (frugal,
+     * oneDNN) spins for well under a millisecond. OPENBLAS_THREAD_TIMEOUT=20 (2^20 cycles)
+     * makes the two comparable; OpenBLAS reads it when it loads, hence the re-exec. */
+    if (lib_available(LIB_OPENBLAS) && !getenv("OPENBLAS_THREAD_TIMEOUT")) {
+        setenv("OPENBLAS_THREAD_TIMEOUT", "20", 1);
+        execv("/proc/self/exe", argv);
+        fprintf(stderr, "%s: re-exec with OPENBLAS_THREAD_TIMEOUT=20 failed; OpenBLAS workers spin longer\n", prog);
+    }
+#endif
     omp_set_num_threads((int)threads);
     fr_set_num_threads((int)threads);
 #ifdef FR_HAVE_OPENBLAS
@@ -445,12 +466,13 @@ int main(int argc, char **argv) {
            tokens, fr_cpu_isa_name(fr_cpu_isa()), peak.gflops, peak.isa);
     for (int lib = 1; lib < NLIB; lib++) {
         if (!lib_available(lib)) {
-            printf("  %s: not available (not found at build time)\n", lib_name[lib]);
+            printf("  %s: not available (not found at build time, or left out by --libs)\n", lib_name[lib]);
             continue;
         }
 #ifdef FR_HAVE_OPENBLAS
         if (lib == LIB_OPENBLAS)
-            printf("  openblas: %s, %d threads\n", openblas_get_config(), openblas_get_num_threads());
+            printf("  openblas: %s, %d threads, OPENBLAS_THREAD_TIMEOUT=%s\n", openblas_get_config(),
+                   openblas_get_num_threads(), getenv("OPENBLAS_THREAD_TIMEOUT") ? getenv("OPENBLAS_THREAD_TIMEOUT") : "unset");
 #endif
 #ifdef FR_HAVE_DNNL
         if (lib == LIB_DNNL) {

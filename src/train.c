@@ -557,7 +557,7 @@ static int save_checkpoint(run *r, char *out_dir, size_t out_n) {
 }
 
 static int load_state(run *r, const char *dir) {
-    char path[1200];
+    char path[1300];
     snprintf(path, sizeof path, "%s/%s", dir, STATE_FILE);
     char *data = NULL;
     size_t len = 0;
