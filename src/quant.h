@@ -1,0 +1,64 @@
+/*
+ * quant.h — weight matrices in several storage formats, for inference.
+ *
+ * A fr_qmatrix is a linear layer's weight W [rows = out features, cols = in features],
+ * row-major as in Hugging Face, stored in one of the fr_qtype formats. Quantized formats
+ * cut every row into blocks of FR_QBLOCK consecutive values (cols must be a multiple of
+ * FR_QBLOCK for them); each block format is documented beside its code in quant.c and in
+ * docs/quantization.md.
+ *
+ * The only compute entry point is fr_qmatmul: y[M, rows] = x[M, cols] · Wᵀ with FP32
+ * activations, for M = 1 (decode: a matrix-vector product, bound by memory bandwidth) and
+ * M > 1 (prefill: matrix-matrix). The CPU kernels are chosen at run time (AVX-512 VNNI /
+ * AVX2 / scalar) and checked against the scalar ones in tests.
+ */
+#ifndef FR_QUANT_H
+#define FR_QUANT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "safetensors.h"
+
+#define FR_QBLOCK 32
+
+typedef enum {
+    FR_QT_F32 = 0,   /* plain float */
+    FR_QT_BF16 = 1,  /* bfloat16 (upper half of a float), round to nearest even */
+    FR_QT_Q8_0 = 2,  /* blocks of 32: float scale + 32 int8 */
+    FR_QT_Q4_1 = 3,  /* blocks of 32: float scale + float minimum + 32 4-bit values */
+    FR_QT_COUNT
+} fr_qtype;
+
+typedef struct {
+    fr_qtype type;
+    int rows, cols;
+    void *data;      /* rows * fr_qtype_row_bytes(type, cols) bytes; owned if `owned` */
+    int owned;
+} fr_qmatrix;
+
+/* Name ("f32", "bf16", "q8_0", "q4_1") and parse; -1 if unknown. */
+const char *fr_qtype_name(fr_qtype t);
+int fr_qtype_parse(const char *name);
+/* Bytes of one stored row of `cols` values (0 if cols is not allowed for the type). */
+size_t fr_qtype_row_bytes(fr_qtype t, int cols);
+
+/* Quantize an FP32 matrix [rows, cols] into a new owned matrix of type t. */
+int fr_qmatrix_from_f32(fr_qmatrix *out, fr_qtype t, const float *src, int rows, int cols);
+/* Wrap existing memory (not owned). */
+void fr_qmatrix_wrap(fr_qmatrix *out, fr_qtype t, void *data, int rows, int cols);
+void fr_qmatrix_free(fr_qmatrix *m);
+/* Row r as FP32 into dst[cols]. */
+void fr_qmatrix_row_f32(const fr_qmatrix *m, int r, float *dst);
+
+/* Load the linear weight `name` ([rows, cols]) of a checkpoint as a matrix of type `want`:
+ * float tensors (F32, F16, BF16) are converted / quantized to `want`; tensors already
+ * stored quantized by `frugal quantize` are used as stored when `want` is their type.
+ * Fails with a message naming the tensor when it is missing or has another shape. */
+int fr_qmatrix_load(fr_qmatrix *out, const fr_st_set *st, const char *name, int rows, int cols, fr_qtype want);
+
+/* y[M, rows] = x[M, cols] · Wᵀ (overwrites y). OpenMP-parallel over rows (M small) or over
+ * both M and rows (M large). */
+void fr_qmatmul(float *y, const float *x, const fr_qmatrix *w, int M);
+
+#endif
