@@ -35,6 +35,7 @@ typedef struct {
 
 typedef struct fr_ops {
     const char *name;
+    int host_memory;   /* 1: device pointers are host pointers (no copies needed to read them) */
 
     /* ---- memory */
     void *(*alloc)(size_t bytes);                 /* zero-filled, 64-byte aligned; NULL on failure */

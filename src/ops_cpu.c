@@ -589,6 +589,7 @@ static void moe_combine_backward(float *dye, float *dtopk_w, const float *dout, 
 
 static const fr_ops cpu_ops = {
     .name = "cpu",
+    .host_memory = 1,
     .alloc = cpu_alloc,
     .free = cpu_free,
     .memset0 = cpu_memset0,

@@ -556,42 +556,46 @@ static int save_checkpoint(run *r, char *out_dir, size_t out_n) {
     return FR_OK;
 }
 
+/* Read straight into the moment buffers: no transient copy of the 2 x n_params floats. */
 static int load_state(run *r, const char *dir) {
     char path[1300];
     snprintf(path, sizeof path, "%s/%s", dir, STATE_FILE);
-    char *data = NULL;
-    size_t len = 0;
-    FR_CHECK(fr_read_file(path, &data, &len));
+    FILE *f = fopen(path, "rb");
+    if (!f) return fr_error(FR_ERR_IO, "cannot open %s: %s", path, strerror(errno));
     const size_t pbytes = r->m->n_params * sizeof(float);
+    const size_t want_len = sizeof(state_header) + 2 * pbytes + sizeof(uint64_t);
     state_header h;
+    uint64_t want = 0;
     int rc = FR_OK;
-    if (len != sizeof h + 2 * pbytes + sizeof(uint64_t)) {
-        rc = fr_error(FR_ERR_FORMAT, "%s: %zu bytes, expected %zu for %zu parameters (truncated or from another model)",
-                      path, len, sizeof h + 2 * pbytes + sizeof(uint64_t), r->m->n_params);
-        goto done;
-    }
-    memcpy(&h, data, sizeof h);
-    uint64_t want, sum = fnv1a(0xcbf29ce484222325ull, data, len - sizeof want);
-    memcpy(&want, data + len - sizeof want, sizeof want);
-    if (memcmp(h.magic, STATE_MAGIC, 8) != 0 || h.version != STATE_VERSION) {
+    long len = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    rewind(f);
+    if (len < 0 || (size_t)len != want_len) {
+        rc = fr_error(FR_ERR_FORMAT, "%s: %ld bytes, expected %zu for %zu parameters (truncated or from another model)",
+                      path, len, want_len, r->m->n_params);
+    } else if (fread(&h, sizeof h, 1, f) != 1 || fread(r->mom, 1, pbytes, f) != pbytes ||
+               fread(r->var, 1, pbytes, f) != pbytes || fread(&want, sizeof want, 1, f) != 1) {
+        rc = fr_error(FR_ERR_IO, "cannot read %s", path);
+    } else if (memcmp(h.magic, STATE_MAGIC, 8) != 0 || h.version != STATE_VERSION) {
         rc = fr_error(FR_ERR_FORMAT, "%s: not a frugal training state (bad magic or version)", path);
-        goto done;
+    } else {
+        uint64_t sum = fnv1a(0xcbf29ce484222325ull, &h, sizeof h);
+        sum = fnv1a(sum, r->mom, pbytes);
+        sum = fnv1a(sum, r->var, pbytes);
+        if (sum != want) rc = fr_error(FR_ERR_FORMAT, "%s: checksum mismatch (corrupted)", path);
     }
-    if (sum != want) {
-        rc = fr_error(FR_ERR_FORMAT, "%s: checksum mismatch (corrupted)", path);
-        goto done;
+    fclose(f);
+    if (rc != FR_OK) {
+        memset(r->mom, 0, pbytes);
+        memset(r->var, 0, pbytes);
+        return rc;
     }
-    memcpy(r->mom, data + sizeof h, pbytes);
-    memcpy(r->var, data + sizeof h + pbytes, pbytes);
     r->step = h.step;
     r->tokens_done = h.tokens;
     r->flops_done = h.flops;
     r->wall_base = h.wall_s;
     memcpy(r->led.run_id, h.run_id, sizeof r->led.run_id);
     r->led.run_id[sizeof r->led.run_id - 1] = 0;
-done:
-    free(data);
-    return rc;
+    return FR_OK;
 }
 
 /* ================================================================ evaluation, samples */
