@@ -49,7 +49,9 @@ test-asan: test-release asan
 fixtures:
 	$(PYTHON) -m pip install -q -r tools/requirements.txt
 	$(PYTHON) tools/make_fixtures.py --out tests/fixtures
+	$(PYTHON) tools/make_generate_fixture.py --out tests/fixtures/generate
 	$(CMAKE) -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release && $(CMAKE) --build $(BUILD) -j$(NPROC) --target test_tokenizer && $(PYTHON) tools/make_tokenizer_fixtures.py --out tests/fixtures/tokenizer --test-bin $(BUILD)/test_tokenizer
+	$(CMAKE) --build $(BUILD) -j$(NPROC) --target test_interop && $(PYTHON) tools/make_interop_fixtures.py --out tests/fixtures --test-bin $(BUILD)/test_interop
 
 bench: build
 	./$(BUILD)/bench_peak

@@ -29,6 +29,16 @@ int cmd_cost(int argc, char **argv);
 int cmd_plot(int argc, char **argv);
 void usage_cost(FILE *f);
 void usage_plot(FILE *f);
+int cmd_generate(int argc, char **argv);
+void usage_generate(FILE *f);
+int cmd_chat(int argc, char **argv);
+void usage_chat(FILE *f);
+int cmd_convert(int argc, char **argv);
+int cmd_quantize(int argc, char **argv);
+void usage_quantize(FILE *f);
+void usage_convert(FILE *f);
+int cmd_serve(int argc, char **argv);
+void usage_serve(FILE *f);
 
 /* Print "frugal: error: <message>\n" to stderr; returns CLI_EXIT_FAIL. */
 int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -15,11 +15,6 @@ typedef struct {
 
 /* Commands on the roadmap. They exist as names so that scripts get an honest answer. */
 static const planned_cmd PLANNED[] = {
-    {"generate", "sample text from a checkpoint (latent KV cache, MTP speculation)"},
-    {"chat", "interactive chat with a checkpoint"},
-    {"serve", "HTTP server for completions"},
-    {"quantize", "quantize a checkpoint's weights (FP8 / integer formats)"},
-    {"convert", "convert between HF safetensors, DeepSeek FP8 checkpoints and GGUF"},
     {"distill", "distil a large model into a small one"},
 };
 #define N_PLANNED ((int)(sizeof PLANNED / sizeof PLANNED[0]))
@@ -38,6 +33,11 @@ static void usage_main(FILE *f) {
             "  info       config summary, parameter counts, latent KV-cache size, CPU features\n"
             "  cost       run ledger: final-run cost next to the lifecycle cost of all runs\n"
             "  plot       draw training curves from metrics.jsonl (SVG or terminal)\n"
+            "  generate   sample text from a checkpoint (latent KV cache, MTP speculation)\n"
+            "  chat       interactive chat with a checkpoint\n"
+            "  convert    convert a model folder to GGUF for llama.cpp (F32/F16/BF16/Q8_0/Q4_0)\n"
+            "  quantize   store a model's linear weights as BF16 / Q8_0 / Q4_1; validation perplexity\n"
+            "  serve      OpenAI-compatible HTTP server with continuous batching and a chat page\n"
             "  version    print the version\n"
             "  help       show this help, or `frugal help <command>` for a command's help\n"
             "\n"
@@ -84,7 +84,7 @@ static const planned_cmd *find_planned(const char *name) {
 static int cmd_planned(const planned_cmd *p) {
     fprintf(stderr,
             "frugal %s: not implemented yet (planned: %s).\n"
-            "Implemented today: data, tokenizer, train, eval, info, cost, plot, version. See README.md for the roadmap.\n",
+            "Implemented today: data, tokenizer, train, eval, info, cost, plot, generate, chat, convert, quantize, serve, version. See README.md for the roadmap.\n",
             p->name, p->summary);
     return CLI_EXIT_USAGE;
 }
@@ -105,6 +105,11 @@ static const command COMMANDS[] = {
     {"info", cmd_info, usage_info},
     {"cost", cmd_cost, usage_cost},
     {"plot", cmd_plot, usage_plot},
+    {"generate", cmd_generate, usage_generate},
+    {"chat", cmd_chat, usage_chat},
+    {"convert", cmd_convert, usage_convert},
+    {"quantize", cmd_quantize, usage_quantize},
+    {"serve", cmd_serve, usage_serve},
     {"version", cmd_version, usage_version},
     {"help", cmd_help, usage_help},
 };

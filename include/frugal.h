@@ -416,6 +416,177 @@ double fr_train_lr(const fr_train_args *a, long step, long max_steps);
 /* Folder of the latest complete checkpoint of a run (RUN_DIR/ckpt-NNNNNNNN). */
 int fr_train_latest_checkpoint(const char *run_dir, char *out, size_t n);
 
+/* ------------------------------------------------------------------ inference */
+
+/* The inference engine: a checkpoint's weights laid out for generation (linear layers in
+ * FP32, BF16, Q8_0 or Q4_1; norms, router and embedding in FP32), per-sequence latent KV
+ * caches, a deterministic sampler and MTP speculative decoding. See docs/inference.md.
+ *
+ * MLA caches only its latent: per token and layer, c_KV (kv_lora_rank values, after
+ * kv_a_layernorm) and k_pe (qk_rope_head_dim values, after RoPE). Attention runs in the
+ * latent space with kv_b_proj absorbed (W_UK into the query, W_UV after the weighted sum);
+ * K and V are never expanded. */
+typedef struct fr_engine fr_engine;
+typedef struct fr_seq fr_seq;
+
+typedef enum {
+    FR_KV_F32 = 0,   /* 4 bytes per value */
+    FR_KV_BF16 = 1,  /* 2 bytes per value (round to nearest even) */
+    FR_KV_FP8 = 2    /* FP8 E4M3 values + one FP32 scale per token per layer (amax / 448) */
+} fr_kv_type;
+
+typedef struct {
+    int weight_type;   /* storage of linear weights: 0 f32, 1 bf16, 2 q8_0, 3 q4_1 (src/quant.h
+                        * fr_qtype). Matrices whose width a block format cannot hold stay FP32. */
+    fr_kv_type kv_type;
+    int max_seq_len;   /* cache capacity per sequence; 0 = max_position_embeddings */
+    int threads;       /* 0 = leave the OpenMP default */
+    int load_mtp;      /* load MTP module 1 when the checkpoint has it (needed for speculation) */
+} fr_engine_options;
+
+/* Defaults: f32 weights, f32 cache, max_seq_len 0, threads 0, load_mtp 1. */
+void fr_engine_options_default(fr_engine_options *o);
+/* Load config.json + safetensors of an HF folder. opt may be NULL (defaults). */
+int fr_engine_load(fr_engine **out, const char *dir, const fr_engine_options *opt);
+/* The same from a model in memory (its FP32 parameters are copied / converted; m may be
+ * freed afterwards). */
+int fr_engine_from_model(fr_engine **out, fr_model *m, const fr_engine_options *opt);
+void fr_engine_free(fr_engine *e);
+const fr_config *fr_engine_config(const fr_engine *e);
+int fr_engine_max_seq_len(const fr_engine *e);
+/* MTP modules loaded (0 or 1): speculative decoding needs 1. */
+int fr_engine_mtp_depth(const fr_engine *e);
+/* Bytes the latent KV cache holds per token of one sequence, all main layers:
+ * layers x (kv_lora_rank + qk_rope_head_dim) x bytes(kv_type), plus layers x 4 for the
+ * FP8 scales. The MTP module's cache (one more layer) is counted separately: */
+size_t fr_engine_kv_bytes_per_token(const fr_engine *e);
+size_t fr_engine_mtp_kv_bytes_per_token(const fr_engine *e);
+/* Bytes of weights read for one decoded token (dense parts, shared + top-k routed experts,
+ * output head, in their storage format): the memory-bandwidth bound of decoding. */
+size_t fr_engine_active_weight_bytes(const fr_engine *e);
+
+/* One sequence: its latent KV caches (main layers and MTP module) and length. */
+int fr_seq_create(fr_seq **out, fr_engine *e);
+void fr_seq_free(fr_seq *s);
+/* Tokens in the cache (the next token gets this position). */
+int fr_seq_len(const fr_seq *s);
+/* Forget everything after the first len tokens (speculative rollback; 0 = reset). */
+int fr_seq_truncate(fr_seq *s, int len);
+
+/* Append n_tokens[i] tokens (tokens[i]) to each of n_seqs distinct sequences in one
+ * batched forward (prefill: many tokens per sequence; decode: one per sequence; mixed
+ * counts are allowed). logits (may be NULL) receives, when all_logits is 0, the last new
+ * token's logits of each sequence [n_seqs, vocab]; when 1, every new token's logits in
+ * order [sum n_tokens, vocab]. Fails without changing any sequence when a sequence would
+ * exceed max_seq_len or a token is outside the vocabulary. */
+int fr_engine_forward(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int *const *tokens,
+                      const int *n_tokens, float *logits, int all_logits);
+
+/* Sampling. temperature <= 0 is greedy (argmax, lowest id on ties). Otherwise, in order:
+ * repeat penalty (each distinct token among the last repeat_last_n: logit > 0 divided by
+ * the penalty, else multiplied), temperature, top-k (0 = off), softmax, min-p (drop
+ * p < min_p * p_max; 0 = off), top-p (smallest set with mass >= top_p; 1 = off), then one
+ * draw from the renormalised distribution with a xoshiro256** stream seeded by `seed`.
+ * The repeat penalty applies in greedy mode too. */
+typedef struct {
+    float temperature, top_p, min_p, repeat_penalty;
+    int top_k, repeat_last_n;
+    uint64_t seed;
+} fr_sample_params;
+
+/* Defaults: temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, repeat_penalty 1.0 (off),
+ * repeat_last_n 64, seed 42. */
+void fr_sample_params_default(fr_sample_params *p);
+
+typedef struct fr_sampler fr_sampler;
+int fr_sampler_create(fr_sampler **out, const fr_sample_params *p, int vocab_size);
+void fr_sampler_free(fr_sampler *s);
+/* Next token from logits [vocab] (not modified); history = tokens so far (for the penalty). */
+int fr_sampler_sample(fr_sampler *s, const float *logits, const int *history, int n_history);
+
+typedef enum {
+    FR_STOP_MAX_TOKENS = 0, FR_STOP_EOS = 1, FR_STOP_STRING = 2, FR_STOP_CALLBACK = 3,
+    FR_STOP_CONTEXT = 4
+} fr_stop_reason;
+
+typedef struct {
+    fr_sample_params sample;
+    int max_tokens;            /* new tokens per sequence */
+    const char *const *stop;   /* stop strings (need a tokenizer); the text is cut before them */
+    int n_stop;
+    int ignore_eos;            /* 0: stop at the EOS id (config, else tokenizer) */
+    int speculative;           /* draft with the MTP module, verify with the main model */
+    /* Streaming: called once per new token in order with the text it completes (bytes of
+     * the decoded token; text that may start a stop string is held back and passed later,
+     * so len may be 0). Return nonzero to stop that sequence. */
+    int (*on_token)(void *user, int seq, int token, const char *text, size_t len);
+    void *user;
+} fr_generate_options;
+
+typedef struct {
+    long prompt_tokens, generated_tokens;   /* all sequences */
+    double prefill_s, decode_s;
+    long main_steps;           /* batched forwards of the main model after the prefill */
+    long drafted, accepted;    /* speculative: draft tokens proposed and accepted */
+    fr_stop_reason stop_reason[64];          /* first 64 sequences */
+} fr_generate_stats;
+
+/* Defaults: sampling defaults, max_tokens 128, no stop strings, speculative 0. */
+void fr_generate_options_default(fr_generate_options *o);
+
+/* Generate for n_seqs prompts at once (each with its own sequence, which is reset first).
+ * out_tokens[i] (malloc'd, caller frees) receives sequence i's new tokens, out_lens[i]
+ * their count (after a stop string the tokens that completed it are kept). Each sequence
+ * samples with its own stream seeded by sample.seed, so its tokens do not depend on the
+ * other sequences. tok may be NULL when no text is needed (no callback text, no stops). */
+int fr_generate(fr_engine *e, const fr_tokenizer *tok, fr_seq *const *seqs, int n_seqs,
+                const int *const *prompts, const int *prompt_lens, const fr_generate_options *opt,
+                int **out_tokens, int *out_lens, fr_generate_stats *stats);
+
+/* ------------------------------------------------------------------ chat template */
+
+/* One message of a conversation: role "system", "user" or "assistant". */
+typedef struct {
+    const char *role, *content;
+} fr_chat_message;
+
+/* Render a conversation as prompt text in the DeepSeek-V3 chat format (src/chat.c):
+ *   bos + each system message (+ "\n\n" when tok's chat template writes one, as frugal's
+ *   does) + per message <｜User｜>msg or <｜Assistant｜>reply eos, then <｜Assistant｜> when
+ *   add_generation_prompt is nonzero.
+ * bos/eos are the tokenizer's (DeepSeek-V3's strings when tok is NULL or has none). The
+ * Jinja template itself is not interpreted. Encode the result with parse_special = 1.
+ * *out is malloc'd (caller frees); out_len may be NULL. Unknown roles fail with FR_ERR_ARG. */
+int fr_chat_render(const fr_tokenizer *tok, const fr_chat_message *msgs, int n_msgs,
+                   int add_generation_prompt, char **out, size_t *out_len);
+/* 1 when tok has no chat template or a DeepSeek-style one (with the User/Assistant tags);
+ * 0 when its template is of another family (fr_chat_render still uses DeepSeek-V3's). */
+int fr_chat_template_is_deepseek(const fr_tokenizer *tok);
+
+/* ------------------------------------------------------------------ quantization */
+
+/* Write a copy of the HF model folder in_dir into out_dir with its linear weights (2-D
+ * tensors named "*_proj.weight") stored as type "bf16", "q8_0" or "q4_1" (blocks of 32
+ * values, float16 scales; layouts and tensor names in docs/quantization.md). Embeddings,
+ * lm_head, the router (mlp.gate), norms and e_score_correction_bias are written as FP32.
+ * config.json gets a "quantization_config"; tokenizer.json, tokenizer_config.json and
+ * generation_config.json are copied when present. Atomic: built in out_dir.tmp-PID and
+ * renamed; an existing non-empty out_dir is refused. A q8_0 / q4_1 matrix whose width is
+ * not a multiple of 32 fails with a message naming the tensor. progress (may be NULL):
+ * frac in [0,1]; return nonzero to cancel (FR_ERR_STATE). */
+int fr_quantize_model(const char *in_dir, const char *out_dir, const char *type,
+                      int (*progress)(void *user, double frac, const char *phase), void *user);
+/* Load a folder written by fr_quantize_model (or any folder fr_model_load reads) as an FP32
+ * model whose weights are the dequantized stored values: evaluating it measures exactly
+ * the error of the weight format. */
+int fr_model_load_dequantized(fr_model **out, const char *dir);
+/* Mean next-token loss of m over a split ("train" / "val") of a prepared dataset, in
+ * non-overlapping windows of seq_len predicted tokens (window i reads tokens
+ * [i*seq_len, (i+1)*seq_len]), batch windows per forward; max_tokens > 0 limits the tokens
+ * read. *n_targets (optional) receives the number of predicted tokens. */
+int fr_eval_dataset(fr_model *m, const char *data_dir, const char *split, int seq_len, int batch,
+                    long max_tokens, double *mean_loss, long *n_targets);
+
 /* ------------------------------------------------------------------ runtime */
 
 /* Threads used by the CPU backend (0 = OpenMP default). */

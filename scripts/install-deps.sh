@@ -6,10 +6,11 @@
 #
 # Idempotent: packages already installed are left alone and apt-get is not called at all
 # when nothing is missing. OpenMP (libgomp) comes with gcc. Python is not needed to build
-# or test; only `make fixtures` uses it (see tools/requirements.txt).
+# or test; only `make fixtures` uses it (see tools/requirements.txt). clang (with its libFuzzer
+# runtime) runs the parsers' fuzz targets in the test suite (tests/fuzz/run.sh).
 set -euo pipefail
 
-PACKAGES=(build-essential cmake pkg-config libcjson-dev libpcre2-dev bible-kjv-text bible-kjv)
+PACKAGES=(build-essential cmake pkg-config libcjson-dev libpcre2-dev libmicrohttpd-dev curl chromium python3 python3-venv bible-kjv-text bible-kjv clang)
 
 usage() {
     cat <<USAGE

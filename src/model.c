@@ -17,6 +17,7 @@
  */
 #define _GNU_SOURCE
 #include "block.h"
+#include "fp8.h"
 #include "model_internal.h"
 #include "safetensors.h"
 
@@ -180,12 +181,23 @@ static void rope_inv_freq(const fr_config *c, float *inv_freq, double *attention
     }
 }
 
-static int build_rope_tables(fr_model *m, int max_pos) {
-    const fr_config *c = &m->cfg;
+/* Host RoPE tables [max_pos, rope/2] with the attention factor folded in (shared with infer.c). */
+void fr_rope_tables_fill(const fr_config *c, int max_pos, float *hc, float *hs) {
     const int half = c->qk_rope_head_dim / 2;
     float inv_freq[512];
     double att;
     rope_inv_freq(c, inv_freq, &att);
+    for (int p = 0; p < max_pos; p++)
+        for (int i = 0; i < half; i++) {
+            float angle = (float)p * inv_freq[i]; /* float32 angle, as torch computes it */
+            hc[(size_t)p * half + i] = (float)(cos((double)angle) * att);
+            hs[(size_t)p * half + i] = (float)(sin((double)angle) * att);
+        }
+}
+
+static int build_rope_tables(fr_model *m, int max_pos) {
+    const fr_config *c = &m->cfg;
+    const int half = c->qk_rope_head_dim / 2;
     size_t n = (size_t)max_pos * half;
     float *hc = malloc(n * sizeof(float)), *hs = malloc(n * sizeof(float));
     float *dc = m->ops->alloc(n * sizeof(float)), *ds = m->ops->alloc(n * sizeof(float));
@@ -195,12 +207,7 @@ static int build_rope_tables(fr_model *m, int max_pos) {
         if (ds) m->ops->free(ds);
         return fr_error(FR_ERR_NOMEM, "out of memory for RoPE tables");
     }
-    for (int p = 0; p < max_pos; p++)
-        for (int i = 0; i < half; i++) {
-            float angle = (float)p * inv_freq[i]; /* float32 angle, as torch computes it */
-            hc[(size_t)p * half + i] = (float)(cos((double)angle) * att);
-            hs[(size_t)p * half + i] = (float)(sin((double)angle) * att);
-        }
+    fr_rope_tables_fill(c, max_pos, hc, hs);
     m->ops->to_device(dc, hc, n * sizeof(float));
     m->ops->to_device(ds, hs, n * sizeof(float));
     free(hc);
@@ -213,7 +220,7 @@ static int build_rope_tables(fr_model *m, int max_pos) {
     return FR_OK;
 }
 
-static float attention_scale(const fr_config *c) {
+float fr_attention_scale(const fr_config *c) {
     double scale = 1.0 / sqrt((double)(c->qk_nope_head_dim + c->qk_rope_head_dim));
     /* YaRN's softmax temperature: transformers applies it for DeepseekV3 only */
     if (c->rope_type == FR_ROPE_YARN && c->rope_mscale_all_dim != 0.0 && strcmp(c->model_type, "deepseek_v3") == 0) {
@@ -258,7 +265,7 @@ static int model_build(fr_model **out, const fr_config *cfg, int mtp_depth) {
     }
     int max_pos = cfg->max_position_embeddings > 0 ? cfg->max_position_embeddings : 2048;
     if ((rc = build_rope_tables(m, max_pos)) != FR_OK) goto fail;
-    m->attn_scale = attention_scale(cfg);
+    m->attn_scale = fr_attention_scale(cfg);
     *out = m;
     return FR_OK;
 fail:
@@ -274,7 +281,8 @@ int fr_model_create(fr_model **out, const fr_config *cfg, uint64_t seed) {
     fr_model *m;
     FR_CHECK(model_build(&m, cfg, cfg->num_nextn_predict_layers));
     /* transformers' init: N(0, initializer_range) for matrices, ones for norms, zeros for the bias */
-    float *host = malloc(m->n_params * sizeof(float));
+    /* a host backend is initialised in place (no transient second copy of the model) */
+    float *host = m->ops->host_memory ? m->params : malloc(m->n_params * sizeof(float));
     if (!host) { fr_model_free(m); return fr_error(FR_ERR_NOMEM, "out of memory"); }
     memset(host, 0, m->n_params * sizeof(float));
     fr_rng rng;
@@ -289,8 +297,10 @@ int fr_model_create(fr_model **out, const fr_config *cfg, uint64_t seed) {
             for (size_t j = 0; j < t->numel; j++) p[j] = (float)(fr_rng_normal(&rng) * cfg->initializer_range);
         }
     }
-    m->ops->to_device(m->params, host, m->n_params * sizeof(float));
-    free(host);
+    if (host != m->params) {
+        m->ops->to_device(m->params, host, m->n_params * sizeof(float));
+        free(host);
+    }
     *out = m;
     return FR_OK;
 }
@@ -317,6 +327,16 @@ int fr_model_load(fr_model **out, const char *dir) {
     FR_CHECK(fr_config_load(&cfg, path));
     if (cfg.num_nextn_predict_layers > FR_MAX_MTP)
         return fr_error(FR_ERR_CONFIG, "num_nextn_predict_layers (%d) > %d", cfg.num_nextn_predict_layers, FR_MAX_MTP);
+    /* DeepSeek's FP8 release: block size of the weight_scale_inv tensors (fp8.h) */
+    int fp8_br, fp8_bc;
+    {
+        char *text = NULL;
+        size_t len = 0;
+        FR_CHECK(fr_read_file(path, &text, &len));
+        int qrc = fr_fp8_block_size(text, len, &fp8_br, &fp8_bc);
+        free(text);
+        if (qrc != FR_OK) return qrc;
+    }
     fr_st_set set;
     FR_CHECK(fr_st_set_open_dir(&set, dir));
 
@@ -351,7 +371,19 @@ int fr_model_load(fr_model **out, const char *dir) {
             stage = malloc(stage_n * sizeof(float));
             if (!stage) { rc = fr_error(FR_ERR_NOMEM, "out of memory loading %s", t->name); break; }
         }
-        if ((rc = fr_st_to_f32(s, stage, t->numel)) != FR_OK) break;
+        if (s->dtype == FR_DT_F8_E4M3 || s->dtype == FR_DT_F8_E5M2) {
+            char sname[160];
+            snprintf(sname, sizeof sname, "%s_scale_inv", t->name);
+            const fr_st_tensor *sc = fr_st_set_find(&set, sname);
+            if (!sc) {
+                rc = fr_error(FR_ERR_FORMAT, "%s: tensor %s is %s but %s is missing", dir, t->name,
+                              fr_dtype_name(s->dtype), sname);
+                break;
+            }
+            if ((rc = fr_fp8_dequant(s, sc, fp8_br, fp8_bc, stage, t->numel)) != FR_OK) break;
+        } else if ((rc = fr_st_to_f32(s, stage, t->numel)) != FR_OK) {
+            break;
+        }
         m->ops->to_device(P(t->offset), stage, t->numel * sizeof(float));
     }
     free(stage);
@@ -372,15 +404,17 @@ int fr_model_save(const fr_model *m, const char *dir) {
     FR_CHECK(path_join(path, sizeof path, dir, "config.json"));
     FR_CHECK(fr_config_save(&cfg, path));
 
-    float *host = malloc(m->n_params * sizeof(float));
+    /* a host backend's parameters are written in place: no second copy of the model */
+    float *host = m->ops->host_memory ? m->params : malloc(m->n_params * sizeof(float));
     int n_entries = m->n_tensors + 2 * m->mtp_depth;
     fr_st_entry *e = calloc((size_t)n_entries, sizeof *e);
     char (*names)[128] = calloc((size_t)(2 * m->mtp_depth + 1), sizeof *names);
     if (!host || !e || !names) {
-        free(host); free(e); free(names);
+        if (host != m->params) free(host);
+        free(e); free(names);
         return fr_error(FR_ERR_NOMEM, "out of memory saving %s", dir);
     }
-    m->ops->to_host(host, m->params, m->n_params * sizeof(float));
+    if (host != m->params) m->ops->to_host(host, m->params, m->n_params * sizeof(float));
     int n = 0;
     for (int i = 0; i < m->n_tensors; i++, n++) {
         const fr_tensor *t = &m->tensors[i];
@@ -409,7 +443,7 @@ int fr_model_save(const fr_model *m, const char *dir) {
     const char *mk[] = {"format"}, *mv[] = {"pt"};
     int rc = path_join(path, sizeof path, dir, "model.safetensors");
     if (rc == FR_OK) rc = fr_st_write(path, e, n, mk, mv, 1);
-    free(host);
+    if (host != m->params) free(host);
     free(e);
     free(names);
     return rc;

@@ -129,4 +129,9 @@ struct fr_model {
     int *host_targets;                  /* [N] host copy for counting */
 };
 
+/* Shared with the inference engine (infer.c): RoPE tables [max_pos, qk_rope_head_dim/2]
+ * (host memory, YaRN attention factor folded in) and the softmax scale (YaRN mscale^2). */
+void fr_rope_tables_fill(const fr_config *c, int max_pos, float *cos_table, float *sin_table);
+float fr_attention_scale(const fr_config *c);
+
 #endif

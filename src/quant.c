@@ -1,8 +1,52 @@
 /*
- * quant.c — storage formats of inference weight matrices and fr_qmatmul (see quant.h).
+ * quant.c — storage formats of inference weight matrices, fr_qmatmul and the quantized
+ * checkpoint format (see quant.h and docs/quantization.md).
  *
- * FR_QT_F32: rows of `cols` floats; fr_qmatmul is the CPU backend's GEMM.
- * Other formats are added beside this one, each with its block layout documented here.
+ * In-memory layout: every row of a matrix is stored on its own, rows back to back,
+ * fr_qtype_row_bytes(type, cols) bytes each. Inside a row (nb = cols / 32 blocks):
+ *
+ *   F32   cols x float32.
+ *   BF16  cols x uint16: the upper 16 bits of the float32, rounded to nearest even (NaN
+ *         stays a quiet NaN). Dequantized exactly by shifting back: x̂ = bits << 16.
+ *   Q8_0  [nb x float16 scale d_b][cols x int8 q]. Block b holds values 32b .. 32b+31:
+ *         x̂ = d_b * q, q in [-127, 127]. d_b = max|x| / 127 rounded UP to float16 (so
+ *         no |x| / d_b exceeds 127 and no clamping error appears); q = round(x / d_b).
+ *         Error: |x - x̂| <= d_b / 2. 34 bytes per 32 values (8.5 bits per weight).
+ *   Q4_1  [nb x float16 scale d_b][nb x float16 minimum m_b][cols/2 bytes of nibbles].
+ *         x̂ = d_b * q + m_b, q in [0, 15]. m_b = min(x) rounded DOWN to float16, d_b =
+ *         (max(x) - m_b) / 15 rounded UP to float16; q = round((x - m_b) / d_b).
+ *         Error: |x - x̂| <= d_b / 2 (plus float rounding of d*q + m). Packing: the 16
+ *         bytes of block b are bytes 16b .. 16b+15 of the nibble area; byte k holds value
+ *         32b+k in its low nibble and value 32b+k+16 in its high nibble, so one 16-byte
+ *         load gives values 0..15 (b & 15) and 16..31 (b >> 4) of a block in order.
+ *         20 bytes per 32 values (5 bits per weight).
+ *
+ * Scales and minima of a row sit together before its quants so a SIMD kernel converts 8 or
+ * 16 of them with one instruction (vcvtph2ps); the quants of a block are contiguous, 32
+ * (Q8_0) or 16 (Q4_1) bytes, so one vector load feeds a block.
+ *
+ * Kernels (fr_qmatmul). Activations stay FP32 in every path: weights are dequantized in
+ * registers and multiplied with fused multiply-adds, so the result equals x · Ŵᵀ (Ŵ the
+ * dequantized weights) up to FP32 summation error. Perplexity measured with dequantized
+ * weights (fr_model_load_dequantized) is therefore what the inference engine computes.
+ *   M < 4   matrix-vector per row of x: OpenMP over rows of W, the weights streamed once
+ *           per x row (decode is bound by memory bandwidth, not by arithmetic).
+ *   M >= 4  tiles of W rows are dequantized to FP32 (OpenMP over rows), then multiplied
+ *           with the CPU backend's packed SGEMM (fr_cpu_gemm, itself multi-threaded).
+ * Row-dot variants: AVX-512F, AVX2+FMA+F16C, portable C; chosen at each call from
+ * fr_cpu_isa() (so FRUGAL_CPU=scalar|generic|avx2|avx512 and fr_cpu_set_isa cap it).
+ * F32 matrices use fr_cpu_gemm directly.
+ *
+ * On-disk (safetensors, names derived from the float tensor's name "<base>.weight"):
+ *   BF16  "<base>.weight"  BF16 [rows, cols]      (standard safetensors bf16)
+ *   Q8_0  "<base>.qweight" I8   [rows, cols]      quants
+ *         "<base>.scales"  F16  [rows, cols/32]   d_b
+ *   Q4_1  "<base>.qweight" U8   [rows, cols/2]    nibbles packed as above
+ *         "<base>.scales"  F16  [rows, cols/32]   d_b
+ *         "<base>.mins"    F16  [rows, cols/32]   m_b
+ * A quantized folder therefore has no "<base>.weight" for these matrices, so the FP32
+ * loader (fr_model_load) refuses it with "missing tensor" instead of reading quants as
+ * weights; fr_model_load_dequantized reads it.
  */
 #include "quant.h"
 
@@ -10,8 +54,17 @@
 #include "ops_cpu.h"
 #include "safetensors.h"
 
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <immintrin.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static const char *QT_NAMES[FR_QT_COUNT] = {"f32", "bf16", "q8_0", "q4_1"};
 
@@ -27,6 +80,9 @@ size_t fr_qtype_row_bytes(fr_qtype t, int cols) {
     if (cols <= 0) return 0;
     switch (t) {
     case FR_QT_F32: return (size_t)cols * 4;
+    case FR_QT_BF16: return (size_t)cols * 2;
+    case FR_QT_Q8_0: return cols % FR_QBLOCK ? 0 : (size_t)cols + (size_t)(cols / FR_QBLOCK) * 2;
+    case FR_QT_Q4_1: return cols % FR_QBLOCK ? 0 : (size_t)cols / 2 + (size_t)(cols / FR_QBLOCK) * 4;
     default: return 0;
     }
 }
@@ -44,51 +100,632 @@ void fr_qmatrix_free(fr_qmatrix *m) {
     if (m) memset(m, 0, sizeof *m);
 }
 
+/* ------------------------------------------------------------------ scalar conversions */
+
+uint16_t fr_q_f32_to_bf16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40); /* quiet NaN */
+    x += 0x7fffu + ((x >> 16) & 1u);
+    return (uint16_t)(x >> 16);
+}
+
+float fr_q_bf16_to_f32(uint16_t h) {
+    uint32_t x = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+float fr_q_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, x;
+    if (e == 0) {
+        float f = (float)m * 0x1p-24f; /* zero or subnormal: exact */
+        return sign ? -f : f;
+    }
+    if (e == 31) x = sign | 0x7f800000u | (m << 13);
+    else x = sign | ((e + 112u) << 23) | (m << 13);
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+uint16_t fr_q_f32_to_f16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    uint32_t ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u));
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);  /* >= 65520: rounds to inf */
+    if (ax < 0x38800000u) {                                     /* below 2^-14: subnormal */
+        float a;
+        memcpy(&a, &ax, 4);
+        return (uint16_t)(sign | (uint16_t)lrintf(a * 0x1p24f)); /* exact scaling, RNE */
+    }
+    uint32_t r = ax - 0x38000000u + 0xfffu + ((ax >> 13) & 1u);
+    return (uint16_t)(sign | (r >> 13));
+}
+
+/* Smallest float16 >= v (v >= 0, finite, <= 65504). */
+static uint16_t f16_up(float v) {
+    uint16_t h = fr_q_f32_to_f16(v);
+    if (fr_q_f16_to_f32(h) < v) h++;
+    return h;
+}
+
+/* Largest float16 <= v (finite, >= -65504). */
+static uint16_t f16_down(float v) {
+    uint16_t h = fr_q_f32_to_f16(v);
+    if (fr_q_f16_to_f32(h) > v) {
+        if (h == 0) h = 0x8001u;            /* +0 -> smallest negative subnormal */
+        else if (h & 0x8000u) h++;          /* negative: larger magnitude */
+        else h--;                           /* positive: smaller magnitude */
+    }
+    return h;
+}
+
+#define F16_MAX 65504.0f
+
+/* ------------------------------------------------------------------ quantization of rows */
+
+static int quant_row_q8_0(uint8_t *dst, const float *x, int cols) {
+    const int nb = cols / FR_QBLOCK;
+    uint16_t *d = (uint16_t *)dst;
+    int8_t *q = (int8_t *)(dst + 2 * (size_t)nb);
+    for (int b = 0; b < nb; b++) {
+        const float *xb = x + b * FR_QBLOCK;
+        float amax = 0.f;
+        for (int i = 0; i < FR_QBLOCK; i++) {
+            if (!isfinite(xb[i])) return -1;
+            amax = fmaxf(amax, fabsf(xb[i]));
+        }
+        float dd = amax / 127.0f;
+        if (dd > F16_MAX) return -2;
+        uint16_t h = f16_up(dd);
+        d[b] = h;
+        float ds = fr_q_f16_to_f32(h);
+        for (int i = 0; i < FR_QBLOCK; i++) {
+            long v = ds > 0.f ? lrintf(xb[i] / ds) : 0;
+            q[b * FR_QBLOCK + i] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+        }
+    }
+    return 0;
+}
+
+static int quant_row_q4_1(uint8_t *dst, const float *x, int cols) {
+    const int nb = cols / FR_QBLOCK;
+    uint16_t *d = (uint16_t *)dst, *mn = d + nb;
+    uint8_t *q = dst + 4 * (size_t)nb;
+    for (int b = 0; b < nb; b++) {
+        const float *xb = x + b * FR_QBLOCK;
+        float lo = xb[0], hi = xb[0];
+        for (int i = 0; i < FR_QBLOCK; i++) {
+            if (!isfinite(xb[i])) return -1;
+            lo = fminf(lo, xb[i]);
+            hi = fmaxf(hi, xb[i]);
+        }
+        if (lo < -F16_MAX) return -2;
+        uint16_t hm = f16_down(lo);
+        float m = fr_q_f16_to_f32(hm);
+        float dd = (hi - m) / 15.0f;
+        if (!(dd <= F16_MAX)) return -2;
+        uint16_t hd = f16_up(dd);
+        float ds = fr_q_f16_to_f32(hd);
+        d[b] = hd;
+        mn[b] = hm;
+        uint8_t v[FR_QBLOCK];
+        for (int i = 0; i < FR_QBLOCK; i++) {
+            long t = ds > 0.f ? lrintf((xb[i] - m) / ds) : 0;
+            v[i] = (uint8_t)(t > 15 ? 15 : t < 0 ? 0 : t);
+        }
+        for (int k = 0; k < 16; k++) q[b * 16 + k] = (uint8_t)(v[k] | (v[k + 16] << 4));
+    }
+    return 0;
+}
+
 int fr_qmatrix_from_f32(fr_qmatrix *out, fr_qtype t, const float *src, int rows, int cols) {
     memset(out, 0, sizeof *out);
     size_t rb = fr_qtype_row_bytes(t, cols);
-    if (rows <= 0 || rb == 0)
+    if (rows <= 0 || rb == 0) {
+        if ((t == FR_QT_Q8_0 || t == FR_QT_Q4_1) && cols > 0 && cols % FR_QBLOCK)
+            return fr_error(FR_ERR_ARG, "cannot store a %d x %d matrix as %s: the number of columns must be a multiple of %d",
+                            rows, cols, fr_qtype_name(t), FR_QBLOCK);
         return fr_error(FR_ERR_ARG, "cannot store a %d x %d matrix as %s", rows, cols, fr_qtype_name(t));
-    void *data = fr_alloc(rb * (size_t)rows);
+    }
+    uint8_t *data = fr_alloc(rb * (size_t)rows);
     if (!data) return fr_error(FR_ERR_NOMEM, "out of memory for a %d x %d %s matrix", rows, cols, fr_qtype_name(t));
-    switch (t) {
-    case FR_QT_F32:
-        memcpy(data, src, rb * (size_t)rows);
-        break;
-    default:
+    int bad_row = -1, bad_kind = 0;
+    for (int r = 0; r < rows && bad_row < 0; r++) {
+        const float *x = src + (size_t)r * cols;
+        uint8_t *dst = data + rb * (size_t)r;
+        int k = 0;
+        switch (t) {
+        case FR_QT_F32: memcpy(dst, x, rb); break;
+        case FR_QT_BF16:
+            for (int c = 0; c < cols; c++) ((uint16_t *)dst)[c] = fr_q_f32_to_bf16(x[c]);
+            break;
+        case FR_QT_Q8_0: k = quant_row_q8_0(dst, x, cols); break;
+        case FR_QT_Q4_1: k = quant_row_q4_1(dst, x, cols); break;
+        default: k = -3; break;
+        }
+        if (k) {
+            bad_row = r;
+            bad_kind = k;
+        }
+    }
+    if (bad_row >= 0) {
         fr_free(data);
-        return fr_error(FR_ERR_UNSUPPORTED, "weight format %s is not implemented", fr_qtype_name(t));
+        if (bad_kind == -1) return fr_error(FR_ERR_ARG, "row %d holds a non-finite value: cannot quantize to %s", bad_row, fr_qtype_name(t));
+        if (bad_kind == -2) return fr_error(FR_ERR_ARG, "row %d holds values beyond the float16 range of %s scales", bad_row, fr_qtype_name(t));
+        return fr_error(FR_ERR_ARG, "unknown weight format %d", (int)t);
     }
     fr_qmatrix_wrap(out, t, data, rows, cols);
     out->owned = 1;
     return FR_OK;
 }
 
-void fr_qmatrix_row_f32(const fr_qmatrix *m, int r, float *dst) {
-    const size_t rb = fr_qtype_row_bytes(m->type, m->cols);
-    const char *row = (const char *)m->data + rb * (size_t)r;
+static void dequant_row(const fr_qmatrix *m, const uint8_t *row, float *dst) {
+    const int cols = m->cols, nb = cols / FR_QBLOCK;
     switch (m->type) {
-    case FR_QT_F32: memcpy(dst, row, (size_t)m->cols * sizeof(float)); break;
-    default: memset(dst, 0, (size_t)m->cols * sizeof(float)); break;
+    case FR_QT_F32: memcpy(dst, row, (size_t)cols * sizeof(float)); break;
+    case FR_QT_BF16:
+        for (int c = 0; c < cols; c++) dst[c] = fr_q_bf16_to_f32(((const uint16_t *)row)[c]);
+        break;
+    case FR_QT_Q8_0: {
+        const uint16_t *d = (const uint16_t *)row;
+        const int8_t *q = (const int8_t *)(row + 2 * (size_t)nb);
+        for (int b = 0; b < nb; b++) {
+            float ds = fr_q_f16_to_f32(d[b]);
+            for (int i = 0; i < FR_QBLOCK; i++) dst[b * FR_QBLOCK + i] = ds * (float)q[b * FR_QBLOCK + i];
+        }
+        break;
+    }
+    case FR_QT_Q4_1: {
+        const uint16_t *d = (const uint16_t *)row, *mn = d + nb;
+        const uint8_t *q = row + 4 * (size_t)nb;
+        for (int b = 0; b < nb; b++) {
+            float ds = fr_q_f16_to_f32(d[b]), mm = fr_q_f16_to_f32(mn[b]);
+            for (int k = 0; k < 16; k++) {
+                uint8_t v = q[b * 16 + k];
+                dst[b * FR_QBLOCK + k] = ds * (float)(v & 15) + mm;
+                dst[b * FR_QBLOCK + k + 16] = ds * (float)(v >> 4) + mm;
+            }
+        }
+        break;
+    }
+    default: memset(dst, 0, (size_t)cols * sizeof(float)); break;
     }
 }
 
-void fr_qmatmul(float *y, const float *x, const fr_qmatrix *w, int M) {
-    switch (w->type) {
-    case FR_QT_F32:
-        fr_cpu_gemm(0, 1, M, w->rows, w->cols, 1.0f, x, w->cols, (const float *)w->data, w->cols, 0.0f, y, w->rows);
-        break;
-    default:
-        break;
+void fr_qmatrix_row_f32(const fr_qmatrix *m, int r, float *dst) {
+    const size_t rb = fr_qtype_row_bytes(m->type, m->cols);
+    dequant_row(m, (const uint8_t *)m->data + rb * (size_t)r, dst);
+}
+
+/* ------------------------------------------------------------------ row dot products
+ * dot(row, x) for one stored row. `xs` holds the per-block sums of x (Q4_1 only; the
+ * portable Q4_1 kernel also accepts NULL and sums x itself). */
+
+typedef float (*rowdot_fn)(const uint8_t *row, const float *x, const float *xs, int cols);
+
+static float dot_bf16_c(const uint8_t *row, const float *x, const float *xs, int cols) {
+    const uint16_t *w = (const uint16_t *)row;
+    float s = 0.f;
+    for (int c = 0; c < cols; c++) s += x[c] * fr_q_bf16_to_f32(w[c]);
+    return s;
+}
+
+static float dot_q8_0_c(const uint8_t *row, const float *x, const float *xs, int cols) {
+    const int nb = cols / FR_QBLOCK;
+    const uint16_t *d = (const uint16_t *)row;
+    const int8_t *q = (const int8_t *)(row + 2 * (size_t)nb);
+    float s = 0.f;
+    for (int b = 0; b < nb; b++) {
+        float sb = 0.f;
+        for (int i = 0; i < FR_QBLOCK; i++) sb += (float)q[b * FR_QBLOCK + i] * x[b * FR_QBLOCK + i];
+        s += fr_q_f16_to_f32(d[b]) * sb;
     }
+    return s;
+}
+
+/* Q4_1: sum_b d_b * sum_i q_i x_i + m_b * sum_i x_i */
+static float dot_q4_1_c(const uint8_t *row, const float *x, const float *xs, int cols) {
+    const int nb = cols / FR_QBLOCK;
+    const uint16_t *d = (const uint16_t *)row, *mn = d + nb;
+    const uint8_t *q = row + 4 * (size_t)nb;
+    float s = 0.f;
+    for (int b = 0; b < nb; b++) {
+        const float *xb = x + b * FR_QBLOCK;
+        float sb = 0.f;
+        float sx = 0.f;
+        for (int k = 0; k < 16; k++) {
+            uint8_t v = q[b * 16 + k];
+            sb += (float)(v & 15) * xb[k] + (float)(v >> 4) * xb[k + 16];
+        }
+        if (!xs)
+            for (int i = 0; i < FR_QBLOCK; i++) sx += xb[i];
+        s += fr_q_f16_to_f32(d[b]) * sb + fr_q_f16_to_f32(mn[b]) * (xs ? xs[b] : sx);
+    }
+    return s;
+}
+
+/* ---- AVX2 + FMA + F16C */
+
+#define T_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+T_AVX2 static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+T_AVX2 static inline __m256 bf16x8(const uint16_t *p) {
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+T_AVX2 static float dot_bf16_avx2(const uint8_t *row, const float *x, const float *xs, int cols) {
+    const uint16_t *w = (const uint16_t *)row;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int c = 0;
+    for (; c + 32 <= cols; c += 32) {
+        a0 = _mm256_fmadd_ps(bf16x8(w + c), _mm256_loadu_ps(x + c), a0);
+        a1 = _mm256_fmadd_ps(bf16x8(w + c + 8), _mm256_loadu_ps(x + c + 8), a1);
+        a2 = _mm256_fmadd_ps(bf16x8(w + c + 16), _mm256_loadu_ps(x + c + 16), a2);
+        a3 = _mm256_fmadd_ps(bf16x8(w + c + 24), _mm256_loadu_ps(x + c + 24), a3);
+    }
+    for (; c + 8 <= cols; c += 8) a0 = _mm256_fmadd_ps(bf16x8(w + c), _mm256_loadu_ps(x + c), a0);
+    float s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; c < cols; c++) s += x[c] * fr_q_bf16_to_f32(w[c]);
+    return s;
+}
+
+T_AVX2 static inline __m256 i8x8(const int8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+T_AVX2 static float dot_q8_0_avx2(const uint8_t *row, const float *x, const float *xs, int cols) {
+    const int nb = cols / FR_QBLOCK;
+    const uint16_t *d = (const uint16_t *)row;
+    const int8_t *q = (const int8_t *)(row + 2 * (size_t)nb);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+    float dsc[8];
+    for (int b0 = 0; b0 < nb; b0 += 8) {
+        const int n = nb - b0 < 8 ? nb - b0 : 8;
+        if (n == 8) _mm256_storeu_ps(dsc, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(d + b0))));
+        else
+            for (int j = 0; j < n; j++) dsc[j] = fr_q_f16_to_f32(d[b0 + j]);
+        for (int j = 0; j < n; j++) {
+            const int b = b0 + j;
+            const int8_t *qb = q + b * FR_QBLOCK;
+            const float *xb = x + b * FR_QBLOCK;
+            __m256 s0 = _mm256_mul_ps(i8x8(qb), _mm256_loadu_ps(xb));
+            __m256 s1 = _mm256_mul_ps(i8x8(qb + 8), _mm256_loadu_ps(xb + 8));
+            s0 = _mm256_fmadd_ps(i8x8(qb + 16), _mm256_loadu_ps(xb + 16), s0);
+            s1 = _mm256_fmadd_ps(i8x8(qb + 24), _mm256_loadu_ps(xb + 24), s1);
+            __m256 ds = _mm256_set1_ps(dsc[j]);
+            acc0 = _mm256_fmadd_ps(ds, s0, acc0);
+            acc1 = _mm256_fmadd_ps(ds, s1, acc1);
+        }
+    }
+    return hsum256(_mm256_add_ps(acc0, acc1));
+}
+
+T_AVX2 static float dot_q4_1_avx2(const uint8_t *row, const float *x, const float *xs, int cols) {
+    const int nb = cols / FR_QBLOCK;
+    const uint16_t *d = (const uint16_t *)row, *mn = d + nb;
+    const uint8_t *q = row + 4 * (size_t)nb;
+    const __m128i lowmask = _mm_set1_epi8(15);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, accm = acc0;
+    float dsc[8];
+    int b0 = 0;
+    for (; b0 < nb; b0 += 8) {
+        const int n = nb - b0 < 8 ? nb - b0 : 8;
+        if (n == 8) {
+            _mm256_storeu_ps(dsc, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(d + b0))));
+            accm = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mn + b0))),
+                                   _mm256_loadu_ps(xs + b0), accm);
+        } else {
+            for (int j = 0; j < n; j++) dsc[j] = fr_q_f16_to_f32(d[b0 + j]);
+        }
+        for (int j = 0; j < n; j++) {
+            const int b = b0 + j;
+            const float *xb = x + b * FR_QBLOCK;
+            __m128i v = _mm_loadu_si128((const __m128i *)(q + b * 16));
+            __m128i lo = _mm_and_si128(v, lowmask);
+            __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), lowmask);
+            __m256 q0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+            __m256 q1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+            __m256 q2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+            __m256 q3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+            __m256 s0 = _mm256_mul_ps(q0, _mm256_loadu_ps(xb));
+            __m256 s1 = _mm256_mul_ps(q1, _mm256_loadu_ps(xb + 8));
+            s0 = _mm256_fmadd_ps(q2, _mm256_loadu_ps(xb + 16), s0);
+            s1 = _mm256_fmadd_ps(q3, _mm256_loadu_ps(xb + 24), s1);
+            __m256 ds = _mm256_set1_ps(dsc[j]);
+            acc0 = _mm256_fmadd_ps(ds, s0, acc0);
+            acc1 = _mm256_fmadd_ps(ds, s1, acc1);
+        }
+        if (n < 8)
+            for (int j = 0; j < n; j++) dsc[j] = fr_q_f16_to_f32(mn[b0 + j]) * xs[b0 + j];
+    }
+    float s = hsum256(_mm256_add_ps(_mm256_add_ps(acc0, acc1), accm));
+    const int tail = nb % 8;
+    for (int j = 0; j < tail; j++) s += dsc[j]; /* m_b * xs_b of the last partial group */
+    return s;
+}
+
+/* ---- AVX-512F (vcvtph2ps, vpmovzx/sx and FMA on 16 lanes; no VNNI: activations stay FP32) */
+
+#define T_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
+
+T_AVX512 static inline __m512 bf16x16(const uint16_t *p) {
+    __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+}
+
+T_AVX512 static float dot_bf16_avx512(const uint8_t *row, const float *x, const float *xs, int cols) {
+    const uint16_t *w = (const uint16_t *)row;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int c = 0;
+    for (; c + 64 <= cols; c += 64) {
+        a0 = _mm512_fmadd_ps(bf16x16(w + c), _mm512_loadu_ps(x + c), a0);
+        a1 = _mm512_fmadd_ps(bf16x16(w + c + 16), _mm512_loadu_ps(x + c + 16), a1);
+        a2 = _mm512_fmadd_ps(bf16x16(w + c + 32), _mm512_loadu_ps(x + c + 32), a2);
+        a3 = _mm512_fmadd_ps(bf16x16(w + c + 48), _mm512_loadu_ps(x + c + 48), a3);
+    }
+    for (; c + 16 <= cols; c += 16) a0 = _mm512_fmadd_ps(bf16x16(w + c), _mm512_loadu_ps(x + c), a0);
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    for (; c < cols; c++) s += x[c] * fr_q_bf16_to_f32(w[c]);
+    return s;
+}
+
+T_AVX512 static float dot_q8_0_avx512(const uint8_t *row, const float *x, const float *xs, int cols) {
+    const int nb = cols / FR_QBLOCK;
+    const uint16_t *d = (const uint16_t *)row;
+    const int8_t *q = (const int8_t *)(row + 2 * (size_t)nb);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
+    for (int b = 0; b < nb; b++) {
+        const int8_t *qb = q + b * FR_QBLOCK;
+        const float *xb = x + b * FR_QBLOCK;
+        __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)qb)));
+        __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(qb + 16))));
+        __m512 s0 = _mm512_mul_ps(q0, _mm512_loadu_ps(xb));
+        __m512 s1 = _mm512_mul_ps(q1, _mm512_loadu_ps(xb + 16));
+        __m512 ds = _mm512_set1_ps(fr_q_f16_to_f32(d[b]));
+        acc0 = _mm512_fmadd_ps(ds, s0, acc0);
+        acc1 = _mm512_fmadd_ps(ds, s1, acc1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+T_AVX512 static float dot_q4_1_avx512(const uint8_t *row, const float *x, const float *xs, int cols) {
+    const int nb = cols / FR_QBLOCK;
+    const uint16_t *d = (const uint16_t *)row, *mn = d + nb;
+    const uint8_t *q = row + 4 * (size_t)nb;
+    const __m128i lowmask = _mm_set1_epi8(15);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
+    float sm = 0.f;
+    for (int b = 0; b < nb; b++) {
+        const float *xb = x + b * FR_QBLOCK;
+        __m128i v = _mm_loadu_si128((const __m128i *)(q + b * 16));
+        __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(v, lowmask)));
+        __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(v, 4), lowmask)));
+        __m512 s0 = _mm512_mul_ps(q0, _mm512_loadu_ps(xb));
+        __m512 s1 = _mm512_mul_ps(q1, _mm512_loadu_ps(xb + 16));
+        __m512 ds = _mm512_set1_ps(fr_q_f16_to_f32(d[b]));
+        acc0 = _mm512_fmadd_ps(ds, s0, acc0);
+        acc1 = _mm512_fmadd_ps(ds, s1, acc1);
+        sm += fr_q_f16_to_f32(mn[b]) * xs[b];
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + sm;
+}
+
+/* ------------------------------------------------------------------ dispatch */
+
+static int quant_isa(void) {
+    int isa = fr_cpu_isa();
+    __builtin_cpu_init();
+    if (isa >= FR_ISA_AVX2 && !__builtin_cpu_supports("f16c")) isa = FR_ISA_GENERIC;
+    return isa;
+}
+
+int fr_qmatmul_isa(void) { return quant_isa(); }
+
+static rowdot_fn pick_dot(fr_qtype t, int isa) {
+    static const rowdot_fn table[3][3] = {
+        {dot_bf16_c, dot_q8_0_c, dot_q4_1_c},
+        {dot_bf16_avx2, dot_q8_0_avx2, dot_q4_1_avx2},
+        {dot_bf16_avx512, dot_q8_0_avx512, dot_q4_1_avx512},
+    };
+    if (t < FR_QT_BF16 || t > FR_QT_Q4_1) return NULL;
+    if (isa < 0 || isa > FR_ISA_AVX512) isa = FR_ISA_GENERIC;
+    return table[isa][t - FR_QT_BF16];
+}
+
+/* y[0:rows] = W x for one x row (xs: block sums of x for Q4_1, else unused). */
+static void matvec(float *y, const float *x, const float *xs, const fr_qmatrix *w, rowdot_fn dot) {
+    const size_t rb = fr_qtype_row_bytes(w->type, w->cols);
+    const uint8_t *base = (const uint8_t *)w->data;
+    const int rows = w->rows, cols = w->cols;
+    const int par = (double)rows * cols > 65536.0 && omp_get_max_threads() > 1;
+#pragma omp parallel for schedule(static) if (par)
+    for (int r = 0; r < rows; r++) y[r] = dot(base + rb * (size_t)r, x, xs, cols);
+}
+
+static void block_sums(float *xs, const float *x, int cols) {
+    for (int b = 0; b < cols / FR_QBLOCK; b++) {
+        float s = 0.f;
+        for (int i = 0; i < FR_QBLOCK; i++) s += x[b * FR_QBLOCK + i];
+        xs[b] = s;
+    }
+}
+
+static void qmatmul_rows(float *y, const float *x, const fr_qmatrix *w, int M, rowdot_fn dot) {
+    float xs_stack[1024];
+    const int nb = w->cols / FR_QBLOCK;
+    float *xs = NULL;
+    if (w->type == FR_QT_Q4_1) {
+        xs = nb <= 1024 ? xs_stack : malloc((size_t)nb * sizeof(float));
+        if (!xs) dot = dot_q4_1_c; /* out of memory: the portable kernel sums x itself */
+    }
+    for (int i = 0; i < M; i++) {
+        const float *xi = x + (size_t)i * w->cols;
+        if (xs) block_sums(xs, xi, w->cols);
+        matvec(y + (size_t)i * w->rows, xi, xs, w, dot);
+    }
+    if (xs && xs != xs_stack) free(xs);
+}
+
+void fr_qmatmul(float *y, const float *x, const fr_qmatrix *w, int M) {
+    if (M <= 0 || w->rows <= 0 || w->cols <= 0) return;
+    if (w->type == FR_QT_F32) {
+        fr_cpu_gemm(0, 1, M, w->rows, w->cols, 1.0f, x, w->cols, (const float *)w->data, w->cols, 0.0f, y, w->rows);
+        return;
+    }
+    rowdot_fn dot = pick_dot(w->type, quant_isa());
+    if (!dot) return;
+    const int rows = w->rows, cols = w->cols;
+    float *tile = NULL;
+    int tile_rows = 0;
+    if (M >= 4) {
+        /* tiles of about 8 MiB of dequantized weights, a multiple of 64 rows */
+        size_t want = ((size_t)8 << 20) / ((size_t)cols * sizeof(float));
+        tile_rows = want < 64 ? 64 : (int)(want > (size_t)rows ? (size_t)rows : want - want % 64);
+        if (tile_rows > rows) tile_rows = rows;
+        if (posix_memalign((void **)&tile, 64, (size_t)tile_rows * cols * sizeof(float)) != 0) tile = NULL;
+    }
+    if (!tile) {
+        qmatmul_rows(y, x, w, M, dot);
+        return;
+    }
+    const size_t rb = fr_qtype_row_bytes(w->type, cols);
+    for (int r0 = 0; r0 < rows; r0 += tile_rows) {
+        const int n = rows - r0 < tile_rows ? rows - r0 : tile_rows;
+        const int par = omp_get_max_threads() > 1;
+#pragma omp parallel for schedule(static) if (par)
+        for (int r = 0; r < n; r++)
+            dequant_row(w, (const uint8_t *)w->data + rb * (size_t)(r0 + r), tile + (size_t)r * cols);
+        fr_cpu_gemm(0, 1, M, n, cols, 1.0f, x, cols, tile, cols, 0.0f, y + r0, rows);
+    }
+    free(tile);
+}
+
+/* ------------------------------------------------------------------ loading */
+
+/* "<base>.<suffix>" where name is "<base>.weight" (or "<name>.<suffix>" otherwise). */
+static int derived_name(char *buf, size_t n, const char *name, const char *suffix) {
+    size_t len = strlen(name);
+    if (len > 7 && strcmp(name + len - 7, ".weight") == 0) len -= 7;
+    int k = snprintf(buf, n, "%.*s.%s", (int)len, name, suffix);
+    return k > 0 && (size_t)k < n ? 0 : -1;
+}
+
+int fr_qmatrix_stored_type(const fr_st_set *st, const char *name) {
+    char qn[1024];
+    if (derived_name(qn, sizeof qn, name, "qweight") == 0) {
+        const fr_st_tensor *q = fr_st_set_find(st, qn);
+        if (q) return q->dtype == FR_DT_U8 ? FR_QT_Q4_1 : FR_QT_Q8_0;
+    }
+    const fr_st_tensor *t = fr_st_set_find(st, name);
+    if (!t) return -1;
+    return t->dtype == FR_DT_BF16 ? FR_QT_BF16 : FR_QT_F32;
+}
+
+static int check_tensor(const fr_st_tensor *t, const char *tname, fr_dtype dt, int64_t d0, int64_t d1) {
+    if (!t) return fr_error(FR_ERR_FORMAT, "tensor %s is missing from the checkpoint", tname);
+    if (t->dtype != dt || t->ndim != 2 || t->shape[0] != d0 || t->shape[1] != d1)
+        return fr_error(FR_ERR_FORMAT, "tensor %s: expected %s [%lld, %lld], found %s with %d dims [%lld, %lld]", tname,
+                        fr_dtype_name(dt), (long long)d0, (long long)d1, fr_dtype_name(t->dtype), t->ndim,
+                        (long long)t->shape[0], t->ndim > 1 ? (long long)t->shape[1] : 0LL);
+    return FR_OK;
+}
+
+/* Assemble a matrix of type t (Q8_0 or Q4_1) from "<base>.qweight/.scales/.mins". */
+static int load_quantized(fr_qmatrix *out, const fr_st_set *st, const char *name, int rows, int cols, fr_qtype t) {
+    char qn[1024], sn[1024], mn[1024];
+    if (derived_name(qn, sizeof qn, name, "qweight") || derived_name(sn, sizeof sn, name, "scales") ||
+        derived_name(mn, sizeof mn, name, "mins"))
+        return fr_error(FR_ERR_ARG, "tensor name too long: %s", name);
+    if (cols % FR_QBLOCK)
+        return fr_error(FR_ERR_FORMAT, "tensor %s: %d columns is not a multiple of %d, as %s needs", name, cols, FR_QBLOCK,
+                        fr_qtype_name(t));
+    const int nb = cols / FR_QBLOCK;
+    const fr_st_tensor *q = fr_st_set_find(st, qn), *sc = fr_st_set_find(st, sn), *mi = NULL;
+    if (t == FR_QT_Q8_0) FR_CHECK(check_tensor(q, qn, FR_DT_I8, rows, cols));
+    else FR_CHECK(check_tensor(q, qn, FR_DT_U8, rows, cols / 2));
+    FR_CHECK(check_tensor(sc, sn, FR_DT_F16, rows, nb));
+    if (t == FR_QT_Q4_1) {
+        mi = fr_st_set_find(st, mn);
+        FR_CHECK(check_tensor(mi, mn, FR_DT_F16, rows, nb));
+    }
+    const size_t rb = fr_qtype_row_bytes(t, cols), qb = t == FR_QT_Q8_0 ? (size_t)cols : (size_t)cols / 2;
+    uint8_t *data = fr_alloc(rb * (size_t)rows);
+    if (!data) return fr_error(FR_ERR_NOMEM, "out of memory loading %s", name);
+    for (int r = 0; r < rows; r++) {
+        uint8_t *row = data + rb * (size_t)r;
+        memcpy(row, (const uint8_t *)sc->data + (size_t)r * nb * 2, (size_t)nb * 2);
+        size_t off = (size_t)nb * 2;
+        if (mi) {
+            memcpy(row + off, (const uint8_t *)mi->data + (size_t)r * nb * 2, (size_t)nb * 2);
+            off += (size_t)nb * 2;
+        }
+        memcpy(row + off, (const uint8_t *)q->data + (size_t)r * qb, qb);
+    }
+    fr_qmatrix_wrap(out, t, data, rows, cols);
+    out->owned = 1;
+    return FR_OK;
+}
+
+/* Prefix the current error message with the tensor name. */
+static int name_error(int rc, const char *name) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", fr_last_error());
+    return fr_error(rc, "tensor %s: %s", name, msg);
 }
 
 int fr_qmatrix_load(fr_qmatrix *out, const fr_st_set *st, const char *name, int rows, int cols, fr_qtype want) {
     memset(out, 0, sizeof *out);
+    if ((unsigned)want >= FR_QT_COUNT) return fr_error(FR_ERR_ARG, "tensor %s: unknown weight format %d", name, (int)want);
+    if (rows <= 0 || cols <= 0) return fr_error(FR_ERR_ARG, "tensor %s: bad shape [%d, %d]", name, rows, cols);
+    int stored = fr_qmatrix_stored_type(st, name);
+    if (stored < 0) return fr_error(FR_ERR_FORMAT, "tensor %s is missing from the checkpoint", name);
+    if (stored == FR_QT_Q8_0 || stored == FR_QT_Q4_1) {
+        fr_qmatrix q;
+        FR_CHECK(load_quantized(&q, st, name, rows, cols, (fr_qtype)stored));
+        if (want == (fr_qtype)stored) {
+            *out = q;
+            return FR_OK;
+        }
+        /* another format wanted: dequantize, then convert */
+        float *tmp = fr_alloc((size_t)rows * cols * sizeof(float));
+        if (!tmp) {
+            fr_qmatrix_free(&q);
+            return fr_error(FR_ERR_NOMEM, "out of memory loading %s", name);
+        }
+        for (int r = 0; r < rows; r++) fr_qmatrix_row_f32(&q, r, tmp + (size_t)r * cols);
+        fr_qmatrix_free(&q);
+        if (want == FR_QT_F32) {
+            fr_qmatrix_wrap(out, FR_QT_F32, tmp, rows, cols);
+            out->owned = 1;
+            return FR_OK;
+        }
+        int rc = fr_qmatrix_from_f32(out, want, tmp, rows, cols);
+        fr_free(tmp);
+        return rc == FR_OK ? rc : name_error(rc, name);
+    }
     const fr_st_tensor *t = fr_st_set_find(st, name);
-    if (!t) return fr_error(FR_ERR_FORMAT, "tensor %s is missing from the checkpoint", name);
     if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols)
         return fr_error(FR_ERR_FORMAT, "tensor %s: expected shape [%d, %d]", name, rows, cols);
+    if (t->dtype == FR_DT_BF16 && want == FR_QT_BF16) { /* as stored, bit for bit */
+        void *data = fr_alloc((size_t)rows * cols * 2);
+        if (!data) return fr_error(FR_ERR_NOMEM, "out of memory loading %s", name);
+        memcpy(data, t->data, (size_t)rows * cols * 2);
+        fr_qmatrix_wrap(out, FR_QT_BF16, data, rows, cols);
+        out->owned = 1;
+        return FR_OK;
+    }
     float *tmp = fr_alloc((size_t)rows * cols * sizeof(float));
     if (!tmp) return fr_error(FR_ERR_NOMEM, "out of memory loading %s", name);
     int rc = fr_st_to_f32(t, tmp, t->numel);
@@ -97,7 +734,441 @@ int fr_qmatrix_load(fr_qmatrix *out, const fr_st_set *st, const char *name, int 
         out->owned = 1;
         return FR_OK;
     }
-    if (rc == FR_OK) rc = fr_qmatrix_from_f32(out, want, tmp, rows, cols);
+    if (rc == FR_OK) {
+        rc = fr_qmatrix_from_f32(out, want, tmp, rows, cols);
+        if (rc != FR_OK) rc = name_error(rc, name);
+    }
     fr_free(tmp);
     return rc;
+}
+
+/* ------------------------------------------------------------------ quantizing a checkpoint */
+
+/* Linear layers that are quantized: 2-D tensors named "*_proj.weight" (q_a_proj, q_b_proj,
+ * q_proj, kv_a_proj_with_mqa, kv_b_proj, o_proj, gate_proj, up_proj, down_proj, eh_proj).
+ * Everything else (embeddings, lm_head, MTP shared heads, the router mlp.gate, norms,
+ * e_score_correction_bias) is written as FP32. */
+static int is_quantized_linear(const fr_st_tensor *t) {
+    size_t len = strlen(t->name);
+    return t->ndim == 2 && len > 12 && strcmp(t->name + len - 12, "_proj.weight") == 0;
+}
+
+static int is_float_dtype(fr_dtype d) {
+    return d == FR_DT_F32 || d == FR_DT_F16 || d == FR_DT_BF16 || d == FR_DT_F64;
+}
+
+typedef struct {
+    fr_st_entry *e;
+    int n, cap;
+    void **bufs; /* owned buffers and names */
+    int nbufs, capbufs;
+} qwriter;
+
+static void *qw_keep(qwriter *w, void *p) {
+    if (!p) return NULL;
+    if (w->nbufs == w->capbufs) {
+        int cap = w->capbufs ? 2 * w->capbufs : 256;
+        void **b = realloc(w->bufs, (size_t)cap * sizeof *b);
+        if (!b) {
+            free(p);
+            return NULL;
+        }
+        w->bufs = b;
+        w->capbufs = cap;
+    }
+    w->bufs[w->nbufs++] = p;
+    return p;
+}
+
+static int qw_add(qwriter *w, const char *name, fr_dtype dt, int ndim, const int64_t *shape, const void *data) {
+    if (w->n == w->cap) {
+        int cap = w->cap ? 2 * w->cap : 256;
+        fr_st_entry *e = realloc(w->e, (size_t)cap * sizeof *e);
+        if (!e) return fr_error(FR_ERR_NOMEM, "out of memory");
+        w->e = e;
+        w->cap = cap;
+    }
+    char *nm = qw_keep(w, strdup(name));
+    if (!nm) return fr_error(FR_ERR_NOMEM, "out of memory");
+    fr_st_entry *e = &w->e[w->n++];
+    memset(e, 0, sizeof *e);
+    e->name = nm;
+    e->dtype = dt;
+    e->ndim = ndim;
+    for (int d = 0; d < ndim; d++) e->shape[d] = shape[d];
+    e->data = data;
+    return FR_OK;
+}
+
+static void qw_free(qwriter *w) {
+    for (int i = 0; i < w->nbufs; i++) {
+        if (w->bufs[i]) free(w->bufs[i]);
+    }
+    free(w->bufs);
+    free(w->e);
+    memset(w, 0, sizeof *w);
+}
+
+/* Quantize one linear tensor into writer entries. */
+static int quantize_tensor(qwriter *w, const fr_st_tensor *t, fr_qtype type) {
+    const int rows = (int)t->shape[0], cols = (int)t->shape[1];
+    if (t->shape[0] > INT32_MAX / 2 || t->shape[1] > INT32_MAX / 2 || rows <= 0 || cols <= 0)
+        return fr_error(FR_ERR_FORMAT, "tensor %s: unsupported shape", t->name);
+    if (type != FR_QT_BF16 && cols % FR_QBLOCK)
+        return fr_error(FR_ERR_ARG, "tensor %s has %d columns, not a multiple of %d: cannot quantize it to %s", t->name,
+                        cols, FR_QBLOCK, fr_qtype_name(type));
+    float *tmp = malloc((size_t)rows * cols * sizeof(float));
+    if (!tmp) return fr_error(FR_ERR_NOMEM, "out of memory quantizing %s", t->name);
+    int rc = fr_st_to_f32(t, tmp, t->numel);
+    fr_qmatrix q;
+    memset(&q, 0, sizeof q);
+    if (rc == FR_OK) {
+        rc = fr_qmatrix_from_f32(&q, type, tmp, rows, cols);
+        if (rc != FR_OK) rc = name_error(rc, t->name);
+    }
+    free(tmp);
+    if (rc != FR_OK) return rc;
+    const size_t rb = fr_qtype_row_bytes(type, cols);
+    const int nb = cols / FR_QBLOCK;
+    const uint8_t *src = q.data;
+    if (type == FR_QT_BF16) {
+        uint8_t *b = qw_keep(w, malloc(rb * rows));
+        if (!b) rc = fr_error(FR_ERR_NOMEM, "out of memory quantizing %s", t->name);
+        else {
+            memcpy(b, src, rb * rows);
+            int64_t sh[2] = {rows, cols};
+            rc = qw_add(w, t->name, FR_DT_BF16, 2, sh, b);
+        }
+        fr_qmatrix_free(&q);
+        return rc;
+    }
+    const size_t qb = type == FR_QT_Q8_0 ? (size_t)cols : (size_t)cols / 2;
+    uint8_t *qw = qw_keep(w, malloc(qb * rows));
+    uint16_t *sc = qw_keep(w, malloc((size_t)nb * 2 * rows));
+    uint16_t *mi = type == FR_QT_Q4_1 ? qw_keep(w, malloc((size_t)nb * 2 * rows)) : NULL;
+    if (!qw || !sc || (type == FR_QT_Q4_1 && !mi)) {
+        fr_qmatrix_free(&q);
+        return fr_error(FR_ERR_NOMEM, "out of memory quantizing %s", t->name);
+    }
+    for (int r = 0; r < rows; r++) {
+        const uint8_t *row = src + rb * (size_t)r;
+        memcpy(sc + (size_t)r * nb, row, (size_t)nb * 2);
+        size_t off = (size_t)nb * 2;
+        if (mi) {
+            memcpy(mi + (size_t)r * nb, row + off, (size_t)nb * 2);
+            off += (size_t)nb * 2;
+        }
+        memcpy(qw + qb * r, row + off, qb);
+    }
+    fr_qmatrix_free(&q);
+    char nm[1024];
+    int64_t shq[2] = {rows, (int64_t)qb}, shs[2] = {rows, nb};
+    if (derived_name(nm, sizeof nm, t->name, "qweight")) return fr_error(FR_ERR_ARG, "tensor name too long: %s", t->name);
+    FR_CHECK(qw_add(w, nm, type == FR_QT_Q8_0 ? FR_DT_I8 : FR_DT_U8, 2, shq, qw));
+    derived_name(nm, sizeof nm, t->name, "scales");
+    FR_CHECK(qw_add(w, nm, FR_DT_F16, 2, shs, sc));
+    if (mi) {
+        derived_name(nm, sizeof nm, t->name, "mins");
+        FR_CHECK(qw_add(w, nm, FR_DT_F16, 2, shs, mi));
+    }
+    return FR_OK;
+}
+
+static void remove_tree_shallow(const char *dir) {
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *de;
+        char p[4096];
+        while ((de = readdir(d)) != NULL) {
+            if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
+            if ((size_t)snprintf(p, sizeof p, "%s/%s", dir, de->d_name) < sizeof p) unlink(p);
+        }
+        closedir(d);
+    }
+    rmdir(dir);
+}
+
+/* 1 if dir exists and holds no entries, 0 if it holds some, -1 if it does not exist. */
+static int dir_state(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return errno == ENOENT ? -1 : 0;
+    struct dirent *de;
+    int empty = 1;
+    while ((de = readdir(d)) != NULL)
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+            empty = 0;
+            break;
+        }
+    closedir(d);
+    return empty;
+}
+
+static int copy_if_present(const char *in_dir, const char *out_dir, const char *file) {
+    char src[4096], dst[4096];
+    if ((size_t)snprintf(src, sizeof src, "%s/%s", in_dir, file) >= sizeof src ||
+        (size_t)snprintf(dst, sizeof dst, "%s/%s", out_dir, file) >= sizeof dst)
+        return fr_error(FR_ERR_ARG, "path too long: %s", in_dir);
+    struct stat sb;
+    if (stat(src, &sb) != 0) return FR_OK;
+    char *buf = NULL;
+    size_t len = 0;
+    FR_CHECK(fr_read_file(src, &buf, &len));
+    int rc = fr_write_file_atomic(dst, buf, len);
+    free(buf);
+    return rc;
+}
+
+int fr_quantize_model(const char *in_dir, const char *out_dir, const char *type,
+                      int (*progress)(void *user, double frac, const char *phase), void *user) {
+    fr_clear_error();
+    if (!in_dir || !out_dir || !type) return fr_error(FR_ERR_ARG, "fr_quantize_model: NULL argument");
+    int qt = fr_qtype_parse(type);
+    if (qt != FR_QT_BF16 && qt != FR_QT_Q8_0 && qt != FR_QT_Q4_1)
+        return fr_error(FR_ERR_ARG, "unknown quantization type '%s' (expected bf16, q8_0 or q4_1)", type);
+    struct stat sb;
+    if (stat(in_dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return fr_error(FR_ERR_IO, "model folder %s does not exist or is not a folder", in_dir);
+    char path[4096], tmp_dir[3800];
+    if ((size_t)snprintf(path, sizeof path, "%s/config.json", in_dir) >= sizeof path ||
+        (size_t)snprintf(tmp_dir, sizeof tmp_dir, "%s.tmp-%d", out_dir, (int)getpid()) >= sizeof tmp_dir)
+        return fr_error(FR_ERR_ARG, "path too long: %s", in_dir);
+    char *cfg_text = NULL;
+    size_t cfg_len = 0;
+    FR_CHECK(fr_read_file(path, &cfg_text, &cfg_len));
+    fr_config cfg;
+    int rc = fr_config_parse(&cfg, cfg_text, cfg_len);
+    cJSON *root = rc == FR_OK ? cJSON_ParseWithLength(cfg_text, cfg_len) : NULL;
+    free(cfg_text);
+    if (rc != FR_OK) return rc;
+    if (!root || !cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return fr_error(FR_ERR_FORMAT, "%s: not a JSON object", path);
+    }
+    if (cJSON_GetObjectItemCaseSensitive(root, "quantization_config")) {
+        cJSON_Delete(root);
+        return fr_error(FR_ERR_ARG, "%s is already quantized (its config.json has a quantization_config)", in_dir);
+    }
+    int ds = dir_state(out_dir);
+    if (ds == 0) {
+        cJSON_Delete(root);
+        return fr_error(FR_ERR_ARG, "output folder %s already exists and is not empty", out_dir);
+    }
+
+    fr_st_set set;
+    memset(&set, 0, sizeof set);
+    rc = fr_st_set_open_dir(&set, in_dir);
+    if (rc != FR_OK) {
+        cJSON_Delete(root);
+        return rc;
+    }
+    qwriter w;
+    memset(&w, 0, sizeof w);
+    cJSON *qc = cJSON_CreateObject(), *skipped = cJSON_CreateArray();
+    double total = 0, done = 0;
+    for (int f = 0; f < set.n_files; f++)
+        for (int i = 0; i < set.files[f].n_tensors; i++) total += (double)set.files[f].tensors[i].nbytes;
+    int n_quant = 0;
+    for (int f = 0; f < set.n_files && rc == FR_OK; f++) {
+        for (int i = 0; i < set.files[f].n_tensors && rc == FR_OK; i++) {
+            const fr_st_tensor *t = &set.files[f].tensors[i];
+            if (is_float_dtype(t->dtype) && is_quantized_linear(t)) {
+                rc = quantize_tensor(&w, t, (fr_qtype)qt);
+                n_quant++;
+            } else if (is_float_dtype(t->dtype)) {
+                float *b = qw_keep(&w, malloc((t->numel ? t->numel : 1) * sizeof(float)));
+                if (!b) rc = fr_error(FR_ERR_NOMEM, "out of memory copying %s", t->name);
+                if (rc == FR_OK) rc = fr_st_to_f32(t, b, t->numel);
+                if (rc == FR_OK) rc = qw_add(&w, t->name, FR_DT_F32, t->ndim, t->shape, b);
+                if (rc == FR_OK && t->ndim == 2 && skipped) {
+                    char mod[1024];
+                    size_t len = strlen(t->name);
+                    if (len > 7 && strcmp(t->name + len - 7, ".weight") == 0) len -= 7;
+                    snprintf(mod, sizeof mod, "%.*s", (int)len, t->name);
+                    cJSON_AddItemToArray(skipped, cJSON_CreateString(mod));
+                }
+            } else {
+                rc = qw_add(&w, t->name, t->dtype, t->ndim, t->shape, t->data); /* integers: as stored */
+            }
+            done += (double)t->nbytes;
+            if (rc == FR_OK && progress && progress(user, total > 0 ? 0.95 * done / total : 0.0, "quantizing"))
+                rc = fr_error(FR_ERR_STATE, "quantization cancelled");
+        }
+    }
+    if (rc == FR_OK && n_quant == 0)
+        rc = fr_error(FR_ERR_FORMAT, "%s has no linear weights (\"*_proj.weight\") to quantize", in_dir);
+    if (rc == FR_OK && (!qc || !skipped)) rc = fr_error(FR_ERR_NOMEM, "out of memory");
+    char *json = NULL;
+    if (rc == FR_OK && qt == FR_QT_BF16) {
+        /* BF16 is a plain float checkpoint in HF terms: "torch_dtype": "bfloat16" and no
+         * quantization_config, so every loader (fr_model_load, transformers) reads it. */
+        cJSON_DeleteItemFromObjectCaseSensitive(root, "torch_dtype");
+        cJSON_AddStringToObject(root, "torch_dtype", "bfloat16");
+        json = cJSON_Print(root);
+        if (!json) rc = fr_error(FR_ERR_NOMEM, "out of memory");
+    } else if (rc == FR_OK) {
+        cJSON_AddStringToObject(qc, "quant_method", "frugal");
+        cJSON_AddStringToObject(qc, "format", fr_qtype_name((fr_qtype)qt));
+        cJSON_AddNumberToObject(qc, "block_size", FR_QBLOCK);
+        cJSON_AddStringToObject(qc, "scale_dtype", "float16");
+        cJSON_AddStringToObject(qc, "tensors", qt == FR_QT_Q8_0 ? "<base>.qweight I8 [rows, cols], <base>.scales F16 [rows, cols/32]"
+                                                                : "<base>.qweight U8 [rows, cols/2], <base>.scales F16 [rows, cols/32], <base>.mins F16 [rows, cols/32]");
+        cJSON_AddStringToObject(qc, "quantized_modules", "2-D tensors named *_proj.weight");
+        cJSON_AddItemToObject(qc, "modules_not_quantized", skipped);
+        skipped = NULL;
+        cJSON_AddItemToObject(root, "quantization_config", qc);
+        qc = NULL;
+        json = cJSON_Print(root);
+        if (!json) rc = fr_error(FR_ERR_NOMEM, "out of memory");
+    }
+    cJSON_Delete(qc);
+    cJSON_Delete(skipped);
+    cJSON_Delete(root);
+    int made_tmp = 0;
+    if (rc == FR_OK) {
+        remove_tree_shallow(tmp_dir); /* a leftover of a killed run with our pid */
+        if (mkdir(tmp_dir, 0755) != 0) rc = fr_error(FR_ERR_IO, "cannot create %s: %s", tmp_dir, strerror(errno));
+        else made_tmp = 1;
+    }
+    if (rc == FR_OK) {
+        snprintf(path, sizeof path, "%s/model.safetensors", tmp_dir);
+        const char *mk[] = {"format", "frugal_quantization"}, *mv[] = {"pt", fr_qtype_name((fr_qtype)qt)};
+        rc = fr_st_write(path, w.e, w.n, mk, mv, 2);
+    }
+    if (rc == FR_OK && progress && progress(user, 0.98, "writing"))
+        rc = fr_error(FR_ERR_STATE, "quantization cancelled");
+    if (rc == FR_OK) {
+        snprintf(path, sizeof path, "%s/config.json", tmp_dir);
+        size_t jl = strlen(json);
+        json[jl] = '\n'; /* replace the NUL: the file ends with a newline */
+        rc = fr_write_file_atomic(path, json, jl + 1);
+        json[jl] = 0;
+    }
+    static const char *const AUX[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json"};
+    for (int i = 0; i < 3 && rc == FR_OK; i++) rc = copy_if_present(in_dir, tmp_dir, AUX[i]);
+    fr_st_set_close(&set);
+    qw_free(&w);
+    free(json);
+    if (rc == FR_OK) {
+        if (dir_state(out_dir) == 1 && rmdir(out_dir) != 0)
+            rc = fr_error(FR_ERR_IO, "cannot replace the empty folder %s: %s", out_dir, strerror(errno));
+        else if (rename(tmp_dir, out_dir) != 0)
+            rc = fr_error(FR_ERR_IO, "cannot rename %s to %s: %s", tmp_dir, out_dir, strerror(errno));
+    }
+    if (rc != FR_OK) {
+        if (made_tmp) remove_tree_shallow(tmp_dir);
+        return rc;
+    }
+    char parent[4096];
+    snprintf(parent, sizeof parent, "%s", out_dir);
+    char *slash = strrchr(parent, '/');
+    if (slash && slash != parent) *slash = 0;
+    else snprintf(parent, sizeof parent, "%s", slash ? "/" : ".");
+    fr_fsync_dir(parent);
+    if (progress) progress(user, 1.0, "done");
+    return FR_OK;
+}
+
+/* ------------------------------------------------------------------ dequantized model, evaluation */
+
+int fr_model_load_dequantized(fr_model **out, const char *dir) {
+    fr_clear_error();
+    if (!out || !dir) return fr_error(FR_ERR_ARG, "fr_model_load_dequantized: NULL argument");
+    *out = NULL;
+    char path[4096];
+    if ((size_t)snprintf(path, sizeof path, "%s/config.json", dir) >= sizeof path)
+        return fr_error(FR_ERR_ARG, "path too long: %s", dir);
+    fr_config cfg;
+    FR_CHECK(fr_config_load(&cfg, path));
+    fr_st_set set;
+    FR_CHECK(fr_st_set_open_dir(&set, dir));
+    int depth = 0;
+    for (int k = 0; k < cfg.num_nextn_predict_layers; k++) {
+        char name[128];
+        snprintf(name, sizeof name, "model.layers.%d.eh_proj.weight", cfg.num_hidden_layers + k);
+        if (fr_qmatrix_stored_type(&set, name) < 0) break;
+        depth++;
+    }
+    cfg.num_nextn_predict_layers = depth;
+    fr_model *m = NULL;
+    int rc = fr_model_create(&m, &cfg, 1);
+    for (int i = 0; rc == FR_OK && i < fr_model_num_tensors(m); i++) {
+        int ndim = 0;
+        int64_t shape[4] = {0};
+        const char *name = fr_model_tensor_info(m, i, &ndim, shape);
+        size_t numel = 0;
+        float *p = fr_model_param(m, name, &numel);
+        int st = fr_qmatrix_stored_type(&set, name);
+        if (st < 0) {
+            rc = fr_error(FR_ERR_FORMAT, "%s: missing tensor %s", dir, name);
+        } else if (st == FR_QT_Q8_0 || st == FR_QT_Q4_1) {
+            fr_qmatrix q;
+            if (ndim != 2) rc = fr_error(FR_ERR_FORMAT, "%s: tensor %s is stored quantized but is not a matrix", dir, name);
+            else rc = fr_qmatrix_load(&q, &set, name, (int)shape[0], (int)shape[1], (fr_qtype)st);
+            if (rc == FR_OK) {
+                for (int r = 0; r < q.rows; r++) fr_qmatrix_row_f32(&q, r, p + (size_t)r * q.cols);
+                fr_qmatrix_free(&q);
+            }
+        } else {
+            const fr_st_tensor *t = fr_st_set_find(&set, name);
+            int same = t->ndim == ndim && t->numel == numel;
+            for (int d = 0; same && d < ndim; d++) same = t->shape[d] == shape[d];
+            if (!same) rc = fr_error(FR_ERR_FORMAT, "%s: tensor %s has another shape than the config implies", dir, name);
+            else rc = fr_st_to_f32(t, p, numel);
+        }
+    }
+    fr_st_set_close(&set);
+    if (rc != FR_OK) {
+        if (m) fr_model_free(m);
+        return rc;
+    }
+    *out = m;
+    return FR_OK;
+}
+
+int fr_eval_dataset(fr_model *m, const char *data_dir, const char *split, int seq_len, int batch,
+                    long max_tokens, double *mean_loss, long *n_targets) {
+    fr_clear_error();
+    if (!m || !data_dir || !split || !mean_loss) return fr_error(FR_ERR_ARG, "fr_eval_dataset: NULL argument");
+    if (seq_len < 2 || batch < 1) return fr_error(FR_ERR_ARG, "fr_eval_dataset: seq_len must be >= 2 and batch >= 1");
+    fr_dataset *ds = NULL;
+    FR_CHECK(fr_dataset_open(&ds, data_dir, split));
+    const int V = fr_model_config(m)->vocab_size;
+    uint64_t ntok = fr_dataset_num_tokens(ds);
+    if (max_tokens > 0 && (uint64_t)max_tokens < ntok) ntok = (uint64_t)max_tokens;
+    const long n_win = ntok > 1 ? (long)((ntok - 1) / (uint64_t)seq_len) : 0;
+    int rc = FR_OK;
+    if (fr_dataset_vocab_size(ds) > V)
+        rc = fr_error(FR_ERR_ARG, "dataset %s has vocab size %d, larger than the model's %d", data_dir,
+                      fr_dataset_vocab_size(ds), V);
+    else if (n_win == 0)
+        rc = fr_error(FR_ERR_ARG, "the %s split of %s has fewer than %d tokens", split, data_dir, seq_len + 1);
+    int *buf = malloc((size_t)(seq_len + 1) * sizeof(int));
+    int *tok = malloc((size_t)batch * seq_len * sizeof(int)), *tgt = malloc((size_t)batch * seq_len * sizeof(int));
+    if (rc == FR_OK && (!buf || !tok || !tgt)) rc = fr_error(FR_ERR_NOMEM, "out of memory");
+    double sum = 0;
+    long count = 0;
+    for (long w0 = 0; rc == FR_OK && w0 < n_win; w0 += batch) {
+        const int B = (int)(n_win - w0 < batch ? n_win - w0 : batch);
+        for (int b = 0; b < B && rc == FR_OK; b++) {
+            rc = fr_dataset_read(ds, (uint64_t)(w0 + b) * seq_len, buf, (size_t)seq_len + 1);
+            for (int t = 0; rc == FR_OK && t < seq_len; t++) {
+                tok[b * seq_len + t] = buf[t];
+                tgt[b * seq_len + t] = buf[t + 1];
+            }
+        }
+        fr_loss_info li;
+        if (rc == FR_OK) rc = fr_model_forward_eval(m, tok, tgt, B, seq_len, &li);
+        if (rc == FR_OK) {
+            sum += li.loss_main * (double)li.n_targets;
+            count += li.n_targets;
+        }
+    }
+    free(buf);
+    free(tok);
+    free(tgt);
+    fr_dataset_close(ds);
+    if (rc != FR_OK) return rc;
+    *mean_loss = count ? sum / (double)count : NAN;
+    if (n_targets) *n_targets = count;
+    return FR_OK;
 }

@@ -61,4 +61,19 @@ int fr_qmatrix_load(fr_qmatrix *out, const fr_st_set *st, const char *name, int 
  * both M and rows (M large). */
 void fr_qmatmul(float *y, const float *x, const fr_qmatrix *w, int M);
 
+/* Instruction set fr_qmatmul's row kernels use now (FR_ISA_* of ops_cpu.h): fr_cpu_isa()
+ * (FRUGAL_CPU / fr_cpu_set_isa cap it), lowered to generic when the CPU lacks F16C. */
+int fr_qmatmul_isa(void);
+
+/* Format of `name` as stored in a checkpoint: FR_QT_Q8_0 / FR_QT_Q4_1 when the quantized
+ * tensors of `frugal quantize` ("<base>.qweight", ...) are present, FR_QT_BF16 for a BF16
+ * tensor, FR_QT_F32 for any other float tensor; -1 when absent. */
+int fr_qmatrix_stored_type(const fr_st_set *st, const char *name);
+
+/* Scalar conversions: bfloat16 and IEEE float16, round to nearest even (NaN stays NaN). */
+uint16_t fr_q_f32_to_bf16(float f);
+float fr_q_bf16_to_f32(uint16_t h);
+uint16_t fr_q_f32_to_f16(float f);
+float fr_q_f16_to_f32(uint16_t h);
+
 #endif

@@ -1408,3 +1408,26 @@ int fr_tokenizer_save(const fr_tokenizer *tok, const char *dir) {
     cJSON_Delete(cj);
     return rc;
 }
+
+/* ------------------------------------------------------------------ read-only accessors
+ * (tokenizer_internal.h; used by the GGUF exporter) */
+
+int fr_tokenizer_num_merges(const fr_tokenizer *tok) { return tok ? tok->n_merges : 0; }
+
+int fr_tokenizer_merge(const fr_tokenizer *tok, int rank, int *a, int *b) {
+    if (!tok || rank < 0 || rank >= tok->n_merges) return fr_error(FR_ERR_ARG, "merge rank %d out of range", rank);
+    *a = tok->merge_a[rank];
+    *b = tok->merge_b[rank];
+    return FR_OK;
+}
+
+int fr_tokenizer_token_kind(const fr_tokenizer *tok, int id) {
+    if (!tok || id < 0 || id >= tok->n_ids || !(tok->flags[id] & TF_PRESENT)) return FR_TOKEN_KIND_NONE;
+    if (tok->flags[id] & TF_SPECIAL) return FR_TOKEN_KIND_SPECIAL;
+    if ((tok->flags[id] & TF_ADDED) && !(tok->flags[id] & TF_VOCAB)) return FR_TOKEN_KIND_ADDED;
+    return FR_TOKEN_KIND_NORMAL;
+}
+
+const cJSON *fr_tokenizer_skeleton(const fr_tokenizer *tok) { return tok ? tok->skeleton : NULL; }
+
+const cJSON *fr_tokenizer_config_json(const fr_tokenizer *tok) { return tok ? tok->config : NULL; }

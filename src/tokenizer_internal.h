@@ -128,4 +128,18 @@ int fr_tokenizer_from_json(fr_tokenizer **out, const cJSON *root, const cJSON *c
 /* The DeepSeek-V3-like chat template written for trained tokenizers. */
 extern const char fr_default_chat_template[];
 
+/* ------------------------------------------------------------------ read-only accessors */
+
+/* Merges by rank: ids of the two tokens merged by rank `rank`. */
+int fr_tokenizer_num_merges(const fr_tokenizer *tok);
+int fr_tokenizer_merge(const fr_tokenizer *tok, int rank, int *a, int *b);
+/* What id is: absent (a hole), a model-vocabulary token, an added non-special token or a
+ * special token. */
+enum { FR_TOKEN_KIND_NONE = 0, FR_TOKEN_KIND_NORMAL = 1, FR_TOKEN_KIND_ADDED = 2, FR_TOKEN_KIND_SPECIAL = 3 };
+int fr_tokenizer_token_kind(const fr_tokenizer *tok, int id);
+/* tokenizer.json without vocab, merges and added_tokens (pre_tokenizer, decoder, ...). */
+const cJSON *fr_tokenizer_skeleton(const fr_tokenizer *tok);
+/* tokenizer_config.json as loaded or built, or NULL. */
+const cJSON *fr_tokenizer_config_json(const fr_tokenizer *tok);
+
 #endif

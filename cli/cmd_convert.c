@@ -1,0 +1,74 @@
+/* cmd_convert.c — `frugal convert`: write a model folder in another format.
+ *
+ * Today: Hugging Face folder (F32/BF16/F16 or DeepSeek FP8 safetensors) -> GGUF for llama.cpp
+ * (architecture deepseek2). The exporter lives in the library (src/gguf.h, an internal
+ * header: GGUF is not part of the stable public API yet). docs/interop.md has the mapping. */
+#include "cli.h"
+
+#include "frugal.h"
+#include "gguf.h"
+
+#include <string.h>
+
+void usage_convert(FILE *f) {
+    fprintf(f,
+            "usage: frugal convert --to gguf [--type T] MODEL_DIR OUT.gguf\n"
+            "\n"
+            "Converts a Hugging Face DeepseekV3 / DeepseekV2 folder (config.json, safetensors weights in\n"
+            "F32, BF16, F16 or DeepSeek's FP8 block format, tokenizer.json) into a GGUF file that\n"
+            "llama.cpp loads as architecture deepseek2, tokenizer included. MTP layers are not exported.\n"
+            "\n"
+            "Options:\n"
+            "  --to gguf      output format (only gguf for now)\n"
+            "  --type T       weight type: F32, F16, BF16, Q8_0 or Q4_0 (default F16). Norms, biases\n"
+            "                 and MoE routers stay F32; with Q8_0/Q4_0 a matrix whose rows are not a\n"
+            "                 multiple of 32 is written as F16\n"
+            "  -h, --help     show this help\n"
+            "\n"
+            "See docs/interop.md for the tensor and metadata mapping.\n");
+}
+
+int cmd_convert(int argc, char **argv) {
+    const char *to = NULL, *type_s = "F16";
+    const char *pos[2] = {NULL, NULL};
+    int n_pos = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *v;
+        int r;
+        if (cli_is_help(argv[i])) {
+            usage_convert(stdout);
+            return CLI_EXIT_OK;
+        }
+        if ((r = cli_opt_value("convert", usage_convert, argc, argv, &i, "--to", &v)) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+            to = v;
+            continue;
+        }
+        if ((r = cli_opt_value("convert", usage_convert, argc, argv, &i, "--type", &v)) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+            type_s = v;
+            continue;
+        }
+        if (argv[i][0] == '-' && argv[i][1] != 0)
+            return cli_usage_error("convert", usage_convert, "unknown option '%s'", argv[i]);
+        if (n_pos == 2) return cli_usage_error("convert", usage_convert, "unexpected argument '%s'", argv[i]);
+        pos[n_pos++] = argv[i];
+    }
+    if (!to) return cli_usage_error("convert", usage_convert, "--to is required");
+    if (strcmp(to, "gguf") != 0)
+        return cli_usage_error("convert", usage_convert, "--to '%s' is not supported (only gguf)", to);
+    if (n_pos != 2) return cli_usage_error("convert", usage_convert, "MODEL_DIR and OUT.gguf are required");
+    int type = fr_ggml_type_from_name(type_s);
+    if (type != FR_GGML_F32 && type != FR_GGML_F16 && type != FR_GGML_BF16 && type != FR_GGML_Q8_0 && type != FR_GGML_Q4_0)
+        return cli_usage_error("convert", usage_convert, "--type '%s' is not one of F32, F16, BF16, Q8_0, Q4_0", type_s);
+    int rc = cli_check_dir(pos[0], "model folder");
+    if (rc != CLI_EXIT_OK) return rc;
+    fr_gguf_export_stats st;
+    double t0 = cli_now();
+    if (fr_gguf_export(pos[0], pos[1], type, &st) != FR_OK) return cli_fail_lib("GGUF export failed");
+    char b[32];
+    printf("wrote %s: %d tensors, %s, type %s (%d kept F32, %d fell back to F16), %d MTP layer%s not exported, %.1f s\n",
+           pos[1], st.n_tensors, cli_human_bytes(b, sizeof b, (double)st.bytes), fr_ggml_type_name(type), st.n_kept_f32,
+           st.n_fallback, st.n_mtp_skipped, st.n_mtp_skipped == 1 ? "" : "s", cli_now() - t0);
+    return CLI_EXIT_OK;
+}

@@ -1,0 +1,463 @@
+/* cmd_generate.c — `frugal generate` (sample text from a checkpoint, streamed) and
+ * `frugal chat` (interactive chat with the tokenizer's chat template). Both use the
+ * inference engine of include/frugal.h (latent KV cache, MTP speculation, quantized weights). */
+#define _GNU_SOURCE
+#include "cli.h"
+
+#include "frugal.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_STOPS 16
+
+void usage_generate(FILE *f) {
+    fprintf(f,
+            "usage: frugal generate --model DIR --prompt TEXT [options]\n"
+            "\n"
+            "Continues TEXT with the model in DIR (config.json, safetensors weights, tokenizer.json),\n"
+            "streaming the new text to stdout as it is produced. Special-token strings in TEXT\n"
+            "(e.g. <\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>) become their ids. A summary (KV cache bytes per\n"
+            "token at start-up; tokens/s and speculative acceptance at the end) goes to stderr.\n"
+            "\n"
+            "Options:\n"
+            "  --model DIR          model folder\n"
+            "  --prompt TEXT        the prompt (required)\n"
+            "  --max-tokens N       new tokens (default 128)\n"
+            "  --temperature T      0 = greedy (default 0.8)\n"
+            "  --top-k K            keep the K most likely ids (default 40; 0 = off)\n"
+            "  --top-p P            nucleus sampling mass in (0, 1] (default 0.95; 1 = off)\n"
+            "  --min-p P            drop ids below P x the top probability (default 0.05; 0 = off)\n"
+            "  --repeat-penalty R   penalise the last --repeat-last-n tokens (default 1.0 = off)\n"
+            "  --repeat-last-n N    window of the repeat penalty (default 64)\n"
+            "  --seed S             sampler seed (default 42)\n"
+            "  --stop STR           stop before STR (repeatable, up to %d)\n"
+            "  --ignore-eos         keep going after the end-of-sequence token\n"
+            "  --weights TYPE       weight storage: f32, bf16, q8_0, q4_1 (default f32)\n"
+            "  --kv TYPE            latent KV cache: f32, bf16, fp8 (default f32)\n"
+            "  --ctx N              maximum sequence length (default: max_position_embeddings)\n"
+            "  --speculative        draft with the MTP module, verify with the main model\n"
+            "  --threads N          CPU threads (default: OpenMP's default)\n"
+            "  -h, --help           show this help\n",
+            MAX_STOPS);
+}
+
+void usage_chat(FILE *f) {
+    fprintf(f,
+            "usage: frugal chat --model DIR [options]\n"
+            "\n"
+            "Interactive chat. Each line you type is a user message; the reply streams back.\n"
+            "The conversation is rendered with the DeepSeek-V3 chat template of the model's\n"
+            "tokenizer_config.json (the format frugal's tokenizer writes), or, without one, with\n"
+            "  <\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>{system}<\xef\xbd\x9cUser\xef\xbd\x9c>{msg}<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>{reply}<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>\n"
+            "Commands: /reset forgets the history, /quit (or end of input, Ctrl-D) leaves.\n"
+            "\n"
+            "Options:\n"
+            "  --model DIR          model folder (with tokenizer.json)\n"
+            "  --system TEXT        system prompt\n"
+            "  --max-tokens N       longest reply (default 256)\n"
+            "  --temperature, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n, --seed,\n"
+            "  --weights, --kv, --ctx, --speculative, --threads   as for `frugal generate`\n"
+            "  -h, --help           show this help\n");
+}
+
+/* ------------------------------------------------------------------ shared options */
+
+typedef struct {
+    const char *model, *prompt, *system;
+    const char *stops[MAX_STOPS];
+    int n_stops;
+    fr_sample_params sample;
+    long max_tokens, ctx, threads;
+    int weights, speculative, ignore_eos;
+    fr_kv_type kv;
+} gen_args;
+
+static int parse_float(const char *cmd, void (*usage)(FILE *), const char *opt, const char *text, double lo,
+                       double hi, float *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (errno || end == text || *end || !isfinite(v) || v < lo || v > hi) {
+        cli_usage_error(cmd, usage, "option %s: '%s' is not a number in [%g, %g]", opt, text, lo, hi);
+        return -1;
+    }
+    *out = (float)v;
+    return 0;
+}
+
+/* Parse the options of generate (chat = 0) or chat (1). Returns -1 to exit with `*exit_code`. */
+static int parse_args(const char *cmd, void (*usage)(FILE *), int chat, int argc, char **argv, gen_args *a,
+                      int *exit_code) {
+    memset(a, 0, sizeof *a);
+    fr_sample_params_default(&a->sample);
+    a->max_tokens = chat ? 256 : 128;
+    a->kv = FR_KV_F32;
+    const char *v;
+    for (int i = 1; i < argc; i++) {
+        const char *s = argv[i];
+        int r;
+        long n;
+        if (cli_is_help(s)) {
+            usage(stdout);
+            *exit_code = CLI_EXIT_OK;
+            return -1;
+        }
+#define VALUE(name) ((r = cli_opt_value(cmd, usage, argc, argv, &i, name, &v)) != 0)
+#define BAD() do { *exit_code = CLI_EXIT_USAGE; return -1; } while (0)
+        if (VALUE("--model")) { if (r < 0) BAD(); a->model = v; }
+        else if (!chat && VALUE("--prompt")) { if (r < 0) BAD(); a->prompt = v; }
+        else if (chat && VALUE("--system")) { if (r < 0) BAD(); a->system = v; }
+        else if (VALUE("--max-tokens")) { if (r < 0 || cli_parse_int(cmd, usage, "--max-tokens", v, 1, 1 << 24, &a->max_tokens)) BAD(); }
+        else if (VALUE("--temperature")) { if (r < 0 || parse_float(cmd, usage, "--temperature", v, 0, 100, &a->sample.temperature)) BAD(); }
+        else if (VALUE("--top-k")) { if (r < 0 || cli_parse_int(cmd, usage, "--top-k", v, 0, 1 << 30, &n)) BAD(); a->sample.top_k = (int)n; }
+        else if (VALUE("--top-p")) {
+            if (r < 0 || parse_float(cmd, usage, "--top-p", v, 0, 1, &a->sample.top_p)) BAD();
+            if (a->sample.top_p <= 0) { cli_usage_error(cmd, usage, "option --top-p: must be > 0"); BAD(); }
+        }
+        else if (VALUE("--min-p")) { if (r < 0 || parse_float(cmd, usage, "--min-p", v, 0, 1, &a->sample.min_p)) BAD(); }
+        else if (VALUE("--repeat-penalty")) {
+            if (r < 0 || parse_float(cmd, usage, "--repeat-penalty", v, 0, 100, &a->sample.repeat_penalty)) BAD();
+            if (a->sample.repeat_penalty <= 0) { cli_usage_error(cmd, usage, "option --repeat-penalty: must be > 0"); BAD(); }
+        }
+        else if (VALUE("--repeat-last-n")) { if (r < 0 || cli_parse_int(cmd, usage, "--repeat-last-n", v, 0, 1 << 30, &n)) BAD(); a->sample.repeat_last_n = (int)n; }
+        else if (VALUE("--seed")) {
+            if (r < 0) BAD();
+            char *end;
+            errno = 0;
+            unsigned long long sd = strtoull(v, &end, 10);
+            if (errno || end == v || *end || v[0] == '-') { cli_usage_error(cmd, usage, "option --seed: '%s' is not a non-negative integer", v); BAD(); }
+            a->sample.seed = sd;
+        }
+        else if (!chat && VALUE("--stop")) {
+            if (r < 0) BAD();
+            if (!v[0]) { cli_usage_error(cmd, usage, "option --stop: empty string"); BAD(); }
+            if (a->n_stops == MAX_STOPS) { cli_usage_error(cmd, usage, "at most %d --stop strings", MAX_STOPS); BAD(); }
+            a->stops[a->n_stops++] = v;
+        }
+        else if (VALUE("--weights")) {
+            if (r < 0) BAD();
+            static const char *names[] = {"f32", "bf16", "q8_0", "q4_1"};
+            a->weights = -1;
+            for (int k = 0; k < 4; k++) if (strcmp(v, names[k]) == 0) a->weights = k;
+            if (a->weights < 0) { cli_usage_error(cmd, usage, "option --weights: '%s' is not one of f32, bf16, q8_0, q4_1", v); BAD(); }
+        }
+        else if (VALUE("--kv")) {
+            if (r < 0) BAD();
+            if (strcmp(v, "f32") == 0) a->kv = FR_KV_F32;
+            else if (strcmp(v, "bf16") == 0) a->kv = FR_KV_BF16;
+            else if (strcmp(v, "fp8") == 0) a->kv = FR_KV_FP8;
+            else { cli_usage_error(cmd, usage, "option --kv: '%s' is not one of f32, bf16, fp8", v); BAD(); }
+        }
+        else if (VALUE("--ctx")) { if (r < 0 || cli_parse_int(cmd, usage, "--ctx", v, 1, 1 << 24, &a->ctx)) BAD(); }
+        else if (VALUE("--threads")) { if (r < 0 || cli_parse_int(cmd, usage, "--threads", v, 1, 4096, &a->threads)) BAD(); }
+        else if ((r = cli_opt_flag(cmd, usage, s, "--speculative")) != 0) { if (r < 0) BAD(); a->speculative = 1; }
+        else if (!chat && (r = cli_opt_flag(cmd, usage, s, "--ignore-eos")) != 0) { if (r < 0) BAD(); a->ignore_eos = 1; }
+        else if (s[0] == '-') { cli_usage_error(cmd, usage, "unknown option '%s'", s); BAD(); }
+        else { cli_usage_error(cmd, usage, "unexpected argument '%s'", s); BAD(); }
+#undef VALUE
+#undef BAD
+    }
+    if (!a->model) { *exit_code = cli_usage_error(cmd, usage, "missing required option '--model DIR'"); return -1; }
+    if (!chat && !a->prompt) { *exit_code = cli_usage_error(cmd, usage, "missing required option '--prompt TEXT'"); return -1; }
+    return 0;
+}
+
+static const char *KV_NAMES[] = {"f32", "bf16", "fp8"};
+static const char *W_NAMES[] = {"f32", "bf16", "q8_0", "q4_1"};
+
+/* Load engine and tokenizer; prints the start-up line. */
+static int open_model(const gen_args *a, fr_engine **e, fr_tokenizer **tok) {
+    *e = NULL;
+    *tok = NULL;
+    if (cli_check_dir(a->model, "model folder") != CLI_EXIT_OK) return CLI_EXIT_FAIL;
+    fr_engine_options o;
+    fr_engine_options_default(&o);
+    o.weight_type = a->weights;
+    o.kv_type = a->kv;
+    o.max_seq_len = (int)a->ctx;
+    o.threads = (int)a->threads;
+    o.load_mtp = a->speculative;
+    double t0 = cli_now();
+    if (fr_engine_load(e, a->model, &o) != FR_OK) return cli_fail_lib("cannot load the model");
+    if (fr_tokenizer_load(tok, a->model) != FR_OK) {
+        fr_engine_free(*e);
+        *e = NULL;
+        return cli_fail_lib("cannot load the tokenizer");
+    }
+    if (a->speculative && fr_engine_mtp_depth(*e) < 1) {
+        fr_engine_free(*e);
+        fr_tokenizer_free(*tok);
+        *e = NULL;
+        *tok = NULL;
+        return cli_fail("--speculative: %s has no MTP module (num_nextn_predict_layers is 0 or its weights are absent)",
+                        a->model);
+    }
+    char b1[32], b2[32];
+    fprintf(stderr, "frugal: %s loaded in %.2f s; weights %s (%s read per token), KV cache %s: %zu bytes per token (%s for %d tokens)%s\n",
+            a->model, cli_now() - t0, W_NAMES[a->weights], cli_human_bytes(b1, sizeof b1, (double)fr_engine_active_weight_bytes(*e)),
+            KV_NAMES[a->kv], fr_engine_kv_bytes_per_token(*e),
+            cli_human_bytes(b2, sizeof b2, (double)fr_engine_kv_bytes_per_token(*e) * fr_engine_max_seq_len(*e)),
+            fr_engine_max_seq_len(*e), a->speculative ? ", MTP speculation on" : "");
+    return CLI_EXIT_OK;
+}
+
+static int stream_token(void *user, int seq, int token, const char *text, size_t len) {
+    (void)seq;
+    (void)token;
+    (void)user;
+    if (len) {
+        fwrite(text, 1, len, stdout);
+        fflush(stdout);
+    }
+    return 0;
+}
+
+static void print_stats(const fr_generate_stats *st, int speculative) {
+    double dec_tps = st->decode_s > 0 ? (st->generated_tokens - 1) / st->decode_s : 0;
+    fprintf(stderr, "frugal: prompt %ld tokens in %.3f s (%.1f tokens/s); generated %ld tokens, %.1f tokens/s",
+            st->prompt_tokens, st->prefill_s, st->prefill_s > 0 ? st->prompt_tokens / st->prefill_s : 0,
+            st->generated_tokens, dec_tps);
+    if (speculative)
+        fprintf(stderr, "; MTP drafts accepted %ld/%ld (%.1f %%), %ld main-model steps",
+                st->accepted, st->drafted, st->drafted ? 100.0 * st->accepted / st->drafted : 0.0, st->main_steps);
+    fprintf(stderr, "\n");
+}
+
+int cmd_generate(int argc, char **argv) {
+    gen_args a;
+    int code;
+    if (parse_args("generate", usage_generate, 0, argc, argv, &a, &code) != 0) return code;
+    fr_engine *e;
+    fr_tokenizer *tok;
+    int rc = open_model(&a, &e, &tok);
+    if (rc != CLI_EXIT_OK) return rc;
+    int *ids = NULL, *out = NULL, out_len = 0;
+    size_t n_ids = 0;
+    fr_seq *s = NULL;
+    if (fr_tokenizer_encode(tok, a.prompt, strlen(a.prompt), 1, &ids, &n_ids) != FR_OK) {
+        rc = cli_fail_lib("cannot encode the prompt");
+        goto out;
+    }
+    if (n_ids == 0) { rc = cli_fail("the prompt encodes to no tokens"); goto out; }
+    if (n_ids > (size_t)fr_engine_max_seq_len(e)) {
+        rc = cli_fail("the prompt has %zu tokens; the maximum sequence length is %d (see --ctx)", n_ids,
+                      fr_engine_max_seq_len(e));
+        goto out;
+    }
+    if (fr_seq_create(&s, e) != FR_OK) { rc = cli_fail_lib("out of memory"); goto out; }
+    fr_generate_options o;
+    fr_generate_options_default(&o);
+    o.sample = a.sample;
+    o.max_tokens = (int)a.max_tokens;
+    o.stop = a.stops;
+    o.n_stop = a.n_stops;
+    o.ignore_eos = a.ignore_eos;
+    o.speculative = a.speculative;
+    o.on_token = stream_token;
+    fwrite(a.prompt, 1, strlen(a.prompt), stdout);
+    fflush(stdout);
+    fr_generate_stats st;
+    const int *pp = ids;
+    int pl = (int)n_ids;
+    if (fr_generate(e, tok, &s, 1, &pp, &pl, &o, &out, &out_len, &st) != FR_OK) {
+        printf("\n");
+        rc = cli_fail_lib("generation failed");
+        goto out;
+    }
+    printf("\n");
+    fflush(stdout);
+    print_stats(&st, a.speculative);
+out:
+    free(ids);
+    free(out);
+    fr_seq_free(s);
+    fr_tokenizer_free(tok);
+    fr_engine_free(e);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ chat */
+
+typedef struct {
+    char **role, **content;
+    int n, cap;
+} history;
+
+static int hist_add(history *h, const char *role, const char *text, size_t len) {
+    if (h->n == h->cap) {
+        int cap = h->cap ? 2 * h->cap : 16;
+        char **r = realloc(h->role, (size_t)cap * sizeof *r);
+        if (!r) return -1;
+        h->role = r;
+        char **c = realloc(h->content, (size_t)cap * sizeof *c);
+        if (!c) return -1;
+        h->content = c;
+        h->cap = cap;
+    }
+    h->role[h->n] = strdup(role);
+    h->content[h->n] = strndup(text, len);
+    if (!h->role[h->n] || !h->content[h->n]) return -1;
+    h->n++;
+    return 0;
+}
+
+static void hist_clear(history *h, int keep) {
+    for (int i = keep; i < h->n; i++) { free(h->role[i]); free(h->content[i]); }
+    h->n = keep;
+}
+
+typedef struct { char *s; size_t n, cap; int oom; } sbuf;
+static void sb_add(sbuf *b, const char *s) {
+    size_t l = strlen(s);
+    if (b->n + l + 1 > b->cap) {
+        size_t cap = (b->n + l + 1) * 2;
+        char *p = realloc(b->s, cap);
+        if (!p) { b->oom = 1; return; }
+        b->s = p;
+        b->cap = cap;
+    }
+    memcpy(b->s + b->n, s, l + 1);
+    b->n += l;
+}
+
+#define USER_TAG "<\xef\xbd\x9cUser\xef\xbd\x9c>"
+#define ASSISTANT_TAG "<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>"
+
+/* Render messages [first, n) (a leading system message is always kept) in the DeepSeek-V3
+ * format: bos + system (+ "\n\n" when the template adds it) + per turn <｜User｜>msg or
+ * <｜Assistant｜>reply + eos, then <｜Assistant｜> for the reply to come. */
+static char *render(const history *h, int first, const char *bos, const char *eos, int system_sep) {
+    sbuf b = {0};
+    sb_add(&b, bos);
+    int start = 0;
+    if (h->n > 0 && strcmp(h->role[0], "system") == 0) {
+        sb_add(&b, h->content[0]);
+        if (system_sep) sb_add(&b, "\n\n");
+        start = 1;
+    }
+    if (first < start) first = start;
+    for (int i = first; i < h->n; i++) {
+        if (strcmp(h->role[i], "user") == 0) {
+            sb_add(&b, USER_TAG);
+            sb_add(&b, h->content[i]);
+        } else if (strcmp(h->role[i], "assistant") == 0) {
+            sb_add(&b, ASSISTANT_TAG);
+            sb_add(&b, h->content[i]);
+            sb_add(&b, eos);
+        }
+    }
+    sb_add(&b, ASSISTANT_TAG);
+    if (b.oom) { free(b.s); return NULL; }
+    return b.s;
+}
+
+int cmd_chat(int argc, char **argv) {
+    gen_args a;
+    int code;
+    if (parse_args("chat", usage_chat, 1, argc, argv, &a, &code) != 0) return code;
+    fr_engine *e;
+    fr_tokenizer *tok;
+    int rc = open_model(&a, &e, &tok);
+    if (rc != CLI_EXIT_OK) return rc;
+
+    /* the template: DeepSeek-V3 style (as frugal's tokenizer writes it) or the fallback */
+    const char *tmpl = fr_tokenizer_chat_template(tok);
+    int system_sep = 0;
+    if (tmpl[0]) {
+        if (strstr(tmpl, USER_TAG) && strstr(tmpl, ASSISTANT_TAG)) system_sep = strstr(tmpl, "\\n\\n") != NULL;
+        else fprintf(stderr, "frugal chat: the chat template of %s is not DeepSeek-V3 style; using the DeepSeek-V3 format\n", a.model);
+    }
+    int bos_id = fr_tokenizer_special_id(tok, FR_TOKEN_BOS), eos_id = fr_tokenizer_special_id(tok, FR_TOKEN_EOS);
+    const char *bos = bos_id >= 0 ? fr_tokenizer_id_to_token(tok, bos_id) : "<\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
+    const char *eos = eos_id >= 0 ? fr_tokenizer_id_to_token(tok, eos_id) : "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
+
+    history h = {0};
+    int keep = 0;
+    if (a.system) {
+        if (hist_add(&h, "system", a.system, strlen(a.system)) != 0) { rc = cli_fail("out of memory"); goto out; }
+        keep = 1;
+    }
+    fr_seq *s = NULL;
+    if (fr_seq_create(&s, e) != FR_OK) { rc = cli_fail_lib("out of memory"); goto out; }
+    fr_generate_options o;
+    fr_generate_options_default(&o);
+    o.sample = a.sample;
+    o.max_tokens = (int)a.max_tokens;
+    o.speculative = a.speculative;
+    o.on_token = stream_token;
+    const int max_len = fr_engine_max_seq_len(e);
+    fprintf(stderr, "frugal chat: type a message; /reset forgets the conversation, /quit or Ctrl-D leaves.\n");
+    char *line = NULL;
+    size_t cap = 0;
+    for (;;) {
+        fprintf(stderr, "> ");
+        fflush(stderr);
+        ssize_t n = getline(&line, &cap, stdin);
+        if (n < 0) { fprintf(stderr, "\n"); break; }
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
+        if (strcmp(line, "/quit") == 0) break;
+        if (strcmp(line, "/reset") == 0) {
+            hist_clear(&h, keep);
+            fprintf(stderr, "(conversation forgotten)\n");
+            continue;
+        }
+        if (n == 0) continue;
+        if (hist_add(&h, "user", line, (size_t)n) != 0) { rc = cli_fail("out of memory"); break; }
+        /* render; drop the oldest turns while the prompt leaves no room for a reply */
+        int *ids = NULL;
+        size_t n_ids = 0;
+        int first = keep;
+        for (;;) {
+            char *text = render(&h, first, bos, eos, system_sep);
+            if (!text) { rc = cli_fail("out of memory"); break; }
+            free(ids);
+            ids = NULL;
+            int erc = fr_tokenizer_encode(tok, text, strlen(text), 1, &ids, &n_ids);
+            free(text);
+            if (erc != FR_OK) { rc = cli_fail_lib("cannot encode the conversation"); break; }
+            if (n_ids + 16 <= (size_t)max_len || first >= h.n - 1) break;
+            first += 2;
+        }
+        if (rc != CLI_EXIT_OK) { free(ids); break; }
+        if (n_ids >= (size_t)max_len) {
+            fprintf(stderr, "frugal chat: the message alone has %zu tokens, more than the context (%d); not sent\n",
+                    n_ids, max_len);
+            free(ids);
+            hist_clear(&h, h.n - 1);
+            continue;
+        }
+        int *out = NULL, out_len = 0;
+        const int *pp = ids;
+        int pl = (int)n_ids;
+        fr_generate_stats st;
+        int grc = fr_generate(e, tok, &s, 1, &pp, &pl, &o, &out, &out_len, &st);
+        free(ids);
+        printf("\n");
+        fflush(stdout);
+        if (grc != FR_OK) { rc = cli_fail_lib("generation failed"); break; }
+        char *reply = NULL;
+        size_t rl = 0;
+        if (fr_tokenizer_decode(tok, out, (size_t)out_len, 1, &reply, &rl) != FR_OK) {
+            free(out);
+            rc = cli_fail_lib("cannot decode the reply");
+            break;
+        }
+        free(out);
+        int ok = hist_add(&h, "assistant", reply, rl);
+        free(reply);
+        if (ok != 0) { rc = cli_fail("out of memory"); break; }
+        print_stats(&st, a.speculative);
+    }
+    free(line);
+    fr_seq_free(s);
+out:
+    hist_clear(&h, 0);
+    free(h.role);
+    free(h.content);
+    fr_tokenizer_free(tok);
+    fr_engine_free(e);
+    return rc;
+}

@@ -1,0 +1,210 @@
+/* cmd_quantize.c — `frugal quantize`: write a copy of a model folder with its linear weights
+ * in BF16, Q8_0 or Q4_1 (docs/quantization.md); optionally measure the validation
+ * perplexity of the FP32 and the quantized weights on a prepared dataset. */
+#define _GNU_SOURCE
+#include "cli.h"
+
+#include "frugal.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+void usage_quantize(FILE *f) {
+    fprintf(f,
+            "usage: frugal quantize --model DIR --type bf16|q8_0|q4_1 --out DIR\n"
+            "                       [--eval-data DATA_DIR [--eval-seq T] [--eval-tokens N]]\n"
+            "                       [--threads N] [--json] [--quiet]\n"
+            "\n"
+            "Writes a copy of the Hugging Face model folder DIR into --out with its linear weights\n"
+            "(every 2-D tensor named *_proj.weight) stored as:\n"
+            "  bf16   bfloat16, round to nearest even (a plain BF16 checkpoint)\n"
+            "  q8_0   blocks of 32 values: float16 scale + 32 int8 (8.5 bits per weight)\n"
+            "  q4_1   blocks of 32 values: float16 scale and minimum + 32 4-bit values (5 bits)\n"
+            "Embeddings, lm_head, the router (mlp.gate), norms and e_score_correction_bias stay\n"
+            "FP32. config.json gets a \"quantization_config\" (q8_0, q4_1); tokenizer.json,\n"
+            "tokenizer_config.json and generation_config.json are copied. The output folder is\n"
+            "built under a temporary name and renamed when complete; it must not exist (or be empty).\n"
+            "\n"
+            "Options:\n"
+            "  --model DIR         model folder (config.json + safetensors, FP32 / BF16 / F16)\n"
+            "  --type T            bf16, q8_0 or q4_1\n"
+            "  --out DIR           output folder\n"
+            "  --eval-data DIR     after writing, report the validation perplexity (split \"val\" of\n"
+            "                      this prepared dataset) of the FP32 model and of the dequantized\n"
+            "                      weights of the output (windows of T predicted tokens)\n"
+            "  --eval-seq T        window length for --eval-data (default 256)\n"
+            "  --eval-tokens N     read at most N validation tokens (default: all)\n"
+            "  --threads N         CPU threads (default: OpenMP's default)\n"
+            "  --json              print one JSON object instead of text\n"
+            "  --quiet             no progress bar\n"
+            "  -h, --help          show this help\n");
+}
+
+static volatile sig_atomic_t g_interrupted = 0;
+static void on_sigint(int sig) {
+    (void)sig;
+    g_interrupted = 1;
+}
+
+static int q_progress(void *user, double frac, const char *phase) {
+    cli_progress *bar = user;
+    (void)phase;
+    cli_progress_update(bar, frac);
+    return g_interrupted ? 1 : 0;
+}
+
+static double file_size(const char *dir, const char *name) {
+    char p[4096];
+    struct stat sb;
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    return stat(p, &sb) == 0 ? (double)sb.st_size : 0.0;
+}
+
+/* Mean validation loss of a model loaded by `load` from dir. */
+static int eval_one(const char *dir, int dequantized, const char *data, int T, long max_tokens, double *loss, long *n) {
+    fr_model *m = NULL;
+    int st = dequantized ? fr_model_load_dequantized(&m, dir) : fr_model_load(&m, dir);
+    if (st != FR_OK) return cli_fail_lib("cannot load the model");
+    const int B = 8;
+    st = fr_eval_dataset(m, data, "val", T, B, max_tokens, loss, n);
+    fr_model_free(m);
+    if (st != FR_OK) return cli_fail_lib("evaluation failed");
+    if (!isfinite(*loss)) return cli_fail("evaluation produced a non-finite loss (%g)", *loss);
+    return CLI_EXIT_OK;
+}
+
+int cmd_quantize(int argc, char **argv) {
+    const char *model = NULL, *type = NULL, *out = NULL, *data = NULL, *seq_text = NULL, *tok_text = NULL,
+               *threads_text = NULL;
+    int json = 0, quiet = 0;
+    const char *C = "quantize";
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int r;
+        if (cli_is_help(a)) {
+            usage_quantize(stdout);
+            return CLI_EXIT_OK;
+        }
+        if ((r = cli_opt_value(C, usage_quantize, argc, argv, &i, "--model", &model)) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+        } else if ((r = cli_opt_value(C, usage_quantize, argc, argv, &i, "--type", &type)) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+        } else if ((r = cli_opt_value(C, usage_quantize, argc, argv, &i, "--out", &out)) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+        } else if ((r = cli_opt_value(C, usage_quantize, argc, argv, &i, "--eval-data", &data)) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+        } else if ((r = cli_opt_value(C, usage_quantize, argc, argv, &i, "--eval-seq", &seq_text)) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+        } else if ((r = cli_opt_value(C, usage_quantize, argc, argv, &i, "--eval-tokens", &tok_text)) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+        } else if ((r = cli_opt_value(C, usage_quantize, argc, argv, &i, "--threads", &threads_text)) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+        } else if ((r = cli_opt_flag(C, usage_quantize, a, "--json")) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+            json = 1;
+        } else if ((r = cli_opt_flag(C, usage_quantize, a, "--quiet")) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+            quiet = 1;
+        } else if (a[0] == '-') {
+            return cli_usage_error(C, usage_quantize, "unknown option '%s'", a);
+        } else {
+            return cli_usage_error(C, usage_quantize, "unexpected argument '%s'", a);
+        }
+    }
+    long threads = 0, seq = 256, max_tokens = 0;
+    if (threads_text && cli_parse_int(C, usage_quantize, "--threads", threads_text, 1, 4096, &threads) != 0)
+        return CLI_EXIT_USAGE;
+    if (seq_text && cli_parse_int(C, usage_quantize, "--eval-seq", seq_text, 2, 1 << 20, &seq) != 0) return CLI_EXIT_USAGE;
+    if (tok_text && cli_parse_int(C, usage_quantize, "--eval-tokens", tok_text, 3, 1L << 40, &max_tokens) != 0)
+        return CLI_EXIT_USAGE;
+    if (!model) return cli_usage_error(C, usage_quantize, "missing required option '--model DIR'");
+    if (!type) return cli_usage_error(C, usage_quantize, "missing required option '--type bf16|q8_0|q4_1'");
+    if (!out) return cli_usage_error(C, usage_quantize, "missing required option '--out DIR'");
+    if (strcmp(type, "bf16") && strcmp(type, "q8_0") && strcmp(type, "q4_1"))
+        return cli_usage_error(C, usage_quantize, "option '--type' expects bf16, q8_0 or q4_1, got '%s'", type);
+    if ((seq_text || tok_text) && !data)
+        return cli_usage_error(C, usage_quantize, "--eval-seq / --eval-tokens need --eval-data");
+    int rc = cli_check_dir(model, "model folder");
+    if (rc != CLI_EXIT_OK) return rc;
+    if (data && (rc = cli_check_dir(data, "dataset folder")) != CLI_EXIT_OK) return rc;
+    if (threads > 0) fr_set_num_threads((int)threads);
+
+    cli_progress bar;
+    cli_progress_start(&bar, "quantizing", 0, NULL);
+    bar.quiet = quiet || json;
+    struct sigaction sa, old_sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigint;
+    sa.sa_flags = SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+    g_interrupted = 0;
+    sigaction(SIGINT, &sa, &old_sa);
+    double t0 = cli_now();
+    int st = fr_quantize_model(model, out, type, q_progress, &bar);
+    double secs = cli_now() - t0;
+    sigaction(SIGINT, &old_sa, NULL);
+    if (st != FR_OK) {
+        cli_progress_abort(&bar);
+        if (g_interrupted) {
+            fprintf(stderr, "frugal: error: interrupted; %s was not written (temporary files removed)\n", out);
+            return CLI_EXIT_INTERRUPTED;
+        }
+        return cli_fail_lib("quantization failed");
+    }
+    cli_progress_finish(&bar);
+    double in_bytes = file_size(model, "model.safetensors"), out_bytes = file_size(out, "model.safetensors");
+
+    double loss_f = NAN, loss_q = NAN;
+    long n_f = 0, n_q = 0;
+    double t_eval = 0;
+    if (data) {
+        double t1 = cli_now();
+        if ((rc = eval_one(model, 0, data, (int)seq, max_tokens, &loss_f, &n_f)) != CLI_EXIT_OK) return rc;
+        if ((rc = eval_one(out, 1, data, (int)seq, max_tokens, &loss_q, &n_q)) != CLI_EXIT_OK) return rc;
+        t_eval = cli_now() - t1;
+    }
+    if (json) {
+        printf("{\"command\": \"quantize\", \"model\": ");
+        cli_json_string(stdout, model);
+        printf(", \"out\": ");
+        cli_json_string(stdout, out);
+        printf(", \"type\": ");
+        cli_json_string(stdout, type);
+        printf(", \"seconds\": ");
+        cli_json_number(stdout, secs);
+        printf(", \"in_bytes\": %.0f, \"out_bytes\": %.0f", in_bytes, out_bytes);
+        if (data) {
+            printf(", \"eval_data\": ");
+            cli_json_string(stdout, data);
+            printf(", \"eval_seq\": %ld, \"eval_tokens\": %ld, \"fp32_loss\": ", seq, n_f);
+            cli_json_number(stdout, loss_f);
+            printf(", \"fp32_ppl\": ");
+            cli_json_number(stdout, exp(loss_f));
+            printf(", \"quant_loss\": ");
+            cli_json_number(stdout, loss_q);
+            printf(", \"quant_ppl\": ");
+            cli_json_number(stdout, exp(loss_q));
+            printf(", \"ppl_change_pct\": ");
+            cli_json_number(stdout, 100.0 * (exp(loss_q - loss_f) - 1.0));
+            printf(", \"eval_seconds\": ");
+            cli_json_number(stdout, t_eval);
+        }
+        printf("}\n");
+    } else {
+        char b1[32], b2[32];
+        printf("wrote %s (%s): model.safetensors %s -> %s in %.2f s\n", out, type, cli_human_bytes(b1, sizeof b1, in_bytes),
+               cli_human_bytes(b2, sizeof b2, out_bytes), secs);
+        if (data) {
+            printf("validation (%s, split val, %ld tokens, windows of %ld):\n", data, n_f, seq);
+            printf("  %-5s loss %.6f ppl %.4f\n", "fp32", loss_f, exp(loss_f));
+            printf("  %-5s loss %.6f ppl %.4f (%+.3f %% vs fp32)\n", type, loss_q, exp(loss_q),
+                   100.0 * (exp(loss_q - loss_f) - 1.0));
+        }
+    }
+    if (fflush(stdout) != 0) return cli_fail("cannot write the result: %s", strerror(errno));
+    return CLI_EXIT_OK;
+}

@@ -1,0 +1,1065 @@
+/* cmd_serve.c — `frugal serve`: an OpenAI-compatible HTTP server on libmicrohttpd.
+ *
+ * Endpoints: POST /v1/chat/completions, POST /v1/completions (server-sent events when
+ * "stream": true), GET /v1/models, GET /health, GET /metrics (Prometheus text), GET / (the
+ * chat page of serve_web.c). libmicrohttpd runs a thread per connection; the handlers parse
+ * and validate the JSON body (cJSON), tokenize the prompt and queue a srv_req for the
+ * scheduler thread (serve_sched.c), which owns the engine. A streaming response is a
+ * callback response that waits for new text; a non-streaming one waits in the handler. Both
+ * poll their socket while waiting, so a client that goes away cancels its request at once,
+ * and the scheduler frees the slot at its next iteration. Errors are OpenAI-style objects:
+ * {"error": {"message", "type", "param", "code"}}. */
+#define _GNU_SOURCE
+#include "cli.h"
+#include "serve.h"
+
+#include "frugal.h"
+
+#include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#define BODY_CAP (1u << 20)        /* request bodies above 1 MiB get 413 */
+#define WAIT_SLICE_NS 50000000L    /* waiters re-check their socket every 50 ms */
+
+void usage_serve(FILE *f) {
+    fprintf(f,
+            "usage: frugal serve --model DIR [options]\n"
+            "\n"
+            "OpenAI-compatible HTTP server for the model in DIR (config.json, safetensors weights,\n"
+            "tokenizer.json). Concurrent requests share decode steps (continuous batching over\n"
+            "--parallel slots, each with its own latent KV cache). See docs/serve.md.\n"
+            "\n"
+            "Endpoints:\n"
+            "  POST /v1/chat/completions   chat (DeepSeek-V3 chat template), \"stream\": true for SSE\n"
+            "  POST /v1/completions        plain completion of \"prompt\"\n"
+            "  GET  /v1/models             the served model\n"
+            "  GET  /health                liveness\n"
+            "  GET  /metrics               Prometheus text: requests, tokens/s, queue, KV cache\n"
+            "  GET  /                      a small chat page\n"
+            "\n"
+            "Options:\n"
+            "  --model DIR          model folder (a .gguf file is not supported yet)\n"
+            "  --host ADDR          IPv4 or IPv6 address to listen on (default 127.0.0.1)\n"
+            "  --port N             TCP port (default 8080; 0 = any free port, printed at start)\n"
+            "  --parallel N         sequences decoded together (default 4)\n"
+            "  --ctx N              maximum tokens per sequence, prompt + completion\n"
+            "                       (default: min(max_position_embeddings, 4096))\n"
+            "  --api-key KEY        require \"Authorization: Bearer KEY\" on /v1/* (default: none;\n"
+            "                       also read from FRUGAL_API_KEY)\n"
+            "  --max-queue N        requests waiting for a slot before 503 (default 256)\n"
+            "  --weights TYPE       weight storage: f32, bf16, q8_0, q4_1 (default f32)\n"
+            "  --kv TYPE            latent KV cache: f32, bf16, fp8 (default f32)\n"
+            "  --threads N          CPU threads (default: OpenMP's default)\n"
+            "  --name NAME          model id reported by /v1/models (default: the folder's name)\n"
+            "  -h, --help           show this help\n"
+            "\n"
+            "Stops cleanly on SIGINT / SIGTERM.\n");
+}
+
+/* ------------------------------------------------------------------ connection state */
+
+typedef struct {
+    char *body;
+    size_t len, cap;
+    int too_big;
+    int responded;
+    srv_req *req;   /* a request submitted by this connection (non-streaming wait) */
+} conn_ctx;
+
+static srv_server S;
+
+/* Is the client of this connection gone (peer closed or reset)? */
+static int client_gone(struct MHD_Connection *c) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci) return 0;
+    struct pollfd p = {.fd = ci->connect_fd, .events = POLLRDHUP};
+    if (poll(&p, 1, 0) <= 0) return 0;
+    return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+}
+
+static void wait_slice(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += WAIT_SLICE_NS;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&S.out_cv, &S.mu, &ts);
+}
+
+/* ------------------------------------------------------------------ responses */
+
+static enum MHD_Result send_text(struct MHD_Connection *c, unsigned status, const char *ctype, const char *text,
+                                 size_t len) {
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)text, MHD_RESPMEM_MUST_COPY);
+    if (!r) return MHD_NO;
+    MHD_add_response_header(r, "Content-Type", ctype);
+    MHD_add_response_header(r, "Cache-Control", "no-store");
+    enum MHD_Result ret = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    pthread_mutex_lock(&S.mu);
+    if (status < 600) S.http_status[status]++;
+    pthread_mutex_unlock(&S.mu);
+    return ret;
+}
+
+static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, cJSON *j) {
+    char *t = j ? cJSON_PrintUnformatted(j) : NULL;
+    cJSON_Delete(j);
+    if (!t) return send_text(c, 500, "application/json",
+                             "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,\"code\":null}}", 83);
+    enum MHD_Result ret = send_text(c, status, "application/json", t, strlen(t));
+    free(t);
+    return ret;
+}
+
+static cJSON *error_object(const char *message, const char *type, const char *param, const char *code) {
+    cJSON *o = cJSON_CreateObject(), *e = cJSON_CreateObject();
+    if (!o || !e) {
+        cJSON_Delete(o);
+        cJSON_Delete(e);
+        return NULL;
+    }
+    cJSON_AddItemToObject(o, "error", e);
+    cJSON_AddStringToObject(e, "message", message);
+    cJSON_AddStringToObject(e, "type", type);
+    if (param) cJSON_AddStringToObject(e, "param", param);
+    else cJSON_AddNullToObject(e, "param");
+    if (code) cJSON_AddStringToObject(e, "code", code);
+    else cJSON_AddNullToObject(e, "code");
+    return o;
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, const char *param, const char *code,
+                                  const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, const char *param, const char *code,
+                                  const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    const char *type = status == 401 ? "authentication_error"
+                       : status == 404 ? "not_found_error"
+                       : status == 429 || status == 503 ? "server_overloaded"
+                       : status >= 500 ? "server_error" : "invalid_request_error";
+    if (status == 400 || status == 413) type = "invalid_request_error";
+    return send_json(c, status, error_object(msg, type, param, code));
+}
+
+/* ------------------------------------------------------------------ request parsing */
+
+typedef struct {
+    char msg[320];
+    const char *param, *code;
+    unsigned status;
+} parse_err;
+
+static int perr(parse_err *e, unsigned status, const char *param, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static int perr(parse_err *e, unsigned status, const char *param, const char *code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+    va_end(ap);
+    e->param = param;
+    e->code = code;
+    e->status = status;
+    return -1;
+}
+
+/* Optional number field in [lo, hi]; integer when want_int. Returns 1 set, 0 absent/null, -1 error. */
+static int get_number(const cJSON *root, const char *key, double lo, double hi, int want_int, double *out,
+                      parse_err *e) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!v || cJSON_IsNull(v)) return 0;
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
+        return perr(e, 400, key, "invalid_type", "'%s' must be %s", key, want_int ? "an integer" : "a number");
+    double x = v->valuedouble;
+    if (want_int && x != floor(x)) return perr(e, 400, key, "invalid_type", "'%s' must be an integer", key);
+    if (x < lo || x > hi) return perr(e, 400, key, "invalid_value", "'%s' must be in [%g, %g]; got %g", key, lo, hi, x);
+    *out = x;
+    return 1;
+}
+
+static int get_bool(const cJSON *root, const char *key, int *out, parse_err *e) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!v || cJSON_IsNull(v)) return 0;
+    if (!cJSON_IsBool(v)) return perr(e, 400, key, "invalid_type", "'%s' must be a boolean", key);
+    *out = cJSON_IsTrue(v);
+    return 1;
+}
+
+/* Text of a chat message's content: a string, or an array of {"type":"text","text":...} parts. */
+static int content_text(const cJSON *c, char **out, parse_err *e) {
+    *out = NULL;
+    if (cJSON_IsNull(c)) {
+        *out = strdup("");
+        return *out ? 0 : perr(e, 500, NULL, NULL, "out of memory");
+    }
+    if (cJSON_IsString(c)) {
+        *out = strdup(c->valuestring);
+        return *out ? 0 : perr(e, 500, NULL, NULL, "out of memory");
+    }
+    if (!cJSON_IsArray(c)) return perr(e, 400, "messages", "invalid_type", "message content must be a string or an array of text parts");
+    size_t n = 0;
+    const cJSON *part;
+    cJSON_ArrayForEach(part, c) {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "type"), *x = cJSON_GetObjectItemCaseSensitive(part, "text");
+        if (!cJSON_IsObject(part) || !cJSON_IsString(t) || strcmp(t->valuestring, "text") != 0 || !cJSON_IsString(x))
+            return perr(e, 400, "messages", "invalid_type", "only text content parts ({\"type\": \"text\", \"text\": ...}) are supported");
+        n += strlen(x->valuestring);
+    }
+    char *s = malloc(n + 1);
+    if (!s) return perr(e, 500, NULL, NULL, "out of memory");
+    size_t k = 0;
+    cJSON_ArrayForEach(part, c) {
+        const char *x = cJSON_GetObjectItemCaseSensitive(part, "text")->valuestring;
+        size_t l = strlen(x);
+        memcpy(s + k, x, l);
+        k += l;
+    }
+    s[k] = 0;
+    *out = s;
+    return 0;
+}
+
+/* Build the request from a parsed body. Returns NULL with *e filled on error. */
+static srv_req *parse_request(const cJSON *root, int chat, parse_err *e) {
+    if (!cJSON_IsObject(root)) {
+        perr(e, 400, NULL, "invalid_type", "the request body must be a JSON object");
+        return NULL;
+    }
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    if (model && !cJSON_IsNull(model)) {
+        if (!cJSON_IsString(model)) {
+            perr(e, 400, "model", "invalid_type", "'model' must be a string");
+            return NULL;
+        }
+        if (strcmp(model->valuestring, S.model_id) != 0) {
+            perr(e, 404, "model", "model_not_found", "The model '%.200s' does not exist; this server serves '%.100s'",
+                 model->valuestring, S.model_id);
+            return NULL;
+        }
+    }
+    srv_req *r = calloc(1, sizeof *r);
+    if (!r) {
+        perr(e, 500, NULL, NULL, "out of memory");
+        return NULL;
+    }
+    r->refs = 1;
+    r->slot = -1;
+    r->chat = chat;
+    fr_sample_params_default(&r->sp);
+    r->sp.temperature = 1.0f;
+    r->sp.top_p = 1.0f;
+    r->sp.top_k = 0;
+    r->sp.min_p = 0.0f;
+    r->sp.repeat_penalty = 1.0f;
+    double x;
+    int b;
+    char *text = NULL;
+    int *ids = NULL;
+    size_t n_ids = 0;
+    long max_tokens = -1;
+
+    b = 0;
+    if (get_bool(root, "stream", &b, e) < 0) goto fail;
+    r->stream = b;
+    const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
+    if (so && !cJSON_IsNull(so)) {
+        if (!cJSON_IsObject(so)) { perr(e, 400, "stream_options", "invalid_type", "'stream_options' must be an object"); goto fail; }
+        int iu = 0;
+        if (get_bool(so, "include_usage", &iu, e) < 0) goto fail;
+        r->include_usage = iu;
+    }
+    int rc;
+    if ((rc = get_number(root, "n", 1, 1e9, 1, &x, e)) < 0) goto fail;
+    if (rc == 1 && x != 1) { perr(e, 400, "n", "invalid_value", "only n = 1 is supported"); goto fail; }
+    if ((rc = get_number(root, "temperature", 0, 2, 0, &x, e)) < 0) goto fail;
+    if (rc == 1) r->sp.temperature = (float)x;
+    if ((rc = get_number(root, "top_p", 0, 1, 0, &x, e)) < 0) goto fail;
+    if (rc == 1) {
+        if (x <= 0) { perr(e, 400, "top_p", "invalid_value", "'top_p' must be > 0"); goto fail; }
+        r->sp.top_p = (float)x;
+    }
+    if ((rc = get_number(root, "top_k", 0, 1 << 30, 1, &x, e)) < 0) goto fail;
+    if (rc == 1) r->sp.top_k = (int)x;
+    if ((rc = get_number(root, "seed", -9.2e18, 9.2e18, 1, &x, e)) < 0) goto fail;
+    if (rc == 1) r->sp.seed = (uint64_t)(int64_t)x;
+    else {
+        pthread_mutex_lock(&S.mu);
+        r->sp.seed = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull + ++S.id_counter;
+        pthread_mutex_unlock(&S.mu);
+    }
+    if ((rc = get_number(root, "presence_penalty", -2, 2, 0, &x, e)) < 0) goto fail;
+    if ((rc = get_number(root, "frequency_penalty", -2, 2, 0, &x, e)) < 0) goto fail;
+    if ((rc = get_number(root, "max_tokens", 1, 1 << 24, 1, &x, e)) < 0) goto fail;
+    if (rc == 1) max_tokens = (long)x;
+    if (chat) {
+        if ((rc = get_number(root, "max_completion_tokens", 1, 1 << 24, 1, &x, e)) < 0) goto fail;
+        if (rc == 1) max_tokens = (long)x;
+    }
+    if (get_bool(root, "ignore_eos", &r->ignore_eos, e) < 0) goto fail;
+    const cJSON *stop = cJSON_GetObjectItemCaseSensitive(root, "stop");
+    if (stop && !cJSON_IsNull(stop)) {
+        int single = cJSON_IsString(stop);
+        if (!single && !cJSON_IsArray(stop)) { perr(e, 400, "stop", "invalid_type", "'stop' must be a string or an array of strings"); goto fail; }
+        if (!single && cJSON_GetArraySize(stop) > SRV_MAX_STOPS) { perr(e, 400, "stop", "invalid_value", "at most %d stop strings", SRV_MAX_STOPS); goto fail; }
+        for (const cJSON *it = single ? stop : stop->child; it; it = single ? NULL : it->next) {
+            if (!cJSON_IsString(it)) { perr(e, 400, "stop", "invalid_type", "'stop' must be a string or an array of strings"); goto fail; }
+            size_t l = strlen(it->valuestring);
+            if (l == 0 || l > SRV_MAX_STOP_LEN) { perr(e, 400, "stop", "invalid_value", "stop strings must have 1 to %d bytes", SRV_MAX_STOP_LEN); goto fail; }
+            if (!(r->stops[r->n_stops++] = strdup(it->valuestring))) { perr(e, 500, NULL, NULL, "out of memory"); goto fail; }
+        }
+    }
+
+    if (chat) {
+        const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(root, "messages");
+        if (!msgs) { perr(e, 400, "messages", "missing_required_parameter", "'messages' is required"); goto fail; }
+        if (!cJSON_IsArray(msgs)) { perr(e, 400, "messages", "invalid_type", "'messages' must be an array"); goto fail; }
+        int n = cJSON_GetArraySize(msgs);
+        if (n == 0) { perr(e, 400, "messages", "invalid_value", "'messages' must not be empty"); goto fail; }
+        fr_chat_message *cm = calloc((size_t)n, sizeof *cm);
+        char **owned = calloc((size_t)n, sizeof *owned);
+        int k = 0, bad = 0;
+        const cJSON *m;
+        if (!cm || !owned) { free(cm); free(owned); perr(e, 500, NULL, NULL, "out of memory"); goto fail; }
+        cJSON_ArrayForEach(m, msgs) {
+            const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+            const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+            if (!cJSON_IsObject(m) || !cJSON_IsString(role)) { bad = perr(e, 400, "messages", "invalid_type", "each message must be an object with a string 'role'"); break; }
+            const char *rs = role->valuestring;
+            if (strcmp(rs, "developer") == 0) rs = "system";
+            if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant")) {
+                bad = perr(e, 400, "messages", "invalid_value", "unsupported message role '%.40s' (system, user, assistant)", rs);
+                break;
+            }
+            if (!content) { bad = perr(e, 400, "messages", "missing_required_parameter", "each message needs 'content'"); break; }
+            if (content_text(content, &owned[k], e) != 0) { bad = -1; break; }
+            cm[k].role = rs;
+            cm[k].content = owned[k];
+            k++;
+        }
+        if (!bad && fr_chat_render(S.tok, cm, k, 1, &text, NULL) != FR_OK) bad = perr(e, 400, "messages", NULL, "%s", fr_last_error());
+        for (int i = 0; i < k; i++) free(owned[i]);
+        free(owned);
+        free(cm);
+        if (bad) goto fail;
+        if (fr_tokenizer_encode(S.tok, text, strlen(text), 1, &ids, &n_ids) != FR_OK) { perr(e, 500, NULL, NULL, "cannot encode: %s", fr_last_error()); goto fail; }
+    } else {
+        const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
+        if (!p) { perr(e, 400, "prompt", "missing_required_parameter", "'prompt' is required"); goto fail; }
+        if (cJSON_IsArray(p) && cJSON_GetArraySize(p) == 1 && cJSON_IsString(p->child)) p = p->child;
+        if (cJSON_IsString(p)) {
+            if (fr_tokenizer_encode(S.tok, p->valuestring, strlen(p->valuestring), 1, &ids, &n_ids) != FR_OK) {
+                perr(e, 500, NULL, NULL, "cannot encode: %s", fr_last_error());
+                goto fail;
+            }
+        } else if (cJSON_IsArray(p) && cJSON_GetArraySize(p) > 0 && cJSON_IsNumber(p->child)) {
+            n_ids = (size_t)cJSON_GetArraySize(p);
+            ids = malloc(n_ids * sizeof *ids);
+            if (!ids) { perr(e, 500, NULL, NULL, "out of memory"); goto fail; }
+            size_t k = 0;
+            const cJSON *t;
+            cJSON_ArrayForEach(t, p) {
+                if (!cJSON_IsNumber(t) || t->valuedouble != floor(t->valuedouble) || t->valuedouble < 0 || t->valuedouble >= S.vocab) {
+                    perr(e, 400, "prompt", "invalid_value", "token ids in 'prompt' must be integers in [0, %d)", S.vocab);
+                    goto fail;
+                }
+                ids[k++] = (int)t->valuedouble;
+            }
+        } else if (cJSON_IsArray(p) && cJSON_GetArraySize(p) > 1) {
+            perr(e, 400, "prompt", "invalid_value", "only one prompt per request is supported (n = 1)");
+            goto fail;
+        } else {
+            perr(e, 400, "prompt", "invalid_type", "'prompt' must be a string or an array of token ids");
+            goto fail;
+        }
+        if (max_tokens < 0) max_tokens = 16; /* OpenAI's default for completions */
+    }
+    if (n_ids == 0) { perr(e, 400, chat ? "messages" : "prompt", "invalid_value", "the prompt encodes to no tokens"); goto fail; }
+    if (n_ids >= (size_t)S.ctx) {
+        perr(e, 400, chat ? "messages" : "prompt", "context_length_exceeded",
+             "This model's maximum context length is %d tokens; the prompt has %zu tokens (no room for a completion)",
+             S.ctx, n_ids);
+        goto fail;
+    }
+    long room = S.ctx - (long)n_ids;
+    if (max_tokens < 0 || max_tokens > room) max_tokens = room;
+    r->max_tokens = (int)max_tokens;
+    r->n_prompt = (int)n_ids;
+    r->hist = malloc(((size_t)n_ids + (size_t)max_tokens) * sizeof *r->hist);
+    if (!r->hist) { perr(e, 500, NULL, NULL, "out of memory"); goto fail; }
+    memcpy(r->hist, ids, n_ids * sizeof *ids);
+    free(ids);
+    free(text);
+    r->created = (long)time(NULL);
+    pthread_mutex_lock(&S.mu);
+    snprintf(r->id, sizeof r->id, "%s-%llx%06llx", chat ? "chatcmpl" : "cmpl", (unsigned long long)r->created,
+             ++S.id_counter & 0xffffffull);
+    pthread_mutex_unlock(&S.mu);
+    return r;
+fail:
+    free(ids);
+    free(text);
+    pthread_mutex_lock(&S.mu);
+    srv_req_unref_locked(r);
+    pthread_mutex_unlock(&S.mu);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ response bodies */
+
+static void add_usage(cJSON *o, const srv_req *r) {
+    cJSON *u = cJSON_AddObjectToObject(o, "usage");
+    if (!u) return;
+    cJSON_AddNumberToObject(u, "prompt_tokens", r->n_prompt);
+    cJSON_AddNumberToObject(u, "completion_tokens", r->n_gen);
+    cJSON_AddNumberToObject(u, "total_tokens", r->n_prompt + r->n_gen);
+}
+
+static cJSON *base_object(const srv_req *r, const char *object) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return NULL;
+    cJSON_AddStringToObject(o, "id", r->id);
+    cJSON_AddStringToObject(o, "object", object);
+    cJSON_AddNumberToObject(o, "created", (double)r->created);
+    cJSON_AddStringToObject(o, "model", S.model_id);
+    cJSON_AddStringToObject(o, "system_fingerprint", "frugal-" FRUGAL_VERSION);
+    return o;
+}
+
+/* Non-streaming body (mu held, request done without error). */
+static cJSON *final_body(const srv_req *r) {
+    cJSON *o = base_object(r, r->chat ? "chat.completion" : "text_completion");
+    if (!o) return NULL;
+    cJSON *choices = cJSON_AddArrayToObject(o, "choices"), *ch = cJSON_CreateObject();
+    cJSON_AddItemToArray(choices, ch);
+    cJSON_AddNumberToObject(ch, "index", 0);
+    if (r->chat) {
+        cJSON *m = cJSON_AddObjectToObject(ch, "message");
+        cJSON_AddStringToObject(m, "role", "assistant");
+        cJSON_AddStringToObject(m, "content", r->out ? r->out : "");
+    } else {
+        cJSON_AddStringToObject(ch, "text", r->out ? r->out : "");
+    }
+    cJSON_AddNullToObject(ch, "logprobs");
+    cJSON_AddStringToObject(ch, "finish_reason", r->finish_reason ? r->finish_reason : "stop");
+    add_usage(o, r);
+    return o;
+}
+
+/* One streaming event: delta text (len bytes, may be 0), role (first chat event), finish. */
+static char *stream_event(const srv_req *r, const char *text, size_t len, int role, const char *finish, int usage_only) {
+    cJSON *o = base_object(r, r->chat ? "chat.completion.chunk" : "text_completion");
+    if (!o) return NULL;
+    cJSON *choices = cJSON_AddArrayToObject(o, "choices");
+    if (!usage_only) {
+        cJSON *ch = cJSON_CreateObject();
+        cJSON_AddItemToArray(choices, ch);
+        cJSON_AddNumberToObject(ch, "index", 0);
+        char *t = malloc(len + 1);
+        if (t) {
+            memcpy(t, text, len);
+            t[len] = 0;
+        }
+        if (r->chat) {
+            cJSON *d = cJSON_AddObjectToObject(ch, "delta");
+            if (role) cJSON_AddStringToObject(d, "role", "assistant");
+            if (len || role) cJSON_AddStringToObject(d, "content", t ? t : "");
+        } else {
+            cJSON_AddStringToObject(ch, "text", t ? t : "");
+        }
+        free(t);
+        cJSON_AddNullToObject(ch, "logprobs");
+        if (finish) cJSON_AddStringToObject(ch, "finish_reason", finish);
+        else cJSON_AddNullToObject(ch, "finish_reason");
+    }
+    if (usage_only) add_usage(o, r);
+    else if (r->include_usage) cJSON_AddNullToObject(o, "usage");
+    char *j = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (!j) return NULL;
+    size_t l = strlen(j);
+    char *ev = malloc(l + 9);
+    if (ev) {
+        memcpy(ev, "data: ", 6);
+        memcpy(ev + 6, j, l);
+        memcpy(ev + 6 + l, "\n\n", 3);
+    }
+    free(j);
+    return ev;
+}
+
+static int pend_add(srv_req *r, char *ev) {
+    if (!ev) return -1;
+    size_t l = strlen(ev);
+    char *p = realloc(r->pend, r->pend_len + l + 1);
+    if (!p) {
+        free(ev);
+        return -1;
+    }
+    memcpy(p + r->pend_len, ev, l + 1);
+    r->pend = p;
+    r->pend_len += l;
+    free(ev);
+    return 0;
+}
+
+typedef struct {
+    srv_req *r;
+    struct MHD_Connection *conn;
+} stream_ctx;
+
+/* MHD content reader of a streaming response: hands out pending events, waits for more. */
+static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)pos;
+    stream_ctx *sc = cls;
+    srv_req *r = sc->r;
+    pthread_mutex_lock(&S.mu);
+    for (;;) {
+        if (r->pend_off < r->pend_len) {
+            size_t n = r->pend_len - r->pend_off;
+            if (n > max) n = max;
+            memcpy(buf, r->pend + r->pend_off, n);
+            r->pend_off += n;
+            if (r->pend_off == r->pend_len) r->pend_off = r->pend_len = 0;
+            pthread_mutex_unlock(&S.mu);
+            return (ssize_t)n;
+        }
+        if (r->finished) {
+            pthread_mutex_unlock(&S.mu);
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        }
+        int fail = 0;
+        if (r->chat && !r->sent_role) {
+            fail |= pend_add(r, stream_event(r, "", 0, 1, NULL, 0));
+            r->sent_role = 1;
+        }
+        while (r->sent_cuts < r->n_cuts) { /* one event per released piece (token) */
+            size_t end = r->cuts[r->sent_cuts++];
+            fail |= pend_add(r, stream_event(r, r->out + r->sent, end - r->sent, 0, NULL, 0));
+            r->sent = end;
+        }
+        if (r->state == SRV_DONE && r->out_len == r->sent) {
+            if (r->error) {
+                cJSON *eo = error_object(r->error, "server_error", NULL, NULL);
+                char *j = eo ? cJSON_PrintUnformatted(eo) : NULL;
+                cJSON_Delete(eo);
+                if (j) {
+                    char *ev = malloc(strlen(j) + 10);
+                    if (ev) sprintf(ev, "data: %s\n\n", j);
+                    fail |= pend_add(r, ev);
+                    free(j);
+                }
+            } else {
+                fail |= pend_add(r, stream_event(r, "", 0, 0, r->finish_reason ? r->finish_reason : "stop", 0));
+                if (r->include_usage) fail |= pend_add(r, stream_event(r, "", 0, 0, NULL, 1));
+            }
+            char *done = strdup("data: [DONE]\n\n");
+            fail |= pend_add(r, done);
+            r->finished = 1;
+        }
+        if (fail) {
+            r->cancelled = 1;
+            pthread_cond_signal(&S.sched_cv);
+            pthread_mutex_unlock(&S.mu);
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+        if (r->pend_off < r->pend_len || r->finished) continue;
+        if (S.stopping) {
+            pthread_mutex_unlock(&S.mu);
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+        if (client_gone(sc->conn)) {
+            r->cancelled = 1;
+            pthread_cond_signal(&S.sched_cv);
+            pthread_mutex_unlock(&S.mu);
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+        wait_slice();
+    }
+}
+
+static void stream_free(void *cls) {
+    stream_ctx *sc = cls;
+    pthread_mutex_lock(&S.mu);
+    if (sc->r->state != SRV_DONE && !sc->r->cancelled) {
+        sc->r->cancelled = 1; /* the response went away before the end: the client is gone */
+        pthread_cond_signal(&S.sched_cv);
+    }
+    srv_req_unref_locked(sc->r);
+    pthread_mutex_unlock(&S.mu);
+    free(sc);
+}
+
+/* ------------------------------------------------------------------ handlers */
+
+static enum MHD_Result handle_completion(struct MHD_Connection *c, conn_ctx *cc, int chat) {
+    if (cc->too_big) return send_error(c, 413, NULL, "request_too_large", "request body larger than %u bytes", BODY_CAP);
+    cJSON *root = cJSON_ParseWithLength(cc->body ? cc->body : "", cc->len);
+    if (!root) return send_error(c, 400, NULL, "invalid_json", "the request body is not valid JSON");
+    parse_err e = {0};
+    srv_req *r = parse_request(root, chat, &e);
+    cJSON_Delete(root);
+    if (!r) return send_error(c, e.status ? e.status : 400, e.param, e.code, "%s", e.msg);
+    if (srv_submit(&S, r) != 0) {
+        pthread_mutex_lock(&S.mu);
+        srv_req_unref_locked(r);
+        pthread_mutex_unlock(&S.mu);
+        return send_error(c, 503, NULL, "queue_full", "the server is busy (%ld requests queued); retry later", S.max_queue);
+    }
+    pthread_mutex_lock(&S.mu);
+    S.prompt_tokens += (unsigned long)r->n_prompt;
+    S.completions[chat]++;
+    pthread_mutex_unlock(&S.mu);
+    if (r->stream) {
+        stream_ctx *sc = calloc(1, sizeof *sc);
+        if (!sc) {
+            pthread_mutex_lock(&S.mu);
+            r->cancelled = 1;
+            srv_req_unref_locked(r);
+            pthread_mutex_unlock(&S.mu);
+            return send_error(c, 500, NULL, NULL, "out of memory");
+        }
+        sc->r = r; /* our reference moves to the response */
+        sc->conn = c;
+        struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_reader, sc, stream_free);
+        if (!resp) {
+            stream_free(sc);
+            return MHD_NO;
+        }
+        MHD_add_response_header(resp, "Content-Type", "text/event-stream; charset=utf-8");
+        MHD_add_response_header(resp, "Cache-Control", "no-cache");
+        MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+        enum MHD_Result ret = MHD_queue_response(c, 200, resp);
+        MHD_destroy_response(resp);
+        pthread_mutex_lock(&S.mu);
+        S.http_status[200]++;
+        pthread_mutex_unlock(&S.mu);
+        return ret;
+    }
+    /* non-streaming: wait here (thread per connection), watching the socket */
+    pthread_mutex_lock(&S.mu);
+    cc->req = r;
+    while (r->state != SRV_DONE && !S.stopping) {
+        if (client_gone(c)) {
+            r->cancelled = 1;
+            pthread_cond_signal(&S.sched_cv);
+            pthread_mutex_unlock(&S.mu);
+            return MHD_NO; /* nobody to answer; completed callback drops our reference */
+        }
+        wait_slice();
+    }
+    cJSON *body = NULL;
+    char err[300] = "";
+    if (r->state != SRV_DONE) snprintf(err, sizeof err, "server shutting down");
+    else if (r->error) snprintf(err, sizeof err, "%s", r->error);
+    else body = final_body(r);
+    pthread_mutex_unlock(&S.mu);
+    if (err[0]) return send_error(c, 500, NULL, NULL, "%s", err);
+    return send_json(c, 200, body);
+}
+
+static enum MHD_Result handle_models(struct MHD_Connection *c) {
+    cJSON *o = cJSON_CreateObject(), *data = cJSON_AddArrayToObject(o, "data"), *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "object", "list");
+    cJSON_AddItemToArray(data, m);
+    cJSON_AddStringToObject(m, "id", S.model_id);
+    cJSON_AddStringToObject(m, "object", "model");
+    cJSON_AddNumberToObject(m, "created", (double)(long)time(NULL));
+    cJSON_AddStringToObject(m, "owned_by", "frugal");
+    cJSON_AddNumberToObject(m, "context_length", S.ctx);
+    return send_json(c, 200, o);
+}
+
+static enum MHD_Result handle_metrics(struct MHD_Connection *c) {
+    size_t cap = 16384, n = 0;
+    char *t = malloc(cap);
+    if (!t) return send_error(c, 500, NULL, NULL, "out of memory");
+#define P(...) do { if (n < cap) n += (size_t)snprintf(t + n, cap - n, __VA_ARGS__); } while (0)
+    pthread_mutex_lock(&S.mu);
+    long active = 0, cached = 0;
+    for (int i = 0; i < S.parallel; i++)
+        if (S.slots[i]) {
+            active++;
+            cached += fr_seq_len(S.seqs[i]);
+        }
+    P("# HELP frugal_http_requests_total HTTP responses sent, by status code.\n# TYPE frugal_http_requests_total counter\n");
+    for (int k = 100; k < 600; k++)
+        if (S.http_status[k]) P("frugal_http_requests_total{code=\"%d\"} %lu\n", k, S.http_status[k]);
+    P("# HELP frugal_completion_requests_total Completion requests accepted, by endpoint.\n# TYPE frugal_completion_requests_total counter\n");
+    P("frugal_completion_requests_total{endpoint=\"completions\"} %lu\n", S.completions[0]);
+    P("frugal_completion_requests_total{endpoint=\"chat_completions\"} %lu\n", S.completions[1]);
+    P("# HELP frugal_requests_finished_total Completions finished normally.\n# TYPE frugal_requests_finished_total counter\nfrugal_requests_finished_total %lu\n", S.finished_reqs);
+    P("# HELP frugal_requests_failed_total Completions that failed during generation.\n# TYPE frugal_requests_failed_total counter\nfrugal_requests_failed_total %lu\n", S.failed_reqs);
+    P("# HELP frugal_requests_cancelled_total Completions cancelled because the client went away.\n# TYPE frugal_requests_cancelled_total counter\nfrugal_requests_cancelled_total %lu\n", S.disconnects);
+    P("# HELP frugal_prompt_tokens_total Prompt tokens of accepted requests.\n# TYPE frugal_prompt_tokens_total counter\nfrugal_prompt_tokens_total %lu\n", S.prompt_tokens);
+    P("# HELP frugal_generated_tokens_total Tokens sampled.\n# TYPE frugal_generated_tokens_total counter\nfrugal_generated_tokens_total %lu\n", S.gen_tokens);
+    P("# HELP frugal_tokens_per_second Tokens sampled per second over the last 10 s.\n# TYPE frugal_tokens_per_second gauge\nfrugal_tokens_per_second %.2f\n", srv_tokens_per_s(&S));
+    P("# HELP frugal_forward_passes_total Batched engine forwards.\n# TYPE frugal_forward_passes_total counter\nfrugal_forward_passes_total %lu\n", S.forwards);
+    P("# HELP frugal_decode_steps_total Forwards that decoded at least one sequence.\n# TYPE frugal_decode_steps_total counter\nfrugal_decode_steps_total %lu\n", S.decode_steps);
+    P("# HELP frugal_decode_rows_total Sequences decoded, summed over decode steps (rows / steps = mean batch).\n# TYPE frugal_decode_rows_total counter\nfrugal_decode_rows_total %lu\n", S.batch_rows);
+    P("# HELP frugal_queue_depth Requests waiting for a slot.\n# TYPE frugal_queue_depth gauge\nfrugal_queue_depth %ld\n", S.q_len);
+    P("# HELP frugal_slots_active Slots holding a request.\n# TYPE frugal_slots_active gauge\nfrugal_slots_active %ld\n", active);
+    P("# HELP frugal_slots_total Slots (--parallel).\n# TYPE frugal_slots_total gauge\nfrugal_slots_total %d\n", S.parallel);
+    P("# HELP frugal_kv_cache_tokens Tokens held in the latent KV caches of active slots.\n# TYPE frugal_kv_cache_tokens gauge\nfrugal_kv_cache_tokens %ld\n", cached);
+    P("# HELP frugal_kv_cache_used_bytes Bytes of latent KV cache in use by active slots.\n# TYPE frugal_kv_cache_used_bytes gauge\nfrugal_kv_cache_used_bytes %.0f\n", (double)cached * (double)S.kv_bytes_per_token);
+    P("# HELP frugal_kv_cache_capacity_bytes Latent KV cache bytes at full context in every slot.\n# TYPE frugal_kv_cache_capacity_bytes gauge\nfrugal_kv_cache_capacity_bytes %.0f\n", (double)S.parallel * S.ctx * (double)S.kv_bytes_per_token);
+    P("# HELP frugal_kv_cache_usage_ratio Used / capacity.\n# TYPE frugal_kv_cache_usage_ratio gauge\nfrugal_kv_cache_usage_ratio %.6f\n", (double)cached / ((double)S.parallel * S.ctx));
+    P("# HELP frugal_time_to_first_token_seconds Queue + prefill time to the first sampled token.\n# TYPE frugal_time_to_first_token_seconds summary\nfrugal_time_to_first_token_seconds_sum %.6f\nfrugal_time_to_first_token_seconds_count %lu\n", S.ttft_sum, S.ttft_count);
+    P("# HELP frugal_request_duration_seconds Submission to completion of finished requests.\n# TYPE frugal_request_duration_seconds summary\nfrugal_request_duration_seconds_sum %.6f\nfrugal_request_duration_seconds_count %lu\n", S.duration_sum, S.finished_reqs);
+    P("# HELP frugal_uptime_seconds Seconds since start.\n# TYPE frugal_uptime_seconds gauge\nfrugal_uptime_seconds %.1f\n", srv_now() - S.t_start);
+    pthread_mutex_unlock(&S.mu);
+#undef P
+    if (n >= cap) n = cap - 1;
+    enum MHD_Result ret = send_text(c, 200, "text/plain; version=0.0.4; charset=utf-8", t, n);
+    free(t);
+    return ret;
+}
+
+static int authorized(struct MHD_Connection *c) {
+    if (!S.api_key) return 1;
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0) return 0;
+    h += 7;
+    while (*h == ' ') h++;
+    /* constant-time comparison */
+    size_t a = strlen(h), b = strlen(S.api_key);
+    unsigned diff = (unsigned)(a != b);
+    for (size_t i = 0; i < a && i < b; i++) diff |= (unsigned char)h[i] ^ (unsigned char)S.api_key[i];
+    return diff == 0;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                  const char *version, const char *upload_data, size_t *upload_size, void **con_cls) {
+    (void)cls;
+    (void)version;
+    conn_ctx *cc = *con_cls;
+    int is_post = strcmp(method, "POST") == 0, is_get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+    int chat = strcmp(url, "/v1/chat/completions") == 0 || strcmp(url, "/chat/completions") == 0;
+    int compl = strcmp(url, "/v1/completions") == 0 || strcmp(url, "/completions") == 0;
+    if (!cc) {
+        cc = calloc(1, sizeof *cc);
+        if (!cc) return MHD_NO;
+        *con_cls = cc;
+        /* checks that need no body: answered before reading it */
+        if (strncmp(url, "/v1/", 4) == 0 && !authorized(c)) {
+            cc->responded = 1;
+            return send_error(c, 401, NULL, "invalid_api_key", "Incorrect or missing API key (send \"Authorization: Bearer KEY\")");
+        }
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+        if (cl) {
+            char *end;
+            errno = 0;
+            unsigned long long v = strtoull(cl, &end, 10);
+            if (errno || end == cl || v > BODY_CAP) {
+                cc->responded = 1;
+                return send_error(c, 413, NULL, "request_too_large", "request body larger than %u bytes", BODY_CAP);
+            }
+        }
+        return MHD_YES;
+    }
+    if (cc->responded) {
+        *upload_size = 0; /* discard whatever still arrives */
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        if (!cc->too_big) {
+            if (cc->len + *upload_size > BODY_CAP) {
+                cc->too_big = 1;
+                free(cc->body);
+                cc->body = NULL;
+                cc->len = cc->cap = 0;
+            } else {
+                if (cc->len + *upload_size + 1 > cc->cap) {
+                    size_t cap = (cc->len + *upload_size + 1) * 2;
+                    if (cap > BODY_CAP + 1) cap = BODY_CAP + 1;
+                    char *p = realloc(cc->body, cap);
+                    if (!p) return MHD_NO;
+                    cc->body = p;
+                    cc->cap = cap;
+                }
+                memcpy(cc->body + cc->len, upload_data, *upload_size);
+                cc->len += *upload_size;
+            }
+        }
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    cc->responded = 1;
+    if (chat || compl) {
+        if (!is_post) return send_error(c, 405, NULL, "method_not_allowed", "use POST for %s", url);
+        return handle_completion(c, cc, chat);
+    }
+    if (strcmp(url, "/v1/models") == 0) {
+        if (!is_get) return send_error(c, 405, NULL, "method_not_allowed", "use GET for %s", url);
+        return handle_models(c);
+    }
+    if (strncmp(url, "/v1/models/", 11) == 0 && is_get) {
+        if (strcmp(url + 11, S.model_id) != 0)
+            return send_error(c, 404, "model", "model_not_found", "The model '%.200s' does not exist", url + 11);
+        return handle_models(c);
+    }
+    if (strcmp(url, "/health") == 0) {
+        if (!is_get) return send_error(c, 405, NULL, "method_not_allowed", "use GET for %s", url);
+        return send_text(c, 200, "application/json", "{\"status\":\"ok\"}", 15);
+    }
+    if (strcmp(url, "/metrics") == 0) {
+        if (!is_get) return send_error(c, 405, NULL, "method_not_allowed", "use GET for %s", url);
+        return handle_metrics(c);
+    }
+    if (strcmp(url, "/") == 0 || strcmp(url, "/index.html") == 0) {
+        if (!is_get) return send_error(c, 405, NULL, "method_not_allowed", "use GET for %s", url);
+        return send_text(c, 200, "text/html; charset=utf-8", srv_web_page, strlen(srv_web_page));
+    }
+    return send_error(c, 404, NULL, "not_found", "no such endpoint: %s %.200s", method, url);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
+    (void)cls;
+    (void)c;
+    conn_ctx *cc = *con_cls;
+    if (!cc) return;
+    if (cc->req) {
+        pthread_mutex_lock(&S.mu);
+        if (cc->req->state != SRV_DONE && toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
+            cc->req->cancelled = 1;
+            pthread_cond_signal(&S.sched_cv);
+        }
+        srv_req_unref_locked(cc->req);
+        pthread_mutex_unlock(&S.mu);
+    }
+    free(cc->body);
+    free(cc);
+    *con_cls = NULL;
+}
+
+/* Tokens are small writes: send each at once (no Nagle delay against the client's delayed ACK). */
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context, enum MHD_ConnectionNotificationCode code) {
+    (void)cls;
+    (void)socket_context;
+    if (code != MHD_CONNECTION_NOTIFY_STARTED) return;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    int one = 1;
+    if (ci) setsockopt(ci->connect_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap) {
+    (void)cls;
+    /* our own refusals (a client that went away) are counted in /metrics, not logged */
+    if (strstr(fmt, "Application reported internal error")) return;
+    fprintf(stderr, "frugal serve: http: ");
+    vfprintf(stderr, fmt, ap);
+}
+
+/* ------------------------------------------------------------------ command */
+
+int cmd_serve(int argc, char **argv) {
+    const char *model = NULL, *host = "127.0.0.1", *api_key = getenv("FRUGAL_API_KEY"), *name = NULL, *v;
+    long port = 8080, parallel = 4, ctx = 0, threads = 0, max_queue = 256;
+    int weights = 0;
+    fr_kv_type kv = FR_KV_F32;
+    const char *cmd = "serve";
+    for (int i = 1; i < argc; i++) {
+        const char *s = argv[i];
+        int r;
+        if (cli_is_help(s)) {
+            usage_serve(stdout);
+            return CLI_EXIT_OK;
+        }
+#define VALUE(nm) ((r = cli_opt_value(cmd, usage_serve, argc, argv, &i, nm, &v)) != 0)
+        if (VALUE("--model")) { if (r < 0) return CLI_EXIT_USAGE; model = v; }
+        else if (VALUE("--host")) { if (r < 0) return CLI_EXIT_USAGE; host = v; }
+        else if (VALUE("--port")) { if (r < 0 || cli_parse_int(cmd, usage_serve, "--port", v, 0, 65535, &port)) return CLI_EXIT_USAGE; }
+        else if (VALUE("--parallel")) { if (r < 0 || cli_parse_int(cmd, usage_serve, "--parallel", v, 1, 256, &parallel)) return CLI_EXIT_USAGE; }
+        else if (VALUE("--ctx")) { if (r < 0 || cli_parse_int(cmd, usage_serve, "--ctx", v, 2, 1 << 24, &ctx)) return CLI_EXIT_USAGE; }
+        else if (VALUE("--threads")) { if (r < 0 || cli_parse_int(cmd, usage_serve, "--threads", v, 1, 4096, &threads)) return CLI_EXIT_USAGE; }
+        else if (VALUE("--max-queue")) { if (r < 0 || cli_parse_int(cmd, usage_serve, "--max-queue", v, 1, 1 << 20, &max_queue)) return CLI_EXIT_USAGE; }
+        else if (VALUE("--api-key")) {
+            if (r < 0) return CLI_EXIT_USAGE;
+            if (!v[0]) return cli_usage_error(cmd, usage_serve, "option --api-key: empty key");
+            api_key = v;
+        }
+        else if (VALUE("--name")) {
+            if (r < 0) return CLI_EXIT_USAGE;
+            if (!v[0]) return cli_usage_error(cmd, usage_serve, "option --name: empty name");
+            name = v;
+        }
+        else if (VALUE("--weights")) {
+            if (r < 0) return CLI_EXIT_USAGE;
+            static const char *names[] = {"f32", "bf16", "q8_0", "q4_1"};
+            weights = -1;
+            for (int k = 0; k < 4; k++) if (strcmp(v, names[k]) == 0) weights = k;
+            if (weights < 0) return cli_usage_error(cmd, usage_serve, "option --weights: '%s' is not one of f32, bf16, q8_0, q4_1", v);
+        }
+        else if (VALUE("--kv")) {
+            if (r < 0) return CLI_EXIT_USAGE;
+            if (strcmp(v, "f32") == 0) kv = FR_KV_F32;
+            else if (strcmp(v, "bf16") == 0) kv = FR_KV_BF16;
+            else if (strcmp(v, "fp8") == 0) kv = FR_KV_FP8;
+            else return cli_usage_error(cmd, usage_serve, "option --kv: '%s' is not one of f32, bf16, fp8", v);
+        }
+        else if (s[0] == '-') return cli_usage_error(cmd, usage_serve, "unknown option '%s'", s);
+        else return cli_usage_error(cmd, usage_serve, "unexpected argument '%s'", s);
+#undef VALUE
+    }
+    if (!model) return cli_usage_error(cmd, usage_serve, "missing required option '--model DIR'");
+    if (api_key && !api_key[0]) api_key = NULL;
+    size_t ml = strlen(model);
+    struct stat st;
+    if (ml >= 5 && strcasecmp(model + ml - 5, ".gguf") == 0 && !(stat(model, &st) == 0 && S_ISDIR(st.st_mode)))
+        return cli_fail("%s: serving a GGUF file is not supported yet; pass a model folder (config.json + safetensors + tokenizer.json)", model);
+    if (cli_check_dir(model, "model folder") != CLI_EXIT_OK) return CLI_EXIT_FAIL;
+
+    /* model id: --name, else the folder's last path component */
+    char idbuf[256];
+    if (!name) {
+        size_t e = ml;
+        while (e > 1 && model[e - 1] == '/') e--;
+        size_t b = e;
+        while (b > 0 && model[b - 1] != '/') b--;
+        snprintf(idbuf, sizeof idbuf, "%.*s", (int)(e - b), model + b);
+        name = idbuf[0] ? idbuf : "frugal";
+    }
+
+    fr_engine_options o;
+    fr_engine_options_default(&o);
+    o.weight_type = weights;
+    o.kv_type = kv;
+    o.threads = (int)threads;
+    o.load_mtp = 0;
+    fr_config cfg;
+    char cfg_path[4200];
+    snprintf(cfg_path, sizeof cfg_path, "%s/config.json", model);
+    if (fr_config_load(&cfg, cfg_path) != FR_OK) return cli_fail_lib("cannot read config.json");
+    if (ctx == 0) ctx = cfg.max_position_embeddings < 4096 ? cfg.max_position_embeddings : 4096;
+    if (ctx > cfg.max_position_embeddings)
+        return cli_fail("--ctx %ld exceeds the model's max_position_embeddings (%d)", ctx, cfg.max_position_embeddings);
+    o.max_seq_len = (int)ctx;
+
+    memset(&S, 0, sizeof S);
+    pthread_mutex_init(&S.mu, NULL);
+    pthread_cond_init(&S.sched_cv, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_cond_init(&S.out_cv, &ca); /* CLOCK_REALTIME: wait_slice */
+    pthread_condattr_destroy(&ca);
+    S.t_start = srv_now();
+    S.model_id = name;
+    S.api_key = api_key;
+    S.parallel = (int)parallel;
+    S.ctx = (int)ctx;
+    S.max_queue = max_queue;
+    int rc = CLI_EXIT_OK;
+    struct MHD_Daemon *d = NULL;
+    double t0 = cli_now();
+    if (fr_engine_load(&S.engine, model, &o) != FR_OK) {
+        rc = cli_fail_lib("cannot load the model");
+        goto out;
+    }
+    if (fr_tokenizer_load(&S.tok, model) != FR_OK) {
+        rc = cli_fail_lib("cannot load the tokenizer");
+        goto out;
+    }
+    const fr_config *ec = fr_engine_config(S.engine);
+    S.vocab = ec->vocab_size;
+    if (fr_tokenizer_vocab_size(S.tok) > S.vocab) {
+        rc = cli_fail("the tokenizer has %d ids but the model's vocab_size is %d", fr_tokenizer_vocab_size(S.tok), S.vocab);
+        goto out;
+    }
+    S.tok_vocab = fr_tokenizer_vocab_size(S.tok);
+    S.eos_id = ec->eos_token_id >= 0 ? ec->eos_token_id : fr_tokenizer_special_id(S.tok, FR_TOKEN_EOS);
+    S.kv_bytes_per_token = fr_engine_kv_bytes_per_token(S.engine);
+    if (!fr_chat_template_is_deepseek(S.tok))
+        fprintf(stderr, "frugal serve: the chat template of %s is not DeepSeek-V3 style; chats use the DeepSeek-V3 format\n", model);
+
+    /* signals: handled by sigwait in this thread only */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (srv_sched_start(&S) != 0) {
+        rc = cli_fail_lib("cannot start the scheduler");
+        goto out;
+    }
+
+    struct sockaddr_in a4;
+    struct sockaddr_in6 a6;
+    struct sockaddr *sa;
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+    memset(&a4, 0, sizeof a4);
+    memset(&a6, 0, sizeof a6);
+    if (inet_pton(AF_INET, strcmp(host, "localhost") == 0 ? "127.0.0.1" : host, &a4.sin_addr) == 1) {
+        a4.sin_family = AF_INET;
+        a4.sin_port = htons((uint16_t)port);
+        sa = (struct sockaddr *)&a4;
+    } else if (inet_pton(AF_INET6, host, &a6.sin6_addr) == 1) {
+        a6.sin6_family = AF_INET6;
+        a6.sin6_port = htons((uint16_t)port);
+        sa = (struct sockaddr *)&a6;
+        flags |= MHD_USE_IPv6;
+    } else {
+        rc = cli_fail("--host '%s' is not an IPv4 or IPv6 address", host);
+        goto out;
+    }
+    d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, NULL,
+                         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+                         MHD_OPTION_SOCK_ADDR, sa,
+                         MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+                         MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,
+                         MHD_OPTION_CONNECTION_LIMIT, (unsigned)(max_queue + parallel + 64),
+                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
+                         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024),
+                         MHD_OPTION_END);
+    if (!d) {
+        rc = cli_fail("cannot listen on %s port %ld: %s", host, port, errno ? strerror(errno) : "libmicrohttpd failed to start");
+        goto out;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    unsigned bound = di ? di->port : (unsigned)port;
+    char b1[32];
+    fprintf(stderr, "frugal serve: %s loaded in %.2f s as model '%s'; %d slots x %d tokens, KV cache %s per slot at full context%s\n",
+            model, cli_now() - t0, S.model_id, S.parallel, S.ctx,
+            cli_human_bytes(b1, sizeof b1, (double)S.kv_bytes_per_token * S.ctx), S.api_key ? "; API key required" : "");
+    fprintf(stderr, "frugal serve: listening on http://%s%s%s:%u/\n", sa->sa_family == AF_INET6 ? "[" : "", host,
+            sa->sa_family == AF_INET6 ? "]" : "", bound);
+    fflush(stderr);
+
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    fprintf(stderr, "frugal serve: %s, stopping\n", sig == SIGINT ? "interrupted" : "terminated");
+out:
+    /* wake every waiter first so that connection threads can finish, then stop MHD */
+    pthread_mutex_lock(&S.mu);
+    S.stopping = 1;
+    pthread_cond_broadcast(&S.out_cv);
+    pthread_cond_broadcast(&S.sched_cv);
+    pthread_mutex_unlock(&S.mu);
+    if (d) MHD_stop_daemon(d);
+    if (S.slots || S.sched_started) srv_sched_stop(&S);
+    fr_tokenizer_free(S.tok);
+    fr_engine_free(S.engine);
+    pthread_cond_destroy(&S.out_cv);
+    pthread_cond_destroy(&S.sched_cv);
+    pthread_mutex_destroy(&S.mu);
+    return rc;
+}

@@ -1,0 +1,106 @@
+/* serve.h — pieces of `frugal serve` shared by cli/cmd_serve.c (HTTP front end on
+ * libmicrohttpd, request parsing, responses), cli/serve_sched.c (the scheduler thread that
+ * owns the engine: continuous batching over --parallel slots) and cli/serve_web.c (the chat
+ * page served at /). See docs/serve.md. */
+#ifndef FR_SERVE_H
+#define FR_SERVE_H
+
+#include "frugal.h"
+
+#include <pthread.h>
+#include <stddef.h>
+
+#define SRV_MAX_STOPS 16
+#define SRV_MAX_STOP_LEN 256
+
+typedef enum { SRV_QUEUED = 0, SRV_RUNNING = 1, SRV_DONE = 2 } srv_state;
+
+/* One completion request. Shared by the HTTP thread of its connection, the scheduler and
+ * the streaming response; reference counted; every field below `state` is guarded by
+ * srv_server.mu once the request is submitted. */
+typedef struct srv_req {
+    int refs;
+    /* set before submission, read-only afterwards */
+    int chat, stream, include_usage, ignore_eos, max_tokens;
+    char id[40];
+    long created;
+    int *hist;       /* prompt tokens followed by room for max_tokens generated ones */
+    int n_prompt;
+    fr_sample_params sp;
+    char *stops[SRV_MAX_STOPS];
+    int n_stops;
+    double t_submit;
+    /* scheduler state */
+    srv_state state;
+    int cancelled;   /* client gone: the scheduler frees the slot at its next iteration */
+    int slot, fed;   /* slot index while running; prompt tokens already in the cache */
+    int n_gen;       /* generated tokens (hist + n_prompt) */
+    size_t text_done;            /* bytes of the decoded completion already released */
+    char *out;                   /* released completion text (never holds a stop string) */
+    size_t out_len, out_cap;
+    size_t *cuts;                /* end offset in out of each released piece (one per token) */
+    int n_cuts, cap_cuts;
+    const char *finish_reason;   /* "stop" / "length" when done */
+    char *error;                 /* runtime failure message (done with an error) */
+    double t_first, t_done;
+    fr_sampler *sampler;
+    struct srv_req *next;        /* queue link */
+    /* streaming response state (only the response callback touches it) */
+    size_t sent;                 /* bytes of out already sent as events */
+    int sent_role, finished, sent_cuts;
+    char *pend;                  /* formatted events not yet handed to MHD */
+    size_t pend_len, pend_off;
+} srv_req;
+
+typedef struct {
+    fr_engine *engine;
+    fr_tokenizer *tok;
+    const char *model_id;
+    const char *api_key;     /* NULL: no key required */
+    int parallel, ctx, vocab, tok_vocab, eos_id;
+    long max_queue;
+    size_t kv_bytes_per_token;
+    double t_start;
+
+    pthread_mutex_t mu;
+    pthread_cond_t sched_cv;  /* wakes the scheduler: new request, cancellation, stop */
+    pthread_cond_t out_cv;    /* wakes HTTP waiters: new text, request done, stop */
+    pthread_t sched_thread;
+    int sched_started, stopping;
+    srv_req *q_head, *q_tail;
+    long q_len;
+    srv_req **slots;
+    fr_seq **seqs;
+    float *logits;
+    unsigned long long id_counter;
+
+    /* metrics (under mu) */
+    unsigned long http_status[600];
+    unsigned long completions[2];          /* [0] /v1/completions, [1] /v1/chat/completions */
+    unsigned long prompt_tokens, gen_tokens, decode_steps, batch_rows, forwards, disconnects,
+        finished_reqs, failed_reqs;
+    double ttft_sum, duration_sum;
+    unsigned long ttft_count;
+    long rate_sec[16];                     /* generated tokens per wall-clock second (ring) */
+    long rate_stamp[16];
+} srv_server;
+
+/* Scheduler (serve_sched.c). srv_sched_start creates the --parallel sequences and starts the
+ * thread; srv_sched_stop stops and joins it and fails every request still queued or running. */
+int srv_sched_start(srv_server *s);
+void srv_sched_stop(srv_server *s);
+/* Queue a request (takes a reference). Returns 0, or -1 when the queue is full. */
+int srv_submit(srv_server *s, srv_req *r);
+/* Reference counting; srv_req_unref frees at zero. Call with s->mu held. */
+void srv_req_unref_locked(srv_req *r);
+double srv_now(void);
+/* Copy of p[0..n) as valid UTF-8: each byte that starts no valid sequence (and NUL) becomes
+ * U+FFFD. malloc'd, NUL-terminated; *out_len its length. */
+char *srv_utf8_sanitize(const char *p, size_t n, size_t *out_len);
+/* Tokens/s over the last 10 whole seconds (mu held). */
+double srv_tokens_per_s(srv_server *s);
+
+/* The chat page (serve_web.c). */
+extern const char srv_web_page[];
+
+#endif

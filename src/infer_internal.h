@@ -1,0 +1,32 @@
+/* infer_internal.h — private pieces shared by infer.c (engine, generation) and sample.c
+ * (sampler), and visible to tests/test_infer.c. Not installed. */
+#ifndef FR_INFER_INTERNAL_H
+#define FR_INFER_INTERNAL_H
+
+#include "frugal.h"
+#include "internal.h"
+
+#include <stdint.h>
+
+/* FP8 E4M3 (no infinities; 448 is the largest finite value; NaN = S.1111.111) and BF16
+ * conversions used by the latent KV cache. Encoding rounds to nearest even and saturates
+ * to +-448. */
+uint8_t fr_fp8_e4m3_encode(float x);
+float fr_fp8_e4m3_decode(uint8_t b);
+uint16_t fr_bf16_encode(float x);
+float fr_bf16_decode(uint16_t b);
+
+struct fr_sampler {
+    fr_sample_params p;
+    int V;
+    fr_rng rng;
+    float *work;      /* [V] adjusted logits / probabilities */
+    int *idx;         /* [V] candidate ids */
+    uint32_t *seen;   /* [V] stamp of the last penalty pass that touched the id */
+    uint32_t stamp;
+};
+
+/* Argmax with the lowest id on ties. */
+int fr_argmax(const float *x, int n);
+
+#endif

@@ -1,0 +1,188 @@
+/*
+ * sample.c — the deterministic token sampler (see fr_sample_params in frugal.h) and the
+ * number formats of the latent KV cache (BF16, FP8 E4M3).
+ *
+ * Order of the sampling steps: repeat penalty -> (greedy: argmax) -> temperature -> top-k
+ * -> softmax -> min-p -> top-p -> one uniform draw over the kept ids, sorted by
+ * probability (descending, ties by id), so the result depends only on the logits, the
+ * history and the RNG stream, never on threads.
+ */
+#include "infer_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- number formats */
+
+uint16_t fr_bf16_encode(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+float fr_bf16_decode(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float x;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+uint8_t fr_fp8_e4m3_encode(float x) {
+    if (isnan(x)) return 0x7f;
+    uint8_t sign = signbit(x) ? 0x80 : 0;
+    float a = fabsf(x);
+    if (a >= 448.0f) return sign | 0x7e;
+    if (a < 0.015625f) { /* below 2^-6: subnormal, steps of 2^-9 */
+        int q = (int)nearbyintf(a * 512.0f);
+        if (q >= 8) return sign | 0x08; /* rounds up to the smallest normal */
+        return sign | (uint8_t)q;
+    }
+    int e;
+    float m = frexpf(a, &e);         /* a = m 2^e, m in [0.5, 1) */
+    int E = e - 1;                   /* a = (2m) 2^E */
+    int mant = (int)nearbyintf((2.0f * m - 1.0f) * 8.0f);
+    if (mant == 8) { mant = 0; E++; }
+    if (E > 8 || (E == 8 && mant > 6)) return sign | 0x7e;
+    return sign | (uint8_t)((E + 7) << 3) | (uint8_t)mant;
+}
+
+float fr_fp8_e4m3_decode(uint8_t b) {
+    int exp = (b >> 3) & 15, mant = b & 7;
+    float v;
+    if (exp == 15 && mant == 7) v = NAN;
+    else if (exp == 0) v = (float)mant * (1.0f / 512.0f);
+    else v = ldexpf(1.0f + (float)mant / 8.0f, exp - 7);
+    return (b & 0x80) ? -v : v;
+}
+
+/* ---------------------------------------------------------------- sampler */
+
+void fr_sample_params_default(fr_sample_params *p) {
+    memset(p, 0, sizeof *p);
+    p->temperature = 0.8f;
+    p->top_k = 40;
+    p->top_p = 0.95f;
+    p->min_p = 0.05f;
+    p->repeat_penalty = 1.0f;
+    p->repeat_last_n = 64;
+    p->seed = 42;
+}
+
+int fr_argmax(const float *x, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+int fr_sampler_create(fr_sampler **out, const fr_sample_params *p, int vocab_size) {
+    fr_clear_error();
+    if (!out || !p || vocab_size <= 0) return fr_error(FR_ERR_ARG, "fr_sampler_create: invalid arguments");
+    *out = NULL;
+    if (!(p->temperature >= 0) || !isfinite(p->temperature))
+        return fr_error(FR_ERR_ARG, "temperature must be >= 0 (got %g)", p->temperature);
+    if (!(p->top_p > 0 && p->top_p <= 1)) return fr_error(FR_ERR_ARG, "top_p must be in (0, 1] (got %g)", p->top_p);
+    if (!(p->min_p >= 0 && p->min_p <= 1)) return fr_error(FR_ERR_ARG, "min_p must be in [0, 1] (got %g)", p->min_p);
+    if (!(p->repeat_penalty > 0) || !isfinite(p->repeat_penalty))
+        return fr_error(FR_ERR_ARG, "repeat_penalty must be > 0 (got %g)", p->repeat_penalty);
+    if (p->top_k < 0) return fr_error(FR_ERR_ARG, "top_k must be >= 0 (got %d)", p->top_k);
+    if (p->repeat_last_n < 0) return fr_error(FR_ERR_ARG, "repeat_last_n must be >= 0 (got %d)", p->repeat_last_n);
+    fr_sampler *s = calloc(1, sizeof *s);
+    if (!s) return fr_error(FR_ERR_NOMEM, "out of memory");
+    s->p = *p;
+    s->V = vocab_size;
+    s->work = malloc((size_t)vocab_size * sizeof(float));
+    s->idx = malloc((size_t)vocab_size * sizeof(int));
+    s->seen = calloc((size_t)vocab_size, sizeof(uint32_t));
+    if (!s->work || !s->idx || !s->seen) {
+        fr_sampler_free(s);
+        return fr_error(FR_ERR_NOMEM, "out of memory for a sampler over %d ids", vocab_size);
+    }
+    fr_rng_seed(&s->rng, p->seed);
+    *out = s;
+    return FR_OK;
+}
+
+void fr_sampler_free(fr_sampler *s) {
+    if (!s) return;
+    free(s->work);
+    free(s->idx);
+    free(s->seen);
+    free(s);
+}
+
+/* qsort comparator context: the probabilities being sorted (per thread). */
+static _Thread_local const float *t_sort_p;
+
+/* ids by t_sort_p[] descending, ties by id */
+static int by_prob_desc(const void *a, const void *b) {
+    int i = *(const int *)a, j = *(const int *)b;
+    float pi = t_sort_p[i], pj = t_sort_p[j];
+    if (pi > pj) return -1;
+    if (pi < pj) return 1;
+    return (i > j) - (i < j);
+}
+
+int fr_sampler_sample(fr_sampler *s, const float *logits, const int *history, int n_history) {
+    const int V = s->V;
+    const fr_sample_params *p = &s->p;
+    float *w = s->work;
+    memcpy(w, logits, (size_t)V * sizeof(float));
+
+    if (p->repeat_penalty != 1.0f && p->repeat_last_n > 0 && history && n_history > 0) {
+        if (++s->stamp == 0) { memset(s->seen, 0, (size_t)V * sizeof(uint32_t)); s->stamp = 1; }
+        int from = n_history > p->repeat_last_n ? n_history - p->repeat_last_n : 0;
+        for (int i = from; i < n_history; i++) {
+            int t = history[i];
+            if (t < 0 || t >= V || s->seen[t] == s->stamp) continue;
+            s->seen[t] = s->stamp;
+            w[t] = w[t] > 0 ? w[t] / p->repeat_penalty : w[t] * p->repeat_penalty;
+        }
+    }
+    if (p->temperature <= 0.0f) return fr_argmax(w, V);
+
+    /* candidates: all ids, or the top_k largest (ties by id) */
+    int n = V;
+    for (int i = 0; i < V; i++) { s->idx[i] = i; w[i] /= p->temperature; }
+    t_sort_p = w;
+    qsort(s->idx, (size_t)V, sizeof(int), by_prob_desc);
+    if (p->top_k > 0 && p->top_k < n) n = p->top_k;
+
+    /* softmax over the candidates (sorted, so idx[0] holds the max) */
+    float mx = w[s->idx[0]];
+    double sum = 0;
+    for (int i = 0; i < n; i++) {
+        int t = s->idx[i];
+        w[t] = expf(w[t] - mx);
+        sum += w[t];
+    }
+    for (int i = 0; i < n; i++) w[s->idx[i]] = (float)(w[s->idx[i]] / sum);
+
+    if (p->min_p > 0.0f) {
+        float thr = p->min_p * w[s->idx[0]];
+        int k = 1;
+        while (k < n && w[s->idx[k]] >= thr) k++;
+        n = k;
+    }
+    if (p->top_p < 1.0f) {
+        double cum = 0;
+        int k = 0;
+        while (k < n) {
+            cum += w[s->idx[k]];
+            k++;
+            if (cum >= p->top_p) break;
+        }
+        n = k;
+    }
+    double total = 0;
+    for (int i = 0; i < n; i++) total += w[s->idx[i]];
+    double u = fr_rng_uniform(&s->rng) * total, acc = 0;
+    for (int i = 0; i < n; i++) {
+        acc += w[s->idx[i]];
+        if (u < acc) return s->idx[i];
+    }
+    return s->idx[n - 1];
+}

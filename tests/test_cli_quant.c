@@ -1,0 +1,162 @@
+/* test_cli_quant.c — `frugal quantize`: help, usage errors (exit 2), runtime errors (exit 1),
+ * and a run with --eval-data --json on a tiny model whose numbers are checked against the
+ * library (fr_model_load_dequantized + fr_eval_dataset). */
+#define _GNU_SOURCE
+#include "frugal.h"
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef FR_FRUGAL_BIN
+#error "FR_FRUGAL_BIN must name the frugal binary (set by CMake)"
+#endif
+#ifndef FR_FIXTURES_DIR
+#define FR_FIXTURES_DIR "tests/fixtures"
+#endif
+
+/* Run `frugal ARGS` with stderr merged into *out (malloc'd); returns the exit status. */
+static int run_frugal(const char *args, char **out) {
+    size_t n = strlen(FR_FRUGAL_BIN) + strlen(args) + 32;
+    char *cmd = malloc(n);
+    snprintf(cmd, n, "'%s' %s 2>&1", FR_FRUGAL_BIN, args);
+    FILE *p = popen(cmd, "r");
+    free(cmd);
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    buf[0] = 0;
+    if (!p) {
+        *out = buf;
+        return -1;
+    }
+    size_t got;
+    while ((got = fread(buf + len, 1, cap - len - 1, p)) > 0) {
+        len += got;
+        if (cap - len < 1024) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+        }
+    }
+    buf[len] = 0;
+    int st = pclose(p);
+    *out = buf;
+    if (st == -1 || !WIFEXITED(st)) return -1;
+    return WEXITSTATUS(st);
+}
+
+static void expect(const char *args, int want_rc, const char *must1, const char *must2) {
+    char *out = NULL;
+    int rc = run_frugal(args, &out);
+    CHECK(rc == want_rc, "frugal %s: exit %d, want %d; output:\n%s", args, rc, want_rc, out);
+    if (must1) CHECK(strstr(out, must1) != NULL, "frugal %s: output lacks '%s':\n%s", args, must1, out);
+    if (must2) CHECK(strstr(out, must2) != NULL, "frugal %s: output lacks '%s':\n%s", args, must2, out);
+    free(out);
+}
+
+static const char *CONFIG =
+    "{\"architectures\": [\"DeepseekV3ForCausalLM\"], \"model_type\": \"deepseek_v3\",\n"
+    " \"vocab_size\": 1024, \"hidden_size\": 64, \"intermediate_size\": 96, \"moe_intermediate_size\": 32,\n"
+    " \"num_hidden_layers\": 2, \"num_attention_heads\": 2, \"num_key_value_heads\": 2,\n"
+    " \"q_lora_rank\": 32, \"kv_lora_rank\": 32, \"qk_nope_head_dim\": 16, \"qk_rope_head_dim\": 16,\n"
+    " \"v_head_dim\": 16, \"n_routed_experts\": 4, \"n_shared_experts\": 1, \"num_experts_per_tok\": 2,\n"
+    " \"n_group\": 2, \"topk_group\": 1, \"topk_method\": \"noaux_tc\", \"scoring_func\": \"sigmoid\",\n"
+    " \"norm_topk_prob\": true, \"routed_scaling_factor\": 2.5, \"first_k_dense_replace\": 1,\n"
+    " \"moe_layer_freq\": 1, \"num_nextn_predict_layers\": 0, \"max_position_embeddings\": 128,\n"
+    " \"rope_theta\": 10000.0, \"rope_scaling\": null, \"rope_interleave\": true, \"rms_norm_eps\": 1e-6,\n"
+    " \"tie_word_embeddings\": false, \"initializer_range\": 0.02, \"hidden_act\": \"silu\",\n"
+    " \"bos_token_id\": 0, \"eos_token_id\": 1, \"pad_token_id\": null}\n";
+
+/* Value of "key": number in a one-line JSON object (NaN if absent). */
+static double json_num(const char *text, const char *key) {
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\": ", key);
+    const char *p = strstr(text, pat);
+    return p ? strtod(p + strlen(pat), NULL) : NAN;
+}
+
+int main(void) {
+    expect("quantize --help", 0, "usage: frugal quantize", "q4_1");
+    expect("help quantize", 0, "usage: frugal quantize", NULL);
+    expect("help", 0, "quantize", NULL);
+    expect("quantize", 2, "--model", "usage");
+    expect("quantize --model m --out o", 2, "--type", NULL);
+    expect("quantize --model m --type q8_0", 2, "--out", NULL);
+    expect("quantize --model m --type q3_k --out o", 2, "q3_k", NULL);
+    expect("quantize --model m --type q8_0 --out o --bogus", 2, "--bogus", NULL);
+    expect("quantize --model m --type q8_0 --out o stray", 2, "stray", NULL);
+    expect("quantize --model m --type q8_0 --out o --eval-seq 1 --eval-data d", 2, "--eval-seq", NULL);
+    expect("quantize --model m --type q8_0 --out o --eval-seq 64", 2, "--eval-data", NULL);
+    expect("quantize --model m --type", 2, "--type", "needs a value");
+    expect("quantize --json=1 --model m --type q8_0 --out o", 2, "--json", NULL);
+
+    char tmp[] = "/tmp/frugal-test-cli-quant-XXXXXX";
+    if (!mkdtemp(tmp)) {
+        CHECK(0, "mkdtemp");
+        return fr_test_finish("test_cli_quant");
+    }
+    char model[256], out[256], data[256], args[2048];
+    snprintf(model, sizeof model, "%s/model", tmp);
+    snprintf(out, sizeof out, "%s/q8", tmp);
+    snprintf(data, sizeof data, "%s/data", tmp);
+
+    /* runtime errors: exit 1 with the reason */
+    snprintf(args, sizeof args, "quantize --model '%s/none' --type q8_0 --out '%s'", tmp, out);
+    expect(args, 1, "none", "error");
+    snprintf(args, sizeof args, "quantize --model '%s/v3_mtp' --type q4_1 --out '%s'", FR_FIXTURES_DIR, out);
+    expect(args, 1, "_proj.weight", "multiple of 32");
+
+    fr_config cfg;
+    fr_model *m = NULL;
+    mkdir(model, 0755);
+    int ok = fr_config_parse(&cfg, CONFIG, strlen(CONFIG)) == FR_OK && fr_model_create(&m, &cfg, 3) == FR_OK &&
+             fr_model_save(m, model) == FR_OK;
+    CHECK(ok, "tiny model: %s", fr_last_error());
+    const char *inputs[] = {FR_FIXTURES_DIR "/tokenizer/corpus.jsonl"};
+    fr_data_prepare_options o;
+    memset(&o, 0, sizeof o);
+    o.tokenizer_dir = FR_FIXTURES_DIR "/tokenizer/frugal_trained";
+    o.inputs = inputs;
+    o.n_inputs = 1;
+    o.output_dir = data;
+    o.val_fraction = 0.2;
+    o.num_threads = 2;
+    ok = ok && fr_data_prepare(&o, NULL) == FR_OK;
+    CHECK(ok, "dataset: %s", fr_last_error());
+    if (ok) {
+        snprintf(args, sizeof args, "quantize --model '%s' --type q8_0 --out '%s' --eval-data '%s' --eval-seq 64 --eval-tokens 1025 --json",
+                 model, out, data);
+        char *text = NULL;
+        int rc = run_frugal(args, &text);
+        CHECK(rc == 0, "quantize --eval-data: exit %d\n%s", rc, text);
+        double lf = json_num(text, "fp32_loss"), lq = json_num(text, "quant_loss"), nt = json_num(text, "eval_tokens");
+        double ref_f = NAN, ref_q = NAN;
+        long n = 0;
+        fr_eval_dataset(m, data, "val", 64, 8, 1025, &ref_f, &n);
+        fr_model *mq = NULL;
+        if (fr_model_load_dequantized(&mq, out) == FR_OK) {
+            fr_eval_dataset(mq, data, "val", 64, 8, 1025, &ref_q, NULL);
+            fr_model_free(mq);
+        }
+        CHECK(nt == 1024 && n == 1024, "eval tokens %g / %ld", nt, n);
+        /* the CLI prints 17 significant digits of the same computation */
+        CHECK(fabs(lf - ref_f) <= 1e-12 * fabs(ref_f) && fabs(lq - ref_q) <= 1e-12 * fabs(ref_q),
+              "CLI losses %.9g %.9g vs library %.9g %.9g", lf, lq, ref_f, ref_q);
+        CHECK(lf != lq, "the quantized loss differs from the FP32 one (the weights changed)");
+        free(text);
+        /* a second run into the same folder: refused, exit 1 */
+        snprintf(args, sizeof args, "quantize --model '%s' --type q8_0 --out '%s'", model, out);
+        expect(args, 1, "not empty", NULL);
+        /* text output */
+        snprintf(args, sizeof args, "quantize --model '%s' --type q4_1 --out '%s/q4' --quiet", model, tmp);
+        expect(args, 0, "wrote", "q4_1");
+    }
+    if (m) fr_model_free(m);
+    snprintf(args, sizeof args, "rm -rf '%s'", tmp);
+    if (system(args) != 0) fprintf(stderr, "could not remove %s\n", tmp);
+    return fr_test_finish("test_cli_quant");
+}

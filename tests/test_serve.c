@@ -1,0 +1,507 @@
+/* test_serve.c — `frugal serve` end to end, no Python needed: starts the real binary on a
+ * free loopback port with a tiny random model and talks HTTP to it over POSIX sockets.
+ * Covers the endpoints, SSE streaming, greedy answers equal to `frugal generate`, stop
+ * strings, errors (bad JSON, wrong types, huge bodies, long prompts, unknown model, wrong
+ * key), concurrency (continuous batching; a newcomer finishes while a long request runs),
+ * vanishing and slow clients, and a clean exit (status 0; under ASan also no leaks). */
+#include "serve_testutil.h"
+#include "testutil.h"
+
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <pthread.h>
+
+static int PORT;
+static const char *KEY_HDR = "Authorization: Bearer test-key\r\n";
+
+static cJSON *post_json(const char *path, const char *body, int *status) {
+    st_response r;
+    *status = -1;
+    if (st_http(PORT, "POST", path, KEY_HDR, body, &r) != 0) return NULL;
+    *status = r.status;
+    cJSON *j = cJSON_Parse(r.body);
+    st_response_free(&r);
+    return j;
+}
+
+static const char *jstr(const cJSON *o, const char *path) {
+    /* path like "choices.0.message.content" */
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", path);
+    const cJSON *cur = o;
+    for (char *tok = strtok(buf, "."); tok && cur; tok = strtok(NULL, ".")) {
+        if (tok[0] >= '0' && tok[0] <= '9') cur = cJSON_GetArrayItem(cur, atoi(tok));
+        else cur = cJSON_GetObjectItemCaseSensitive(cur, tok);
+    }
+    return cur && cJSON_IsString(cur) ? cur->valuestring : NULL;
+}
+
+static double jnum(const cJSON *o, const char *a, const char *b) {
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, a);
+    if (b) x = cJSON_GetObjectItemCaseSensitive(x, b);
+    return cJSON_IsNumber(x) ? x->valuedouble : -1;
+}
+
+/* An OpenAI-style error object with the given status and code. */
+static void expect_error(const char *what, int port, const char *method, const char *path, const char *headers,
+                         const char *body, int want_status, const char *want_code) {
+    st_response r;
+    int rc = st_http(port, method, path, headers, body, &r);
+    CHECK(rc == 0, "%s: no response", what);
+    if (rc != 0) return;
+    CHECK(r.status == want_status, "%s: status %d, want %d (%s)", what, r.status, want_status, r.body);
+    cJSON *j = cJSON_Parse(r.body);
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
+    CHECK(cJSON_IsObject(e) && cJSON_IsString(cJSON_GetObjectItemCaseSensitive(e, "message")) &&
+              cJSON_IsString(cJSON_GetObjectItemCaseSensitive(e, "type")) &&
+              cJSON_GetObjectItemCaseSensitive(e, "param") && cJSON_GetObjectItemCaseSensitive(e, "code"),
+          "%s: not an OpenAI error object: %s", what, r.body);
+    if (want_code) {
+        const char *code = jstr(j, "error.code");
+        CHECK(code && strcmp(code, want_code) == 0, "%s: code %s, want %s", what, code ? code : "(null)", want_code);
+    }
+    cJSON_Delete(j);
+    st_response_free(&r);
+}
+
+/* Concatenated delta text of an SSE body; *events = content events, *done = saw [DONE]. */
+static char *sse_text(const char *body, int chat, int *events, int *done, char *finish, size_t fn) {
+    size_t cap = strlen(body) + 1, n = 0;
+    char *out = calloc(1, cap);
+    *events = 0;
+    *done = 0;
+    if (finish && fn) finish[0] = 0;
+    const char *p = body;
+    while ((p = strstr(p, "data: ")) != NULL) {
+        p += 6;
+        const char *e = strstr(p, "\n\n");
+        if (!e) break;
+        if (strncmp(p, "[DONE]", 6) == 0) {
+            *done = 1;
+            break;
+        }
+        cJSON *j = cJSON_ParseWithLength(p, (size_t)(e - p));
+        const char *t = jstr(j, chat ? "choices.0.delta.content" : "choices.0.text");
+        const char *f = jstr(j, "choices.0.finish_reason");
+        if (f && finish) snprintf(finish, fn, "%s", f);
+        if (t && t[0]) {
+            size_t l = strlen(t);
+            memcpy(out + n, t, l);
+            n += l;
+            (*events)++;
+        }
+        cJSON_Delete(j);
+        p = e;
+    }
+    return out;
+}
+
+static long metric(const char *name) {
+    st_response r;
+    if (st_http(PORT, "GET", "/metrics", NULL, NULL, &r) != 0) return -1;
+    char key[128];
+    snprintf(key, sizeof key, "\n%s ", name);
+    const char *p = strstr(r.body, key);
+    long v = p ? atol(p + strlen(key)) : -1;
+    st_response_free(&r);
+    return v;
+}
+
+/* The server's rule for text that is not valid UTF-8: each byte that starts no valid
+ * sequence (and NUL) becomes U+FFFD. In place into a new buffer. */
+static char *utf8_fix(const char *s) {
+    const unsigned char *u = (const unsigned char *)s;
+    size_t n = strlen(s), k = 0;
+    char *o = malloc(3 * n + 1);
+    for (size_t i = 0; i < n;) {
+        unsigned c = u[i];
+        size_t len = 0;
+        unsigned lo = 0x80, hi = 0xBF;
+        if (c < 0x80) len = 1;
+        else if (c >= 0xC2 && c <= 0xDF) len = 2;
+        else if (c >= 0xE0 && c <= 0xEF) len = 3, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+        else if (c >= 0xF0 && c <= 0xF4) len = 4, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+        int ok = len > 0 && i + len <= n;
+        if (ok && len > 1) ok = u[i + 1] >= lo && u[i + 1] <= hi;
+        for (size_t j = 2; ok && j < len; j++) ok = (u[i + j] & 0xC0) == 0x80;
+        if (ok) {
+            memcpy(o + k, s + i, len);
+            k += len;
+            i += len;
+        } else {
+            memcpy(o + k, "\xef\xbf\xbd", 3);
+            k += 3;
+            i++;
+        }
+    }
+    o[k] = 0;
+    return o;
+}
+
+/* `frugal generate` greedy output for the prompt (stdout, without the trailing newline). */
+static char *generate_cli(const char *dir, const char *prompt, int max_tokens) {
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "'%s' generate --model '%s' --prompt '%s' --max-tokens %d --temperature 0 --ignore-eos 2>/dev/null",
+             FR_FRUGAL_BIN, dir, prompt, max_tokens);
+    FILE *f = popen(cmd, "r");
+    if (!f) return NULL;
+    size_t cap = 1 << 16, n = 0;
+    char *out = malloc(cap);
+    size_t r;
+    while ((r = fread(out + n, 1, cap - n - 1, f)) > 0) n += r;
+    out[n] = 0;
+    int st = pclose(f);
+    if (st != 0) {
+        free(out);
+        return NULL;
+    }
+    if (n && out[n - 1] == '\n') out[n - 1] = 0;
+    char *fixed = utf8_fix(out);
+    free(out);
+    return fixed;
+}
+
+typedef struct {
+    const char *body;
+    int chat;
+    int status, events, done;
+    char *text;
+    double t_end;
+} stream_job;
+
+static void *stream_thread(void *arg) {
+    stream_job *j = arg;
+    st_response r;
+    j->status = -1;
+    if (st_http(PORT, "POST", j->chat ? "/v1/chat/completions" : "/v1/completions", KEY_HDR, j->body, &r) == 0) {
+        j->status = r.status;
+        j->text = sse_text(r.body, j->chat, &j->events, &j->done, NULL, 0);
+        st_response_free(&r);
+    }
+    j->t_end = st_now();
+    return NULL;
+}
+
+static void test_basic(const char *dir) {
+    st_response r;
+    CHECK(st_http(PORT, "GET", "/health", NULL, NULL, &r) == 0 && r.status == 200 && strstr(r.body, "ok"),
+          "GET /health");
+    st_response_free(&r);
+    CHECK(st_http(PORT, "GET", "/", NULL, NULL, &r) == 0 && r.status == 200 && strstr(r.body, "<html") &&
+              strstr(r.body, "/v1/chat/completions") && strstr(r.head, "text/html"),
+          "GET / serves the chat page");
+    st_response_free(&r);
+    CHECK(st_http(PORT, "GET", "/v1/models", KEY_HDR, NULL, &r) == 0 && r.status == 200 && strstr(r.body, "\"tiny\""),
+          "GET /v1/models lists 'tiny': %s", r.body ? r.body : "");
+    st_response_free(&r);
+    CHECK(st_http(PORT, "GET", "/metrics", NULL, NULL, &r) == 0 && r.status == 200 &&
+              strstr(r.body, "frugal_kv_cache_used_bytes") && strstr(r.body, "frugal_queue_depth") &&
+              strstr(r.body, "frugal_tokens_per_second") && strstr(r.body, "# TYPE frugal_http_requests_total counter"),
+          "GET /metrics in Prometheus text format");
+    st_response_free(&r);
+
+    /* greedy completion == frugal generate */
+    const char *prompt = "In the beginning";
+    int status;
+    cJSON *j = post_json("/v1/completions",
+                         "{\"model\":\"tiny\",\"prompt\":\"In the beginning\",\"max_tokens\":16,\"temperature\":0,\"ignore_eos\":true}", &status);
+    const char *text = jstr(j, "choices.0.text");
+    CHECK(status == 200 && text, "completion: status %d", status);
+    CHECK(jstr(j, "object") && strcmp(jstr(j, "object"), "text_completion") == 0, "completion object");
+    double pt = jnum(j, "usage", "prompt_tokens"), ct = jnum(j, "usage", "completion_tokens"),
+           tt = jnum(j, "usage", "total_tokens");
+    CHECK(pt > 0 && ct == 16 && tt == pt + ct, "usage %g + %g = %g", pt, ct, tt);
+    char *ref = generate_cli(dir, prompt, 16);
+    CHECK(ref != NULL, "frugal generate ran");
+    if (ref && text) {
+        size_t pl = strlen(prompt);
+        CHECK(strncmp(ref, prompt, pl) == 0 && strcmp(ref + pl, text) == 0,
+              "greedy API text equals frugal generate:\n  api: [%s]\n  cli: [%s]", text, ref + pl);
+    }
+    /* stop string: cut before its first occurrence */
+    size_t at = 2;
+    while (text && text[at] && text[at + 1] && !(isalnum((unsigned char)text[at]) && isalnum((unsigned char)text[at + 1]))) at++;
+    CHECK(text && text[at] && text[at + 1], "the greedy text has two ASCII letters for a stop string: [%s]", text ? text : "");
+    if (text && text[at] && text[at + 1]) {
+        char stop[8], body[512];
+        memcpy(stop, text + at, 2);
+        stop[2] = 0;
+        cJSON *sj = cJSON_CreateObject();
+        cJSON_AddStringToObject(sj, "prompt", prompt);
+        cJSON_AddNumberToObject(sj, "max_tokens", 16);
+        cJSON_AddNumberToObject(sj, "temperature", 0);
+        cJSON_AddTrueToObject(sj, "ignore_eos");
+        cJSON_AddStringToObject(sj, "stop", stop);
+        char *sb = cJSON_PrintUnformatted(sj);
+        snprintf(body, sizeof body, "%s", sb);
+        free(sb);
+        cJSON_Delete(sj);
+        cJSON *k = post_json("/v1/completions", body, &status);
+        const char *t2 = jstr(k, "choices.0.text");
+        const char *cut = strstr(text, stop);
+        CHECK(status == 200 && t2 && cut && strlen(t2) == (size_t)(cut - text) && strncmp(t2, text, strlen(t2)) == 0,
+              "stop '%s': got [%s] from [%s]", stop, t2 ? t2 : "(null)", text);
+        CHECK(jstr(k, "choices.0.finish_reason") && strcmp(jstr(k, "choices.0.finish_reason"), "stop") == 0,
+              "stop: finish_reason stop");
+        cJSON_Delete(k);
+    }
+
+    /* streaming completion: same text as the non-streaming one */
+    stream_job sj = {.body = "{\"prompt\":\"In the beginning\",\"max_tokens\":16,\"temperature\":0,\"ignore_eos\":true,\"stream\":true}"};
+    stream_thread(&sj);
+    CHECK(sj.status == 200 && sj.done && sj.events >= 2, "streaming completion: status %d, %d events, done %d",
+          sj.status, sj.events, sj.done);
+    CHECK(text && sj.text && strcmp(sj.text, text) == 0, "stream text equals non-stream text: [%s] vs [%s]",
+          sj.text ? sj.text : "", text ? text : "");
+    free(sj.text);
+    free(ref);
+    cJSON_Delete(j);
+
+    /* chat, non-streaming and streaming (with usage) */
+    const char *chat = "{\"model\":\"tiny\",\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},"
+                       "{\"role\":\"user\",\"content\":\"Hello there\"}],\"max_tokens\":12,\"temperature\":0,\"ignore_eos\":true}";
+    j = post_json("/v1/chat/completions", chat, &status);
+    const char *content = jstr(j, "choices.0.message.content");
+    CHECK(status == 200 && content && jstr(j, "choices.0.message.role") &&
+              strcmp(jstr(j, "choices.0.message.role"), "assistant") == 0 && jnum(j, "usage", "completion_tokens") == 12,
+          "chat completion: status %d", status);
+    CHECK(jstr(j, "choices.0.finish_reason") && strcmp(jstr(j, "choices.0.finish_reason"), "length") == 0,
+          "chat: finish_reason length");
+    char sbody[600];
+    snprintf(sbody, sizeof sbody, "%.*s,\"stream\":true,\"stream_options\":{\"include_usage\":true}}",
+             (int)strlen(chat) - 1, chat);
+    st_response sr;
+    CHECK(st_http(PORT, "POST", "/v1/chat/completions", KEY_HDR, sbody, &sr) == 0 && sr.status == 200 &&
+              strcasestr(sr.head, "text/event-stream"),
+          "streaming chat: SSE response");
+    int ev = 0, done = 0;
+    char finish[32];
+    char *st = sse_text(sr.body ? sr.body : "", 1, &ev, &done, finish, sizeof finish);
+    CHECK(done && ev >= 2 && content && strcmp(st, content) == 0, "streamed chat equals non-streamed: [%s] vs [%s] (%zu / %zu bytes)", st,
+          content ? content : "", strlen(st), content ? strlen(content) : 0);
+    CHECK(strcmp(finish, "length") == 0, "streamed finish_reason %s", finish);
+    CHECK(sr.body && strstr(sr.body, "\"completion_tokens\":12"), "stream usage chunk");
+    free(st);
+    st_response_free(&sr);
+    cJSON_Delete(j);
+}
+
+static void test_errors(void) {
+    const char *C = "/v1/completions";
+    expect_error("invalid JSON", PORT, "POST", C, KEY_HDR, "{\"prompt\": ", 400, "invalid_json");
+    expect_error("not an object", PORT, "POST", C, KEY_HDR, "[1,2]", 400, NULL);
+    expect_error("prompt type", PORT, "POST", C, KEY_HDR, "{\"prompt\": {\"a\":1}}", 400, "invalid_type");
+    expect_error("max_tokens type", PORT, "POST", C, KEY_HDR, "{\"prompt\":\"a\",\"max_tokens\":\"9\"}", 400, "invalid_type");
+    expect_error("max_tokens fraction", PORT, "POST", C, KEY_HDR, "{\"prompt\":\"a\",\"max_tokens\":2.5}", 400, "invalid_type");
+    expect_error("temperature range", PORT, "POST", C, KEY_HDR, "{\"prompt\":\"a\",\"temperature\":-1}", 400, "invalid_value");
+    expect_error("stream type", PORT, "POST", C, KEY_HDR, "{\"prompt\":\"a\",\"stream\":\"yes\"}", 400, "invalid_type");
+    expect_error("stop type", PORT, "POST", C, KEY_HDR, "{\"prompt\":\"a\",\"stop\":[1]}", 400, "invalid_type");
+    expect_error("n = 2", PORT, "POST", C, KEY_HDR, "{\"prompt\":\"a\",\"n\":2}", 400, "invalid_value");
+    expect_error("token id range", PORT, "POST", C, KEY_HDR, "{\"prompt\":[1,99999]}", 400, "invalid_value");
+    expect_error("missing prompt", PORT, "POST", C, KEY_HDR, "{}", 400, "missing_required_parameter");
+    expect_error("messages type", PORT, "POST", "/v1/chat/completions", KEY_HDR, "{\"messages\":\"hi\"}", 400, "invalid_type");
+    expect_error("bad role", PORT, "POST", "/v1/chat/completions", KEY_HDR,
+                 "{\"messages\":[{\"role\":\"wizard\",\"content\":\"x\"}]}", 400, "invalid_value");
+    expect_error("unknown model", PORT, "POST", C, KEY_HDR, "{\"model\":\"gpt-9\",\"prompt\":\"a\"}", 404, "model_not_found");
+    expect_error("no key", PORT, "POST", C, NULL, "{\"prompt\":\"a\"}", 401, "invalid_api_key");
+    expect_error("wrong key", PORT, "GET", "/v1/models", "Authorization: Bearer nope\r\n", NULL, 401, "invalid_api_key");
+    expect_error("unknown path", PORT, "GET", "/v2/everything", NULL, NULL, 404, NULL);
+    expect_error("wrong method", PORT, "GET", C, KEY_HDR, NULL, 405, NULL);
+    /* too-long prompt: the context is 256 tokens */
+    size_t n = 20000;
+    char *big = malloc(n + 64);
+    strcpy(big, "{\"prompt\":\"");
+    size_t k = strlen(big);
+    for (size_t i = 0; i < 3000; i++) big[k++] = (char)('a' + (i * 7) % 26), big[k++] = ' ';
+    strcpy(big + k, "\"}");
+    expect_error("prompt longer than --ctx", PORT, "POST", C, KEY_HDR, big, 400, "context_length_exceeded");
+    free(big);
+    /* huge body: 2 MiB, refused with 413 (from Content-Length, before it is read) */
+    n = 2u << 20;
+    big = malloc(n + 1);
+    memset(big, ' ', n);
+    big[n] = 0;
+    {   /* announce 2 MiB: the answer comes before the body is sent */
+        int fd2 = st_connect(PORT);
+        char head[256];
+        int hl = snprintf(head, sizeof head, "POST %s HTTP/1.1\r\nHost: x\r\n%sContent-Length: %zu\r\n\r\n", C, KEY_HDR, n);
+        st_send_all(fd2, head, (size_t)hl);
+        st_response r;
+        int rc = st_read_response(fd2, &r);
+        CHECK(rc == 0 && r.status == 413 && strstr(r.body, "request_too_large"), "2 MiB Content-Length: status %d",
+              rc == 0 ? r.status : -1);
+        st_response_free(&r);
+        close(fd2);
+    }
+    /* the same without Content-Length (chunked upload): 413 after 1 MiB */
+    int fd = st_connect(PORT);
+    if (fd >= 0) {
+        char head[256];
+        int hl = snprintf(head, sizeof head,
+                          "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n%sTransfer-Encoding: chunked\r\n\r\n",
+                          KEY_HDR);
+        st_send_all(fd, head, (size_t)hl);
+        for (int i = 0; i < 24; i++) { /* 24 x 64 KiB = 1.5 MiB */
+            char ch[16];
+            int cl = snprintf(ch, sizeof ch, "%x\r\n", 65536);
+            if (st_send_all(fd, ch, (size_t)cl) || st_send_all(fd, big, 65536) || st_send_all(fd, "\r\n", 2)) break;
+        }
+        st_send_all(fd, "0\r\n\r\n", 5);
+        st_response r;
+        int rc = st_read_response(fd, &r);
+        CHECK(rc == 0 && r.status == 413, "chunked 1.5 MiB body: status %d", rc == 0 ? r.status : -1);
+        st_response_free(&r);
+        close(fd);
+    }
+    free(big);
+    /* invalid UTF-8 and NUL bytes inside JSON strings do not crash it */
+    expect_error("truncated escape", PORT, "POST", C, KEY_HDR, "{\"prompt\":\"\\u12", 400, "invalid_json");
+    st_response r;
+    CHECK(st_http(PORT, "POST", C, KEY_HDR, "{\"prompt\":\"\xff\xfe\\u0000x\",\"max_tokens\":2}", &r) == 0 &&
+              (r.status == 200 || r.status == 400),
+          "odd bytes in the prompt: status %d", r.status);
+    st_response_free(&r);
+}
+
+static void test_concurrency(void) {
+    /* 8 concurrent greedy streams (different prompts) = the same requests one at a time */
+    enum { N = 8 };
+    stream_job jobs[N];
+    char bodies[N][256];
+    char *seq_text[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(bodies[i], sizeof bodies[i],
+                 "{\"prompt\":\"Request number %d says\",\"max_tokens\":24,\"temperature\":0,\"ignore_eos\":true,\"stream\":true}", i);
+        memset(&jobs[i], 0, sizeof jobs[i]);
+        jobs[i].body = bodies[i];
+        stream_thread(&jobs[i]);
+        seq_text[i] = jobs[i].text;
+        CHECK(jobs[i].status == 200 && jobs[i].done, "sequential stream %d", i);
+    }
+    long steps0 = metric("frugal_decode_steps_total"), rows0 = metric("frugal_decode_rows_total");
+    pthread_t th[N];
+    for (int i = 0; i < N; i++) {
+        memset(&jobs[i], 0, sizeof jobs[i]);
+        jobs[i].body = bodies[i];
+        pthread_create(&th[i], NULL, stream_thread, &jobs[i]);
+    }
+    for (int i = 0; i < N; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < N; i++) {
+        CHECK(jobs[i].status == 200 && jobs[i].done && jobs[i].events >= 1, "concurrent stream %d: status %d", i,
+              jobs[i].status);
+        CHECK(jobs[i].text && seq_text[i] && strcmp(jobs[i].text, seq_text[i]) == 0,
+              "concurrent stream %d equals its sequential answer:\n  [%s]\n  [%s]", i, jobs[i].text ? jobs[i].text : "",
+              seq_text[i] ? seq_text[i] : "");
+        free(jobs[i].text);
+        free(seq_text[i]);
+    }
+    long steps = metric("frugal_decode_steps_total") - steps0, rows = metric("frugal_decode_rows_total") - rows0;
+    CHECK(steps > 0 && rows >= 8 * 23 && (double)rows / (double)steps > 1.5,
+          "decode steps shared: %ld rows in %ld steps", rows, steps);
+
+    /* a newcomer joins while a long request runs, and finishes first */
+    stream_job lj = {.body = "{\"prompt\":\"Long\",\"max_tokens\":230,\"temperature\":0,\"ignore_eos\":true,\"stream\":true}"};
+    pthread_t lt;
+    pthread_create(&lt, NULL, stream_thread, &lj);
+    for (int i = 0; i < 200 && metric("frugal_slots_active") < 1; i++) usleep(2000);
+    int status;
+    cJSON *j = post_json("/v1/completions", "{\"prompt\":\"Short\",\"max_tokens\":2,\"temperature\":0,\"ignore_eos\":true}", &status);
+    double t_short = st_now();
+    pthread_join(lt, NULL);
+    CHECK(status == 200 && lj.status == 200 && lj.done, "long + short: statuses %d %d", lj.status, status);
+    CHECK(t_short < lj.t_end, "the short request finished while the long one was running (%.3f s before)",
+          lj.t_end - t_short);
+    free(lj.text);
+    cJSON_Delete(j);
+}
+
+static void test_clients(void) {
+    /* a streaming client that vanishes frees its slot at once */
+    long c0 = metric("frugal_requests_cancelled_total");
+    int fd = st_connect(PORT);
+    const char *body = "{\"prompt\":\"Forever\",\"max_tokens\":250,\"temperature\":0.8,\"ignore_eos\":true,\"stream\":true}";
+    st_send_request(fd, "POST", "/v1/completions", KEY_HDR, body, strlen(body));
+    char buf[512];
+    ssize_t got = recv(fd, buf, sizeof buf, 0);
+    CHECK(got > 0, "vanishing client got its first bytes");
+    close(fd);
+    int ok = 0;
+    for (int i = 0; i < 300 && !ok; i++) {
+        ok = metric("frugal_requests_cancelled_total") == c0 + 1 && metric("frugal_slots_active") == 0;
+        if (!ok) usleep(10000);
+    }
+    CHECK(ok, "a disconnected streaming client frees its slot");
+    /* a non-streaming client that vanishes while waiting */
+    fd = st_connect(PORT);
+    body = "{\"prompt\":\"Forever\",\"max_tokens\":250,\"temperature\":0.8,\"ignore_eos\":true}";
+    st_send_request(fd, "POST", "/v1/completions", KEY_HDR, body, strlen(body));
+    usleep(20000);
+    close(fd);
+    ok = 0;
+    for (int i = 0; i < 300 && !ok; i++) {
+        long c = metric("frugal_requests_cancelled_total"), f = metric("frugal_requests_finished_total");
+        (void)f;
+        ok = c >= c0 + 1 && metric("frugal_slots_active") == 0;
+        if (!ok) usleep(10000);
+    }
+    CHECK(ok, "a disconnected non-streaming client frees its slot");
+    /* slow clients (half a request line, half a body) do not block others */
+    int slow1 = st_connect(PORT), slow2 = st_connect(PORT);
+    st_send_all(slow1, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Le", 48);
+    char head[256];
+    int hl = snprintf(head, sizeof head, "POST /v1/completions HTTP/1.1\r\nHost: x\r\n%sContent-Length: 100\r\n\r\n{\"pro", KEY_HDR);
+    st_send_all(slow2, head, (size_t)hl);
+    int status;
+    cJSON *j = post_json("/v1/completions", "{\"prompt\":\"Meanwhile\",\"max_tokens\":3}", &status);
+    CHECK(status == 200, "served while two clients stall: %d", status);
+    cJSON_Delete(j);
+    close(slow1);
+    close(slow2);
+    /* garbage that is not HTTP */
+    fd = st_connect(PORT);
+    st_send_all(fd, "\x16\x03\x01\x02\x00garbage\r\n\r\n", 17);
+    st_response r;
+    st_read_response(fd, &r);
+    st_response_free(&r);
+    close(fd);
+    st_response h;
+    CHECK(st_http(PORT, "GET", "/health", NULL, NULL, &h) == 0 && h.status == 200, "still healthy");
+    st_response_free(&h);
+}
+
+int main(void) {
+    signal(SIGPIPE, SIG_IGN);
+    char tmp[] = "/tmp/frugal-test-serve-XXXXXX", dir[300];
+    if (!mkdtemp(tmp)) return 1;
+    CHECK(st_make_model(tmp, dir, sizeof dir) == 0, "tiny model in %s", tmp);
+    /* usage errors */
+    CHECK(system("'" FR_FRUGAL_BIN "' serve 2>/dev/null") >> 8 == 2, "serve without --model: exit 2");
+    CHECK(system("'" FR_FRUGAL_BIN "' serve --model x.gguf 2>&1 | grep -q 'not supported yet'") == 0,
+          "serve --model FILE.gguf: not supported yet");
+    st_server srv;
+    const char *extra[] = {"--parallel", "8", "--ctx", "256", "--api-key", "test-key", "--threads", "2", NULL};
+    if (st_start(&srv, tmp, dir, extra) != 0) {
+        CHECK(0, "server did not start (log %s)", srv.log);
+        return fr_test_finish("test_serve");
+    }
+    PORT = srv.port;
+    test_basic(dir);
+    test_errors();
+    test_concurrency();
+    test_clients();
+    int code = st_stop(&srv);
+    CHECK(code == 0, "server exit status %d on SIGTERM (log %s)", code, srv.log);
+    FILE *f = fopen(srv.log, "r");
+    char line[1024];
+    int sanitizer = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (strstr(line, "Sanitizer") || strstr(line, "runtime error")) sanitizer = 1;
+    if (f) fclose(f);
+    CHECK(!sanitizer, "no sanitizer report in %s", srv.log);
+    if (fr_test_failed == 0) {
+        char cmd[400];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+        if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp);
+    }
+    return fr_test_finish("test_serve");
+}
