@@ -3,6 +3,7 @@
 #   make            install missing Debian packages, then build Release into build/
 #   make demo       the main job: install, build, prepare the KJV corpus, train ~10 min, plot, cost
 #   make test       build Release and run its tests, then the ASan/UBSan build (build-asan/) and its tests
+#   make serve-test-deps  pip-install the openai client into build/venv-serve (network) for the serve tests
 #   make fixtures   regenerate tests/fixtures with Python + transformers (needs network; tests do not)
 #   make bench      build Release and run bench_peak and bench_model
 #   make clean      remove build/ and build-asan/
@@ -14,7 +15,7 @@ CMAKE      ?= cmake
 CTEST      ?= ctest
 PYTHON     ?= python3
 
-.PHONY: demo all deps build test test-release test-asan asan fixtures bench clean help
+.PHONY: demo all deps build test test-release test-asan asan fixtures bench clean help serve-test-deps
 
 all: build
 
@@ -22,7 +23,7 @@ demo: build
 	scripts/demo.sh
 
 help:
-	@sed -n '3,8p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
 
 deps:
 	scripts/install-deps.sh --check || scripts/install-deps.sh
@@ -45,6 +46,11 @@ asan: deps
 test-asan: test-release asan
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 		$(CTEST) --test-dir $(BUILD_ASAN) --output-on-failure
+
+# The openai Python client for tests/test_serve.py (test_serve_py finds build/venv-serve).
+serve-test-deps:
+	$(PYTHON) -m venv $(BUILD)/venv-serve
+	$(BUILD)/venv-serve/bin/pip install -q -r tools/requirements-serve.txt
 
 fixtures:
 	$(PYTHON) -m pip install -q -r tools/requirements.txt

@@ -5,7 +5,7 @@
  *
  * Starts `frugal serve --model DIR --port 0 --parallel P` (or, with --port, uses a server
  * already listening there), then for each client count C runs C threads that each send
- * --requests streaming /v1/completions requests back to back (sampling, temperature 0.8,
+ * --requests streaming /v1/completions requests back to back (sampling, --temperature 0.8,
  * ignore_eos, so every request produces exactly --max-tokens tokens). Reports per level:
  * aggregate generated tokens/s (all tokens / wall time), time to first token and per-token
  * latency (gap between consecutive streamed tokens) percentiles, and failed requests.
@@ -34,6 +34,7 @@ static double now_s(void) {
 }
 
 static int g_port, g_max_tokens = 64, g_requests = 4;
+static double g_temperature = 0.8;
 
 typedef struct {
     int id;
@@ -73,9 +74,9 @@ static long one_request(client *c, int k) {
     char body[512], req[1024];
     int bl = snprintf(body, sizeof body,
                       "{\"prompt\":\"And it came to pass, client %d request %d, that\",\"max_tokens\":%d,"
-                      "\"temperature\":0.8,\"seed\":%d,\"ignore_eos\":true,\"stream\":true,"
+                      "\"temperature\":%g,\"seed\":%d,\"ignore_eos\":true,\"stream\":true,"
                       "\"stream_options\":{\"include_usage\":true}}",
-                      c->id, k, g_max_tokens, c->id * 1000 + k);
+                      c->id, k, g_max_tokens, g_temperature, c->id * 1000 + k);
     int rl = snprintf(req, sizeof req,
                       "POST /v1/completions HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                       "Content-Length: %d\r\n\r\n%s", bl, body);
@@ -160,7 +161,7 @@ int main(int argc, char **argv) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             printf("usage: bench_serve --model DIR [--clients 1,8,32] [--requests 4] [--max-tokens 64] [--parallel 32]\n"
-                   "                   [--threads T] [--frugal PATH] [--port P (use a running server)]\n");
+                   "                   [--threads T] [--temperature 0.8] [--frugal PATH] [--port P (use a running server)]\n");
             return 0;
         }
         if (!v) { fprintf(stderr, "bench_serve: %s needs a value\n", a); return 2; }
@@ -172,6 +173,7 @@ int main(int argc, char **argv) {
         else if (strcmp(a, "--parallel") == 0) parallel = atoi(v);
         else if (strcmp(a, "--threads") == 0) threads = atoi(v);
         else if (strcmp(a, "--port") == 0) port = atoi(v);
+        else if (strcmp(a, "--temperature") == 0) g_temperature = atof(v);
         else { fprintf(stderr, "bench_serve: unknown option %s\n", a); return 2; }
         i++;
     }
@@ -219,8 +221,8 @@ int main(int argc, char **argv) {
         }
     }
     g_port = port;
-    printf("frugal serve on port %d: %s, --parallel %d, %d requests per client, %d tokens each (temperature 0.8)\n\n",
-           port, model ? model : "(running server)", parallel, g_requests, g_max_tokens);
+    printf("frugal serve on port %d: %s, --parallel %d, %d requests per client, %d tokens each (temperature %g)\n\n",
+           port, model ? model : "(running server)", parallel, g_requests, g_max_tokens, g_temperature);
     printf("| clients | requests | failed | tokens | wall s | aggregate tok/s | TTFT p50 ms | TTFT p95 ms | per-token p50 ms | p95 ms | p99 ms |\n");
     printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
     int total_failed = 0;

@@ -10,6 +10,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
 
 #define MAX_STOPS 16
 
@@ -23,7 +25,7 @@ void usage_generate(FILE *f) {
             "token at start-up; tokens/s and speculative acceptance at the end) goes to stderr.\n"
             "\n"
             "Options:\n"
-            "  --model DIR          model folder\n"
+            "  --model DIR          model folder, or a deepseek2 .gguf file (frugal convert --to gguf)\n"
             "  --prompt TEXT        the prompt (required)\n"
             "  --max-tokens N       new tokens (default 128)\n"
             "  --temperature T      0 = greedy (default 0.8)\n"
@@ -55,7 +57,7 @@ void usage_chat(FILE *f) {
             "Commands: /reset forgets the history, /quit (or end of input, Ctrl-D) leaves.\n"
             "\n"
             "Options:\n"
-            "  --model DIR          model folder (with tokenizer.json)\n"
+            "  --model DIR          model folder (with tokenizer.json), or a deepseek2 .gguf file\n"
             "  --system TEXT        system prompt\n"
             "  --max-tokens N       longest reply (default 256)\n"
             "  --temperature, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n, --seed,\n"
@@ -172,7 +174,10 @@ static const char *W_NAMES[] = {"f32", "bf16", "q8_0", "q4_1"};
 static int open_model(const gen_args *a, fr_engine **e, fr_tokenizer **tok) {
     *e = NULL;
     *tok = NULL;
-    if (cli_check_dir(a->model, "model folder") != CLI_EXIT_OK) return CLI_EXIT_FAIL;
+    size_t ml = strlen(a->model);
+    struct stat sb;
+    const int gguf = ml >= 5 && strcasecmp(a->model + ml - 5, ".gguf") == 0 && stat(a->model, &sb) == 0 && S_ISREG(sb.st_mode);
+    if (!gguf && cli_check_dir(a->model, "model folder") != CLI_EXIT_OK) return CLI_EXIT_FAIL;
     fr_engine_options o;
     fr_engine_options_default(&o);
     o.weight_type = a->weights;
@@ -182,7 +187,7 @@ static int open_model(const gen_args *a, fr_engine **e, fr_tokenizer **tok) {
     o.load_mtp = a->speculative;
     double t0 = cli_now();
     if (fr_engine_load(e, a->model, &o) != FR_OK) return cli_fail_lib("cannot load the model");
-    if (fr_tokenizer_load(tok, a->model) != FR_OK) {
+    if ((gguf ? fr_tokenizer_load_gguf(tok, a->model) : fr_tokenizer_load(tok, a->model)) != FR_OK) {
         fr_engine_free(*e);
         *e = NULL;
         return cli_fail_lib("cannot load the tokenizer");
@@ -309,49 +314,26 @@ static void hist_clear(history *h, int keep) {
     h->n = keep;
 }
 
-typedef struct { char *s; size_t n, cap; int oom; } sbuf;
-static void sb_add(sbuf *b, const char *s) {
-    size_t l = strlen(s);
-    if (b->n + l + 1 > b->cap) {
-        size_t cap = (b->n + l + 1) * 2;
-        char *p = realloc(b->s, cap);
-        if (!p) { b->oom = 1; return; }
-        b->s = p;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->n, s, l + 1);
-    b->n += l;
-}
-
-#define USER_TAG "<\xef\xbd\x9cUser\xef\xbd\x9c>"
-#define ASSISTANT_TAG "<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>"
-
-/* Render messages [first, n) (a leading system message is always kept) in the DeepSeek-V3
- * format: bos + system (+ "\n\n" when the template adds it) + per turn <｜User｜>msg or
- * <｜Assistant｜>reply + eos, then <｜Assistant｜> for the reply to come. */
-static char *render(const history *h, int first, const char *bos, const char *eos, int system_sep) {
-    sbuf b = {0};
-    sb_add(&b, bos);
-    int start = 0;
+/* Render messages [first, n) (a leading system message is always kept) with the library's
+ * DeepSeek-V3 chat renderer, ending with the assistant tag for the reply to come. */
+static char *render(const fr_tokenizer *tok, const history *h, int first) {
+    fr_chat_message *m = malloc((size_t)(h->n + 1) * sizeof *m);
+    if (!m) return NULL;
+    int k = 0, start = 0;
     if (h->n > 0 && strcmp(h->role[0], "system") == 0) {
-        sb_add(&b, h->content[0]);
-        if (system_sep) sb_add(&b, "\n\n");
+        m[k].role = h->role[0];
+        m[k++].content = h->content[0];
         start = 1;
     }
     if (first < start) first = start;
     for (int i = first; i < h->n; i++) {
-        if (strcmp(h->role[i], "user") == 0) {
-            sb_add(&b, USER_TAG);
-            sb_add(&b, h->content[i]);
-        } else if (strcmp(h->role[i], "assistant") == 0) {
-            sb_add(&b, ASSISTANT_TAG);
-            sb_add(&b, h->content[i]);
-            sb_add(&b, eos);
-        }
+        m[k].role = h->role[i];
+        m[k++].content = h->content[i];
     }
-    sb_add(&b, ASSISTANT_TAG);
-    if (b.oom) { free(b.s); return NULL; }
-    return b.s;
+    char *out = NULL;
+    if (fr_chat_render(tok, m, k, 1, &out, NULL) != FR_OK) out = NULL;
+    free(m);
+    return out;
 }
 
 int cmd_chat(int argc, char **argv) {
@@ -364,15 +346,8 @@ int cmd_chat(int argc, char **argv) {
     if (rc != CLI_EXIT_OK) return rc;
 
     /* the template: DeepSeek-V3 style (as frugal's tokenizer writes it) or the fallback */
-    const char *tmpl = fr_tokenizer_chat_template(tok);
-    int system_sep = 0;
-    if (tmpl[0]) {
-        if (strstr(tmpl, USER_TAG) && strstr(tmpl, ASSISTANT_TAG)) system_sep = strstr(tmpl, "\\n\\n") != NULL;
-        else fprintf(stderr, "frugal chat: the chat template of %s is not DeepSeek-V3 style; using the DeepSeek-V3 format\n", a.model);
-    }
-    int bos_id = fr_tokenizer_special_id(tok, FR_TOKEN_BOS), eos_id = fr_tokenizer_special_id(tok, FR_TOKEN_EOS);
-    const char *bos = bos_id >= 0 ? fr_tokenizer_id_to_token(tok, bos_id) : "<\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
-    const char *eos = eos_id >= 0 ? fr_tokenizer_id_to_token(tok, eos_id) : "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
+    if (!fr_chat_template_is_deepseek(tok))
+        fprintf(stderr, "frugal chat: the chat template of %s is not DeepSeek-V3 style; using the DeepSeek-V3 format\n", a.model);
 
     history h = {0};
     int keep = 0;
@@ -411,7 +386,7 @@ int cmd_chat(int argc, char **argv) {
         size_t n_ids = 0;
         int first = keep;
         for (;;) {
-            char *text = render(&h, first, bos, eos, system_sep);
+            char *text = render(tok, &h, first);
             if (!text) { rc = cli_fail("out of memory"); break; }
             free(ids);
             ids = NULL;

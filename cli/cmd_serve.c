@@ -694,12 +694,7 @@ static enum MHD_Result handle_metrics(struct MHD_Connection *c) {
     if (!t) return send_error(c, 500, NULL, NULL, "out of memory");
 #define P(...) do { if (n < cap) n += (size_t)snprintf(t + n, cap - n, __VA_ARGS__); } while (0)
     pthread_mutex_lock(&S.mu);
-    long active = 0, cached = 0;
-    for (int i = 0; i < S.parallel; i++)
-        if (S.slots[i]) {
-            active++;
-            cached += fr_seq_len(S.seqs[i]);
-        }
+    long active = S.active, cached = S.kv_tokens;
     P("# HELP frugal_http_requests_total HTTP responses sent, by status code.\n# TYPE frugal_http_requests_total counter\n");
     for (int k = 100; k < 600; k++)
         if (S.http_status[k]) P("frugal_http_requests_total{code=\"%d\"} %lu\n", k, S.http_status[k]);
@@ -713,6 +708,8 @@ static enum MHD_Result handle_metrics(struct MHD_Connection *c) {
     P("# HELP frugal_generated_tokens_total Tokens sampled.\n# TYPE frugal_generated_tokens_total counter\nfrugal_generated_tokens_total %lu\n", S.gen_tokens);
     P("# HELP frugal_tokens_per_second Tokens sampled per second over the last 10 s.\n# TYPE frugal_tokens_per_second gauge\nfrugal_tokens_per_second %.2f\n", srv_tokens_per_s(&S));
     P("# HELP frugal_forward_passes_total Batched engine forwards.\n# TYPE frugal_forward_passes_total counter\nfrugal_forward_passes_total %lu\n", S.forwards);
+    P("# HELP frugal_forward_seconds_total Time in batched engine forwards.\n# TYPE frugal_forward_seconds_total counter\nfrugal_forward_seconds_total %.6f\n", S.forward_s);
+    P("# HELP frugal_sample_seconds_total Time sampling and detokenizing after the forwards.\n# TYPE frugal_sample_seconds_total counter\nfrugal_sample_seconds_total %.6f\n", S.sample_s);
     P("# HELP frugal_decode_steps_total Forwards that decoded at least one sequence.\n# TYPE frugal_decode_steps_total counter\nfrugal_decode_steps_total %lu\n", S.decode_steps);
     P("# HELP frugal_decode_rows_total Sequences decoded, summed over decode steps (rows / steps = mean batch).\n# TYPE frugal_decode_rows_total counter\nfrugal_decode_rows_total %lu\n", S.batch_rows);
     P("# HELP frugal_queue_depth Requests waiting for a slot.\n# TYPE frugal_queue_depth gauge\nfrugal_queue_depth %ld\n", S.q_len);
@@ -863,7 +860,7 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
     (void)cls;
     /* our own refusals (a client that went away) are counted in /metrics, not logged */
-    if (strstr(fmt, "Application reported internal error")) return;
+    if (strstr(fmt, "Application reported internal error") || strstr(fmt, "application error generating response")) return;
     fprintf(stderr, "frugal serve: http: ");
     vfprintf(stderr, fmt, ap);
 }
@@ -964,6 +961,7 @@ int cmd_serve(int argc, char **argv) {
     S.model_id = name;
     S.api_key = api_key;
     S.parallel = (int)parallel;
+    S.threads = (int)threads;
     S.ctx = (int)ctx;
     S.max_queue = max_queue;
     int rc = CLI_EXIT_OK;

@@ -58,6 +58,7 @@ typedef struct {
     const char *model_id;
     const char *api_key;     /* NULL: no key required */
     int parallel, ctx, vocab, tok_vocab, eos_id;
+    int threads;             /* --threads (0 = OpenMP default), applied in the scheduler thread */
     long max_queue;
     size_t kv_bytes_per_token;
     double t_start;
@@ -69,6 +70,7 @@ typedef struct {
     int sched_started, stopping;
     srv_req *q_head, *q_tail;
     long q_len;
+    long kv_tokens, active;   /* tokens cached in / requests holding the slots (scheduler, mu held) */
     srv_req **slots;
     fr_seq **seqs;
     float *logits;
@@ -79,7 +81,7 @@ typedef struct {
     unsigned long completions[2];          /* [0] /v1/completions, [1] /v1/chat/completions */
     unsigned long prompt_tokens, gen_tokens, decode_steps, batch_rows, forwards, disconnects,
         finished_reqs, failed_reqs;
-    double ttft_sum, duration_sum;
+    double ttft_sum, duration_sum, forward_s, sample_s;
     unsigned long ttft_count;
     long rate_sec[16];                     /* generated tokens per wall-clock second (ring) */
     long rate_stamp[16];

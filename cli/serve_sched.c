@@ -196,7 +196,8 @@ static int advance_text(srv_server *s, srv_req *r, int final, char **txt, size_t
     *stopped = 0;
     char *text = NULL;
     size_t n = 0;
-    if (fr_tokenizer_decode(s->tok, r->hist + r->n_prompt, (size_t)r->n_gen, 1, &text, &n) != FR_OK) return -1;
+    /* special tokens are kept as text, as `frugal generate` prints them (EOS never gets here) */
+    if (fr_tokenizer_decode(s->tok, r->hist + r->n_prompt, (size_t)r->n_gen, 0, &text, &n) != FR_OK) return -1;
     size_t end = n;
     /* a stop string anywhere after what was already released ends the completion */
     size_t from = r->text_done;
@@ -224,9 +225,24 @@ static int advance_text(srv_server *s, srv_req *r, int final, char **txt, size_t
     return 0;
 }
 
+/* Refresh the slot gauges of /metrics (mu held, scheduler thread: it owns the sequences). */
+static void update_gauges(srv_server *s) {
+    long t = 0, a = 0;
+    for (int i = 0; i < s->parallel; i++)
+        if (s->slots[i]) {
+            a++;
+            t += fr_seq_len(s->seqs[i]);
+        }
+    s->kv_tokens = t;
+    s->active = a;
+}
+
 static void *sched_main(void *arg) {
     srv_server *s = arg;
     const int P = s->parallel;
+    /* OpenMP's thread count is per thread: the engine's `threads` option only set it in the
+     * thread that loaded the model, so set it again here, where the forwards run */
+    if (s->threads > 0) fr_set_num_threads(s->threads);
     fr_seq **bseq = calloc((size_t)P, sizeof *bseq);
     const int **btok = calloc((size_t)P, sizeof *btok);
     int *bn = calloc((size_t)P, sizeof *bn), *bslot = calloc((size_t)P, sizeof *bslot);
@@ -297,13 +313,16 @@ static void *sched_main(void *arg) {
             r->refs++; /* keep it alive while the lock is dropped */
             nb++;
         }
+        update_gauges(s);
         if (nb == 0) {
             pthread_cond_wait(&s->sched_cv, &s->mu);
             continue;
         }
         pthread_mutex_unlock(&s->mu);
 
+        double tf0 = srv_now();
         int rc = fr_engine_forward(s->engine, bseq, nb, btok, bn, s->logits, 0);
+        double tf1 = srv_now();
         char errbuf[256] = "";
         if (rc != FR_OK) snprintf(errbuf, sizeof errbuf, "inference failed: %s", fr_last_error());
         int ntok = 0, decode_rows = 0;
@@ -311,6 +330,8 @@ static void *sched_main(void *arg) {
         char *txt[P > 0 ? P : 1];
         size_t tl[P > 0 ? P : 1];
         int stopped[P > 0 ? P : 1], eos[P > 0 ? P : 1], sampled[P > 0 ? P : 1], bad[P > 0 ? P : 1];
+        /* rows are independent (own request, sampler, history): sample them in parallel */
+#pragma omp parallel for schedule(dynamic, 1) reduction(+ : ntok, decode_rows) if (nb > 1)
         for (int b = 0; b < nb; b++) {
             srv_req *r = breq[b];
             txt[b] = NULL;
@@ -337,7 +358,10 @@ static void *sched_main(void *arg) {
             if (advance_text(s, r, final, &txt[b], &tl[b], &stopped[b]) != 0) bad[b] = 1;
         }
 
+        double tf2 = srv_now();
         pthread_mutex_lock(&s->mu);
+        s->forward_s += tf1 - tf0;
+        s->sample_s += tf2 - tf1;
         s->forwards++;
         if (decode_rows) {
             s->decode_steps++;
@@ -380,6 +404,7 @@ static void *sched_main(void *arg) {
             }
             srv_req_unref_locked(r);
         }
+        update_gauges(s);
     }
     pthread_mutex_unlock(&s->mu);
 out:

@@ -125,6 +125,11 @@ typedef struct {
 int fr_model_create(fr_model **out, const fr_config *cfg, uint64_t seed);
 /* Load config.json + model.safetensors (or shards + index) from a Hugging Face folder. */
 int fr_model_load(fr_model **out, const char *dir);
+/* Load a llama.cpp `deepseek2` GGUF file (as written by `frugal convert --to gguf`; F32, F16,
+ * BF16, Q8_0 or Q4_0 tensors, dequantized to FP32). The config comes from the deepseek2.*
+ * metadata (a missing key is named in the error); GGUF holds no MTP layers, so
+ * num_nextn_predict_layers is 0, and RoPE rows are in pair order, so rope_interleave is 1. */
+int fr_model_load_gguf(fr_model **out, const char *path);
 /* Write config.json + model.safetensors (F32) into dir, atomically per file. */
 int fr_model_save(const fr_model *m, const char *dir);
 void fr_model_free(fr_model *m);
@@ -191,6 +196,9 @@ typedef enum { FR_TOKEN_BOS = 0, FR_TOKEN_EOS = 1, FR_TOKEN_PAD = 2 } fr_special
 /* `path` is a folder holding tokenizer.json (and optionally tokenizer_config.json, whose
  * bos/eos/pad tokens and chat_template are read) or a tokenizer.json file. */
 int fr_tokenizer_load(fr_tokenizer **out, const char *path);
+/* The tokenizer of a GGUF file (tokenizer.ggml.*: gpt2 byte-level BPE with pre-tokenizer
+ * deepseek-v3, llama-bpe or gpt-2; bos/eos/pad ids and chat template). */
+int fr_tokenizer_load_gguf(fr_tokenizer **out, const char *path);
 /* Write tokenizer.json and tokenizer_config.json (with chat template) into dir, atomically. */
 int fr_tokenizer_save(const fr_tokenizer *tok, const char *dir);
 void fr_tokenizer_free(fr_tokenizer *tok);

@@ -5,9 +5,11 @@
 #   scripts/install-deps.sh --check   exit 0 if everything is present, 1 otherwise (lists what is missing)
 #
 # Idempotent: packages already installed are left alone and apt-get is not called at all
-# when nothing is missing. OpenMP (libgomp) comes with gcc. Python is not needed to build
-# or test; only `make fixtures` uses it (see tools/requirements.txt). clang (with its libFuzzer
+# when nothing is missing. OpenMP (libgomp) comes with gcc. clang (with its libFuzzer
 # runtime) runs the parsers' fuzz targets in the test suite (tests/fuzz/run.sh).
+# `frugal serve` links libmicrohttpd; its tests use curl, python3 (tests/test_serve.py; the
+# openai client itself comes from `make serve-test-deps`, a venv, never from apt) and
+# chromium (headless, for the chat page). `make fixtures` uses Python (tools/requirements.txt).
 set -euo pipefail
 
 PACKAGES=(build-essential cmake pkg-config libcjson-dev libpcre2-dev libmicrohttpd-dev curl chromium python3 python3-venv bible-kjv-text bible-kjv clang)

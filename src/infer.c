@@ -28,6 +28,8 @@
 #include "safetensors.h"
 
 #include <math.h>
+#include <strings.h>
+#include <sys/stat.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,6 +74,7 @@ struct fr_engine {
     float *att_scratch;         /* [threads][max_len] */
     float *deq;                 /* [max_len, row] dequantized cache of one sequence */
     int att_threads;
+    int threads;                /* requested threads (0 = OpenMP default), applied per calling thread */
 };
 
 struct fr_seq {
@@ -326,6 +329,7 @@ static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_se
         e->rope_cos = malloc((size_t)e->max_len * half * sizeof(float) + 1);
         e->rope_sin = malloc((size_t)e->max_len * half * sizeof(float) + 1);
         e->att_threads = omp_get_max_threads();
+        e->threads = o.threads;
         e->att_scratch = fr_alloc((size_t)e->att_threads * e->max_len * sizeof(float));
         e->deq = o.kv_type != FR_KV_F32 ? fr_alloc((size_t)e->max_len * e->row * sizeof(float)) : NULL;
         if (!e->rope_cos || !e->rope_sin || !e->att_scratch || (o.kv_type != FR_KV_F32 && !e->deq))
@@ -347,6 +351,17 @@ int fr_engine_load(fr_engine **out, const char *dir, const fr_engine_options *op
     fr_clear_error();
     if (!out || !dir) return fr_error(FR_ERR_ARG, "fr_engine_load: NULL argument");
     *out = NULL;
+    {   /* a regular file named *.gguf: import it (src/gguf_import.c) */
+        size_t dl = strlen(dir);
+        struct stat sb;
+        if (dl >= 5 && strcasecmp(dir + dl - 5, ".gguf") == 0 && stat(dir, &sb) == 0 && S_ISREG(sb.st_mode)) {
+            fr_model *gm = NULL;
+            int grc = fr_model_load_gguf(&gm, dir);
+            if (grc == FR_OK) grc = fr_engine_from_model(out, gm, opt);
+            fr_model_free(gm);
+            return grc;
+        }
+    }
     char path[4096];
     if ((size_t)snprintf(path, sizeof path, "%s/config.json", dir) >= sizeof path)
         return fr_error(FR_ERR_ARG, "path too long: %s", dir);
@@ -646,7 +661,9 @@ static void layer_forward(fr_engine *e, const eng_layer *ly, int ci, fr_seq *con
             K = e->deq;
         }
         const long work = (long)(r1 - r0) * nh;
-#pragma omp parallel for schedule(dynamic, 1) if (work > 1 && (long)n_keys * work * row >= 32768)
+        /* at most att_threads threads: the per-thread score rows were sized at load time */
+        const int nt = omp_get_max_threads() < e->att_threads ? omp_get_max_threads() : e->att_threads;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (work > 1 && (long)n_keys * work * row >= 32768)
         for (long w = 0; w < work; w++) {
             int i = r0 + (int)(w / nh), h = (int)(w % nh);
             float *sc = e->att_scratch + (size_t)omp_get_thread_num() * e->max_len;
@@ -748,6 +765,8 @@ int fr_engine_forward(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int *
     if (!e) return fr_error(FR_ERR_ARG, "fr_engine_forward: NULL engine");
     int *row_start = malloc((size_t)(n_seqs > 0 ? n_seqs + 1 : 1) * sizeof(int));
     if (!row_start) return fr_error(FR_ERR_NOMEM, "out of memory");
+    /* OpenMP's thread count is per calling thread: a server's scheduler thread must get it too */
+    if (e->threads > 0) fr_set_num_threads(e->threads);
     int rc = engine_forward(e, seqs, n_seqs, tokens, n_tokens, logits, all_logits, row_start);
     free(row_start);
     return rc;

@@ -29,7 +29,8 @@ static const char *jstr(const cJSON *o, const char *path) {
     char buf[256];
     snprintf(buf, sizeof buf, "%s", path);
     const cJSON *cur = o;
-    for (char *tok = strtok(buf, "."); tok && cur; tok = strtok(NULL, ".")) {
+    char *save = NULL; /* strtok_r: the stream threads call this concurrently */
+    for (char *tok = strtok_r(buf, ".", &save); tok && cur; tok = strtok_r(NULL, ".", &save)) {
         if (tok[0] >= '0' && tok[0] <= '9') cur = cJSON_GetArrayItem(cur, atoi(tok));
         else cur = cJSON_GetObjectItemCaseSensitive(cur, tok);
     }
@@ -469,10 +470,39 @@ static void test_clients(void) {
     st_response_free(&h);
 }
 
+/* fr_chat_render: the DeepSeek-V3 format, with the separator frugal's template writes. */
+static void test_chat_render(void) {
+    fr_tokenizer *tok = NULL;
+    int rc = fr_tokenizer_load(&tok, FR_FIXTURES_DIR "/tokenizer/frugal_trained");
+    CHECK(rc == FR_OK, "load tokenizer: %s", fr_last_error());
+    fr_chat_message m[] = {{"system", "Be brief."}, {"user", "Hi"}, {"assistant", "Hello."}, {"user", "Why?"}};
+    char *out = NULL;
+    size_t len = 0;
+    CHECK(fr_chat_render(tok, m, 4, 1, &out, &len) == FR_OK, "render");
+    const char *want = "<\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>Be brief.\n\n"
+                       "<\xef\xbd\x9cUser\xef\xbd\x9c>Hi<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>Hello."
+                       "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"
+                       "<\xef\xbd\x9cUser\xef\xbd\x9c>Why?<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>";
+    CHECK(out && strcmp(out, want) == 0 && len == strlen(want), "rendered chat: [%s]", out ? out : "");
+    free(out);
+    out = NULL;
+    CHECK(fr_chat_render(NULL, m + 1, 1, 0, &out, NULL) == FR_OK && out &&
+              strcmp(out, "<\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c><\xef\xbd\x9cUser\xef\xbd\x9c>Hi") == 0,
+          "no tokenizer, no generation prompt: [%s]", out ? out : "");
+    free(out);
+    out = NULL;
+    fr_chat_message bad = {"tool", "x"};
+    CHECK(fr_chat_render(tok, &bad, 1, 1, &out, NULL) == FR_ERR_ARG && out == NULL && strstr(fr_last_error(), "tool"),
+          "unknown role refused");
+    CHECK(fr_chat_template_is_deepseek(tok) == 1, "frugal's template is DeepSeek style");
+    fr_tokenizer_free(tok);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     char tmp[] = "/tmp/frugal-test-serve-XXXXXX", dir[300];
     if (!mkdtemp(tmp)) return 1;
+    test_chat_render();
     CHECK(st_make_model(tmp, dir, sizeof dir) == 0, "tiny model in %s", tmp);
     /* usage errors */
     CHECK(system("'" FR_FRUGAL_BIN "' serve 2>/dev/null") >> 8 == 2, "serve without --model: exit 2");

@@ -89,7 +89,7 @@ def build_and_train(seed):
         loss.backward()
         opt.step()
     model.eval()
-    return model, data, float(loss)
+    return model, data, float(loss.detach())
 
 
 def try_seed(seed):
