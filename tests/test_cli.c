@@ -24,37 +24,7 @@
 #define FR_FIXTURES_DIR "tests/fixtures"
 #endif
 
-/* Run `frugal ARGS` (ARGS already shell-quoted where needed) with stderr merged into the
- * captured output. Returns the exit status (128 + signal if killed); *out is malloc'd. */
-static int run_frugal(const char *args, char **out) {
-    size_t n = strlen(FR_FRUGAL_BIN) + strlen(args) + 32;
-    char *cmd = malloc(n);
-    snprintf(cmd, n, "'%s' %s 2>&1", FR_FRUGAL_BIN, args);
-    FILE *p = popen(cmd, "r");
-    free(cmd);
-    size_t cap = 4096, len = 0;
-    char *buf = malloc(cap);
-    buf[0] = 0;
-    if (!p) {
-        *out = buf;
-        return -1;
-    }
-    size_t got;
-    while ((got = fread(buf + len, 1, cap - len - 1, p)) > 0) {
-        len += got;
-        if (cap - len < 1024) {
-            cap *= 2;
-            buf = realloc(buf, cap);
-        }
-    }
-    buf[len] = 0;
-    int st = pclose(p);
-    *out = buf;
-    if (st == -1) return -1;
-    if (WIFEXITED(st)) return WEXITSTATUS(st);
-    if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
-    return -1;
-}
+static int run_frugal(const char *args, char **out) { return fr_test_run_frugal(FR_FRUGAL_BIN, args, out); }
 
 /* Run and check the exit code and that the output contains each of the given strings. */
 static void expect(const char *args, int want_rc, const char *must1, const char *must2) {

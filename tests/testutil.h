@@ -14,6 +14,9 @@ extern int fr_test_passed, fr_test_failed;
 
 /* max |a-b| / max(max |b|, tiny): the relative error used against references. */
 double fr_rel_err(const float *a, const float *b, size_t n);
+/* Run `BIN ARGS` (ARGS already shell-quoted) with stderr merged into the captured output.
+ * Returns the exit status (128 + signal if killed, -1 if it could not run); *out is malloc'd. */
+int fr_test_run_frugal(const char *bin, const char *args, char **out);
 /* Prints "N passed, N failed" and returns the process exit code. */
 int fr_test_finish(const char *suite);
 
