@@ -51,7 +51,7 @@ void usage_serve(FILE *f) {
             "  GET  /                      a small chat page\n"
             "\n"
             "Options:\n"
-            "  --model DIR          model folder (a .gguf file is not supported yet)\n"
+            "  --model DIR|FILE     model folder, or a deepseek2 .gguf file (frugal convert --to gguf)\n"
             "  --host ADDR          IPv4 or IPv6 address to listen on (default 127.0.0.1)\n"
             "  --port N             TCP port (default 8080; 0 = any free port, printed at start)\n"
             "  --parallel N         sequences decoded together (default 4)\n"
@@ -920,9 +920,8 @@ int cmd_serve(int argc, char **argv) {
     if (api_key && !api_key[0]) api_key = NULL;
     size_t ml = strlen(model);
     struct stat st;
-    if (ml >= 5 && strcasecmp(model + ml - 5, ".gguf") == 0 && !(stat(model, &st) == 0 && S_ISDIR(st.st_mode)))
-        return cli_fail("%s: serving a GGUF file is not supported yet; pass a model folder (config.json + safetensors + tokenizer.json)", model);
-    if (cli_check_dir(model, "model folder") != CLI_EXIT_OK) return CLI_EXIT_FAIL;
+    const int gguf = ml >= 5 && strcasecmp(model + ml - 5, ".gguf") == 0 && stat(model, &st) == 0 && S_ISREG(st.st_mode);
+    if (!gguf && cli_check_dir(model, "model folder") != CLI_EXIT_OK) return CLI_EXIT_FAIL;
 
     /* model id: --name, else the folder's last path component */
     char idbuf[256];
@@ -941,13 +940,18 @@ int cmd_serve(int argc, char **argv) {
     o.kv_type = kv;
     o.threads = (int)threads;
     o.load_mtp = 0;
-    fr_config cfg;
-    char cfg_path[4200];
-    snprintf(cfg_path, sizeof cfg_path, "%s/config.json", model);
-    if (fr_config_load(&cfg, cfg_path) != FR_OK) return cli_fail_lib("cannot read config.json");
-    if (ctx == 0) ctx = cfg.max_position_embeddings < 4096 ? cfg.max_position_embeddings : 4096;
-    if (ctx > cfg.max_position_embeddings)
-        return cli_fail("--ctx %ld exceeds the model's max_position_embeddings (%d)", ctx, cfg.max_position_embeddings);
+    long ctx_given = ctx;
+    if (!gguf) {
+        fr_config cfg;
+        char cfg_path[4200];
+        snprintf(cfg_path, sizeof cfg_path, "%s/config.json", model);
+        if (fr_config_load(&cfg, cfg_path) != FR_OK) return cli_fail_lib("cannot read config.json");
+        if (ctx == 0) ctx = cfg.max_position_embeddings < 4096 ? cfg.max_position_embeddings : 4096;
+        if (ctx > cfg.max_position_embeddings)
+            return cli_fail("--ctx %ld exceeds the model's max_position_embeddings (%d)", ctx, cfg.max_position_embeddings);
+    } else if (ctx == 0) {
+        ctx = 4096; /* a GGUF's config is known only once loaded: checked below */
+    }
     o.max_seq_len = (int)ctx;
 
     memset(&S, 0, sizeof S);
@@ -971,11 +975,19 @@ int cmd_serve(int argc, char **argv) {
         rc = cli_fail_lib("cannot load the model");
         goto out;
     }
-    if (fr_tokenizer_load(&S.tok, model) != FR_OK) {
+    if ((gguf ? fr_tokenizer_load_gguf(&S.tok, model) : fr_tokenizer_load(&S.tok, model)) != FR_OK) {
         rc = cli_fail_lib("cannot load the tokenizer");
         goto out;
     }
     const fr_config *ec = fr_engine_config(S.engine);
+    if (gguf && ec->max_position_embeddings > 0 && ctx > ec->max_position_embeddings) {
+        if (ctx_given > 0) {
+            rc = cli_fail("--ctx %ld exceeds the model's max_position_embeddings (%d)", ctx, ec->max_position_embeddings);
+            goto out;
+        }
+        ctx = ec->max_position_embeddings;
+        S.ctx = (int)ctx;
+    }
     S.vocab = ec->vocab_size;
     if (fr_tokenizer_vocab_size(S.tok) > S.vocab) {
         rc = cli_fail("the tokenizer has %d ids but the model's vocab_size is %d", fr_tokenizer_vocab_size(S.tok), S.vocab);
