@@ -56,6 +56,12 @@ typedef struct {
 struct fr_engine {
     fr_config cfg;
     fr_engine_options opt;
+    /* Mapped checkpoint: F32 / BF16 matrices stored in the wanted format are used in place
+     * from the safetensors mapping (pages are read when first touched), so a checkpoint larger
+     * than RAM opens and only the weights a token uses are read. Kept open while in use. */
+    fr_st_set st;
+    int mapped;                 /* the engine owns `st` (closed by fr_engine_free) */
+    int map_weights;            /* while building: wrap matrices from the mapping */
     const fr_ops *ops;
     int L, mtp;                 /* main layers; MTP modules loaded (0/1) */
     eng_layer *layers;          /* L + mtp */
@@ -99,7 +105,14 @@ static fr_qtype mat_type(const fr_engine *e, int cols) {
 }
 
 static int load_mat(fr_engine *e, fr_qmatrix *m, const fr_st_set *st, const char *name, int rows, int cols) {
-    return fr_qmatrix_load(m, st, name, rows, cols, mat_type(e, cols));
+    const fr_qtype want = mat_type(e, cols);
+    const fr_st_tensor *t = e->map_weights ? fr_st_set_find(st, name) : NULL;
+    if (t && t->ndim == 2 && t->shape[0] == rows && t->shape[1] == cols &&
+        ((want == FR_QT_F32 && t->dtype == FR_DT_F32) || (want == FR_QT_BF16 && t->dtype == FR_DT_BF16))) {
+        fr_qmatrix_wrap(m, want, (void *)t->data, rows, cols); /* not owned: lives in the mapping */
+        return FR_OK;
+    }
+    return fr_qmatrix_load(m, st, name, rows, cols, want);
 }
 
 static int load_vec(const fr_st_set *st, const char *name, size_t numel, float **out) {
@@ -278,6 +291,7 @@ void fr_engine_free(fr_engine *e) {
     free_workspace(e);
     fr_free(e->att_scratch);
     fr_free(e->deq);
+    if (e->mapped) fr_st_set_close(&e->st);
     free(e);
 }
 
@@ -285,7 +299,7 @@ static size_t kv_value_bytes(fr_kv_type t) { return t == FR_KV_F32 ? 4 : t == FR
 
 /* Build an engine for `cfg` from the tensors of `st`; `what` names the source in errors. */
 static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_set *st, const fr_engine_options *opt,
-                        const char *what) {
+                        const char *what, int map) {
     *out = NULL;
     fr_engine_options o;
     if (opt) o = *opt;
@@ -302,6 +316,7 @@ static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_se
 
     fr_engine *e = calloc(1, sizeof *e);
     if (!e) return fr_error(FR_ERR_NOMEM, "out of memory");
+    e->map_weights = map;
     e->cfg = cfg;
     e->opt = o;
     e->ops = fr_ops_cpu();
@@ -343,6 +358,11 @@ static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_se
         fr_engine_free(e);
         return fr_error(rc, "%s: %s", what, msg);
     }
+    if (map) {
+        e->st = *st;
+        e->mapped = 1;
+    }
+    e->map_weights = 0;
     *out = e;
     return FR_OK;
 }
@@ -379,8 +399,8 @@ int fr_engine_load(fr_engine **out, const char *dir, const fr_engine_options *op
         snprintf(msg, sizeof msg, "%s", fr_last_error());
         return fr_error(rc, "%s: %s", dir, msg);
     }
-    rc = engine_build(out, &cfg, &st, opt, dir);
-    fr_st_set_close(&st);
+    rc = engine_build(out, &cfg, &st, opt, dir, 1);
+    if (rc != FR_OK) fr_st_set_close(&st); /* on success the engine owns the mapping */
     return rc;
 }
 
@@ -413,7 +433,7 @@ int fr_engine_from_model(fr_engine **out, fr_model *m, const fr_engine_options *
     f.n_tensors = n;
     qsort(f.tensors, (size_t)n, sizeof *f.tensors, cmp_st_name);
     fr_st_set st = {1, &f};
-    int rc = engine_build(out, fr_model_config(m), &st, opt, "model");
+    int rc = engine_build(out, fr_model_config(m), &st, opt, "model", 0);
     free(f.tensors);
     return rc;
 }
