@@ -34,7 +34,10 @@ build: deps
 
 test: test-release test-asan
 
+# The openai-client serve test needs the openai package in a venv; installing it is tried
+# (PyPI) but a machine without network still runs every other test (that one is skipped).
 test-release: build
+	-@$(MAKE) --no-print-directory serve-test-deps >/dev/null 2>&1 || echo "make test: openai client not installed (no network?): test_serve_py will be skipped"
 	$(CTEST) --test-dir $(BUILD) --output-on-failure
 
 asan: deps
@@ -49,7 +52,7 @@ test-asan: test-release asan
 
 # The openai Python client for tests/test_serve.py (test_serve_py finds build/venv-serve).
 serve-test-deps:
-	$(PYTHON) -m venv $(BUILD)/venv-serve
+	test -x $(BUILD)/venv-serve/bin/python || $(PYTHON) -m venv $(BUILD)/venv-serve
 	$(BUILD)/venv-serve/bin/pip install -q -r tools/requirements-serve.txt
 
 fixtures:

@@ -12,7 +12,7 @@
 # chromium (headless, for the chat page). `make fixtures` uses Python (tools/requirements.txt).
 set -euo pipefail
 
-PACKAGES=(build-essential cmake pkg-config libcjson-dev libpcre2-dev libmicrohttpd-dev curl chromium python3 python3-venv bible-kjv-text bible-kjv clang)
+PACKAGES=(build-essential cmake pkg-config libcjson-dev libpcre2-dev libmicrohttpd-dev curl chromium python3 python3-venv bible-kjv-text bible-kjv clang libclang-rt-14-dev)
 
 usage() {
     cat <<USAGE
