@@ -13,7 +13,7 @@
 
 void usage_cost(FILE *f) {
     fprintf(f,
-            "usage: frugal cost [--ledger FILE] [--final RUN_ID|RUN_DIR] [--kind KIND]\n"
+            "usage: frugal cost [PROJECT_DIR | --ledger FILE] [--final RUN_ID|RUN_DIR] [--kind KIND]\n"
             "                   [--price-device-hour X] [--watts X] [--price-kwh X] [--gpu] [--json]\n"
             "\n"
             "Reads the run ledger and prints every run (id, kind, status, steps, tokens, FLOPs,\n"
@@ -25,6 +25,8 @@ void usage_cost(FILE *f) {
             "KIND. Runs without an end record (killed) count as crashed.\n"
             "\n"
             "Options:\n"
+            "  PROJECT_DIR             the folder holding the run folders: its ledger.jsonl is the one\n"
+            "                          `frugal train --out PROJECT_DIR/RUN` writes (e.g. `frugal cost runs`)\n"
             "  --ledger FILE           the ledger (default ./ledger.jsonl; a missing file is an empty ledger)\n"
             "  --final RUN_ID|RUN_DIR  the final run: a run id (or a unique prefix) or a run directory\n"
             "  --kind KIND             kind of run the default final run is chosen from (default train)\n"
@@ -148,7 +150,8 @@ static void json_totals(FILE *f, const totals *t) {
 }
 
 int cmd_cost(int argc, char **argv) {
-    const char *ledger = "ledger.jsonl", *final_sel = NULL, *kind = "train";
+    const char *ledger = "ledger.jsonl", *final_sel = NULL, *kind = "train", *project = NULL;
+    int ledger_given = 0;
     double price_dh = NAN, watts = NAN, price_kwh = NAN;
     int gpu = 0, json = 0;
     for (int i = 1; i < argc; i++) {
@@ -161,6 +164,7 @@ int cmd_cost(int argc, char **argv) {
         if ((r = cli_opt_value("cost", usage_cost, argc, argv, &i, "--ledger", &v)) != 0) {
             if (r < 0) return CLI_EXIT_USAGE;
             ledger = v;
+            ledger_given = 1;
         } else if ((r = cli_opt_value("cost", usage_cost, argc, argv, &i, "--final", &v)) != 0) {
             if (r < 0) return CLI_EXIT_USAGE;
             final_sel = v;
@@ -181,9 +185,18 @@ int cmd_cost(int argc, char **argv) {
             json = 1;
         } else if (argv[i][0] == '-') {
             return cli_usage_error("cost", usage_cost, "unknown option '%s'", argv[i]);
+        } else if (!project) {
+            project = argv[i];
         } else {
             return cli_usage_error("cost", usage_cost, "unexpected argument '%s'", argv[i]);
         }
+    }
+    static char project_ledger[4200];
+    if (project) {
+        if (ledger_given) return cli_usage_error("cost", usage_cost, "give PROJECT_DIR or --ledger, not both");
+        if (cli_check_dir(project, "project folder") != CLI_EXIT_OK) return CLI_EXIT_FAIL;
+        snprintf(project_ledger, sizeof project_ledger, "%s/ledger.jsonl", project);
+        ledger = project_ledger;
     }
 
     fr_ledger_entry *runs = NULL;

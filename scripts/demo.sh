@@ -52,4 +52,4 @@ echo "== 5/5 results"
 echo "last sample:"
 grep '"type":"sample"' "$RUN/metrics.jsonl" | tail -1 || true
 echo
-"$FRUGAL" cost --ledger runs/ledger.jsonl
+"$FRUGAL" cost runs

@@ -251,7 +251,22 @@ static void test_cost(void) {
     expect("cost --bogus", 2, "--bogus", "usage");
     expect("cost --ledger", 2, "needs a value", NULL);
     expect("cost --json=1", 2, "takes no value", NULL);
-    expect("cost stray", 2, "stray", NULL);
+    expect("cost one two", 2, "two", NULL);
+    expect("cost /nonexistent-project", 1, "nonexistent-project", NULL);
+    /* PROJECT_DIR: its ledger.jsonl, the one `frugal train --out PROJECT_DIR/RUN` writes */
+    {
+        char *a_out = NULL, *b_out = NULL;
+        snprintf(args, sizeof args, "cost --ledger '%s' --json", ledger);
+        int ra = run_frugal(args, &a_out, NULL);
+        snprintf(args, sizeof args, "cost '%s' --json", tmp);
+        int rb = run_frugal(args, &b_out, NULL);
+        CHECK(ra == 0 && rb == 0 && a_out && b_out && strcmp(a_out, b_out) == 0,
+              "frugal cost PROJECT_DIR reads PROJECT_DIR/ledger.jsonl (exit %d / %d)", ra, rb);
+        free(a_out);
+        free(b_out);
+        snprintf(args, sizeof args, "cost '%s' --ledger '%s'", tmp, ledger);
+        expect(args, 2, "not both", NULL);
+    }
     snprintf(args, sizeof args, "cost --ledger '%s/none.jsonl'", tmp);
     expect(args, 0, "no runs recorded", NULL);
 
