@@ -21,7 +21,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <libgen.h>
 #include <limits.h>
 #include <omp.h>
@@ -50,16 +49,6 @@ static const char SPLIT_RULE[] =
 
 /* ------------------------------------------------------------------ small helpers */
 
-static uint64_t fnv1a64(const void *data, size_t len) {
-    const unsigned char *p = data;
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < len; i++) {
-        h ^= p[i];
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
-
 static uint64_t mix64(uint64_t x) {
     x ^= x >> 33;
     x *= 0xff51afd7ed558ccdull;
@@ -70,7 +59,7 @@ static uint64_t mix64(uint64_t x) {
 }
 
 static int doc_is_val(const char *text, size_t len, double val_fraction) {
-    double u = (double)(mix64(fnv1a64(text, len)) >> 11) * 0x1.0p-53;
+    double u = (double)(mix64(fr_fnv1a64(FR_FNV1A64_OFFSET, text, len)) >> 11) * 0x1.0p-53;
     return u < val_fraction;
 }
 
@@ -169,16 +158,6 @@ static void sb_json_string(sbuf *b, const char *s) {
     sb_putn(b, "\"", 1);
 }
 
-/* Remove a tree without following symlinks (used only on folders this code created or on an
- * output folder the caller asked to replace). */
-static int rm_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st;
-    (void)ftw;
-    if (flag == FTW_DP || flag == FTW_D) rmdir(path);
-    else unlink(path);
-    return 0; /* keep going: remove as much as possible */
-}
-static void rm_rf(const char *path) { nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS); }
 
 static int fsync_path(const char *path) {
     int fd = open(path, O_RDONLY);
@@ -970,7 +949,7 @@ static int data_prepare(const fr_data_prepare_options *opt, int force, fr_data_s
     }
     snprintf(tmp, tlen, "%s.tmp-%ld", out_dir, (long)getpid());
     snprintf(old, tlen, "%s.old-%ld", out_dir, (long)getpid());
-    rm_rf(tmp); /* stale leftover of a killed run with the same pid */
+    fr_remove_tree(tmp); /* stale leftover of a killed run with the same pid */
     if (mkdir(tmp, 0755) != 0) {
         rc = fr_error(FR_ERR_IO, "cannot create folder %s: %s", tmp, strerror(errno));
         goto out;
@@ -984,14 +963,14 @@ static int data_prepare(const fr_data_prepare_options *opt, int force, fr_data_s
         if (existed && force) {
             /* Swap atomically where the filesystem allows, else move the old folder aside. */
             if (renameat2(AT_FDCWD, tmp, AT_FDCWD, out_dir, RENAME_EXCHANGE) == 0) {
-                rm_rf(tmp); /* now the old dataset */
+                fr_remove_tree(tmp); /* now the old dataset */
             } else if (rename(tmp, out_dir) == 0) { /* out_dir was empty */
             } else if (rename(out_dir, old) == 0) {
                 if (rename(tmp, out_dir) != 0) {
                     rc = fr_error(FR_ERR_IO, "cannot rename %s to %s: %s", tmp, out_dir, strerror(errno));
                     rename(old, out_dir);
                 } else {
-                    rm_rf(old);
+                    fr_remove_tree(old);
                 }
             } else {
                 rc = fr_error(FR_ERR_IO, "cannot replace %s: %s", out_dir, strerror(errno));
@@ -1004,7 +983,7 @@ static int data_prepare(const fr_data_prepare_options *opt, int force, fr_data_s
         if (rc == FR_OK) fsync_path(real_parent);
     }
     if (rc != FR_OK) {
-        rm_rf(tmp);
+        fr_remove_tree(tmp);
         memset(stats, 0, sizeof *stats);
     }
 

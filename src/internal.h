@@ -20,6 +20,13 @@ int fr_write_file_atomic_v(const char *path, const void *const *parts, const siz
 /* fsync a directory (after renames inside it); best effort. */
 int fr_fsync_dir(const char *dir);
 
+/* 64-bit FNV-1a of n bytes, continuing from h (start with FR_FNV1A64_OFFSET). */
+#define FR_FNV1A64_OFFSET 0xcbf29ce484222325ull
+uint64_t fr_fnv1a64(uint64_t h, const void *data, size_t n);
+/* Remove a file or a whole folder tree without following symlinks; best effort (only for
+ * folders this code created or an output the caller asked to replace). */
+void fr_remove_tree(const char *path);
+
 /* 64-byte aligned, zeroed allocation for host buffers; free with fr_free. */
 void *fr_alloc(size_t bytes);
 void fr_free(void *p);

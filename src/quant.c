@@ -874,20 +874,6 @@ static int quantize_tensor(qwriter *w, const fr_st_tensor *t, fr_qtype type) {
     return FR_OK;
 }
 
-static void remove_tree_shallow(const char *dir) {
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *de;
-        char p[4096];
-        while ((de = readdir(d)) != NULL) {
-            if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
-            if ((size_t)snprintf(p, sizeof p, "%s/%s", dir, de->d_name) < sizeof p) unlink(p);
-        }
-        closedir(d);
-    }
-    rmdir(dir);
-}
-
 /* 1 if dir exists and holds no entries, 0 if it holds some, -1 if it does not exist. */
 static int dir_state(const char *dir) {
     DIR *d = opendir(dir);
@@ -1025,7 +1011,7 @@ int fr_quantize_model(const char *in_dir, const char *out_dir, const char *type,
     cJSON_Delete(root);
     int made_tmp = 0;
     if (rc == FR_OK) {
-        remove_tree_shallow(tmp_dir); /* a leftover of a killed run with our pid */
+        fr_remove_tree(tmp_dir); /* a leftover of a killed run with our pid */
         if (mkdir(tmp_dir, 0755) != 0) rc = fr_error(FR_ERR_IO, "cannot create %s: %s", tmp_dir, strerror(errno));
         else made_tmp = 1;
     }
@@ -1055,7 +1041,7 @@ int fr_quantize_model(const char *in_dir, const char *out_dir, const char *type,
             rc = fr_error(FR_ERR_IO, "cannot rename %s to %s: %s", tmp_dir, out_dir, strerror(errno));
     }
     if (rc != FR_OK) {
-        if (made_tmp) remove_tree_shallow(tmp_dir);
+        if (made_tmp) fr_remove_tree(tmp_dir);
         return rc;
     }
     char parent[4096];

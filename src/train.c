@@ -395,15 +395,6 @@ static int copy_file(const char *src, const char *dst) {
     return rc;
 }
 
-static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
-    const unsigned char *p = data;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
-
 typedef struct {
     char magic[8];
     uint32_t version, reserved;
@@ -413,19 +404,11 @@ typedef struct {
     char run_id[64];
 } state_header;
 
-static int remove_tree(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return errno == ENOENT ? FR_OK : fr_error(FR_ERR_IO, "cannot open %s: %s", dir, strerror(errno));
-    struct dirent *de;
-    char path[1200];
-    while ((de = readdir(d))) {
-        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
-        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-        unlink(path);
-    }
-    closedir(d);
-    if (rmdir(dir) != 0) return fr_error(FR_ERR_IO, "cannot remove %s: %s", dir, strerror(errno));
-    return FR_OK;
+/* FNV-1a over the header and both moment arrays: the last 8 bytes of training_state.bin. */
+static uint64_t state_checksum(const state_header *h, const float *mom, const float *var, size_t pbytes) {
+    uint64_t sum = fr_fnv1a64(FR_FNV1A64_OFFSET, h, sizeof *h);
+    sum = fr_fnv1a64(sum, mom, pbytes);
+    return fr_fnv1a64(sum, var, pbytes);
 }
 
 static int ckpt_complete(const char *dir) {
@@ -489,8 +472,7 @@ static int save_checkpoint(run *r, char *out_dir, size_t out_n) {
     char tmp[1200], final[1200], path[1300];
     snprintf(tmp, sizeof tmp, "%s/.ckpt-%08ld.tmp", rd, r->step);
     snprintf(final, sizeof final, "%s/ckpt-%08ld", rd, r->step);
-    remove_tree(tmp);
-    fr_clear_error();
+    fr_remove_tree(tmp);
     FR_CHECK(fr_model_save(r->m, tmp));
     const char *tok_files[] = {"tokenizer.json", "tokenizer_config.json"};
     for (int i = 0; i < 2; i++) {
@@ -514,16 +496,14 @@ static int save_checkpoint(run *r, char *out_dir, size_t out_n) {
     h.n_params = r->m->n_params;
     memcpy(h.run_id, r->led.run_id, sizeof h.run_id);
     const size_t pbytes = r->m->n_params * sizeof(float);
-    uint64_t sum = fnv1a(0xcbf29ce484222325ull, &h, sizeof h);
-    sum = fnv1a(sum, r->mom, pbytes);
-    sum = fnv1a(sum, r->var, pbytes);
+    uint64_t sum = state_checksum(&h, r->mom, r->var, pbytes);
     const void *parts[] = {&h, r->mom, r->var, &sum};
     const size_t lens[] = {sizeof h, pbytes, pbytes, sizeof sum};
     snprintf(path, sizeof path, "%s/%s", tmp, STATE_FILE);
     FR_CHECK(fr_write_file_atomic_v(path, parts, lens, 4));
     fr_fsync_dir(tmp);
 
-    remove_tree(final); /* a checkpoint of the same step from a crashed earlier segment */
+    fr_remove_tree(final); /* a checkpoint of the same step from a crashed earlier segment */
     if (rename(tmp, final) != 0) return fr_error(FR_ERR_IO, "cannot rename %s to %s: %s", tmp, final, strerror(errno));
     fr_fsync_dir(rd);
     char name[64];
@@ -549,7 +529,7 @@ static int save_checkpoint(run *r, char *out_dir, size_t out_n) {
         for (int i = 0; i < n; i++)
             if (steps[i] != keep) {
                 snprintf(path, sizeof path, "%s/ckpt-%08ld", rd, steps[i]);
-                remove_tree(path);
+                fr_remove_tree(path);
             }
     }
     if (out_dir) snprintf(out_dir, out_n, "%s", final);
@@ -578,10 +558,8 @@ static int load_state(run *r, const char *dir) {
     } else if (memcmp(h.magic, STATE_MAGIC, 8) != 0 || h.version != STATE_VERSION) {
         rc = fr_error(FR_ERR_FORMAT, "%s: not a frugal training state (bad magic or version)", path);
     } else {
-        uint64_t sum = fnv1a(0xcbf29ce484222325ull, &h, sizeof h);
-        sum = fnv1a(sum, r->mom, pbytes);
-        sum = fnv1a(sum, r->var, pbytes);
-        if (sum != want) rc = fr_error(FR_ERR_FORMAT, "%s: checksum mismatch (corrupted)", path);
+        if (state_checksum(&h, r->mom, r->var, pbytes) != want)
+            rc = fr_error(FR_ERR_FORMAT, "%s: checksum mismatch (corrupted)", path);
     }
     fclose(f);
     if (rc != FR_OK) {

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <libgen.h>
 #include <math.h>
 #include <stdarg.h>
@@ -122,6 +123,25 @@ int fr_fsync_dir(const char *dir) {
     close(fd);
     return FR_OK;
 }
+
+uint64_t fr_fnv1a64(uint64_t h, const void *data, size_t n) {
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st;
+    (void)ftw;
+    if (flag == FTW_DP || flag == FTW_D) rmdir(path);
+    else unlink(path);
+    return 0; /* keep going: remove as much as possible */
+}
+
+void fr_remove_tree(const char *path) { nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS); }
 
 void *fr_alloc(size_t bytes) {
     void *p = NULL;
