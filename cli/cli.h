@@ -65,6 +65,9 @@ int cli_opt_flag(const char *cmd, void (*usage)(FILE *), const char *arg, const 
  * the text, and returns -1; 0 on success. */
 int cli_parse_int(const char *cmd, void (*usage)(FILE *), const char *opt, const char *text,
                   long lo, long hi, long *out);
+/* The same for a finite decimal number in [lo, hi] (hi = INFINITY: no upper bound). */
+int cli_parse_double(const char *cmd, void (*usage)(FILE *), const char *opt, const char *text,
+                     double lo, double hi, double *out);
 
 /* Write s as a JSON string literal (with quotes) to f. */
 void cli_json_string(FILE *f, const char *s);

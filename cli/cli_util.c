@@ -95,6 +95,22 @@ int cli_parse_int(const char *cmd, void (*usage)(FILE *), const char *opt, const
     return 0;
 }
 
+int cli_parse_double(const char *cmd, void (*usage)(FILE *), const char *opt, const char *text,
+                     double lo, double hi, double *out) {
+    char *end = NULL;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (end == text || *end != 0 || errno != 0 || !isfinite(v) || v < lo || v > hi) {
+        if (isinf(hi))
+            cli_usage_error(cmd, usage, "option '%s' expects a number >= %g, got '%s'", opt, lo, text);
+        else
+            cli_usage_error(cmd, usage, "option '%s' expects a number in [%g, %g], got '%s'", opt, lo, hi, text);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
 void cli_json_string(FILE *f, const char *s) {
     fputc('"', f);
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {

@@ -44,19 +44,6 @@ void usage_cost(FILE *f) {
             "Device-hours are wall-clock seconds x devices / 3600.\n");
 }
 
-/* Parse a finite non-negative double. */
-static int parse_price(const char *opt, const char *text, double *out) {
-    char *end = NULL;
-    errno = 0;
-    double v = strtod(text, &end);
-    if (end == text || *end != 0 || errno != 0 || !isfinite(v) || v < 0) {
-        cli_usage_error("cost", usage_cost, "option '%s' expects a non-negative number, got '%s'", opt, text);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 typedef struct {
     int runs;
     double wall_s, steps, tokens, flops, device_hours, energy_kwh, cost_usd;
@@ -172,11 +159,14 @@ int cmd_cost(int argc, char **argv) {
             if (r < 0) return CLI_EXIT_USAGE;
             kind = v;
         } else if ((r = cli_opt_value("cost", usage_cost, argc, argv, &i, "--price-device-hour", &v)) != 0) {
-            if (r < 0 || parse_price("--price-device-hour", v, &price_dh) != 0) return CLI_EXIT_USAGE;
+            if (r < 0 || cli_parse_double("cost", usage_cost, "--price-device-hour", v, 0, INFINITY, &price_dh) != 0)
+                return CLI_EXIT_USAGE;
         } else if ((r = cli_opt_value("cost", usage_cost, argc, argv, &i, "--watts", &v)) != 0) {
-            if (r < 0 || parse_price("--watts", v, &watts) != 0) return CLI_EXIT_USAGE;
+            if (r < 0 || cli_parse_double("cost", usage_cost, "--watts", v, 0, INFINITY, &watts) != 0)
+                return CLI_EXIT_USAGE;
         } else if ((r = cli_opt_value("cost", usage_cost, argc, argv, &i, "--price-kwh", &v)) != 0) {
-            if (r < 0 || parse_price("--price-kwh", v, &price_kwh) != 0) return CLI_EXIT_USAGE;
+            if (r < 0 || cli_parse_double("cost", usage_cost, "--price-kwh", v, 0, INFINITY, &price_kwh) != 0)
+                return CLI_EXIT_USAGE;
         } else if ((r = cli_opt_flag("cost", usage_cost, argv[i], "--gpu")) != 0) {
             if (r < 0) return CLI_EXIT_USAGE;
             gpu = 1;

@@ -90,17 +90,6 @@ static int prep_progress(void *user, double frac, const char *phase) {
     return g_interrupted ? 1 : 0;
 }
 
-static int parse_fraction(const char *text, double *out) {
-    char *end = NULL;
-    errno = 0;
-    double v = strtod(text, &end);
-    if (end == text || *end != 0 || errno != 0 || !isfinite(v) || v < 0.0 || v > 1.0)
-        return cli_usage_error("data prepare", usage_data_prepare,
-                               "option '--val-fraction' expects a number in [0, 1], got '%s'", text);
-    *out = v;
-    return 0;
-}
-
 static int input_bytes(const char *path, double *total);
 
 static int cmd_data_prepare(int argc, char **argv) {
@@ -150,7 +139,8 @@ static int cmd_data_prepare(int argc, char **argv) {
     }
     double val_fraction = 0.01;
     long shard_tokens = 0, threads = 0;
-    if (val_text && parse_fraction(val_text, &val_fraction) != 0) goto usage;
+    if (val_text && cli_parse_double(cmd, usage_data_prepare, "--val-fraction", val_text, 0.0, 1.0, &val_fraction) != 0)
+        goto usage;
     if (shard_text && cli_parse_int(cmd, usage_data_prepare, "--shard-tokens", shard_text, 1, LONG_MAX, &shard_tokens))
         goto usage;
     if (threads_text && cli_parse_int(cmd, usage_data_prepare, "--threads", threads_text, 1, 4096, &threads)) goto usage;

@@ -79,13 +79,8 @@ typedef struct {
 
 static int parse_float(const char *cmd, void (*usage)(FILE *), const char *opt, const char *text, double lo,
                        double hi, float *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(text, &end);
-    if (errno || end == text || *end || !isfinite(v) || v < lo || v > hi) {
-        cli_usage_error(cmd, usage, "option %s: '%s' is not a number in [%g, %g]", opt, text, lo, hi);
-        return -1;
-    }
+    double v;
+    if (cli_parse_double(cmd, usage, opt, text, lo, hi, &v) != 0) return -1;
     *out = (float)v;
     return 0;
 }

@@ -177,18 +177,6 @@ static void on_event(void *user, const fr_train_event *ev) {
     fflush(stdout);
 }
 
-static int parse_double(const char *cmd, const char *opt, const char *text, double lo, double hi, double *out) {
-    char *end = NULL;
-    double v = strtod(text, &end);
-    if (end == text || *end != 0 || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "frugal %s: option '%s' expects a number in [%g, %g], got '%s'\n", cmd, opt, lo, hi, text);
-        usage_train(stderr);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 static int copy_arg(char *dst, size_t n, const char *opt, const char *v) {
     if (strlen(v) >= n) {
         fprintf(stderr, "frugal train: the value of %s is too long\n", opt);
@@ -226,7 +214,7 @@ int cmd_train(int argc, char **argv) {
         }
 #define DBLOPT(name, lo, hi, dst) \
         if ((r = cli_opt_value("train", usage_train, argc, argv, &i, name, &v)) != 0) { \
-            if (r < 0 || parse_double("train", name, v, lo, hi, &x) < 0) return CLI_EXIT_USAGE; \
+            if (r < 0 || cli_parse_double("train", usage_train, name, v, lo, hi, &x) < 0) return CLI_EXIT_USAGE; \
             dst = x; \
             continue; \
         }
@@ -281,7 +269,7 @@ int cmd_train(int argc, char **argv) {
         DBLOPT("--watts", 0, 1e6, a.prices.watts_per_device)
         DBLOPT("--price-kwh", 0, 1e6, a.prices.usd_per_kwh)
         if ((r = cli_opt_value("train", usage_train, argc, argv, &i, "--peak-gflops", &v)) != 0) {
-            if (r < 0 || parse_double("train", "--peak-gflops", v, 1e-3, 1e12, &x) < 0) return CLI_EXIT_USAGE;
+            if (r < 0 || cli_parse_double("train", usage_train, "--peak-gflops", v, 1e-3, 1e12, &x) < 0) return CLI_EXIT_USAGE;
             a.peak_gflops = x;
             have_peak = 1;
             continue;
