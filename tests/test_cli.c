@@ -26,27 +26,11 @@
 
 static int run_frugal(const char *args, char **out) { return fr_test_run_frugal(FR_FRUGAL_BIN, args, out); }
 
-/* Run and check the exit code and that the output contains each of the given strings. */
 static void expect(const char *args, int want_rc, const char *must1, const char *must2) {
-    char *out = NULL;
-    int rc = run_frugal(args, &out);
-    int ok_rc = want_rc >= 0 ? rc == want_rc : (rc != 0 && rc > 0 && rc < 128);
-    CHECK(ok_rc, "frugal %s: exit %d, wanted %s%d; output:\n%s", args, rc, want_rc >= 0 ? "" : "non-zero, not ",
-          want_rc >= 0 ? want_rc : 0, out);
-    if (must1) CHECK(strstr(out, must1) != NULL, "frugal %s: output lacks '%s':\n%s", args, must1, out);
-    if (must2) CHECK(strstr(out, must2) != NULL, "frugal %s: output lacks '%s':\n%s", args, must2, out);
-    free(out);
+    fr_test_expect_frugal(FR_FRUGAL_BIN, args, want_rc, must1, must2);
 }
 
-static void write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        CHECK(0, "cannot write %s", path);
-        return;
-    }
-    fputs(text, f);
-    fclose(f);
-}
+static void write_text(const char *path, const char *text) { fr_test_write_text(path, text); }
 
 static int file_exists(const char *path) {
     struct stat st;

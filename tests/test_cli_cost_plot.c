@@ -66,12 +66,7 @@ static int run_frugal(const char *args, char **out, char **err) {
 }
 
 static void expect(const char *args, int want_rc, const char *must1, const char *must2) {
-    char *out = NULL;
-    int rc = run_frugal(args, &out, NULL);
-    CHECK(rc == want_rc, "frugal %s: exit %d, wanted %d; output:\n%s", args, rc, want_rc, out);
-    if (must1) CHECK(strstr(out, must1) != NULL, "frugal %s: output lacks '%s':\n%s", args, must1, out);
-    if (must2) CHECK(strstr(out, must2) != NULL, "frugal %s: output lacks '%s':\n%s", args, must2, out);
-    free(out);
+    fr_test_expect_frugal(FR_FRUGAL_BIN, args, want_rc, must1, must2);
 }
 
 static void write_text(const char *path, const char *text, const char *mode) {

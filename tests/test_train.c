@@ -84,12 +84,7 @@ static void test_adamw_reference(void) {
 
 static char g_root[128];
 
-static void write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    if (!f) return;
-    fputs(text, f);
-    fclose(f);
-}
+static void write_text(const char *path, const char *text) { fr_test_write_text(path, text); }
 
 /* A small learnable corpus: sentences from a tiny grammar, one JSONL document each. */
 static void write_corpus(const char *path) {

@@ -51,3 +51,24 @@ int fr_test_run_frugal(const char *bin, const char *args, char **out) {
     if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
     return -1;
 }
+
+void fr_test_expect_frugal(const char *bin, const char *args, int want_rc, const char *must1, const char *must2) {
+    char *out = NULL;
+    int rc = fr_test_run_frugal(bin, args, &out);
+    int ok_rc = want_rc >= 0 ? rc == want_rc : (rc > 0 && rc < 128);
+    CHECK(ok_rc, "frugal %s: exit %d, wanted %s%d; output:\n%s", args, rc, want_rc >= 0 ? "" : "non-zero, not ",
+          want_rc >= 0 ? want_rc : 0, out);
+    if (must1) CHECK(strstr(out, must1) != NULL, "frugal %s: output lacks '%s':\n%s", args, must1, out);
+    if (must2) CHECK(strstr(out, must2) != NULL, "frugal %s: output lacks '%s':\n%s", args, must2, out);
+    free(out);
+}
+
+void fr_test_write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        CHECK(0, "cannot write %s", path);
+        return;
+    }
+    fputs(text, f);
+    fclose(f);
+}

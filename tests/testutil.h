@@ -17,6 +17,11 @@ double fr_rel_err(const float *a, const float *b, size_t n);
 /* Run `BIN ARGS` (ARGS already shell-quoted) with stderr merged into the captured output.
  * Returns the exit status (128 + signal if killed, -1 if it could not run); *out is malloc'd. */
 int fr_test_run_frugal(const char *bin, const char *args, char **out);
+/* Run `BIN ARGS` and check its exit status (want_rc < 0: any failure status 1..127, not a
+ * crash) and that its output contains must1 and must2 (each may be NULL). */
+void fr_test_expect_frugal(const char *bin, const char *args, int want_rc, const char *must1, const char *must2);
+/* Write text to path (a failed check if it cannot). */
+void fr_test_write_text(const char *path, const char *text);
 /* Prints "N passed, N failed" and returns the process exit code. */
 int fr_test_finish(const char *suite);
 
