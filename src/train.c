@@ -26,6 +26,7 @@
 #include <math.h>
 #include <omp.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,45 +85,53 @@ static int args_check(const fr_train_args *a) {
     return FR_OK;
 }
 
+/* train_args.json: one table, walked in both directions (save and --resume). The schedule is
+ * written by name and the seed as a string (JSON numbers lose 64-bit integers). */
+typedef enum { ARG_STR, ARG_INT, ARG_LONG, ARG_DOUBLE } arg_kind;
+typedef struct {
+    const char *key;
+    arg_kind kind;
+    size_t offset, size; /* size: buffer size of ARG_STR fields */
+} arg_field;
+
+#define A_STR(f) {#f, ARG_STR, offsetof(fr_train_args, f), sizeof(((fr_train_args *)0)->f)}
+#define A_NUM(f, k) {#f, k, offsetof(fr_train_args, f), 0}
+static const arg_field ARG_FIELDS[] = {
+    A_STR(model_config), A_STR(init_model), A_STR(data_dir), A_STR(run_dir),
+    A_NUM(batch_size, ARG_INT), A_NUM(seq_len, ARG_INT), A_NUM(grad_accum, ARG_INT),
+    A_NUM(max_steps, ARG_LONG), A_NUM(max_tokens, ARG_DOUBLE),
+    A_NUM(lr, ARG_DOUBLE), A_NUM(min_lr_frac, ARG_DOUBLE), A_NUM(warmup_steps, ARG_INT),
+    A_NUM(decay_frac, ARG_DOUBLE), A_NUM(beta1, ARG_DOUBLE), A_NUM(beta2, ARG_DOUBLE),
+    A_NUM(eps, ARG_DOUBLE), A_NUM(weight_decay, ARG_DOUBLE), A_NUM(grad_clip, ARG_DOUBLE),
+    A_NUM(bias_update_speed, ARG_DOUBLE), A_NUM(balance_alpha, ARG_DOUBLE), A_NUM(mtp_lambda, ARG_DOUBLE),
+    A_NUM(threads, ARG_INT), A_NUM(eval_interval, ARG_INT), A_NUM(eval_batches, ARG_INT),
+    A_NUM(ckpt_interval, ARG_INT), A_NUM(sample_interval, ARG_INT), A_NUM(sample_tokens, ARG_INT),
+    A_STR(sample_prompt), A_STR(ledger_path),
+    {"usd_per_device_hour", ARG_DOUBLE, offsetof(fr_train_args, prices.usd_per_device_hour), 0},
+    {"watts_per_device", ARG_DOUBLE, offsetof(fr_train_args, prices.watts_per_device), 0},
+    {"usd_per_kwh", ARG_DOUBLE, offsetof(fr_train_args, prices.usd_per_kwh), 0},
+    A_NUM(peak_gflops, ARG_DOUBLE),
+};
+#undef A_STR
+#undef A_NUM
+#define N_ARG_FIELDS ((int)(sizeof ARG_FIELDS / sizeof ARG_FIELDS[0]))
+
 static cJSON *args_to_json(const fr_train_args *a) {
     cJSON *j = cJSON_CreateObject();
-    cJSON_AddStringToObject(j, "model_config", a->model_config);
-    cJSON_AddStringToObject(j, "init_model", a->init_model);
-    cJSON_AddStringToObject(j, "data_dir", a->data_dir);
-    cJSON_AddStringToObject(j, "run_dir", a->run_dir);
-    cJSON_AddNumberToObject(j, "batch_size", a->batch_size);
-    cJSON_AddNumberToObject(j, "seq_len", a->seq_len);
-    cJSON_AddNumberToObject(j, "grad_accum", a->grad_accum);
-    cJSON_AddNumberToObject(j, "max_steps", (double)a->max_steps);
-    cJSON_AddNumberToObject(j, "max_tokens", a->max_tokens);
-    cJSON_AddNumberToObject(j, "lr", a->lr);
-    cJSON_AddNumberToObject(j, "min_lr_frac", a->min_lr_frac);
-    cJSON_AddNumberToObject(j, "warmup_steps", a->warmup_steps);
+    for (int i = 0; i < N_ARG_FIELDS; i++) {
+        const arg_field *f = &ARG_FIELDS[i];
+        const char *p = (const char *)a + f->offset;
+        switch (f->kind) {
+        case ARG_STR: cJSON_AddStringToObject(j, f->key, p); break;
+        case ARG_INT: cJSON_AddNumberToObject(j, f->key, *(const int *)p); break;
+        case ARG_LONG: cJSON_AddNumberToObject(j, f->key, (double)*(const long *)p); break;
+        case ARG_DOUBLE: cJSON_AddNumberToObject(j, f->key, *(const double *)p); break;
+        }
+    }
     cJSON_AddStringToObject(j, "schedule", SCHEDULES[a->schedule]);
-    cJSON_AddNumberToObject(j, "decay_frac", a->decay_frac);
-    cJSON_AddNumberToObject(j, "beta1", a->beta1);
-    cJSON_AddNumberToObject(j, "beta2", a->beta2);
-    cJSON_AddNumberToObject(j, "eps", a->eps);
-    cJSON_AddNumberToObject(j, "weight_decay", a->weight_decay);
-    cJSON_AddNumberToObject(j, "grad_clip", a->grad_clip);
-    cJSON_AddNumberToObject(j, "bias_update_speed", a->bias_update_speed);
-    cJSON_AddNumberToObject(j, "balance_alpha", a->balance_alpha);
-    cJSON_AddNumberToObject(j, "mtp_lambda", a->mtp_lambda);
     char seed[32];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)a->seed);
-    cJSON_AddStringToObject(j, "seed", seed); /* a string: JSON numbers lose 64-bit integers */
-    cJSON_AddNumberToObject(j, "threads", a->threads);
-    cJSON_AddNumberToObject(j, "eval_interval", a->eval_interval);
-    cJSON_AddNumberToObject(j, "eval_batches", a->eval_batches);
-    cJSON_AddNumberToObject(j, "ckpt_interval", a->ckpt_interval);
-    cJSON_AddNumberToObject(j, "sample_interval", a->sample_interval);
-    cJSON_AddNumberToObject(j, "sample_tokens", a->sample_tokens);
-    cJSON_AddStringToObject(j, "sample_prompt", a->sample_prompt);
-    cJSON_AddStringToObject(j, "ledger_path", a->ledger_path);
-    cJSON_AddNumberToObject(j, "usd_per_device_hour", a->prices.usd_per_device_hour);
-    cJSON_AddNumberToObject(j, "watts_per_device", a->prices.watts_per_device);
-    cJSON_AddNumberToObject(j, "usd_per_kwh", a->prices.usd_per_kwh);
-    cJSON_AddNumberToObject(j, "peak_gflops", a->peak_gflops);
+    cJSON_AddStringToObject(j, "seed", seed);
     return j;
 }
 
@@ -145,46 +154,20 @@ static int args_from_json(fr_train_args *a, const char *text, size_t len, const 
     cJSON *j = cJSON_ParseWithLength(text, len);
     if (!j) return fr_error(FR_ERR_FORMAT, "%s is not valid JSON", path);
     fr_train_args_default(a);
-    double d = 0;
-    char sched[32], seed[32];
     int rc = FR_OK;
-#define NUM(key, field, type) if (rc == FR_OK && (rc = json_num(j, key, &d, path)) == FR_OK) a->field = (type)d
-#define STR(key, field) if (rc == FR_OK) rc = json_str(j, key, a->field, sizeof a->field, path)
-    STR("model_config", model_config);
-    STR("init_model", init_model);
-    STR("data_dir", data_dir);
-    STR("run_dir", run_dir);
-    NUM("batch_size", batch_size, int);
-    NUM("seq_len", seq_len, int);
-    NUM("grad_accum", grad_accum, int);
-    NUM("max_steps", max_steps, long);
-    NUM("max_tokens", max_tokens, double);
-    NUM("lr", lr, double);
-    NUM("min_lr_frac", min_lr_frac, double);
-    NUM("warmup_steps", warmup_steps, int);
-    NUM("decay_frac", decay_frac, double);
-    NUM("beta1", beta1, double);
-    NUM("beta2", beta2, double);
-    NUM("eps", eps, double);
-    NUM("weight_decay", weight_decay, double);
-    NUM("grad_clip", grad_clip, double);
-    NUM("bias_update_speed", bias_update_speed, double);
-    NUM("balance_alpha", balance_alpha, double);
-    NUM("mtp_lambda", mtp_lambda, double);
-    NUM("threads", threads, int);
-    NUM("eval_interval", eval_interval, int);
-    NUM("eval_batches", eval_batches, int);
-    NUM("ckpt_interval", ckpt_interval, int);
-    NUM("sample_interval", sample_interval, int);
-    NUM("sample_tokens", sample_tokens, int);
-    STR("sample_prompt", sample_prompt);
-    STR("ledger_path", ledger_path);
-    NUM("usd_per_device_hour", prices.usd_per_device_hour, double);
-    NUM("watts_per_device", prices.watts_per_device, double);
-    NUM("usd_per_kwh", prices.usd_per_kwh, double);
-    NUM("peak_gflops", peak_gflops, double);
-#undef NUM
-#undef STR
+    for (int i = 0; i < N_ARG_FIELDS && rc == FR_OK; i++) {
+        const arg_field *f = &ARG_FIELDS[i];
+        char *p = (char *)a + f->offset;
+        double d = 0;
+        if (f->kind == ARG_STR) {
+            rc = json_str(j, f->key, p, f->size, path);
+        } else if ((rc = json_num(j, f->key, &d, path)) == FR_OK) {
+            if (f->kind == ARG_INT) *(int *)p = (int)d;
+            else if (f->kind == ARG_LONG) *(long *)p = (long)d;
+            else *(double *)p = d;
+        }
+    }
+    char sched[32], seed[32];
     if (rc == FR_OK && (rc = json_str(j, "schedule", sched, sizeof sched, path)) == FR_OK) {
         int found = -1;
         for (int i = 0; i < 3; i++)
@@ -282,6 +265,7 @@ typedef struct {
     sampler data;
     float *mom, *var;
     long step, max_steps;
+    long seg_first_step;        /* step at which this process started (ETA from its own pace) */
     double tokens_done, flops_done;
     double wall_base;           /* seconds of earlier segments of this run */
     double t_start;             /* this segment */
@@ -532,6 +516,12 @@ static int save_checkpoint(run *r, char *out_dir, size_t out_n) {
                 fr_remove_tree(path);
             }
     }
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "type", "checkpoint");
+    cJSON_AddNumberToObject(j, "step", (double)r->step);
+    cJSON_AddStringToObject(j, "dir", final);
+    metrics_line(r, j);
+    cJSON_Delete(j);
     if (out_dir) snprintf(out_dir, out_n, "%s", final);
     return FR_OK;
 }
@@ -702,12 +692,6 @@ static int do_checkpoint(run *r) {
     ev.max_steps = r->max_steps;
     ev.text = dir;
     emit(r, &ev);
-    cJSON *j = cJSON_CreateObject();
-    cJSON_AddStringToObject(j, "type", "checkpoint");
-    cJSON_AddNumberToObject(j, "step", (double)r->step);
-    cJSON_AddStringToObject(j, "dir", dir);
-    metrics_line(r, j);
-    cJSON_Delete(j);
     ledger_fill(r, "running");
     return fr_ledger_update(r->ledger_path, &r->led);
 }
@@ -764,9 +748,10 @@ static int train_steps(run *r, fr_train_result *res) {
     const int n_moe = fr_model_num_moe_blocks(r->m);
     const double step_flops = fr_model_train_flops(r->m, B, T) * a->grad_accum;
     int *tokens = malloc((size_t)N * sizeof(int)), *targets = malloc((size_t)N * sizeof(int));
-    long *counts = calloc((size_t)(n_moe > 0 ? n_moe : 1) * (E > 0 ? E : 1), sizeof(long));
-    long *micro_counts = calloc((size_t)(n_moe > 0 ? n_moe : 1) * (E > 0 ? E : 1), sizeof(long));
-    int *layer_idx = calloc((size_t)(n_moe > 0 ? n_moe : 1), sizeof(int));
+    const size_t n_counts = (size_t)n_moe * (size_t)E; /* 0 for a dense model */
+    long *counts = calloc(n_counts + 1, sizeof(long));
+    long *micro_counts = calloc(n_counts + 1, sizeof(long));
+    int *layer_idx = calloc((size_t)n_moe + 1, sizeof(int));
     int rc = FR_OK;
     if (!tokens || !targets || !counts || !micro_counts || !layer_idx) rc = fr_error(FR_ERR_NOMEM, "out of memory");
 
@@ -777,7 +762,7 @@ static int train_steps(run *r, fr_train_result *res) {
         }
         const double t0 = now_s();
         fr_model_zero_grad(r->m);
-        memset(counts, 0, (size_t)(n_moe > 0 ? n_moe : 1) * (E > 0 ? E : 1) * sizeof(long));
+        memset(counts, 0, n_counts * sizeof(long));
         fr_loss_info mean;
         memset(&mean, 0, sizeof mean);
         for (int micro = 0; micro < a->grad_accum && rc == FR_OK; micro++) {
@@ -789,7 +774,7 @@ static int train_steps(run *r, fr_train_result *res) {
             if (rc == FR_OK) rc = fr_model_forward(r->m, tokens, targets, B, T, &li);
             if (rc == FR_OK && n_moe > 0) { /* before backward, which retires the forward */
                 rc = fr_model_expert_counts(r->m, micro_counts, layer_idx);
-                for (long i = 0; rc == FR_OK && i < (long)n_moe * E; i++) counts[i] += micro_counts[i];
+                for (size_t i = 0; i < n_counts; i++) counts[i] += micro_counts[i];
             }
             if (rc == FR_OK) rc = fr_model_backward(r->m);
             if (rc != FR_OK) break;
@@ -832,7 +817,7 @@ static int train_steps(run *r, fr_train_result *res) {
         ev.gflops = step_flops / dt / 1e9;
         ev.mfu = a->peak_gflops > 0 ? ev.gflops / a->peak_gflops : 0;
         ev.elapsed_s = elapsed(r);
-        const double seg_steps = r->step - res->steps_done; /* steps done in this segment */
+        const double seg_steps = r->step - r->seg_first_step; /* steps done in this segment */
         ev.eta_s = (now_s() - r->t_start) / (seg_steps > 0 ? seg_steps : 1) * (double)(r->max_steps - r->step);
         {
             fr_ledger_entry tmp = r->led;
@@ -1059,7 +1044,7 @@ int fr_train(const fr_train_args *args_in, int resume, const fr_train_hooks *hoo
     r.mem_plan = r.m ? 4 * r.m->n_params * sizeof(float) + fr_model_activation_bytes(r.m, args.batch_size, args.seq_len) : 0;
     if (rc == FR_OK) {
         snprintf(res->run_id, sizeof res->run_id, "%s", r.led.run_id);
-        res->steps_done = r.step; /* steps before this segment, for the ETA */
+        r.seg_first_step = r.step; /* for the ETA */
         rc = train_steps(&r, res);
         res->steps_done = r.step;
     }
@@ -1067,14 +1052,6 @@ int fr_train(const fr_train_args *args_in, int resume, const fr_train_hooks *hoo
      * checkpoint stays the newest) */
     if (rc == FR_OK && r.step > 0) {
         rc = save_checkpoint(&r, res->checkpoint, sizeof res->checkpoint);
-        if (rc == FR_OK) {
-            cJSON *j = cJSON_CreateObject();
-            cJSON_AddStringToObject(j, "type", "checkpoint");
-            cJSON_AddNumberToObject(j, "step", (double)r.step);
-            cJSON_AddStringToObject(j, "dir", res->checkpoint);
-            metrics_line(&r, j);
-            cJSON_Delete(j);
-        }
     }
     if (r.led.run_id[0]) {
         char saved[1024];
