@@ -37,6 +37,22 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+/* Median seconds per product of M activation rows with each matrix in turn (a warm-up pass,
+ * then passes until ~1 s). */
+static double time_matvec(float *y, const float *x, const fr_qmatrix *mats, int n_mats, int M) {
+    for (int k = 0; k < n_mats; k++) fr_qmatmul(y, x, &mats[k], M);
+    double per[64];
+    int passes = 0;
+    double t_start = bench_now();
+    while (passes < 64 && (passes < 3 || bench_now() - t_start < 1.0)) {
+        double t0 = bench_now();
+        for (int k = 0; k < n_mats; k++) fr_qmatmul(y, x, &mats[k], M);
+        per[passes++] = (bench_now() - t0) / n_mats;
+    }
+    qsort(per, (size_t)passes, sizeof per[0], cmp_double);
+    return per[passes / 2];
+}
+
 int main(int argc, char **argv) {
     long rows = 4096, cols = 4096, mib = 256, threads = 0, prefill = 64;
     int only_isa = -1;
@@ -86,19 +102,19 @@ int main(int argc, char **argv) {
     printf("memory bandwidth: read %.2f GB/s, triad %.2f GB/s (%d threads); CPU features: %s\n", bw.read_gbs,
            bw.triad_gbs, bw.threads, fr_cpu_features());
     printf("weights %ld x %ld, working set >= %ld MiB per format, prefill M = %ld\n\n", rows, cols, mib, prefill);
-    printf("%-7s %-6s %10s %8s %9s %9s %8s %12s\n", "kernels", "format", "bytes/w", "us", "GB/s", "GFLOP/s", "of bw",
-           "prefill GF/s");
+    printf("%-7s %-6s %-5s %8s %8s %9s %9s %8s %8s %12s\n", "kernels", "format", "act", "bytes/w", "us", "GB/s",
+           "GFLOP/s", "of bw", "M2/M1", "prefill GF/s");
 
     fr_rng rng;
     fr_rng_seed(&rng, 1);
     float *src = malloc((size_t)rows * cols * sizeof(float));
-    float *x = malloc((size_t)(prefill > 1 ? prefill : 1) * cols * sizeof(float));
-    float *y = malloc((size_t)(prefill > 1 ? prefill : 1) * rows * sizeof(float));
+    float *x = malloc((size_t)(prefill > 2 ? prefill : 2) * cols * sizeof(float));
+    float *y = malloc((size_t)(prefill > 2 ? prefill : 2) * rows * sizeof(float));
     if (!src || !x || !y) {
         fprintf(stderr, "bench_quant: out of memory\n");
         return 1;
     }
-    for (long i = 0; i < (prefill > 1 ? prefill : 1) * cols; i++) x[i] = (float)fr_rng_uniform(&rng) - 0.5f;
+    for (long i = 0; i < (prefill > 2 ? prefill : 2) * cols; i++) x[i] = (float)fr_rng_uniform(&rng) - 0.5f;
     for (long i = 0; i < rows * cols; i++) src[i] = (float)(0.04 * fr_rng_normal(&rng));
 
     for (int isa = FR_ISA_GENERIC; isa <= FR_ISA_AVX512; isa++) {
@@ -127,39 +143,36 @@ int main(int argc, char **argv) {
                         fr_last_error());
                 return 1;
             }
-            /* warm-up pass, then passes until ~1 s; per-matrix time = median over passes */
-            for (int k = 0; k < n_mats; k++) fr_qmatmul(y, x, &mats[k], 1);
-            double per[64];
-            int passes = 0;
-            double t_start = bench_now();
-            while (passes < 64 && (passes < 3 || bench_now() - t_start < 1.0)) {
-                double t0 = bench_now();
-                for (int k = 0; k < n_mats; k++) fr_qmatmul(y, x, &mats[k], 1);
-                per[passes++] = (bench_now() - t0) / n_mats;
-            }
-            qsort(per, (size_t)passes, sizeof per[0], cmp_double);
-            double tm = per[passes / 2];
-            double gbs = (double)bytes / tm / 1e9, gflops = 2.0 * rows * cols / tm / 1e9;
-            double pf = 0;
-            if (prefill > 1) {
-                fr_qmatmul(y, x, &mats[0], (int)prefill);
-                double best = 1e30;
-                for (int r = 0; r < 3; r++) {
-                    double t0 = bench_now();
+            const int quantized = t == FR_QT_Q8_0 || t == FR_QT_Q4_1;
+            for (int act = 0; act <= quantized; act++) {
+                fr_qmatmul_set_int8_act(act);
+                double tm = time_matvec(y, x, mats, n_mats, 1), tm2 = time_matvec(y, x, mats, n_mats, 2);
+                double gbs = (double)bytes / tm / 1e9, gflops = 2.0 * rows * cols / tm / 1e9;
+                double pf = 0;
+                if (prefill > 1) {
                     fr_qmatmul(y, x, &mats[0], (int)prefill);
-                    double dt = bench_now() - t0;
-                    if (dt < best) best = dt;
+                    double best = 1e30;
+                    for (int r = 0; r < 3; r++) {
+                        double t0 = bench_now();
+                        fr_qmatmul(y, x, &mats[0], (int)prefill);
+                        double dt = bench_now() - t0;
+                        if (dt < best) best = dt;
+                    }
+                    pf = 2.0 * prefill * rows * cols / best / 1e9;
                 }
-                pf = 2.0 * prefill * rows * cols / best / 1e9;
+                const char *act_name = act ? "int8" : "f32";
+                printf("%-7s %-6s %-5s %8.3f %8.1f %9.2f %9.2f %7.1f%% %8.2f %12.1f\n", fr_cpu_isa_name(isa),
+                       fr_qtype_name((fr_qtype)t), act_name, (double)bytes / ((double)rows * cols), tm * 1e6, gbs, gflops,
+                       100.0 * gbs / bw.read_gbs, tm2 / tm, pf);
+                printf("{\"bench\": \"quant\", \"kernels\": \"%s\", \"format\": \"%s\", \"activations\": \"%s\", "
+                       "\"rows\": %ld, \"cols\": %ld, \"threads\": %d, \"matrices\": %d, \"us_per_matvec\": %.2f, "
+                       "\"gbs\": %.3f, \"gflops\": %.3f, \"read_bw_gbs\": %.3f, \"fraction_of_bw\": %.4f, "
+                       "\"m2_over_m1\": %.3f, \"prefill_m\": %ld, \"prefill_gflops\": %.2f}\n",
+                       fr_cpu_isa_name(isa), fr_qtype_name((fr_qtype)t), act_name, rows, cols, bw.threads, n_mats,
+                       tm * 1e6, gbs, gflops, bw.read_gbs, gbs / bw.read_gbs, tm2 / tm, prefill, pf);
+                fflush(stdout);
             }
-            printf("%-7s %-6s %10.3f %8.1f %9.2f %9.2f %7.1f%% %12.1f\n", fr_cpu_isa_name(isa), fr_qtype_name((fr_qtype)t),
-                   (double)bytes / ((double)rows * cols), tm * 1e6, gbs, gflops, 100.0 * gbs / bw.read_gbs, pf);
-            printf("{\"bench\": \"quant\", \"kernels\": \"%s\", \"format\": \"%s\", \"rows\": %ld, \"cols\": %ld, "
-                   "\"threads\": %d, \"matrices\": %d, \"us_per_matvec\": %.2f, \"gbs\": %.3f, \"gflops\": %.3f, "
-                   "\"read_bw_gbs\": %.3f, \"fraction_of_bw\": %.4f, \"prefill_m\": %ld, \"prefill_gflops\": %.2f}\n",
-                   fr_cpu_isa_name(isa), fr_qtype_name((fr_qtype)t), rows, cols, bw.threads, n_mats, tm * 1e6, gbs,
-                   gflops, bw.read_gbs, gbs / bw.read_gbs, prefill, pf);
-            fflush(stdout);
+            fr_qmatmul_set_int8_act(-1);
             for (int k = 0; k < n_mats; k++) fr_qmatrix_free(&mats[k]);
             free(mats);
         }

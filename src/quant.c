@@ -25,16 +25,20 @@
  * 16 of them with one instruction (vcvtph2ps); the quants of a block are contiguous, 32
  * (Q8_0) or 16 (Q4_1) bytes, so one vector load feeds a block.
  *
- * Kernels (fr_qmatmul). Activations stay FP32 in every path: weights are dequantized in
- * registers and multiplied with fused multiply-adds, so the result equals x · Ŵᵀ (Ŵ the
- * dequantized weights) up to FP32 summation error. Perplexity measured with dequantized
- * weights (fr_model_load_dequantized) is therefore what the inference engine computes.
- *   M < 4   matrix-vector per row of x: OpenMP over rows of W, the weights streamed once
- *           per x row (decode is bound by memory bandwidth, not by arithmetic).
- *   M >= 4  tiles of W rows are dequantized to FP32 (OpenMP over rows), then multiplied
- *           with the CPU backend's packed SGEMM (fr_cpu_gemm, itself multi-threaded).
- * Row-dot variants: AVX-512F, AVX2+FMA+F16C, portable C; chosen at each call from
- * fr_cpu_isa() (so FRUGAL_CPU=scalar|generic|avx2|avx512 and fr_cpu_set_isa cap it).
+ * Kernels (fr_qmatmul).
+ *   Q8_0 / Q4_1 (default): activations quantized to int8 per block of 32 once per call, exact
+ *           integer block dot products (AVX-512 VNNI vpdpbusd / AVX2 vpmaddubsw / C), for
+ *           every M: tiles of W rows that fit the L2 cache, each tile dotted with groups of
+ *           up to 4 activation rows ("int8 activations" below has the arithmetic and bounds).
+ *   BF16, and Q8_0 / Q4_1 with FP32 activations (fr_qmatmul_set_int8_act(0)): weights are
+ *           dequantized in registers and multiplied with FMAs, so the result equals x · Ŵᵀ
+ *           (Ŵ the dequantized weights) up to FP32 summation error.
+ *     M < 4   matrix-vector per row of x: OpenMP over rows of W, the weights streamed once
+ *             per x row.
+ *     M >= 4  tiles of W rows are dequantized to FP32 (OpenMP over rows), then multiplied
+ *             with the CPU backend's packed SGEMM (fr_cpu_gemm, itself multi-threaded).
+ * Variants: AVX-512F, AVX2+FMA+F16C, portable C; chosen at each call from fr_cpu_isa() (so
+ * FRUGAL_CPU=scalar|generic|avx2|avx512 and fr_cpu_set_isa cap it).
  * F32 matrices use fr_cpu_gemm directly.
  *
  * On-disk (safetensors, names derived from the float tensor's name "<base>.weight"):
@@ -522,6 +526,228 @@ T_AVX512 static float dot_q4_1_avx512(const uint8_t *row, const float *x, const 
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + sm;
 }
 
+/* ------------------------------------------------------------------ int8 activations
+ *
+ * Decode is a matrix-vector product: each weight byte is used once, so the kernel must
+ * consume weights as fast as memory delivers them. Converting every weight to float (the
+ * FP32-activation kernels above) costs more than that on cores with narrow conversion
+ * units, so for Q8_0 and Q4_1 the activations are quantized too, once per call, and the
+ * block dot products become exact integer sums:
+ *
+ *   activation block b of a row (FP32 scale, computed here, never stored on disk):
+ *     dx_b = max_i |x_i| / 127, qx_i = nearbyint(x_i * (1 / dx_b)) in [-127, 127]
+ *     (all zero when dx_b = 0), and the exact FP32 sum xs_b = x_0 + ... + x_31 (in order).
+ *   Q8_0:  y = Σ_b (d_b · dx_b) · Σ_i qw_i qx_i
+ *   Q4_1:  y = Σ_b (d_b · dx_b) · Σ_i q_i qx_i  +  m_b · xs_b
+ *
+ * The integer sums are exact (|Σ| <= 32 · 128 · 127 < 2^24, so also exact as floats), and
+ * d_b · dx_b is one FP32 product, identical in every kernel; kernels differ only in the
+ * order of the FP32 accumulation over blocks. Q4_1's minimum term uses the exact sum of x,
+ * so only the d·q part sees the activation rounding: |y - x·Ŵᵀ| <= Σ_b dx_b/2 · Σ_i |d_b q_i|
+ * plus FP32 summation error (tests/test_quant.c checks both bounds).
+ *
+ * One kernel call dots one weight row with up to QX_MAX activation rows, so the weights
+ * are loaded once for a speculative 2-token step or a small decode batch; each activation
+ * row has its own accumulators and the same operation order whatever the number of rows
+ * beside it, so a row's result does not depend on the batch it is computed in.
+ */
+
+#define QX_MAX 4
+#ifndef QPF_BYTES
+#define QPF_BYTES 1024
+#endif
+
+typedef struct {
+    int cols, nb;
+    int8_t *q;  /* [M, cols] */
+    float *d;   /* [M, nb] dx_b */
+    float *s;   /* [M, nb] xs_b */
+} qact;
+
+/* out[j] = dot(row, activation row j0 + j) for j < nx (1 <= nx <= QX_MAX) */
+typedef void (*qdot8_fn)(const uint8_t *row, const qact *a, int j0, int nx, float *out);
+
+/* One activation row into blocks (s may be NULL: only Q4_1 needs the block sums). Rounding
+ * uses the 1.5 · 2^23 trick: for |v| < 2^22, (v + 1.5·2^23) - 1.5·2^23 is v rounded to the
+ * nearest integer, ties to even, exactly nearbyint's result in the default rounding mode,
+ * without a libm call per value on CPUs that lack SSE4.1 rounding instructions. */
+static void quantize_act_row(const float *x, int cols, int8_t *q, float *d, float *s) {
+    const float magic = 0x1.8p23f;
+    for (int b = 0; b < cols / FR_QBLOCK; b++) {
+        const float *xb = x + b * FR_QBLOCK;
+        float amax = 0.f;
+        for (int i = 0; i < FR_QBLOCK; i++) {
+            float v = fabsf(xb[i]);
+            amax = v > amax ? v : amax;
+        }
+        const float dx = amax / 127.f, inv = dx > 0.f ? 1.f / dx : 0.f;
+        for (int i = 0; i < FR_QBLOCK; i++) q[b * FR_QBLOCK + i] = (int8_t)(int)((xb[i] * inv + magic) - magic);
+        d[b] = dx;
+        if (s) {
+            float sum = 0.f;
+            for (int i = 0; i < FR_QBLOCK; i++) sum += xb[i];
+            s[b] = sum;
+        }
+    }
+}
+
+static void dot8_q8_0_c(const uint8_t *row, const qact *a, int j0, int nx, float *out) {
+    const int nb = a->nb;
+    const uint16_t *d = (const uint16_t *)row;
+    const int8_t *q = (const int8_t *)(row + 2 * (size_t)nb);
+    for (int j = 0; j < nx; j++) {
+        const int8_t *qx = a->q + (size_t)(j0 + j) * a->cols;
+        const float *dx = a->d + (size_t)(j0 + j) * nb;
+        float s = 0.f;
+        for (int b = 0; b < nb; b++) {
+            int32_t isum = 0;
+            for (int i = 0; i < FR_QBLOCK; i++) isum += (int32_t)q[b * FR_QBLOCK + i] * qx[b * FR_QBLOCK + i];
+            s += fr_q_f16_to_f32(d[b]) * dx[b] * (float)isum;
+        }
+        out[j] = s;
+    }
+}
+
+static void dot8_q4_1_c(const uint8_t *row, const qact *a, int j0, int nx, float *out) {
+    const int nb = a->nb;
+    const uint16_t *d = (const uint16_t *)row, *mn = d + nb;
+    const uint8_t *q = row + 4 * (size_t)nb;
+    for (int j = 0; j < nx; j++) {
+        const int8_t *qx = a->q + (size_t)(j0 + j) * a->cols;
+        const float *dx = a->d + (size_t)(j0 + j) * nb, *xs = a->s + (size_t)(j0 + j) * nb;
+        float s = 0.f;
+        for (int b = 0; b < nb; b++) {
+            const int8_t *xb = qx + b * FR_QBLOCK;
+            int32_t isum = 0;
+            for (int k = 0; k < 16; k++) {
+                const uint8_t v = q[b * 16 + k];
+                isum += (int32_t)(v & 15) * xb[k] + (int32_t)(v >> 4) * xb[k + 16];
+            }
+            s += fr_q_f16_to_f32(d[b]) * dx[b] * (float)isum + fr_q_f16_to_f32(mn[b]) * xs[b];
+        }
+        out[j] = s;
+    }
+}
+
+/* SIMD kernels, one body for AVX2 (vpmaddubsw + vpmaddwd) and AVX-512 VNNI (vpdpbusd on
+ * 256-bit vectors): DOT32(u, s) returns 8 int32 lanes whose total is Σ u_i s_i over 32
+ * unsigned × signed bytes. Q8_0's signed weights use |w| as the unsigned operand and move
+ * the sign onto the activation (vpsignb); a stored -128 becomes the unsigned 128, and the
+ * int16 pair sums stay below 2 · 128 · 127 < 2^15, so vpmaddubsw never saturates.
+ * The scale products d_b · dx_b of 8 blocks are formed with one vector multiply and read
+ * back per block with a broadcast load. NX is a compile-time constant in each instance. */
+#define QDOT8_KERNELS(SUFFIX, TARGET, DOT32)                                                               \
+    TARGET static inline __attribute__((always_inline)) void q8_0_##SUFFIX##_n(                          \
+        const uint8_t *row, const qact *a, int j0, const int NX, float *out) {                            \
+        const int nb = a->nb;                                                                              \
+        const uint16_t *d = (const uint16_t *)row;                                                         \
+        const int8_t *q = (const int8_t *)(row + 2 * (size_t)nb);                                          \
+        const int8_t *qx[QX_MAX];                                                                          \
+        const float *dx[QX_MAX];                                                                           \
+        __m256 acc[QX_MAX][2];                                                                             \
+        float sc[QX_MAX][8] __attribute__((aligned(32)));                                                  \
+        for (int j = 0; j < NX; j++) {                                                                     \
+            qx[j] = a->q + (size_t)(j0 + j) * a->cols;                                                     \
+            dx[j] = a->d + (size_t)(j0 + j) * nb;                                                          \
+            acc[j][0] = acc[j][1] = _mm256_setzero_ps();                                                   \
+        }                                                                                                  \
+        for (int b0 = 0; b0 < nb; b0 += 8) {                                                               \
+            const int n = nb - b0 < 8 ? nb - b0 : 8;                                                       \
+            if (n == 8) {                                                                                  \
+                const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(d + b0)));             \
+                for (int j = 0; j < NX; j++) _mm256_store_ps(sc[j], _mm256_mul_ps(dw, _mm256_loadu_ps(dx[j] + b0))); \
+            } else {                                                                                       \
+                for (int j = 0; j < NX; j++)                                                               \
+                    for (int k = 0; k < n; k++) sc[j][k] = fr_q_f16_to_f32(d[b0 + k]) * dx[j][b0 + k];     \
+            }                                                                                              \
+            for (int k = 0; k < n; k++) {                                                                  \
+                const size_t off = (size_t)(b0 + k) * FR_QBLOCK;                                           \
+                _mm_prefetch((const char *)(q + off) + QPF_BYTES, _MM_HINT_T0);                           \
+                const __m256i w = _mm256_loadu_si256((const __m256i *)(q + off));                          \
+                const __m256i aw = _mm256_sign_epi8(w, w);                                                 \
+                for (int j = 0; j < NX; j++) {                                                             \
+                    const __m256i sx = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(qx[j] + off)), w); \
+                    acc[j][k & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DOT32(aw, sx)), _mm256_broadcast_ss(&sc[j][k]), acc[j][k & 1]); \
+                }                                                                                          \
+            }                                                                                              \
+        }                                                                                                  \
+        for (int j = 0; j < NX; j++) out[j] = hsum256(_mm256_add_ps(acc[j][0], acc[j][1]));                \
+    }                                                                                                      \
+    TARGET static inline __attribute__((always_inline)) void q4_1_##SUFFIX##_n(                          \
+        const uint8_t *row, const qact *a, int j0, const int NX, float *out) {                            \
+        const int nb = a->nb;                                                                              \
+        const uint16_t *d = (const uint16_t *)row, *mn = d + nb;                                           \
+        const uint8_t *q = row + 4 * (size_t)nb;                                                           \
+        const __m256i lowmask = _mm256_set1_epi8(15);                                                      \
+        const int8_t *qx[QX_MAX];                                                                          \
+        const float *dx[QX_MAX], *xs[QX_MAX];                                                              \
+        __m256 acc[QX_MAX][2], accm[QX_MAX];                                                               \
+        float sc[QX_MAX][8] __attribute__((aligned(32))), tail[QX_MAX];                                    \
+        for (int j = 0; j < NX; j++) {                                                                     \
+            qx[j] = a->q + (size_t)(j0 + j) * a->cols;                                                     \
+            dx[j] = a->d + (size_t)(j0 + j) * nb;                                                          \
+            xs[j] = a->s + (size_t)(j0 + j) * nb;                                                          \
+            acc[j][0] = acc[j][1] = accm[j] = _mm256_setzero_ps();                                         \
+            tail[j] = 0.f;                                                                                 \
+        }                                                                                                  \
+        for (int b0 = 0; b0 < nb; b0 += 8) {                                                               \
+            const int n = nb - b0 < 8 ? nb - b0 : 8;                                                       \
+            if (n == 8) {                                                                                  \
+                const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(d + b0)));             \
+                const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mn + b0)));            \
+                for (int j = 0; j < NX; j++) {                                                             \
+                    _mm256_store_ps(sc[j], _mm256_mul_ps(dw, _mm256_loadu_ps(dx[j] + b0)));                \
+                    accm[j] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(xs[j] + b0), accm[j]);                   \
+                }                                                                                          \
+            } else {                                                                                       \
+                for (int j = 0; j < NX; j++)                                                               \
+                    for (int k = 0; k < n; k++) {                                                          \
+                        sc[j][k] = fr_q_f16_to_f32(d[b0 + k]) * dx[j][b0 + k];                             \
+                        tail[j] += fr_q_f16_to_f32(mn[b0 + k]) * xs[j][b0 + k];                            \
+                    }                                                                                      \
+            }                                                                                              \
+            for (int k = 0; k < n; k++) {                                                                  \
+                _mm_prefetch((const char *)(q + (size_t)(b0 + k) * 16) + QPF_BYTES, _MM_HINT_T0);          \
+                const __m128i v = _mm_loadu_si128((const __m128i *)(q + (size_t)(b0 + k) * 16));           \
+                const __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), lowmask);   \
+                const size_t off = (size_t)(b0 + k) * FR_QBLOCK;                                           \
+                for (int j = 0; j < NX; j++) {                                                             \
+                    const __m256i x = _mm256_loadu_si256((const __m256i *)(qx[j] + off));                  \
+                    acc[j][k & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DOT32(w, x)), _mm256_broadcast_ss(&sc[j][k]), acc[j][k & 1]); \
+                }                                                                                          \
+            }                                                                                              \
+        }                                                                                                  \
+        for (int j = 0; j < NX; j++)                                                                       \
+            out[j] = hsum256(_mm256_add_ps(_mm256_add_ps(acc[j][0], acc[j][1]), accm[j])) + tail[j];       \
+    }                                                                                                      \
+    TARGET static void dot8_q8_0_##SUFFIX(const uint8_t *row, const qact *a, int j0, int nx, float *out) { \
+        switch (nx) {                                                                                      \
+        case 1: q8_0_##SUFFIX##_n(row, a, j0, 1, out); break;                                              \
+        case 2: q8_0_##SUFFIX##_n(row, a, j0, 2, out); break;                                              \
+        case 3: q8_0_##SUFFIX##_n(row, a, j0, 3, out); break;                                              \
+        default: q8_0_##SUFFIX##_n(row, a, j0, 4, out); break;                                             \
+        }                                                                                                  \
+    }                                                                                                      \
+    TARGET static void dot8_q4_1_##SUFFIX(const uint8_t *row, const qact *a, int j0, int nx, float *out) { \
+        switch (nx) {                                                                                      \
+        case 1: q4_1_##SUFFIX##_n(row, a, j0, 1, out); break;                                              \
+        case 2: q4_1_##SUFFIX##_n(row, a, j0, 2, out); break;                                              \
+        case 3: q4_1_##SUFFIX##_n(row, a, j0, 3, out); break;                                              \
+        default: q4_1_##SUFFIX##_n(row, a, j0, 4, out); break;                                             \
+        }                                                                                                  \
+    }
+
+T_AVX2 static inline __m256i dot32_avx2(__m256i u, __m256i s) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+QDOT8_KERNELS(avx2, T_AVX2, dot32_avx2)
+
+#define T_VNNI __attribute__((target("avx512f,avx512vl,avx512vnni,avx2,fma,f16c")))
+T_VNNI static inline __m256i dot32_vnni(__m256i u, __m256i s) {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+}
+QDOT8_KERNELS(vnni, T_VNNI, dot32_vnni)
+
 /* ------------------------------------------------------------------ dispatch */
 
 static int quant_isa(void) {
@@ -578,13 +804,88 @@ static void qmatmul_rows(float *y, const float *x, const fr_qmatrix *w, int M, r
     if (xs && xs != xs_stack) free(xs);
 }
 
+/* -1: not yet decided (FRUGAL_QACT is read on first use), 0: FP32 activations, 1: int8 */
+static int g_int8_act = -1;
+
+void fr_qmatmul_set_int8_act(int on) {
+    if (on < 0) {
+        const char *env = getenv("FRUGAL_QACT");
+        on = !(env && (!strcmp(env, "f32") || !strcmp(env, "fp32")));
+    }
+    g_int8_act = on ? 1 : 0;
+}
+
+int fr_qmatmul_int8_act(void) {
+    if (g_int8_act < 0) fr_qmatmul_set_int8_act(-1);
+    return g_int8_act;
+}
+
+int fr_qmatmul_uses_int8(const fr_qmatrix *w) {
+    return (w->type == FR_QT_Q8_0 || w->type == FR_QT_Q4_1) && fr_qmatmul_int8_act();
+}
+
+static qdot8_fn pick_dot8(fr_qtype t, int isa) {
+    if (isa >= FR_ISA_AVX512 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl"))
+        return t == FR_QT_Q8_0 ? dot8_q8_0_vnni : dot8_q4_1_vnni;
+    if (isa >= FR_ISA_AVX2) return t == FR_QT_Q8_0 ? dot8_q8_0_avx2 : dot8_q4_1_avx2;
+    return t == FR_QT_Q8_0 ? dot8_q8_0_c : dot8_q4_1_c;
+}
+
+/* Int8-activation product for every M (see "int8 activations" above): the rows of W are cut
+ * into tiles that stay in the L2 cache while every group of QX_MAX activation rows passes
+ * over them, so decode (M = 1) streams W once and prefill re-reads each tile from cache.
+ * Returns 0 when the activation buffers cannot be allocated (the caller falls back). */
+static int qmatmul_int8(float *y, const float *x, const fr_qmatrix *w, int M, int isa) {
+    const int rows = w->rows, cols = w->cols, nb = cols / FR_QBLOCK;
+    qact a = {cols, nb, malloc((size_t)M * cols), malloc((size_t)M * nb * sizeof(float)),
+              w->type == FR_QT_Q4_1 ? malloc((size_t)M * nb * sizeof(float)) : NULL};
+    if (!a.q || !a.d || (w->type == FR_QT_Q4_1 && !a.s)) {
+        free(a.q);
+        free(a.d);
+        free(a.s);
+        return 0;
+    }
+    const int threads = omp_get_max_threads();
+#pragma omp parallel for schedule(static) if (M >= 16 && threads > 1)
+    for (int i = 0; i < M; i++)
+        quantize_act_row(x + (size_t)i * cols, cols, a.q + (size_t)i * cols, a.d + (size_t)i * nb,
+                         w->type == FR_QT_Q4_1 ? a.s + (size_t)i * nb : NULL);
+    const qdot8_fn dot = pick_dot8(w->type, isa);
+    const size_t rb = fr_qtype_row_bytes(w->type, cols);
+    const uint8_t *base = (const uint8_t *)w->data;
+    /* tiles of at most 128 KiB of weights, and at least 4 per thread for balance */
+    int tile = (int)(((size_t)128 << 10) / rb);
+    if (tile > rows / (4 * threads)) tile = rows / (4 * threads);
+    if (tile < 1) tile = 1;
+    const int n_tiles = (rows + tile - 1) / tile;
+    const int par = threads > 1 && n_tiles > 1 && (double)rows * cols * M > 65536.0;
+#pragma omp parallel for schedule(static) if (par)
+    for (int t = 0; t < n_tiles; t++) {
+        const int r0 = t * tile, r1 = r0 + tile < rows ? r0 + tile : rows;
+        float out[QX_MAX];
+        for (int j0 = 0; j0 < M; j0 += QX_MAX) {
+            const int nx = M - j0 < QX_MAX ? M - j0 : QX_MAX;
+            for (int r = r0; r < r1; r++) {
+                dot(base + rb * (size_t)r, &a, j0, nx, out);
+                for (int j = 0; j < nx; j++) y[(size_t)(j0 + j) * rows + r] = out[j];
+            }
+        }
+    }
+    free(a.q);
+    free(a.d);
+    free(a.s);
+    return 1;
+}
+
 void fr_qmatmul(float *y, const float *x, const fr_qmatrix *w, int M) {
     if (M <= 0 || w->rows <= 0 || w->cols <= 0) return;
     if (w->type == FR_QT_F32) {
         fr_cpu_gemm(0, 1, M, w->rows, w->cols, 1.0f, x, w->cols, (const float *)w->data, w->cols, 0.0f, y, w->rows);
         return;
     }
-    rowdot_fn dot = pick_dot(w->type, quant_isa());
+    const int isa = quant_isa();
+    if (fr_qmatmul_uses_int8(w) && qmatmul_int8(y, x, w, M, isa)) return;
+    rowdot_fn dot = pick_dot(w->type, isa);
     if (!dot) return;
     const int rows = w->rows, cols = w->cols;
     float *tile = NULL;

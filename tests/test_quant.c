@@ -19,6 +19,12 @@
  *    FP32 summation of cols products in any order (each product and the final scale add a
  *    rounding each), independent of the kernel's blocking. Wrong indices, nibbles or scales
  *    give errors of the order of S itself. SIMD vs generic: <= 2 (cols + 4) u S.
+ *  - fr_qmatmul with int8 activations (Q8_0 / Q4_1, the default): checked against the
+ *    product defined in quant.c computed here in double from the test's own activation
+ *    quantizer: |y - y8| <= (2 nb + 8) u S8 (S8: Σ_b |d_b dx_b| Σ_i |q_i qx_i| + |m_b xs_b|; only
+ *    FP32 accumulation differs); against the FP32-activation product: within the activation
+ *    rounding Σ_b Σ_i |d_b q_i| dx_b (1/2 + 256u) (+ FP32 terms), which is the documented error
+ *    model; every row bit-identical to the same row computed alone (M = 1).
  */
 #define _GNU_SOURCE
 #include "frugal.h"
@@ -237,11 +243,55 @@ static void test_roundtrip(fr_qtype t, int rows, int cols) {
 
 static int g_isas[3], g_n_isas;
 
-static void test_matmul_shape(fr_qtype t, int rows, int cols, int M) {
+/* Reference of the int8-activation product (quant.c, "int8 activations"), written from its
+ * definition: per block dx = max|x| / 127, qx = nearbyint(x * (1/dx)), xs = Σ x in FP32;
+ * y = Σ_b fl(d_b dx_b) Σ_i q_i qx_i + m_b xs_b, the integer sums exact. Also returns S8 =
+ * Σ_b |d_b dx_b| Σ_i |q_i qx_i| + |m_b xs_b| (SIMD kernels scale partial integer sums, lane by
+ * lane, so the FP32 accumulation bound needs the magnitudes of the products) and A (the
+ * bound of the activation rounding against the FP32-activation product: Σ_b Σ_i |d_b q_i|
+ * dx_b (1/2 + 256u), plus |m_b| 32u Σ_i |x_i| for the FP32 block sum). */
+static double int8_ref(const fr_qmatrix *q, int r, const float *x, double *S8, double *A) {
+    const int nb = q->cols / 32;
+    double y = 0, s8 = 0, a = 0;
+    for (int b = 0; b < nb; b++) {
+        const float *xb = x + 32 * b;
+        float amax = 0.f, xs = 0.f;
+        double xabs = 0;
+        for (int i = 0; i < 32; i++) {
+            amax = fmaxf(amax, fabsf(xb[i]));
+            xs += xb[i];
+            xabs += fabs((double)xb[i]);
+        }
+        const float dx = amax / 127.f, inv = dx > 0.f ? 1.f / dx : 0.f;
+        long isum = 0, iabs = 0;
+        double qabs = 0;
+        elem e0 = decode(q, r, 32 * b);
+        for (int i = 0; i < 32; i++) {
+            elem e = decode(q, r, 32 * b + i);
+            const long p = (long)e.q * (long)nearbyintf(xb[i] * inv);
+            isum += p;
+            iabs += labs(p);
+            qabs += fabs((double)e.d * e.q);
+        }
+        const float scale = e0.d * dx;
+        y += (double)scale * (double)isum + (double)e0.m * xs;
+        s8 += fabs((double)scale) * (double)iabs + fabs((double)e0.m * xs);
+        a += qabs * dx * (0.5 + 256 * U) + fabs((double)e0.m) * 32 * U * xabs;
+    }
+    *S8 = s8;
+    *A = a;
+    return y;
+}
+
+/* One shape, one activation mode (int8: 1 for the int8-activation path of Q8_0 / Q4_1). */
+static void test_matmul_shape_act(fr_qtype t, int rows, int cols, int M, int int8) {
     float *w = malloc((size_t)rows * cols * sizeof(float));
     float *x = malloc((size_t)M * cols * sizeof(float));
     fill_matrix(w, rows, cols);
     for (size_t i = 0; i < (size_t)M * cols; i++) x[i] = urand(-2, 2);
+    /* activation rows of other character: one with an outlier, one with a zero block */
+    if (M > 1) x[cols + cols / 2] = 150.f;
+    if (M > 2 && cols >= 32) memset(x + 2 * (size_t)cols, 0, 32 * sizeof(float));
     fr_qmatrix q;
     if (fr_qmatrix_from_f32(&q, t, w, rows, cols) != FR_OK) {
         CHECK(0, "from_f32 %s %dx%d: %s", fr_qtype_name(t), rows, cols, fr_last_error());
@@ -249,50 +299,89 @@ static void test_matmul_shape(fr_qtype t, int rows, int cols, int M) {
         free(x);
         return;
     }
+    const char *mode = int8 ? "int8 act" : "f32 act";
+    fr_qmatmul_set_int8_act(int8);
+    CHECK(fr_qmatmul_uses_int8(&q) == (int8 && (t == FR_QT_Q8_0 || t == FR_QT_Q4_1)), "uses_int8 %s %s", fr_qtype_name(t), mode);
+    /* bnd: the bound of the kernel's FP32 arithmetic around ref; abnd: int8 vs f32 reference */
     double *ref = malloc((size_t)M * rows * sizeof(double)), *bnd = malloc((size_t)M * rows * sizeof(double));
+    double *ref32 = malloc((size_t)M * rows * sizeof(double)), *abnd = malloc((size_t)M * rows * sizeof(double));
     for (int i = 0; i < M; i++)
         for (int r = 0; r < rows; r++) {
+            const float *xi = x + (size_t)i * cols;
             double s = 0, S = 0, v, mag;
             for (int c = 0; c < cols; c++) {
                 ref_term(&q, r, c, &v, &mag);
-                s += (double)x[(size_t)i * cols + c] * v;
-                S += fabs((double)x[(size_t)i * cols + c]) * mag;
+                s += (double)xi[c] * v;
+                S += fabs((double)xi[c]) * mag;
             }
-            ref[(size_t)i * rows + r] = s;
-            bnd[(size_t)i * rows + r] = (cols + 4) * U * S + 1e-37;
+            const size_t k = (size_t)i * rows + r;
+            ref32[k] = ref[k] = s;
+            bnd[k] = (cols + 4) * U * S + 1e-37;
+            abnd[k] = 0;
+            if (int8) {
+                double S8, A;
+                ref[k] = int8_ref(&q, r, xi, &S8, &A);
+                const double b8 = (2.0 * (cols / 32) + 8) * U * S8 + 1e-37;
+                abnd[k] = A + b8 + bnd[k];
+                bnd[k] = b8;
+            }
         }
     float *y0 = NULL;
     for (int k = 0; k < g_n_isas; k++) {
         fr_cpu_set_isa(g_isas[k]);
+        const char *isa = fr_cpu_isa_name(g_isas[k]);
         float *y = malloc((size_t)M * rows * sizeof(float));
         for (size_t i = 0; i < (size_t)M * rows; i++) y[i] = NAN;
         fr_qmatmul(y, x, &q, M);
-        int viol = 0;
+        int viol = 0, aviol = 0;
         double worst = 0;
         for (size_t i = 0; i < (size_t)M * rows; i++) {
             double e = fabs((double)y[i] - ref[i]);
             if (!(e <= bnd[i])) viol++;
             if (e / bnd[i] > worst) worst = e / bnd[i];
+            if (int8 && !(fabs((double)y[i] - ref32[i]) <= abnd[i])) aviol++;
         }
-        CHECK(viol == 0, "qmatmul %s [%s] rows %d cols %d M %d: %d outputs beyond (cols+4)uS (worst %.3g x bound)",
-              fr_qtype_name(t), fr_cpu_isa_name(g_isas[k]), rows, cols, M, viol, worst);
+        CHECK(viol == 0, "qmatmul %s %s [%s] rows %d cols %d M %d: %d outputs beyond the FP32 bound (worst %.3g x bound)",
+              fr_qtype_name(t), mode, isa, rows, cols, M, viol, worst);
+        CHECK(aviol == 0, "qmatmul %s %s [%s] rows %d cols %d M %d: %d outputs beyond the activation-rounding bound",
+              fr_qtype_name(t), mode, isa, rows, cols, M, aviol);
+        if (int8 && M > 1) {
+            /* a row's result does not depend on the rows computed beside it */
+            float *y1 = malloc((size_t)rows * sizeof(float));
+            int diff = 0;
+            for (int i = 0; i < M; i++) {
+                fr_qmatmul(y1, x + (size_t)i * cols, &q, 1);
+                diff += memcmp(y1, y + (size_t)i * rows, (size_t)rows * sizeof(float)) != 0;
+            }
+            CHECK(diff == 0, "qmatmul %s int8 [%s] rows %d cols %d: %d of %d rows differ from M = 1", fr_qtype_name(t), isa,
+                  rows, cols, diff, M);
+            free(y1);
+        }
         if (k == 0) y0 = y;
         else {
             int dis = 0;
             for (size_t i = 0; i < (size_t)M * rows; i++)
                 if (!(fabs((double)y[i] - y0[i]) <= 2 * bnd[i])) dis++;
-            CHECK(dis == 0, "qmatmul %s %s vs generic rows %d cols %d M %d: %d outputs disagree", fr_qtype_name(t),
-                  fr_cpu_isa_name(g_isas[k]), rows, cols, M, dis);
+            CHECK(dis == 0, "qmatmul %s %s %s vs generic rows %d cols %d M %d: %d outputs disagree", fr_qtype_name(t), mode,
+                  isa, rows, cols, M, dis);
             free(y);
         }
     }
     fr_cpu_set_isa(-1);
+    fr_qmatmul_set_int8_act(-1);
     free(y0);
     free(ref);
     free(bnd);
+    free(ref32);
+    free(abnd);
     fr_qmatrix_free(&q);
     free(w);
     free(x);
+}
+
+static void test_matmul_shape(fr_qtype t, int rows, int cols, int M) {
+    test_matmul_shape_act(t, rows, cols, M, 0);
+    if (t == FR_QT_Q8_0 || t == FR_QT_Q4_1) test_matmul_shape_act(t, rows, cols, M, 1);
 }
 
 static void test_matmul(void) {
@@ -313,6 +402,9 @@ static void test_matmul(void) {
     /* several dequantization tiles (8 MiB of FP32 per tile: 256 rows of 8192) */
     test_matmul_shape(FR_QT_Q4_1, 300, 8192, 4);
     test_matmul_shape(FR_QT_Q8_0, 300, 8192, 1);
+    /* int8 path: several activation groups of 4 and L2 tiles of W rows, odd block counts */
+    test_matmul_shape(FR_QT_Q8_0, 517, 1056, 11);
+    test_matmul_shape(FR_QT_Q4_1, 517, 1056, 6);
 }
 
 /* ------------------------------------------------------------------ bad inputs (matrices) */
