@@ -567,13 +567,25 @@ typedef struct {
 /* out[j] = dot(row, activation row j0 + j) for j < nx (1 <= nx <= QX_MAX) */
 typedef void (*qdot8_fn)(const uint8_t *row, const qact *a, int j0, int nx, float *out);
 
-/* One activation row into blocks (s may be NULL: only Q4_1 needs the block sums). Rounding
- * uses the 1.5 · 2^23 trick: for |v| < 2^22, (v + 1.5·2^23) - 1.5·2^23 is v rounded to the
- * nearest integer, ties to even, exactly nearbyint's result in the default rounding mode,
- * without a libm call per value on CPUs that lack SSE4.1 rounding instructions. */
+/* Where value i of activation block b sits in a quantized row. Plain order, except for
+ * Q4_1 (pairs = 1): blocks 2p and 2p+1 are interleaved by halves, [2p: 0..15][2p+1: 0..15]
+ * [2p: 16..31][2p+1: 16..31], so that one 32-byte load of a pair's nibbles, masked (low
+ * halves of both blocks) and shifted (high halves), meets its activations in two plain
+ * loads. A last block without a partner stays in plain order. */
+static inline size_t qx_index(int b, int i, int nb, int pairs) {
+    if (!pairs || ((nb & 1) && b == nb - 1)) return (size_t)b * FR_QBLOCK + i;
+    return (size_t)(b & ~1) * FR_QBLOCK + (i >= 16 ? 32 : 0) + (b & 1) * 16 + (i & 15);
+}
+
+/* One activation row into blocks (s = NULL: no block sums, plain order, as for Q8_0; else
+ * sums and the Q4_1 pair order). Rounding uses the 1.5 · 2^23 trick: for |v| < 2^22,
+ * (v + 1.5·2^23) - 1.5·2^23 is v rounded to the nearest integer, ties to even, exactly
+ * nearbyint's result in the default rounding mode, without a libm call per value on CPUs
+ * that lack SSE4.1 rounding instructions. */
 static void quantize_act_row(const float *x, int cols, int8_t *q, float *d, float *s) {
     const float magic = 0x1.8p23f;
-    for (int b = 0; b < cols / FR_QBLOCK; b++) {
+    const int nb = cols / FR_QBLOCK, pairs = s != NULL;
+    for (int b = 0; b < nb; b++) {
         const float *xb = x + b * FR_QBLOCK;
         float amax = 0.f;
         for (int i = 0; i < FR_QBLOCK; i++) {
@@ -581,7 +593,10 @@ static void quantize_act_row(const float *x, int cols, int8_t *q, float *d, floa
             amax = v > amax ? v : amax;
         }
         const float dx = amax / 127.f, inv = dx > 0.f ? 1.f / dx : 0.f;
-        for (int i = 0; i < FR_QBLOCK; i++) q[b * FR_QBLOCK + i] = (int8_t)(int)((xb[i] * inv + magic) - magic);
+        if (pairs)
+            for (int i = 0; i < FR_QBLOCK; i++) q[qx_index(b, i, nb, 1)] = (int8_t)(int)((xb[i] * inv + magic) - magic);
+        else
+            for (int i = 0; i < FR_QBLOCK; i++) q[b * FR_QBLOCK + i] = (int8_t)(int)((xb[i] * inv + magic) - magic);
         d[b] = dx;
         if (s) {
             float sum = 0.f;
@@ -617,11 +632,10 @@ static void dot8_q4_1_c(const uint8_t *row, const qact *a, int j0, int nx, float
         const float *dx = a->d + (size_t)(j0 + j) * nb, *xs = a->s + (size_t)(j0 + j) * nb;
         float s = 0.f;
         for (int b = 0; b < nb; b++) {
-            const int8_t *xb = qx + b * FR_QBLOCK;
             int32_t isum = 0;
             for (int k = 0; k < 16; k++) {
                 const uint8_t v = q[b * 16 + k];
-                isum += (int32_t)(v & 15) * xb[k] + (int32_t)(v >> 4) * xb[k + 16];
+                isum += (int32_t)(v & 15) * qx[qx_index(b, k, nb, 1)] + (int32_t)(v >> 4) * qx[qx_index(b, k + 16, nb, 1)];
             }
             s += fr_q_f16_to_f32(d[b]) * dx[b] * (float)isum + fr_q_f16_to_f32(mn[b]) * xs[b];
         }
@@ -636,7 +650,7 @@ static void dot8_q4_1_c(const uint8_t *row, const qact *a, int j0, int nx, float
  * int16 pair sums stay below 2 · 128 · 127 < 2^15, so vpmaddubsw never saturates.
  * The scale products d_b · dx_b of 8 blocks are formed with one vector multiply and read
  * back per block with a broadcast load. NX is a compile-time constant in each instance. */
-#define QDOT8_KERNELS(SUFFIX, TARGET, DOT32)                                                               \
+#define QDOT8_KERNELS(SUFFIX, TARGET, DOT32, DOT64)                                                               \
     TARGET static inline __attribute__((always_inline)) void q8_0_##SUFFIX##_n(                          \
         const uint8_t *row, const qact *a, int j0, const int NX, float *out) {                            \
         const int nb = a->nb;                                                                              \
@@ -706,14 +720,27 @@ static void dot8_q4_1_c(const uint8_t *row, const qact *a, int j0, int nx, float
                         tail[j] += fr_q_f16_to_f32(mn[b0 + k]) * xs[j][b0 + k];                            \
                     }                                                                                      \
             }                                                                                              \
-            for (int k = 0; k < n; k++) {                                                                  \
+            int k = 0;                                                                                     \
+            for (; k + 1 < n; k += 2) { /* a pair of blocks: 32 bytes of nibbles, activations interleaved */ \
                 _mm_prefetch((const char *)(q + (size_t)(b0 + k) * 16) + QPF_BYTES, _MM_HINT_T0);          \
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(q + (size_t)(b0 + k) * 16));        \
+                const __m256i lo = _mm256_and_si256(v, lowmask);                                           \
+                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), lowmask);                     \
+                const size_t off = (size_t)(b0 + k) * FR_QBLOCK;                                           \
+                for (int j = 0; j < NX; j++) {                                                             \
+                    const __m256i xl = _mm256_loadu_si256((const __m256i *)(qx[j] + off));                 \
+                    const __m256i xh = _mm256_loadu_si256((const __m256i *)(qx[j] + off + 32));            \
+                    const __m256 s = _mm256_set_m128(_mm_broadcast_ss(&sc[j][k + 1]), _mm_broadcast_ss(&sc[j][k])); \
+                    acc[j][(k >> 1) & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DOT64(lo, xl, hi, xh)), s, acc[j][(k >> 1) & 1]); \
+                }                                                                                          \
+            }                                                                                              \
+            if (k < n) { /* the last block of an odd count: natural layout */                             \
                 const __m128i v = _mm_loadu_si128((const __m128i *)(q + (size_t)(b0 + k) * 16));           \
                 const __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), lowmask);   \
                 const size_t off = (size_t)(b0 + k) * FR_QBLOCK;                                           \
                 for (int j = 0; j < NX; j++) {                                                             \
                     const __m256i x = _mm256_loadu_si256((const __m256i *)(qx[j] + off));                  \
-                    acc[j][k & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DOT32(w, x)), _mm256_broadcast_ss(&sc[j][k]), acc[j][k & 1]); \
+                    acc[j][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DOT32(w, x)), _mm256_broadcast_ss(&sc[j][k]), acc[j][0]); \
                 }                                                                                          \
             }                                                                                              \
         }                                                                                                  \
@@ -740,13 +767,22 @@ static void dot8_q4_1_c(const uint8_t *row, const qact *a, int j0, int nx, float
 T_AVX2 static inline __m256i dot32_avx2(__m256i u, __m256i s) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 }
-QDOT8_KERNELS(avx2, T_AVX2, dot32_avx2)
+/* Two Q4_1 products summed before widening: their int16 pair sums are at most
+ * 2 · 2 · 15 · 127 = 7620 in magnitude, so the addition cannot overflow. */
+T_AVX2 static inline __m256i dot64_avx2(__m256i u0, __m256i s0, __m256i u1, __m256i s1) {
+    return _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(u0, s0), _mm256_maddubs_epi16(u1, s1)),
+                             _mm256_set1_epi16(1));
+}
+QDOT8_KERNELS(avx2, T_AVX2, dot32_avx2, dot64_avx2)
 
 #define T_VNNI __attribute__((target("avx512f,avx512vl,avx512vnni,avx2,fma,f16c")))
 T_VNNI static inline __m256i dot32_vnni(__m256i u, __m256i s) {
     return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
 }
-QDOT8_KERNELS(vnni, T_VNNI, dot32_vnni)
+T_VNNI static inline __m256i dot64_vnni(__m256i u0, __m256i s0, __m256i u1, __m256i s1) {
+    return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u0, s0), u1, s1);
+}
+QDOT8_KERNELS(vnni, T_VNNI, dot32_vnni, dot64_vnni)
 
 /* ------------------------------------------------------------------ dispatch */
 
