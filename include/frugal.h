@@ -546,10 +546,29 @@ void fr_generate_options_default(fr_generate_options *o);
  * out_tokens[i] (malloc'd, caller frees) receives sequence i's new tokens, out_lens[i]
  * their count (after a stop string the tokens that completed it are kept). Each sequence
  * samples with its own stream seeded by sample.seed, so its tokens do not depend on the
- * other sequences. tok may be NULL when no text is needed (no callback text, no stops). */
+ * other sequences. tok may be NULL when no text is needed (no callback text, no stops).
+ * With tok, ids it cannot decode (a vocab_size padded past the tokenizer) are never
+ * generated, drafts included; the EOS id stays allowed unless ignore_eos. */
 int fr_generate(fr_engine *e, const fr_tokenizer *tok, fr_seq *const *seqs, int n_seqs,
                 const int *const *prompts, const int *prompt_lens, const fr_generate_options *opt,
                 int **out_tokens, int *out_lens, fr_generate_stats *stats);
+
+/* Mean next-token loss computed by the engine (its weight format, kernels and KV cache), over
+ * the windows fr_eval_dataset uses: split "train" / "val" of a prepared dataset, window w
+ * reads tokens [w*seq_len, (w+1)*seq_len] and predicts its last seq_len; max_tokens > 0
+ * limits the tokens read. Each window starts from an empty sequence and is fed `chunk`
+ * tokens per fr_engine_forward call (1: the decode path; seq_len or more: one prefill),
+ * every position's logits scored against the next token (main head only). Several windows
+ * run as separate sequences of one call. Needs 2 <= seq_len <= fr_engine_max_seq_len(e),
+ * chunk >= 1 and a dataset vocabulary no larger than the model's. *n_targets (optional)
+ * receives the number of predicted tokens. The engine's sequences are not touched. */
+int fr_engine_eval_dataset(fr_engine *e, const char *data_dir, const char *split, int seq_len, int chunk,
+                           long max_tokens, double *mean_loss, long *n_targets);
+/* The same over token sequences of different lengths (as fr_model_eval_sequences): each
+ * sequence seqs[i] (lens[i] >= 2 tokens, lens[i] - 1 <= fr_engine_max_seq_len(e)) predicts
+ * its tokens 1 .. lens[i]-1. */
+int fr_engine_eval_sequences(fr_engine *e, int n_seqs, const int *const *seqs, const int *lens, int chunk,
+                             double *mean_loss, long *n_predicted);
 
 /* ------------------------------------------------------------------ chat template */
 

@@ -903,6 +903,31 @@ static int emit(gen_state *g, int i, int token, int room, int eos, const fr_toke
     return stop;
 }
 
+/* The ids below V that tok cannot decode, the EOS id excepted when it ends generation
+ * (emit stops on it without decoding): a padded vocab_size (rounded up to a multiple of 64
+ * or 128) gives the model ids that no text maps to. *out is NULL when there are none. */
+static int undecodable_ids(const fr_tokenizer *tok, int V, int eos, int *out_n, int **out) {
+    *out = NULL;
+    *out_n = 0;
+    int n = 0;
+    for (int id = 0; id < V; id++) n += id != eos && !fr_tokenizer_id_to_token(tok, id);
+    if (n == 0) return FR_OK;
+    if (n == V) return fr_error(FR_ERR_ARG, "the tokenizer decodes none of the model's %d ids", V);
+    int *ids = malloc((size_t)n * sizeof(int));
+    if (!ids) return fr_error(FR_ERR_NOMEM, "out of memory");
+    n = 0;
+    for (int id = 0; id < V; id++)
+        if (id != eos && !fr_tokenizer_id_to_token(tok, id)) ids[n++] = id;
+    *out = ids;
+    *out_n = n;
+    return FR_OK;
+}
+
+/* -inf logits for ids that must never be drawn: no sampler setting can then pick them */
+static void mask_ids(float *row, const int *ids, int n) {
+    for (int i = 0; i < n; i++) row[ids[i]] = -INFINITY;
+}
+
 int fr_generate(fr_engine *e, const fr_tokenizer *tok, fr_seq *const *seqs, int n_seqs, const int *const *prompts,
                 const int *prompt_lens, const fr_generate_options *opt, int **out_tokens, int *out_lens,
                 fr_generate_stats *stats) {
@@ -926,7 +951,9 @@ int fr_generate(fr_engine *e, const fr_tokenizer *tok, fr_seq *const *seqs, int 
     fr_generate_stats st;
     memset(&st, 0, sizeof st);
 
-    int rc = FR_OK;
+    int *masked = NULL, n_masked = 0;
+    int rc = tok ? undecodable_ids(tok, V, opt->ignore_eos ? -1 : eos, &n_masked, &masked) : FR_OK;
+    if (rc != FR_OK) return rc;
     gen_state *g = calloc((size_t)n_seqs, sizeof *g);
     float *logits = malloc((size_t)2 * n_seqs * V * sizeof(float));
     float *mlog = malloc((size_t)n_seqs * V * sizeof(float));
@@ -958,6 +985,7 @@ int fr_generate(fr_engine *e, const fr_tokenizer *tok, fr_seq *const *seqs, int 
     for (int s = 0; s < n_seqs; s++) st.prompt_tokens += prompt_lens[s];
     int any = 0;
     for (int s = 0; s < n_seqs; s++) {
+        mask_ids(logits + (size_t)s * V, masked, n_masked);
         int y = fr_sampler_sample(g[s].smp, logits + (size_t)s * V, g[s].hist, g[s].n_hist);
         g[s].last = y;
         emit(&g[s], s, y, seqs[s]->len + 1 <= e->max_len, eos, tok, opt, &rc);
@@ -986,7 +1014,10 @@ int fr_generate(fr_engine *e, const fr_tokenizer *tok, fr_seq *const *seqs, int 
         free(mt);
         free(hr);
         if (rc != FR_OK) goto done;
-        for (int a = 0; a < na; a++) g[act_i[a]].draft = fr_argmax(mlog + (size_t)a * V, V);
+        for (int a = 0; a < na; a++) {
+            mask_ids(mlog + (size_t)a * V, masked, n_masked);
+            g[act_i[a]].draft = fr_argmax(mlog + (size_t)a * V, V);
+        }
     }
     double t1 = now_s();
     st.prefill_s = t1 - t0;
@@ -1012,6 +1043,7 @@ int fr_generate(fr_engine *e, const fr_tokenizer *tok, fr_seq *const *seqs, int 
         for (int a = 0; a < na; a++) {
             const int s = act_i[a], r = row_start[a];
             gen_state *gs = &g[s];
+            mask_ids(logits + (size_t)r * V, masked, n_masked);
             const int y1 = fr_sampler_sample(gs->smp, logits + (size_t)r * V, gs->hist, gs->n_hist);
             if (cnt[a] == 1) {
                 gs->last = y1;
@@ -1037,6 +1069,7 @@ int fr_generate(fr_engine *e, const fr_tokenizer *tok, fr_seq *const *seqs, int 
             emit(gs, s, y1, 1, eos, tok, opt, &rc);
             if (rc != FR_OK) goto done;
             if (!gs->active) continue;
+            mask_ids(logits + (size_t)(r + 1) * V, masked, n_masked);
             const int y2 = fr_sampler_sample(gs->smp, logits + (size_t)(r + 1) * V, gs->hist, gs->n_hist);
             gs->last = y2;
             emit(gs, s, y2, seqs[s]->len + 1 <= e->max_len, eos, tok, opt, &rc);
@@ -1054,7 +1087,10 @@ int fr_generate(fr_engine *e, const fr_tokenizer *tok, fr_seq *const *seqs, int 
             for (int a = 0; a < nm; a++) { tp[a] = mtok + off; off += cnt[a]; }
             rc = mtp_forward(e, act, nm, tp, cnt, hrows, mlog, row_start);
             if (rc != FR_OK) goto done;
-            for (int a = 0; a < nm; a++) g[act_i[a]].draft = fr_argmax(mlog + (size_t)a * V, V);
+            for (int a = 0; a < nm; a++) {
+                mask_ids(mlog + (size_t)a * V, masked, n_masked);
+                g[act_i[a]].draft = fr_argmax(mlog + (size_t)a * V, V);
+            }
         }
     }
     st.decode_s = now_s() - t1;
@@ -1081,6 +1117,7 @@ done:
             for (int s = 0; s < n_seqs; s++) { free(out_tokens[s]); out_tokens[s] = NULL; out_lens[s] = 0; }
     }
     free(g);
+    free(masked);
     free(logits);
     free(mlog);
     free(row_start);

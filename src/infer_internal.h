@@ -21,8 +21,10 @@ struct fr_sampler {
     int V;
     fr_rng rng;
     float *work;      /* [V] adjusted logits / probabilities */
-    int *idx;         /* [V] candidate ids */
+    int *idx;         /* [V] candidate ids, best first */
+    float *val;       /* [V] their adjusted logits, then probabilities */
     uint32_t *seen;   /* [V] stamp of the last penalty pass that touched the id */
+    uint64_t *radix;  /* [2V] records of the full sort (NULL when top-k selects by heap) */
     uint32_t stamp;
 };
 

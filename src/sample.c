@@ -78,6 +78,13 @@ int fr_argmax(const float *x, int n) {
     return best;
 }
 
+/* Top-k up to 1/32 of the vocabulary selects through a heap; other sampling sorts all ids
+ * (greedy sorts nothing). The heap's cost grows with k, the sort's does not: on V = 129280
+ * the two cost the same near k = V/26. */
+static int uses_full_sort(const fr_sample_params *p, int V) {
+    return p->temperature > 0.0f && !(p->top_k > 0 && (int64_t)p->top_k * 32 <= V);
+}
+
 int fr_sampler_create(fr_sampler **out, const fr_sample_params *p, int vocab_size) {
     fr_clear_error();
     if (!out || !p || vocab_size <= 0) return fr_error(FR_ERR_ARG, "fr_sampler_create: invalid arguments");
@@ -96,8 +103,11 @@ int fr_sampler_create(fr_sampler **out, const fr_sample_params *p, int vocab_siz
     s->V = vocab_size;
     s->work = malloc((size_t)vocab_size * sizeof(float));
     s->idx = malloc((size_t)vocab_size * sizeof(int));
+    s->val = malloc((size_t)vocab_size * sizeof(float));
     s->seen = calloc((size_t)vocab_size, sizeof(uint32_t));
-    if (!s->work || !s->idx || !s->seen) {
+    const int full = uses_full_sort(p, vocab_size);
+    if (full) s->radix = malloc((size_t)2 * vocab_size * sizeof(uint64_t));
+    if (!s->work || !s->idx || !s->val || !s->seen || (full && !s->radix)) {
         fr_sampler_free(s);
         return fr_error(FR_ERR_NOMEM, "out of memory for a sampler over %d ids", vocab_size);
     }
@@ -110,7 +120,9 @@ void fr_sampler_free(fr_sampler *s) {
     if (!s) return;
     free(s->work);
     free(s->idx);
+    free(s->val);
     free(s->seen);
+    free(s->radix);
     free(s);
 }
 
@@ -124,6 +136,73 @@ static int by_prob_desc(const void *a, const void *b) {
     if (pi > pj) return -1;
     if (pi < pj) return 1;
     return (i > j) - (i < j);
+}
+
+/* a ranks below b: lower value, or equal value and higher id (by_prob_desc's order) */
+static inline int ranks_below(const float *w, int a, int b) {
+    return w[a] < w[b] || (w[a] == w[b] && a > b);
+}
+
+/* restore the heap property of h[0..k) (root = lowest ranked) below position c */
+static void sift_down(const float *w, int *h, int k, int c) {
+    for (;;) {
+        int l = 2 * c + 1, m = c;
+        if (l < k && ranks_below(w, h[l], h[m])) m = l;
+        if (l + 1 < k && ranks_below(w, h[l + 1], h[m])) m = l + 1;
+        if (m == c) return;
+        int t = h[c]; h[c] = h[m]; h[m] = t;
+        c = m;
+    }
+}
+
+/* The top k ids of w (descending, ties by id) into idx[0..k), 0 < k <= V: a heap of the
+ * k best seen so far with the lowest ranked at the root costs one comparison per id once
+ * it is full, and only the k winners get sorted. */
+static void select_top_k(const float *w, int V, int k, int *idx) {
+    for (int i = 0; i < k; i++) idx[i] = i;
+    for (int r = k / 2 - 1; r >= 0; r--) sift_down(w, idx, k, r);
+    for (int i = k; i < V; i++) {
+        /* ids arrive in increasing order, so an equal value ranks below every id held */
+        if (!(w[i] > w[idx[0]])) continue;
+        idx[0] = i;
+        sift_down(w, idx, k, 0);
+    }
+    t_sort_p = w;
+    qsort(idx, (size_t)k, sizeof(int), by_prob_desc);
+}
+
+/* All ids by w descending, ties by id, into idx, with their values into val: an LSD
+ * radix sort (stable; three digits of 11, 11 and 10 bits) of (order key << 32 | id)
+ * records, in O(V). The softmax denominator is summed in this order and double rounding
+ * makes that sum depend on it, so the whole order is needed to draw what the comparison
+ * sort drew. */
+#define RADIX_BITS 11
+static void sort_all_desc(const float *w, int V, uint64_t *a, uint64_t *b, int *idx, float *val) {
+    enum { NB = 1 << RADIX_BITS, ND = (32 + RADIX_BITS - 1) / RADIX_BITS };
+    uint32_t hist[ND][NB];
+    memset(hist, 0, sizeof hist);
+    for (int i = 0; i < V; i++) {
+        float x = w[i] + 0.0f; /* -0 becomes +0: the comparison sort holds them equal */
+        uint32_t u;
+        memcpy(&u, &x, 4);
+        u = (u & 0x80000000u) ? u : ~(u | 0x80000000u); /* decreasing as x increases */
+        a[i] = (uint64_t)u << 32 | (uint32_t)i;
+        for (int d = 0; d < ND; d++) hist[d][(u >> (RADIX_BITS * d)) & (NB - 1)]++;
+    }
+    for (int d = 0; d < ND; d++) {
+        const int shift = 32 + RADIX_BITS * d;
+        if (hist[d][(a[0] >> shift) & (NB - 1)] == (uint32_t)V) continue; /* one digit for all */
+        uint32_t pos = 0;
+        for (int v = 0; v < NB; v++) { uint32_t c = hist[d][v]; hist[d][v] = pos; pos += c; }
+        for (int i = 0; i < V; i++) b[hist[d][(a[i] >> shift) & (NB - 1)]++] = a[i];
+        uint64_t *t = a; a = b; b = t;
+    }
+    for (int i = 0; i < V; i++) {
+        uint32_t u = (uint32_t)(a[i] >> 32);
+        u = (u & 0x80000000u) ? u : ~u & 0x7fffffffu;
+        memcpy(&val[i], &u, 4);
+        idx[i] = (int)(uint32_t)a[i];
+    }
 }
 
 int fr_sampler_sample(fr_sampler *s, const float *logits, const int *history, int n_history) {
@@ -144,44 +223,50 @@ int fr_sampler_sample(fr_sampler *s, const float *logits, const int *history, in
     }
     if (p->temperature <= 0.0f) return fr_argmax(w, V);
 
-    /* candidates: all ids, or the top_k largest (ties by id) */
+    /* candidates: all ids, or the top_k largest (ties by id), in that order, with their
+     * values in val */
+    for (int i = 0; i < V; i++) w[i] /= p->temperature;
+    float *val = s->val;
     int n = V;
-    for (int i = 0; i < V; i++) { s->idx[i] = i; w[i] /= p->temperature; }
-    t_sort_p = w;
-    qsort(s->idx, (size_t)V, sizeof(int), by_prob_desc);
-    if (p->top_k > 0 && p->top_k < n) n = p->top_k;
+    if (uses_full_sort(p, V)) {
+        sort_all_desc(w, V, s->radix, s->radix + V, s->idx, val);
+        if (p->top_k > 0 && p->top_k < n) n = p->top_k;
+    } else {
+        n = p->top_k;
+        select_top_k(w, V, n, s->idx);
+        for (int i = 0; i < n; i++) val[i] = w[s->idx[i]];
+    }
 
-    /* softmax over the candidates (sorted, so idx[0] holds the max) */
-    float mx = w[s->idx[0]];
+    /* softmax over the candidates (sorted, so val[0] is the max) */
+    float mx = val[0];
     double sum = 0;
     for (int i = 0; i < n; i++) {
-        int t = s->idx[i];
-        w[t] = expf(w[t] - mx);
-        sum += w[t];
+        val[i] = expf(val[i] - mx);
+        sum += val[i];
     }
-    for (int i = 0; i < n; i++) w[s->idx[i]] = (float)(w[s->idx[i]] / sum);
+    for (int i = 0; i < n; i++) val[i] = (float)(val[i] / sum);
 
     if (p->min_p > 0.0f) {
-        float thr = p->min_p * w[s->idx[0]];
+        float thr = p->min_p * val[0];
         int k = 1;
-        while (k < n && w[s->idx[k]] >= thr) k++;
+        while (k < n && val[k] >= thr) k++;
         n = k;
     }
     if (p->top_p < 1.0f) {
         double cum = 0;
         int k = 0;
         while (k < n) {
-            cum += w[s->idx[k]];
+            cum += val[k];
             k++;
             if (cum >= p->top_p) break;
         }
         n = k;
     }
     double total = 0;
-    for (int i = 0; i < n; i++) total += w[s->idx[i]];
+    for (int i = 0; i < n; i++) total += val[i];
     double u = fr_rng_uniform(&s->rng) * total, acc = 0;
     for (int i = 0; i < n; i++) {
-        acc += w[s->idx[i]];
+        acc += val[i];
         if (u < acc) return s->idx[i];
     }
     return s->idx[n - 1];

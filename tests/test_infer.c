@@ -13,7 +13,10 @@
  *    (tests/fixtures/generate, tools/make_generate_fixture.py); 3 prompts batched = alone;
  *  - MTP speculative greedy output = plain greedy output (v3_mtp, saved random model),
  *    with drafts counted; near the context limit too;
- *  - sampler: determinism, distribution, top-k/top-p/min-p, repeat penalty;
+ *  - sampler: determinism, distribution, top-k/top-p/min-p, repeat penalty; the same ids
+ *    as a reference that sorts the whole vocabulary with qsort, over random logits (ties,
+ *    -0, -inf), parameters and seeds;
+ *  - a vocab_size padded past the tokenizer: its extra ids are never generated;
  *  - stop strings and streaming text; bad input.
  */
 #define _GNU_SOURCE
@@ -652,6 +655,124 @@ static void test_sampler(void) {
     CHECK(fr_sampler_create(&s, &p, V) == FR_ERR_ARG, "negative temperature refused");
 }
 
+/* The sampler as first written: every step over the whole vocabulary sorted by qsort.
+ * fr_sampler_sample must draw exactly the same ids from the same stream. */
+static const float *g_ref_p;
+static int ref_desc(const void *a, const void *b) {
+    int i = *(const int *)a, j = *(const int *)b;
+    if (g_ref_p[i] != g_ref_p[j]) return g_ref_p[i] > g_ref_p[j] ? -1 : 1;
+    return (i > j) - (i < j);
+}
+
+static int ref_sample(const fr_sample_params *p, fr_rng *rng, const float *logits, int V, const int *hist, int nh,
+                      float *w, int *idx) {
+    memcpy(w, logits, (size_t)V * sizeof(float));
+    if (p->repeat_penalty != 1.0f && p->repeat_last_n > 0) {
+        for (int i = nh > p->repeat_last_n ? nh - p->repeat_last_n : 0; i < nh; i++) {
+            int t = hist[i], dup = 0;
+            for (int j = nh > p->repeat_last_n ? nh - p->repeat_last_n : 0; j < i; j++) dup |= hist[j] == t;
+            if (!dup) w[t] = w[t] > 0 ? w[t] / p->repeat_penalty : w[t] * p->repeat_penalty;
+        }
+    }
+    if (p->temperature <= 0) {
+        int best = 0;
+        for (int i = 1; i < V; i++)
+            if (w[i] > w[best]) best = i;
+        return best;
+    }
+    for (int i = 0; i < V; i++) { idx[i] = i; w[i] /= p->temperature; }
+    g_ref_p = w;
+    qsort(idx, (size_t)V, sizeof(int), ref_desc);
+    int n = p->top_k > 0 && p->top_k < V ? p->top_k : V;
+    float mx = w[idx[0]];
+    double sum = 0;
+    for (int i = 0; i < n; i++) { w[idx[i]] = expf(w[idx[i]] - mx); sum += w[idx[i]]; }
+    for (int i = 0; i < n; i++) w[idx[i]] = (float)(w[idx[i]] / sum);
+    if (p->min_p > 0) {
+        float thr = p->min_p * w[idx[0]];
+        int k = 1;
+        while (k < n && w[idx[k]] >= thr) k++;
+        n = k;
+    }
+    if (p->top_p < 1) {
+        double cum = 0;
+        int k = 0;
+        while (k < n && cum < p->top_p) cum += w[idx[k++]];
+        n = k;
+    }
+    double total = 0, acc = 0;
+    for (int i = 0; i < n; i++) total += w[idx[i]];
+    double u = fr_rng_uniform(rng) * total;
+    for (int i = 0; i < n; i++) {
+        acc += w[idx[i]];
+        if (u < acc) return idx[i];
+    }
+    return idx[n - 1];
+}
+
+/* kind 0: N(0, 3); 1: -|N(0, 2)| rounded to 0.5 (many ties, the largest being -0 and +0);
+ * 2: N(0, 40) (exp underflows) with some -inf (masked ids); 3: a few large logits over a
+ * flat floor */
+static void make_logits(float *x, int V, int kind, fr_rng *r) {
+    for (int i = 0; i < V; i++) {
+        double g = fr_rng_normal(r);
+        if (kind == 0) x[i] = (float)(3 * g);
+        else if (kind == 1) x[i] = (float)-fabs(nearbyint(4 * g) / 2);
+        else if (kind == 2) x[i] = fr_rng_uniform(r) < 0.05 ? -INFINITY : (float)(40 * g);
+        else x[i] = fr_rng_uniform(r) < 0.01 ? (float)(10 + g) : -2.0f;
+        if (kind == 1 && x[i] == 0) x[i] = (i & 1) ? -0.0f : 0.0f;
+    }
+}
+
+static void test_sampler_vs_reference(void) {
+    const float temps[] = {0, 0.3f, 0.8f, 1.5f}, top_ps[] = {0.5f, 0.9f, 1}, min_ps[] = {0, 0.05f}, pens[] = {1, 1.3f};
+    const int top_ks[] = {0, 5, 50, 300}, Vs[] = {1000, 4099, 129280};
+    int hist[96];
+    long samples = 0, differ = 0;
+    fr_rng r;
+    fr_rng_seed(&r, 2024);
+    for (int vi = 0; vi < 3; vi++) {
+        const int V = Vs[vi], big = V > 100000;
+        float *x = malloc((size_t)V * sizeof(float)), *w = malloc((size_t)V * sizeof(float));
+        int *idx = malloc((size_t)V * sizeof(int));
+        if (!x || !w || !idx) { free(x); free(w); free(idx); CHECK(0, "out of memory"); return; }
+        for (int c = 0; c < 4 * 4 * 3 * 2 * 2; c++) {
+            fr_sample_params p;
+            fr_sample_params_default(&p);
+            p.temperature = temps[c % 4];
+            p.top_k = top_ks[c / 4 % 4];
+            p.top_p = top_ps[c / 16 % 3];
+            p.min_p = min_ps[c / 48 % 2];
+            p.repeat_penalty = pens[c / 96];
+            p.seed = 1000 + (uint64_t)c;
+            /* the full vocabulary: the default sampling shapes only, the qsort reference is slow */
+            if (big && !(p.temperature == 0.8f && (p.top_k == 0 || p.top_k == 50) && p.top_p != 0.5f && c < 96)) continue;
+            fr_sampler *s;
+            if (fr_sampler_create(&s, &p, V) != FR_OK) { CHECK(0, "create: %s", fr_last_error()); continue; }
+            fr_rng ref;
+            fr_rng_seed(&ref, p.seed);
+            for (int i = 0; i < 96; i++) hist[i] = (int)(fr_rng_next(&r) % (uint64_t)V);
+            for (int k = 0; k < (big ? 2 : 4); k++) {
+                make_logits(x, V, (c + k) % 4, &r);
+                for (int d = 0; d < (big ? 1 : 3); d++) {
+                    int nh = 20 + 30 * d;
+                    int a = fr_sampler_sample(s, x, hist, nh), b = ref_sample(&p, &ref, x, V, hist, nh, w, idx);
+                    samples++;
+                    if (a != b && differ++ < 5)
+                        printf("sampler vs reference: V %d T %g top_k %d top_p %g min_p %g penalty %g logits %d: %d vs %d\n",
+                               V, p.temperature, p.top_k, p.top_p, p.min_p, p.repeat_penalty, (c + k) % 4, a, b);
+                }
+            }
+            fr_sampler_free(s);
+        }
+        free(x);
+        free(w);
+        free(idx);
+    }
+    CHECK(differ == 0, "sampler differs from the full-sort reference in %ld of %ld draws", differ, samples);
+    printf("sampler = full-sort reference in %ld draws (V 1000, 4099, 129280; T, top-k, top-p, min-p, penalty)\n", samples);
+}
+
 static void test_number_formats(void) {
     int bad = 0;
     for (int b = 0; b < 256; b++) {
@@ -755,6 +876,140 @@ static void test_stop_strings(void) {
     fr_seq_free(s);
     fr_tokenizer_free(tok);
     fr_engine_free(e);
+}
+
+/* A vocab_size padded past the tokenizer (1005 ids -> 1024) whose padded rows of the output
+ * head are scaled up so that they win most argmaxes: with the tokenizer, fr_generate never
+ * draws them (greedy, sampling with streamed text, speculative drafts), and for real ids
+ * it picks what the masked logits pick. */
+static void test_padded_vocab(void) {
+    char tdir[1024], dir[256];
+    snprintf(tdir, sizeof tdir, "%s/tokenizer/frugal_trained", FR_FIXTURES_DIR);
+    snprintf(dir, sizeof dir, "/tmp/frugal_test_infer_padded_%d", (int)getpid());
+    fr_tokenizer *tok;
+    int rc = fr_tokenizer_load(&tok, tdir);
+    CHECK(rc == FR_OK, "tokenizer: %s", fr_last_error());
+    if (rc != FR_OK) return;
+    const int n_tok = fr_tokenizer_vocab_size(tok), V = (n_tok + 127) / 128 * 128;
+    CHECK(V > n_tok, "the padded vocabulary is larger (%d vs %d)", V, n_tok);
+    char json[4096];
+    const char *key = "\"vocab_size\": 200", *at = strstr(RANDOM_CONFIG, key);
+    snprintf(json, sizeof json, "%.*s\"vocab_size\": %d%s", (int)(at - RANDOM_CONFIG), RANDOM_CONFIG, V,
+             at + strlen(key));
+    fr_model *m = NULL;
+    fr_engine *e = NULL;
+    rc = save_model_from(json, dir, 81, 1);
+    if (rc == FR_OK) rc = fr_model_load(&m, dir);
+    size_t n = 0;
+    float *head = rc == FR_OK ? fr_model_param(m, "lm_head.weight", &n) : NULL;
+    CHECK(rc == FR_OK && head && n % (size_t)V == 0, "padded model: %s", fr_last_error());
+    if (head) {
+        const size_t H = n / (size_t)V;
+        for (size_t i = (size_t)n_tok * H; i < n; i++) head[i] *= 12.0f;
+        rc = fr_engine_from_model(&e, m, NULL);
+        CHECK(rc == FR_OK, "engine: %s", fr_last_error());
+    }
+    fr_model_free(m);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0) printf("note: could not remove %s\n", dir);
+    if (!e) { fr_tokenizer_free(tok); return; }
+
+    int prompt[3][12];
+    for (int i = 0; i < 3; i++) make_tokens(prompt[i], 12, n_tok, 900 + i);
+    const int *pp[3] = {prompt[0], prompt[1], prompt[2]};
+    int lens[3] = {12, 7, 10}, *out[3] = {0}, ol[3] = {0};
+    const int N = 40;
+    fr_seq *s[3];
+    for (int i = 0; i < 3; i++) fr_seq_create(&s[i], e);
+    fr_generate_options o;
+    fr_generate_options_default(&o);
+    o.sample.temperature = 0;
+    o.max_tokens = N;
+    o.ignore_eos = 1;
+
+    /* without a tokenizer nothing is masked: the case must bite */
+    int padded = 0;
+    rc = fr_generate(e, NULL, s, 3, pp, lens, &o, out, ol, NULL);
+    CHECK(rc == FR_OK, "generate without a tokenizer: %s", fr_last_error());
+    for (int i = 0; rc == FR_OK && i < 3; i++) {
+        for (int t = 0; t < ol[i]; t++) padded += out[i][t] >= n_tok;
+        free(out[i]);
+    }
+    CHECK(padded > 0, "the scaled padded rows never win (test case too weak)");
+
+    /* greedy with the tokenizer = argmax over the real ids, step by step */
+    int *ref = malloc((size_t)(12 + N) * sizeof(int));
+    float *lg = malloc((size_t)V * sizeof(float));
+    int ok_ref = ref && lg;
+    if (ok_ref) {
+        fr_seq *r;
+        ok_ref = fr_seq_create(&r, e) == FR_OK;
+        memcpy(ref, prompt[0], 12 * sizeof(int));
+        for (int t = 0; ok_ref && t < N; t++) {
+            const int *tp = t == 0 ? ref : ref + 12 + t - 1;
+            int nt = t == 0 ? 12 : 1;
+            ok_ref = fr_engine_forward(e, &r, 1, &tp, &nt, lg, 0) == FR_OK;
+            ref[12 + t] = fr_argmax(lg, n_tok);
+        }
+        if (ok_ref) fr_seq_free(r);
+    }
+    CHECK(ok_ref, "reference decode: %s", fr_last_error());
+    int *greedy_out = NULL, greedy_len = 0;
+    for (int spec = 0; spec < 2; spec++) {
+        fr_generate_stats st;
+        o.speculative = spec;
+        rc = fr_generate(e, tok, s, 3, pp, lens, &o, out, ol, &st);
+        CHECK(rc == FR_OK, "greedy with the tokenizer (speculative %d): %s", spec, fr_last_error());
+        if (rc != FR_OK) continue;
+        int bad = 0;
+        for (int i = 0; i < 3; i++)
+            for (int t = 0; t < ol[i]; t++) bad += out[i][t] < 0 || out[i][t] >= n_tok;
+        CHECK(bad == 0 && ol[0] == N, "greedy (speculative %d): %d ids outside the tokenizer", spec, bad);
+        if (ok_ref && ol[0] == N)
+            CHECK(memcmp(out[0], ref + 12, (size_t)N * sizeof(int)) == 0,
+                  "greedy (speculative %d) differs from the argmax over the tokenizer's ids", spec);
+        if (spec == 0) {
+            greedy_out = out[0];
+            greedy_len = ol[0];
+            out[0] = NULL;
+        } else {
+            CHECK(ol[0] == greedy_len && greedy_out && memcmp(out[0], greedy_out, (size_t)ol[0] * sizeof(int)) == 0,
+                  "speculative greedy differs from plain greedy");
+            CHECK(st.drafted > 0, "drafts made");
+            printf("padded vocabulary (%d ids, tokenizer %d): speculative greedy = plain greedy, drafts %ld accepted %ld\n",
+                   V, n_tok, st.drafted, st.accepted);
+        }
+        for (int i = 0; i < 3; i++) free(out[i]);
+    }
+    free(greedy_out);
+
+    /* sampling over the whole vocabulary with streamed text (every token decoded) */
+    stream_rec rec = {0};
+    o.speculative = 0;
+    o.sample.temperature = 1.5f;
+    o.sample.top_k = 0;
+    o.sample.top_p = 1;
+    o.sample.min_p = 0;
+    o.on_token = on_token;
+    o.user = &rec;
+    rc = fr_generate(e, tok, s, 3, pp, lens, &o, out, ol, NULL);
+    CHECK(rc == FR_OK, "sampling with streamed text: %s", fr_last_error());
+    if (rc == FR_OK) {
+        int bad = 0;
+        for (int i = 0; i < 3; i++) {
+            for (int t = 0; t < ol[i]; t++) bad += out[i][t] < 0 || out[i][t] >= n_tok;
+            free(out[i]);
+        }
+        CHECK(bad == 0 && rec.calls == N, "sampling: %d ids outside the tokenizer, %d tokens streamed", bad, rec.calls);
+        printf("padded vocabulary: %d of %d greedy tokens padded without the tokenizer, none with it (greedy, "
+               "speculative, sampling)\n", padded, 3 * N);
+    }
+    free(ref);
+    free(lg);
+    for (int i = 0; i < 3; i++) fr_seq_free(s[i]);
+    fr_engine_free(e);
+    fr_tokenizer_free(tok);
 }
 
 static void test_bad_input(void) {
@@ -880,6 +1135,7 @@ static void test_cli(void) {
 int main(void) {
     test_number_formats();
     test_sampler();
+    test_sampler_vs_reference();
     test_fixtures_vs_training();
     if (make_random_models() == FR_OK) {
         test_random_model_vs_training();
@@ -894,6 +1150,7 @@ int main(void) {
     }
     test_generate_vs_transformers();
     test_stop_strings();
+    test_padded_vocab();
     const char *dirs[3] = {g_random_dir, g_dense_dir, g_oracle_dir};
     for (int i = 0; i < 3; i++) {
         char cmd[512];
