@@ -6,6 +6,8 @@
 #ifndef FR_CLI_H
 #define FR_CLI_H
 
+#include "frugal.h"
+
 #include <stdio.h>
 #include <stddef.h>
 

@@ -1,4 +1,5 @@
-/* cmd_eval.c — `frugal eval`: mean next-token loss and perplexity on token sequences. */
+/* cmd_eval.c — `frugal eval`: mean next-token loss and perplexity on token sequences, with
+ * the training forward or (--engine) the inference engine in a chosen weight format. */
 #include "cli.h"
 
 #include "frugal.h"
@@ -12,16 +13,24 @@
 
 void usage_eval(FILE *f) {
     fprintf(f,
-            "usage: frugal eval --model DIR --tokens FILE [--threads N] [--json]\n"
+            "usage: frugal eval --model DIR --tokens FILE [--engine [--weights TYPE] [--chunk N]]\n"
+            "                   [--threads N] [--json]\n"
             "\n"
             "Loads the Hugging Face model folder DIR (config.json + model.safetensors) and prints\n"
             "the mean next-token cross-entropy over the sequences in FILE:\n"
             "  loss <mean> ppl <exp(mean)> tokens <number of predicted tokens>\n"
+            "By default the training forward computes it in FP32. With --engine the inference\n"
+            "engine does (as `frugal generate`: weight format, its kernels and the KV cache), each\n"
+            "sequence fed N tokens per call; it also reads folders written by `frugal quantize`.\n"
             "\n"
             "Options:\n"
             "  --model DIR     model folder (DeepSeek-V3 / V2 config.json and safetensors weights)\n"
             "  --tokens FILE   one sequence per line: whitespace-separated token ids, each in\n"
             "                  [0, vocab_size); at least 2 tokens per line; blank lines are skipped\n"
+            "  --engine        evaluate through the inference engine\n"
+            "  --weights TYPE  engine weight storage: f32, bf16, q8_0, q4_1 (default f32)\n"
+            "  --chunk N       engine: tokens per sequence per call (default 8; 1 = token-by-token\n"
+            "                  decode, longer than the sequence = one prefill)\n"
             "  --threads N     CPU threads (default: OpenMP's default, i.e. OMP_NUM_THREADS or all cores)\n"
             "  --json          print one JSON object instead of the text line\n"
             "  -h, --help      show this help\n");
@@ -150,8 +159,8 @@ done:
 }
 
 int cmd_eval(int argc, char **argv) {
-    const char *model_dir = NULL, *tokens_path = NULL, *threads_text = NULL;
-    int json = 0;
+    const char *model_dir = NULL, *tokens_path = NULL, *threads_text = NULL, *weights_text = NULL, *chunk_text = NULL;
+    int json = 0, engine = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int r;
@@ -165,6 +174,13 @@ int cmd_eval(int argc, char **argv) {
             if (r < 0) return CLI_EXIT_USAGE;
         } else if ((r = cli_opt_value("eval", usage_eval, argc, argv, &i, "--threads", &threads_text)) != 0) {
             if (r < 0) return CLI_EXIT_USAGE;
+        } else if ((r = cli_opt_value("eval", usage_eval, argc, argv, &i, "--weights", &weights_text)) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+        } else if ((r = cli_opt_value("eval", usage_eval, argc, argv, &i, "--chunk", &chunk_text)) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+        } else if ((r = cli_opt_flag("eval", usage_eval, a, "--engine")) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+            engine = 1;
         } else if ((r = cli_opt_flag("eval", usage_eval, a, "--json")) != 0) {
             if (r < 0) return CLI_EXIT_USAGE;
             json = 1;
@@ -177,11 +193,27 @@ int cmd_eval(int argc, char **argv) {
     long threads = 0;
     if (threads_text && cli_parse_int("eval", usage_eval, "--threads", threads_text, 1, 4096, &threads) != 0)
         return CLI_EXIT_USAGE;
+    long chunk = 8;
+    if (chunk_text && cli_parse_int("eval", usage_eval, "--chunk", chunk_text, 1, 1 << 20, &chunk) != 0)
+        return CLI_EXIT_USAGE;
+    static const char *W_NAMES[] = {"f32", "bf16", "q8_0", "q4_1"}; /* fr_engine_options.weight_type */
+    int weights = 0;
+    if (weights_text) {
+        weights = -1;
+        for (int k = 0; k < 4; k++)
+            if (strcmp(weights_text, W_NAMES[k]) == 0) weights = k;
+        if (weights < 0)
+            return cli_usage_error("eval", usage_eval, "option --weights: '%s' is not one of f32, bf16, q8_0, q4_1",
+                                   weights_text);
+    }
+    if ((weights_text || chunk_text) && !engine)
+        return cli_usage_error("eval", usage_eval, "--weights / --chunk need --engine");
     if (!model_dir) return cli_usage_error("eval", usage_eval, "missing required option '--model DIR'");
     if (!tokens_path) return cli_usage_error("eval", usage_eval, "missing required option '--tokens FILE'");
 
     token_seqs seqs = {0};
     fr_model *m = NULL;
+    fr_engine *e = NULL;
     const int **ptrs = NULL;
     int rc = read_token_file(tokens_path, &seqs);
     if (rc != CLI_EXIT_OK) goto out;
@@ -190,12 +222,25 @@ int cmd_eval(int argc, char **argv) {
 
     if (threads > 0) fr_set_num_threads((int)threads);
     double t0 = cli_now();
-    if (fr_model_load(&m, model_dir) != FR_OK) {
+    if (engine) {
+        int longest = 0;
+        for (int s = 0; s < seqs.n_seqs; s++)
+            if (seqs.len[s] > longest) longest = seqs.len[s];
+        fr_engine_options o;
+        fr_engine_options_default(&o);
+        o.weight_type = weights;
+        o.max_seq_len = longest - 1; /* the context the longest sequence needs, whatever the config says */
+        o.load_mtp = 0;              /* only the main head is scored */
+        if (fr_engine_load(&e, model_dir, &o) != FR_OK) {
+            rc = cli_fail_lib("cannot load the model into the inference engine");
+            goto out;
+        }
+    } else if (fr_model_load(&m, model_dir) != FR_OK) {
         rc = cli_fail_lib("cannot load the model");
         goto out;
     }
     double t_load = cli_now() - t0;
-    const fr_config *cfg = fr_model_config(m);
+    const fr_config *cfg = engine ? fr_engine_config(e) : fr_model_config(m);
     for (int s = 0; s < seqs.n_seqs; s++) {
         const int *ids = seqs.ids + seqs.start[s];
         for (int j = 0; j < seqs.len[s]; j++) {
@@ -216,7 +261,9 @@ int cmd_eval(int argc, char **argv) {
     double mean = 0;
     long n_pred = 0;
     t0 = cli_now();
-    if (fr_model_eval_sequences(m, seqs.n_seqs, ptrs, seqs.len, &mean, &n_pred) != FR_OK) {
+    int st = engine ? fr_engine_eval_sequences(e, seqs.n_seqs, ptrs, seqs.len, (int)chunk, &mean, &n_pred)
+                    : fr_model_eval_sequences(m, seqs.n_seqs, ptrs, seqs.len, &mean, &n_pred);
+    if (st != FR_OK) {
         rc = cli_fail_lib("evaluation failed");
         goto out;
     }
@@ -239,6 +286,8 @@ int cmd_eval(int argc, char **argv) {
         cli_json_number(stdout, t_load);
         printf(", \"eval_seconds\": ");
         cli_json_number(stdout, t_eval);
+        printf(", \"engine\": %s", engine ? "true" : "false");
+        if (engine) printf(", \"weights\": \"%s\", \"chunk\": %ld", W_NAMES[weights], chunk);
         printf("}\n");
     } else {
         printf("loss %.6f ppl %.4f tokens %ld\n", mean, ppl, n_pred);
@@ -248,6 +297,7 @@ int cmd_eval(int argc, char **argv) {
 out:
     free(ptrs);
     if (m) fr_model_free(m);
+    fr_engine_free(e);
     seqs_free(&seqs);
     return rc;
 }

@@ -1,6 +1,7 @@
 /* cmd_quantize.c — `frugal quantize`: write a copy of a model folder with its linear weights
  * in BF16, Q8_0 or Q4_1 (docs/quantization.md); optionally measure the validation
- * perplexity of the FP32 and the quantized weights on a prepared dataset. */
+ * perplexity of the FP32 weights, of the dequantized quantized weights (training forward)
+ * and of the quantized folder run by the inference engine, on a prepared dataset. */
 #define _GNU_SOURCE
 #include "cli.h"
 
@@ -16,7 +17,8 @@
 void usage_quantize(FILE *f) {
     fprintf(f,
             "usage: frugal quantize --model DIR --type bf16|q8_0|q4_1 --out DIR\n"
-            "                       [--eval-data DATA_DIR [--eval-seq T] [--eval-tokens N]]\n"
+            "                       [--eval-data DATA_DIR [--eval-seq T] [--eval-tokens N]\n"
+            "                        [--eval-chunk N]]\n"
             "                       [--threads N] [--json] [--quiet]\n"
             "\n"
             "Writes a copy of the Hugging Face model folder DIR into --out with its linear weights\n"
@@ -34,10 +36,15 @@ void usage_quantize(FILE *f) {
             "  --type T            bf16, q8_0 or q4_1\n"
             "  --out DIR           output folder\n"
             "  --eval-data DIR     after writing, report the validation perplexity (split \"val\" of\n"
-            "                      this prepared dataset) of the FP32 model and of the dequantized\n"
-            "                      weights of the output (windows of T predicted tokens)\n"
+            "                      this prepared dataset, windows of T predicted tokens) three times:\n"
+            "                      the FP32 model and the output's weights dequantized to FP32 (both\n"
+            "                      with the training forward: the error of the weight format alone),\n"
+            "                      and the output run by the inference engine in its format (what\n"
+            "                      `frugal generate --weights TYPE` computes, kernels included)\n"
             "  --eval-seq T        window length for --eval-data (default 256)\n"
             "  --eval-tokens N     read at most N validation tokens (default: all)\n"
+            "  --eval-chunk N      tokens per engine call in the engine measurement (default 8;\n"
+            "                      1 = token-by-token decode, >= T = one prefill per window)\n"
             "  --threads N         CPU threads (default: OpenMP's default)\n"
             "  --json              print one JSON object instead of text\n"
             "  --quiet             no progress bar\n"
@@ -77,9 +84,27 @@ static int eval_one(const char *dir, int dequantized, const char *data, int T, l
     return CLI_EXIT_OK;
 }
 
+/* Mean validation loss of the folder dir run by the inference engine with weight_type
+ * weights: what generation computes, including any rounding of activations in the kernels. */
+static int eval_engine(const char *dir, int weight_type, const char *data, int T, int chunk, long max_tokens,
+                       double *loss) {
+    fr_engine_options o;
+    fr_engine_options_default(&o);
+    o.weight_type = weight_type;
+    o.max_seq_len = T; /* the window is the whole context needed; any T the training eval takes */
+    o.load_mtp = 0;    /* the main head is scored; the MTP module is never run */
+    fr_engine *e = NULL;
+    if (fr_engine_load(&e, dir, &o) != FR_OK) return cli_fail_lib("cannot load the quantized model into the inference engine");
+    int st = fr_engine_eval_dataset(e, data, "val", T, chunk, max_tokens, loss, NULL);
+    fr_engine_free(e);
+    if (st != FR_OK) return cli_fail_lib("evaluation through the inference engine failed");
+    if (!isfinite(*loss)) return cli_fail("evaluation through the inference engine produced a non-finite loss (%g)", *loss);
+    return CLI_EXIT_OK;
+}
+
 int cmd_quantize(int argc, char **argv) {
     const char *model = NULL, *type = NULL, *out = NULL, *data = NULL, *seq_text = NULL, *tok_text = NULL,
-               *threads_text = NULL;
+               *chunk_text = NULL, *threads_text = NULL;
     int json = 0, quiet = 0;
     const char *C = "quantize";
     for (int i = 1; i < argc; i++) {
@@ -101,6 +126,8 @@ int cmd_quantize(int argc, char **argv) {
             if (r < 0) return CLI_EXIT_USAGE;
         } else if ((r = cli_opt_value(C, usage_quantize, argc, argv, &i, "--eval-tokens", &tok_text)) != 0) {
             if (r < 0) return CLI_EXIT_USAGE;
+        } else if ((r = cli_opt_value(C, usage_quantize, argc, argv, &i, "--eval-chunk", &chunk_text)) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
         } else if ((r = cli_opt_value(C, usage_quantize, argc, argv, &i, "--threads", &threads_text)) != 0) {
             if (r < 0) return CLI_EXIT_USAGE;
         } else if ((r = cli_opt_flag(C, usage_quantize, a, "--json")) != 0) {
@@ -115,19 +142,21 @@ int cmd_quantize(int argc, char **argv) {
             return cli_usage_error(C, usage_quantize, "unexpected argument '%s'", a);
         }
     }
-    long threads = 0, seq = 256, max_tokens = 0;
+    long threads = 0, seq = 256, max_tokens = 0, chunk = 8;
     if (threads_text && cli_parse_int(C, usage_quantize, "--threads", threads_text, 1, 4096, &threads) != 0)
         return CLI_EXIT_USAGE;
     if (seq_text && cli_parse_int(C, usage_quantize, "--eval-seq", seq_text, 2, 1 << 20, &seq) != 0) return CLI_EXIT_USAGE;
     if (tok_text && cli_parse_int(C, usage_quantize, "--eval-tokens", tok_text, 3, 1L << 40, &max_tokens) != 0)
+        return CLI_EXIT_USAGE;
+    if (chunk_text && cli_parse_int(C, usage_quantize, "--eval-chunk", chunk_text, 1, 1 << 20, &chunk) != 0)
         return CLI_EXIT_USAGE;
     if (!model) return cli_usage_error(C, usage_quantize, "missing required option '--model DIR'");
     if (!type) return cli_usage_error(C, usage_quantize, "missing required option '--type bf16|q8_0|q4_1'");
     if (!out) return cli_usage_error(C, usage_quantize, "missing required option '--out DIR'");
     if (strcmp(type, "bf16") && strcmp(type, "q8_0") && strcmp(type, "q4_1"))
         return cli_usage_error(C, usage_quantize, "option '--type' expects bf16, q8_0 or q4_1, got '%s'", type);
-    if ((seq_text || tok_text) && !data)
-        return cli_usage_error(C, usage_quantize, "--eval-seq / --eval-tokens need --eval-data");
+    if ((seq_text || tok_text || chunk_text) && !data)
+        return cli_usage_error(C, usage_quantize, "--eval-seq / --eval-tokens / --eval-chunk need --eval-data");
     int rc = cli_check_dir(model, "model folder");
     if (rc != CLI_EXIT_OK) return rc;
     if (data && (rc = cli_check_dir(data, "dataset folder")) != CLI_EXIT_OK) return rc;
@@ -158,14 +187,19 @@ int cmd_quantize(int argc, char **argv) {
     cli_progress_finish(&bar);
     double in_bytes = file_size(model, "model.safetensors"), out_bytes = file_size(out, "model.safetensors");
 
-    double loss_f = NAN, loss_q = NAN;
+    double loss_f = NAN, loss_q = NAN, loss_e = NAN;
     long n_f = 0, n_q = 0;
-    double t_eval = 0;
+    double t_eval = 0, t_engine = 0;
     if (data) {
         double t1 = cli_now();
         if ((rc = eval_one(model, 0, data, (int)seq, max_tokens, &loss_f, &n_f)) != CLI_EXIT_OK) return rc;
         if ((rc = eval_one(out, 1, data, (int)seq, max_tokens, &loss_q, &n_q)) != CLI_EXIT_OK) return rc;
         t_eval = cli_now() - t1;
+        const int wtype = !strcmp(type, "bf16") ? 1 : !strcmp(type, "q8_0") ? 2 : 3; /* fr_engine_options */
+        t1 = cli_now();
+        if ((rc = eval_engine(out, wtype, data, (int)seq, (int)chunk, max_tokens, &loss_e)) != CLI_EXIT_OK)
+            return rc;
+        t_engine = cli_now() - t1;
     }
     if (json) {
         printf("{\"command\": \"quantize\", \"model\": ");
@@ -192,6 +226,14 @@ int cmd_quantize(int argc, char **argv) {
             cli_json_number(stdout, 100.0 * (exp(loss_q - loss_f) - 1.0));
             printf(", \"eval_seconds\": ");
             cli_json_number(stdout, t_eval);
+            printf(", \"engine_chunk\": %ld, \"engine_loss\": ", chunk);
+            cli_json_number(stdout, loss_e);
+            printf(", \"engine_ppl\": ");
+            cli_json_number(stdout, exp(loss_e));
+            printf(", \"engine_ppl_change_pct\": ");
+            cli_json_number(stdout, 100.0 * (exp(loss_e - loss_f) - 1.0));
+            printf(", \"engine_eval_seconds\": ");
+            cli_json_number(stdout, t_engine);
         }
         printf("}\n");
     } else {
@@ -201,8 +243,10 @@ int cmd_quantize(int argc, char **argv) {
         if (data) {
             printf("validation (%s, split val, %ld tokens, windows of %ld):\n", data, n_f, seq);
             printf("  %-5s loss %.6f ppl %.4f\n", "fp32", loss_f, exp(loss_f));
-            printf("  %-5s loss %.6f ppl %.4f (%+.3f %% vs fp32)\n", type, loss_q, exp(loss_q),
-                   100.0 * (exp(loss_q - loss_f) - 1.0));
+            printf("  %-5s loss %.6f ppl %.4f (%+.3f %% vs fp32; dequantized weights, training forward)\n", type,
+                   loss_q, exp(loss_q), 100.0 * (exp(loss_q - loss_f) - 1.0));
+            printf("  %-5s loss %.6f ppl %.4f (%+.3f %% vs fp32; inference engine, %ld tokens per call)\n", type,
+                   loss_e, exp(loss_e), 100.0 * (exp(loss_e - loss_f) - 1.0), chunk);
         }
     }
     if (fflush(stdout) != 0) return cli_fail("cannot write the result: %s", strerror(errno));

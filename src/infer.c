@@ -160,13 +160,14 @@ static int load_layer(fr_engine *e, eng_layer *ly, const fr_st_set *st, int inde
 
     /* kv_b_proj [nh*(nope+vd), kvr] split per head: rows [h*(nope+vd), +nope) = W_UK[h],
      * the next vd rows = W_UV[h]. W_UK is stored transposed for the absorbed query. */
-    float *kvb;
-    FR_CHECK(load_vec(st, NAME("%s%d.self_attn.kv_b_proj.weight", pre, index), (size_t)nh * (nope + vd) * kvr, &kvb));
-    const fr_st_tensor *kt = fr_st_set_find(st, name);
-    if (kt->ndim != 2 || kt->shape[0] != (int64_t)nh * (nope + vd) || kt->shape[1] != kvr) {
-        fr_free(kvb);
-        return fr_error(FR_ERR_FORMAT, "tensor %s: expected shape [%d, %d]", name, nh * (nope + vd), kvr);
-    }
+    /* read as FP32 whatever its storage (float, or Q8_0 / Q4_1 from `frugal quantize`) */
+    fr_qmatrix kvb_m;
+    FR_CHECK(fr_qmatrix_load(&kvb_m, st, NAME("%s%d.self_attn.kv_b_proj.weight", pre, index), nh * (nope + vd), kvr,
+                             FR_QT_F32));
+    const float *kvb = (const float *)kvb_m.data;
+    /* W_UK^T has its blocks along qk_nope, not along kv_lora_rank as stored: requantizing a
+     * 4-bit matrix across other blocks would round it twice, so it is held in Q8_0 then */
+    const fr_qtype uk_type = mat_type(e, nope) == FR_QT_Q4_1 ? FR_QT_Q8_0 : mat_type(e, nope);
     ly->uk_t = calloc((size_t)nh, sizeof(fr_qmatrix));
     ly->uv = calloc((size_t)nh, sizeof(fr_qmatrix));
     float *tr = malloc((size_t)kvr * nope * sizeof(float));
@@ -175,11 +176,11 @@ static int load_layer(fr_engine *e, eng_layer *ly, const fr_st_set *st, int inde
         const float *wk = kvb + (size_t)h * (nope + vd) * kvr, *wv = wk + (size_t)nope * kvr;
         for (int i = 0; i < nope; i++)
             for (int j = 0; j < kvr; j++) tr[(size_t)j * nope + i] = wk[(size_t)i * kvr + j];
-        rc = fr_qmatrix_from_f32(&ly->uk_t[h], mat_type(e, nope), tr, kvr, nope);
+        rc = fr_qmatrix_from_f32(&ly->uk_t[h], uk_type, tr, kvr, nope);
         if (rc == FR_OK) rc = fr_qmatrix_from_f32(&ly->uv[h], mat_type(e, kvr), wv, vd, kvr);
     }
     free(tr);
-    fr_free(kvb);
+    fr_qmatrix_free(&kvb_m);
     if (rc != FR_OK) return rc;
 
     if (ly->is_moe) {
@@ -554,9 +555,10 @@ static void cache_load(const fr_engine *e, float *dst, const unsigned char *src)
  * kernel as the matrix-vector path, so results match M = 1 exactly). */
 #define SMALL_M 8
 static void linear(float *y, const float *x, const fr_qmatrix *w, int M) {
-    if (w->type != FR_QT_F32 && M > 3 && M <= SMALL_M) {
-        /* quantized: fr_qmatmul dequantizes whole tiles for M >= 4, which costs more than
-         * M matrix-vector products at decode sizes; keep its row path (M <= 3) */
+    if (w->type != FR_QT_F32 && !fr_qmatmul_uses_int8(w) && M > 3 && M <= SMALL_M) {
+        /* FP32 activations: fr_qmatmul dequantizes whole tiles for M >= 4, which costs more
+         * than M matrix-vector products at decode sizes; keep its row path (M <= 3). (The
+         * int8-activation path reads each weight once for every M.) */
         for (int m = 0; m < M; m += 3)
             fr_qmatmul(y + (size_t)m * w->rows, x + (size_t)m * w->cols, w, M - m < 3 ? M - m : 3);
         return;

@@ -76,6 +76,12 @@ static void test_usage(void) {
     expect("eval --model x", 2, "--tokens", NULL);
     expect("eval --model x --tokens y stray", 2, "stray", NULL);
     expect("eval --json=1 --model x --tokens y", 2, "--json", NULL);
+    expect("eval --help", 0, "--engine", "--chunk");
+    expect("eval --model x --tokens y --chunk 2", 2, "--engine", NULL);
+    expect("eval --model x --tokens y --weights q8_0", 2, "--engine", NULL);
+    expect("eval --model x --tokens y --engine --weights q5", 2, "q5", NULL);
+    expect("eval --model x --tokens y --engine --chunk 0", 2, "--chunk", NULL);
+    expect("eval --model x --tokens y --engine=1", 2, "--engine", NULL);
     expect("info", 2, "--model", NULL);
     expect("info --model a --config b", 2, "only one", NULL);
 
@@ -226,6 +232,20 @@ static int test_fixture(const char *name, int required) {
     CHECK(rel <= 1e-5, "fixture %s: loss %.9g vs transformers %.9g (rel %.3g)", name, loss, (double)want, rel);
     printf("fixture %-14s frugal eval loss %.7f, transformers %.7f, rel err %.2e\n", name, loss, (double)want, rel);
     free(out);
+    /* the inference engine (FP32 weights) computes the same loss: decode one token per call,
+     * the default pieces of 8, and one prefill per sequence */
+    static const char *chunks[] = {"1", "8", "1000"};
+    for (int k = 0; k < 3; k++) {
+        snprintf(args, sizeof args, "eval --model '%s' --tokens '%s' --json --engine --chunk %s", dir, tok, chunks[k]);
+        out = NULL;
+        rc = run_frugal(args, &out);
+        loss = json_number(out, "loss");
+        rel = fabs(loss - (double)want) / fabs((double)want);
+        CHECK(rc == 0 && rel <= 1e-5 && strstr(out, "\"engine\": true") && strstr(out, "\"weights\": \"f32\""),
+              "fixture %s: frugal eval --engine --chunk %s: exit %d, loss %.9g vs transformers %.9g\n%s", name, chunks[k],
+              rc, loss, (double)want, out);
+        free(out);
+    }
     return 1;
 }
 

@@ -1,6 +1,7 @@
 /* test_cli_quant.c — `frugal quantize`: help, usage errors (exit 2), runtime errors (exit 1),
  * and a run with --eval-data --json on a tiny model whose numbers are checked against the
- * library (fr_model_load_dequantized + fr_eval_dataset). */
+ * library (fr_model_load_dequantized + fr_eval_dataset; fr_engine_load of the output in its
+ * format + fr_engine_eval_dataset for the engine_* keys). */
 #define _GNU_SOURCE
 #include "frugal.h"
 #include "testutil.h"
@@ -59,6 +60,9 @@ int main(void) {
     expect("quantize --model m --type q8_0 --out o stray", 2, "stray", NULL);
     expect("quantize --model m --type q8_0 --out o --eval-seq 1 --eval-data d", 2, "--eval-seq", NULL);
     expect("quantize --model m --type q8_0 --out o --eval-seq 64", 2, "--eval-data", NULL);
+    expect("quantize --model m --type q8_0 --out o --eval-chunk 4", 2, "--eval-data", NULL);
+    expect("quantize --model m --type q8_0 --out o --eval-data d --eval-chunk 0", 2, "--eval-chunk", NULL);
+    expect("quantize --help", 0, "--eval-chunk", "inference engine");
     expect("quantize --model m --type", 2, "--type", "needs a value");
     expect("quantize --json=1 --model m --type q8_0 --out o", 2, "--json", NULL);
 
@@ -115,6 +119,51 @@ int main(void) {
         CHECK(fabs(lf - ref_f) <= 1e-12 * fabs(ref_f) && fabs(lq - ref_q) <= 1e-12 * fabs(ref_q),
               "CLI losses %.9g %.9g vs library %.9g %.9g", lf, lq, ref_f, ref_q);
         CHECK(lf != lq, "the quantized loss differs from the FP32 one (the weights changed)");
+        /* the engine measurement: the q8_0 folder run in q8_0, 8 tokens per call (default) */
+        double le = json_num(text, "engine_loss"), pe = json_num(text, "engine_ppl"),
+               ce = json_num(text, "engine_ppl_change_pct"), pq = json_num(text, "quant_ppl"),
+               pf = json_num(text, "fp32_ppl"), chunk = json_num(text, "engine_chunk");
+        CHECK(isfinite(le) && isfinite(pe) && isfinite(ce) && chunk == 8, "engine keys: loss %g ppl %g change %g chunk %g\n%s",
+              le, pe, ce, chunk, text);
+        CHECK(fabs(pe - exp(le)) <= 1e-12 * pe && fabs(ce - 100.0 * (pe / pf - 1.0)) <= 1e-9 * (1 + fabs(ce)),
+              "engine_ppl %.17g = exp(engine_loss), change %.17g vs fp32_ppl %.17g", pe, ce, pf);
+        /* kernels may round activations (int8 blocks) where the dequantized forward does not,
+         * but a 8-bit format cannot move perplexity by 5 % */
+        CHECK(fabs(pe / pq - 1.0) <= 0.05, "engine ppl %.6f vs dequantized-weights ppl %.6f: more than 5 %% apart", pe, pq);
+        {
+            fr_engine_options eo;
+            fr_engine_options_default(&eo);
+            eo.weight_type = 2; /* q8_0 */
+            eo.max_seq_len = 64;
+            eo.load_mtp = 0;
+            fr_engine *e = NULL;
+            double ref_e = NAN;
+            /* the engine reads the quantized folder itself (kv_b_proj stored as Q8_0 too) */
+            CHECK(fr_engine_load(&e, out, &eo) == FR_OK, "engine loads the q8_0 folder: %s", fr_last_error());
+            if (e) {
+                fr_engine_eval_dataset(e, data, "val", 64, 8, 1025, &ref_e, NULL);
+                fr_engine_free(e);
+            }
+            /* same computation, same thread count (OMP_NUM_THREADS is inherited) */
+            CHECK(fabs(le - ref_e) <= 1e-9 * fabs(ref_e), "CLI engine loss %.12g vs library %.12g", le, ref_e);
+        }
+        printf("q8_0: fp32 ppl %.6f, dequantized %.6f, engine (chunk 8) %.6f\n", pf, pq, pe);
+        free(text);
+        /* `frugal eval --engine` reads the Q8_0 folder too */
+        char toks[300];
+        snprintf(toks, sizeof toks, "%s/tokens.txt", tmp);
+        fr_test_write_text(toks, "5 17 300 2 999 41 7 7 8\n1000 3 4\n");
+        snprintf(args, sizeof args, "eval --model '%s' --tokens '%s' --json", model, toks);
+        text = NULL;
+        rc = run_frugal(args, &text);
+        double ev_f = json_num(text, "loss");
+        free(text);
+        snprintf(args, sizeof args, "eval --model '%s' --tokens '%s' --engine --weights q8_0 --chunk 3 --json", out, toks);
+        text = NULL;
+        rc = run_frugal(args, &text);
+        double ev_q = json_num(text, "loss");
+        CHECK(rc == 0 && isfinite(ev_q) && isfinite(ev_f) && fabs(ev_q / ev_f - 1.0) <= 0.01,
+              "eval --engine --weights q8_0 of the folder: exit %d, loss %.9g vs FP32 %.9g\n%s", rc, ev_q, ev_f, text);
         free(text);
         /* a second run into the same folder: refused, exit 1 */
         snprintf(args, sizeof args, "quantize --model '%s' --type q8_0 --out '%s'", model, out);
@@ -122,6 +171,24 @@ int main(void) {
         /* text output */
         snprintf(args, sizeof args, "quantize --model '%s' --type q4_1 --out '%s/q4' --quiet", model, tmp);
         expect(args, 0, "wrote", "q4_1");
+        /* q4_1 through the decode path (one token per call), JSON and text */
+        snprintf(args, sizeof args,
+                 "quantize --model '%s' --type q4_1 --out '%s/q4e' --eval-data '%s' --eval-seq 64 --eval-tokens 513"
+                 " --eval-chunk 1 --json",
+                 model, tmp, data);
+        text = NULL;
+        rc = run_frugal(args, &text);
+        CHECK(rc == 0, "quantize q4_1 --eval-chunk 1: exit %d\n%s", rc, text);
+        pe = json_num(text, "engine_ppl");
+        pq = json_num(text, "quant_ppl");
+        CHECK(isfinite(pe) && json_num(text, "engine_chunk") == 1 && fabs(pe / pq - 1.0) <= 0.05,
+              "q4_1 engine ppl %.6f vs dequantized %.6f\n%s", pe, pq, text);
+        printf("q4_1: dequantized ppl %.6f, engine (chunk 1) %.6f\n", pq, pe);
+        free(text);
+        snprintf(args, sizeof args,
+                 "quantize --model '%s' --type bf16 --out '%s/bf' --eval-data '%s' --eval-seq 32 --eval-tokens 129 --quiet",
+                 model, tmp, data);
+        expect(args, 0, "inference engine", "8 tokens per call");
     }
     if (m) fr_model_free(m);
     snprintf(args, sizeof args, "rm -rf '%s'", tmp);
