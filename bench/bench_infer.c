@@ -22,12 +22,13 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: bench_infer [--config FILE] [--prompt N] [--gen N] [--threads N] [--json]\n"
+            "usage: bench_infer [--config FILE] [--prompt N] [--gen N] [--threads N] [--weights LIST] [--json]\n"
             "\n"
             "  --config FILE  model config.json (default: bench/configs/bench-infer.json)\n"
             "  --prompt N     prompt tokens for the prompt-processing measurement (default 64)\n"
             "  --gen N        decode steps timed at each batch size (default 12)\n"
-            "  --threads N    threads (default: OMP_NUM_THREADS or all cores)\n");
+            "  --threads N    threads (default: OMP_NUM_THREADS or all cores)\n"
+            "  --weights LIST weight formats to time, comma-separated (default: f32,bf16,q8_0,q4_1)\n");
 }
 
 static void default_config(char *buf, size_t n) {
@@ -57,11 +58,25 @@ static int die(const char *what) {
     return 1;
 }
 
+/* 1 if the comma-separated list holds name */
+static int bench_list_has(const char *list, const char *name) {
+    const size_t n = strlen(name);
+    for (const char *p = list; *p;) {
+        const char *end = strchr(p, ',');
+        const size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len == n && !strncmp(p, name, n)) return 1;
+        if (!end) break;
+        p = end + 1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *prog = "bench_infer";
     char cfg_path[1024];
     default_config(cfg_path, sizeof cfg_path);
     long P = 64, G = 12, threads = 0;
+    const char *only = NULL; /* --weights: comma-separated subset of f32,bf16,q8_0,q4_1 */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
@@ -69,6 +84,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--prompt")) P = bench_parse_long(prog, a, bench_opt_value(prog, argc, argv, &i), 1, 1 << 16);
         else if (!strcmp(a, "--gen")) G = bench_parse_long(prog, a, bench_opt_value(prog, argc, argv, &i), 1, 1 << 16);
         else if (!strcmp(a, "--threads")) threads = bench_parse_long(prog, a, bench_opt_value(prog, argc, argv, &i), 1, 4096);
+        else if (!strcmp(a, "--weights")) only = bench_opt_value(prog, argc, argv, &i);
         else { fprintf(stderr, "%s: unknown option '%s'\n\n", prog, a); usage(stderr); return 2; }
     }
     if (threads > 0) fr_set_num_threads((int)threads);
@@ -101,6 +117,7 @@ int main(int argc, char **argv) {
     printf("|---|---|---|---|---|---|---|---|\n");
     const char *names[4] = {"f32", "bf16", "q8_0", "q4_1"};
     for (int wt = 0; wt < 4; wt++) {
+        if (only && !bench_list_has(only, names[wt])) continue;
         fr_engine_options o;
         fr_engine_options_default(&o);
         o.weight_type = wt;

@@ -870,47 +870,110 @@ static qdot8_fn pick_dot8(fr_qtype t, int isa) {
 /* Int8-activation product for every M (see "int8 activations" above): the rows of W are cut
  * into tiles that stay in the L2 cache while every group of QX_MAX activation rows passes
  * over them, so decode (M = 1) streams W once and prefill re-reads each tile from cache.
- * Returns 0 when the activation buffers cannot be allocated (the caller falls back). */
-static int qmatmul_int8(float *y, const float *x, const fr_qmatrix *w, int M, int isa) {
-    const int rows = w->rows, cols = w->cols, nb = cols / FR_QBLOCK;
-    qact a = {cols, nb, malloc((size_t)M * cols), malloc((size_t)M * nb * sizeof(float)),
-              w->type == FR_QT_Q4_1 ? malloc((size_t)M * nb * sizeof(float)) : NULL};
-    if (!a.q || !a.d || (w->type == FR_QT_Q4_1 && !a.s)) {
-        free(a.q);
-        free(a.d);
-        free(a.s);
+ * One product is prepared (activations quantized, tiles sized), then its tiles run on any
+ * thread; fr_qmatmul_batch runs the tiles of several products in one parallel region. */
+typedef struct {
+    float *y;
+    const fr_qmatrix *w;
+    int M, tile, n_tiles;
+    size_t rb;
+    qdot8_fn dot;
+    qact a;
+} qjob;
+
+static void qjob_release(qjob *j) {
+    free(j->a.q);
+    free(j->a.d);
+    free(j->a.s);
+    j->a.q = NULL;
+    j->a.d = j->a.s = NULL;
+}
+
+/* Returns 0 when the activation buffers cannot be allocated (the caller falls back).
+ * tiles_per_thread: the fewest tiles per thread wanted for balance. */
+static int qjob_prepare(qjob *j, float *y, const float *x, const fr_qmatrix *w, int M, int isa, int tiles_per_thread) {
+    const int rows = w->rows, cols = w->cols, nb = cols / FR_QBLOCK, q41 = w->type == FR_QT_Q4_1;
+    j->y = y;
+    j->w = w;
+    j->M = M;
+    j->a = (qact){cols, nb, malloc((size_t)M * cols), malloc((size_t)M * nb * sizeof(float)),
+                  q41 ? malloc((size_t)M * nb * sizeof(float)) : NULL};
+    if (!j->a.q || !j->a.d || (q41 && !j->a.s)) {
+        qjob_release(j);
         return 0;
     }
     const int threads = omp_get_max_threads();
 #pragma omp parallel for schedule(static) if (M >= 16 && threads > 1)
     for (int i = 0; i < M; i++)
-        quantize_act_row(x + (size_t)i * cols, cols, a.q + (size_t)i * cols, a.d + (size_t)i * nb,
-                         w->type == FR_QT_Q4_1 ? a.s + (size_t)i * nb : NULL);
-    const qdot8_fn dot = pick_dot8(w->type, isa);
-    const size_t rb = fr_qtype_row_bytes(w->type, cols);
-    const uint8_t *base = (const uint8_t *)w->data;
-    /* tiles of at most 128 KiB of weights, and at least 4 per thread for balance */
-    int tile = (int)(((size_t)128 << 10) / rb);
-    if (tile > rows / (4 * threads)) tile = rows / (4 * threads);
-    if (tile < 1) tile = 1;
-    const int n_tiles = (rows + tile - 1) / tile;
-    const int par = threads > 1 && n_tiles > 1 && (double)rows * cols * M > 65536.0;
-#pragma omp parallel for schedule(static) if (par)
-    for (int t = 0; t < n_tiles; t++) {
-        const int r0 = t * tile, r1 = r0 + tile < rows ? r0 + tile : rows;
-        float out[QX_MAX];
-        for (int j0 = 0; j0 < M; j0 += QX_MAX) {
-            const int nx = M - j0 < QX_MAX ? M - j0 : QX_MAX;
-            for (int r = r0; r < r1; r++) {
-                dot(base + rb * (size_t)r, &a, j0, nx, out);
-                for (int j = 0; j < nx; j++) y[(size_t)(j0 + j) * rows + r] = out[j];
-            }
+        quantize_act_row(x + (size_t)i * cols, cols, j->a.q + (size_t)i * cols, j->a.d + (size_t)i * nb,
+                         q41 ? j->a.s + (size_t)i * nb : NULL);
+    j->dot = pick_dot8(w->type, isa);
+    j->rb = fr_qtype_row_bytes(w->type, cols);
+    /* tiles of at most 128 KiB of weights */
+    int tile = (int)(((size_t)128 << 10) / j->rb);
+    if (tile > rows / (tiles_per_thread * threads)) tile = rows / (tiles_per_thread * threads);
+    j->tile = tile < 1 ? 1 : tile;
+    j->n_tiles = (rows + j->tile - 1) / j->tile;
+    return 1;
+}
+
+static void qjob_run_tile(const qjob *j, int t) {
+    const int rows = j->w->rows, M = j->M;
+    const int r0 = t * j->tile, r1 = r0 + j->tile < rows ? r0 + j->tile : rows;
+    const uint8_t *base = (const uint8_t *)j->w->data;
+    float out[QX_MAX];
+    for (int j0 = 0; j0 < M; j0 += QX_MAX) {
+        const int nx = M - j0 < QX_MAX ? M - j0 : QX_MAX;
+        for (int r = r0; r < r1; r++) {
+            j->dot(base + j->rb * (size_t)r, &j->a, j0, nx, out);
+            for (int k = 0; k < nx; k++) j->y[(size_t)(j0 + k) * rows + r] = out[k];
         }
     }
-    free(a.q);
-    free(a.d);
-    free(a.s);
+}
+
+static int qmatmul_int8(float *y, const float *x, const fr_qmatrix *w, int M, int isa) {
+    qjob j;
+    if (!qjob_prepare(&j, y, x, w, M, isa, 4)) return 0;
+    /* static: at decode each thread streams one contiguous part of W */
+    const int par = omp_get_max_threads() > 1 && j.n_tiles > 1 && (double)w->rows * w->cols * M > 65536.0;
+#pragma omp parallel for schedule(static) if (par)
+    for (int t = 0; t < j.n_tiles; t++) qjob_run_tile(&j, t);
+    qjob_release(&j);
     return 1;
+}
+
+void fr_qmatmul_batch(const fr_qmatmul_job *jobs, int n) {
+    qjob stack[16], *qj = n <= 16 ? stack : malloc((size_t)n * sizeof *qj);
+    int ok = qj != NULL && n > 0, prepared = 0;
+    const int isa = quant_isa();
+    for (int i = 0; ok && i < n; i++) {
+        ok = fr_qmatmul_uses_int8(jobs[i].w) && jobs[i].M > 0 && qjob_prepare(&qj[i], jobs[i].y, jobs[i].x, jobs[i].w,
+                                                                                  jobs[i].M, isa, 1);
+        prepared += ok;
+    }
+    if (!ok) { /* not all int8 products (or no memory): one after another */
+        for (int i = 0; qj && i < prepared; i++) qjob_release(&qj[i]);
+        for (int i = 0; i < n; i++) fr_qmatmul(jobs[i].y, jobs[i].x, jobs[i].w, jobs[i].M);
+        if (qj != stack) free(qj);
+        return;
+    }
+    int total = 0;
+    double work = 0;
+    for (int i = 0; i < n; i++) {
+        total += qj[i].n_tiles;
+        work += (double)jobs[i].w->rows * jobs[i].w->cols * jobs[i].M;
+    }
+    /* dynamic: the products differ in size; each output is written by one tile, so the
+     * result does not depend on which thread runs what */
+    const int par = omp_get_max_threads() > 1 && total > 1 && work > 65536.0;
+#pragma omp parallel for schedule(dynamic, 1) if (par)
+    for (int t = 0; t < total; t++) {
+        int i = 0, tt = t;
+        while (tt >= qj[i].n_tiles) tt -= qj[i++].n_tiles;
+        qjob_run_tile(&qj[i], tt);
+    }
+    for (int i = 0; i < n; i++) qjob_release(&qj[i]);
+    if (qj != stack) free(qj);
 }
 
 void fr_qmatmul(float *y, const float *x, const fr_qmatrix *w, int M) {

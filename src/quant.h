@@ -65,6 +65,17 @@ int fr_qmatrix_load(fr_qmatrix *out, const fr_st_set *st, const char *name, int 
  * both M and rows (M large). */
 void fr_qmatmul(float *y, const float *x, const fr_qmatrix *w, int M);
 
+/* Several independent products in one parallel region (the experts of a MoE layer at
+ * decode, projections that share an input): y_i = x_i · W_iᵀ for each job, results equal to
+ * fr_qmatmul's. Run together when every job takes the int8 path, else one after another. */
+typedef struct {
+    float *y;
+    const float *x;
+    const fr_qmatrix *w;
+    int M;
+} fr_qmatmul_job;
+void fr_qmatmul_batch(const fr_qmatmul_job *jobs, int n);
+
 /* Int8 activations for Q8_0 / Q4_1 weights: on = 1 (the default), 0 = FP32 activations,
  * -1 = from the environment (FRUGAL_QACT=f32 selects FP32). A process-wide setting: set it at
  * start-up, not while products run. */
