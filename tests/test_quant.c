@@ -407,6 +407,40 @@ static void test_matmul(void) {
     test_matmul_shape(FR_QT_Q4_1, 517, 1056, 6);
 }
 
+/* fr_qmatmul_batch: every job's result is bit-identical to fr_qmatmul alone, whether the jobs
+ * run together (all int8) or one after another (a BF16 job among them). */
+static void test_matmul_batch(void) {
+    enum { NJ = 5 };
+    const int rows[NJ] = {96, 7, 300, 33, 64}, cols[NJ] = {64, 288, 96, 1056, 32}, Ms[NJ] = {1, 2, 5, 1, 3};
+    for (int mixed = 0; mixed <= 1; mixed++) {
+        fr_qmatrix q[NJ];
+        float *x[NJ], *y[NJ], *y1[NJ];
+        fr_qmatmul_job jobs[NJ];
+        for (int i = 0; i < NJ; i++) {
+            float *w = malloc((size_t)rows[i] * cols[i] * sizeof(float));
+            fill_matrix(w, rows[i], cols[i]);
+            const fr_qtype t = mixed && i == 2 ? FR_QT_BF16 : (i & 1 ? FR_QT_Q4_1 : FR_QT_Q8_0);
+            CHECK(fr_qmatrix_from_f32(&q[i], t, w, rows[i], cols[i]) == FR_OK, "batch matrix %d", i);
+            free(w);
+            x[i] = malloc((size_t)Ms[i] * cols[i] * sizeof(float));
+            y[i] = malloc((size_t)Ms[i] * rows[i] * sizeof(float));
+            y1[i] = malloc((size_t)Ms[i] * rows[i] * sizeof(float));
+            for (int k = 0; k < Ms[i] * cols[i]; k++) x[i][k] = urand(-1, 1);
+            fr_qmatmul(y1[i], x[i], &q[i], Ms[i]);
+            jobs[i] = (fr_qmatmul_job){y[i], x[i], &q[i], Ms[i]};
+        }
+        fr_qmatmul_batch(jobs, NJ);
+        for (int i = 0; i < NJ; i++) {
+            CHECK(!memcmp(y[i], y1[i], (size_t)Ms[i] * rows[i] * sizeof(float)), "batch job %d (%s%s) differs from fr_qmatmul", i,
+                  fr_qtype_name(q[i].type), mixed ? ", mixed batch" : "");
+            fr_qmatrix_free(&q[i]);
+            free(x[i]);
+            free(y[i]);
+            free(y1[i]);
+        }
+    }
+}
+
 /* ------------------------------------------------------------------ bad inputs (matrices) */
 
 static void test_bad_matrix(void) {
@@ -748,6 +782,7 @@ int main(void) {
     test_roundtrip(FR_QT_BF16, 14, 45);
     test_bad_matrix();
     test_matmul();
+    test_matmul_batch();
 
     char tmp[] = "/tmp/frugal-test-quant-XXXXXX";
     if (!mkdtemp(tmp)) {
