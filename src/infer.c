@@ -77,7 +77,7 @@ struct fr_engine {
     float *x, *xn, *rstd, *tmp, *qa, *qan, *q, *kva, *kvn, *qn, *qlat, *qf, *ctx, *atth, *att;
     float *g, *u, *h, *rl, *scores, *topw, *xe, *ge, *ue, *he, *ye, *ffn, *cat, *hid, *lrow;
     int *topi, *perm, *slot, *offsets, *pos, *seq_of, *tok;
-    fr_qmatmul_job *jobs;       /* [2 E + 2] products of one MoE round */
+    fr_qmatmul_job *jobs;       /* [max(2 E + 2, heads)] products of one MoE round / all heads */
     float *att_scratch;         /* [threads][max_len] */
     float *deq;                 /* [max_len, row] dequantized cache of one sequence */
     int att_threads;
@@ -287,7 +287,7 @@ static int reserve(fr_engine *e, int N) {
                                          {&e->offsets, E + 1}, {&e->pos, n}, {&e->seq_of, n}, {&e->tok, n}};
     for (size_t i = 0; i < sizeof g / sizeof g[0]; i++)
         if (!(*g[i].p = fr_alloc(g[i].n * sizeof(int)))) goto oom;
-    if (!(e->jobs = fr_alloc((2 * E + 2) * sizeof(fr_qmatmul_job)))) goto oom;
+    if (!(e->jobs = fr_alloc((2 * E + 2 > nh ? 2 * E + 2 : nh) * sizeof(fr_qmatmul_job)))) goto oom;
     e->cap = N;
     return FR_OK;
 oom:
@@ -633,7 +633,7 @@ static void moe(fr_engine *e, const eng_layer *ly, float *out, const float *x, i
     o->moe_permute(e->perm, e->slot, e->offsets, e->topi, N, K, E);
     o->moe_dispatch_forward(e->xe, x, e->perm, N * K, H);
     /* the routed experts' and the shared expert's products in two rounds: gate and up,
-     * then down (e->jobs holds 2 E + 2 jobs) */
+     * then down */
     const int shared = ly->mlp_inter > 0;
     fr_qmatmul_job *jobs = e->jobs;
     int nj = 0;
@@ -699,7 +699,9 @@ static void layer_forward(fr_engine *e, const eng_layer *ly, int ci, fr_seq *con
     for (int h = 0; h < nh; h++)
         for (int i = 0; i < N; i++)
             memcpy(e->qn + ((size_t)h * N + i) * nope, e->q + (size_t)i * nh * dqk + (size_t)h * dqk, (size_t)nope * sizeof(float));
-    for (int h = 0; h < nh; h++) linear(e->qlat + (size_t)h * N * kvr, e->qn + (size_t)h * N * nope, &ly->uk_t[h], N);
+    for (int h = 0; h < nh; h++)
+        e->jobs[h] = (fr_qmatmul_job){e->qlat + (size_t)h * N * kvr, e->qn + (size_t)h * N * nope, &ly->uk_t[h], N};
+    linear_batch(e->jobs, nh);
     for (int i = 0; i < N; i++)
         for (int h = 0; h < nh; h++) {
             float *d = e->qf + ((size_t)i * nh + h) * row;
@@ -741,7 +743,9 @@ static void layer_forward(fr_engine *e, const eng_layer *ly, int ci, fr_seq *con
     }
 
     /* values: o[h] = W_UV[h] ctx[h], then o_proj */
-    for (int h = 0; h < nh; h++) linear(e->atth + (size_t)h * N * vd, e->ctx + (size_t)h * N * kvr, &ly->uv[h], N);
+    for (int h = 0; h < nh; h++)
+        e->jobs[h] = (fr_qmatmul_job){e->atth + (size_t)h * N * vd, e->ctx + (size_t)h * N * kvr, &ly->uv[h], N};
+    linear_batch(e->jobs, nh);
     for (int i = 0; i < N; i++)
         for (int h = 0; h < nh; h++)
             memcpy(e->att + (size_t)i * nh * vd + (size_t)h * vd, e->atth + ((size_t)h * N + i) * vd, (size_t)vd * sizeof(float));

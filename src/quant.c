@@ -934,9 +934,9 @@ static void qjob_run_tile(const qjob *j, int t) {
 static int qmatmul_int8(float *y, const float *x, const fr_qmatrix *w, int M, int isa) {
     qjob j;
     if (!qjob_prepare(&j, y, x, w, M, isa, 4)) return 0;
-    /* static: at decode each thread streams one contiguous part of W */
+    /* dynamic: a thread that is held up (a busy core on a shared machine) takes fewer tiles */
     const int par = omp_get_max_threads() > 1 && j.n_tiles > 1 && (double)w->rows * w->cols * M > 65536.0;
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for schedule(dynamic, 1) if (par)
     for (int t = 0; t < j.n_tiles; t++) qjob_run_tile(&j, t);
     qjob_release(&j);
     return 1;
