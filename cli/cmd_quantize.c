@@ -102,6 +102,18 @@ static int eval_engine(const char *dir, int weight_type, const char *data, int T
     return CLI_EXIT_OK;
 }
 
+/* ', "<loss_key>": loss, "<ppl_key>": exp(loss), "<change_key>": % change of the perplexity
+ * against the FP32 loss' */
+static void print_eval_json(const char *loss_key, const char *ppl_key, const char *change_key, double loss,
+                            double fp32_loss) {
+    printf(", \"%s\": ", loss_key);
+    cli_json_number(stdout, loss);
+    printf(", \"%s\": ", ppl_key);
+    cli_json_number(stdout, exp(loss));
+    printf(", \"%s\": ", change_key);
+    cli_json_number(stdout, 100.0 * (exp(loss - fp32_loss) - 1.0));
+}
+
 int cmd_quantize(int argc, char **argv) {
     const char *model = NULL, *type = NULL, *out = NULL, *data = NULL, *seq_text = NULL, *tok_text = NULL,
                *chunk_text = NULL, *threads_text = NULL;
@@ -218,20 +230,11 @@ int cmd_quantize(int argc, char **argv) {
             cli_json_number(stdout, loss_f);
             printf(", \"fp32_ppl\": ");
             cli_json_number(stdout, exp(loss_f));
-            printf(", \"quant_loss\": ");
-            cli_json_number(stdout, loss_q);
-            printf(", \"quant_ppl\": ");
-            cli_json_number(stdout, exp(loss_q));
-            printf(", \"ppl_change_pct\": ");
-            cli_json_number(stdout, 100.0 * (exp(loss_q - loss_f) - 1.0));
+            print_eval_json("quant_loss", "quant_ppl", "ppl_change_pct", loss_q, loss_f);
             printf(", \"eval_seconds\": ");
             cli_json_number(stdout, t_eval);
-            printf(", \"engine_chunk\": %ld, \"engine_loss\": ", chunk);
-            cli_json_number(stdout, loss_e);
-            printf(", \"engine_ppl\": ");
-            cli_json_number(stdout, exp(loss_e));
-            printf(", \"engine_ppl_change_pct\": ");
-            cli_json_number(stdout, 100.0 * (exp(loss_e - loss_f) - 1.0));
+            printf(", \"engine_chunk\": %ld", chunk);
+            print_eval_json("engine_loss", "engine_ppl", "engine_ppl_change_pct", loss_e, loss_f);
             printf(", \"engine_eval_seconds\": ");
             cli_json_number(stdout, t_engine);
         }

@@ -1182,6 +1182,30 @@ static int dataset_open(fr_dataset *ds, const char *dir, const char *split) {
     return rc;
 }
 
+int fr_eval_windows_open(fr_dataset **ds, const char *data_dir, const char *split, int seq_len, long max_tokens,
+                         int vocab_size, long *n_windows) {
+    *ds = NULL;
+    *n_windows = 0;
+    fr_dataset *d = NULL;
+    FR_CHECK(fr_dataset_open(&d, data_dir, split));
+    uint64_t ntok = fr_dataset_num_tokens(d);
+    if (max_tokens > 0 && (uint64_t)max_tokens < ntok) ntok = (uint64_t)max_tokens;
+    const long n_win = ntok > 1 ? (long)((ntok - 1) / (uint64_t)seq_len) : 0;
+    int rc = FR_OK;
+    if (fr_dataset_vocab_size(d) > vocab_size)
+        rc = fr_error(FR_ERR_ARG, "dataset %s has vocab size %d, larger than the model's %d", data_dir,
+                      fr_dataset_vocab_size(d), vocab_size);
+    else if (n_win == 0)
+        rc = fr_error(FR_ERR_ARG, "the %s split of %s has fewer than %d tokens", split, data_dir, seq_len + 1);
+    if (rc != FR_OK) {
+        fr_dataset_close(d);
+        return rc;
+    }
+    *ds = d;
+    *n_windows = n_win;
+    return FR_OK;
+}
+
 int fr_dataset_open(fr_dataset **out, const char *dir, const char *split) {
     fr_clear_error();
     if (!out) return fr_error(FR_ERR_ARG, "fr_dataset_open: out is NULL");

@@ -155,20 +155,11 @@ int fr_engine_eval_dataset(fr_engine *e, const char *data_dir, const char *split
                         seq_len, fr_engine_max_seq_len(e));
     if (chunk > seq_len) chunk = seq_len;
     fr_dataset *ds = NULL;
-    FR_CHECK(fr_dataset_open(&ds, data_dir, split));
-    const int V = fr_engine_config(e)->vocab_size;
-    uint64_t ntok = fr_dataset_num_tokens(ds);
-    if (max_tokens > 0 && (uint64_t)max_tokens < ntok) ntok = (uint64_t)max_tokens;
-    const long n_win = ntok > 1 ? (long)((ntok - 1) / (uint64_t)seq_len) : 0;
-    int rc = FR_OK;
-    if (fr_dataset_vocab_size(ds) > V)
-        rc = fr_error(FR_ERR_ARG, "dataset %s has vocab size %d, larger than the model's %d", data_dir,
-                      fr_dataset_vocab_size(ds), V);
-    else if (n_win == 0)
-        rc = fr_error(FR_ERR_ARG, "the %s split of %s has fewer than %d tokens", split, data_dir, seq_len + 1);
+    long n_win = 0;
+    FR_CHECK(fr_eval_windows_open(&ds, data_dir, split, seq_len, max_tokens, fr_engine_config(e)->vocab_size, &n_win));
     eval_ctx c;
     memset(&c, 0, sizeof c);
-    if (rc == FR_OK) rc = ctx_init(&c, e, chunk, n_win);
+    int rc = ctx_init(&c, e, chunk, n_win);
     const int G = c.cap_seqs;
     int *buf = NULL, *len = NULL;
     const int **ptr = NULL;

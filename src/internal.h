@@ -40,4 +40,11 @@ uint64_t fr_rng_next(fr_rng *r);
 double fr_rng_uniform(fr_rng *r);   /* [0, 1) */
 double fr_rng_normal(fr_rng *r);    /* N(0, 1), Box-Muller */
 
+/* Evaluation windows (fr_eval_dataset, fr_engine_eval_dataset): open split of data_dir; window
+ * w reads tokens [w*seq_len, (w+1)*seq_len] and predicts its last seq_len, so *n_windows =
+ * (min(tokens, max_tokens if > 0) - 1) / seq_len. Fails, leaving nothing open, when the
+ * dataset's vocabulary is larger than vocab_size or no window fits. */
+int fr_eval_windows_open(fr_dataset **ds, const char *data_dir, const char *split, int seq_len, long max_tokens,
+                         int vocab_size, long *n_windows);
+
 #endif

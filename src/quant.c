@@ -1517,17 +1517,9 @@ int fr_eval_dataset(fr_model *m, const char *data_dir, const char *split, int se
     if (!m || !data_dir || !split || !mean_loss) return fr_error(FR_ERR_ARG, "fr_eval_dataset: NULL argument");
     if (seq_len < 2 || batch < 1) return fr_error(FR_ERR_ARG, "fr_eval_dataset: seq_len must be >= 2 and batch >= 1");
     fr_dataset *ds = NULL;
-    FR_CHECK(fr_dataset_open(&ds, data_dir, split));
-    const int V = fr_model_config(m)->vocab_size;
-    uint64_t ntok = fr_dataset_num_tokens(ds);
-    if (max_tokens > 0 && (uint64_t)max_tokens < ntok) ntok = (uint64_t)max_tokens;
-    const long n_win = ntok > 1 ? (long)((ntok - 1) / (uint64_t)seq_len) : 0;
+    long n_win = 0;
+    FR_CHECK(fr_eval_windows_open(&ds, data_dir, split, seq_len, max_tokens, fr_model_config(m)->vocab_size, &n_win));
     int rc = FR_OK;
-    if (fr_dataset_vocab_size(ds) > V)
-        rc = fr_error(FR_ERR_ARG, "dataset %s has vocab size %d, larger than the model's %d", data_dir,
-                      fr_dataset_vocab_size(ds), V);
-    else if (n_win == 0)
-        rc = fr_error(FR_ERR_ARG, "the %s split of %s has fewer than %d tokens", split, data_dir, seq_len + 1);
     int *buf = malloc((size_t)(seq_len + 1) * sizeof(int));
     int *tok = malloc((size_t)batch * seq_len * sizeof(int)), *tgt = malloc((size_t)batch * seq_len * sizeof(int));
     if (rc == FR_OK && (!buf || !tok || !tgt)) rc = fr_error(FR_ERR_NOMEM, "out of memory");

@@ -465,18 +465,6 @@ static void test_bad_matrix(void) {
 
 /* ------------------------------------------------------------------ checkpoints */
 
-static const char *QCONFIG =
-    "{\"architectures\": [\"DeepseekV3ForCausalLM\"], \"model_type\": \"deepseek_v3\",\n"
-    " \"vocab_size\": 1024, \"hidden_size\": 64, \"intermediate_size\": 96, \"moe_intermediate_size\": 32,\n"
-    " \"num_hidden_layers\": 2, \"num_attention_heads\": 2, \"num_key_value_heads\": 2,\n"
-    " \"q_lora_rank\": 32, \"kv_lora_rank\": 32, \"qk_nope_head_dim\": 16, \"qk_rope_head_dim\": 16,\n"
-    " \"v_head_dim\": 16, \"n_routed_experts\": 4, \"n_shared_experts\": 1, \"num_experts_per_tok\": 2,\n"
-    " \"n_group\": 2, \"topk_group\": 1, \"topk_method\": \"noaux_tc\", \"scoring_func\": \"sigmoid\",\n"
-    " \"norm_topk_prob\": true, \"routed_scaling_factor\": 2.5, \"first_k_dense_replace\": 1,\n"
-    " \"moe_layer_freq\": 1, \"num_nextn_predict_layers\": 1, \"max_position_embeddings\": 128,\n"
-    " \"rope_theta\": 10000.0, \"rope_scaling\": null, \"rope_interleave\": true, \"rms_norm_eps\": 1e-6,\n"
-    " \"tie_word_embeddings\": false, \"initializer_range\": 0.02, \"hidden_act\": \"silu\",\n"
-    " \"bos_token_id\": 0, \"eos_token_id\": 1, \"pad_token_id\": null}\n";
 
 static int write_text(const char *path, const char *text) {
     FILE *f = fopen(path, "w");
@@ -526,7 +514,8 @@ static void test_checkpoint(const char *tmp) {
     mkdir(src, 0755);
     fr_config cfg;
     fr_model *m = NULL;
-    CHECK(fr_config_parse(&cfg, QCONFIG, strlen(QCONFIG)) == FR_OK, "config: %s", fr_last_error());
+    const char *qcfg = fr_test_q32_config(1024);
+    CHECK(fr_config_parse(&cfg, qcfg, strlen(qcfg)) == FR_OK, "config: %s", fr_last_error());
     CHECK(fr_model_create(&m, &cfg, 7) == FR_OK, "create: %s", fr_last_error());
     if (!m) return;
     CHECK(fr_model_save(m, src) == FR_OK, "save: %s", fr_last_error());

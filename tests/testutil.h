@@ -22,6 +22,10 @@ int fr_test_run_frugal(const char *bin, const char *args, char **out);
 void fr_test_expect_frugal(const char *bin, const char *args, int want_rc, const char *must1, const char *must2);
 /* Write text to path (a failed check if it cannot). */
 void fr_test_write_text(const char *path, const char *text);
+/* config.json of a tiny DeepSeek-V3 MoE model (2 layers, MLA, 4 routed experts + 1 shared,
+ * one MTP module) whose every linear width is a multiple of 32, so Q8_0 / Q4_1 can hold all
+ * of them, with the given vocabulary size. Returns a static buffer. */
+const char *fr_test_q32_config(int vocab_size);
 /* Prints "N passed, N failed" and returns the process exit code. */
 int fr_test_finish(const char *suite);
 
