@@ -993,8 +993,12 @@ int cmd_serve(int argc, char **argv) {
         rc = cli_fail("the tokenizer has %d ids but the model's vocab_size is %d", fr_tokenizer_vocab_size(S.tok), S.vocab);
         goto out;
     }
-    S.tok_vocab = fr_tokenizer_vocab_size(S.tok);
     S.eos_id = ec->eos_token_id >= 0 ? ec->eos_token_id : fr_tokenizer_special_id(S.tok, FR_TOKEN_EOS);
+    /* EOS is listed too: requests with ignore_eos mask it when it is undecodable */
+    if (fr_tokenizer_undecodable_ids(S.tok, S.vocab, -1, &S.undecodable, &S.n_undecodable) != FR_OK) {
+        rc = cli_fail_lib("cannot serve this model with its tokenizer");
+        goto out;
+    }
     S.kv_bytes_per_token = fr_engine_kv_bytes_per_token(S.engine);
     if (!fr_chat_template_is_deepseek(S.tok))
         fprintf(stderr, "frugal serve: the chat template of %s is not DeepSeek-V3 style; chats use the DeepSeek-V3 format\n", model);
@@ -1068,6 +1072,7 @@ out:
     if (S.slots || S.sched_started) srv_sched_stop(&S);
     fr_tokenizer_free(S.tok);
     fr_engine_free(S.engine);
+    free(S.undecodable);
     pthread_cond_destroy(&S.out_cv);
     pthread_cond_destroy(&S.sched_cv);
     pthread_mutex_destroy(&S.mu);

@@ -57,7 +57,9 @@ typedef struct {
     fr_tokenizer *tok;
     const char *model_id;
     const char *api_key;     /* NULL: no key required */
-    int parallel, ctx, vocab, tok_vocab, eos_id;
+    int parallel, ctx, vocab, eos_id;
+    int *undecodable;        /* ids below vocab the tokenizer cannot decode, EOS included */
+    int n_undecodable;
     int threads;             /* --threads (0 = OpenMP default), applied in the scheduler thread */
     long max_queue;
     size_t kv_bytes_per_token;

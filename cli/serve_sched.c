@@ -343,8 +343,13 @@ static void *sched_main(void *arg) {
             else decode_rows++;
             if (r->fed < r->n_prompt) continue;   /* prompt not complete yet */
             float *lg = s->logits + (size_t)b * s->vocab;
-            /* ids the tokenizer cannot decode (a padded vocabulary) are never sampled */
-            for (int v = s->tok_vocab; v < s->vocab; v++) lg[v] = -INFINITY;
+            /* as in fr_generate: ids the tokenizer cannot decode (a padded vocab_size, gaps in
+             * its ids) are never sampled, except an EOS id that ends the completion, which
+             * is never decoded; with ignore_eos it would be, so it is masked then */
+            const int keep_eos = !r->ignore_eos && s->eos_id >= 0 && s->eos_id < s->vocab;
+            const float eos_logit = keep_eos ? lg[s->eos_id] : 0.0f;
+            for (int k = 0; k < s->n_undecodable; k++) lg[s->undecodable[k]] = -INFINITY;
+            if (keep_eos) lg[s->eos_id] = eos_logit;
             int t = fr_sampler_sample(r->sampler, lg, r->hist, r->n_prompt + r->n_gen);
             sampled[b] = 1;
             ntok++;

@@ -215,6 +215,12 @@ int fr_tokenizer_decode(const fr_tokenizer *tok, const int *ids, size_t n_ids, i
                         char **text, size_t *len);
 /* Token string as stored in tokenizer.json (byte-level alphabet), NULL if out of range. */
 const char *fr_tokenizer_id_to_token(const fr_tokenizer *tok, int id);
+/* The ids below vocab_size that tok cannot decode: ids past its size (a model vocab_size
+ * padded to a multiple of 64 or 128) and gaps inside it, in increasing order, keep_id
+ * excepted (-1: none; generation keeps the EOS id, on which it stops without decoding).
+ * Generation masks them so they are never drawn. *ids is malloc'd (NULL when there are
+ * none). FR_ERR_ARG when that would be every id. */
+int fr_tokenizer_undecodable_ids(const fr_tokenizer *tok, int vocab_size, int keep_id, int **ids, int *n_ids);
 /* Id of a token string (vocabulary or added token), -1 if absent. */
 int fr_tokenizer_token_to_id(const fr_tokenizer *tok, const char *token);
 /* Id of the BOS/EOS/PAD token, -1 if the tokenizer has none. */

@@ -948,26 +948,6 @@ static int emit(gen_state *g, int i, int token, int room, int eos, const fr_toke
     return stop;
 }
 
-/* The ids below V that tok cannot decode, the EOS id excepted when it ends generation
- * (emit stops on it without decoding): a padded vocab_size (rounded up to a multiple of 64
- * or 128) gives the model ids that no text maps to. *out is NULL when there are none. */
-static int undecodable_ids(const fr_tokenizer *tok, int V, int eos, int *out_n, int **out) {
-    *out = NULL;
-    *out_n = 0;
-    int n = 0;
-    for (int id = 0; id < V; id++) n += id != eos && !fr_tokenizer_id_to_token(tok, id);
-    if (n == 0) return FR_OK;
-    if (n == V) return fr_error(FR_ERR_ARG, "the tokenizer decodes none of the model's %d ids", V);
-    int *ids = malloc((size_t)n * sizeof(int));
-    if (!ids) return fr_error(FR_ERR_NOMEM, "out of memory");
-    n = 0;
-    for (int id = 0; id < V; id++)
-        if (id != eos && !fr_tokenizer_id_to_token(tok, id)) ids[n++] = id;
-    *out = ids;
-    *out_n = n;
-    return FR_OK;
-}
-
 /* -inf logits for ids that must never be drawn: no sampler setting can then pick them */
 static void mask_ids(float *row, const int *ids, int n) {
     for (int i = 0; i < n; i++) row[ids[i]] = -INFINITY;
@@ -997,7 +977,7 @@ int fr_generate(fr_engine *e, const fr_tokenizer *tok, fr_seq *const *seqs, int 
     memset(&st, 0, sizeof st);
 
     int *masked = NULL, n_masked = 0;
-    int rc = tok ? undecodable_ids(tok, V, opt->ignore_eos ? -1 : eos, &n_masked, &masked) : FR_OK;
+    int rc = tok ? fr_tokenizer_undecodable_ids(tok, V, opt->ignore_eos ? -1 : eos, &masked, &n_masked) : FR_OK;
     if (rc != FR_OK) return rc;
     gen_state *g = calloc((size_t)n_seqs, sizeof *g);
     float *logits = malloc((size_t)2 * n_seqs * V * sizeof(float));

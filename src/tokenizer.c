@@ -1431,3 +1431,20 @@ int fr_tokenizer_token_kind(const fr_tokenizer *tok, int id) {
 const cJSON *fr_tokenizer_skeleton(const fr_tokenizer *tok) { return tok ? tok->skeleton : NULL; }
 
 const cJSON *fr_tokenizer_config_json(const fr_tokenizer *tok) { return tok ? tok->config : NULL; }
+
+int fr_tokenizer_undecodable_ids(const fr_tokenizer *tok, int vocab_size, int keep_id, int **ids, int *n_ids) {
+    *ids = NULL;
+    *n_ids = 0;
+    int n = 0;
+    for (int id = 0; id < vocab_size; id++) n += id != keep_id && !fr_tokenizer_id_to_token(tok, id);
+    if (n == 0) return FR_OK;
+    if (n == vocab_size) return fr_error(FR_ERR_ARG, "the tokenizer decodes none of the model's %d ids", vocab_size);
+    int *v = malloc((size_t)n * sizeof *v);
+    if (!v) return fr_error(FR_ERR_NOMEM, "out of memory");
+    n = 0;
+    for (int id = 0; id < vocab_size; id++)
+        if (id != keep_id && !fr_tokenizer_id_to_token(tok, id)) v[n++] = id;
+    *ids = v;
+    *n_ids = n;
+    return FR_OK;
+}

@@ -3,7 +3,8 @@
  * Covers the endpoints, SSE streaming, greedy answers equal to `frugal generate`, stop
  * strings, errors (bad JSON, wrong types, huge bodies, long prompts, unknown model, wrong
  * key), concurrency (continuous batching; a newcomer finishes while a long request runs),
- * vanishing and slow clients, and a clean exit (status 0; under ASan also no leaks). */
+ * vanishing and slow clients, a clean exit (status 0; under ASan also no leaks), and ids the
+ * tokenizer cannot decode (gaps, a padded vocabulary, an EOS it lacks) never sampled. */
 #include "serve_testutil.h"
 #include "testutil.h"
 
@@ -526,6 +527,243 @@ static void test_gguf(const char *tmp, const char *dir) {
     CHECK(st_stop(&srv) == 0, "GGUF server exit status on SIGTERM (log %s)", srv.log);
 }
 
+/* A model + tokenizer pair where many ids cannot be decoded: the tokenizer's pad token moves
+ * from id 2 to 1003 (gaps at 2 and 1000..1002 inside its 1004 ids), vocab_size 1024 pads
+ * past it, and the model's eos_token_id is 1010, an id the tokenizer lacks. The head rows of
+ * the undecodable ids are scaled up so that they win most draws. Through the API no such id
+ * may come out (a decode failure would end the request with an error), EOS still ends a
+ * completion (it is never decoded) and is masked under ignore_eos; answers equal fr_generate
+ * with the same tokenizer, greedy and sampled with the same seed. */
+enum { GAP_EOS = 1010, GAP_PAD = 1003, GAP_V = 1024 };
+
+static int make_gapped_model(const char *tmp, char *dir, size_t dir_n) {
+    char path[512];
+    snprintf(dir, dir_n, "%s/gapped", tmp);
+    if (mkdir(dir, 0755) != 0) return -1;
+    /* the tokenizer: pad moved past the vocabulary, in model.vocab and added_tokens alike */
+    snprintf(path, sizeof path, "%s/tokenizer/frugal_trained/tokenizer.json", FR_FIXTURES_DIR);
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    static char buf[1 << 20];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    cJSON *t = cJSON_Parse(buf);
+    const char *pad = "<\xef\xbd\x9c\xe2\x96\x81pad\xe2\x96\x81\xef\xbd\x9c>";
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(t, "model"), "vocab");
+    int moved = 0;
+    if (cJSON_GetObjectItemCaseSensitive(v, pad)) {
+        cJSON_ReplaceItemInObjectCaseSensitive(v, pad, cJSON_CreateNumber(GAP_PAD));
+        moved++;
+    }
+    const cJSON *a;
+    cJSON_ArrayForEach(a, cJSON_GetObjectItemCaseSensitive(t, "added_tokens")) {
+        const char *c = jstr(a, "content");
+        if (c && strcmp(c, pad) == 0) {
+            cJSON_ReplaceItemInObjectCaseSensitive((cJSON *)a, "id", cJSON_CreateNumber(GAP_PAD));
+            moved++;
+        }
+    }
+    char *js = moved == 2 ? cJSON_Print(t) : NULL;
+    cJSON_Delete(t);
+    if (!js) return -1;
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    f = fopen(path, "wb");
+    int ok = f && fputs(js, f) >= 0;
+    if (f) ok &= fclose(f) == 0;
+    free(js);
+    char a2[512];
+    snprintf(path, sizeof path, "%s/tokenizer/frugal_trained/tokenizer_config.json", FR_FIXTURES_DIR);
+    snprintf(a2, sizeof a2, "%s/tokenizer_config.json", dir);
+    if (!ok || st_copy_file(path, a2) != 0) return -1;
+    fr_tokenizer *tok = NULL;
+    if (fr_tokenizer_load(&tok, dir) != FR_OK) {
+        fprintf(stderr, "gapped tokenizer: %s\n", fr_last_error());
+        return -1;
+    }
+
+    /* the model: the tiny config with eos_token_id 1010 */
+    char json[4096];
+    const char *key = "\"eos_token_id\": 1", *at = strstr(SERVE_TINY_CONFIG, key);
+    if (!at) { fr_tokenizer_free(tok); return -1; }
+    snprintf(json, sizeof json, "%.*s\"eos_token_id\": %d%s", (int)(at - SERVE_TINY_CONFIG), SERVE_TINY_CONFIG, GAP_EOS,
+             at + strlen(key));
+    snprintf(path, sizeof path, "%s/gapped-config.json", tmp);
+    f = fopen(path, "w");
+    if (!f) { fr_tokenizer_free(tok); return -1; }
+    fputs(json, f);
+    fclose(f);
+    fr_config cfg;
+    fr_model *m = NULL;
+    int rc = fr_config_load(&cfg, path);
+    if (rc == FR_OK) rc = fr_model_create(&m, &cfg, 11);
+    size_t numel = 0;
+    float *head = rc == FR_OK ? fr_model_param(m, "lm_head.weight", &numel) : NULL;
+    if (head && cfg.vocab_size == GAP_V && numel % GAP_V == 0) {
+        const size_t H = numel / GAP_V;
+        for (int id = 0; id < GAP_V; id++) {
+            if (fr_tokenizer_id_to_token(tok, id)) continue;
+            /* EOS less than the others: greedy should write some text before it wins */
+            float k = id == GAP_EOS ? 3.0f : 12.0f;
+            for (size_t h = 0; h < H; h++) head[(size_t)id * H + h] *= k;
+        }
+        rc = fr_model_save(m, dir);
+    } else if (rc == FR_OK) {
+        rc = FR_ERR_ARG;
+    }
+    if (rc != FR_OK) fprintf(stderr, "gapped model: %s\n", fr_last_error());
+    fr_model_free(m);
+    fr_tokenizer_free(tok);
+    return rc == FR_OK ? 0 : -1;
+}
+
+/* fr_generate's answer for one prompt, as the API would send it (EOS dropped, UTF-8 fixed). */
+static char *generate_ref(fr_engine *e, const fr_tokenizer *tok, const int *prompt, int n_prompt,
+                          const fr_generate_options *o, int *n_gen, fr_stop_reason *why) {
+    fr_seq *sq = NULL;
+    int *out = NULL, ol = 0;
+    fr_generate_stats st;
+    const int *pp[1] = {prompt};
+    *n_gen = -1;
+    if (fr_seq_create(&sq, e) != FR_OK) return NULL;
+    int rc = fr_generate(e, tok, &sq, 1, pp, &n_prompt, o, &out, &ol, &st);
+    fr_seq_free(sq);
+    if (rc != FR_OK) {
+        fprintf(stderr, "fr_generate: %s\n", fr_last_error());
+        return NULL;
+    }
+    *why = st.stop_reason[0];
+    if (*why == FR_STOP_EOS && ol > 0) ol--;
+    char *text = NULL, *fixed = NULL;
+    size_t tl = 0;
+    if (fr_tokenizer_decode(tok, out, (size_t)ol, 0, &text, &tl) == FR_OK) {
+        /* the server sends a NUL as U+FFFD, as utf8_fix does any byte that starts no sequence */
+        for (size_t i = 0; i < tl; i++)
+            if (!text[i]) text[i] = (char)0xFF;
+        fixed = utf8_fix(text);
+    }
+    free(text);
+    free(out);
+    *n_gen = ol;
+    return fixed;
+}
+
+static void test_undecodable(const char *tmp) {
+    char dir[300];
+    if (make_gapped_model(tmp, dir, sizeof dir) != 0) {
+        CHECK(0, "gapped model in %s", tmp);
+        return;
+    }
+    fr_tokenizer *tok = NULL;
+    fr_engine *e = NULL;
+    int rc = fr_tokenizer_load(&tok, dir);
+    if (rc == FR_OK) rc = fr_engine_load(&e, dir, NULL);
+    CHECK(rc == FR_OK, "load the gapped model: %s", fr_last_error());
+    if (rc != FR_OK) {
+        fr_tokenizer_free(tok);
+        return;
+    }
+    const int n_tok = fr_tokenizer_vocab_size(tok);
+    CHECK(n_tok == GAP_PAD + 1 && !fr_tokenizer_id_to_token(tok, 2) && !fr_tokenizer_id_to_token(tok, 1001) &&
+              fr_tokenizer_id_to_token(tok, GAP_PAD) && fr_engine_config(e)->vocab_size == GAP_V &&
+              fr_engine_config(e)->eos_token_id == GAP_EOS,
+          "tokenizer with gaps (%d ids) under a padded vocabulary", n_tok);
+    int *prompt = NULL;
+    size_t np = 0;
+    CHECK(fr_tokenizer_encode(tok, "In the beginning", 16, 0, &prompt, &np) == FR_OK && np > 0, "encode the prompt");
+    char pj[512];
+    int k = snprintf(pj, sizeof pj, "[");
+    for (size_t i = 0; i < np && k < (int)sizeof pj - 16; i++) k += snprintf(pj + k, sizeof pj - (size_t)k, "%s%d", i ? "," : "", prompt[i]);
+    snprintf(pj + k, sizeof pj - (size_t)k, "]");
+
+    /* the case must bite: without a tokenizer, gap ids (not only padded ones) win */
+    fr_generate_options o;
+    fr_generate_options_default(&o);
+    o.sample.temperature = 0;
+    o.max_tokens = 24;
+    o.ignore_eos = 1;
+    fr_seq *sq = NULL;
+    int *out = NULL, ol = 0, gaps = 0, past = 0;
+    const int *pp[1] = {prompt};
+    int npi = (int)np;
+    if (fr_seq_create(&sq, e) == FR_OK && fr_generate(e, NULL, &sq, 1, pp, &npi, &o, &out, &ol, NULL) == FR_OK) {
+        for (int t = 0; t < ol; t++) {
+            gaps += out[t] < n_tok && !fr_tokenizer_id_to_token(tok, out[t]);
+            past += out[t] >= n_tok;
+        }
+    }
+    free(out);
+    fr_seq_free(sq);
+    CHECK(gaps > 0 && past > 0, "unmasked greedy draws gap ids (%d) and ids past the tokenizer (%d) of %d", gaps, past, ol);
+
+    st_server srv;
+    const char *extra[] = {"--parallel", "2", "--ctx", "256", "--api-key", "test-key", "--threads", "2", NULL};
+    if (st_start(&srv, tmp, dir, extra) != 0) {
+        CHECK(0, "gapped server did not start (log %s)", srv.log);
+        free(prompt);
+        fr_engine_free(e);
+        fr_tokenizer_free(tok);
+        return;
+    }
+    int saved = PORT;
+    PORT = srv.port;
+    /* greedy with and without ignore_eos, then sampling (several seeds) both ways */
+    struct { float temp; int seed, ignore_eos; } cases[] = {
+        {0, 0, 1}, {0, 0, 0}, {1.5f, 1, 1}, {1.5f, 2, 1}, {1.5f, 3, 1}, {2.0f, 4, 1}, {1.5f, 5, 0}, {1.5f, 6, 0},
+    };
+    int eos_stops = 0;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int N = 32;
+        char body[1024];
+        snprintf(body, sizeof body, "{\"prompt\":%s,\"max_tokens\":%d,\"temperature\":%g,\"seed\":%d,\"ignore_eos\":%s}", pj, N,
+                 (double)cases[c].temp, cases[c].seed, cases[c].ignore_eos ? "true" : "false");
+        int status;
+        cJSON *j = post_json("/v1/completions", body, &status);
+        const char *text = jstr(j, "choices.0.text"), *fin = jstr(j, "choices.0.finish_reason");
+        double ct = jnum(j, "usage", "completion_tokens");
+        fr_generate_options_default(&o);
+        o.max_tokens = N;
+        o.ignore_eos = cases[c].ignore_eos;
+        o.sample.temperature = cases[c].temp;
+        o.sample.top_k = 0;
+        o.sample.top_p = 1;
+        o.sample.min_p = 0;
+        o.sample.repeat_penalty = 1;
+        o.sample.seed = (uint64_t)cases[c].seed;
+        int n_ref = -1;
+        fr_stop_reason why = FR_STOP_MAX_TOKENS;
+        char *ref = generate_ref(e, tok, prompt, npi, &o, &n_ref, &why);
+        CHECK(status == 200 && text && fin, "case %zu (temperature %g, ignore_eos %d): status %d, error %s", c,
+              (double)cases[c].temp, cases[c].ignore_eos, status, jstr(j, "error.message") ? jstr(j, "error.message") : "-");
+        if (cases[c].ignore_eos)
+            CHECK(fin && strcmp(fin, "length") == 0 && ct == N, "case %zu: ignore_eos runs to max_tokens: %s, %g tokens", c,
+                  fin ? fin : "-", ct);
+        CHECK(ref && text && strcmp(ref, text) == 0 && ct == n_ref &&
+                  fin && strcmp(fin, why == FR_STOP_EOS ? "stop" : "length") == 0,
+              "case %zu equals fr_generate: %g vs %d tokens, finish %s (fr_generate %d)\n  api: [%s]\n  ref: [%s]", c, ct,
+              n_ref, fin ? fin : "-", (int)why, text ? text : "", ref ? ref : "");
+        if (!cases[c].ignore_eos && why == FR_STOP_EOS && fin && strcmp(fin, "stop") == 0) eos_stops++;
+        free(ref);
+        cJSON_Delete(j);
+    }
+    /* the greedy case without ignore_eos must end on EOS for the test to mean anything */
+    CHECK(eos_stops >= 1, "EOS (id %d, not in the tokenizer) ended %d completions", GAP_EOS, eos_stops);
+    printf("gapped tokenizer (%d ids, model %d, eos %d): unmasked greedy drew %d gap and %d padded ids; the API "
+           "none, EOS stopped %d completions\n", n_tok, GAP_V, GAP_EOS, gaps, past, eos_stops);
+    PORT = saved;
+    CHECK(st_stop(&srv) == 0, "gapped server exit status on SIGTERM (log %s)", srv.log);
+    FILE *f = fopen(srv.log, "r");
+    char line[1024];
+    int sanitizer = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (strstr(line, "Sanitizer") || strstr(line, "runtime error")) sanitizer = 1;
+    if (f) fclose(f);
+    CHECK(!sanitizer, "no sanitizer report in %s", srv.log);
+    free(prompt);
+    fr_engine_free(e);
+    fr_tokenizer_free(tok);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     char tmp[] = "/tmp/frugal-test-serve-XXXXXX", dir[300];
@@ -557,6 +795,7 @@ int main(void) {
         if (strstr(line, "Sanitizer") || strstr(line, "runtime error")) sanitizer = 1;
     if (f) fclose(f);
     CHECK(!sanitizer, "no sanitizer report in %s", srv.log);
+    test_undecodable(tmp);
     if (fr_test_failed == 0) {
         char cmd[400];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
