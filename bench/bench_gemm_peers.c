@@ -406,6 +406,7 @@ static void tot_print(const char *label, const totals *t, double peak) {
 }
 
 int main(int argc, char **argv) {
+    fr_cpu_gemm_set_onednn(0); /* the "frugal" column is our own kernels, oneDNN has its own */
     const char *prog = "bench_gemm_peers";
     char cfg_paths[MAX_CONFIGS][1024];
     int ncfg = 0;

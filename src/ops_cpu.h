@@ -47,6 +47,13 @@ const fr_cpu_vec *fr_cpu_vec_ops(void);
 void fr_cpu_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc);
 
+/* Which SGEMM runs matrix-matrix products (M, N > 1): oneDNN's dnnl_sgemm when the library
+ * was built with it (FR_HAVE_DNNL) and FRUGAL_GEMM is not "frugal", else our own kernels.
+ * fr_cpu_gemm_set_onednn(1 / 0 / -1 = from the environment) switches at start-up (tests,
+ * benchmarks); it is a no-op without oneDNN. */
+int fr_cpu_gemm_uses_onednn(void);
+void fr_cpu_gemm_set_onednn(int on);
+
 /* Internal: called by fr_cpu_set_isa so the GEMM picks its micro-kernel. */
 void fr_cpu_gemm_select(int isa);
 

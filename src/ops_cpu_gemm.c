@@ -20,6 +20,9 @@
 
 #include <immintrin.h>
 #include <omp.h>
+#ifdef FR_HAVE_DNNL
+#include <dnnl.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -276,6 +279,27 @@ static void gemv(int dot_form, int n, int len, float alpha, const float *Mat, in
     }
 }
 
+/* -1: not yet decided (FRUGAL_GEMM read on first use) */
+static int g_onednn = -1;
+
+void fr_cpu_gemm_set_onednn(int on) {
+#ifdef FR_HAVE_DNNL
+    if (on < 0) {
+        const char *env = getenv("FRUGAL_GEMM");
+        on = !(env && !strcmp(env, "frugal"));
+    }
+    g_onednn = on ? 1 : 0;
+#else
+    (void)on;
+    g_onednn = 0;
+#endif
+}
+
+int fr_cpu_gemm_uses_onednn(void) {
+    if (g_onednn < 0) fr_cpu_gemm_set_onednn(-1);
+    return g_onednn;
+}
+
 void fr_cpu_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
@@ -284,6 +308,15 @@ void fr_cpu_gemm(int transA, int transB, int M, int N, int K, float alpha, const
         return;
     }
     (void)fr_cpu_isa(); /* first use: pick the kernels */
+#ifdef FR_HAVE_DNNL
+    if (M > 1 && N > 1 && fr_cpu_gemm_uses_onednn()) {
+        /* row-major, same argument meaning; a non-success status (bad arguments only) falls
+         * through to our kernels */
+        if (dnnl_sgemm(transA ? 'T' : 'N', transB ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) ==
+            dnnl_success)
+            return;
+    }
+#endif
     if (M == 1 || N == 1) {
         /* x: the vector operand (row 0 of op(A) or column 0 of op(B)), made contiguous. */
         int row = M == 1;

@@ -842,6 +842,8 @@ int main(void) {
     CHECK(p && ((uintptr_t)p & 63) == 0 && ((unsigned char *)p)[99] == 0, "alloc: aligned, zeroed");
     O->free(p);
 
+    /* our kernels on every instruction set (oneDNN, when built in, is tested after them) */
+    fr_cpu_gemm_set_onednn(0);
     for (int isa = FR_ISA_GENERIC; isa <= FR_ISA_AVX512; isa++) {
         if (!fr_cpu_isa_supported(isa)) {
             printf("(%s kernels not supported here: skipped)\n", fr_cpu_isa_name(isa));
@@ -866,6 +868,18 @@ int main(void) {
         test_determinism();
     }
     fr_cpu_set_isa(-1);
+    fr_cpu_gemm_set_onednn(1);
+    if (fr_cpu_gemm_uses_onednn()) {
+        /* the same contract (alpha, beta, transposes, padding, K = 0, bitwise reproducible and
+         * independent of the thread count) through oneDNN's dnnl_sgemm */
+        g_isa = "onednn";
+        fr_rng_seed(&g_rng, 1234);
+        test_gemm();
+        test_determinism();
+    } else {
+        printf("(built without oneDNN: its SGEMM path not tested)\n");
+    }
+    fr_cpu_gemm_set_onednn(-1);
     g_isa = fr_cpu_isa_name(fr_cpu_isa());
     test_cross_isa();
     return fr_test_finish("test_ops");
