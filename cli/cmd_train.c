@@ -325,7 +325,7 @@ int cmd_train(int argc, char **argv) {
         printf("\ncheckpoint: %s\n", res.checkpoint);
         if (oo.mem_plan > 0) {
             char a[32], b[32];
-            printf("memory: peak resident %s, memory plan %s (parameters, gradients, AdamW moments, activations): %+.1f%%\n",
+            printf("memory: peak resident %s, memory plan %s (parameters, gradients, AdamW moments, activations, GEMM packing): %+.1f%%\n",
                    cli_human_bytes(a, sizeof a, (double)oo.rss_peak), cli_human_bytes(b, sizeof b, (double)oo.mem_plan),
                    100.0 * ((double)oo.rss_peak / (double)oo.mem_plan - 1.0));
         }
