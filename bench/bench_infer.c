@@ -104,10 +104,12 @@ int main(int argc, char **argv) {
     if (bench_memory_bandwidth((size_t)256 << 20, &bw) != 0) return die("bandwidth probe");
 
     const int V = cfg.vocab_size;
-    int *prompt = malloc((size_t)P * sizeof(int)), *step = malloc(4 * sizeof(int));
+    /* the decode phase reads 16-token prompts at offsets 0, 4, 8, 12: at least 28 tokens */
+    const long n_prompt = P > 28 ? P : 28;
+    int *prompt = malloc((size_t)n_prompt * sizeof(int)), *step = malloc(4 * sizeof(int));
     float *logits = malloc((size_t)4 * V * sizeof(float));
     if (!prompt || !step || !logits) return die("out of memory");
-    tokens(prompt, (int)P, V, 1);
+    tokens(prompt, (int)n_prompt, V, 1);
 
     printf("bench_infer: %s, %.1fM params (%.0f MB in FP32, created in %.1f s), %d threads, "
            "memory read bandwidth %.1f GB/s\n",
