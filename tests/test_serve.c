@@ -648,6 +648,17 @@ static char *generate_ref(fr_engine *e, const fr_tokenizer *tok, const int *prom
     return fixed;
 }
 
+/* A server's log holds no AddressSanitizer / UBSan report. */
+static void check_no_sanitizer_report(const char *log) {
+    FILE *f = fopen(log, "r");
+    char line[1024];
+    int sanitizer = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (strstr(line, "Sanitizer") || strstr(line, "runtime error")) sanitizer = 1;
+    if (f) fclose(f);
+    CHECK(!sanitizer, "no sanitizer report in %s", log);
+}
+
 static void test_undecodable(const char *tmp) {
     char dir[300];
     if (make_gapped_model(tmp, dir, sizeof dir) != 0) {
@@ -752,13 +763,7 @@ static void test_undecodable(const char *tmp) {
            "none, EOS stopped %d completions\n", n_tok, GAP_V, GAP_EOS, gaps, past, eos_stops);
     PORT = saved;
     CHECK(st_stop(&srv) == 0, "gapped server exit status on SIGTERM (log %s)", srv.log);
-    FILE *f = fopen(srv.log, "r");
-    char line[1024];
-    int sanitizer = 0;
-    while (f && fgets(line, sizeof line, f))
-        if (strstr(line, "Sanitizer") || strstr(line, "runtime error")) sanitizer = 1;
-    if (f) fclose(f);
-    CHECK(!sanitizer, "no sanitizer report in %s", srv.log);
+    check_no_sanitizer_report(srv.log);
     free(prompt);
     fr_engine_free(e);
     fr_tokenizer_free(tok);
@@ -788,13 +793,7 @@ int main(void) {
     int code = st_stop(&srv);
     test_gguf(tmp, dir);
     CHECK(code == 0, "server exit status %d on SIGTERM (log %s)", code, srv.log);
-    FILE *f = fopen(srv.log, "r");
-    char line[1024];
-    int sanitizer = 0;
-    while (f && fgets(line, sizeof line, f))
-        if (strstr(line, "Sanitizer") || strstr(line, "runtime error")) sanitizer = 1;
-    if (f) fclose(f);
-    CHECK(!sanitizer, "no sanitizer report in %s", srv.log);
+    check_no_sanitizer_report(srv.log);
     test_undecodable(tmp);
     if (fr_test_failed == 0) {
         char cmd[400];
