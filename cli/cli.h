@@ -71,6 +71,12 @@ int cli_parse_int(const char *cmd, void (*usage)(FILE *), const char *opt, const
 int cli_parse_double(const char *cmd, void (*usage)(FILE *), const char *opt, const char *text,
                      double lo, double hi, double *out);
 
+/* --weights TYPE: "auto" (as the checkpoint stores them) -> -1, "f32" 0, "bf16" 1, "q8_0" 2,
+ * "q4_1" 3 (fr_engine_options.weight_type); anything else is a usage error (-1 returned after
+ * printing it, *out untouched), 0 on success. cli_weights_name names a resolved type. */
+int cli_parse_weights(const char *cmd, void (*usage)(FILE *), const char *text, int *out);
+const char *cli_weights_name(int weight_type);
+
 /* Write s as a JSON string literal (with quotes) to f. */
 void cli_json_string(FILE *f, const char *s);
 /* Write a double as JSON (17 significant digits; null if not finite). */

@@ -263,3 +263,23 @@ void cli_progress_abort(cli_progress *p) {
     p->last_len = 0;
     fflush(stderr);
 }
+
+static const char *const WEIGHT_NAMES[] = {"f32", "bf16", "q8_0", "q4_1"}; /* fr_qtype order */
+
+int cli_parse_weights(const char *cmd, void (*usage)(FILE *), const char *text, int *out) {
+    if (!strcmp(text, "auto")) {
+        *out = -1;
+        return 0;
+    }
+    for (int k = 0; k < 4; k++)
+        if (!strcmp(text, WEIGHT_NAMES[k])) {
+            *out = k;
+            return 0;
+        }
+    cli_usage_error(cmd, usage, "option --weights: '%s' is not one of auto, f32, bf16, q8_0, q4_1", text);
+    return -1;
+}
+
+const char *cli_weights_name(int weight_type) {
+    return weight_type >= 0 && weight_type < 4 ? WEIGHT_NAMES[weight_type] : "auto";
+}

@@ -28,7 +28,7 @@ void usage_eval(FILE *f) {
             "  --tokens FILE   one sequence per line: whitespace-separated token ids, each in\n"
             "                  [0, vocab_size); at least 2 tokens per line; blank lines are skipped\n"
             "  --engine        evaluate through the inference engine\n"
-            "  --weights TYPE  engine weight storage: f32, bf16, q8_0, q4_1 (default f32)\n"
+            "  --weights TYPE  engine weight storage: auto (as stored; the default), f32, bf16, q8_0, q4_1\n"
             "  --chunk N       engine: tokens per sequence per call (default 8; 1 = token-by-token\n"
             "                  decode, longer than the sequence = one prefill)\n"
             "  --threads N     CPU threads (default: OpenMP's default, i.e. OMP_NUM_THREADS or all cores)\n"
@@ -196,16 +196,8 @@ int cmd_eval(int argc, char **argv) {
     long chunk = 8;
     if (chunk_text && cli_parse_int("eval", usage_eval, "--chunk", chunk_text, 1, 1 << 20, &chunk) != 0)
         return CLI_EXIT_USAGE;
-    static const char *W_NAMES[] = {"f32", "bf16", "q8_0", "q4_1"}; /* fr_engine_options.weight_type */
-    int weights = 0;
-    if (weights_text) {
-        weights = -1;
-        for (int k = 0; k < 4; k++)
-            if (strcmp(weights_text, W_NAMES[k]) == 0) weights = k;
-        if (weights < 0)
-            return cli_usage_error("eval", usage_eval, "option --weights: '%s' is not one of f32, bf16, q8_0, q4_1",
-                                   weights_text);
-    }
+    int weights = -1; /* as stored */
+    if (weights_text && cli_parse_weights("eval", usage_eval, weights_text, &weights) != 0) return CLI_EXIT_USAGE;
     if ((weights_text || chunk_text) && !engine)
         return cli_usage_error("eval", usage_eval, "--weights / --chunk need --engine");
     if (!model_dir) return cli_usage_error("eval", usage_eval, "missing required option '--model DIR'");
@@ -287,7 +279,7 @@ int cmd_eval(int argc, char **argv) {
         printf(", \"eval_seconds\": ");
         cli_json_number(stdout, t_eval);
         printf(", \"engine\": %s", engine ? "true" : "false");
-        if (engine) printf(", \"weights\": \"%s\", \"chunk\": %ld", W_NAMES[weights], chunk);
+        if (engine) printf(", \"weights\": \"%s\", \"chunk\": %ld", cli_weights_name(fr_engine_weight_type(e)), chunk);
         printf("}\n");
     } else {
         printf("loss %.6f ppl %.4f tokens %ld\n", mean, ppl, n_pred);

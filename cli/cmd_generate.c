@@ -37,7 +37,9 @@ void usage_generate(FILE *f) {
             "  --seed S             sampler seed (default 42)\n"
             "  --stop STR           stop before STR (repeatable, up to %d)\n"
             "  --ignore-eos         keep going after the end-of-sequence token\n"
-            "  --weights TYPE       weight storage: f32, bf16, q8_0, q4_1 (default f32)\n"
+            "  --weights TYPE       weight storage: auto (as stored: BF16 / Q8_0 / Q4_1 folders of\n"
+            "                       `frugal quantize` run in their format, others in f32; the\n"
+            "                       default), f32, bf16, q8_0, q4_1\n"
             "  --kv TYPE            latent KV cache: f32, bf16, fp8 (default f32)\n"
             "  --ctx N              maximum sequence length (default: max_position_embeddings)\n"
             "  --speculative        draft with the MTP module, verify with the main model\n"
@@ -89,6 +91,7 @@ static int parse_float(const char *cmd, void (*usage)(FILE *), const char *opt, 
 static int parse_args(const char *cmd, void (*usage)(FILE *), int chat, int argc, char **argv, gen_args *a,
                       int *exit_code) {
     memset(a, 0, sizeof *a);
+    a->weights = -1; /* as stored */
     fr_sample_params_default(&a->sample);
     a->max_tokens = chat ? 256 : 128;
     a->kv = FR_KV_F32;
@@ -135,11 +138,7 @@ static int parse_args(const char *cmd, void (*usage)(FILE *), int chat, int argc
             a->stops[a->n_stops++] = v;
         }
         else if (VALUE("--weights")) {
-            if (r < 0) BAD();
-            static const char *names[] = {"f32", "bf16", "q8_0", "q4_1"};
-            a->weights = -1;
-            for (int k = 0; k < 4; k++) if (strcmp(v, names[k]) == 0) a->weights = k;
-            if (a->weights < 0) { cli_usage_error(cmd, usage, "option --weights: '%s' is not one of f32, bf16, q8_0, q4_1", v); BAD(); }
+            if (r < 0 || cli_parse_weights(cmd, usage, v, &a->weights) != 0) BAD();
         }
         else if (VALUE("--kv")) {
             if (r < 0) BAD();
@@ -163,7 +162,6 @@ static int parse_args(const char *cmd, void (*usage)(FILE *), int chat, int argc
 }
 
 static const char *KV_NAMES[] = {"f32", "bf16", "fp8"};
-static const char *W_NAMES[] = {"f32", "bf16", "q8_0", "q4_1"};
 
 /* Load engine and tokenizer; prints the start-up line. */
 static int open_model(const gen_args *a, fr_engine **e, fr_tokenizer **tok) {
@@ -197,7 +195,7 @@ static int open_model(const gen_args *a, fr_engine **e, fr_tokenizer **tok) {
     }
     char b1[32], b2[32];
     fprintf(stderr, "frugal: %s loaded in %.2f s; weights %s (%s read per token), KV cache %s: %zu bytes per token (%s for %d tokens)%s\n",
-            a->model, cli_now() - t0, W_NAMES[a->weights], cli_human_bytes(b1, sizeof b1, (double)fr_engine_active_weight_bytes(*e)),
+            a->model, cli_now() - t0, cli_weights_name(fr_engine_weight_type(*e)), cli_human_bytes(b1, sizeof b1, (double)fr_engine_active_weight_bytes(*e)),
             KV_NAMES[a->kv], fr_engine_kv_bytes_per_token(*e),
             cli_human_bytes(b2, sizeof b2, (double)fr_engine_kv_bytes_per_token(*e) * fr_engine_max_seq_len(*e)),
             fr_engine_max_seq_len(*e), a->speculative ? ", MTP speculation on" : "");

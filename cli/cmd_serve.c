@@ -60,7 +60,7 @@ void usage_serve(FILE *f) {
             "  --api-key KEY        require \"Authorization: Bearer KEY\" on /v1/* (default: none;\n"
             "                       also read from FRUGAL_API_KEY)\n"
             "  --max-queue N        requests waiting for a slot before 503 (default 256)\n"
-            "  --weights TYPE       weight storage: f32, bf16, q8_0, q4_1 (default f32)\n"
+            "  --weights TYPE       weight storage: auto (as stored; the default), f32, bf16, q8_0, q4_1\n"
             "  --kv TYPE            latent KV cache: f32, bf16, fp8 (default f32)\n"
             "  --threads N          CPU threads (default: OpenMP's default)\n"
             "  --name NAME          model id reported by /v1/models (default: the folder's name)\n"
@@ -870,7 +870,7 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
 int cmd_serve(int argc, char **argv) {
     const char *model = NULL, *host = "127.0.0.1", *api_key = getenv("FRUGAL_API_KEY"), *name = NULL, *v;
     long port = 8080, parallel = 4, ctx = 0, threads = 0, max_queue = 256;
-    int weights = 0;
+    int weights = -1; /* as stored */
     fr_kv_type kv = FR_KV_F32;
     const char *cmd = "serve";
     for (int i = 1; i < argc; i++) {
@@ -899,11 +899,7 @@ int cmd_serve(int argc, char **argv) {
             name = v;
         }
         else if (VALUE("--weights")) {
-            if (r < 0) return CLI_EXIT_USAGE;
-            static const char *names[] = {"f32", "bf16", "q8_0", "q4_1"};
-            weights = -1;
-            for (int k = 0; k < 4; k++) if (strcmp(v, names[k]) == 0) weights = k;
-            if (weights < 0) return cli_usage_error(cmd, usage_serve, "option --weights: '%s' is not one of f32, bf16, q8_0, q4_1", v);
+            if (r < 0 || cli_parse_weights(cmd, usage_serve, v, &weights) != 0) return CLI_EXIT_USAGE;
         }
         else if (VALUE("--kv")) {
             if (r < 0) return CLI_EXIT_USAGE;

@@ -451,14 +451,16 @@ typedef enum {
 
 typedef struct {
     int weight_type;   /* storage of linear weights: 0 f32, 1 bf16, 2 q8_0, 3 q4_1 (src/quant.h
-                        * fr_qtype). Matrices whose width a block format cannot hold stay FP32. */
+                        * fr_qtype), or -1: as the checkpoint stores them (BF16, Q8_0 / Q4_1 from
+                        * `frugal quantize`, else f32; a model in memory: f32). Matrices whose
+                        * width a block format cannot hold stay FP32. */
     fr_kv_type kv_type;
     int max_seq_len;   /* cache capacity per sequence; 0 = max_position_embeddings */
     int threads;       /* 0 = leave the OpenMP default */
     int load_mtp;      /* load MTP module 1 when the checkpoint has it (needed for speculation) */
 } fr_engine_options;
 
-/* Defaults: f32 weights, f32 cache, max_seq_len 0, threads 0, load_mtp 1. */
+/* Defaults: weights as stored, f32 cache, max_seq_len 0, threads 0, load_mtp 1. */
 void fr_engine_options_default(fr_engine_options *o);
 /* Load config.json + safetensors of an HF folder. opt may be NULL (defaults). */
 int fr_engine_load(fr_engine **out, const char *dir, const fr_engine_options *opt);
@@ -468,6 +470,8 @@ int fr_engine_from_model(fr_engine **out, fr_model *m, const fr_engine_options *
 void fr_engine_free(fr_engine *e);
 const fr_config *fr_engine_config(const fr_engine *e);
 int fr_engine_max_seq_len(const fr_engine *e);
+/* The weight format in use (fr_engine_options.weight_type with -1 resolved). */
+int fr_engine_weight_type(const fr_engine *e);
 /* MTP modules loaded (0 or 1): speculative decoding needs 1. */
 int fr_engine_mtp_depth(const fr_engine *e);
 /* Bytes the latent KV cache holds per token of one sequence, all main layers:

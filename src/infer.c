@@ -94,7 +94,7 @@ struct fr_seq {
 
 void fr_engine_options_default(fr_engine_options *o) {
     memset(o, 0, sizeof *o);
-    o->weight_type = FR_QT_F32;
+    o->weight_type = -1; /* as stored */
     o->kv_type = FR_KV_F32;
     o->load_mtp = 1;
 }
@@ -321,6 +321,12 @@ static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_se
     fr_engine_options o;
     if (opt) o = *opt;
     else fr_engine_options_default(&o);
+    if (o.weight_type == -1) {
+        /* as stored: the format of the first layer's output projection (a folder written by
+         * `frugal quantize` holds one format for all its linear layers) */
+        const int t = fr_qmatrix_stored_type(st, "model.layers.0.self_attn.o_proj.weight");
+        o.weight_type = t == FR_QT_BF16 || t == FR_QT_Q8_0 || t == FR_QT_Q4_1 ? t : FR_QT_F32;
+    }
     if (o.weight_type < 0 || o.weight_type >= FR_QT_COUNT)
         return fr_error(FR_ERR_ARG, "unknown weight type %d", o.weight_type);
     if (o.kv_type != FR_KV_F32 && o.kv_type != FR_KV_BF16 && o.kv_type != FR_KV_FP8)
@@ -458,6 +464,7 @@ int fr_engine_from_model(fr_engine **out, fr_model *m, const fr_engine_options *
 
 const fr_config *fr_engine_config(const fr_engine *e) { return &e->cfg; }
 int fr_engine_max_seq_len(const fr_engine *e) { return e->max_len; }
+int fr_engine_weight_type(const fr_engine *e) { return e->opt.weight_type; }
 int fr_engine_mtp_depth(const fr_engine *e) { return e->mtp; }
 size_t fr_engine_kv_bytes_per_token(const fr_engine *e) { return (size_t)e->L * e->row_bytes; }
 size_t fr_engine_mtp_kv_bytes_per_token(const fr_engine *e) { return (size_t)e->mtp * e->row_bytes; }

@@ -12,7 +12,8 @@
  *  - quantizing the dequantized weights of a Q8_0 / Q4_1 folder again gives the stored rows
  *    byte for byte (the formats are idempotent, so an engine built from the dequantized
  *    model and one that reads the folder use the same blocks), and the engine loads such a
- *    folder directly with the same loss as one built from its dequantized weights.
+ *    folder directly with the same loss as one built from its dequantized weights, and in
+ *    its stored format by default (weight_type -1).
  *
  * Tolerance: 1e-5 relative on the mean loss. The FP32 engine and the training forward
  * compute the same function and differ by summation order only (absorbed MLA attention,
@@ -315,6 +316,19 @@ static void check_requantize(const char *data) {
                 CHECK(0, "%s engine evaluation: %s", fr_qtype_name((fr_qtype)ty), fr_last_error());
             fr_engine_free(direct);
             fr_engine_free(rebuilt);
+        }
+        {
+            /* default options run the folder in the format it stores; a model in memory in f32 */
+            fr_engine_options dflt;
+            fr_engine_options_default(&dflt);
+            fr_engine *as_stored = NULL, *from_model = NULL;
+            CHECK(fr_engine_load(&as_stored, out, &dflt) == FR_OK && fr_engine_weight_type(as_stored) == ty,
+                  "%s folder with default options: weight type %d", fr_qtype_name((fr_qtype)ty),
+                  as_stored ? fr_engine_weight_type(as_stored) : -2);
+            CHECK(fr_engine_from_model(&from_model, d, &dflt) == FR_OK && fr_engine_weight_type(from_model) == FR_QT_F32,
+                  "model in memory with default options: f32");
+            fr_engine_free(as_stored);
+            fr_engine_free(from_model);
         }
         fr_st_set_close(&st);
         fr_model_free(d);
