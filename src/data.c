@@ -879,9 +879,7 @@ static int data_prepare(const fr_data_prepare_options *opt, int force, fr_data_s
 
     /* Validate everything cheap before creating anything. */
     if ((rc = fr_tokenizer_load(&tok, opt->tokenizer_dir)) != FR_OK) {
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s", fr_last_error());
-        rc = fr_error(rc, "cannot load the tokenizer %s: %s", opt->tokenizer_dir, msg);
+        rc = fr_error_context(rc, "cannot load the tokenizer %s", opt->tokenizer_dir);
         goto out;
     }
     if (fr_tokenizer_special_id(tok, FR_TOKEN_EOS) < 0) {

@@ -476,10 +476,8 @@ int fr_gguf_open(fr_gguf *g, const char *path) {
     g->map = map;
     g->map_size = size;
     if (rc != FR_OK) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s", fr_last_error());
         fr_gguf_close(g);
-        return fr_error(rc, "%s: %s", path, msg);
+        return fr_error_context(rc, "%s", path);
     }
     return FR_OK;
 }

@@ -420,9 +420,7 @@ int fr_gguf_export(const char *model_dir, const char *out_path, int type, fr_ggu
     fr_tokenizer *tok = NULL;
     int rc = fr_tokenizer_load(&tok, model_dir);
     if (rc != FR_OK) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s", fr_last_error());
-        return fr_error(rc, "GGUF export needs the tokenizer: %s", msg);
+        return fr_error_context(rc, "GGUF export needs the tokenizer");
     }
     fr_gguf_writer *w = NULL;
     float *buf = NULL, *tmp = NULL;
@@ -457,9 +455,7 @@ int fr_gguf_export(const char *model_dir, const char *out_path, int type, fr_ggu
         plan_entry *e = &x.p[i];
         size_t n = (size_t)e->ne[0] * (size_t)(e->n_dims > 1 ? e->ne[1] : 1) * (size_t)(e->n_dims > 2 ? e->ne[2] : 1);
         if ((rc = produce(&x, e, buf, tmp)) != FR_OK) {
-            char msg[512];
-            snprintf(msg, sizeof msg, "%s", fr_last_error());
-            rc = fr_error(rc, "%s: %s", model_dir, msg);
+            rc = fr_error_context(rc, "%s", model_dir);
             goto fail;
         }
         if ((rc = fr_gguf_write_tensor_data(w, buf, n)) != FR_OK) goto fail;

@@ -197,9 +197,7 @@ static int read_config(importer *im, fr_config *c) {
                              memcmp(te->data, to->data, te->nbytes) == 0;
     int rc = fr_config_validate(c);
     if (rc != FR_OK) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s", fr_last_error());
-        return fr_error(rc, "%s: the deepseek2 metadata gives an invalid configuration: %s", im->path, msg);
+        return fr_error_context(rc, "%s: the deepseek2 metadata gives an invalid configuration", im->path);
     }
     return FR_OK;
 }
@@ -228,9 +226,7 @@ static int load_tensor(importer *im, const char *name, int nd, const int64_t *ne
     }
     int rc = fr_gguf_tensor_to_f32(t, im->buf, t->numel);
     if (rc != FR_OK) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s", fr_last_error());
-        return fr_error(rc, "%s: tensor %s: %s", im->path, name, msg);
+        return fr_error_context(rc, "%s: tensor %s", im->path, name);
     }
     im->used[t - im->g.tensors] = 1;
     *data = im->buf;

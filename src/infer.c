@@ -377,10 +377,8 @@ static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_se
             fr_rope_tables_fill(&cfg, e->max_len, e->rope_cos, e->rope_sin);
     }
     if (rc != FR_OK) {
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s", fr_last_error());
         fr_engine_free(e);
-        return fr_error(rc, "%s: %s", what, msg);
+        return fr_error_context(rc, "%s", what);
     }
     if (map) {
         e->st = *st;
@@ -412,16 +410,12 @@ int fr_engine_load(fr_engine **out, const char *dir, const fr_engine_options *op
     fr_config cfg;
     int rc = fr_config_load(&cfg, path);
     if (rc != FR_OK) {
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s", fr_last_error());
-        return fr_error(rc, "%s: %s", dir, msg);
+        return fr_error_context(rc, "%s", dir);
     }
     fr_st_set st;
     rc = fr_st_set_open_dir(&st, dir);
     if (rc != FR_OK) {
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s", fr_last_error());
-        return fr_error(rc, "%s: %s", dir, msg);
+        return fr_error_context(rc, "%s", dir);
     }
     rc = engine_build(out, &cfg, &st, opt, dir, 1);
     if (rc != FR_OK) fr_st_set_close(&st); /* on success the engine owns the mapping */

@@ -183,9 +183,7 @@ int fr_engine_eval_dataset(fr_engine *e, const char *data_dir, const char *split
         }
         if (rc == FR_OK) rc = eval_group(&c, B, ptr, len, loss);
         if (rc != FR_OK) {
-            char msg[1024];
-            snprintf(msg, sizeof msg, "%s", fr_last_error());
-            rc = fr_error(rc, "windows %ld..%ld of the %s split of %s: %s", w0 + 1, w0 + B, split, data_dir, msg);
+            rc = fr_error_context(rc, "windows %ld..%ld of the %s split of %s", w0 + 1, w0 + B, split, data_dir);
             break;
         }
         for (long i = 0; i < (long)B * seq_len; i++) sum += loss[i];
@@ -235,9 +233,7 @@ int fr_engine_eval_sequences(fr_engine *e, int n_seqs, const int *const *seqs, c
         const int B = n_seqs - s0 < G ? n_seqs - s0 : G;
         rc = eval_group(&c, B, seqs + s0, lens + s0, loss);
         if (rc != FR_OK) {
-            char msg[1024];
-            snprintf(msg, sizeof msg, "%s", fr_last_error());
-            rc = fr_error(rc, "sequences %d..%d: %s", s0 + 1, s0 + B, msg);
+            rc = fr_error_context(rc, "sequences %d..%d", s0 + 1, s0 + B);
             break;
         }
         long n = 0;

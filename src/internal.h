@@ -8,6 +8,9 @@
 /* Record an error message for fr_last_error() and return `code`.
  * Usage: return fr_error(FR_ERR_IO, "cannot open %s: %s", path, strerror(errno)); */
 int fr_error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Put a context in front of the current message ("<context>: <message>") and return `code`.
+ * Usage: if (rc != FR_OK) return fr_error_context(rc, "tensor %s", name); */
+int fr_error_context(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Clear the message (start of a public call that may succeed). */
 void fr_clear_error(void);
 

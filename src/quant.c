@@ -1078,13 +1078,6 @@ static int load_quantized(fr_qmatrix *out, const fr_st_set *st, const char *name
     return FR_OK;
 }
 
-/* Prefix the current error message with the tensor name. */
-static int name_error(int rc, const char *name) {
-    char msg[512];
-    snprintf(msg, sizeof msg, "%s", fr_last_error());
-    return fr_error(rc, "tensor %s: %s", name, msg);
-}
-
 int fr_qmatrix_load(fr_qmatrix *out, const fr_st_set *st, const char *name, int rows, int cols, fr_qtype want) {
     memset(out, 0, sizeof *out);
     if ((unsigned)want >= FR_QT_COUNT) return fr_error(FR_ERR_ARG, "tensor %s: unknown weight format %d", name, (int)want);
@@ -1113,7 +1106,7 @@ int fr_qmatrix_load(fr_qmatrix *out, const fr_st_set *st, const char *name, int 
         }
         int rc = fr_qmatrix_from_f32(out, want, tmp, rows, cols);
         fr_free(tmp);
-        return rc == FR_OK ? rc : name_error(rc, name);
+        return rc == FR_OK ? rc : fr_error_context(rc, "tensor %s", name);
     }
     const fr_st_tensor *t = fr_st_set_find(st, name);
     if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols)
@@ -1136,7 +1129,7 @@ int fr_qmatrix_load(fr_qmatrix *out, const fr_st_set *st, const char *name, int 
     }
     if (rc == FR_OK) {
         rc = fr_qmatrix_from_f32(out, want, tmp, rows, cols);
-        if (rc != FR_OK) rc = name_error(rc, name);
+        if (rc != FR_OK) rc = fr_error_context(rc, "tensor %s", name);
     }
     fr_free(tmp);
     return rc;
@@ -1224,7 +1217,7 @@ static int quantize_tensor(qwriter *w, const fr_st_tensor *t, fr_qtype type) {
     memset(&q, 0, sizeof q);
     if (rc == FR_OK) {
         rc = fr_qmatrix_from_f32(&q, type, tmp, rows, cols);
-        if (rc != FR_OK) rc = name_error(rc, t->name);
+        if (rc != FR_OK) rc = fr_error_context(rc, "tensor %s", t->name);
     }
     free(tmp);
     if (rc != FR_OK) return rc;

@@ -28,6 +28,16 @@ int fr_error(int code, const char *fmt, ...) {
     return code;
 }
 
+int fr_error_context(int code, const char *fmt, ...) {
+    char prefix[512], msg[sizeof fr_errmsg];
+    snprintf(msg, sizeof msg, "%s", fr_errmsg);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    return fr_error(code, "%s: %s", prefix, msg);
+}
+
 int fr_read_file(const char *path, char **out, size_t *len) {
     *out = NULL;
     if (len) *len = 0;
