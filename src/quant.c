@@ -364,6 +364,12 @@ T_AVX2 static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+T_AVX2 static inline float hsum128(__m128 s) {
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
 T_AVX2 static inline __m256 bf16x8(const uint16_t *p) {
     __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
     return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
@@ -536,7 +542,8 @@ T_AVX512 static float dot_q4_1_avx512(const uint8_t *row, const float *x, const 
  *
  *   activation block b of a row (FP32 scale, computed here, never stored on disk):
  *     dx_b = max_i |x_i| / 127, qx_i = nearbyint(x_i * (1 / dx_b)) in [-127, 127]
- *     (all zero when dx_b = 0), and the exact FP32 sum xs_b = x_0 + ... + x_31 (in order).
+ *     (all zero when dx_b = 0), and the FP32 sum xs_b of x_0 ... x_31 (in one fixed order,
+ *     see quantize_act_row).
  *   Q8_0:  y = Σ_b (d_b · dx_b) · Σ_i qw_i qx_i
  *   Q4_1:  y = Σ_b (d_b · dx_b) · Σ_i q_i qx_i  +  m_b · xs_b
  *
@@ -554,7 +561,7 @@ T_AVX512 static float dot_q4_1_avx512(const uint8_t *row, const float *x, const 
 
 #define QX_MAX 4
 #ifndef QPF_BYTES
-#define QPF_BYTES 1024
+#define QPF_BYTES 4096
 #endif
 
 typedef struct {
@@ -564,8 +571,29 @@ typedef struct {
     float *s;   /* [M, nb] xs_b */
 } qact;
 
-/* out[j] = dot(row, activation row j0 + j) for j < nx (1 <= nx <= QX_MAX) */
-typedef void (*qdot8_fn)(const uint8_t *row, const qact *a, int j0, int nx, float *out);
+/* Weight rows [r0, r1) of one tile (rows of rb bytes from base); results go to
+ * y[(j0 + k) * ystride + r]. The kernels prefetch QPF_BYTES ahead of the weights they read,
+ * but not past pf_end, the tile's end (beyond it lie another thread's rows, or nothing: with
+ * tiles of a few dozen short rows, overshooting wastes a noticeable share of the bandwidth). */
+typedef struct {
+    const uint8_t *base, *pf_end;
+    size_t rb;
+    int r0, r1, ystride;
+    float *y;
+} qrows;
+
+/* y[j0 + k][r] = dot(row r, activation row j0 + k) for r in [r0, r1), k < nx (1 <= nx <= QX_MAX).
+ * The row loop is inside the kernel so that short rows (a 64-wide head: 2 blocks) do not
+ * pay an indirect call and the pointer setup per row. */
+typedef void (*qdot8_fn)(const qrows *t, const qact *a, int j0, int nx);
+
+/* the row loop around a one-row kernel ROW1(row, a, j0, nx, out, pf_end) */
+#define QROWS_LOOP(ROW1, NXC)                                                                              \
+    for (int r = t->r0; r < t->r1; r++) {                                                                  \
+        float out[QX_MAX];                                                                                 \
+        ROW1(t->base + t->rb * (size_t)r, a, j0, NXC, out, t->pf_end);                                     \
+        for (int k = 0; k < NXC; k++) t->y[(size_t)(j0 + k) * t->ystride + r] = out[k];                    \
+    }
 
 /* Where value i of activation block b sits in a quantized row. Plain order, except for
  * Q4_1 (pairs = 1): blocks 2p and 2p+1 are interleaved by halves, [2p: 0..15][2p+1: 0..15]
@@ -580,9 +608,19 @@ static inline size_t qx_index(int b, int i, int nb, int pairs) {
 /* One activation row into blocks (s = NULL: no block sums, plain order, as for Q8_0; else
  * sums and the Q4_1 pair order). Rounding uses the 1.5 · 2^23 trick: for |v| < 2^22,
  * (v + 1.5·2^23) - 1.5·2^23 is v rounded to the nearest integer, ties to even, exactly
- * nearbyint's result in the default rounding mode, without a libm call per value on CPUs
- * that lack SSE4.1 rounding instructions. */
-static void quantize_act_row(const float *x, int cols, int8_t *q, float *d, float *s) {
+ * nearbyint's result in the default rounding mode (and cvtps2dq's, which the AVX2 version
+ * uses), without a libm call per value on CPUs that lack SSE4.1 rounding instructions.
+ * The block sum has one fixed order, that of an 8-lane vector sum: lane l adds
+ * x_l, x_{l+8}, x_{l+16}, x_{l+24} in turn, then the lanes are combined as
+ * ((s_0+s_4) + (s_2+s_6)) + ((s_1+s_5) + (s_3+s_7)), so both versions give the same bits. */
+static float block_sum_fixed(const float *xb) {
+    float l[8], t[4];
+    for (int i = 0; i < 8; i++) l[i] = ((xb[i] + xb[i + 8]) + xb[i + 16]) + xb[i + 24];
+    for (int i = 0; i < 4; i++) t[i] = l[i] + l[i + 4];
+    return (t[0] + t[2]) + (t[1] + t[3]);
+}
+
+static void quantize_act_row_c(const float *x, int cols, int8_t *q, float *d, float *s) {
     const float magic = 0x1.8p23f;
     const int nb = cols / FR_QBLOCK, pairs = s != NULL;
     for (int b = 0; b < nb; b++) {
@@ -593,20 +631,51 @@ static void quantize_act_row(const float *x, int cols, int8_t *q, float *d, floa
             amax = v > amax ? v : amax;
         }
         const float dx = amax / 127.f, inv = dx > 0.f ? 1.f / dx : 0.f;
-        if (pairs)
-            for (int i = 0; i < FR_QBLOCK; i++) q[qx_index(b, i, nb, 1)] = (int8_t)(int)((xb[i] * inv + magic) - magic);
-        else
-            for (int i = 0; i < FR_QBLOCK; i++) q[b * FR_QBLOCK + i] = (int8_t)(int)((xb[i] * inv + magic) - magic);
+        for (int i = 0; i < FR_QBLOCK; i++) q[qx_index(b, i, nb, pairs)] = (int8_t)(int)((xb[i] * inv + magic) - magic);
         d[b] = dx;
-        if (s) {
-            float sum = 0.f;
-            for (int i = 0; i < FR_QBLOCK; i++) sum += xb[i];
-            s[b] = sum;
-        }
+        if (s) s[b] = block_sum_fixed(xb);
     }
 }
 
-static void dot8_q8_0_c(const uint8_t *row, const qact *a, int j0, int nx, float *out) {
+T_AVX2 static void quantize_act_row_avx2(const float *x, int cols, int8_t *q, float *d, float *s) {
+    const int nb = cols / FR_QBLOCK, pairs = s != NULL;
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int b = 0; b < nb; b++) {
+        const float *xb = x + b * FR_QBLOCK;
+        const __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8);
+        const __m256 v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
+        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v0, absmask), _mm256_and_ps(v1, absmask)),
+                                 _mm256_max_ps(_mm256_and_ps(v2, absmask), _mm256_and_ps(v3, absmask)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float amax = _mm_cvtss_f32(m4);
+        const float dx = amax / 127.f, inv = dx > 0.f ? 1.f / dx : 0.f;
+        const __m256 vi = _mm256_set1_ps(inv);
+        const __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, vi)), i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, vi));
+        const __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, vi)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, vi));
+        const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+        const __m256i qb = _mm256_permutevar8x32_epi32(p, order); /* values 0..31 in order */
+        if (!pairs || ((nb & 1) && b == nb - 1)) {
+            _mm256_storeu_si256((__m256i *)(q + (size_t)b * FR_QBLOCK), qb);
+        } else {
+            int8_t *dst = q + (size_t)(b & ~1) * FR_QBLOCK + (b & 1) * 16;
+            _mm_storeu_si128((__m128i *)dst, _mm256_castsi256_si128(qb));
+            _mm_storeu_si128((__m128i *)(dst + 32), _mm256_extracti128_si256(qb, 1));
+        }
+        d[b] = dx;
+        if (s) s[b] = hsum256(_mm256_add_ps(_mm256_add_ps(_mm256_add_ps(v0, v1), v2), v3));
+    }
+}
+
+static void quantize_act_row(const float *x, int cols, int8_t *q, float *d, float *s, int isa) {
+    if (isa >= FR_ISA_AVX2) quantize_act_row_avx2(x, cols, q, d, s);
+    else quantize_act_row_c(x, cols, q, d, s);
+}
+
+static void row8_q8_0_c(const uint8_t *row, const qact *a, int j0, int nx, float *out, const uint8_t *pf_end) {
+    (void)pf_end;
     const int nb = a->nb;
     const uint16_t *d = (const uint16_t *)row;
     const int8_t *q = (const int8_t *)(row + 2 * (size_t)nb);
@@ -623,7 +692,8 @@ static void dot8_q8_0_c(const uint8_t *row, const qact *a, int j0, int nx, float
     }
 }
 
-static void dot8_q4_1_c(const uint8_t *row, const qact *a, int j0, int nx, float *out) {
+static void row8_q4_1_c(const uint8_t *row, const qact *a, int j0, int nx, float *out, const uint8_t *pf_end) {
+    (void)pf_end;
     const int nb = a->nb;
     const uint16_t *d = (const uint16_t *)row, *mn = d + nb;
     const uint8_t *q = row + 4 * (size_t)nb;
@@ -643,124 +713,163 @@ static void dot8_q4_1_c(const uint8_t *row, const qact *a, int j0, int nx, float
     }
 }
 
+static void dot8_q8_0_c(const qrows *t, const qact *a, int j0, int nx) { QROWS_LOOP(row8_q8_0_c, nx) }
+static void dot8_q4_1_c(const qrows *t, const qact *a, int j0, int nx) { QROWS_LOOP(row8_q4_1_c, nx) }
+
 /* SIMD kernels, one body for AVX2 (vpmaddubsw + vpmaddwd) and AVX-512 VNNI (vpdpbusd on
  * 256-bit vectors): DOT32(u, s) returns 8 int32 lanes whose total is Σ u_i s_i over 32
  * unsigned × signed bytes. Q8_0's signed weights use |w| as the unsigned operand and move
  * the sign onto the activation (vpsignb); a stored -128 becomes the unsigned 128, and the
  * int16 pair sums stay below 2 · 128 · 127 < 2^15, so vpmaddubsw never saturates.
- * The scale products d_b · dx_b of 8 blocks are formed with one vector multiply and read
- * back per block with a broadcast load. NX is a compile-time constant in each instance. */
+ * Blocks go in groups of 8: the scale products d_b · dx_b of a group are one vector
+ * multiply (a short last group is padded with zero scales), read back per block with a
+ * broadcast load; a Q8_0 block's 8 int32 lanes are folded to 4 before the conversion and
+ * the FMA (128-bit: one operation each on Zen 1 instead of two, 7.2 -> 6.6 cycles per
+ * block in L1). Full groups are unrolled with constant indices so that the
+ * accumulators live in registers (a runtime index puts them on the stack, and the
+ * store-reload per block cost a third of the kernel's time on Zen 1). NX is a
+ * compile-time constant in each instance. */
 #define QDOT8_KERNELS(SUFFIX, TARGET, DOT32, DOT64)                                                               \
+    /* sc[j][k] = d[b0 + k] · dx[j][b0 + k] for k < n, 0 beyond (NX rows); for Q4_1 (mn != NULL) also        \
+     * accm[j] += m[b0 + k] · xs[j][b0 + k] */                                                              \
+    TARGET static inline __attribute__((always_inline)) void scales8_##SUFFIX(                           \
+        const uint16_t *d, const uint16_t *mn, const float *const *dx, const float *const *xs, int b0, int n, \
+        const int NX, float (*sc)[8], __m256 *accm) {                                                       \
+        __m256 dw, mw = _mm256_setzero_ps();                                                               \
+        if (n == 8) {                                                                                      \
+            dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(d + b0)));                              \
+            if (mn) mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mn + b0)));                     \
+            for (int j = 0; j < NX; j++) {                                                                 \
+                _mm256_store_ps(sc[j], _mm256_mul_ps(dw, _mm256_loadu_ps(dx[j] + b0)));                    \
+                if (mn) accm[j] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(xs[j] + b0), accm[j]);               \
+            }                                                                                              \
+            return;                                                                                        \
+        }                                                                                                  \
+        uint16_t dp[8], mp[8];                                                                             \
+        for (int k = 0; k < 8; k++) {                                                                      \
+            dp[k] = k < n ? d[b0 + k] : 0;                                                                 \
+            mp[k] = mn && k < n ? mn[b0 + k] : 0;                                                          \
+        }                                                                                                  \
+        const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); \
+        dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dp));                                        \
+        if (mn) mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)mp));                                \
+        for (int j = 0; j < NX; j++) {                                                                     \
+            _mm256_store_ps(sc[j], _mm256_mul_ps(dw, _mm256_maskload_ps(dx[j] + b0, lanes)));              \
+            if (mn) accm[j] = _mm256_fmadd_ps(mw, _mm256_maskload_ps(xs[j] + b0, lanes), accm[j]);         \
+        }                                                                                                  \
+    }                                                                                                      \
+    /* block b0 + k of a Q8_0 row into acc[j][A] */                                                         \
+    TARGET static inline __attribute__((always_inline)) void q8_0_block_##SUFFIX(                        \
+        const int8_t *q, const int8_t *const *qx, int b, const int NX, float (*sc)[8], int k, __m128 (*acc)[2], const int A, const uint8_t *pf_end) { \
+        const size_t off = (size_t)b * FR_QBLOCK;                                                          \
+        if ((const uint8_t *)(q + off) + QPF_BYTES < pf_end)                                               \
+            _mm_prefetch((const char *)(q + off) + QPF_BYTES, _MM_HINT_T0);                               \
+        const __m256i w = _mm256_loadu_si256((const __m256i *)(q + off));                                  \
+        const __m256i aw = _mm256_sign_epi8(w, w);                                                         \
+        for (int j = 0; j < NX; j++) {                                                                     \
+            const __m256i sx = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(qx[j] + off)), w);   \
+            const __m256i p = DOT32(aw, sx);                                                               \
+            const __m128i p4 = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));   \
+            acc[j][A] = _mm_fmadd_ps(_mm_cvtepi32_ps(p4), _mm_broadcast_ss(&sc[j][k]), acc[j][A]);         \
+        }                                                                                                  \
+    }                                                                                                      \
     TARGET static inline __attribute__((always_inline)) void q8_0_##SUFFIX##_n(                          \
-        const uint8_t *row, const qact *a, int j0, const int NX, float *out) {                            \
+        const uint8_t *row, const qact *a, int j0, const int NX, float *out, const uint8_t *pf_end) {                          \
         const int nb = a->nb;                                                                              \
         const uint16_t *d = (const uint16_t *)row;                                                         \
         const int8_t *q = (const int8_t *)(row + 2 * (size_t)nb);                                          \
         const int8_t *qx[QX_MAX];                                                                          \
         const float *dx[QX_MAX];                                                                           \
-        __m256 acc[QX_MAX][2];                                                                             \
+        __m128 acc[QX_MAX][2];                                                                             \
         float sc[QX_MAX][8] __attribute__((aligned(32)));                                                  \
         for (int j = 0; j < NX; j++) {                                                                     \
             qx[j] = a->q + (size_t)(j0 + j) * a->cols;                                                     \
             dx[j] = a->d + (size_t)(j0 + j) * nb;                                                          \
-            acc[j][0] = acc[j][1] = _mm256_setzero_ps();                                                   \
+            acc[j][0] = acc[j][1] = _mm_setzero_ps();                                                      \
         }                                                                                                  \
-        for (int b0 = 0; b0 < nb; b0 += 8) {                                                               \
-            const int n = nb - b0 < 8 ? nb - b0 : 8;                                                       \
-            if (n == 8) {                                                                                  \
-                const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(d + b0)));             \
-                for (int j = 0; j < NX; j++) _mm256_store_ps(sc[j], _mm256_mul_ps(dw, _mm256_loadu_ps(dx[j] + b0))); \
-            } else {                                                                                       \
-                for (int j = 0; j < NX; j++)                                                               \
-                    for (int k = 0; k < n; k++) sc[j][k] = fr_q_f16_to_f32(d[b0 + k]) * dx[j][b0 + k];     \
-            }                                                                                              \
-            for (int k = 0; k < n; k++) {                                                                  \
-                const size_t off = (size_t)(b0 + k) * FR_QBLOCK;                                           \
-                _mm_prefetch((const char *)(q + off) + QPF_BYTES, _MM_HINT_T0);                           \
-                const __m256i w = _mm256_loadu_si256((const __m256i *)(q + off));                          \
-                const __m256i aw = _mm256_sign_epi8(w, w);                                                 \
-                for (int j = 0; j < NX; j++) {                                                             \
-                    const __m256i sx = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(qx[j] + off)), w); \
-                    acc[j][k & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DOT32(aw, sx)), _mm256_broadcast_ss(&sc[j][k]), acc[j][k & 1]); \
-                }                                                                                          \
-            }                                                                                              \
+        int b0 = 0;                                                                                        \
+        for (; b0 + 8 <= nb; b0 += 8) {                                                                    \
+            scales8_##SUFFIX(d, NULL, dx, NULL, b0, 8, NX, sc, NULL);                                      \
+            _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++)                                            \
+                q8_0_block_##SUFFIX(q, qx, b0 + k, NX, sc, k, acc, k & 1, pf_end);                               \
         }                                                                                                  \
-        for (int j = 0; j < NX; j++) out[j] = hsum256(_mm256_add_ps(acc[j][0], acc[j][1]));                \
+        /* the last blocks (all of a short row: a 64-wide head has 2): scalar scale products */         \
+        for (int b = b0; b < nb; b++) {                                                                    \
+            const float dw = _cvtsh_ss(d[b]);                                                              \
+            for (int j = 0; j < NX; j++) sc[j][0] = dw * dx[j][b];                                         \
+            q8_0_block_##SUFFIX(q, qx, b, NX, sc, 0, acc, 0, pf_end);                                      \
+        }                                                                                                  \
+        for (int j = 0; j < NX; j++) out[j] = hsum128(_mm_add_ps(acc[j][0], acc[j][1]));                   \
+    }                                                                                                      \
+    /* blocks b and b + 1 of a Q4_1 row (32 bytes of nibbles, activations interleaved) into acc[j][A] */     \
+    TARGET static inline __attribute__((always_inline)) void q4_1_pair_##SUFFIX(                         \
+        const uint8_t *q, const int8_t *const *qx, int b, const int NX, float (*sc)[8], int k, __m256 (*acc)[2], const int A, const uint8_t *pf_end) { \
+        const __m256i lowmask = _mm256_set1_epi8(15);                                                      \
+        if (q + (size_t)b * 16 + QPF_BYTES < pf_end)                                                        \
+            _mm_prefetch((const char *)(q + (size_t)b * 16) + QPF_BYTES, _MM_HINT_T0);                    \
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(q + (size_t)b * 16));                       \
+        const __m256i lo = _mm256_and_si256(v, lowmask);                                                   \
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), lowmask);                             \
+        const size_t off = (size_t)b * FR_QBLOCK;                                                          \
+        for (int j = 0; j < NX; j++) {                                                                     \
+            const __m256i xl = _mm256_loadu_si256((const __m256i *)(qx[j] + off));                         \
+            const __m256i xh = _mm256_loadu_si256((const __m256i *)(qx[j] + off + 32));                    \
+            const __m256 s = _mm256_set_m128(_mm_broadcast_ss(&sc[j][k + 1]), _mm_broadcast_ss(&sc[j][k])); \
+            acc[j][A] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DOT64(lo, xl, hi, xh)), s, acc[j][A]);           \
+        }                                                                                                  \
     }                                                                                                      \
     TARGET static inline __attribute__((always_inline)) void q4_1_##SUFFIX##_n(                          \
-        const uint8_t *row, const qact *a, int j0, const int NX, float *out) {                            \
+        const uint8_t *row, const qact *a, int j0, const int NX, float *out, const uint8_t *pf_end) {                          \
         const int nb = a->nb;                                                                              \
         const uint16_t *d = (const uint16_t *)row, *mn = d + nb;                                           \
         const uint8_t *q = row + 4 * (size_t)nb;                                                           \
-        const __m256i lowmask = _mm256_set1_epi8(15);                                                      \
         const int8_t *qx[QX_MAX];                                                                          \
         const float *dx[QX_MAX], *xs[QX_MAX];                                                              \
         __m256 acc[QX_MAX][2], accm[QX_MAX];                                                               \
-        float sc[QX_MAX][8] __attribute__((aligned(32))), tail[QX_MAX];                                    \
+        float sc[QX_MAX][8] __attribute__((aligned(32)));                                                  \
         for (int j = 0; j < NX; j++) {                                                                     \
             qx[j] = a->q + (size_t)(j0 + j) * a->cols;                                                     \
             dx[j] = a->d + (size_t)(j0 + j) * nb;                                                          \
             xs[j] = a->s + (size_t)(j0 + j) * nb;                                                          \
             acc[j][0] = acc[j][1] = accm[j] = _mm256_setzero_ps();                                         \
-            tail[j] = 0.f;                                                                                 \
         }                                                                                                  \
-        for (int b0 = 0; b0 < nb; b0 += 8) {                                                               \
-            const int n = nb - b0 < 8 ? nb - b0 : 8;                                                       \
-            if (n == 8) {                                                                                  \
-                const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(d + b0)));             \
-                const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mn + b0)));            \
-                for (int j = 0; j < NX; j++) {                                                             \
-                    _mm256_store_ps(sc[j], _mm256_mul_ps(dw, _mm256_loadu_ps(dx[j] + b0)));                \
-                    accm[j] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(xs[j] + b0), accm[j]);                   \
-                }                                                                                          \
-            } else {                                                                                       \
-                for (int j = 0; j < NX; j++)                                                               \
-                    for (int k = 0; k < n; k++) {                                                          \
-                        sc[j][k] = fr_q_f16_to_f32(d[b0 + k]) * dx[j][b0 + k];                             \
-                        tail[j] += fr_q_f16_to_f32(mn[b0 + k]) * xs[j][b0 + k];                            \
-                    }                                                                                      \
-            }                                                                                              \
+        int b0 = 0;                                                                                        \
+        for (; b0 + 8 <= nb; b0 += 8) {                                                                    \
+            scales8_##SUFFIX(d, mn, dx, xs, b0, 8, NX, sc, accm);                                          \
+            _Pragma("GCC unroll 4") for (int k = 0; k < 8; k += 2)                                         \
+                q4_1_pair_##SUFFIX(q, qx, b0 + k, NX, sc, k, acc, (k >> 1) & 1, pf_end);                         \
+        }                                                                                                  \
+        if (b0 < nb) {                                                                                     \
+            const int n = nb - b0;                                                                         \
+            scales8_##SUFFIX(d, mn, dx, xs, b0, n, NX, sc, accm);                                          \
             int k = 0;                                                                                     \
-            for (; k + 1 < n; k += 2) { /* a pair of blocks: 32 bytes of nibbles, activations interleaved */ \
-                _mm_prefetch((const char *)(q + (size_t)(b0 + k) * 16) + QPF_BYTES, _MM_HINT_T0);          \
-                const __m256i v = _mm256_loadu_si256((const __m256i *)(q + (size_t)(b0 + k) * 16));        \
-                const __m256i lo = _mm256_and_si256(v, lowmask);                                           \
-                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), lowmask);                     \
-                const size_t off = (size_t)(b0 + k) * FR_QBLOCK;                                           \
-                for (int j = 0; j < NX; j++) {                                                             \
-                    const __m256i xl = _mm256_loadu_si256((const __m256i *)(qx[j] + off));                 \
-                    const __m256i xh = _mm256_loadu_si256((const __m256i *)(qx[j] + off + 32));            \
-                    const __m256 s = _mm256_set_m128(_mm_broadcast_ss(&sc[j][k + 1]), _mm_broadcast_ss(&sc[j][k])); \
-                    acc[j][(k >> 1) & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DOT64(lo, xl, hi, xh)), s, acc[j][(k >> 1) & 1]); \
-                }                                                                                          \
-            }                                                                                              \
+            for (; k + 1 < n; k += 2) q4_1_pair_##SUFFIX(q, qx, b0 + k, NX, sc, k, acc, 0, pf_end);              \
             if (k < n) { /* the last block of an odd count: natural layout */                             \
                 const __m128i v = _mm_loadu_si128((const __m128i *)(q + (size_t)(b0 + k) * 16));           \
-                const __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), lowmask);   \
+                const __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(15)); \
                 const size_t off = (size_t)(b0 + k) * FR_QBLOCK;                                           \
                 for (int j = 0; j < NX; j++) {                                                             \
                     const __m256i x = _mm256_loadu_si256((const __m256i *)(qx[j] + off));                  \
-                    acc[j][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DOT32(w, x)), _mm256_broadcast_ss(&sc[j][k]), acc[j][0]); \
+                    acc[j][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DOT32(w, x)), _mm256_broadcast_ss(&sc[j][k]), acc[j][1]); \
                 }                                                                                          \
             }                                                                                              \
         }                                                                                                  \
-        for (int j = 0; j < NX; j++)                                                                       \
-            out[j] = hsum256(_mm256_add_ps(_mm256_add_ps(acc[j][0], acc[j][1]), accm[j])) + tail[j];       \
+        for (int j = 0; j < NX; j++) out[j] = hsum256(_mm256_add_ps(_mm256_add_ps(acc[j][0], acc[j][1]), accm[j])); \
     }                                                                                                      \
-    TARGET static void dot8_q8_0_##SUFFIX(const uint8_t *row, const qact *a, int j0, int nx, float *out) { \
+    TARGET static void dot8_q8_0_##SUFFIX(const qrows *t, const qact *a, int j0, int nx) {                 \
         switch (nx) {                                                                                      \
-        case 1: q8_0_##SUFFIX##_n(row, a, j0, 1, out); break;                                              \
-        case 2: q8_0_##SUFFIX##_n(row, a, j0, 2, out); break;                                              \
-        case 3: q8_0_##SUFFIX##_n(row, a, j0, 3, out); break;                                              \
-        default: q8_0_##SUFFIX##_n(row, a, j0, 4, out); break;                                             \
+        case 1: QROWS_LOOP(q8_0_##SUFFIX##_n, 1) break;                                                    \
+        case 2: QROWS_LOOP(q8_0_##SUFFIX##_n, 2) break;                                                    \
+        case 3: QROWS_LOOP(q8_0_##SUFFIX##_n, 3) break;                                                    \
+        default: QROWS_LOOP(q8_0_##SUFFIX##_n, 4) break;                                                   \
         }                                                                                                  \
     }                                                                                                      \
-    TARGET static void dot8_q4_1_##SUFFIX(const uint8_t *row, const qact *a, int j0, int nx, float *out) { \
+    TARGET static void dot8_q4_1_##SUFFIX(const qrows *t, const qact *a, int j0, int nx) {                 \
         switch (nx) {                                                                                      \
-        case 1: q4_1_##SUFFIX##_n(row, a, j0, 1, out); break;                                              \
-        case 2: q4_1_##SUFFIX##_n(row, a, j0, 2, out); break;                                              \
-        case 3: q4_1_##SUFFIX##_n(row, a, j0, 3, out); break;                                              \
-        default: q4_1_##SUFFIX##_n(row, a, j0, 4, out); break;                                             \
+        case 1: QROWS_LOOP(q4_1_##SUFFIX##_n, 1) break;                                                    \
+        case 2: QROWS_LOOP(q4_1_##SUFFIX##_n, 2) break;                                                    \
+        case 3: QROWS_LOOP(q4_1_##SUFFIX##_n, 3) break;                                                    \
+        default: QROWS_LOOP(q4_1_##SUFFIX##_n, 4) break;                                                   \
         }                                                                                                  \
     }
 
@@ -906,7 +1015,7 @@ static int qjob_prepare(qjob *j, float *y, const float *x, const fr_qmatrix *w, 
 #pragma omp parallel for schedule(static) if (M >= 16 && threads > 1)
     for (int i = 0; i < M; i++)
         quantize_act_row(x + (size_t)i * cols, cols, j->a.q + (size_t)i * cols, j->a.d + (size_t)i * nb,
-                         q41 ? j->a.s + (size_t)i * nb : NULL);
+                         q41 ? j->a.s + (size_t)i * nb : NULL, isa);
     j->dot = pick_dot8(w->type, isa);
     j->rb = fr_qtype_row_bytes(w->type, cols);
     /* tiles of at most 128 KiB of weights */
@@ -921,14 +1030,8 @@ static void qjob_run_tile(const qjob *j, int t) {
     const int rows = j->w->rows, M = j->M;
     const int r0 = t * j->tile, r1 = r0 + j->tile < rows ? r0 + j->tile : rows;
     const uint8_t *base = (const uint8_t *)j->w->data;
-    float out[QX_MAX];
-    for (int j0 = 0; j0 < M; j0 += QX_MAX) {
-        const int nx = M - j0 < QX_MAX ? M - j0 : QX_MAX;
-        for (int r = r0; r < r1; r++) {
-            j->dot(base + j->rb * (size_t)r, &j->a, j0, nx, out);
-            for (int k = 0; k < nx; k++) j->y[(size_t)(j0 + k) * rows + r] = out[k];
-        }
-    }
+    const qrows tr = {base, base + j->rb * (size_t)r1, j->rb, r0, r1, rows, j->y};
+    for (int j0 = 0; j0 < M; j0 += QX_MAX) j->dot(&tr, &j->a, j0, M - j0 < QX_MAX ? M - j0 : QX_MAX);
 }
 
 static int qmatmul_int8(float *y, const float *x, const fr_qmatrix *w, int M, int isa) {
