@@ -641,8 +641,11 @@ static void moe(fr_engine *e, const eng_layer *ly, float *out, const float *x, i
     for (int x_ = 0; x_ < E; x_++) {
         int off = e->offsets[x_], cnt = e->offsets[x_ + 1] - off;
         if (cnt == 0) continue;
-        jobs[nj++] = (fr_qmatmul_job){e->ge + (size_t)off * Im, e->xe + (size_t)off * H, &ly->exp_gate[x_], cnt};
-        jobs[nj++] = (fr_qmatmul_job){e->ue + (size_t)off * Im, e->xe + (size_t)off * H, &ly->exp_up[x_], cnt};
+        /* an expert with one row reads it where it is: products with the same input (every
+         * expert of a decoded token, and the shared one) then quantize it once */
+        const float *xin = cnt == 1 ? x + (size_t)e->perm[off] * H : e->xe + (size_t)off * H;
+        jobs[nj++] = (fr_qmatmul_job){e->ge + (size_t)off * Im, xin, &ly->exp_gate[x_], cnt};
+        jobs[nj++] = (fr_qmatmul_job){e->ue + (size_t)off * Im, xin, &ly->exp_up[x_], cnt};
     }
     if (shared) {
         jobs[nj++] = (fr_qmatmul_job){e->g, x, &ly->mlp_gate, N};

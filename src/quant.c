@@ -988,37 +988,47 @@ typedef struct {
     size_t rb;
     qdot8_fn dot;
     qact a;
+    int owns; /* a's buffer was allocated for this product (else it is another's) */
 } qjob;
 
 static void qjob_release(qjob *j) {
-    free(j->a.q);
-    free(j->a.d);
-    free(j->a.s);
+    if (j->owns) free(j->a.q);
     j->a.q = NULL;
     j->a.d = j->a.s = NULL;
+    j->owns = 0;
 }
 
 /* Returns 0 when the activation buffers cannot be allocated (the caller falls back).
- * tiles_per_thread: the fewest tiles per thread wanted for balance. */
-static int qjob_prepare(qjob *j, float *y, const float *x, const fr_qmatrix *w, int M, int isa, int tiles_per_thread) {
+ * tiles_per_thread: the fewest tiles per thread wanted for balance. share: a prepared product
+ * whose activations are the same rows in the same layout (the query and latent projections
+ * of one input, an expert's gate and up), reused instead of quantized again; or NULL. */
+static int qjob_prepare(qjob *j, float *y, const float *x, const fr_qmatrix *w, int M, int isa, int tiles_per_thread,
+                        const qjob *share) {
     const int rows = w->rows, cols = w->cols, nb = cols / FR_QBLOCK, q41 = w->type == FR_QT_Q4_1;
     j->y = y;
     j->w = w;
     j->M = M;
-    j->a = (qact){cols, nb, malloc((size_t)M * cols), malloc((size_t)M * nb * sizeof(float)),
-                  q41 ? malloc((size_t)M * nb * sizeof(float)) : NULL};
-    if (!j->a.q || !j->a.d || (q41 && !j->a.s)) {
-        qjob_release(j);
-        return 0;
-    }
-    const int threads = omp_get_max_threads();
+    if (share) {
+        j->a = share->a;
+        j->owns = 0;
+    } else {
+        /* one buffer: int8 values (padded to 32 bytes), scales, Q4_1's block sums */
+        const size_t qbytes = ((size_t)M * cols + 31) & ~(size_t)31, fbytes = (size_t)M * nb * sizeof(float);
+        unsigned char *buf = malloc(qbytes + fbytes * (q41 ? 2 : 1));
+        if (!buf) return 0;
+        j->a = (qact){cols, nb, (int8_t *)buf, (float *)(buf + qbytes), q41 ? (float *)(buf + qbytes + fbytes) : NULL};
+        j->owns = 1;
+        const int threads = omp_get_max_threads();
 #pragma omp parallel for schedule(static) if (M >= 16 && threads > 1)
-    for (int i = 0; i < M; i++)
-        quantize_act_row(x + (size_t)i * cols, cols, j->a.q + (size_t)i * cols, j->a.d + (size_t)i * nb,
-                         q41 ? j->a.s + (size_t)i * nb : NULL, isa);
+        for (int i = 0; i < M; i++)
+            quantize_act_row(x + (size_t)i * cols, cols, j->a.q + (size_t)i * cols, j->a.d + (size_t)i * nb,
+                             q41 ? j->a.s + (size_t)i * nb : NULL, isa);
+    }
     j->dot = pick_dot8(w->type, isa);
     j->rb = fr_qtype_row_bytes(w->type, cols);
-    /* tiles of at most 128 KiB of weights */
+    /* tiles of at most 128 KiB of weights (run_jobs uses them when several groups of
+     * activation rows pass over the weights, each re-reading the tile from L2) */
+    const int threads = omp_get_max_threads();
     int tile = (int)(((size_t)128 << 10) / j->rb);
     if (tile > rows / (tiles_per_thread * threads)) tile = rows / (tiles_per_thread * threads);
     j->tile = tile < 1 ? 1 : tile;
@@ -1026,21 +1036,71 @@ static int qjob_prepare(qjob *j, float *y, const float *x, const fr_qmatrix *w, 
     return 1;
 }
 
-static void qjob_run_tile(const qjob *j, int t) {
-    const int rows = j->w->rows, M = j->M;
-    const int r0 = t * j->tile, r1 = r0 + j->tile < rows ? r0 + j->tile : rows;
+/* rows [r0, r1) of a prepared product, every group of activation rows */
+static void qjob_run_rows(const qjob *j, int r0, int r1) {
     const uint8_t *base = (const uint8_t *)j->w->data;
-    const qrows tr = {base, base + j->rb * (size_t)r1, j->rb, r0, r1, rows, j->y};
-    for (int j0 = 0; j0 < M; j0 += QX_MAX) j->dot(&tr, &j->a, j0, M - j0 < QX_MAX ? M - j0 : QX_MAX);
+    const qrows tr = {base, base + j->rb * (size_t)r1, j->rb, r0, r1, j->w->rows, j->y};
+    for (int j0 = 0; j0 < j->M; j0 += QX_MAX) j->dot(&tr, &j->a, j0, j->M - j0 < QX_MAX ? j->M - j0 : QX_MAX);
+}
+
+/* The first row of product i at which a cut placed `at` bytes into the concatenated weights of
+ * all products falls (0 .. rows): the same function places both ends of every share, so the
+ * shares cover each row exactly once. */
+static int cut_row(const qjob *j, double start, double at) {
+    if (at <= start) return 0;
+    const double r = ceil((at - start) / (double)j->rb);
+    return r >= j->w->rows ? j->w->rows : (int)r;
+}
+
+/* Runs prepared products. Each output element is computed by one kernel call with the same
+ * operations whichever thread makes it, so the schedule never changes a result.
+ * - One pass over the weights (every M <= QX_MAX: decode, a small batch, a speculative
+ *   step): the products' weights, taken as one byte range, are cut into one contiguous
+ *   share per thread. Each thread streams long runs of memory, and its prefetching stops at
+ *   its share's end; cutting into tiles handed out one by one was slower (every tile start
+ *   restarts the stream: 16 KiB tiles decoded 15 % slower than 128 KiB ones).
+ * - Several passes (prefill): L2-sized tiles, handed out dynamically (the products differ in
+ *   size, and a held-up core on a shared machine takes fewer). */
+static void run_jobs(const qjob *qj, int n) {
+    double total = 0, work = 0;
+    int tiles = 0, one_pass = 1;
+    for (int i = 0; i < n; i++) {
+        total += (double)qj[i].rb * qj[i].w->rows;
+        work += (double)qj[i].w->rows * qj[i].w->cols * qj[i].M;
+        tiles += qj[i].n_tiles;
+        one_pass &= qj[i].M <= QX_MAX;
+    }
+    const int threads = omp_get_max_threads(), par = threads > 1 && work > 65536.0;
+    if (one_pass) {
+#pragma omp parallel num_threads(threads) if (par)
+        {
+            const int t = omp_get_thread_num(), T = omp_get_num_threads();
+            const double lo = total * t / T, hi = total * (t + 1) / T;
+            double start = 0;
+            for (int i = 0; i < n; i++) {
+                const double len = (double)qj[i].rb * qj[i].w->rows;
+                if (start < hi && start + len > lo) {
+                    const int r0 = cut_row(&qj[i], start, lo), r1 = cut_row(&qj[i], start, hi);
+                    if (r1 > r0) qjob_run_rows(&qj[i], r0, r1);
+                }
+                start += len;
+            }
+        }
+        return;
+    }
+#pragma omp parallel for schedule(dynamic, 1) if (par && tiles > 1)
+    for (int t = 0; t < tiles; t++) {
+        int i = 0, tt = t;
+        while (tt >= qj[i].n_tiles) tt -= qj[i++].n_tiles;
+        const int r0 = tt * qj[i].tile, r1 = r0 + qj[i].tile < qj[i].w->rows ? r0 + qj[i].tile : qj[i].w->rows;
+        qjob_run_rows(&qj[i], r0, r1);
+    }
 }
 
 static int qmatmul_int8(float *y, const float *x, const fr_qmatrix *w, int M, int isa) {
     qjob j;
-    if (!qjob_prepare(&j, y, x, w, M, isa, 4)) return 0;
-    /* dynamic: a thread that is held up (a busy core on a shared machine) takes fewer tiles */
-    const int par = omp_get_max_threads() > 1 && j.n_tiles > 1 && (double)w->rows * w->cols * M > 65536.0;
-#pragma omp parallel for schedule(dynamic, 1) if (par)
-    for (int t = 0; t < j.n_tiles; t++) qjob_run_tile(&j, t);
+    if (!qjob_prepare(&j, y, x, w, M, isa, 4, NULL)) return 0;
+    run_jobs(&j, 1);
     qjob_release(&j);
     return 1;
 }
@@ -1050,8 +1110,13 @@ void fr_qmatmul_batch(const fr_qmatmul_job *jobs, int n) {
     int ok = qj != NULL && n > 0, prepared = 0;
     const int isa = quant_isa();
     for (int i = 0; ok && i < n; i++) {
-        ok = fr_qmatmul_uses_int8(jobs[i].w) && jobs[i].M > 0 && qjob_prepare(&qj[i], jobs[i].y, jobs[i].x, jobs[i].w,
-                                                                                  jobs[i].M, isa, 1);
+        const qjob *share = NULL;
+        for (int k = 0; k < i && !share; k++)
+            if (jobs[k].x == jobs[i].x && jobs[k].M == jobs[i].M && jobs[k].w->cols == jobs[i].w->cols &&
+                (jobs[k].w->type == FR_QT_Q4_1) == (jobs[i].w->type == FR_QT_Q4_1))
+                share = &qj[k];
+        ok = fr_qmatmul_uses_int8(jobs[i].w) && jobs[i].M > 0 &&
+             qjob_prepare(&qj[i], jobs[i].y, jobs[i].x, jobs[i].w, jobs[i].M, isa, 1, share);
         prepared += ok;
     }
     if (!ok) { /* not all int8 products (or no memory): one after another */
@@ -1060,21 +1125,7 @@ void fr_qmatmul_batch(const fr_qmatmul_job *jobs, int n) {
         if (qj != stack) free(qj);
         return;
     }
-    int total = 0;
-    double work = 0;
-    for (int i = 0; i < n; i++) {
-        total += qj[i].n_tiles;
-        work += (double)jobs[i].w->rows * jobs[i].w->cols * jobs[i].M;
-    }
-    /* dynamic: the products differ in size; each output is written by one tile, so the
-     * result does not depend on which thread runs what */
-    const int par = omp_get_max_threads() > 1 && total > 1 && work > 65536.0;
-#pragma omp parallel for schedule(dynamic, 1) if (par)
-    for (int t = 0; t < total; t++) {
-        int i = 0, tt = t;
-        while (tt >= qj[i].n_tiles) tt -= qj[i++].n_tiles;
-        qjob_run_tile(&qj[i], tt);
-    }
+    run_jobs(qj, n);
     for (int i = 0; i < n; i++) qjob_release(&qj[i]);
     if (qj != stack) free(qj);
 }
