@@ -441,6 +441,40 @@ static void test_matmul_batch(void) {
     }
 }
 
+/* Jobs that share their input (the query and latent projections of one row, an expert's gate
+ * and up): fr_qmatmul_batch quantizes it once per layout (Q8_0 plain, Q4_1 pair-interleaved)
+ * and every result stays bit-identical to fr_qmatmul alone, for a single pass (M <= 4) and
+ * for the tiled prefill path (M = 6). */
+static void test_matmul_batch_shared(void) {
+    enum { NJ = 5, COLS = 96 };
+    const int rows[NJ] = {40, 7, 130, 64, 3};
+    for (int M = 1; M <= 6; M += 5) {
+        fr_qmatrix q[NJ];
+        float *x = malloc((size_t)M * COLS * sizeof(float)), *y[NJ], *y1[NJ];
+        for (int k = 0; k < M * COLS; k++) x[k] = urand(-1, 1);
+        fr_qmatmul_job jobs[NJ];
+        for (int i = 0; i < NJ; i++) {
+            float *w = malloc((size_t)rows[i] * COLS * sizeof(float));
+            fill_matrix(w, rows[i], COLS);
+            CHECK(fr_qmatrix_from_f32(&q[i], i & 1 ? FR_QT_Q4_1 : FR_QT_Q8_0, w, rows[i], COLS) == FR_OK, "shared matrix %d", i);
+            free(w);
+            y[i] = malloc((size_t)M * rows[i] * sizeof(float));
+            y1[i] = malloc((size_t)M * rows[i] * sizeof(float));
+            fr_qmatmul(y1[i], x, &q[i], M);
+            jobs[i] = (fr_qmatmul_job){y[i], x, &q[i], M};
+        }
+        fr_qmatmul_batch(jobs, NJ);
+        for (int i = 0; i < NJ; i++) {
+            CHECK(!memcmp(y[i], y1[i], (size_t)M * rows[i] * sizeof(float)), "shared-input batch job %d (%s, M %d) differs",
+                  i, fr_qtype_name(q[i].type), M);
+            fr_qmatrix_free(&q[i]);
+            free(y[i]);
+            free(y1[i]);
+        }
+        free(x);
+    }
+}
+
 /* ------------------------------------------------------------------ bad inputs (matrices) */
 
 static void test_bad_matrix(void) {
@@ -772,6 +806,7 @@ int main(void) {
     test_bad_matrix();
     test_matmul();
     test_matmul_batch();
+    test_matmul_batch_shared();
 
     char tmp[] = "/tmp/frugal-test-quant-XXXXXX";
     if (!mkdtemp(tmp)) {
