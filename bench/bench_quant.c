@@ -10,7 +10,11 @@
  * the median over passes. Reported: GB/s of weights read (stored bytes, scales included),
  * GFLOP/s (2 R C per product), and the fraction of the read bandwidth that
  * bench_memory_bandwidth measures in the same process with the same threads (the decode
- * bound). Prefill (--prefill M, default 64; 0 skips): GFLOP/s of one M x C by C x R product.
+ * bound). Next to it, the kernel's own speed: the same product over the first rows of one
+ * matrix, 1.5 MiB of weights per thread, repeated so that they stay in cache ("cache GB/s"); when
+ * the DRAM figure comes close to it ("of cache"), the kernel's arithmetic, not the memory, sets
+ * the decode speed. Prefill (--prefill M, default 64; 0 skips): GFLOP/s of one M x C by C x R
+ * product.
  * Every available kernel set (generic, avx2, avx512) is timed unless --isa names one.
  * Prints a table and one JSON line per format and kernel set.
  */
@@ -31,6 +35,11 @@ static void usage(FILE *f) {
             "measured memory read bandwidth. --prefill M (default 64, 0 = skip) also times M x C\n"
             "by C x R products.\n");
 }
+
+/* weight bytes per thread for the in-cache timing: within the last-level cache (8 MiB on the
+ * 2-vCPU Zen 1 VM), large enough that the per-call work (activation quantization, the
+ * parallel region) stays small beside the rows */
+#define CACHE_KIB 1536
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -102,8 +111,8 @@ int main(int argc, char **argv) {
     printf("memory bandwidth: read %.2f GB/s, triad %.2f GB/s (%d threads); CPU features: %s\n", bw.read_gbs,
            bw.triad_gbs, bw.threads, fr_cpu_features());
     printf("weights %ld x %ld, working set >= %ld MiB per format, prefill M = %ld\n\n", rows, cols, mib, prefill);
-    printf("%-7s %-6s %-5s %8s %8s %9s %9s %8s %8s %12s\n", "kernels", "format", "act", "bytes/w", "us", "GB/s",
-           "GFLOP/s", "of bw", "M2/M1", "prefill GF/s");
+    printf("%-7s %-6s %-5s %8s %8s %9s %9s %8s %8s %12s %9s %8s\n", "kernels", "format", "act", "bytes/w", "us", "GB/s",
+           "GFLOP/s", "of bw", "M2/M1", "prefill GF/s", "cache GB/s", "of cache");
 
     fr_rng rng;
     fr_rng_seed(&rng, 1);
@@ -148,6 +157,16 @@ int main(int argc, char **argv) {
                 fr_qmatmul_set_int8_act(act);
                 double tm = time_matvec(y, x, mats, n_mats, 1), tm2 = time_matvec(y, x, mats, n_mats, 2);
                 double gbs = (double)bytes / tm / 1e9, gflops = 2.0 * rows * cols / tm / 1e9;
+                /* the kernel's own speed: the first rows of one matrix, CACHE_KIB per thread, so
+                 * that they stay in cache across passes; DRAM GB/s close to this means the kernel,
+                 * not the memory, sets the decode speed */
+                const size_t rbytes = fr_qtype_row_bytes((fr_qtype)t, (int)cols);
+                long crow = (long)(((size_t)CACHE_KIB << 10) * (size_t)bw.threads / rbytes);
+                if (crow > rows) crow = rows;
+                if (crow < 1) crow = 1;
+                fr_qmatrix sub;
+                fr_qmatrix_wrap(&sub, (fr_qtype)t, mats[0].data, (int)crow, (int)cols);
+                const double tc = time_matvec(y, x, &sub, 1, 1), cache_gbs = (double)rbytes * crow / tc / 1e9;
                 double pf = 0;
                 if (prefill > 1) {
                     fr_qmatmul(y, x, &mats[0], (int)prefill);
@@ -161,15 +180,17 @@ int main(int argc, char **argv) {
                     pf = 2.0 * prefill * rows * cols / best / 1e9;
                 }
                 const char *act_name = act ? "int8" : "f32";
-                printf("%-7s %-6s %-5s %8.3f %8.1f %9.2f %9.2f %7.1f%% %8.2f %12.1f\n", fr_cpu_isa_name(isa),
+                printf("%-7s %-6s %-5s %8.3f %8.1f %9.2f %9.2f %7.1f%% %8.2f %12.1f %9.2f %7.1f%%\n", fr_cpu_isa_name(isa),
                        fr_qtype_name((fr_qtype)t), act_name, (double)bytes / ((double)rows * cols), tm * 1e6, gbs, gflops,
-                       100.0 * gbs / bw.read_gbs, tm2 / tm, pf);
+                       100.0 * gbs / bw.read_gbs, tm2 / tm, pf, cache_gbs, 100.0 * gbs / cache_gbs);
                 printf("{\"bench\": \"quant\", \"kernels\": \"%s\", \"format\": \"%s\", \"activations\": \"%s\", "
                        "\"rows\": %ld, \"cols\": %ld, \"threads\": %d, \"matrices\": %d, \"us_per_matvec\": %.2f, "
                        "\"gbs\": %.3f, \"gflops\": %.3f, \"read_bw_gbs\": %.3f, \"fraction_of_bw\": %.4f, "
-                       "\"m2_over_m1\": %.3f, \"prefill_m\": %ld, \"prefill_gflops\": %.2f}\n",
+                       "\"m2_over_m1\": %.3f, \"prefill_m\": %ld, \"prefill_gflops\": %.2f, \"cache_gbs\": %.3f, "
+                       "\"fraction_of_cache_speed\": %.4f}\n",
                        fr_cpu_isa_name(isa), fr_qtype_name((fr_qtype)t), act_name, rows, cols, bw.threads, n_mats,
-                       tm * 1e6, gbs, gflops, bw.read_gbs, gbs / bw.read_gbs, tm2 / tm, prefill, pf);
+                       tm * 1e6, gbs, gflops, bw.read_gbs, gbs / bw.read_gbs, tm2 / tm, prefill, pf, cache_gbs,
+                       gbs / cache_gbs);
                 fflush(stdout);
             }
             fr_qmatmul_set_int8_act(-1);
