@@ -282,11 +282,16 @@ static void mla_kv_split_backward(float *dkv, float *dk_pe, int ld_kpe, const fl
 
 static inline float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+/* In chunks of SWIGLU_CHUNK (a multiple of every vector width), so that which values take
+ * the vector path depends on n alone, not on the number of threads. */
+#define SWIGLU_CHUNK 4096
 static void swiglu_forward(float *h, const float *g, const float *u, size_t n) {
+    const fr_cpu_vec *v = fr_cpu_vec_ops();
+    const long chunks = (long)((n + SWIGLU_CHUNK - 1) / SWIGLU_CHUNK);
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN_WORK)
-    for (size_t i = 0; i < n; i++) {
-        float gi = g[i];
-        h[i] = gi * sigmoidf_(gi) * u[i];
+    for (long c = 0; c < chunks; c++) {
+        const size_t i = (size_t)c * SWIGLU_CHUNK, len = n - i < SWIGLU_CHUNK ? n - i : SWIGLU_CHUNK;
+        v->swiglu(h + i, g + i, u + i, (int)len);
     }
 }
 

@@ -39,6 +39,10 @@ typedef struct {
     float (*max)(const float *x, int n);
     /* returns sum_i exp(x[i] - m); if y != NULL also y[i] = exp(x[i] - m) (y may alias x) */
     float (*expsum)(float *y, const float *x, int n, float m);
+    /* h[i] = g[i] sigmoid(g[i]) u[i] for i < n (SwiGLU; h may alias g or u); the SIMD
+     * versions use their vector exp (1-2 ulp), and the last n % width values the scalar
+     * formula, so a value depends only on its position, never on threads */
+    void (*swiglu)(float *h, const float *g, const float *u, int n);
 } fr_cpu_vec;
 
 const fr_cpu_vec *fr_cpu_vec_ops(void);

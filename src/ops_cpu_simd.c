@@ -117,8 +117,15 @@ static float expsum_generic(float *y, const float *x, int n, float m) {
     return s;
 }
 
-static const fr_cpu_vec vec_generic = {dots_generic,  axpys_generic, rank1s_generic,
-                                       dot_generic,   max_generic,   expsum_generic};
+static void swiglu_generic(float *h, const float *g, const float *u, int n) {
+    for (int i = 0; i < n; i++) {
+        const float gi = g[i];
+        h[i] = gi * (1.0f / (1.0f + expf(-gi))) * u[i];
+    }
+}
+
+static const fr_cpu_vec vec_generic = {dots_generic, axpys_generic,  rank1s_generic, dot_generic,
+                                       max_generic,  expsum_generic, swiglu_generic};
 
 /* ------------------------------------------------------------------ AVX2 + FMA */
 
@@ -303,7 +310,23 @@ T_AVX2 static float expsum_avx2(float *y, const float *x, int n, float m) {
     return hsum256(_mm256_add_ps(s0, s1));
 }
 
-static const fr_cpu_vec vec_avx2 = {dots_avx2, axpys_avx2, rank1s_avx2, dot_avx2, max_avx2, expsum_avx2};
+T_AVX2 static void swiglu_avx2(float *h, const float *g, const float *u, int n) {
+    /* sigmoid from e = exp(-|g|) <= 1, which cannot overflow: 1/(1+e) for g >= 0, e/(1+e)
+     * below (exp256 clamps large arguments, so exp(-g) itself would give g = -1e30 a
+     * sigmoid of 6e-39 instead of 0) */
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 gv = _mm256_loadu_ps(g + i);
+        const __m256 e = exp256(_mm256_or_ps(gv, sign)); /* exp(-|g|) */
+        const __m256 r = _mm256_div_ps(one, _mm256_add_ps(one, e));
+        const __m256 s = _mm256_blendv_ps(r, _mm256_mul_ps(e, r), gv); /* sign bit of g picks e/(1+e) */
+        _mm256_storeu_ps(h + i, _mm256_mul_ps(_mm256_mul_ps(gv, s), _mm256_loadu_ps(u + i)));
+    }
+    swiglu_generic(h + i, g + i, u + i, n - i);
+}
+
+static const fr_cpu_vec vec_avx2 = {dots_avx2, axpys_avx2, rank1s_avx2, dot_avx2, max_avx2, expsum_avx2, swiglu_avx2};
 
 /* ------------------------------------------------------------------ AVX-512F */
 
@@ -452,8 +475,23 @@ T_AVX512 static float expsum_avx512(float *y, const float *x, int n, float m) {
     return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 }
 
-static const fr_cpu_vec vec_avx512 = {dots_avx512, axpys_avx512, rank1s_avx512,
-                                      dot_avx512,  max_avx512,   expsum_avx512};
+T_AVX512 static void swiglu_avx512(float *h, const float *g, const float *u, int n) {
+    /* as swiglu_avx2: the sigmoid from exp(-|g|) */
+    const __m512 one = _mm512_set1_ps(1.0f);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 gv = _mm512_loadu_ps(g + i);
+        const __m512 e = exp512(_mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(gv), _mm512_set1_epi32(INT32_MIN))));
+        const __m512 r = _mm512_div_ps(one, _mm512_add_ps(one, e));
+        const __mmask16 neg = _mm512_cmplt_epi32_mask(_mm512_castps_si512(gv), _mm512_setzero_si512());
+        const __m512 s = _mm512_mask_mul_ps(r, neg, e, r);
+        _mm512_storeu_ps(h + i, _mm512_mul_ps(_mm512_mul_ps(gv, s), _mm512_loadu_ps(u + i)));
+    }
+    swiglu_generic(h + i, g + i, u + i, n - i);
+}
+
+static const fr_cpu_vec vec_avx512 = {dots_avx512, axpys_avx512,  rank1s_avx512, dot_avx512,
+                                      max_avx512,  expsum_avx512, swiglu_avx512};
 
 /* ------------------------------------------------------------------ selection */
 
