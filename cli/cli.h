@@ -63,6 +63,24 @@ int cli_opt_value(const char *cmd, void (*usage)(FILE *), int argc, char **argv,
  * error: returns -1 after printing it. */
 int cli_opt_flag(const char *cmd, void (*usage)(FILE *), const char *arg, const char *name);
 
+/* One row of an option table for cli_opt_match: a value option (value != NULL: the string is
+ * stored there; a non-NULL flag is then set to 1 too, to tell "given" from a default) or a flag
+ * (value == NULL: *flag set to 1). Commands list their plain options in a table instead of one
+ * cli_opt_value / cli_opt_flag branch each; options that do more than store (parse at once,
+ * append to a list, other side effects) stay explicit code after the match. */
+typedef struct {
+    const char *name;
+    const char **value;
+    int *flag;
+} cli_opt;
+/* Match argv[*i] against opts[0..n_opts) with cli_opt_value / cli_opt_flag (same messages and
+ * edge cases). Returns 1 when it was one of them (value stored or flag set, *i advanced past a
+ * separate value), 0 when it is not in the table, -1 on a usage error (already printed). */
+int cli_opt_match(const char *cmd, void (*usage)(FILE *), int argc, char **argv, int *i, const cli_opt *opts,
+                  int n_opts);
+/* Row count of an option table array, for cli_opt_match's n_opts. */
+#define CLI_N_OPTS(table) ((int)(sizeof(table) / sizeof((table)[0])))
+
 /* Parse a decimal integer in [lo, hi]. On failure prints a usage error naming the option and
  * the text, and returns -1; 0 on success. */
 int cli_parse_int(const char *cmd, void (*usage)(FILE *), const char *opt, const char *text,

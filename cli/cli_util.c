@@ -75,6 +75,20 @@ int cli_opt_flag(const char *cmd, void (*usage)(FILE *), const char *arg, const 
     return 0;
 }
 
+/* The table form of the two matchers above, so that a command's plain options are one list
+ * rather than a chain of near-identical branches; each row goes through the same matcher as
+ * before, so messages and edge cases cannot drift apart between commands. */
+int cli_opt_match(const char *cmd, void (*usage)(FILE *), int argc, char **argv, int *i, const cli_opt *opts,
+                  int n_opts) {
+    for (int k = 0; k < n_opts; k++) {
+        int r = opts[k].value ? cli_opt_value(cmd, usage, argc, argv, i, opts[k].name, opts[k].value)
+                              : cli_opt_flag(cmd, usage, argv[*i], opts[k].name);
+        if (r > 0 && opts[k].flag) *opts[k].flag = 1;
+        if (r != 0) return r;
+    }
+    return 0;
+}
+
 int cli_parse_int(const char *cmd, void (*usage)(FILE *), const char *opt, const char *text,
                   long lo, long hi, long *out) {
     const char *p = text;

@@ -32,21 +32,15 @@ int cmd_convert(int argc, char **argv) {
     const char *to = NULL, *type_s = "F16";
     const char *pos[2] = {NULL, NULL};
     int n_pos = 0;
+    const cli_opt opts[] = {{"--to", &to, NULL}, {"--type", &type_s, NULL}};
     for (int i = 1; i < argc; i++) {
-        const char *v;
         int r;
         if (cli_is_help(argv[i])) {
             usage_convert(stdout);
             return CLI_EXIT_OK;
         }
-        if ((r = cli_opt_value("convert", usage_convert, argc, argv, &i, "--to", &v)) != 0) {
+        if ((r = cli_opt_match("convert", usage_convert, argc, argv, &i, opts, CLI_N_OPTS(opts))) != 0) {
             if (r < 0) return CLI_EXIT_USAGE;
-            to = v;
-            continue;
-        }
-        if ((r = cli_opt_value("convert", usage_convert, argc, argv, &i, "--type", &v)) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-            type_s = v;
             continue;
         }
         if (argv[i][0] == '-' && argv[i][1] != 0)

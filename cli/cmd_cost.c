@@ -141,6 +141,10 @@ int cmd_cost(int argc, char **argv) {
     int ledger_given = 0;
     double price_dh = NAN, watts = NAN, price_kwh = NAN;
     int gpu = 0, json = 0;
+    const cli_opt opts[] = {
+        {"--ledger", &ledger, &ledger_given}, {"--final", &final_sel, NULL}, {"--kind", &kind, NULL},
+        {"--gpu", NULL, &gpu}, {"--json", NULL, &json},
+    };
     for (int i = 1; i < argc; i++) {
         const char *v = NULL;
         int r;
@@ -148,16 +152,9 @@ int cmd_cost(int argc, char **argv) {
             usage_cost(stdout);
             return CLI_EXIT_OK;
         }
-        if ((r = cli_opt_value("cost", usage_cost, argc, argv, &i, "--ledger", &v)) != 0) {
+        /* the prices stay explicit: they are parsed as they come, so a bad one is reported first */
+        if ((r = cli_opt_match("cost", usage_cost, argc, argv, &i, opts, CLI_N_OPTS(opts))) != 0) {
             if (r < 0) return CLI_EXIT_USAGE;
-            ledger = v;
-            ledger_given = 1;
-        } else if ((r = cli_opt_value("cost", usage_cost, argc, argv, &i, "--final", &v)) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-            final_sel = v;
-        } else if ((r = cli_opt_value("cost", usage_cost, argc, argv, &i, "--kind", &v)) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-            kind = v;
         } else if ((r = cli_opt_value("cost", usage_cost, argc, argv, &i, "--price-device-hour", &v)) != 0) {
             if (r < 0 || cli_parse_double("cost", usage_cost, "--price-device-hour", v, 0, INFINITY, &price_dh) != 0)
                 return CLI_EXIT_USAGE;
@@ -167,12 +164,6 @@ int cmd_cost(int argc, char **argv) {
         } else if ((r = cli_opt_value("cost", usage_cost, argc, argv, &i, "--price-kwh", &v)) != 0) {
             if (r < 0 || cli_parse_double("cost", usage_cost, "--price-kwh", v, 0, INFINITY, &price_kwh) != 0)
                 return CLI_EXIT_USAGE;
-        } else if ((r = cli_opt_flag("cost", usage_cost, argv[i], "--gpu")) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-            gpu = 1;
-        } else if ((r = cli_opt_flag("cost", usage_cost, argv[i], "--json")) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-            json = 1;
         } else if (argv[i][0] == '-') {
             return cli_usage_error("cost", usage_cost, "unknown option '%s'", argv[i]);
         } else if (!project) {

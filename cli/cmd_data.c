@@ -99,6 +99,12 @@ static int cmd_data_prepare(int argc, char **argv) {
     int n_inputs = 0, force = 0, json = 0, quiet = 0;
     if (!inputs) return cli_fail("out of memory");
     int rc = CLI_EXIT_OK;
+    const cli_opt opts[] = {
+        {"--tokenizer", &tok_dir, NULL}, {"--output", &out_dir, NULL},
+        {"--val-fraction", &val_text, NULL}, {"--shard-tokens", &shard_text, NULL},
+        {"--threads", &threads_text, NULL}, {"--force", NULL, &force},
+        {"--json", NULL, &json}, {"--quiet", NULL, &quiet},
+    };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
         int r;
@@ -107,28 +113,12 @@ static int cmd_data_prepare(int argc, char **argv) {
             free(inputs);
             return CLI_EXIT_OK;
         }
-        if ((r = cli_opt_value(cmd, usage_data_prepare, argc, argv, &i, "--tokenizer", &tok_dir)) != 0) {
+        if ((r = cli_opt_match(cmd, usage_data_prepare, argc, argv, &i, opts, CLI_N_OPTS(opts))) != 0) {
             if (r < 0) goto usage;
         } else if ((r = cli_opt_value(cmd, usage_data_prepare, argc, argv, &i, "--input", &v)) != 0) {
+            /* repeatable: each --input appends to the list */
             if (r < 0) goto usage;
             inputs[n_inputs++] = v;
-        } else if ((r = cli_opt_value(cmd, usage_data_prepare, argc, argv, &i, "--output", &out_dir)) != 0) {
-            if (r < 0) goto usage;
-        } else if ((r = cli_opt_value(cmd, usage_data_prepare, argc, argv, &i, "--val-fraction", &val_text)) != 0) {
-            if (r < 0) goto usage;
-        } else if ((r = cli_opt_value(cmd, usage_data_prepare, argc, argv, &i, "--shard-tokens", &shard_text)) != 0) {
-            if (r < 0) goto usage;
-        } else if ((r = cli_opt_value(cmd, usage_data_prepare, argc, argv, &i, "--threads", &threads_text)) != 0) {
-            if (r < 0) goto usage;
-        } else if ((r = cli_opt_flag(cmd, usage_data_prepare, a, "--force")) != 0) {
-            if (r < 0) goto usage;
-            force = 1;
-        } else if ((r = cli_opt_flag(cmd, usage_data_prepare, a, "--json")) != 0) {
-            if (r < 0) goto usage;
-            json = 1;
-        } else if ((r = cli_opt_flag(cmd, usage_data_prepare, a, "--quiet")) != 0) {
-            if (r < 0) goto usage;
-            quiet = 1;
         } else if (a[0] == '-') {
             rc = cli_usage_error(cmd, usage_data_prepare, "unknown option '%s'", a);
             goto out;
@@ -319,6 +309,7 @@ static int cmd_data_info(int argc, char **argv) {
     const char *cmd = "data info";
     const char *dir = NULL;
     int json = 0;
+    const cli_opt opts[] = {{"--json", NULL, &json}};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int r;
@@ -326,9 +317,8 @@ static int cmd_data_info(int argc, char **argv) {
             usage_data_info(stdout);
             return CLI_EXIT_OK;
         }
-        if ((r = cli_opt_flag(cmd, usage_data_info, a, "--json")) != 0) {
+        if ((r = cli_opt_match(cmd, usage_data_info, argc, argv, &i, opts, CLI_N_OPTS(opts))) != 0) {
             if (r < 0) return CLI_EXIT_USAGE;
-            json = 1;
         } else if (a[0] == '-') {
             return cli_usage_error(cmd, usage_data_info, "unknown option '%s'", a);
         } else if (dir) {

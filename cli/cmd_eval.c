@@ -161,6 +161,11 @@ done:
 int cmd_eval(int argc, char **argv) {
     const char *model_dir = NULL, *tokens_path = NULL, *threads_text = NULL, *weights_text = NULL, *chunk_text = NULL;
     int json = 0, engine = 0;
+    const cli_opt opts[] = {
+        {"--model", &model_dir, NULL}, {"--tokens", &tokens_path, NULL}, {"--threads", &threads_text, NULL},
+        {"--weights", &weights_text, NULL}, {"--chunk", &chunk_text, NULL},
+        {"--engine", NULL, &engine}, {"--json", NULL, &json},
+    };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int r;
@@ -168,22 +173,8 @@ int cmd_eval(int argc, char **argv) {
             usage_eval(stdout);
             return CLI_EXIT_OK;
         }
-        if ((r = cli_opt_value("eval", usage_eval, argc, argv, &i, "--model", &model_dir)) != 0) {
+        if ((r = cli_opt_match("eval", usage_eval, argc, argv, &i, opts, CLI_N_OPTS(opts))) != 0) {
             if (r < 0) return CLI_EXIT_USAGE;
-        } else if ((r = cli_opt_value("eval", usage_eval, argc, argv, &i, "--tokens", &tokens_path)) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-        } else if ((r = cli_opt_value("eval", usage_eval, argc, argv, &i, "--threads", &threads_text)) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-        } else if ((r = cli_opt_value("eval", usage_eval, argc, argv, &i, "--weights", &weights_text)) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-        } else if ((r = cli_opt_value("eval", usage_eval, argc, argv, &i, "--chunk", &chunk_text)) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-        } else if ((r = cli_opt_flag("eval", usage_eval, a, "--engine")) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-            engine = 1;
-        } else if ((r = cli_opt_flag("eval", usage_eval, a, "--json")) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-            json = 1;
         } else if (a[0] == '-') {
             return cli_usage_error("eval", usage_eval, "unknown option '%s'", a);
         } else {

@@ -96,6 +96,11 @@ static int parse_args(const char *cmd, void (*usage)(FILE *), int chat, int argc
     a->max_tokens = chat ? 256 : 128;
     a->kv = FR_KV_F32;
     const char *v;
+    const cli_opt opts[] = {
+        {"--model", &a->model, NULL},
+        {chat ? "--system" : "--prompt", chat ? &a->system : &a->prompt, NULL}, /* chat has no --prompt */
+        {"--speculative", NULL, &a->speculative},
+    };
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
         int r;
@@ -107,9 +112,7 @@ static int parse_args(const char *cmd, void (*usage)(FILE *), int chat, int argc
         }
 #define VALUE(name) ((r = cli_opt_value(cmd, usage, argc, argv, &i, name, &v)) != 0)
 #define BAD() do { *exit_code = CLI_EXIT_USAGE; return -1; } while (0)
-        if (VALUE("--model")) { if (r < 0) BAD(); a->model = v; }
-        else if (!chat && VALUE("--prompt")) { if (r < 0) BAD(); a->prompt = v; }
-        else if (chat && VALUE("--system")) { if (r < 0) BAD(); a->system = v; }
+        if ((r = cli_opt_match(cmd, usage, argc, argv, &i, opts, CLI_N_OPTS(opts))) != 0) { if (r < 0) BAD(); }
         else if (VALUE("--max-tokens")) { if (r < 0 || cli_parse_int(cmd, usage, "--max-tokens", v, 1, 1 << 24, &a->max_tokens)) BAD(); }
         else if (VALUE("--temperature")) { if (r < 0 || parse_float(cmd, usage, "--temperature", v, 0, 100, &a->sample.temperature)) BAD(); }
         else if (VALUE("--top-k")) { if (r < 0 || cli_parse_int(cmd, usage, "--top-k", v, 0, 1 << 30, &n)) BAD(); a->sample.top_k = (int)n; }
@@ -149,7 +152,6 @@ static int parse_args(const char *cmd, void (*usage)(FILE *), int chat, int argc
         }
         else if (VALUE("--ctx")) { if (r < 0 || cli_parse_int(cmd, usage, "--ctx", v, 1, 1 << 24, &a->ctx)) BAD(); }
         else if (VALUE("--threads")) { if (r < 0 || cli_parse_int(cmd, usage, "--threads", v, 1, 4096, &a->threads)) BAD(); }
-        else if ((r = cli_opt_flag(cmd, usage, s, "--speculative")) != 0) { if (r < 0) BAD(); a->speculative = 1; }
         else if (!chat && (r = cli_opt_flag(cmd, usage, s, "--ignore-eos")) != 0) { if (r < 0) BAD(); a->ignore_eos = 1; }
         else if (s[0] == '-') { cli_usage_error(cmd, usage, "unknown option '%s'", s); BAD(); }
         else { cli_usage_error(cmd, usage, "unexpected argument '%s'", s); BAD(); }

@@ -87,6 +87,7 @@ static double physical_memory_bytes(void) {
 int cmd_info(int argc, char **argv) {
     const char *model_dir = NULL, *config_path = NULL;
     int json = 0;
+    const cli_opt opts[] = {{"--model", &model_dir, NULL}, {"--config", &config_path, NULL}, {"--json", NULL, &json}};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int r;
@@ -94,13 +95,8 @@ int cmd_info(int argc, char **argv) {
             usage_info(stdout);
             return CLI_EXIT_OK;
         }
-        if ((r = cli_opt_value("info", usage_info, argc, argv, &i, "--model", &model_dir)) != 0) {
+        if ((r = cli_opt_match("info", usage_info, argc, argv, &i, opts, CLI_N_OPTS(opts))) != 0) {
             if (r < 0) return CLI_EXIT_USAGE;
-        } else if ((r = cli_opt_value("info", usage_info, argc, argv, &i, "--config", &config_path)) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-        } else if ((r = cli_opt_flag("info", usage_info, a, "--json")) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-            json = 1;
         } else if (a[0] == '-') {
             return cli_usage_error("info", usage_info, "unknown option '%s'", a);
         } else {

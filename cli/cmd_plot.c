@@ -784,32 +784,19 @@ int cmd_plot(int argc, char **argv) {
     int n_runs = 0;
     if (!runs) return cli_fail("out of memory");
     int rc = CLI_EXIT_OK;
+    const cli_opt opts[] = {
+        {"--out", &out, NULL}, {"--metric", &metric, NULL}, {"--x", &xname, NULL},
+        {"--terminal", NULL, &terminal}, {"--log-x", NULL, &log_x}, {"--log-y", NULL, &log_y},
+    };
     for (int i = 1; i < argc && rc == CLI_EXIT_OK; i++) {
-        const char *v = NULL;
         int r;
         if (cli_is_help(argv[i])) {
             usage_plot(stdout);
             free(runs);
             return CLI_EXIT_OK;
         }
-        if ((r = cli_opt_value("plot", usage_plot, argc, argv, &i, "--out", &v)) != 0) {
+        if ((r = cli_opt_match("plot", usage_plot, argc, argv, &i, opts, CLI_N_OPTS(opts))) != 0) {
             if (r < 0) rc = CLI_EXIT_USAGE;
-            else out = v;
-        } else if ((r = cli_opt_value("plot", usage_plot, argc, argv, &i, "--metric", &v)) != 0) {
-            if (r < 0) rc = CLI_EXIT_USAGE;
-            else metric = v;
-        } else if ((r = cli_opt_value("plot", usage_plot, argc, argv, &i, "--x", &v)) != 0) {
-            if (r < 0) rc = CLI_EXIT_USAGE;
-            else xname = v;
-        } else if ((r = cli_opt_flag("plot", usage_plot, argv[i], "--terminal")) != 0) {
-            if (r < 0) rc = CLI_EXIT_USAGE;
-            else terminal = 1;
-        } else if ((r = cli_opt_flag("plot", usage_plot, argv[i], "--log-x")) != 0) {
-            if (r < 0) rc = CLI_EXIT_USAGE;
-            else log_x = 1;
-        } else if ((r = cli_opt_flag("plot", usage_plot, argv[i], "--log-y")) != 0) {
-            if (r < 0) rc = CLI_EXIT_USAGE;
-            else log_y = 1;
         } else if (argv[i][0] == '-' && argv[i][1] != 0) {
             rc = cli_usage_error("plot", usage_plot, "unknown option '%s'", argv[i]);
         } else {

@@ -119,6 +119,12 @@ int cmd_quantize(int argc, char **argv) {
                *chunk_text = NULL, *threads_text = NULL;
     int json = 0, quiet = 0;
     const char *C = "quantize";
+    const cli_opt opts[] = {
+        {"--model", &model, NULL}, {"--type", &type, NULL}, {"--out", &out, NULL},
+        {"--eval-data", &data, NULL}, {"--eval-seq", &seq_text, NULL}, {"--eval-tokens", &tok_text, NULL},
+        {"--eval-chunk", &chunk_text, NULL}, {"--threads", &threads_text, NULL},
+        {"--json", NULL, &json}, {"--quiet", NULL, &quiet},
+    };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int r;
@@ -126,28 +132,8 @@ int cmd_quantize(int argc, char **argv) {
             usage_quantize(stdout);
             return CLI_EXIT_OK;
         }
-        if ((r = cli_opt_value(C, usage_quantize, argc, argv, &i, "--model", &model)) != 0) {
+        if ((r = cli_opt_match(C, usage_quantize, argc, argv, &i, opts, CLI_N_OPTS(opts))) != 0) {
             if (r < 0) return CLI_EXIT_USAGE;
-        } else if ((r = cli_opt_value(C, usage_quantize, argc, argv, &i, "--type", &type)) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-        } else if ((r = cli_opt_value(C, usage_quantize, argc, argv, &i, "--out", &out)) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-        } else if ((r = cli_opt_value(C, usage_quantize, argc, argv, &i, "--eval-data", &data)) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-        } else if ((r = cli_opt_value(C, usage_quantize, argc, argv, &i, "--eval-seq", &seq_text)) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-        } else if ((r = cli_opt_value(C, usage_quantize, argc, argv, &i, "--eval-tokens", &tok_text)) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-        } else if ((r = cli_opt_value(C, usage_quantize, argc, argv, &i, "--eval-chunk", &chunk_text)) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-        } else if ((r = cli_opt_value(C, usage_quantize, argc, argv, &i, "--threads", &threads_text)) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-        } else if ((r = cli_opt_flag(C, usage_quantize, a, "--json")) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-            json = 1;
-        } else if ((r = cli_opt_flag(C, usage_quantize, a, "--quiet")) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-            quiet = 1;
         } else if (a[0] == '-') {
             return cli_usage_error(C, usage_quantize, "unknown option '%s'", a);
         } else {

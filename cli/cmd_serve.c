@@ -873,6 +873,7 @@ int cmd_serve(int argc, char **argv) {
     int weights = -1; /* as stored */
     fr_kv_type kv = FR_KV_F32;
     const char *cmd = "serve";
+    const cli_opt opts[] = {{"--model", &model, NULL}, {"--host", &host, NULL}};
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
         int r;
@@ -881,8 +882,9 @@ int cmd_serve(int argc, char **argv) {
             return CLI_EXIT_OK;
         }
 #define VALUE(nm) ((r = cli_opt_value(cmd, usage_serve, argc, argv, &i, nm, &v)) != 0)
-        if (VALUE("--model")) { if (r < 0) return CLI_EXIT_USAGE; model = v; }
-        else if (VALUE("--host")) { if (r < 0) return CLI_EXIT_USAGE; host = v; }
+        if ((r = cli_opt_match(cmd, usage_serve, argc, argv, &i, opts, CLI_N_OPTS(opts))) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+        }
         else if (VALUE("--port")) { if (r < 0 || cli_parse_int(cmd, usage_serve, "--port", v, 0, 65535, &port)) return CLI_EXIT_USAGE; }
         else if (VALUE("--parallel")) { if (r < 0 || cli_parse_int(cmd, usage_serve, "--parallel", v, 1, 256, &parallel)) return CLI_EXIT_USAGE; }
         else if (VALUE("--ctx")) { if (r < 0 || cli_parse_int(cmd, usage_serve, "--ctx", v, 2, 1 << 24, &ctx)) return CLI_EXIT_USAGE; }

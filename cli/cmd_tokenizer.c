@@ -153,6 +153,12 @@ static int cmd_tok_train(int argc, char **argv) {
         free(specials);
         return cli_fail("out of memory");
     }
+    const cli_opt opts[] = {
+        {"--vocab-size", &vocab_text, NULL}, {"--output", &out_dir, NULL},
+        {"--min-frequency", &minf_text, NULL}, {"--threads", &threads_text, NULL},
+        {"--bos", &bos, NULL}, {"--eos", &eos, NULL}, {"--pad", &pad, NULL},
+        {"--force", NULL, &force}, {"--quiet", NULL, &quiet},
+    };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int r;
@@ -165,26 +171,8 @@ static int cmd_tok_train(int argc, char **argv) {
             if (r < 0) goto out;
         } else if ((r = opt_values(cmd, usage_tok_train, argc, argv, &i, "--special", specials, &n_special)) != 0) {
             if (r < 0) goto out;
-        } else if ((r = cli_opt_value(cmd, usage_tok_train, argc, argv, &i, "--vocab-size", &vocab_text)) != 0) {
+        } else if ((r = cli_opt_match(cmd, usage_tok_train, argc, argv, &i, opts, CLI_N_OPTS(opts))) != 0) {
             if (r < 0) goto out;
-        } else if ((r = cli_opt_value(cmd, usage_tok_train, argc, argv, &i, "--output", &out_dir)) != 0) {
-            if (r < 0) goto out;
-        } else if ((r = cli_opt_value(cmd, usage_tok_train, argc, argv, &i, "--min-frequency", &minf_text)) != 0) {
-            if (r < 0) goto out;
-        } else if ((r = cli_opt_value(cmd, usage_tok_train, argc, argv, &i, "--threads", &threads_text)) != 0) {
-            if (r < 0) goto out;
-        } else if ((r = cli_opt_value(cmd, usage_tok_train, argc, argv, &i, "--bos", &bos)) != 0) {
-            if (r < 0) goto out;
-        } else if ((r = cli_opt_value(cmd, usage_tok_train, argc, argv, &i, "--eos", &eos)) != 0) {
-            if (r < 0) goto out;
-        } else if ((r = cli_opt_value(cmd, usage_tok_train, argc, argv, &i, "--pad", &pad)) != 0) {
-            if (r < 0) goto out;
-        } else if ((r = cli_opt_flag(cmd, usage_tok_train, a, "--force")) != 0) {
-            if (r < 0) goto out;
-            force = 1;
-        } else if ((r = cli_opt_flag(cmd, usage_tok_train, a, "--quiet")) != 0) {
-            if (r < 0) goto out;
-            quiet = 1;
         } else if (a[0] == '-') {
             cli_usage_error(cmd, usage_tok_train, "unknown option '%s'", a);
             goto out;
@@ -327,6 +315,10 @@ static int cmd_tok_encode(int argc, char **argv) {
     const char *cmd = "tokenizer encode";
     const char *tok_path = NULL, *text = NULL, *file = NULL;
     int json = 0, no_special = 0;
+    const cli_opt opts[] = {
+        {"--tokenizer", &tok_path, NULL}, {"--file", &file, NULL},
+        {"--json", NULL, &json}, {"--no-special", NULL, &no_special},
+    };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int r;
@@ -334,21 +326,13 @@ static int cmd_tok_encode(int argc, char **argv) {
             usage_tok_encode(stdout);
             return CLI_EXIT_OK;
         }
-        if ((r = cli_opt_value(cmd, usage_tok_encode, argc, argv, &i, "--tokenizer", &tok_path)) != 0) {
+        if ((r = cli_opt_match(cmd, usage_tok_encode, argc, argv, &i, opts, CLI_N_OPTS(opts))) != 0) {
             if (r < 0) return CLI_EXIT_USAGE;
         } else if (strncmp(a, "--text", 6) == 0 && (a[6] == 0 || a[6] == '=')) {
             /* the text may itself start with "--": take the next argument as is */
             if (a[6] == '=') text = a + 7;
             else if (i + 1 < argc) text = argv[++i];
             else return cli_usage_error(cmd, usage_tok_encode, "option '--text' needs a value");
-        } else if ((r = cli_opt_value(cmd, usage_tok_encode, argc, argv, &i, "--file", &file)) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-        } else if ((r = cli_opt_flag(cmd, usage_tok_encode, a, "--json")) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-            json = 1;
-        } else if ((r = cli_opt_flag(cmd, usage_tok_encode, a, "--no-special")) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-            no_special = 1;
         } else if (a[0] == '-') {
             return cli_usage_error(cmd, usage_tok_encode, "unknown option '%s'", a);
         } else {
@@ -395,6 +379,9 @@ static int cmd_tok_decode(int argc, char **argv) {
     const char *cmd = "tokenizer decode";
     const char *tok_path = NULL, *ids_text = NULL;
     int skip_special = 0;
+    const cli_opt opts[] = {
+        {"--tokenizer", &tok_path, NULL}, {"--ids", &ids_text, NULL}, {"--skip-special", NULL, &skip_special},
+    };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int r;
@@ -402,13 +389,8 @@ static int cmd_tok_decode(int argc, char **argv) {
             usage_tok_decode(stdout);
             return CLI_EXIT_OK;
         }
-        if ((r = cli_opt_value(cmd, usage_tok_decode, argc, argv, &i, "--tokenizer", &tok_path)) != 0) {
+        if ((r = cli_opt_match(cmd, usage_tok_decode, argc, argv, &i, opts, CLI_N_OPTS(opts))) != 0) {
             if (r < 0) return CLI_EXIT_USAGE;
-        } else if ((r = cli_opt_value(cmd, usage_tok_decode, argc, argv, &i, "--ids", &ids_text)) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-        } else if ((r = cli_opt_flag(cmd, usage_tok_decode, a, "--skip-special")) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-            skip_special = 1;
         } else if (a[0] == '-') {
             return cli_usage_error(cmd, usage_tok_decode, "unknown option '%s'", a);
         } else {

@@ -193,6 +193,7 @@ int cmd_train(int argc, char **argv) {
     const char *resume = NULL, *v = NULL;
     out_opts oo = {0, 0, 0, 0};
     int have_peak = 0;
+    const cli_opt flags[] = {{"--quiet", NULL, &oo.quiet}, {"--json", NULL, &oo.json}};
     for (int i = 1; i < argc; i++) {
         int r;
         long n;
@@ -274,14 +275,8 @@ int cmd_train(int argc, char **argv) {
             have_peak = 1;
             continue;
         }
-        if ((r = cli_opt_flag("train", usage_train, argv[i], "--quiet")) != 0) {
+        if ((r = cli_opt_match("train", usage_train, argc, argv, &i, flags, CLI_N_OPTS(flags))) != 0) {
             if (r < 0) return CLI_EXIT_USAGE;
-            oo.quiet = 1;
-            continue;
-        }
-        if ((r = cli_opt_flag("train", usage_train, argv[i], "--json")) != 0) {
-            if (r < 0) return CLI_EXIT_USAGE;
-            oo.json = 1;
             continue;
         }
 #undef STROPT
