@@ -6,7 +6,7 @@
 #define _GNU_SOURCE
 #include "frugal.h"
 #include "safetensors.h"
-#include "testutil.h"
+#include "cli_testutil.h"
 
 #include <dirent.h>
 #include <math.h>
@@ -17,37 +17,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#ifndef FR_FRUGAL_BIN
-#error "FR_FRUGAL_BIN must name the frugal binary (set by CMake)"
-#endif
 #ifndef FR_FIXTURES_DIR
 #define FR_FIXTURES_DIR "tests/fixtures"
 #endif
-
-static int run_frugal(const char *args, char **out) { return fr_test_run_frugal(FR_FRUGAL_BIN, args, out); }
-
-static void expect(const char *args, int want_rc, const char *must1, const char *must2) {
-    fr_test_expect_frugal(FR_FRUGAL_BIN, args, want_rc, must1, must2);
-}
-
-static void write_text(const char *path, const char *text) { fr_test_write_text(path, text); }
-
-static int file_exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
-/* Value of "key": NUMBER in a one-line JSON object; NAN if absent. */
-static double json_number(const char *json, const char *key) {
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":", key);
-    const char *p = strstr(json, pat);
-    if (!p) return NAN;
-    p += strlen(pat);
-    char *end;
-    double v = strtod(p, &end);
-    return end == p ? NAN : v;
-}
 
 static void test_usage(void) {
     expect("--help", 0, "eval", "not implemented");
@@ -117,7 +89,7 @@ static void test_tiny_model(const char *tmp) {
     snprintf(dir, sizeof dir, "%s/tiny", tmp);
     snprintf(cfg_path, sizeof cfg_path, "%s/tiny-config.json", tmp);
     snprintf(tok, sizeof tok, "%s/tokens.txt", tmp);
-    write_text(cfg_path, TINY_CONFIG);
+    fr_test_write_text(cfg_path, TINY_CONFIG);
     CHECK(mkdir(dir, 0755) == 0, "mkdir %s", dir);
 
     fr_config cfg;
@@ -136,20 +108,20 @@ static void test_tiny_model(const char *tmp) {
     if (st != FR_OK) return;
 
     /* Token-file validation: each error names its line. */
-    write_text(tok, "1 2 3\n4 x5 6\n");
+    fr_test_write_text(tok, "1 2 3\n4 x5 6\n");
     snprintf(args, sizeof args, "eval --model '%s' --tokens '%s'", dir, tok);
     expect(args, -1, "line 2", "x5");
-    write_text(tok, "1 2 3 4\n\n5 64 6\n");
+    fr_test_write_text(tok, "1 2 3 4\n\n5 64 6\n");
     expect(args, -1, "line 3", "64");
-    write_text(tok, "1 -2\n");
+    fr_test_write_text(tok, "1 -2\n");
     expect(args, -1, "line 1", "-2");
-    write_text(tok, "1 2\n\n7\n");
+    fr_test_write_text(tok, "1 2\n\n7\n");
     expect(args, -1, "line 3", "at least 2");
-    write_text(tok, "1 2\n99999999999999999999 3\n");
+    fr_test_write_text(tok, "1 2\n99999999999999999999 3\n");
     expect(args, -1, "line 2", NULL);
-    write_text(tok, "");
+    fr_test_write_text(tok, "");
     expect(args, -1, "no token sequences", NULL);
-    write_text(tok, "  \n\t\n");
+    fr_test_write_text(tok, "  \n\t\n");
     expect(args, -1, "no token sequences", NULL);
     snprintf(args, sizeof args, "eval --model '%s' --tokens '%s/does-not-exist.txt'", dir, tmp);
     expect(args, -1, "does-not-exist.txt", "error");
@@ -160,7 +132,7 @@ static void test_tiny_model(const char *tmp) {
     static const int s2[] = {60, 2, 33, 14, 27};
     const int *seqs[] = {s0, s1, s2};
     const int lens[] = {8, 3, 5};
-    write_text(tok, "3 17 42 5 9 63 0 12\n\n  8 8\t1  \r\n60 2 33 14 27");
+    fr_test_write_text(tok, "3 17 42 5 9 63 0 12\n\n  8 8\t1  \r\n60 2 33 14 27");
     double ref = NAN;
     long ref_n = 0;
     st = fr_model_load(&m, dir);
@@ -208,13 +180,13 @@ static int test_fixture(const char *name, int required) {
     snprintf(dir, sizeof dir, "%s/%s", FR_FIXTURES_DIR, name);
     snprintf(path, sizeof path, "%s/reference.safetensors", dir);
     snprintf(tok, sizeof tok, "%s/eval_tokens.txt", dir);
-    if (!file_exists(path)) return 0;
+    if (!fr_test_file_exists(path)) return 0;
     fr_st_file f;
     int st = fr_st_open(&f, path);
     CHECK(st == FR_OK, "%s: %s", path, fr_last_error());
     if (st != FR_OK) return 0;
     const fr_st_tensor *t = fr_st_find(&f, "eval_loss");
-    if (!t || !file_exists(tok)) {
+    if (!t || !fr_test_file_exists(tok)) {
         if (required) CHECK(0, "%s: fixture lacks eval_loss or eval_tokens.txt", name);
         fr_st_close(&f);
         return 0;
@@ -269,7 +241,7 @@ static void test_fixtures(void) {
 }
 
 int main(void) {
-    if (!file_exists(FR_FRUGAL_BIN)) {
+    if (!fr_test_file_exists(FR_FRUGAL_BIN)) {
         CHECK(0, "frugal binary %s not found", FR_FRUGAL_BIN);
         return fr_test_finish("test_cli");
     }
@@ -287,15 +259,13 @@ int main(void) {
     expect(args, -1, "error", "none.txt");
     char tok[300];
     snprintf(tok, sizeof tok, "%s/ok.txt", tmp);
-    write_text(tok, "1 2 3\n");
+    fr_test_write_text(tok, "1 2 3\n");
     snprintf(args, sizeof args, "eval --model '%s/no-such-model' --tokens '%s'", tmp, tok);
     expect(args, -1, "error", "no-such-model");
 
     test_tiny_model(tmp);
     test_fixtures();
 
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-    if (system(cmd) != 0) printf("note: could not remove %s\n", tmp);
+    fr_test_rm_rf(tmp);
     return fr_test_finish("test_cli");
 }

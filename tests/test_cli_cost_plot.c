@@ -7,7 +7,7 @@
  *    heat map has a cell per layer and expert; --terminal; bad input fails clearly. */
 #define _GNU_SOURCE
 #include "frugal.h"
-#include "testutil.h"
+#include "cli_testutil.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -18,56 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#ifndef FR_FRUGAL_BIN
-#error "FR_FRUGAL_BIN must name the frugal binary (set by CMake)"
-#endif
-
 static char tmp[256];
-
-/* Run `frugal ARGS`; stdout only into *out (stderr into *err when err != NULL, else merged). */
-static int run_frugal(const char *args, char **out, char **err) {
-    char errpath[300];
-    snprintf(errpath, sizeof errpath, "%s/stderr.txt", tmp);
-    size_t n = strlen(FR_FRUGAL_BIN) + strlen(args) + 400;
-    char *cmd = malloc(n);
-    if (err) snprintf(cmd, n, "'%s' %s 2>'%s'", FR_FRUGAL_BIN, args, errpath);
-    else snprintf(cmd, n, "'%s' %s 2>&1", FR_FRUGAL_BIN, args);
-    FILE *p = popen(cmd, "r");
-    free(cmd);
-    size_t cap = 4096, len = 0;
-    char *buf = malloc(cap);
-    buf[0] = 0;
-    if (p) {
-        size_t got;
-        while ((got = fread(buf + len, 1, cap - len - 1, p)) > 0) {
-            len += got;
-            if (cap - len < 1024) {
-                cap *= 2;
-                buf = realloc(buf, cap);
-            }
-        }
-        buf[len] = 0;
-    }
-    int st = p ? pclose(p) : -1;
-    *out = buf;
-    if (err) {
-        FILE *f = fopen(errpath, "r");
-        char *e = calloc(1, 65536);
-        if (f) {
-            size_t got = fread(e, 1, 65535, f);
-            e[got] = 0;
-            fclose(f);
-        }
-        *err = e;
-    }
-    if (st == -1) return -1;
-    if (WIFEXITED(st)) return WEXITSTATUS(st);
-    return 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
-}
-
-static void expect(const char *args, int want_rc, const char *must1, const char *must2) {
-    fr_test_expect_frugal(FR_FRUGAL_BIN, args, want_rc, must1, must2);
-}
 
 static void write_text(const char *path, const char *text, const char *mode) {
     FILE *f = fopen(path, mode);
@@ -77,19 +28,6 @@ static void write_text(const char *path, const char *text, const char *mode) {
     }
     fputs(text, f);
     fclose(f);
-}
-
-static char *read_all(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    size_t got = fread(buf, 1, (size_t)n, f);
-    buf[got] = 0;
-    fclose(f);
-    return buf;
 }
 
 static int near(double a, double b) { return fabs(a - b) <= 1e-12 * fmax(1.0, fmax(fabs(a), fabs(b))); }
@@ -146,7 +84,7 @@ static void make_ledger(void) {
 static cJSON *cost_json(const char *extra) {
     char args[1024], *out = NULL, *err = NULL;
     snprintf(args, sizeof args, "cost --ledger '%s' --json %s", ledger, extra);
-    int rc = run_frugal(args, &out, &err);
+    int rc = run_frugal_err(args, &out, &err);
     CHECK(rc == 0, "frugal %s: exit %d\n%s%s", args, rc, out, err);
     cJSON *j = cJSON_Parse(out);
     CHECK(cJSON_IsObject(j), "frugal %s: not one JSON object:\n%s", args, out);
@@ -252,9 +190,9 @@ static void test_cost(void) {
     {
         char *a_out = NULL, *b_out = NULL;
         snprintf(args, sizeof args, "cost --ledger '%s' --json", ledger);
-        int ra = run_frugal(args, &a_out, NULL);
+        int ra = run_frugal(args, &a_out);
         snprintf(args, sizeof args, "cost '%s' --json", tmp);
-        int rb = run_frugal(args, &b_out, NULL);
+        int rb = run_frugal(args, &b_out);
         CHECK(ra == 0 && rb == 0 && a_out && b_out && strcmp(a_out, b_out) == 0,
               "frugal cost PROJECT_DIR reads PROJECT_DIR/ledger.jsonl (exit %d / %d)", ra, rb);
         free(a_out);
@@ -269,7 +207,7 @@ static void test_cost(void) {
     write_text(ledger, "{\"v\":1,\"record\":\"end\",\"run_id\":\"2025", "a");
     char *out = NULL, *err = NULL;
     snprintf(args, sizeof args, "cost --ledger '%s' --json", ledger);
-    int rc = run_frugal(args, &out, &err);
+    int rc = run_frugal_err(args, &out, &err);
     cJSON *t = cJSON_Parse(out);
     CHECK(rc == 0 && t && jnum(t, "skipped_lines") == 1 && near(jnum(t, "lifecycle.totals.cost_usd"), 0.78),
           "torn line skipped: rc %d\n%s", rc, out);
@@ -296,7 +234,7 @@ static void test_cost(void) {
     snprintf(e.status, sizeof e.status, "finished");
     CHECK(fr_ledger_update(lib_ledger, &e) == FR_OK, "end");
     snprintf(args, sizeof args, "cost --ledger '%s' --json", lib_ledger);
-    rc = run_frugal(args, &out, NULL);
+    rc = run_frugal(args, &out);
     t = cJSON_Parse(out);
     CHECK(rc == 0 && t && near(jnum(t, "final.totals.device_hours"), 2) && near(jnum(t, "final.totals.cost_usd"), 0.04) &&
               near(jnum(t, "ratio.cost_usd"), 1.0),
@@ -428,10 +366,10 @@ static char *plot_svg(const char *args, const char *svg_name) {
     unlink(svg);
     snprintf(full, sizeof full, "plot %s --out '%s'", args, svg);
     char *out = NULL;
-    int rc = run_frugal(full, &out, NULL);
+    int rc = run_frugal(full, &out);
     CHECK(rc == 0, "frugal %s: exit %d\n%s", full, rc, out);
     free(out);
-    char *s = read_all(svg);
+    char *s = fr_test_read_file(svg, NULL);
     CHECK(s != NULL, "%s was not written", svg);
     if (s) {
         char why[128] = "";
@@ -527,7 +465,7 @@ static void test_plot(void) {
     /* terminal chart */
     char *out = NULL, *err = NULL;
     snprintf(args, sizeof args, "plot '%s' '%s' --terminal", r1, r2);
-    int rc = run_frugal(args, &out, &err);
+    int rc = run_frugal_err(args, &out, &err);
     CHECK(rc == 0 && strstr(out, "Training loss") && strstr(out, "\xe2\xa3\xbf run-alpha: 50 points") &&
               strstr(out, "run-beta: 30 points"),
           "terminal chart: rc %d\n%s", rc, out);
@@ -583,8 +521,6 @@ int main(void) {
     }
     test_cost();
     test_plot();
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-    if (system(cmd) != 0) printf("warning: could not remove %s\n", tmp);
+    fr_test_rm_rf(tmp);
     return fr_test_finish("test_cli_cost_plot");
 }

@@ -6,7 +6,7 @@
  *  - Ctrl-C (SIGINT) during data prepare: exit 130, no output and no temporary folder. */
 #define _GNU_SOURCE
 #include "frugal.h"
-#include "testutil.h"
+#include "cli_testutil.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -21,46 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifndef FR_FRUGAL_BIN
-#error "FR_FRUGAL_BIN must name the frugal binary (set by CMake)"
-#endif
-
 static char g_tmp[256];
-
-static int run_frugal(const char *args, char **out) { return fr_test_run_frugal(FR_FRUGAL_BIN, args, out); }
-
-static void expect(const char *args, int want_rc, const char *must1, const char *must2) {
-    fr_test_expect_frugal(FR_FRUGAL_BIN, args, want_rc, must1, must2);
-}
-
-static void write_text(const char *path, const char *text) { fr_test_write_text(path, text); }
-
-static int exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
-static int no_tmp_leftovers(void) {
-    DIR *d = opendir(g_tmp);
-    if (!d) return 0;
-    struct dirent *e;
-    int ok = 1;
-    while ((e = readdir(d)) != NULL)
-        if (strstr(e->d_name, ".tmp-") || strstr(e->d_name, ".old-")) ok = 0;
-    closedir(d);
-    return ok;
-}
-
-static double json_number(const char *json, const char *key) {
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":", key);
-    const char *p = strstr(json, pat);
-    if (!p) return NAN;
-    p += strlen(pat);
-    char *end;
-    double v = strtod(p, &end);
-    return end == p ? NAN : v;
-}
 
 static void test_usage(void) {
     expect("--help", 0, "data", "tokenizer");
@@ -126,7 +87,7 @@ static void test_tokenizer_cli(char *tok_dir, size_t n_tok_dir) {
     expect(args, 0, "trained tokenizer", "vocab size 350");
     char tj[400];
     snprintf(tj, sizeof tj, "%s/tokenizer.json", tok_dir);
-    CHECK(exists(tj), "tokenizer train did not write %s", tj);
+    CHECK(fr_test_file_exists(tj), "tokenizer train did not write %s", tj);
     expect(args, 1, "already exists", "--force");
     snprintf(args, sizeof args, "tokenizer train --vocab-size 350 --input '%s/none.txt' --output '%s/t2'", g_tmp, g_tmp);
     expect(args, 1, "none.txt", NULL);
@@ -157,7 +118,7 @@ static void test_tokenizer_cli(char *tok_dir, size_t n_tok_dir) {
     free(out);
     char file[300];
     snprintf(file, sizeof file, "%s/enc.txt", g_tmp);
-    write_text(file, text);
+    fr_test_write_text(file, text);
     snprintf(args, sizeof args, "tokenizer encode --tokenizer '%s' --file '%s'", tok_dir, file);
     rc = run_frugal(args, &out);
     CHECK(rc == 0 && strncmp(out, want, strlen(want)) == 0, "encode --file: %s", out);
@@ -209,7 +170,7 @@ static void test_data_cli(const char *tok_dir) {
         fclose(f);
     }
     snprintf(jl, sizeof jl, "%s/more.jsonl", g_tmp);
-    write_text(jl, "{\"text\": \"a JSONL document\"}\n{\"text\": \"another one\"}\n");
+    fr_test_write_text(jl, "{\"text\": \"a JSONL document\"}\n{\"text\": \"another one\"}\n");
     snprintf(out, sizeof out, "%s/ds", g_tmp);
     snprintf(args, sizeof args,
              "data prepare --tokenizer '%s' --input '%s' --input '%s' --output '%s' --val-fraction 0.2 "
@@ -224,7 +185,7 @@ static void test_data_cli(const char *tok_dir) {
     CHECK(train_tok > 1000 && val_tok > 0, "tokens %g / %g", train_tok, val_tok);
     CHECK(!isnan(json_number(o, "mb_per_s")), "no mb_per_s: %s", o);
     free(o);
-    CHECK(no_tmp_leftovers(), "temporary folder left after success");
+    CHECK(fr_test_no_tmp_leftovers(g_tmp), "temporary folder left after success");
 
     snprintf(args, sizeof args, "data info '%s'", out);
     char want_train[64];
@@ -242,7 +203,7 @@ static void test_data_cli(const char *tok_dir) {
     snprintf(args, sizeof args, "data prepare --tokenizer '%s' --input '%s' --output '%s' --quiet --force --val-fraction 0", tok_dir,
              jl, out);
     expect(args, 0, "prepared", "2 docs");
-    CHECK(no_tmp_leftovers(), "temporary folder left after --force");
+    CHECK(fr_test_no_tmp_leftovers(g_tmp), "temporary folder left after --force");
 
     /* runtime errors name the file, exit 1, leave nothing */
     char out2[300];
@@ -252,12 +213,12 @@ static void test_data_cli(const char *tok_dir) {
     expect(args, 1, "missing.txt", "error");
     char bad[300];
     snprintf(bad, sizeof bad, "%s/bad.jsonl", g_tmp);
-    write_text(bad, "{\"text\": \"fine\"}\n{\"txt\": \"typo\"}\n");
+    fr_test_write_text(bad, "{\"text\": \"fine\"}\n{\"txt\": \"typo\"}\n");
     snprintf(args, sizeof args, "data prepare --tokenizer '%s' --input '%s' --output '%s'", tok_dir, bad, out2);
     expect(args, 1, "bad.jsonl: line 2", "text");
     snprintf(args, sizeof args, "data prepare --tokenizer '%s/nope' --input '%s' --output '%s'", g_tmp, jl, out2);
     expect(args, 1, "nope", NULL);
-    CHECK(!exists(out2) && no_tmp_leftovers(), "output or temporary left after failures");
+    CHECK(!fr_test_file_exists(out2) && fr_test_no_tmp_leftovers(g_tmp), "output or temporary left after failures");
 
     /* data info on a corrupt dataset fails naming the shard */
     snprintf(p, sizeof p, "%s/ds/train_00000.bin", g_tmp);
@@ -326,11 +287,11 @@ static void test_sigint(const char *tok_dir) {
     }
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 130, "SIGINT: status %d, want exit 130:\n%s", status, buf);
     CHECK(strstr(buf, "interrupted") != NULL, "SIGINT: no message:\n%s", buf);
-    CHECK(!exists(out) && no_tmp_leftovers(), "SIGINT: output or temporary folder left");
+    CHECK(!fr_test_file_exists(out) && fr_test_no_tmp_leftovers(g_tmp), "SIGINT: output or temporary folder left");
 }
 
 int main(void) {
-    if (!exists(FR_FRUGAL_BIN)) {
+    if (!fr_test_file_exists(FR_FRUGAL_BIN)) {
         CHECK(0, "frugal binary %s not found", FR_FRUGAL_BIN);
         return fr_test_finish("test_cli_data");
     }
@@ -345,12 +306,10 @@ int main(void) {
     test_tokenizer_cli(tok_dir, sizeof tok_dir);
     char tj[400];
     snprintf(tj, sizeof tj, "%s/tokenizer.json", tok_dir);
-    if (exists(tj)) {
+    if (fr_test_file_exists(tj)) {
         test_data_cli(tok_dir);
         test_sigint(tok_dir);
     }
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);
-    if (system(cmd) != 0) printf("note: could not remove %s\n", g_tmp);
+    fr_test_rm_rf(g_tmp);
     return fr_test_finish("test_cli_data");
 }

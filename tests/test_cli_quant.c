@@ -4,7 +4,7 @@
  * format + fr_engine_eval_dataset for the engine_* keys). */
 #define _GNU_SOURCE
 #include "frugal.h"
-#include "testutil.h"
+#include "cli_testutil.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -14,18 +14,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#ifndef FR_FRUGAL_BIN
-#error "FR_FRUGAL_BIN must name the frugal binary (set by CMake)"
-#endif
 #ifndef FR_FIXTURES_DIR
 #define FR_FIXTURES_DIR "tests/fixtures"
 #endif
-
-static int run_frugal(const char *args, char **out) { return fr_test_run_frugal(FR_FRUGAL_BIN, args, out); }
-
-static void expect(const char *args, int want_rc, const char *must1, const char *must2) {
-    fr_test_expect_frugal(FR_FRUGAL_BIN, args, want_rc, must1, must2);
-}
 
 static const char *CONFIG =
     "{\"architectures\": [\"DeepseekV3ForCausalLM\"], \"model_type\": \"deepseek_v3\",\n"
@@ -39,14 +30,6 @@ static const char *CONFIG =
     " \"rope_theta\": 10000.0, \"rope_scaling\": null, \"rope_interleave\": true, \"rms_norm_eps\": 1e-6,\n"
     " \"tie_word_embeddings\": false, \"initializer_range\": 0.02, \"hidden_act\": \"silu\",\n"
     " \"bos_token_id\": 0, \"eos_token_id\": 1, \"pad_token_id\": null}\n";
-
-/* Value of "key": number in a one-line JSON object (NaN if absent). */
-static double json_num(const char *text, const char *key) {
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\": ", key);
-    const char *p = strstr(text, pat);
-    return p ? strtod(p + strlen(pat), NULL) : NAN;
-}
 
 int main(void) {
     expect("quantize --help", 0, "usage: frugal quantize", "q4_1");
@@ -105,7 +88,7 @@ int main(void) {
         char *text = NULL;
         int rc = run_frugal(args, &text);
         CHECK(rc == 0, "quantize --eval-data: exit %d\n%s", rc, text);
-        double lf = json_num(text, "fp32_loss"), lq = json_num(text, "quant_loss"), nt = json_num(text, "eval_tokens");
+        double lf = json_number(text, "fp32_loss"), lq = json_number(text, "quant_loss"), nt = json_number(text, "eval_tokens");
         double ref_f = NAN, ref_q = NAN;
         long n = 0;
         fr_eval_dataset(m, data, "val", 64, 8, 1025, &ref_f, &n);
@@ -120,9 +103,9 @@ int main(void) {
               "CLI losses %.9g %.9g vs library %.9g %.9g", lf, lq, ref_f, ref_q);
         CHECK(lf != lq, "the quantized loss differs from the FP32 one (the weights changed)");
         /* the engine measurement: the q8_0 folder run in q8_0, 8 tokens per call (default) */
-        double le = json_num(text, "engine_loss"), pe = json_num(text, "engine_ppl"),
-               ce = json_num(text, "engine_ppl_change_pct"), pq = json_num(text, "quant_ppl"),
-               pf = json_num(text, "fp32_ppl"), chunk = json_num(text, "engine_chunk");
+        double le = json_number(text, "engine_loss"), pe = json_number(text, "engine_ppl"),
+               ce = json_number(text, "engine_ppl_change_pct"), pq = json_number(text, "quant_ppl"),
+               pf = json_number(text, "fp32_ppl"), chunk = json_number(text, "engine_chunk");
         CHECK(isfinite(le) && isfinite(pe) && isfinite(ce) && chunk == 8, "engine keys: loss %g ppl %g change %g chunk %g\n%s",
               le, pe, ce, chunk, text);
         CHECK(fabs(pe - exp(le)) <= 1e-12 * pe && fabs(ce - 100.0 * (pe / pf - 1.0)) <= 1e-9 * (1 + fabs(ce)),
@@ -156,12 +139,12 @@ int main(void) {
         snprintf(args, sizeof args, "eval --model '%s' --tokens '%s' --json", model, toks);
         text = NULL;
         rc = run_frugal(args, &text);
-        double ev_f = json_num(text, "loss");
+        double ev_f = json_number(text, "loss");
         free(text);
         snprintf(args, sizeof args, "eval --model '%s' --tokens '%s' --engine --weights q8_0 --chunk 3 --json", out, toks);
         text = NULL;
         rc = run_frugal(args, &text);
-        double ev_q = json_num(text, "loss");
+        double ev_q = json_number(text, "loss");
         CHECK(rc == 0 && isfinite(ev_q) && isfinite(ev_f) && fabs(ev_q / ev_f - 1.0) <= 0.01,
               "eval --engine --weights q8_0 of the folder: exit %d, loss %.9g vs FP32 %.9g\n%s", rc, ev_q, ev_f, text);
         free(text);
@@ -179,9 +162,9 @@ int main(void) {
         text = NULL;
         rc = run_frugal(args, &text);
         CHECK(rc == 0, "quantize q4_1 --eval-chunk 1: exit %d\n%s", rc, text);
-        pe = json_num(text, "engine_ppl");
-        pq = json_num(text, "quant_ppl");
-        CHECK(isfinite(pe) && json_num(text, "engine_chunk") == 1 && fabs(pe / pq - 1.0) <= 0.05,
+        pe = json_number(text, "engine_ppl");
+        pq = json_number(text, "quant_ppl");
+        CHECK(isfinite(pe) && json_number(text, "engine_chunk") == 1 && fabs(pe / pq - 1.0) <= 0.05,
               "q4_1 engine ppl %.6f vs dequantized %.6f\n%s", pe, pq, text);
         printf("q4_1: dequantized ppl %.6f, engine (chunk 1) %.6f\n", pq, pe);
         free(text);
@@ -191,7 +174,6 @@ int main(void) {
         expect(args, 0, "inference engine", "8 tokens per call");
     }
     if (m) fr_model_free(m);
-    snprintf(args, sizeof args, "rm -rf '%s'", tmp);
-    if (system(args) != 0) fprintf(stderr, "could not remove %s\n", tmp);
+    fr_test_rm_rf(tmp);
     return fr_test_finish("test_cli_quant");
 }

@@ -308,71 +308,65 @@ static void test_defaults(void) {
 }
 
 static void test_bad(void) {
-    expect_subst_err("unknown model_type", V3_JSON, "\"deepseek_v3\"", "\"llama\"", FR_ERR_CONFIG,
-                     "unsupported model_type 'llama'");
+    /* Each row: BASE with FROM replaced by TO must fail with CODE and a message holding NEEDLE
+     * (see expect_subst_err). One table so a new bad config is one line. */
+    const struct {
+        const char *what, *base, *from, *to;
+        int code;
+        const char *needle;
+    } cases[] = {
+        {"unknown model_type", V3_JSON, "\"deepseek_v3\"",
+         "\"llama\"", FR_ERR_CONFIG, "unsupported model_type 'llama'"},
+        {"missing hidden_size", V3_JSON, "\"hidden_size\": 7168,", "", FR_ERR_CONFIG, "missing key 'hidden_size'"},
+        {"missing vocab_size", V3_JSON, "\"vocab_size\": 129280",
+         "\"x\": 1", FR_ERR_CONFIG, "missing key 'vocab_size'"},
+        {"missing num_experts_per_tok", V3_JSON, "\"num_experts_per_tok\": 8,",
+         "", FR_ERR_CONFIG, "num_experts_per_tok"},
+        {"null hidden_size", V3_JSON, "\"hidden_size\": 7168", "\"hidden_size\": null", FR_ERR_CONFIG, "hidden_size"},
+        {"zero heads", V3_JSON, "\"num_attention_heads\": 128",
+         "\"num_attention_heads\": 0", FR_ERR_CONFIG, "num_attention_heads"},
+        {"negative size", V3_JSON, "\"hidden_size\": 7168", "\"hidden_size\": -7168", FR_ERR_CONFIG, "hidden_size"},
+        {"top-k > experts", TINY_JSON, "\"num_experts_per_tok\": 4",
+         "\"num_experts_per_tok\": 17", FR_ERR_CONFIG, "num_experts_per_tok (17) > n_routed_experts (16)"},
+        {"topk_group > n_group", V3_JSON, "\"topk_group\": 4", "\"topk_group\": 9", FR_ERR_CONFIG, "topk_group"},
+        {"experts not divisible by n_group", V3_JSON, "\"n_group\": 8", "\"n_group\": 7", FR_ERR_CONFIG, "n_group"},
+        {"groups too small for top-k", TINY_JSON, "\"n_group\": 4, \"topk_group\": 2",
+         "\"n_group\": 8, \"topk_group\": 1", FR_ERR_CONFIG, "topk_group"},
+        {"noaux_tc one expert per group", TINY_JSON, "\"n_group\": 4", "\"n_group\": 16", FR_ERR_CONFIG, "n_group"},
+        {"odd qk_rope_head_dim", V3_JSON, "\"qk_rope_head_dim\": 64",
+         "\"qk_rope_head_dim\": 63", FR_ERR_CONFIG, "qk_rope_head_dim"},
+        {"string where int expected", V3_JSON, "\"hidden_size\": 7168",
+         "\"hidden_size\": \"7168\"", FR_ERR_CONFIG, "hidden_size"},
+        {"fractional int", V3_JSON, "\"num_hidden_layers\": 61",
+         "\"num_hidden_layers\": 61.5", FR_ERR_CONFIG, "num_hidden_layers"},
+        {"huge int", V3_JSON, "\"vocab_size\": 129280", "\"vocab_size\": 4294967296", FR_ERR_CONFIG, "vocab_size"},
+        {"string where float expected", V3_JSON, "\"rms_norm_eps\": 1e-06",
+         "\"rms_norm_eps\": \"1e-6\"", FR_ERR_CONFIG, "rms_norm_eps"},
+        {"zero eps", V3_JSON, "\"rms_norm_eps\": 1e-06", "\"rms_norm_eps\": 0", FR_ERR_CONFIG, "rms_norm_eps"},
+        {"negative rope_theta", V3_JSON, "\"rope_theta\": 10000", "\"rope_theta\": -1", FR_ERR_CONFIG, "rope_theta"},
+        {"bool as string", V3_JSON, "\"norm_topk_prob\": true",
+         "\"norm_topk_prob\": \"yes\"", FR_ERR_CONFIG, "norm_topk_prob"},
+        {"unknown scoring_func", V3_JSON, "\"sigmoid\"", "\"relu\"", FR_ERR_CONFIG, "scoring_func"},
+        {"unknown topk_method", V3_JSON, "\"noaux_tc\"", "\"random\"", FR_ERR_CONFIG, "topk_method"},
+        {"first_k_dense_replace > layers", V3_JSON, "\"first_k_dense_replace\": 3",
+         "\"first_k_dense_replace\": 62", FR_ERR_CONFIG, "first_k_dense_replace"},
+        {"too many MTP layers", V3_JSON, "\"num_nextn_predict_layers\": 1",
+         "\"num_nextn_predict_layers\": 9", FR_ERR_CONFIG, "num_nextn_predict_layers"},
+        {"rope dynamic", V3_JSON, "\"type\": \"yarn\"", "\"type\": \"dynamic\"", FR_ERR_UNSUPPORTED, "dynamic"},
+        {"rope factor string", V3_JSON, "\"factor\": 40", "\"factor\": \"40\"", FR_ERR_CONFIG, "rope_scaling.factor"},
+        {"attention_factor", V3_JSON, "\"factor\": 40",
+         "\"factor\": 40, \"attention_factor\": 1.2", FR_ERR_UNSUPPORTED, "attention_factor"},
+        {"attention_bias", V3_JSON, "\"attention_bias\": false",
+         "\"attention_bias\": true", FR_ERR_UNSUPPORTED, "attention_bias"},
+        {"hidden_act", V3_JSON, "\"hidden_act\": \"silu\"",
+         "\"hidden_act\": \"gelu\"", FR_ERR_UNSUPPORTED, "hidden_act"},
+        {"duplicate key", V3_JSON, "\"hidden_size\": 7168",
+         "\"hidden_size\": 7168, \"hidden_size\": 1024", FR_ERR_CONFIG, "hidden_size"},
+        {"malformed JSON", V3_JSON, "\"hidden_size\": 7168,", "\"hidden_size\": 7168,,", FR_ERR_FORMAT, "line 10"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        expect_subst_err(cases[i].what, cases[i].base, cases[i].from, cases[i].to, cases[i].code, cases[i].needle);
     expect_err("no model_type, no architectures", "{\"hidden_size\": 8}", FR_ERR_CONFIG, "model_type");
-    expect_subst_err("missing hidden_size", V3_JSON, "\"hidden_size\": 7168,", "", FR_ERR_CONFIG,
-                     "missing key 'hidden_size'");
-    expect_subst_err("missing vocab_size", V3_JSON, "\"vocab_size\": 129280", "\"x\": 1", FR_ERR_CONFIG,
-                     "missing key 'vocab_size'");
-    expect_subst_err("missing num_experts_per_tok", V3_JSON, "\"num_experts_per_tok\": 8,", "",
-                     FR_ERR_CONFIG, "num_experts_per_tok");
-    expect_subst_err("null hidden_size", V3_JSON, "\"hidden_size\": 7168", "\"hidden_size\": null",
-                     FR_ERR_CONFIG, "hidden_size");
-    expect_subst_err("zero heads", V3_JSON, "\"num_attention_heads\": 128",
-                     "\"num_attention_heads\": 0", FR_ERR_CONFIG, "num_attention_heads");
-    expect_subst_err("negative size", V3_JSON, "\"hidden_size\": 7168", "\"hidden_size\": -7168",
-                     FR_ERR_CONFIG, "hidden_size");
-    expect_subst_err("top-k > experts", TINY_JSON, "\"num_experts_per_tok\": 4",
-                     "\"num_experts_per_tok\": 17", FR_ERR_CONFIG, "num_experts_per_tok (17) > n_routed_experts (16)");
-    expect_subst_err("topk_group > n_group", V3_JSON, "\"topk_group\": 4", "\"topk_group\": 9",
-                     FR_ERR_CONFIG, "topk_group");
-    expect_subst_err("experts not divisible by n_group", V3_JSON, "\"n_group\": 8", "\"n_group\": 7",
-                     FR_ERR_CONFIG, "n_group");
-    expect_subst_err("groups too small for top-k", TINY_JSON, "\"n_group\": 4, \"topk_group\": 2",
-                     "\"n_group\": 8, \"topk_group\": 1",
-                     FR_ERR_CONFIG, "topk_group");
-    expect_subst_err("noaux_tc one expert per group", TINY_JSON, "\"n_group\": 4", "\"n_group\": 16",
-                     FR_ERR_CONFIG, "n_group");
-    expect_subst_err("odd qk_rope_head_dim", V3_JSON, "\"qk_rope_head_dim\": 64",
-                     "\"qk_rope_head_dim\": 63", FR_ERR_CONFIG, "qk_rope_head_dim");
-    expect_subst_err("string where int expected", V3_JSON, "\"hidden_size\": 7168",
-                     "\"hidden_size\": \"7168\"", FR_ERR_CONFIG, "hidden_size");
-    expect_subst_err("fractional int", V3_JSON, "\"num_hidden_layers\": 61",
-                     "\"num_hidden_layers\": 61.5", FR_ERR_CONFIG, "num_hidden_layers");
-    expect_subst_err("huge int", V3_JSON, "\"vocab_size\": 129280", "\"vocab_size\": 4294967296",
-                     FR_ERR_CONFIG, "vocab_size");
-    expect_subst_err("string where float expected", V3_JSON, "\"rms_norm_eps\": 1e-06",
-                     "\"rms_norm_eps\": \"1e-6\"", FR_ERR_CONFIG, "rms_norm_eps");
-    expect_subst_err("zero eps", V3_JSON, "\"rms_norm_eps\": 1e-06", "\"rms_norm_eps\": 0",
-                     FR_ERR_CONFIG, "rms_norm_eps");
-    expect_subst_err("negative rope_theta", V3_JSON, "\"rope_theta\": 10000", "\"rope_theta\": -1",
-                     FR_ERR_CONFIG, "rope_theta");
-    expect_subst_err("bool as string", V3_JSON, "\"norm_topk_prob\": true", "\"norm_topk_prob\": \"yes\"",
-                     FR_ERR_CONFIG, "norm_topk_prob");
-    expect_subst_err("unknown scoring_func", V3_JSON, "\"sigmoid\"", "\"relu\"", FR_ERR_CONFIG,
-                     "scoring_func");
-    expect_subst_err("unknown topk_method", V3_JSON, "\"noaux_tc\"", "\"random\"", FR_ERR_CONFIG,
-                     "topk_method");
-    expect_subst_err("first_k_dense_replace > layers", V3_JSON, "\"first_k_dense_replace\": 3",
-                     "\"first_k_dense_replace\": 62", FR_ERR_CONFIG, "first_k_dense_replace");
-    expect_subst_err("too many MTP layers", V3_JSON, "\"num_nextn_predict_layers\": 1",
-                     "\"num_nextn_predict_layers\": 9", FR_ERR_CONFIG, "num_nextn_predict_layers");
-    expect_subst_err("rope dynamic", V3_JSON, "\"type\": \"yarn\"", "\"type\": \"dynamic\"",
-                     FR_ERR_UNSUPPORTED, "dynamic");
-    expect_subst_err("rope factor string", V3_JSON, "\"factor\": 40", "\"factor\": \"40\"",
-                     FR_ERR_CONFIG, "rope_scaling.factor");
-    expect_subst_err("attention_factor", V3_JSON, "\"factor\": 40",
-                     "\"factor\": 40, \"attention_factor\": 1.2", FR_ERR_UNSUPPORTED,
-                     "attention_factor");
-    expect_subst_err("attention_bias", V3_JSON, "\"attention_bias\": false", "\"attention_bias\": true",
-                     FR_ERR_UNSUPPORTED, "attention_bias");
-    expect_subst_err("hidden_act", V3_JSON, "\"hidden_act\": \"silu\"", "\"hidden_act\": \"gelu\"",
-                     FR_ERR_UNSUPPORTED, "hidden_act");
-    expect_subst_err("duplicate key", V3_JSON, "\"hidden_size\": 7168",
-                     "\"hidden_size\": 7168, \"hidden_size\": 1024", FR_ERR_CONFIG, "hidden_size");
-    expect_subst_err("malformed JSON", V3_JSON, "\"hidden_size\": 7168,", "\"hidden_size\": 7168,,",
-                     FR_ERR_FORMAT, "line 10");
     expect_err("truncated JSON", "{\"model_type\": \"deepseek_v3\", ", FR_ERR_FORMAT, "malformed JSON");
     expect_err("trailing garbage", "{} x", FR_ERR_FORMAT, "byte 3");
     expect_err("empty text", "", FR_ERR_FORMAT, "malformed JSON");

@@ -33,46 +33,9 @@ static void write_file(const char *path, const void *data, size_t len) {
 }
 static void write_text(const char *path, const char *text) { write_file(path, text, strlen(text)); }
 
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    size_t got = fread(buf, 1, (size_t)n, f);
-    fclose(f);
-    buf[got] = 0;
-    if (len) *len = got;
-    return buf;
-}
-
-static int exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
-static void rm_rf(const char *path) {
-    char cmd[1200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
-    if (system(cmd) != 0) printf("note: could not remove %s\n", path);
-}
-
-/* No entry of g_tmp contains ".tmp-" (a leftover temporary output folder). */
-static int no_tmp_leftovers(void) {
-    DIR *d = opendir(g_tmp);
-    if (!d) return 0;
-    struct dirent *e;
-    int ok = 1;
-    while ((e = readdir(d)) != NULL)
-        if (strstr(e->d_name, ".tmp-") || strstr(e->d_name, ".old-")) ok = 0;
-    closedir(d);
-    return ok;
-}
-
 static int files_equal(const char *a, const char *b) {
     size_t la = 0, lb = 0;
-    char *x = read_all(a, &la), *y = read_all(b, &lb);
+    char *x = fr_test_read_file(a, &la), *y = fr_test_read_file(b, &lb);
     int eq = x && y && la == lb && memcmp(x, y, la) == 0;
     free(x);
     free(y);
@@ -247,7 +210,7 @@ static void test_prepare_roundtrip(void) {
     int rc = fr_data_prepare(&o, &st);
     CHECK(rc == FR_OK, "fr_data_prepare: %s", fr_last_error());
     if (rc != FR_OK) return;
-    CHECK(no_tmp_leftovers(), "temporary folder left after success");
+    CHECK(fr_test_no_tmp_leftovers(g_tmp), "temporary folder left after success");
 
     int val_docs = 0;
     for (int d = 0; d < g_n_docs; d++) val_docs += is_val(g_docs[d], strlen(g_docs[d]), 0.3);
@@ -256,16 +219,16 @@ static void test_prepare_roundtrip(void) {
 
     size_t bytes = 0;
     char *p;
-    p = read_all(g_in_text, &bytes);
+    p = fr_test_read_file(g_in_text, &bytes);
     free(p);
     size_t total_in = bytes;
-    p = read_all(g_in_jsonl, &bytes);
+    p = fr_test_read_file(g_in_jsonl, &bytes);
     free(p);
     total_in += bytes;
     const char *dir_files[] = {"a/x.txt", "a/y.jsonl", "b.txt"};
     for (int i = 0; i < 3; i++) {
         snprintf(path, sizeof path, "%s/%s", g_in_dir, dir_files[i]);
-        p = read_all(path, &bytes);
+        p = fr_test_read_file(path, &bytes);
         free(p);
         total_in += bytes;
     }
@@ -320,7 +283,7 @@ static void test_prepare_roundtrip(void) {
     }
     snprintf(path, sizeof path, "%s/train_00000.bin", out);
     size_t hl = 0;
-    unsigned char *h = (unsigned char *)read_all(path, &hl);
+    unsigned char *h = (unsigned char *)fr_test_read_file(path, &hl);
     CHECK(h && hl >= 64 && memcmp(h, "FRUGALTK", 8) == 0 && h[8] == 1 && h[12] == 2 && h[16] == 37 && h[17] == 0,
           "train_00000.bin header: magic/version/width/count wrong");
     if (h && hl >= 64) {
@@ -334,7 +297,7 @@ static void test_prepare_roundtrip(void) {
 
     /* meta.json and the tokenizer copy */
     snprintf(path, sizeof path, "%s/meta.json", out);
-    char *meta = read_all(path, NULL);
+    char *meta = fr_test_read_file(path, NULL);
     CHECK(meta && strstr(meta, "\"format_version\": 1") && strstr(meta, "\"token_width\": 2") &&
               strstr(meta, "\"split_rule\"") && strstr(meta, "\"val_fraction\": 0.29999999999999999") &&
               strstr(meta, "\"train_00000.bin\"") && strstr(meta, "docs.jsonl"),
@@ -434,8 +397,8 @@ static void test_threads_identical(void) {
     CHECK(fr_data_prepare(&o, NULL) == FR_OK, "prepare 2 threads: %s", fr_last_error());
     compare_dirs(o1, o2);
     compare_dirs(o2, o1);
-    rm_rf(o1);
-    rm_rf(o2);
+    fr_test_rm_rf(o1);
+    fr_test_rm_rf(o2);
 }
 
 /* A failing prepare: status `want` (0: any failure), message containing `must`, no output, no temporary. */
@@ -444,8 +407,8 @@ static void expect_fail(const fr_data_prepare_options *o, int want, const char *
     const char *msg = fr_last_error();
     CHECK(want ? rc == want : rc != FR_OK, "%s: status %d, want %d (%s)", what, rc, want, msg);
     CHECK(must == NULL || strstr(msg, must) != NULL, "%s: message lacks '%s': %s", what, must, msg);
-    CHECK(!exists(o->output_dir), "%s: output %s exists after failure", what, o->output_dir);
-    CHECK(no_tmp_leftovers(), "%s: temporary folder left behind", what);
+    CHECK(!fr_test_file_exists(o->output_dir), "%s: output %s exists after failure", what, o->output_dir);
+    CHECK(fr_test_no_tmp_leftovers(g_tmp), "%s: temporary folder left behind", what);
 }
 
 static int cancel_cb(void *user, double frac, const char *phase) {
@@ -520,7 +483,7 @@ static void test_bad_inputs(void) {
     o.tokenizer_dir = q;
     int rc = fr_data_prepare(&o, NULL);
     CHECK(rc != FR_OK && strstr(fr_last_error(), "no-such-tokenizer"), "missing tokenizer: %d %s", rc, fr_last_error());
-    CHECK(!exists(out) && no_tmp_leftovers(), "missing tokenizer left output");
+    CHECK(!fr_test_file_exists(out) && fr_test_no_tmp_leftovers(g_tmp), "missing tokenizer left output");
     o.tokenizer_dir = g_tok_dir;
 
     /* bad arguments */
@@ -562,21 +525,21 @@ static void test_existing_output(void) {
     mkdir(out, 0755);
     CHECK(fr_data_prepare(&o, NULL) == FR_OK, "prepare into an empty folder: %s", fr_last_error());
     snprintf(p, sizeof p, "%s/meta.json", out);
-    CHECK(exists(p), "meta.json missing");
+    CHECK(fr_test_file_exists(p), "meta.json missing");
 
     /* non-empty: refused, left untouched */
     snprintf(p, sizeof p, "%s/train_00000.bin", out);
     size_t before = 0;
-    char *orig = read_all(p, &before);
+    char *orig = fr_test_read_file(p, &before);
     o.val_fraction = 0.0;
     int rc = fr_data_prepare(&o, NULL);
     CHECK(rc == FR_ERR_ARG && strstr(fr_last_error(), "exist") && strstr(fr_last_error(), out),
           "non-empty output: %d %s", rc, fr_last_error());
     size_t after = 0;
-    char *now = read_all(p, &after);
+    char *now = fr_test_read_file(p, &after);
     CHECK(orig && now && before == after && memcmp(orig, now, before) == 0, "refused output was modified");
     free(now);
-    CHECK(no_tmp_leftovers(), "temporary folder left after refusal");
+    CHECK(fr_test_no_tmp_leftovers(g_tmp), "temporary folder left after refusal");
 
     /* replace: succeeds and the result has no val split now */
     fr_data_stats st;
@@ -587,10 +550,10 @@ static void test_existing_output(void) {
     fr_dataset *ds = NULL;
     rc = fr_dataset_open(&ds, out, "val");
     CHECK(rc == FR_ERR_FORMAT && strstr(fr_last_error(), "empty"), "empty val split: %d %s", rc, fr_last_error());
-    CHECK(no_tmp_leftovers(), "temporary/old folder left after replace");
+    CHECK(fr_test_no_tmp_leftovers(g_tmp), "temporary/old folder left after replace");
 
     /* a failing replace keeps the old dataset intact */
-    now = read_all(p, &after);
+    now = fr_test_read_file(p, &after);
     const char *in[1];
     char missing[400];
     snprintf(missing, sizeof missing, "%s/nope.txt", g_tmp);
@@ -600,7 +563,7 @@ static void test_existing_output(void) {
     bad.n_inputs = 1;
     CHECK(fr_data_prepare_replace(&bad, NULL) == FR_ERR_IO, "failing replace");
     size_t after2 = 0;
-    char *again = read_all(p, &after2);
+    char *again = fr_test_read_file(p, &after2);
     CHECK(now && again && after == after2 && memcmp(now, again, after) == 0, "failed replace changed the old dataset");
     free(now);
     free(again);
@@ -619,13 +582,13 @@ static void test_existing_output(void) {
     write_text(p, "keep me");
     o.output_dir = other;
     rc = fr_data_prepare_replace(&o, NULL);
-    CHECK(rc == FR_ERR_ARG && exists(p), "replace of a non-dataset folder: %d %s", rc, fr_last_error());
+    CHECK(rc == FR_ERR_ARG && fr_test_file_exists(p), "replace of a non-dataset folder: %d %s", rc, fr_last_error());
     /* an output that is a file */
     o.output_dir = p;
     rc = fr_data_prepare(&o, NULL);
     CHECK(rc == FR_ERR_ARG && strstr(fr_last_error(), "not a folder"), "output is a file: %d %s", rc, fr_last_error());
-    rm_rf(out);
-    rm_rf(other);
+    fr_test_rm_rf(out);
+    fr_test_rm_rf(other);
 }
 
 /* Copy a dataset folder. */
@@ -724,7 +687,7 @@ static void test_bad_shards(void) {
               fr_last_error());
         fr_dataset_close(ds);
     }
-    rm_rf(bad);
+    fr_test_rm_rf(bad);
 }
 
 /* A hand-written dataset with 4-byte tokens (vocab 70000) and three shards, one empty. */
@@ -776,7 +739,7 @@ static void test_width4(void) {
     snprintf(p, sizeof p, "%s/train_00000.bin", dir);
     patch(p, 12, "\x02", 1);
     expect_open_fail(dir, "train", "does not fit", "width 2 with vocab 70000");
-    rm_rf(dir);
+    fr_test_rm_rf(dir);
 }
 
 int main(void) {
@@ -797,6 +760,6 @@ int main(void) {
     }
     test_width4();
     if (g_tok) fr_tokenizer_free(g_tok);
-    rm_rf(g_tmp);
+    fr_test_rm_rf(g_tmp);
     return fr_test_finish("test_data");
 }

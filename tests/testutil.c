@@ -1,9 +1,13 @@
+#define _GNU_SOURCE /* popen, mkstemp */
 #include "testutil.h"
 
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
+#include <dirent.h>
 #include <math.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 int fr_test_passed = 0, fr_test_failed = 0;
 
@@ -23,29 +27,43 @@ int fr_test_finish(const char *suite) {
 }
 
 int fr_test_run_frugal(const char *bin, const char *args, char **out) {
-    size_t n = strlen(bin) + strlen(args) + 32;
+    return fr_test_run_frugal_err(bin, args, out, NULL);
+}
+
+int fr_test_run_frugal_err(const char *bin, const char *args, char **out, char **err) {
+    /* stderr goes to a file of its own: a second pipe would need a poll loop to avoid a deadlock */
+    char errpath[] = "/tmp/frugal-test-stderr-XXXXXX";
+    int efd = err ? mkstemp(errpath) : -1;
+    if (efd >= 0) close(efd);
+    size_t n = strlen(bin) + strlen(args) + sizeof errpath + 32;
     char *cmd = malloc(n);
-    snprintf(cmd, n, "'%s' %s 2>&1", bin, args);
+    if (efd >= 0) snprintf(cmd, n, "'%s' %s 2>'%s'", bin, args, errpath);
+    else if (err) snprintf(cmd, n, "'%s' %s 2>/dev/null", bin, args);
+    else snprintf(cmd, n, "'%s' %s 2>&1", bin, args);
     FILE *p = popen(cmd, "r");
     free(cmd);
     size_t cap = 4096, len = 0;
     char *buf = malloc(cap);
     buf[0] = 0;
-    if (!p) {
-        *out = buf;
-        return -1;
-    }
-    size_t got;
-    while ((got = fread(buf + len, 1, cap - len - 1, p)) > 0) {
-        len += got;
-        if (cap - len < 1024) {
-            cap *= 2;
-            buf = realloc(buf, cap);
+    int st = -1;
+    if (p) {
+        size_t got;
+        while ((got = fread(buf + len, 1, cap - len - 1, p)) > 0) {
+            len += got;
+            if (cap - len < 1024) {
+                cap *= 2;
+                buf = realloc(buf, cap);
+            }
         }
+        buf[len] = 0;
+        st = pclose(p);
     }
-    buf[len] = 0;
-    int st = pclose(p);
     *out = buf;
+    if (err) {
+        *err = efd >= 0 ? fr_test_read_file(errpath, NULL) : NULL;
+        if (!*err) *err = calloc(1, 1);
+        if (efd >= 0) unlink(errpath);
+    }
     if (st == -1) return -1;
     if (WIFEXITED(st)) return WEXITSTATUS(st);
     if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
@@ -71,6 +89,44 @@ void fr_test_write_text(const char *path, const char *text) {
     }
     fputs(text, f);
     fclose(f);
+}
+
+char *fr_test_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)(n > 0 ? n : 0) + 1);
+    size_t got = n > 0 ? fread(buf, 1, (size_t)n, f) : 0;
+    fclose(f);
+    buf[got] = 0;
+    if (len) *len = got;
+    return buf;
+}
+
+int fr_test_file_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+int fr_test_no_tmp_leftovers(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    struct dirent *e;
+    int ok = 1;
+    while ((e = readdir(d)) != NULL)
+        if (strstr(e->d_name, ".tmp-") || strstr(e->d_name, ".old-")) ok = 0;
+    closedir(d);
+    return ok;
+}
+
+void fr_test_rm_rf(const char *path) {
+    size_t n = strlen(path) + 16;
+    char *cmd = malloc(n);
+    snprintf(cmd, n, "rm -rf '%s'", path);
+    if (system(cmd) != 0) printf("note: could not remove %s\n", path);
+    free(cmd);
 }
 
 const char *fr_test_q32_config(int vocab_size) {

@@ -17,11 +17,23 @@ double fr_rel_err(const float *a, const float *b, size_t n);
 /* Run `BIN ARGS` (ARGS already shell-quoted) with stderr merged into the captured output.
  * Returns the exit status (128 + signal if killed, -1 if it could not run); *out is malloc'd. */
 int fr_test_run_frugal(const char *bin, const char *args, char **out);
+/* As fr_test_run_frugal, but with err != NULL stdout alone goes to *out and stderr to *err
+ * (malloc'd, "" if it could not be captured), for checks that must tell the two apart. */
+int fr_test_run_frugal_err(const char *bin, const char *args, char **out, char **err);
 /* Run `BIN ARGS` and check its exit status (want_rc < 0: any failure status 1..127, not a
  * crash) and that its output contains must1 and must2 (each may be NULL). */
 void fr_test_expect_frugal(const char *bin, const char *args, int want_rc, const char *must1, const char *must2);
 /* Write text to path (a failed check if it cannot). */
 void fr_test_write_text(const char *path, const char *text);
+/* Whole file, NUL-terminated and malloc'd (NULL if it cannot be opened); *len = bytes read
+ * when len != NULL. */
+char *fr_test_read_file(const char *path, size_t *len);
+int fr_test_file_exists(const char *path);
+/* 1 when no entry of dir holds ".tmp-" or ".old-" (a temporary or replaced output folder
+ * left behind by an interrupted or failed write), 0 otherwise or if dir cannot be read. */
+int fr_test_no_tmp_leftovers(const char *dir);
+/* rm -rf path; prints a note (not a failed check) if that fails: cleanup is not under test. */
+void fr_test_rm_rf(const char *path);
 /* config.json of a tiny DeepSeek-V3 MoE model (2 layers, MLA, 4 routed experts + 1 shared,
  * one MTP module) whose every linear width is a multiple of 32, so Q8_0 / Q4_1 can hold all
  * of them, with the given vocabulary size. Returns a static buffer. */
