@@ -631,7 +631,11 @@ static void quantize_act_row_c(const float *x, int cols, int8_t *q, float *d, fl
             amax = v > amax ? v : amax;
         }
         const float dx = amax / 127.f, inv = dx > 0.f ? 1.f / dx : 0.f;
-        for (int i = 0; i < FR_QBLOCK; i++) q[qx_index(b, i, nb, pairs)] = (int8_t)(int)((xb[i] * inv + magic) - magic);
+        int8_t *lo = q + qx_index(b, 0, nb, pairs), *hi = q + qx_index(b, 16, nb, pairs); /* values 0..15, 16..31 */
+        for (int i = 0; i < 16; i++) {
+            lo[i] = (int8_t)(int)((xb[i] * inv + magic) - magic);
+            hi[i] = (int8_t)(int)((xb[i + 16] * inv + magic) - magic);
+        }
         d[b] = dx;
         if (s) s[b] = block_sum_fixed(xb);
     }
@@ -702,10 +706,13 @@ static void row8_q4_1_c(const uint8_t *row, const qact *a, int j0, int nx, float
         const float *dx = a->d + (size_t)(j0 + j) * nb, *xs = a->s + (size_t)(j0 + j) * nb;
         float s = 0.f;
         for (int b = 0; b < nb; b++) {
+            /* where this block's activations 0..15 and 16..31 sit (qx_index, hoisted out of
+             * the value loop: the pair layout puts each half in 16 consecutive bytes) */
+            const int8_t *lo = qx + qx_index(b, 0, nb, 1), *hi = qx + qx_index(b, 16, nb, 1);
             int32_t isum = 0;
             for (int k = 0; k < 16; k++) {
                 const uint8_t v = q[b * 16 + k];
-                isum += (int32_t)(v & 15) * qx[qx_index(b, k, nb, 1)] + (int32_t)(v >> 4) * qx[qx_index(b, k + 16, nb, 1)];
+                isum += (int32_t)(v & 15) * lo[k] + (int32_t)(v >> 4) * hi[k];
             }
             s += fr_q_f16_to_f32(d[b]) * dx[b] * (float)isum + fr_q_f16_to_f32(mn[b]) * xs[b];
         }
