@@ -13,6 +13,7 @@
  * (dense parts, shared + top-k routed experts, output head, in their storage format): the
  * fastest a batch-1 decode can go when it must stream its active weights from memory —
  * and the time of a 2-token append (the speculative verify step) relative to a 1-token one.
+ * Prints a Markdown table, then one JSON line per format ({"bench": "infer", ...}).
  */
 #include "bench_common.h"
 
@@ -25,7 +26,7 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: bench_infer [--config FILE] [--prompt N] [--gen N] [--threads N] [--weights LIST] [--json]\n"
+            "usage: bench_infer [--config FILE] [--prompt N] [--gen N] [--threads N] [--weights LIST]\n"
             "\n"
             "  --config FILE  model config.json (default: bench/configs/bench-infer.json)\n"
             "  --prompt N     prompt tokens for the prompt-processing measurement (default 64)\n"
@@ -140,6 +141,9 @@ int main(int argc, char **argv) {
            "read GB/s (best probe) | bound tok/s (bandwidth / bytes) | B=1 / bound | 2-token step / 1-token step |\n", P);
     printf("|---|---|---|---|---|---|---|---|---|\n");
     const char *names[4] = {"f32", "bf16", "q8_0", "q4_1"};
+    char json[4096]; /* one JSON line per format, printed after the table */
+    int rows_json = 0;
+    json[0] = 0;
     for (int wt = 0; wt < 4; wt++) {
         if (only && !bench_list_has(only, names[wt])) continue;
         fr_engine_options o;
@@ -212,10 +216,19 @@ int main(int argc, char **argv) {
         double bound = peak_gbs * 1e9 / bytes;
         printf("| %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.0f %% | %.2f |\n", names[wt], bytes / 1e6, pp_tps, dec[0],
                dec[1], peak_gbs, bound, 100.0 * dec[0] / bound, step2_ratio);
+        rows_json += snprintf(json + rows_json, sizeof json - (size_t)rows_json,
+                              "{\"bench\": \"infer\", \"weights\": \"%s\", \"threads\": %d, \"mb_per_token\": %.2f, "
+                              "\"prompt_tokens\": %ld, \"prompt_tps\": %.2f, \"decode_steps\": %ld, \"decode_tps_b1\": %.2f, "
+                              "\"decode_tps_b4\": %.2f, \"read_gbs\": %.3f, \"bound_tps\": %.2f, \"fraction_of_bound\": %.4f, "
+                              "\"step2_over_step1\": %.3f}\n",
+                              names[wt], omp_get_max_threads(), bytes / 1e6, P, pp_tps, G, dec[0], dec[1], peak_gbs, bound,
+                              dec[0] / bound, step2_ratio);
+        if (rows_json >= (int)sizeof json) rows_json = (int)sizeof json - 1;
         fflush(stdout);
         for (int i = 0; i < 4; i++) fr_seq_free(s[i]);
         fr_engine_free(e);
     }
+    printf("\n%s", json);
     free(prompt);
     free(step_s);
     free(step);

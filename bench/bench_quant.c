@@ -32,8 +32,9 @@ static void usage(FILE *f) {
             "Times fr_qmatmul matrix-vector products (decode) for f32, bf16, q8_0 and q4_1 on R x C\n"
             "weights (default 4096 x 4096), cycling over copies that fill MIB MiB (default 256) so\n"
             "the weights stream from memory, and reports GB/s, GFLOP/s and the fraction of the\n"
-            "measured memory read bandwidth. --prefill M (default 64, 0 = skip) also times M x C\n"
-            "by C x R products.\n");
+            "measured memory read bandwidth, next to the kernel's own speed with 1.5 MiB of weights\n"
+            "per thread held in cache. --prefill M (default 64, 0 = skip) also times M x C by\n"
+            "C x R products.\n");
 }
 
 /* weight bytes per thread for the in-cache timing: within the last-level cache (8 MiB on the
