@@ -550,18 +550,16 @@ static void cache_store(const fr_engine *e, unsigned char *dst, const float *v) 
     }
 }
 
+/* One cached row back to FP32 (the row decoders of sample.c, written to vectorise: every
+ * cached row of a sequence is decoded at every decode step and layer). The BF16 row is 2-byte
+ * aligned in the cache (rows of 2 * row bytes); FP8 rows start with their FP32 scale. */
 static void cache_load(const fr_engine *e, float *dst, const unsigned char *src) {
-    const int n = e->row;
     if (e->opt.kv_type == FR_KV_BF16) {
-        for (int i = 0; i < n; i++) {
-            uint16_t b;
-            memcpy(&b, src + 2 * i, 2);
-            dst[i] = fr_bf16_decode(b);
-        }
+        fr_bf16_decode_row(dst, (const uint16_t *)src, e->row);
     } else {
         float sc;
         memcpy(&sc, src, 4);
-        for (int i = 0; i < n; i++) dst[i] = fr_fp8_e4m3_decode(src[4 + i]) * sc;
+        fr_fp8_e4m3_decode_row(dst, src + 4, e->row, sc);
     }
 }
 

@@ -15,6 +15,10 @@ uint8_t fr_fp8_e4m3_encode(float x);
 float fr_fp8_e4m3_decode(uint8_t b);
 uint16_t fr_bf16_encode(float x);
 float fr_bf16_decode(uint16_t b);
+/* dst[i] = fr_bf16_decode(src[i]) and fr_fp8_e4m3_decode(src[i]) * scale, for a row of n
+ * (the cache's decode loops; same results, vectorised) */
+void fr_bf16_decode_row(float *dst, const uint16_t *src, int n);
+void fr_fp8_e4m3_decode_row(float *dst, const uint8_t *src, int n, float scale);
 
 struct fr_sampler {
     fr_sample_params p;

@@ -58,6 +58,30 @@ float fr_fp8_e4m3_decode(uint8_t b) {
     return (b & 0x80) ? -v : v;
 }
 
+/* Rows of the latent cache are decoded at every decode step and layer, so these two are
+ * written to vectorise, and equal the per-value functions above bit for bit (tested over all
+ * 2^16 / 2^8 inputs). FP8: the magnitude bits moved into a float's exponent and mantissa
+ * fields, (b & 0x7f) << 20, read as a float are 2^(e-127) (1 + m/8) for a normal byte (e the
+ * byte's 4-bit exponent) and m 2^-129 for a subnormal one; times 2^120 that is exactly the
+ * E4M3 value (bias 7), with no rounding, so it needs no table and no ldexpf. */
+void fr_bf16_decode_row(float *dst, const uint16_t *src, int n) {
+    for (int i = 0; i < n; i++) {
+        const uint32_t u = (uint32_t)src[i] << 16;
+        memcpy(dst + i, &u, 4);
+    }
+}
+
+void fr_fp8_e4m3_decode_row(float *dst, const uint8_t *src, int n, float scale) {
+    const float two120 = 0x1p120f;
+    for (int i = 0; i < n; i++) {
+        const uint32_t b = src[i], u = ((b & 0x7fu) << 20) | ((b & 0x80u) << 24);
+        float v;
+        memcpy(&v, &u, 4);
+        v *= two120;
+        dst[i] = ((b & 0x7fu) == 0x7fu ? NAN : v) * scale;
+    }
+}
+
 /* ---------------------------------------------------------------- sampler */
 
 void fr_sample_params_default(fr_sample_params *p) {

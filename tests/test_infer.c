@@ -792,6 +792,32 @@ static void test_number_formats(void) {
     CHECK(worst <= 1.0 / 16 + 1e-6, "E4M3 relative rounding error %.4f > 2^-4", worst);
     CHECK(fr_bf16_decode(fr_bf16_encode(1.0f + 1.0f / 256)) == 1.0f, "BF16 ties to even");
     CHECK(fr_bf16_decode(fr_bf16_encode(3.140625f)) == 3.140625f, "BF16 exact value");
+
+    /* the cache's row decoders equal the per-value ones bit for bit, over every input
+     * (NaN bytes: both NaN) and scales that keep subnormal results subnormal */
+    static uint16_t all16[65536];
+    static float row16[65536];
+    for (int b = 0; b < 65536; b++) all16[b] = (uint16_t)b;
+    fr_bf16_decode_row(row16, all16, 65536);
+    int bad16 = 0;
+    for (int b = 0; b < 65536; b++) {
+        const float want = fr_bf16_decode((uint16_t)b);
+        if (memcmp(&want, &row16[b], 4) != 0) bad16++;
+    }
+    CHECK(bad16 == 0, "fr_bf16_decode_row: %d of 65536 values differ from fr_bf16_decode", bad16);
+    uint8_t all8[256];
+    float row8[256];
+    for (int b = 0; b < 256; b++) all8[b] = (uint8_t)b;
+    const float scales[4] = {1.0f, 0.0123f, 3.5f, -2.0f};
+    int bad8 = 0;
+    for (int k = 0; k < 4; k++) {
+        fr_fp8_e4m3_decode_row(row8, all8, 256, scales[k]);
+        for (int b = 0; b < 256; b++) {
+            const float want = fr_fp8_e4m3_decode((uint8_t)b) * scales[k];
+            if (isnan(want) ? !isnan(row8[b]) : memcmp(&want, &row8[b], 4) != 0) bad8++;
+        }
+    }
+    CHECK(bad8 == 0, "fr_fp8_e4m3_decode_row: %d of 1024 values differ from fr_fp8_e4m3_decode * scale", bad8);
 }
 
 /* ------------------------------------------------------------------ text: stop strings, streaming */
