@@ -79,6 +79,7 @@ struct fr_engine {
     int *topi, *perm, *slot, *offsets, *pos, *seq_of, *tok;
     fr_qmatmul_job *jobs;       /* [max(2 E + 2, heads)] products of one MoE round / all heads */
     float *att_scratch;         /* [threads][max_len] */
+    float *att_heads;           /* [heads][max_len] scores of one decoded row, all heads */
     float *deq;                 /* [max_len, row] dequantized cache of one sequence */
     int att_threads;
     int threads;                /* requested threads (0 = OpenMP default), applied per calling thread */
@@ -307,6 +308,7 @@ void fr_engine_free(fr_engine *e) {
     free(e->rope_sin);
     free_workspace(e);
     fr_free(e->att_scratch);
+    fr_free(e->att_heads);
     fr_free(e->deq);
     if (e->mapped) fr_st_set_close(&e->st);
     free(e);
@@ -370,8 +372,9 @@ static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_se
         e->att_threads = omp_get_max_threads();
         e->threads = o.threads;
         e->att_scratch = fr_alloc((size_t)e->att_threads * e->max_len * sizeof(float));
+        e->att_heads = fr_alloc((size_t)cfg.num_attention_heads * e->max_len * sizeof(float));
         e->deq = o.kv_type != FR_KV_F32 ? fr_alloc((size_t)e->max_len * e->row * sizeof(float)) : NULL;
-        if (!e->rope_cos || !e->rope_sin || !e->att_scratch || (o.kv_type != FR_KV_F32 && !e->deq))
+        if (!e->rope_cos || !e->rope_sin || !e->att_scratch || !e->att_heads || (o.kv_type != FR_KV_F32 && !e->deq))
             rc = fr_error(FR_ERR_NOMEM, "out of memory for a %d-token context", e->max_len);
         else
             fr_rope_tables_fill(&cfg, e->max_len, e->rope_cos, e->rope_sin);
@@ -665,6 +668,49 @@ static void moe(fr_engine *e, const eng_layer *ly, float *out, const float *x, i
     if (shared) add_rows(out, e->tmp, (size_t)N * H);
 }
 
+/* Attention of one decoded row (row i of the N in this call, keys 0 .. n_keys-1 of K, rows of
+ * e->row floats) for all heads, into e->ctx. MLA's heads all read the same cached latents, so instead of one head
+ * after another each sweeping the whole cache (12 sweeps of a 1.2 MB cache per layer at a
+ * 1024-token context, which does not fit L2), each thread takes a group of heads and walks the
+ * cache once per pass in blocks that stay in L2, scoring (pass 1) and then accumulating
+ * (pass 2) every head of its group on each block. The dot and axpy kernels treat each key row
+ * and each accumulated row in order whatever the blocking, so the result is bit-identical to
+ * the head-by-head loop (the prefill path below). */
+#define ATT_BLOCK_KEYS 32
+static int g_blocked_attention = 1;
+void fr_engine_set_blocked_attention(int on) { g_blocked_attention = on; }
+
+static void attend_row(fr_engine *e, int i, int N, int nh, int n_keys, const float *K) {
+    const fr_cpu_vec *vo = fr_cpu_vec_ops();
+    const int row = e->row, kvr = e->cfg.kv_lora_rank;
+    const int nt0 = omp_get_max_threads() < nh ? omp_get_max_threads() : nh;
+    const int par = nt0 > 1 && (long)n_keys * nh * row >= 32768;
+#pragma omp parallel num_threads(nt0) if (par)
+    {
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
+        const int h0 = nh * t / T, h1 = nh * (t + 1) / T;
+        for (int b = 0; b < n_keys; b += ATT_BLOCK_KEYS) {
+            const int nb = n_keys - b < ATT_BLOCK_KEYS ? n_keys - b : ATT_BLOCK_KEYS;
+            for (int h = h0; h < h1; h++)
+                vo->dots(e->att_heads + (size_t)h * e->max_len + b, e->qf + ((size_t)i * nh + h) * row,
+                         K + (size_t)b * row, (size_t)row, nb, row, e->scale);
+        }
+        for (int h = h0; h < h1; h++) {
+            float *sc = e->att_heads + (size_t)h * e->max_len;
+            float m = vo->max(sc, n_keys);
+            float inv = 1.0f / vo->expsum(sc, sc, n_keys, m);
+            for (int j = 0; j < n_keys; j++) sc[j] *= inv;
+            memset(e->ctx + ((size_t)h * N + i) * kvr, 0, (size_t)kvr * sizeof(float));
+        }
+        for (int b = 0; b < n_keys; b += ATT_BLOCK_KEYS) {
+            const int nb = n_keys - b < ATT_BLOCK_KEYS ? n_keys - b : ATT_BLOCK_KEYS;
+            for (int h = h0; h < h1; h++)
+                vo->axpys(e->ctx + ((size_t)h * N + i) * kvr, e->att_heads + (size_t)h * e->max_len + b,
+                          K + (size_t)b * row, (size_t)row, nb, kvr);
+        }
+    }
+}
+
 /* One decoder block over e->x [N,H] in place. Rows belong to sequences seqs[seq_of[i]]
  * (contiguous runs) at positions e->pos[i]; their latents go to cache `ci`. */
 static void layer_forward(fr_engine *e, const eng_layer *ly, int ci, fr_seq *const *seqs, int n_seqs,
@@ -724,6 +770,10 @@ static void layer_forward(fr_engine *e, const eng_layer *ly, int ci, fr_seq *con
 #pragma omp parallel for schedule(static) if (n_keys >= 256)
             for (int t = 0; t < n_keys; t++) cache_load(e, e->deq + (size_t)t * row, src + (size_t)t * e->row_bytes);
             K = e->deq;
+        }
+        if (r1 - r0 == 1 && g_blocked_attention) { /* one decoded row: all heads share the cached rows */
+            attend_row(e, r0, N, nh, n_keys, K);
+            continue;
         }
         const long work = (long)(r1 - r0) * nh;
         /* at most att_threads threads: the per-thread score rows were sized at load time */

@@ -20,6 +20,11 @@ float fr_bf16_decode(uint16_t b);
 void fr_bf16_decode_row(float *dst, const uint16_t *src, int n);
 void fr_fp8_e4m3_decode_row(float *dst, const uint8_t *src, int n, float scale);
 
+/* Tests only: 0 sends a decoded row's attention through the head-by-head loop of multi-row
+ * calls instead of the blocked all-heads pass (attend_row), to check they agree bit for bit.
+ * Not thread-safe against a running forward. */
+void fr_engine_set_blocked_attention(int on);
+
 struct fr_sampler {
     fr_sample_params p;
     int V;

@@ -300,6 +300,47 @@ static void test_kv_bytes(void) {
 }
 
 /* rollback: truncate, re-append the same tokens -> same logits; chunked prefill = at once */
+/* A decoded row's attention runs as one blocked pass over the cache for all heads
+ * (attend_row); it must give bit-identical logits to the head-by-head loop, for each cache
+ * type, at contexts that cross several 32-key blocks and end mid-block. */
+static void test_blocked_attention(void) {
+    const fr_kv_type types[3] = {FR_KV_F32, FR_KV_BF16, FR_KV_FP8};
+    for (int k = 0; k < 3; k++) {
+        fr_engine_options o;
+        fr_engine_options_default(&o);
+        o.kv_type = types[k];
+        fr_engine *e;
+        int rc = fr_engine_load(&e, g_random_dir, &o);
+        CHECK(rc == FR_OK, "load: %s", fr_last_error());
+        if (rc != FR_OK) return;
+        const int V = fr_engine_config(e)->vocab_size, P = 70, G = 6;
+        int tok[76];
+        make_tokens(tok, P + G, V, 11);
+        float *a = malloc((size_t)G * V * sizeof(float)), *b = malloc((size_t)G * V * sizeof(float));
+        fr_seq *s;
+        fr_seq_create(&s, e);
+        for (int pass = 0; pass < 2; pass++) {
+            fr_engine_set_blocked_attention(pass == 0);
+            fr_seq_truncate(s, 0);
+            const int *tp = tok;
+            int n = P, one = 1;
+            rc = fr_engine_forward(e, &s, 1, &tp, &n, pass == 0 ? a : b, 0);
+            for (int g = 0; g < G && rc == FR_OK; g++) {
+                tp = tok + P + g;
+                rc = fr_engine_forward(e, &s, 1, &tp, &one, (pass == 0 ? a : b) + (size_t)g * V, 0);
+            }
+            CHECK(rc == FR_OK, "decode: %s", fr_last_error());
+        }
+        fr_engine_set_blocked_attention(1);
+        CHECK(!memcmp(a, b, (size_t)G * V * sizeof(float)), "kv %d: blocked all-heads attention differs from head by head",
+              (int)types[k]);
+        fr_seq_free(s);
+        fr_engine_free(e);
+        free(a);
+        free(b);
+    }
+}
+
 static void test_truncate_and_chunks(void) {
     fr_engine *e;
     int rc = fr_engine_load(&e, g_random_dir, NULL);
@@ -1169,6 +1210,7 @@ int main(void) {
         test_from_model();
         test_weight_types();
         test_truncate_and_chunks();
+        test_blocked_attention();
         test_batched_forward();
         test_speculative();
         test_bad_input();
