@@ -26,6 +26,20 @@ static inline double bench_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* qsort order for doubles, ascending */
+static inline int bench_cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The median of v[0..n) (n >= 1), the mean of the middle two for even n; sorts v, so v[0]
+ * is then the best (smallest) time. Medians are the benchmarks' headline figures: robust
+ * to a noisy neighbour on a shared machine. */
+static inline double bench_median(double *v, long n) {
+    qsort(v, (size_t)n, sizeof *v, bench_cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
 /* Parse a positive integer option value; exits with status 2 and a message on failure. */
 static inline long bench_parse_long(const char *prog, const char *opt, const char *text, long lo, long hi) {
     char *end = NULL;

@@ -35,17 +35,6 @@ static void usage(FILE *f) {
             "  --weights LIST weight formats to time, comma-separated (default: f32,bf16,q8_0,q4_1)\n");
 }
 
-static int cmp_double(const void *a, const void *b) {
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* the median of n values (sorts them) */
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 static void default_config(char *buf, size_t n) {
     const char *self = BENCH_THIS_FILE;
     const char *slash = strrchr(self, '/');
@@ -198,7 +187,7 @@ int main(int argc, char **argv) {
                 if (fr_engine_forward(e, s, B, sp, ones, logits, 0) != FR_OK) return die("decode");
                 step_s[g] = bench_now() - t;
             }
-            const double med = median(step_s, (int)G);
+            const double med = bench_median(step_s, G);
             if (bi == 0) med1 = med;
             dec[bi] = B / med;
         }
@@ -211,7 +200,7 @@ int main(int argc, char **argv) {
                 if (fr_engine_forward(e, s, 1, &tp2, &two, logits, 0) != FR_OK) return die("2-token step");
                 step_s[g] = bench_now() - t;
             }
-            step2_ratio = median(step_s, (int)G) / med1;
+            step2_ratio = bench_median(step_s, G) / med1;
         }
         double bound = peak_gbs * 1e9 / bytes;
         printf("| %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.0f %% | %.2f |\n", names[wt], bytes / 1e6, pp_tps, dec[0],

@@ -184,14 +184,7 @@ int main(int argc, char **argv) {
     }
     bench_peak_result peak2 = bench_fma_peak();
     if (peak2.gflops > peak.gflops) peak = peak2;
-    /* The median step is the headline: robust to a noisy neighbour on shared machines. */
-    for (long i = 1; i < steps; i++)
-        for (long j = i; j > 0 && dts[j] < dts[j - 1]; j--) {
-            double x = dts[j];
-            dts[j] = dts[j - 1];
-            dts[j - 1] = x;
-        }
-    double median = steps % 2 ? dts[steps / 2] : 0.5 * (dts[steps / 2 - 1] + dts[steps / 2]);
+    double median = bench_median(dts, steps); /* the headline; sorts dts */
     double best = dts[0], mean = total / (double)steps;
     free(dts);
     double flops = fr_model_train_flops(m, (int)B, (int)T);

@@ -42,11 +42,6 @@ static void usage(FILE *f) {
  * parallel region) stays small beside the rows */
 #define CACHE_KIB 1536
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* Median seconds per product of M activation rows with each matrix in turn (a warm-up pass,
  * then passes until ~1 s). */
 static double time_matvec(float *y, const float *x, const fr_qmatrix *mats, int n_mats, int M) {
@@ -59,7 +54,7 @@ static double time_matvec(float *y, const float *x, const fr_qmatrix *mats, int 
         for (int k = 0; k < n_mats; k++) fr_qmatmul(y, x, &mats[k], M);
         per[passes++] = (bench_now() - t0) / n_mats;
     }
-    qsort(per, (size_t)passes, sizeof per[0], cmp_double);
+    qsort(per, (size_t)passes, sizeof per[0], bench_cmp_double);
     return per[passes / 2];
 }
 

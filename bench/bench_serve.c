@@ -12,6 +12,8 @@
  * Exit status 1 when any request failed. The client speaks HTTP/1.0 over POSIX sockets
  * (the server then streams without chunked framing and closes at the end). */
 #define _GNU_SOURCE
+#include "bench_common.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <libgen.h>
@@ -143,11 +145,6 @@ static void *client_main(void *arg) {
     return NULL;
 }
 
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static double pct(double *v, long n, double p) {
     if (n == 0) return 0;
     long i = (long)(p * (double)(n - 1) + 0.5);
@@ -255,8 +252,8 @@ int main(int argc, char **argv) {
             for (int k = 0; k < cs[i].n_ttft; k++) tt[a++] = cs[i].ttft[k];
             for (long k = 0; k < cs[i].n_gaps; k++) gg[b++] = cs[i].gaps[k];
         }
-        qsort(tt, (size_t)a, sizeof *tt, cmp_d);
-        qsort(gg, (size_t)b, sizeof *gg, cmp_d);
+        qsort(tt, (size_t)a, sizeof *tt, bench_cmp_double);
+        qsort(gg, (size_t)b, sizeof *gg, bench_cmp_double);
         printf("| %d | %d | %d | %ld | %.2f | %.1f | %.1f | %.1f | %.2f | %.2f | %.2f |\n", C, ok + failed, failed, tokens, wall,
                tokens / wall, 1e3 * pct(tt, a, 0.5), 1e3 * pct(tt, a, 0.95), 1e3 * pct(gg, b, 0.5), 1e3 * pct(gg, b, 0.95),
                1e3 * pct(gg, b, 0.99));
