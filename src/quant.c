@@ -661,13 +661,8 @@ T_AVX2 static void quantize_act_row_avx2(const float *x, int cols, int8_t *q, fl
         const __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, vi)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, vi));
         const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
         const __m256i qb = _mm256_permutevar8x32_epi32(p, order); /* values 0..31 in order */
-        if (!pairs || ((nb & 1) && b == nb - 1)) {
-            _mm256_storeu_si256((__m256i *)(q + (size_t)b * FR_QBLOCK), qb);
-        } else {
-            int8_t *dst = q + (size_t)(b & ~1) * FR_QBLOCK + (b & 1) * 16;
-            _mm_storeu_si128((__m128i *)dst, _mm256_castsi256_si128(qb));
-            _mm_storeu_si128((__m128i *)(dst + 32), _mm256_extracti128_si256(qb, 1));
-        }
+        _mm_storeu_si128((__m128i *)(q + qx_index(b, 0, nb, pairs)), _mm256_castsi256_si128(qb));
+        _mm_storeu_si128((__m128i *)(q + qx_index(b, 16, nb, pairs)), _mm256_extracti128_si256(qb, 1));
         d[b] = dx;
         if (s) s[b] = hsum256(_mm256_add_ps(_mm256_add_ps(_mm256_add_ps(v0, v1), v2), v3));
     }
@@ -983,11 +978,9 @@ static qdot8_fn pick_dot8(fr_qtype t, int isa) {
     return t == FR_QT_Q8_0 ? dot8_q8_0_c : dot8_q4_1_c;
 }
 
-/* Int8-activation product for every M (see "int8 activations" above): the rows of W are cut
- * into tiles that stay in the L2 cache while every group of QX_MAX activation rows passes
- * over them, so decode (M = 1) streams W once and prefill re-reads each tile from cache.
- * One product is prepared (activations quantized, tiles sized), then its tiles run on any
- * thread; fr_qmatmul_batch runs the tiles of several products in one parallel region. */
+/* Int8-activation product for every M (see "int8 activations" above). A product is prepared
+ * (activations quantized, tiles sized), then run_jobs runs it, alone (fr_qmatmul) or with the
+ * other products of a batch in one parallel region (fr_qmatmul_batch). */
 typedef struct {
     float *y;
     const fr_qmatrix *w;
@@ -1012,6 +1005,7 @@ static void qjob_release(qjob *j) {
 static int qjob_prepare(qjob *j, float *y, const float *x, const fr_qmatrix *w, int M, int isa, int tiles_per_thread,
                         const qjob *share) {
     const int rows = w->rows, cols = w->cols, nb = cols / FR_QBLOCK, q41 = w->type == FR_QT_Q4_1;
+    const int threads = omp_get_max_threads();
     j->y = y;
     j->w = w;
     j->M = M;
@@ -1025,7 +1019,6 @@ static int qjob_prepare(qjob *j, float *y, const float *x, const fr_qmatrix *w, 
         if (!buf) return 0;
         j->a = (qact){cols, nb, (int8_t *)buf, (float *)(buf + qbytes), q41 ? (float *)(buf + qbytes + fbytes) : NULL};
         j->owns = 1;
-        const int threads = omp_get_max_threads();
 #pragma omp parallel for schedule(static) if (M >= 16 && threads > 1)
         for (int i = 0; i < M; i++)
             quantize_act_row(x + (size_t)i * cols, cols, j->a.q + (size_t)i * cols, j->a.d + (size_t)i * nb,
@@ -1035,7 +1028,6 @@ static int qjob_prepare(qjob *j, float *y, const float *x, const fr_qmatrix *w, 
     j->rb = fr_qtype_row_bytes(w->type, cols);
     /* tiles of at most 128 KiB of weights (run_jobs uses them when several groups of
      * activation rows pass over the weights, each re-reading the tile from L2) */
-    const int threads = omp_get_max_threads();
     int tile = (int)(((size_t)128 << 10) / j->rb);
     if (tile > rows / (tiles_per_thread * threads)) tile = rows / (tiles_per_thread * threads);
     j->tile = tile < 1 ? 1 : tile;
