@@ -23,12 +23,29 @@ uint16_t fr_bf16_encode(float x) {
     return (uint16_t)(u >> 16);
 }
 
-float fr_bf16_decode(uint16_t b) {
-    uint32_t u = (uint32_t)b << 16;
+/* Decoding is inline here so that the row decoders below, which the latent cache calls for
+ * every cached row at every decode step and layer, vectorise. */
+static inline float bf16_value(uint16_t b) {
+    const uint32_t u = (uint32_t)b << 16;
     float x;
     memcpy(&x, &u, 4);
     return x;
 }
+
+/* E4M3 (bias 7): the magnitude bits moved into a float's exponent and mantissa fields,
+ * (b & 0x7f) << 20, read as a float are 2^(e-127) (1 + m/8) for a normal byte (e its 4-bit
+ * exponent, m its mantissa) and m 2^-129 for a subnormal one; times 2^120 that is exactly the
+ * E4M3 value, with no rounding and no ldexpf. S.1111.111 is NaN. */
+static inline float fp8_e4m3_value(uint8_t b) {
+    const uint32_t mag = b & 0x7fu;
+    uint32_t u = (mag << 20) | ((uint32_t)(b & 0x80u) << 24);
+    u |= (0u - (uint32_t)(mag == 0x7fu)) & 0x7fc00000u; /* NaN: exponent all ones, without a branch */
+    float v;
+    memcpy(&v, &u, 4);
+    return v * 0x1p120f;
+}
+
+float fr_bf16_decode(uint16_t b) { return bf16_value(b); }
 
 uint8_t fr_fp8_e4m3_encode(float x) {
     if (isnan(x)) return 0x7f;
@@ -49,37 +66,14 @@ uint8_t fr_fp8_e4m3_encode(float x) {
     return sign | (uint8_t)((E + 7) << 3) | (uint8_t)mant;
 }
 
-float fr_fp8_e4m3_decode(uint8_t b) {
-    int exp = (b >> 3) & 15, mant = b & 7;
-    float v;
-    if (exp == 15 && mant == 7) v = NAN;
-    else if (exp == 0) v = (float)mant * (1.0f / 512.0f);
-    else v = ldexpf(1.0f + (float)mant / 8.0f, exp - 7);
-    return (b & 0x80) ? -v : v;
-}
+float fr_fp8_e4m3_decode(uint8_t b) { return fp8_e4m3_value(b); }
 
-/* Rows of the latent cache are decoded at every decode step and layer, so these two are
- * written to vectorise, and equal the per-value functions above bit for bit (tested over all
- * 2^16 / 2^8 inputs). FP8: the magnitude bits moved into a float's exponent and mantissa
- * fields, (b & 0x7f) << 20, read as a float are 2^(e-127) (1 + m/8) for a normal byte (e the
- * byte's 4-bit exponent) and m 2^-129 for a subnormal one; times 2^120 that is exactly the
- * E4M3 value (bias 7), with no rounding, so it needs no table and no ldexpf. */
 void fr_bf16_decode_row(float *dst, const uint16_t *src, int n) {
-    for (int i = 0; i < n; i++) {
-        const uint32_t u = (uint32_t)src[i] << 16;
-        memcpy(dst + i, &u, 4);
-    }
+    for (int i = 0; i < n; i++) dst[i] = bf16_value(src[i]);
 }
 
 void fr_fp8_e4m3_decode_row(float *dst, const uint8_t *src, int n, float scale) {
-    const float two120 = 0x1p120f;
-    for (int i = 0; i < n; i++) {
-        const uint32_t b = src[i], u = ((b & 0x7fu) << 20) | ((b & 0x80u) << 24);
-        float v;
-        memcpy(&v, &u, 4);
-        v *= two120;
-        dst[i] = ((b & 0x7fu) == 0x7fu ? NAN : v) * scale;
-    }
+    for (int i = 0; i < n; i++) dst[i] = fp8_e4m3_value(src[i]) * scale;
 }
 
 /* ---------------------------------------------------------------- sampler */
