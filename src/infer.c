@@ -676,6 +676,12 @@ static void moe(fr_engine *e, const eng_layer *ly, float *out, const float *x, i
  * (pass 2) every head of its group on each block. The dot and axpy kernels treat each key row
  * and each accumulated row in order whatever the blocking, so the result is bit-identical to
  * the head-by-head loop (the prefill path below). */
+/* sc[0:n] = softmax(sc[0:n]), in place; both attention paths use it, so they agree bit for bit */
+static void softmax_scores(const fr_cpu_vec *vo, float *sc, int n) {
+    const float inv = 1.0f / vo->expsum(sc, sc, n, vo->max(sc, n));
+    for (int j = 0; j < n; j++) sc[j] *= inv;
+}
+
 #define ATT_BLOCK_KEYS 32
 static int g_blocked_attention = 1;
 void fr_engine_set_blocked_attention(int on) { g_blocked_attention = on; }
@@ -696,10 +702,7 @@ static void attend_row(fr_engine *e, int i, int N, int nh, int n_keys, const flo
                          K + (size_t)b * row, (size_t)row, nb, row, e->scale);
         }
         for (int h = h0; h < h1; h++) {
-            float *sc = e->att_heads + (size_t)h * e->max_len;
-            float m = vo->max(sc, n_keys);
-            float inv = 1.0f / vo->expsum(sc, sc, n_keys, m);
-            for (int j = 0; j < n_keys; j++) sc[j] *= inv;
+            softmax_scores(vo, e->att_heads + (size_t)h * e->max_len, n_keys);
             memset(e->ctx + ((size_t)h * N + i) * kvr, 0, (size_t)kvr * sizeof(float));
         }
         for (int b = 0; b < n_keys; b += ATT_BLOCK_KEYS) {
@@ -784,10 +787,7 @@ static void layer_forward(fr_engine *e, const eng_layer *ly, int ci, fr_seq *con
             float *sc = e->att_scratch + (size_t)omp_get_thread_num() * e->max_len;
             int n = pos[i] + 1;
             vo->dots(sc, e->qf + ((size_t)i * nh + h) * row, K, (size_t)row, n, row, e->scale);
-            float m = vo->max(sc, n);
-            float sum = vo->expsum(sc, sc, n, m);
-            float inv = 1.0f / sum;
-            for (int j = 0; j < n; j++) sc[j] *= inv;
+            softmax_scores(vo, sc, n);
             float *acc = e->ctx + ((size_t)h * N + i) * kvr;
             memset(acc, 0, (size_t)kvr * sizeof(float));
             vo->axpys(acc, sc, K, (size_t)row, n, kvr);
