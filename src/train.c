@@ -328,6 +328,14 @@ static void ledger_fill(run *r, const char *status) {
 }
 
 /* metrics.jsonl: one line per record, flushed, so a crash loses at most a partial line. */
+/* A metrics record: {"type": TYPE, "step": the run's step, ...} for the caller to fill */
+static cJSON *metrics_object(const run *r, const char *type) {
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "type", type);
+    cJSON_AddNumberToObject(j, "step", (double)r->step);
+    return j;
+}
+
 static void metrics_line(run *r, cJSON *j) {
     if (!r->metrics) return;
     char *s = cJSON_PrintUnformatted(j);
@@ -517,9 +525,7 @@ static int save_checkpoint(run *r, char *out_dir, size_t out_n) {
                 fr_remove_tree(path);
             }
     }
-    cJSON *j = cJSON_CreateObject();
-    cJSON_AddStringToObject(j, "type", "checkpoint");
-    cJSON_AddNumberToObject(j, "step", (double)r->step);
+    cJSON *j = metrics_object(r, "checkpoint");
     cJSON_AddStringToObject(j, "dir", final);
     metrics_line(r, j);
     cJSON_Delete(j);
@@ -711,9 +717,7 @@ static int do_eval(run *r) {
     ev.val_loss = vl;
     ev.val_bpb = bpb;
     emit(r, &ev);
-    cJSON *j = cJSON_CreateObject();
-    cJSON_AddStringToObject(j, "type", "eval");
-    cJSON_AddNumberToObject(j, "step", (double)r->step);
+    cJSON *j = metrics_object(r, "eval");
     cJSON_AddNumberToObject(j, "tokens", r->tokens_done);
     cJSON_AddNumberToObject(j, "val_loss", vl);
     if (isfinite(bpb)) cJSON_AddNumberToObject(j, "val_bpb", bpb);
@@ -732,9 +736,7 @@ static int do_sample(run *r) {
     ev.step = r->step;
     ev.text = text;
     emit(r, &ev);
-    cJSON *j = cJSON_CreateObject();
-    cJSON_AddStringToObject(j, "type", "sample");
-    cJSON_AddNumberToObject(j, "step", (double)r->step);
+    cJSON *j = metrics_object(r, "sample");
     cJSON_AddStringToObject(j, "text", text);
     metrics_line(r, j);
     cJSON_Delete(j);
@@ -830,9 +832,7 @@ static int train_steps(run *r, fr_train_result *res) {
         ev.rss_peak_bytes = rss_peak_bytes();
         ev.mem_plan_bytes = r->mem_plan;
 
-        cJSON *j = cJSON_CreateObject();
-        cJSON_AddStringToObject(j, "type", "step");
-        cJSON_AddNumberToObject(j, "step", (double)r->step);
+        cJSON *j = metrics_object(r, "step");
         cJSON_AddNumberToObject(j, "tokens", r->tokens_done);
         cJSON_AddNumberToObject(j, "loss", mean.loss);
         cJSON_AddNumberToObject(j, "loss_main", mean.loss_main);
