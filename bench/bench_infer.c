@@ -129,19 +129,18 @@ int main(int argc, char **argv) {
     printf("| weights | MB read / decoded token | prompt tok/s (B=1, %ld tokens) | decode tok/s B=1 | decode tok/s B=4 (total) | "
            "read GB/s (best probe) | bound tok/s (bandwidth / bytes) | B=1 / bound | 2-token step / 1-token step |\n", P);
     printf("|---|---|---|---|---|---|---|---|---|\n");
-    const char *names[4] = {"f32", "bf16", "q8_0", "q4_1"};
     char json[4096]; /* one JSON line per format, printed after the table */
     int rows_json = 0;
     json[0] = 0;
     for (int wt = 0; wt < 4; wt++) {
-        if (only && !bench_list_has(only, names[wt])) continue;
+        if (only && !bench_list_has(only, fr_weight_type_name(wt))) continue;
         fr_engine_options o;
         fr_engine_options_default(&o);
         o.weight_type = wt;
         o.max_seq_len = (int)(P + 3 * G + 32);
         fr_engine *e;
         if (fr_engine_from_model(&e, m, &o) != FR_OK) {
-            printf("| %s | not available in this build: %s | | | | | | | |\n", names[wt], fr_last_error());
+            printf("| %s | not available in this build: %s | | | | | | | |\n", fr_weight_type_name(wt), fr_last_error());
             continue;
         }
         const double bytes = (double)fr_engine_active_weight_bytes(e);
@@ -203,14 +202,14 @@ int main(int argc, char **argv) {
             step2_ratio = bench_median(step_s, G) / med1;
         }
         double bound = peak_gbs * 1e9 / bytes;
-        printf("| %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.0f %% | %.2f |\n", names[wt], bytes / 1e6, pp_tps, dec[0],
+        printf("| %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.0f %% | %.2f |\n", fr_weight_type_name(wt), bytes / 1e6, pp_tps, dec[0],
                dec[1], peak_gbs, bound, 100.0 * dec[0] / bound, step2_ratio);
         rows_json += snprintf(json + rows_json, sizeof json - (size_t)rows_json,
                               "{\"bench\": \"infer\", \"weights\": \"%s\", \"threads\": %d, \"mb_per_token\": %.2f, "
                               "\"prompt_tokens\": %ld, \"prompt_tps\": %.2f, \"decode_steps\": %ld, \"decode_tps_b1\": %.2f, "
                               "\"decode_tps_b4\": %.2f, \"read_gbs\": %.3f, \"bound_tps\": %.2f, \"fraction_of_bound\": %.4f, "
                               "\"step2_over_step1\": %.3f}\n",
-                              names[wt], omp_get_max_threads(), bytes / 1e6, P, pp_tps, G, dec[0], dec[1], peak_gbs, bound,
+                              fr_weight_type_name(wt), omp_get_max_threads(), bytes / 1e6, P, pp_tps, G, dec[0], dec[1], peak_gbs, bound,
                               dec[0] / bound, step2_ratio);
         if (rows_json >= (int)sizeof json) rows_json = (int)sizeof json - 1;
         fflush(stdout);

@@ -278,22 +278,17 @@ void cli_progress_abort(cli_progress *p) {
     fflush(stderr);
 }
 
-static const char *const WEIGHT_NAMES[] = {"f32", "bf16", "q8_0", "q4_1"}; /* fr_qtype order */
-
 int cli_parse_weights(const char *cmd, void (*usage)(FILE *), const char *text, int *out) {
-    if (!strcmp(text, "auto")) {
-        *out = -1;
-        return 0;
+    const int t = strcmp(text, "auto") ? fr_weight_type_parse(text) : -1;
+    if (t < 0 && strcmp(text, "auto")) {
+        cli_usage_error(cmd, usage, "option --weights: '%s' is not one of auto, f32, bf16, q8_0, q4_1", text);
+        return -1;
     }
-    for (int k = 0; k < 4; k++)
-        if (!strcmp(text, WEIGHT_NAMES[k])) {
-            *out = k;
-            return 0;
-        }
-    cli_usage_error(cmd, usage, "option --weights: '%s' is not one of auto, f32, bf16, q8_0, q4_1", text);
-    return -1;
+    *out = t;
+    return 0;
 }
 
 const char *cli_weights_name(int weight_type) {
-    return weight_type >= 0 && weight_type < 4 ? WEIGHT_NAMES[weight_type] : "auto";
+    const char *name = fr_weight_type_name(weight_type);
+    return name ? name : "auto";
 }

@@ -151,7 +151,8 @@ int cmd_quantize(int argc, char **argv) {
     if (!model) return cli_usage_error(C, usage_quantize, "missing required option '--model DIR'");
     if (!type) return cli_usage_error(C, usage_quantize, "missing required option '--type bf16|q8_0|q4_1'");
     if (!out) return cli_usage_error(C, usage_quantize, "missing required option '--out DIR'");
-    if (strcmp(type, "bf16") && strcmp(type, "q8_0") && strcmp(type, "q4_1"))
+    const int wtype = fr_weight_type_parse(type); /* the engine's weight_type for the evaluation */
+    if (wtype < 1) /* f32 is not a quantization */
         return cli_usage_error(C, usage_quantize, "option '--type' expects bf16, q8_0 or q4_1, got '%s'", type);
     if ((seq_text || tok_text || chunk_text) && !data)
         return cli_usage_error(C, usage_quantize, "--eval-seq / --eval-tokens / --eval-chunk need --eval-data");
@@ -193,7 +194,6 @@ int cmd_quantize(int argc, char **argv) {
         if ((rc = eval_one(model, 0, data, (int)seq, max_tokens, &loss_f, &n_f)) != CLI_EXIT_OK) return rc;
         if ((rc = eval_one(out, 1, data, (int)seq, max_tokens, &loss_q, &n_q)) != CLI_EXIT_OK) return rc;
         t_eval = cli_now() - t1;
-        const int wtype = !strcmp(type, "bf16") ? 1 : !strcmp(type, "q8_0") ? 2 : 3; /* fr_engine_options */
         t1 = cli_now();
         if ((rc = eval_engine(out, wtype, data, (int)seq, (int)chunk, max_tokens, &loss_e)) != CLI_EXIT_OK)
             return rc;

@@ -460,6 +460,11 @@ typedef struct {
     int load_mtp;      /* load MTP module 1 when the checkpoint has it (needed for speculation) */
 } fr_engine_options;
 
+/* The name of a weight_type value ("f32", "bf16", "q8_0", "q4_1"; NULL outside 0..3), and the
+ * value of a name (-1 when it names none). */
+const char *fr_weight_type_name(int weight_type);
+int fr_weight_type_parse(const char *name);
+
 /* Defaults: weights as stored, f32 cache, max_seq_len 0, threads 0, load_mtp 1. */
 void fr_engine_options_default(fr_engine_options *o);
 /* Load config.json + safetensors of an HF folder. opt may be NULL (defaults). */

@@ -80,6 +80,12 @@ int fr_qtype_parse(const char *name) {
     return -1;
 }
 
+const char *fr_weight_type_name(int weight_type) {
+    return weight_type >= 0 && weight_type < FR_QT_COUNT ? QT_NAMES[weight_type] : NULL;
+}
+
+int fr_weight_type_parse(const char *name) { return fr_qtype_parse(name); }
+
 size_t fr_qtype_row_bytes(fr_qtype t, int cols) {
     if (cols <= 0) return 0;
     switch (t) {
