@@ -601,6 +601,16 @@ typedef void (*qdot8_fn)(const qrows *t, const qact *a, int j0, int nx);
         for (int k = 0; k < NXC; k++) t->y[(size_t)(j0 + k) * t->ystride + r] = out[k];                    \
     }
 
+/* QROWS_LOOP with the row count NX a compile-time constant in each branch (the SIMD row
+ * kernels unroll their per-row accumulators on it) */
+#define QROWS_BY_NX(ROW1)                                                                                  \
+    switch (nx) {                                                                                          \
+    case 1: QROWS_LOOP(ROW1, 1) break;                                                                     \
+    case 2: QROWS_LOOP(ROW1, 2) break;                                                                     \
+    case 3: QROWS_LOOP(ROW1, 3) break;                                                                     \
+    default: QROWS_LOOP(ROW1, 4) break;                                                                    \
+    }
+
 /* Where value i of activation block b sits in a quantized row. Plain order, except for
  * Q4_1 (pairs = 1): blocks 2p and 2p+1 are interleaved by halves, [2p: 0..15][2p+1: 0..15]
  * [2p: 16..31][2p+1: 16..31], so that one 32-byte load of a pair's nibbles, masked (low
@@ -865,20 +875,10 @@ static void dot8_q4_1_c(const qrows *t, const qact *a, int j0, int nx) { QROWS_L
         for (int j = 0; j < NX; j++) out[j] = hsum256(_mm256_add_ps(_mm256_add_ps(acc[j][0], acc[j][1]), accm[j])); \
     }                                                                                                      \
     TARGET static void dot8_q8_0_##SUFFIX(const qrows *t, const qact *a, int j0, int nx) {                 \
-        switch (nx) {                                                                                      \
-        case 1: QROWS_LOOP(q8_0_##SUFFIX##_n, 1) break;                                                    \
-        case 2: QROWS_LOOP(q8_0_##SUFFIX##_n, 2) break;                                                    \
-        case 3: QROWS_LOOP(q8_0_##SUFFIX##_n, 3) break;                                                    \
-        default: QROWS_LOOP(q8_0_##SUFFIX##_n, 4) break;                                                   \
-        }                                                                                                  \
+        QROWS_BY_NX(q8_0_##SUFFIX##_n)                                                                     \
     }                                                                                                      \
     TARGET static void dot8_q4_1_##SUFFIX(const qrows *t, const qact *a, int j0, int nx) {                 \
-        switch (nx) {                                                                                      \
-        case 1: QROWS_LOOP(q4_1_##SUFFIX##_n, 1) break;                                                    \
-        case 2: QROWS_LOOP(q4_1_##SUFFIX##_n, 2) break;                                                    \
-        case 3: QROWS_LOOP(q4_1_##SUFFIX##_n, 3) break;                                                    \
-        default: QROWS_LOOP(q4_1_##SUFFIX##_n, 4) break;                                                   \
-        }                                                                                                  \
+        QROWS_BY_NX(q4_1_##SUFFIX##_n)                                                                     \
     }
 
 T_AVX2 static inline __m256i dot32_avx2(__m256i u, __m256i s) {
