@@ -32,7 +32,7 @@
 #include <unistd.h>
 
 #include "bench_common.h"
-#include "ops_cpu.h"
+#include "cpu/ops_cpu.h"
 
 #ifdef FR_HAVE_OPENBLAS
 #include <cblas.h>

@@ -10,7 +10,7 @@
 #include "bench_common.h"
 
 #include "frugal.h"
-#include "optim.h"
+#include "model/optim.h"
 
 #include <math.h>
 

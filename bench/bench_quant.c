@@ -21,9 +21,9 @@
 #include "bench_common.h"
 
 #include "frugal.h"
-#include "internal.h"
-#include "ops_cpu.h"
-#include "quant.h"
+#include "core/internal.h"
+#include "cpu/ops_cpu.h"
+#include "formats/qmatrix.h"
 
 static void usage(FILE *f) {
     fprintf(f,

@@ -6,7 +6,7 @@
 #include "cli.h"
 
 #include "frugal.h"
-#include "gguf.h"
+#include "formats/gguf.h"
 
 #include <string.h>
 

@@ -5,7 +5,7 @@
  *  - `frugal eval --json` on every fixture folder against the loss transformers computed. */
 #define _GNU_SOURCE
 #include "frugal.h"
-#include "safetensors.h"
+#include "formats/safetensors.h"
 #include "cli_testutil.h"
 
 #include <dirent.h>

@@ -22,8 +22,8 @@
  */
 #define _GNU_SOURCE
 #include "frugal.h"
-#include "quant.h"
-#include "safetensors.h"
+#include "formats/qmatrix.h"
+#include "formats/safetensors.h"
 #include "testutil.h"
 
 #include <math.h>

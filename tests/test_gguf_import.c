@@ -31,7 +31,7 @@
  */
 #define _GNU_SOURCE
 #include "frugal.h"
-#include "gguf.h"
+#include "formats/gguf.h"
 #include "testutil.h"
 
 #include <math.h>

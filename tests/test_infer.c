@@ -21,7 +21,7 @@
  */
 #define _GNU_SOURCE
 #include "frugal.h"
-#include "infer_internal.h"
+#include "infer/infer_internal.h"
 #include "testutil.h"
 
 #include <math.h>

@@ -17,13 +17,13 @@
  * tools/make_interop_fixtures.py, which adds transformers' logits).
  */
 #define _GNU_SOURCE
-#include "fp8.h"
+#include "formats/fp8.h"
 #include "frugal.h"
-#include "gguf.h"
-#include "internal.h"
-#include "safetensors.h"
+#include "formats/gguf.h"
+#include "core/internal.h"
+#include "formats/safetensors.h"
 #include "testutil.h"
-#include "tokenizer_internal.h"
+#include "text/tokenizer_internal.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -9,7 +9,7 @@
  * and check that every trainable parameter of ours has a reference gradient.
  */
 #include "frugal.h"
-#include "safetensors.h"
+#include "formats/safetensors.h"
 #include "testutil.h"
 
 #include <math.h>

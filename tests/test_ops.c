@@ -15,9 +15,9 @@
  * A wrong formula (missing term, wrong sign, wrong index) gives O(1) relative errors.
  */
 #include "frugal.h"
-#include "internal.h"
-#include "ops.h"
-#include "ops_cpu.h"
+#include "core/internal.h"
+#include "model/ops.h"
+#include "cpu/ops_cpu.h"
 #include "testutil.h"
 
 #include <float.h>

@@ -28,10 +28,10 @@
  */
 #define _GNU_SOURCE
 #include "frugal.h"
-#include "internal.h"
-#include "ops_cpu.h"
-#include "quant.h"
-#include "safetensors.h"
+#include "core/internal.h"
+#include "cpu/ops_cpu.h"
+#include "formats/qmatrix.h"
+#include "formats/safetensors.h"
 #include "testutil.h"
 
 #include <dirent.h>

@@ -1,8 +1,8 @@
 /* test_safetensors.c — round trips, sharded sets, hostile headers and a header fuzz loop. */
 #define _GNU_SOURCE
 #include "frugal.h"
-#include "internal.h"
-#include "safetensors.h"
+#include "core/internal.h"
+#include "formats/safetensors.h"
 #include "testutil.h"
 
 #include <dirent.h>

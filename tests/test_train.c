@@ -12,9 +12,9 @@
  *    and kill -9 at random moments never leaves a checkpoint that fails to load.
  */
 #include "frugal.h"
-#include "model_internal.h"
-#include "optim.h"
-#include "safetensors.h"
+#include "model/model_internal.h"
+#include "model/optim.h"
+#include "formats/safetensors.h"
 #include "testutil.h"
 
 #include <errno.h>

@@ -1,6 +1,6 @@
 /* fuzz_config.c — libFuzzer target: config.json through fr_config_parse, fr_config_validate
  * and the FP8 quantization_config reader. */
-#include "fp8.h"
+#include "formats/fp8.h"
 #include "frugal.h"
 
 #include <stdint.h>

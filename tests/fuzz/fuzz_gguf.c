@@ -1,6 +1,6 @@
 /* fuzz_gguf.c — libFuzzer target: a GGUF image (header, metadata, tensor descriptions)
  * through fr_gguf_parse, every accessor and every tensor's dequantization. */
-#include "gguf.h"
+#include "formats/gguf.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -1,7 +1,7 @@
 /* fuzz_index.c — libFuzzer target: model.safetensors.index.json (weight_map, shard names)
  * through fr_st_set_open_dir, in a folder that holds one valid shard "a.safetensors"
  * (tensor "w") so that well-formed indexes reach the shard checks. */
-#include "safetensors.h"
+#include "formats/safetensors.h"
 
 #include <stdint.h>
 #include <stdio.h>

@@ -1,6 +1,6 @@
 /* fuzz_safetensors.c — libFuzzer target: a safetensors file (header length, JSON header,
  * offsets) through fr_st_open and every conversion. Build and run: tests/fuzz/run.sh. */
-#include "safetensors.h"
+#include "formats/safetensors.h"
 
 #include <stdint.h>
 #include <stdio.h>

@@ -2,7 +2,7 @@
  * tokenizer that loads encodes and decodes a fixed text and is exported through the GGUF
  * accessors. */
 #include "frugal.h"
-#include "tokenizer_internal.h"
+#include "text/tokenizer_internal.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -28,10 +28,10 @@ flags=(-g -O1 -std=gnu11 -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,addre
        -fno-sanitize-recover=undefined -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas
        -I"$root/include" -I"$root/src")
 # The parsers and what they call (no OpenMP code is among them).
-lib=(util.c safetensors.c config.c tokenizer.c gguf.c fp8.c)
+lib=(core/util.c formats/safetensors.c model/config.c text/tokenizer.c formats/gguf.c formats/fp8.c)
 objs=()
 for s in "${lib[@]}"; do
-    o="$out/obj/${s%.c}.o"
+    o="$out/obj/$(basename "${s%.c}").o"
     if [ ! -f "$o" ] || [ "$root/src/$s" -nt "$o" ] || [ -n "$(find "$root/src" -name '*.h' -newer "$o" | head -1)" ]; then
         "$CC" "${flags[@]}" $cjson_inc -c "$root/src/$s" -o "$o"
     fi

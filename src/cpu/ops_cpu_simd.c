@@ -1,0 +1,537 @@
+/*
+ * ops_cpu_simd.c — CPU feature detection, instruction-set selection and the small SIMD
+ * helpers (dot products, axpy, exp-sum) used by the CPU backend's non-GEMM ops.
+ *
+ * Kernels for AVX2+FMA and AVX-512F are compiled with target attributes, so the file
+ * builds without -march flags and the choice is made at run time.
+ */
+#include "cpu/ops_cpu.h"
+#include "frugal.h"
+
+#include <cpuid.h>
+#include <float.h>
+#include <immintrin.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ detection */
+
+static int cpu_has(int isa) {
+    __builtin_cpu_init();
+    switch (isa) {
+    case FR_ISA_GENERIC: return 1;
+    case FR_ISA_AVX2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case FR_ISA_AVX512:
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+               __builtin_cpu_supports("fma");
+    default: return 0;
+    }
+}
+
+int fr_cpu_isa_supported(int isa) { return cpu_has(isa); }
+
+const char *fr_cpu_isa_name(int isa) {
+    switch (isa) {
+    case FR_ISA_AVX2: return "avx2";
+    case FR_ISA_AVX512: return "avx512";
+    default: return "generic";
+    }
+}
+
+static char g_features[256];
+static pthread_once_t g_features_once = PTHREAD_ONCE_INIT;
+
+static void append(const char *s) {
+    size_t len = strlen(g_features);
+    snprintf(g_features + len, sizeof g_features - len, "%s%s", len ? " " : "", s);
+}
+
+static void features_init(void) {
+    __builtin_cpu_init();
+    g_features[0] = 0;
+    if (__builtin_cpu_supports("avx512f")) append("avx512f");
+    unsigned a, b, c, d;
+    int bf16 = 0, amx_bf16 = 0, amx_tile = 0;
+    if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) bf16 = (a >> 5) & 1;      /* AVX512_BF16 */
+    if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+        amx_bf16 = (d >> 22) & 1;
+        amx_tile = (d >> 24) & 1;
+    }
+    if (bf16 && __builtin_cpu_supports("avx512f")) append("avx512bf16");
+    if (amx_bf16 && amx_tile) append("amx-bf16");
+    if (__builtin_cpu_supports("avx2")) append("avx2");
+    if (__builtin_cpu_supports("fma")) append("fma");
+    if (!g_features[0]) append("generic");
+}
+
+const char *fr_cpu_features(void) {
+    pthread_once(&g_features_once, features_init);
+    return g_features;
+}
+
+/* ------------------------------------------------------------------ generic helpers */
+
+static float dot_generic(const float *a, const float *b, int n) {
+    float s = 0.f;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void dots_generic(float *out, const float *q, const float *K, size_t ks, int rows, int d,
+                         float scale) {
+    for (int j = 0; j < rows; j++) out[j] = scale * dot_generic(q, K + (size_t)j * ks, d);
+}
+
+static void axpys_generic(float *acc, const float *p, const float *V, size_t vs, int rows, int d) {
+    for (int j = 0; j < rows; j++) {
+        const float *v = V + (size_t)j * vs;
+        float pj = p[j];
+        for (int i = 0; i < d; i++) acc[i] += pj * v[i];
+    }
+}
+
+static void rank1s_generic(float *Y, size_t ys, const float *c, const float *x, int rows, int d) {
+    for (int j = 0; j < rows; j++) {
+        float *y = Y + (size_t)j * ys;
+        float cj = c[j];
+        for (int i = 0; i < d; i++) y[i] += cj * x[i];
+    }
+}
+
+static float max_generic(const float *x, int n) {
+    float m = x[0];
+    for (int i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+static float expsum_generic(float *y, const float *x, int n, float m) {
+    float s = 0.f;
+    for (int i = 0; i < n; i++) {
+        float e = expf(x[i] - m);
+        if (y) y[i] = e;
+        s += e;
+    }
+    return s;
+}
+
+static void swiglu_generic(float *h, const float *g, const float *u, int n) {
+    for (int i = 0; i < n; i++) {
+        const float gi = g[i];
+        h[i] = gi * (1.0f / (1.0f + expf(-gi))) * u[i];
+    }
+}
+
+static const fr_cpu_vec vec_generic = {dots_generic, axpys_generic,  rank1s_generic, dot_generic,
+                                       max_generic,  expsum_generic, swiglu_generic};
+
+/* ------------------------------------------------------------------ AVX2 + FMA */
+
+#define T_AVX2 __attribute__((target("avx2,fma")))
+
+T_AVX2 static inline float hsum256(__m256 v) {
+    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
+    return _mm_cvtss_f32(lo);
+}
+
+/* exp(x) for x in float range; x < ln(FLT_MIN) gives 0, NaN propagates. Cephes-style
+ * range reduction x = n ln2 + r and a degree-6 polynomial for e^r (about 1-2 ulp). */
+T_AVX2 static inline __m256 exp256(__m256 x) {
+    const __m256 hi = _mm256_set1_ps(88.0f), lo = _mm256_set1_ps(-87.33654475f);
+    __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_min_ps(hi, x);
+    x = _mm256_max_ps(lo, x);
+    __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i n = _mm256_cvtps_epi32(fx);
+    __m256 pow2n = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23));
+    return _mm256_andnot_ps(under, _mm256_mul_ps(p, pow2n));
+}
+
+T_AVX2 static float dot_avx2(const float *a, const float *b, int n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    float s = hsum256(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* Four rows at a time so each load of q feeds four FMAs. */
+T_AVX2 static void dots_avx2(float *out, const float *q, const float *K, size_t ks, int rows, int d,
+                             float scale) {
+    int j = 0;
+    int d8 = d & ~7;
+    for (; j + 4 <= rows; j += 4) {
+        const float *k0 = K + (size_t)j * ks, *k1 = k0 + ks, *k2 = k1 + ks, *k3 = k2 + ks;
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+        for (int i = 0; i < d8; i += 8) {
+            __m256 qv = _mm256_loadu_ps(q + i);
+            s0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + i), s0);
+            s1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1 + i), s1);
+            s2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2 + i), s2);
+            s3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3 + i), s3);
+        }
+        float r0 = hsum256(s0), r1 = hsum256(s1), r2 = hsum256(s2), r3 = hsum256(s3);
+        for (int i = d8; i < d; i++) {
+            r0 += q[i] * k0[i];
+            r1 += q[i] * k1[i];
+            r2 += q[i] * k2[i];
+            r3 += q[i] * k3[i];
+        }
+        out[j] = scale * r0;
+        out[j + 1] = scale * r1;
+        out[j + 2] = scale * r2;
+        out[j + 3] = scale * r3;
+    }
+    for (; j < rows; j++) {
+        const float *k0 = K + (size_t)j * ks;
+        __m256 s0 = _mm256_setzero_ps();
+        for (int i = 0; i < d8; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k0 + i), s0);
+        float r0 = hsum256(s0);
+        for (int i = d8; i < d; i++) r0 += q[i] * k0[i];
+        out[j] = scale * r0;
+    }
+}
+
+T_AVX2 static void axpys_avx2(float *acc, const float *p, const float *V, size_t vs, int rows, int d) {
+    int i = 0;
+    for (; i + 64 <= d; i += 64) {
+        __m256 a0 = _mm256_loadu_ps(acc + i), a1 = _mm256_loadu_ps(acc + i + 8);
+        __m256 a2 = _mm256_loadu_ps(acc + i + 16), a3 = _mm256_loadu_ps(acc + i + 24);
+        __m256 a4 = _mm256_loadu_ps(acc + i + 32), a5 = _mm256_loadu_ps(acc + i + 40);
+        __m256 a6 = _mm256_loadu_ps(acc + i + 48), a7 = _mm256_loadu_ps(acc + i + 56);
+        for (int j = 0; j < rows; j++) {
+            const float *v = V + (size_t)j * vs + i;
+            __m256 pj = _mm256_broadcast_ss(p + j);
+            a0 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v), a0);
+            a1 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 8), a1);
+            a2 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 16), a2);
+            a3 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 24), a3);
+            a4 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 32), a4);
+            a5 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 40), a5);
+            a6 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 48), a6);
+            a7 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 56), a7);
+        }
+        _mm256_storeu_ps(acc + i, a0);
+        _mm256_storeu_ps(acc + i + 8, a1);
+        _mm256_storeu_ps(acc + i + 16, a2);
+        _mm256_storeu_ps(acc + i + 24, a3);
+        _mm256_storeu_ps(acc + i + 32, a4);
+        _mm256_storeu_ps(acc + i + 40, a5);
+        _mm256_storeu_ps(acc + i + 48, a6);
+        _mm256_storeu_ps(acc + i + 56, a7);
+    }
+    for (; i + 8 <= d; i += 8) {
+        __m256 a0 = _mm256_loadu_ps(acc + i);
+        for (int j = 0; j < rows; j++)
+            a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), _mm256_loadu_ps(V + (size_t)j * vs + i), a0);
+        _mm256_storeu_ps(acc + i, a0);
+    }
+    for (; i < d; i++) {
+        float a = acc[i];
+        for (int j = 0; j < rows; j++) a = fmaf(p[j], V[(size_t)j * vs + i], a);
+        acc[i] = a;
+    }
+}
+
+T_AVX2 static void rank1s_avx2(float *Y, size_t ys, const float *c, const float *x, int rows, int d) {
+    for (int j = 0; j < rows; j++) {
+        float *y = Y + (size_t)j * ys;
+        __m256 cj = _mm256_broadcast_ss(c + j);
+        int i = 0;
+        for (; i + 8 <= d; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(cj, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+        for (; i < d; i++) y[i] = fmaf(c[j], x[i], y[i]);
+    }
+}
+
+T_AVX2 static float max_avx2(const float *x, int n) {
+    int i = 0;
+    float m = x[0];
+    if (n >= 8) {
+        __m256 mv = _mm256_loadu_ps(x);
+        for (i = 8; i + 8 <= n; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(x + i));
+        __m128 a = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+        a = _mm_max_ps(a, _mm_movehl_ps(a, a));
+        a = _mm_max_ss(a, _mm_shuffle_ps(a, a, 1));
+        m = _mm_cvtss_f32(a);
+    }
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+T_AVX2 static float expsum_avx2(float *y, const float *x, int n, float m) {
+    __m256 mv = _mm256_set1_ps(m), s0 = _mm256_setzero_ps(), s1 = s0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 e0 = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
+        __m256 e1 = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), mv));
+        if (y) {
+            _mm256_storeu_ps(y + i, e0);
+            _mm256_storeu_ps(y + i + 8, e1);
+        }
+        s0 = _mm256_add_ps(s0, e0);
+        s1 = _mm256_add_ps(s1, e1);
+    }
+    if (i < n) { /* tail: pad with -inf (exp = 0) */
+        float buf[16];
+        int r = n - i;
+        for (int t = 0; t < 16; t++) buf[t] = t < r ? x[i + t] : -INFINITY;
+        __m256 e0 = exp256(_mm256_sub_ps(_mm256_loadu_ps(buf), mv));
+        __m256 e1 = exp256(_mm256_sub_ps(_mm256_loadu_ps(buf + 8), mv));
+        s0 = _mm256_add_ps(s0, e0);
+        s1 = _mm256_add_ps(s1, e1);
+        if (y) {
+            _mm256_storeu_ps(buf, e0);
+            _mm256_storeu_ps(buf + 8, e1);
+            for (int t = 0; t < r; t++) y[i + t] = buf[t];
+        }
+    }
+    return hsum256(_mm256_add_ps(s0, s1));
+}
+
+T_AVX2 static void swiglu_avx2(float *h, const float *g, const float *u, int n) {
+    /* sigmoid from e = exp(-|g|) <= 1, which cannot overflow: 1/(1+e) for g >= 0, e/(1+e)
+     * below (exp256 clamps large arguments, so exp(-g) itself would give g = -1e30 a
+     * sigmoid of 6e-39 instead of 0) */
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 gv = _mm256_loadu_ps(g + i);
+        const __m256 e = exp256(_mm256_or_ps(gv, sign)); /* exp(-|g|) */
+        const __m256 r = _mm256_div_ps(one, _mm256_add_ps(one, e));
+        const __m256 s = _mm256_blendv_ps(r, _mm256_mul_ps(e, r), gv); /* sign bit of g picks e/(1+e) */
+        _mm256_storeu_ps(h + i, _mm256_mul_ps(_mm256_mul_ps(gv, s), _mm256_loadu_ps(u + i)));
+    }
+    swiglu_generic(h + i, g + i, u + i, n - i);
+}
+
+static const fr_cpu_vec vec_avx2 = {dots_avx2, axpys_avx2, rank1s_avx2, dot_avx2, max_avx2, expsum_avx2, swiglu_avx2};
+
+/* ------------------------------------------------------------------ AVX-512F */
+
+#define T_AVX512 __attribute__((target("avx512f,avx2,fma")))
+
+T_AVX512 static inline __m512 exp512(__m512 x) {
+    const __m512 hi = _mm512_set1_ps(88.0f), lo = _mm512_set1_ps(-87.33654475f);
+    __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+    x = _mm512_min_ps(hi, x);
+    x = _mm512_max_ps(lo, x);
+    __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    __m512i n = _mm512_cvtps_epi32(fx);
+    __m512 pow2n = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), 23));
+    return _mm512_maskz_mul_ps((__mmask16)~under, p, pow2n);
+}
+
+T_AVX512 static inline __mmask16 tailmask(int r) { return (__mmask16)((1u << r) - 1u); }
+
+T_AVX512 static float dot_avx512(const float *a, const float *b, int n) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    int i = 0;
+    for (; i + 64 <= n; i += 64) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+        s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(b + i + 32), s2);
+        s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(b + i + 48), s3);
+    }
+    for (; i + 16 <= n; i += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+    if (i < n) {
+        __mmask16 m = tailmask(n - i);
+        s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+}
+
+T_AVX512 static void dots_avx512(float *out, const float *q, const float *K, size_t ks, int rows, int d,
+                                 float scale) {
+    int j = 0;
+    int d16 = d & ~15;
+    __mmask16 m = tailmask(d - d16);
+    for (; j + 4 <= rows; j += 4) {
+        const float *k0 = K + (size_t)j * ks, *k1 = k0 + ks, *k2 = k1 + ks, *k3 = k2 + ks;
+        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+        for (int i = 0; i < d16; i += 16) {
+            __m512 qv = _mm512_loadu_ps(q + i);
+            s0 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k0 + i), s0);
+            s1 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k1 + i), s1);
+            s2 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k2 + i), s2);
+            s3 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k3 + i), s3);
+        }
+        if (m) {
+            __m512 qv = _mm512_maskz_loadu_ps(m, q + d16);
+            s0 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k0 + d16), s0);
+            s1 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k1 + d16), s1);
+            s2 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k2 + d16), s2);
+            s3 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k3 + d16), s3);
+        }
+        out[j] = scale * _mm512_reduce_add_ps(s0);
+        out[j + 1] = scale * _mm512_reduce_add_ps(s1);
+        out[j + 2] = scale * _mm512_reduce_add_ps(s2);
+        out[j + 3] = scale * _mm512_reduce_add_ps(s3);
+    }
+    for (; j < rows; j++) {
+        const float *k0 = K + (size_t)j * ks;
+        __m512 s0 = _mm512_setzero_ps();
+        for (int i = 0; i < d16; i += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), _mm512_loadu_ps(k0 + i), s0);
+        if (m) s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + d16), _mm512_maskz_loadu_ps(m, k0 + d16), s0);
+        out[j] = scale * _mm512_reduce_add_ps(s0);
+    }
+}
+
+T_AVX512 static void axpys_avx512(float *acc, const float *p, const float *V, size_t vs, int rows, int d) {
+    int i = 0;
+    for (; i + 128 <= d; i += 128) {
+        __m512 a[8];
+        for (int u = 0; u < 8; u++) a[u] = _mm512_loadu_ps(acc + i + 16 * u);
+        for (int j = 0; j < rows; j++) {
+            const float *v = V + (size_t)j * vs + i;
+            __m512 pj = _mm512_set1_ps(p[j]);
+            for (int u = 0; u < 8; u++) a[u] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(v + 16 * u), a[u]);
+        }
+        for (int u = 0; u < 8; u++) _mm512_storeu_ps(acc + i + 16 * u, a[u]);
+    }
+    for (; i < d; i += 16) {
+        __mmask16 m = d - i >= 16 ? (__mmask16)0xFFFF : tailmask(d - i);
+        __m512 a0 = _mm512_maskz_loadu_ps(m, acc + i);
+        for (int j = 0; j < rows; j++)
+            a0 = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), _mm512_maskz_loadu_ps(m, V + (size_t)j * vs + i), a0);
+        _mm512_mask_storeu_ps(acc + i, m, a0);
+    }
+}
+
+T_AVX512 static void rank1s_avx512(float *Y, size_t ys, const float *c, const float *x, int rows, int d) {
+    for (int j = 0; j < rows; j++) {
+        float *y = Y + (size_t)j * ys;
+        __m512 cj = _mm512_set1_ps(c[j]);
+        for (int i = 0; i < d; i += 16) {
+            __mmask16 m = d - i >= 16 ? (__mmask16)0xFFFF : tailmask(d - i);
+            _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(cj, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+        }
+    }
+}
+
+T_AVX512 static float max_avx512(const float *x, int n) {
+    __m512 mv = _mm512_set1_ps(-INFINITY);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(x + i));
+    if (i < n) mv = _mm512_mask_max_ps(mv, tailmask(n - i), mv, _mm512_maskz_loadu_ps(tailmask(n - i), x + i));
+    float m = _mm512_reduce_max_ps(mv);
+    if (m == -INFINITY || m != m) { /* all -inf, or NaNs the vector max may have skipped */
+        m = x[0];
+        for (int t = 1; t < n; t++) m = x[t] > m ? x[t] : m;
+    }
+    return m;
+}
+
+T_AVX512 static float expsum_avx512(float *y, const float *x, int n, float m) {
+    __m512 mv = _mm512_set1_ps(m), s0 = _mm512_setzero_ps(), s1 = s0;
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m512 e0 = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + i), mv));
+        __m512 e1 = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + i + 16), mv));
+        if (y) {
+            _mm512_storeu_ps(y + i, e0);
+            _mm512_storeu_ps(y + i + 16, e1);
+        }
+        s0 = _mm512_add_ps(s0, e0);
+        s1 = _mm512_add_ps(s1, e1);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : tailmask(n - i);
+        __m512 e0 = _mm512_maskz_mov_ps(k, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), mv)));
+        if (y) _mm512_mask_storeu_ps(y + i, k, e0);
+        s0 = _mm512_add_ps(s0, e0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+T_AVX512 static void swiglu_avx512(float *h, const float *g, const float *u, int n) {
+    /* as swiglu_avx2: the sigmoid from exp(-|g|) */
+    const __m512 one = _mm512_set1_ps(1.0f);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 gv = _mm512_loadu_ps(g + i);
+        const __m512 e = exp512(_mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(gv), _mm512_set1_epi32(INT32_MIN))));
+        const __m512 r = _mm512_div_ps(one, _mm512_add_ps(one, e));
+        const __mmask16 neg = _mm512_cmplt_epi32_mask(_mm512_castps_si512(gv), _mm512_setzero_si512());
+        const __m512 s = _mm512_mask_mul_ps(r, neg, e, r);
+        _mm512_storeu_ps(h + i, _mm512_mul_ps(_mm512_mul_ps(gv, s), _mm512_loadu_ps(u + i)));
+    }
+    swiglu_generic(h + i, g + i, u + i, n - i);
+}
+
+static const fr_cpu_vec vec_avx512 = {dots_avx512, axpys_avx512,  rank1s_avx512, dot_avx512,
+                                      max_avx512,  expsum_avx512, swiglu_avx512};
+
+/* ------------------------------------------------------------------ selection */
+
+static int g_isa = FR_ISA_GENERIC;
+static const fr_cpu_vec *g_vec = &vec_generic;
+static pthread_once_t g_isa_once = PTHREAD_ONCE_INIT;
+
+static int best_isa(void) {
+    int cap = FR_ISA_AVX512;
+    const char *env = getenv("FRUGAL_CPU");
+    if (env && *env) {
+        if (!strcmp(env, "generic") || !strcmp(env, "scalar")) cap = FR_ISA_GENERIC;
+        else if (!strcmp(env, "avx2")) cap = FR_ISA_AVX2;
+    }
+    for (int isa = cap; isa > FR_ISA_GENERIC; isa--)
+        if (cpu_has(isa)) return isa;
+    return FR_ISA_GENERIC;
+}
+
+static void apply_isa(int isa) {
+    while (isa > FR_ISA_GENERIC && !cpu_has(isa)) isa--;
+    g_isa = isa;
+    g_vec = isa == FR_ISA_AVX512 ? &vec_avx512 : isa == FR_ISA_AVX2 ? &vec_avx2 : &vec_generic;
+    fr_cpu_gemm_select(isa);
+}
+
+static void isa_init(void) { apply_isa(best_isa()); }
+
+int fr_cpu_isa(void) {
+    pthread_once(&g_isa_once, isa_init);
+    return g_isa;
+}
+
+int fr_cpu_set_isa(int isa) {
+    pthread_once(&g_isa_once, isa_init);
+    apply_isa(isa < 0 ? best_isa() : isa > FR_ISA_AVX512 ? FR_ISA_AVX512 : isa);
+    return g_isa;
+}
+
+const fr_cpu_vec *fr_cpu_vec_ops(void) {
+    pthread_once(&g_isa_once, isa_init);
+    return g_vec;
+}

@@ -1,0 +1,1704 @@
+/*
+ * quant.c — storage formats of inference weight matrices, fr_qmatmul and the quantized
+ * checkpoint format (see quant.h and docs/quantization.md).
+ *
+ * In-memory layout: every row of a matrix is stored on its own, rows back to back,
+ * fr_qtype_row_bytes(type, cols) bytes each. Inside a row (nb = cols / 32 blocks):
+ *
+ *   F32   cols x float32.
+ *   BF16  cols x uint16: the upper 16 bits of the float32, rounded to nearest even (NaN
+ *         stays a quiet NaN). Dequantized exactly by shifting back: x̂ = bits << 16.
+ *   Q8_0  [nb x float16 scale d_b][cols x int8 q]. Block b holds values 32b .. 32b+31:
+ *         x̂ = d_b * q, q in [-127, 127]. d_b = max|x| / 127 rounded UP to float16 (so
+ *         no |x| / d_b exceeds 127 and no clamping error appears); q = round(x / d_b).
+ *         Error: |x - x̂| <= d_b / 2. 34 bytes per 32 values (8.5 bits per weight).
+ *   Q4_1  [nb x float16 scale d_b][nb x float16 minimum m_b][cols/2 bytes of nibbles].
+ *         x̂ = d_b * q + m_b, q in [0, 15]. m_b = min(x) rounded DOWN to float16, d_b =
+ *         (max(x) - m_b) / 15 rounded UP to float16; q = round((x - m_b) / d_b).
+ *         Error: |x - x̂| <= d_b / 2 (plus float rounding of d*q + m). Packing: the 16
+ *         bytes of block b are bytes 16b .. 16b+15 of the nibble area; byte k holds value
+ *         32b+k in its low nibble and value 32b+k+16 in its high nibble, so one 16-byte
+ *         load gives values 0..15 (b & 15) and 16..31 (b >> 4) of a block in order.
+ *         20 bytes per 32 values (5 bits per weight).
+ *
+ * Scales and minima of a row sit together before its quants so a SIMD kernel converts 8 or
+ * 16 of them with one instruction (vcvtph2ps); the quants of a block are contiguous, 32
+ * (Q8_0) or 16 (Q4_1) bytes, so one vector load feeds a block.
+ *
+ * Kernels (fr_qmatmul).
+ *   Q8_0 / Q4_1 (default): activations quantized to int8 per block of 32 once per call, exact
+ *           integer block dot products (AVX-512 VNNI vpdpbusd / AVX2 vpmaddubsw / C), for
+ *           every M: tiles of W rows that fit the L2 cache, each tile dotted with groups of
+ *           up to 4 activation rows ("int8 activations" below has the arithmetic and bounds).
+ *   BF16, and Q8_0 / Q4_1 with FP32 activations (fr_qmatmul_set_int8_act(0)): weights are
+ *           dequantized in registers and multiplied with FMAs, so the result equals x · Ŵᵀ
+ *           (Ŵ the dequantized weights) up to FP32 summation error.
+ *     M < 4   matrix-vector per row of x: OpenMP over rows of W, the weights streamed once
+ *             per x row.
+ *     M >= 4  tiles of W rows are dequantized to FP32 (OpenMP over rows), then multiplied
+ *             with the CPU backend's packed SGEMM (fr_cpu_gemm, itself multi-threaded).
+ * Variants: AVX-512F, AVX2+FMA+F16C, portable C; chosen at each call from fr_cpu_isa() (so
+ * FRUGAL_CPU=scalar|generic|avx2|avx512 and fr_cpu_set_isa cap it).
+ * F32 matrices use fr_cpu_gemm directly.
+ *
+ * On-disk (safetensors, names derived from the float tensor's name "<base>.weight"):
+ *   BF16  "<base>.weight"  BF16 [rows, cols]      (standard safetensors bf16)
+ *   Q8_0  "<base>.qweight" I8   [rows, cols]      quants
+ *         "<base>.scales"  F16  [rows, cols/32]   d_b
+ *   Q4_1  "<base>.qweight" U8   [rows, cols/2]    nibbles packed as above
+ *         "<base>.scales"  F16  [rows, cols/32]   d_b
+ *         "<base>.mins"    F16  [rows, cols/32]   m_b
+ * A quantized folder therefore has no "<base>.weight" for these matrices, so the FP32
+ * loader (fr_model_load) refuses it with "missing tensor" instead of reading quants as
+ * weights; fr_model_load_dequantized reads it.
+ */
+#include "formats/qmatrix.h"
+
+#include "core/internal.h"
+#include "cpu/ops_cpu.h"
+#include "formats/safetensors.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <immintrin.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *QT_NAMES[FR_QT_COUNT] = {"f32", "bf16", "q8_0", "q4_1"};
+
+const char *fr_qtype_name(fr_qtype t) { return (unsigned)t < FR_QT_COUNT ? QT_NAMES[t] : "?"; }
+
+int fr_qtype_parse(const char *name) {
+    for (int t = 0; t < FR_QT_COUNT; t++)
+        if (name && strcmp(name, QT_NAMES[t]) == 0) return t;
+    return -1;
+}
+
+const char *fr_weight_type_name(int weight_type) {
+    return weight_type >= 0 && weight_type < FR_QT_COUNT ? QT_NAMES[weight_type] : NULL;
+}
+
+int fr_weight_type_parse(const char *name) { return fr_qtype_parse(name); }
+
+size_t fr_qtype_row_bytes(fr_qtype t, int cols) {
+    if (cols <= 0) return 0;
+    switch (t) {
+    case FR_QT_F32: return (size_t)cols * 4;
+    case FR_QT_BF16: return (size_t)cols * 2;
+    case FR_QT_Q8_0: return cols % FR_QBLOCK ? 0 : (size_t)cols + (size_t)(cols / FR_QBLOCK) * 2;
+    case FR_QT_Q4_1: return cols % FR_QBLOCK ? 0 : (size_t)cols / 2 + (size_t)(cols / FR_QBLOCK) * 4;
+    default: return 0;
+    }
+}
+
+void fr_qmatrix_wrap(fr_qmatrix *out, fr_qtype t, void *data, int rows, int cols) {
+    out->type = t;
+    out->rows = rows;
+    out->cols = cols;
+    out->data = data;
+    out->owned = 0;
+}
+
+void fr_qmatrix_free(fr_qmatrix *m) {
+    if (m && m->owned) fr_free(m->data);
+    if (m) memset(m, 0, sizeof *m);
+}
+
+/* ------------------------------------------------------------------ scalar conversions */
+
+uint16_t fr_q_f32_to_bf16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40); /* quiet NaN */
+    x += 0x7fffu + ((x >> 16) & 1u);
+    return (uint16_t)(x >> 16);
+}
+
+float fr_q_bf16_to_f32(uint16_t h) {
+    uint32_t x = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+float fr_q_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, x;
+    if (e == 0) {
+        float f = (float)m * 0x1p-24f; /* zero or subnormal: exact */
+        return sign ? -f : f;
+    }
+    if (e == 31) x = sign | 0x7f800000u | (m << 13);
+    else x = sign | ((e + 112u) << 23) | (m << 13);
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+uint16_t fr_q_f32_to_f16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    uint32_t ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u));
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);  /* >= 65520: rounds to inf */
+    if (ax < 0x38800000u) {                                     /* below 2^-14: subnormal */
+        float a;
+        memcpy(&a, &ax, 4);
+        return (uint16_t)(sign | (uint16_t)lrintf(a * 0x1p24f)); /* exact scaling, RNE */
+    }
+    uint32_t r = ax - 0x38000000u + 0xfffu + ((ax >> 13) & 1u);
+    return (uint16_t)(sign | (r >> 13));
+}
+
+/* Smallest float16 >= v (v >= 0, finite, <= 65504). */
+static uint16_t f16_up(float v) {
+    uint16_t h = fr_q_f32_to_f16(v);
+    if (fr_q_f16_to_f32(h) < v) h++;
+    return h;
+}
+
+/* Largest float16 <= v (finite, >= -65504). */
+static uint16_t f16_down(float v) {
+    uint16_t h = fr_q_f32_to_f16(v);
+    if (fr_q_f16_to_f32(h) > v) {
+        if (h == 0) h = 0x8001u;            /* +0 -> smallest negative subnormal */
+        else if (h & 0x8000u) h++;          /* negative: larger magnitude */
+        else h--;                           /* positive: smaller magnitude */
+    }
+    return h;
+}
+
+#define F16_MAX 65504.0f
+
+/* ------------------------------------------------------------------ quantization of rows */
+
+static int quant_row_q8_0(uint8_t *dst, const float *x, int cols) {
+    const int nb = cols / FR_QBLOCK;
+    uint16_t *d = (uint16_t *)dst;
+    int8_t *q = (int8_t *)(dst + 2 * (size_t)nb);
+    for (int b = 0; b < nb; b++) {
+        const float *xb = x + b * FR_QBLOCK;
+        float amax = 0.f;
+        for (int i = 0; i < FR_QBLOCK; i++) {
+            if (!isfinite(xb[i])) return -1;
+            amax = fmaxf(amax, fabsf(xb[i]));
+        }
+        float dd = amax / 127.0f;
+        if (dd > F16_MAX) return -2;
+        uint16_t h = f16_up(dd);
+        d[b] = h;
+        float ds = fr_q_f16_to_f32(h);
+        for (int i = 0; i < FR_QBLOCK; i++) {
+            long v = ds > 0.f ? lrintf(xb[i] / ds) : 0;
+            q[b * FR_QBLOCK + i] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+        }
+    }
+    return 0;
+}
+
+static int quant_row_q4_1(uint8_t *dst, const float *x, int cols) {
+    const int nb = cols / FR_QBLOCK;
+    uint16_t *d = (uint16_t *)dst, *mn = d + nb;
+    uint8_t *q = dst + 4 * (size_t)nb;
+    for (int b = 0; b < nb; b++) {
+        const float *xb = x + b * FR_QBLOCK;
+        float lo = xb[0], hi = xb[0];
+        for (int i = 0; i < FR_QBLOCK; i++) {
+            if (!isfinite(xb[i])) return -1;
+            lo = fminf(lo, xb[i]);
+            hi = fmaxf(hi, xb[i]);
+        }
+        if (lo < -F16_MAX) return -2;
+        uint16_t hm = f16_down(lo);
+        float m = fr_q_f16_to_f32(hm);
+        float dd = (hi - m) / 15.0f;
+        if (!(dd <= F16_MAX)) return -2;
+        uint16_t hd = f16_up(dd);
+        float ds = fr_q_f16_to_f32(hd);
+        d[b] = hd;
+        mn[b] = hm;
+        uint8_t v[FR_QBLOCK];
+        for (int i = 0; i < FR_QBLOCK; i++) {
+            long t = ds > 0.f ? lrintf((xb[i] - m) / ds) : 0;
+            v[i] = (uint8_t)(t > 15 ? 15 : t < 0 ? 0 : t);
+        }
+        for (int k = 0; k < 16; k++) q[b * 16 + k] = (uint8_t)(v[k] | (v[k + 16] << 4));
+    }
+    return 0;
+}
+
+int fr_qmatrix_from_f32(fr_qmatrix *out, fr_qtype t, const float *src, int rows, int cols) {
+    memset(out, 0, sizeof *out);
+    size_t rb = fr_qtype_row_bytes(t, cols);
+    if (rows <= 0 || rb == 0) {
+        if ((t == FR_QT_Q8_0 || t == FR_QT_Q4_1) && cols > 0 && cols % FR_QBLOCK)
+            return fr_error(FR_ERR_ARG, "cannot store a %d x %d matrix as %s: the number of columns must be a multiple of %d",
+                            rows, cols, fr_qtype_name(t), FR_QBLOCK);
+        return fr_error(FR_ERR_ARG, "cannot store a %d x %d matrix as %s", rows, cols, fr_qtype_name(t));
+    }
+    uint8_t *data = fr_alloc(rb * (size_t)rows);
+    if (!data) return fr_error(FR_ERR_NOMEM, "out of memory for a %d x %d %s matrix", rows, cols, fr_qtype_name(t));
+    int bad_row = -1, bad_kind = 0;
+    for (int r = 0; r < rows && bad_row < 0; r++) {
+        const float *x = src + (size_t)r * cols;
+        uint8_t *dst = data + rb * (size_t)r;
+        int k = 0;
+        switch (t) {
+        case FR_QT_F32: memcpy(dst, x, rb); break;
+        case FR_QT_BF16:
+            for (int c = 0; c < cols; c++) ((uint16_t *)dst)[c] = fr_q_f32_to_bf16(x[c]);
+            break;
+        case FR_QT_Q8_0: k = quant_row_q8_0(dst, x, cols); break;
+        case FR_QT_Q4_1: k = quant_row_q4_1(dst, x, cols); break;
+        default: k = -3; break;
+        }
+        if (k) {
+            bad_row = r;
+            bad_kind = k;
+        }
+    }
+    if (bad_row >= 0) {
+        fr_free(data);
+        if (bad_kind == -1) return fr_error(FR_ERR_ARG, "row %d holds a non-finite value: cannot quantize to %s", bad_row, fr_qtype_name(t));
+        if (bad_kind == -2) return fr_error(FR_ERR_ARG, "row %d holds values beyond the float16 range of %s scales", bad_row, fr_qtype_name(t));
+        return fr_error(FR_ERR_ARG, "unknown weight format %d", (int)t);
+    }
+    fr_qmatrix_wrap(out, t, data, rows, cols);
+    out->owned = 1;
+    return FR_OK;
+}
+
+static void dequant_row(const fr_qmatrix *m, const uint8_t *row, float *dst) {
+    const int cols = m->cols, nb = cols / FR_QBLOCK;
+    switch (m->type) {
+    case FR_QT_F32: memcpy(dst, row, (size_t)cols * sizeof(float)); break;
+    case FR_QT_BF16:
+        for (int c = 0; c < cols; c++) dst[c] = fr_q_bf16_to_f32(((const uint16_t *)row)[c]);
+        break;
+    case FR_QT_Q8_0: {
+        const uint16_t *d = (const uint16_t *)row;
+        const int8_t *q = (const int8_t *)(row + 2 * (size_t)nb);
+        for (int b = 0; b < nb; b++) {
+            float ds = fr_q_f16_to_f32(d[b]);
+            for (int i = 0; i < FR_QBLOCK; i++) dst[b * FR_QBLOCK + i] = ds * (float)q[b * FR_QBLOCK + i];
+        }
+        break;
+    }
+    case FR_QT_Q4_1: {
+        const uint16_t *d = (const uint16_t *)row, *mn = d + nb;
+        const uint8_t *q = row + 4 * (size_t)nb;
+        for (int b = 0; b < nb; b++) {
+            float ds = fr_q_f16_to_f32(d[b]), mm = fr_q_f16_to_f32(mn[b]);
+            for (int k = 0; k < 16; k++) {
+                uint8_t v = q[b * 16 + k];
+                dst[b * FR_QBLOCK + k] = ds * (float)(v & 15) + mm;
+                dst[b * FR_QBLOCK + k + 16] = ds * (float)(v >> 4) + mm;
+            }
+        }
+        break;
+    }
+    default: memset(dst, 0, (size_t)cols * sizeof(float)); break;
+    }
+}
+
+void fr_qmatrix_row_f32(const fr_qmatrix *m, int r, float *dst) {
+    const size_t rb = fr_qtype_row_bytes(m->type, m->cols);
+    dequant_row(m, (const uint8_t *)m->data + rb * (size_t)r, dst);
+}
+
+/* ------------------------------------------------------------------ row dot products
+ * dot(row, x) for one stored row. `xs` holds the per-block sums of x (Q4_1 only; the
+ * portable Q4_1 kernel also accepts NULL and sums x itself). */
+
+typedef float (*rowdot_fn)(const uint8_t *row, const float *x, const float *xs, int cols);
+
+static float dot_bf16_c(const uint8_t *row, const float *x, const float *xs, int cols) {
+    const uint16_t *w = (const uint16_t *)row;
+    float s = 0.f;
+    for (int c = 0; c < cols; c++) s += x[c] * fr_q_bf16_to_f32(w[c]);
+    return s;
+}
+
+static float dot_q8_0_c(const uint8_t *row, const float *x, const float *xs, int cols) {
+    const int nb = cols / FR_QBLOCK;
+    const uint16_t *d = (const uint16_t *)row;
+    const int8_t *q = (const int8_t *)(row + 2 * (size_t)nb);
+    float s = 0.f;
+    for (int b = 0; b < nb; b++) {
+        float sb = 0.f;
+        for (int i = 0; i < FR_QBLOCK; i++) sb += (float)q[b * FR_QBLOCK + i] * x[b * FR_QBLOCK + i];
+        s += fr_q_f16_to_f32(d[b]) * sb;
+    }
+    return s;
+}
+
+/* Q4_1: sum_b d_b * sum_i q_i x_i + m_b * sum_i x_i */
+static float dot_q4_1_c(const uint8_t *row, const float *x, const float *xs, int cols) {
+    const int nb = cols / FR_QBLOCK;
+    const uint16_t *d = (const uint16_t *)row, *mn = d + nb;
+    const uint8_t *q = row + 4 * (size_t)nb;
+    float s = 0.f;
+    for (int b = 0; b < nb; b++) {
+        const float *xb = x + b * FR_QBLOCK;
+        float sb = 0.f;
+        float sx = 0.f;
+        for (int k = 0; k < 16; k++) {
+            uint8_t v = q[b * 16 + k];
+            sb += (float)(v & 15) * xb[k] + (float)(v >> 4) * xb[k + 16];
+        }
+        if (!xs)
+            for (int i = 0; i < FR_QBLOCK; i++) sx += xb[i];
+        s += fr_q_f16_to_f32(d[b]) * sb + fr_q_f16_to_f32(mn[b]) * (xs ? xs[b] : sx);
+    }
+    return s;
+}
+
+/* ---- AVX2 + FMA + F16C */
+
+#define T_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+T_AVX2 static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+T_AVX2 static inline float hsum128(__m128 s) {
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+T_AVX2 static inline __m256 bf16x8(const uint16_t *p) {
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+T_AVX2 static float dot_bf16_avx2(const uint8_t *row, const float *x, const float *xs, int cols) {
+    const uint16_t *w = (const uint16_t *)row;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int c = 0;
+    for (; c + 32 <= cols; c += 32) {
+        a0 = _mm256_fmadd_ps(bf16x8(w + c), _mm256_loadu_ps(x + c), a0);
+        a1 = _mm256_fmadd_ps(bf16x8(w + c + 8), _mm256_loadu_ps(x + c + 8), a1);
+        a2 = _mm256_fmadd_ps(bf16x8(w + c + 16), _mm256_loadu_ps(x + c + 16), a2);
+        a3 = _mm256_fmadd_ps(bf16x8(w + c + 24), _mm256_loadu_ps(x + c + 24), a3);
+    }
+    for (; c + 8 <= cols; c += 8) a0 = _mm256_fmadd_ps(bf16x8(w + c), _mm256_loadu_ps(x + c), a0);
+    float s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; c < cols; c++) s += x[c] * fr_q_bf16_to_f32(w[c]);
+    return s;
+}
+
+T_AVX2 static inline __m256 i8x8(const int8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+T_AVX2 static float dot_q8_0_avx2(const uint8_t *row, const float *x, const float *xs, int cols) {
+    const int nb = cols / FR_QBLOCK;
+    const uint16_t *d = (const uint16_t *)row;
+    const int8_t *q = (const int8_t *)(row + 2 * (size_t)nb);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+    float dsc[8];
+    for (int b0 = 0; b0 < nb; b0 += 8) {
+        const int n = nb - b0 < 8 ? nb - b0 : 8;
+        if (n == 8) _mm256_storeu_ps(dsc, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(d + b0))));
+        else
+            for (int j = 0; j < n; j++) dsc[j] = fr_q_f16_to_f32(d[b0 + j]);
+        for (int j = 0; j < n; j++) {
+            const int b = b0 + j;
+            const int8_t *qb = q + b * FR_QBLOCK;
+            const float *xb = x + b * FR_QBLOCK;
+            __m256 s0 = _mm256_mul_ps(i8x8(qb), _mm256_loadu_ps(xb));
+            __m256 s1 = _mm256_mul_ps(i8x8(qb + 8), _mm256_loadu_ps(xb + 8));
+            s0 = _mm256_fmadd_ps(i8x8(qb + 16), _mm256_loadu_ps(xb + 16), s0);
+            s1 = _mm256_fmadd_ps(i8x8(qb + 24), _mm256_loadu_ps(xb + 24), s1);
+            __m256 ds = _mm256_set1_ps(dsc[j]);
+            acc0 = _mm256_fmadd_ps(ds, s0, acc0);
+            acc1 = _mm256_fmadd_ps(ds, s1, acc1);
+        }
+    }
+    return hsum256(_mm256_add_ps(acc0, acc1));
+}
+
+T_AVX2 static float dot_q4_1_avx2(const uint8_t *row, const float *x, const float *xs, int cols) {
+    const int nb = cols / FR_QBLOCK;
+    const uint16_t *d = (const uint16_t *)row, *mn = d + nb;
+    const uint8_t *q = row + 4 * (size_t)nb;
+    const __m128i lowmask = _mm_set1_epi8(15);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, accm = acc0;
+    float dsc[8];
+    int b0 = 0;
+    for (; b0 < nb; b0 += 8) {
+        const int n = nb - b0 < 8 ? nb - b0 : 8;
+        if (n == 8) {
+            _mm256_storeu_ps(dsc, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(d + b0))));
+            accm = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mn + b0))),
+                                   _mm256_loadu_ps(xs + b0), accm);
+        } else {
+            for (int j = 0; j < n; j++) dsc[j] = fr_q_f16_to_f32(d[b0 + j]);
+        }
+        for (int j = 0; j < n; j++) {
+            const int b = b0 + j;
+            const float *xb = x + b * FR_QBLOCK;
+            __m128i v = _mm_loadu_si128((const __m128i *)(q + b * 16));
+            __m128i lo = _mm_and_si128(v, lowmask);
+            __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), lowmask);
+            __m256 q0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+            __m256 q1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+            __m256 q2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+            __m256 q3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+            __m256 s0 = _mm256_mul_ps(q0, _mm256_loadu_ps(xb));
+            __m256 s1 = _mm256_mul_ps(q1, _mm256_loadu_ps(xb + 8));
+            s0 = _mm256_fmadd_ps(q2, _mm256_loadu_ps(xb + 16), s0);
+            s1 = _mm256_fmadd_ps(q3, _mm256_loadu_ps(xb + 24), s1);
+            __m256 ds = _mm256_set1_ps(dsc[j]);
+            acc0 = _mm256_fmadd_ps(ds, s0, acc0);
+            acc1 = _mm256_fmadd_ps(ds, s1, acc1);
+        }
+        if (n < 8)
+            for (int j = 0; j < n; j++) dsc[j] = fr_q_f16_to_f32(mn[b0 + j]) * xs[b0 + j];
+    }
+    float s = hsum256(_mm256_add_ps(_mm256_add_ps(acc0, acc1), accm));
+    const int tail = nb % 8;
+    for (int j = 0; j < tail; j++) s += dsc[j]; /* m_b * xs_b of the last partial group */
+    return s;
+}
+
+/* ---- AVX-512F (vcvtph2ps, vpmovzx/sx and FMA on 16 lanes; no VNNI: activations stay FP32) */
+
+#define T_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
+
+T_AVX512 static inline __m512 bf16x16(const uint16_t *p) {
+    __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+}
+
+T_AVX512 static float dot_bf16_avx512(const uint8_t *row, const float *x, const float *xs, int cols) {
+    const uint16_t *w = (const uint16_t *)row;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int c = 0;
+    for (; c + 64 <= cols; c += 64) {
+        a0 = _mm512_fmadd_ps(bf16x16(w + c), _mm512_loadu_ps(x + c), a0);
+        a1 = _mm512_fmadd_ps(bf16x16(w + c + 16), _mm512_loadu_ps(x + c + 16), a1);
+        a2 = _mm512_fmadd_ps(bf16x16(w + c + 32), _mm512_loadu_ps(x + c + 32), a2);
+        a3 = _mm512_fmadd_ps(bf16x16(w + c + 48), _mm512_loadu_ps(x + c + 48), a3);
+    }
+    for (; c + 16 <= cols; c += 16) a0 = _mm512_fmadd_ps(bf16x16(w + c), _mm512_loadu_ps(x + c), a0);
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    for (; c < cols; c++) s += x[c] * fr_q_bf16_to_f32(w[c]);
+    return s;
+}
+
+T_AVX512 static float dot_q8_0_avx512(const uint8_t *row, const float *x, const float *xs, int cols) {
+    const int nb = cols / FR_QBLOCK;
+    const uint16_t *d = (const uint16_t *)row;
+    const int8_t *q = (const int8_t *)(row + 2 * (size_t)nb);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
+    for (int b = 0; b < nb; b++) {
+        const int8_t *qb = q + b * FR_QBLOCK;
+        const float *xb = x + b * FR_QBLOCK;
+        __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)qb)));
+        __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(qb + 16))));
+        __m512 s0 = _mm512_mul_ps(q0, _mm512_loadu_ps(xb));
+        __m512 s1 = _mm512_mul_ps(q1, _mm512_loadu_ps(xb + 16));
+        __m512 ds = _mm512_set1_ps(fr_q_f16_to_f32(d[b]));
+        acc0 = _mm512_fmadd_ps(ds, s0, acc0);
+        acc1 = _mm512_fmadd_ps(ds, s1, acc1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+T_AVX512 static float dot_q4_1_avx512(const uint8_t *row, const float *x, const float *xs, int cols) {
+    const int nb = cols / FR_QBLOCK;
+    const uint16_t *d = (const uint16_t *)row, *mn = d + nb;
+    const uint8_t *q = row + 4 * (size_t)nb;
+    const __m128i lowmask = _mm_set1_epi8(15);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
+    float sm = 0.f;
+    for (int b = 0; b < nb; b++) {
+        const float *xb = x + b * FR_QBLOCK;
+        __m128i v = _mm_loadu_si128((const __m128i *)(q + b * 16));
+        __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(v, lowmask)));
+        __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(v, 4), lowmask)));
+        __m512 s0 = _mm512_mul_ps(q0, _mm512_loadu_ps(xb));
+        __m512 s1 = _mm512_mul_ps(q1, _mm512_loadu_ps(xb + 16));
+        __m512 ds = _mm512_set1_ps(fr_q_f16_to_f32(d[b]));
+        acc0 = _mm512_fmadd_ps(ds, s0, acc0);
+        acc1 = _mm512_fmadd_ps(ds, s1, acc1);
+        sm += fr_q_f16_to_f32(mn[b]) * xs[b];
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + sm;
+}
+
+/* ------------------------------------------------------------------ int8 activations
+ *
+ * Decode is a matrix-vector product: each weight byte is used once, so the kernel must
+ * consume weights as fast as memory delivers them. Converting every weight to float (the
+ * FP32-activation kernels above) costs more than that on cores with narrow conversion
+ * units, so for Q8_0 and Q4_1 the activations are quantized too, once per call, and the
+ * block dot products become exact integer sums:
+ *
+ *   activation block b of a row (FP32 scale, computed here, never stored on disk):
+ *     dx_b = max_i |x_i| / 127, qx_i = nearbyint(x_i * (1 / dx_b)) in [-127, 127]
+ *     (all zero when dx_b = 0), and the FP32 sum xs_b of x_0 ... x_31 (in one fixed order,
+ *     see quantize_act_row).
+ *   Q8_0:  y = Σ_b (d_b · dx_b) · Σ_i qw_i qx_i
+ *   Q4_1:  y = Σ_b (d_b · dx_b) · Σ_i q_i qx_i  +  m_b · xs_b
+ *
+ * The integer sums are exact (|Σ| <= 32 · 128 · 127 < 2^24, so also exact as floats), and
+ * d_b · dx_b is one FP32 product, identical in every kernel; kernels differ only in the
+ * order of the FP32 accumulation over blocks. Q4_1's minimum term uses the exact sum of x,
+ * so only the d·q part sees the activation rounding: |y - x·Ŵᵀ| <= Σ_b dx_b/2 · Σ_i |d_b q_i|
+ * plus FP32 summation error (tests/test_quant.c checks both bounds).
+ *
+ * One kernel call dots one weight row with up to QX_MAX activation rows, so the weights
+ * are loaded once for a speculative 2-token step or a small decode batch; each activation
+ * row has its own accumulators and the same operation order whatever the number of rows
+ * beside it, so a row's result does not depend on the batch it is computed in.
+ */
+
+#define QX_MAX 4
+#ifndef QPF_BYTES
+#define QPF_BYTES 4096
+#endif
+
+typedef struct {
+    int cols, nb;
+    int8_t *q;  /* [M, cols] */
+    float *d;   /* [M, nb] dx_b */
+    float *s;   /* [M, nb] xs_b */
+} qact;
+
+/* Weight rows [r0, r1) of one tile (rows of rb bytes from base); results go to
+ * y[(j0 + k) * ystride + r]. The kernels prefetch QPF_BYTES ahead of the weights they read,
+ * but not past pf_end, the tile's end (beyond it lie another thread's rows, or nothing: with
+ * tiles of a few dozen short rows, overshooting wastes a noticeable share of the bandwidth). */
+typedef struct {
+    const uint8_t *base, *pf_end;
+    size_t rb;
+    int r0, r1, ystride;
+    float *y;
+} qrows;
+
+/* y[j0 + k][r] = dot(row r, activation row j0 + k) for r in [r0, r1), k < nx (1 <= nx <= QX_MAX).
+ * The row loop is inside the kernel so that short rows (a 64-wide head: 2 blocks) do not
+ * pay an indirect call and the pointer setup per row. */
+typedef void (*qdot8_fn)(const qrows *t, const qact *a, int j0, int nx);
+
+/* the row loop around a one-row kernel ROW1(row, a, j0, nx, out, pf_end) */
+#define QROWS_LOOP(ROW1, NXC)                                                                              \
+    for (int r = t->r0; r < t->r1; r++) {                                                                  \
+        float out[QX_MAX];                                                                                 \
+        ROW1(t->base + t->rb * (size_t)r, a, j0, NXC, out, t->pf_end);                                     \
+        for (int k = 0; k < NXC; k++) t->y[(size_t)(j0 + k) * t->ystride + r] = out[k];                    \
+    }
+
+/* QROWS_LOOP with the row count NX a compile-time constant in each branch (the SIMD row
+ * kernels unroll their per-row accumulators on it) */
+#define QROWS_BY_NX(ROW1)                                                                                  \
+    switch (nx) {                                                                                          \
+    case 1: QROWS_LOOP(ROW1, 1) break;                                                                     \
+    case 2: QROWS_LOOP(ROW1, 2) break;                                                                     \
+    case 3: QROWS_LOOP(ROW1, 3) break;                                                                     \
+    default: QROWS_LOOP(ROW1, 4) break;                                                                    \
+    }
+
+/* Where value i of activation block b sits in a quantized row. Plain order, except for
+ * Q4_1 (pairs = 1): blocks 2p and 2p+1 are interleaved by halves, [2p: 0..15][2p+1: 0..15]
+ * [2p: 16..31][2p+1: 16..31], so that one 32-byte load of a pair's nibbles, masked (low
+ * halves of both blocks) and shifted (high halves), meets its activations in two plain
+ * loads. A last block without a partner stays in plain order. */
+static inline size_t qx_index(int b, int i, int nb, int pairs) {
+    if (!pairs || ((nb & 1) && b == nb - 1)) return (size_t)b * FR_QBLOCK + i;
+    return (size_t)(b & ~1) * FR_QBLOCK + (i >= 16 ? 32 : 0) + (b & 1) * 16 + (i & 15);
+}
+
+/* One activation row into blocks (s = NULL: no block sums, plain order, as for Q8_0; else
+ * sums and the Q4_1 pair order). Rounding uses the 1.5 · 2^23 trick: for |v| < 2^22,
+ * (v + 1.5·2^23) - 1.5·2^23 is v rounded to the nearest integer, ties to even, exactly
+ * nearbyint's result in the default rounding mode (and cvtps2dq's, which the AVX2 version
+ * uses), without a libm call per value on CPUs that lack SSE4.1 rounding instructions.
+ * The block sum has one fixed order, that of an 8-lane vector sum: lane l adds
+ * x_l, x_{l+8}, x_{l+16}, x_{l+24} in turn, then the lanes are combined as
+ * ((s_0+s_4) + (s_2+s_6)) + ((s_1+s_5) + (s_3+s_7)), so both versions give the same bits. */
+static float block_sum_fixed(const float *xb) {
+    float l[8], t[4];
+    for (int i = 0; i < 8; i++) l[i] = ((xb[i] + xb[i + 8]) + xb[i + 16]) + xb[i + 24];
+    for (int i = 0; i < 4; i++) t[i] = l[i] + l[i + 4];
+    return (t[0] + t[2]) + (t[1] + t[3]);
+}
+
+static void quantize_act_row_c(const float *x, int cols, int8_t *q, float *d, float *s) {
+    const float magic = 0x1.8p23f;
+    const int nb = cols / FR_QBLOCK, pairs = s != NULL;
+    for (int b = 0; b < nb; b++) {
+        const float *xb = x + b * FR_QBLOCK;
+        float amax = 0.f;
+        for (int i = 0; i < FR_QBLOCK; i++) {
+            float v = fabsf(xb[i]);
+            amax = v > amax ? v : amax;
+        }
+        const float dx = amax / 127.f, inv = dx > 0.f ? 1.f / dx : 0.f;
+        int8_t *lo = q + qx_index(b, 0, nb, pairs), *hi = q + qx_index(b, 16, nb, pairs); /* values 0..15, 16..31 */
+        for (int i = 0; i < 16; i++) {
+            lo[i] = (int8_t)(int)((xb[i] * inv + magic) - magic);
+            hi[i] = (int8_t)(int)((xb[i + 16] * inv + magic) - magic);
+        }
+        d[b] = dx;
+        if (s) s[b] = block_sum_fixed(xb);
+    }
+}
+
+T_AVX2 static void quantize_act_row_avx2(const float *x, int cols, int8_t *q, float *d, float *s) {
+    const int nb = cols / FR_QBLOCK, pairs = s != NULL;
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int b = 0; b < nb; b++) {
+        const float *xb = x + b * FR_QBLOCK;
+        const __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8);
+        const __m256 v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
+        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v0, absmask), _mm256_and_ps(v1, absmask)),
+                                 _mm256_max_ps(_mm256_and_ps(v2, absmask), _mm256_and_ps(v3, absmask)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float amax = _mm_cvtss_f32(m4);
+        const float dx = amax / 127.f, inv = dx > 0.f ? 1.f / dx : 0.f;
+        const __m256 vi = _mm256_set1_ps(inv);
+        const __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, vi)), i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, vi));
+        const __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, vi)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, vi));
+        const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+        const __m256i qb = _mm256_permutevar8x32_epi32(p, order); /* values 0..31 in order */
+        _mm_storeu_si128((__m128i *)(q + qx_index(b, 0, nb, pairs)), _mm256_castsi256_si128(qb));
+        _mm_storeu_si128((__m128i *)(q + qx_index(b, 16, nb, pairs)), _mm256_extracti128_si256(qb, 1));
+        d[b] = dx;
+        if (s) s[b] = hsum256(_mm256_add_ps(_mm256_add_ps(_mm256_add_ps(v0, v1), v2), v3));
+    }
+}
+
+static void quantize_act_row(const float *x, int cols, int8_t *q, float *d, float *s, int isa) {
+    if (isa >= FR_ISA_AVX2) quantize_act_row_avx2(x, cols, q, d, s);
+    else quantize_act_row_c(x, cols, q, d, s);
+}
+
+static void row8_q8_0_c(const uint8_t *row, const qact *a, int j0, int nx, float *out, const uint8_t *pf_end) {
+    (void)pf_end;
+    const int nb = a->nb;
+    const uint16_t *d = (const uint16_t *)row;
+    const int8_t *q = (const int8_t *)(row + 2 * (size_t)nb);
+    for (int j = 0; j < nx; j++) {
+        const int8_t *qx = a->q + (size_t)(j0 + j) * a->cols;
+        const float *dx = a->d + (size_t)(j0 + j) * nb;
+        float s = 0.f;
+        for (int b = 0; b < nb; b++) {
+            int32_t isum = 0;
+            for (int i = 0; i < FR_QBLOCK; i++) isum += (int32_t)q[b * FR_QBLOCK + i] * qx[b * FR_QBLOCK + i];
+            s += fr_q_f16_to_f32(d[b]) * dx[b] * (float)isum;
+        }
+        out[j] = s;
+    }
+}
+
+static void row8_q4_1_c(const uint8_t *row, const qact *a, int j0, int nx, float *out, const uint8_t *pf_end) {
+    (void)pf_end;
+    const int nb = a->nb;
+    const uint16_t *d = (const uint16_t *)row, *mn = d + nb;
+    const uint8_t *q = row + 4 * (size_t)nb;
+    for (int j = 0; j < nx; j++) {
+        const int8_t *qx = a->q + (size_t)(j0 + j) * a->cols;
+        const float *dx = a->d + (size_t)(j0 + j) * nb, *xs = a->s + (size_t)(j0 + j) * nb;
+        float s = 0.f;
+        for (int b = 0; b < nb; b++) {
+            /* where this block's activations 0..15 and 16..31 sit (qx_index, hoisted out of
+             * the value loop: the pair layout puts each half in 16 consecutive bytes) */
+            const int8_t *lo = qx + qx_index(b, 0, nb, 1), *hi = qx + qx_index(b, 16, nb, 1);
+            int32_t isum = 0;
+            for (int k = 0; k < 16; k++) {
+                const uint8_t v = q[b * 16 + k];
+                isum += (int32_t)(v & 15) * lo[k] + (int32_t)(v >> 4) * hi[k];
+            }
+            s += fr_q_f16_to_f32(d[b]) * dx[b] * (float)isum + fr_q_f16_to_f32(mn[b]) * xs[b];
+        }
+        out[j] = s;
+    }
+}
+
+static void dot8_q8_0_c(const qrows *t, const qact *a, int j0, int nx) { QROWS_LOOP(row8_q8_0_c, nx) }
+static void dot8_q4_1_c(const qrows *t, const qact *a, int j0, int nx) { QROWS_LOOP(row8_q4_1_c, nx) }
+
+/* SIMD kernels, one body for AVX2 (vpmaddubsw + vpmaddwd) and AVX-512 VNNI (vpdpbusd on
+ * 256-bit vectors): DOT32(u, s) returns 8 int32 lanes whose total is Σ u_i s_i over 32
+ * unsigned × signed bytes. Q8_0's signed weights use |w| as the unsigned operand and move
+ * the sign onto the activation (vpsignb); a stored -128 becomes the unsigned 128, and the
+ * int16 pair sums stay below 2 · 128 · 127 < 2^15, so vpmaddubsw never saturates.
+ * Blocks go in groups of 8: the scale products d_b · dx_b of a group are one vector
+ * multiply (a short last group is padded with zero scales), read back per block with a
+ * broadcast load; a Q8_0 block's 8 int32 lanes are folded to 4 before the conversion and
+ * the FMA (128-bit: one operation each on Zen 1 instead of two, 7.2 -> 6.6 cycles per
+ * block in L1). Full groups are unrolled with constant indices so that the
+ * accumulators live in registers (a runtime index puts them on the stack, and the
+ * store-reload per block cost a third of the kernel's time on Zen 1). NX is a
+ * compile-time constant in each instance. */
+#define QDOT8_KERNELS(SUFFIX, TARGET, DOT32, DOT64)                                                               \
+    /* sc[j][k] = d[b0 + k] · dx[j][b0 + k] for k < n, 0 beyond (NX rows); for Q4_1 (mn != NULL) also        \
+     * accm[j] += m[b0 + k] · xs[j][b0 + k] */                                                              \
+    TARGET static inline __attribute__((always_inline)) void scales8_##SUFFIX(                           \
+        const uint16_t *d, const uint16_t *mn, const float *const *dx, const float *const *xs, int b0, int n, \
+        const int NX, float (*sc)[8], __m256 *accm) {                                                       \
+        __m256 dw, mw = _mm256_setzero_ps();                                                               \
+        if (n == 8) {                                                                                      \
+            dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(d + b0)));                              \
+            if (mn) mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mn + b0)));                     \
+            for (int j = 0; j < NX; j++) {                                                                 \
+                _mm256_store_ps(sc[j], _mm256_mul_ps(dw, _mm256_loadu_ps(dx[j] + b0)));                    \
+                if (mn) accm[j] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(xs[j] + b0), accm[j]);               \
+            }                                                                                              \
+            return;                                                                                        \
+        }                                                                                                  \
+        uint16_t dp[8], mp[8];                                                                             \
+        for (int k = 0; k < 8; k++) {                                                                      \
+            dp[k] = k < n ? d[b0 + k] : 0;                                                                 \
+            mp[k] = mn && k < n ? mn[b0 + k] : 0;                                                          \
+        }                                                                                                  \
+        const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); \
+        dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dp));                                        \
+        if (mn) mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)mp));                                \
+        for (int j = 0; j < NX; j++) {                                                                     \
+            _mm256_store_ps(sc[j], _mm256_mul_ps(dw, _mm256_maskload_ps(dx[j] + b0, lanes)));              \
+            if (mn) accm[j] = _mm256_fmadd_ps(mw, _mm256_maskload_ps(xs[j] + b0, lanes), accm[j]);         \
+        }                                                                                                  \
+    }                                                                                                      \
+    /* block b0 + k of a Q8_0 row into acc[j][A] */                                                         \
+    TARGET static inline __attribute__((always_inline)) void q8_0_block_##SUFFIX(                        \
+        const int8_t *q, const int8_t *const *qx, int b, const int NX, float (*sc)[8], int k, __m128 (*acc)[2], const int A, const uint8_t *pf_end) { \
+        const size_t off = (size_t)b * FR_QBLOCK;                                                          \
+        if ((const uint8_t *)(q + off) + QPF_BYTES < pf_end)                                               \
+            _mm_prefetch((const char *)(q + off) + QPF_BYTES, _MM_HINT_T0);                               \
+        const __m256i w = _mm256_loadu_si256((const __m256i *)(q + off));                                  \
+        const __m256i aw = _mm256_sign_epi8(w, w);                                                         \
+        for (int j = 0; j < NX; j++) {                                                                     \
+            const __m256i sx = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(qx[j] + off)), w);   \
+            const __m256i p = DOT32(aw, sx);                                                               \
+            const __m128i p4 = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));   \
+            acc[j][A] = _mm_fmadd_ps(_mm_cvtepi32_ps(p4), _mm_broadcast_ss(&sc[j][k]), acc[j][A]);         \
+        }                                                                                                  \
+    }                                                                                                      \
+    TARGET static inline __attribute__((always_inline)) void q8_0_##SUFFIX##_n(                          \
+        const uint8_t *row, const qact *a, int j0, const int NX, float *out, const uint8_t *pf_end) {                          \
+        const int nb = a->nb;                                                                              \
+        const uint16_t *d = (const uint16_t *)row;                                                         \
+        const int8_t *q = (const int8_t *)(row + 2 * (size_t)nb);                                          \
+        const int8_t *qx[QX_MAX];                                                                          \
+        const float *dx[QX_MAX];                                                                           \
+        __m128 acc[QX_MAX][2];                                                                             \
+        float sc[QX_MAX][8] __attribute__((aligned(32)));                                                  \
+        for (int j = 0; j < NX; j++) {                                                                     \
+            qx[j] = a->q + (size_t)(j0 + j) * a->cols;                                                     \
+            dx[j] = a->d + (size_t)(j0 + j) * nb;                                                          \
+            acc[j][0] = acc[j][1] = _mm_setzero_ps();                                                      \
+        }                                                                                                  \
+        int b0 = 0;                                                                                        \
+        for (; b0 + 8 <= nb; b0 += 8) {                                                                    \
+            scales8_##SUFFIX(d, NULL, dx, NULL, b0, 8, NX, sc, NULL);                                      \
+            _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++)                                            \
+                q8_0_block_##SUFFIX(q, qx, b0 + k, NX, sc, k, acc, k & 1, pf_end);                               \
+        }                                                                                                  \
+        /* the last blocks (all of a short row: a 64-wide head has 2): scalar scale products */         \
+        for (int b = b0; b < nb; b++) {                                                                    \
+            const float dw = _cvtsh_ss(d[b]);                                                              \
+            for (int j = 0; j < NX; j++) sc[j][0] = dw * dx[j][b];                                         \
+            q8_0_block_##SUFFIX(q, qx, b, NX, sc, 0, acc, 0, pf_end);                                      \
+        }                                                                                                  \
+        for (int j = 0; j < NX; j++) out[j] = hsum128(_mm_add_ps(acc[j][0], acc[j][1]));                   \
+    }                                                                                                      \
+    /* blocks b and b + 1 of a Q4_1 row (32 bytes of nibbles, activations interleaved) into acc[j][A] */     \
+    TARGET static inline __attribute__((always_inline)) void q4_1_pair_##SUFFIX(                         \
+        const uint8_t *q, const int8_t *const *qx, int b, const int NX, float (*sc)[8], int k, __m256 (*acc)[2], const int A, const uint8_t *pf_end) { \
+        const __m256i lowmask = _mm256_set1_epi8(15);                                                      \
+        if (q + (size_t)b * 16 + QPF_BYTES < pf_end)                                                        \
+            _mm_prefetch((const char *)(q + (size_t)b * 16) + QPF_BYTES, _MM_HINT_T0);                    \
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(q + (size_t)b * 16));                       \
+        const __m256i lo = _mm256_and_si256(v, lowmask);                                                   \
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), lowmask);                             \
+        const size_t off = (size_t)b * FR_QBLOCK;                                                          \
+        for (int j = 0; j < NX; j++) {                                                                     \
+            const __m256i xl = _mm256_loadu_si256((const __m256i *)(qx[j] + off));                         \
+            const __m256i xh = _mm256_loadu_si256((const __m256i *)(qx[j] + off + 32));                    \
+            const __m256 s = _mm256_set_m128(_mm_broadcast_ss(&sc[j][k + 1]), _mm_broadcast_ss(&sc[j][k])); \
+            acc[j][A] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DOT64(lo, xl, hi, xh)), s, acc[j][A]);           \
+        }                                                                                                  \
+    }                                                                                                      \
+    TARGET static inline __attribute__((always_inline)) void q4_1_##SUFFIX##_n(                          \
+        const uint8_t *row, const qact *a, int j0, const int NX, float *out, const uint8_t *pf_end) {                          \
+        const int nb = a->nb;                                                                              \
+        const uint16_t *d = (const uint16_t *)row, *mn = d + nb;                                           \
+        const uint8_t *q = row + 4 * (size_t)nb;                                                           \
+        const int8_t *qx[QX_MAX];                                                                          \
+        const float *dx[QX_MAX], *xs[QX_MAX];                                                              \
+        __m256 acc[QX_MAX][2], accm[QX_MAX];                                                               \
+        float sc[QX_MAX][8] __attribute__((aligned(32)));                                                  \
+        for (int j = 0; j < NX; j++) {                                                                     \
+            qx[j] = a->q + (size_t)(j0 + j) * a->cols;                                                     \
+            dx[j] = a->d + (size_t)(j0 + j) * nb;                                                          \
+            xs[j] = a->s + (size_t)(j0 + j) * nb;                                                          \
+            acc[j][0] = acc[j][1] = accm[j] = _mm256_setzero_ps();                                         \
+        }                                                                                                  \
+        int b0 = 0;                                                                                        \
+        for (; b0 + 8 <= nb; b0 += 8) {                                                                    \
+            scales8_##SUFFIX(d, mn, dx, xs, b0, 8, NX, sc, accm);                                          \
+            _Pragma("GCC unroll 4") for (int k = 0; k < 8; k += 2)                                         \
+                q4_1_pair_##SUFFIX(q, qx, b0 + k, NX, sc, k, acc, (k >> 1) & 1, pf_end);                         \
+        }                                                                                                  \
+        if (b0 < nb) {                                                                                     \
+            const int n = nb - b0;                                                                         \
+            scales8_##SUFFIX(d, mn, dx, xs, b0, n, NX, sc, accm);                                          \
+            int k = 0;                                                                                     \
+            for (; k + 1 < n; k += 2) q4_1_pair_##SUFFIX(q, qx, b0 + k, NX, sc, k, acc, 0, pf_end);              \
+            if (k < n) { /* the last block of an odd count: natural layout */                             \
+                const __m128i v = _mm_loadu_si128((const __m128i *)(q + (size_t)(b0 + k) * 16));           \
+                const __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), _mm256_set1_epi8(15)); \
+                const size_t off = (size_t)(b0 + k) * FR_QBLOCK;                                           \
+                for (int j = 0; j < NX; j++) {                                                             \
+                    const __m256i x = _mm256_loadu_si256((const __m256i *)(qx[j] + off));                  \
+                    acc[j][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DOT32(w, x)), _mm256_broadcast_ss(&sc[j][k]), acc[j][1]); \
+                }                                                                                          \
+            }                                                                                              \
+        }                                                                                                  \
+        for (int j = 0; j < NX; j++) out[j] = hsum256(_mm256_add_ps(_mm256_add_ps(acc[j][0], acc[j][1]), accm[j])); \
+    }                                                                                                      \
+    TARGET static void dot8_q8_0_##SUFFIX(const qrows *t, const qact *a, int j0, int nx) {                 \
+        QROWS_BY_NX(q8_0_##SUFFIX##_n)                                                                     \
+    }                                                                                                      \
+    TARGET static void dot8_q4_1_##SUFFIX(const qrows *t, const qact *a, int j0, int nx) {                 \
+        QROWS_BY_NX(q4_1_##SUFFIX##_n)                                                                     \
+    }
+
+T_AVX2 static inline __m256i dot32_avx2(__m256i u, __m256i s) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+/* Two Q4_1 products summed before widening: their int16 pair sums are at most
+ * 2 · 2 · 15 · 127 = 7620 in magnitude, so the addition cannot overflow. */
+T_AVX2 static inline __m256i dot64_avx2(__m256i u0, __m256i s0, __m256i u1, __m256i s1) {
+    return _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(u0, s0), _mm256_maddubs_epi16(u1, s1)),
+                             _mm256_set1_epi16(1));
+}
+QDOT8_KERNELS(avx2, T_AVX2, dot32_avx2, dot64_avx2)
+
+#define T_VNNI __attribute__((target("avx512f,avx512vl,avx512vnni,avx2,fma,f16c")))
+T_VNNI static inline __m256i dot32_vnni(__m256i u, __m256i s) {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+}
+T_VNNI static inline __m256i dot64_vnni(__m256i u0, __m256i s0, __m256i u1, __m256i s1) {
+    return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u0, s0), u1, s1);
+}
+QDOT8_KERNELS(vnni, T_VNNI, dot32_vnni, dot64_vnni)
+
+/* ------------------------------------------------------------------ dispatch */
+
+static int quant_isa(void) {
+    int isa = fr_cpu_isa();
+    __builtin_cpu_init();
+    if (isa >= FR_ISA_AVX2 && !__builtin_cpu_supports("f16c")) isa = FR_ISA_GENERIC;
+    return isa;
+}
+
+int fr_qmatmul_isa(void) { return quant_isa(); }
+
+static rowdot_fn pick_dot(fr_qtype t, int isa) {
+    static const rowdot_fn table[3][3] = {
+        {dot_bf16_c, dot_q8_0_c, dot_q4_1_c},
+        {dot_bf16_avx2, dot_q8_0_avx2, dot_q4_1_avx2},
+        {dot_bf16_avx512, dot_q8_0_avx512, dot_q4_1_avx512},
+    };
+    if (t < FR_QT_BF16 || t > FR_QT_Q4_1) return NULL;
+    if (isa < 0 || isa > FR_ISA_AVX512) isa = FR_ISA_GENERIC;
+    return table[isa][t - FR_QT_BF16];
+}
+
+/* y[0:rows] = W x for one x row (xs: block sums of x for Q4_1, else unused). */
+static void matvec(float *y, const float *x, const float *xs, const fr_qmatrix *w, rowdot_fn dot) {
+    const size_t rb = fr_qtype_row_bytes(w->type, w->cols);
+    const uint8_t *base = (const uint8_t *)w->data;
+    const int rows = w->rows, cols = w->cols;
+    const int par = (double)rows * cols > 65536.0 && omp_get_max_threads() > 1;
+#pragma omp parallel for schedule(static) if (par)
+    for (int r = 0; r < rows; r++) y[r] = dot(base + rb * (size_t)r, x, xs, cols);
+}
+
+static void block_sums(float *xs, const float *x, int cols) {
+    for (int b = 0; b < cols / FR_QBLOCK; b++) {
+        float s = 0.f;
+        for (int i = 0; i < FR_QBLOCK; i++) s += x[b * FR_QBLOCK + i];
+        xs[b] = s;
+    }
+}
+
+static void qmatmul_rows(float *y, const float *x, const fr_qmatrix *w, int M, rowdot_fn dot) {
+    float xs_stack[1024];
+    const int nb = w->cols / FR_QBLOCK;
+    float *xs = NULL;
+    if (w->type == FR_QT_Q4_1) {
+        xs = nb <= 1024 ? xs_stack : malloc((size_t)nb * sizeof(float));
+        if (!xs) dot = dot_q4_1_c; /* out of memory: the portable kernel sums x itself */
+    }
+    for (int i = 0; i < M; i++) {
+        const float *xi = x + (size_t)i * w->cols;
+        if (xs) block_sums(xs, xi, w->cols);
+        matvec(y + (size_t)i * w->rows, xi, xs, w, dot);
+    }
+    if (xs && xs != xs_stack) free(xs);
+}
+
+/* -1: not yet decided (FRUGAL_QACT is read on first use), 0: FP32 activations, 1: int8 */
+static int g_int8_act = -1;
+
+void fr_qmatmul_set_int8_act(int on) {
+    if (on < 0) {
+        const char *env = getenv("FRUGAL_QACT");
+        on = !(env && (!strcmp(env, "f32") || !strcmp(env, "fp32")));
+    }
+    g_int8_act = on ? 1 : 0;
+}
+
+int fr_qmatmul_int8_act(void) {
+    if (g_int8_act < 0) fr_qmatmul_set_int8_act(-1);
+    return g_int8_act;
+}
+
+int fr_qmatmul_uses_int8(const fr_qmatrix *w) {
+    return (w->type == FR_QT_Q8_0 || w->type == FR_QT_Q4_1) && fr_qmatmul_int8_act();
+}
+
+static qdot8_fn pick_dot8(fr_qtype t, int isa) {
+    if (isa >= FR_ISA_AVX512 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl"))
+        return t == FR_QT_Q8_0 ? dot8_q8_0_vnni : dot8_q4_1_vnni;
+    if (isa >= FR_ISA_AVX2) return t == FR_QT_Q8_0 ? dot8_q8_0_avx2 : dot8_q4_1_avx2;
+    return t == FR_QT_Q8_0 ? dot8_q8_0_c : dot8_q4_1_c;
+}
+
+/* Int8-activation product for every M (see "int8 activations" above). A product is prepared
+ * (activations quantized, tiles sized), then run_jobs runs it, alone (fr_qmatmul) or with the
+ * other products of a batch in one parallel region (fr_qmatmul_batch). */
+typedef struct {
+    float *y;
+    const fr_qmatrix *w;
+    int M, tile, n_tiles;
+    size_t rb;
+    qdot8_fn dot;
+    qact a;
+    int owns; /* a's buffer was allocated for this product (else it is another's) */
+} qjob;
+
+static void qjob_release(qjob *j) {
+    if (j->owns) free(j->a.q);
+    j->a.q = NULL;
+    j->a.d = j->a.s = NULL;
+    j->owns = 0;
+}
+
+/* Returns 0 when the activation buffers cannot be allocated (the caller falls back).
+ * tiles_per_thread: the fewest tiles per thread wanted for balance. share: a prepared product
+ * whose activations are the same rows in the same layout (the query and latent projections
+ * of one input, an expert's gate and up), reused instead of quantized again; or NULL. */
+static int qjob_prepare(qjob *j, float *y, const float *x, const fr_qmatrix *w, int M, int isa, int tiles_per_thread,
+                        const qjob *share) {
+    const int rows = w->rows, cols = w->cols, nb = cols / FR_QBLOCK, q41 = w->type == FR_QT_Q4_1;
+    const int threads = omp_get_max_threads();
+    j->y = y;
+    j->w = w;
+    j->M = M;
+    if (share) {
+        j->a = share->a;
+        j->owns = 0;
+    } else {
+        /* one buffer: int8 values (padded to 32 bytes), scales, Q4_1's block sums */
+        const size_t qbytes = ((size_t)M * cols + 31) & ~(size_t)31, fbytes = (size_t)M * nb * sizeof(float);
+        unsigned char *buf = malloc(qbytes + fbytes * (q41 ? 2 : 1));
+        if (!buf) return 0;
+        j->a = (qact){cols, nb, (int8_t *)buf, (float *)(buf + qbytes), q41 ? (float *)(buf + qbytes + fbytes) : NULL};
+        j->owns = 1;
+#pragma omp parallel for schedule(static) if (M >= 16 && threads > 1)
+        for (int i = 0; i < M; i++)
+            quantize_act_row(x + (size_t)i * cols, cols, j->a.q + (size_t)i * cols, j->a.d + (size_t)i * nb,
+                             q41 ? j->a.s + (size_t)i * nb : NULL, isa);
+    }
+    j->dot = pick_dot8(w->type, isa);
+    j->rb = fr_qtype_row_bytes(w->type, cols);
+    /* tiles of at most 128 KiB of weights (run_jobs uses them when several groups of
+     * activation rows pass over the weights, each re-reading the tile from L2) */
+    int tile = (int)(((size_t)128 << 10) / j->rb);
+    if (tile > rows / (tiles_per_thread * threads)) tile = rows / (tiles_per_thread * threads);
+    j->tile = tile < 1 ? 1 : tile;
+    j->n_tiles = (rows + j->tile - 1) / j->tile;
+    return 1;
+}
+
+/* rows [r0, r1) of a prepared product, every group of activation rows */
+static void qjob_run_rows(const qjob *j, int r0, int r1) {
+    const uint8_t *base = (const uint8_t *)j->w->data;
+    const qrows tr = {base, base + j->rb * (size_t)r1, j->rb, r0, r1, j->w->rows, j->y};
+    for (int j0 = 0; j0 < j->M; j0 += QX_MAX) j->dot(&tr, &j->a, j0, j->M - j0 < QX_MAX ? j->M - j0 : QX_MAX);
+}
+
+/* The first row of product i at which a cut placed `at` bytes into the concatenated weights of
+ * all products falls (0 .. rows): the same function places both ends of every share, so the
+ * shares cover each row exactly once. */
+static int cut_row(const qjob *j, double start, double at) {
+    if (at <= start) return 0;
+    const double r = ceil((at - start) / (double)j->rb);
+    return r >= j->w->rows ? j->w->rows : (int)r;
+}
+
+/* Runs prepared products. Each output element is computed by one kernel call with the same
+ * operations whichever thread makes it, so the schedule never changes a result.
+ * - One pass over the weights (every M <= QX_MAX: decode, a small batch, a speculative
+ *   step): the products' weights, taken as one byte range, are cut into one contiguous
+ *   share per thread. Each thread streams long runs of memory, and its prefetching stops at
+ *   its share's end; cutting into tiles handed out one by one was slower (every tile start
+ *   restarts the stream: 16 KiB tiles decoded 15 % slower than 128 KiB ones).
+ * - Several passes (prefill): L2-sized tiles, handed out dynamically (the products differ in
+ *   size, and a held-up core on a shared machine takes fewer). */
+static void run_jobs(const qjob *qj, int n) {
+    double total = 0, work = 0;
+    int tiles = 0, one_pass = 1;
+    for (int i = 0; i < n; i++) {
+        total += (double)qj[i].rb * qj[i].w->rows;
+        work += (double)qj[i].w->rows * qj[i].w->cols * qj[i].M;
+        tiles += qj[i].n_tiles;
+        one_pass &= qj[i].M <= QX_MAX;
+    }
+    const int threads = omp_get_max_threads(), par = threads > 1 && work > 65536.0;
+    if (one_pass) {
+#pragma omp parallel num_threads(threads) if (par)
+        {
+            const int t = omp_get_thread_num(), T = omp_get_num_threads();
+            const double lo = total * t / T, hi = total * (t + 1) / T;
+            double start = 0;
+            for (int i = 0; i < n; i++) {
+                const double len = (double)qj[i].rb * qj[i].w->rows;
+                if (start < hi && start + len > lo) {
+                    const int r0 = cut_row(&qj[i], start, lo), r1 = cut_row(&qj[i], start, hi);
+                    if (r1 > r0) qjob_run_rows(&qj[i], r0, r1);
+                }
+                start += len;
+            }
+        }
+        return;
+    }
+#pragma omp parallel for schedule(dynamic, 1) if (par && tiles > 1)
+    for (int t = 0; t < tiles; t++) {
+        int i = 0, tt = t;
+        while (tt >= qj[i].n_tiles) tt -= qj[i++].n_tiles;
+        const int r0 = tt * qj[i].tile, r1 = r0 + qj[i].tile < qj[i].w->rows ? r0 + qj[i].tile : qj[i].w->rows;
+        qjob_run_rows(&qj[i], r0, r1);
+    }
+}
+
+static int qmatmul_int8(float *y, const float *x, const fr_qmatrix *w, int M, int isa) {
+    qjob j;
+    if (!qjob_prepare(&j, y, x, w, M, isa, 4, NULL)) return 0;
+    run_jobs(&j, 1);
+    qjob_release(&j);
+    return 1;
+}
+
+void fr_qmatmul_batch(const fr_qmatmul_job *jobs, int n) {
+    qjob stack[16], *qj = n <= 16 ? stack : malloc((size_t)n * sizeof *qj);
+    int ok = qj != NULL && n > 0, prepared = 0;
+    const int isa = quant_isa();
+    for (int i = 0; ok && i < n; i++) {
+        const qjob *share = NULL;
+        for (int k = 0; k < i && !share; k++)
+            if (jobs[k].x == jobs[i].x && jobs[k].M == jobs[i].M && jobs[k].w->cols == jobs[i].w->cols &&
+                (jobs[k].w->type == FR_QT_Q4_1) == (jobs[i].w->type == FR_QT_Q4_1))
+                share = &qj[k];
+        ok = fr_qmatmul_uses_int8(jobs[i].w) && jobs[i].M > 0 &&
+             qjob_prepare(&qj[i], jobs[i].y, jobs[i].x, jobs[i].w, jobs[i].M, isa, 1, share);
+        prepared += ok;
+    }
+    if (!ok) { /* not all int8 products (or no memory): one after another */
+        for (int i = 0; qj && i < prepared; i++) qjob_release(&qj[i]);
+        for (int i = 0; i < n; i++) fr_qmatmul(jobs[i].y, jobs[i].x, jobs[i].w, jobs[i].M);
+        if (qj != stack) free(qj);
+        return;
+    }
+    run_jobs(qj, n);
+    for (int i = 0; i < n; i++) qjob_release(&qj[i]);
+    if (qj != stack) free(qj);
+}
+
+void fr_qmatmul(float *y, const float *x, const fr_qmatrix *w, int M) {
+    if (M <= 0 || w->rows <= 0 || w->cols <= 0) return;
+    if (w->type == FR_QT_F32) {
+        fr_cpu_gemm(0, 1, M, w->rows, w->cols, 1.0f, x, w->cols, (const float *)w->data, w->cols, 0.0f, y, w->rows);
+        return;
+    }
+    const int isa = quant_isa();
+    if (fr_qmatmul_uses_int8(w) && qmatmul_int8(y, x, w, M, isa)) return;
+    rowdot_fn dot = pick_dot(w->type, isa);
+    if (!dot) return;
+    const int rows = w->rows, cols = w->cols;
+    float *tile = NULL;
+    int tile_rows = 0;
+    if (M >= 4) {
+        /* tiles of about 8 MiB of dequantized weights, a multiple of 64 rows */
+        size_t want = ((size_t)8 << 20) / ((size_t)cols * sizeof(float));
+        tile_rows = want < 64 ? 64 : (int)(want > (size_t)rows ? (size_t)rows : want - want % 64);
+        if (tile_rows > rows) tile_rows = rows;
+        if (posix_memalign((void **)&tile, 64, (size_t)tile_rows * cols * sizeof(float)) != 0) tile = NULL;
+    }
+    if (!tile) {
+        qmatmul_rows(y, x, w, M, dot);
+        return;
+    }
+    const size_t rb = fr_qtype_row_bytes(w->type, cols);
+    for (int r0 = 0; r0 < rows; r0 += tile_rows) {
+        const int n = rows - r0 < tile_rows ? rows - r0 : tile_rows;
+        const int par = omp_get_max_threads() > 1;
+#pragma omp parallel for schedule(static) if (par)
+        for (int r = 0; r < n; r++)
+            dequant_row(w, (const uint8_t *)w->data + rb * (size_t)(r0 + r), tile + (size_t)r * cols);
+        fr_cpu_gemm(0, 1, M, n, cols, 1.0f, x, cols, tile, cols, 0.0f, y + r0, rows);
+    }
+    free(tile);
+}
+
+/* ------------------------------------------------------------------ loading */
+
+/* "<base>.<suffix>" where name is "<base>.weight" (or "<name>.<suffix>" otherwise). */
+static int derived_name(char *buf, size_t n, const char *name, const char *suffix) {
+    size_t len = strlen(name);
+    if (len > 7 && strcmp(name + len - 7, ".weight") == 0) len -= 7;
+    int k = snprintf(buf, n, "%.*s.%s", (int)len, name, suffix);
+    return k > 0 && (size_t)k < n ? 0 : -1;
+}
+
+int fr_qmatrix_stored_type(const fr_st_set *st, const char *name) {
+    char qn[1024];
+    if (derived_name(qn, sizeof qn, name, "qweight") == 0) {
+        const fr_st_tensor *q = fr_st_set_find(st, qn);
+        if (q) return q->dtype == FR_DT_U8 ? FR_QT_Q4_1 : FR_QT_Q8_0;
+    }
+    const fr_st_tensor *t = fr_st_set_find(st, name);
+    if (!t) return -1;
+    return t->dtype == FR_DT_BF16 ? FR_QT_BF16 : FR_QT_F32;
+}
+
+static int check_tensor(const fr_st_tensor *t, const char *tname, fr_dtype dt, int64_t d0, int64_t d1) {
+    if (!t) return fr_error(FR_ERR_FORMAT, "tensor %s is missing from the checkpoint", tname);
+    if (t->dtype != dt || t->ndim != 2 || t->shape[0] != d0 || t->shape[1] != d1)
+        return fr_error(FR_ERR_FORMAT, "tensor %s: expected %s [%lld, %lld], found %s with %d dims [%lld, %lld]", tname,
+                        fr_dtype_name(dt), (long long)d0, (long long)d1, fr_dtype_name(t->dtype), t->ndim,
+                        (long long)t->shape[0], t->ndim > 1 ? (long long)t->shape[1] : 0LL);
+    return FR_OK;
+}
+
+/* Assemble a matrix of type t (Q8_0 or Q4_1) from "<base>.qweight/.scales/.mins". */
+static int load_quantized(fr_qmatrix *out, const fr_st_set *st, const char *name, int rows, int cols, fr_qtype t) {
+    char qn[1024], sn[1024], mn[1024];
+    if (derived_name(qn, sizeof qn, name, "qweight") || derived_name(sn, sizeof sn, name, "scales") ||
+        derived_name(mn, sizeof mn, name, "mins"))
+        return fr_error(FR_ERR_ARG, "tensor name too long: %s", name);
+    if (cols % FR_QBLOCK)
+        return fr_error(FR_ERR_FORMAT, "tensor %s: %d columns is not a multiple of %d, as %s needs", name, cols, FR_QBLOCK,
+                        fr_qtype_name(t));
+    const int nb = cols / FR_QBLOCK;
+    const fr_st_tensor *q = fr_st_set_find(st, qn), *sc = fr_st_set_find(st, sn), *mi = NULL;
+    if (t == FR_QT_Q8_0) FR_CHECK(check_tensor(q, qn, FR_DT_I8, rows, cols));
+    else FR_CHECK(check_tensor(q, qn, FR_DT_U8, rows, cols / 2));
+    FR_CHECK(check_tensor(sc, sn, FR_DT_F16, rows, nb));
+    if (t == FR_QT_Q4_1) {
+        mi = fr_st_set_find(st, mn);
+        FR_CHECK(check_tensor(mi, mn, FR_DT_F16, rows, nb));
+    }
+    const size_t rb = fr_qtype_row_bytes(t, cols), qb = t == FR_QT_Q8_0 ? (size_t)cols : (size_t)cols / 2;
+    uint8_t *data = fr_alloc(rb * (size_t)rows);
+    if (!data) return fr_error(FR_ERR_NOMEM, "out of memory loading %s", name);
+    for (int r = 0; r < rows; r++) {
+        uint8_t *row = data + rb * (size_t)r;
+        memcpy(row, (const uint8_t *)sc->data + (size_t)r * nb * 2, (size_t)nb * 2);
+        size_t off = (size_t)nb * 2;
+        if (mi) {
+            memcpy(row + off, (const uint8_t *)mi->data + (size_t)r * nb * 2, (size_t)nb * 2);
+            off += (size_t)nb * 2;
+        }
+        memcpy(row + off, (const uint8_t *)q->data + (size_t)r * qb, qb);
+    }
+    fr_qmatrix_wrap(out, t, data, rows, cols);
+    out->owned = 1;
+    return FR_OK;
+}
+
+int fr_qmatrix_load(fr_qmatrix *out, const fr_st_set *st, const char *name, int rows, int cols, fr_qtype want) {
+    memset(out, 0, sizeof *out);
+    if ((unsigned)want >= FR_QT_COUNT) return fr_error(FR_ERR_ARG, "tensor %s: unknown weight format %d", name, (int)want);
+    if (rows <= 0 || cols <= 0) return fr_error(FR_ERR_ARG, "tensor %s: bad shape [%d, %d]", name, rows, cols);
+    int stored = fr_qmatrix_stored_type(st, name);
+    if (stored < 0) return fr_error(FR_ERR_FORMAT, "tensor %s is missing from the checkpoint", name);
+    if (stored == FR_QT_Q8_0 || stored == FR_QT_Q4_1) {
+        fr_qmatrix q;
+        FR_CHECK(load_quantized(&q, st, name, rows, cols, (fr_qtype)stored));
+        if (want == (fr_qtype)stored) {
+            *out = q;
+            return FR_OK;
+        }
+        /* another format wanted: dequantize, then convert */
+        float *tmp = fr_alloc((size_t)rows * cols * sizeof(float));
+        if (!tmp) {
+            fr_qmatrix_free(&q);
+            return fr_error(FR_ERR_NOMEM, "out of memory loading %s", name);
+        }
+        for (int r = 0; r < rows; r++) fr_qmatrix_row_f32(&q, r, tmp + (size_t)r * cols);
+        fr_qmatrix_free(&q);
+        if (want == FR_QT_F32) {
+            fr_qmatrix_wrap(out, FR_QT_F32, tmp, rows, cols);
+            out->owned = 1;
+            return FR_OK;
+        }
+        int rc = fr_qmatrix_from_f32(out, want, tmp, rows, cols);
+        fr_free(tmp);
+        return rc == FR_OK ? rc : fr_error_context(rc, "tensor %s", name);
+    }
+    const fr_st_tensor *t = fr_st_set_find(st, name);
+    if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols)
+        return fr_error(FR_ERR_FORMAT, "tensor %s: expected shape [%d, %d]", name, rows, cols);
+    if (t->dtype == FR_DT_BF16 && want == FR_QT_BF16) { /* as stored, bit for bit */
+        void *data = fr_alloc((size_t)rows * cols * 2);
+        if (!data) return fr_error(FR_ERR_NOMEM, "out of memory loading %s", name);
+        memcpy(data, t->data, (size_t)rows * cols * 2);
+        fr_qmatrix_wrap(out, FR_QT_BF16, data, rows, cols);
+        out->owned = 1;
+        return FR_OK;
+    }
+    float *tmp = fr_alloc((size_t)rows * cols * sizeof(float));
+    if (!tmp) return fr_error(FR_ERR_NOMEM, "out of memory loading %s", name);
+    int rc = fr_st_to_f32(t, tmp, t->numel);
+    if (rc == FR_OK && want == FR_QT_F32) {
+        fr_qmatrix_wrap(out, FR_QT_F32, tmp, rows, cols);
+        out->owned = 1;
+        return FR_OK;
+    }
+    if (rc == FR_OK) {
+        rc = fr_qmatrix_from_f32(out, want, tmp, rows, cols);
+        if (rc != FR_OK) rc = fr_error_context(rc, "tensor %s", name);
+    }
+    fr_free(tmp);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ quantizing a checkpoint */
+
+/* Linear layers that are quantized: 2-D tensors named "*_proj.weight" (q_a_proj, q_b_proj,
+ * q_proj, kv_a_proj_with_mqa, kv_b_proj, o_proj, gate_proj, up_proj, down_proj, eh_proj).
+ * Everything else (embeddings, lm_head, MTP shared heads, the router mlp.gate, norms,
+ * e_score_correction_bias) is written as FP32. */
+static int is_quantized_linear(const fr_st_tensor *t) {
+    size_t len = strlen(t->name);
+    return t->ndim == 2 && len > 12 && strcmp(t->name + len - 12, "_proj.weight") == 0;
+}
+
+static int is_float_dtype(fr_dtype d) {
+    return d == FR_DT_F32 || d == FR_DT_F16 || d == FR_DT_BF16 || d == FR_DT_F64;
+}
+
+typedef struct {
+    fr_st_entry *e;
+    int n, cap;
+    void **bufs; /* owned buffers and names */
+    int nbufs, capbufs;
+} qwriter;
+
+static void *qw_keep(qwriter *w, void *p) {
+    if (!p) return NULL;
+    if (w->nbufs == w->capbufs) {
+        int cap = w->capbufs ? 2 * w->capbufs : 256;
+        void **b = realloc(w->bufs, (size_t)cap * sizeof *b);
+        if (!b) {
+            free(p);
+            return NULL;
+        }
+        w->bufs = b;
+        w->capbufs = cap;
+    }
+    w->bufs[w->nbufs++] = p;
+    return p;
+}
+
+static int qw_add(qwriter *w, const char *name, fr_dtype dt, int ndim, const int64_t *shape, const void *data) {
+    if (w->n == w->cap) {
+        int cap = w->cap ? 2 * w->cap : 256;
+        fr_st_entry *e = realloc(w->e, (size_t)cap * sizeof *e);
+        if (!e) return fr_error(FR_ERR_NOMEM, "out of memory");
+        w->e = e;
+        w->cap = cap;
+    }
+    char *nm = qw_keep(w, strdup(name));
+    if (!nm) return fr_error(FR_ERR_NOMEM, "out of memory");
+    fr_st_entry *e = &w->e[w->n++];
+    memset(e, 0, sizeof *e);
+    e->name = nm;
+    e->dtype = dt;
+    e->ndim = ndim;
+    for (int d = 0; d < ndim; d++) e->shape[d] = shape[d];
+    e->data = data;
+    return FR_OK;
+}
+
+static void qw_free(qwriter *w) {
+    for (int i = 0; i < w->nbufs; i++) {
+        if (w->bufs[i]) free(w->bufs[i]);
+    }
+    free(w->bufs);
+    free(w->e);
+    memset(w, 0, sizeof *w);
+}
+
+/* Quantize one linear tensor into writer entries. */
+static int quantize_tensor(qwriter *w, const fr_st_tensor *t, fr_qtype type) {
+    const int rows = (int)t->shape[0], cols = (int)t->shape[1];
+    if (t->shape[0] > INT32_MAX / 2 || t->shape[1] > INT32_MAX / 2 || rows <= 0 || cols <= 0)
+        return fr_error(FR_ERR_FORMAT, "tensor %s: unsupported shape", t->name);
+    if (type != FR_QT_BF16 && cols % FR_QBLOCK)
+        return fr_error(FR_ERR_ARG, "tensor %s has %d columns, not a multiple of %d: cannot quantize it to %s", t->name,
+                        cols, FR_QBLOCK, fr_qtype_name(type));
+    float *tmp = malloc((size_t)rows * cols * sizeof(float));
+    if (!tmp) return fr_error(FR_ERR_NOMEM, "out of memory quantizing %s", t->name);
+    int rc = fr_st_to_f32(t, tmp, t->numel);
+    fr_qmatrix q;
+    memset(&q, 0, sizeof q);
+    if (rc == FR_OK) {
+        rc = fr_qmatrix_from_f32(&q, type, tmp, rows, cols);
+        if (rc != FR_OK) rc = fr_error_context(rc, "tensor %s", t->name);
+    }
+    free(tmp);
+    if (rc != FR_OK) return rc;
+    const size_t rb = fr_qtype_row_bytes(type, cols);
+    const int nb = cols / FR_QBLOCK;
+    const uint8_t *src = q.data;
+    if (type == FR_QT_BF16) {
+        uint8_t *b = qw_keep(w, malloc(rb * rows));
+        if (!b) rc = fr_error(FR_ERR_NOMEM, "out of memory quantizing %s", t->name);
+        else {
+            memcpy(b, src, rb * rows);
+            int64_t sh[2] = {rows, cols};
+            rc = qw_add(w, t->name, FR_DT_BF16, 2, sh, b);
+        }
+        fr_qmatrix_free(&q);
+        return rc;
+    }
+    const size_t qb = type == FR_QT_Q8_0 ? (size_t)cols : (size_t)cols / 2;
+    uint8_t *qw = qw_keep(w, malloc(qb * rows));
+    uint16_t *sc = qw_keep(w, malloc((size_t)nb * 2 * rows));
+    uint16_t *mi = type == FR_QT_Q4_1 ? qw_keep(w, malloc((size_t)nb * 2 * rows)) : NULL;
+    if (!qw || !sc || (type == FR_QT_Q4_1 && !mi)) {
+        fr_qmatrix_free(&q);
+        return fr_error(FR_ERR_NOMEM, "out of memory quantizing %s", t->name);
+    }
+    for (int r = 0; r < rows; r++) {
+        const uint8_t *row = src + rb * (size_t)r;
+        memcpy(sc + (size_t)r * nb, row, (size_t)nb * 2);
+        size_t off = (size_t)nb * 2;
+        if (mi) {
+            memcpy(mi + (size_t)r * nb, row + off, (size_t)nb * 2);
+            off += (size_t)nb * 2;
+        }
+        memcpy(qw + qb * r, row + off, qb);
+    }
+    fr_qmatrix_free(&q);
+    char nm[1024];
+    int64_t shq[2] = {rows, (int64_t)qb}, shs[2] = {rows, nb};
+    if (derived_name(nm, sizeof nm, t->name, "qweight")) return fr_error(FR_ERR_ARG, "tensor name too long: %s", t->name);
+    FR_CHECK(qw_add(w, nm, type == FR_QT_Q8_0 ? FR_DT_I8 : FR_DT_U8, 2, shq, qw));
+    derived_name(nm, sizeof nm, t->name, "scales");
+    FR_CHECK(qw_add(w, nm, FR_DT_F16, 2, shs, sc));
+    if (mi) {
+        derived_name(nm, sizeof nm, t->name, "mins");
+        FR_CHECK(qw_add(w, nm, FR_DT_F16, 2, shs, mi));
+    }
+    return FR_OK;
+}
+
+/* 1 if dir exists and holds no entries, 0 if it holds some, -1 if it does not exist. */
+static int dir_state(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return errno == ENOENT ? -1 : 0;
+    struct dirent *de;
+    int empty = 1;
+    while ((de = readdir(d)) != NULL)
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+            empty = 0;
+            break;
+        }
+    closedir(d);
+    return empty;
+}
+
+static int copy_if_present(const char *in_dir, const char *out_dir, const char *file) {
+    char src[4096], dst[4096];
+    if ((size_t)snprintf(src, sizeof src, "%s/%s", in_dir, file) >= sizeof src ||
+        (size_t)snprintf(dst, sizeof dst, "%s/%s", out_dir, file) >= sizeof dst)
+        return fr_error(FR_ERR_ARG, "path too long: %s", in_dir);
+    struct stat sb;
+    if (stat(src, &sb) != 0) return FR_OK;
+    char *buf = NULL;
+    size_t len = 0;
+    FR_CHECK(fr_read_file(src, &buf, &len));
+    int rc = fr_write_file_atomic(dst, buf, len);
+    free(buf);
+    return rc;
+}
+
+int fr_quantize_model(const char *in_dir, const char *out_dir, const char *type,
+                      int (*progress)(void *user, double frac, const char *phase), void *user) {
+    fr_clear_error();
+    if (!in_dir || !out_dir || !type) return fr_error(FR_ERR_ARG, "fr_quantize_model: NULL argument");
+    int qt = fr_qtype_parse(type);
+    if (qt != FR_QT_BF16 && qt != FR_QT_Q8_0 && qt != FR_QT_Q4_1)
+        return fr_error(FR_ERR_ARG, "unknown quantization type '%s' (expected bf16, q8_0 or q4_1)", type);
+    struct stat sb;
+    if (stat(in_dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return fr_error(FR_ERR_IO, "model folder %s does not exist or is not a folder", in_dir);
+    char path[4096], tmp_dir[3800];
+    if ((size_t)snprintf(path, sizeof path, "%s/config.json", in_dir) >= sizeof path ||
+        (size_t)snprintf(tmp_dir, sizeof tmp_dir, "%s.tmp-%d", out_dir, (int)getpid()) >= sizeof tmp_dir)
+        return fr_error(FR_ERR_ARG, "path too long: %s", in_dir);
+    char *cfg_text = NULL;
+    size_t cfg_len = 0;
+    FR_CHECK(fr_read_file(path, &cfg_text, &cfg_len));
+    fr_config cfg;
+    int rc = fr_config_parse(&cfg, cfg_text, cfg_len);
+    cJSON *root = rc == FR_OK ? cJSON_ParseWithLength(cfg_text, cfg_len) : NULL;
+    free(cfg_text);
+    if (rc != FR_OK) return rc;
+    if (!root || !cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return fr_error(FR_ERR_FORMAT, "%s: not a JSON object", path);
+    }
+    if (cJSON_GetObjectItemCaseSensitive(root, "quantization_config")) {
+        cJSON_Delete(root);
+        return fr_error(FR_ERR_ARG, "%s is already quantized (its config.json has a quantization_config)", in_dir);
+    }
+    int ds = dir_state(out_dir);
+    if (ds == 0) {
+        cJSON_Delete(root);
+        return fr_error(FR_ERR_ARG, "output folder %s already exists and is not empty", out_dir);
+    }
+
+    fr_st_set set;
+    memset(&set, 0, sizeof set);
+    rc = fr_st_set_open_dir(&set, in_dir);
+    if (rc != FR_OK) {
+        cJSON_Delete(root);
+        return rc;
+    }
+    qwriter w;
+    memset(&w, 0, sizeof w);
+    cJSON *qc = cJSON_CreateObject(), *skipped = cJSON_CreateArray();
+    double total = 0, done = 0;
+    for (int f = 0; f < set.n_files; f++)
+        for (int i = 0; i < set.files[f].n_tensors; i++) total += (double)set.files[f].tensors[i].nbytes;
+    int n_quant = 0;
+    for (int f = 0; f < set.n_files && rc == FR_OK; f++) {
+        for (int i = 0; i < set.files[f].n_tensors && rc == FR_OK; i++) {
+            const fr_st_tensor *t = &set.files[f].tensors[i];
+            if (is_float_dtype(t->dtype) && is_quantized_linear(t)) {
+                rc = quantize_tensor(&w, t, (fr_qtype)qt);
+                n_quant++;
+            } else if (is_float_dtype(t->dtype)) {
+                float *b = qw_keep(&w, malloc((t->numel ? t->numel : 1) * sizeof(float)));
+                if (!b) rc = fr_error(FR_ERR_NOMEM, "out of memory copying %s", t->name);
+                if (rc == FR_OK) rc = fr_st_to_f32(t, b, t->numel);
+                if (rc == FR_OK) rc = qw_add(&w, t->name, FR_DT_F32, t->ndim, t->shape, b);
+                if (rc == FR_OK && t->ndim == 2 && skipped) {
+                    char mod[1024];
+                    size_t len = strlen(t->name);
+                    if (len > 7 && strcmp(t->name + len - 7, ".weight") == 0) len -= 7;
+                    snprintf(mod, sizeof mod, "%.*s", (int)len, t->name);
+                    cJSON_AddItemToArray(skipped, cJSON_CreateString(mod));
+                }
+            } else {
+                rc = qw_add(&w, t->name, t->dtype, t->ndim, t->shape, t->data); /* integers: as stored */
+            }
+            done += (double)t->nbytes;
+            if (rc == FR_OK && progress && progress(user, total > 0 ? 0.95 * done / total : 0.0, "quantizing"))
+                rc = fr_error(FR_ERR_STATE, "quantization cancelled");
+        }
+    }
+    if (rc == FR_OK && n_quant == 0)
+        rc = fr_error(FR_ERR_FORMAT, "%s has no linear weights (\"*_proj.weight\") to quantize", in_dir);
+    if (rc == FR_OK && (!qc || !skipped)) rc = fr_error(FR_ERR_NOMEM, "out of memory");
+    char *json = NULL;
+    if (rc == FR_OK && qt == FR_QT_BF16) {
+        /* BF16 is a plain float checkpoint in HF terms: "torch_dtype": "bfloat16" and no
+         * quantization_config, so every loader (fr_model_load, transformers) reads it. */
+        cJSON_DeleteItemFromObjectCaseSensitive(root, "torch_dtype");
+        cJSON_AddStringToObject(root, "torch_dtype", "bfloat16");
+        json = cJSON_Print(root);
+        if (!json) rc = fr_error(FR_ERR_NOMEM, "out of memory");
+    } else if (rc == FR_OK) {
+        cJSON_AddStringToObject(qc, "quant_method", "frugal");
+        cJSON_AddStringToObject(qc, "format", fr_qtype_name((fr_qtype)qt));
+        cJSON_AddNumberToObject(qc, "block_size", FR_QBLOCK);
+        cJSON_AddStringToObject(qc, "scale_dtype", "float16");
+        cJSON_AddStringToObject(qc, "tensors", qt == FR_QT_Q8_0 ? "<base>.qweight I8 [rows, cols], <base>.scales F16 [rows, cols/32]"
+                                                                : "<base>.qweight U8 [rows, cols/2], <base>.scales F16 [rows, cols/32], <base>.mins F16 [rows, cols/32]");
+        cJSON_AddStringToObject(qc, "quantized_modules", "2-D tensors named *_proj.weight");
+        cJSON_AddItemToObject(qc, "modules_not_quantized", skipped);
+        skipped = NULL;
+        cJSON_AddItemToObject(root, "quantization_config", qc);
+        qc = NULL;
+        json = cJSON_Print(root);
+        if (!json) rc = fr_error(FR_ERR_NOMEM, "out of memory");
+    }
+    cJSON_Delete(qc);
+    cJSON_Delete(skipped);
+    cJSON_Delete(root);
+    int made_tmp = 0;
+    if (rc == FR_OK) {
+        fr_remove_tree(tmp_dir); /* a leftover of a killed run with our pid */
+        if (mkdir(tmp_dir, 0755) != 0) rc = fr_error(FR_ERR_IO, "cannot create %s: %s", tmp_dir, strerror(errno));
+        else made_tmp = 1;
+    }
+    if (rc == FR_OK) {
+        snprintf(path, sizeof path, "%s/model.safetensors", tmp_dir);
+        const char *mk[] = {"format", "frugal_quantization"}, *mv[] = {"pt", fr_qtype_name((fr_qtype)qt)};
+        rc = fr_st_write(path, w.e, w.n, mk, mv, 2);
+    }
+    if (rc == FR_OK && progress && progress(user, 0.98, "writing"))
+        rc = fr_error(FR_ERR_STATE, "quantization cancelled");
+    if (rc == FR_OK) {
+        snprintf(path, sizeof path, "%s/config.json", tmp_dir);
+        size_t jl = strlen(json);
+        json[jl] = '\n'; /* replace the NUL: the file ends with a newline */
+        rc = fr_write_file_atomic(path, json, jl + 1);
+        json[jl] = 0;
+    }
+    static const char *const AUX[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json"};
+    for (int i = 0; i < 3 && rc == FR_OK; i++) rc = copy_if_present(in_dir, tmp_dir, AUX[i]);
+    fr_st_set_close(&set);
+    qw_free(&w);
+    free(json);
+    if (rc == FR_OK) {
+        if (dir_state(out_dir) == 1 && rmdir(out_dir) != 0)
+            rc = fr_error(FR_ERR_IO, "cannot replace the empty folder %s: %s", out_dir, strerror(errno));
+        else if (rename(tmp_dir, out_dir) != 0)
+            rc = fr_error(FR_ERR_IO, "cannot rename %s to %s: %s", tmp_dir, out_dir, strerror(errno));
+    }
+    if (rc != FR_OK) {
+        if (made_tmp) fr_remove_tree(tmp_dir);
+        return rc;
+    }
+    char parent[4096];
+    snprintf(parent, sizeof parent, "%s", out_dir);
+    char *slash = strrchr(parent, '/');
+    if (slash && slash != parent) *slash = 0;
+    else snprintf(parent, sizeof parent, "%s", slash ? "/" : ".");
+    fr_fsync_dir(parent);
+    if (progress) progress(user, 1.0, "done");
+    return FR_OK;
+}
+
+/* ------------------------------------------------------------------ dequantized model, evaluation */
+
+int fr_model_load_dequantized(fr_model **out, const char *dir) {
+    fr_clear_error();
+    if (!out || !dir) return fr_error(FR_ERR_ARG, "fr_model_load_dequantized: NULL argument");
+    *out = NULL;
+    char path[4096];
+    if ((size_t)snprintf(path, sizeof path, "%s/config.json", dir) >= sizeof path)
+        return fr_error(FR_ERR_ARG, "path too long: %s", dir);
+    fr_config cfg;
+    FR_CHECK(fr_config_load(&cfg, path));
+    fr_st_set set;
+    FR_CHECK(fr_st_set_open_dir(&set, dir));
+    int depth = 0;
+    for (int k = 0; k < cfg.num_nextn_predict_layers; k++) {
+        char name[128];
+        snprintf(name, sizeof name, "model.layers.%d.eh_proj.weight", cfg.num_hidden_layers + k);
+        if (fr_qmatrix_stored_type(&set, name) < 0) break;
+        depth++;
+    }
+    cfg.num_nextn_predict_layers = depth;
+    fr_model *m = NULL;
+    int rc = fr_model_create(&m, &cfg, 1);
+    for (int i = 0; rc == FR_OK && i < fr_model_num_tensors(m); i++) {
+        int ndim = 0;
+        int64_t shape[4] = {0};
+        const char *name = fr_model_tensor_info(m, i, &ndim, shape);
+        size_t numel = 0;
+        float *p = fr_model_param(m, name, &numel);
+        int st = fr_qmatrix_stored_type(&set, name);
+        if (st < 0) {
+            rc = fr_error(FR_ERR_FORMAT, "%s: missing tensor %s", dir, name);
+        } else if (st == FR_QT_Q8_0 || st == FR_QT_Q4_1) {
+            fr_qmatrix q;
+            if (ndim != 2) rc = fr_error(FR_ERR_FORMAT, "%s: tensor %s is stored quantized but is not a matrix", dir, name);
+            else rc = fr_qmatrix_load(&q, &set, name, (int)shape[0], (int)shape[1], (fr_qtype)st);
+            if (rc == FR_OK) {
+                for (int r = 0; r < q.rows; r++) fr_qmatrix_row_f32(&q, r, p + (size_t)r * q.cols);
+                fr_qmatrix_free(&q);
+            }
+        } else {
+            const fr_st_tensor *t = fr_st_set_find(&set, name);
+            int same = t->ndim == ndim && t->numel == numel;
+            for (int d = 0; same && d < ndim; d++) same = t->shape[d] == shape[d];
+            if (!same) rc = fr_error(FR_ERR_FORMAT, "%s: tensor %s has another shape than the config implies", dir, name);
+            else rc = fr_st_to_f32(t, p, numel);
+        }
+    }
+    fr_st_set_close(&set);
+    if (rc != FR_OK) {
+        if (m) fr_model_free(m);
+        return rc;
+    }
+    *out = m;
+    return FR_OK;
+}
+
+int fr_eval_dataset(fr_model *m, const char *data_dir, const char *split, int seq_len, int batch,
+                    long max_tokens, double *mean_loss, long *n_targets) {
+    fr_clear_error();
+    if (!m || !data_dir || !split || !mean_loss) return fr_error(FR_ERR_ARG, "fr_eval_dataset: NULL argument");
+    if (seq_len < 2 || batch < 1) return fr_error(FR_ERR_ARG, "fr_eval_dataset: seq_len must be >= 2 and batch >= 1");
+    fr_dataset *ds = NULL;
+    long n_win = 0;
+    FR_CHECK(fr_eval_windows_open(&ds, data_dir, split, seq_len, max_tokens, fr_model_config(m)->vocab_size, &n_win));
+    int rc = FR_OK;
+    int *buf = malloc((size_t)(seq_len + 1) * sizeof(int));
+    int *tok = malloc((size_t)batch * seq_len * sizeof(int)), *tgt = malloc((size_t)batch * seq_len * sizeof(int));
+    if (rc == FR_OK && (!buf || !tok || !tgt)) rc = fr_error(FR_ERR_NOMEM, "out of memory");
+    double sum = 0;
+    long count = 0;
+    for (long w0 = 0; rc == FR_OK && w0 < n_win; w0 += batch) {
+        const int B = (int)(n_win - w0 < batch ? n_win - w0 : batch);
+        for (int b = 0; b < B && rc == FR_OK; b++) {
+            rc = fr_dataset_read(ds, (uint64_t)(w0 + b) * seq_len, buf, (size_t)seq_len + 1);
+            for (int t = 0; rc == FR_OK && t < seq_len; t++) {
+                tok[b * seq_len + t] = buf[t];
+                tgt[b * seq_len + t] = buf[t + 1];
+            }
+        }
+        fr_loss_info li;
+        if (rc == FR_OK) rc = fr_model_forward_eval(m, tok, tgt, B, seq_len, &li);
+        if (rc == FR_OK) {
+            sum += li.loss_main * (double)li.n_targets;
+            count += li.n_targets;
+        }
+    }
+    free(buf);
+    free(tok);
+    free(tgt);
+    fr_dataset_close(ds);
+    if (rc != FR_OK) return rc;
+    *mean_loss = count ? sum / (double)count : NAN;
+    if (n_targets) *n_targets = count;
+    return FR_OK;
+}

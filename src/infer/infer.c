@@ -1,0 +1,1210 @@
+/*
+ * infer.c — the inference engine: weights for generation, the latent KV cache, the batched
+ * forward (prefill and decode), MTP drafting and fr_generate (see docs/inference.md).
+ *
+ * One forward appends n_i tokens to each of S sequences; the N = sum n_i rows are
+ * processed together, so every linear layer is one fr_qmatmul over N rows:
+ *
+ *   x = Emb(tokens)
+ *   per layer:  xn = RMSNorm(x)
+ *     q = W_UQ RMSNorm(W_DQ xn)  (or W_Q xn);  q_pe rotated
+ *     [c | k_pe] = W_DKV xn;  c = RMSNorm(c);  k_pe rotated   -> written to the cache
+ *     q_lat[h] = W_UK[h]^T q_nope[h]                            (absorbed key projection)
+ *     a_t = softmax_t(scale * ([q_lat | q_pe] . [c_t | k_pe_t]))  over cached t <= pos
+ *     o[h] = W_UV[h] (sum_t a_t c_t)                             (absorbed value projection)
+ *     x += W_O o;  x += FFN(RMSNorm(x))      (SwiGLU MLP or DeepSeekMoE)
+ *   logits = W_head RMSNorm(x)
+ *
+ * The same absorbed path serves prefill (many rows per sequence, each attending causally
+ * to the cache up to its own position) and decode (one row per sequence), so a prompt may
+ * be fed in any split and a speculative step is just a 2-token append.
+ */
+#define _GNU_SOURCE
+#include "infer/infer_internal.h"
+#include "model/model_internal.h"
+#include "model/ops.h"
+#include "cpu/ops_cpu.h"
+#include "formats/qmatrix.h"
+#include "formats/safetensors.h"
+
+#include <math.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* q_a_layernorm / kv_a_layernorm use eps 1e-6 whatever rms_norm_eps says (as block.c). */
+#define LATENT_EPS 1e-6f
+
+typedef struct {
+    int index, is_moe, mlp_inter;
+    float *input_norm, *post_norm, *q_a_norm, *kv_a_norm;
+    fr_qmatrix q_a, q_b, q, kv_a, o;
+    fr_qmatrix *uk_t;   /* [nh]: W_UK[h]^T, [kv_lora_rank, qk_nope] */
+    fr_qmatrix *uv;     /* [nh]: W_UV[h],   [v_head, kv_lora_rank] */
+    fr_qmatrix mlp_gate, mlp_up, mlp_down;
+    float *router, *router_bias;
+    fr_qmatrix *exp_gate, *exp_up, *exp_down; /* [E] */
+    /* MTP module */
+    float *enorm, *hnorm, *head_norm;
+    fr_qmatrix eh_proj;
+} eng_layer;
+
+struct fr_engine {
+    fr_config cfg;
+    fr_engine_options opt;
+    /* Mapped checkpoint: F32 / BF16 matrices stored in the wanted format are used in place
+     * from the safetensors mapping (pages are read when first touched), so a checkpoint larger
+     * than RAM opens and only the weights a token uses are read. Kept open while in use. */
+    fr_st_set st;
+    int mapped;                 /* the engine owns `st` (closed by fr_engine_free) */
+    int map_weights;            /* while building: wrap matrices from the mapping */
+    const fr_ops *ops;
+    int L, mtp;                 /* main layers; MTP modules loaded (0/1) */
+    eng_layer *layers;          /* L + mtp */
+    float *embed, *final_norm;  /* [V,H], [H] */
+    fr_qmatrix lm_head;
+    float *rope_cos, *rope_sin; /* [max_len, rope/2] */
+    float scale;
+    int max_len, row;           /* row = kv_lora_rank + qk_rope_head_dim */
+    size_t row_bytes;           /* stored bytes of one cached row */
+
+    /* workspace for `cap` rows */
+    int cap;
+    float *x, *xn, *rstd, *tmp, *qa, *qan, *q, *kva, *kvn, *qn, *qlat, *qf, *ctx, *atth, *att;
+    float *g, *u, *h, *rl, *scores, *topw, *xe, *ge, *ue, *he, *ye, *ffn, *cat, *hid, *lrow;
+    int *topi, *perm, *slot, *offsets, *pos, *seq_of, *tok;
+    fr_qmatmul_job *jobs;       /* [max(2 E + 2, heads)] products of one MoE round / all heads */
+    float *att_scratch;         /* [threads][max_len] */
+    float *att_heads;           /* [heads][max_len] scores of one decoded row, all heads */
+    float *deq;                 /* [max_len, row] dequantized cache of one sequence */
+    int att_threads;
+    int threads;                /* requested threads (0 = OpenMP default), applied per calling thread */
+};
+
+struct fr_seq {
+    fr_engine *e;
+    int len, mtp_len, cap;
+    unsigned char **kv;         /* [L + mtp] caches of cap rows */
+};
+
+/* ================================================================ loading */
+
+void fr_engine_options_default(fr_engine_options *o) {
+    memset(o, 0, sizeof *o);
+    o->weight_type = -1; /* as stored */
+    o->kv_type = FR_KV_F32;
+    o->load_mtp = 1;
+}
+
+static fr_qtype mat_type(const fr_engine *e, int cols) {
+    fr_qtype t = (fr_qtype)e->opt.weight_type;
+    if ((t == FR_QT_Q8_0 || t == FR_QT_Q4_1) && cols % FR_QBLOCK != 0) return FR_QT_F32;
+    return t;
+}
+
+/* Under Q4_1 weights a few matrices are held in Q8_0 instead: the output head (its errors
+ * go straight into the logits; on the demo model the validation perplexity through the
+ * engine was +0.18 % over FP32 with a Q4_1 head, +0.013 % with Q8_0) and W_UK^T (below). */
+static fr_qtype sensitive_type(const fr_engine *e, int cols) {
+    const fr_qtype t = mat_type(e, cols);
+    return t == FR_QT_Q4_1 ? FR_QT_Q8_0 : t;
+}
+
+static int load_mat_as(fr_engine *e, fr_qmatrix *m, const fr_st_set *st, const char *name, int rows, int cols,
+                       fr_qtype want) {
+    const fr_st_tensor *t = e->map_weights ? fr_st_set_find(st, name) : NULL;
+    if (t && t->ndim == 2 && t->shape[0] == rows && t->shape[1] == cols &&
+        ((want == FR_QT_F32 && t->dtype == FR_DT_F32) || (want == FR_QT_BF16 && t->dtype == FR_DT_BF16))) {
+        fr_qmatrix_wrap(m, want, (void *)t->data, rows, cols); /* not owned: lives in the mapping */
+        return FR_OK;
+    }
+    return fr_qmatrix_load(m, st, name, rows, cols, want);
+}
+
+static int load_mat(fr_engine *e, fr_qmatrix *m, const fr_st_set *st, const char *name, int rows, int cols) {
+    return load_mat_as(e, m, st, name, rows, cols, mat_type(e, cols));
+}
+
+static int load_vec(const fr_st_set *st, const char *name, size_t numel, float **out) {
+    *out = NULL;
+    const fr_st_tensor *t = fr_st_set_find(st, name);
+    if (!t) return fr_error(FR_ERR_FORMAT, "tensor %s is missing from the checkpoint", name);
+    if (t->numel != numel) return fr_error(FR_ERR_FORMAT, "tensor %s has %zu values, expected %zu", name, t->numel, numel);
+    float *p = fr_alloc(numel * sizeof(float));
+    if (!p) return fr_error(FR_ERR_NOMEM, "out of memory loading %s", name);
+    int rc = fr_st_to_f32(t, p, numel);
+    if (rc != FR_OK) { fr_free(p); return rc; }
+    *out = p;
+    return FR_OK;
+}
+
+#define NAME(...) (snprintf(name, sizeof name, __VA_ARGS__), name)
+
+static int load_layer(fr_engine *e, eng_layer *ly, const fr_st_set *st, int index, int is_mtp) {
+    const fr_config *c = &e->cfg;
+    const int H = c->hidden_size, nh = c->num_attention_heads, nope = c->qk_nope_head_dim;
+    const int rope = c->qk_rope_head_dim, dqk = nope + rope, vd = c->v_head_dim;
+    const int kvr = c->kv_lora_rank, qr = c->q_lora_rank;
+    char name[160];
+    const char *pre = "model.layers.";
+    ly->index = index;
+    ly->is_moe = fr_config_layer_is_moe(c, index);
+    if (is_mtp) {
+        FR_CHECK(load_vec(st, NAME("%s%d.enorm.weight", pre, index), H, &ly->enorm));
+        FR_CHECK(load_vec(st, NAME("%s%d.hnorm.weight", pre, index), H, &ly->hnorm));
+        FR_CHECK(load_vec(st, NAME("%s%d.shared_head.norm.weight", pre, index), H, &ly->head_norm));
+        FR_CHECK(load_mat(e, &ly->eh_proj, st, NAME("%s%d.eh_proj.weight", pre, index), H, 2 * H));
+    }
+    FR_CHECK(load_vec(st, NAME("%s%d.input_layernorm.weight", pre, index), H, &ly->input_norm));
+    FR_CHECK(load_vec(st, NAME("%s%d.post_attention_layernorm.weight", pre, index), H, &ly->post_norm));
+    if (qr > 0) {
+        FR_CHECK(load_mat(e, &ly->q_a, st, NAME("%s%d.self_attn.q_a_proj.weight", pre, index), qr, H));
+        FR_CHECK(load_vec(st, NAME("%s%d.self_attn.q_a_layernorm.weight", pre, index), qr, &ly->q_a_norm));
+        FR_CHECK(load_mat(e, &ly->q_b, st, NAME("%s%d.self_attn.q_b_proj.weight", pre, index), nh * dqk, qr));
+    } else {
+        FR_CHECK(load_mat(e, &ly->q, st, NAME("%s%d.self_attn.q_proj.weight", pre, index), nh * dqk, H));
+    }
+    FR_CHECK(load_mat(e, &ly->kv_a, st, NAME("%s%d.self_attn.kv_a_proj_with_mqa.weight", pre, index), kvr + rope, H));
+    FR_CHECK(load_vec(st, NAME("%s%d.self_attn.kv_a_layernorm.weight", pre, index), kvr, &ly->kv_a_norm));
+    FR_CHECK(load_mat(e, &ly->o, st, NAME("%s%d.self_attn.o_proj.weight", pre, index), H, nh * vd));
+
+    /* kv_b_proj [nh*(nope+vd), kvr] split per head: rows [h*(nope+vd), +nope) = W_UK[h],
+     * the next vd rows = W_UV[h]. W_UK is stored transposed for the absorbed query. */
+    /* read as FP32 whatever its storage (float, or Q8_0 / Q4_1 from `frugal quantize`) */
+    fr_qmatrix kvb_m;
+    FR_CHECK(fr_qmatrix_load(&kvb_m, st, NAME("%s%d.self_attn.kv_b_proj.weight", pre, index), nh * (nope + vd), kvr,
+                             FR_QT_F32));
+    const float *kvb = (const float *)kvb_m.data;
+    /* W_UK^T has its blocks along qk_nope, not along kv_lora_rank as stored: requantizing a
+     * 4-bit matrix across other blocks would round it twice */
+    const fr_qtype uk_type = sensitive_type(e, nope);
+    ly->uk_t = calloc((size_t)nh, sizeof(fr_qmatrix));
+    ly->uv = calloc((size_t)nh, sizeof(fr_qmatrix));
+    float *tr = malloc((size_t)kvr * nope * sizeof(float));
+    int rc = ly->uk_t && ly->uv && tr ? FR_OK : fr_error(FR_ERR_NOMEM, "out of memory");
+    for (int h = 0; h < nh && rc == FR_OK; h++) {
+        const float *wk = kvb + (size_t)h * (nope + vd) * kvr, *wv = wk + (size_t)nope * kvr;
+        for (int i = 0; i < nope; i++)
+            for (int j = 0; j < kvr; j++) tr[(size_t)j * nope + i] = wk[(size_t)i * kvr + j];
+        rc = fr_qmatrix_from_f32(&ly->uk_t[h], uk_type, tr, kvr, nope);
+        if (rc == FR_OK) rc = fr_qmatrix_from_f32(&ly->uv[h], mat_type(e, kvr), wv, vd, kvr);
+    }
+    free(tr);
+    fr_qmatrix_free(&kvb_m);
+    if (rc != FR_OK) return rc;
+
+    if (ly->is_moe) {
+        const int E = c->n_routed_experts, Im = c->moe_intermediate_size;
+        FR_CHECK(load_vec(st, NAME("%s%d.mlp.gate.weight", pre, index), (size_t)E * H, &ly->router));
+        if (c->has_correction_bias)
+            FR_CHECK(load_vec(st, NAME("%s%d.mlp.gate.e_score_correction_bias", pre, index), E, &ly->router_bias));
+        ly->exp_gate = calloc((size_t)E, sizeof(fr_qmatrix));
+        ly->exp_up = calloc((size_t)E, sizeof(fr_qmatrix));
+        ly->exp_down = calloc((size_t)E, sizeof(fr_qmatrix));
+        if (!ly->exp_gate || !ly->exp_up || !ly->exp_down) return fr_error(FR_ERR_NOMEM, "out of memory");
+        for (int x = 0; x < E; x++) {
+            FR_CHECK(load_mat(e, &ly->exp_gate[x], st, NAME("%s%d.mlp.experts.%d.gate_proj.weight", pre, index, x), Im, H));
+            FR_CHECK(load_mat(e, &ly->exp_up[x], st, NAME("%s%d.mlp.experts.%d.up_proj.weight", pre, index, x), Im, H));
+            FR_CHECK(load_mat(e, &ly->exp_down[x], st, NAME("%s%d.mlp.experts.%d.down_proj.weight", pre, index, x), H, Im));
+        }
+        if (c->n_shared_experts > 0) {
+            int Is = c->n_shared_experts * Im;
+            ly->mlp_inter = Is;
+            FR_CHECK(load_mat(e, &ly->mlp_gate, st, NAME("%s%d.mlp.shared_experts.gate_proj.weight", pre, index), Is, H));
+            FR_CHECK(load_mat(e, &ly->mlp_up, st, NAME("%s%d.mlp.shared_experts.up_proj.weight", pre, index), Is, H));
+            FR_CHECK(load_mat(e, &ly->mlp_down, st, NAME("%s%d.mlp.shared_experts.down_proj.weight", pre, index), H, Is));
+        }
+    } else {
+        int I = c->intermediate_size;
+        ly->mlp_inter = I;
+        FR_CHECK(load_mat(e, &ly->mlp_gate, st, NAME("%s%d.mlp.gate_proj.weight", pre, index), I, H));
+        FR_CHECK(load_mat(e, &ly->mlp_up, st, NAME("%s%d.mlp.up_proj.weight", pre, index), I, H));
+        FR_CHECK(load_mat(e, &ly->mlp_down, st, NAME("%s%d.mlp.down_proj.weight", pre, index), H, I));
+    }
+    return FR_OK;
+}
+
+static void free_layer(const fr_config *c, eng_layer *ly) {
+    fr_free(ly->input_norm); fr_free(ly->post_norm); fr_free(ly->q_a_norm); fr_free(ly->kv_a_norm);
+    fr_free(ly->router); fr_free(ly->router_bias);
+    fr_free(ly->enorm); fr_free(ly->hnorm); fr_free(ly->head_norm);
+    fr_qmatrix_free(&ly->q_a); fr_qmatrix_free(&ly->q_b); fr_qmatrix_free(&ly->q);
+    fr_qmatrix_free(&ly->kv_a); fr_qmatrix_free(&ly->o); fr_qmatrix_free(&ly->eh_proj);
+    fr_qmatrix_free(&ly->mlp_gate); fr_qmatrix_free(&ly->mlp_up); fr_qmatrix_free(&ly->mlp_down);
+    for (int h = 0; h < c->num_attention_heads; h++) {
+        if (ly->uk_t) fr_qmatrix_free(&ly->uk_t[h]);
+        if (ly->uv) fr_qmatrix_free(&ly->uv[h]);
+    }
+    free(ly->uk_t);
+    free(ly->uv);
+    for (int x = 0; x < c->n_routed_experts; x++) {
+        if (ly->exp_gate) fr_qmatrix_free(&ly->exp_gate[x]);
+        if (ly->exp_up) fr_qmatrix_free(&ly->exp_up[x]);
+        if (ly->exp_down) fr_qmatrix_free(&ly->exp_down[x]);
+    }
+    free(ly->exp_gate); free(ly->exp_up); free(ly->exp_down);
+}
+
+static void free_workspace(fr_engine *e) {
+    float **f[] = {&e->x, &e->xn, &e->rstd, &e->tmp, &e->qa, &e->qan, &e->q, &e->kva, &e->kvn, &e->qn, &e->qlat,
+                   &e->qf, &e->ctx, &e->atth, &e->att, &e->g, &e->u, &e->h, &e->rl, &e->scores, &e->topw, &e->xe,
+                   &e->ge, &e->ue, &e->he, &e->ye, &e->ffn, &e->cat, &e->hid, &e->lrow};
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) { fr_free(*f[i]); *f[i] = NULL; }
+    int **n[] = {&e->topi, &e->perm, &e->slot, &e->offsets, &e->pos, &e->seq_of, &e->tok};
+    for (size_t i = 0; i < sizeof n / sizeof n[0]; i++) { fr_free(*n[i]); *n[i] = NULL; }
+    fr_free(e->jobs);
+    e->jobs = NULL;
+    e->cap = 0;
+}
+
+/* Size the workspace for N rows. */
+static int reserve(fr_engine *e, int N) {
+    if (N <= e->cap) return FR_OK;
+    free_workspace(e);
+    const fr_config *c = &e->cfg;
+    const size_t n = (size_t)N, H = c->hidden_size, nh = c->num_attention_heads;
+    const size_t nope = c->qk_nope_head_dim, rope = c->qk_rope_head_dim, dqk = nope + rope;
+    const size_t vd = c->v_head_dim, kvr = c->kv_lora_rank, qr = c->q_lora_rank > 0 ? c->q_lora_rank : 1;
+    const size_t E = c->n_routed_experts > 0 ? c->n_routed_experts : 1, K = c->num_experts_per_tok > 0 ? c->num_experts_per_tok : 1;
+    const size_t Im = c->moe_intermediate_size > 0 ? c->moe_intermediate_size : 1;
+    size_t inter = c->intermediate_size;
+    if ((size_t)c->n_shared_experts * Im > inter) inter = (size_t)c->n_shared_experts * Im;
+    const size_t row = e->row, V = c->vocab_size;
+    struct { float **p; size_t n; } f[] = {
+        {&e->x, n * H}, {&e->xn, n * H}, {&e->rstd, n}, {&e->tmp, n * H}, {&e->qa, n * qr}, {&e->qan, n * qr},
+        {&e->q, n * nh * dqk}, {&e->kva, n * row}, {&e->kvn, n * kvr}, {&e->qn, n * nh * nope},
+        {&e->qlat, n * nh * kvr}, {&e->qf, n * nh * row}, {&e->ctx, n * nh * kvr}, {&e->atth, n * nh * vd},
+        {&e->att, n * nh * vd}, {&e->g, n * inter}, {&e->u, n * inter}, {&e->h, n * inter}, {&e->rl, n * E},
+        {&e->scores, n * E}, {&e->topw, n * K}, {&e->xe, n * K * H}, {&e->ge, n * K * Im}, {&e->ue, n * K * Im},
+        {&e->he, n * K * Im}, {&e->ye, n * K * H}, {&e->ffn, n * H}, {&e->cat, n * 2 * H}, {&e->hid, n * H},
+        {&e->lrow, V}};
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+        if (!(*f[i].p = fr_alloc(f[i].n * sizeof(float)))) goto oom;
+    struct { int **p; size_t n; } g[] = {{&e->topi, n * K}, {&e->perm, n * K}, {&e->slot, n * K},
+                                         {&e->offsets, E + 1}, {&e->pos, n}, {&e->seq_of, n}, {&e->tok, n}};
+    for (size_t i = 0; i < sizeof g / sizeof g[0]; i++)
+        if (!(*g[i].p = fr_alloc(g[i].n * sizeof(int)))) goto oom;
+    if (!(e->jobs = fr_alloc((2 * E + 2 > nh ? 2 * E + 2 : nh) * sizeof(fr_qmatmul_job)))) goto oom;
+    e->cap = N;
+    return FR_OK;
+oom:
+    free_workspace(e);
+    return fr_error(FR_ERR_NOMEM, "out of memory for the inference workspace (%d rows)", N);
+}
+
+void fr_engine_free(fr_engine *e) {
+    if (!e) return;
+    if (e->layers)
+        for (int l = 0; l < e->L + e->mtp; l++) free_layer(&e->cfg, &e->layers[l]);
+    free(e->layers);
+    fr_free(e->embed);
+    fr_free(e->final_norm);
+    fr_qmatrix_free(&e->lm_head);
+    free(e->rope_cos);
+    free(e->rope_sin);
+    free_workspace(e);
+    fr_free(e->att_scratch);
+    fr_free(e->att_heads);
+    fr_free(e->deq);
+    if (e->mapped) fr_st_set_close(&e->st);
+    free(e);
+}
+
+static size_t kv_value_bytes(fr_kv_type t) { return t == FR_KV_F32 ? 4 : t == FR_KV_BF16 ? 2 : 1; }
+
+/* Build an engine for `cfg` from the tensors of `st`; `what` names the source in errors. */
+static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_set *st, const fr_engine_options *opt,
+                        const char *what, int map) {
+    *out = NULL;
+    fr_engine_options o;
+    if (opt) o = *opt;
+    else fr_engine_options_default(&o);
+    if (o.weight_type == -1) {
+        /* as stored: the format of the first layer's output projection (a folder written by
+         * `frugal quantize` holds one format for all its linear layers) */
+        const int t = fr_qmatrix_stored_type(st, "model.layers.0.self_attn.o_proj.weight");
+        o.weight_type = t == FR_QT_BF16 || t == FR_QT_Q8_0 || t == FR_QT_Q4_1 ? t : FR_QT_F32;
+    }
+    if (o.weight_type < 0 || o.weight_type >= FR_QT_COUNT)
+        return fr_error(FR_ERR_ARG, "unknown weight type %d", o.weight_type);
+    if (o.kv_type != FR_KV_F32 && o.kv_type != FR_KV_BF16 && o.kv_type != FR_KV_FP8)
+        return fr_error(FR_ERR_ARG, "unknown KV-cache type %d", (int)o.kv_type);
+    if (o.max_seq_len < 0) return fr_error(FR_ERR_ARG, "max_seq_len must be >= 0 (got %d)", o.max_seq_len);
+    if (o.threads > 0) fr_set_num_threads(o.threads);
+    const fr_config cfg = *cfg_in;
+    FR_CHECK(fr_config_validate(&cfg));
+    if (cfg.qk_rope_head_dim / 2 > 512) return fr_error(FR_ERR_UNSUPPORTED, "qk_rope_head_dim > 1024 is not supported");
+
+    fr_engine *e = calloc(1, sizeof *e);
+    if (!e) return fr_error(FR_ERR_NOMEM, "out of memory");
+    e->map_weights = map;
+    e->cfg = cfg;
+    e->opt = o;
+    e->ops = fr_ops_cpu();
+    e->L = cfg.num_hidden_layers;
+    e->row = cfg.kv_lora_rank + cfg.qk_rope_head_dim;
+    e->row_bytes = (size_t)e->row * kv_value_bytes(o.kv_type) + (o.kv_type == FR_KV_FP8 ? 4 : 0);
+    e->max_len = o.max_seq_len > 0 ? o.max_seq_len : (cfg.max_position_embeddings > 0 ? cfg.max_position_embeddings : 2048);
+    e->scale = fr_attention_scale(&cfg);
+
+    int rc = FR_OK;
+    char name[160];
+    if (o.load_mtp && cfg.num_nextn_predict_layers >= 1 &&
+        fr_st_set_find(st, NAME("model.layers.%d.eh_proj.weight", cfg.num_hidden_layers)))
+        e->mtp = 1;
+    const int H = cfg.hidden_size, V = cfg.vocab_size;
+    e->layers = calloc((size_t)(e->L + e->mtp), sizeof *e->layers);
+    if (!e->layers) rc = fr_error(FR_ERR_NOMEM, "out of memory");
+    for (int l = 0; l < e->L + e->mtp && rc == FR_OK; l++) rc = load_layer(e, &e->layers[l], st, l, l >= e->L);
+    if (rc == FR_OK) rc = load_vec(st, "model.embed_tokens.weight", (size_t)V * H, &e->embed);
+    if (rc == FR_OK) rc = load_vec(st, "model.norm.weight", H, &e->final_norm);
+    if (rc == FR_OK)
+        rc = load_mat_as(e, &e->lm_head, st, cfg.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight", V,
+                         H, sensitive_type(e, H));
+    if (rc == FR_OK) {
+        size_t half = (size_t)cfg.qk_rope_head_dim / 2;
+        e->rope_cos = malloc((size_t)e->max_len * half * sizeof(float) + 1);
+        e->rope_sin = malloc((size_t)e->max_len * half * sizeof(float) + 1);
+        e->att_threads = omp_get_max_threads();
+        e->threads = o.threads;
+        e->att_scratch = fr_alloc((size_t)e->att_threads * e->max_len * sizeof(float));
+        e->att_heads = fr_alloc((size_t)cfg.num_attention_heads * e->max_len * sizeof(float));
+        e->deq = o.kv_type != FR_KV_F32 ? fr_alloc((size_t)e->max_len * e->row * sizeof(float)) : NULL;
+        if (!e->rope_cos || !e->rope_sin || !e->att_scratch || !e->att_heads || (o.kv_type != FR_KV_F32 && !e->deq))
+            rc = fr_error(FR_ERR_NOMEM, "out of memory for a %d-token context", e->max_len);
+        else
+            fr_rope_tables_fill(&cfg, e->max_len, e->rope_cos, e->rope_sin);
+    }
+    if (rc != FR_OK) {
+        fr_engine_free(e);
+        return fr_error_context(rc, "%s", what);
+    }
+    if (map) {
+        e->st = *st;
+        e->mapped = 1;
+    }
+    e->map_weights = 0;
+    *out = e;
+    return FR_OK;
+}
+
+int fr_engine_load(fr_engine **out, const char *dir, const fr_engine_options *opt) {
+    fr_clear_error();
+    if (!out || !dir) return fr_error(FR_ERR_ARG, "fr_engine_load: NULL argument");
+    *out = NULL;
+    {   /* a regular file named *.gguf: import it (src/gguf_import.c) */
+        size_t dl = strlen(dir);
+        struct stat sb;
+        if (dl >= 5 && strcasecmp(dir + dl - 5, ".gguf") == 0 && stat(dir, &sb) == 0 && S_ISREG(sb.st_mode)) {
+            fr_model *gm = NULL;
+            int grc = fr_model_load_gguf(&gm, dir);
+            if (grc == FR_OK) grc = fr_engine_from_model(out, gm, opt);
+            fr_model_free(gm);
+            return grc;
+        }
+    }
+    char path[4096];
+    if ((size_t)snprintf(path, sizeof path, "%s/config.json", dir) >= sizeof path)
+        return fr_error(FR_ERR_ARG, "path too long: %s", dir);
+    fr_config cfg;
+    int rc = fr_config_load(&cfg, path);
+    if (rc != FR_OK) {
+        return fr_error_context(rc, "%s", dir);
+    }
+    fr_st_set st;
+    rc = fr_st_set_open_dir(&st, dir);
+    if (rc != FR_OK) {
+        return fr_error_context(rc, "%s", dir);
+    }
+    rc = engine_build(out, &cfg, &st, opt, dir, 1);
+    if (rc != FR_OK) fr_st_set_close(&st); /* on success the engine owns the mapping */
+    return rc;
+}
+
+static int cmp_st_name(const void *a, const void *b) {
+    return strcmp(((const fr_st_tensor *)a)->name, ((const fr_st_tensor *)b)->name);
+}
+
+int fr_engine_from_model(fr_engine **out, fr_model *m, const fr_engine_options *opt) {
+    fr_clear_error();
+    if (!out || !m) return fr_error(FR_ERR_ARG, "fr_engine_from_model: NULL argument");
+    *out = NULL;
+    /* an in-memory safetensors view of the model's FP32 parameters (sorted by name) */
+    const int n = fr_model_num_tensors(m);
+    fr_st_file f;
+    memset(&f, 0, sizeof f);
+    f.tensors = calloc((size_t)n, sizeof *f.tensors);
+    if (!f.tensors) return fr_error(FR_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < n; i++) {
+        int ndim;
+        int64_t shape[4];
+        const char *nm = fr_model_tensor_info(m, i, &ndim, shape);
+        fr_st_tensor *t = &f.tensors[i];
+        t->name = (char *)nm;
+        t->dtype = FR_DT_F32;
+        t->ndim = ndim;
+        for (int d = 0; d < ndim; d++) t->shape[d] = shape[d];
+        t->data = fr_model_param(m, nm, &t->numel);
+        t->nbytes = t->numel * sizeof(float);
+    }
+    f.n_tensors = n;
+    qsort(f.tensors, (size_t)n, sizeof *f.tensors, cmp_st_name);
+    fr_st_set st = {1, &f};
+    int rc = engine_build(out, fr_model_config(m), &st, opt, "model", 0);
+    free(f.tensors);
+    return rc;
+}
+
+const fr_config *fr_engine_config(const fr_engine *e) { return &e->cfg; }
+int fr_engine_max_seq_len(const fr_engine *e) { return e->max_len; }
+int fr_engine_weight_type(const fr_engine *e) { return e->opt.weight_type; }
+int fr_engine_mtp_depth(const fr_engine *e) { return e->mtp; }
+size_t fr_engine_kv_bytes_per_token(const fr_engine *e) { return (size_t)e->L * e->row_bytes; }
+size_t fr_engine_mtp_kv_bytes_per_token(const fr_engine *e) { return (size_t)e->mtp * e->row_bytes; }
+
+static size_t qbytes(const fr_qmatrix *m) {
+    return m->data ? (size_t)m->rows * fr_qtype_row_bytes(m->type, m->cols) : 0;
+}
+
+size_t fr_engine_active_weight_bytes(const fr_engine *e) {
+    const fr_config *c = &e->cfg;
+    const size_t H = c->hidden_size;
+    size_t b = H * 4 /* embedding row */ + H * 4 + qbytes(&e->lm_head);
+    for (int l = 0; l < e->L; l++) {
+        const eng_layer *ly = &e->layers[l];
+        b += 2 * H * 4 + qbytes(&ly->q_a) + qbytes(&ly->q_b) + qbytes(&ly->q) + qbytes(&ly->kv_a) + qbytes(&ly->o);
+        for (int h = 0; h < c->num_attention_heads; h++) b += qbytes(&ly->uk_t[h]) + qbytes(&ly->uv[h]);
+        b += qbytes(&ly->mlp_gate) + qbytes(&ly->mlp_up) + qbytes(&ly->mlp_down);
+        if (ly->is_moe)
+            b += (size_t)c->n_routed_experts * H * 4 +
+                 (size_t)c->num_experts_per_tok * (qbytes(&ly->exp_gate[0]) + qbytes(&ly->exp_up[0]) + qbytes(&ly->exp_down[0]));
+    }
+    return b;
+}
+
+/* ================================================================ sequences */
+
+int fr_seq_create(fr_seq **out, fr_engine *e) {
+    fr_clear_error();
+    if (!out || !e) return fr_error(FR_ERR_ARG, "fr_seq_create: NULL argument");
+    fr_seq *s = calloc(1, sizeof *s);
+    if (!s) return fr_error(FR_ERR_NOMEM, "out of memory");
+    s->e = e;
+    s->kv = calloc((size_t)(e->L + e->mtp), sizeof *s->kv);
+    if (!s->kv) { free(s); return fr_error(FR_ERR_NOMEM, "out of memory"); }
+    *out = s;
+    return FR_OK;
+}
+
+void fr_seq_free(fr_seq *s) {
+    if (!s) return;
+    for (int l = 0; l < s->e->L + s->e->mtp; l++) free(s->kv[l]);
+    free(s->kv);
+    free(s);
+}
+
+int fr_seq_len(const fr_seq *s) { return s->len; }
+
+int fr_seq_truncate(fr_seq *s, int len) {
+    if (!s || len < 0 || len > s->len) return fr_error(FR_ERR_ARG, "fr_seq_truncate: length %d outside [0, %d]", len, s ? s->len : 0);
+    s->len = len;
+    if (s->mtp_len > len) s->mtp_len = len;
+    return FR_OK;
+}
+
+/* Make room for `need` cached rows in every layer cache. */
+static int seq_grow(fr_seq *s, int need) {
+    if (need <= s->cap) return FR_OK;
+    fr_engine *e = s->e;
+    int cap = s->cap ? s->cap : 64;
+    while (cap < need) cap *= 2;
+    if (cap > e->max_len) cap = e->max_len;
+    for (int l = 0; l < e->L + e->mtp; l++) {
+        unsigned char *p = realloc(s->kv[l], (size_t)cap * e->row_bytes);
+        if (!p) return fr_error(FR_ERR_NOMEM, "out of memory for a %d-token KV cache", cap);
+        s->kv[l] = p;
+    }
+    s->cap = cap;
+    return FR_OK;
+}
+
+static void cache_store(const fr_engine *e, unsigned char *dst, const float *v) {
+    const int n = e->row;
+    switch (e->opt.kv_type) {
+    case FR_KV_F32: memcpy(dst, v, (size_t)n * sizeof(float)); break;
+    case FR_KV_BF16:
+        for (int i = 0; i < n; i++) {
+            uint16_t b = fr_bf16_encode(v[i]);
+            memcpy(dst + 2 * i, &b, 2);
+        }
+        break;
+    case FR_KV_FP8: {
+        float amax = 0;
+        for (int i = 0; i < n; i++) amax = fmaxf(amax, fabsf(v[i]));
+        float sc = amax > 0 ? amax / 448.0f : 1.0f;
+        memcpy(dst, &sc, 4);
+        for (int i = 0; i < n; i++) dst[4 + i] = fr_fp8_e4m3_encode(v[i] / sc);
+        break;
+    }
+    }
+}
+
+/* One cached row back to FP32 (the row decoders of sample.c, written to vectorise: every
+ * cached row of a sequence is decoded at every decode step and layer). The BF16 row is 2-byte
+ * aligned in the cache (rows of 2 * row bytes); FP8 rows start with their FP32 scale. */
+static void cache_load(const fr_engine *e, float *dst, const unsigned char *src) {
+    if (e->opt.kv_type == FR_KV_BF16) {
+        fr_bf16_decode_row(dst, (const uint16_t *)src, e->row);
+    } else {
+        float sc;
+        memcpy(&sc, src, 4);
+        fr_fp8_e4m3_decode_row(dst, src + 4, e->row, sc);
+    }
+}
+
+/* ================================================================ forward */
+
+/* y[M, rows] = x[M, cols] W^T. For FP32 weights and a few rows (decode of a small batch, a
+ * speculative 2-token step) the backend GEMM would pack the whole weight matrix on every
+ * call; instead each weight chunk is read once and dotted with the M inputs (the same dot
+ * kernel as the matrix-vector path, so results match M = 1 exactly). */
+#define SMALL_M 8
+static void linear(float *y, const float *x, const fr_qmatrix *w, int M) {
+    if (w->type != FR_QT_F32 && !fr_qmatmul_uses_int8(w) && M > 3 && M <= SMALL_M) {
+        /* FP32 activations: fr_qmatmul dequantizes whole tiles for M >= 4, which costs more
+         * than M matrix-vector products at decode sizes; keep its row path (M <= 3). (The
+         * int8-activation path reads each weight once for every M.) */
+        for (int m = 0; m < M; m += 3)
+            fr_qmatmul(y + (size_t)m * w->rows, x + (size_t)m * w->cols, w, M - m < 3 ? M - m : 3);
+        return;
+    }
+    if (w->type != FR_QT_F32 || M <= 1 || M > SMALL_M) {
+        fr_qmatmul(y, x, w, M);
+        return;
+    }
+    const fr_cpu_vec *v = fr_cpu_vec_ops();
+    const int rows = w->rows, cols = w->cols, chunk = 32;
+    const float *W = (const float *)w->data;
+    const int n_chunks = (rows + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) if ((double)rows * cols * M >= 2e6 && n_chunks > 1)
+    for (int c = 0; c < n_chunks; c++) {
+        const int r0 = c * chunk, n = rows - r0 < chunk ? rows - r0 : chunk;
+        for (int m = 0; m < M; m++)
+            v->dots(y + (size_t)m * rows + r0, x + (size_t)m * cols, W + (size_t)r0 * cols, (size_t)cols, n, cols, 1.0f);
+    }
+}
+
+static void add_rows(float *y, const float *a, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] += a[i];
+}
+
+/* Independent products: with int8 activations all in one parallel region (fewer fork/join
+ * rounds per decoded token, which dominate small-batch decode on few cores); otherwise one
+ * linear() after another. Results are the same either way. */
+static void linear_batch(const fr_qmatmul_job *jobs, int n) {
+    int all = n > 1;
+    for (int i = 0; all && i < n; i++) all = fr_qmatmul_uses_int8(jobs[i].w);
+    if (all) fr_qmatmul_batch(jobs, n);
+    else
+        for (int i = 0; i < n; i++) linear(jobs[i].y, jobs[i].x, jobs[i].w, jobs[i].M);
+}
+
+/* out[N,H] = SwiGLU MLP(x) */
+static void mlp(fr_engine *e, float *out, const float *x, const fr_qmatrix *Wg, const fr_qmatrix *Wu,
+                const fr_qmatrix *Wd, int N, int I) {
+    linear(e->g, x, Wg, N);
+    linear(e->u, x, Wu, N);
+    e->ops->swiglu_forward(e->h, e->g, e->u, (size_t)N * I);
+    linear(out, e->h, Wd, N);
+}
+
+/* out[N,H] = DeepSeekMoE(x): routed experts (dropless, grouped by expert) + shared experts */
+static void moe(fr_engine *e, const eng_layer *ly, float *out, const float *x, int N) {
+    const fr_ops *o = e->ops;
+    const fr_config *c = &e->cfg;
+    const int H = c->hidden_size, E = c->n_routed_experts, K = c->num_experts_per_tok, Im = c->moe_intermediate_size;
+    fr_route_params rp = {.n_experts = E, .top_k = K, .n_group = c->n_group, .topk_group = c->topk_group,
+                          .method = (int)c->topk_method, .scoring = (int)c->scoring_func,
+                          .norm_topk_prob = c->norm_topk_prob, .routed_scaling_factor = c->routed_scaling_factor};
+    o->gemm(0, 1, N, E, H, 1.0f, x, H, ly->router, H, 0.0f, e->rl, E);
+    o->moe_route_forward(e->topi, e->topw, e->scores, e->rl, ly->router_bias, N, &rp);
+    o->moe_permute(e->perm, e->slot, e->offsets, e->topi, N, K, E);
+    o->moe_dispatch_forward(e->xe, x, e->perm, N * K, H);
+    /* the routed experts' and the shared expert's products in two rounds: gate and up,
+     * then down */
+    const int shared = ly->mlp_inter > 0;
+    fr_qmatmul_job *jobs = e->jobs;
+    int nj = 0;
+    for (int x_ = 0; x_ < E; x_++) {
+        int off = e->offsets[x_], cnt = e->offsets[x_ + 1] - off;
+        if (cnt == 0) continue;
+        /* an expert with one row reads it where it is: products with the same input (every
+         * expert of a decoded token, and the shared one) then quantize it once */
+        const float *xin = cnt == 1 ? x + (size_t)e->perm[off] * H : e->xe + (size_t)off * H;
+        jobs[nj++] = (fr_qmatmul_job){e->ge + (size_t)off * Im, xin, &ly->exp_gate[x_], cnt};
+        jobs[nj++] = (fr_qmatmul_job){e->ue + (size_t)off * Im, xin, &ly->exp_up[x_], cnt};
+    }
+    if (shared) {
+        jobs[nj++] = (fr_qmatmul_job){e->g, x, &ly->mlp_gate, N};
+        jobs[nj++] = (fr_qmatmul_job){e->u, x, &ly->mlp_up, N};
+    }
+    linear_batch(jobs, nj);
+    o->swiglu_forward(e->he, e->ge, e->ue, (size_t)N * K * Im);
+    if (shared) o->swiglu_forward(e->h, e->g, e->u, (size_t)N * ly->mlp_inter);
+    nj = 0;
+    for (int x_ = 0; x_ < E; x_++) {
+        int off = e->offsets[x_], cnt = e->offsets[x_ + 1] - off;
+        if (cnt == 0) continue;
+        jobs[nj++] = (fr_qmatmul_job){e->ye + (size_t)off * H, e->he + (size_t)off * Im, &ly->exp_down[x_], cnt};
+    }
+    if (shared) jobs[nj++] = (fr_qmatmul_job){e->tmp, e->h, &ly->mlp_down, N};
+    linear_batch(jobs, nj);
+    memset(out, 0, (size_t)N * H * sizeof(float));
+    o->moe_combine_forward(out, e->ye, e->topw, e->slot, N, K, H);
+    if (shared) add_rows(out, e->tmp, (size_t)N * H);
+}
+
+/* Attention of one decoded row (row i of the N in this call, keys 0 .. n_keys-1 of K, rows of
+ * e->row floats) for all heads, into e->ctx. MLA's heads all read the same cached latents, so instead of one head
+ * after another each sweeping the whole cache (12 sweeps of a 1.2 MB cache per layer at a
+ * 1024-token context, which does not fit L2), each thread takes a group of heads and walks the
+ * cache once per pass in blocks that stay in L2, scoring (pass 1) and then accumulating
+ * (pass 2) every head of its group on each block. The dot and axpy kernels treat each key row
+ * and each accumulated row in order whatever the blocking, so the result is bit-identical to
+ * the head-by-head loop (the prefill path below). */
+/* sc[0:n] = softmax(sc[0:n]), in place; both attention paths use it, so they agree bit for bit */
+static void softmax_scores(const fr_cpu_vec *vo, float *sc, int n) {
+    const float inv = 1.0f / vo->expsum(sc, sc, n, vo->max(sc, n));
+    for (int j = 0; j < n; j++) sc[j] *= inv;
+}
+
+#define ATT_BLOCK_KEYS 32
+static int g_blocked_attention = 1;
+void fr_engine_set_blocked_attention(int on) { g_blocked_attention = on; }
+
+static void attend_row(fr_engine *e, int i, int N, int nh, int n_keys, const float *K) {
+    const fr_cpu_vec *vo = fr_cpu_vec_ops();
+    const int row = e->row, kvr = e->cfg.kv_lora_rank;
+    const int nt0 = omp_get_max_threads() < nh ? omp_get_max_threads() : nh;
+    const int par = nt0 > 1 && (long)n_keys * nh * row >= 32768;
+#pragma omp parallel num_threads(nt0) if (par)
+    {
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
+        const int h0 = nh * t / T, h1 = nh * (t + 1) / T;
+        for (int b = 0; b < n_keys; b += ATT_BLOCK_KEYS) {
+            const int nb = n_keys - b < ATT_BLOCK_KEYS ? n_keys - b : ATT_BLOCK_KEYS;
+            for (int h = h0; h < h1; h++)
+                vo->dots(e->att_heads + (size_t)h * e->max_len + b, e->qf + ((size_t)i * nh + h) * row,
+                         K + (size_t)b * row, (size_t)row, nb, row, e->scale);
+        }
+        for (int h = h0; h < h1; h++) {
+            softmax_scores(vo, e->att_heads + (size_t)h * e->max_len, n_keys);
+            memset(e->ctx + ((size_t)h * N + i) * kvr, 0, (size_t)kvr * sizeof(float));
+        }
+        for (int b = 0; b < n_keys; b += ATT_BLOCK_KEYS) {
+            const int nb = n_keys - b < ATT_BLOCK_KEYS ? n_keys - b : ATT_BLOCK_KEYS;
+            for (int h = h0; h < h1; h++)
+                vo->axpys(e->ctx + ((size_t)h * N + i) * kvr, e->att_heads + (size_t)h * e->max_len + b,
+                          K + (size_t)b * row, (size_t)row, nb, kvr);
+        }
+    }
+}
+
+/* One decoder block over e->x [N,H] in place. Rows belong to sequences seqs[seq_of[i]]
+ * (contiguous runs) at positions e->pos[i]; their latents go to cache `ci`. */
+static void layer_forward(fr_engine *e, const eng_layer *ly, int ci, fr_seq *const *seqs, int n_seqs,
+                          const int *row_start, int N) {
+    const fr_ops *o = e->ops;
+    const fr_config *c = &e->cfg;
+    const fr_cpu_vec *vo = fr_cpu_vec_ops();
+    const int H = c->hidden_size, nh = c->num_attention_heads, nope = c->qk_nope_head_dim;
+    const int rope = c->qk_rope_head_dim, dqk = nope + rope, vd = c->v_head_dim;
+    const int kvr = c->kv_lora_rank, qr = c->q_lora_rank, row = e->row;
+    const int *pos = e->pos;
+
+    o->rmsnorm_forward(e->xn, e->rstd, e->x, H, ly->input_norm, N, H, c->rms_norm_eps);
+    /* the two projections of the normed input (query, latent of the new tokens) together */
+    fr_qmatmul_job in_jobs[2] = {{qr > 0 ? e->qa : e->q, e->xn, qr > 0 ? &ly->q_a : &ly->q, N},
+                                 {e->kva, e->xn, &ly->kv_a, N}};
+    linear_batch(in_jobs, 2);
+    if (qr > 0) {
+        o->rmsnorm_forward(e->qan, e->rstd, e->qa, qr, ly->q_a_norm, N, qr, LATENT_EPS);
+        linear(e->q, e->qan, &ly->q_b, N);
+    }
+    o->rope_forward(e->q, N, nh, nh * dqk, dqk, nope, rope, pos, e->rope_cos, e->rope_sin, c->rope_interleave);
+
+    /* latent of the new tokens -> cache */
+    o->rope_forward(e->kva, N, 1, row, 0, kvr, rope, pos, e->rope_cos, e->rope_sin, c->rope_interleave);
+    o->rmsnorm_forward(e->kvn, e->rstd, e->kva, row, ly->kv_a_norm, N, kvr, LATENT_EPS);
+    for (int i = 0; i < N; i++) {
+        float *r = e->kva + (size_t)i * row;
+        memcpy(r, e->kvn + (size_t)i * kvr, (size_t)kvr * sizeof(float));
+        cache_store(e, seqs[e->seq_of[i]]->kv[ci] + (size_t)pos[i] * e->row_bytes, r);
+    }
+
+    /* absorbed queries: qf[i][h] = [W_UK[h]^T q_nope | q_pe] */
+    for (int h = 0; h < nh; h++)
+        for (int i = 0; i < N; i++)
+            memcpy(e->qn + ((size_t)h * N + i) * nope, e->q + (size_t)i * nh * dqk + (size_t)h * dqk, (size_t)nope * sizeof(float));
+    for (int h = 0; h < nh; h++)
+        e->jobs[h] = (fr_qmatmul_job){e->qlat + (size_t)h * N * kvr, e->qn + (size_t)h * N * nope, &ly->uk_t[h], N};
+    linear_batch(e->jobs, nh);
+    for (int i = 0; i < N; i++)
+        for (int h = 0; h < nh; h++) {
+            float *d = e->qf + ((size_t)i * nh + h) * row;
+            memcpy(d, e->qlat + ((size_t)h * N + i) * kvr, (size_t)kvr * sizeof(float));
+            memcpy(d + kvr, e->q + (size_t)i * nh * dqk + (size_t)h * dqk + nope, (size_t)rope * sizeof(float));
+        }
+
+    /* attention in the latent space, one sequence at a time */
+    for (int s = 0; s < n_seqs; s++) {
+        const int r0 = row_start[s], r1 = row_start[s + 1];
+        if (r1 == r0) continue;
+        const int n_keys = pos[r1 - 1] + 1;
+        const float *K;
+        if (e->opt.kv_type == FR_KV_F32) {
+            K = (const float *)seqs[s]->kv[ci];
+        } else {
+            const unsigned char *src = seqs[s]->kv[ci];
+#pragma omp parallel for schedule(static) if (n_keys >= 256)
+            for (int t = 0; t < n_keys; t++) cache_load(e, e->deq + (size_t)t * row, src + (size_t)t * e->row_bytes);
+            K = e->deq;
+        }
+        if (r1 - r0 == 1 && g_blocked_attention) { /* one decoded row: all heads share the cached rows */
+            attend_row(e, r0, N, nh, n_keys, K);
+            continue;
+        }
+        const long work = (long)(r1 - r0) * nh;
+        /* at most att_threads threads: the per-thread score rows were sized at load time */
+        const int nt = omp_get_max_threads() < e->att_threads ? omp_get_max_threads() : e->att_threads;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (work > 1 && (long)n_keys * work * row >= 32768)
+        for (long w = 0; w < work; w++) {
+            int i = r0 + (int)(w / nh), h = (int)(w % nh);
+            float *sc = e->att_scratch + (size_t)omp_get_thread_num() * e->max_len;
+            int n = pos[i] + 1;
+            vo->dots(sc, e->qf + ((size_t)i * nh + h) * row, K, (size_t)row, n, row, e->scale);
+            softmax_scores(vo, sc, n);
+            float *acc = e->ctx + ((size_t)h * N + i) * kvr;
+            memset(acc, 0, (size_t)kvr * sizeof(float));
+            vo->axpys(acc, sc, K, (size_t)row, n, kvr);
+        }
+    }
+
+    /* values: o[h] = W_UV[h] ctx[h], then o_proj */
+    for (int h = 0; h < nh; h++)
+        e->jobs[h] = (fr_qmatmul_job){e->atth + (size_t)h * N * vd, e->ctx + (size_t)h * N * kvr, &ly->uv[h], N};
+    linear_batch(e->jobs, nh);
+    for (int i = 0; i < N; i++)
+        for (int h = 0; h < nh; h++)
+            memcpy(e->att + (size_t)i * nh * vd + (size_t)h * vd, e->atth + ((size_t)h * N + i) * vd, (size_t)vd * sizeof(float));
+    linear(e->tmp, e->att, &ly->o, N);
+    add_rows(e->x, e->tmp, (size_t)N * H);
+
+    o->rmsnorm_forward(e->xn, e->rstd, e->x, H, ly->post_norm, N, H, c->rms_norm_eps);
+    if (ly->is_moe) moe(e, ly, e->ffn, e->xn, N);
+    else mlp(e, e->ffn, e->xn, &ly->mlp_gate, &ly->mlp_up, &ly->mlp_down, N, ly->mlp_inter);
+    add_rows(e->x, e->ffn, (size_t)N * H);
+}
+
+/* Check the call and fill e->tok / e->seq_of / row_start; positions start at base(seq). */
+static int prepare_rows(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int *const *tokens, const int *n_tokens,
+                        int mtp, int *row_start, int *N_out) {
+    if (!seqs || n_seqs <= 0 || !tokens || !n_tokens) return fr_error(FR_ERR_ARG, "fr_engine_forward: invalid arguments");
+    long N = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        if (!seqs[s] || seqs[s]->e != e) return fr_error(FR_ERR_ARG, "sequence %d does not belong to this engine", s);
+        for (int t = 0; t < s; t++)
+            if (seqs[t] == seqs[s]) return fr_error(FR_ERR_ARG, "sequence %d is passed twice", s);
+        if (n_tokens[s] < 0 || (n_tokens[s] > 0 && !tokens[s])) return fr_error(FR_ERR_ARG, "sequence %d: invalid token count", s);
+        int base = mtp ? seqs[s]->mtp_len : seqs[s]->len;
+        if ((long)base + n_tokens[s] > e->max_len)
+            return fr_error(FR_ERR_ARG, "sequence %d: %d + %d tokens exceed the maximum sequence length %d", s, base,
+                            n_tokens[s], e->max_len);
+        for (int t = 0; t < n_tokens[s]; t++)
+            if (tokens[s][t] < 0 || tokens[s][t] >= e->cfg.vocab_size)
+                return fr_error(FR_ERR_ARG, "token %d is outside the vocabulary [0, %d)", tokens[s][t], e->cfg.vocab_size);
+        N += n_tokens[s];
+    }
+    if (N == 0) return fr_error(FR_ERR_ARG, "fr_engine_forward: no tokens");
+    if (N > (long)1 << 24) return fr_error(FR_ERR_ARG, "fr_engine_forward: %ld tokens in one call is too many", N);
+    FR_CHECK(reserve(e, (int)N));
+    for (int s = 0; s < n_seqs; s++) FR_CHECK(seq_grow(seqs[s], (mtp ? seqs[s]->mtp_len : seqs[s]->len) + n_tokens[s]));
+    int i = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        row_start[s] = i;
+        int base = mtp ? seqs[s]->mtp_len : seqs[s]->len;
+        for (int t = 0; t < n_tokens[s]; t++, i++) {
+            e->tok[i] = tokens[s][t];
+            e->seq_of[i] = s;
+            e->pos[i] = base + t;
+        }
+    }
+    row_start[n_seqs] = i;
+    *N_out = i;
+    return FR_OK;
+}
+
+/* logits of rows (all, or the last of each sequence) from the stream x with norm `norm_w` */
+static void head(fr_engine *e, const float *norm_w, int N, int n_seqs, const int *row_start, float *logits, int all) {
+    const int H = e->cfg.hidden_size;
+    e->ops->rmsnorm_forward(e->xn, e->rstd, e->x, H, norm_w, N, H, e->cfg.rms_norm_eps);
+    if (!logits) return;
+    if (all) {
+        linear(logits, e->xn, &e->lm_head, N);
+    } else {
+        for (int s = 0; s < n_seqs; s++)
+            memcpy(e->tmp + (size_t)s * H, e->xn + (size_t)(row_start[s + 1] - 1) * H, (size_t)H * sizeof(float));
+        linear(logits, e->tmp, &e->lm_head, n_seqs);
+    }
+}
+
+/* Main model; afterwards e->hid holds the last block's output rows (MTP input). */
+static int engine_forward(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int *const *tokens, const int *n_tokens,
+                          float *logits, int all_logits, int *row_start) {
+    int N;
+    FR_CHECK(prepare_rows(e, seqs, n_seqs, tokens, n_tokens, 0, row_start, &N));
+    const int H = e->cfg.hidden_size;
+    e->ops->embedding_forward(e->x, e->embed, e->tok, N, H);
+    for (int l = 0; l < e->L; l++) layer_forward(e, &e->layers[l], l, seqs, n_seqs, row_start, N);
+    memcpy(e->hid, e->x, (size_t)N * H * sizeof(float));
+    head(e, e->final_norm, N, n_seqs, row_start, logits, all_logits);
+    for (int s = 0; s < n_seqs; s++) seqs[s]->len += n_tokens[s];
+    return FR_OK;
+}
+
+int fr_engine_forward(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int *const *tokens, const int *n_tokens,
+                      float *logits, int all_logits) {
+    fr_clear_error();
+    if (!e) return fr_error(FR_ERR_ARG, "fr_engine_forward: NULL engine");
+    int *row_start = malloc((size_t)(n_seqs > 0 ? n_seqs + 1 : 1) * sizeof(int));
+    if (!row_start) return fr_error(FR_ERR_NOMEM, "out of memory");
+    /* OpenMP's thread count is per calling thread: a server's scheduler thread must get it too */
+    if (e->threads > 0) fr_set_num_threads(e->threads);
+    int rc = engine_forward(e, seqs, n_seqs, tokens, n_tokens, logits, all_logits, row_start);
+    free(row_start);
+    return rc;
+}
+
+/* MTP module 1 over n_tokens[s] rows per sequence: row j of sequence s combines
+ * Emb(tokens[s][j]) (the token after position mtp_len + j) with hidden[hid_row[s][j]]
+ * (the main stream at that position, rows of e->hid). Logits of each sequence's last row
+ * go to logits [n_seqs, V]. */
+static int mtp_forward(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int *const *tokens, const int *n_tokens,
+                       const int *hid_rows, float *logits, int *row_start) {
+    const int H = e->cfg.hidden_size;
+    const eng_layer *ly = &e->layers[e->L];
+    int N;
+    /* capacity: N never exceeds the main forward that filled e->hid, so reserve() keeps it */
+    FR_CHECK(prepare_rows(e, seqs, n_seqs, tokens, n_tokens, 1, row_start, &N));
+    for (int i = 0; i < N; i++) memcpy(e->tmp + (size_t)i * H, e->hid + (size_t)hid_rows[i] * H, (size_t)H * sizeof(float));
+    /* eh_proj input: [RMSNorm_e(Emb(t)) ; RMSNorm_h(h)] (embedding first) */
+    e->ops->embedding_forward(e->x, e->embed, e->tok, N, H);
+    e->ops->rmsnorm_forward(e->xn, e->rstd, e->x, H, ly->enorm, N, H, e->cfg.rms_norm_eps);
+    for (int i = 0; i < N; i++) memcpy(e->cat + (size_t)i * 2 * H, e->xn + (size_t)i * H, (size_t)H * sizeof(float));
+    e->ops->rmsnorm_forward(e->xn, e->rstd, e->tmp, H, ly->hnorm, N, H, e->cfg.rms_norm_eps);
+    for (int i = 0; i < N; i++) memcpy(e->cat + (size_t)i * 2 * H + H, e->xn + (size_t)i * H, (size_t)H * sizeof(float));
+    linear(e->x, e->cat, &ly->eh_proj, N);
+    layer_forward(e, ly, e->L, seqs, n_seqs, row_start, N);
+    head(e, ly->head_norm, N, n_seqs, row_start, logits, 0);
+    for (int s = 0; s < n_seqs; s++) seqs[s]->mtp_len += n_tokens[s];
+    return FR_OK;
+}
+
+/* ================================================================ generation */
+
+void fr_generate_options_default(fr_generate_options *o) {
+    memset(o, 0, sizeof *o);
+    fr_sample_params_default(&o->sample);
+    o->max_tokens = 128;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+typedef struct {
+    int *hist;            /* prompt + generated */
+    int n_hist, n_prompt;
+    int last, draft, active;
+    fr_stop_reason reason;
+    fr_sampler *smp;
+    char *text;           /* generated text (for stop strings) */
+    size_t text_len, text_cap, emitted;
+} gen_state;
+
+/* length of the longest suffix of s[0:n] that is a proper prefix of a stop string */
+static size_t held_suffix(const char *s, size_t n, const char *const *stop, int n_stop) {
+    size_t best = 0;
+    for (int k = 0; k < n_stop; k++) {
+        size_t L = strlen(stop[k]);
+        for (size_t m = L > 1 ? L - 1 : 0; m > best; m--)
+            if (m <= n && memcmp(s + n - m, stop[k], m) == 0) { best = m; break; }
+    }
+    return best;
+}
+
+/* Record a new token of sequence i; `room`: the cache can take one more token. Returns
+ * nonzero when the sequence stops (reason set). */
+static int emit(gen_state *g, int i, int token, int room, int eos, const fr_tokenizer *tok,
+                const fr_generate_options *opt, int *rc) {
+    g->hist[g->n_hist++] = token;
+    const int n_gen = g->n_hist - g->n_prompt;
+    int stop = 0;
+    size_t cut = (size_t)-1;
+    char *piece = NULL;
+    size_t plen = 0;
+    if (!opt->ignore_eos && token == eos) {
+        stop = 1;
+        g->reason = FR_STOP_EOS;
+    } else if (tok && (opt->on_token || opt->n_stop > 0)) {
+        if (fr_tokenizer_decode(tok, &token, 1, 0, &piece, &plen) != FR_OK) { *rc = FR_ERR_ARG; return 1; }
+        if (g->text_len + plen + 1 > g->text_cap) {
+            size_t cap = (g->text_len + plen + 1) * 2;
+            char *p = realloc(g->text, cap);
+            if (!p) { free(piece); *rc = fr_error(FR_ERR_NOMEM, "out of memory"); return 1; }
+            g->text = p;
+            g->text_cap = cap;
+        }
+        size_t old = g->text_len;
+        memcpy(g->text + g->text_len, piece, plen);
+        g->text_len += plen;
+        g->text[g->text_len] = 0;
+        free(piece);
+        for (int k = 0; k < opt->n_stop; k++) {
+            size_t L = strlen(opt->stop[k]);
+            if (L == 0) continue;
+            size_t from = old + 1 > L ? old + 1 - L : 0;
+            char *hit = memmem(g->text + from, g->text_len - from, opt->stop[k], L);
+            if (hit && (size_t)(hit - g->text) < cut) cut = (size_t)(hit - g->text);
+        }
+        if (cut != (size_t)-1) { stop = 1; g->reason = FR_STOP_STRING; }
+    }
+    if (!stop && n_gen >= opt->max_tokens) { stop = 1; g->reason = FR_STOP_MAX_TOKENS; }
+    if (!stop && !room) { stop = 1; g->reason = FR_STOP_CONTEXT; }
+    if (opt->on_token) {
+        size_t upto = g->text_len;
+        if (cut != (size_t)-1) upto = cut;
+        else if (!stop) upto = g->text_len - held_suffix(g->text, g->text_len, opt->stop, opt->n_stop);
+        const char *p = g->text ? g->text + g->emitted : "";
+        size_t n = upto > g->emitted ? upto - g->emitted : 0;
+        if (n) g->emitted = upto;
+        if (opt->on_token(opt->user, i, token, p, n) && !stop) { stop = 1; g->reason = FR_STOP_CALLBACK; }
+    }
+    if (stop) g->active = 0;
+    return stop;
+}
+
+/* -inf logits for ids that must never be drawn: no sampler setting can then pick them */
+static void mask_ids(float *row, const int *ids, int n) {
+    for (int i = 0; i < n; i++) row[ids[i]] = -INFINITY;
+}
+
+int fr_generate(fr_engine *e, const fr_tokenizer *tok, fr_seq *const *seqs, int n_seqs, const int *const *prompts,
+                const int *prompt_lens, const fr_generate_options *opt, int **out_tokens, int *out_lens,
+                fr_generate_stats *stats) {
+    fr_clear_error();
+    if (!e || !seqs || n_seqs <= 0 || !prompts || !prompt_lens || !opt || !out_tokens || !out_lens)
+        return fr_error(FR_ERR_ARG, "fr_generate: invalid arguments");
+    if (opt->max_tokens < 1) return fr_error(FR_ERR_ARG, "max_tokens must be >= 1 (got %d)", opt->max_tokens);
+    if (opt->n_stop > 0 && (!tok || !opt->stop)) return fr_error(FR_ERR_ARG, "stop strings need a tokenizer");
+    if (opt->speculative && e->mtp < 1)
+        return fr_error(FR_ERR_UNSUPPORTED, "speculative decoding needs an MTP module (num_nextn_predict_layers >= 1 "
+                                            "with its weights in the checkpoint)");
+    for (int s = 0; s < n_seqs; s++) {
+        if (prompt_lens[s] < 1) return fr_error(FR_ERR_ARG, "prompt %d is empty", s);
+        if (prompt_lens[s] > e->max_len)
+            return fr_error(FR_ERR_ARG, "prompt %d has %d tokens; the maximum sequence length is %d", s, prompt_lens[s], e->max_len);
+        out_tokens[s] = NULL;
+        out_lens[s] = 0;
+    }
+    const int V = e->cfg.vocab_size, spec = opt->speculative;
+    int eos = e->cfg.eos_token_id >= 0 ? e->cfg.eos_token_id : (tok ? fr_tokenizer_special_id(tok, FR_TOKEN_EOS) : -1);
+    fr_generate_stats st;
+    memset(&st, 0, sizeof st);
+
+    int *masked = NULL, n_masked = 0;
+    int rc = tok ? fr_tokenizer_undecodable_ids(tok, V, opt->ignore_eos ? -1 : eos, &masked, &n_masked) : FR_OK;
+    if (rc != FR_OK) return rc;
+    gen_state *g = calloc((size_t)n_seqs, sizeof *g);
+    float *logits = malloc((size_t)2 * n_seqs * V * sizeof(float));
+    float *mlog = malloc((size_t)n_seqs * V * sizeof(float));
+    int *row_start = malloc((size_t)(n_seqs + 1) * sizeof(int));
+    int *cnt = malloc((size_t)n_seqs * sizeof(int)), *hrows = malloc((size_t)2 * n_seqs * sizeof(int));
+    int *step_tok = malloc((size_t)2 * n_seqs * sizeof(int)), *mtok = malloc((size_t)2 * n_seqs * sizeof(int));
+    const int **tp = malloc((size_t)n_seqs * sizeof(int *));
+    fr_seq **act = malloc((size_t)n_seqs * sizeof(fr_seq *));
+    int *act_i = malloc((size_t)n_seqs * sizeof(int));
+    if (!g || !logits || !mlog || !row_start || !cnt || !hrows || !step_tok || !mtok || !tp || !act || !act_i) {
+        rc = fr_error(FR_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    for (int s = 0; s < n_seqs && rc == FR_OK; s++) {
+        g[s].hist = malloc((size_t)(prompt_lens[s] + opt->max_tokens + 2) * sizeof(int));
+        if (!g[s].hist) { rc = fr_error(FR_ERR_NOMEM, "out of memory"); break; }
+        memcpy(g[s].hist, prompts[s], (size_t)prompt_lens[s] * sizeof(int));
+        g[s].n_hist = g[s].n_prompt = prompt_lens[s];
+        g[s].active = 1;
+        rc = fr_sampler_create(&g[s].smp, &opt->sample, V);
+        if (rc == FR_OK) rc = fr_seq_truncate(seqs[s], 0);
+    }
+    if (rc != FR_OK) goto done;
+
+    /* prefill: all prompts in one batched forward */
+    double t0 = now_s();
+    rc = engine_forward(e, seqs, n_seqs, prompts, prompt_lens, logits, 0, row_start);
+    if (rc != FR_OK) goto done;
+    for (int s = 0; s < n_seqs; s++) st.prompt_tokens += prompt_lens[s];
+    int any = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        mask_ids(logits + (size_t)s * V, masked, n_masked);
+        int y = fr_sampler_sample(g[s].smp, logits + (size_t)s * V, g[s].hist, g[s].n_hist);
+        g[s].last = y;
+        emit(&g[s], s, y, seqs[s]->len + 1 <= e->max_len, eos, tok, opt, &rc);
+        if (rc != FR_OK) goto done;
+        any |= g[s].active;
+    }
+    if (spec && any) {
+        /* MTP over the prompt: row j pairs h_j with token j+1 (the sampled token last) */
+        int *mt = malloc((size_t)(row_start[n_seqs] + n_seqs) * sizeof(int));
+        int *hr = malloc((size_t)row_start[n_seqs] * sizeof(int));
+        if (!mt || !hr) { free(mt); free(hr); rc = fr_error(FR_ERR_NOMEM, "out of memory"); goto done; }
+        int na = 0, k = 0;
+        for (int s = 0; s < n_seqs; s++) {
+            if (!g[s].active) continue;
+            act[na] = seqs[s];
+            act_i[na] = s;
+            tp[na] = mt + k;
+            cnt[na] = prompt_lens[s];
+            for (int j = 0; j < prompt_lens[s]; j++, k++) {
+                mt[k] = j + 1 < prompt_lens[s] ? prompts[s][j + 1] : g[s].last;
+                hr[k] = row_start[s] + j;
+            }
+            na++;
+        }
+        rc = mtp_forward(e, act, na, tp, cnt, hr, mlog, row_start);
+        free(mt);
+        free(hr);
+        if (rc != FR_OK) goto done;
+        for (int a = 0; a < na; a++) {
+            mask_ids(mlog + (size_t)a * V, masked, n_masked);
+            g[act_i[a]].draft = fr_argmax(mlog + (size_t)a * V, V);
+        }
+    }
+    double t1 = now_s();
+    st.prefill_s = t1 - t0;
+
+    /* decode: one batched step per iteration over the active sequences */
+    for (;;) {
+        int na = 0, k = 0;
+        for (int s = 0; s < n_seqs; s++) {
+            if (!g[s].active) continue;
+            act[na] = seqs[s];
+            act_i[na] = s;
+            tp[na] = step_tok + k;
+            step_tok[k++] = g[s].last;
+            cnt[na] = 1;
+            if (spec && seqs[s]->len + 2 <= e->max_len) { step_tok[k++] = g[s].draft; cnt[na] = 2; }
+            na++;
+        }
+        if (na == 0) break;
+        rc = engine_forward(e, act, na, tp, cnt, logits, 1, row_start);
+        if (rc != FR_OK) goto done;
+        st.main_steps++;
+        int nm = 0, km = 0;
+        for (int a = 0; a < na; a++) {
+            const int s = act_i[a], r = row_start[a];
+            gen_state *gs = &g[s];
+            mask_ids(logits + (size_t)r * V, masked, n_masked);
+            const int y1 = fr_sampler_sample(gs->smp, logits + (size_t)r * V, gs->hist, gs->n_hist);
+            if (cnt[a] == 1) {
+                gs->last = y1;
+                emit(gs, s, y1, seqs[s]->len + 1 <= e->max_len, eos, tok, opt, &rc);
+                if (rc != FR_OK) goto done;
+                /* (speculative with no room left for a draft: plain steps until the end) */
+                continue;
+            }
+            st.drafted++;
+            const int accepted = y1 == gs->draft;
+            if (!accepted) {
+                fr_seq_truncate(seqs[s], seqs[s]->len - 1);
+                gs->last = y1;
+                emit(gs, s, y1, seqs[s]->len + 1 <= e->max_len, eos, tok, opt, &rc);
+                if (rc != FR_OK) goto done;
+                if (gs->active) {
+                    act[nm] = seqs[s]; act_i[nm] = s; cnt[nm] = 1;
+                    hrows[km] = r; mtok[km] = y1; km++; nm++;
+                }
+                continue;
+            }
+            st.accepted++;
+            emit(gs, s, y1, 1, eos, tok, opt, &rc);
+            if (rc != FR_OK) goto done;
+            if (!gs->active) continue;
+            mask_ids(logits + (size_t)(r + 1) * V, masked, n_masked);
+            const int y2 = fr_sampler_sample(gs->smp, logits + (size_t)(r + 1) * V, gs->hist, gs->n_hist);
+            gs->last = y2;
+            emit(gs, s, y2, seqs[s]->len + 1 <= e->max_len, eos, tok, opt, &rc);
+            if (rc != FR_OK) goto done;
+            if (gs->active) {
+                act[nm] = seqs[s]; act_i[nm] = s; cnt[nm] = 2;
+                hrows[km] = r; mtok[km] = y1; km++;
+                hrows[km] = r + 1; mtok[km] = y2; km++;
+                nm++;
+            }
+        }
+        if (spec && nm > 0) {
+            /* extend the MTP cache with the accepted positions and draft the next token */
+            int off = 0;
+            for (int a = 0; a < nm; a++) { tp[a] = mtok + off; off += cnt[a]; }
+            rc = mtp_forward(e, act, nm, tp, cnt, hrows, mlog, row_start);
+            if (rc != FR_OK) goto done;
+            for (int a = 0; a < nm; a++) {
+                mask_ids(mlog + (size_t)a * V, masked, n_masked);
+                g[act_i[a]].draft = fr_argmax(mlog + (size_t)a * V, V);
+            }
+        }
+    }
+    st.decode_s = now_s() - t1;
+
+done:
+    if (g) {
+        for (int s = 0; s < n_seqs; s++) {
+            if (rc == FR_OK) {
+                int n = g[s].n_hist - g[s].n_prompt;
+                out_tokens[s] = malloc((size_t)(n > 0 ? n : 1) * sizeof(int));
+                if (!out_tokens[s]) rc = fr_error(FR_ERR_NOMEM, "out of memory");
+                else {
+                    memcpy(out_tokens[s], g[s].hist + g[s].n_prompt, (size_t)n * sizeof(int));
+                    out_lens[s] = n;
+                    st.generated_tokens += n;
+                }
+                if (s < 64) st.stop_reason[s] = g[s].reason;
+            }
+            free(g[s].hist);
+            free(g[s].text);
+            fr_sampler_free(g[s].smp);
+        }
+        if (rc != FR_OK)
+            for (int s = 0; s < n_seqs; s++) { free(out_tokens[s]); out_tokens[s] = NULL; out_lens[s] = 0; }
+    }
+    free(g);
+    free(masked);
+    free(logits);
+    free(mlog);
+    free(row_start);
+    free(cnt);
+    free(hrows);
+    free(step_tok);
+    free(mtok);
+    free(tp);
+    free(act);
+    free(act_i);
+    if (stats) *stats = st;
+    return rc;
+}

@@ -1,0 +1,43 @@
+/* infer_internal.h — private pieces shared by infer.c (engine, generation) and sample.c
+ * (sampler), and visible to tests/test_infer.c. Not installed. */
+#ifndef FR_INFER_INTERNAL_H
+#define FR_INFER_INTERNAL_H
+
+#include "frugal.h"
+#include "core/internal.h"
+
+#include <stdint.h>
+
+/* FP8 E4M3 (no infinities; 448 is the largest finite value; NaN = S.1111.111) and BF16
+ * conversions used by the latent KV cache. Encoding rounds to nearest even and saturates
+ * to +-448. */
+uint8_t fr_fp8_e4m3_encode(float x);
+float fr_fp8_e4m3_decode(uint8_t b);
+uint16_t fr_bf16_encode(float x);
+float fr_bf16_decode(uint16_t b);
+/* dst[i] = fr_bf16_decode(src[i]) and fr_fp8_e4m3_decode(src[i]) * scale, for a row of n
+ * (the cache's decode loops; same results, vectorised) */
+void fr_bf16_decode_row(float *dst, const uint16_t *src, int n);
+void fr_fp8_e4m3_decode_row(float *dst, const uint8_t *src, int n, float scale);
+
+/* Tests only: 0 sends a decoded row's attention through the head-by-head loop of multi-row
+ * calls instead of the blocked all-heads pass (attend_row), to check they agree bit for bit.
+ * Not thread-safe against a running forward. */
+void fr_engine_set_blocked_attention(int on);
+
+struct fr_sampler {
+    fr_sample_params p;
+    int V;
+    fr_rng rng;
+    float *work;      /* [V] adjusted logits / probabilities */
+    int *idx;         /* [V] candidate ids, best first */
+    float *val;       /* [V] their adjusted logits, then probabilities */
+    uint32_t *seen;   /* [V] stamp of the last penalty pass that touched the id */
+    uint64_t *radix;  /* [2V] records of the full sort (NULL when top-k selects by heap) */
+    uint32_t stamp;
+};
+
+/* Argmax with the lowest id on ties. */
+int fr_argmax(const float *x, int n);
+
+#endif

@@ -1,0 +1,282 @@
+/*
+ * block.c — one DeepSeek-V3 decoder block: forward and backward.
+ *
+ *   x_mid = x_in  + MLA(RMSNorm(x_in))
+ *   out   = x_mid + FFN(RMSNorm(x_mid))        FFN = SwiGLU MLP (dense) or DeepSeekMoE
+ *
+ * Every function here only calls the ops interface (m->ops), so the block runs on any
+ * backend. Shapes: N = B*T tokens, H = hidden, nh = heads, dqk = nope + rope.
+ */
+#include "model/block.h"
+
+#include <string.h>
+
+/* q_a_layernorm and kv_a_layernorm use a fixed eps of 1e-6, whatever rms_norm_eps says:
+ * both DeepSeek's reference code and transformers construct them with the default. */
+#define FR_LATENT_NORM_EPS 1e-6f
+
+#define P(off) (m->params + (off))
+#define G(off) (m->grads + (off))
+
+/* ---------------------------------------------------------------- linear layers */
+
+/* y[N,out] (ldy) = x[N,in] (ldx) · W^T, W [out,in] (ldw); beta = 0 overwrite, 1 accumulate */
+void fr_linear_forward(const fr_ops *o, float *y, int ldy, const float *x, int ldx,
+                           const float *W, int ldw, int N, int in, int out, float beta) {
+    o->gemm(0, 1, N, out, in, 1.0f, x, ldx, W, ldw, beta, y, ldy);
+}
+
+/* dx[N,in] (+)= dy[N,out] · W  (dx may be NULL);  dW[out,in] += dy^T · x */
+void fr_linear_backward(const fr_ops *o, float *dx, int lddx, float beta_dx, float *dW, int lddw,
+                            const float *dy, int lddy, const float *x, int ldx, const float *W, int ldw,
+                            int N, int in, int out) {
+    if (dx) o->gemm(0, 0, N, in, out, 1.0f, dy, lddy, W, ldw, beta_dx, dx, lddx);
+    o->gemm(1, 0, out, in, N, 1.0f, dy, lddy, x, ldx, 1.0f, dW, lddw);
+}
+
+/* ---------------------------------------------------------------- MLA attention */
+
+static void mla_forward(fr_model *m, const fr_block *b, fr_block_acts *a, int B, int T, const int *pos) {
+    const fr_ops *o = m->ops;
+    const fr_config *c = &m->cfg;
+    const int N = B * T, H = c->hidden_size, nh = c->num_attention_heads;
+    const int nope = c->qk_nope_head_dim, rope = c->qk_rope_head_dim, dqk = nope + rope;
+    const int vd = c->v_head_dim, kvr = c->kv_lora_rank, qr = c->q_lora_rank;
+
+    /* queries: q = W_UQ RMSNorm(W_DQ h)  or  q = W_Q h */
+    if (qr > 0) {
+        fr_linear_forward(o, a->q_a, qr, a->attn_xn, H, P(b->q_a), H, N, H, qr, 0.0f);
+        o->rmsnorm_forward(a->q_a_n, a->q_a_rstd, a->q_a, qr, P(b->q_a_norm), N, qr, FR_LATENT_NORM_EPS);
+        fr_linear_forward(o, a->q, nh * dqk, a->q_a_n, qr, P(b->q_b), qr, N, qr, nh * dqk, 0.0f);
+    } else {
+        fr_linear_forward(o, a->q, nh * dqk, a->attn_xn, H, P(b->q), H, N, H, nh * dqk, 0.0f);
+    }
+    o->rope_forward(a->q, N, nh, nh * dqk, dqk, nope, rope, pos, m->rope_cos, m->rope_sin, c->rope_interleave);
+
+    /* latent: [c_KV | k_pe] = W_DKV h; c_KV normalised; k_pe rotated, shared by all heads */
+    fr_linear_forward(o, a->kv_a, kvr + rope, a->attn_xn, H, P(b->kv_a), H, N, H, kvr + rope, 0.0f);
+    o->rope_forward(a->kv_a, N, 1, kvr + rope, 0, kvr, rope, pos, m->rope_cos, m->rope_sin, c->rope_interleave);
+    o->rmsnorm_forward(a->kv_n, a->kv_rstd, a->kv_a, kvr + rope, P(b->kv_a_norm), N, kvr, FR_LATENT_NORM_EPS);
+
+    /* [k_nope | v] = W_UKV c_KV, expanded per head (training path: no absorption) */
+    float *kv = m->scr.dkv; /* scratch: [N, nh*(nope+vd)], dead after the split */
+    fr_linear_forward(o, kv, nh * (nope + vd), a->kv_n, kvr, P(b->kv_b), kvr, N, kvr, nh * (nope + vd), 0.0f);
+    o->mla_kv_split_forward(a->k, a->v, kv, a->kv_a + kvr, kvr + rope, N, nh, nope, rope, vd);
+
+    o->attention_forward(a->att, a->lse, a->q, a->k, a->v, B, T, nh, dqk, vd, m->attn_scale);
+}
+
+/* d_xn (overwritten) = gradient of the attention branch w.r.t. its normalised input */
+static void mla_backward(fr_model *m, const fr_block *b, fr_block_acts *a, int B, int T, const int *pos,
+                         const float *d_out /* [N,H] */) {
+    const fr_ops *o = m->ops;
+    const fr_config *c = &m->cfg;
+    fr_scratch *s = &m->scr;
+    const int N = B * T, H = c->hidden_size, nh = c->num_attention_heads;
+    const int nope = c->qk_nope_head_dim, rope = c->qk_rope_head_dim, dqk = nope + rope;
+    const int vd = c->v_head_dim, kvr = c->kv_lora_rank, qr = c->q_lora_rank;
+
+    /* o_proj */
+    fr_linear_backward(o, s->d_att, nh * vd, 0.0f, G(b->o), nh * vd, d_out, H, a->att, nh * vd, P(b->o), nh * vd,
+                    N, nh * vd, H);
+    o->attention_backward(s->dq, s->dk, s->dv, s->d_att, a->att, a->lse, a->q, a->k, a->v, B, T, nh, dqk, vd,
+                          m->attn_scale);
+
+    o->memset0(s->d_xn, (size_t)N * H * sizeof(float));
+    /* query path */
+    o->rope_backward(s->dq, N, nh, nh * dqk, dqk, nope, rope, pos, m->rope_cos, m->rope_sin, c->rope_interleave);
+    if (qr > 0) {
+        fr_linear_backward(o, s->d_q_a_n, qr, 0.0f, G(b->q_b), qr, s->dq, nh * dqk, a->q_a_n, qr, P(b->q_b), qr,
+                        N, qr, nh * dqk);
+        o->memset0(s->d_q_a, (size_t)N * qr * sizeof(float));
+        o->rmsnorm_backward(s->d_q_a, qr, G(b->q_a_norm), s->d_q_a_n, a->q_a, qr, P(b->q_a_norm), a->q_a_rstd,
+                            N, qr);
+        fr_linear_backward(o, s->d_xn, H, 1.0f, G(b->q_a), H, s->d_q_a, qr, a->attn_xn, H, P(b->q_a), H, N, H, qr);
+    } else {
+        fr_linear_backward(o, s->d_xn, H, 1.0f, G(b->q), H, s->dq, nh * dqk, a->attn_xn, H, P(b->q), H, N, H,
+                        nh * dqk);
+    }
+
+    /* latent path */
+    o->memset0(s->d_kv_a, (size_t)N * (kvr + rope) * sizeof(float));
+    o->mla_kv_split_backward(s->dkv, s->d_kv_a + kvr, kvr + rope, s->dk, s->dv, N, nh, nope, rope, vd);
+    o->rope_backward(s->d_kv_a, N, 1, kvr + rope, 0, kvr, rope, pos, m->rope_cos, m->rope_sin, c->rope_interleave);
+    fr_linear_backward(o, s->d_kv_n, kvr, 0.0f, G(b->kv_b), kvr, s->dkv, nh * (nope + vd), a->kv_n, kvr, P(b->kv_b),
+                    kvr, N, kvr, nh * (nope + vd));
+    o->rmsnorm_backward(s->d_kv_a, kvr + rope, G(b->kv_a_norm), s->d_kv_n, a->kv_a, kvr + rope, P(b->kv_a_norm),
+                        a->kv_rstd, N, kvr);
+    fr_linear_backward(o, s->d_xn, H, 1.0f, G(b->kv_a), H, s->d_kv_a, kvr + rope, a->attn_xn, H, P(b->kv_a), H,
+                    N, H, kvr + rope);
+}
+
+/* ---------------------------------------------------------------- SwiGLU MLP */
+
+/* out[N,H] (beta: 0 overwrite / 1 accumulate) = W_down (silu(W_gate x) * W_up x) */
+static void mlp_forward(const fr_ops *o, float *out, float beta, const float *x, const float *Wg, const float *Wu,
+                        const float *Wd, float *g, float *u, float *h, int N, int H, int I) {
+    fr_linear_forward(o, g, I, x, H, Wg, H, N, H, I, 0.0f);
+    fr_linear_forward(o, u, I, x, H, Wu, H, N, H, I, 0.0f);
+    o->swiglu_forward(h, g, u, (size_t)N * I);
+    fr_linear_forward(o, out, H, h, I, Wd, I, N, I, H, beta);
+}
+
+/* dx[N,H] += d(out)/dx · dout; parameter gradients accumulate */
+static void mlp_backward(const fr_ops *o, float *dx, const float *dout, const float *x, const float *Wg,
+                         const float *Wu, const float *Wd, float *dWg, float *dWu, float *dWd, const float *g,
+                         const float *u, const float *h, float *dg, float *du, float *dh, int N, int H, int I) {
+    fr_linear_backward(o, dh, I, 0.0f, dWd, I, dout, H, h, I, Wd, I, N, I, H);
+    o->swiglu_backward(dg, du, dh, g, u, (size_t)N * I);
+    fr_linear_backward(o, dx, H, 1.0f, dWg, H, dg, I, x, H, Wg, H, N, H, I);
+    fr_linear_backward(o, dx, H, 1.0f, dWu, H, du, I, x, H, Wu, H, N, H, I);
+}
+
+/* ---------------------------------------------------------------- DeepSeekMoE */
+
+static fr_route_params route_params(const fr_config *c) {
+    fr_route_params p = {
+        .n_experts = c->n_routed_experts,
+        .top_k = c->num_experts_per_tok,
+        .n_group = c->n_group,
+        .topk_group = c->topk_group,
+        .method = (int)c->topk_method,
+        .scoring = (int)c->scoring_func,
+        .norm_topk_prob = c->norm_topk_prob,
+        .routed_scaling_factor = c->routed_scaling_factor,
+    };
+    return p;
+}
+
+static void moe_forward(fr_model *m, const fr_block *b, fr_block_acts *a, int N, float *out) {
+    const fr_ops *o = m->ops;
+    const fr_config *c = &m->cfg;
+    const int H = c->hidden_size, E = c->n_routed_experts, K = c->num_experts_per_tok;
+    const int Im = c->moe_intermediate_size;
+    const size_t expert_numel = b->exp_stride;
+    fr_route_params rp = route_params(c);
+
+    /* router in FP32: logits -> scores -> top-k experts and their gate weights */
+    float *router_logits = m->scr.dlogits_r;
+    fr_linear_forward(o, router_logits, E, a->ffn_xn, H, P(b->router), H, N, H, E, 0.0f);
+    o->moe_route_forward(a->topk_idx, a->topk_w, a->scores, router_logits,
+                         b->router_bias != FR_NONE ? P(b->router_bias) : NULL, N, &rp);
+
+    /* dropless: sort routing slots by expert, one GEMM per expert over its tokens */
+    o->moe_permute(a->perm_token, a->slot_pos, a->offsets, a->topk_idx, N, K, E);
+    o->moe_dispatch_forward(a->xe, a->ffn_xn, a->perm_token, N * K, H);
+    for (int e = 0; e < E; e++) {
+        int off = a->offsets[e], cnt = a->offsets[e + 1] - off;
+        if (cnt == 0) continue;
+        fr_linear_forward(o, a->ge + (size_t)off * Im, Im, a->xe + (size_t)off * H, H,
+                       P(b->exp_gate) + e * expert_numel, H, cnt, H, Im, 0.0f);
+        fr_linear_forward(o, a->ue + (size_t)off * Im, Im, a->xe + (size_t)off * H, H,
+                       P(b->exp_up) + e * expert_numel, H, cnt, H, Im, 0.0f);
+    }
+    o->swiglu_forward(a->he, a->ge, a->ue, (size_t)N * K * Im);
+    for (int e = 0; e < E; e++) {
+        int off = a->offsets[e], cnt = a->offsets[e + 1] - off;
+        if (cnt == 0) continue;
+        fr_linear_forward(o, a->ye + (size_t)off * H, H, a->he + (size_t)off * Im, Im,
+                       P(b->exp_down) + e * expert_numel, Im, cnt, Im, H, 0.0f);
+    }
+    o->memset0(out, (size_t)N * H * sizeof(float));
+    o->moe_combine_forward(out, a->ye, a->topk_w, a->slot_pos, N, K, H);
+
+    /* shared experts see every token */
+    if (b->mlp_inter > 0)
+        mlp_forward(o, out, 1.0f, a->ffn_xn, P(b->mlp_gate), P(b->mlp_up), P(b->mlp_down), a->g, a->u, a->h, N, H,
+                    b->mlp_inter);
+}
+
+/* d_xn (+=) from dout [N,H]; bal_scale > 0 adds the balance-loss gradient
+ * (grad of bal_scale * sum_b L_b) to the router. */
+static void moe_backward(fr_model *m, const fr_block *b, fr_block_acts *a, int B, int T, const float *dout,
+                         float bal_scale) {
+    const fr_ops *o = m->ops;
+    const fr_config *c = &m->cfg;
+    fr_scratch *s = &m->scr;
+    const int N = B * T, H = c->hidden_size, E = c->n_routed_experts, K = c->num_experts_per_tok;
+    const int Im = c->moe_intermediate_size;
+    const size_t expert_numel = b->exp_stride;
+    fr_route_params rp = route_params(c);
+
+    if (b->mlp_inter > 0)
+        mlp_backward(o, s->d_xn, dout, a->ffn_xn, P(b->mlp_gate), P(b->mlp_up), P(b->mlp_down), G(b->mlp_gate),
+                     G(b->mlp_up), G(b->mlp_down), a->g, a->u, a->h, s->dg, s->du, s->dh, N, H, b->mlp_inter);
+
+    o->moe_combine_backward(s->dye, s->dtopk_w, dout, a->ye, a->topk_w, a->slot_pos, N, K, H);
+    for (int e = 0; e < E; e++) {
+        int off = a->offsets[e], cnt = a->offsets[e + 1] - off;
+        if (cnt == 0) continue;
+        fr_linear_backward(o, s->dhe + (size_t)off * Im, Im, 0.0f, G(b->exp_down) + e * expert_numel, Im,
+                        s->dye + (size_t)off * H, H, a->he + (size_t)off * Im, Im,
+                        P(b->exp_down) + e * expert_numel, Im, cnt, Im, H);
+    }
+    o->swiglu_backward(s->dge, s->due, s->dhe, a->ge, a->ue, (size_t)N * K * Im);
+    for (int e = 0; e < E; e++) {
+        int off = a->offsets[e], cnt = a->offsets[e + 1] - off;
+        if (cnt == 0) continue;
+        fr_linear_backward(o, s->dxe + (size_t)off * H, H, 0.0f, G(b->exp_gate) + e * expert_numel, H,
+                        s->dge + (size_t)off * Im, Im, a->xe + (size_t)off * H, H,
+                        P(b->exp_gate) + e * expert_numel, H, cnt, H, Im);
+        fr_linear_backward(o, s->dxe + (size_t)off * H, H, 1.0f, G(b->exp_up) + e * expert_numel, H,
+                        s->due + (size_t)off * Im, Im, a->xe + (size_t)off * H, H,
+                        P(b->exp_up) + e * expert_numel, H, cnt, H, Im);
+    }
+    o->moe_dispatch_backward(s->d_xn, s->dxe, a->slot_pos, N, K, H);
+
+    /* router: gate weights (and optionally the balance loss) -> router logits -> x */
+    const float *extra = NULL;
+    if (bal_scale > 0.0f) {
+        o->memset0(s->dscores, (size_t)N * E * sizeof(float));
+        o->moe_balance_loss(m->bal_loss, s->dscores, a->scores, a->topk_idx, B, T, E, K, bal_scale);
+        extra = s->dscores;
+    }
+    o->moe_route_backward(s->dlogits_r, s->dtopk_w, extra, a->scores, a->topk_idx, N, &rp);
+    fr_linear_backward(o, s->d_xn, H, 1.0f, G(b->router), H, s->dlogits_r, E, a->ffn_xn, H, P(b->router), H, N, H, E);
+}
+
+/* ---------------------------------------------------------------- the block */
+
+void fr_block_forward(fr_model *m, const fr_block *b, fr_block_acts *a, int B, int T, const int *pos) {
+    const fr_ops *o = m->ops;
+    const fr_config *c = &m->cfg;
+    const int N = B * T, H = c->hidden_size;
+
+    o->rmsnorm_forward(a->attn_xn, a->attn_rstd, a->x_in, H, P(b->input_norm), N, H, c->rms_norm_eps);
+    mla_forward(m, b, a, B, T, pos);
+    /* x_mid = x_in + o_proj(att) */
+    o->copy(a->x_mid, a->x_in, (size_t)N * H * sizeof(float));
+    fr_linear_forward(o, a->x_mid, H, a->att, c->num_attention_heads * c->v_head_dim, P(b->o),
+                   c->num_attention_heads * c->v_head_dim, N, c->num_attention_heads * c->v_head_dim, H, 1.0f);
+
+    o->rmsnorm_forward(a->ffn_xn, a->ffn_rstd, a->x_mid, H, P(b->post_norm), N, H, c->rms_norm_eps);
+    if (b->is_moe) {
+        moe_forward(m, b, a, N, a->out);
+        o->add(a->out, a->out, a->x_mid, (size_t)N * H);
+    } else {
+        o->copy(a->out, a->x_mid, (size_t)N * H * sizeof(float));
+        mlp_forward(o, a->out, 1.0f, a->ffn_xn, P(b->mlp_gate), P(b->mlp_up), P(b->mlp_down), a->g, a->u, a->h, N,
+                    H, b->mlp_inter);
+    }
+}
+
+void fr_block_backward(fr_model *m, const fr_block *b, fr_block_acts *a, int B, int T, const int *pos,
+                       float *d_res, float bal_scale) {
+    const fr_ops *o = m->ops;
+    const fr_config *c = &m->cfg;
+    fr_scratch *s = &m->scr;
+    const int N = B * T, H = c->hidden_size;
+
+    /* FFN branch: d_res holds d(out); afterwards d(x_mid) */
+    o->memset0(s->d_xn, (size_t)N * H * sizeof(float));
+    if (b->is_moe)
+        moe_backward(m, b, a, B, T, d_res, bal_scale);
+    else
+        mlp_backward(o, s->d_xn, d_res, a->ffn_xn, P(b->mlp_gate), P(b->mlp_up), P(b->mlp_down), G(b->mlp_gate),
+                     G(b->mlp_up), G(b->mlp_down), a->g, a->u, a->h, s->dg, s->du, s->dh, N, H, b->mlp_inter);
+    o->rmsnorm_backward(d_res, H, G(b->post_norm), s->d_xn, a->x_mid, H, P(b->post_norm), a->ffn_rstd, N, H);
+
+    /* attention branch: afterwards d_res holds d(x_in) */
+    mla_backward(m, b, a, B, T, pos, d_res);
+    o->rmsnorm_backward(d_res, H, G(b->input_norm), s->d_xn, a->x_in, H, P(b->input_norm), a->attn_rstd, N, H);
+}

@@ -1,0 +1,137 @@
+/*
+ * model_internal.h — the model's private data structures (shared by model.c and the
+ * layer files; not installed).
+ *
+ * Memory: two planned allocations on the backend's device, one computed from the config
+ * (parameters and gradients), one from the token capacity N = B*T (activations):
+ *   params  — every tensor of the Hugging Face checkpoint, addressed by name
+ *   grads   — same layout as params, in the same allocation right after them
+ *   acts    — everything the forward keeps for the backward, plus backward scratch
+ * A tensor is located by its float offset into params/grads (FR_NONE when absent).
+ */
+#ifndef FR_MODEL_INTERNAL_H
+#define FR_MODEL_INTERNAL_H
+
+#include "frugal.h"
+#include "core/internal.h"
+#include "model/ops.h"
+
+#define FR_NONE ((size_t)-1)
+#define FR_MAX_MTP 8
+
+typedef struct {
+    char name[112];
+    int ndim;
+    int64_t shape[4];
+    size_t offset;   /* floats into params / grads */
+    size_t numel;
+    int no_decay;    /* norms and biases: no weight decay */
+    int trainable;   /* 0 for e_score_correction_bias (updated by the balancer, not by gradients) */
+} fr_tensor;
+
+/* Offsets of one decoder block's tensors (main layers and MTP blocks alike). */
+typedef struct {
+    int index;        /* layer index in tensor names */
+    int is_moe;
+    size_t input_norm, post_norm;
+    size_t q_a, q_a_norm, q_b, q;          /* q_lora path or plain q_proj */
+    size_t kv_a, kv_a_norm, kv_b, o;
+    size_t mlp_gate, mlp_up, mlp_down;     /* dense MLP, or the shared experts of a MoE layer */
+    int mlp_inter;                         /* width of that MLP (0 = none) */
+    size_t router, router_bias;            /* [E,H], [E] */
+    size_t exp_gate, exp_up, exp_down;     /* expert e at base + e * exp_stride */
+    size_t exp_stride;                     /* floats between consecutive experts' matrices */
+    /* MTP module extras */
+    size_t enorm, hnorm, eh_proj, head_norm;
+} fr_block;
+
+/* Activations of one block for one forward (pointers into the activation arena). */
+typedef struct {
+    float *x_in;                        /* [N,H] block input (residual stream) */
+    float *attn_xn, *attn_rstd;         /* [N,H], [N] */
+    float *q_a, *q_a_rstd, *q_a_n;      /* [N,qr], [N], [N,qr] (q_lora only) */
+    float *q;                           /* [N, nh*dqk], rope part rotated */
+    float *kv_a;                        /* [N, kvr+rope], rope part rotated */
+    float *kv_n, *kv_rstd;              /* [N,kvr], [N] */
+    float *k, *v;                       /* [N,nh,dqk], [N,nh,dv] */
+    float *att, *lse;                   /* [N, nh*dv], [B,nh,T] */
+    float *x_mid;                       /* [N,H] after the attention residual */
+    float *ffn_xn, *ffn_rstd;           /* [N,H], [N] */
+    float *g, *u, *h;                   /* [N, mlp_inter]: dense MLP or shared experts */
+    float *scores;                      /* [N,E] router scores */
+    int *topk_idx;                      /* [N,K] */
+    float *topk_w;                      /* [N,K] */
+    int *perm_token, *slot_pos;         /* [N*K] */
+    int *offsets;                       /* [E+1] host */
+    float *xe, *ge, *ue, *he, *ye;      /* [NK,H], [NK,Im] x3, [NK,H] */
+    float *out;                         /* [N,H] block output (residual stream) */
+} fr_block_acts;
+
+/* Backward scratch shared by all blocks (sized for the largest). */
+typedef struct {
+    float *d_xn;                        /* [N,H] gradient w.r.t. a norm output */
+    float *d_att, *dq, *dk, *dv, *dkv;  /* attention */
+    float *d_kv_a, *d_kv_n, *d_q_a, *d_q_a_n;
+    float *dg, *du, *dh;                /* [N, max mlp width] */
+    float *dtopk_w, *dscores, *dlogits_r;
+    float *dye, *dge, *due, *dhe, *dxe;
+    float *d_en, *d_hn;                 /* MTP: [N,H] */
+} fr_scratch;
+
+/* One MTP module's activations: sequence length T - k. */
+typedef struct {
+    int T;                              /* T_k = T - k */
+    int n_targets;
+    float *emb, *en, *e_rstd;           /* [Nk,H] */
+    float *h_in, *hn, *h_rstd;          /* [Nk,H] gathered previous stream */
+    float *head_xn, *head_rstd;         /* [Nk,H], [Nk] */
+    float *logits;                      /* [Nk,V]; holds dlogits after a training forward */
+    float *losses;                      /* [Nk] */
+    int *tokens, *targets, *pos;        /* [Nk] device */
+    float *d_res;                       /* [Nk,H] residual gradient of this module's stream */
+    fr_block_acts blk;
+} fr_mtp_acts;
+
+struct fr_model {
+    fr_config cfg;
+    const fr_ops *ops;
+    int mtp_depth;                      /* MTP modules present (may be < config's when absent in a file) */
+    fr_loss_weights loss_w;
+
+    /* parameters */
+    int n_tensors, cap_tensors;
+    fr_tensor *tensors;
+    size_t n_params;                    /* floats */
+    float *params, *grads;
+    size_t embed, final_norm, lm_head;  /* lm_head == embed when tied */
+    fr_block *blocks;                   /* num_hidden_layers + mtp_depth */
+
+    /* rope tables [max_pos, rope/2] on device */
+    float *rope_cos, *rope_sin;
+    int rope_max_pos;
+    float attn_scale;
+
+    /* activation arena for capacity N */
+    size_t act_cap_tokens;
+    float *acts;
+    int B, T;                           /* shape of the last forward */
+    int have_targets;                   /* last forward can be backpropagated */
+    int *tokens, *targets, *pos;        /* [N] device */
+    float *res0;                        /* [N,H] embedding output */
+    fr_block_acts *bacts;               /* per main block */
+    float *final_xn, *final_rstd;       /* [N,H], [N] */
+    float *logits, *dlogits, *losses;   /* [N,V], [N,V], [N] */
+    float *d_res;                       /* [N,H] */
+    float *bal_loss;                    /* [B] */
+    fr_mtp_acts mtp[FR_MAX_MTP];
+    fr_scratch scr;
+    int n_targets;
+    int *host_targets;                  /* [N] host copy for counting */
+};
+
+/* Shared with the inference engine (infer.c): RoPE tables [max_pos, qk_rope_head_dim/2]
+ * (host memory, YaRN attention factor folded in) and the softmax scale (YaRN mscale^2). */
+void fr_rope_tables_fill(const fr_config *c, int max_pos, float *cos_table, float *sin_table);
+float fr_attention_scale(const fr_config *c);
+
+#endif

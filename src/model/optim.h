@@ -1,0 +1,27 @@
+/* optim.h — AdamW over the model's parameter arena, global gradient norm, and the
+ * auxiliary-loss-free router-bias update of DeepSeek-V3. */
+#ifndef FR_OPTIM_H
+#define FR_OPTIM_H
+
+#include "model/model_internal.h"
+
+/* Global L2 norm of the trainable gradients times grad_scale. Deterministic: partial sums
+ * over fixed-size chunks are added in chunk order whatever the thread count. */
+double fr_grad_norm(const fr_model *m, double grad_scale);
+
+typedef struct {
+    double lr, beta1, beta2, eps, weight_decay;
+    long step;            /* 1-based, for bias correction */
+    double grad_scale;    /* folded into every gradient: 1/accumulation times the clip factor */
+} fr_adamw_hparams;
+
+/* One AdamW step (decoupled weight decay, not applied to no_decay tensors) over every
+ * trainable tensor. mom/var have the layout of the parameters (n_params floats each). */
+void fr_adamw_step(fr_model *m, float *mom, float *var, const fr_adamw_hparams *h);
+
+/* DeepSeek-V3 auxiliary-loss-free balancing: for each MoE block with a correction bias,
+ * b_e += gamma * sign(mean load - load_e) from the step's assignment counts
+ * counts[i * E + e] (block order of fr_model_expert_counts). */
+void fr_router_bias_update(fr_model *m, const long *counts, double gamma);
+
+#endif

@@ -1,0 +1,1085 @@
+/*
+ * train.c — the training loop: data sampling, AdamW with warmup + cosine/WSD schedule,
+ * gradient accumulation and clipping, DeepSeek-V3's auxiliary-loss-free router-bias
+ * balancing, validation loss and bits per byte, samples, atomic checkpoints that resume
+ * step for step, metrics.jsonl and the run ledger.
+ *
+ * Run folder layout:
+ *   train_args.json          the arguments (resume needs nothing else)
+ *   metrics.jsonl            one JSON object per step / eval / sample / checkpoint
+ *   ckpt-NNNNNNNN/           Hugging Face folder + training_state.bin (the last two kept)
+ *   latest                   name of the newest complete checkpoint folder
+ *
+ * Reproducibility: the batch of step s is a pure function of (seed, s): sequence number
+ * i = (s * grad_accum + micro) * B + b picks chunk perm_epoch[i mod n_chunks] of the
+ * training tokens, perm_epoch a seeded shuffle per epoch. Everything else a step depends
+ * on (parameters, AdamW moments, router biases, step) is in the checkpoint, bit for bit,
+ * so a resumed run computes exactly the losses of an uninterrupted one.
+ */
+#include "core/internal.h"
+#include "model/model_internal.h"
+#include "cpu/ops_cpu.h"
+#include "model/optim.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <omp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define STATE_MAGIC "FRTRAIN1"
+#define STATE_VERSION 1
+#define STATE_FILE "training_state.bin"
+
+/* ================================================================ arguments */
+
+void fr_train_args_default(fr_train_args *a) {
+    memset(a, 0, sizeof *a);
+    a->batch_size = 8;
+    a->seq_len = 256;
+    a->grad_accum = 1;
+    a->lr = 3e-3;
+    a->min_lr_frac = 0.1;
+    a->warmup_steps = 50;
+    a->schedule = FR_LR_COSINE;
+    a->decay_frac = 0.2;
+    a->beta1 = 0.9;
+    a->beta2 = 0.95;
+    a->eps = 1e-8;
+    a->weight_decay = 0.1;
+    a->grad_clip = 1.0;
+    a->bias_update_speed = 1e-3;
+    a->balance_alpha = 1e-4;
+    a->mtp_lambda = 0.3;
+    a->seed = 1;
+    a->eval_interval = 100;
+    a->eval_batches = 8;
+    a->ckpt_interval = 200;
+    a->sample_interval = 200;
+    a->sample_tokens = 48;
+    a->prices = fr_prices_default(0);
+}
+
+static const char *SCHEDULES[] = {"cosine", "wsd", "constant"};
+
+static int args_check(const fr_train_args *a) {
+    if (a->batch_size < 1 || a->seq_len < 2 || a->grad_accum < 1)
+        return fr_error(FR_ERR_ARG, "batch size, sequence length (>= 2) and accumulation must be positive");
+    if (a->max_steps <= 0 && a->max_tokens <= 0) return fr_error(FR_ERR_ARG, "give a number of steps or tokens");
+    if (!(a->lr > 0) || a->min_lr_frac < 0 || a->min_lr_frac > 1) return fr_error(FR_ERR_ARG, "learning rate must be > 0 and the floor fraction in [0, 1]");
+    if (a->beta1 < 0 || a->beta1 >= 1 || a->beta2 < 0 || a->beta2 >= 1 || !(a->eps > 0))
+        return fr_error(FR_ERR_ARG, "AdamW betas must lie in [0, 1) and eps be > 0");
+    if (a->weight_decay < 0 || a->grad_clip < 0 || a->bias_update_speed < 0 || a->balance_alpha < 0 || a->mtp_lambda < 0)
+        return fr_error(FR_ERR_ARG, "weight decay, clipping, gamma, alpha and lambda must be >= 0");
+    if (a->warmup_steps < 0 || a->decay_frac < 0 || a->decay_frac > 1) return fr_error(FR_ERR_ARG, "warmup must be >= 0 and the WSD decay fraction in [0, 1]");
+    if ((int)a->schedule < 0 || (int)a->schedule > 2) return fr_error(FR_ERR_ARG, "unknown learning-rate schedule");
+    if (!a->run_dir[0] || !a->data_dir[0]) return fr_error(FR_ERR_ARG, "a run folder and a data folder are needed");
+    if (!a->model_config[0] && !a->init_model[0]) return fr_error(FR_ERR_ARG, "give a model config or a model folder to start from");
+    return FR_OK;
+}
+
+/* train_args.json: one table, walked in both directions (save and --resume). The schedule is
+ * written by name and the seed as a string (JSON numbers lose 64-bit integers). */
+typedef enum { ARG_STR, ARG_INT, ARG_LONG, ARG_DOUBLE } arg_kind;
+typedef struct {
+    const char *key;
+    arg_kind kind;
+    size_t offset, size; /* size: buffer size of ARG_STR fields */
+} arg_field;
+
+#define A_STR(f) {#f, ARG_STR, offsetof(fr_train_args, f), sizeof(((fr_train_args *)0)->f)}
+#define A_NUM(f, k) {#f, k, offsetof(fr_train_args, f), 0}
+static const arg_field ARG_FIELDS[] = {
+    A_STR(model_config), A_STR(init_model), A_STR(data_dir), A_STR(run_dir),
+    A_NUM(batch_size, ARG_INT), A_NUM(seq_len, ARG_INT), A_NUM(grad_accum, ARG_INT),
+    A_NUM(max_steps, ARG_LONG), A_NUM(max_tokens, ARG_DOUBLE),
+    A_NUM(lr, ARG_DOUBLE), A_NUM(min_lr_frac, ARG_DOUBLE), A_NUM(warmup_steps, ARG_INT),
+    A_NUM(decay_frac, ARG_DOUBLE), A_NUM(beta1, ARG_DOUBLE), A_NUM(beta2, ARG_DOUBLE),
+    A_NUM(eps, ARG_DOUBLE), A_NUM(weight_decay, ARG_DOUBLE), A_NUM(grad_clip, ARG_DOUBLE),
+    A_NUM(bias_update_speed, ARG_DOUBLE), A_NUM(balance_alpha, ARG_DOUBLE), A_NUM(mtp_lambda, ARG_DOUBLE),
+    A_NUM(threads, ARG_INT), A_NUM(eval_interval, ARG_INT), A_NUM(eval_batches, ARG_INT),
+    A_NUM(ckpt_interval, ARG_INT), A_NUM(sample_interval, ARG_INT), A_NUM(sample_tokens, ARG_INT),
+    A_STR(sample_prompt), A_STR(ledger_path),
+    {"usd_per_device_hour", ARG_DOUBLE, offsetof(fr_train_args, prices.usd_per_device_hour), 0},
+    {"watts_per_device", ARG_DOUBLE, offsetof(fr_train_args, prices.watts_per_device), 0},
+    {"usd_per_kwh", ARG_DOUBLE, offsetof(fr_train_args, prices.usd_per_kwh), 0},
+    A_NUM(peak_gflops, ARG_DOUBLE),
+};
+#undef A_STR
+#undef A_NUM
+#define N_ARG_FIELDS ((int)(sizeof ARG_FIELDS / sizeof ARG_FIELDS[0]))
+
+static cJSON *args_to_json(const fr_train_args *a) {
+    cJSON *j = cJSON_CreateObject();
+    for (int i = 0; i < N_ARG_FIELDS; i++) {
+        const arg_field *f = &ARG_FIELDS[i];
+        const char *p = (const char *)a + f->offset;
+        switch (f->kind) {
+        case ARG_STR: cJSON_AddStringToObject(j, f->key, p); break;
+        case ARG_INT: cJSON_AddNumberToObject(j, f->key, *(const int *)p); break;
+        case ARG_LONG: cJSON_AddNumberToObject(j, f->key, (double)*(const long *)p); break;
+        case ARG_DOUBLE: cJSON_AddNumberToObject(j, f->key, *(const double *)p); break;
+        }
+    }
+    cJSON_AddStringToObject(j, "schedule", SCHEDULES[a->schedule]);
+    char seed[32];
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)a->seed);
+    cJSON_AddStringToObject(j, "seed", seed);
+    return j;
+}
+
+static int json_num(const cJSON *j, const char *key, double *out, const char *path) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
+    if (!cJSON_IsNumber(v)) return fr_error(FR_ERR_FORMAT, "%s: \"%s\" is missing or not a number", path, key);
+    *out = v->valuedouble;
+    return FR_OK;
+}
+
+static int json_str(const cJSON *j, const char *key, char *out, size_t n, const char *path) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
+    if (!cJSON_IsString(v)) return fr_error(FR_ERR_FORMAT, "%s: \"%s\" is missing or not a string", path, key);
+    if (strlen(v->valuestring) >= n) return fr_error(FR_ERR_FORMAT, "%s: \"%s\" is too long", path, key);
+    strcpy(out, v->valuestring);
+    return FR_OK;
+}
+
+static int args_from_json(fr_train_args *a, const char *text, size_t len, const char *path) {
+    cJSON *j = cJSON_ParseWithLength(text, len);
+    if (!j) return fr_error(FR_ERR_FORMAT, "%s is not valid JSON", path);
+    fr_train_args_default(a);
+    int rc = FR_OK;
+    for (int i = 0; i < N_ARG_FIELDS && rc == FR_OK; i++) {
+        const arg_field *f = &ARG_FIELDS[i];
+        char *p = (char *)a + f->offset;
+        double d = 0;
+        if (f->kind == ARG_STR) {
+            rc = json_str(j, f->key, p, f->size, path);
+        } else if ((rc = json_num(j, f->key, &d, path)) == FR_OK) {
+            if (f->kind == ARG_INT) *(int *)p = (int)d;
+            else if (f->kind == ARG_LONG) *(long *)p = (long)d;
+            else *(double *)p = d;
+        }
+    }
+    char sched[32], seed[32];
+    if (rc == FR_OK && (rc = json_str(j, "schedule", sched, sizeof sched, path)) == FR_OK) {
+        int found = -1;
+        for (int i = 0; i < 3; i++)
+            if (strcmp(sched, SCHEDULES[i]) == 0) found = i;
+        if (found < 0) rc = fr_error(FR_ERR_FORMAT, "%s: unknown schedule \"%s\"", path, sched);
+        else a->schedule = (fr_lr_schedule)found;
+    }
+    if (rc == FR_OK && (rc = json_str(j, "seed", seed, sizeof seed, path)) == FR_OK)
+        a->seed = strtoull(seed, NULL, 10);
+    cJSON_Delete(j);
+    return rc;
+}
+
+static int write_json_atomic(const char *path, cJSON *j) {
+    char *text = cJSON_Print(j);
+    if (!text) return fr_error(FR_ERR_NOMEM, "out of memory");
+    size_t n = strlen(text);
+    text[n] = '\n'; /* cJSON_Print leaves room for the NUL only; write it as n bytes + newline */
+    int rc = fr_write_file_atomic(path, text, n);
+    free(text);
+    return rc;
+}
+
+/* ================================================================ learning rate */
+
+double fr_train_lr(const fr_train_args *a, long step, long max_steps) {
+    const double lo = a->lr * a->min_lr_frac;
+    if (step < a->warmup_steps) return a->lr * (double)(step + 1) / a->warmup_steps;
+    switch (a->schedule) {
+    case FR_LR_CONSTANT:
+        return a->lr;
+    case FR_LR_WSD: {
+        long decay_steps = (long)ceil(a->decay_frac * max_steps);
+        long decay_start = max_steps - decay_steps;
+        if (step < decay_start || decay_steps <= 0) return a->lr;
+        double t = (double)(step - decay_start + 1) / decay_steps;
+        return a->lr + (lo - a->lr) * (t > 1 ? 1 : t);
+    }
+    case FR_LR_COSINE:
+    default: {
+        long span = max_steps - a->warmup_steps;
+        if (span <= 0) return a->lr;
+        double t = (double)(step - a->warmup_steps) / span;
+        if (t > 1) t = 1;
+        return lo + 0.5 * (a->lr - lo) * (1 + cos(M_PI * t));
+    }
+    }
+}
+
+/* ================================================================ data */
+
+typedef struct {
+    fr_dataset *train, *val;
+    long n_chunks;       /* training chunks of T+1 tokens (stride T) */
+    int T;
+    uint64_t seed;
+    long perm_epoch;     /* epoch whose permutation is in perm */
+    long *perm;
+    int *buf;            /* [T+1] */
+    double val_bytes;    /* bytes of text behind the evaluation tokens (for bits per byte) */
+} sampler;
+
+static int sampler_epoch(sampler *s, long epoch) {
+    if (s->perm_epoch == epoch) return FR_OK;
+    for (long i = 0; i < s->n_chunks; i++) s->perm[i] = i;
+    fr_rng r;
+    fr_rng_seed(&r, s->seed * 0x9E3779B97F4A7C15ull + (uint64_t)epoch + 1);
+    for (long i = s->n_chunks - 1; i > 0; i--) {
+        long j = (long)(fr_rng_next(&r) % (uint64_t)(i + 1));
+        long t = s->perm[i];
+        s->perm[i] = s->perm[j];
+        s->perm[j] = t;
+    }
+    s->perm_epoch = epoch;
+    return FR_OK;
+}
+
+/* Sequence number seq (0, 1, 2, ... over the whole run) -> tokens[T], targets[T]. */
+static int sampler_get(sampler *s, long seq, int *tokens, int *targets) {
+    FR_CHECK(sampler_epoch(s, seq / s->n_chunks));
+    long chunk = s->perm[seq % s->n_chunks];
+    FR_CHECK(fr_dataset_read(s->train, (uint64_t)chunk * s->T, s->buf, (size_t)s->T + 1));
+    memcpy(tokens, s->buf, (size_t)s->T * sizeof(int));
+    memcpy(targets, s->buf + 1, (size_t)s->T * sizeof(int));
+    return FR_OK;
+}
+
+/* ================================================================ run state */
+
+typedef struct {
+    const fr_train_args *a;
+    const fr_train_hooks *hooks;
+    fr_model *m;
+    fr_tokenizer *tok;          /* NULL if the data folder's tokenizer does not load */
+    sampler data;
+    float *mom, *var;
+    long step, max_steps;
+    long seg_first_step;        /* step at which this process started (ETA from its own pace) */
+    double tokens_done, flops_done;
+    double wall_base;           /* seconds of earlier segments of this run */
+    double t_start;             /* this segment */
+    fr_ledger_entry led;
+    char ledger_path[600];
+    FILE *metrics;
+    double last_loss, last_val;
+    size_t mem_plan;
+} run;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double elapsed(const run *r) { return r->wall_base + now_s() - r->t_start; }
+
+static void emit(run *r, fr_train_event *ev) {
+    if (r->hooks && r->hooks->on_event) r->hooks->on_event(r->hooks->user, ev);
+}
+
+static void info(run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void info(run *r, const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fr_train_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.type = FR_EV_INFO;
+    ev.step = r->step;
+    ev.text = msg;
+    emit(r, &ev);
+}
+
+static size_t rss_peak_bytes(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return 0;
+    char line[256];
+    size_t kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "VmHWM:", 6) == 0) kb = strtoull(line + 6, NULL, 10);
+    fclose(f);
+    return kb * 1024;
+}
+
+static void ledger_fill(run *r, const char *status) {
+    fr_ledger_entry *e = &r->led;
+    snprintf(e->status, sizeof e->status, "%s", status);
+    e->wall_s = elapsed(r);
+    e->steps = r->step;
+    e->tokens = r->tokens_done;
+    e->flops = r->flops_done;
+    e->final_loss = r->last_loss;
+    e->val_loss = r->last_val;
+    fr_ledger_price(e, &r->a->prices);
+}
+
+/* metrics.jsonl: one line per record, flushed, so a crash loses at most a partial line. */
+/* A metrics record: {"type": TYPE, "step": the run's step, ...} for the caller to fill */
+static cJSON *metrics_object(const run *r, const char *type) {
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "type", type);
+    cJSON_AddNumberToObject(j, "step", (double)r->step);
+    return j;
+}
+
+static void metrics_line(run *r, cJSON *j) {
+    if (!r->metrics) return;
+    char *s = cJSON_PrintUnformatted(j);
+    if (s) {
+        fputs(s, r->metrics);
+        fputc('\n', r->metrics);
+        fflush(r->metrics);
+        free(s);
+    }
+}
+
+/* Keep only the metrics of steps <= step (a resumed run recomputes the later ones). */
+static int metrics_truncate(const char *path, long step) {
+    char *text = NULL;
+    size_t len = 0;
+    if (access(path, F_OK) != 0) return FR_OK;
+    FR_CHECK(fr_read_file(path, &text, &len));
+    char *out = malloc(len + 1);
+    if (!out) {
+        free(text);
+        return fr_error(FR_ERR_NOMEM, "out of memory");
+    }
+    size_t o = 0;
+    for (char *line = text; line < text + len;) {
+        char *nl = memchr(line, '\n', (size_t)(text + len - line));
+        if (!nl) break; /* a torn last line is dropped */
+        cJSON *j = cJSON_ParseWithLength(line, (size_t)(nl - line));
+        const cJSON *st = j ? cJSON_GetObjectItemCaseSensitive(j, "step") : NULL;
+        if (cJSON_IsNumber(st) && st->valuedouble <= (double)step) {
+            memcpy(out + o, line, (size_t)(nl - line) + 1);
+            o += (size_t)(nl - line) + 1;
+        }
+        cJSON_Delete(j);
+        line = nl + 1;
+    }
+    int rc = fr_write_file_atomic(path, out, o);
+    free(out);
+    free(text);
+    return rc;
+}
+
+/* ================================================================ checkpoints */
+
+static int copy_file(const char *src, const char *dst) {
+    char *text = NULL;
+    size_t len = 0;
+    FR_CHECK(fr_read_file(src, &text, &len));
+    int rc = fr_write_file_atomic(dst, text, len);
+    free(text);
+    return rc;
+}
+
+typedef struct {
+    char magic[8];
+    uint32_t version, reserved;
+    int64_t step;
+    double tokens, flops, wall_s;
+    uint64_t n_params;
+    char run_id[64];
+} state_header;
+
+/* FNV-1a over the header and both moment arrays: the last 8 bytes of training_state.bin. */
+static uint64_t state_checksum(const state_header *h, const float *mom, const float *var, size_t pbytes) {
+    uint64_t sum = fr_fnv1a64(FR_FNV1A64_OFFSET, h, sizeof *h);
+    sum = fr_fnv1a64(sum, mom, pbytes);
+    return fr_fnv1a64(sum, var, pbytes);
+}
+
+static int ckpt_complete(const char *dir) {
+    const char *need[] = {"config.json", "model.safetensors", STATE_FILE};
+    char path[1300];
+    for (int i = 0; i < 3; i++) {
+        if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, need[i]) >= sizeof path) return 0;
+        if (access(path, R_OK) != 0) return 0;
+    }
+    return 1;
+}
+
+int fr_train_latest_checkpoint(const char *run_dir, char *out, size_t n) {
+    fr_clear_error();
+    char path[1200], name[128] = {0};
+    snprintf(path, sizeof path, "%s/latest", run_dir);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        if (fgets(name, sizeof name, f)) name[strcspn(name, "\r\n")] = 0;
+        fclose(f);
+        snprintf(path, sizeof path, "%s/%s", run_dir, name);
+        if (name[0] && strncmp(name, "ckpt-", 5) == 0 && ckpt_complete(path)) {
+            if ((size_t)snprintf(out, n, "%s", path) >= n) return fr_error(FR_ERR_ARG, "path too long");
+            return FR_OK;
+        }
+    }
+    /* `latest` missing or stale (killed between the rename and its update): the newest complete folder */
+    DIR *d = opendir(run_dir);
+    if (!d) return fr_error(FR_ERR_IO, "cannot open run folder %s: %s", run_dir, strerror(errno));
+    struct dirent *de;
+    long best = -1;
+    while ((de = readdir(d))) {
+        long s;
+        char tail;
+        if (sscanf(de->d_name, "ckpt-%ld%c", &s, &tail) != 1) continue;
+        snprintf(path, sizeof path, "%s/%s", run_dir, de->d_name);
+        if (s > best && ckpt_complete(path)) best = s;
+    }
+    closedir(d);
+    if (best < 0) return fr_error(FR_ERR_STATE, "%s holds no complete checkpoint", run_dir);
+    if ((size_t)snprintf(out, n, "%s/ckpt-%08ld", run_dir, best) >= n) return fr_error(FR_ERR_ARG, "path too long");
+    return FR_OK;
+}
+
+static int write_generation_config(const fr_config *c, const char *path) {
+    cJSON *j = cJSON_CreateObject();
+    if (c->bos_token_id >= 0) cJSON_AddNumberToObject(j, "bos_token_id", c->bos_token_id);
+    if (c->eos_token_id >= 0) cJSON_AddNumberToObject(j, "eos_token_id", c->eos_token_id);
+    cJSON_AddBoolToObject(j, "do_sample", 1);
+    cJSON_AddNumberToObject(j, "temperature", 0.8);
+    cJSON_AddNumberToObject(j, "top_p", 0.95);
+    int rc = write_json_atomic(path, j);
+    cJSON_Delete(j);
+    return rc;
+}
+
+/* Write RUN/ckpt-NNNNNNNN atomically: build .ckpt-NNNNNNNN.tmp, fsync, rename, then update
+ * `latest`; keep the previous checkpoint, remove older ones. */
+static int save_checkpoint(run *r, char *out_dir, size_t out_n) {
+    const char *rd = r->a->run_dir;
+    char tmp[1200], final[1200], path[1300];
+    snprintf(tmp, sizeof tmp, "%s/.ckpt-%08ld.tmp", rd, r->step);
+    snprintf(final, sizeof final, "%s/ckpt-%08ld", rd, r->step);
+    fr_remove_tree(tmp);
+    FR_CHECK(fr_model_save(r->m, tmp));
+    const char *tok_files[] = {"tokenizer.json", "tokenizer_config.json"};
+    for (int i = 0; i < 2; i++) {
+        char src[1200];
+        snprintf(src, sizeof src, "%s/%s", r->a->data_dir, tok_files[i]);
+        if (access(src, R_OK) != 0) continue;
+        snprintf(path, sizeof path, "%s/%s", tmp, tok_files[i]);
+        FR_CHECK(copy_file(src, path));
+    }
+    snprintf(path, sizeof path, "%s/generation_config.json", tmp);
+    FR_CHECK(write_generation_config(fr_model_config(r->m), path));
+
+    state_header h;
+    memset(&h, 0, sizeof h);
+    memcpy(h.magic, STATE_MAGIC, 8);
+    h.version = STATE_VERSION;
+    h.step = r->step;
+    h.tokens = r->tokens_done;
+    h.flops = r->flops_done;
+    h.wall_s = elapsed(r);
+    h.n_params = r->m->n_params;
+    memcpy(h.run_id, r->led.run_id, sizeof h.run_id);
+    const size_t pbytes = r->m->n_params * sizeof(float);
+    uint64_t sum = state_checksum(&h, r->mom, r->var, pbytes);
+    const void *parts[] = {&h, r->mom, r->var, &sum};
+    const size_t lens[] = {sizeof h, pbytes, pbytes, sizeof sum};
+    snprintf(path, sizeof path, "%s/%s", tmp, STATE_FILE);
+    FR_CHECK(fr_write_file_atomic_v(path, parts, lens, 4));
+    fr_fsync_dir(tmp);
+
+    fr_remove_tree(final); /* a checkpoint of the same step from a crashed earlier segment */
+    if (rename(tmp, final) != 0) return fr_error(FR_ERR_IO, "cannot rename %s to %s: %s", tmp, final, strerror(errno));
+    fr_fsync_dir(rd);
+    char name[64];
+    int nl = snprintf(name, sizeof name, "ckpt-%08ld\n", r->step);
+    snprintf(path, sizeof path, "%s/latest", rd);
+    FR_CHECK(fr_write_file_atomic(path, name, (size_t)nl));
+
+    /* keep this one and the one before it */
+    DIR *d = opendir(rd);
+    if (d) {
+        long steps[4096];
+        int n = 0;
+        struct dirent *de;
+        while ((de = readdir(d)) && n < 4096) {
+            long s;
+            char tail;
+            if (sscanf(de->d_name, "ckpt-%ld%c", &s, &tail) == 1 && s != r->step) steps[n++] = s;
+        }
+        closedir(d);
+        long keep = -1;
+        for (int i = 0; i < n; i++)
+            if (steps[i] < r->step && steps[i] > keep) keep = steps[i];
+        for (int i = 0; i < n; i++)
+            if (steps[i] != keep) {
+                snprintf(path, sizeof path, "%s/ckpt-%08ld", rd, steps[i]);
+                fr_remove_tree(path);
+            }
+    }
+    cJSON *j = metrics_object(r, "checkpoint");
+    cJSON_AddStringToObject(j, "dir", final);
+    metrics_line(r, j);
+    cJSON_Delete(j);
+    if (out_dir) snprintf(out_dir, out_n, "%s", final);
+    return FR_OK;
+}
+
+/* Read straight into the moment buffers: no transient copy of the 2 x n_params floats. */
+static int load_state(run *r, const char *dir) {
+    char path[1300];
+    snprintf(path, sizeof path, "%s/%s", dir, STATE_FILE);
+    FILE *f = fopen(path, "rb");
+    if (!f) return fr_error(FR_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    const size_t pbytes = r->m->n_params * sizeof(float);
+    const size_t want_len = sizeof(state_header) + 2 * pbytes + sizeof(uint64_t);
+    state_header h;
+    uint64_t want = 0;
+    int rc = FR_OK;
+    long len = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    rewind(f);
+    if (len < 0 || (size_t)len != want_len) {
+        rc = fr_error(FR_ERR_FORMAT, "%s: %ld bytes, expected %zu for %zu parameters (truncated or from another model)",
+                      path, len, want_len, r->m->n_params);
+    } else if (fread(&h, sizeof h, 1, f) != 1 || fread(r->mom, 1, pbytes, f) != pbytes ||
+               fread(r->var, 1, pbytes, f) != pbytes || fread(&want, sizeof want, 1, f) != 1) {
+        rc = fr_error(FR_ERR_IO, "cannot read %s", path);
+    } else if (memcmp(h.magic, STATE_MAGIC, 8) != 0 || h.version != STATE_VERSION) {
+        rc = fr_error(FR_ERR_FORMAT, "%s: not a frugal training state (bad magic or version)", path);
+    } else {
+        if (state_checksum(&h, r->mom, r->var, pbytes) != want)
+            rc = fr_error(FR_ERR_FORMAT, "%s: checksum mismatch (corrupted)", path);
+    }
+    fclose(f);
+    if (rc != FR_OK) {
+        memset(r->mom, 0, pbytes);
+        memset(r->var, 0, pbytes);
+        return rc;
+    }
+    r->step = h.step;
+    r->tokens_done = h.tokens;
+    r->flops_done = h.flops;
+    r->wall_base = h.wall_s;
+    memcpy(r->led.run_id, h.run_id, sizeof r->led.run_id);
+    r->led.run_id[sizeof r->led.run_id - 1] = 0;
+    return FR_OK;
+}
+
+/* ================================================================ evaluation, samples */
+
+static int evaluate(run *r, double *val_loss, double *val_bpb) {
+    const int B = r->a->batch_size, T = r->a->seq_len;
+    const uint64_t have = fr_dataset_num_tokens(r->data.val);
+    long n_seq = (long)((have > 0 ? have - 1 : 0) / (uint64_t)T);
+    long want = (long)r->a->eval_batches * B;
+    if (n_seq > want) n_seq = want;
+    if (n_seq <= 0) return fr_error(FR_ERR_STATE, "the validation split has fewer than %d tokens", T + 1);
+    int *tokens = malloc((size_t)B * T * sizeof(int)), *targets = malloc((size_t)B * T * sizeof(int));
+    int *buf = malloc(((size_t)T + 1) * sizeof(int));
+    if (!tokens || !targets || !buf) {
+        free(tokens); free(targets); free(buf);
+        return fr_error(FR_ERR_NOMEM, "out of memory");
+    }
+    double sum = 0;
+    long count = 0;
+    int rc = FR_OK;
+    for (long s0 = 0; s0 < n_seq && rc == FR_OK; s0 += B) {
+        int nb = (int)(n_seq - s0 < B ? n_seq - s0 : B);
+        for (int b = 0; b < nb && rc == FR_OK; b++) {
+            rc = fr_dataset_read(r->data.val, (uint64_t)(s0 + b) * T, buf, (size_t)T + 1);
+            memcpy(tokens + (size_t)b * T, buf, (size_t)T * sizeof(int));
+            memcpy(targets + (size_t)b * T, buf + 1, (size_t)T * sizeof(int));
+        }
+        fr_loss_info li;
+        if (rc == FR_OK) rc = fr_model_forward_eval(r->m, tokens, targets, nb, T, &li);
+        if (rc == FR_OK) {
+            sum += li.loss_main * li.n_targets;
+            count += li.n_targets;
+        }
+    }
+    /* bits per byte: the bytes those targets decode to (special tokens count as 0 bytes) */
+    if (rc == FR_OK && r->data.val_bytes == 0 && r->tok) {
+        double bytes = 0;
+        for (long s = 0; s < n_seq && rc == FR_OK; s++) {
+            rc = fr_dataset_read(r->data.val, (uint64_t)s * T + 1, buf, (size_t)T);
+            char *text = NULL;
+            size_t len = 0;
+            if (rc == FR_OK && fr_tokenizer_decode(r->tok, buf, (size_t)T, 1, &text, &len) == FR_OK) bytes += (double)len;
+            free(text);
+        }
+        r->data.val_bytes = bytes;
+    }
+    free(tokens);
+    free(targets);
+    free(buf);
+    FR_CHECK(rc);
+    *val_loss = sum / (double)count;
+    *val_bpb = r->data.val_bytes > 0 ? sum / log(2.0) / r->data.val_bytes : NAN;
+    return FR_OK;
+}
+
+/* Top-k (40) sampling at temperature 0.8 from the prompt, recomputing the whole sequence each
+ * token (the latent KV cache belongs to the inference engine). Deterministic in (seed, step). */
+static int sample_text(run *r, char **out) {
+    *out = NULL;
+    if (!r->tok) return FR_OK;
+    const int V = r->m->cfg.vocab_size, T = r->a->seq_len;
+    int *ids = NULL;
+    size_t n = 0;
+    const char *prompt = r->a->sample_prompt[0] ? r->a->sample_prompt : "And";
+    FR_CHECK(fr_tokenizer_encode(r->tok, prompt, strlen(prompt), 1, &ids, &n));
+    size_t cap = n + (size_t)r->a->sample_tokens + 1;
+    int *seq = malloc(cap * sizeof(int));
+    if (!seq) {
+        free(ids);
+        return fr_error(FR_ERR_NOMEM, "out of memory");
+    }
+    memcpy(seq, ids, n * sizeof(int));
+    free(ids);
+    fr_rng rng;
+    fr_rng_seed(&rng, r->a->seed ^ (0xA5A5ull * (uint64_t)(r->step + 1)));
+    const int eos = fr_tokenizer_special_id(r->tok, FR_TOKEN_EOS);
+    int rc = FR_OK;
+    for (int t = 0; t < r->a->sample_tokens && n > 0; t++) {
+        size_t off = n > (size_t)T ? n - (size_t)T : 0;
+        int len = (int)(n - off);
+        rc = fr_model_forward_eval(r->m, seq + off, NULL, 1, len, NULL);
+        if (rc != FR_OK) break;
+        const float *logits = fr_model_logits(r->m) + (size_t)(len - 1) * V;
+        int top[40];
+        int k = V < 40 ? V : 40;
+        for (int i = 0; i < k; i++) top[i] = -1;
+        for (int v = 0; v < V; v++) { /* insertion into a sorted top-k */
+            if (top[k - 1] >= 0 && logits[v] <= logits[top[k - 1]]) continue;
+            int p = k - 1;
+            while (p > 0 && (top[p - 1] < 0 || logits[v] > logits[top[p - 1]])) {
+                top[p] = top[p - 1];
+                p--;
+            }
+            top[p] = v;
+        }
+        double w[40], z = 0;
+        for (int i = 0; i < k; i++) z += w[i] = exp((logits[top[i]] - logits[top[0]]) / 0.8);
+        double u = fr_rng_uniform(&rng) * z;
+        int pick = top[k - 1];
+        for (int i = 0; i < k; i++) {
+            if ((u -= w[i]) <= 0) {
+                pick = top[i];
+                break;
+            }
+        }
+        if (pick == eos) break;
+        seq[n++] = pick;
+    }
+    if (rc == FR_OK) {
+        size_t len = 0;
+        rc = fr_tokenizer_decode(r->tok, seq, n, 1, out, &len);
+    }
+    free(seq);
+    return rc;
+}
+
+/* ================================================================ the loop */
+
+static int do_checkpoint(run *r) {
+    char dir[1200];
+    FR_CHECK(save_checkpoint(r, dir, sizeof dir));
+    fr_train_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.type = FR_EV_CHECKPOINT;
+    ev.step = r->step;
+    ev.max_steps = r->max_steps;
+    ev.text = dir;
+    emit(r, &ev);
+    ledger_fill(r, "running");
+    return fr_ledger_update(r->ledger_path, &r->led);
+}
+
+static int do_eval(run *r) {
+    if (!r->data.val) return FR_OK;
+    double vl = 0, bpb = 0;
+    FR_CHECK(evaluate(r, &vl, &bpb));
+    r->last_val = vl;
+    fr_train_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.type = FR_EV_EVAL;
+    ev.step = r->step;
+    ev.max_steps = r->max_steps;
+    ev.tokens = r->tokens_done;
+    ev.val_loss = vl;
+    ev.val_bpb = bpb;
+    emit(r, &ev);
+    cJSON *j = metrics_object(r, "eval");
+    cJSON_AddNumberToObject(j, "tokens", r->tokens_done);
+    cJSON_AddNumberToObject(j, "val_loss", vl);
+    if (isfinite(bpb)) cJSON_AddNumberToObject(j, "val_bpb", bpb);
+    metrics_line(r, j);
+    cJSON_Delete(j);
+    return FR_OK;
+}
+
+static int do_sample(run *r) {
+    char *text = NULL;
+    FR_CHECK(sample_text(r, &text));
+    if (!text) return FR_OK;
+    fr_train_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.type = FR_EV_SAMPLE;
+    ev.step = r->step;
+    ev.text = text;
+    emit(r, &ev);
+    cJSON *j = metrics_object(r, "sample");
+    cJSON_AddStringToObject(j, "text", text);
+    metrics_line(r, j);
+    cJSON_Delete(j);
+    free(text);
+    return FR_OK;
+}
+
+static int train_steps(run *r, fr_train_result *res) {
+    const fr_train_args *a = r->a;
+    const int B = a->batch_size, T = a->seq_len, N = B * T;
+    const int E = r->m->cfg.n_routed_experts;
+    const int n_moe = fr_model_num_moe_blocks(r->m);
+    const double step_flops = fr_model_train_flops(r->m, B, T) * a->grad_accum;
+    int *tokens = malloc((size_t)N * sizeof(int)), *targets = malloc((size_t)N * sizeof(int));
+    const size_t n_counts = (size_t)n_moe * (size_t)E; /* 0 for a dense model */
+    long *counts = calloc(n_counts + 1, sizeof(long));
+    long *micro_counts = calloc(n_counts + 1, sizeof(long));
+    int *layer_idx = calloc((size_t)n_moe + 1, sizeof(int));
+    int rc = FR_OK;
+    if (!tokens || !targets || !counts || !micro_counts || !layer_idx) rc = fr_error(FR_ERR_NOMEM, "out of memory");
+
+    while (rc == FR_OK && r->step < r->max_steps) {
+        if (r->hooks && r->hooks->should_stop && r->hooks->should_stop(r->hooks->user)) {
+            res->interrupted = 1;
+            break;
+        }
+        const double t0 = now_s();
+        fr_model_zero_grad(r->m);
+        memset(counts, 0, n_counts * sizeof(long));
+        fr_loss_info mean;
+        memset(&mean, 0, sizeof mean);
+        for (int micro = 0; micro < a->grad_accum && rc == FR_OK; micro++) {
+            for (int b = 0; b < B && rc == FR_OK; b++) {
+                long seq = ((long)r->step * a->grad_accum + micro) * B + b;
+                rc = sampler_get(&r->data, seq, tokens + (size_t)b * T, targets + (size_t)b * T);
+            }
+            fr_loss_info li;
+            if (rc == FR_OK) rc = fr_model_forward(r->m, tokens, targets, B, T, &li);
+            if (rc == FR_OK && n_moe > 0) { /* before backward, which retires the forward */
+                rc = fr_model_expert_counts(r->m, micro_counts, layer_idx);
+                for (size_t i = 0; i < n_counts; i++) counts[i] += micro_counts[i];
+            }
+            if (rc == FR_OK) rc = fr_model_backward(r->m);
+            if (rc != FR_OK) break;
+            const double w = 1.0 / a->grad_accum;
+            mean.loss += w * li.loss;
+            mean.loss_main += w * li.loss_main;
+            for (int k = 0; k < 8; k++) mean.loss_mtp[k] += w * li.loss_mtp[k];
+            mean.loss_balance += w * li.loss_balance;
+            mean.n_targets += li.n_targets;
+        }
+        if (rc != FR_OK) break;
+        if (!isfinite(mean.loss)) {
+            rc = fr_error(FR_ERR_STATE, "loss is %f at step %ld: training diverged (lower the learning rate)", mean.loss, r->step + 1);
+            break;
+        }
+        const double scale = 1.0 / a->grad_accum;
+        const double gnorm = fr_grad_norm(r->m, scale);
+        double clip = 1.0;
+        if (a->grad_clip > 0 && gnorm > a->grad_clip) clip = a->grad_clip / gnorm;
+        const double lr = fr_train_lr(a, r->step, r->max_steps);
+        fr_adamw_hparams hp = {lr, a->beta1, a->beta2, a->eps, a->weight_decay, r->step + 1, scale * clip};
+        fr_adamw_step(r->m, r->mom, r->var, &hp);
+        if (n_moe > 0 && a->bias_update_speed > 0) fr_router_bias_update(r->m, counts, a->bias_update_speed);
+        r->step++;
+        r->tokens_done += (double)N * a->grad_accum;
+        r->flops_done += step_flops;
+        r->last_loss = mean.loss;
+        const double dt = now_s() - t0;
+
+        fr_train_event ev;
+        memset(&ev, 0, sizeof ev);
+        ev.type = FR_EV_STEP;
+        ev.step = r->step;
+        ev.max_steps = r->max_steps;
+        ev.tokens = r->tokens_done;
+        ev.loss = mean;
+        ev.lr = lr;
+        ev.grad_norm = gnorm;
+        ev.tokens_per_s = (double)N * a->grad_accum / dt;
+        ev.gflops = step_flops / dt / 1e9;
+        ev.mfu = a->peak_gflops > 0 ? ev.gflops / a->peak_gflops : 0;
+        ev.elapsed_s = elapsed(r);
+        const double seg_steps = r->step - r->seg_first_step; /* steps done in this segment */
+        ev.eta_s = (now_s() - r->t_start) / (seg_steps > 0 ? seg_steps : 1) * (double)(r->max_steps - r->step);
+        {
+            fr_ledger_entry tmp = r->led;
+            tmp.wall_s = ev.elapsed_s;
+            fr_ledger_price(&tmp, &a->prices);
+            ev.cost_usd = tmp.cost_usd;
+        }
+        ev.n_moe = n_moe < 64 ? n_moe : 64;
+        ev.rss_peak_bytes = rss_peak_bytes();
+        ev.mem_plan_bytes = r->mem_plan;
+
+        cJSON *j = metrics_object(r, "step");
+        cJSON_AddNumberToObject(j, "tokens", r->tokens_done);
+        cJSON_AddNumberToObject(j, "loss", mean.loss);
+        cJSON_AddNumberToObject(j, "loss_main", mean.loss_main);
+        cJSON *mtp = cJSON_AddArrayToObject(j, "loss_mtp");
+        for (int k = 0; k < r->m->mtp_depth && k < 8; k++) cJSON_AddItemToArray(mtp, cJSON_CreateNumber(mean.loss_mtp[k]));
+        cJSON_AddNumberToObject(j, "loss_balance", mean.loss_balance);
+        cJSON_AddNumberToObject(j, "lr", lr);
+        cJSON_AddNumberToObject(j, "grad_norm", gnorm);
+        cJSON_AddNumberToObject(j, "tokens_per_s", ev.tokens_per_s);
+        cJSON_AddNumberToObject(j, "gflops", ev.gflops);
+        cJSON_AddNumberToObject(j, "mfu", ev.mfu);
+        cJSON_AddNumberToObject(j, "elapsed_s", ev.elapsed_s);
+        cJSON_AddNumberToObject(j, "cost_usd", ev.cost_usd);
+        cJSON_AddNumberToObject(j, "rss_peak_bytes", (double)ev.rss_peak_bytes);
+        if (n_moe > 0) {
+            cJSON *mv = cJSON_AddArrayToObject(j, "maxvio");
+            cJSON *load = cJSON_AddArrayToObject(j, "expert_load");
+            cJSON *layers = cJSON_AddArrayToObject(j, "moe_layers");
+            for (int i = 0; i < n_moe; i++) {
+                const long *c = counts + (size_t)i * E;
+                long total = 0, mx = 0;
+                for (int e = 0; e < E; e++) {
+                    total += c[e];
+                    if (c[e] > mx) mx = c[e];
+                }
+                double meanload = (double)total / E;
+                double vio = meanload > 0 ? (mx - meanload) / meanload : 0;
+                if (i < 64) ev.maxvio[i] = vio;
+                cJSON_AddItemToArray(mv, cJSON_CreateNumber(vio));
+                cJSON_AddItemToArray(layers, cJSON_CreateNumber(layer_idx[i]));
+                cJSON *row = cJSON_CreateArray();
+                for (int e = 0; e < E; e++) cJSON_AddItemToArray(row, cJSON_CreateNumber(total > 0 ? (double)c[e] / total : 0));
+                cJSON_AddItemToArray(load, row);
+            }
+        }
+        metrics_line(r, j);
+        cJSON_Delete(j);
+        emit(r, &ev);
+
+        const int last = r->step == r->max_steps;
+        if (a->eval_interval > 0 && (r->step % a->eval_interval == 0 || last)) rc = do_eval(r);
+        if (rc == FR_OK && a->sample_interval > 0 && (r->step % a->sample_interval == 0 || last)) rc = do_sample(r);
+        if (rc == FR_OK && !last && a->ckpt_interval > 0 && r->step % a->ckpt_interval == 0) rc = do_checkpoint(r);
+    }
+    free(tokens);
+    free(targets);
+    free(counts);
+    free(micro_counts);
+    free(layer_idx);
+    return rc;
+}
+
+static int ensure_dir(const char *dir) {
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) return fr_error(FR_ERR_IO, "cannot create %s: %s", dir, strerror(errno));
+    return FR_OK;
+}
+
+static int dir_has_run(const char *dir) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/train_args.json", dir);
+    return access(path, F_OK) == 0;
+}
+
+int fr_train(const fr_train_args *args_in, int resume, const fr_train_hooks *hooks, fr_train_result *res) {
+    fr_clear_error();
+    if (!args_in || !res) return fr_error(FR_ERR_ARG, "fr_train: NULL argument");
+    memset(res, 0, sizeof *res);
+    fr_train_args args = *args_in;
+    char path[1200];
+    if (resume) {
+        snprintf(path, sizeof path, "%s/train_args.json", args_in->run_dir);
+        char *text = NULL;
+        size_t len = 0;
+        if (fr_read_file(path, &text, &len) != FR_OK)
+            return fr_error(FR_ERR_IO, "cannot resume: %s is not a run folder (no train_args.json)", args_in->run_dir);
+        int rc = args_from_json(&args, text, len, path);
+        free(text);
+        FR_CHECK(rc);
+        snprintf(args.run_dir, sizeof args.run_dir, "%s", args_in->run_dir);
+        if (args_in->max_steps > 0) {
+            args.max_steps = args_in->max_steps;
+            args.max_tokens = 0;
+        } else if (args_in->max_tokens > 0) {
+            args.max_tokens = args_in->max_tokens;
+            args.max_steps = 0;
+        }
+        if (args_in->peak_gflops > 0) args.peak_gflops = args_in->peak_gflops;
+    }
+    FR_CHECK(args_check(&args));
+    if (!resume && dir_has_run(args.run_dir))
+        return fr_error(FR_ERR_STATE, "%s already holds a run: resume it (--resume) or choose another folder", args.run_dir);
+
+    run r;
+    memset(&r, 0, sizeof r);
+    r.a = &args;
+    r.hooks = hooks;
+    r.last_loss = NAN;
+    r.last_val = NAN;
+    r.data.perm_epoch = -1;
+    r.data.T = args.seq_len;
+    r.data.seed = args.seed;
+    if (args.threads > 0) fr_set_num_threads(args.threads);
+    int threads = args.threads > 0 ? args.threads : omp_get_max_threads();
+
+    int rc = fr_dataset_open(&r.data.train, args.data_dir, "train");
+    int no_val = 0;
+    if (rc == FR_OK && fr_dataset_open(&r.data.val, args.data_dir, "val") != FR_OK) {
+        r.data.val = NULL; /* a corpus too small for a validation split still trains */
+        no_val = 1;
+        fr_clear_error();
+    }
+    if (rc == FR_OK) {
+        uint64_t nt = fr_dataset_num_tokens(r.data.train);
+        if (nt < (uint64_t)args.seq_len + 1) rc = fr_error(FR_ERR_ARG, "%s: the training split has %llu tokens, fewer than one sequence of %d",
+                                                           args.data_dir, (unsigned long long)nt, args.seq_len + 1);
+        r.data.n_chunks = (long)((nt - 1) / (uint64_t)args.seq_len);
+        r.data.perm = malloc((size_t)(r.data.n_chunks > 0 ? r.data.n_chunks : 1) * sizeof(long));
+        r.data.buf = malloc(((size_t)args.seq_len + 1) * sizeof(int));
+        if (!r.data.perm || !r.data.buf) rc = fr_error(FR_ERR_NOMEM, "out of memory");
+    }
+    if (rc == FR_OK && fr_tokenizer_load(&r.tok, args.data_dir) != FR_OK) {
+        r.tok = NULL; /* samples and bits per byte need it; the loss does not */
+        fr_clear_error();
+    }
+
+    /* the model: from the latest checkpoint, a given folder, or a fresh init from the config */
+    char ckpt[1200] = {0};
+    if (rc == FR_OK && resume) {
+        rc = fr_train_latest_checkpoint(args.run_dir, ckpt, sizeof ckpt);
+        if (rc == FR_OK) rc = fr_model_load(&r.m, ckpt);
+    } else if (rc == FR_OK && args.init_model[0]) {
+        rc = fr_model_load(&r.m, args.init_model);
+    } else if (rc == FR_OK) {
+        fr_config cfg;
+        rc = fr_config_load(&cfg, args.model_config);
+        if (rc == FR_OK) rc = fr_model_create(&r.m, &cfg, args.seed);
+    }
+    if (rc == FR_OK && r.data.train && fr_dataset_vocab_size(r.data.train) > r.m->cfg.vocab_size)
+        rc = fr_error(FR_ERR_CONFIG, "the data's vocabulary (%d) is larger than the model's vocab_size (%d)",
+                      fr_dataset_vocab_size(r.data.train), r.m->cfg.vocab_size);
+    if (rc == FR_OK) {
+        fr_loss_weights w = {(float)args.mtp_lambda, (float)args.balance_alpha};
+        fr_model_set_loss_weights(r.m, w);
+        r.mom = fr_alloc(r.m->n_params * sizeof(float));
+        r.var = fr_alloc(r.m->n_params * sizeof(float));
+        if (!r.mom || !r.var) rc = fr_error(FR_ERR_NOMEM, "out of memory for the AdamW moments");
+    }
+    if (rc == FR_OK && resume) rc = load_state(&r, ckpt);
+    const long tokens_per_step = (long)args.batch_size * args.seq_len * args.grad_accum;
+    r.max_steps = args.max_steps > 0 ? args.max_steps : (long)ceil(args.max_tokens / (double)tokens_per_step);
+    if (rc == FR_OK && resume && r.step >= r.max_steps)
+        rc = fr_error(FR_ERR_STATE, "%s is already at step %ld of %ld: nothing to resume (raise --steps)", args.run_dir, r.step, r.max_steps);
+
+    /* run folder, saved arguments, metrics, ledger */
+    if (rc == FR_OK) rc = ensure_dir(args.run_dir);
+    if (rc == FR_OK && !resume) {
+        cJSON *j = args_to_json(&args);
+        snprintf(path, sizeof path, "%s/train_args.json", args.run_dir);
+        rc = write_json_atomic(path, j);
+        cJSON_Delete(j);
+    }
+    snprintf(path, sizeof path, "%s/metrics.jsonl", args.run_dir);
+    if (rc == FR_OK && resume) rc = metrics_truncate(path, r.step);
+    if (rc == FR_OK) {
+        r.metrics = fopen(path, "a");
+        if (!r.metrics) rc = fr_error(FR_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    }
+    if (args.ledger_path[0]) snprintf(r.ledger_path, sizeof r.ledger_path, "%s", args.ledger_path);
+    else snprintf(r.ledger_path, sizeof r.ledger_path, "%s/../ledger.jsonl", args.run_dir);
+    if (rc == FR_OK) {
+        fr_ledger_entry *e = &r.led;
+        snprintf(e->kind, sizeof e->kind, "train");
+        snprintf(e->run_dir, sizeof e->run_dir, "%s", args.run_dir);
+        snprintf(e->config, sizeof e->config, "%s", args.init_model[0] ? args.init_model : args.model_config);
+        snprintf(e->device, sizeof e->device, "cpu");
+        e->n_devices = threads;
+        e->final_loss = NAN;
+        e->val_loss = NAN;
+        if (resume && r.led.run_id[0]) {
+            /* same run: continue from what the ledger last saw (it includes work after the
+             * checkpoint that a crash threw away: that time was spent too) */
+            fr_ledger_entry *all = NULL;
+            int n = 0;
+            if (fr_ledger_read(r.ledger_path, &all, &n, NULL) == FR_OK) {
+                for (int i = 0; i < n; i++)
+                    if (strcmp(all[i].run_id, r.led.run_id) == 0) {
+                        e->start_unix = all[i].start_unix;
+                        if (all[i].wall_s > r.wall_base) r.wall_base = all[i].wall_s;
+                        if (all[i].flops > r.flops_done) {
+                            /* keep the executed work, not just the checkpointed work */
+                            r.flops_done = all[i].flops;
+                            r.tokens_done = all[i].tokens;
+                        }
+                    }
+            }
+            free(all);
+            fr_clear_error();
+            e->start_unix = e->start_unix > 0 ? e->start_unix : (double)time(NULL);
+            ledger_fill(&r, "running");
+            r.t_start = now_s();
+            rc = fr_ledger_update(r.ledger_path, e);
+            info(&r, "resumed %s from %s at step %ld", r.led.run_id, ckpt, r.step);
+        } else {
+            e->start_unix = (double)time(NULL);
+            rc = fr_ledger_begin(r.ledger_path, e);
+        }
+    }
+    r.t_start = now_s();
+    if (rc == FR_OK && no_val) info(&r, "%s has no validation split: no validation loss will be reported", args.data_dir);
+    /* parameters, gradients and the two AdamW moments; the activations of one micro-batch;
+     * and, when oneDNN runs the GEMMs, the copy it packs of a whole operand for the largest
+     * products (the output head's B·T x vocab logits gradient; measured +34 MiB on the demo) */
+    const size_t gemm_pack = fr_cpu_gemm_uses_onednn() && r.m
+                                 ? (size_t)args.batch_size * args.seq_len * fr_model_config(r.m)->vocab_size * sizeof(float)
+                                 : 0;
+    r.mem_plan = r.m ? 4 * r.m->n_params * sizeof(float) + fr_model_activation_bytes(r.m, args.batch_size, args.seq_len) +
+                           gemm_pack
+                     : 0;
+    if (rc == FR_OK) {
+        snprintf(res->run_id, sizeof res->run_id, "%s", r.led.run_id);
+        r.seg_first_step = r.step; /* for the ETA */
+        rc = train_steps(&r, res);
+        res->steps_done = r.step;
+    }
+    /* save what was reached: at the end, on Ctrl-C, never after a failure (the last good
+     * checkpoint stays the newest) */
+    if (rc == FR_OK && r.step > 0) {
+        rc = save_checkpoint(&r, res->checkpoint, sizeof res->checkpoint);
+    }
+    if (r.led.run_id[0]) {
+        char saved[1024];
+        snprintf(saved, sizeof saved, "%s", fr_last_error());
+        ledger_fill(&r, rc != FR_OK ? "failed" : res->interrupted ? "interrupted" : "finished");
+        int lrc = fr_ledger_update(r.ledger_path, &r.led);
+        if (rc == FR_OK) rc = lrc;
+        else fr_error(rc, "%s", saved);
+    }
+    res->final_loss = r.last_loss;
+    res->val_loss = r.last_val;
+    if (r.metrics) fclose(r.metrics);
+    fr_free(r.mom);
+    fr_free(r.var);
+    fr_model_free(r.m);
+    if (r.tok) fr_tokenizer_free(r.tok);
+    if (r.data.train) fr_dataset_close(r.data.train);
+    if (r.data.val) fr_dataset_close(r.data.val);
+    free(r.data.perm);
+    free(r.data.buf);
+    return rc;
+}
