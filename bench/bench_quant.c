@@ -23,7 +23,7 @@
 #include "frugal.h"
 #include "core/internal.h"
 #include "cpu/ops_cpu.h"
-#include "formats/qmatrix.h"
+#include "cpu/qmatmul.h"
 
 static void usage(FILE *f) {
     fprintf(f,

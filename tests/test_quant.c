@@ -30,7 +30,7 @@
 #include "frugal.h"
 #include "core/internal.h"
 #include "cpu/ops_cpu.h"
-#include "formats/qmatrix.h"
+#include "cpu/qmatmul.h"
 #include "formats/safetensors.h"
 #include "testutil.h"
 

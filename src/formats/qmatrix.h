@@ -1,23 +1,15 @@
 /*
- * quant.h — weight matrices in several storage formats, for inference.
+ * qmatrix.h — weight matrices in several storage formats, for inference (formats/qmatrix.c;
+ * products in cpu/qmatmul.h).
  *
  * A fr_qmatrix is a linear layer's weight W [rows = out features, cols = in features],
  * row-major as in Hugging Face, stored in one of the fr_qtype formats. Quantized formats
  * cut every row into blocks of FR_QBLOCK consecutive values (cols must be a multiple of
- * FR_QBLOCK for them); each block format is documented beside its code in quant.c and in
+ * FR_QBLOCK for them); each block format is documented beside its code in qmatrix.c and in
  * docs/quantization.md.
- *
- * The only compute entry point is fr_qmatmul: y[M, rows] = x[M, cols] · Wᵀ, for M = 1
- * (decode: a matrix-vector product, bound by memory bandwidth) and M > 1 (prefill). F32 and
- * BF16 weights meet FP32 activations. Q8_0 and Q4_1 weights meet activations quantized to
- * int8 per block of 32 (exact integer block sums; see "int8 activations" in quant.c), unless
- * FP32 activations are selected (fr_qmatmul_set_int8_act(0), FRUGAL_QACT=f32): then the
- * weights are dequantized in registers and the result is x · Ŵᵀ up to FP32 rounding. The CPU
- * kernels are chosen at run time (AVX-512 VNNI / AVX-512F / AVX2 / scalar) and checked
- * against the scalar ones in tests.
  */
-#ifndef FR_QUANT_H
-#define FR_QUANT_H
+#ifndef FR_FORMATS_QMATRIX_H
+#define FR_FORMATS_QMATRIX_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -61,37 +53,14 @@ void fr_qmatrix_row_f32(const fr_qmatrix *m, int r, float *dst);
  * Fails with a message naming the tensor when it is missing or has another shape. */
 int fr_qmatrix_load(fr_qmatrix *out, const fr_st_set *st, const char *name, int rows, int cols, fr_qtype want);
 
-/* y[M, rows] = x[M, cols] · Wᵀ (overwrites y). OpenMP-parallel over rows (M small) or over
- * both M and rows (M large). */
-void fr_qmatmul(float *y, const float *x, const fr_qmatrix *w, int M);
-
-/* Several independent products in one parallel region (the experts of a MoE layer at
- * decode, projections that share an input): y_i = x_i · W_iᵀ for each job, results equal to
- * fr_qmatmul's. Run together when every job takes the int8 path, else one after another. */
-typedef struct {
-    float *y;
-    const float *x;
-    const fr_qmatrix *w;
-    int M;
-} fr_qmatmul_job;
-void fr_qmatmul_batch(const fr_qmatmul_job *jobs, int n);
-
-/* Int8 activations for Q8_0 / Q4_1 weights: on = 1 (the default), 0 = FP32 activations,
- * -1 = from the environment (FRUGAL_QACT=f32 selects FP32). A process-wide setting: set it at
- * start-up, not while products run. */
-void fr_qmatmul_set_int8_act(int on);
-int fr_qmatmul_int8_act(void);
-/* 1 when fr_qmatmul multiplies w with int8 activations (w is Q8_0 / Q4_1 and they are on). */
-int fr_qmatmul_uses_int8(const fr_qmatrix *w);
-
-/* Instruction set fr_qmatmul's row kernels use now (FR_ISA_* of ops_cpu.h): fr_cpu_isa()
- * (FRUGAL_CPU / fr_cpu_set_isa cap it), lowered to generic when the CPU lacks F16C. */
-int fr_qmatmul_isa(void);
-
 /* Format of `name` as stored in a checkpoint: FR_QT_Q8_0 / FR_QT_Q4_1 when the quantized
  * tensors of `frugal quantize` ("<base>.qweight", ...) are present, FR_QT_BF16 for a BF16
  * tensor, FR_QT_F32 for any other float tensor; -1 when absent. */
 int fr_qmatrix_stored_type(const fr_st_set *st, const char *name);
+
+/* The name of a stored quantized part: "<base>.<suffix>" for name "<base>.weight"
+ * ("<name>.<suffix>" otherwise), suffix "qweight", "scales" or "mins". -1 if it does not fit. */
+int fr_qmatrix_tensor_name(char *buf, size_t n, const char *name, const char *suffix);
 
 /* Scalar conversions: bfloat16 and IEEE float16, round to nearest even (NaN stays NaN). */
 uint16_t fr_q_f32_to_bf16(float f);

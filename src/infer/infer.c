@@ -24,7 +24,7 @@
 #include "model/model_internal.h"
 #include "model/ops.h"
 #include "cpu/ops_cpu.h"
-#include "formats/qmatrix.h"
+#include "cpu/qmatmul.h"
 #include "formats/safetensors.h"
 
 #include <math.h>
