@@ -1,8 +1,9 @@
 /*
- * ops_cpu.h — private interface between the CPU backend's source files (ops_cpu.c,
- * ops_cpu_gemm.c, ops_cpu_simd.c) and its tests. Not installed, not used by the model.
+ * ops_cpu.h — private interface between the CPU backend's source files (isa.c, ops_cpu.c,
+ * ops_cpu_gemm.c, ops_cpu_simd.c, qmatmul.c) and its tests. Not installed, not used by the model.
  *
- * Instruction-set selection: at first use the backend picks the best kernels the CPU
+ * Instruction-set selection (isa.c, the only owner: the kernels read it, it calls none of
+ * them): at first use the backend picks the best kernels the CPU
  * supports (AVX-512F > AVX2+FMA > generic C). The environment variable FRUGAL_CPU
  * ("generic", "avx2", "avx512") caps the choice, e.g. FRUGAL_CPU=generic forces the
  * portable kernels. Tests may switch explicitly with fr_cpu_set_isa().
@@ -57,8 +58,5 @@ void fr_cpu_gemm(int transA, int transB, int M, int N, int K, float alpha, const
  * benchmarks); it is a no-op without oneDNN. */
 int fr_cpu_gemm_uses_onednn(void);
 void fr_cpu_gemm_set_onednn(int on);
-
-/* Internal: called by fr_cpu_set_isa so the GEMM picks its micro-kernel. */
-void fr_cpu_gemm_select(int isa);
 
 #endif

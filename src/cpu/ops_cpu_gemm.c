@@ -156,10 +156,8 @@ static const gemm_cfg cfg_generic = {G_MR, G_NR, 128, 256, 2048, ukr_generic};
 static const gemm_cfg cfg_avx2 = {6, 16, 144, 256, 4096, ukr_avx2_6x16};
 static const gemm_cfg cfg_avx512 = {14, 32, 168, 256, 3072, ukr_avx512_14x32};
 
-static const gemm_cfg *g_cfg = &cfg_generic;
-
-void fr_cpu_gemm_select(int isa) {
-    g_cfg = isa == FR_ISA_AVX512 ? &cfg_avx512 : isa == FR_ISA_AVX2 ? &cfg_avx2 : &cfg_generic;
+static const gemm_cfg *cfg_for(int isa) {
+    return isa == FR_ISA_AVX512 ? &cfg_avx512 : isa == FR_ISA_AVX2 ? &cfg_avx2 : &cfg_generic;
 }
 
 /* ------------------------------------------------------------------ packing */
@@ -307,7 +305,6 @@ void fr_cpu_gemm(int transA, int transB, int M, int N, int K, float alpha, const
         scale_C(M, N, beta, C, ldc);
         return;
     }
-    (void)fr_cpu_isa(); /* first use: pick the kernels */
 #ifdef FR_HAVE_DNNL
     if (M > 1 && N > 1 && fr_cpu_gemm_uses_onednn()) {
         /* row-major, same argument meaning; a non-success status (bad arguments only) falls
@@ -340,7 +337,7 @@ void fr_cpu_gemm(int transA, int transB, int M, int N, int K, float alpha, const
         return;
     }
 blocked:;
-    const gemm_cfg cfg = *g_cfg;
+    const gemm_cfg cfg = *cfg_for(fr_cpu_isa());
     const int MR = cfg.mr, NR = cfg.nr;
 
     int nth = threads_for(2.0 * M * N * K);

@@ -1,76 +1,19 @@
 /*
- * ops_cpu_simd.c — CPU feature detection, instruction-set selection and the small SIMD
- * helpers (dot products, axpy, exp-sum) used by the CPU backend's non-GEMM ops.
+ * ops_cpu_simd.c — the small SIMD helpers (dot products, axpy, exp-sum, SwiGLU) used by the
+ * CPU backend's non-GEMM ops, one table per instruction set; cpu/isa.c says which one runs.
  *
  * Kernels for AVX2+FMA and AVX-512F are compiled with target attributes, so the file
  * builds without -march flags and the choice is made at run time.
  */
 #include "cpu/ops_cpu.h"
-#include "frugal.h"
 
-#include <cpuid.h>
 #include <float.h>
+#include <stdint.h>
 #include <immintrin.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* ------------------------------------------------------------------ detection */
-
-static int cpu_has(int isa) {
-    __builtin_cpu_init();
-    switch (isa) {
-    case FR_ISA_GENERIC: return 1;
-    case FR_ISA_AVX2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    case FR_ISA_AVX512:
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
-               __builtin_cpu_supports("fma");
-    default: return 0;
-    }
-}
-
-int fr_cpu_isa_supported(int isa) { return cpu_has(isa); }
-
-const char *fr_cpu_isa_name(int isa) {
-    switch (isa) {
-    case FR_ISA_AVX2: return "avx2";
-    case FR_ISA_AVX512: return "avx512";
-    default: return "generic";
-    }
-}
-
-static char g_features[256];
-static pthread_once_t g_features_once = PTHREAD_ONCE_INIT;
-
-static void append(const char *s) {
-    size_t len = strlen(g_features);
-    snprintf(g_features + len, sizeof g_features - len, "%s%s", len ? " " : "", s);
-}
-
-static void features_init(void) {
-    __builtin_cpu_init();
-    g_features[0] = 0;
-    if (__builtin_cpu_supports("avx512f")) append("avx512f");
-    unsigned a, b, c, d;
-    int bf16 = 0, amx_bf16 = 0, amx_tile = 0;
-    if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) bf16 = (a >> 5) & 1;      /* AVX512_BF16 */
-    if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
-        amx_bf16 = (d >> 22) & 1;
-        amx_tile = (d >> 24) & 1;
-    }
-    if (bf16 && __builtin_cpu_supports("avx512f")) append("avx512bf16");
-    if (amx_bf16 && amx_tile) append("amx-bf16");
-    if (__builtin_cpu_supports("avx2")) append("avx2");
-    if (__builtin_cpu_supports("fma")) append("fma");
-    if (!g_features[0]) append("generic");
-}
-
-const char *fr_cpu_features(void) {
-    pthread_once(&g_features_once, features_init);
-    return g_features;
-}
 
 /* ------------------------------------------------------------------ generic helpers */
 
@@ -493,45 +436,12 @@ T_AVX512 static void swiglu_avx512(float *h, const float *g, const float *u, int
 static const fr_cpu_vec vec_avx512 = {dots_avx512, axpys_avx512,  rank1s_avx512, dot_avx512,
                                       max_avx512,  expsum_avx512, swiglu_avx512};
 
-/* ------------------------------------------------------------------ selection */
-
-static int g_isa = FR_ISA_GENERIC;
-static const fr_cpu_vec *g_vec = &vec_generic;
-static pthread_once_t g_isa_once = PTHREAD_ONCE_INIT;
-
-static int best_isa(void) {
-    int cap = FR_ISA_AVX512;
-    const char *env = getenv("FRUGAL_CPU");
-    if (env && *env) {
-        if (!strcmp(env, "generic") || !strcmp(env, "scalar")) cap = FR_ISA_GENERIC;
-        else if (!strcmp(env, "avx2")) cap = FR_ISA_AVX2;
-    }
-    for (int isa = cap; isa > FR_ISA_GENERIC; isa--)
-        if (cpu_has(isa)) return isa;
-    return FR_ISA_GENERIC;
-}
-
-static void apply_isa(int isa) {
-    while (isa > FR_ISA_GENERIC && !cpu_has(isa)) isa--;
-    g_isa = isa;
-    g_vec = isa == FR_ISA_AVX512 ? &vec_avx512 : isa == FR_ISA_AVX2 ? &vec_avx2 : &vec_generic;
-    fr_cpu_gemm_select(isa);
-}
-
-static void isa_init(void) { apply_isa(best_isa()); }
-
-int fr_cpu_isa(void) {
-    pthread_once(&g_isa_once, isa_init);
-    return g_isa;
-}
-
-int fr_cpu_set_isa(int isa) {
-    pthread_once(&g_isa_once, isa_init);
-    apply_isa(isa < 0 ? best_isa() : isa > FR_ISA_AVX512 ? FR_ISA_AVX512 : isa);
-    return g_isa;
-}
+/* ------------------------------------------------------------------ table of the current isa */
 
 const fr_cpu_vec *fr_cpu_vec_ops(void) {
-    pthread_once(&g_isa_once, isa_init);
-    return g_vec;
+    switch (fr_cpu_isa()) {
+    case FR_ISA_AVX512: return &vec_avx512;
+    case FR_ISA_AVX2: return &vec_avx2;
+    default: return &vec_generic;
+    }
 }
