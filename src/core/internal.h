@@ -20,6 +20,9 @@ int fr_read_file(const char *path, char **out, size_t *len);
 int fr_write_file_atomic(const char *path, const void *data, size_t len);
 /* The same for a file made of n_parts buffers written in order. */
 int fr_write_file_atomic_v(const char *path, const void *const *parts, const size_t *lens, int n_parts);
+/* "dir/name" in a new malloc'd string (no doubled '/' when dir ends in one); NULL when out
+ * of memory. */
+char *fr_path_join(const char *dir, const char *name);
 /* fsync a directory (after renames inside it); best effort. */
 int fr_fsync_dir(const char *dir);
 

@@ -197,3 +197,14 @@ double fr_rng_normal(fr_rng *r) {
     if (u1 < 1e-300) u1 = 1e-300;
     return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
 }
+
+char *fr_path_join(const char *dir, const char *name) {
+    size_t ld = strlen(dir), ln = strlen(name);
+    char *s = malloc(ld + ln + 2);
+    if (!s) return NULL;
+    memcpy(s, dir, ld);
+    size_t k = ld;
+    if (k == 0 || s[k - 1] != '/') s[k++] = '/';
+    memcpy(s + k, name, ln + 1);
+    return s;
+}

@@ -497,13 +497,6 @@ static int cmp_name_ref(const void *a, const void *b) {
     return ((const name_ref *)a)->file - ((const name_ref *)b)->file;
 }
 
-static char *path_join(const char *dir, const char *name) {
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
-    if (p) snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
 static int open_index(fr_st_set *s, const char *dir, const char *index_path) {
     char *text = NULL;
     size_t len = 0;
@@ -573,7 +566,7 @@ static int open_index(fr_st_set *s, const char *dir, const char *index_path) {
         goto done;
     }
     for (int i = 0; i < n_shards; i++) {
-        char *p = path_join(dir, shards[i]);
+        char *p = fr_path_join(dir, shards[i]);
         if (!p) {
             rc = fr_error(FR_ERR_NOMEM, "out of memory");
             goto done;
@@ -624,7 +617,7 @@ int fr_st_set_open_dir(fr_st_set *s, const char *dir) {
     fr_clear_error();
     if (!s || !dir) return fr_error(FR_ERR_ARG, "fr_st_set_open_dir: NULL argument");
     memset(s, 0, sizeof *s);
-    char *index_path = path_join(dir, "model.safetensors.index.json");
+    char *index_path = fr_path_join(dir, "model.safetensors.index.json");
     if (!index_path) return fr_error(FR_ERR_NOMEM, "out of memory");
     struct stat st;
     int rc;
@@ -635,7 +628,7 @@ int fr_st_set_open_dir(fr_st_set *s, const char *dir) {
         return rc;
     }
     free(index_path);
-    char *single = path_join(dir, "model.safetensors");
+    char *single = fr_path_join(dir, "model.safetensors");
     if (!single) return fr_error(FR_ERR_NOMEM, "out of memory");
     if (stat(single, &st) != 0) {
         free(single);

@@ -1,4 +1,4 @@
-/* data.c — text → binary token shards (fr_data_prepare) and read access (fr_dataset_*).
+/* data_prepare.c — text → binary token shards (fr_data_prepare); reading them is dataset.c.
  *
  * Preparation streams the inputs: documents are read in batches of about BATCH_BYTES of
  * text, each batch is encoded in parallel (OpenMP; fr_tokenizer_encode is thread-safe) and
@@ -16,6 +16,7 @@
  */
 #define _GNU_SOURCE
 #include "core/internal.h"
+#include "text/shard.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -29,18 +30,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define SHARD_HEADER_BYTES 64
-#define SHARD_VERSION 1
 #define DEFAULT_SHARD_TOKENS 100000000ull
 #define BATCH_BYTES ((size_t)8 << 20)
 #define BATCH_MAX_DOCS 65536
 #define DIR_MAX_DEPTH 64
-
-static const char SHARD_MAGIC[8] = {'F', 'R', 'U', 'G', 'A', 'L', 'T', 'K'};
 
 static const char SPLIT_RULE[] =
     "val iff (mix64(fnv1a64(doc_bytes)) >> 11) * 2^-53 < val_fraction; fnv1a64: offset "
@@ -68,23 +64,6 @@ static void put_u32(unsigned char *p, uint32_t v) {
 }
 static void put_u64(unsigned char *p, uint64_t v) {
     for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static uint32_t get_u32(const unsigned char *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static uint64_t get_u64(const unsigned char *p) {
-    return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
-}
-
-static char *path_join(const char *a, const char *b) {
-    size_t la = strlen(a), lb = strlen(b);
-    char *s = malloc(la + lb + 2);
-    if (!s) return NULL;
-    memcpy(s, a, la);
-    size_t k = la;
-    if (k == 0 || s[k - 1] != '/') s[k++] = '/';
-    memcpy(s + k, b, lb + 1);
-    return s;
 }
 
 /* Growable byte buffer (for meta.json). */
@@ -291,7 +270,7 @@ static int walk_dir(file_list *l, const char *dir, int depth) {
     }
     if (n > 1) qsort(names, (size_t)n, sizeof *names, cmp_str);
     for (int i = 0; i < n && rc == FR_OK; i++) {
-        char *p = path_join(dir, names[i]);
+        char *p = fr_path_join(dir, names[i]);
         if (!p) {
             rc = fr_error(FR_ERR_NOMEM, "out of memory");
             break;
@@ -486,11 +465,11 @@ static int write_all(int fd, const void *data, size_t len, const char *path) {
     return FR_OK;
 }
 
-static void make_header(unsigned char h[SHARD_HEADER_BYTES], int width, uint64_t count, uint32_t vocab,
+static void make_header(unsigned char h[FR_SHARD_HEADER_BYTES], int width, uint64_t count, uint32_t vocab,
                         uint32_t eot) {
-    memset(h, 0, SHARD_HEADER_BYTES);
-    memcpy(h, SHARD_MAGIC, 8);
-    put_u32(h + 8, SHARD_VERSION);
+    memset(h, 0, FR_SHARD_HEADER_BYTES);
+    memcpy(h, FR_SHARD_MAGIC, 8);
+    put_u32(h + 8, FR_SHARD_VERSION);
     put_u32(h + 12, (uint32_t)width);
     put_u64(h + 16, count);
     put_u32(h + 24, vocab);
@@ -515,7 +494,7 @@ static int writer_open_shard(shard_writer *w) {
         w->cap_shards = cap;
     }
     free(w->path);
-    w->path = path_join(w->dir, name);
+    w->path = fr_path_join(w->dir, name);
     char *base = strdup(name);
     if (!w->path || !base) {
         free(base);
@@ -530,7 +509,7 @@ static int writer_open_shard(shard_writer *w) {
     w->shards[w->n_shards].tokens = 0;
     w->n_shards++;
     w->in_shard = 0;
-    unsigned char h[SHARD_HEADER_BYTES];
+    unsigned char h[FR_SHARD_HEADER_BYTES];
     make_header(h, w->width, 0, w->vocab, w->eot); /* count patched on close */
     return write_all(w->fd, h, sizeof h, w->path);
 }
@@ -539,7 +518,7 @@ static int writer_close_shard(shard_writer *w) {
     if (w->fd < 0) return FR_OK;
     int rc = writer_flush(w);
     if (rc == FR_OK) {
-        unsigned char h[SHARD_HEADER_BYTES];
+        unsigned char h[FR_SHARD_HEADER_BYTES];
         make_header(h, w->width, w->in_shard, w->vocab, w->eot);
         if (pwrite(w->fd, h, sizeof h, 0) != (ssize_t)sizeof h)
             rc = fr_error(FR_ERR_IO, "cannot write the header of %s: %s", w->path, strerror(errno));
@@ -608,7 +587,7 @@ static int write_meta(const char *dir, const fr_data_prepare_options *opt, const
                       uint64_t shard_tokens) {
     sbuf b = {0};
     sb_puts(&b, "{\n  \"format\": \"frugal-token-shards\",\n");
-    sb_printf(&b, "  \"format_version\": %d,\n", SHARD_VERSION);
+    sb_printf(&b, "  \"format_version\": %d,\n", FR_SHARD_VERSION);
     sb_printf(&b, "  \"vocab_size\": %u,\n  \"eot_id\": %u,\n  \"eot_token\": ", train->vocab, train->eot);
     const char *eot_tok = fr_tokenizer_id_to_token(tok, (int)train->eot);
     if (eot_tok) sb_json_string(&b, eot_tok);
@@ -632,7 +611,7 @@ static int write_meta(const char *dir, const fr_data_prepare_options *opt, const
         free(b.p);
         return fr_error(FR_ERR_NOMEM, "out of memory writing meta.json");
     }
-    char *path = path_join(dir, "meta.json");
+    char *path = fr_path_join(dir, "meta.json");
     int rc = path ? fr_write_file_atomic(path, b.p, b.len) : fr_error(FR_ERR_NOMEM, "out of memory");
     free(path);
     free(b.p);
@@ -645,19 +624,19 @@ static int copy_tokenizer(const char *tokenizer_path, const char *dir) {
     char *src_json = NULL, *src_cfg = NULL, *dst = NULL;
     int rc = FR_OK;
     if (stat(tokenizer_path, &st) == 0 && S_ISDIR(st.st_mode)) {
-        src_json = path_join(tokenizer_path, "tokenizer.json");
-        src_cfg = path_join(tokenizer_path, "tokenizer_config.json");
+        src_json = fr_path_join(tokenizer_path, "tokenizer.json");
+        src_cfg = fr_path_join(tokenizer_path, "tokenizer_config.json");
     } else {
         char *copy = strdup(tokenizer_path);
         src_json = strdup(tokenizer_path);
-        if (copy) src_cfg = path_join(dirname(copy), "tokenizer_config.json");
+        if (copy) src_cfg = fr_path_join(dirname(copy), "tokenizer_config.json");
         free(copy);
     }
     if (!src_json || !src_cfg) {
         rc = fr_error(FR_ERR_NOMEM, "out of memory");
         goto out;
     }
-    dst = path_join(dir, "tokenizer.json");
+    dst = fr_path_join(dir, "tokenizer.json");
     if (!dst) {
         rc = fr_error(FR_ERR_NOMEM, "out of memory");
         goto out;
@@ -666,7 +645,7 @@ static int copy_tokenizer(const char *tokenizer_path, const char *dir) {
     free(dst);
     dst = NULL;
     if (stat(src_cfg, &st) == 0 && S_ISREG(st.st_mode)) {
-        dst = path_join(dir, "tokenizer_config.json");
+        dst = fr_path_join(dir, "tokenizer_config.json");
         rc = dst ? copy_file(src_cfg, dst) : fr_error(FR_ERR_NOMEM, "out of memory");
     }
 out:
@@ -859,7 +838,7 @@ static int data_prepare(const fr_data_prepare_options *opt, int force, fr_data_s
             goto out;
         }
         if (ne > 0) {
-            meta = path_join(out_dir, "meta.json");
+            meta = fr_path_join(out_dir, "meta.json");
             if (!meta) {
                 rc = fr_error(FR_ERR_NOMEM, "out of memory");
                 goto out;
@@ -1002,290 +981,4 @@ int fr_data_prepare(const fr_data_prepare_options *opt, fr_data_stats *stats) {
 
 int fr_data_prepare_replace(const fr_data_prepare_options *opt, fr_data_stats *stats) {
     return data_prepare(opt, 1, stats);
-}
-
-/* ------------------------------------------------------------------ reading */
-
-typedef struct {
-    char *path;
-    void *map;
-    size_t map_len;
-    const unsigned char *tokens; /* after the header */
-    uint64_t count;
-    uint64_t start;              /* global position of its first token */
-} ds_shard;
-
-struct fr_dataset {
-    ds_shard *shards;
-    int n_shards;
-    uint64_t total;
-    int width;
-    int vocab;
-    int eot;
-};
-
-void fr_dataset_close(fr_dataset *ds) {
-    if (!ds) return;
-    for (int i = 0; i < ds->n_shards; i++) {
-        if (ds->shards[i].map) munmap(ds->shards[i].map, ds->shards[i].map_len);
-        free(ds->shards[i].path);
-    }
-    free(ds->shards);
-    free(ds);
-}
-
-static int json_u64(const cJSON *j, uint64_t *out) {
-    if (!cJSON_IsNumber(j)) return 0;
-    double d = j->valuedouble;
-    if (!(d >= 0) || d > 9007199254740992.0 || d != (double)(uint64_t)d) return 0;
-    *out = (uint64_t)d;
-    return 1;
-}
-
-/* Map and validate one shard against the dataset-wide header fields. */
-static int open_shard(fr_dataset *ds, ds_shard *sh, const char *path, uint64_t want_count, int first) {
-    sh->path = strdup(path);
-    if (!sh->path) return fr_error(FR_ERR_NOMEM, "out of memory");
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return fr_error(FR_ERR_IO, "cannot open shard %s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return fr_error(FR_ERR_IO, "shard %s is not a regular file", path);
-    }
-    uint64_t size = (uint64_t)st.st_size;
-    if (size < SHARD_HEADER_BYTES) {
-        close(fd);
-        return fr_error(FR_ERR_FORMAT, "shard %s is truncated: %llu bytes, smaller than the %d-byte header", path,
-                        (unsigned long long)size, SHARD_HEADER_BYTES);
-    }
-    void *map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
-    int map_err = errno;
-    close(fd);
-    if (map == MAP_FAILED) return fr_error(FR_ERR_IO, "cannot map shard %s: %s", path, strerror(map_err));
-    sh->map = map;
-    sh->map_len = (size_t)size;
-    const unsigned char *h = map;
-    if (memcmp(h, SHARD_MAGIC, 8) != 0) return fr_error(FR_ERR_FORMAT, "shard %s: bad magic (not a FRUGALTK token shard)", path);
-    uint32_t version = get_u32(h + 8), width = get_u32(h + 12), vocab = get_u32(h + 24), eot = get_u32(h + 28);
-    uint64_t count = get_u64(h + 16);
-    if (version != SHARD_VERSION)
-        return fr_error(FR_ERR_FORMAT, "shard %s: unsupported version %u (this build reads version %d)", path, version,
-                        SHARD_VERSION);
-    if (width != 2 && width != 4) return fr_error(FR_ERR_FORMAT, "shard %s: bad token width %u (must be 2 or 4)", path, width);
-    if (vocab == 0 || vocab > (uint32_t)INT_MAX) return fr_error(FR_ERR_FORMAT, "shard %s: bad vocab size %u", path, vocab);
-    if (width == 2 && vocab > 65536)
-        return fr_error(FR_ERR_FORMAT, "shard %s: vocab size %u does not fit token width 2", path, vocab);
-    if (eot >= vocab) return fr_error(FR_ERR_FORMAT, "shard %s: end-of-text id %u >= vocab size %u", path, eot, vocab);
-    for (int i = 32; i < SHARD_HEADER_BYTES; i++)
-        if (h[i] != 0) return fr_error(FR_ERR_FORMAT, "shard %s: reserved header bytes are not zero", path);
-    if (count > (size - SHARD_HEADER_BYTES) / width)
-        return fr_error(FR_ERR_FORMAT,
-                        "shard %s is truncated: the header says %llu tokens of %u bytes, the file has %llu bytes", path,
-                        (unsigned long long)count, width, (unsigned long long)size);
-    if (SHARD_HEADER_BYTES + count * width != size)
-        return fr_error(FR_ERR_FORMAT,
-                        "shard %s has %llu bytes, but the header says %llu tokens of %u bytes (%llu bytes in all)",
-                        path, (unsigned long long)size, (unsigned long long)count, width,
-                        (unsigned long long)(SHARD_HEADER_BYTES + count * (uint64_t)width));
-    if (count != want_count)
-        return fr_error(FR_ERR_FORMAT, "shard %s holds %llu tokens but meta.json lists %llu", path,
-                        (unsigned long long)count, (unsigned long long)want_count);
-    if (first) {
-        ds->width = (int)width;
-        ds->vocab = (int)vocab;
-        ds->eot = (int)eot;
-    } else if ((int)width != ds->width || (int)vocab != ds->vocab || (int)eot != ds->eot) {
-        return fr_error(FR_ERR_FORMAT, "shard %s: header (width %u, vocab %u, eot %u) differs from the first shard's", path,
-                        width, vocab, eot);
-    }
-    sh->tokens = h + SHARD_HEADER_BYTES;
-    sh->count = count;
-    madvise(map, (size_t)size, MADV_WILLNEED);
-    return FR_OK;
-}
-
-static int dataset_open(fr_dataset *ds, const char *dir, const char *split) {
-    char *meta_path = path_join(dir, "meta.json");
-    if (!meta_path) return fr_error(FR_ERR_NOMEM, "out of memory");
-    char *text = NULL;
-    size_t len = 0;
-    int rc = fr_read_file(meta_path, &text, &len);
-    if (rc != FR_OK) {
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s", fr_last_error());
-        rc = fr_error(rc, "%s is not a prepared dataset (%s)", dir, msg);
-        free(meta_path);
-        return rc;
-    }
-    cJSON *j = cJSON_ParseWithLength(text, len);
-    free(text);
-    const cJSON *fmt = j ? cJSON_GetObjectItemCaseSensitive(j, "format") : NULL;
-    const cJSON *ver = j ? cJSON_GetObjectItemCaseSensitive(j, "format_version") : NULL;
-    const cJSON *splits = j ? cJSON_GetObjectItemCaseSensitive(j, "splits") : NULL;
-    const cJSON *sp = cJSON_IsObject(splits) ? cJSON_GetObjectItemCaseSensitive(splits, split) : NULL;
-    const cJSON *shards = sp ? cJSON_GetObjectItemCaseSensitive(sp, "shards") : NULL;
-    const cJSON *tokens = sp ? cJSON_GetObjectItemCaseSensitive(sp, "tokens") : NULL;
-    const cJSON *vocab = j ? cJSON_GetObjectItemCaseSensitive(j, "vocab_size") : NULL;
-    const cJSON *eot = j ? cJSON_GetObjectItemCaseSensitive(j, "eot_id") : NULL;
-    uint64_t want_total = 0, mv = 0, me = 0;
-    if (!j) {
-        rc = fr_error(FR_ERR_FORMAT, "%s: not valid JSON", meta_path);
-    } else if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, "frugal-token-shards") != 0) {
-        rc = fr_error(FR_ERR_FORMAT, "%s: \"format\" is not \"frugal-token-shards\"", meta_path);
-    } else if (!cJSON_IsNumber(ver) || ver->valuedouble != SHARD_VERSION) {
-        rc = fr_error(FR_ERR_FORMAT, "%s: unsupported format_version (this build reads %d)", meta_path, SHARD_VERSION);
-    } else if (!sp || !cJSON_IsArray(shards) || !json_u64(tokens, &want_total) || !json_u64(vocab, &mv) ||
-               !json_u64(eot, &me)) {
-        rc = fr_error(FR_ERR_FORMAT, "%s: missing or malformed entry for split '%s' (or vocab_size / eot_id)",
-                      meta_path, split);
-    } else if (cJSON_GetArraySize(shards) == 0) {
-        rc = fr_error(FR_ERR_FORMAT, "%s: split '%s' is empty (no shards)", dir, split);
-    }
-    if (rc == FR_OK) {
-        int n = cJSON_GetArraySize(shards);
-        ds->shards = calloc((size_t)n, sizeof *ds->shards);
-        if (!ds->shards) rc = fr_error(FR_ERR_NOMEM, "out of memory");
-        uint64_t pos = 0;
-        for (int i = 0; rc == FR_OK && i < n; i++) {
-            const cJSON *e = cJSON_GetArrayItem(shards, i);
-            const cJSON *file = cJSON_GetObjectItemCaseSensitive(e, "file");
-            uint64_t cnt = 0;
-            if (!cJSON_IsString(file) || !json_u64(cJSON_GetObjectItemCaseSensitive(e, "tokens"), &cnt) ||
-                strchr(file->valuestring, '/') || file->valuestring[0] == '.') {
-                rc = fr_error(FR_ERR_FORMAT, "%s: shard entry %d of split '%s' is malformed", meta_path, i, split);
-                break;
-            }
-            char *p = path_join(dir, file->valuestring);
-            if (!p) {
-                rc = fr_error(FR_ERR_NOMEM, "out of memory");
-                break;
-            }
-            ds->n_shards = i + 1;
-            rc = open_shard(ds, &ds->shards[i], p, cnt, i == 0);
-            free(p);
-            ds->shards[i].start = pos;
-            pos += cnt;
-        }
-        if (rc == FR_OK && pos != want_total)
-            rc = fr_error(FR_ERR_FORMAT, "%s: split '%s' lists %llu tokens but its shards hold %llu", meta_path, split,
-                          (unsigned long long)want_total, (unsigned long long)pos);
-        if (rc == FR_OK && ((uint64_t)ds->vocab != mv || (uint64_t)ds->eot != me))
-            rc = fr_error(FR_ERR_FORMAT, "%s: vocab_size/eot_id (%llu/%llu) differ from the shard headers (%d/%d)",
-                          meta_path, (unsigned long long)mv, (unsigned long long)me, ds->vocab, ds->eot);
-        ds->total = pos;
-    }
-    cJSON_Delete(j);
-    free(meta_path);
-    return rc;
-}
-
-int fr_eval_windows_open(fr_dataset **ds, const char *data_dir, const char *split, int seq_len, long max_tokens,
-                         int vocab_size, long *n_windows) {
-    *ds = NULL;
-    *n_windows = 0;
-    fr_dataset *d = NULL;
-    FR_CHECK(fr_dataset_open(&d, data_dir, split));
-    uint64_t ntok = fr_dataset_num_tokens(d);
-    if (max_tokens > 0 && (uint64_t)max_tokens < ntok) ntok = (uint64_t)max_tokens;
-    const long n_win = ntok > 1 ? (long)((ntok - 1) / (uint64_t)seq_len) : 0;
-    int rc = FR_OK;
-    if (fr_dataset_vocab_size(d) > vocab_size)
-        rc = fr_error(FR_ERR_ARG, "dataset %s has vocab size %d, larger than the model's %d", data_dir,
-                      fr_dataset_vocab_size(d), vocab_size);
-    else if (n_win == 0)
-        rc = fr_error(FR_ERR_ARG, "the %s split of %s has fewer than %d tokens", split, data_dir, seq_len + 1);
-    if (rc != FR_OK) {
-        fr_dataset_close(d);
-        return rc;
-    }
-    *ds = d;
-    *n_windows = n_win;
-    return FR_OK;
-}
-
-int fr_dataset_open(fr_dataset **out, const char *dir, const char *split) {
-    fr_clear_error();
-    if (!out) return fr_error(FR_ERR_ARG, "fr_dataset_open: out is NULL");
-    *out = NULL;
-    if (!dir || !split) return fr_error(FR_ERR_ARG, "fr_dataset_open: dir and split are required");
-    if (strcmp(split, "train") != 0 && strcmp(split, "val") != 0)
-        return fr_error(FR_ERR_ARG, "unknown split '%s' (expected \"train\" or \"val\")", split);
-    fr_dataset *ds = calloc(1, sizeof *ds);
-    if (!ds) return fr_error(FR_ERR_NOMEM, "out of memory");
-    int rc = dataset_open(ds, dir, split);
-    if (rc != FR_OK) {
-        fr_dataset_close(ds);
-        return rc;
-    }
-    *out = ds;
-    return FR_OK;
-}
-
-uint64_t fr_dataset_num_tokens(const fr_dataset *ds) { return ds ? ds->total : 0; }
-int fr_dataset_vocab_size(const fr_dataset *ds) { return ds ? ds->vocab : 0; }
-int fr_dataset_eot_id(const fr_dataset *ds) { return ds ? ds->eot : -1; }
-int fr_dataset_token_width(const fr_dataset *ds) { return ds ? ds->width : 0; }
-int fr_dataset_num_shards(const fr_dataset *ds) { return ds ? ds->n_shards : 0; }
-
-int fr_dataset_shard_info(const fr_dataset *ds, int i, const char **path, uint64_t *n_tokens) {
-    if (!ds || i < 0 || i >= ds->n_shards)
-        return fr_error(FR_ERR_ARG, "shard index %d out of range [0, %d)", i, ds ? ds->n_shards : 0);
-    if (path) *path = ds->shards[i].path;
-    if (n_tokens) *n_tokens = ds->shards[i].count;
-    return FR_OK;
-}
-
-int fr_dataset_read(const fr_dataset *ds, uint64_t pos, int *dst, size_t n) {
-    if (!ds) return fr_error(FR_ERR_ARG, "fr_dataset_read: dataset is NULL");
-    if (n == 0) return FR_OK;
-    if (!dst) return fr_error(FR_ERR_ARG, "fr_dataset_read: dst is NULL");
-    if (pos > ds->total || (uint64_t)n > ds->total - pos)
-        return fr_error(FR_ERR_ARG, "fr_dataset_read: tokens [%llu, %llu + %zu) are outside the split's %llu tokens",
-                        (unsigned long long)pos, (unsigned long long)pos, n, (unsigned long long)ds->total);
-    /* last shard whose start <= pos */
-    int lo = 0, hi = ds->n_shards - 1;
-    while (lo < hi) {
-        int mid = (lo + hi + 1) / 2;
-        if (ds->shards[mid].start <= pos) lo = mid;
-        else hi = mid - 1;
-    }
-    int s = lo;
-    size_t done = 0;
-    const uint32_t vocab = (uint32_t)ds->vocab;
-    while (done < n) {
-        const ds_shard *sh = &ds->shards[s];
-        uint64_t off = pos + done - sh->start;
-        if (off >= sh->count) { /* empty shard or end of this one */
-            s++;
-            continue;
-        }
-        size_t k = n - done;
-        if ((uint64_t)k > sh->count - off) k = (size_t)(sh->count - off);
-        uint32_t bad = 0;
-        if (ds->width == 2) {
-            const unsigned char *p = sh->tokens + off * 2;
-            for (size_t i = 0; i < k; i++) {
-                uint32_t v = (uint32_t)p[2 * i] | (uint32_t)p[2 * i + 1] << 8;
-                bad |= v >= vocab;
-                dst[done + i] = (int)v;
-            }
-        } else {
-            const unsigned char *p = sh->tokens + off * 4;
-            for (size_t i = 0; i < k; i++) {
-                uint32_t v = get_u32(p + 4 * i);
-                bad |= v >= vocab;
-                dst[done + i] = (int)v;
-            }
-        }
-        if (bad) {
-            for (size_t i = 0; i < k; i++)
-                if ((uint32_t)dst[done + i] >= vocab)
-                    return fr_error(FR_ERR_FORMAT, "shard %s: token %llu has id %u >= vocab size %d", sh->path,
-                                    (unsigned long long)(off + i), (uint32_t)dst[done + i], ds->vocab);
-        }
-        done += k;
-        s++;
-    }
-    return FR_OK;
 }
