@@ -36,6 +36,9 @@ uint32_t fr_bytelevel_cp(unsigned b);
 int fr_bytelevel_byte(uint32_t cp);
 /* Append the byte-level string of raw bytes to dst (needs 2*n+1 bytes); returns its length. */
 size_t fr_bytelevel_encode(const unsigned char *src, size_t n, char *dst);
+/* Decode a UTF-8 token string through the alphabet. Returns 0 when every character is in it
+ * (bytes written to dst, length in *out_len), -1 otherwise (then HF keeps the raw UTF-8). */
+int fr_bytelevel_decode(const char *s, size_t n, unsigned char *dst, size_t *out_len);
 
 /* ------------------------------------------------------------------ hashing and maps */
 
