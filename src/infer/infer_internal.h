@@ -1,5 +1,5 @@
-/* infer_internal.h — private pieces shared by infer.c (engine, generation) and sample.c
- * (sampler), and visible to tests/test_infer.c. Not installed. */
+/* infer_internal.h — private pieces shared by infer.c (engine), generate.c (decoding loop)
+ * and sample.c (sampler), and visible to tests/test_infer.c. Not installed. */
 #ifndef FR_INFER_INTERNAL_H
 #define FR_INFER_INTERNAL_H
 
@@ -19,6 +19,18 @@ float fr_bf16_decode(uint16_t b);
  * (the cache's decode loops; same results, vectorised) */
 void fr_bf16_decode_row(float *dst, const uint16_t *src, int n);
 void fr_fp8_e4m3_decode_row(float *dst, const uint8_t *src, int n, float scale);
+
+/* The engine's forward passes for the decoding loop (generate.c). fr_engine_forward_rows is
+ * fr_engine_forward with the caller's row_start [n_seqs + 1] (first row of each sequence);
+ * afterwards the engine holds the last block's output rows (the MTP input).
+ * fr_engine_mtp_forward runs MTP module 1 over n_tokens[s] rows per sequence: row j of
+ * sequence s combines Emb(tokens[s][j]) (the token after position mtp_len + j) with main
+ * hidden row hid_rows[...] of the last fr_engine_forward_rows; the logits of each sequence's
+ * last row go to logits [n_seqs, V]. */
+int fr_engine_forward_rows(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int *const *tokens,
+                           const int *n_tokens, float *logits, int all_logits, int *row_start);
+int fr_engine_mtp_forward(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int *const *tokens,
+                          const int *n_tokens, const int *hid_rows, float *logits, int *row_start);
 
 /* Tests only: 0 sends a decoded row's attention through the head-by-head loop of multi-row
  * calls instead of the blocked all-heads pass (attend_row), to check they agree bit for bit.
