@@ -1,5 +1,5 @@
 /* serve.h — pieces of `frugal serve` shared by cli/cmd_serve.c (HTTP front end on
- * libmicrohttpd, request parsing, responses), cli/serve_sched.c (the scheduler thread that
+ * libmicrohttpd), cli/serve_api.c (OpenAI request parsing and response bodies), cli/serve_sched.c (the scheduler thread that
  * owns the engine: continuous batching over --parallel slots) and cli/serve_web.c (the chat
  * page served at /). See docs/serve.md. */
 #ifndef FR_SERVE_H
@@ -7,6 +7,7 @@
 
 #include "frugal.h"
 
+#include <cjson/cJSON.h>
 #include <pthread.h>
 #include <stddef.h>
 
@@ -103,6 +104,25 @@ double srv_now(void);
 char *srv_utf8_sanitize(const char *p, size_t n, size_t *out_len);
 /* Tokens/s over the last 10 whole seconds (mu held). */
 double srv_tokens_per_s(srv_server *s);
+
+/* The OpenAI API as JSON (serve_api.c). */
+typedef struct {
+    char msg[320];
+    const char *param, *code;
+    unsigned status;   /* HTTP status to answer with */
+} srv_parse_err;
+/* Build a request from a parsed body: checks every field, renders chat messages with the
+ * model's template and tokenizes the prompt (s->tok, s->ctx, s->vocab). Returns NULL with *e
+ * filled on error. */
+srv_req *srv_parse_request(srv_server *s, const cJSON *root, int chat, srv_parse_err *e);
+/* {"error": {"message", "type", "param", "code"}} (param and code may be NULL). */
+cJSON *srv_error_object(const char *message, const char *type, const char *param, const char *code);
+/* Non-streaming body (mu held, request done without error). */
+cJSON *srv_final_body(const srv_server *s, const srv_req *r);
+/* One streaming event: delta text (len bytes, may be 0), role (first chat event), finish;
+ * "data: {...}\n\n", malloc'd. */
+char *srv_stream_event(const srv_server *s, const srv_req *r, const char *text, size_t len, int role,
+                       const char *finish, int usage_only);
 
 /* The chat page (serve_web.c). */
 extern const char srv_web_page[];
