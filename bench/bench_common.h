@@ -64,7 +64,7 @@ static inline const char *bench_opt_value(const char *prog, int argc, char **arg
 
 /* ------------------------------------------------------------------ FMA peak */
 
-/* The probe lives in the library (src/peak.c) so the trainer can report MFU against it. */
+/* The probe lives in the library (src/cpu/peak.c) so the trainer can report MFU against it. */
 typedef fr_peak bench_peak_result;
 static inline bench_peak_result bench_fma_peak(void) {
     fr_peak r;

@@ -5,7 +5,7 @@
  *   bench_gemm_peers [--config FILE]... [--tokens N] [--threads N] [--min-ms MS] [--passes N] [--libs LIST]
  *
  * The shapes are derived from each config (default: configs/demo.json and
- * bench/configs/bench-100m.json) the way src/block.c and src/model.c call fr_linear_*:
+ * bench/configs/bench-100m.json) the way src/model/block.c and src/model/model.c call fr_linear_*:
  * for a linear layer W [out,in] over N tokens
  *   fwd  y  = x · W^T      gemm(0,1, N,out,in,  beta 0)     "NT"
  *   dX   dx = dy · W       gemm(0,0, N,in,out,  beta 0)     "NN"
@@ -113,8 +113,8 @@ static void add_linear(const char *config, const char *layer, int kind, int n, i
     }
 }
 
-/* The linear layers one training step over `tokens` tokens runs for config c (see src/block.c,
- * src/model.c): per block (main layers + MTP modules) the MLA projections, then a dense MLP or
+/* The linear layers one training step over `tokens` tokens runs for config c (see src/model/block.c,
+ * src/model/model.c): per block (main layers + MTP modules) the MLA projections, then a dense MLP or
  * router + routed experts + shared experts; the output head once per loss; eh_proj per MTP. */
 static void derive_shapes(const char *name, const fr_config *c, int tokens) {
     const int H = c->hidden_size, nh = c->num_attention_heads;

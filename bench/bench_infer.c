@@ -1,5 +1,5 @@
 /*
- * bench_infer.c — inference throughput of the engine (src/infer.c) next to its memory bound.
+ * bench_infer.c — inference throughput of the engine (src/infer/infer.c) next to its memory bound.
  *
  * Creates a DeepSeek-V3-style model from a config (default bench/configs/bench-infer.json,
  * ~150M parameters, ~600 MB in FP32) with random weights, builds the inference engine from

@@ -1,4 +1,4 @@
-/* bench_quant.c — fr_qmatmul speed per weight format (src/quant.h) next to the machine's
+/* bench_quant.c — fr_qmatmul speed per weight format (src/cpu/qmatmul.h) next to the machine's
  * memory bandwidth.
  *
  *   bench_quant [--rows R] [--cols C] [--mib MIB] [--prefill M] [--threads N] [--isa ISA]

@@ -1,7 +1,7 @@
 /* cmd_convert.c — `frugal convert`: write a model folder in another format.
  *
  * Today: Hugging Face folder (F32/BF16/F16 or DeepSeek FP8 safetensors) -> GGUF for llama.cpp
- * (architecture deepseek2). The exporter lives in the library (src/gguf.h, an internal
+ * (architecture deepseek2). The exporter lives in the library (src/formats/gguf.h, an internal
  * header: GGUF is not part of the stable public API yet). docs/interop.md has the mapping. */
 #include "cli.h"
 

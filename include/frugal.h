@@ -450,7 +450,7 @@ typedef enum {
 } fr_kv_type;
 
 typedef struct {
-    int weight_type;   /* storage of linear weights: 0 f32, 1 bf16, 2 q8_0, 3 q4_1 (src/quant.h
+    int weight_type;   /* storage of linear weights: 0 f32, 1 bf16, 2 q8_0, 3 q4_1 (src/formats/qmatrix.h
                         * fr_qtype), or -1: as the checkpoint stores them (BF16, Q8_0 / Q4_1 from
                         * `frugal quantize`, else f32; a model in memory: f32). Matrices whose
                         * width a block format cannot hold stay FP32. */
@@ -592,7 +592,7 @@ typedef struct {
     const char *role, *content;
 } fr_chat_message;
 
-/* Render a conversation as prompt text in the DeepSeek-V3 chat format (src/chat.c):
+/* Render a conversation as prompt text in the DeepSeek-V3 chat format (src/text/chat.c):
  *   bos + each system message (+ "\n\n" when tok's chat template writes one, as frugal's
  *   does) + per message <｜User｜>msg or <｜Assistant｜>reply eos, then <｜Assistant｜> when
  *   add_generation_prompt is nonzero.

@@ -1,5 +1,5 @@
 /*
- * test_engine_eval.c — loss measured through the inference engine (src/infer_eval.c):
+ * test_engine_eval.c — loss measured through the inference engine (src/infer/infer_eval.c):
  *
  *  - fr_engine_eval_dataset with FP32 weights equals fr_eval_dataset (training forward) on
  *    the committed fixtures, for chunk 1 (decode), 3 (pieces that do not divide the window)

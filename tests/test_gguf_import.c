@@ -1,4 +1,4 @@
-/* test_gguf_import.c — GGUF import (src/gguf_import.c): tests/fixtures/hf_export is exported
+/* test_gguf_import.c — GGUF import (src/formats/gguf_import.c): tests/fixtures/hf_export is exported
  * to GGUF as F32, F16, BF16, Q8_0 and Q4_0 (fr_gguf_export), imported back, and compared with
  * the folder:
  *   - every parameter (MTP layers excepted: a GGUF has none). Per element, with b the HF

@@ -1,5 +1,5 @@
 /*
- * test_infer.c — the inference engine (src/infer.c, src/sample.c).
+ * test_infer.c — the inference engine (src/infer/infer.c, src/infer/sample.c).
  *
  *  - logits of the engine (prefill of a prompt, then token-by-token decode, latent cache,
  *    absorbed attention) equal the training forward fr_model_forward_eval at every
@@ -237,7 +237,7 @@ static void test_from_model(void) {
     fr_engine_free(b);
 }
 
-/* quantized weights (src/quant.c) through the engine: logits near the FP32 engine on the
+/* quantized weights (src/cpu/qmatmul.c) through the engine: logits near the FP32 engine on the
  * dense random model (no routing to flip). The bounds follow the formats' rounding: BF16
  * ~0.3 % per weight, Q8_0 ~0.5 % plus its 8-bit activations, Q4_1 ~8 % rms per weight; a
  * random 3-layer model amplifies weight noise about 4x in the logits (measured: 0.011,

@@ -1,4 +1,4 @@
-/* test_ledger.c — the run ledger (src/ledger.c):
+/* test_ledger.c — the run ledger (src/train/ledger.c):
  *  - default prices and the cost math against hand-computed values;
  *  - begin/progress/end round trip (exact doubles, NaN -> null -> NaN, latest record wins);
  *  - runs without an end record read as "crashed" with their last progress;

@@ -1,11 +1,11 @@
 /*
- * test_quant.c — weight formats (src/quant.c): conversions, block quantization error
+ * test_quant.c — weight formats (src/cpu/qmatmul.c): conversions, block quantization error
  * bounds, fr_qmatmul of every format on every instruction set this CPU supports against a
  * double-precision reference, SIMD against generic C, fr_qmatrix_load, fr_quantize_model
  * round trips, fr_model_load_dequantized, fr_eval_dataset and bad inputs.
  *
  * The stored layouts are decoded here by an independent reader written from the layout
- * description (quant.c, docs/quantization.md), so the layout is checked too.
+ * description (formats/qmatrix.c, docs/quantization.md), so the layout is checked too.
  *
  * Tolerances (u = 2^-24, the FP32 unit roundoff):
  *  - BF16: |x - x̂| <= 2^-8 |x| (round to nearest with 8 significant bits) for normal x.
@@ -20,7 +20,7 @@
  *    rounding each), independent of the kernel's blocking. Wrong indices, nibbles or scales
  *    give errors of the order of S itself. SIMD vs generic: <= 2 (cols + 4) u S.
  *  - fr_qmatmul with int8 activations (Q8_0 / Q4_1, the default): checked against the
- *    product defined in quant.c computed here in double from the test's own activation
+ *    product defined in cpu/qmatmul.c computed here in double from the test's own activation
  *    quantizer: |y - y8| <= (2 nb + 8) u S8 (S8: Σ_b |d_b dx_b| Σ_i |q_i qx_i| + |m_b xs_b|; only
  *    FP32 accumulation differs); against the FP32-activation product: within the activation
  *    rounding Σ_b Σ_i |d_b q_i| dx_b (1/2 + 256u) (+ FP32 terms), which is the documented error
@@ -243,7 +243,7 @@ static void test_roundtrip(fr_qtype t, int rows, int cols) {
 
 static int g_isas[3], g_n_isas;
 
-/* Reference of the int8-activation product (quant.c, "int8 activations"), written from its
+/* Reference of the int8-activation product (cpu/qmatmul.c, "int8 activations"), written from its
  * definition: per block dx = max|x| / 127, qx = nearbyint(x * (1/dx)), xs = Σ x in FP32;
  * y = Σ_b fl(d_b dx_b) Σ_i q_i qx_i + m_b xs_b, the integer sums exact. Also returns S8 =
  * Σ_b |d_b dx_b| Σ_i |q_i qx_i| + |m_b xs_b| (SIMD kernels scale partial integer sums, lane by

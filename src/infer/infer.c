@@ -397,7 +397,7 @@ int fr_engine_load(fr_engine **out, const char *dir, const fr_engine_options *op
     fr_clear_error();
     if (!out || !dir) return fr_error(FR_ERR_ARG, "fr_engine_load: NULL argument");
     *out = NULL;
-    {   /* a regular file named *.gguf: import it (src/gguf_import.c) */
+    {   /* a regular file named *.gguf: import it (src/formats/gguf_import.c) */
         size_t dl = strlen(dir);
         struct stat sb;
         if (dl >= 5 && strcasecmp(dir + dl - 5, ".gguf") == 0 && stat(dir, &sb) == 0 && S_ISREG(sb.st_mode)) {

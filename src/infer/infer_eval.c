@@ -4,7 +4,7 @@
  * prefill or decode pieces) is what gets scored. Built on the public engine and dataset API
  * only.
  *
- * The windows of fr_engine_eval_dataset are those of fr_eval_dataset (src/quant.c): window
+ * The windows of fr_engine_eval_dataset are those of fr_eval_dataset (src/infer/quantize.c): window
  * w predicts tokens w*T+1 .. w*T+T from tokens w*T .. w*T+T-1, so both numbers cover the
  * same targets and differ only by what computes the logits.
  *
