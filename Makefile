@@ -3,6 +3,8 @@
 #   make            install missing Debian packages, then build Release into build/
 #   make demo       the main job: install, build, prepare the KJV corpus, train ~10 min, plot, cost
 #   make test       build Release and run its tests, then the ASan/UBSan build (build-asan/) and its tests
+#   make install    build Release, install into PREFIX (default /usr/local; make install PREFIX=DIR):
+#                   bin/frugal, lib/libfrugal.so + .a, include/frugal.h, lib/pkgconfig/frugal.pc
 #   make serve-test-deps  pip-install the openai client into build/venv-serve (network) for the serve tests
 #   make fixtures   regenerate tests/fixtures with Python + transformers (needs network; tests do not)
 #   make bench      build Release and run bench_peak and bench_model
@@ -14,8 +16,9 @@ BUILD_ASAN := build-asan
 CMAKE      ?= cmake
 CTEST      ?= ctest
 PYTHON     ?= python3
+PREFIX     ?= /usr/local
 
-.PHONY: demo all deps build test test-release test-asan asan fixtures bench clean help serve-test-deps
+.PHONY: demo all deps build install test test-release test-asan asan fixtures bench clean help serve-test-deps
 
 all: build
 
@@ -23,7 +26,7 @@ demo: build
 	scripts/demo.sh
 
 help:
-	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,11p' Makefile | sed 's/^# \{0,1\}//'
 
 deps:
 	scripts/install-deps.sh --check || scripts/install-deps.sh
@@ -31,6 +34,11 @@ deps:
 build: deps
 	$(CMAKE) -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release
 	$(CMAKE) --build $(BUILD) -j$(NPROC)
+
+# cmake --install takes the prefix at install time (frugal.pc is written then); DESTDIR=...
+# (staged installs) is honoured by cmake --install.
+install: build
+	$(CMAKE) --install $(BUILD) --prefix $(abspath $(PREFIX))
 
 test: test-release test-asan
 
