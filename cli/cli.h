@@ -15,6 +15,8 @@
 #define CLI_EXIT_FAIL 1
 #define CLI_EXIT_USAGE 2
 #define CLI_EXIT_INTERRUPTED 130 /* stopped by Ctrl-C (SIGINT), after cleaning up */
+/* Stopped by a signal after cleaning up: 128 + the signal, 130 SIGINT, 143 SIGTERM, 129 SIGHUP
+ * (cli_stop_exit_code). */
 
 /* Subcommands: argv[0] is the command name, argv[1..] its options. */
 int cmd_eval(int argc, char **argv);
@@ -42,11 +44,34 @@ void usage_convert(FILE *f);
 int cmd_serve(int argc, char **argv);
 void usage_serve(FILE *f);
 
+/* Signals (cli_signals.c): no signal handler ever runs; SIGINT, SIGTERM and SIGHUP are
+ * blocked in every thread and taken by one watcher thread with sigwait().
+ *  - main() calls cli_signals_block() before any command runs (threads created later, OpenMP,
+ *    oneDNN, libmicrohttpd, inherit the mask); only_int_term = 1 blocks just SIGINT and
+ *    SIGTERM (for `frugal serve`, which takes them itself with sigwait and starts no watcher);
+ *  - cli_signals_start() starts the watcher in default mode: a signal ends the process with
+ *    its default action, as if nothing were blocked (-1 if the thread cannot start; the
+ *    signals are then unblocked again);
+ *  - cli_signals_catch(cmd, what) switches to catch mode: the first signal prints
+ *    "\n<cmd>: SIGINT (Ctrl-C): <what> (send it again to stop at once)" and is recorded for
+ *    cli_stop_signal(), which the command polls (fr_train_hooks.should_stop, progress
+ *    callbacks); a second signal ends the process at once with _exit(128 + signal);
+ *  - cli_signals_default() returns to default mode (a recorded signal stays recorded);
+ *  - cli_stop_exit_code(): 128 + the recorded signal (130 SIGINT, 143 SIGTERM, 129 SIGHUP),
+ *    CLI_EXIT_INTERRUPTED if none was recorded. */
+void cli_signals_block(int only_int_term);
+int cli_signals_start(void);
+void cli_signals_catch(const char *cmd, const char *what);
+void cli_signals_default(void);
+int cli_stop_signal(void);
+int cli_stop_exit_code(void);
+
 /* Print "frugal: error: <message>\n" to stderr; returns CLI_EXIT_FAIL. */
 int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Print "frugal: error: <fr_last_error()>" (or `what` if the library left no message). */
 int cli_fail_lib(const char *what);
-/* Print "frugal CMD: <message>\n" then the command's usage to stderr; returns CLI_EXIT_USAGE. */
+/* Print "frugal CMD: <message>\n" then, when usage is not NULL, one line pointing to
+ * `frugal CMD --help` (not the whole help) to stderr; returns CLI_EXIT_USAGE. */
 int cli_usage_error(const char *cmd, void (*usage)(FILE *), const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

@@ -9,7 +9,6 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,13 +71,6 @@ void usage_data(FILE *f) {
 
 /* ------------------------------------------------------------------ prepare */
 
-static volatile sig_atomic_t g_interrupted = 0;
-
-static void on_sigint(int sig) {
-    (void)sig;
-    g_interrupted = 1;
-}
-
 typedef struct {
     cli_progress bar;
 } prep_ctx;
@@ -87,7 +79,7 @@ static int prep_progress(void *user, double frac, const char *phase) {
     prep_ctx *c = user;
     (void)phase;
     cli_progress_update(&c->bar, frac);
-    return g_interrupted ? 1 : 0;
+    return cli_stop_signal() != 0; /* Ctrl-C / SIGTERM taken by cli_signals.c: cancel */
 }
 
 static int input_bytes(const char *path, double *total);
@@ -164,25 +156,19 @@ static int cmd_data_prepare(int argc, char **argv) {
         .progress = prep_progress,
         .progress_user = &ctx,
     };
-    /* Ctrl-C: the progress callback cancels, the library removes its temporary folder. A
-     * second Ctrl-C (SA_RESETHAND) kills the process at once. */
-    struct sigaction sa, old_sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_sigint;
-    sa.sa_flags = SA_RESETHAND;
-    sigemptyset(&sa.sa_mask);
-    g_interrupted = 0;
-    sigaction(SIGINT, &sa, &old_sa);
+    /* Ctrl-C / SIGTERM: the progress callback cancels, the library removes its temporary
+     * folder. A second one ends the process at once (cli_signals.c). */
+    cli_signals_catch("frugal data prepare", "cancelling, removing the temporary files");
     fr_data_stats st;
     double t0 = cli_now();
     int lib = force ? fr_data_prepare_replace(&opt, &st) : fr_data_prepare(&opt, &st);
     double secs = cli_now() - t0;
-    sigaction(SIGINT, &old_sa, NULL);
+    cli_signals_default();
     if (lib != FR_OK) {
         cli_progress_abort(&ctx.bar);
-        if (g_interrupted) {
+        if (cli_stop_signal()) {
             fprintf(stderr, "frugal: error: interrupted; %s was not written (temporary files removed)\n", out_dir);
-            rc = CLI_EXIT_INTERRUPTED;
+            rc = cli_stop_exit_code();
         } else {
             rc = cli_fail_lib("data preparation failed");
         }

@@ -9,7 +9,6 @@
 
 #include <errno.h>
 #include <math.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -51,17 +50,11 @@ void usage_quantize(FILE *f) {
             "  -h, --help          show this help\n");
 }
 
-static volatile sig_atomic_t g_interrupted = 0;
-static void on_sigint(int sig) {
-    (void)sig;
-    g_interrupted = 1;
-}
-
 static int q_progress(void *user, double frac, const char *phase) {
     cli_progress *bar = user;
     (void)phase;
     cli_progress_update(bar, frac);
-    return g_interrupted ? 1 : 0;
+    return cli_stop_signal() != 0; /* Ctrl-C / SIGTERM taken by cli_signals.c: cancel */
 }
 
 static double file_size(const char *dir, const char *name) {
@@ -164,22 +157,19 @@ int cmd_quantize(int argc, char **argv) {
     cli_progress bar;
     cli_progress_start(&bar, "quantizing", 0, NULL);
     bar.quiet = quiet || json;
-    struct sigaction sa, old_sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_sigint;
-    sa.sa_flags = SA_RESETHAND;
-    sigemptyset(&sa.sa_mask);
-    g_interrupted = 0;
-    sigaction(SIGINT, &sa, &old_sa);
+    /* Ctrl-C / SIGTERM: the progress callback cancels, the library removes its temporary
+     * folder; a second one ends the process at once (cli_signals.c). The evaluation after it
+     * writes nothing: a signal there ends the process at once (default mode). */
+    cli_signals_catch("frugal quantize", "cancelling, removing the temporary files");
     double t0 = cli_now();
     int st = fr_quantize_model(model, out, type, q_progress, &bar);
     double secs = cli_now() - t0;
-    sigaction(SIGINT, &old_sa, NULL);
+    cli_signals_default();
     if (st != FR_OK) {
         cli_progress_abort(&bar);
-        if (g_interrupted) {
+        if (cli_stop_signal()) {
             fprintf(stderr, "frugal: error: interrupted; %s was not written (temporary files removed)\n", out);
-            return CLI_EXIT_INTERRUPTED;
+            return cli_stop_exit_code();
         }
         return cli_fail_lib("quantization failed");
     }

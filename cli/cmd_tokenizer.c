@@ -5,7 +5,6 @@
 
 #include <errno.h>
 #include <limits.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -79,18 +78,11 @@ void usage_tokenizer(FILE *f) {
 
 /* ------------------------------------------------------------------ train */
 
-static volatile sig_atomic_t g_tok_interrupted = 0;
-
-static void tok_on_sigint(int sig) {
-    (void)sig;
-    g_tok_interrupted = 1;
-}
-
 static int train_progress(void *user, double frac, const char *phase) {
     cli_progress *bar = user;
     if (phase && strcmp(phase, bar->label) != 0) cli_progress_set_label(bar, phase);
     cli_progress_update(bar, frac);
-    return g_tok_interrupted ? 1 : 0;
+    return cli_stop_signal() != 0; /* Ctrl-C / SIGTERM taken by cli_signals.c: cancel */
 }
 
 /* Collect the values after option `name` (argv[*i]): "--name=V" gives one value, "--name"
@@ -242,23 +234,18 @@ static int cmd_tok_train(int argc, char **argv) {
     opt.progress = train_progress;
     opt.progress_user = &bar;
 
-    struct sigaction sa, old_sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = tok_on_sigint;
-    sa.sa_flags = SA_RESETHAND;
-    sigemptyset(&sa.sa_mask);
-    g_tok_interrupted = 0;
-    sigaction(SIGINT, &sa, &old_sa);
+    /* Ctrl-C / SIGTERM: the progress callback cancels; a second one ends the process at once */
+    cli_signals_catch("frugal tokenizer train", "cancelling");
     fr_tokenizer *tok = NULL;
     double t0 = cli_now();
     int st = fr_tokenizer_train(&tok, files, n_files, &opt);
     double secs = cli_now() - t0;
-    sigaction(SIGINT, &old_sa, NULL);
+    cli_signals_default();
     if (st != FR_OK) {
         cli_progress_abort(&bar);
-        if (g_tok_interrupted) {
+        if (cli_stop_signal()) {
             fprintf(stderr, "frugal: error: interrupted; nothing was written\n");
-            rc = CLI_EXIT_INTERRUPTED;
+            rc = cli_stop_exit_code();
         } else {
             rc = cli_fail_lib("tokenizer training failed");
         }

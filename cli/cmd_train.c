@@ -5,7 +5,6 @@
 
 #include <math.h>
 #include <limits.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -20,8 +19,9 @@ void usage_train(FILE *f) {
             "Trains a DeepSeek-V3-style model on token shards made by `frugal data prepare`. Writes\n"
             "checkpoints (Hugging Face folders RUN_DIR/ckpt-NNNNNNNN + training state), metrics.jsonl,\n"
             "and records the run in the ledger (default: RUN_DIR/../ledger.jsonl; see `frugal cost`).\n"
-            "Ctrl-C saves a checkpoint and stops; --resume continues with exactly the losses an\n"
-            "uninterrupted run would have had (same --threads).\n"
+            "Ctrl-C (SIGINT), SIGTERM or SIGHUP finishes the current step, saves a checkpoint and\n"
+            "stops (a second one stops at once; the previous checkpoint stays valid); --resume\n"
+            "continues with exactly the losses an uninterrupted run would have had (same --threads).\n"
             "\n"
             "What:\n"
             "  --config FILE        model config.json (a new model, initialised from --seed)\n"
@@ -69,27 +69,19 @@ void usage_train(FILE *f) {
             "  --json               print each event as one JSON line on stdout\n"
             "  -h, --help           show this help\n"
             "\n"
-            "Exit status: 0 finished, 1 failure, 2 usage error, 130 stopped by Ctrl-C (checkpoint saved).\n",
+            "Exit status: 0 finished, 1 failure, 2 usage error; stopped by a signal with the checkpoint\n"
+            "saved: 130 SIGINT (Ctrl-C), 143 SIGTERM, 129 SIGHUP (128 + the signal number).\n",
             d.batch_size, d.seq_len, d.grad_accum, d.lr, d.warmup_steps, d.min_lr_frac, d.decay_frac, d.beta1,
             d.beta2, d.eps, d.weight_decay, d.grad_clip, d.bias_update_speed, d.balance_alpha, d.mtp_lambda,
             (unsigned long long)d.seed, d.eval_interval, d.eval_batches, d.ckpt_interval, d.sample_interval,
             d.sample_tokens, d.prices.usd_per_device_hour, d.prices.watts_per_device, d.prices.usd_per_kwh);
 }
 
-static volatile sig_atomic_t g_stop = 0;
-
-static void on_sigint(int sig) {
-    (void)sig;
-    if (g_stop) _exit(130); /* second Ctrl-C: give up now (the last checkpoint stays valid) */
-    g_stop = 1;
-    static const char msg[] = "\nfrugal train: Ctrl-C: finishing this step, saving a checkpoint (Ctrl-C again to abort now)\n";
-    ssize_t w = write(2, msg, sizeof msg - 1);
-    (void)w;
-}
-
+/* The first SIGINT / SIGTERM / SIGHUP is taken by the watcher thread of cli_signals.c (no
+ * signal handler runs inside the library); fr_train polls it before every step. */
 static int should_stop(void *user) {
     (void)user;
-    return g_stop;
+    return cli_stop_signal() != 0;
 }
 
 typedef struct {
@@ -295,24 +287,17 @@ int cmd_train(int argc, char **argv) {
         return CLI_EXIT_FAIL;
     }
     if (a.threads > 0) fr_set_num_threads(a.threads);
+    /* from here on a signal stops the run cleanly (a signal before the first step: nothing to save) */
+    cli_signals_catch("frugal train", "finishing this step, saving a checkpoint");
     if (!have_peak) {
         fr_peak p = {0};
         if (fr_measure_fp32_peak(&p) == FR_OK) a.peak_gflops = p.gflops;
         if (!oo.json) printf("measured FP32 peak: %.1f GFLOP/s (%s, %d threads)\n", p.gflops, p.isa, p.threads);
     }
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_sigint;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-
     fr_train_hooks hooks = {on_event, should_stop, &oo};
     fr_train_result res;
     int rc = fr_train(&a, resume != NULL, &hooks, &res);
-    signal(SIGINT, SIG_DFL);
-    signal(SIGTERM, SIG_DFL);
     if (rc != FR_OK) return cli_fail_lib("training failed");
     if (!oo.json) {
         printf("%s run %s at step %ld: loss %.4f", res.interrupted ? "stopped" : "finished", res.run_id, res.steps_done, res.final_loss);
@@ -325,5 +310,5 @@ int cmd_train(int argc, char **argv) {
                    100.0 * ((double)oo.rss_peak / (double)oo.mem_plan - 1.0));
         }
     }
-    return res.interrupted ? 130 : CLI_EXIT_OK;
+    return res.interrupted ? cli_stop_exit_code() : CLI_EXIT_OK;
 }

@@ -158,7 +158,14 @@ int main(int argc, char **argv) {
         return CLI_EXIT_OK;
     }
     const command *c = find_command(name);
-    if (c) return c->run(argc - 1, argv + 1);
+    if (c) {
+        /* before the command starts any thread: see cli_signals.c. `serve` takes SIGINT and
+         * SIGTERM itself (sigwait in its main thread), so it gets no watcher. */
+        const int serve = c->run == cmd_serve;
+        cli_signals_block(serve);
+        if (!serve) cli_signals_start();
+        return c->run(argc - 1, argv + 1);
+    }
     const planned_cmd *p = find_planned(name);
     if (p) return cmd_planned(p);
     if (name[0] == '-') fprintf(stderr, "frugal: unknown option '%s'\n\n", name);
