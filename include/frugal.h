@@ -123,8 +123,13 @@ typedef struct {
 /* New model with freshly initialised parameters (normal(0, initializer_range) for
  * matrices, ones for norms, zeros for the routing bias), deterministic in `seed`. */
 int fr_model_create(fr_model **out, const fr_config *cfg, uint64_t seed);
-/* Load config.json + model.safetensors (or shards + index) from a Hugging Face folder. */
+/* Load config.json + model.safetensors (or shards + index) from a Hugging Face folder.
+ * Every parameter is checked to be finite: a NaN or Inf fails the load with a message naming
+ * the tensor and the first bad index. */
 int fr_model_load(fr_model **out, const char *dir);
+/* fr_model_load with flags: FR_LOAD_NO_CHECK skips the finiteness check. */
+#define FR_LOAD_NO_CHECK 1
+int fr_model_load_flags(fr_model **out, const char *dir, int flags);
 /* Load a llama.cpp `deepseek2` GGUF file (as written by `frugal convert --to gguf`; F32, F16,
  * BF16, Q8_0 or Q4_0 tensors, dequantized to FP32). The config comes from the deepseek2.*
  * metadata (a missing key is named in the error); GGUF holds no MTP layers, so
@@ -299,7 +304,7 @@ int fr_dataset_shard_info(const fr_dataset *ds, int i, const char **path, uint64
 /* The ledger is an append-only JSONL file shared by all runs of a project: every run,
  * finished, interrupted, crashed or experimental, is recorded, so `frugal cost` can print
  * the final-run cost next to the lifecycle cost. A run appends a "begin" record, "progress"
- * records while it works (at least at every checkpoint) and an "end" record; a run whose
+ * records while it works (fr_train: at every checkpoint and every 30 s) and an "end" record; a run whose
  * last record is not "end" was killed and counts as crashed with its last progress.
  * Each record is one write(2) of one line to an O_APPEND descriptor followed by fsync, so
  * concurrent runs never interleave and a torn last line (power loss) is skipped on read. */
@@ -419,7 +424,12 @@ typedef struct {
 /* Train from scratch (resume = 0: args used as given, run_dir must not hold a run) or
  * continue the run in args->run_dir (resume = 1: its saved arguments are used, except
  * max_steps/max_tokens when nonzero in args). Writes checkpoints (HF folders + training
- * state), metrics.jsonl and ledger records. */
+ * state), metrics.jsonl and ledger records. The run folder is locked (flock on RUN_DIR/.lock)
+ * while training: a second trainer in it fails with FR_ERR_STATE naming the holder's pid.
+ * A folder whose run never reached a checkpoint is started over from step 0 (resume: with its
+ * saved arguments; resume = 0: with args), announced by an FR_EV_INFO event; the ledger keeps
+ * the earlier attempt. A sequence length above max_position_embeddings gives an FR_EV_INFO
+ * warning. */
 int fr_train(const fr_train_args *args, int resume, const fr_train_hooks *hooks, fr_train_result *result);
 
 /* Learning rate of 0-based step `step` of max_steps: linear warmup over warmup_steps to lr,
@@ -458,6 +468,10 @@ typedef struct {
     int max_seq_len;   /* cache capacity per sequence; 0 = max_position_embeddings */
     int threads;       /* 0 = leave the OpenMP default */
     int load_mtp;      /* load MTP module 1 when the checkpoint has it (needed for speculation) */
+    int no_check;      /* 1: skip the load-time check that every weight is finite (NaN / Inf fail
+                        * the load with a message naming the tensor and the first bad index; for
+                        * quantized matrices their scales and minima are checked). The check is
+                        * one pass over the weights, which pages in a mapped checkpoint at once. */
 } fr_engine_options;
 
 /* The name of a weight_type value ("f32", "bf16", "q8_0", "q4_1"; NULL outside 0..3), and the

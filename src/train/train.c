@@ -1,5 +1,6 @@
 /*
- * train.c — the training loop: data sampling, AdamW with warmup + cosine/WSD schedule,
+ * train.c — the training loop: data sampling, AdamW with warmup + cosine/WSD schedule (the
+ * arguments, their checks and saved form are train_args.c),
  * gradient accumulation and clipping, DeepSeek-V3's auxiliary-loss-free router-bias
  * balancing, validation loss and bits per byte, samples, atomic checkpoints that resume
  * step for step, metrics.jsonl and the run ledger.
@@ -9,6 +10,7 @@
  *   metrics.jsonl            one JSON object per step / eval / sample / checkpoint
  *   ckpt-NNNNNNNN/           Hugging Face folder + training_state.bin (the last two kept)
  *   latest                   name of the newest complete checkpoint folder
+ *   .lock                    flock(2)ed by the trainer using the folder; holds its pid
  *
  * Reproducibility: the batch of step s is a pure function of (seed, s): sequence number
  * i = (s * grad_accum + micro) * B + b picks chunk perm_epoch[i mod n_chunks] of the
@@ -20,10 +22,12 @@
 #include "model/model_internal.h"
 #include "cpu/ops_cpu.h"
 #include "model/optim.h"
+#include "train/train_internal.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <omp.h>
 #include <stdarg.h>
@@ -31,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -38,185 +43,6 @@
 #define STATE_MAGIC "FRTRAIN1"
 #define STATE_VERSION 1
 #define STATE_FILE "training_state.bin"
-
-/* ================================================================ arguments */
-
-void fr_train_args_default(fr_train_args *a) {
-    memset(a, 0, sizeof *a);
-    a->batch_size = 8;
-    a->seq_len = 256;
-    a->grad_accum = 1;
-    a->lr = 3e-3;
-    a->min_lr_frac = 0.1;
-    a->warmup_steps = 50;
-    a->schedule = FR_LR_COSINE;
-    a->decay_frac = 0.2;
-    a->beta1 = 0.9;
-    a->beta2 = 0.95;
-    a->eps = 1e-8;
-    a->weight_decay = 0.1;
-    a->grad_clip = 1.0;
-    a->bias_update_speed = 1e-3;
-    a->balance_alpha = 1e-4;
-    a->mtp_lambda = 0.3;
-    a->seed = 1;
-    a->eval_interval = 100;
-    a->eval_batches = 8;
-    a->ckpt_interval = 200;
-    a->sample_interval = 200;
-    a->sample_tokens = 48;
-    a->prices = fr_prices_default(0);
-}
-
-static const char *SCHEDULES[] = {"cosine", "wsd", "constant"};
-
-static int args_check(const fr_train_args *a) {
-    if (a->batch_size < 1 || a->seq_len < 2 || a->grad_accum < 1)
-        return fr_error(FR_ERR_ARG, "batch size, sequence length (>= 2) and accumulation must be positive");
-    if (a->max_steps <= 0 && a->max_tokens <= 0) return fr_error(FR_ERR_ARG, "give a number of steps or tokens");
-    if (!(a->lr > 0) || a->min_lr_frac < 0 || a->min_lr_frac > 1) return fr_error(FR_ERR_ARG, "learning rate must be > 0 and the floor fraction in [0, 1]");
-    if (a->beta1 < 0 || a->beta1 >= 1 || a->beta2 < 0 || a->beta2 >= 1 || !(a->eps > 0))
-        return fr_error(FR_ERR_ARG, "AdamW betas must lie in [0, 1) and eps be > 0");
-    if (a->weight_decay < 0 || a->grad_clip < 0 || a->bias_update_speed < 0 || a->balance_alpha < 0 || a->mtp_lambda < 0)
-        return fr_error(FR_ERR_ARG, "weight decay, clipping, gamma, alpha and lambda must be >= 0");
-    if (a->warmup_steps < 0 || a->decay_frac < 0 || a->decay_frac > 1) return fr_error(FR_ERR_ARG, "warmup must be >= 0 and the WSD decay fraction in [0, 1]");
-    if ((int)a->schedule < 0 || (int)a->schedule > 2) return fr_error(FR_ERR_ARG, "unknown learning-rate schedule");
-    if (!a->run_dir[0] || !a->data_dir[0]) return fr_error(FR_ERR_ARG, "a run folder and a data folder are needed");
-    if (!a->model_config[0] && !a->init_model[0]) return fr_error(FR_ERR_ARG, "give a model config or a model folder to start from");
-    return FR_OK;
-}
-
-/* train_args.json: one table, walked in both directions (save and --resume). The schedule is
- * written by name and the seed as a string (JSON numbers lose 64-bit integers). */
-typedef enum { ARG_STR, ARG_INT, ARG_LONG, ARG_DOUBLE } arg_kind;
-typedef struct {
-    const char *key;
-    arg_kind kind;
-    size_t offset, size; /* size: buffer size of ARG_STR fields */
-} arg_field;
-
-#define A_STR(f) {#f, ARG_STR, offsetof(fr_train_args, f), sizeof(((fr_train_args *)0)->f)}
-#define A_NUM(f, k) {#f, k, offsetof(fr_train_args, f), 0}
-static const arg_field ARG_FIELDS[] = {
-    A_STR(model_config), A_STR(init_model), A_STR(data_dir), A_STR(run_dir),
-    A_NUM(batch_size, ARG_INT), A_NUM(seq_len, ARG_INT), A_NUM(grad_accum, ARG_INT),
-    A_NUM(max_steps, ARG_LONG), A_NUM(max_tokens, ARG_DOUBLE),
-    A_NUM(lr, ARG_DOUBLE), A_NUM(min_lr_frac, ARG_DOUBLE), A_NUM(warmup_steps, ARG_INT),
-    A_NUM(decay_frac, ARG_DOUBLE), A_NUM(beta1, ARG_DOUBLE), A_NUM(beta2, ARG_DOUBLE),
-    A_NUM(eps, ARG_DOUBLE), A_NUM(weight_decay, ARG_DOUBLE), A_NUM(grad_clip, ARG_DOUBLE),
-    A_NUM(bias_update_speed, ARG_DOUBLE), A_NUM(balance_alpha, ARG_DOUBLE), A_NUM(mtp_lambda, ARG_DOUBLE),
-    A_NUM(threads, ARG_INT), A_NUM(eval_interval, ARG_INT), A_NUM(eval_batches, ARG_INT),
-    A_NUM(ckpt_interval, ARG_INT), A_NUM(sample_interval, ARG_INT), A_NUM(sample_tokens, ARG_INT),
-    A_STR(sample_prompt), A_STR(ledger_path),
-    {"usd_per_device_hour", ARG_DOUBLE, offsetof(fr_train_args, prices.usd_per_device_hour), 0},
-    {"watts_per_device", ARG_DOUBLE, offsetof(fr_train_args, prices.watts_per_device), 0},
-    {"usd_per_kwh", ARG_DOUBLE, offsetof(fr_train_args, prices.usd_per_kwh), 0},
-    A_NUM(peak_gflops, ARG_DOUBLE),
-};
-#undef A_STR
-#undef A_NUM
-#define N_ARG_FIELDS ((int)(sizeof ARG_FIELDS / sizeof ARG_FIELDS[0]))
-
-static cJSON *args_to_json(const fr_train_args *a) {
-    cJSON *j = cJSON_CreateObject();
-    for (int i = 0; i < N_ARG_FIELDS; i++) {
-        const arg_field *f = &ARG_FIELDS[i];
-        const char *p = (const char *)a + f->offset;
-        switch (f->kind) {
-        case ARG_STR: cJSON_AddStringToObject(j, f->key, p); break;
-        case ARG_INT: cJSON_AddNumberToObject(j, f->key, *(const int *)p); break;
-        case ARG_LONG: cJSON_AddNumberToObject(j, f->key, (double)*(const long *)p); break;
-        case ARG_DOUBLE: cJSON_AddNumberToObject(j, f->key, *(const double *)p); break;
-        }
-    }
-    cJSON_AddStringToObject(j, "schedule", SCHEDULES[a->schedule]);
-    char seed[32];
-    snprintf(seed, sizeof seed, "%llu", (unsigned long long)a->seed);
-    cJSON_AddStringToObject(j, "seed", seed);
-    return j;
-}
-
-static int json_num(const cJSON *j, const char *key, double *out, const char *path) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
-    if (!cJSON_IsNumber(v)) return fr_error(FR_ERR_FORMAT, "%s: \"%s\" is missing or not a number", path, key);
-    *out = v->valuedouble;
-    return FR_OK;
-}
-
-static int json_str(const cJSON *j, const char *key, char *out, size_t n, const char *path) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
-    if (!cJSON_IsString(v)) return fr_error(FR_ERR_FORMAT, "%s: \"%s\" is missing or not a string", path, key);
-    if (strlen(v->valuestring) >= n) return fr_error(FR_ERR_FORMAT, "%s: \"%s\" is too long", path, key);
-    strcpy(out, v->valuestring);
-    return FR_OK;
-}
-
-static int args_from_json(fr_train_args *a, const char *text, size_t len, const char *path) {
-    cJSON *j = cJSON_ParseWithLength(text, len);
-    if (!j) return fr_error(FR_ERR_FORMAT, "%s is not valid JSON", path);
-    fr_train_args_default(a);
-    int rc = FR_OK;
-    for (int i = 0; i < N_ARG_FIELDS && rc == FR_OK; i++) {
-        const arg_field *f = &ARG_FIELDS[i];
-        char *p = (char *)a + f->offset;
-        double d = 0;
-        if (f->kind == ARG_STR) {
-            rc = json_str(j, f->key, p, f->size, path);
-        } else if ((rc = json_num(j, f->key, &d, path)) == FR_OK) {
-            if (f->kind == ARG_INT) *(int *)p = (int)d;
-            else if (f->kind == ARG_LONG) *(long *)p = (long)d;
-            else *(double *)p = d;
-        }
-    }
-    char sched[32], seed[32];
-    if (rc == FR_OK && (rc = json_str(j, "schedule", sched, sizeof sched, path)) == FR_OK) {
-        int found = -1;
-        for (int i = 0; i < 3; i++)
-            if (strcmp(sched, SCHEDULES[i]) == 0) found = i;
-        if (found < 0) rc = fr_error(FR_ERR_FORMAT, "%s: unknown schedule \"%s\"", path, sched);
-        else a->schedule = (fr_lr_schedule)found;
-    }
-    if (rc == FR_OK && (rc = json_str(j, "seed", seed, sizeof seed, path)) == FR_OK)
-        a->seed = strtoull(seed, NULL, 10);
-    cJSON_Delete(j);
-    return rc;
-}
-
-static int write_json_atomic(const char *path, cJSON *j) {
-    char *text = cJSON_Print(j);
-    if (!text) return fr_error(FR_ERR_NOMEM, "out of memory");
-    size_t n = strlen(text);
-    text[n] = '\n'; /* cJSON_Print leaves room for the NUL only; write it as n bytes + newline */
-    int rc = fr_write_file_atomic(path, text, n);
-    free(text);
-    return rc;
-}
-
-/* ================================================================ learning rate */
-
-double fr_train_lr(const fr_train_args *a, long step, long max_steps) {
-    const double lo = a->lr * a->min_lr_frac;
-    if (step < a->warmup_steps) return a->lr * (double)(step + 1) / a->warmup_steps;
-    switch (a->schedule) {
-    case FR_LR_CONSTANT:
-        return a->lr;
-    case FR_LR_WSD: {
-        long decay_steps = (long)ceil(a->decay_frac * max_steps);
-        long decay_start = max_steps - decay_steps;
-        if (step < decay_start || decay_steps <= 0) return a->lr;
-        double t = (double)(step - decay_start + 1) / decay_steps;
-        return a->lr + (lo - a->lr) * (t > 1 ? 1 : t);
-    }
-    case FR_LR_COSINE:
-    default: {
-        long span = max_steps - a->warmup_steps;
-        if (span <= 0) return a->lr;
-        double t = (double)(step - a->warmup_steps) / span;
-        if (t > 1) t = 1;
-        return lo + 0.5 * (a->lr - lo) * (1 + cos(M_PI * t));
-    }
-    }
-}
 
 /* ================================================================ data */
 
@@ -269,7 +95,9 @@ typedef struct {
     long seg_first_step;        /* step at which this process started (ETA from its own pace) */
     double tokens_done, flops_done;
     double wall_base;           /* seconds of earlier segments of this run */
-    double t_start;             /* this segment */
+    double t_start;             /* this segment (from the start of fr_train: loading counts) */
+    double t_loop;              /* this segment's first step (for the ETA) */
+    double t_progress;          /* last "progress" ledger record */
     fr_ledger_entry led;
     char ledger_path[600];
     FILE *metrics;
@@ -277,7 +105,17 @@ typedef struct {
     size_t mem_plan;
 } run;
 
+static double (*g_clock)(void);
+static double g_progress_interval = FR_TRAIN_PROGRESS_INTERVAL_S;
+
+void fr_train_set_clock(double (*now)(void)) { g_clock = now; }
+
+void fr_train_set_progress_interval(double seconds) {
+    g_progress_interval = seconds > 0 ? seconds : FR_TRAIN_PROGRESS_INTERVAL_S;
+}
+
 static double now_s(void) {
+    if (g_clock) return g_clock();
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
@@ -453,13 +291,48 @@ static int write_generation_config(const fr_config *c, const char *path) {
     cJSON_AddBoolToObject(j, "do_sample", 1);
     cJSON_AddNumberToObject(j, "temperature", 0.8);
     cJSON_AddNumberToObject(j, "top_p", 0.95);
-    int rc = write_json_atomic(path, j);
+    int rc = fr_train_write_json(path, j);
     cJSON_Delete(j);
     return rc;
 }
 
 /* Write RUN/ckpt-NNNNNNNN atomically: build .ckpt-NNNNNNNN.tmp, fsync, rename, then update
  * `latest`; keep the previous checkpoint, remove older ones. */
+/* Remove checkpoint folder ckpt-<step>: renamed to .ckpt-<step>.del first (one atomic step),
+ * then deleted, so a kill during the deletion never leaves a half-emptied folder under a
+ * checkpoint's name; a leftover .del is removed by the next trainer (remove_leftovers). */
+static void remove_checkpoint(const char *rd, long step) {
+    char path[1200], del[1200];
+    snprintf(path, sizeof path, "%s/ckpt-%08ld", rd, step);
+    snprintf(del, sizeof del, "%s/.ckpt-%08ld.del", rd, step);
+    fr_remove_tree(del);
+    if (rename(path, del) == 0) fr_remove_tree(del);
+}
+
+/* Temporary (.ckpt-N.tmp) and half-deleted (.ckpt-N.del) folders of a killed trainer. Only
+ * called with the run folder's lock held, so no live trainer owns them. */
+static void remove_leftovers(const char *rd) {
+    DIR *d = opendir(rd);
+    if (!d) return;
+    struct dirent *de;
+    long steps[64];
+    int del[64], n = 0;
+    while ((de = readdir(d)) && n < 64) {
+        long s;
+        char kind[8] = {0};
+        if (sscanf(de->d_name, ".ckpt-%ld.%7s", &s, kind) == 2 && (!strcmp(kind, "tmp") || !strcmp(kind, "del"))) {
+            steps[n] = s;
+            del[n++] = kind[0] == 'd';
+        }
+    }
+    closedir(d);
+    for (int i = 0; i < n; i++) {
+        char path[1200];
+        snprintf(path, sizeof path, "%s/.ckpt-%08ld.%s", rd, steps[i], del[i] ? "del" : "tmp");
+        fr_remove_tree(path);
+    }
+}
+
 static int save_checkpoint(run *r, char *out_dir, size_t out_n) {
     const char *rd = r->a->run_dir;
     char tmp[1200], final[1200], path[1300];
@@ -496,7 +369,7 @@ static int save_checkpoint(run *r, char *out_dir, size_t out_n) {
     FR_CHECK(fr_write_file_atomic_v(path, parts, lens, 4));
     fr_fsync_dir(tmp);
 
-    fr_remove_tree(final); /* a checkpoint of the same step from a crashed earlier segment */
+    remove_checkpoint(rd, r->step); /* a checkpoint of the same step from a crashed earlier segment */
     if (rename(tmp, final) != 0) return fr_error(FR_ERR_IO, "cannot rename %s to %s: %s", tmp, final, strerror(errno));
     fr_fsync_dir(rd);
     char name[64];
@@ -520,10 +393,7 @@ static int save_checkpoint(run *r, char *out_dir, size_t out_n) {
         for (int i = 0; i < n; i++)
             if (steps[i] < r->step && steps[i] > keep) keep = steps[i];
         for (int i = 0; i < n; i++)
-            if (steps[i] != keep) {
-                snprintf(path, sizeof path, "%s/ckpt-%08ld", rd, steps[i]);
-                fr_remove_tree(path);
-            }
+            if (steps[i] != keep) remove_checkpoint(rd, steps[i]);
     }
     cJSON *j = metrics_object(r, "checkpoint");
     cJSON_AddStringToObject(j, "dir", final);
@@ -700,6 +570,7 @@ static int do_checkpoint(run *r) {
     ev.text = dir;
     emit(r, &ev);
     ledger_fill(r, "running");
+    r->t_progress = now_s();
     return fr_ledger_update(r->ledger_path, &r->led);
 }
 
@@ -816,12 +687,12 @@ static int train_steps(run *r, fr_train_result *res) {
         ev.loss = mean;
         ev.lr = lr;
         ev.grad_norm = gnorm;
-        ev.tokens_per_s = (double)N * a->grad_accum / dt;
-        ev.gflops = step_flops / dt / 1e9;
+        ev.tokens_per_s = dt > 0 ? (double)N * a->grad_accum / dt : 0;
+        ev.gflops = dt > 0 ? step_flops / dt / 1e9 : 0;
         ev.mfu = a->peak_gflops > 0 ? ev.gflops / a->peak_gflops : 0;
         ev.elapsed_s = elapsed(r);
         const double seg_steps = r->step - r->seg_first_step; /* steps done in this segment */
-        ev.eta_s = (now_s() - r->t_start) / (seg_steps > 0 ? seg_steps : 1) * (double)(r->max_steps - r->step);
+        ev.eta_s = (now_s() - r->t_loop) / (seg_steps > 0 ? seg_steps : 1) * (double)(r->max_steps - r->step);
         {
             fr_ledger_entry tmp = r->led;
             tmp.wall_s = ev.elapsed_s;
@@ -836,8 +707,10 @@ static int train_steps(run *r, fr_train_result *res) {
         cJSON_AddNumberToObject(j, "tokens", r->tokens_done);
         cJSON_AddNumberToObject(j, "loss", mean.loss);
         cJSON_AddNumberToObject(j, "loss_main", mean.loss_main);
-        cJSON *mtp = cJSON_AddArrayToObject(j, "loss_mtp");
-        for (int k = 0; k < r->m->mtp_depth && k < 8; k++) cJSON_AddItemToArray(mtp, cJSON_CreateNumber(mean.loss_mtp[k]));
+        if (r->m->mtp_depth > 0) { /* one per MTP module; "loss" = loss_main + lambda x their mean + balance */
+            cJSON *mtp = cJSON_AddArrayToObject(j, "loss_mtp");
+            for (int k = 0; k < r->m->mtp_depth && k < 8; k++) cJSON_AddItemToArray(mtp, cJSON_CreateNumber(mean.loss_mtp[k]));
+        }
         cJSON_AddNumberToObject(j, "loss_balance", mean.loss_balance);
         cJSON_AddNumberToObject(j, "lr", lr);
         cJSON_AddNumberToObject(j, "grad_norm", gnorm);
@@ -876,6 +749,12 @@ static int train_steps(run *r, fr_train_result *res) {
         if (a->eval_interval > 0 && (r->step % a->eval_interval == 0 || last)) rc = do_eval(r);
         if (rc == FR_OK && a->sample_interval > 0 && (r->step % a->sample_interval == 0 || last)) rc = do_sample(r);
         if (rc == FR_OK && !last && a->ckpt_interval > 0 && r->step % a->ckpt_interval == 0) rc = do_checkpoint(r);
+        else if (rc == FR_OK && !last && now_s() - r->t_progress >= g_progress_interval) {
+            /* between checkpoints too: a crash then loses at most one interval of the record */
+            ledger_fill(r, "running");
+            rc = fr_ledger_update(r->ledger_path, &r->led);
+            r->t_progress = now_s();
+        }
     }
     free(tokens);
     free(targets);
@@ -896,10 +775,75 @@ static int dir_has_run(const char *dir) {
     return access(path, F_OK) == 0;
 }
 
+static int dir_has_checkpoint(const char *dir) {
+    char ck[1200];
+    int ok = fr_train_latest_checkpoint(dir, ck, sizeof ck) == FR_OK;
+    fr_clear_error();
+    return ok;
+}
+
+/* The run folder's lock: flock(2) on RUN_DIR/.lock for the whole of fr_train, so two
+ * trainers never share a folder. The kernel drops it when the process ends, however it ends
+ * (kill -9 leaves no stale lock); the pid written into the file names the holder. */
+static int lock_run_dir(const char *dir, int *fd_out) {
+    *fd_out = -1;
+    char path[1200];
+    if ((size_t)snprintf(path, sizeof path, "%s/.lock", dir) >= sizeof path)
+        return fr_error(FR_ERR_ARG, "run folder path too long: %s", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) return fr_error(FR_ERR_IO, "cannot open the run folder's lock %s: %s", path, strerror(errno));
+    while (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        if (errno == EINTR) continue;
+        if (errno == EWOULDBLOCK) {
+            char buf[32] = {0};
+            ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+            long pid = n > 0 ? strtol(buf, NULL, 10) : 0;
+            close(fd);
+            if (pid > 0)
+                return fr_error(FR_ERR_STATE, "%s is in use by another trainer (pid %ld): stop it or wait for it to finish",
+                                dir, pid);
+            return fr_error(FR_ERR_STATE, "%s is in use by another trainer (its pid is not yet in %s)", dir, path);
+        }
+        if (errno == ENOLCK || errno == EOPNOTSUPP) break; /* a filesystem without locks: go on unlocked */
+        int e = errno;
+        close(fd);
+        return fr_error(FR_ERR_IO, "cannot lock %s: %s", path, strerror(e));
+    }
+    char buf[32];
+    const int n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, buf, (size_t)n, 0) != n) {
+        int e = errno;
+        close(fd);
+        return fr_error(FR_ERR_IO, "cannot write %s: %s", path, strerror(e));
+    }
+    *fd_out = fd;
+    return FR_OK;
+}
+
+static int train_locked(const fr_train_args *args_in, int resume, const fr_train_hooks *hooks, fr_train_result *res);
+
 int fr_train(const fr_train_args *args_in, int resume, const fr_train_hooks *hooks, fr_train_result *res) {
     fr_clear_error();
     if (!args_in || !res) return fr_error(FR_ERR_ARG, "fr_train: NULL argument");
     memset(res, 0, sizeof *res);
+    if (resume) {
+        struct stat st;
+        if (!args_in->run_dir[0] || stat(args_in->run_dir, &st) != 0 || !S_ISDIR(st.st_mode))
+            return fr_error(FR_ERR_IO, "cannot resume: %s is not a run folder (no train_args.json)", args_in->run_dir);
+    } else {
+        FR_CHECK(fr_train_args_check(args_in));
+        FR_CHECK(ensure_dir(args_in->run_dir));
+    }
+    int fd = -1;
+    FR_CHECK(lock_run_dir(args_in->run_dir, &fd));
+    remove_leftovers(args_in->run_dir);
+    int rc = train_locked(args_in, resume, hooks, res);
+    if (fd >= 0) close(fd);
+    return rc;
+}
+
+static int train_locked(const fr_train_args *args_in, int resume, const fr_train_hooks *hooks, fr_train_result *res) {
+    const double t_start = now_s(); /* the segment's wall time includes loading */
     fr_train_args args = *args_in;
     char path[1200];
     if (resume) {
@@ -908,7 +852,7 @@ int fr_train(const fr_train_args *args_in, int resume, const fr_train_hooks *hoo
         size_t len = 0;
         if (fr_read_file(path, &text, &len) != FR_OK)
             return fr_error(FR_ERR_IO, "cannot resume: %s is not a run folder (no train_args.json)", args_in->run_dir);
-        int rc = args_from_json(&args, text, len, path);
+        int rc = fr_train_args_from_json(&args, text, len, path);
         free(text);
         FR_CHECK(rc);
         snprintf(args.run_dir, sizeof args.run_dir, "%s", args_in->run_dir);
@@ -921,14 +865,17 @@ int fr_train(const fr_train_args *args_in, int resume, const fr_train_hooks *hoo
         }
         if (args_in->peak_gflops > 0) args.peak_gflops = args_in->peak_gflops;
     }
-    FR_CHECK(args_check(&args));
-    if (!resume && dir_has_run(args.run_dir))
+    FR_CHECK(fr_train_args_check(&args));
+    /* a run that died before its first checkpoint left nothing to resume: start it over */
+    const int dead_end = dir_has_run(args.run_dir) && !dir_has_checkpoint(args.run_dir);
+    if (!resume && dir_has_run(args.run_dir) && !dead_end)
         return fr_error(FR_ERR_STATE, "%s already holds a run: resume it (--resume) or choose another folder", args.run_dir);
 
     run r;
     memset(&r, 0, sizeof r);
     r.a = &args;
     r.hooks = hooks;
+    r.t_start = t_start;
     r.last_loss = NAN;
     r.last_val = NAN;
     r.data.perm_epoch = -1;
@@ -960,7 +907,11 @@ int fr_train(const fr_train_args *args_in, int resume, const fr_train_hooks *hoo
 
     /* the model: from the latest checkpoint, a given folder, or a fresh init from the config */
     char ckpt[1200] = {0};
-    if (rc == FR_OK && resume) {
+    const int from_ckpt = resume && !dead_end;
+    if (dead_end)
+        info(&r, "%s holds a run that never reached a checkpoint: starting over from step 0 with %s arguments "
+                 "(the ledger keeps the earlier attempt)", args.run_dir, resume ? "its saved" : "the given");
+    if (rc == FR_OK && from_ckpt) {
         rc = fr_train_latest_checkpoint(args.run_dir, ckpt, sizeof ckpt);
         if (rc == FR_OK) rc = fr_model_load(&r.m, ckpt);
     } else if (rc == FR_OK && args.init_model[0]) {
@@ -973,6 +924,10 @@ int fr_train(const fr_train_args *args_in, int resume, const fr_train_hooks *hoo
     if (rc == FR_OK && r.data.train && fr_dataset_vocab_size(r.data.train) > r.m->cfg.vocab_size)
         rc = fr_error(FR_ERR_CONFIG, "the data's vocabulary (%d) is larger than the model's vocab_size (%d)",
                       fr_dataset_vocab_size(r.data.train), r.m->cfg.vocab_size);
+    if (rc == FR_OK && args.seq_len > r.m->cfg.max_position_embeddings)
+        info(&r, "warning: the sequence length %d is above the model's max_position_embeddings %d: positions past %d "
+                 "are beyond what the model is configured for", args.seq_len, r.m->cfg.max_position_embeddings,
+             r.m->cfg.max_position_embeddings);
     if (rc == FR_OK) {
         fr_loss_weights w = {(float)args.mtp_lambda, (float)args.balance_alpha};
         fr_model_set_loss_weights(r.m, w);
@@ -980,7 +935,7 @@ int fr_train(const fr_train_args *args_in, int resume, const fr_train_hooks *hoo
         r.var = fr_alloc(r.m->n_params * sizeof(float));
         if (!r.mom || !r.var) rc = fr_error(FR_ERR_NOMEM, "out of memory for the AdamW moments");
     }
-    if (rc == FR_OK && resume) rc = load_state(&r, ckpt);
+    if (rc == FR_OK && from_ckpt) rc = load_state(&r, ckpt);
     const long tokens_per_step = (long)args.batch_size * args.seq_len * args.grad_accum;
     r.max_steps = args.max_steps > 0 ? args.max_steps : (long)ceil(args.max_tokens / (double)tokens_per_step);
     if (rc == FR_OK && resume && r.step >= r.max_steps)
@@ -988,14 +943,14 @@ int fr_train(const fr_train_args *args_in, int resume, const fr_train_hooks *hoo
 
     /* run folder, saved arguments, metrics, ledger */
     if (rc == FR_OK) rc = ensure_dir(args.run_dir);
-    if (rc == FR_OK && !resume) {
-        cJSON *j = args_to_json(&args);
+    if (rc == FR_OK && !resume) { /* (over a dead end's arguments too) */
+        cJSON *j = fr_train_args_to_json(&args);
         snprintf(path, sizeof path, "%s/train_args.json", args.run_dir);
-        rc = write_json_atomic(path, j);
+        rc = fr_train_write_json(path, j);
         cJSON_Delete(j);
     }
     snprintf(path, sizeof path, "%s/metrics.jsonl", args.run_dir);
-    if (rc == FR_OK && resume) rc = metrics_truncate(path, r.step);
+    if (rc == FR_OK && (resume || dead_end)) rc = metrics_truncate(path, r.step);
     if (rc == FR_OK) {
         r.metrics = fopen(path, "a");
         if (!r.metrics) rc = fr_error(FR_ERR_IO, "cannot open %s: %s", path, strerror(errno));
@@ -1011,7 +966,7 @@ int fr_train(const fr_train_args *args_in, int resume, const fr_train_hooks *hoo
         e->n_devices = threads;
         e->final_loss = NAN;
         e->val_loss = NAN;
-        if (resume && r.led.run_id[0]) {
+        if (from_ckpt && r.led.run_id[0]) {
             /* same run: continue from what the ledger last saw (it includes work after the
              * checkpoint that a crash threw away: that time was spent too) */
             fr_ledger_entry *all = NULL;
@@ -1032,7 +987,6 @@ int fr_train(const fr_train_args *args_in, int resume, const fr_train_hooks *hoo
             fr_clear_error();
             e->start_unix = e->start_unix > 0 ? e->start_unix : (double)time(NULL);
             ledger_fill(&r, "running");
-            r.t_start = now_s();
             rc = fr_ledger_update(r.ledger_path, e);
             info(&r, "resumed %s from %s at step %ld", r.led.run_id, ckpt, r.step);
         } else {
@@ -1040,7 +994,7 @@ int fr_train(const fr_train_args *args_in, int resume, const fr_train_hooks *hoo
             rc = fr_ledger_begin(r.ledger_path, e);
         }
     }
-    r.t_start = now_s();
+    r.t_progress = now_s();
     if (rc == FR_OK && no_val) info(&r, "%s has no validation split: no validation loss will be reported", args.data_dir);
     /* parameters, gradients and the two AdamW moments; the activations of one micro-batch;
      * and, when oneDNN runs the GEMMs, the copy it packs of a whole operand for the largest
@@ -1054,6 +1008,7 @@ int fr_train(const fr_train_args *args_in, int resume, const fr_train_hooks *hoo
     if (rc == FR_OK) {
         snprintf(res->run_id, sizeof res->run_id, "%s", r.led.run_id);
         r.seg_first_step = r.step; /* for the ETA */
+        r.t_loop = now_s();
         rc = train_steps(&r, res);
         res->steps_done = r.step;
     }
