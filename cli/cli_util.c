@@ -33,9 +33,10 @@ int cli_usage_error(const char *cmd, void (*usage)(FILE *), const char *fmt, ...
     va_start(ap, fmt);
     fprintf(stderr, "frugal %s: ", cmd);
     vfprintf(stderr, fmt, ap);
-    fputs("\n\n", stderr);
+    fputc('\n', stderr);
     va_end(ap);
-    if (usage) usage(stderr);
+    /* one line pointing to the help, not the whole help: the message stays visible */
+    if (usage) fprintf(stderr, "Run 'frugal %s --help' for usage.\n", cmd);
     return CLI_EXIT_USAGE;
 }
 

@@ -1,6 +1,7 @@
 /* cmd_convert.c — `frugal convert`: write a model folder in another format.
  *
- * Today: Hugging Face folder (F32/BF16/F16 or DeepSeek FP8 safetensors) -> GGUF for llama.cpp
+ * Today: Hugging Face folder (F32/BF16/F16 or DeepSeek FP8 safetensors, or a folder written by
+ * `frugal quantize`: BF16 / Q8_0 / Q4_1, dequantized on the way) -> GGUF for llama.cpp
  * (architecture deepseek2). The exporter lives in the library (src/formats/gguf.h, an internal
  * header: GGUF is not part of the stable public API yet). docs/interop.md has the mapping. */
 #include "cli.h"
@@ -9,20 +10,26 @@
 #include "formats/gguf.h"
 
 #include <string.h>
+#include <sys/stat.h>
 
 void usage_convert(FILE *f) {
     fprintf(f,
-            "usage: frugal convert --to gguf [--type T] MODEL_DIR OUT.gguf\n"
+            "usage: frugal convert --to gguf [--type T] [--force] MODEL_DIR OUT.gguf\n"
             "\n"
             "Converts a Hugging Face DeepseekV3 / DeepseekV2 folder (config.json, safetensors weights in\n"
             "F32, BF16, F16 or DeepSeek's FP8 block format, tokenizer.json) into a GGUF file that\n"
             "llama.cpp loads as architecture deepseek2, tokenizer included. MTP layers are not exported.\n"
+            "A folder written by `frugal quantize` (bf16, q8_0, q4_1) is read too: its Q8_0 / Q4_1\n"
+            "matrices are dequantized, then stored as --type says (Q8_0 keeps 8-bit weights).\n"
+            "The file is written as OUT.gguf.tmp.PID and renamed when complete; an existing\n"
+            "OUT.gguf is refused unless --force is given.\n"
             "\n"
             "Options:\n"
             "  --to gguf      output format (only gguf for now)\n"
             "  --type T       weight type: F32, F16, BF16, Q8_0 or Q4_0 (default F16). Norms, biases\n"
             "                 and MoE routers stay F32; with Q8_0/Q4_0 a matrix whose rows are not a\n"
             "                 multiple of 32 is written as F16\n"
+            "  --force        overwrite OUT.gguf if it exists\n"
             "  -h, --help     show this help\n"
             "\n"
             "See docs/interop.md for the tensor and metadata mapping.\n");
@@ -31,8 +38,8 @@ void usage_convert(FILE *f) {
 int cmd_convert(int argc, char **argv) {
     const char *to = NULL, *type_s = "F16";
     const char *pos[2] = {NULL, NULL};
-    int n_pos = 0;
-    const cli_opt opts[] = {{"--to", &to, NULL}, {"--type", &type_s, NULL}};
+    int n_pos = 0, force = 0;
+    const cli_opt opts[] = {{"--to", &to, NULL}, {"--type", &type_s, NULL}, {"--force", NULL, &force}};
     for (int i = 1; i < argc; i++) {
         int r;
         if (cli_is_help(argv[i])) {
@@ -57,6 +64,11 @@ int cmd_convert(int argc, char **argv) {
         return cli_usage_error("convert", usage_convert, "--type '%s' is not one of F32, F16, BF16, Q8_0, Q4_0", type_s);
     int rc = cli_check_dir(pos[0], "model folder");
     if (rc != CLI_EXIT_OK) return rc;
+    struct stat sb;
+    if (stat(pos[1], &sb) == 0) {
+        if (S_ISDIR(sb.st_mode)) return cli_fail("output %s is a folder; name the .gguf file to write", pos[1]);
+        if (!force) return cli_fail("output %s already exists (use --force to overwrite it)", pos[1]);
+    }
     fr_gguf_export_stats st;
     double t0 = cli_now();
     if (fr_gguf_export(pos[0], pos[1], type, &st) != FR_OK) return cli_fail_lib("GGUF export failed");

@@ -14,7 +14,7 @@
 void usage_eval(FILE *f) {
     fprintf(f,
             "usage: frugal eval --model DIR --tokens FILE [--engine [--weights TYPE] [--chunk N]]\n"
-            "                   [--threads N] [--json]\n"
+            "                   [--threads N] [--no-check] [--json]\n"
             "\n"
             "Loads the Hugging Face model folder DIR (config.json + model.safetensors) and prints\n"
             "the mean next-token cross-entropy over the sequences in FILE:\n"
@@ -32,6 +32,8 @@ void usage_eval(FILE *f) {
             "  --chunk N       engine: tokens per sequence per call (default 8; 1 = token-by-token\n"
             "                  decode, longer than the sequence = one prefill)\n"
             "  --threads N     CPU threads (default: OpenMP's default, i.e. OMP_NUM_THREADS or all cores)\n"
+            "  --no-check      skip the load-time check that every weight is finite (NaN / Inf); the\n"
+            "                  check reads all weights once (pages in the whole checkpoint at start-up)\n"
             "  --json          print one JSON object instead of the text line\n"
             "  -h, --help      show this help\n");
 }
@@ -160,11 +162,11 @@ done:
 
 int cmd_eval(int argc, char **argv) {
     const char *model_dir = NULL, *tokens_path = NULL, *threads_text = NULL, *weights_text = NULL, *chunk_text = NULL;
-    int json = 0, engine = 0;
+    int json = 0, engine = 0, no_check = 0;
     const cli_opt opts[] = {
         {"--model", &model_dir, NULL}, {"--tokens", &tokens_path, NULL}, {"--threads", &threads_text, NULL},
         {"--weights", &weights_text, NULL}, {"--chunk", &chunk_text, NULL},
-        {"--engine", NULL, &engine}, {"--json", NULL, &json},
+        {"--engine", NULL, &engine}, {"--json", NULL, &json}, {"--no-check", NULL, &no_check},
     };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -214,11 +216,12 @@ int cmd_eval(int argc, char **argv) {
         o.weight_type = weights;
         o.max_seq_len = longest - 1; /* the context the longest sequence needs, whatever the config says */
         o.load_mtp = 0;              /* only the main head is scored */
+        o.no_check = no_check;
         if (fr_engine_load(&e, model_dir, &o) != FR_OK) {
             rc = cli_fail_lib("cannot load the model into the inference engine");
             goto out;
         }
-    } else if (fr_model_load(&m, model_dir) != FR_OK) {
+    } else if (fr_model_load_flags(&m, model_dir, no_check ? FR_LOAD_NO_CHECK : 0) != FR_OK) {
         rc = cli_fail_lib("cannot load the model");
         goto out;
     }

@@ -44,6 +44,9 @@ void usage_generate(FILE *f) {
             "  --ctx N              maximum sequence length (default: max_position_embeddings)\n"
             "  --speculative        draft with the MTP module, verify with the main model\n"
             "  --threads N          CPU threads (default: OpenMP's default)\n"
+            "  --no-check           skip the load-time check that every weight is finite (NaN / Inf);\n"
+            "                       the check reads all weights once, which pages in the whole\n"
+            "                       checkpoint at start-up: skip it for a faster start of a big model\n"
             "  -h, --help           show this help\n",
             MAX_STOPS);
 }
@@ -56,14 +59,16 @@ void usage_chat(FILE *f) {
             "The conversation is rendered with the DeepSeek-V3 chat template of the model's\n"
             "tokenizer_config.json (the format frugal's tokenizer writes), or, without one, with\n"
             "  <\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>{system}<\xef\xbd\x9cUser\xef\xbd\x9c>{msg}<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>{reply}<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>\n"
-            "Commands: /reset forgets the history, /quit (or end of input, Ctrl-D) leaves.\n"
+            "Commands: /help lists the commands, /reset forgets the history, /quit (or end of\n"
+            "input, Ctrl-D) leaves. Another line starting with / is not sent (an unknown command);\n"
+            "start a message with // to send it beginning with a single /.\n"
             "\n"
             "Options:\n"
             "  --model DIR          model folder (with tokenizer.json), or a deepseek2 .gguf file\n"
             "  --system TEXT        system prompt\n"
             "  --max-tokens N       longest reply (default 256)\n"
             "  --temperature, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n, --seed,\n"
-            "  --weights, --kv, --ctx, --speculative, --threads   as for `frugal generate`\n"
+            "  --weights, --kv, --ctx, --speculative, --threads, --no-check   as for `frugal generate`\n"
             "  -h, --help           show this help\n");
 }
 
@@ -75,7 +80,7 @@ typedef struct {
     int n_stops;
     fr_sample_params sample;
     long max_tokens, ctx, threads;
-    int weights, speculative, ignore_eos;
+    int weights, speculative, ignore_eos, no_check;
     fr_kv_type kv;
 } gen_args;
 
@@ -100,6 +105,7 @@ static int parse_args(const char *cmd, void (*usage)(FILE *), int chat, int argc
         {"--model", &a->model, NULL},
         {chat ? "--system" : "--prompt", chat ? &a->system : &a->prompt, NULL}, /* chat has no --prompt */
         {"--speculative", NULL, &a->speculative},
+        {"--no-check", NULL, &a->no_check},
     };
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
@@ -180,6 +186,7 @@ static int open_model(const gen_args *a, fr_engine **e, fr_tokenizer **tok) {
     o.max_seq_len = (int)a->ctx;
     o.threads = (int)a->threads;
     o.load_mtp = a->speculative;
+    o.no_check = a->no_check;
     double t0 = cli_now();
     if (fr_engine_load(e, a->model, &o) != FR_OK) return cli_fail_lib("cannot load the model");
     if ((gguf ? fr_tokenizer_load_gguf(tok, a->model) : fr_tokenizer_load(tok, a->model)) != FR_OK) {
@@ -359,7 +366,8 @@ int cmd_chat(int argc, char **argv) {
     o.speculative = a.speculative;
     o.on_token = stream_token;
     const int max_len = fr_engine_max_seq_len(e);
-    fprintf(stderr, "frugal chat: type a message; /reset forgets the conversation, /quit or Ctrl-D leaves.\n");
+    fprintf(stderr, "frugal chat: type a message; /help lists the commands, /reset forgets the conversation, "
+                    "/quit or Ctrl-D leaves.\n");
     char *line = NULL;
     size_t cap = 0;
     for (;;) {
@@ -374,8 +382,27 @@ int cmd_chat(int argc, char **argv) {
             fprintf(stderr, "(conversation forgotten)\n");
             continue;
         }
+        if (strcmp(line, "/help") == 0 || strcmp(line, "/?") == 0) {
+            fprintf(stderr, "Commands:\n"
+                            "  /help    this list\n"
+                            "  /reset   forget the conversation (the system prompt stays)\n"
+                            "  /quit    leave (also Ctrl-D)\n"
+                            "Any other line is sent to the model; start it with // to send a message that\n"
+                            "begins with / (the first / is dropped).\n");
+            continue;
+        }
+        const char *msg = line;
+        if (line[0] == '/' && line[1] == '/') { /* escaped: "//x" sends "/x" */
+            msg = line + 1;
+            n--;
+        } else if (line[0] == '/') {
+            const char *sp = strpbrk(line, " \t");
+            fprintf(stderr, "frugal chat: unknown command '%.*s' (not sent); /help lists the commands, // starts "
+                            "a message with /\n", sp ? (int)(sp - line) : (int)n, line);
+            continue;
+        }
         if (n == 0) continue;
-        if (hist_add(&h, "user", line, (size_t)n) != 0) { rc = cli_fail("out of memory"); break; }
+        if (hist_add(&h, "user", msg, (size_t)n) != 0) { rc = cli_fail("out of memory"); break; }
         /* render; drop the oldest turns while the prompt leaves no room for a reply */
         int *ids = NULL;
         size_t n_ids = 0;

@@ -1,9 +1,12 @@
 /* cmd_plot.c — `frugal plot`: training curves from RUN_DIR/metrics.jsonl as an SVG chart or
  * a Unicode (braille) chart in the terminal.
  *
- * metrics.jsonl holds one JSON object per line; "step" records carry loss, lr, tokens_per_s,
- * maxvio[layer] and expert_load[layer][expert], "eval" records carry val_loss. Unknown record
- * types and fields are ignored; lines that are not JSON objects are skipped and counted. */
+ * metrics.jsonl holds one JSON object per line; "step" records carry loss (main + lambda x MTP
+ * + balance), loss_main (the main head's cross-entropy, comparable to val_loss), lr,
+ * tokens_per_s, maxvio[i] and expert_load[i][expert] for the i-th MoE block and moe_layers[i]
+ * (its layer index; index >= num_hidden_layers is an MTP module); "eval" records carry
+ * val_loss. Unknown record types and fields are ignored; lines that are not JSON objects are
+ * skipped and counted. */
 #define _GNU_SOURCE
 #include "cli.h"
 
@@ -28,11 +31,15 @@ void usage_plot(FILE *f) {
             "with a legend by run directory name). RUN_DIR may also be a metrics .jsonl file.\n"
             "\n"
             "Metrics:\n"
-            "  loss        training loss per step (default)\n"
+            "  loss        training loss per step (default): the main head's cross-entropy\n"
+            "              (loss_main, comparable to validation loss; older runs: the total\n"
+            "              loss, main + MTP + balance, labelled so), with the validation loss\n"
             "  val_loss    validation loss at each evaluation\n"
             "  lr          learning rate\n"
             "  throughput  training tokens per second\n"
-            "  maxvio      MoE load imbalance (max load / mean load - 1), one line per MoE layer\n"
+            "  maxvio      MoE load imbalance (max load / mean load - 1), one line per MoE layer,\n"
+            "              named by its layer index (\"MTP\": the MTP module; layer indices come\n"
+            "              from the records' moe_layers or RUN_DIR's config.json)\n"
             "  load        per-expert load at the last logged step: a heat map per run\n"
             "              (rows: MoE layers, columns: experts; red above uniform, blue below)\n"
             "\n"
@@ -54,7 +61,7 @@ typedef enum { M_LOSS, M_VAL_LOSS, M_LR, M_THROUGHPUT, M_MAXVIO, M_LOAD } metric
 static const struct {
     const char *name, *record, *key, *title, *ylabel;
 } METRICS[] = {
-    {"loss", "step", "loss", "Training loss", "loss (nats/token)"},
+    {"loss", "step", "loss", "Training loss and validation loss", "loss (nats/token)"},
     {"val_loss", "eval", "val_loss", "Validation loss", "validation loss (nats/token)"},
     {"lr", "step", "lr", "Learning rate", "learning rate"},
     {"throughput", "step", "tokens_per_s", "Throughput", "tokens / s"},
@@ -71,7 +78,7 @@ typedef struct {
 typedef struct {
     point *p;
     int n, cap;
-    int run, layer; /* layer >= 0 for maxvio */
+    int run, layer; /* layer >= 0 for maxvio: the layer index (MOE_BLOCK_KEY + i: i-th MoE block, index unknown) */
     char name[192];
 } series;
 
@@ -85,6 +92,7 @@ typedef struct {
     long step;
     int layers, experts;
     double *load; /* layers x experts */
+    char (*row_label)[24]; /* [layers]: "layer N", "MTP", "MoE block i" (block_label) */
 } loadmap;
 
 static int push_point(series *s, double x, double y, long order) {
@@ -161,6 +169,52 @@ static void run_name(const char *arg, int is_file, char *out, size_t n) {
     snprintf(out, n, "%s", base);
 }
 
+#define MOE_BLOCK_KEY 1000000
+
+/* Layer index of the i-th MoE block of a record: its "moe_layers" entry, else the run's
+ * config (cfg_moe), else MOE_BLOCK_KEY + i (unknown). */
+static int block_key(const cJSON *moe_layers, int i, const int *cfg_moe, int n_cfg_moe) {
+    const cJSON *li = cJSON_IsArray(moe_layers) ? cJSON_GetArrayItem(moe_layers, i) : NULL;
+    if (cJSON_IsNumber(li) && li->valuedouble >= 0 && li->valuedouble < MOE_BLOCK_KEY) return (int)li->valuedouble;
+    if (i < n_cfg_moe) return cfg_moe[i];
+    return MOE_BLOCK_KEY + i;
+}
+
+/* Name of a MoE block for legends and heat-map rows: "layer N" for a main layer, "MTP" (or
+ * "MTP k" when the model has several) for an MTP module, "MoE block i" when the index is
+ * unknown. */
+static void block_label(char *buf, size_t n, int key, const fr_config *cfg, int have_cfg) {
+    if (key >= MOE_BLOCK_KEY) snprintf(buf, n, "MoE block %d", key - MOE_BLOCK_KEY);
+    else if (have_cfg && key >= cfg->num_hidden_layers && cfg->num_nextn_predict_layers > 1)
+        snprintf(buf, n, "MTP %d", key - cfg->num_hidden_layers + 1);
+    else if (have_cfg && key >= cfg->num_hidden_layers) snprintf(buf, n, "MTP");
+    else snprintf(buf, n, "layer %d", key);
+}
+
+/* The model config of a run, for the layer indices of its MoE blocks: RUN_DIR/config.json or
+ * that of the checkpoint RUN_DIR/latest names. 0 when there is none. */
+static int run_config(const char *arg, int is_file, fr_config *cfg) {
+    char dir[PATH_MAX], path[PATH_MAX + 64];
+    snprintf(dir, sizeof dir, "%s", arg);
+    if (is_file) {
+        char *slash = strrchr(dir, '/');
+        if (slash) *slash = 0;
+        else snprintf(dir, sizeof dir, ".");
+    }
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (access(path, R_OK) == 0 && fr_config_load(cfg, path) == FR_OK) return 1;
+    snprintf(path, sizeof path, "%s/latest", dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char name[256] = "";
+    int ok = fgets(name, sizeof name, f) != NULL;
+    fclose(f);
+    name[strcspn(name, "\r\n")] = 0;
+    if (!ok || !name[0] || strchr(name, '/')) return 0;
+    snprintf(path, sizeof path, "%s/%s/config.json", dir, name);
+    return access(path, R_OK) == 0 && fr_config_load(cfg, path) == FR_OK;
+}
+
 /* Read one run's metrics into series (or, for `load`, the last step's loads). Returns a CLI
  * exit code; prints its own errors. */
 static int read_run(const char *arg, int run, metric_id m, int x_tokens, int log_x, int log_y, series_list *out,
@@ -184,11 +238,35 @@ static int read_run(const char *arg, int run, metric_id m, int x_tokens, int log
     long lineno = 0, bad = 0, order = 0;
     int first = out->n; /* series of this run start here */
     int rc = CLI_EXIT_OK;
-    series *main_s = NULL;
-    if (m != M_MAXVIO && m != M_LOAD) {
+    series *main_s = NULL, *total_s = NULL, *val_s = NULL;
+    if (m == M_LOSS) {
+        /* training loss of the main head (loss_main) when the records have it, else the total
+         * ("loss": main + MTP + balance); beside the validation loss. All three made now (no
+         * realloc moves them later); the unused ones stay empty and are dropped. */
+        char sn[192];
+        snprintf(sn, sizeof sn, "%.150s train loss (main head)", name);
+        if (new_series(out, run, -1, sn)) {
+            snprintf(sn, sizeof sn, "%.150s train loss (main + MTP)", name);
+            if (new_series(out, run, -1, sn)) {
+                snprintf(sn, sizeof sn, "%.150s val loss", name);
+                if (new_series(out, run, -2, sn)) { /* layer -2: drawn dashed */
+                    main_s = &out->s[out->n - 3];
+                    total_s = &out->s[out->n - 2];
+                    val_s = &out->s[out->n - 1];
+                }
+            }
+        }
+        if (!main_s) rc = cli_fail("out of memory");
+    } else if (m != M_MAXVIO && m != M_LOAD) {
         main_s = new_series(out, run, -1, name);
         if (!main_s) rc = cli_fail("out of memory");
     }
+    fr_config cfg;
+    int have_cfg = (m == M_MAXVIO || m == M_LOAD) && run_config(arg, is_file, &cfg);
+    int cfg_moe[256], n_cfg_moe = 0; /* layer index of each MoE block, from the config */
+    if (have_cfg)
+        for (int l = 0; l < cfg.num_hidden_layers + cfg.num_nextn_predict_layers && n_cfg_moe < 256; l++)
+            if (fr_config_layer_is_moe(&cfg, l)) cfg_moe[n_cfg_moe++] = l;
     while (rc == CLI_EXIT_OK && (got = getline(&line, &cap, f)) >= 0) {
         lineno++;
         const char *q = line;
@@ -201,12 +279,25 @@ static int read_run(const char *arg, int run, metric_id m, int x_tokens, int log
             continue;
         }
         const cJSON *type = cJSON_GetObjectItemCaseSensitive(o, "type");
-        if (!cJSON_IsString(type) || strcmp(type->valuestring, want_type) != 0) {
+        const int is_eval = m == M_LOSS && cJSON_IsString(type) && strcmp(type->valuestring, "eval") == 0;
+        if (!cJSON_IsString(type) || (strcmp(type->valuestring, want_type) != 0 && !is_eval)) {
             cJSON_Delete(o);
             continue;
         }
         const cJSON *xi = cJSON_GetObjectItemCaseSensitive(o, xkey);
         const cJSON *yi = cJSON_GetObjectItemCaseSensitive(o, key);
+        series *dest = main_s;
+        if (m == M_LOSS) {
+            const cJSON *lm_i = cJSON_GetObjectItemCaseSensitive(o, "loss_main");
+            if (is_eval) {
+                yi = cJSON_GetObjectItemCaseSensitive(o, "val_loss");
+                dest = val_s;
+            } else if (cJSON_IsNumber(lm_i)) {
+                yi = lm_i;
+            } else {
+                dest = total_s;
+            }
+        }
         double x = cJSON_IsNumber(xi) ? xi->valuedouble : NAN;
         const cJSON *si = cJSON_GetObjectItemCaseSensitive(o, "step");
         if (m == M_LOAD) {
@@ -220,9 +311,15 @@ static int read_run(const char *arg, int run, metric_id m, int x_tokens, int log
                 }
                 if (ok && experts > 0) {
                     double *load = malloc((size_t)layers * (size_t)experts * sizeof *load);
-                    if (!load) {
+                    char (*labels)[24] = malloc((size_t)layers * sizeof *labels);
+                    if (!load || !labels) {
+                        free(load);
+                        free(labels);
                         rc = cli_fail("out of memory");
                     } else {
+                        const cJSON *ml = cJSON_GetObjectItemCaseSensitive(o, "moe_layers");
+                        for (int b = 0; b < layers; b++)
+                            block_label(labels[b], sizeof labels[b], block_key(ml, b, cfg_moe, n_cfg_moe), &cfg, have_cfg);
                         int l = 0;
                         cJSON_ArrayForEach(row, yi) {
                             for (int e = 0; e < experts; e++) {
@@ -232,7 +329,9 @@ static int read_run(const char *arg, int run, metric_id m, int x_tokens, int log
                             l++;
                         }
                         free(lm->load);
+                        free(lm->row_label);
                         lm->load = load;
+                        lm->row_label = labels;
                         lm->layers = layers;
                         lm->experts = experts;
                         lm->step = cJSON_IsNumber(si) ? (long)si->valuedouble : -1;
@@ -244,15 +343,18 @@ static int read_run(const char *arg, int run, metric_id m, int x_tokens, int log
                 if (cJSON_IsArray(yi)) {
                     int l = 0;
                     const cJSON *v;
+                    const cJSON *ml = cJSON_GetObjectItemCaseSensitive(o, "moe_layers");
                     cJSON_ArrayForEach(v, yi) {
                         if (cJSON_IsNumber(v) && isfinite(v->valuedouble) && !(log_y && v->valuedouble <= 0)) {
+                            const int key = block_key(ml, l, cfg_moe, n_cfg_moe);
                             series *s = NULL;
                             for (int k = first; k < out->n; k++)
-                                if (out->s[k].layer == l) s = &out->s[k];
+                                if (out->s[k].layer == key) s = &out->s[k];
                             if (!s) {
-                                char sn[192];
-                                snprintf(sn, sizeof sn, "%.150s layer %d", name, l);
-                                s = new_series(out, run, l, sn);
+                                char label[24], sn[192];
+                                block_label(label, sizeof label, key, &cfg, have_cfg);
+                                snprintf(sn, sizeof sn, "%.150s %s", name, label);
+                                s = new_series(out, run, key, sn);
                             }
                             if (!s || push_point(s, x, v->valuedouble, order++) != 0) {
                                 rc = cli_fail("out of memory");
@@ -263,7 +365,7 @@ static int read_run(const char *arg, int run, metric_id m, int x_tokens, int log
                     }
                 }
             } else if (cJSON_IsNumber(yi) && isfinite(yi->valuedouble) && !(log_y && yi->valuedouble <= 0)) {
-                if (push_point(main_s, x, yi->valuedouble, order++) != 0) rc = cli_fail("out of memory");
+                if (push_point(dest, x, yi->valuedouble, order++) != 0) rc = cli_fail("out of memory");
             }
         }
         cJSON_Delete(o);
@@ -279,6 +381,9 @@ static int read_run(const char *arg, int run, metric_id m, int x_tokens, int log
         snprintf(lm->name, sizeof lm->name, "%s", name);
         return CLI_EXIT_OK;
     }
+    /* a run that logs loss_main is drawn with it alone (records of an older trainer in a
+     * resumed run lack it; mixing the two curves would draw a jump that is not there) */
+    if (main_s && total_s && main_s->n > 0) total_s->n = 0;
     int npts = 0;
     for (int k = first; k < out->n; k++) npts += out->s[k].n;
     if (npts == 0)
@@ -419,6 +524,7 @@ static void series_style(const series_list *l, int k, metric_id m, const char **
     } else {
         *color = PALETTE[s->run % N_PALETTE];
         *dash = DASHES[(s->run / N_PALETTE) % 4];
+        if (s->layer == -2) *dash = DASHES[(s->run / N_PALETTE) % 4 == 1 ? 2 : 1]; /* validation: dashed */
     }
 }
 
@@ -608,8 +714,8 @@ static void svg_load(FILE *f, const loadmap *maps, int n_maps) {
                 load_color(v / uniform, col, sizeof col);
                 fprintf(f,
                         "<rect class=\"cell\" x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" height=\"%.2f\" fill=\"%s\">"
-                        "<title>layer %d, expert %d: %.4g (%.2fx uniform)</title></rect>\n",
-                        L + cw * e, y0 + ch * l, cw, ch, col, l, e, v, v / uniform);
+                        "<title>%s, expert %d: %.4g (%.2fx uniform)</title></rect>\n",
+                        L + cw * e, y0 + ch * l, cw, ch, col, mp->row_label[l], e, v, v / uniform);
             }
         fputs("</g>\n", f);
         fprintf(f, "<rect x=\"%d\" y=\"%.1f\" width=\"%.0f\" height=\"%.1f\" fill=\"none\" stroke=\"#9ca3af\"/>\n", L,
@@ -618,8 +724,8 @@ static void svg_load(FILE *f, const loadmap *maps, int n_maps) {
         fputs("<g font-size=\"11\" fill=\"#374151\">\n", f);
         int lstep = mp->layers <= 16 ? 1 : (mp->layers + 15) / 16;
         for (int l = 0; l < mp->layers; l += lstep)
-            fprintf(f, "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\">layer %d</text>\n", L - 6, y0 + ch * (l + 0.5) + 4,
-                    l);
+            fprintf(f, "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\">%s</text>\n", L - 6, y0 + ch * (l + 0.5) + 4,
+                    mp->row_label[l]);
         int estep = mp->experts <= 16 ? 1 : mp->experts <= 64 ? 8 : mp->experts <= 128 ? 16 : 32;
         for (int e = 0; e < mp->experts; e += estep)
             fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%d</text>\n", L + cw * (e + 0.5),
@@ -757,7 +863,7 @@ static void term_load(const loadmap *maps, int n_maps) {
                mp->step, mp->experts);
         int cols = mp->experts > 96 ? 96 : mp->experts;
         for (int l = 0; l < mp->layers; l++) {
-            printf("  layer %3d \xe2\x94\x82", l);
+            printf("  %11s \xe2\x94\x82", mp->row_label[l]);
             double mx = 0;
             for (int c = 0; c < cols; c++) {
                 double v = mp->load[(size_t)l * mp->experts + c] * mp->experts;
@@ -843,10 +949,12 @@ int cmd_plot(int argc, char **argv) {
                 for (int k = 0; k < list.n; k++)
                     if (list.s[k].run == a || list.s[k].run == b) {
                         char buf[192];
-                        if (list.s[k].layer >= 0)
-                            snprintf(buf, sizeof buf, "%.150s layer %d", runs[list.s[k].run], list.s[k].layer);
-                        else
+                        if (list.s[k].layer >= 0) { /* "<name> <block label>": keep the label */
+                            const char *label = list.s[k].name + strlen(names[list.s[k].run]);
+                            snprintf(buf, sizeof buf, "%.150s%.40s", runs[list.s[k].run], label);
+                        } else {
                             snprintf(buf, sizeof buf, "%.180s", runs[list.s[k].run]);
+                        }
                         snprintf(list.s[k].name, sizeof list.s[k].name, "%s", buf);
                     }
                 snprintf(maps[a].name, sizeof maps[a].name, "%.150s", runs[a]);
@@ -873,7 +981,7 @@ int cmd_plot(int argc, char **argv) {
     }
     free_series(&list);
     if (maps)
-        for (int r = 0; r < n_runs; r++) free(maps[r].load);
+        for (int r = 0; r < n_runs; r++) { free(maps[r].load); free(maps[r].row_label); }
     free(maps);
     free(names);
     free(runs);

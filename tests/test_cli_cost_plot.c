@@ -262,6 +262,8 @@ static void make_run(const char *dir, int n_steps, int eval_every, int layers, i
                 "\"mfu\":0.5,\"elapsed_s\":%.2f,\"cost_usd\":0.0001,\"new_field\":{\"x\":[1,2]},\"maxvio\":[",
                 s, s * 4096, loss, loss * 0.9, loss * 1.1, 3e-4 * fmin(1.0, s / 10.0), 3000.0 + 10 * s, 1.2 * s);
         for (int l = 0; l < layers; l++) fprintf(f, "%s%.4f", l ? "," : "", 1.0 / (s + l));
+        fprintf(f, "],\"moe_layers\":["); /* layer 0 dense: MoE layers 1..layers */
+        for (int l = 0; l < layers; l++) fprintf(f, "%s%d", l ? "," : "", l + 1);
         fprintf(f, "],\"expert_load\":[");
         for (int l = 0; l < layers; l++) {
             fprintf(f, "%s[", l ? "," : "");
@@ -388,14 +390,31 @@ static void test_plot(void) {
     make_run(r2, 30, 10, 3, 8, 1.1);
     make_run(r3, 12, 1000, 2, 4, 1.0);
 
+    /* run-alpha's model: 3 layers (layer 0 dense) + one MTP module, so its MoE blocks are
+     * layers 1, 2 and the MTP module (moe_layers 1, 2, 3) */
+    {
+        char cpath[400];
+        snprintf(cpath, sizeof cpath, "%s/config.json", r1);
+        const char *cj = fr_test_q32_config(256);
+        char cbuf[1500];
+        snprintf(cbuf, sizeof cbuf, "%s", cj);
+        char *nl = strstr(cbuf, "\"num_hidden_layers\": 2");
+        if (nl) nl[strlen("\"num_hidden_layers\": ")] = '3';
+        write_text(cpath, cbuf, "w");
+    }
+
     int counts[64];
     snprintf(args, sizeof args, "'%s' '%s'", r1, r2);
     char *s = plot_svg(args, "loss.svg");
     if (s) {
+        /* per run: the main head's training loss (loss_main) and the validation loss */
         int n = polyline_points(s, counts, 64);
-        CHECK(n == 2 && counts[0] == 50 && counts[1] == 30, "loss: %d polylines, points %d %d", n, counts[0],
-              counts[1]);
-        CHECK(strstr(s, ">run-alpha<") && strstr(s, ">run-beta<"), "legend names the run dirs");
+        CHECK(n == 4 && counts[0] == 50 && counts[1] == 5 && counts[2] == 30 && counts[3] == 3,
+              "loss: %d polylines, points %d %d %d %d", n, counts[0], counts[1], counts[2], counts[3]);
+        CHECK(strstr(s, ">run-alpha train loss (main head)<") && strstr(s, ">run-beta train loss (main head)<") &&
+                  strstr(s, ">run-alpha val loss<") && strstr(s, ">run-beta val loss<"),
+              "legend names the run dirs and labels the training loss");
+        CHECK(strstr(s, "main + MTP") == NULL, "loss_main is drawn, not the total");
         CHECK(strstr(s, "Training loss") && strstr(s, ">step<"), "title and x label");
         free(s);
     }
@@ -414,8 +433,41 @@ static void test_plot(void) {
         int n = polyline_points(s, counts, 64);
         CHECK(n == 6 && counts[0] == 50 && counts[2] == 50 && counts[3] == 30 && counts[5] == 30,
               "maxvio: one line per run and layer: %d", n);
-        CHECK(strstr(s, "run-alpha layer 2") != NULL, "maxvio legend names the layer");
+        /* named by the real layer index; run-alpha's config says layer 3 is the MTP module */
+        CHECK(strstr(s, "run-alpha layer 1") && strstr(s, "run-alpha layer 2") && strstr(s, ">run-alpha MTP<") &&
+                  !strstr(s, "run-alpha layer 0") && !strstr(s, "run-alpha layer 3"),
+              "maxvio legend names the layers and the MTP module");
+        CHECK(strstr(s, "run-beta layer 1") && strstr(s, "run-beta layer 3") && !strstr(s, "run-beta layer 0"),
+              "maxvio legend: layer indices from moe_layers");
         free(s);
+    }
+    {
+        /* a run whose records carry neither moe_layers nor a config: blocks, not layers */
+        char ro[300], opath[400];
+        snprintf(ro, sizeof ro, "%s/run-old", tmp);
+        mkdir(ro, 0755);
+        snprintf(opath, sizeof opath, "%s/metrics.jsonl", ro);
+        write_text(opath,
+                   "{\"type\":\"step\",\"step\":1,\"loss\":3.5,\"maxvio\":[0.5,0.25]}\n"
+                   "{\"type\":\"step\",\"step\":2,\"loss\":3.25,\"maxvio\":[0.4,0.2]}\n"
+                   "{\"type\":\"eval\",\"step\":2,\"val_loss\":3.5}\n",
+                   "w");
+        snprintf(args, sizeof args, "'%s' --metric maxvio", ro);
+        s = plot_svg(args, "maxvio-old.svg");
+        if (s) {
+            CHECK(strstr(s, "run-old MoE block 0") && strstr(s, "run-old MoE block 1") && !strstr(s, "layer 0"),
+                  "maxvio without layer indices names MoE blocks");
+            free(s);
+        }
+        snprintf(args, sizeof args, "'%s'", ro);
+        s = plot_svg(args, "loss-old.svg");
+        if (s) {
+            int n = polyline_points(s, counts, 64);
+            CHECK(n == 2 && counts[0] == 2 && counts[1] == 1 && strstr(s, ">run-old train loss (main + MTP)<") &&
+                      strstr(s, ">run-old val loss<"),
+                  "without loss_main the total loss is drawn, labelled so: %d polylines", n);
+            free(s);
+        }
     }
     for (int k = 0; k < 2; k++) {
         snprintf(args, sizeof args, "'%s' --metric %s", r3, k ? "lr" : "throughput");
@@ -432,6 +484,11 @@ static void test_plot(void) {
         CHECK(count_str(s, "class=\"cell\"") == 3 * 8 + 2 * 4, "heat map cells: %d", count_str(s, "class=\"cell\""));
         CHECK(count_str(s, "<g class=\"heatmap\"") == 2, "one heat map per run");
         CHECK(strstr(s, "step 50") && strstr(s, "step 12"), "last logged step is shown");
+        /* rows named like the MaxVio series: run-alpha's blocks are layers 1, 2 and the MTP
+         * module; no row is labelled by its position ("layer 0" is run-alpha's dense layer) */
+        CHECK(strstr(s, ">layer 1</text>") && strstr(s, ">layer 2</text>") && strstr(s, ">MTP</text>") &&
+                  strstr(s, "<title>MTP, expert 0:") && !strstr(s, ">layer 0</text>"),
+              "heat-map rows are named by layer index and MTP");
         free(s);
     }
     /* a resumed run logs steps 9..12 again: the later records win, one point per step */
@@ -441,7 +498,8 @@ static void test_plot(void) {
     snprintf(rpath, sizeof rpath, "%s/metrics.jsonl", rr);
     for (int st = 9; st <= 12; st++) {
         char line[200];
-        snprintf(line, sizeof line, "{\"type\":\"step\",\"step\":%d,\"loss\":%d.5}\n", st, 100 + st);
+        snprintf(line, sizeof line, "{\"type\":\"step\",\"step\":%d,\"loss\":%d.5,\"loss_main\":%d.5}\n", st,
+                 101 + st, 100 + st);
         write_text(rpath, line, "a");
     }
     snprintf(args, sizeof args, "'%s' --log-y", rr);
@@ -458,7 +516,7 @@ static void test_plot(void) {
     s = plot_svg(args, "file.svg");
     if (s) {
         int n = polyline_points(s, counts, 64);
-        CHECK(n == 1 && counts[0] == 12 && strstr(s, ">run-noeval<"), "metrics file argument");
+        CHECK(n == 1 && counts[0] == 12 && strstr(s, ">run-noeval train loss (main head)<"), "metrics file argument");
         free(s);
     }
 
@@ -466,8 +524,9 @@ static void test_plot(void) {
     char *out = NULL, *err = NULL;
     snprintf(args, sizeof args, "plot '%s' '%s' --terminal", r1, r2);
     int rc = run_frugal_err(args, &out, &err);
-    CHECK(rc == 0 && strstr(out, "Training loss") && strstr(out, "\xe2\xa3\xbf run-alpha: 50 points") &&
-              strstr(out, "run-beta: 30 points"),
+    CHECK(rc == 0 && strstr(out, "Training loss") &&
+              strstr(out, "\xe2\xa3\xbf run-alpha train loss (main head): 50 points") &&
+              strstr(out, "run-beta train loss (main head): 30 points") && strstr(out, "run-alpha val loss: 5 points"),
           "terminal chart: rc %d\n%s", rc, out);
     int braille = 0;
     for (const unsigned char *q = (const unsigned char *)out; q[0] && q[1] && q[2]; q++)
@@ -477,7 +536,7 @@ static void test_plot(void) {
     free(out);
     free(err);
     snprintf(args, sizeof args, "plot '%s' --metric load --terminal", r3);
-    expect(args, 0, "Expert load", "layer   1");
+    expect(args, 0, "Expert load", "    layer 1 \xe2\x94\x82");
 
     /* bad input */
     expect("plot --help", 0, "frugal plot", "--metric");

@@ -33,6 +33,11 @@ uint64_t fr_fnv1a64(uint64_t h, const void *data, size_t n);
  * folders this code created or an output the caller asked to replace). */
 void fr_remove_tree(const char *path);
 
+/* Remove what killed processes left beside `path`: every "<path><sep><PID>" (a file or a
+ * folder tree; sep e.g. ".tmp-" or ".tmp.") whose PID names no live process (kill(PID, 0)
+ * fails with ESRCH). This process's own and live processes' temporaries are kept. Best effort. */
+void fr_remove_stale_tmp(const char *path, const char *sep);
+
 /* 64-byte aligned, zeroed allocation for host buffers; free with fr_free. */
 void *fr_alloc(size_t bytes);
 void fr_free(void *p);

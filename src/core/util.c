@@ -2,11 +2,13 @@
 #define _GNU_SOURCE
 #include "core/internal.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <libgen.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -207,4 +209,30 @@ char *fr_path_join(const char *dir, const char *name) {
     if (k == 0 || s[k - 1] != '/') s[k++] = '/';
     memcpy(s + k, name, ln + 1);
     return s;
+}
+
+void fr_remove_stale_tmp(const char *path, const char *sep) {
+    char *c1 = strdup(path), *c2 = strdup(path);
+    DIR *d = NULL;
+    if (!c1 || !c2) goto done;
+    const char *parent = dirname(c1), *base = basename(c2);
+    const size_t bl = strlen(base), sl = strlen(sep);
+    if (!(d = opendir(parent))) goto done;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (strncmp(de->d_name, base, bl) != 0 || strncmp(de->d_name + bl, sep, sl) != 0) continue;
+        const char *num = de->d_name + bl + sl;
+        char *end;
+        errno = 0;
+        long pid = strtol(num, &end, 10);
+        if (num[0] < '0' || num[0] > '9' || *end || errno || pid <= 0 || pid == (long)getpid()) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+        char *stale = fr_path_join(parent, de->d_name);
+        if (stale) fr_remove_tree(stale);
+        free(stale);
+    }
+done:
+    if (d) closedir(d);
+    free(c1);
+    free(c2);
 }

@@ -10,19 +10,27 @@
  *     rope_interleave = false (rotate_half) gets the RoPE rows of q and kv_a permuted so
  *     that the same pairs rotate together;
  *   - MTP layers (index >= num_hidden_layers) are not exported.
- * Weights are read through the mmap'd safetensors set one tensor at a time.
+ * Weights are read through the mmap'd safetensors set one tensor at a time. A folder written
+ * by `frugal quantize` is read too: its Q8_0 / Q4_1 matrices ("<base>.qweight" + ".scales"
+ * [+ ".mins"], no "<base>.weight") are dequantized through formats/qmatrix.h.
  */
 #define _GNU_SOURCE
 #include "formats/fp8.h"
 #include "formats/gguf.h"
+#include "formats/qmatrix.h"
 #include "core/internal.h"
 #include "formats/safetensors.h"
 #include "text/tokenizer_internal.h"
 
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
 #include <libgen.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef enum { SRC_COPY, SRC_ROPE_Q, SRC_ROPE_KV, SRC_K_B, SRC_V_B, SRC_EXPERTS } src_kind;
 
@@ -92,6 +100,18 @@ static int plan_add(exporter *x, const char *gguf, const char *hf, src_kind kind
 /* Read HF tensor `name` of shape [rows, cols] (cols 0: 1-D) as floats. */
 static int read_hf(exporter *x, const char *name, int64_t rows, int64_t cols, float *dst) {
     const fr_st_tensor *s = fr_st_set_find(&x->set, name);
+    if (!s && cols > 0) {
+        /* stored quantized by `frugal quantize`: dequantize (fr_qmatrix_load checks the parts) */
+        const int qt = fr_qmatrix_stored_type(&x->set, name);
+        if (qt == FR_QT_Q8_0 || qt == FR_QT_Q4_1) {
+            if (rows > INT32_MAX || cols > INT32_MAX) return fr_error(FR_ERR_FORMAT, "tensor %s is too large", name);
+            fr_qmatrix q;
+            FR_CHECK(fr_qmatrix_load(&q, &x->set, name, (int)rows, (int)cols, FR_QT_F32));
+            memcpy(dst, q.data, (size_t)rows * (size_t)cols * sizeof *dst);
+            fr_qmatrix_free(&q);
+            return FR_OK;
+        }
+    }
     if (!s) return fr_error(FR_ERR_FORMAT, "missing tensor %s", name);
     int nd = cols ? 2 : 1;
     if (s->ndim != nd || s->shape[0] != rows || (nd == 2 && s->shape[1] != cols))
@@ -413,7 +433,15 @@ int fr_gguf_export(const char *model_dir, const char *out_path, int type, fr_ggu
         char *text = NULL;
         size_t len = 0;
         FR_CHECK(fr_read_file(path, &text, &len));
-        int rc = fr_fp8_block_size(text, len, &x.br, &x.bc);
+        /* a folder of `frugal quantize` (quant_method "frugal": BF16 / Q8_0 / Q4_1 tensors,
+         * read below) has no FP8 blocks; any other quantization_config goes to the FP8 parser */
+        int rc = FR_OK;
+        cJSON *root = cJSON_ParseWithLength(text, len);
+        const cJSON *qc = root ? cJSON_GetObjectItemCaseSensitive(root, "quantization_config") : NULL;
+        const cJSON *qm = cJSON_IsObject(qc) ? cJSON_GetObjectItemCaseSensitive(qc, "quant_method") : NULL;
+        if (cJSON_IsString(qm) && strcmp(qm->valuestring, "frugal") == 0) x.br = x.bc = 128;
+        else rc = fr_fp8_block_size(text, len, &x.br, &x.bc);
+        cJSON_Delete(root);
         free(text);
         FR_CHECK(rc);
     }
@@ -428,7 +456,7 @@ int fr_gguf_export(const char *model_dir, const char *out_path, int type, fr_ggu
     for (int k = 0; k < cfg.num_nextn_predict_layers; k++) {
         char name[128];
         snprintf(name, sizeof name, "model.layers.%d.eh_proj.weight", cfg.num_hidden_layers + k);
-        if (fr_st_set_find(&x.set, name)) stats->n_mtp_skipped++;
+        if (fr_qmatrix_stored_type(&x.set, name) >= 0) stats->n_mtp_skipped++;
     }
     if ((rc = build_plan(&x)) != FR_OK) goto fail;
     if ((rc = fr_gguf_writer_new(&w)) != FR_OK) goto fail;
@@ -450,6 +478,7 @@ int fr_gguf_export(const char *model_dir, const char *out_path, int type, fr_ggu
     buf = malloc((max_n + 1) * sizeof *buf);
     tmp = malloc((max_n + 1) * sizeof *tmp);
     if (!buf || !tmp) { rc = fr_error(FR_ERR_NOMEM, "out of memory"); goto fail; }
+    fr_remove_stale_tmp(out_path, ".tmp."); /* the writer's temporaries (gguf.c) of killed exports */
     if ((rc = fr_gguf_writer_begin(w, out_path)) != FR_OK) goto fail;
     for (int i = 0; i < x.n; i++) {
         plan_entry *e = &x.p[i];

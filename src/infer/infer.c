@@ -29,6 +29,7 @@
 #include "formats/safetensors.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <strings.h>
 #include <sys/stat.h>
 #include <omp.h>
@@ -115,8 +116,74 @@ static fr_qtype sensitive_type(const fr_engine *e, int cols) {
     return t == FR_QT_Q4_1 ? FR_QT_Q8_0 : t;
 }
 
+/* Index of the first NaN or Inf in a stored tensor (F32, F16, BF16, F64, FP8), or SIZE_MAX when
+ * every value is finite (integer tensors hold none). One pass over the raw bits: an all-ones
+ * exponent field; chunked so the inner loop vectorises and only a chunk with a bad value is
+ * scanned again for its index. memcpy loads: a mapped tensor need not be aligned. */
+#define SCAN_NONFINITE(T, MASK)                                                       \
+    do {                                                                              \
+        const unsigned char *p = (const unsigned char *)t->data;                      \
+        const size_t n = t->numel;                                                    \
+        for (size_t i0 = 0; i0 < n; i0 += 4096) {                                     \
+            const size_t i1 = n - i0 > 4096 ? i0 + 4096 : n;                          \
+            int bad = 0;                                                              \
+            for (size_t i = i0; i < i1; i++) {                                        \
+                T v;                                                                  \
+                memcpy(&v, p + i * sizeof(T), sizeof(T));                             \
+                bad |= (v & (T)(MASK)) == (T)(MASK);                                  \
+            }                                                                         \
+            if (bad)                                                                  \
+                for (size_t i = i0; i < i1; i++) {                                    \
+                    T v;                                                              \
+                    memcpy(&v, p + i * sizeof(T), sizeof(T));                         \
+                    if ((v & (T)(MASK)) == (T)(MASK)) return i;                       \
+                }                                                                     \
+        }                                                                             \
+    } while (0)
+
+static size_t first_nonfinite(const fr_st_tensor *t) {
+    switch (t->dtype) {
+    case FR_DT_F32: SCAN_NONFINITE(uint32_t, 0x7f800000u); break;
+    case FR_DT_F16: SCAN_NONFINITE(uint16_t, 0x7c00u); break;
+    case FR_DT_BF16: SCAN_NONFINITE(uint16_t, 0x7f80u); break;
+    case FR_DT_F64: SCAN_NONFINITE(uint64_t, 0x7ff0000000000000ull); break;
+    case FR_DT_F8_E4M3: SCAN_NONFINITE(uint8_t, 0x7fu); break; /* e4m3fn: only NaN (S.1111.111) */
+    case FR_DT_F8_E5M2: SCAN_NONFINITE(uint8_t, 0x7cu); break;
+    default: break;
+    }
+    return SIZE_MAX;
+}
+#undef SCAN_NONFINITE
+
+static int check_tensor_finite(const fr_st_tensor *t, const char *name) {
+    const size_t bad = first_nonfinite(t);
+    if (bad == SIZE_MAX) return FR_OK;
+    if (t->ndim == 2 && t->shape[1] > 0)
+        return fr_error(FR_ERR_FORMAT, "tensor %s holds a non-finite value (NaN or Inf) at index %zu (row %zu, column %zu)",
+                        name, bad, bad / (size_t)t->shape[1], bad % (size_t)t->shape[1]);
+    return fr_error(FR_ERR_FORMAT, "tensor %s holds a non-finite value (NaN or Inf) at index %zu", name, bad);
+}
+
+/* The load-time check of weight `name` (fr_engine_options.no_check skips it): the float tensor
+ * itself, or for a matrix stored quantized by `frugal quantize` its scales and minima (the
+ * integer quants cannot be non-finite). Absent tensors are left to the loaders' messages. */
+static int check_weights(const fr_engine *e, const fr_st_set *st, const char *name) {
+    if (e->opt.no_check) return FR_OK;
+    const fr_st_tensor *t = fr_st_set_find(st, name);
+    if (t) return check_tensor_finite(t, name);
+    static const char *const parts[] = {"scales", "mins"};
+    for (int k = 0; k < 2; k++) {
+        char pn[1024];
+        if (fr_qmatrix_tensor_name(pn, sizeof pn, name, parts[k]) != 0) continue;
+        const fr_st_tensor *q = fr_st_set_find(st, pn);
+        if (q) FR_CHECK(check_tensor_finite(q, pn));
+    }
+    return FR_OK;
+}
+
 static int load_mat_as(fr_engine *e, fr_qmatrix *m, const fr_st_set *st, const char *name, int rows, int cols,
                        fr_qtype want) {
+    FR_CHECK(check_weights(e, st, name));
     const fr_st_tensor *t = e->map_weights ? fr_st_set_find(st, name) : NULL;
     if (t && t->ndim == 2 && t->shape[0] == rows && t->shape[1] == cols &&
         ((want == FR_QT_F32 && t->dtype == FR_DT_F32) || (want == FR_QT_BF16 && t->dtype == FR_DT_BF16))) {
@@ -130,11 +197,12 @@ static int load_mat(fr_engine *e, fr_qmatrix *m, const fr_st_set *st, const char
     return load_mat_as(e, m, st, name, rows, cols, mat_type(e, cols));
 }
 
-static int load_vec(const fr_st_set *st, const char *name, size_t numel, float **out) {
+static int load_vec(const fr_engine *e, const fr_st_set *st, const char *name, size_t numel, float **out) {
     *out = NULL;
     const fr_st_tensor *t = fr_st_set_find(st, name);
     if (!t) return fr_error(FR_ERR_FORMAT, "tensor %s is missing from the checkpoint", name);
     if (t->numel != numel) return fr_error(FR_ERR_FORMAT, "tensor %s has %zu values, expected %zu", name, t->numel, numel);
+    FR_CHECK(check_weights(e, st, name));
     float *p = fr_alloc(numel * sizeof(float));
     if (!p) return fr_error(FR_ERR_NOMEM, "out of memory loading %s", name);
     int rc = fr_st_to_f32(t, p, numel);
@@ -155,22 +223,22 @@ static int load_layer(fr_engine *e, eng_layer *ly, const fr_st_set *st, int inde
     ly->index = index;
     ly->is_moe = fr_config_layer_is_moe(c, index);
     if (is_mtp) {
-        FR_CHECK(load_vec(st, NAME("%s%d.enorm.weight", pre, index), H, &ly->enorm));
-        FR_CHECK(load_vec(st, NAME("%s%d.hnorm.weight", pre, index), H, &ly->hnorm));
-        FR_CHECK(load_vec(st, NAME("%s%d.shared_head.norm.weight", pre, index), H, &ly->head_norm));
+        FR_CHECK(load_vec(e, st, NAME("%s%d.enorm.weight", pre, index), H, &ly->enorm));
+        FR_CHECK(load_vec(e, st, NAME("%s%d.hnorm.weight", pre, index), H, &ly->hnorm));
+        FR_CHECK(load_vec(e, st, NAME("%s%d.shared_head.norm.weight", pre, index), H, &ly->head_norm));
         FR_CHECK(load_mat(e, &ly->eh_proj, st, NAME("%s%d.eh_proj.weight", pre, index), H, 2 * H));
     }
-    FR_CHECK(load_vec(st, NAME("%s%d.input_layernorm.weight", pre, index), H, &ly->input_norm));
-    FR_CHECK(load_vec(st, NAME("%s%d.post_attention_layernorm.weight", pre, index), H, &ly->post_norm));
+    FR_CHECK(load_vec(e, st, NAME("%s%d.input_layernorm.weight", pre, index), H, &ly->input_norm));
+    FR_CHECK(load_vec(e, st, NAME("%s%d.post_attention_layernorm.weight", pre, index), H, &ly->post_norm));
     if (qr > 0) {
         FR_CHECK(load_mat(e, &ly->q_a, st, NAME("%s%d.self_attn.q_a_proj.weight", pre, index), qr, H));
-        FR_CHECK(load_vec(st, NAME("%s%d.self_attn.q_a_layernorm.weight", pre, index), qr, &ly->q_a_norm));
+        FR_CHECK(load_vec(e, st, NAME("%s%d.self_attn.q_a_layernorm.weight", pre, index), qr, &ly->q_a_norm));
         FR_CHECK(load_mat(e, &ly->q_b, st, NAME("%s%d.self_attn.q_b_proj.weight", pre, index), nh * dqk, qr));
     } else {
         FR_CHECK(load_mat(e, &ly->q, st, NAME("%s%d.self_attn.q_proj.weight", pre, index), nh * dqk, H));
     }
     FR_CHECK(load_mat(e, &ly->kv_a, st, NAME("%s%d.self_attn.kv_a_proj_with_mqa.weight", pre, index), kvr + rope, H));
-    FR_CHECK(load_vec(st, NAME("%s%d.self_attn.kv_a_layernorm.weight", pre, index), kvr, &ly->kv_a_norm));
+    FR_CHECK(load_vec(e, st, NAME("%s%d.self_attn.kv_a_layernorm.weight", pre, index), kvr, &ly->kv_a_norm));
     FR_CHECK(load_mat(e, &ly->o, st, NAME("%s%d.self_attn.o_proj.weight", pre, index), H, nh * vd));
 
     /* kv_b_proj [nh*(nope+vd), kvr] split per head: rows [h*(nope+vd), +nope) = W_UK[h],
@@ -200,9 +268,9 @@ static int load_layer(fr_engine *e, eng_layer *ly, const fr_st_set *st, int inde
 
     if (ly->is_moe) {
         const int E = c->n_routed_experts, Im = c->moe_intermediate_size;
-        FR_CHECK(load_vec(st, NAME("%s%d.mlp.gate.weight", pre, index), (size_t)E * H, &ly->router));
+        FR_CHECK(load_vec(e, st, NAME("%s%d.mlp.gate.weight", pre, index), (size_t)E * H, &ly->router));
         if (c->has_correction_bias)
-            FR_CHECK(load_vec(st, NAME("%s%d.mlp.gate.e_score_correction_bias", pre, index), E, &ly->router_bias));
+            FR_CHECK(load_vec(e, st, NAME("%s%d.mlp.gate.e_score_correction_bias", pre, index), E, &ly->router_bias));
         ly->exp_gate = calloc((size_t)E, sizeof(fr_qmatrix));
         ly->exp_up = calloc((size_t)E, sizeof(fr_qmatrix));
         ly->exp_down = calloc((size_t)E, sizeof(fr_qmatrix));
@@ -361,8 +429,8 @@ static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_se
     e->layers = calloc((size_t)(e->L + e->mtp), sizeof *e->layers);
     if (!e->layers) rc = fr_error(FR_ERR_NOMEM, "out of memory");
     for (int l = 0; l < e->L + e->mtp && rc == FR_OK; l++) rc = load_layer(e, &e->layers[l], st, l, l >= e->L);
-    if (rc == FR_OK) rc = load_vec(st, "model.embed_tokens.weight", (size_t)V * H, &e->embed);
-    if (rc == FR_OK) rc = load_vec(st, "model.norm.weight", H, &e->final_norm);
+    if (rc == FR_OK) rc = load_vec(e, st, "model.embed_tokens.weight", (size_t)V * H, &e->embed);
+    if (rc == FR_OK) rc = load_vec(e, st, "model.norm.weight", H, &e->final_norm);
     if (rc == FR_OK)
         rc = load_mat_as(e, &e->lm_head, st, cfg.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight", V,
                          H, sensitive_type(e, H));

@@ -287,7 +287,8 @@ int fr_quantize_model(const char *in_dir, const char *out_dir, const char *type,
     cJSON_Delete(root);
     int made_tmp = 0;
     if (rc == FR_OK) {
-        fr_remove_tree(tmp_dir); /* a leftover of a killed run with our pid */
+        fr_remove_tree(tmp_dir);                 /* a leftover of a killed run with our pid */
+        fr_remove_stale_tmp(out_dir, ".tmp-");   /* and those of killed runs with other pids */
         if (mkdir(tmp_dir, 0755) != 0) rc = fr_error(FR_ERR_IO, "cannot create %s: %s", tmp_dir, strerror(errno));
         else made_tmp = 1;
     }

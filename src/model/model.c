@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -317,7 +318,22 @@ static int shapes_equal(const fr_tensor *t, const fr_st_tensor *s) {
     return 1;
 }
 
-int fr_model_load(fr_model **out, const char *dir) {
+/* Index of the first NaN / Inf of x[0..n), or SIZE_MAX: chunked so the inner loop vectorises. */
+static size_t first_nonfinite_f32(const float *x, size_t n) {
+    for (size_t i0 = 0; i0 < n; i0 += 4096) {
+        const size_t i1 = n - i0 > 4096 ? i0 + 4096 : n;
+        int bad = 0;
+        for (size_t i = i0; i < i1; i++) bad |= !isfinite(x[i]);
+        if (bad)
+            for (size_t i = i0; i < i1; i++)
+                if (!isfinite(x[i])) return i;
+    }
+    return SIZE_MAX;
+}
+
+int fr_model_load(fr_model **out, const char *dir) { return fr_model_load_flags(out, dir, 0); }
+
+int fr_model_load_flags(fr_model **out, const char *dir, int flags) {
     fr_clear_error();
     if (!out || !dir) return fr_error(FR_ERR_ARG, "fr_model_load: NULL argument");
     *out = NULL;
@@ -383,6 +399,14 @@ int fr_model_load(fr_model **out, const char *dir) {
             if ((rc = fr_fp8_dequant(s, sc, fp8_br, fp8_bc, stage, t->numel)) != FR_OK) break;
         } else if ((rc = fr_st_to_f32(s, stage, t->numel)) != FR_OK) {
             break;
+        }
+        if (!(flags & FR_LOAD_NO_CHECK)) {
+            const size_t bad = first_nonfinite_f32(stage, t->numel);
+            if (bad != SIZE_MAX) {
+                rc = fr_error(FR_ERR_FORMAT, "%s: tensor %s holds a non-finite value (NaN or Inf) at index %zu", dir,
+                              t->name, bad);
+                break;
+            }
         }
         m->ops->to_device(P(t->offset), stage, t->numel * sizeof(float));
     }

@@ -4,7 +4,8 @@
  * text, each batch is encoded in parallel (OpenMP; fr_tokenizer_encode is thread-safe) and
  * the token ids are appended in document order to the shards of the document's split.
  * Everything is written into OUTPUT.tmp-PID and renamed to OUTPUT at the very end, so an
- * interrupted or failed run leaves no folder that looks complete.
+ * interrupted or failed run leaves no folder that looks complete; the OUTPUT.tmp-PID left by
+ * a killed run (its PID no longer alive) is removed by the next run that writes OUTPUT.
  *
  * Split rule (documented in docs/data.md and recorded in meta.json): a document goes to
  * "val" iff  (mix64(fnv1a64(document bytes)) >> 11) * 2^-53 < val_fraction, where fnv1a64
@@ -25,6 +26,7 @@
 #include <libgen.h>
 #include <limits.h>
 #include <omp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -355,6 +357,64 @@ static int is_blank(const char *s, size_t n) {
     return 1;
 }
 
+/* A plain-text input must be UTF-8 text: a file with a NUL byte, or with more than
+ * MAX_BAD_UTF8_PERCENT % of its bytes outside valid UTF-8 sequences, is refused (a binary
+ * file or another encoding, e.g. UTF-16, would otherwise become one document of garbage).
+ * A few stray bytes (a Latin-1 character in an otherwise UTF-8 file) are tolerated. */
+#define MAX_BAD_UTF8_PERCENT 1
+
+/* Length of the valid UTF-8 sequence at s[0..n) (1..4), or 0 when s[0] starts none
+ * (overlong forms, surrogates and code points above U+10FFFF are invalid). */
+static size_t utf8_seq_len(const unsigned char *s, size_t n) {
+    const unsigned c = s[0];
+    if (c < 0x80) return 1;
+    size_t len;
+    unsigned lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
+    if (c >= 0xC2 && c <= 0xDF) len = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        if (c == 0xE0) lo = 0xA0;
+        if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        if (c == 0xF0) lo = 0x90;
+        if (c == 0xF4) hi = 0x8F;
+    } else return 0;
+    if (n < len || s[1] < lo || s[1] > hi) return 0;
+    for (size_t k = 2; k < len; k++)
+        if ((s[k] & 0xC0) != 0x80) return 0;
+    return len;
+}
+
+static int check_text(const char *path, const char *text, size_t len) {
+    const unsigned char *s = (const unsigned char *)text;
+    size_t bad = 0, first_bad = len;
+    for (size_t i = 0; i < len;) {
+        if (s[i] < 0x80) { /* ASCII run */
+            if (s[i] == 0)
+                return fr_error(FR_ERR_FORMAT,
+                                "input file %s is not text: it holds a NUL byte at byte offset %zu (a binary file, "
+                                "or UTF-16?); plain-text inputs must be UTF-8",
+                                path, i);
+            i++;
+            continue;
+        }
+        size_t k = utf8_seq_len(s + i, len - i);
+        if (k == 0) {
+            if (bad++ == 0) first_bad = i;
+            k = 1;
+        }
+        i += k;
+    }
+    if (bad * 100 > (size_t)MAX_BAD_UTF8_PERCENT * len)
+        return fr_error(FR_ERR_FORMAT,
+                        "input file %s is not UTF-8 text: %zu of its %zu bytes (%.1f %%) are outside valid UTF-8 "
+                        "sequences, the first at byte offset %zu (at most %d %% is tolerated; a binary file, or "
+                        "another encoding?)",
+                        path, bad, len, 100.0 * (double)bad / (double)len, first_bad, MAX_BAD_UTF8_PERCENT);
+    return FR_OK;
+}
+
 /* Next non-empty document into *d (text malloc'd). *have = 0 at the end of the inputs. */
 static int reader_next(doc_reader *r, doc *d, int *have) {
     *have = 0;
@@ -369,6 +429,11 @@ static int reader_next(doc_reader *r, doc *d, int *have) {
             if (len == 0) {
                 free(text);
                 return fr_error(FR_ERR_FORMAT, "input file %s is empty (0 bytes)", in->path);
+            }
+            int trc = check_text(in->path, text, len);
+            if (trc != FR_OK) {
+                free(text);
+                return trc;
             }
             memset(d, 0, sizeof *d);
             d->text = text;
@@ -927,6 +992,7 @@ static int data_prepare(const fr_data_prepare_options *opt, int force, fr_data_s
     snprintf(tmp, tlen, "%s.tmp-%ld", out_dir, (long)getpid());
     snprintf(old, tlen, "%s.old-%ld", out_dir, (long)getpid());
     fr_remove_tree(tmp); /* stale leftover of a killed run with the same pid */
+    fr_remove_stale_tmp(out_dir, ".tmp-"); /* and those of killed runs with other pids */
     if (mkdir(tmp, 0755) != 0) {
         rc = fr_error(FR_ERR_IO, "cannot create folder %s: %s", tmp, strerror(errno));
         goto out;
