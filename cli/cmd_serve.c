@@ -30,9 +30,12 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #define BODY_CAP (1u << 20)        /* request bodies above 1 MiB get 413 */
 #define WAIT_SLICE_NS 50000000L    /* waiters re-check their socket every 50 ms */
+#define SEND_TIMEOUT 60u           /* s a client may take to accept response bytes */
+#define HEALTH_HEADROOM 16         /* connections one client address cannot take (default) */
 
 void usage_serve(FILE *f) {
     fprintf(f,
@@ -64,9 +67,21 @@ void usage_serve(FILE *f) {
             "  --kv TYPE            latent KV cache: f32, bf16, fp8 (default f32)\n"
             "  --threads N          CPU threads (default: OpenMP's default)\n"
             "  --name NAME          model id reported by /v1/models (default: the folder's name)\n"
+            "  --no-check           skip the load-time check that every weight is finite (NaN / Inf;\n"
+            "                       it reads all weights once at start-up)\n"
+            "  --max-connections N  open connections in all (default: max-queue + parallel + 64)\n"
+            "  --max-client-connections N\n"
+            "                       open connections per client address (default: max-connections\n"
+            "                       - 16, so that one client cannot take them all; 0 = no limit)\n"
+            "  --header-timeout S   seconds a connection may stay silent while its request (headers\n"
+            "                       or body) is incomplete, or idle between requests (default 10)\n"
+            "  --drain-seconds S    on SIGINT / SIGTERM: seconds running requests may take to finish\n"
+            "                       before their streams end with an error event (default 10)\n"
             "  -h, --help           show this help\n"
             "\n"
-            "Stops cleanly on SIGINT / SIGTERM.\n");
+            "Stops cleanly on SIGINT / SIGTERM: stops accepting, answers queued requests 503, lets\n"
+            "running ones finish for up to --drain-seconds, then ends each open stream with an error\n"
+            "event and [DONE]. A second signal skips the rest of the drain.\n");
 }
 
 /* ------------------------------------------------------------------ connection state */
@@ -80,6 +95,13 @@ typedef struct {
 } conn_ctx;
 
 static srv_server S;
+static unsigned header_timeout = 10;
+
+/* Set this connection's inactivity timeout (0 = none), counted from now. */
+static void conn_timeout(struct MHD_Connection *c, unsigned secs) {
+    MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, 0u); /* from 0, MHD restarts the clock */
+    if (secs) MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, secs);
+}
 
 /* Is the client of this connection gone (peer closed or reset)? */
 static int client_gone(struct MHD_Connection *c) {
@@ -107,6 +129,7 @@ static enum MHD_Result send_text(struct MHD_Connection *c, unsigned status, cons
                                  size_t len) {
     struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)text, MHD_RESPMEM_MUST_COPY);
     if (!r) return MHD_NO;
+    conn_timeout(c, SEND_TIMEOUT);
     MHD_add_response_header(r, "Content-Type", ctype);
     MHD_add_response_header(r, "Cache-Control", "no-store");
     enum MHD_Result ret = MHD_queue_response(c, status, r);
@@ -178,6 +201,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
             r->pend_off += n;
             if (r->pend_off == r->pend_len) r->pend_off = r->pend_len = 0;
             pthread_mutex_unlock(&S.mu);
+            conn_timeout(sc->conn, SEND_TIMEOUT); /* the reader waited with the clock stopped */
             return (ssize_t)n;
         }
         if (r->finished) {
@@ -194,9 +218,15 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
             fail |= pend_add(r, srv_stream_event(&S, r, r->out + r->sent, end - r->sent, 0, NULL, 0));
             r->sent = end;
         }
-        if (r->state == SRV_DONE && r->out_len == r->sent) {
-            if (r->error) {
-                cJSON *eo = srv_error_object(r->error, "server_error", NULL, NULL);
+        int shut = S.stopping && r->state != SRV_DONE; /* drain time over: end the stream */
+        if ((r->state == SRV_DONE && r->out_len == r->sent) || shut) {
+            if (shut) {
+                r->cancelled = 1; /* the scheduler frees the slot */
+                pthread_cond_signal(&S.sched_cv);
+            }
+            if (r->error || shut) {
+                cJSON *eo = srv_error_object(shut || r->rejected ? "server shutting down" : r->error, "server_error", NULL,
+                                             shut || r->rejected ? "server_shutting_down" : NULL);
                 char *j = eo ? cJSON_PrintUnformatted(eo) : NULL;
                 cJSON_Delete(eo);
                 if (j) {
@@ -220,10 +250,6 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
             return MHD_CONTENT_READER_END_WITH_ERROR;
         }
         if (r->pend_off < r->pend_len || r->finished) continue;
-        if (S.stopping) {
-            pthread_mutex_unlock(&S.mu);
-            return MHD_CONTENT_READER_END_WITH_ERROR;
-        }
         if (client_gone(sc->conn)) {
             r->cancelled = 1;
             pthread_cond_signal(&S.sched_cv);
@@ -242,6 +268,8 @@ static void stream_free(void *cls) {
         pthread_cond_signal(&S.sched_cv);
     }
     srv_req_unref_locked(sc->r);
+    S.open_reqs--;
+    pthread_cond_broadcast(&S.out_cv);
     pthread_mutex_unlock(&S.mu);
     free(sc);
 }
@@ -256,13 +284,16 @@ static enum MHD_Result handle_completion(struct MHD_Connection *c, conn_ctx *cc,
     srv_req *r = srv_parse_request(&S, root, chat, &e);
     cJSON_Delete(root);
     if (!r) return send_error(c, e.status ? e.status : 400, e.param, e.code, "%s", e.msg);
-    if (srv_submit(&S, r) != 0) {
+    int sub = srv_submit(&S, r);
+    if (sub != 0) {
         pthread_mutex_lock(&S.mu);
         srv_req_unref_locked(r);
         pthread_mutex_unlock(&S.mu);
+        if (sub == -2) return send_error(c, 503, NULL, "server_shutting_down", "server shutting down");
         return send_error(c, 503, NULL, "queue_full", "the server is busy (%ld requests queued); retry later", S.max_queue);
     }
     pthread_mutex_lock(&S.mu);
+    S.open_reqs++; /* until stream_free / on_completed */
     S.prompt_tokens += (unsigned long)r->n_prompt;
     S.completions[chat]++;
     pthread_mutex_unlock(&S.mu);
@@ -272,6 +303,7 @@ static enum MHD_Result handle_completion(struct MHD_Connection *c, conn_ctx *cc,
             pthread_mutex_lock(&S.mu);
             r->cancelled = 1;
             srv_req_unref_locked(r);
+            S.open_reqs--;
             pthread_mutex_unlock(&S.mu);
             return send_error(c, 500, NULL, NULL, "out of memory");
         }
@@ -306,10 +338,16 @@ static enum MHD_Result handle_completion(struct MHD_Connection *c, conn_ctx *cc,
     }
     cJSON *body = NULL;
     char err[300] = "";
-    if (r->state != SRV_DONE) snprintf(err, sizeof err, "server shutting down");
+    int shut = r->state != SRV_DONE || r->rejected;
+    if (shut) {
+        snprintf(err, sizeof err, "server shutting down");
+        r->cancelled = 1;
+        pthread_cond_signal(&S.sched_cv);
+    }
     else if (r->error) snprintf(err, sizeof err, "%s", r->error);
     else body = srv_final_body(&S, r);
     pthread_mutex_unlock(&S.mu);
+    if (shut) return send_error(c, 503, NULL, "server_shutting_down", "%s", err);
     if (err[0]) return send_error(c, 500, NULL, NULL, "%s", err);
     return send_json(c, 200, body);
 }
@@ -438,6 +476,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return MHD_YES;
     }
     cc->responded = 1;
+    conn_timeout(c, 0); /* the request is complete: no timeout while it is processed */
     if (chat || compl) {
         if (!is_post) return send_error(c, 405, NULL, "method_not_allowed", "use POST for %s", url);
         return handle_completion(c, cc, chat);
@@ -478,8 +517,13 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
             pthread_cond_signal(&S.sched_cv);
         }
         srv_req_unref_locked(cc->req);
+        S.open_reqs--;
+        pthread_cond_broadcast(&S.out_cv);
         pthread_mutex_unlock(&S.mu);
     }
+    /* kept alive: the next request gets the short timeout again (only here, in the
+     * connection's own thread; not while MHD closes connections at shutdown) */
+    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) conn_timeout(c, header_timeout);
     free(cc->body);
     free(cc);
     *con_cls = NULL;
@@ -495,23 +539,102 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
     if (ci) setsockopt(ci->connect_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
+/* libmicrohttpd's messages, rate-limited: a message (by format) is printed at most once per
+ * LOG_PERIOD seconds; the next one printed says how many were left out meanwhile. A flood of
+ * refused or broken connections thus writes a few lines, not thousands. */
+#define LOG_PERIOD 1.0
+#define LOG_KINDS 32
+static struct {
+    const char *fmt;
+    double last;
+    unsigned long skipped;
+} log_kinds[LOG_KINDS];
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
+
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
     (void)cls;
     /* our own refusals (a client that went away) are counted in /metrics, not logged */
     if (strstr(fmt, "Application reported internal error") || strstr(fmt, "application error generating response")) return;
-    fprintf(stderr, "frugal serve: http: ");
-    vfprintf(stderr, fmt, ap);
+    char line[600];
+    vsnprintf(line, sizeof line, fmt, ap);
+    size_t n = strlen(line);
+    while (n && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
+    double now = srv_now();
+    unsigned long skipped = 0;
+    pthread_mutex_lock(&log_mu);
+    int k = 0, oldest = 0;
+    for (; k < LOG_KINDS && log_kinds[k].fmt && log_kinds[k].fmt != fmt; k++)
+        if (log_kinds[k].last < log_kinds[oldest].last) oldest = k;
+    if (k == LOG_KINDS) { /* table full: reuse the least recently printed kind */
+        k = oldest;
+        log_kinds[k].fmt = NULL;
+    }
+    if (log_kinds[k].fmt == fmt && now - log_kinds[k].last < LOG_PERIOD) {
+        log_kinds[k].skipped++;
+        pthread_mutex_unlock(&log_mu);
+        return;
+    }
+    if (log_kinds[k].fmt == fmt) skipped = log_kinds[k].skipped;
+    log_kinds[k].fmt = fmt;
+    log_kinds[k].last = now;
+    log_kinds[k].skipped = 0;
+    if (skipped) fprintf(stderr, "frugal serve: http: %s (%lu more like this)\n", line, skipped);
+    else fprintf(stderr, "frugal serve: http: %s\n", line);
+    pthread_mutex_unlock(&log_mu);
+}
+
+/* ------------------------------------------------------------------ drain */
+
+/* Wait (mu held) until no accepted completion is open, the deadline passes, or a signal
+ * comes. Returns 1 when all are done. */
+static int wait_open_reqs(double deadline, const sigset_t *sigs) {
+    while (S.open_reqs > 0) {
+        if (srv_now() >= deadline) return 0;
+        if (sigs) {
+            struct timespec zero = {0, 0};
+            if (sigtimedwait(sigs, NULL, &zero) > 0) {
+                fprintf(stderr, "frugal serve: second signal, ending the drain\n");
+                return 0;
+            }
+        }
+        wait_slice();
+    }
+    return 1;
+}
+
+/* SIGINT / SIGTERM: stop accepting; refuse queued requests (503 / an error event); let running
+ * ones finish until drain_s; then end every open stream with an error event and [DONE]
+ * (stream_reader does it once S.stopping is set) and give those last events a moment to go. */
+static void drain(struct MHD_Daemon *d, const sigset_t *sigs, double drain_s) {
+    MHD_socket ls = MHD_quiesce_daemon(d);
+    if (ls != MHD_INVALID_SOCKET) close(ls); /* new connections are refused */
+    pthread_mutex_lock(&S.mu);
+    S.draining = 1;
+    srv_sched_reject_queued_locked(&S);
+    pthread_cond_broadcast(&S.out_cv);
+    int done = wait_open_reqs(srv_now() + drain_s, sigs);
+    if (!done) {
+        fprintf(stderr, "frugal serve: drain time over: ending %ld open request%s\n", S.open_reqs, S.open_reqs == 1 ? "" : "s");
+        S.stopping = 1;
+        pthread_cond_broadcast(&S.out_cv);
+        pthread_cond_broadcast(&S.sched_cv);
+        wait_open_reqs(srv_now() + 2.0, NULL);
+    }
+    pthread_mutex_unlock(&S.mu);
 }
 
 /* ------------------------------------------------------------------ command */
 
 int cmd_serve(int argc, char **argv) {
     const char *model = NULL, *host = "127.0.0.1", *api_key = getenv("FRUGAL_API_KEY"), *name = NULL, *v;
-    long port = 8080, parallel = 4, ctx = 0, threads = 0, max_queue = 256;
+    long port = 8080, parallel = 4, ctx = 0, threads = 0, max_queue = 256, max_conns = 0, max_client = -1,
+         hdr_timeout = 10;
+    double drain_s = 10;
     int weights = -1; /* as stored */
+    int no_check = 0;
     fr_kv_type kv = FR_KV_F32;
     const char *cmd = "serve";
-    const cli_opt opts[] = {{"--model", &model, NULL}, {"--host", &host, NULL}};
+    const cli_opt opts[] = {{"--model", &model, NULL}, {"--host", &host, NULL}, {"--no-check", NULL, &no_check}};
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
         int r;
@@ -528,6 +651,17 @@ int cmd_serve(int argc, char **argv) {
         else if (VALUE("--ctx")) { if (r < 0 || cli_parse_int(cmd, usage_serve, "--ctx", v, 2, 1 << 24, &ctx)) return CLI_EXIT_USAGE; }
         else if (VALUE("--threads")) { if (r < 0 || cli_parse_int(cmd, usage_serve, "--threads", v, 1, 4096, &threads)) return CLI_EXIT_USAGE; }
         else if (VALUE("--max-queue")) { if (r < 0 || cli_parse_int(cmd, usage_serve, "--max-queue", v, 1, 1 << 20, &max_queue)) return CLI_EXIT_USAGE; }
+        else if (VALUE("--max-connections")) { if (r < 0 || cli_parse_int(cmd, usage_serve, "--max-connections", v, 1, 1 << 20, &max_conns)) return CLI_EXIT_USAGE; }
+        else if (VALUE("--max-client-connections")) { if (r < 0 || cli_parse_int(cmd, usage_serve, "--max-client-connections", v, 0, 1 << 20, &max_client)) return CLI_EXIT_USAGE; }
+        else if (VALUE("--header-timeout")) { if (r < 0 || cli_parse_int(cmd, usage_serve, "--header-timeout", v, 1, 86400, &hdr_timeout)) return CLI_EXIT_USAGE; }
+        else if (VALUE("--drain-seconds")) {
+            if (r < 0) return CLI_EXIT_USAGE;
+            char *e;
+            errno = 0;
+            drain_s = strtod(v, &e);
+            if (errno || e == v || *e || !(drain_s >= 0 && drain_s <= 86400))
+                return cli_usage_error(cmd, usage_serve, "option --drain-seconds: '%s' is not a number of seconds in [0, 86400]", v);
+        }
         else if (VALUE("--api-key")) {
             if (r < 0) return CLI_EXIT_USAGE;
             if (!v[0]) return cli_usage_error(cmd, usage_serve, "option --api-key: empty key");
@@ -576,6 +710,7 @@ int cmd_serve(int argc, char **argv) {
     o.kv_type = kv;
     o.threads = (int)threads;
     o.load_mtp = 0;
+    o.no_check = no_check;
     long ctx_given = ctx;
     if (!gguf) {
         fr_config cfg;
@@ -604,6 +739,9 @@ int cmd_serve(int argc, char **argv) {
     S.threads = (int)threads;
     S.ctx = (int)ctx;
     S.max_queue = max_queue;
+    header_timeout = (unsigned)hdr_timeout;
+    if (max_conns == 0) max_conns = max_queue + parallel + 64;
+    if (max_client < 0) max_client = max_conns > HEALTH_HEADROOM ? max_conns - HEALTH_HEADROOM : 1;
     int rc = CLI_EXIT_OK;
     struct MHD_Daemon *d = NULL;
     double t0 = cli_now();
@@ -655,7 +793,7 @@ int cmd_serve(int argc, char **argv) {
     struct sockaddr_in a4;
     struct sockaddr_in6 a6;
     struct sockaddr *sa;
-    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG | MHD_USE_ITC;
     memset(&a4, 0, sizeof a4);
     memset(&a6, 0, sizeof a6);
     if (inet_pton(AF_INET, strcmp(host, "localhost") == 0 ? "127.0.0.1" : host, &a4.sin_addr) == 1) {
@@ -676,8 +814,11 @@ int cmd_serve(int argc, char **argv) {
                          MHD_OPTION_SOCK_ADDR, sa,
                          MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
                          MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,
-                         MHD_OPTION_CONNECTION_LIMIT, (unsigned)(max_queue + parallel + 64),
-                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
+                         MHD_OPTION_CONNECTION_LIMIT, (unsigned)max_conns,
+                         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)max_client,
+                         /* until a request is complete (and between keep-alive requests);
+                          * lifted while it is processed, SEND_TIMEOUT while answering */
+                         MHD_OPTION_CONNECTION_TIMEOUT, header_timeout,
                          MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024),
                          MHD_OPTION_END);
     if (!d) {
@@ -696,7 +837,9 @@ int cmd_serve(int argc, char **argv) {
 
     int sig = 0;
     sigwait(&sigs, &sig);
-    fprintf(stderr, "frugal serve: %s, stopping\n", sig == SIGINT ? "interrupted" : "terminated");
+    fprintf(stderr, "frugal serve: %s, draining (up to %.3g s)\n", sig == SIGINT ? "interrupted" : "terminated", drain_s);
+    fflush(stderr);
+    drain(d, &sigs, drain_s);
 out:
     /* wake every waiter first so that connection threads can finish, then stop MHD */
     pthread_mutex_lock(&S.mu);

@@ -34,6 +34,7 @@ typedef struct srv_req {
     /* scheduler state */
     srv_state state;
     int cancelled;   /* client gone: the scheduler frees the slot at its next iteration */
+    int rejected;    /* refused while queued (server draining): answered 503 */
     int slot, fed;   /* slot index while running; prompt tokens already in the cache */
     int n_gen;       /* generated tokens (hist + n_prompt) */
     size_t text_done;            /* bytes of the decoded completion already released */
@@ -71,6 +72,8 @@ typedef struct {
     pthread_cond_t out_cv;    /* wakes HTTP waiters: new text, request done, stop */
     pthread_t sched_thread;
     int sched_started, stopping;
+    int draining;             /* SIGTERM: no new requests, queued ones refused, running ones finish */
+    long open_reqs;           /* accepted completions whose response has not ended (HTTP side, mu) */
     srv_req *q_head, *q_tail;
     long q_len;
     long kv_tokens, active;   /* tokens cached in / requests holding the slots (scheduler, mu held) */
@@ -94,7 +97,11 @@ typedef struct {
  * thread; srv_sched_stop stops and joins it and fails every request still queued or running. */
 int srv_sched_start(srv_server *s);
 void srv_sched_stop(srv_server *s);
-/* Queue a request (takes a reference). Returns 0, or -1 when the queue is full. */
+/* Drain: refuse every queued request (state done, rejected, error "server shutting down");
+ * running ones continue. Call with s->mu held. */
+void srv_sched_reject_queued_locked(srv_server *s);
+/* Queue a request (takes a reference). Returns 0, or -1 when the queue is full, -2 when the
+ * server is stopping or draining. */
 int srv_submit(srv_server *s, srv_req *r);
 /* Reference counting; srv_req_unref frees at zero. Call with s->mu held. */
 void srv_req_unref_locked(srv_req *r);

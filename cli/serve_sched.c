@@ -56,7 +56,11 @@ double srv_tokens_per_s(srv_server *s) {
 
 int srv_submit(srv_server *s, srv_req *r) {
     pthread_mutex_lock(&s->mu);
-    if (s->q_len >= s->max_queue || s->stopping) {
+    if (s->stopping || s->draining) {
+        pthread_mutex_unlock(&s->mu);
+        return -2;
+    }
+    if (s->q_len >= s->max_queue) {
         pthread_mutex_unlock(&s->mu);
         return -1;
     }
@@ -431,6 +435,19 @@ int srv_sched_start(srv_server *s) {
     if (pthread_create(&s->sched_thread, NULL, sched_main, s) != 0) return -1;
     s->sched_started = 1;
     return 0;
+}
+
+void srv_sched_reject_queued_locked(srv_server *s) {
+    while (s->q_head) {
+        srv_req *r = s->q_head;
+        s->q_head = r->next;
+        r->next = NULL;
+        r->slot = -1;
+        r->rejected = 1;
+        finish(s, r, NULL, "server shutting down");
+    }
+    s->q_tail = NULL;
+    s->q_len = 0;
 }
 
 void srv_sched_stop(srv_server *s) {

@@ -93,7 +93,8 @@ typedef struct {
  * wait for its "listening on" line. extra is NULL-terminated. */
 static inline int st_start(st_server *s, const char *tmp, const char *dir, const char *const *extra) {
     memset(s, 0, sizeof *s);
-    snprintf(s->log, sizeof s->log, "%s/serve-%d.log", tmp, (int)time(NULL));
+    static int seq; /* servers started in the same second get their own log */
+    snprintf(s->log, sizeof s->log, "%s/serve-%d-%d.log", tmp, (int)time(NULL), seq++);
     const char *argv[64];
     int n = 0;
     argv[n++] = FR_FRUGAL_BIN;
