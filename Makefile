@@ -3,6 +3,8 @@
 #   make            install missing Debian packages, then build Release into build/
 #   make demo       the main job: install, build, prepare the KJV corpus, train ~10 min, plot, cost
 #   make test       build Release and run its tests, then the ASan/UBSan build (build-asan/) and its tests
+#   make soak       the fault tests at full length (kill -9 / signals at random moments, full disk, slow
+#                   HTTP clients, drain); a short version of each runs in make test
 #   make install    build Release, install into PREFIX (default /usr/local; make install PREFIX=DIR):
 #                   bin/frugal, lib/libfrugal.so + .a, include/frugal.h, lib/pkgconfig/frugal.pc
 #   make serve-test-deps  pip-install the openai client into build/venv-serve (network) for the serve tests
@@ -18,7 +20,7 @@ CTEST      ?= ctest
 PYTHON     ?= python3
 PREFIX     ?= /usr/local
 
-.PHONY: demo all deps build install test test-release test-asan asan fixtures bench clean help serve-test-deps
+.PHONY: demo all deps build install soak test test-release test-asan asan fixtures bench clean help serve-test-deps
 
 all: build
 
@@ -26,7 +28,7 @@ demo: build
 	scripts/demo.sh
 
 help:
-	@sed -n '3,11p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,13p' Makefile | sed 's/^# \{0,1\}//'
 
 deps:
 	scripts/install-deps.sh --check || scripts/install-deps.sh
@@ -41,6 +43,12 @@ install: build
 	$(CMAKE) --install $(BUILD) --prefix $(abspath $(PREFIX))
 
 test: test-release test-asan
+
+# Full-length fault tests (tests/soak.sh, test_signals: 50 SIGINT + 50 SIGTERM, test_serve,
+# test_run_folder) on the Release build; prints each case's count.
+soak: build
+	FRUGAL_SOAK=1 tests/soak.sh $(BUILD)/frugal
+	FRUGAL_SOAK=1 $(CTEST) --test-dir $(BUILD) --output-on-failure -R '^(test_signals|test_serve|test_run_folder)$$'
 
 # The openai-client serve test needs the openai package in a venv; installing it is tried
 # (PyPI) but a machine without network still runs every other test (that one is skipped).
