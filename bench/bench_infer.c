@@ -14,8 +14,24 @@
  * fastest a batch-1 decode can go when it must stream its active weights from memory —
  * and the time of a 2-token append (the speculative verify step) relative to a 1-token one.
  * Prints a Markdown table, then one JSON line per format ({"bench": "infer", ...}).
+ *
+ * --hog N (N >= 1) adds a contention test: batch-1 decode timed alone and next to N busy
+ * processes (forked here, each spinning on one core; killed when the test ends, and by an
+ * alarm after 300 s and by their parent's death whatever happens), alternately, twice each,
+ * with the engine's thread governor (fr_engine_options.adaptive_threads, the default) and
+ * with all threads always (adaptive_threads = 0, the engine before the governor).
+ * It reports tok/s from the total time of the steps (a few preempted steps count, unlike in
+ * the median) and from the median, the slowdown (alone / with hog), and the proportional
+ * expectation cores / (cores - N): with N of C cores taken, decode should be no more than
+ * that much slower. One more JSON line per format ({"bench": "infer_hog", ...}).
  */
+#define _GNU_SOURCE
 #include "bench_common.h"
+
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "frugal.h"
 
@@ -26,13 +42,15 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: bench_infer [--config FILE] [--prompt N] [--gen N] [--threads N] [--weights LIST]\n"
+            "usage: bench_infer [--config FILE] [--prompt N] [--gen N] [--threads N] [--weights LIST] [--hog N]\n"
             "\n"
             "  --config FILE  model config.json (default: bench/configs/bench-infer.json)\n"
             "  --prompt N     prompt tokens for the prompt-processing measurement (default 64)\n"
             "  --gen N        decode steps timed at each batch size (default 48)\n"
             "  --threads N    threads (default: OMP_NUM_THREADS or all cores)\n"
-            "  --weights LIST weight formats to time, comma-separated (default: f32,bf16,q8_0,q4_1)\n");
+            "  --weights LIST weight formats to time, comma-separated (default: f32,bf16,q8_0,q4_1)\n"
+            "  --hog N        also time batch-1 decode next to N busy processes (one core each) and\n"
+            "                 report the slowdown next to cores / (cores - N) (default 0: off)\n");
 }
 
 static void default_config(char *buf, size_t n) {
@@ -75,11 +93,66 @@ static int bench_list_has(const char *list, const char *name) {
     return 0;
 }
 
+/* ------------------------------------------------------------------ --hog */
+
+#define HOG_MAX 64
+
+/* Starts n busy processes; returns how many started. Each spins until killed, its parent
+ * dies, or 300 s pass. */
+static int hog_start(pid_t *pids, int n) {
+    fflush(NULL);
+    int k = 0;
+    for (; k < n; k++) {
+        pid_t p = fork();
+        if (p < 0) break;
+        if (p == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            alarm(300);
+            volatile unsigned long x = 0;
+            for (;;) x++;
+        }
+        pids[k] = p;
+    }
+    struct timespec ts = {0, 50 * 1000 * 1000}; /* let them reach their cores */
+    nanosleep(&ts, NULL);
+    return k;
+}
+
+static void hog_stop(const pid_t *pids, int n) {
+    for (int k = 0; k < n; k++) kill(pids[k], SIGKILL);
+    for (int k = 0; k < n; k++) waitpid(pids[k], NULL, 0);
+}
+
+/* G batch-1 decode steps on s (after a 16-token prompt): *total_tps from the summed step
+ * times, *median_tps from the median step. Returns 0, or 1 on an engine error. */
+static int hog_decode(fr_engine *e, fr_seq *s, const int *prompt, long G, int V, float *logits, double *step_s,
+                      double *total_tps, double *median_tps) {
+    const int *pp = prompt;
+    int pl = 16, one = 1, tok = 0;
+    fr_seq_truncate(s, 0);
+    if (fr_engine_forward(e, &s, 1, &pp, &pl, logits, 0) != FR_OK) return 1;
+    const int *tp = &tok;
+    double sum = 0;
+    for (long g = 0; g < G; g++) {
+        int best = 0;
+        for (int v = 1; v < V; v++)
+            if (logits[v] > logits[best]) best = v;
+        tok = best;
+        const double t = bench_now();
+        if (fr_engine_forward(e, &s, 1, &tp, &one, logits, 0) != FR_OK) return 1;
+        step_s[g] = bench_now() - t;
+        sum += step_s[g];
+    }
+    *total_tps = G / sum;
+    *median_tps = 1.0 / bench_median(step_s, G);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *prog = "bench_infer";
     char cfg_path[1024];
     default_config(cfg_path, sizeof cfg_path);
-    long P = 64, G = 48, threads = 0;
+    long P = 64, G = 48, threads = 0, hog = 0;
     const char *only = NULL; /* --weights: comma-separated subset of f32,bf16,q8_0,q4_1 */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -89,6 +162,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--gen")) G = bench_parse_long(prog, a, bench_opt_value(prog, argc, argv, &i), 1, 1 << 16);
         else if (!strcmp(a, "--threads")) threads = bench_parse_long(prog, a, bench_opt_value(prog, argc, argv, &i), 1, 4096);
         else if (!strcmp(a, "--weights")) only = bench_opt_value(prog, argc, argv, &i);
+        else if (!strcmp(a, "--hog")) hog = bench_parse_long(prog, a, bench_opt_value(prog, argc, argv, &i), 0, HOG_MAX);
         else { fprintf(stderr, "%s: unknown option '%s'\n\n", prog, a); usage(stderr); return 2; }
     }
     if (threads > 0) fr_set_num_threads((int)threads);
@@ -129,7 +203,11 @@ int main(int argc, char **argv) {
     printf("| weights | MB read / decoded token | prompt tok/s (B=1, %ld tokens) | decode tok/s B=1 | decode tok/s B=4 (total) | "
            "read GB/s (best probe) | bound tok/s (bandwidth / bytes) | B=1 / bound | 2-token step / 1-token step |\n", P);
     printf("|---|---|---|---|---|---|---|---|---|\n");
-    char json[4096]; /* one JSON line per format, printed after the table */
+    char json[8192]; /* one JSON line per format, printed after the table */
+    char hog_rows[4096]; /* the --hog table, printed after the main one */
+    int rows_hog = 0;
+    hog_rows[0] = 0;
+    const int cores = omp_get_num_procs();
     int rows_json = 0;
     json[0] = 0;
     for (int wt = 0; wt < 4; wt++) {
@@ -212,10 +290,65 @@ int main(int argc, char **argv) {
                               fr_weight_type_name(wt), omp_get_max_threads(), bytes / 1e6, P, pp_tps, G, dec[0], dec[1], peak_gbs, bound,
                               dec[0] / bound, step2_ratio);
         if (rows_json >= (int)sizeof json) rows_json = (int)sizeof json - 1;
+        for (int fixed = 0; hog > 0 && fixed < 2; fixed++) {
+            /* alone, with hog, alone, with hog: the better of the two of each counts (a
+             * neighbour's burst lands in one), the same rule for both conditions */
+            fr_engine *he = e;
+            fr_seq *hs = s[0];
+            if (fixed) {
+                o.adaptive_threads = 0;
+                if (fr_engine_from_model(&he, m, &o) != FR_OK || fr_seq_create(&hs, he) != FR_OK)
+                    return die("engine with fixed threads");
+            }
+            double tot[2] = {0, 0}, med[2] = {0, 0};
+            pid_t pids[HOG_MAX];
+            int started = (int)hog;
+            for (int rep = 0; rep < 4; rep++) {
+                const int with = rep & 1;
+                if (with && (started = hog_start(pids, (int)hog)) < (int)hog) {
+                    hog_stop(pids, started);
+                    fprintf(stderr, "%s: could not start %ld busy processes\n", prog, hog);
+                    return 1;
+                }
+                double tt, mt;
+                const int bad = hog_decode(he, hs, prompt, G, V, logits, step_s, &tt, &mt);
+                if (with) hog_stop(pids, started);
+                if (bad) return die("decode (hog)");
+                if (tt > tot[with]) tot[with] = tt;
+                if (mt > med[with]) med[with] = mt;
+            }
+            if (fixed) {
+                fr_seq_free(hs);
+                fr_engine_free(he);
+            }
+            const double expect = hog < cores ? (double)cores / (double)(cores - hog) : 0;
+            char expect_s[32];
+            if (expect > 0) snprintf(expect_s, sizeof expect_s, "%.2f", expect);
+            else snprintf(expect_s, sizeof expect_s, "n/a (all cores)");
+            rows_hog += snprintf(hog_rows + rows_hog, sizeof hog_rows - (size_t)rows_hog,
+                                 "| %s | %s | %d of %d | %.1f | %.1f | %.2f | %.1f | %.1f | %.2f | %s |\n", fr_weight_type_name(wt),
+                                 fixed ? "all, always" : "governor",
+                                 (int)hog, cores, tot[0], tot[1], tot[0] / tot[1], med[0], med[1], med[0] / med[1], expect_s);
+            if (rows_hog >= (int)sizeof hog_rows) rows_hog = (int)sizeof hog_rows - 1;
+            rows_json += snprintf(json + rows_json, sizeof json - (size_t)rows_json,
+                                  "{\"bench\": \"infer_hog\", \"weights\": \"%s\", \"governor\": %s, \"threads\": %d, \"cores\": %d, \"hog\": %ld, "
+                                  "\"decode_steps\": %ld, \"alone_tps\": %.2f, \"hog_tps\": %.2f, \"slowdown\": %.3f, "
+                                  "\"alone_tps_median\": %.2f, \"hog_tps_median\": %.2f, \"slowdown_median\": %.3f, "
+                                  "\"proportional\": %.3f}\n",
+                                  fr_weight_type_name(wt), fixed ? "false" : "true", omp_get_max_threads(), cores, hog, G, tot[0], tot[1], tot[0] / tot[1],
+                                  med[0], med[1], med[0] / med[1], expect);
+            if (rows_json >= (int)sizeof json) rows_json = (int)sizeof json - 1;
+        }
         fflush(stdout);
         for (int i = 0; i < 4; i++) fr_seq_free(s[i]);
         fr_engine_free(e);
     }
+    if (hog > 0)
+        printf("\nDecode B=1 next to %ld busy process%s (%ld steps; better of 2 runs each; slowdown = alone / with hog; "
+               "proportional = cores / (cores - busy)):\n\n"
+               "| weights | threads | busy cores | alone tok/s (total) | with hog tok/s (total) | slowdown (total) | alone tok/s (median) | "
+               "with hog tok/s (median) | slowdown (median) | proportional |\n|---|---|---|---|---|---|---|---|---|---|\n%s",
+               hog, hog > 1 ? "es" : "", G, hog_rows);
     printf("\n%s", json);
     free(prompt);
     free(step_s);

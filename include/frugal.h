@@ -472,6 +472,10 @@ typedef struct {
                         * the load with a message naming the tensor and the first bad index; for
                         * quantized matrices their scales and minima are checked). The check is
                         * one pass over the weights, which pages in a mapped checkpoint at once. */
+    int adaptive_threads; /* 1 (the default): decode steps run on all threads or on one, whichever
+                           * the engine measures faster, so a machine shared with busy processes
+                           * does not stall every barrier (docs/performance.md); results are the
+                           * same either way. 0: always all threads */
 } fr_engine_options;
 
 /* The name of a weight_type value ("f32", "bf16", "q8_0", "q4_1"; NULL outside 0..3), and the

@@ -25,6 +25,7 @@
 #include "testutil.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -275,6 +276,45 @@ static void test_weight_types(void) {
         fr_engine_free(e);
     }
     free(ref);
+}
+
+/* The decode results do not depend on the thread count, so the thread governor (governor.c),
+ * which moves decode steps between all threads and one, changes speed only: logits of
+ * prefill + decode on 1 and on 2 threads, every weight format (dense model) and the MoE
+ * model, bit for bit. */
+static void test_thread_count_independence(void) {
+    const char *names[4] = {"f32", "bf16", "q8_0", "q4_1"};
+    const int T = 40, P = 25, threads_before = omp_get_max_threads();
+    for (int k = 0; k < 5; k++) {
+        const char *dir = k < 4 ? g_dense_dir : g_random_dir;
+        const int wt = k < 4 ? k : 0;
+        float *l[2] = {NULL, NULL};
+        int V = 0, ok = 1;
+        for (int t = 0; t < 2; t++) {
+            fr_engine_options o;
+            fr_engine_options_default(&o);
+            o.weight_type = wt;
+            o.threads = t + 1;
+            o.adaptive_threads = 0;
+            fr_engine *e;
+            int rc = fr_engine_load(&e, dir, &o);
+            CHECK(rc == FR_OK, "load: %s", fr_last_error());
+            if (rc != FR_OK) { ok = 0; continue; }
+            V = fr_engine_config(e)->vocab_size;
+            int tok[40];
+            make_tokens(tok, T, V, 23);
+            l[t] = malloc((size_t)T * V * sizeof(float));
+            rc = engine_logits(e, tok, T, P, l[t]);
+            CHECK(rc == FR_OK, "forward: %s", fr_last_error());
+            ok &= rc == FR_OK;
+            fr_engine_free(e);
+        }
+        if (ok) CHECK(memcmp(l[0], l[1], (size_t)T * V * sizeof(float)) == 0,
+                      "%s %s: logits on 1 and 2 threads differ", k < 4 ? "dense" : "moe", names[wt]);
+        free(l[0]);
+        free(l[1]);
+    }
+    fr_set_num_threads(threads_before); /* the engines set this thread's count */
 }
 
 static void test_kv_bytes(void) {
@@ -1225,6 +1265,7 @@ int main(void) {
         test_kv_bytes();
         test_from_model();
         test_weight_types();
+        test_thread_count_independence();
         test_truncate_and_chunks();
         test_blocked_attention();
         test_batched_forward();

@@ -85,6 +85,8 @@ struct fr_engine {
     float *deq;                 /* [max_len, row] dequantized cache of one sequence */
     int att_threads;
     int threads;                /* requested threads (0 = OpenMP default), applied per calling thread */
+    fr_gov gov;                 /* all threads or one for decode-sized forwards (governor.c) */
+    int governed;               /* opt.adaptive_threads */
 };
 
 struct fr_seq {
@@ -100,6 +102,7 @@ void fr_engine_options_default(fr_engine_options *o) {
     o->weight_type = -1; /* as stored */
     o->kv_type = FR_KV_F32;
     o->load_mtp = 1;
+    o->adaptive_threads = 1;
 }
 
 static fr_qtype mat_type(const fr_engine *e, int cols) {
@@ -440,6 +443,8 @@ static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_se
         e->rope_sin = malloc((size_t)e->max_len * half * sizeof(float) + 1);
         e->att_threads = omp_get_max_threads();
         e->threads = o.threads;
+        e->governed = o.adaptive_threads;
+        fr_gov_init(&e->gov);
         e->att_scratch = fr_alloc((size_t)e->att_threads * e->max_len * sizeof(float));
         e->att_heads = fr_alloc((size_t)cfg.num_attention_heads * e->max_len * sizeof(float));
         e->deq = o.kv_type != FR_KV_F32 ? fr_alloc((size_t)e->max_len * e->row * sizeof(float)) : NULL;
@@ -931,8 +936,37 @@ static void head(fr_engine *e, const float *norm_w, int N, int n_seqs, const int
     }
 }
 
-int fr_engine_forward_rows(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int *const *tokens, const int *n_tokens,
-                          float *logits, int all_logits, int *row_start) {
+/* Decode-sized forwards run on the threads the governor picks (governor.c); the caller's
+ * OpenMP thread count is restored afterwards. */
+typedef struct {
+    int arm, threads, rows;
+    double t0;
+} gov_step;
+
+static double wall_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static gov_step gov_begin(fr_engine *e, int n_seqs, const int *n_tokens) {
+    gov_step g = {-1, omp_get_max_threads(), 0, 0};
+    for (int s = 0; s < n_seqs; s++) g.rows += n_tokens[s];
+    if (g.threads < 2 || g.rows < 1 || g.rows > FR_GOV_MAX_ROWS || !e->governed) return g;
+    g.arm = fr_gov_pick(&e->gov);
+    if (g.arm == 1) omp_set_num_threads(1);
+    g.t0 = wall_s();
+    return g;
+}
+
+static void gov_end(fr_engine *e, const gov_step *g, int rc) {
+    if (g->arm < 0) return;
+    if (g->arm == 1) omp_set_num_threads(g->threads);
+    if (rc == FR_OK) fr_gov_record(&e->gov, g->arm, wall_s() - g->t0, g->rows);
+}
+
+static int forward_rows(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int *const *tokens, const int *n_tokens,
+                        float *logits, int all_logits, int *row_start) {
     int N;
     FR_CHECK(prepare_rows(e, seqs, n_seqs, tokens, n_tokens, 0, row_start, &N));
     const int H = e->cfg.hidden_size;
@@ -942,6 +976,14 @@ int fr_engine_forward_rows(fr_engine *e, fr_seq *const *seqs, int n_seqs, const 
     head(e, e->final_norm, N, n_seqs, row_start, logits, all_logits);
     for (int s = 0; s < n_seqs; s++) seqs[s]->len += n_tokens[s];
     return FR_OK;
+}
+
+int fr_engine_forward_rows(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int *const *tokens, const int *n_tokens,
+                           float *logits, int all_logits, int *row_start) {
+    const gov_step g = gov_begin(e, n_seqs, n_tokens);
+    int rc = forward_rows(e, seqs, n_seqs, tokens, n_tokens, logits, all_logits, row_start);
+    gov_end(e, &g, rc);
+    return rc;
 }
 
 int fr_engine_forward(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int *const *tokens, const int *n_tokens,
@@ -957,7 +999,7 @@ int fr_engine_forward(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int *
     return rc;
 }
 
-int fr_engine_mtp_forward(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int *const *tokens, const int *n_tokens,
+static int mtp_forward(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int *const *tokens, const int *n_tokens,
                        const int *hid_rows, float *logits, int *row_start) {
     const int H = e->cfg.hidden_size;
     const eng_layer *ly = &e->layers[e->L];
@@ -976,4 +1018,12 @@ int fr_engine_mtp_forward(fr_engine *e, fr_seq *const *seqs, int n_seqs, const i
     head(e, ly->head_norm, N, n_seqs, row_start, logits, 0);
     for (int s = 0; s < n_seqs; s++) seqs[s]->mtp_len += n_tokens[s];
     return FR_OK;
+}
+
+int fr_engine_mtp_forward(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int *const *tokens, const int *n_tokens,
+                          const int *hid_rows, float *logits, int *row_start) {
+    const gov_step g = gov_begin(e, n_seqs, n_tokens);
+    int rc = mtp_forward(e, seqs, n_seqs, tokens, n_tokens, hid_rows, logits, row_start);
+    gov_end(e, &g, rc);
+    return rc;
 }

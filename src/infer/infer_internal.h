@@ -32,6 +32,29 @@ int fr_engine_forward_rows(fr_engine *e, fr_seq *const *seqs, int n_seqs, const 
 int fr_engine_mtp_forward(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int *const *tokens,
                           const int *n_tokens, const int *hid_rows, float *logits, int *row_start);
 
+/* Thread governor of decode-sized forwards (governor.c): arm 0 runs on all threads, arm 1
+ * on one; fr_gov_pick says which arm the next forward uses, fr_gov_record gives its cost
+ * (seconds for rows rows). */
+#define FR_GOV_WINDOW 32
+typedef struct {
+    int arm;                    /* the arm in use */
+    double win[FR_GOV_WINDOW];  /* seconds per row of its last forwards (ring) */
+    int n_win, pos;
+    double last[2];             /* last known cost of each arm; < 0: not measured */
+    int skip;                   /* the next forward is not counted (threads switching) */
+    long every, until_try;      /* forwards between tries of the other arm; left before the next */
+    int trying;                 /* a try of the other arm is running */
+    int try_n;                  /* its forwards so far; the first is not counted */
+    double try_s;               /* seconds and rows of its counted forwards */
+    long try_rows;
+} fr_gov;
+void fr_gov_init(fr_gov *g);
+int fr_gov_pick(fr_gov *g);
+void fr_gov_record(fr_gov *g, int arm, double seconds, int rows);
+/* Rows of a forward up to which the governor decides (decode steps, speculative pairs, small
+ * batches); larger forwards (prefill) always run on all threads. */
+#define FR_GOV_MAX_ROWS 8
+
 /* Tests only: 0 sends a decoded row's attention through the head-by-head loop of multi-row
  * calls instead of the blocked all-heads pass (attend_row), to check they agree bit for bit.
  * Not thread-safe against a running forward. */
