@@ -138,8 +138,7 @@ static int cmd_help(int argc, char **argv) {
     }
     const planned_cmd *p = find_planned(argv[1]);
     if (p) return cmd_planned(p);
-    fprintf(stderr, "frugal help: unknown command '%s'\n\n", argv[1]);
-    usage_main(stderr);
+    fprintf(stderr, "frugal help: unknown command '%s'\nRun 'frugal help' for the list of commands.\n", argv[1]);
     return CLI_EXIT_USAGE;
 }
 
@@ -168,8 +167,7 @@ int main(int argc, char **argv) {
     }
     const planned_cmd *p = find_planned(name);
     if (p) return cmd_planned(p);
-    if (name[0] == '-') fprintf(stderr, "frugal: unknown option '%s'\n\n", name);
-    else fprintf(stderr, "frugal: unknown command '%s'\n\n", name);
-    usage_main(stderr);
+    fprintf(stderr, "frugal: unknown %s '%s'\nRun 'frugal help' for the list of commands.\n",
+            name[0] == '-' ? "option" : "command", name);
     return CLI_EXIT_USAGE;
 }

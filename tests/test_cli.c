@@ -35,7 +35,7 @@ static void test_usage(void) {
     expect("version", 0, FRUGAL_VERSION, NULL);
     expect("--version", 0, FRUGAL_VERSION, NULL);
 
-    expect("frobnicate", 2, "frobnicate", "usage");
+    expect("frobnicate", 2, "frobnicate", "frugal help"); /* a pointer to the help, not the whole help */
     expect("--frobnicate", 2, "--frobnicate", NULL);
     expect("eval --bogus-flag", 2, "--bogus-flag", "usage");
     expect("info --bogus-flag", 2, "--bogus-flag", NULL);

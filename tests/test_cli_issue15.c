@@ -44,6 +44,14 @@ static void test_usage_error(void) {
     CHECK(!contains(out, "Options:") && !contains(out, "usage: frugal eval"), "no whole help after a usage error:\n%s", out);
     free(out);
     out = NULL;
+    for (int k = 0; k < 2; k++) { /* an unknown command: one line and a pointer, not the whole help */
+        rc = run_frugal(k ? "help bogus" : "bogus", &out);
+        CHECK(rc == 2 && contains(out, "unknown command 'bogus'") && contains(out, "frugal help") &&
+                  !contains(out, "Commands:"),
+              "unknown command: rc %d\n%s", rc, out);
+        free(out);
+        out = NULL;
+    }
     rc = run_frugal("generate --model m", &out);
     CHECK(rc == 2 && contains(out, "--prompt") && contains(out, "frugal generate --help") && !contains(out, "Options:"),
           "generate usage error: rc %d\n%s", rc, out);
