@@ -583,6 +583,15 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
     pthread_mutex_unlock(&log_mu);
 }
 
+/* The front door's messages (serve_door.c) go through the same rate limit. */
+static void door_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void door_log(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    mhd_log(NULL, fmt, ap);
+    va_end(ap);
+}
+
 /* ------------------------------------------------------------------ drain */
 
 /* Wait (mu held) until no accepted completion is open, the deadline passes, or a signal
@@ -605,9 +614,9 @@ static int wait_open_reqs(double deadline, const sigset_t *sigs) {
 /* SIGINT / SIGTERM: stop accepting; refuse queued requests (503 / an error event); let running
  * ones finish until drain_s; then end every open stream with an error event and [DONE]
  * (stream_reader does it once S.stopping is set) and give those last events a moment to go. */
-static void drain(struct MHD_Daemon *d, const sigset_t *sigs, double drain_s) {
-    MHD_socket ls = MHD_quiesce_daemon(d);
-    if (ls != MHD_INVALID_SOCKET) close(ls); /* new connections are refused */
+static void drain(srv_door **door, const sigset_t *sigs, double drain_s) {
+    srv_door_close(*door); /* new connections are refused */
+    *door = NULL;
     pthread_mutex_lock(&S.mu);
     S.draining = 1;
     srv_sched_reject_queued_locked(&S);
@@ -744,6 +753,7 @@ int cmd_serve(int argc, char **argv) {
     if (max_client < 0) max_client = max_conns > HEALTH_HEADROOM ? max_conns - HEALTH_HEADROOM : 1;
     int rc = CLI_EXIT_OK;
     struct MHD_Daemon *d = NULL;
+    srv_door *door = NULL;
     double t0 = cli_now();
     if (fr_engine_load(&S.engine, model, &o) != FR_OK) {
         rc = cli_fail_lib("cannot load the model");
@@ -793,7 +803,9 @@ int cmd_serve(int argc, char **argv) {
     struct sockaddr_in a4;
     struct sockaddr_in6 a6;
     struct sockaddr *sa;
-    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG | MHD_USE_ITC;
+    /* connections come through the front door (serve_door.c), not MHD's own socket */
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG | MHD_USE_ITC |
+                     MHD_USE_NO_LISTEN_SOCKET;
     memset(&a4, 0, sizeof a4);
     memset(&a6, 0, sizeof a6);
     if (inet_pton(AF_INET, strcmp(host, "localhost") == 0 ? "127.0.0.1" : host, &a4.sin_addr) == 1) {
@@ -809,9 +821,14 @@ int cmd_serve(int argc, char **argv) {
         rc = cli_fail("--host '%s' is not an IPv4 or IPv6 address", host);
         goto out;
     }
-    d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, NULL,
+    unsigned bound = 0;
+    int e = srv_door_open(&door, sa, sa->sa_family == AF_INET6 ? sizeof a6 : sizeof a4, &bound);
+    if (e) {
+        rc = cli_fail("cannot listen on %s port %ld: %s", host, port, strerror(e));
+        goto out;
+    }
+    d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, NULL,
                          MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-                         MHD_OPTION_SOCK_ADDR, sa,
                          MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
                          MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,
                          MHD_OPTION_CONNECTION_LIMIT, (unsigned)max_conns,
@@ -822,11 +839,14 @@ int cmd_serve(int argc, char **argv) {
                          MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024),
                          MHD_OPTION_END);
     if (!d) {
-        rc = cli_fail("cannot listen on %s port %ld: %s", host, port, errno ? strerror(errno) : "libmicrohttpd failed to start");
+        rc = cli_fail("cannot start the HTTP server: %s", errno ? strerror(errno) : "libmicrohttpd failed to start");
         goto out;
     }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-    unsigned bound = di ? di->port : (unsigned)port;
+    const srv_door_limits lim = {(int)max_conns, (int)max_client, (double)header_timeout, BODY_CAP, door_log};
+    if ((e = srv_door_start(door, d, &lim)) != 0) {
+        rc = cli_fail("cannot start the front door: %s", strerror(e));
+        goto out;
+    }
     char b1[32];
     fprintf(stderr, "frugal serve: %s loaded in %.2f s as model '%s'; %d slots x %d tokens, KV cache %s per slot at full context%s\n",
             model, cli_now() - t0, S.model_id, S.parallel, S.ctx,
@@ -839,8 +859,9 @@ int cmd_serve(int argc, char **argv) {
     sigwait(&sigs, &sig);
     fprintf(stderr, "frugal serve: %s, draining (up to %.3g s)\n", sig == SIGINT ? "interrupted" : "terminated", drain_s);
     fflush(stderr);
-    drain(d, &sigs, drain_s);
+    drain(&door, &sigs, drain_s);
 out:
+    srv_door_close(door);
     /* wake every waiter first so that connection threads can finish, then stop MHD */
     pthread_mutex_lock(&S.mu);
     S.stopping = 1;

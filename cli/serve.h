@@ -131,6 +131,26 @@ cJSON *srv_final_body(const srv_server *s, const srv_req *r);
 char *srv_stream_event(const srv_server *s, const srv_req *r, const char *text, size_t len, int role,
                        const char *finish, int usage_only);
 
+/* The front door (serve_door.c): our listening socket and a thread that answers malformed
+ * request heads with JSON errors and hands every other connection to libmicrohttpd. */
+#define FR_DOOR_HEAD_CAP (64 * 1024)
+typedef struct srv_door srv_door;
+typedef struct {
+    int max_pending;        /* connections whose first request head is still arriving */
+    int per_ip;             /* of them from one address (0: no limit) */
+    double head_timeout;    /* seconds a head may take */
+    unsigned long long body_cap; /* Content-Length above this gets 413 */
+    void (*log)(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* NULL: no log */
+} srv_door_limits;
+struct sockaddr;
+struct MHD_Daemon;
+/* Bind and listen on sa (port 0: any); *bound_port is the port. Returns 0 or an errno. */
+int srv_door_open(srv_door **out, const struct sockaddr *sa, unsigned sa_len, unsigned *bound_port);
+/* Start the door's thread, handing connections to mhd (started with MHD_USE_NO_LISTEN_SOCKET). */
+int srv_door_start(srv_door *d, struct MHD_Daemon *mhd, const srv_door_limits *lim);
+/* Stop accepting: join the thread, close the listening socket and the pending connections. */
+void srv_door_close(srv_door *d);
+
 /* The chat page (serve_web.c). */
 extern const char srv_web_page[];
 
