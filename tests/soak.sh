@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # soak.sh — fault injection against the real `frugal` binary: kill -9 at random moments of
-# train, quantize, convert, data prepare and serve, and a full disk (a small tmpfs) under
-# each writer. After every fault the outputs are checked: a checkpoint, dataset, quantized
+# train, and kill -9, SIGINT or SIGTERM (in turn) at random moments of quantize, convert,
+# data prepare and serve, and a full disk (a small tmpfs) under each writer. After every fault the outputs are checked: a checkpoint, dataset, quantized
 # folder or GGUF file is either absent or complete and loadable, the ledger reads, a killed
 # train resumes, and the next run removes the killed run's temporary files.
 #
@@ -47,14 +47,19 @@ time_ms() {
 declare -A KILLED FINISHED
 # Record whether a kill landed (137) or the command had finished (0) first.
 tally() { if [ "$2" = 0 ]; then FINISHED[$1]=$(( ${FINISHED[$1]:-0} + 1 )); else KILLED[$1]=$(( ${KILLED[$1]:-0} + 1 )); fi; }
+# A signalled writer exits 0 (finished first), 128 + the signal (stopped, or killed by it)
+# or 137 (SIGKILL); anything else, or sanitizer text, is a failure.
+exit_ok() { case "$2" in 0|137) return 0 ;; 130) [ "$1" = INT ] ;; 143) [ "$1" = TERM ] ;; *) return 1 ;; esac; }
 
-# Start "$@" in the background, kill -9 it after a random delay, wait; prints the exit status.
-kill_at_random() {
-    local lo=$1 hi=$2; shift 2
+# Start "$@" in the background, send it signal SIG after a random delay, wait; prints the
+# exit status.
+SIGS=(KILL INT TERM)
+signal_at_random() {
+    local sig=$1 lo=$2 hi=$3; shift 3
     "$@" >"$work/out.log" 2>"$work/err.log" &
     local pid=$!
     sleep "$(rdelay "$lo" "$hi")"
-    kill -9 "$pid" 2>/dev/null
+    kill -s "$sig" "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
     echo $?
 }
@@ -91,7 +96,7 @@ cp "$work/tok/tokenizer.json" "$work/tok/tokenizer_config.json" "$model/" 2>/dev
 # ------------------------------------------------------------------ kill -9: train
 for i in $(seq 1 "$N_TRAIN"); do
     run="$work/train-$i"
-    rc=$(kill_at_random 300 2500 "$bin" train "${train_args[@]}" --out "$run" --steps 400)
+    rc=$(signal_at_random KILL 300 2500 "$bin" train "${train_args[@]}" --out "$run" --steps 400)
     tally train "$rc"
     if [ "$rc" = 0 ]; then bad train "run $i finished before the kill (make the run longer)"; continue; fi
     no_sanitizer_text "$work/err.log" || { bad train "run $i: $(tail -3 "$work/err.log")"; continue; }
@@ -122,39 +127,44 @@ echo "soak: durations: quantize ${t_q} ms, convert ${t_c} ms, data prepare ${t_d
 engine_loads() { "$bin" generate --model "$1" --prompt "the" --max-tokens 1 --no-check >/dev/null 2>&1; }
 tmp_left() { ls -d "$1".tmp* 2>/dev/null | head -1; }
 for i in $(seq 1 "$N_OTHER"); do
+    sig=${SIGS[$(( (i - 1) % 3 ))]}
     out="$work/q-$i"
-    rc=$(kill_at_random 1 $((t_q + 2)) "$bin" quantize --model "$model" --type q8_0 --out "$out")
+    rc=$(signal_at_random "$sig" 1 $((t_q + 2)) "$bin" quantize --model "$model" --type q8_0 --out "$out")
     tally quantize "$rc"
+    exit_ok "$sig" "$rc" && no_sanitizer_text "$work/err.log" || bad quantize "run $i: SIG$sig gave exit $rc: $(tail -2 "$work/err.log")"
     if [ -e "$out" ] && ! engine_loads "$out"; then bad quantize "run $i (rc $rc): $out exists but does not load"; fi
     # the next run into the same place removes the killed run's temporary folder and succeeds
     rm -rf "$out"
     if "$bin" quantize --model "$model" --type q8_0 --out "$out" >/dev/null 2>"$work/err2.log"; then
-        t=$(tmp_left "$out"); [ -z "$t" ] && ok quantize_kill9 || bad quantize "run $i: $t left after the next run"
+        t=$(tmp_left "$out"); [ -z "$t" ] && ok "quantize_$sig" || bad quantize "run $i: $t left after the next run"
     else bad quantize "run $i: next run failed: $(tail -2 "$work/err2.log")"; fi
 
     out="$work/c-$i.gguf"
-    rc=$(kill_at_random 1 $((t_c + 2)) "$bin" convert --to gguf --type Q8_0 "$model" "$out")
+    rc=$(signal_at_random "$sig" 1 $((t_c + 2)) "$bin" convert --to gguf --type Q8_0 "$model" "$out")
     tally convert "$rc"
+    exit_ok "$sig" "$rc" && no_sanitizer_text "$work/err.log" || bad convert "run $i: SIG$sig gave exit $rc: $(tail -2 "$work/err.log")"
     if [ -e "$out" ] && ! engine_loads "$out"; then bad convert "run $i (rc $rc): $out exists but does not load"; fi
     rm -f "$out"
     if "$bin" convert --to gguf --type Q8_0 "$model" "$out" >/dev/null 2>"$work/err2.log"; then
-        t=$(tmp_left "$out"); [ -z "$t" ] && ok convert_kill9 || bad convert "run $i: $t left after the next run"
+        t=$(tmp_left "$out"); [ -z "$t" ] && ok "convert_$sig" || bad convert "run $i: $t left after the next run"
     else bad convert "run $i: next run failed: $(tail -2 "$work/err2.log")"; fi
 
     out="$work/d-$i"
-    rc=$(kill_at_random 1 $((t_d + 2)) "$bin" data prepare --tokenizer "$work/tok" --input "$work/corpus.jsonl" --output "$out" --quiet)
+    rc=$(signal_at_random "$sig" 1 $((t_d + 2)) "$bin" data prepare --tokenizer "$work/tok" --input "$work/corpus.jsonl" --output "$out" --quiet)
     tally data "$rc"
+    exit_ok "$sig" "$rc" && no_sanitizer_text "$work/err.log" || bad data "run $i: SIG$sig gave exit $rc: $(tail -2 "$work/err.log")"
     if [ -e "$out" ] && ! "$bin" data info "$out" >/dev/null 2>&1; then bad data "run $i (rc $rc): $out exists but is not a dataset"; fi
     rm -rf "$out"
     if "$bin" data prepare --tokenizer "$work/tok" --input "$work/corpus.jsonl" --output "$out" --quiet >/dev/null 2>"$work/err2.log"; then
-        t=$(tmp_left "$out"); [ -z "$t" ] && ok data_kill9 || bad data "run $i: $t left after the next run"
+        t=$(tmp_left "$out"); [ -z "$t" ] && ok "data_$sig" || bad data "run $i: $t left after the next run"
     else bad data "run $i: next run failed: $(tail -2 "$work/err2.log")"; fi
 done
 
-# ------------------------------------------------------------------ kill -9: serve
+# ------------------------------------------------------------------ kill -9 / SIGINT / SIGTERM: serve
 for i in $(seq 1 "$N_OTHER"); do
+    sig=${SIGS[$(( (i - 1) % 3 ))]}
     : >"$work/serve.log"
-    "$bin" serve --model "$model" --port 0 --parallel 2 >"$work/serve.log" 2>&1 &
+    "$bin" serve --model "$model" --port 0 --parallel 2 --drain-seconds 1 >"$work/serve.log" 2>&1 &
     serve_pid=$!
     port=""
     for _ in $(seq 1 100); do
@@ -167,10 +177,17 @@ for i in $(seq 1 "$N_OTHER"); do
         -d '{"prompt": "the of", "max_tokens": 200, "stream": true}' >/dev/null 2>&1 &
     cpid=$!
     sleep "$(rdelay 20 300)"
-    kill -9 "$serve_pid"; wait "$serve_pid" 2>/dev/null; serve_pid=""
+    t0=$(date +%s%N)
+    kill -s "$sig" "$serve_pid"; wait "$serve_pid" 2>/dev/null; rc=$?; serve_pid=""
+    took=$(( ($(date +%s%N) - t0) / 1000000 ))
     wait "$cpid" 2>/dev/null
+    # SIGINT / SIGTERM: a clean exit within the drain bound (1 s + 2 s to end the streams)
+    if [ "$sig" != KILL ] && { [ "$rc" != 0 ] || [ "$took" -gt 4000 ]; }; then
+        bad serve "run $i: SIG$sig: exit $rc after $took ms: $(tail -2 "$work/serve.log")"
+    fi
+    no_sanitizer_text "$work/serve.log" || bad serve "run $i: $(tail -3 "$work/serve.log")"
     # the model folder is untouched and serves again
-    if "$bin" info --model "$model" >/dev/null 2>&1; then ok serve_kill9; else bad serve "run $i: model no longer loads"; fi
+    if "$bin" info --model "$model" >/dev/null 2>&1; then ok "serve_$sig"; else bad serve "run $i: model no longer loads"; fi
 done
 
 # ------------------------------------------------------------------ disk full (tmpfs)
@@ -208,7 +225,7 @@ fi
 
 for k in $(printf '%s\n' "${!CASES[@]}" | sort); do printf 'soak: %-22s %3d ok\n' "$k" "${CASES[$k]}"; done
 for k in train quantize convert data; do
-    printf 'soak: kill -9 of %-9s landed %3d times mid-run, %3d runs had finished first\n' "$k" "${KILLED[$k]:-0}" "${FINISHED[$k]:-0}"
+    printf 'soak: signals to %-9s landed %3d times mid-run, %3d runs had finished first\n' "$k" "${KILLED[$k]:-0}" "${FINISHED[$k]:-0}"
 done
 if [ "$skip" -gt 0 ]; then echo "soak: $pass passed, $fail failed, $skip skipped"; else echo "soak: $pass passed, $fail failed"; fi
 [ "$fail" -eq 0 ]
