@@ -45,63 +45,18 @@ static const char *TINY_CONFIG =
     " \"tie_word_embeddings\": false, \"initializer_range\": 0.02, \"hidden_act\": \"silu\",\n"
     " \"bos_token_id\": 0, \"eos_token_id\": 1, \"pad_token_id\": 2}\n";
 
-static void write_corpus(const char *path) {
-    static const char *subj[] = {"the cat", "a dog", "the old man", "my sister", "the king", "a bird"};
-    static const char *verb[] = {"sat on", "looked at", "walked to", "sang about", "ran past", "dreamed of"};
-    static const char *obj[] = {"the mat", "a tree", "the river", "the house", "a bright star", "the hill"};
-    FILE *f = fopen(path, "w");
-    if (!f) return;
-    uint64_t s = 12345;
-    for (int d = 0; d < 240; d++) {
-        fputs("{\"text\": \"", f);
-        for (int k = 0; k < 6; k++) {
-            s = s * 6364136223846793005ull + 1442695040888963407ull;
-            int a = (int)(s >> 33) % 6, b = (int)(s >> 41) % 6, c = (int)(s >> 49) % 6;
-            fprintf(f, "%s%s %s %s.", k ? " " : "", subj[a], verb[b], obj[c]);
-        }
-        fputs("\"}\n", f);
-    }
-    fclose(f);
-}
-
 static int prepare_data(void) {
     char corpus[600], tokdir[600], datadir[600], cfg[600], text[4096];
     snprintf(corpus, sizeof corpus, "%s/corpus.jsonl", g_root);
     snprintf(tokdir, sizeof tokdir, "%s/tok", g_root);
     snprintf(datadir, sizeof datadir, "%s/data", g_root);
-    write_corpus(corpus);
+    fr_test_write_corpus(corpus, 240, 0);
     for (int mtp = 0; mtp <= 1; mtp++) {
         snprintf(cfg, sizeof cfg, "%s/tiny%s.json", g_root, mtp ? "" : "_nomtp");
         snprintf(text, sizeof text, TINY_CONFIG, mtp);
         fr_test_write_text(cfg, text);
     }
-    fr_bpe_train_options o;
-    memset(&o, 0, sizeof o);
-    o.vocab_size = 300;
-    o.num_threads = 2;
-    const char *files[] = {corpus};
-    fr_tokenizer *tok = NULL;
-    int rc = fr_tokenizer_train(&tok, files, 1, &o);
-    CHECK(rc == FR_OK, "tokenizer train: %s", fr_last_error());
-    if (rc != FR_OK) return rc;
-    mkdir(tokdir, 0755);
-    rc = fr_tokenizer_save(tok, tokdir);
-    fr_tokenizer_free(tok);
-    CHECK(rc == FR_OK, "tokenizer save: %s", fr_last_error());
-    if (rc != FR_OK) return rc;
-    fr_data_prepare_options d;
-    memset(&d, 0, sizeof d);
-    d.tokenizer_dir = tokdir;
-    const char *inputs[] = {corpus};
-    d.inputs = inputs;
-    d.n_inputs = 1;
-    d.output_dir = datadir;
-    d.val_fraction = 0.1;
-    d.num_threads = 2;
-    fr_data_stats st;
-    rc = fr_data_prepare(&d, &st);
-    CHECK(rc == FR_OK, "data prepare: %s", fr_last_error());
-    return rc;
+    return fr_test_prepare_tiny_data(corpus, tokdir, datadir);
 }
 
 static void base_args(fr_train_args *a, const char *run) {

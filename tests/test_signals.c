@@ -95,26 +95,6 @@ static const char *QUANT_CONFIG =
     " \"bos_token_id\": 0, \"eos_token_id\": 1, \"pad_token_id\": 2}\n";
 
 /* Sentences from a tiny grammar, one JSONL document each. */
-static void write_corpus(const char *path, int docs) {
-    static const char *subj[] = {"the cat", "a dog", "the old man", "my sister", "the king", "a bird"};
-    static const char *verb[] = {"sat on", "looked at", "walked to", "sang about", "ran past", "dreamed of"};
-    static const char *obj[] = {"the mat", "a tree", "the river", "the house", "a bright star", "the hill"};
-    FILE *f = fopen(path, "w");
-    CHECK(f != NULL, "cannot write %s", path);
-    if (!f) return;
-    uint64_t s = 12345;
-    for (int d = 0; d < docs; d++) {
-        fputs("{\"text\": \"", f);
-        for (int k = 0; k < 6; k++) {
-            s = s * 6364136223846793005ull + 1442695040888963407ull;
-            int a = (int)(s >> 33) % 6, b = (int)(s >> 41) % 6, c = (int)(s >> 49) % 6;
-            fprintf(f, "%s%s %s %s.", k ? " " : "", subj[a], verb[b], obj[c]);
-        }
-        fprintf(f, " number %d\"}\n", d);
-    }
-    fclose(f);
-}
-
 static int prepare(void) {
     char corpus[300], big[300], tokdir[300], datadir[300], cfg[300], qdir[300];
     snprintf(corpus, sizeof corpus, "%s/corpus.jsonl", g_root);
@@ -123,35 +103,10 @@ static int prepare(void) {
     snprintf(datadir, sizeof datadir, "%s/data", g_root);
     snprintf(cfg, sizeof cfg, "%s/tiny.json", g_root);
     snprintf(qdir, sizeof qdir, "%s/qmodel", g_root);
-    write_corpus(corpus, 240);
-    write_corpus(big, FR_SANITIZED ? 40000 : 200000);
+    fr_test_write_corpus(corpus, 240, 1);
+    fr_test_write_corpus(big, FR_SANITIZED ? 40000 : 200000, 1);
     fr_test_write_text(cfg, TINY_CONFIG);
-    fr_bpe_train_options o;
-    memset(&o, 0, sizeof o);
-    o.vocab_size = 300;
-    o.num_threads = 2;
-    const char *files[] = {corpus};
-    fr_tokenizer *tok = NULL;
-    int rc = fr_tokenizer_train(&tok, files, 1, &o);
-    CHECK(rc == FR_OK, "tokenizer train: %s", fr_last_error());
-    if (rc != FR_OK) return rc;
-    mkdir(tokdir, 0755);
-    rc = fr_tokenizer_save(tok, tokdir);
-    CHECK(rc == FR_OK, "tokenizer save: %s", fr_last_error());
-    fr_tokenizer_free(tok);
-    if (rc != FR_OK) return rc;
-    fr_data_prepare_options d;
-    memset(&d, 0, sizeof d);
-    d.tokenizer_dir = tokdir;
-    const char *inputs[] = {corpus};
-    d.inputs = inputs;
-    d.n_inputs = 1;
-    d.output_dir = datadir;
-    d.val_fraction = 0.1;
-    d.num_threads = 2;
-    fr_data_stats st;
-    rc = fr_data_prepare(&d, &st);
-    CHECK(rc == FR_OK, "data prepare: %s", fr_last_error());
+    int rc = fr_test_prepare_tiny_data(corpus, tokdir, datadir);
     if (rc != FR_OK) return rc;
     fr_config qc;
     rc = fr_config_parse(&qc, QUANT_CONFIG, strlen(QUANT_CONFIG));

@@ -86,26 +86,6 @@ static char g_root[128];
 
 static void write_text(const char *path, const char *text) { fr_test_write_text(path, text); }
 
-/* A small learnable corpus: sentences from a tiny grammar, one JSONL document each. */
-static void write_corpus(const char *path) {
-    static const char *subj[] = {"the cat", "a dog", "the old man", "my sister", "the king", "a bird"};
-    static const char *verb[] = {"sat on", "looked at", "walked to", "sang about", "ran past", "dreamed of"};
-    static const char *obj[] = {"the mat", "a tree", "the river", "the house", "a bright star", "the hill"};
-    FILE *f = fopen(path, "w");
-    if (!f) return;
-    uint64_t s = 12345;
-    for (int d = 0; d < 240; d++) {
-        fputs("{\"text\": \"", f);
-        for (int k = 0; k < 6; k++) {
-            s = s * 6364136223846793005ull + 1442695040888963407ull;
-            int a = (int)(s >> 33) % 6, b = (int)(s >> 41) % 6, c = (int)(s >> 49) % 6;
-            fprintf(f, "%s%s %s %s.", k ? " " : "", subj[a], verb[b], obj[c]);
-        }
-        fputs("\"}\n", f);
-    }
-    fclose(f);
-}
-
 static const char *TINY_CONFIG =
     "{\"architectures\": [\"DeepseekV3ForCausalLM\"], \"model_type\": \"deepseek_v3\",\n"
     " \"vocab_size\": 320, \"hidden_size\": 32, \"intermediate_size\": 64, \"moe_intermediate_size\": 16,\n"
@@ -172,36 +152,9 @@ static int prepare_data(void) {
     snprintf(tokdir, sizeof tokdir, "%s/tok", g_root);
     snprintf(datadir, sizeof datadir, "%s/data", g_root);
     snprintf(cfg, sizeof cfg, "%s/tiny.json", g_root);
-    write_corpus(corpus);
+    fr_test_write_corpus(corpus, 240, 0);
     write_text(cfg, TINY_CONFIG);
-    fr_bpe_train_options o;
-    memset(&o, 0, sizeof o);
-    o.vocab_size = 300;
-    o.num_threads = 2;
-    const char *files[] = {corpus};
-    fr_tokenizer *tok = NULL;
-    int rc = fr_tokenizer_train(&tok, files, 1, &o);
-    CHECK(rc == FR_OK, "tokenizer train: %s", fr_last_error());
-    if (rc != FR_OK) return rc;
-    mkdir(tokdir, 0755);
-    rc = fr_tokenizer_save(tok, tokdir);
-    CHECK(rc == FR_OK, "tokenizer save: %s", fr_last_error());
-    fr_tokenizer_free(tok);
-    if (rc != FR_OK) return rc;
-    fr_data_prepare_options d;
-    memset(&d, 0, sizeof d);
-    d.tokenizer_dir = tokdir;
-    const char *inputs[] = {corpus};
-    d.inputs = inputs;
-    d.n_inputs = 1;
-    d.output_dir = datadir;
-    d.val_fraction = 0.1;
-    d.num_threads = 2;
-    fr_data_stats st;
-    rc = fr_data_prepare(&d, &st);
-    CHECK(rc == FR_OK, "data prepare: %s", fr_last_error());
-    if (rc == FR_OK) printf("data: %llu train / %llu val tokens\n", (unsigned long long)st.train_tokens, (unsigned long long)st.val_tokens);
-    return rc;
+    return fr_test_prepare_tiny_data(corpus, tokdir, datadir);
 }
 
 static int count_lines_with(const char *path, const char *needle) {

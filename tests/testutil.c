@@ -1,6 +1,10 @@
 #define _GNU_SOURCE /* popen, mkstemp */
 #include "testutil.h"
 
+#include "frugal.h"
+
+#include <stdint.h>
+
 #include <stdlib.h>
 #include <string.h>
 #include <dirent.h>
@@ -145,4 +149,57 @@ const char *fr_test_q32_config(int vocab_size) {
              " \"bos_token_id\": 0, \"eos_token_id\": 1, \"pad_token_id\": null}\n",
              vocab_size);
     return buf;
+}
+
+void fr_test_write_corpus(const char *path, int n_docs, int numbered) {
+    static const char *subj[] = {"the cat", "a dog", "the old man", "my sister", "the king", "a bird"};
+    static const char *verb[] = {"sat on", "looked at", "walked to", "sang about", "ran past", "dreamed of"};
+    static const char *obj[] = {"the mat", "a tree", "the river", "the house", "a bright star", "the hill"};
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL, "cannot write %s", path);
+    if (!f) return;
+    uint64_t s = 12345;
+    for (int d = 0; d < n_docs; d++) {
+        fputs("{\"text\": \"", f);
+        for (int k = 0; k < 6; k++) {
+            s = s * 6364136223846793005ull + 1442695040888963407ull;
+            int a = (int)(s >> 33) % 6, b = (int)(s >> 41) % 6, c = (int)(s >> 49) % 6;
+            fprintf(f, "%s%s %s %s.", k ? " " : "", subj[a], verb[b], obj[c]);
+        }
+        if (numbered) fprintf(f, " number %d", d);
+        fputs("\"}\n", f);
+    }
+    fclose(f);
+}
+
+int fr_test_prepare_tiny_data(const char *corpus, const char *tok_dir, const char *data_dir) {
+    fr_bpe_train_options o;
+    memset(&o, 0, sizeof o);
+    o.vocab_size = 300;
+    o.num_threads = 2;
+    const char *files[] = {corpus};
+    fr_tokenizer *tok = NULL;
+    int rc = fr_tokenizer_train(&tok, files, 1, &o);
+    CHECK(rc == FR_OK, "tokenizer train: %s", fr_last_error());
+    if (rc != FR_OK) return rc;
+    mkdir(tok_dir, 0755);
+    rc = fr_tokenizer_save(tok, tok_dir);
+    fr_tokenizer_free(tok);
+    CHECK(rc == FR_OK, "tokenizer save: %s", fr_last_error());
+    if (rc != FR_OK) return rc;
+    fr_data_prepare_options d;
+    memset(&d, 0, sizeof d);
+    d.tokenizer_dir = tok_dir;
+    const char *inputs[] = {corpus};
+    d.inputs = inputs;
+    d.n_inputs = 1;
+    d.output_dir = data_dir;
+    d.val_fraction = 0.1;
+    d.num_threads = 2;
+    fr_data_stats st;
+    rc = fr_data_prepare(&d, &st);
+    CHECK(rc == FR_OK, "data prepare: %s", fr_last_error());
+    if (rc == FR_OK)
+        printf("data: %llu train / %llu val tokens\n", (unsigned long long)st.train_tokens, (unsigned long long)st.val_tokens);
+    return rc;
 }

@@ -38,6 +38,13 @@ void fr_test_rm_rf(const char *path);
  * one MTP module) whose every linear width is a multiple of 32, so Q8_0 / Q4_1 can hold all
  * of them, with the given vocabulary size. Returns a static buffer. */
 const char *fr_test_q32_config(int vocab_size);
+/* The training tests' corpus: n_docs JSONL documents of six sentences each from a tiny
+ * grammar, deterministic; numbered != 0 ends document d with " number d" (all distinct). */
+void fr_test_write_corpus(const char *path, int n_docs, int numbered);
+/* Train a 300-id byte-level BPE tokenizer on corpus into tok_dir (created), then prepare
+ * corpus into data_dir (10 % validation, 2 threads). Failed checks name the step; returns
+ * FR_OK or the library's error. */
+int fr_test_prepare_tiny_data(const char *corpus, const char *tok_dir, const char *data_dir);
 /* Prints "N passed, N failed" and returns the process exit code. */
 int fr_test_finish(const char *suite);
 
