@@ -145,28 +145,6 @@ static size_t utf8_incomplete_tail(const char *text, size_t n) {
     return 0;
 }
 
-/* Length of the valid UTF-8 sequence at p (n bytes available), 0 if invalid or truncated. */
-static size_t utf8_valid_len(const unsigned char *p, size_t n) {
-    unsigned c = p[0];
-    if (c >= 0x01 && c <= 0x7F) return 1;
-    size_t len;
-    unsigned lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) len = 2;
-    else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-    } else return 0;
-    if (n < len || p[1] < lo || p[1] > hi) return 0;
-    for (size_t k = 2; k < len; k++)
-        if ((p[k] & 0xC0) != 0x80) return 0;
-    return len;
-}
-
 /* Copy of p[0..n) that is valid UTF-8 for JSON: every byte that does not start a valid
  * sequence (and every NUL) becomes U+FFFD. */
 char *srv_utf8_sanitize(const char *p, size_t n, size_t *out_len) {
@@ -175,7 +153,7 @@ char *srv_utf8_sanitize(const char *p, size_t n, size_t *out_len) {
     size_t k = 0;
     const unsigned char *u = (const unsigned char *)p;
     for (size_t i = 0; i < n;) {
-        size_t l = utf8_valid_len(u + i, n - i);
+        size_t l = u[i] ? fr_utf8_seq_len(u + i, n - i) : 0; /* NUL too becomes U+FFFD */
         if (l) {
             memcpy(o + k, p + i, l);
             k += l;

@@ -623,6 +623,11 @@ int fr_chat_render(const fr_tokenizer *tok, const fr_chat_message *msgs, int n_m
  * 0 when its template is of another family (fr_chat_render still uses DeepSeek-V3's). */
 int fr_chat_template_is_deepseek(const fr_tokenizer *tok);
 
+/* Length (1..4) of the valid UTF-8 sequence at s[0..n), or 0 when s[0] starts none: a
+ * truncated sequence, an overlong form, a surrogate or a code point above U+10FFFF. NUL is a
+ * valid one-byte sequence (callers that refuse it check for it). */
+size_t fr_utf8_seq_len(const unsigned char *s, size_t n);
+
 /* ------------------------------------------------------------------ quantization */
 
 /* Write a copy of the HF model folder in_dir into out_dir with its linear weights (2-D

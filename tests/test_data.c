@@ -742,7 +742,47 @@ static void test_width4(void) {
     fr_test_rm_rf(dir);
 }
 
+/* fr_utf8_seq_len (the text check of data prepare and the server's sanitizer) against an
+ * independent decoder: for every 1-, 2- and 3-byte prefix and a sample of 4-byte ones,
+ * the sequence is valid iff it decodes (by arithmetic) to a scalar value in its shortest
+ * form, not a surrogate, at most U+10FFFF. */
+static size_t utf8_reference(const unsigned char *s, size_t n) {
+    const unsigned c = s[0];
+    size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+    if (len == 0 || n < len) return 0;
+    unsigned long cp = len == 1 ? c : len == 2 ? (c & 0x1F) : len == 3 ? (c & 0x0F) : (c & 0x07);
+    for (size_t k = 1; k < len; k++) {
+        if ((s[k] & 0xC0) != 0x80) return 0;
+        cp = cp << 6 | (s[k] & 0x3F);
+    }
+    static const unsigned long min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < min_cp[len] || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) return 0;
+    return len;
+}
+
+static void test_utf8_seq_len(void) {
+    long wrong = 0, n = 0;
+    unsigned char b[4];
+    for (unsigned x = 0; x < (1u << 24); x++) { /* every 3-byte string, as 1-, 2- and 3-byte inputs */
+        b[0] = (unsigned char)(x >> 16), b[1] = (unsigned char)(x >> 8), b[2] = (unsigned char)x;
+        for (size_t len = 1; len <= 3; len++) {
+            if (len < 3 && (x & ((1u << (8 * (3 - len))) - 1))) continue; /* each shorter prefix once */
+            n++;
+            wrong += fr_utf8_seq_len(b, len) != utf8_reference(b, len);
+        }
+    }
+    for (unsigned x = 0; x < (1u << 20); x++) { /* 4-byte strings: every lead and second byte, sampled tails */
+        b[0] = (unsigned char)(0xE8 + (x >> 16) % 24), b[1] = (unsigned char)(x >> 8), b[2] = (unsigned char)(x * 37u),
+        b[3] = (unsigned char)(x * 101u);
+        n++;
+        wrong += fr_utf8_seq_len(b, 4) != utf8_reference(b, 4);
+    }
+    CHECK(wrong == 0, "fr_utf8_seq_len differs from the reference decoder on %ld of %ld inputs", wrong, n);
+    printf("fr_utf8_seq_len: %ld inputs, all equal to the reference decoder\n", n);
+}
+
 int main(void) {
+    test_utf8_seq_len();
     const char *base = getenv("TMPDIR");
     snprintf(g_tmp, sizeof g_tmp, "%s/frugal-test-data-XXXXXX", base && base[0] ? base : "/tmp");
     if (!mkdtemp(g_tmp)) {

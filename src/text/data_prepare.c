@@ -363,29 +363,6 @@ static int is_blank(const char *s, size_t n) {
  * A few stray bytes (a Latin-1 character in an otherwise UTF-8 file) are tolerated. */
 #define MAX_BAD_UTF8_PERCENT 1
 
-/* Length of the valid UTF-8 sequence at s[0..n) (1..4), or 0 when s[0] starts none
- * (overlong forms, surrogates and code points above U+10FFFF are invalid). */
-static size_t utf8_seq_len(const unsigned char *s, size_t n) {
-    const unsigned c = s[0];
-    if (c < 0x80) return 1;
-    size_t len;
-    unsigned lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
-    if (c >= 0xC2 && c <= 0xDF) len = 2;
-    else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-    } else return 0;
-    if (n < len || s[1] < lo || s[1] > hi) return 0;
-    for (size_t k = 2; k < len; k++)
-        if ((s[k] & 0xC0) != 0x80) return 0;
-    return len;
-}
-
 static int check_text(const char *path, const char *text, size_t len) {
     const unsigned char *s = (const unsigned char *)text;
     size_t bad = 0, first_bad = len;
@@ -399,7 +376,7 @@ static int check_text(const char *path, const char *text, size_t len) {
             i++;
             continue;
         }
-        size_t k = utf8_seq_len(s + i, len - i);
+        size_t k = fr_utf8_seq_len(s + i, len - i);
         if (k == 0) {
             if (bad++ == 0) first_bad = i;
             k = 1;
