@@ -92,11 +92,21 @@ train_args=(--config "$work/config.json" --data "$work/data" --batch 2 --seq 32 
     || { echo "soak: base training failed:"; cat "$work/err.log"; exit 1; }
 model="$(ls -d "$work"/base/ckpt-* | sort | tail -1)"
 cp "$work/tok/tokenizer.json" "$work/tok/tokenizer_config.json" "$model/" 2>/dev/null
+# the writers' inputs: a model and a corpus large enough that a random moment lands inside
+# the work more often than in process start-up (the tiny ones take ~10-20 ms)
+sed -e 's/"hidden_size": 64/"hidden_size": 256/; s/"intermediate_size": 128/"intermediate_size": 512/' \
+    -e 's/"moe_intermediate_size": 32/"moe_intermediate_size": 128/; s/"num_hidden_layers": 2/"num_hidden_layers": 4/' \
+    -e 's/"n_routed_experts": 8/"n_routed_experts": 16/' "$work/config.json" >"$work/config-big.json"
+"$bin" train "${train_args[@]}" --config "$work/config-big.json" --out "$work/big" --steps 1 --ckpt-interval 1 >/dev/null 2>"$work/err.log" \
+    || { echo "soak: training the larger model failed:"; cat "$work/err.log"; exit 1; }
+wmodel="$(ls -d "$work"/big/ckpt-* | sort | tail -1)"
+cp "$work/tok/tokenizer.json" "$work/tok/tokenizer_config.json" "$wmodel/" 2>/dev/null
+for _ in 1 2 3 4 5 6 7 8; do cat "$work/corpus.jsonl"; done >"$work/corpus-big.jsonl"
 
 # ------------------------------------------------------------------ kill -9: train
 for i in $(seq 1 "$N_TRAIN"); do
     run="$work/train-$i"
-    rc=$(signal_at_random KILL 300 2500 "$bin" train "${train_args[@]}" --out "$run" --steps 400)
+    rc=$(signal_at_random KILL 300 2500 "$bin" train "${train_args[@]}" --out "$run" --steps 100000)
     tally train "$rc"
     if [ "$rc" = 0 ]; then bad train "run $i finished before the kill (make the run longer)"; continue; fi
     no_sanitizer_text "$work/err.log" || { bad train "run $i: $(tail -3 "$work/err.log")"; continue; }
@@ -120,42 +130,42 @@ done
 
 # ------------------------------------------------------------------ kill -9: quantize, convert, data prepare
 # a random moment within each command's own duration (measured once here)
-t_q=$(time_ms "$bin" quantize --model "$model" --type q8_0 --out "$work/q-time")
-t_c=$(time_ms "$bin" convert --to gguf --type Q8_0 "$model" "$work/c-time.gguf")
-t_d=$(time_ms "$bin" data prepare --tokenizer "$work/tok" --input "$work/corpus.jsonl" --output "$work/d-time" --quiet)
+t_q=$(time_ms "$bin" quantize --model "$wmodel" --type q8_0 --out "$work/q-time")
+t_c=$(time_ms "$bin" convert --to gguf --type Q8_0 "$wmodel" "$work/c-time.gguf")
+t_d=$(time_ms "$bin" data prepare --tokenizer "$work/tok" --input "$work/corpus-big.jsonl" --output "$work/d-time" --quiet)
 echo "soak: durations: quantize ${t_q} ms, convert ${t_c} ms, data prepare ${t_d} ms"
 engine_loads() { "$bin" generate --model "$1" --prompt "the" --max-tokens 1 --no-check >/dev/null 2>&1; }
 tmp_left() { ls -d "$1".tmp* 2>/dev/null | head -1; }
 for i in $(seq 1 "$N_OTHER"); do
     sig=${SIGS[$(( (i - 1) % 3 ))]}
     out="$work/q-$i"
-    rc=$(signal_at_random "$sig" 1 $((t_q + 2)) "$bin" quantize --model "$model" --type q8_0 --out "$out")
+    rc=$(signal_at_random "$sig" 1 $((t_q + 2)) "$bin" quantize --model "$wmodel" --type q8_0 --out "$out")
     tally quantize "$rc"
     exit_ok "$sig" "$rc" && no_sanitizer_text "$work/err.log" || bad quantize "run $i: SIG$sig gave exit $rc: $(tail -2 "$work/err.log")"
     if [ -e "$out" ] && ! engine_loads "$out"; then bad quantize "run $i (rc $rc): $out exists but does not load"; fi
     # the next run into the same place removes the killed run's temporary folder and succeeds
     rm -rf "$out"
-    if "$bin" quantize --model "$model" --type q8_0 --out "$out" >/dev/null 2>"$work/err2.log"; then
+    if "$bin" quantize --model "$wmodel" --type q8_0 --out "$out" >/dev/null 2>"$work/err2.log"; then
         t=$(tmp_left "$out"); [ -z "$t" ] && ok "quantize_$sig" || bad quantize "run $i: $t left after the next run"
     else bad quantize "run $i: next run failed: $(tail -2 "$work/err2.log")"; fi
 
     out="$work/c-$i.gguf"
-    rc=$(signal_at_random "$sig" 1 $((t_c + 2)) "$bin" convert --to gguf --type Q8_0 "$model" "$out")
+    rc=$(signal_at_random "$sig" 1 $((t_c + 2)) "$bin" convert --to gguf --type Q8_0 "$wmodel" "$out")
     tally convert "$rc"
     exit_ok "$sig" "$rc" && no_sanitizer_text "$work/err.log" || bad convert "run $i: SIG$sig gave exit $rc: $(tail -2 "$work/err.log")"
     if [ -e "$out" ] && ! engine_loads "$out"; then bad convert "run $i (rc $rc): $out exists but does not load"; fi
     rm -f "$out"
-    if "$bin" convert --to gguf --type Q8_0 "$model" "$out" >/dev/null 2>"$work/err2.log"; then
+    if "$bin" convert --to gguf --type Q8_0 "$wmodel" "$out" >/dev/null 2>"$work/err2.log"; then
         t=$(tmp_left "$out"); [ -z "$t" ] && ok "convert_$sig" || bad convert "run $i: $t left after the next run"
     else bad convert "run $i: next run failed: $(tail -2 "$work/err2.log")"; fi
 
     out="$work/d-$i"
-    rc=$(signal_at_random "$sig" 1 $((t_d + 2)) "$bin" data prepare --tokenizer "$work/tok" --input "$work/corpus.jsonl" --output "$out" --quiet)
+    rc=$(signal_at_random "$sig" 1 $((t_d + 2)) "$bin" data prepare --tokenizer "$work/tok" --input "$work/corpus-big.jsonl" --output "$out" --quiet)
     tally data "$rc"
     exit_ok "$sig" "$rc" && no_sanitizer_text "$work/err.log" || bad data "run $i: SIG$sig gave exit $rc: $(tail -2 "$work/err.log")"
     if [ -e "$out" ] && ! "$bin" data info "$out" >/dev/null 2>&1; then bad data "run $i (rc $rc): $out exists but is not a dataset"; fi
     rm -rf "$out"
-    if "$bin" data prepare --tokenizer "$work/tok" --input "$work/corpus.jsonl" --output "$out" --quiet >/dev/null 2>"$work/err2.log"; then
+    if "$bin" data prepare --tokenizer "$work/tok" --input "$work/corpus-big.jsonl" --output "$out" --quiet >/dev/null 2>"$work/err2.log"; then
         t=$(tmp_left "$out"); [ -z "$t" ] && ok "data_$sig" || bad data "run $i: $t left after the next run"
     else bad data "run $i: next run failed: $(tail -2 "$work/err2.log")"; fi
 done
@@ -208,7 +218,7 @@ if [ "$(id -u)" = 0 ] && mount -t tmpfs -o size=600k tmpfs "$mnt" 2>/dev/null; t
     dd if=/dev/zero of="$mnt/filler" bs=1k count=520 status=none 2>/dev/null
     for w in quantize convert data; do
         case $w in
-            quantize) out="$mnt/q"; "$bin" quantize --model "$model" --type q8_0 --out "$out" >/dev/null 2>"$work/err.log" ;;
+            quantize) out="$mnt/q"; "$bin" quantize --model "$wmodel" --type q8_0 --out "$out" >/dev/null 2>"$work/err.log" ;;
             convert) out="$mnt/c.gguf"; "$bin" convert --to gguf --type F32 "$model" "$out" >/dev/null 2>"$work/err.log" ;;
             data) out="$mnt/d"; "$bin" data prepare --tokenizer "$work/tok" --input "$work/corpus.jsonl" --output "$out" --quiet >/dev/null 2>"$work/err.log" ;;
         esac

@@ -404,6 +404,46 @@ static void test_seq_warning_and_fields(void) {
     CHECK(steps == 1 && ok == 1, "without MTP a step record has loss_main and no loss_mtp");
 }
 
+/* What a trainer killed at the wrong moment leaves in its folder — a half-written checkpoint
+ * (.ckpt-N.tmp), a half-deleted one (.ckpt-N.del), the temporary of an atomic write of
+ * `latest` — is removed by the next trainer (found by tests/soak.sh: a kill -9 between the
+ * write and the rename of `latest`). A live process's temporary is kept. */
+static void test_leftovers_removed(void) {
+    fr_train_args a;
+    base_args(&a, "runL");
+    fr_test_rm_rf(a.run_dir);
+    a.max_steps = 5;
+    hooks_state h;
+    memset(&h, 0, sizeof h);
+    fr_train_result res;
+    int rc = train(&a, 0, &h, &res);
+    CHECK(rc == FR_OK, "run L: %s", fr_last_error());
+    pid_t dead = fork();
+    if (dead == 0) _exit(0);
+    waitpid(dead, NULL, 0);
+    char p[6][800];
+    snprintf(p[0], sizeof p[0], "%s/.ckpt-00000007.tmp", a.run_dir);
+    snprintf(p[1], sizeof p[1], "%s/.ckpt-00000003.del", a.run_dir);
+    snprintf(p[2], sizeof p[2], "%s/latest.tmp.%ld", a.run_dir, (long)dead);
+    snprintf(p[3], sizeof p[3], "%s/train_args.json.tmp.%ld", a.run_dir, (long)dead);
+    snprintf(p[4], sizeof p[4], "%s/metrics.jsonl.tmp.%ld", a.run_dir, (long)dead);
+    snprintf(p[5], sizeof p[5], "%s/latest.tmp.%ld", a.run_dir, (long)getppid()); /* alive */
+    for (int i = 0; i < 2; i++) {
+        mkdir(p[i], 0755);
+        char f[900];
+        snprintf(f, sizeof f, "%s/model.safetensors", p[i]);
+        fr_test_write_text(f, "half");
+    }
+    for (int i = 2; i < 6; i++) fr_test_write_text(p[i], "half");
+    a.max_steps = 7;
+    memset(&h, 0, sizeof h);
+    rc = train(&a, 1, &h, &res);
+    CHECK(rc == FR_OK, "run L resumed: %s", fr_last_error());
+    for (int i = 0; i < 5; i++) CHECK(!fr_test_file_exists(p[i]), "%s removed by the next trainer", p[i]);
+    CHECK(fr_test_file_exists(p[5]), "a live process's temporary %s is kept", p[5]);
+    unlink(p[5]);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "child") == 0) return child_main(argc, argv);
     snprintf(g_root, sizeof g_root, "/tmp/frugal_test_run_folder_%ld", (long)getpid());
@@ -412,6 +452,7 @@ int main(int argc, char **argv) {
         test_ledger_segments();
         test_lock_and_dead_end();
         test_seq_warning_and_fields();
+        test_leftovers_removed();
     }
     if (fr_test_failed == 0) fr_test_rm_rf(g_root);
     return fr_test_finish("test_run_folder");

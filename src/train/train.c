@@ -309,9 +309,17 @@ static void remove_checkpoint(const char *rd, long step) {
     if (rename(path, del) == 0) fr_remove_tree(del);
 }
 
-/* Temporary (.ckpt-N.tmp) and half-deleted (.ckpt-N.del) folders of a killed trainer. Only
+/* Temporary (.ckpt-N.tmp) and half-deleted (.ckpt-N.del) folders of a killed trainer, and
+ * the temporaries of its atomic file writes (latest, train_args.json and metrics.jsonl as
+ * NAME.tmp.PID). Only
  * called with the run folder's lock held, so no live trainer owns them. */
 static void remove_leftovers(const char *rd) {
+    static const char *const written[] = {"latest", "train_args.json", "metrics.jsonl"};
+    for (int i = 0; i < 3; i++) {
+        char *path = fr_path_join(rd, written[i]);
+        if (path) fr_remove_stale_tmp(path, ".tmp.");
+        free(path);
+    }
     DIR *d = opendir(rd);
     if (!d) return;
     struct dirent *de;
