@@ -122,23 +122,12 @@ static int rec_stop(void *user) {
 }
 
 static void base_args(fr_train_args *a, const char *run) {
-    fr_train_args_default(a);
-    snprintf(a->model_config, sizeof a->model_config, "%s/tiny.json", g_root);
-    snprintf(a->data_dir, sizeof a->data_dir, "%s/data", g_root);
-    snprintf(a->run_dir, sizeof a->run_dir, "%s/%s", g_root, run);
-    snprintf(a->ledger_path, sizeof a->ledger_path, "%s/ledger.jsonl", g_root);
-    a->batch_size = 4;
-    a->seq_len = 32;
-    a->max_steps = 30;
-    a->lr = 1e-2;
-    a->warmup_steps = 5;
+    fr_test_train_args(a, g_root, run);
     a->eval_interval = 10;
     a->eval_batches = 2;
     a->ckpt_interval = 10;
     a->sample_interval = 15;
     a->sample_tokens = 8;
-    a->threads = 2;
-    a->seed = 7;
 }
 
 static int run_train(const fr_train_args *a, int resume, recorder *rec, fr_train_result *res) {

@@ -203,3 +203,18 @@ int fr_test_prepare_tiny_data(const char *corpus, const char *tok_dir, const cha
         printf("data: %llu train / %llu val tokens\n", (unsigned long long)st.train_tokens, (unsigned long long)st.val_tokens);
     return rc;
 }
+
+void fr_test_train_args(fr_train_args *a, const char *root, const char *run) {
+    fr_train_args_default(a);
+    snprintf(a->model_config, sizeof a->model_config, "%s/tiny.json", root);
+    snprintf(a->data_dir, sizeof a->data_dir, "%s/data", root);
+    snprintf(a->run_dir, sizeof a->run_dir, "%s/%s", root, run);
+    snprintf(a->ledger_path, sizeof a->ledger_path, "%s/ledger.jsonl", root);
+    a->batch_size = 4;
+    a->seq_len = 32;
+    a->max_steps = 30;
+    a->lr = 1e-2;
+    a->warmup_steps = 5;
+    a->threads = 2;
+    a->seed = 7;
+}

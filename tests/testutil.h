@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <stddef.h>
 
+#include "frugal.h"
+
 extern int fr_test_passed, fr_test_failed;
 
 /* Record one check; prints a line for failures only. */
@@ -45,6 +47,10 @@ void fr_test_write_corpus(const char *path, int n_docs, int numbered);
  * corpus into data_dir (10 % validation, 2 threads). Failed checks name the step; returns
  * FR_OK or the library's error. */
 int fr_test_prepare_tiny_data(const char *corpus, const char *tok_dir, const char *data_dir);
+/* Training arguments of the tiny runs: ROOT/tiny.json on ROOT/data into ROOT/RUN, ledger
+ * ROOT/ledger.jsonl, 4 x 32 tokens, 30 steps, lr 1e-2 with 5 warmup steps, 2 threads, seed 7;
+ * evaluation, checkpoint and sample intervals are left to each test. */
+void fr_test_train_args(fr_train_args *a, const char *root, const char *run);
 /* Prints "N passed, N failed" and returns the process exit code. */
 int fr_test_finish(const char *suite);
 
