@@ -1,4 +1,4 @@
-/* fp8.c — E4M3 conversion and block-scale dequantization of DeepSeek FP8 weights (fp8.h). */
+/* fp8.c — block-scale dequantization of DeepSeek FP8 weights (fp8.h; the E4M3 codec is numfmt.c). */
 #include "formats/fp8.h"
 #include "core/internal.h"
 
@@ -6,36 +6,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-float fr_fp8_e4m3_to_f32(uint8_t v) {
-    int sign = v >> 7, exp = (v >> 3) & 0xf, man = v & 7;
-    float r;
-    if (exp == 15 && man == 7) return NAN;
-    if (exp == 0) r = ldexpf((float)man, -9);           /* subnormal: man/8 * 2^-6 */
-    else r = ldexpf((float)(8 + man), exp - 10);        /* (1 + man/8) * 2^(exp-7) */
-    return sign ? -r : r;
-}
-
-uint8_t fr_fp8_e4m3_from_f32(float x) {
-    if (isnan(x)) return 0x7f;
-    uint8_t sign = signbit(x) ? 0x80 : 0;
-    float a = fabsf(x);
-    if (a >= 448.0f) return sign | 0x7e; /* saturate to the largest finite value */
-    /* The representable values have spacing 2^(e-3) in [2^e, 2^(e+1)) for e >= -6, and
-     * 2^-9 below 2^-6 (subnormals). Round a / spacing to the nearest integer, ties to even
-     * (nearbyintf in the default rounding mode), then rebuild the code. */
-    int e;
-    frexpf(a, &e);  /* a = f * 2^e, f in [0.5, 1): a in [2^(e-1), 2^e) */
-    e -= 1;         /* a in [2^e, 2^(e+1)) */
-    if (a == 0.0f || e < -6) e = -6;
-    float q = nearbyintf(ldexpf(a, 3 - e)); /* units of 2^(e-3) */
-    /* q in [8, 16] for normals (16 = carried into the next binade), [0, 8] for subnormals */
-    if (q >= 16.0f) { q = 8.0f; e += 1; }
-    if (q < 8.0f) return sign | (uint8_t)q; /* subnormal (e == -6) or zero */
-    int biased = e + 7;
-    if (biased > 15 || (biased == 15 && q > 14.0f)) return sign | 0x7e;
-    return sign | (uint8_t)(biased << 3) | (uint8_t)((int)q - 8);
-}
 
 int fr_fp8_block_size(const char *config_json, size_t len, int *br, int *bc) {
     *br = *bc = 128;

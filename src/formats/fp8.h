@@ -11,13 +11,11 @@
 #ifndef FR_FP8_H
 #define FR_FP8_H
 
+#include "formats/numfmt.h"
 #include "formats/safetensors.h"
 #include <stdint.h>
 
-/* OCP E4M3 ("fn": finite, S.1111.111 = NaN, max 448). */
-float fr_fp8_e4m3_to_f32(uint8_t v);
-/* Nearest E4M3 value of x, ties to even, saturating at +-448 (NaN stays NaN). */
-uint8_t fr_fp8_e4m3_from_f32(float x);
+/* The E4M3 codec itself is formats/numfmt.h. */
 
 /* Block size of an FP8 checkpoint from its parsed config.json text: *br = *bc = 128 when the
  * config has no quantization_config; FR_ERR_UNSUPPORTED for another quant_method or fmt;

@@ -5,20 +5,11 @@
 
 #include "frugal.h"
 #include "core/internal.h"
+#include "formats/numfmt.h"
 
 #include <stdint.h>
 
-/* FP8 E4M3 (no infinities; 448 is the largest finite value; NaN = S.1111.111) and BF16
- * conversions used by the latent KV cache. Encoding rounds to nearest even and saturates
- * to +-448. */
-uint8_t fr_fp8_e4m3_encode(float x);
-float fr_fp8_e4m3_decode(uint8_t b);
-uint16_t fr_bf16_encode(float x);
-float fr_bf16_decode(uint16_t b);
-/* dst[i] = fr_bf16_decode(src[i]) and fr_fp8_e4m3_decode(src[i]) * scale, for a row of n
- * (the cache's decode loops; same results, vectorised) */
-void fr_bf16_decode_row(float *dst, const uint16_t *src, int n);
-void fr_fp8_e4m3_decode_row(float *dst, const uint8_t *src, int n, float scale);
+/* The KV cache number formats (BF16, FP8 E4M3) are formats/numfmt.h. */
 
 /* The engine's forward passes for the decoding loop (generate.c). fr_engine_forward_rows is
  * fr_engine_forward with the caller's row_start [n_seqs + 1] (first row of each sequence);
