@@ -48,6 +48,10 @@ typedef struct {
 
 const fr_cpu_vec *fr_cpu_vec_ops(void);
 
+/* fr_ops.fp8_quantize of the CPU backend (fp8_recipe.c). */
+long fr_cpu_fp8_quantize(float *y, int ldy, float *scales, const float *x, int ldx, int rows, int cols, int tile_rows,
+                         int tile_cols);
+
 /* The GEMM of the backend (ops_cpu_gemm.c), same contract as fr_ops.gemm. */
 void fr_cpu_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc);

@@ -56,6 +56,19 @@ typedef struct fr_ops {
     void (*gemm)(int transA, int transB, int M, int N, int K, float alpha,
                  const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
+    /* ---- FP8 (E4M3) quantize-dequantize in scaled tiles, the quantizer of DeepSeek-V3's FP8
+     * training recipe (shared/design.md section 3): x [rows, cols] (row stride ldx) is cut
+     * into tiles of tile_rows x tile_cols (the last ones in each direction may be partial;
+     * activations 1 x 128, weights 128 x 128, activations for the weight gradient 128 x 1).
+     * Each tile gets the scale s = max(amax, 1e-4) / 448 and every value becomes
+     * e4m3(x / s) * s (round to nearest even, formats/numfmt.h), written to y (row stride
+     * ldy; y == x with ldy == ldx is allowed). scales [ceil(rows / tile_rows), ceil(cols /
+     * tile_cols)] receives s when not NULL. A GEMM over quantized operands then reproduces the
+     * recipe's products with FP32 accumulation. Returns the number of non-finite inputs (a
+     * NaN or Inf makes the tile's scale meaningless: the caller must fail). */
+    long (*fp8_quantize)(float *y, int ldy, float *scales, const float *x, int ldx, int rows, int cols,
+                         int tile_rows, int tile_cols);
+
     /* ---- embedding: out[N,D] = table[tokens[n]];  backward: dtable[tokens[n]] += dout[n] */
     void (*embedding_forward)(float *out, const float *table, const int *tokens, int N, int D);
     void (*embedding_backward)(float *dtable, const float *dout, const int *tokens, int N, int D);
