@@ -141,6 +141,17 @@ void fr_model_free(fr_model *m);
 
 const fr_config *fr_model_config(const fr_model *m);
 void fr_model_set_loss_weights(fr_model *m, fr_loss_weights w);
+/* Compute precision of the linear layers inside the blocks (MLA projections, dense MLP,
+ * shared and routed experts): "fp32" (the default) or "fp8", DeepSeek-V3's recipe: the inputs
+ * of all three GEMMs of each of these layers in E4M3 with FP32 scales per 1 x 128 tile
+ * (activations, output gradients), 128 x 128 block (weights) or 128 x 1 tile (both inputs of
+ * the weight-gradient GEMM), FP32 accumulation; embedding, output head, router, norms,
+ * attention, master weights, gradients and optimizer stay FP32. On the CPU the FP8 GEMMs are
+ * emulated (exactly decoded E4M3 values through the FP32 GEMM). FR_ERR_ARG for another name
+ * ("bf16" is not implemented yet). A forward or backward whose FP8 GEMM input holds a NaN or
+ * Inf fails with FR_ERR_STATE. */
+int fr_model_set_precision(fr_model *m, const char *precision);
+const char *fr_model_precision(const fr_model *m);
 size_t fr_model_num_params(const fr_model *m);
 /* Parameters that one token activates (dense layers, shared + top-k routed experts). */
 size_t fr_model_num_active_params(const fr_model *m);

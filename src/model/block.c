@@ -34,6 +34,58 @@ void fr_linear_backward(const fr_ops *o, float *dx, int lddx, float beta_dx, flo
     o->gemm(1, 0, out, in, N, 1.0f, dy, lddy, x, ldx, 1.0f, dW, lddw);
 }
 
+/* FP8 (DeepSeek-V3): activations and output gradients in 1 x 128 tiles along the reduced
+ * dimension, weights in 128 x 128 blocks, and for the weight gradient (reduced over tokens)
+ * both operands in 128 x 1 tiles. */
+#define FP8_TILE 128
+
+/* Operand buffer k of at least n floats; NULL (and m->fp8_oom set) when it cannot grow. */
+static float *fp8_buffer(fr_model *m, int k, size_t n) {
+    if (m->fp8_cap[k] < n) {
+        if (m->fp8_buf[k]) m->ops->free(m->fp8_buf[k]);
+        m->fp8_buf[k] = m->ops->alloc(n * sizeof(float));
+        m->fp8_cap[k] = m->fp8_buf[k] ? n : 0;
+        if (!m->fp8_buf[k]) m->fp8_oom = 1;
+    }
+    return m->fp8_buf[k];
+}
+
+/* q[rows, cols] (dense) = x (ldx) rounded in tiles of tr x tc; NULL when out of memory */
+static const float *fp8_operand(fr_model *m, int k, const float *x, int ldx, int rows, int cols, int tr, int tc) {
+    float *q = fp8_buffer(m, k, (size_t)rows * cols);
+    if (q) m->fp8_nonfinite += m->ops->fp8_quantize(q, cols, NULL, x, ldx, rows, cols, tr, tc);
+    return q;
+}
+
+void fr_qlinear_forward(fr_model *m, float *y, int ldy, const float *x, int ldx, const float *W, int ldw, int N,
+                        int in, int out, float beta) {
+    if (!m->fp8) {
+        fr_linear_forward(m->ops, y, ldy, x, ldx, W, ldw, N, in, out, beta);
+        return;
+    }
+    const float *qx = fp8_operand(m, 0, x, ldx, N, in, 1, FP8_TILE);
+    const float *qw = fp8_operand(m, 1, W, ldw, out, in, FP8_TILE, FP8_TILE);
+    if (qx && qw) m->ops->gemm(0, 1, N, out, in, 1.0f, qx, in, qw, in, beta, y, ldy);
+}
+
+void fr_qlinear_backward(fr_model *m, float *dx, int lddx, float beta_dx, float *dW, int lddw, const float *dy,
+                         int lddy, const float *x, int ldx, const float *W, int ldw, int N, int in, int out) {
+    if (!m->fp8) {
+        fr_linear_backward(m->ops, dx, lddx, beta_dx, dW, lddw, dy, lddy, x, ldx, W, ldw, N, in, out);
+        return;
+    }
+    const fr_ops *o = m->ops;
+    if (dx) { /* dx = dy · W, reduced over out */
+        const float *qdy = fp8_operand(m, 0, dy, lddy, N, out, 1, FP8_TILE);
+        const float *qw = fp8_operand(m, 1, W, ldw, out, in, FP8_TILE, FP8_TILE);
+        if (qdy && qw) o->gemm(0, 0, N, in, out, 1.0f, qdy, out, qw, in, beta_dx, dx, lddx);
+    }
+    /* dW += dy^T · x, reduced over the N tokens: both re-tiled 128 x 1 */
+    const float *qdy = fp8_operand(m, 0, dy, lddy, N, out, FP8_TILE, 1);
+    const float *qx = fp8_operand(m, 1, x, ldx, N, in, FP8_TILE, 1);
+    if (qdy && qx) o->gemm(1, 0, out, in, N, 1.0f, qdy, out, qx, in, 1.0f, dW, lddw);
+}
+
 /* ---------------------------------------------------------------- MLA attention */
 
 static void mla_forward(fr_model *m, const fr_block *b, fr_block_acts *a, int B, int T, const int *pos) {
@@ -45,22 +97,22 @@ static void mla_forward(fr_model *m, const fr_block *b, fr_block_acts *a, int B,
 
     /* queries: q = W_UQ RMSNorm(W_DQ h)  or  q = W_Q h */
     if (qr > 0) {
-        fr_linear_forward(o, a->q_a, qr, a->attn_xn, H, P(b->q_a), H, N, H, qr, 0.0f);
+        fr_qlinear_forward(m, a->q_a, qr, a->attn_xn, H, P(b->q_a), H, N, H, qr, 0.0f);
         o->rmsnorm_forward(a->q_a_n, a->q_a_rstd, a->q_a, qr, P(b->q_a_norm), N, qr, FR_LATENT_NORM_EPS);
-        fr_linear_forward(o, a->q, nh * dqk, a->q_a_n, qr, P(b->q_b), qr, N, qr, nh * dqk, 0.0f);
+        fr_qlinear_forward(m, a->q, nh * dqk, a->q_a_n, qr, P(b->q_b), qr, N, qr, nh * dqk, 0.0f);
     } else {
-        fr_linear_forward(o, a->q, nh * dqk, a->attn_xn, H, P(b->q), H, N, H, nh * dqk, 0.0f);
+        fr_qlinear_forward(m, a->q, nh * dqk, a->attn_xn, H, P(b->q), H, N, H, nh * dqk, 0.0f);
     }
     o->rope_forward(a->q, N, nh, nh * dqk, dqk, nope, rope, pos, m->rope_cos, m->rope_sin, c->rope_interleave);
 
     /* latent: [c_KV | k_pe] = W_DKV h; c_KV normalised; k_pe rotated, shared by all heads */
-    fr_linear_forward(o, a->kv_a, kvr + rope, a->attn_xn, H, P(b->kv_a), H, N, H, kvr + rope, 0.0f);
+    fr_qlinear_forward(m, a->kv_a, kvr + rope, a->attn_xn, H, P(b->kv_a), H, N, H, kvr + rope, 0.0f);
     o->rope_forward(a->kv_a, N, 1, kvr + rope, 0, kvr, rope, pos, m->rope_cos, m->rope_sin, c->rope_interleave);
     o->rmsnorm_forward(a->kv_n, a->kv_rstd, a->kv_a, kvr + rope, P(b->kv_a_norm), N, kvr, FR_LATENT_NORM_EPS);
 
     /* [k_nope | v] = W_UKV c_KV, expanded per head (training path: no absorption) */
     float *kv = m->scr.dkv; /* scratch: [N, nh*(nope+vd)], dead after the split */
-    fr_linear_forward(o, kv, nh * (nope + vd), a->kv_n, kvr, P(b->kv_b), kvr, N, kvr, nh * (nope + vd), 0.0f);
+    fr_qlinear_forward(m, kv, nh * (nope + vd), a->kv_n, kvr, P(b->kv_b), kvr, N, kvr, nh * (nope + vd), 0.0f);
     o->mla_kv_split_forward(a->k, a->v, kv, a->kv_a + kvr, kvr + rope, N, nh, nope, rope, vd);
 
     o->attention_forward(a->att, a->lse, a->q, a->k, a->v, B, T, nh, dqk, vd, m->attn_scale);
@@ -77,7 +129,7 @@ static void mla_backward(fr_model *m, const fr_block *b, fr_block_acts *a, int B
     const int vd = c->v_head_dim, kvr = c->kv_lora_rank, qr = c->q_lora_rank;
 
     /* o_proj */
-    fr_linear_backward(o, s->d_att, nh * vd, 0.0f, G(b->o), nh * vd, d_out, H, a->att, nh * vd, P(b->o), nh * vd,
+    fr_qlinear_backward(m, s->d_att, nh * vd, 0.0f, G(b->o), nh * vd, d_out, H, a->att, nh * vd, P(b->o), nh * vd,
                     N, nh * vd, H);
     o->attention_backward(s->dq, s->dk, s->dv, s->d_att, a->att, a->lse, a->q, a->k, a->v, B, T, nh, dqk, vd,
                           m->attn_scale);
@@ -86,14 +138,14 @@ static void mla_backward(fr_model *m, const fr_block *b, fr_block_acts *a, int B
     /* query path */
     o->rope_backward(s->dq, N, nh, nh * dqk, dqk, nope, rope, pos, m->rope_cos, m->rope_sin, c->rope_interleave);
     if (qr > 0) {
-        fr_linear_backward(o, s->d_q_a_n, qr, 0.0f, G(b->q_b), qr, s->dq, nh * dqk, a->q_a_n, qr, P(b->q_b), qr,
+        fr_qlinear_backward(m, s->d_q_a_n, qr, 0.0f, G(b->q_b), qr, s->dq, nh * dqk, a->q_a_n, qr, P(b->q_b), qr,
                         N, qr, nh * dqk);
         o->memset0(s->d_q_a, (size_t)N * qr * sizeof(float));
         o->rmsnorm_backward(s->d_q_a, qr, G(b->q_a_norm), s->d_q_a_n, a->q_a, qr, P(b->q_a_norm), a->q_a_rstd,
                             N, qr);
-        fr_linear_backward(o, s->d_xn, H, 1.0f, G(b->q_a), H, s->d_q_a, qr, a->attn_xn, H, P(b->q_a), H, N, H, qr);
+        fr_qlinear_backward(m, s->d_xn, H, 1.0f, G(b->q_a), H, s->d_q_a, qr, a->attn_xn, H, P(b->q_a), H, N, H, qr);
     } else {
-        fr_linear_backward(o, s->d_xn, H, 1.0f, G(b->q), H, s->dq, nh * dqk, a->attn_xn, H, P(b->q), H, N, H,
+        fr_qlinear_backward(m, s->d_xn, H, 1.0f, G(b->q), H, s->dq, nh * dqk, a->attn_xn, H, P(b->q), H, N, H,
                         nh * dqk);
     }
 
@@ -101,33 +153,35 @@ static void mla_backward(fr_model *m, const fr_block *b, fr_block_acts *a, int B
     o->memset0(s->d_kv_a, (size_t)N * (kvr + rope) * sizeof(float));
     o->mla_kv_split_backward(s->dkv, s->d_kv_a + kvr, kvr + rope, s->dk, s->dv, N, nh, nope, rope, vd);
     o->rope_backward(s->d_kv_a, N, 1, kvr + rope, 0, kvr, rope, pos, m->rope_cos, m->rope_sin, c->rope_interleave);
-    fr_linear_backward(o, s->d_kv_n, kvr, 0.0f, G(b->kv_b), kvr, s->dkv, nh * (nope + vd), a->kv_n, kvr, P(b->kv_b),
+    fr_qlinear_backward(m, s->d_kv_n, kvr, 0.0f, G(b->kv_b), kvr, s->dkv, nh * (nope + vd), a->kv_n, kvr, P(b->kv_b),
                     kvr, N, kvr, nh * (nope + vd));
     o->rmsnorm_backward(s->d_kv_a, kvr + rope, G(b->kv_a_norm), s->d_kv_n, a->kv_a, kvr + rope, P(b->kv_a_norm),
                         a->kv_rstd, N, kvr);
-    fr_linear_backward(o, s->d_xn, H, 1.0f, G(b->kv_a), H, s->d_kv_a, kvr + rope, a->attn_xn, H, P(b->kv_a), H,
+    fr_qlinear_backward(m, s->d_xn, H, 1.0f, G(b->kv_a), H, s->d_kv_a, kvr + rope, a->attn_xn, H, P(b->kv_a), H,
                     N, H, kvr + rope);
 }
 
 /* ---------------------------------------------------------------- SwiGLU MLP */
 
 /* out[N,H] (beta: 0 overwrite / 1 accumulate) = W_down (silu(W_gate x) * W_up x) */
-static void mlp_forward(const fr_ops *o, float *out, float beta, const float *x, const float *Wg, const float *Wu,
+static void mlp_forward(fr_model *m, float *out, float beta, const float *x, const float *Wg, const float *Wu,
                         const float *Wd, float *g, float *u, float *h, int N, int H, int I) {
-    fr_linear_forward(o, g, I, x, H, Wg, H, N, H, I, 0.0f);
-    fr_linear_forward(o, u, I, x, H, Wu, H, N, H, I, 0.0f);
+    const fr_ops *o = m->ops;
+    fr_qlinear_forward(m, g, I, x, H, Wg, H, N, H, I, 0.0f);
+    fr_qlinear_forward(m, u, I, x, H, Wu, H, N, H, I, 0.0f);
     o->swiglu_forward(h, g, u, (size_t)N * I);
-    fr_linear_forward(o, out, H, h, I, Wd, I, N, I, H, beta);
+    fr_qlinear_forward(m, out, H, h, I, Wd, I, N, I, H, beta);
 }
 
 /* dx[N,H] += d(out)/dx · dout; parameter gradients accumulate */
-static void mlp_backward(const fr_ops *o, float *dx, const float *dout, const float *x, const float *Wg,
+static void mlp_backward(fr_model *m, float *dx, const float *dout, const float *x, const float *Wg,
                          const float *Wu, const float *Wd, float *dWg, float *dWu, float *dWd, const float *g,
                          const float *u, const float *h, float *dg, float *du, float *dh, int N, int H, int I) {
-    fr_linear_backward(o, dh, I, 0.0f, dWd, I, dout, H, h, I, Wd, I, N, I, H);
+    const fr_ops *o = m->ops;
+    fr_qlinear_backward(m, dh, I, 0.0f, dWd, I, dout, H, h, I, Wd, I, N, I, H);
     o->swiglu_backward(dg, du, dh, g, u, (size_t)N * I);
-    fr_linear_backward(o, dx, H, 1.0f, dWg, H, dg, I, x, H, Wg, H, N, H, I);
-    fr_linear_backward(o, dx, H, 1.0f, dWu, H, du, I, x, H, Wu, H, N, H, I);
+    fr_qlinear_backward(m, dx, H, 1.0f, dWg, H, dg, I, x, H, Wg, H, N, H, I);
+    fr_qlinear_backward(m, dx, H, 1.0f, dWu, H, du, I, x, H, Wu, H, N, H, I);
 }
 
 /* ---------------------------------------------------------------- DeepSeekMoE */
@@ -166,16 +220,16 @@ static void moe_forward(fr_model *m, const fr_block *b, fr_block_acts *a, int N,
     for (int e = 0; e < E; e++) {
         int off = a->offsets[e], cnt = a->offsets[e + 1] - off;
         if (cnt == 0) continue;
-        fr_linear_forward(o, a->ge + (size_t)off * Im, Im, a->xe + (size_t)off * H, H,
+        fr_qlinear_forward(m, a->ge + (size_t)off * Im, Im, a->xe + (size_t)off * H, H,
                        P(b->exp_gate) + e * expert_numel, H, cnt, H, Im, 0.0f);
-        fr_linear_forward(o, a->ue + (size_t)off * Im, Im, a->xe + (size_t)off * H, H,
+        fr_qlinear_forward(m, a->ue + (size_t)off * Im, Im, a->xe + (size_t)off * H, H,
                        P(b->exp_up) + e * expert_numel, H, cnt, H, Im, 0.0f);
     }
     o->swiglu_forward(a->he, a->ge, a->ue, (size_t)N * K * Im);
     for (int e = 0; e < E; e++) {
         int off = a->offsets[e], cnt = a->offsets[e + 1] - off;
         if (cnt == 0) continue;
-        fr_linear_forward(o, a->ye + (size_t)off * H, H, a->he + (size_t)off * Im, Im,
+        fr_qlinear_forward(m, a->ye + (size_t)off * H, H, a->he + (size_t)off * Im, Im,
                        P(b->exp_down) + e * expert_numel, Im, cnt, Im, H, 0.0f);
     }
     o->memset0(out, (size_t)N * H * sizeof(float));
@@ -183,7 +237,7 @@ static void moe_forward(fr_model *m, const fr_block *b, fr_block_acts *a, int N,
 
     /* shared experts see every token */
     if (b->mlp_inter > 0)
-        mlp_forward(o, out, 1.0f, a->ffn_xn, P(b->mlp_gate), P(b->mlp_up), P(b->mlp_down), a->g, a->u, a->h, N, H,
+        mlp_forward(m, out, 1.0f, a->ffn_xn, P(b->mlp_gate), P(b->mlp_up), P(b->mlp_down), a->g, a->u, a->h, N, H,
                     b->mlp_inter);
 }
 
@@ -200,14 +254,14 @@ static void moe_backward(fr_model *m, const fr_block *b, fr_block_acts *a, int B
     fr_route_params rp = route_params(c);
 
     if (b->mlp_inter > 0)
-        mlp_backward(o, s->d_xn, dout, a->ffn_xn, P(b->mlp_gate), P(b->mlp_up), P(b->mlp_down), G(b->mlp_gate),
+        mlp_backward(m, s->d_xn, dout, a->ffn_xn, P(b->mlp_gate), P(b->mlp_up), P(b->mlp_down), G(b->mlp_gate),
                      G(b->mlp_up), G(b->mlp_down), a->g, a->u, a->h, s->dg, s->du, s->dh, N, H, b->mlp_inter);
 
     o->moe_combine_backward(s->dye, s->dtopk_w, dout, a->ye, a->topk_w, a->slot_pos, N, K, H);
     for (int e = 0; e < E; e++) {
         int off = a->offsets[e], cnt = a->offsets[e + 1] - off;
         if (cnt == 0) continue;
-        fr_linear_backward(o, s->dhe + (size_t)off * Im, Im, 0.0f, G(b->exp_down) + e * expert_numel, Im,
+        fr_qlinear_backward(m, s->dhe + (size_t)off * Im, Im, 0.0f, G(b->exp_down) + e * expert_numel, Im,
                         s->dye + (size_t)off * H, H, a->he + (size_t)off * Im, Im,
                         P(b->exp_down) + e * expert_numel, Im, cnt, Im, H);
     }
@@ -215,10 +269,10 @@ static void moe_backward(fr_model *m, const fr_block *b, fr_block_acts *a, int B
     for (int e = 0; e < E; e++) {
         int off = a->offsets[e], cnt = a->offsets[e + 1] - off;
         if (cnt == 0) continue;
-        fr_linear_backward(o, s->dxe + (size_t)off * H, H, 0.0f, G(b->exp_gate) + e * expert_numel, H,
+        fr_qlinear_backward(m, s->dxe + (size_t)off * H, H, 0.0f, G(b->exp_gate) + e * expert_numel, H,
                         s->dge + (size_t)off * Im, Im, a->xe + (size_t)off * H, H,
                         P(b->exp_gate) + e * expert_numel, H, cnt, H, Im);
-        fr_linear_backward(o, s->dxe + (size_t)off * H, H, 1.0f, G(b->exp_up) + e * expert_numel, H,
+        fr_qlinear_backward(m, s->dxe + (size_t)off * H, H, 1.0f, G(b->exp_up) + e * expert_numel, H,
                         s->due + (size_t)off * Im, Im, a->xe + (size_t)off * H, H,
                         P(b->exp_up) + e * expert_numel, H, cnt, H, Im);
     }
@@ -246,7 +300,7 @@ void fr_block_forward(fr_model *m, const fr_block *b, fr_block_acts *a, int B, i
     mla_forward(m, b, a, B, T, pos);
     /* x_mid = x_in + o_proj(att) */
     o->copy(a->x_mid, a->x_in, (size_t)N * H * sizeof(float));
-    fr_linear_forward(o, a->x_mid, H, a->att, c->num_attention_heads * c->v_head_dim, P(b->o),
+    fr_qlinear_forward(m, a->x_mid, H, a->att, c->num_attention_heads * c->v_head_dim, P(b->o),
                    c->num_attention_heads * c->v_head_dim, N, c->num_attention_heads * c->v_head_dim, H, 1.0f);
 
     o->rmsnorm_forward(a->ffn_xn, a->ffn_rstd, a->x_mid, H, P(b->post_norm), N, H, c->rms_norm_eps);
@@ -255,7 +309,7 @@ void fr_block_forward(fr_model *m, const fr_block *b, fr_block_acts *a, int B, i
         o->add(a->out, a->out, a->x_mid, (size_t)N * H);
     } else {
         o->copy(a->out, a->x_mid, (size_t)N * H * sizeof(float));
-        mlp_forward(o, a->out, 1.0f, a->ffn_xn, P(b->mlp_gate), P(b->mlp_up), P(b->mlp_down), a->g, a->u, a->h, N,
+        mlp_forward(m, a->out, 1.0f, a->ffn_xn, P(b->mlp_gate), P(b->mlp_up), P(b->mlp_down), a->g, a->u, a->h, N,
                     H, b->mlp_inter);
     }
 }
@@ -272,7 +326,7 @@ void fr_block_backward(fr_model *m, const fr_block *b, fr_block_acts *a, int B, 
     if (b->is_moe)
         moe_backward(m, b, a, B, T, d_res, bal_scale);
     else
-        mlp_backward(o, s->d_xn, d_res, a->ffn_xn, P(b->mlp_gate), P(b->mlp_up), P(b->mlp_down), G(b->mlp_gate),
+        mlp_backward(m, s->d_xn, d_res, a->ffn_xn, P(b->mlp_gate), P(b->mlp_up), P(b->mlp_down), G(b->mlp_gate),
                      G(b->mlp_up), G(b->mlp_down), a->g, a->u, a->h, s->dg, s->du, s->dh, N, H, b->mlp_inter);
     o->rmsnorm_backward(d_res, H, G(b->post_norm), s->d_xn, a->x_mid, H, P(b->post_norm), a->ffn_rstd, N, H);
 

@@ -23,4 +23,12 @@ void fr_linear_backward(const fr_ops *o, float *dx, int lddx, float beta_dx, flo
                         const float *dy, int lddy, const float *x, int ldx, const float *W, int ldw,
                         int N, int in, int out);
 
+/* The same for the linear layers the FP8 recipe covers (MLA projections, dense MLP, experts):
+ * FP32 as above, or, after fr_model_set_precision(m, "fp8"), every GEMM input rounded to
+ * E4M3 in its recipe tiles (m->ops->fp8_quantize) before the FP32 GEMM. */
+void fr_qlinear_forward(fr_model *m, float *y, int ldy, const float *x, int ldx, const float *W, int ldw, int N,
+                        int in, int out, float beta);
+void fr_qlinear_backward(fr_model *m, float *dx, int lddx, float beta_dx, float *dW, int lddw, const float *dy,
+                         int lddy, const float *x, int ldx, const float *W, int ldw, int N, int in, int out);
+
 #endif

@@ -489,6 +489,8 @@ void fr_model_free(fr_model *m) {
     if (m->params) m->ops->free(m->params); /* grads live in the same allocation */
     if (m->rope_cos) m->ops->free(m->rope_cos);
     if (m->rope_sin) m->ops->free(m->rope_sin);
+    for (int k = 0; k < 2; k++)
+        if (m->fp8_buf[k]) m->ops->free(m->fp8_buf[k]);
     free(m->host_targets);
     free(m->tensors);
     free(m->blocks);
@@ -818,12 +820,16 @@ static int forward(fr_model *m, const int *tokens, const int *targets, int B, in
     return FR_OK;
 }
 
+static int fp8_status(fr_model *m, const char *pass);
+
 int fr_model_forward(fr_model *m, const int *tokens, const int *targets, int B, int T, fr_loss_info *loss) {
-    return forward(m, tokens, targets, B, T, loss, 1);
+    int rc = forward(m, tokens, targets, B, T, loss, 1);
+    return rc == FR_OK ? fp8_status(m, "forward pass") : rc;
 }
 
 int fr_model_forward_eval(fr_model *m, const int *tokens, const int *targets, int B, int T, fr_loss_info *loss) {
-    return forward(m, tokens, targets, B, T, loss, 0);
+    int rc = forward(m, tokens, targets, B, T, loss, 0);
+    return rc == FR_OK ? fp8_status(m, "forward pass") : rc;
 }
 
 const float *fr_model_logits(const fr_model *m) { return m->logits; }
@@ -890,7 +896,7 @@ int fr_model_backward(fr_model *m) {
     for (int l = L - 1; l >= 0; l--) fr_block_backward(m, &m->blocks[l], &m->bacts[l], B, T, m->pos, m->d_res, bal_scale);
     o->embedding_backward(G(m->embed), m->d_res, m->tokens, N, H);
     m->have_targets = 0;
-    return FR_OK;
+    return fp8_status(m, "backward pass");
 }
 
 void fr_model_zero_grad(fr_model *m) { m->ops->memset0(m->grads, m->n_params * sizeof(float)); }
@@ -926,6 +932,31 @@ int fr_model_eval_sequences(fr_model *m, int n_seqs, const int *const *seqs, con
 
 const fr_config *fr_model_config(const fr_model *m) { return &m->cfg; }
 void fr_model_set_loss_weights(fr_model *m, fr_loss_weights w) { m->loss_w = w; }
+
+int fr_model_set_precision(fr_model *m, const char *precision) {
+    fr_clear_error();
+    if (!m || !precision) return fr_error(FR_ERR_ARG, "fr_model_set_precision: NULL argument");
+    if (strcmp(precision, "fp32") == 0) m->fp8 = 0;
+    else if (strcmp(precision, "fp8") == 0) m->fp8 = 1;
+    else if (strcmp(precision, "bf16") == 0)
+        return fr_error(FR_ERR_UNSUPPORTED, "precision bf16 is not implemented yet (fp32 or fp8)");
+    else return fr_error(FR_ERR_ARG, "unknown precision '%s' (fp32 or fp8)", precision);
+    return FR_OK;
+}
+
+const char *fr_model_precision(const fr_model *m) { return m && m->fp8 ? "fp8" : "fp32"; }
+
+/* After a forward or backward: the FP8 GEMMs' inputs were finite and their buffers grew. */
+static int fp8_status(fr_model *m, const char *pass) {
+    if (!m->fp8) return FR_OK;
+    const long bad = m->fp8_nonfinite;
+    const int oom = m->fp8_oom;
+    m->fp8_nonfinite = 0;
+    m->fp8_oom = 0;
+    if (oom) return fr_error(FR_ERR_NOMEM, "out of memory for the FP8 GEMM operands (%s)", pass);
+    if (bad) return fr_error(FR_ERR_STATE, "%ld non-finite values entered the FP8 GEMMs of the %s", bad, pass);
+    return FR_OK;
+}
 int fr_model_num_tensors(const fr_model *m) { return m->n_tensors; }
 
 size_t fr_model_num_params(const fr_model *m) {

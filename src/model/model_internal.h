@@ -127,6 +127,13 @@ struct fr_model {
     fr_scratch scr;
     int n_targets;
     int *host_targets;                  /* [N] host copy for counting */
+
+    /* FP8 linear layers (fr_model_set_precision; block.c fr_qlinear_*) */
+    int fp8;                            /* 1: the block linears run DeepSeek-V3's FP8 recipe */
+    float *fp8_buf[2];                  /* quantized GEMM operands, grown on demand */
+    size_t fp8_cap[2];                  /* floats */
+    long fp8_nonfinite;                 /* NaN / Inf seen entering an FP8 GEMM since the last check */
+    int fp8_oom;                        /* a buffer could not grow */
 };
 
 /* Shared with the inference engine (infer.c): RoPE tables [max_pos, qk_rope_head_dim/2]
