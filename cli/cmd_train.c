@@ -14,7 +14,7 @@ void usage_train(FILE *f) {
     fr_train_args_default(&d);
     fprintf(f,
             "usage: frugal train --config CONFIG.json --data DIR --out RUN_DIR (--steps N | --tokens N) [options]\n"
-            "       frugal train --resume RUN_DIR [--steps N | --tokens N]\n"
+            "       frugal train --resume RUN_DIR [--steps N | --tokens N] [--precision P]\n"
             "\n"
             "Trains a DeepSeek-V3-style model on token shards made by `frugal data prepare`. Writes\n"
             "checkpoints (Hugging Face folders RUN_DIR/ckpt-NNNNNNNN + training state), metrics.jsonl,\n"
@@ -39,6 +39,9 @@ void usage_train(FILE *f) {
             "Optimizer (AdamW; no weight decay on norms and biases):\n"
             "  --lr X               peak learning rate (default %g)\n"
             "  --schedule S         cosine | wsd | constant (default cosine)\n"
+            "  --precision P        fp32 | fp8: the block linears in DeepSeek-V3's FP8 recipe (E4M3, 1x128 /\n"
+            "                       128x128 scales, FP32 accumulation; emulated on the CPU). Default fp32;\n"
+            "                       with --resume: the saved one, or switch (recorded)\n"
             "  --warmup N           linear warmup steps (default %d)\n"
             "  --min-lr-frac X      final learning rate as a fraction of the peak (default %g)\n"
             "  --decay-frac X       wsd: fraction of steps spent decaying (default %g)\n"
@@ -220,6 +223,16 @@ int cmd_train(int argc, char **argv) {
         if ((r = cli_opt_value("train", usage_train, argc, argv, &i, "--resume", &v)) != 0) {
             if (r < 0 || copy_arg(a.run_dir, sizeof a.run_dir, "--resume", v) < 0) return CLI_EXIT_USAGE;
             resume = v;
+            continue;
+        }
+        if ((r = cli_opt_value("train", usage_train, argc, argv, &i, "--precision", &v)) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+            if (strcmp(v, "fp32") != 0 && strcmp(v, "fp8") != 0) {
+                if (strcmp(v, "bf16") == 0)
+                    return cli_usage_error("train", usage_train, "--precision bf16 is not implemented yet (fp32 or fp8)");
+                return cli_usage_error("train", usage_train, "--precision must be fp32 or fp8, got '%s'", v);
+            }
+            snprintf(a.precision, sizeof a.precision, "%s", v);
             continue;
         }
         if ((r = cli_opt_value("train", usage_train, argc, argv, &i, "--schedule", &v)) != 0) {

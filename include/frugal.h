@@ -337,6 +337,7 @@ typedef struct {
     char run_dir[512];
     char config[512];       /* model config path or name */
     char device[64];        /* "cpu", "cuda:H100", ... */
+    char precision[8];      /* compute precision of the run ("fp32", "fp8"; "" = not recorded) */
     int n_devices;          /* cores or GPUs charged for */
     double start_unix;      /* seconds since the epoch */
     double wall_s;          /* elapsed wall time so far */
@@ -394,6 +395,8 @@ typedef struct {
     char ledger_path[512];             /* "" = RUN_DIR/../ledger.jsonl */
     fr_prices prices;
     double peak_gflops;                /* measured FP32 peak for MFU (0 = not reported) */
+    char precision[8];                 /* "fp32" or "fp8" (fr_model_set_precision); "" = fp32 for a
+                                        * new run, the saved one on resume (given: switches, recorded) */
 } fr_train_args;
 
 /* Defaults: B 8, T 256, accumulation 1, lr 3e-3 cosine to 10 %, warmup 50, AdamW

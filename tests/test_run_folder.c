@@ -433,6 +433,61 @@ static void test_leftovers_removed(void) {
     unlink(p[5]);
 }
 
+/* --precision (issue 16): recorded in train_args.json, every step record and the ledger;
+ * a resume keeps the saved precision, or switches when one is given (and records that). */
+static int count_in_metrics(const char *run_dir, const char *needle) {
+    char path[700];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", run_dir);
+    char *text = fr_test_read_file(path, NULL);
+    int n = 0;
+    for (const char *p = text; p && (p = strstr(p, needle)) != NULL; p++) n++;
+    free(text);
+    return n;
+}
+
+static void test_precision(void) {
+    fr_train_args a;
+    base_args(&a, "runP");
+    fr_test_rm_rf(a.run_dir);
+    a.max_steps = 3;
+    hooks_state h;
+    fr_train_result res;
+    memset(&h, 0, sizeof h);
+    snprintf(a.precision, sizeof a.precision, "bf16");
+    CHECK(train(&a, 0, &h, &res) == FR_ERR_UNSUPPORTED, "bf16: not implemented yet");
+    snprintf(a.precision, sizeof a.precision, "fp4");
+    CHECK(train(&a, 0, &h, &res) == FR_ERR_ARG && strstr(fr_last_error(), "fp4"), "unknown precision refused");
+    snprintf(a.precision, sizeof a.precision, "fp8");
+    int rc = train(&a, 0, &h, &res);
+    CHECK(rc == FR_OK, "fp8 run: %s", fr_last_error());
+    char path[700];
+    snprintf(path, sizeof path, "%s/train_args.json", a.run_dir);
+    char *args_text = fr_test_read_file(path, NULL);
+    CHECK(args_text && strstr(args_text, "\"precision\":\t\"fp8\""), "train_args.json records fp8");
+    free(args_text);
+    CHECK(count_in_metrics(a.run_dir, "\"precision\":\"fp8\"") == 3, "every step record says fp8");
+    fr_ledger_entry e;
+    CHECK(ledger_find(a.run_dir, 1, &e, NULL) && !strcmp(e.precision, "fp8"), "the ledger says fp8");
+    /* resume without a precision: fp8 still; with fp32: switched, recorded */
+    fr_train_args r;
+    memset(&r, 0, sizeof r);
+    snprintf(r.run_dir, sizeof r.run_dir, "%s", a.run_dir);
+    r.max_steps = 4;
+    memset(&h, 0, sizeof h);
+    CHECK(train(&r, 1, &h, &res) == FR_OK, "resume: %s", fr_last_error());
+    CHECK(count_in_metrics(a.run_dir, "\"precision\":\"fp8\"") == 4, "a resume keeps fp8");
+    r.max_steps = 5;
+    snprintf(r.precision, sizeof r.precision, "fp32");
+    memset(&h, 0, sizeof h);
+    CHECK(train(&r, 1, &h, &res) == FR_OK, "resume in fp32: %s", fr_last_error());
+    CHECK(has_info(&h, "fp32 from here on", "fp8"), "the switch is announced");
+    CHECK(count_in_metrics(a.run_dir, "\"precision\":\"fp32\"") == 1, "step 5 says fp32");
+    args_text = fr_test_read_file(path, NULL);
+    CHECK(args_text && strstr(args_text, "\"precision\":\t\"fp32\""), "train_args.json records the switch");
+    free(args_text);
+    CHECK(ledger_find(a.run_dir, 1, &e, NULL) && !strcmp(e.precision, "fp32"), "the ledger records the switch");
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "child") == 0) return child_main(argc, argv);
     snprintf(g_root, sizeof g_root, "/tmp/frugal_test_run_folder_%ld", (long)getpid());
@@ -442,6 +497,7 @@ int main(int argc, char **argv) {
         test_lock_and_dead_end();
         test_seq_warning_and_fields();
         test_leftovers_removed();
+        test_precision();
     }
     if (fr_test_failed == 0) fr_test_rm_rf(g_root);
     return fr_test_finish("test_run_folder");

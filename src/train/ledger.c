@@ -84,6 +84,7 @@ static char *record_line(const fr_ledger_entry *e, const char *record, const cha
              cJSON_AddStringToObject(o, "run_dir", e->run_dir) != NULL &&
              cJSON_AddStringToObject(o, "config", e->config) != NULL &&
              cJSON_AddStringToObject(o, "device", e->device) != NULL &&
+             cJSON_AddStringToObject(o, "precision", e->precision[0] ? e->precision : "fp32") != NULL &&
              add_number(o, "n_devices", (double)e->n_devices) && add_number(o, "start_unix", e->start_unix) &&
              add_number(o, "wall_s", e->wall_s) && add_number(o, "steps", (double)e->steps) &&
              add_number(o, "tokens", e->tokens) && add_number(o, "flops", e->flops) &&
@@ -247,6 +248,7 @@ static int parse_record(const char *line, fr_ledger_entry *e) {
         copy_str(e->run_dir, sizeof e->run_dir, o, "run_dir");
         copy_str(e->config, sizeof e->config, o, "config");
         copy_str(e->device, sizeof e->device, o, "device");
+        copy_str(e->precision, sizeof e->precision, o, "precision");
         double nd = get_num(o, "n_devices", 0);
         e->n_devices = nd > 0 && nd < 1e9 ? (int)nd : 0;
         e->start_unix = get_num(o, "start_unix", 0);

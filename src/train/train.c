@@ -162,6 +162,7 @@ static void ledger_fill(run *r, const char *status) {
     e->flops = r->flops_done;
     e->final_loss = r->last_loss;
     e->val_loss = r->last_val;
+    snprintf(e->precision, sizeof e->precision, "%s", r->a->precision[0] ? r->a->precision : "fp32");
     fr_ledger_price(e, &r->a->prices);
 }
 
@@ -713,6 +714,7 @@ static int train_steps(run *r, fr_train_result *res) {
 
         cJSON *j = metrics_object(r, "step");
         cJSON_AddNumberToObject(j, "tokens", r->tokens_done);
+        cJSON_AddStringToObject(j, "precision", r->a->precision[0] ? r->a->precision : "fp32");
         cJSON_AddNumberToObject(j, "loss", mean.loss);
         cJSON_AddNumberToObject(j, "loss_main", mean.loss_main);
         if (r->m->mtp_depth > 0) { /* one per MTP module; "loss" = loss_main + lambda x their mean + balance */
@@ -852,6 +854,7 @@ int fr_train(const fr_train_args *args_in, int resume, const fr_train_hooks *hoo
 
 static int train_locked(const fr_train_args *args_in, int resume, const fr_train_hooks *hooks, fr_train_result *res) {
     const double t_start = now_s(); /* the segment's wall time includes loading */
+    char resumed_precision[8] = {0}; /* the saved precision, when --resume switches it */
     fr_train_args args = *args_in;
     char path[1200];
     if (resume) {
@@ -872,6 +875,10 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
             args.max_steps = 0;
         }
         if (args_in->peak_gflops > 0) args.peak_gflops = args_in->peak_gflops;
+        if (args_in->precision[0] && strcmp(args_in->precision, args.precision[0] ? args.precision : "fp32") != 0) {
+            snprintf(resumed_precision, sizeof resumed_precision, "%s", args.precision[0] ? args.precision : "fp32");
+            snprintf(args.precision, sizeof args.precision, "%s", args_in->precision);
+        }
     }
     FR_CHECK(fr_train_args_check(&args));
     /* a run that died before its first checkpoint left nothing to resume: start it over */
@@ -936,6 +943,10 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
         info(&r, "warning: the sequence length %d is above the model's max_position_embeddings %d: positions past %d "
                  "are beyond what the model is configured for", args.seq_len, r.m->cfg.max_position_embeddings,
              r.m->cfg.max_position_embeddings);
+    if (rc == FR_OK) rc = fr_model_set_precision(r.m, args.precision[0] ? args.precision : "fp32");
+    if (rc == FR_OK && resumed_precision[0])
+        info(&r, "precision: %s from here on (the run so far: %s); recorded in train_args.json and the ledger",
+             args.precision, resumed_precision);
     if (rc == FR_OK) {
         fr_loss_weights w = {(float)args.mtp_lambda, (float)args.balance_alpha};
         fr_model_set_loss_weights(r.m, w);
@@ -955,6 +966,21 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
         cJSON *j = fr_train_args_to_json(&args);
         snprintf(path, sizeof path, "%s/train_args.json", args.run_dir);
         rc = fr_train_write_json(path, j);
+        cJSON_Delete(j);
+    }
+    if (rc == FR_OK && resume && resumed_precision[0]) { /* the switch is the run's from now on */
+        snprintf(path, sizeof path, "%s/train_args.json", args.run_dir);
+        char *text = NULL;
+        size_t len = 0;
+        rc = fr_read_file(path, &text, &len);
+        cJSON *j = rc == FR_OK ? cJSON_ParseWithLength(text, len) : NULL;
+        free(text);
+        if (rc == FR_OK && !j) rc = fr_error(FR_ERR_FORMAT, "%s is not valid JSON", path);
+        if (rc == FR_OK) {
+            cJSON_DeleteItemFromObjectCaseSensitive(j, "precision");
+            cJSON_AddStringToObject(j, "precision", args.precision);
+            rc = fr_train_write_json(path, j);
+        }
         cJSON_Delete(j);
     }
     snprintf(path, sizeof path, "%s/metrics.jsonl", args.run_dir);
@@ -999,6 +1025,7 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
             info(&r, "resumed %s from %s at step %ld", r.led.run_id, ckpt, r.step);
         } else {
             e->start_unix = (double)time(NULL);
+            snprintf(e->precision, sizeof e->precision, "%s", args.precision[0] ? args.precision : "fp32");
             rc = fr_ledger_begin(r.ledger_path, e);
         }
     }

@@ -54,6 +54,11 @@ int fr_train_args_check(const fr_train_args *a) {
         return fr_error(FR_ERR_ARG, "weight decay, clipping, gamma, alpha and lambda must be >= 0");
     if (a->warmup_steps < 0 || a->decay_frac < 0 || a->decay_frac > 1) return fr_error(FR_ERR_ARG, "warmup must be >= 0 and the WSD decay fraction in [0, 1]");
     if ((int)a->schedule < 0 || (int)a->schedule > 2) return fr_error(FR_ERR_ARG, "unknown learning-rate schedule");
+    if (a->precision[0] && strcmp(a->precision, "fp32") != 0 && strcmp(a->precision, "fp8") != 0) {
+        if (strcmp(a->precision, "bf16") == 0)
+            return fr_error(FR_ERR_UNSUPPORTED, "precision bf16 is not implemented yet (fp32 or fp8)");
+        return fr_error(FR_ERR_ARG, "unknown precision '%s' (fp32 or fp8)", a->precision);
+    }
     if (!a->run_dir[0] || !a->data_dir[0]) return fr_error(FR_ERR_ARG, "a run folder and a data folder are needed");
     if (!a->model_config[0] && !a->init_model[0]) return fr_error(FR_ERR_ARG, "give a model config or a model folder to start from");
     return FR_OK;
@@ -103,6 +108,7 @@ cJSON *fr_train_args_to_json(const fr_train_args *a) {
         }
     }
     cJSON_AddStringToObject(j, "schedule", SCHEDULES[a->schedule]);
+    cJSON_AddStringToObject(j, "precision", a->precision[0] ? a->precision : "fp32");
     char seed[32];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)a->seed);
     cJSON_AddStringToObject(j, "seed", seed);
@@ -151,6 +157,9 @@ int fr_train_args_from_json(fr_train_args *a, const char *text, size_t len, cons
     }
     if (rc == FR_OK && (rc = json_str(j, "seed", seed, sizeof seed, path)) == FR_OK)
         a->seed = strtoull(seed, NULL, 10);
+    /* runs saved before precisions existed are fp32 */
+    if (rc == FR_OK && cJSON_GetObjectItemCaseSensitive(j, "precision"))
+        rc = json_str(j, "precision", a->precision, sizeof a->precision, path);
     cJSON_Delete(j);
     return rc;
 }
