@@ -142,7 +142,8 @@ void fr_model_free(fr_model *m);
 const fr_config *fr_model_config(const fr_model *m);
 void fr_model_set_loss_weights(fr_model *m, fr_loss_weights w);
 /* Compute precision of the linear layers inside the blocks (MLA projections, dense MLP,
- * shared and routed experts): "fp32" (the default) or "fp8", DeepSeek-V3's recipe: the inputs
+ * shared and routed experts) and of the MTP modules' eh_proj: "fp32" (the default) or
+ * "fp8", DeepSeek-V3's recipe: the inputs
  * of all three GEMMs of each of these layers in E4M3 with FP32 scales per 1 x 128 tile
  * (activations, output gradients), 128 x 128 block (weights) or 128 x 1 tile (both inputs of
  * the weight-gradient GEMM), FP32 accumulation; embedding, output head, router, norms,

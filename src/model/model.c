@@ -748,8 +748,8 @@ static int mtp_forward(fr_model *m, int k, const int *tokens, const int *targets
     o->rmsnorm_forward(t->en, t->e_rstd, t->emb, H, P(b->enorm), Nk, H, c->rms_norm_eps);
     o->rmsnorm_forward(t->hn, t->h_rstd, t->h_in, H, P(b->hnorm), Nk, H, c->rms_norm_eps);
     /* eh_proj over [en ; hn] as two half-width products (embedding first) */
-    fr_linear_forward(o, t->blk.x_in, H, t->en, H, P(b->eh_proj), 2 * H, Nk, H, H, 0.0f);
-    fr_linear_forward(o, t->blk.x_in, H, t->hn, H, P(b->eh_proj) + H, 2 * H, Nk, H, H, 1.0f);
+    fr_qlinear_forward(m, t->blk.x_in, H, t->en, H, P(b->eh_proj), 2 * H, Nk, H, H, 0.0f);
+    fr_qlinear_forward(m, t->blk.x_in, H, t->hn, H, P(b->eh_proj) + H, 2 * H, Nk, H, H, 1.0f);
 
     fr_block_forward(m, b, &t->blk, B, Tk, t->pos);
     if (b->is_moe && m->loss_w.balance_alpha > 0) loss->loss_balance += balance_loss(m, &t->blk, B, Tk);
@@ -859,9 +859,9 @@ static void mtp_backward(fr_model *m, int k, int B, float bal_scale) {
     fr_block_backward(m, b, &t->blk, B, Tk, t->pos, t->d_res, bal_scale);
 
     /* eh_proj: t->d_res is now d(x_in) */
-    fr_linear_backward(o, s->d_en, H, 0.0f, G(b->eh_proj), 2 * H, t->d_res, H, t->en, H, P(b->eh_proj), 2 * H,
+    fr_qlinear_backward(m, s->d_en, H, 0.0f, G(b->eh_proj), 2 * H, t->d_res, H, t->en, H, P(b->eh_proj), 2 * H,
                        Nk, H, H);
-    fr_linear_backward(o, s->d_hn, H, 0.0f, G(b->eh_proj) + H, 2 * H, t->d_res, H, t->hn, H, P(b->eh_proj) + H,
+    fr_qlinear_backward(m, s->d_hn, H, 0.0f, G(b->eh_proj) + H, 2 * H, t->d_res, H, t->hn, H, P(b->eh_proj) + H,
                        2 * H, Nk, H, H);
     /* embedding branch (the main embedding table is shared) */
     o->memset0(s->d_xn, (size_t)Nk * H * sizeof(float));
