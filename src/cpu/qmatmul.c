@@ -40,7 +40,7 @@ typedef float (*rowdot_fn)(const uint8_t *row, const float *x, const float *xs, 
 static float dot_bf16_c(const uint8_t *row, const float *x, const float *xs, int cols) {
     const uint16_t *w = (const uint16_t *)row;
     float s = 0.f;
-    for (int c = 0; c < cols; c++) s += x[c] * fr_q_bf16_to_f32(w[c]);
+    for (int c = 0; c < cols; c++) s += x[c] * fr_bf16_decode(w[c]);
     return s;
 }
 
@@ -112,7 +112,7 @@ T_AVX2 static float dot_bf16_avx2(const uint8_t *row, const float *x, const floa
     }
     for (; c + 8 <= cols; c += 8) a0 = _mm256_fmadd_ps(bf16x8(w + c), _mm256_loadu_ps(x + c), a0);
     float s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (; c < cols; c++) s += x[c] * fr_q_bf16_to_f32(w[c]);
+    for (; c < cols; c++) s += x[c] * fr_bf16_decode(w[c]);
     return s;
 }
 
@@ -212,7 +212,7 @@ T_AVX512 static float dot_bf16_avx512(const uint8_t *row, const float *x, const 
     }
     for (; c + 16 <= cols; c += 16) a0 = _mm512_fmadd_ps(bf16x16(w + c), _mm512_loadu_ps(x + c), a0);
     float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-    for (; c < cols; c++) s += x[c] * fr_q_bf16_to_f32(w[c]);
+    for (; c < cols; c++) s += x[c] * fr_bf16_decode(w[c]);
     return s;
 }
 

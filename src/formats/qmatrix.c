@@ -41,6 +41,7 @@
 #include "formats/qmatrix.h"
 
 #include "core/internal.h"
+#include "formats/numfmt.h"
 #include "formats/safetensors.h"
 
 #include <math.h>
@@ -90,21 +91,6 @@ void fr_qmatrix_free(fr_qmatrix *m) {
 }
 
 /* ------------------------------------------------------------------ scalar conversions */
-
-uint16_t fr_q_f32_to_bf16(float f) {
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40); /* quiet NaN */
-    x += 0x7fffu + ((x >> 16) & 1u);
-    return (uint16_t)(x >> 16);
-}
-
-float fr_q_bf16_to_f32(uint16_t h) {
-    uint32_t x = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &x, 4);
-    return f;
-}
 
 float fr_q_f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, x;
@@ -231,7 +217,7 @@ int fr_qmatrix_from_f32(fr_qmatrix *out, fr_qtype t, const float *src, int rows,
         switch (t) {
         case FR_QT_F32: memcpy(dst, x, rb); break;
         case FR_QT_BF16:
-            for (int c = 0; c < cols; c++) ((uint16_t *)dst)[c] = fr_q_f32_to_bf16(x[c]);
+            for (int c = 0; c < cols; c++) ((uint16_t *)dst)[c] = fr_bf16_encode(x[c]);
             break;
         case FR_QT_Q8_0: k = quant_row_q8_0(dst, x, cols); break;
         case FR_QT_Q4_1: k = quant_row_q4_1(dst, x, cols); break;
@@ -258,7 +244,7 @@ static void dequant_row(const fr_qmatrix *m, const uint8_t *row, float *dst) {
     switch (m->type) {
     case FR_QT_F32: memcpy(dst, row, (size_t)cols * sizeof(float)); break;
     case FR_QT_BF16:
-        for (int c = 0; c < cols; c++) dst[c] = fr_q_bf16_to_f32(((const uint16_t *)row)[c]);
+        for (int c = 0; c < cols; c++) dst[c] = fr_bf16_decode(((const uint16_t *)row)[c]);
         break;
     case FR_QT_Q8_0: {
         const uint16_t *d = (const uint16_t *)row;

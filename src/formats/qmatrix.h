@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "formats/numfmt.h"
 #include "formats/safetensors.h"
 
 #define FR_QBLOCK 32
@@ -62,9 +63,8 @@ int fr_qmatrix_stored_type(const fr_st_set *st, const char *name);
  * ("<name>.<suffix>" otherwise), suffix "qweight", "scales" or "mins". -1 if it does not fit. */
 int fr_qmatrix_tensor_name(char *buf, size_t n, const char *name, const char *suffix);
 
-/* Scalar conversions: bfloat16 and IEEE float16, round to nearest even (NaN stays NaN). */
-uint16_t fr_q_f32_to_bf16(float f);
-float fr_q_bf16_to_f32(uint16_t h);
+/* Scalar conversions: IEEE float16, round to nearest even (NaN stays NaN); bfloat16 is
+ * formats/numfmt.h (fr_bf16_encode / fr_bf16_decode). */
 uint16_t fr_q_f32_to_f16(float f);
 float fr_q_f16_to_f32(uint16_t h);
 
