@@ -258,3 +258,12 @@ size_t fr_utf8_seq_len(const unsigned char *s, size_t n) {
         if ((s[k] & 0xC0) != 0x80) return 0;
     return len;
 }
+
+int fr_copy_file(const char *src, const char *dst) {
+    char *buf = NULL;
+    size_t len = 0;
+    FR_CHECK(fr_read_file(src, &buf, &len));
+    int rc = fr_write_file_atomic(dst, buf, len);
+    free(buf);
+    return rc;
+}

@@ -172,12 +172,7 @@ static int copy_if_present(const char *in_dir, const char *out_dir, const char *
         return fr_error(FR_ERR_ARG, "path too long: %s", in_dir);
     struct stat sb;
     if (stat(src, &sb) != 0) return FR_OK;
-    char *buf = NULL;
-    size_t len = 0;
-    FR_CHECK(fr_read_file(src, &buf, &len));
-    int rc = fr_write_file_atomic(dst, buf, len);
-    free(buf);
-    return rc;
+    return fr_copy_file(src, dst);
 }
 
 int fr_quantize_model(const char *in_dir, const char *out_dir, const char *type,

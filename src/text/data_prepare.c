@@ -181,15 +181,6 @@ static int dir_nonempty(const char *dir) {
     return any;
 }
 
-static int copy_file(const char *src, const char *dst) {
-    char *buf = NULL;
-    size_t len = 0;
-    FR_CHECK(fr_read_file(src, &buf, &len));
-    int rc = fr_write_file_atomic(dst, buf, len);
-    free(buf);
-    return rc;
-}
-
 /* ------------------------------------------------------------------ input files */
 
 typedef struct {
@@ -683,12 +674,12 @@ static int copy_tokenizer(const char *tokenizer_path, const char *dir) {
         rc = fr_error(FR_ERR_NOMEM, "out of memory");
         goto out;
     }
-    if ((rc = copy_file(src_json, dst)) != FR_OK) goto out;
+    if ((rc = fr_copy_file(src_json, dst)) != FR_OK) goto out;
     free(dst);
     dst = NULL;
     if (stat(src_cfg, &st) == 0 && S_ISREG(st.st_mode)) {
         dst = fr_path_join(dir, "tokenizer_config.json");
-        rc = dst ? copy_file(src_cfg, dst) : fr_error(FR_ERR_NOMEM, "out of memory");
+        rc = dst ? fr_copy_file(src_cfg, dst) : fr_error(FR_ERR_NOMEM, "out of memory");
     }
 out:
     free(src_json);

@@ -218,15 +218,6 @@ static int metrics_truncate(const char *path, long step) {
 
 /* ================================================================ checkpoints */
 
-static int copy_file(const char *src, const char *dst) {
-    char *text = NULL;
-    size_t len = 0;
-    FR_CHECK(fr_read_file(src, &text, &len));
-    int rc = fr_write_file_atomic(dst, text, len);
-    free(text);
-    return rc;
-}
-
 typedef struct {
     char magic[8];
     uint32_t version, reserved;
@@ -355,7 +346,7 @@ static int save_checkpoint(run *r, char *out_dir, size_t out_n) {
         snprintf(src, sizeof src, "%s/%s", r->a->data_dir, tok_files[i]);
         if (access(src, R_OK) != 0) continue;
         snprintf(path, sizeof path, "%s/%s", tmp, tok_files[i]);
-        FR_CHECK(copy_file(src, path));
+        FR_CHECK(fr_copy_file(src, path));
     }
     snprintf(path, sizeof path, "%s/generation_config.json", tmp);
     FR_CHECK(write_generation_config(fr_model_config(r->m), path));
