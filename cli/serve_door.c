@@ -58,12 +58,6 @@ struct srv_door {
     char *buf; /* FR_DOOR_HEAD_CAP + 1 */
 };
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 int srv_door_open(srv_door **out, const struct sockaddr *sa, unsigned sa_len, unsigned *bound_port) {
     *out = NULL;
     srv_door *d = calloc(1, sizeof *d);
@@ -218,7 +212,7 @@ static void accept_one(srv_door *d) {
         close(c.fd); /* over a limit: closed at once, as libmicrohttpd does */
         return;
     }
-    c.t_accept = now_s();
+    c.t_accept = srv_now();
     d->p[d->n++] = c;
 }
 
@@ -285,7 +279,7 @@ static void *door_main(void *arg) {
         for (int i = n - 1; i >= 0; i--)
             if (pf[2 + i].revents) look(d, i, (pf[2 + i].revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0);
         if (pf[1].revents & POLLIN) accept_one(d);
-        const double t = now_s();
+        const double t = srv_now();
         for (int i = d->n - 1; i >= 0; i--)
             if (t - d->p[i].t_accept > d->lim.head_timeout) drop(d, i, 1);
     }

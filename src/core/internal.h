@@ -23,6 +23,8 @@ int fr_write_file_atomic_v(const char *path, const void *const *parts, const siz
 /* "dir/name" in a new malloc'd string (no doubled '/' when dir ends in one); NULL when out
  * of memory. */
 char *fr_path_join(const char *dir, const char *name);
+/* Seconds of the monotonic clock (for durations). */
+double fr_now_s(void);
 /* Copy the file src to dst with fr_write_file_atomic (small files: read whole). */
 int fr_copy_file(const char *src, const char *dst);
 /* fsync a directory (after renames inside it); best effort. */

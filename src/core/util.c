@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static _Thread_local char fr_errmsg[1024];
@@ -266,4 +267,10 @@ int fr_copy_file(const char *src, const char *dst) {
     int rc = fr_write_file_atomic(dst, buf, len);
     free(buf);
     return rc;
+}
+
+double fr_now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }

@@ -22,12 +22,6 @@ void fr_generate_options_default(fr_generate_options *o) {
     o->max_tokens = 128;
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 typedef struct {
     int *hist;            /* prompt + generated */
     int n_hist, n_prompt;
@@ -158,7 +152,7 @@ int fr_generate(fr_engine *e, const fr_tokenizer *tok, fr_seq *const *seqs, int 
     if (rc != FR_OK) goto done;
 
     /* prefill: all prompts in one batched forward */
-    double t0 = now_s();
+    double t0 = fr_now_s();
     rc = fr_engine_forward_rows(e, seqs, n_seqs, prompts, prompt_lens, logits, 0, row_start);
     if (rc != FR_OK) goto done;
     for (int s = 0; s < n_seqs; s++) st.prompt_tokens += prompt_lens[s];
@@ -198,7 +192,7 @@ int fr_generate(fr_engine *e, const fr_tokenizer *tok, fr_seq *const *seqs, int 
             g[act_i[a]].draft = fr_argmax(mlog + (size_t)a * V, V);
         }
     }
-    double t1 = now_s();
+    double t1 = fr_now_s();
     st.prefill_s = t1 - t0;
 
     /* decode: one batched step per iteration over the active sequences */
@@ -272,7 +266,7 @@ int fr_generate(fr_engine *e, const fr_tokenizer *tok, fr_seq *const *seqs, int 
             }
         }
     }
-    st.decode_s = now_s() - t1;
+    st.decode_s = fr_now_s() - t1;
 
 done:
     if (g) {

@@ -943,26 +943,20 @@ typedef struct {
     double t0;
 } gov_step;
 
-static double wall_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static gov_step gov_begin(fr_engine *e, int n_seqs, const int *n_tokens) {
     gov_step g = {-1, omp_get_max_threads(), 0, 0};
     for (int s = 0; s < n_seqs; s++) g.rows += n_tokens[s];
     if (g.threads < 2 || g.rows < 1 || g.rows > FR_GOV_MAX_ROWS || !e->governed) return g;
     g.arm = fr_gov_pick(&e->gov);
     if (g.arm == 1) omp_set_num_threads(1);
-    g.t0 = wall_s();
+    g.t0 = fr_now_s();
     return g;
 }
 
 static void gov_end(fr_engine *e, const gov_step *g, int rc) {
     if (g->arm < 0) return;
     if (g->arm == 1) omp_set_num_threads(g->threads);
-    if (rc == FR_OK) fr_gov_record(&e->gov, g->arm, wall_s() - g->t0, g->rows);
+    if (rc == FR_OK) fr_gov_record(&e->gov, g->arm, fr_now_s() - g->t0, g->rows);
 }
 
 static int forward_rows(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int *const *tokens, const int *n_tokens,

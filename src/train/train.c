@@ -114,12 +114,7 @@ void fr_train_set_progress_interval(double seconds) {
     g_progress_interval = seconds > 0 ? seconds : FR_TRAIN_PROGRESS_INTERVAL_S;
 }
 
-static double now_s(void) {
-    if (g_clock) return g_clock();
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+static double now_s(void) { return g_clock ? g_clock() : fr_now_s(); }
 
 static double elapsed(const run *r) { return r->wall_base + now_s() - r->t_start; }
 
