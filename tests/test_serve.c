@@ -316,7 +316,7 @@ static void test_errors(void) {
     expect_error("wrong key", PORT, "GET", "/v1/models", "Authorization: Bearer nope\r\n", NULL, 401, "invalid_api_key");
     expect_error("unknown path", PORT, "GET", "/v2/everything", NULL, NULL, 404, NULL);
     expect_error("wrong method", PORT, "GET", C, KEY_HDR, NULL, 405, NULL);
-    /* too-long prompt: the context is 256 tokens */
+    /* too-long prompt: over 3,000 tokens, the context is 1024 */
     size_t n = 20000;
     char *big = malloc(n + 64);
     strcpy(big, "{\"prompt\":\"");
@@ -411,7 +411,7 @@ static void test_concurrency(void) {
           "decode steps shared: %ld rows in %ld steps", rows, steps);
 
     /* a newcomer joins while a long request runs, and finishes first */
-    stream_job lj = {.body = "{\"prompt\":\"Long\",\"max_tokens\":230,\"temperature\":0,\"ignore_eos\":true,\"stream\":true}"};
+    stream_job lj = {.body = "{\"prompt\":\"Long\",\"max_tokens\":1000,\"temperature\":0,\"ignore_eos\":true,\"stream\":true}"};
     pthread_t lt;
     pthread_create(&lt, NULL, stream_thread, &lj);
     for (int i = 0; i < 200 && metric("frugal_slots_active") < 1; i++) usleep(2000);
@@ -1072,7 +1072,8 @@ int main(void) {
     CHECK(system("'" FR_FRUGAL_BIN "' serve --model /nonexistent/x.gguf 2>/dev/null") >> 8 == 1,
           "serve --model with a missing .gguf: exit 1");
     st_server srv;
-    const char *extra[] = {"--parallel", "8", "--ctx", "256", "--api-key", "test-key", "--threads", "2", NULL};
+    /* ctx 1024: room for a long request that outlasts a newcomer even on a fast machine */
+    const char *extra[] = {"--parallel", "8", "--ctx", "1024", "--api-key", "test-key", "--threads", "2", NULL};
     if (st_start(&srv, tmp, dir, extra) != 0) {
         CHECK(0, "server did not start (log %s)", srv.log);
         return fr_test_finish("test_serve");
