@@ -39,9 +39,13 @@ void usage_train(FILE *f) {
             "Optimizer (AdamW; no weight decay on norms and biases):\n"
             "  --lr X               peak learning rate (default %g)\n"
             "  --schedule S         cosine | wsd | constant (default cosine)\n"
-            "  --precision P        fp32 | fp8: the block linears in DeepSeek-V3's FP8 recipe (E4M3, 1x128 /\n"
-            "                       128x128 scales, FP32 accumulation; emulated on the CPU). Default fp32;\n"
-            "                       with --resume: the saved one, or switch (recorded)\n"
+            "  --precision P        fp32 | bf16 | fp8 for the block linears' GEMMs. bf16: BF16 inputs, FP32\n"
+            "                       accumulation (AMX / AVX512-BF16 via oneDNN; elsewhere an emulation no\n"
+            "                       faster than fp32, with a warning). fp8: DeepSeek-V3's recipe (E4M3,\n"
+            "                       1x128 / 128x128 scales, FP32 accumulation; emulated on the CPU).\n"
+            "                       Default fp32; with --resume: the saved one, or switch (recorded)\n"
+            "  --fp8-grad-tiles S   1x128 (the recipe) | 128x128: output-gradient tiles of fp8's\n"
+            "                       input-gradient GEMM (the report's diverging experiment)\n"
             "  --warmup N           linear warmup steps (default %d)\n"
             "  --min-lr-frac X      final learning rate as a fraction of the peak (default %g)\n"
             "  --decay-frac X       wsd: fraction of steps spent decaying (default %g)\n"
@@ -227,12 +231,16 @@ int cmd_train(int argc, char **argv) {
         }
         if ((r = cli_opt_value("train", usage_train, argc, argv, &i, "--precision", &v)) != 0) {
             if (r < 0) return CLI_EXIT_USAGE;
-            if (strcmp(v, "fp32") != 0 && strcmp(v, "fp8") != 0) {
-                if (strcmp(v, "bf16") == 0)
-                    return cli_usage_error("train", usage_train, "--precision bf16 is not implemented yet (fp32 or fp8)");
-                return cli_usage_error("train", usage_train, "--precision must be fp32 or fp8, got '%s'", v);
-            }
+            if (strcmp(v, "fp32") != 0 && strcmp(v, "bf16") != 0 && strcmp(v, "fp8") != 0)
+                return cli_usage_error("train", usage_train, "--precision must be fp32, bf16 or fp8, got '%s'", v);
             snprintf(a.precision, sizeof a.precision, "%s", v);
+            continue;
+        }
+        if ((r = cli_opt_value("train", usage_train, argc, argv, &i, "--fp8-grad-tiles", &v)) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+            if (strcmp(v, "1x128") != 0 && strcmp(v, "128x128") != 0)
+                return cli_usage_error("train", usage_train, "--fp8-grad-tiles must be 1x128 or 128x128, got '%s'", v);
+            a.fp8_grad_tile_rows = strcmp(v, "1x128") == 0 ? 1 : 128;
             continue;
         }
         if ((r = cli_opt_value("train", usage_train, argc, argv, &i, "--schedule", &v)) != 0) {

@@ -142,17 +142,24 @@ void fr_model_free(fr_model *m);
 const fr_config *fr_model_config(const fr_model *m);
 void fr_model_set_loss_weights(fr_model *m, fr_loss_weights w);
 /* Compute precision of the linear layers inside the blocks (MLA projections, dense MLP,
- * shared and routed experts) and of the MTP modules' eh_proj: "fp32" (the default) or
- * "fp8", DeepSeek-V3's recipe: the inputs
- * of all three GEMMs of each of these layers in E4M3 with FP32 scales per 1 x 128 tile
- * (activations, output gradients), 128 x 128 block (weights) or 128 x 1 tile (both inputs of
- * the weight-gradient GEMM), FP32 accumulation; embedding, output head, router, norms,
- * attention, master weights, gradients and optimizer stay FP32. On the CPU the FP8 GEMMs are
- * emulated (exactly decoded E4M3 values through the FP32 GEMM). FR_ERR_ARG for another name
- * ("bf16" is not implemented yet). A forward or backward whose FP8 GEMM input holds a NaN or
- * Inf fails with FR_ERR_STATE. */
+ * shared and routed experts) and of the MTP modules' eh_proj. Embedding, output head,
+ * router, norms, attention, master weights, gradients and the optimizer stay FP32 in all.
+ *  "fp32"  the default.
+ *  "bf16"  the inputs of all three GEMMs of each of these layers rounded to bfloat16, FP32
+ *          accumulation: oneDNN's matmul on AMX or AVX512-BF16 where the CPU has them, an
+ *          exact emulation (no faster than fp32) elsewhere; fr_bf16_gemm_path() says which.
+ *  "fp8"   DeepSeek-V3's recipe: the inputs of the three GEMMs in E4M3 with FP32 scales per
+ *          1 x 128 tile (activations, output gradients), 128 x 128 block (weights) or
+ *          128 x 1 tile (both inputs of the weight-gradient GEMM), FP32 accumulation. On the
+ *          CPU the FP8 GEMMs are emulated (exactly decoded E4M3 values through the FP32 GEMM).
+ * FR_ERR_ARG for another name. A forward or backward whose FP8 GEMM input holds a NaN or Inf
+ * fails with FR_ERR_STATE. */
 int fr_model_set_precision(fr_model *m, const char *precision);
 const char *fr_model_precision(const fr_model *m);
+/* The experiment DeepSeek-V3 reports diverging: tile_rows 128 quantizes the output gradients
+ * entering the FP8 input-gradient GEMM in 128 x 128 blocks instead of 1 x 128 tiles (1, the
+ * default). FR_ERR_ARG for other values. */
+int fr_model_set_fp8_grad_tiles(fr_model *m, int tile_rows);
 size_t fr_model_num_params(const fr_model *m);
 /* Parameters that one token activates (dense layers, shared + top-k routed experts). */
 size_t fr_model_num_active_params(const fr_model *m);
@@ -338,7 +345,7 @@ typedef struct {
     char run_dir[512];
     char config[512];       /* model config path or name */
     char device[64];        /* "cpu", "cuda:H100", ... */
-    char precision[8];      /* compute precision of the run ("fp32", "fp8"; "" = not recorded) */
+    char precision[8];      /* compute precision of the run ("fp32", "bf16", "fp8"; "" = not recorded) */
     int n_devices;          /* cores or GPUs charged for */
     double start_unix;      /* seconds since the epoch */
     double wall_s;          /* elapsed wall time so far */
@@ -396,8 +403,11 @@ typedef struct {
     char ledger_path[512];             /* "" = RUN_DIR/../ledger.jsonl */
     fr_prices prices;
     double peak_gflops;                /* measured FP32 peak for MFU (0 = not reported) */
-    char precision[8];                 /* "fp32" or "fp8" (fr_model_set_precision); "" = fp32 for a
-                                        * new run, the saved one on resume (given: switches, recorded) */
+    char precision[8];                 /* "fp32", "bf16" or "fp8" (fr_model_set_precision); "" = fp32
+                                        * for a new run, the saved one on resume (given: switches,
+                                        * recorded) */
+    int fp8_grad_tile_rows;            /* fp8: 1 (1 x 128 output-gradient tiles, the recipe) or 128
+                                        * (the 128 x 128 experiment); 0 = 1, or the saved one */
 } fr_train_args;
 
 /* Defaults: B 8, T 256, accumulation 1, lr 3e-3 cosine to 10 %, warmup 50, AdamW
@@ -682,6 +692,12 @@ typedef struct {
 int fr_measure_fp32_peak(fr_peak *out);
 /* Describes the CPU features found at run time, e.g. "avx2 fma". */
 const char *fr_cpu_features(void);
+/* The path of the "bf16" precision's GEMMs on this CPU, e.g. "onednn brg:avx512_core_amx",
+ * "onednn brg:avx512_core_bf16" or "emulated (BF16-rounded operands, FP32 GEMM)"
+ * (FRUGAL_BF16_GEMM=onednn|emulated overrides the choice), and whether it is BF16 hardware
+ * (AMX or AVX512-BF16) rather than a fallback no faster than fp32. */
+const char *fr_bf16_gemm_path(void);
+int fr_bf16_hardware(void);
 
 #ifdef __cplusplus
 }

@@ -55,6 +55,9 @@ static void test_usage(void) {
     expect("eval --model x --tokens y --engine --chunk 0", 2, "--chunk", NULL);
     expect("eval --model x --tokens y --engine=1", 2, "--engine", NULL);
     expect("info", 2, "--model", NULL);
+    expect("train --help", 0, "bf16", "--fp8-grad-tiles");
+    expect("train --config c --data d --out o --steps 1 --precision fp16", 2, "fp16", "fp32, bf16 or fp8");
+    expect("train --config c --data d --out o --steps 1 --fp8-grad-tiles 64x64", 2, "64x64", NULL);
     expect("info --model a --config b", 2, "only one", NULL);
 
     static const char *planned[] = {"distill"};

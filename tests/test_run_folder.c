@@ -453,8 +453,6 @@ static void test_precision(void) {
     hooks_state h;
     fr_train_result res;
     memset(&h, 0, sizeof h);
-    snprintf(a.precision, sizeof a.precision, "bf16");
-    CHECK(train(&a, 0, &h, &res) == FR_ERR_UNSUPPORTED, "bf16: not implemented yet");
     snprintf(a.precision, sizeof a.precision, "fp4");
     CHECK(train(&a, 0, &h, &res) == FR_ERR_ARG && strstr(fr_last_error(), "fp4"), "unknown precision refused");
     snprintf(a.precision, sizeof a.precision, "fp8");
@@ -486,6 +484,24 @@ static void test_precision(void) {
     CHECK(args_text && strstr(args_text, "\"precision\":\t\"fp32\""), "train_args.json records the switch");
     free(args_text);
     CHECK(ledger_find(a.run_dir, 1, &e, NULL) && !strcmp(e.precision, "fp32"), "the ledger records the switch");
+    /* bf16: a run of its own; the path is announced, and a warning where it is a fallback */
+    base_args(&a, "runB");
+    fr_test_rm_rf(a.run_dir);
+    a.max_steps = 2;
+    snprintf(a.precision, sizeof a.precision, "bf16");
+    memset(&h, 0, sizeof h);
+    CHECK(train(&a, 0, &h, &res) == FR_OK, "bf16 run: %s", fr_last_error());
+    CHECK(count_in_metrics(a.run_dir, "\"precision\":\"bf16\"") == 2, "every step record says bf16");
+    CHECK(has_info(&h, "bf16 GEMMs", fr_bf16_gemm_path()), "the bf16 GEMM path is announced");
+    CHECK(has_info(&h, "slow fallback", NULL) == !fr_bf16_hardware(), "a fallback warns (and only a fallback)");
+    CHECK(ledger_find(a.run_dir, 1, &e, NULL) && !strcmp(e.precision, "bf16"), "the ledger says bf16");
+    /* resuming with other fp8 tiles is refused */
+    memset(&r, 0, sizeof r);
+    snprintf(r.run_dir, sizeof r.run_dir, "%s", a.run_dir);
+    r.max_steps = 3;
+    r.fp8_grad_tile_rows = 128;
+    memset(&h, 0, sizeof h);
+    CHECK(train(&r, 1, &h, &res) == FR_ERR_ARG && strstr(fr_last_error(), "tiles"), "tiles cannot change on resume");
 }
 
 int main(int argc, char **argv) {

@@ -52,6 +52,18 @@ const fr_cpu_vec *fr_cpu_vec_ops(void);
 long fr_cpu_fp8_quantize(float *y, int ldy, float *scales, const float *x, int ldx, int rows, int cols, int tile_rows,
                          int tile_cols);
 
+/* fr_ops.gemm_bf16 of the CPU backend (bf16_gemm.c); the path it runs ("onednn
+ * brg:avx512_core_amx", "onednn brg:avx512_core_bf16", "emulated (...)"), and whether that
+ * path is BF16 hardware (AMX or AVX512-BF16) rather than a conversion to FP32. */
+int fr_cpu_gemm_bf16(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                     const float *B, int ldb, float beta, float *C, int ldc);
+const char *fr_cpu_bf16_gemm_path(void);
+int fr_cpu_bf16_gemm_hardware(void);
+/* Tests and benchmarks: run "onednn" or "emulated" from now on (NULL: the default choice).
+ * Returns 0 when the path asked for is not available here (no oneDNN, or no BF16 matmul in
+ * it for this CPU); the emulation is then set. */
+int fr_cpu_bf16_gemm_set_path(const char *name);
+
 /* The GEMM of the backend (ops_cpu_gemm.c), same contract as fr_ops.gemm. */
 void fr_cpu_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc);

@@ -57,9 +57,19 @@ static const float *fp8_operand(fr_model *m, int k, const float *x, int ldx, int
     return q;
 }
 
+/* BF16: the same three GEMMs with both inputs rounded to bfloat16, FP32 accumulation. */
+static void bf16_gemm(fr_model *m, int ta, int tb, int M, int N, int K, const float *A, int lda, const float *B,
+                      int ldb, float beta, float *C, int ldc) {
+    if (m->ops->gemm_bf16(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc) != 0) m->gemm_failed = 1;
+}
+
 void fr_qlinear_forward(fr_model *m, float *y, int ldy, const float *x, int ldx, const float *W, int ldw, int N,
                         int in, int out, float beta) {
-    if (!m->fp8) {
+    if (m->precision == FR_PREC_BF16) {
+        bf16_gemm(m, 0, 1, N, out, in, x, ldx, W, ldw, beta, y, ldy);
+        return;
+    }
+    if (m->precision != FR_PREC_FP8) {
         fr_linear_forward(m->ops, y, ldy, x, ldx, W, ldw, N, in, out, beta);
         return;
     }
@@ -70,13 +80,18 @@ void fr_qlinear_forward(fr_model *m, float *y, int ldy, const float *x, int ldx,
 
 void fr_qlinear_backward(fr_model *m, float *dx, int lddx, float beta_dx, float *dW, int lddw, const float *dy,
                          int lddy, const float *x, int ldx, const float *W, int ldw, int N, int in, int out) {
-    if (!m->fp8) {
+    if (m->precision == FR_PREC_BF16) {
+        if (dx) bf16_gemm(m, 0, 0, N, in, out, dy, lddy, W, ldw, beta_dx, dx, lddx);
+        bf16_gemm(m, 1, 0, out, in, N, dy, lddy, x, ldx, 1.0f, dW, lddw);
+        return;
+    }
+    if (m->precision != FR_PREC_FP8) {
         fr_linear_backward(m->ops, dx, lddx, beta_dx, dW, lddw, dy, lddy, x, ldx, W, ldw, N, in, out);
         return;
     }
     const fr_ops *o = m->ops;
-    if (dx) { /* dx = dy · W, reduced over out */
-        const float *qdy = fp8_operand(m, 0, dy, lddy, N, out, 1, FP8_TILE);
+    if (dx) { /* dx = dy · W, reduced over out; dy in 1 x 128 tiles (or the 128 x 128 experiment) */
+        const float *qdy = fp8_operand(m, 0, dy, lddy, N, out, m->fp8_grad_tile_rows, FP8_TILE);
         const float *qw = fp8_operand(m, 1, W, ldw, out, in, FP8_TILE, FP8_TILE);
         if (qdy && qw) o->gemm(0, 0, N, in, out, 1.0f, qdy, out, qw, in, beta_dx, dx, lddx);
     }

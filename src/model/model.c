@@ -244,6 +244,7 @@ static int model_build(fr_model **out, const fr_config *cfg, int mtp_depth) {
     m->ops = fr_ops_cpu();
     m->mtp_depth = mtp_depth;
     m->loss_w.mtp_lambda = 0.3f;
+    m->fp8_grad_tile_rows = 1;
     m->loss_w.balance_alpha = 0.0f;
     const int H = cfg->hidden_size, V = cfg->vocab_size, L = cfg->num_hidden_layers;
     int rc;
@@ -820,16 +821,16 @@ static int forward(fr_model *m, const int *tokens, const int *targets, int B, in
     return FR_OK;
 }
 
-static int fp8_status(fr_model *m, const char *pass);
+static int gemm_status(fr_model *m, const char *pass);
 
 int fr_model_forward(fr_model *m, const int *tokens, const int *targets, int B, int T, fr_loss_info *loss) {
     int rc = forward(m, tokens, targets, B, T, loss, 1);
-    return rc == FR_OK ? fp8_status(m, "forward pass") : rc;
+    return rc == FR_OK ? gemm_status(m, "forward pass") : rc;
 }
 
 int fr_model_forward_eval(fr_model *m, const int *tokens, const int *targets, int B, int T, fr_loss_info *loss) {
     int rc = forward(m, tokens, targets, B, T, loss, 0);
-    return rc == FR_OK ? fp8_status(m, "forward pass") : rc;
+    return rc == FR_OK ? gemm_status(m, "forward pass") : rc;
 }
 
 const float *fr_model_logits(const fr_model *m) { return m->logits; }
@@ -896,7 +897,7 @@ int fr_model_backward(fr_model *m) {
     for (int l = L - 1; l >= 0; l--) fr_block_backward(m, &m->blocks[l], &m->bacts[l], B, T, m->pos, m->d_res, bal_scale);
     o->embedding_backward(G(m->embed), m->d_res, m->tokens, N, H);
     m->have_targets = 0;
-    return fp8_status(m, "backward pass");
+    return gemm_status(m, "backward pass");
 }
 
 void fr_model_zero_grad(fr_model *m) { m->ops->memset0(m->grads, m->n_params * sizeof(float)); }
@@ -936,24 +937,36 @@ void fr_model_set_loss_weights(fr_model *m, fr_loss_weights w) { m->loss_w = w; 
 int fr_model_set_precision(fr_model *m, const char *precision) {
     fr_clear_error();
     if (!m || !precision) return fr_error(FR_ERR_ARG, "fr_model_set_precision: NULL argument");
-    if (strcmp(precision, "fp32") == 0) m->fp8 = 0;
-    else if (strcmp(precision, "fp8") == 0) m->fp8 = 1;
-    else if (strcmp(precision, "bf16") == 0)
-        return fr_error(FR_ERR_UNSUPPORTED, "precision bf16 is not implemented yet (fp32 or fp8)");
-    else return fr_error(FR_ERR_ARG, "unknown precision '%s' (fp32 or fp8)", precision);
+    if (strcmp(precision, "fp32") == 0) m->precision = FR_PREC_FP32;
+    else if (strcmp(precision, "bf16") == 0) m->precision = FR_PREC_BF16;
+    else if (strcmp(precision, "fp8") == 0) m->precision = FR_PREC_FP8;
+    else return fr_error(FR_ERR_ARG, "unknown precision '%s' (fp32, bf16 or fp8)", precision);
     return FR_OK;
 }
 
-const char *fr_model_precision(const fr_model *m) { return m && m->fp8 ? "fp8" : "fp32"; }
+const char *fr_model_precision(const fr_model *m) {
+    if (!m) return "fp32";
+    return m->precision == FR_PREC_BF16 ? "bf16" : m->precision == FR_PREC_FP8 ? "fp8" : "fp32";
+}
 
-/* After a forward or backward: the FP8 GEMMs' inputs were finite and their buffers grew. */
-static int fp8_status(fr_model *m, const char *pass) {
-    if (!m->fp8) return FR_OK;
+int fr_model_set_fp8_grad_tiles(fr_model *m, int tile_rows) {
+    fr_clear_error();
+    if (!m || (tile_rows != 1 && tile_rows != 128))
+        return fr_error(FR_ERR_ARG, "FP8 output-gradient tiles are 1 x 128 or 128 x 128 (got %d rows)", tile_rows);
+    m->fp8_grad_tile_rows = tile_rows;
+    return FR_OK;
+}
+
+/* After a forward or backward: the mixed-precision GEMMs ran (their buffers grew) and the FP8
+ * GEMMs' inputs were finite. */
+static int gemm_status(fr_model *m, const char *pass) {
+    if (m->precision == FR_PREC_FP32) return FR_OK;
     const long bad = m->fp8_nonfinite;
-    const int oom = m->fp8_oom;
+    const int oom = m->fp8_oom || m->gemm_failed;
     m->fp8_nonfinite = 0;
     m->fp8_oom = 0;
-    if (oom) return fr_error(FR_ERR_NOMEM, "out of memory for the FP8 GEMM operands (%s)", pass);
+    m->gemm_failed = 0;
+    if (oom) return fr_error(FR_ERR_NOMEM, "out of memory for the %s GEMM operands (%s)", fr_model_precision(m), pass);
     if (bad) return fr_error(FR_ERR_STATE, "%ld non-finite values entered the FP8 GEMMs of the %s", bad, pass);
     return FR_OK;
 }

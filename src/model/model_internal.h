@@ -128,13 +128,19 @@ struct fr_model {
     int n_targets;
     int *host_targets;                  /* [N] host copy for counting */
 
-    /* FP8 linear layers (fr_model_set_precision; block.c fr_qlinear_*) */
-    int fp8;                            /* 1: the block linears run DeepSeek-V3's FP8 recipe */
+    /* Mixed-precision linear layers (fr_model_set_precision; block.c fr_qlinear_*) */
+    int precision;                      /* FR_PREC_*: how the block linears multiply */
+    int fp8_grad_tile_rows;             /* output-gradient tiles of the input-gradient GEMM:
+                                           1 (1 x 128, the recipe) or 128 (128 x 128 blocks,
+                                           which DeepSeek-V3 reports diverging) */
+    int gemm_failed;                    /* a BF16 GEMM could not run (out of memory) */
     float *fp8_buf[2];                  /* quantized GEMM operands, grown on demand */
     size_t fp8_cap[2];                  /* floats */
     long fp8_nonfinite;                 /* NaN / Inf seen entering an FP8 GEMM since the last check */
     int fp8_oom;                        /* a buffer could not grow */
 };
+
+enum { FR_PREC_FP32 = 0, FR_PREC_BF16 = 1, FR_PREC_FP8 = 2 };
 
 /* Shared with the inference engine (infer.c): RoPE tables [max_pos, qk_rope_head_dim/2]
  * (host memory, YaRN attention factor folded in) and the softmax scale (YaRN mscale^2). */

@@ -13,7 +13,8 @@
  *  - Backward ops OVERWRITE input gradients unless the comment says "+=", and always
  *    ACCUMULATE (+=) into parameter gradients (so micro-batches can accumulate).
  *  - N = number of rows (tokens), D = row width.
- *  - Everything computes and accumulates in FP32.
+ *  - Everything computes and accumulates in FP32 (gemm_bf16 and fp8_quantize round the
+ *    inputs of the mixed-precision GEMMs, never the accumulation).
  */
 #ifndef FR_OPS_H
 #define FR_OPS_H
@@ -55,6 +56,14 @@ typedef struct fr_ops {
      *               d weight  gemm(1,0, out,in,N, 1, dy,out, x,in, 1, dW,in) */
     void (*gemm)(int transA, int transB, int M, int N, int K, float alpha,
                  const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
+    /* ---- BF16 matrix multiply for mixed-precision training: the contract of gemm, with
+     * op(A) and op(B) rounded to bfloat16 (round to nearest even) and the products
+     * accumulated in FP32 (AMX / AVX512-BF16 through oneDNN where the CPU has them, an exact
+     * emulation elsewhere: cpu/bf16_gemm.c). Returns 0, or non-zero when it could not run
+     * (out of memory): C is then unspecified and the caller must fail. */
+    int (*gemm_bf16)(int transA, int transB, int M, int N, int K, float alpha,
+                     const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
     /* ---- FP8 (E4M3) quantize-dequantize in scaled tiles, the quantizer of DeepSeek-V3's FP8
      * training recipe (shared/design.md section 3): x [rows, cols] (row stride ldx) is cut

@@ -865,6 +865,10 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
             snprintf(resumed_precision, sizeof resumed_precision, "%s", args.precision[0] ? args.precision : "fp32");
             snprintf(args.precision, sizeof args.precision, "%s", args_in->precision);
         }
+        const int saved_tiles = args.fp8_grad_tile_rows ? args.fp8_grad_tile_rows : 1;
+        if (args_in->fp8_grad_tile_rows && args_in->fp8_grad_tile_rows != saved_tiles)
+            return fr_error(FR_ERR_ARG, "cannot resume with other FP8 output-gradient tiles (the run has %s)",
+                            saved_tiles == 128 ? "128x128" : "1x128");
     }
     FR_CHECK(fr_train_args_check(&args));
     /* a run that died before its first checkpoint left nothing to resume: start it over */
@@ -930,6 +934,15 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
                  "are beyond what the model is configured for", args.seq_len, r.m->cfg.max_position_embeddings,
              r.m->cfg.max_position_embeddings);
     if (rc == FR_OK) rc = fr_model_set_precision(r.m, args.precision[0] ? args.precision : "fp32");
+    if (rc == FR_OK) rc = fr_model_set_fp8_grad_tiles(r.m, args.fp8_grad_tile_rows == 128 ? 128 : 1);
+    if (rc == FR_OK && !strcmp(fr_model_precision(r.m), "bf16")) {
+        info(&r, "bf16 GEMMs: %s", fr_bf16_gemm_path());
+        if (!fr_bf16_hardware())
+            info(&r, "warning: this CPU has no BF16 hardware (AMX or AVX512-BF16) that frugal can use: --precision "
+                     "bf16 runs a slow fallback (an exact emulation, no faster than fp32)");
+    }
+    if (rc == FR_OK && !strcmp(fr_model_precision(r.m), "fp8") && args.fp8_grad_tile_rows == 128)
+        info(&r, "fp8 experiment: output gradients in 128x128 blocks for the input-gradient GEMM (the recipe: 1x128)");
     if (rc == FR_OK && resumed_precision[0])
         info(&r, "precision: %s from here on (the run so far: %s); recorded in train_args.json and the ledger",
              args.precision, resumed_precision);

@@ -54,11 +54,11 @@ int fr_train_args_check(const fr_train_args *a) {
         return fr_error(FR_ERR_ARG, "weight decay, clipping, gamma, alpha and lambda must be >= 0");
     if (a->warmup_steps < 0 || a->decay_frac < 0 || a->decay_frac > 1) return fr_error(FR_ERR_ARG, "warmup must be >= 0 and the WSD decay fraction in [0, 1]");
     if ((int)a->schedule < 0 || (int)a->schedule > 2) return fr_error(FR_ERR_ARG, "unknown learning-rate schedule");
-    if (a->precision[0] && strcmp(a->precision, "fp32") != 0 && strcmp(a->precision, "fp8") != 0) {
-        if (strcmp(a->precision, "bf16") == 0)
-            return fr_error(FR_ERR_UNSUPPORTED, "precision bf16 is not implemented yet (fp32 or fp8)");
-        return fr_error(FR_ERR_ARG, "unknown precision '%s' (fp32 or fp8)", a->precision);
-    }
+    if (a->precision[0] && strcmp(a->precision, "fp32") != 0 && strcmp(a->precision, "bf16") != 0 &&
+        strcmp(a->precision, "fp8") != 0)
+        return fr_error(FR_ERR_ARG, "unknown precision '%s' (fp32, bf16 or fp8)", a->precision);
+    if (a->fp8_grad_tile_rows != 0 && a->fp8_grad_tile_rows != 1 && a->fp8_grad_tile_rows != 128)
+        return fr_error(FR_ERR_ARG, "FP8 output-gradient tiles are 1x128 or 128x128 (got %d rows)", a->fp8_grad_tile_rows);
     if (!a->run_dir[0] || !a->data_dir[0]) return fr_error(FR_ERR_ARG, "a run folder and a data folder are needed");
     if (!a->model_config[0] && !a->init_model[0]) return fr_error(FR_ERR_ARG, "give a model config or a model folder to start from");
     return FR_OK;
@@ -109,6 +109,7 @@ cJSON *fr_train_args_to_json(const fr_train_args *a) {
     }
     cJSON_AddStringToObject(j, "schedule", SCHEDULES[a->schedule]);
     cJSON_AddStringToObject(j, "precision", a->precision[0] ? a->precision : "fp32");
+    cJSON_AddStringToObject(j, "fp8_grad_tiles", a->fp8_grad_tile_rows == 128 ? "128x128" : "1x128");
     char seed[32];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)a->seed);
     cJSON_AddStringToObject(j, "seed", seed);
@@ -160,6 +161,13 @@ int fr_train_args_from_json(fr_train_args *a, const char *text, size_t len, cons
     /* runs saved before precisions existed are fp32 */
     if (rc == FR_OK && cJSON_GetObjectItemCaseSensitive(j, "precision"))
         rc = json_str(j, "precision", a->precision, sizeof a->precision, path);
+    char tiles[16];
+    if (rc == FR_OK && cJSON_GetObjectItemCaseSensitive(j, "fp8_grad_tiles") &&
+        (rc = json_str(j, "fp8_grad_tiles", tiles, sizeof tiles, path)) == FR_OK) {
+        if (!strcmp(tiles, "1x128")) a->fp8_grad_tile_rows = 1;
+        else if (!strcmp(tiles, "128x128")) a->fp8_grad_tile_rows = 128;
+        else rc = fr_error(FR_ERR_FORMAT, "%s: unknown fp8_grad_tiles \"%s\"", path, tiles);
+    }
     cJSON_Delete(j);
     return rc;
 }
