@@ -5,13 +5,22 @@
  * Reports tokens/s, achieved GFLOP/s (FLOPs counted by fr_model_train_flops) and the fraction
  * of this machine's FP32 FMA peak, measured in the same process by the bench_peak probe.
  *
+ * Also, for the step's time budget: which GEMM path ran (oneDNN / frugal SGEMM for fp32; the
+ * BF16 path oneDNN chose, AMX / AVX512-BF16 / fallback, for bf16), the share of the step spent
+ * in the GEMMs (the ops table's gemm entries timed, over extra steps after the timed ones, so
+ * the headline figures carry no timing overhead), and the OpenMP parallel regions per step
+ * when run under bench/omp_count (LD_PRELOAD=build/libomp_count.so).
+ *
  *   bench_model [--config FILE] [--batch B] [--seq T] [--steps N] [--warmup N] [--threads N]
+ *               [--precision fp32|bf16|fp8] [--no-mtp]
  */
 #include "bench_common.h"
 
 #include "frugal.h"
+#include "cpu/ops_cpu.h"
 #include "model/optim.h"
 
+#include <dlfcn.h>
 #include <math.h>
 
 /* __FILE__ is the absolute source path under CMake, so the default config is found from any
@@ -31,7 +40,12 @@ static void usage(FILE *f) {
             "  --steps N      timed steps (default 10)\n"
             "  --warmup N     untimed steps first (default 2)\n"
             "  --threads N    threads (default: OMP_NUM_THREADS or all cores)\n"
-            "  --no-adamw     time forward + backward only (default: the whole step, AdamW included)\n");
+            "  --no-adamw     time forward + backward only (default: the whole step, AdamW included)\n"
+            "  --precision P  fp32 | bf16 | fp8 for the block linears (default fp32)\n"
+            "  --no-mtp       drop the config's MTP modules (num_nextn_predict_layers = 0)\n"
+            "  --gemm-shapes  also print the 20 GEMM shapes that took the most time\n"
+            "\n"
+            "OpenMP regions per step: LD_PRELOAD=build/libomp_count.so bench_model ...\n");
 }
 
 /* bench/configs/bench-20m.json next to this source file, else relative to the cwd. */
@@ -63,6 +77,65 @@ static int fail(const char *what) {
     return 1;
 }
 
+/* The ops table with its GEMM entries timed (the GEMM share of a step). */
+static fr_ops g_timed;
+static const fr_ops *g_real;
+static double g_gemm_s;
+static long g_gemm_calls;
+
+/* --gemm-shapes: time per GEMM kind (transposes, and which of M, N, K is the token count) */
+typedef struct {
+    int ta, tb, M, N, K;
+    long calls;
+    double s, flops;
+} shape_time;
+static shape_time g_shape[512];
+static int g_n_shape, g_by_shape;
+
+static void shape_add(int ta, int tb, int M, int N, int K, double dt) {
+    if (!g_by_shape) return;
+    for (int i = 0; i < g_n_shape; i++) {
+        shape_time *e = &g_shape[i];
+        if (e->ta == ta && e->tb == tb && e->M == M && e->N == N && e->K == K) {
+            e->calls++, e->s += dt, e->flops += 2.0 * M * N * K;
+            return;
+        }
+    }
+    if (g_n_shape < 512) g_shape[g_n_shape++] = (shape_time){ta, tb, M, N, K, 1, dt, 2.0 * M * N * K};
+}
+
+static int by_time(const void *a, const void *b) {
+    const double x = ((const shape_time *)a)->s, y = ((const shape_time *)b)->s;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+static void timed_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                       int ldb, float beta, float *C, int ldc) {
+    const double t0 = bench_now();
+    g_real->gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    const double dt = bench_now() - t0;
+    g_gemm_s += dt;
+    g_gemm_calls++;
+    shape_add(ta, tb, M, N, K, dt);
+}
+
+static int timed_gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                           int ldb, float beta, float *C, int ldc) {
+    const double t0 = bench_now();
+    int rc = g_real->gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    const double dt = bench_now() - t0;
+    g_gemm_s += dt;
+    g_gemm_calls++;
+    shape_add(ta, tb, M, N, K, dt);
+    return rc;
+}
+
+/* OpenMP parallel regions entered so far, when bench/omp_count.c is preloaded; -1 if not. */
+static long omp_regions(void) {
+    long (*count)(void) = (long (*)(void))dlsym(RTLD_DEFAULT, "fr_bench_omp_regions");
+    return count ? count() : -1;
+}
+
 /* What the trainer does after backward: the global gradient norm (for clipping) and AdamW. */
 static void optimizer_step(fr_model *m, float *mom, float *var, long step) {
     fr_adamw_hparams h = {1e-4, 0.9, 0.95, 1e-8, 0.1, step, 1.0};
@@ -75,7 +148,8 @@ int main(int argc, char **argv) {
     char cfg_buf[4096];
     const char *cfg_path = NULL;
     long B = 4, T = 256, steps = 10, warmup = 2, threads = 0;
-    int adamw = 1;
+    int adamw = 1, no_mtp = 0;
+    const char *precision = "fp32";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -93,6 +167,12 @@ int main(int argc, char **argv) {
             warmup = bench_parse_long(prog, a, bench_opt_value(prog, argc, argv, &i), 0, 1 << 20);
         } else if (!strcmp(a, "--no-adamw")) {
             adamw = 0;
+        } else if (!strcmp(a, "--gemm-shapes")) {
+            g_by_shape = 1;
+        } else if (!strcmp(a, "--no-mtp")) {
+            no_mtp = 1;
+        } else if (!strcmp(a, "--precision")) {
+            precision = bench_opt_value(prog, argc, argv, &i);
         } else if (!strcmp(a, "--threads")) {
             threads = bench_parse_long(prog, a, bench_opt_value(prog, argc, argv, &i), 1, 4096);
         } else {
@@ -121,8 +201,17 @@ int main(int argc, char **argv) {
                 cfg.max_position_embeddings, cfg_path);
         return 2;
     }
+    if (no_mtp) cfg.num_nextn_predict_layers = 0;
     fr_model *m = NULL;
     if (fr_model_create(&m, &cfg, 1234) != FR_OK) return fail("cannot create the model");
+    if (fr_model_set_precision(m, precision) != FR_OK) return fail("--precision");
+    char gemm_path[160];
+    if (!strcmp(precision, "bf16"))
+        snprintf(gemm_path, sizeof gemm_path, "bf16 %s%s", fr_bf16_gemm_path(),
+                 fr_bf16_hardware() ? "" : " [no BF16 hardware: fallback]");
+    else
+        snprintf(gemm_path, sizeof gemm_path, "%s%s", !strcmp(precision, "fp8") ? "fp8 emulated on " : "",
+                 fr_cpu_gemm_uses_onednn() ? "onednn sgemm" : "frugal sgemm");
     fr_loss_weights w = {cfg.num_nextn_predict_layers > 0 ? 0.3f : 0.0f, 1e-4f};
     fr_model_set_loss_weights(m, w);
 
@@ -182,6 +271,24 @@ int main(int argc, char **argv) {
         loss_total = li.loss;
         loss_main = li.loss_main;
     }
+    /* the GEMM share and the OpenMP regions, over as many steps again, timed separately */
+    g_real = m->ops;
+    g_timed = *m->ops;
+    g_timed.gemm = timed_gemm;
+    g_timed.gemm_bf16 = timed_gemm_bf16;
+    m->ops = &g_timed;
+    const long regions0 = omp_regions();
+    const double tp0 = bench_now();
+    for (long s = 0; s < steps; s++) {
+        fr_model_zero_grad(m);
+        if (fr_model_forward(m, tokens, targets, (int)B, (int)T, &li) != FR_OK) return fail("forward failed");
+        if (fr_model_backward(m) != FR_OK) return fail("backward failed");
+        if (adamw) optimizer_step(m, mom, var, ++opt_step);
+    }
+    const double prof_s = bench_now() - tp0;
+    const long regions = regions0 >= 0 ? (omp_regions() - regions0) / steps : -1;
+    m->ops = g_real;
+    const double gemm_share = prof_s > 0 ? g_gemm_s / prof_s : 0;
     bench_peak_result peak2 = bench_fma_peak();
     if (peak2.gflops > peak.gflops) peak = peak2;
     double median = bench_median(dts, steps); /* the headline; sorts dts */
@@ -203,14 +310,35 @@ int main(int argc, char **argv) {
            name, n_params / 1e6, n_active / 1e6, B, T, peak.threads, steps, tok_s, 1e3 * median, 1e3 * mean,
            1e3 * best, 1e3 * fwd_total / (double)steps, gflops, 100.0 * frac, peak.gflops, peak.isa, loss_total,
            loss_main);
+    printf("  precision %s, GEMM path: %s; GEMMs %.1f%% of the step (%ld calls/step), the rest %.1f%%; ", precision,
+           gemm_path, 100.0 * gemm_share, g_gemm_calls / steps, 100.0 * (1.0 - gemm_share));
+    if (regions >= 0) printf("%ld OpenMP parallel regions per step\n", regions);
+    else printf("OpenMP regions: not counted (run with LD_PRELOAD=build/libomp_count.so)\n");
+    if (g_by_shape) {
+        qsort(g_shape, (size_t)g_n_shape, sizeof g_shape[0], by_time);
+        printf("  %-6s %6s %6s %6s %8s %10s %8s\n", "op", "M", "N", "K", "calls", "ms/step", "GFLOP/s");
+        double rest_s = 0, rest_f = 0;
+        long rest_calls = 0;
+        for (int i = 20; i < g_n_shape; i++) rest_s += g_shape[i].s, rest_f += g_shape[i].flops, rest_calls += g_shape[i].calls;
+        for (int i = 0; i < g_n_shape && i < 20; i++) {
+            const shape_time *e = &g_shape[i];
+            printf("  %c%c     %6d %6d %6d %8ld %10.2f %8.1f\n", e->ta ? 'T' : 'N', e->tb ? 'T' : 'N', e->M, e->N, e->K,
+                   e->calls / steps, 1e3 * e->s / steps, e->flops / e->s / 1e9);
+        }
+        if (g_n_shape > 20)
+            printf("  %d other shapes (MoE experts: rows vary by step) %6ld %10.2f %8.1f\n", g_n_shape - 20,
+                   rest_calls / steps, 1e3 * rest_s / steps, rest_s > 0 ? rest_f / rest_s / 1e9 : 0.0);
+    }
     printf("{\"bench\": \"model\", \"config\": \"%s\", \"params\": %zu, \"active_params\": %zu, \"batch\": %ld, "
            "\"seq\": %ld, \"adamw\": %d, \"threads\": %d, \"steps\": %ld, \"step_ms_median\": %.3f, \"step_ms_mean\": %.3f, "
            "\"step_ms_best\": %.3f, \"forward_ms_mean\": %.3f, \"tokens_per_s\": %.1f, \"train_flops_per_step\": %.6g, "
            "\"gflops\": %.3f, \"peak_gflops\": %.2f, \"peak_isa\": \"%s\", \"fraction_of_peak\": %.5f, "
-           "\"loss\": %.6f, \"loss_main\": %.6f}\n",
+           "\"loss\": %.6f, \"loss_main\": %.6f, \"precision\": \"%s\", \"gemm_path\": \"%s\", \"gemm_share\": %.4f, "
+           "\"omp_regions_per_step\": %ld}\n",
            name, n_params, n_active, B, T, adamw, peak.threads, steps, 1e3 * median, 1e3 * mean, 1e3 * best,
            1e3 * fwd_total / (double)steps, tok_s, flops, gflops, peak.gflops, peak.isa, frac,
-           isfinite(loss_total) ? loss_total : -1.0, isfinite(loss_main) ? loss_main : -1.0);
+           isfinite(loss_total) ? loss_total : -1.0, isfinite(loss_main) ? loss_main : -1.0, precision, gemm_path,
+           gemm_share, regions);
 
     free(mom);
     free(var);

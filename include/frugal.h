@@ -142,15 +142,16 @@ void fr_model_free(fr_model *m);
 const fr_config *fr_model_config(const fr_model *m);
 void fr_model_set_loss_weights(fr_model *m, fr_loss_weights w);
 /* Compute precision of the linear layers inside the blocks (MLA projections, dense MLP,
- * shared and routed experts) and of the MTP modules' eh_proj. Embedding, output head,
- * router, norms, attention, master weights, gradients and the optimizer stay FP32 in all.
+ * shared and routed experts) and of the MTP modules' eh_proj. Embedding, router, norms,
+ * attention, master weights, gradients and the optimizer stay FP32 in all.
  *  "fp32"  the default.
- *  "bf16"  the inputs of all three GEMMs of each of these layers rounded to bfloat16, FP32
- *          accumulation: oneDNN's matmul on AMX or AVX512-BF16 where the CPU has them, an
+ *  "bf16"  the inputs of all three GEMMs of each of these layers, and of the output head,
+ *          rounded to bfloat16, FP32 accumulation: oneDNN's matmul on AMX or AVX512-BF16 where the CPU has them, an
  *          exact emulation (no faster than fp32) elsewhere; fr_bf16_gemm_path() says which.
  *  "fp8"   DeepSeek-V3's recipe: the inputs of the three GEMMs in E4M3 with FP32 scales per
  *          1 x 128 tile (activations, output gradients), 128 x 128 block (weights) or
- *          128 x 1 tile (both inputs of the weight-gradient GEMM), FP32 accumulation. On the
+ *          128 x 1 tile (both inputs of the weight-gradient GEMM), FP32 accumulation; the
+ *          output head stays FP32. On the
  *          CPU the FP8 GEMMs are emulated (exactly decoded E4M3 values through the FP32 GEMM).
  * FR_ERR_ARG for another name. A forward or backward whose FP8 GEMM input holds a NaN or Inf
  * fails with FR_ERR_STATE. */

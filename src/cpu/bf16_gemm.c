@@ -31,26 +31,91 @@
 #include <dnnl.h>
 #endif
 
-/* ------------------------------------------------------------------ rounding */
+/* ------------------------------------------------------------------ rounding
+ * Every variant computes fr_bf16_encode's bits (round to nearest even on the bit pattern, NaN
+ * kept quiet, no flushing), so the paths differ only in speed. Converting is O(rows x cols)
+ * against the GEMM's O(M N K), but a scalar loop still cost a third of a training GEMM here. */
 
-/* dst[rows, cols] (dense) = bf16(src) (row stride ld), as BF16 codes */
-static void pack_bf16(uint16_t *dst, const float *src, int ld, int rows, int cols) {
+#include <immintrin.h>
+
+#define T_AVX512 __attribute__((target("avx512f,avx512bw")))
+#define T_AVX2 __attribute__((target("avx2")))
+
+/* 16 floats -> their BF16 bits in 32-bit lanes */
+T_AVX512 static inline __m512i rne16(const float *src) {
+    const __m512i u = _mm512_loadu_si512(src);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    const __mmask16 nan =
+        _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+    const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    return _mm512_mask_blend_epi32(nan, rounded, quiet);
+}
+
+T_AVX512 static void pack_row_avx512(uint16_t *d, const float *s, int n) {
+    int c = 0;
+    for (; c + 16 <= n; c += 16) _mm256_storeu_si256((__m256i *)(d + c), _mm512_cvtepi32_epi16(rne16(s + c)));
+    for (; c < n; c++) d[c] = fr_bf16_encode(s[c]);
+}
+
+T_AVX512 static void round_row_avx512(float *d, const float *s, int n) {
+    int c = 0;
+    for (; c + 16 <= n; c += 16) _mm512_storeu_si512(d + c, _mm512_slli_epi32(rne16(s + c), 16));
+    for (; c < n; c++) d[c] = fr_bf16_decode(fr_bf16_encode(s[c]));
+}
+
+T_AVX2 static void round_row_avx2(float *d, const float *s, int n) {
+    int c = 0;
+    const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7fff), abs = _mm256_set1_epi32(0x7fffffff);
+    const __m256i inf = _mm256_set1_epi32(0x7f800000), qbit = _mm256_set1_epi32(0x400000);
+    const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
+    for (; c + 8 <= n; c += 8) {
+        const __m256i u = _mm256_loadu_si256((const __m256i *)(s + c));
+        const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
+        const __m256i rounded = _mm256_and_si256(_mm256_add_epi32(u, _mm256_add_epi32(lsb, bias)), hi);
+        /* signed compare is right here: both sides are non-negative after the mask */
+        const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs), inf);
+        const __m256i quiet = _mm256_and_si256(_mm256_or_si256(u, qbit), hi);
+        _mm256_storeu_si256((__m256i *)(d + c), _mm256_blendv_epi8(rounded, quiet, nan));
+    }
+    for (; c < n; c++) d[c] = fr_bf16_decode(fr_bf16_encode(s[c]));
+}
+
+void fr_cpu_bf16_pack_row(uint16_t *d, const float *s, int n) {
+    if (fr_cpu_isa() >= FR_ISA_AVX512) {
+        pack_row_avx512(d, s, n);
+        return;
+    }
+    for (int c = 0; c < n; c++) d[c] = fr_bf16_encode(s[c]);
+}
+
+void fr_cpu_bf16_round_row(float *d, const float *s, int n) {
+    const int isa = fr_cpu_isa();
+    if (isa >= FR_ISA_AVX512) round_row_avx512(d, s, n);
+    else if (isa >= FR_ISA_AVX2) round_row_avx2(d, s, n);
+    else
+        for (int c = 0; c < n; c++) d[c] = fr_bf16_decode(fr_bf16_encode(s[c]));
+}
+
+/* dst[rows_p, cols_p] (dense) = bf16(src [rows, cols], row stride ld) as BF16 codes, padded
+ * with zeros to rows_p >= rows, cols_p >= cols */
+static void pack_bf16(uint16_t *dst, const float *src, int ld, int rows, int cols, int rows_p, int cols_p) {
 #pragma omp parallel for schedule(static) if ((double)rows * cols > 65536.0)
-    for (int r = 0; r < rows; r++) {
-        const float *s = src + (size_t)r * ld;
-        uint16_t *d = dst + (size_t)r * cols;
-        for (int c = 0; c < cols; c++) d[c] = fr_bf16_encode(s[c]);
+    for (int r = 0; r < rows_p; r++) {
+        uint16_t *d = dst + (size_t)r * cols_p;
+        if (r < rows) {
+            fr_cpu_bf16_pack_row(d, src + (size_t)r * ld, cols);
+            memset(d + cols, 0, (size_t)(cols_p - cols) * sizeof *d);
+        } else {
+            memset(d, 0, (size_t)cols_p * sizeof *d);
+        }
     }
 }
 
 /* dst[rows, cols] (dense) = bf16(src) values kept in FP32 */
 static void round_bf16(float *dst, const float *src, int ld, int rows, int cols) {
 #pragma omp parallel for schedule(static) if ((double)rows * cols > 65536.0)
-    for (int r = 0; r < rows; r++) {
-        const float *s = src + (size_t)r * ld;
-        float *d = dst + (size_t)r * cols;
-        for (int c = 0; c < cols; c++) d[c] = fr_bf16_decode(fr_bf16_encode(s[c]));
-    }
+    for (int r = 0; r < rows; r++) fr_cpu_bf16_round_row(dst + (size_t)r * cols, src + (size_t)r * ld, cols);
 }
 
 /* ------------------------------------------------------------------ scratch */
@@ -58,8 +123,8 @@ static void round_bf16(float *dst, const float *src, int ld, int rows, int cols)
 /* The operands' rounded copies; the trainer calls from one thread, the mutex keeps a second
  * caller (a library user's own thread) from sharing them. */
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
-static void *g_buf[2];
-static size_t g_cap[2];
+static void *g_buf[3];
+static size_t g_cap[3];
 
 static void *scratch(int k, size_t bytes) {
     if (g_cap[k] < bytes) {
@@ -86,79 +151,141 @@ static pthread_once_t g_path_once = PTHREAD_ONCE_INIT;
 static dnnl_engine_t g_engine;
 static dnnl_stream_t g_stream;
 
-/* One cached primitive per shape: a training step repeats the same few dozen shapes (the
- * MoE experts' row counts vary, hence a cache rather than one slot per layer). */
+/* Primitives. oneDNN's fastest BF16 kernels (brgemm) are built for one exact shape, which takes
+ * ~0.4 ms; a primitive whose dimensions are given at execution builds in ~0.1 ms, once per
+ * transpose / alpha / beta case, but runs a general kernel (up to 2x slower on small shapes).
+ * A shape runs the general one until it has been seen PROMOTE_AFTER times, then gets its own:
+ * the dense layers repeat their shapes every step and soon run brgemm, while the MoE experts,
+ * whose row counts change every step, do not pay a build per call. */
+#define PROMOTE_AFTER 3
+#define PAD 16           /* M and K are rounded up to this (fr_cpu_gemm_bf16) */
+#define SHAPE_SLOTS 4096 /* open addressing; emptied when three quarters full */
+
 typedef struct {
+    int used, seen;
     int ta, tb, M, N, K, ldc;
     float alpha, beta;
     dnnl_primitive_t prim;
-    dnnl_memory_desc_t a, b, c;
-    char impl[48]; /* oneDNN's name for the kernel it chose */
-} prim_entry;
+    int failed; /* oneDNN could not build one: the general kernel runs it */
+} shape_entry;
 
-#define PRIM_CACHE 256
-static prim_entry g_prims[PRIM_CACHE];
-static int g_n_prims, g_next_evict;
+typedef struct {
+    int ta, tb;
+    float alpha, beta;
+    dnnl_primitive_t prim;
+} general_entry;
 
-static void strides_2d(dnnl_dims_t strides, int transposed, int rows, int cols) {
+static shape_entry g_shapes[SHAPE_SLOTS];
+static int g_n_shapes;
+static general_entry g_general[32];
+static int g_n_general;
+static char g_impl[48]; /* oneDNN's name for the shape-specific kernel */
+
+static void strides_2d(dnnl_dims_t strides, int transposed, dnnl_dim_t rows, dnnl_dim_t cols) {
     /* a dense [rows, cols] operand, or the transpose of a dense [cols, rows] one */
     strides[0] = transposed ? 1 : cols;
     strides[1] = transposed ? rows : 1;
 }
 
-/* The primitive for this shape, created (and its kernel's name kept) on first use. */
-static prim_entry *get_prim(int ta, int tb, int M, int N, int K, int ldc, float alpha, float beta) {
-    for (int i = 0; i < g_n_prims; i++) {
-        prim_entry *e = &g_prims[i];
-        if (e->ta == ta && e->tb == tb && e->M == M && e->N == N && e->K == K && e->ldc == ldc && e->alpha == alpha &&
-            e->beta == beta)
-            return e;
-    }
-    prim_entry e = {.ta = ta, .tb = tb, .M = M, .N = N, .K = K, .ldc = ldc, .alpha = alpha, .beta = beta};
+/* Memory descriptors of A [M, K], B [K, N] (BF16, dense, maybe transposed) and C [M, N] (FP32,
+ * row stride ldc); with runtime set, every dimension and stride is DNNL_RUNTIME_DIM_VAL. */
+static int make_descs(int ta, int tb, dnnl_dim_t M, dnnl_dim_t N, dnnl_dim_t K, dnnl_dim_t ldc, int runtime,
+                      dnnl_memory_desc_t *a, dnnl_memory_desc_t *b, dnnl_memory_desc_t *c) {
+    if (runtime) M = N = K = ldc = DNNL_RUNTIME_DIM_VAL;
     dnnl_dims_t da = {M, K}, db = {K, N}, dc = {M, N}, sa, sb, sc = {ldc, 1};
     strides_2d(sa, ta, M, K);
     strides_2d(sb, tb, K, N);
+    return dnnl_memory_desc_init_by_strides(a, 2, da, dnnl_bf16, sa) == dnnl_success &&
+           dnnl_memory_desc_init_by_strides(b, 2, db, dnnl_bf16, sb) == dnnl_success &&
+           dnnl_memory_desc_init_by_strides(c, 2, dc, dnnl_f32, sc) == dnnl_success;
+}
+
+static dnnl_primitive_t create_prim(int ta, int tb, int M, int N, int K, int ldc, float alpha, float beta, int runtime,
+                                    char *impl, size_t impl_n) {
+    dnnl_memory_desc_t a, b, c;
     dnnl_matmul_desc_t md;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t post = NULL;
     dnnl_primitive_desc_t pd = NULL;
-    int ok = dnnl_memory_desc_init_by_strides(&e.a, 2, da, dnnl_bf16, sa) == dnnl_success &&
-             dnnl_memory_desc_init_by_strides(&e.b, 2, db, dnnl_bf16, sb) == dnnl_success &&
-             dnnl_memory_desc_init_by_strides(&e.c, 2, dc, dnnl_f32, sc) == dnnl_success &&
-             dnnl_matmul_desc_init(&md, &e.a, &e.b, NULL, &e.c) == dnnl_success &&
+    dnnl_primitive_t prim = NULL;
+    int ok = make_descs(ta, tb, M, N, K, ldc, runtime, &a, &b, &c) &&
+             dnnl_matmul_desc_init(&md, &a, &b, NULL, &c) == dnnl_success &&
              dnnl_primitive_attr_create(&attr) == dnnl_success;
     if (ok && alpha != 1.0f) ok = dnnl_primitive_attr_set_output_scales(attr, 1, 0, &alpha) == dnnl_success;
     if (ok && beta != 0.0f)
         ok = dnnl_post_ops_create(&post) == dnnl_success && dnnl_post_ops_append_sum(post, beta) == dnnl_success &&
              dnnl_primitive_attr_set_post_ops(attr, post) == dnnl_success;
     if (ok) ok = dnnl_primitive_desc_create(&pd, &md, attr, g_engine, NULL) == dnnl_success;
-    if (ok) {
-        const char *s = NULL;
-        snprintf(e.impl, sizeof e.impl, "%s",
-                 dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &s) == dnnl_success && s ? s : "?");
+    if (ok && impl) {
+        const char *name = NULL;
+        snprintf(impl, impl_n, "%s",
+                 dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &name) == dnnl_success && name ? name : "?");
     }
-    if (ok) ok = dnnl_primitive_create(&e.prim, pd) == dnnl_success;
+    if (ok && dnnl_primitive_create(&prim, pd) != dnnl_success) prim = NULL;
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (post) dnnl_post_ops_destroy(post);
     if (attr) dnnl_primitive_attr_destroy(attr);
-    if (!ok) return NULL;
-    int slot = g_n_prims < PRIM_CACHE ? g_n_prims++ : g_next_evict++ % PRIM_CACHE;
-    if (g_prims[slot].prim) dnnl_primitive_destroy(g_prims[slot].prim);
-    g_prims[slot] = e;
-    return &g_prims[slot];
+    return prim;
 }
 
-static int onednn_gemm(int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, const uint16_t *B, float beta,
-                       float *C, int ldc) {
-    prim_entry *e = get_prim(ta, tb, M, N, K, ldc, alpha, beta);
-    if (!e) return -1;
+static void clear_shapes(void) {
+    for (int i = 0; i < SHAPE_SLOTS; i++)
+        if (g_shapes[i].prim) dnnl_primitive_destroy(g_shapes[i].prim);
+    memset(g_shapes, 0, sizeof g_shapes);
+    g_n_shapes = 0;
+}
+
+/* The shape's entry, its sightings counted; NULL when the table was just emptied. */
+static shape_entry *shape_find(int ta, int tb, int M, int N, int K, int ldc, float alpha, float beta) {
+    uint64_t h = 1469598103934665603ull;
+    const int key[6] = {ta * 2 + tb, M, N, K, ldc, (int)(alpha * 1024) ^ (int)(beta * 4096)};
+    for (int i = 0; i < 6; i++) h = (h ^ (uint32_t)key[i]) * 1099511628211ull;
+    for (size_t i = (size_t)(h % SHAPE_SLOTS);; i = (i + 1) % SHAPE_SLOTS) {
+        shape_entry *e = &g_shapes[i];
+        if (e->used && e->ta == ta && e->tb == tb && e->M == M && e->N == N && e->K == K && e->ldc == ldc &&
+            e->alpha == alpha && e->beta == beta) {
+            e->seen++;
+            return e;
+        }
+        if (!e->used) {
+            if (g_n_shapes >= SHAPE_SLOTS * 3 / 4) {
+                clear_shapes();
+                return NULL;
+            }
+            *e = (shape_entry){.used = 1, .seen = 1, .ta = ta, .tb = tb, .M = M, .N = N, .K = K, .ldc = ldc,
+                               .alpha = alpha, .beta = beta};
+            g_n_shapes++;
+            return e;
+        }
+    }
+}
+
+static dnnl_primitive_t general_prim(int ta, int tb, float alpha, float beta) {
+    for (int i = 0; i < g_n_general; i++)
+        if (g_general[i].ta == ta && g_general[i].tb == tb && g_general[i].alpha == alpha && g_general[i].beta == beta)
+            return g_general[i].prim;
+    dnnl_primitive_t p = create_prim(ta, tb, 0, 0, 0, 0, alpha, beta, 1, NULL, 0);
+    if (!p) return NULL;
+    if (g_n_general == (int)(sizeof g_general / sizeof g_general[0])) { /* many alphas / betas: start over */
+        for (int i = 0; i < g_n_general; i++) dnnl_primitive_destroy(g_general[i].prim);
+        g_n_general = 0;
+    }
+    g_general[g_n_general++] = (general_entry){ta, tb, alpha, beta, p};
+    return p;
+}
+
+static int onednn_gemm(dnnl_primitive_t prim, int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A,
+                       const uint16_t *B, float beta, float *C, int ldc) {
+    if (!prim) prim = general_prim(ta, tb, alpha, beta);
+    dnnl_memory_desc_t a, b, c;
+    if (!prim || !make_descs(ta, tb, M, N, K, ldc, 0, &a, &b, &c)) return -1;
     dnnl_memory_t ma = NULL, mb = NULL, mc = NULL;
-    int ok = dnnl_memory_create(&ma, &e->a, g_engine, (void *)A) == dnnl_success &&
-             dnnl_memory_create(&mb, &e->b, g_engine, (void *)B) == dnnl_success &&
-             dnnl_memory_create(&mc, &e->c, g_engine, C) == dnnl_success;
+    int ok = dnnl_memory_create(&ma, &a, g_engine, (void *)A) == dnnl_success &&
+             dnnl_memory_create(&mb, &b, g_engine, (void *)B) == dnnl_success &&
+             dnnl_memory_create(&mc, &c, g_engine, C) == dnnl_success;
     if (ok) {
         dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}};
-        ok = dnnl_primitive_execute(e->prim, g_stream, 3, args) == dnnl_success &&
+        ok = dnnl_primitive_execute(prim, g_stream, 3, args) == dnnl_success &&
              dnnl_stream_wait(g_stream) == dnnl_success;
     }
     if (ma) dnnl_memory_destroy(ma);
@@ -172,9 +299,18 @@ static int onednn_gemm(int ta, int tb, int M, int N, int K, float alpha, const u
 static int onednn_available(char *impl, size_t impl_n) {
     if (!g_engine && dnnl_engine_create(&g_engine, dnnl_cpu, 0) != dnnl_success) return 0;
     if (!g_stream && dnnl_stream_create(&g_stream, g_engine, dnnl_stream_default_flags) != dnnl_success) return 0;
-    const prim_entry *e = get_prim(0, 1, 256, 256, 256, 256, 1.0f, 0.0f);
-    if (e) snprintf(impl, impl_n, "%s", e->impl);
-    return e != NULL;
+    if (!g_impl[0]) {
+        dnnl_primitive_t p = create_prim(0, 1, 256, 256, 256, 256, 1.0f, 0.0f, 0, g_impl, sizeof g_impl);
+        if (!p) return 0;
+        dnnl_primitive_destroy(p);
+        /* and the general kernel must exist too */
+        if (!general_prim(0, 1, 1.0f, 0.0f)) {
+            g_impl[0] = 0;
+            return 0;
+        }
+    }
+    snprintf(impl, impl_n, "%s", g_impl);
+    return 1;
 }
 #endif
 
@@ -227,6 +363,56 @@ int fr_cpu_bf16_gemm_hardware(void) {
 
 /* ------------------------------------------------------------------ the product */
 
+/* The emulation: operands rounded to BF16 values in FP32, the backend's FP32 GEMM. */
+static int emulated_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                         int ldb, float beta, float *C, int ldc) {
+    const int a_rows = ta ? K : M, a_cols = ta ? M : K, b_rows = tb ? N : K, b_cols = tb ? K : N;
+    float *a32 = scratch(0, (size_t)a_rows * a_cols * sizeof(float));
+    float *b32 = scratch(1, (size_t)b_rows * b_cols * sizeof(float));
+    if (!a32 || !b32) return -1;
+    round_bf16(a32, A, lda, a_rows, a_cols);
+    round_bf16(b32, B, ldb, b_rows, b_cols);
+    fr_cpu_gemm(ta, tb, M, N, K, alpha, a32, a_cols, b32, b_cols, beta, C, ldc);
+    return 0;
+}
+
+#ifdef FR_HAVE_DNNL
+/* oneDNN on BF16 copies with M and K rounded up to PAD (zero rows / columns in the copies,
+ * which are made anyway): the MoE experts' token counts then fall into few shapes. A padded M
+ * computes into a scratch C. prim: the shape's own primitive, or NULL for the general one. */
+static int padded_onednn_gemm(dnnl_primitive_t prim, int ta, int tb, int M, int N, int K, float alpha, const float *A,
+                              int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    const int a_rows = ta ? K : M, a_cols = ta ? M : K, b_rows = tb ? N : K, b_cols = tb ? K : N;
+    const int Mp = (M + PAD - 1) / PAD * PAD, Kp = (K + PAD - 1) / PAD * PAD;
+    const int ap_rows = ta ? Kp : Mp, ap_cols = ta ? Mp : Kp, bp_rows = tb ? N : Kp, bp_cols = tb ? Kp : N;
+    uint16_t *a16 = scratch(0, (size_t)ap_rows * ap_cols * sizeof(uint16_t));
+    uint16_t *b16 = scratch(1, (size_t)bp_rows * bp_cols * sizeof(uint16_t));
+    float *cs = Mp == M ? C : scratch(2, (size_t)Mp * N * sizeof(float));
+    if (!a16 || !b16 || !cs) return -1;
+    pack_bf16(a16, A, lda, a_rows, a_cols, ap_rows, ap_cols);
+    pack_bf16(b16, B, ldb, b_rows, b_cols, bp_rows, bp_cols);
+    if (cs != C && beta != 0.0f)
+        for (int r = 0; r < M; r++) memcpy(cs + (size_t)r * N, C + (size_t)r * ldc, (size_t)N * sizeof(float));
+    int rc = onednn_gemm(prim, ta, tb, Mp, N, Kp, alpha, a16, b16, beta, cs, cs == C ? ldc : N);
+    if (cs != C && rc == 0)
+        for (int r = 0; r < M; r++) memcpy(C + (size_t)r * ldc, cs + (size_t)r * N, (size_t)N * sizeof(float));
+    return rc;
+}
+
+/* oneDNN's general kernel for a shape's first PROMOTE_AFTER - 1 calls, then one built for it. */
+static int dispatch(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                    float beta, float *C, int ldc) {
+    const int Mp = (M + PAD - 1) / PAD * PAD, Kp = (K + PAD - 1) / PAD * PAD;
+    const int ldc_run = Mp == M ? ldc : N; /* the C oneDNN writes: C itself, or the scratch */
+    shape_entry *e = shape_find(ta, tb, Mp, N, Kp, ldc_run, alpha, beta);
+    if (e && e->seen >= PROMOTE_AFTER && !e->prim && !e->failed) {
+        e->prim = create_prim(ta, tb, Mp, N, Kp, ldc_run, alpha, beta, 0, NULL, 0);
+        e->failed = !e->prim;
+    }
+    return padded_onednn_gemm(e ? e->prim : NULL, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+#endif
+
 int fr_cpu_gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
                      float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return 0;
@@ -235,33 +421,13 @@ int fr_cpu_gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const flo
         return 0;
     }
     fr_cpu_bf16_gemm_path();
-    /* the stored shapes of A and B: [M, K] or [K, M]; [K, N] or [N, K] */
-    const int a_rows = ta ? K : M, a_cols = ta ? M : K, b_rows = tb ? N : K, b_cols = tb ? K : N;
-    const size_t a_n = (size_t)a_rows * a_cols, b_n = (size_t)b_rows * b_cols;
-    int rc = 0;
     pthread_mutex_lock(&g_lock);
+    int rc;
 #ifdef FR_HAVE_DNNL
-    if (g_path == PATH_ONEDNN) {
-        uint16_t *a16 = scratch(0, a_n * sizeof(uint16_t)), *b16 = scratch(1, b_n * sizeof(uint16_t));
-        if (a16 && b16) {
-            pack_bf16(a16, A, lda, a_rows, a_cols);
-            pack_bf16(b16, B, ldb, b_rows, b_cols);
-            rc = onednn_gemm(ta, tb, M, N, K, alpha, a16, b16, beta, C, ldc);
-        } else {
-            rc = -1;
-        }
-        pthread_mutex_unlock(&g_lock);
-        return rc;
-    }
+    if (g_path == PATH_ONEDNN) rc = dispatch(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else
 #endif
-    float *a32 = scratch(0, a_n * sizeof(float)), *b32 = scratch(1, b_n * sizeof(float));
-    if (a32 && b32) {
-        round_bf16(a32, A, lda, a_rows, a_cols);
-        round_bf16(b32, B, ldb, b_rows, b_cols);
-        fr_cpu_gemm(ta, tb, M, N, K, alpha, a32, a_cols, b32, b_cols, beta, C, ldc);
-    } else {
-        rc = -1;
-    }
+        rc = emulated_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     pthread_mutex_unlock(&g_lock);
     return rc;
 }

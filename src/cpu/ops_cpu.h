@@ -12,6 +12,7 @@
 #define FR_OPS_CPU_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 enum { FR_ISA_GENERIC = 0, FR_ISA_AVX2 = 1, FR_ISA_AVX512 = 2 };
 
@@ -59,6 +60,10 @@ int fr_cpu_gemm_bf16(int transA, int transB, int M, int N, int K, float alpha, c
                      const float *B, int ldb, float beta, float *C, int ldc);
 const char *fr_cpu_bf16_gemm_path(void);
 int fr_cpu_bf16_gemm_hardware(void);
+/* One row to BF16 with the kernels of fr_cpu_isa(): codes, or their values in FP32; bit for
+ * bit fr_bf16_encode (formats/numfmt.h) on every input, NaN and subnormals included. */
+void fr_cpu_bf16_pack_row(uint16_t *dst, const float *src, int n);
+void fr_cpu_bf16_round_row(float *dst, const float *src, int n);
 /* Tests and benchmarks: run "onednn" or "emulated" from now on (NULL: the default choice).
  * Returns 0 when the path asked for is not available here (no oneDNN, or no BF16 matmul in
  * it for this CPU); the emulation is then set. */

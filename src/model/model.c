@@ -701,7 +701,10 @@ static double head_forward(fr_model *m, float *xn, float *rstd, const float *h, 
     const fr_config *c = &m->cfg;
     const int H = c->hidden_size, V = c->vocab_size;
     m->ops->rmsnorm_forward(xn, rstd, h, H, P(norm_w), N, H, c->rms_norm_eps);
-    fr_linear_forward(m->ops, logits, V, xn, H, P(m->lm_head), H, N, H, V, 0.0f);
+    /* "bf16" multiplies the head in BF16 too (as autocast does every Linear); "fp8" keeps it in
+     * FP32, as the recipe keeps it in higher precision */
+    if (m->precision == FR_PREC_BF16) fr_qlinear_forward(m, logits, V, xn, H, P(m->lm_head), H, N, H, V, 0.0f);
+    else fr_linear_forward(m->ops, logits, V, xn, H, P(m->lm_head), H, N, H, V, 0.0f);
     if (!targets) return 0.0;
     m->ops->cross_entropy(losses, dlogits, logits, targets, N, V, grad_scale);
     return device_sum(m, losses, N);
@@ -842,7 +845,10 @@ static void head_backward(fr_model *m, float *d_h, const float *dlogits, const f
                           const float *rstd, size_t norm_w, int N) {
     const fr_config *c = &m->cfg;
     const int H = c->hidden_size, V = c->vocab_size;
-    fr_linear_backward(m->ops, m->scr.d_xn, H, 0.0f, G(m->lm_head), H, dlogits, V, xn, H, P(m->lm_head), H, N, H, V);
+    if (m->precision == FR_PREC_BF16)
+        fr_qlinear_backward(m, m->scr.d_xn, H, 0.0f, G(m->lm_head), H, dlogits, V, xn, H, P(m->lm_head), H, N, H, V);
+    else
+        fr_linear_backward(m->ops, m->scr.d_xn, H, 0.0f, G(m->lm_head), H, dlogits, V, xn, H, P(m->lm_head), H, N, H, V);
     m->ops->rmsnorm_backward(d_h, H, G(norm_w), m->scr.d_xn, h, H, P(norm_w), rstd, N, H);
 }
 
