@@ -14,7 +14,7 @@ void usage_train(FILE *f) {
     fr_train_args_default(&d);
     fprintf(f,
             "usage: frugal train --config CONFIG.json --data DIR --out RUN_DIR (--steps N | --tokens N) [options]\n"
-            "       frugal train --resume RUN_DIR [--steps N | --tokens N] [--precision P]\n"
+            "       frugal train --resume RUN_DIR [--steps N | --tokens N] [--precision P] [--moments F]\n"
             "\n"
             "Trains a DeepSeek-V3-style model on token shards made by `frugal data prepare`. Writes\n"
             "checkpoints (Hugging Face folders RUN_DIR/ckpt-NNNNNNNN + training state), metrics.jsonl,\n"
@@ -44,6 +44,8 @@ void usage_train(FILE *f) {
             "                       faster than fp32, with a warning). fp8: DeepSeek-V3's recipe (E4M3,\n"
             "                       1x128 / 128x128 scales, FP32 accumulation; emulated on the CPU).\n"
             "                       Default fp32; with --resume: the saved one, or switch (recorded)\n"
+            "  --moments F          fp32 | bf16: how AdamW's two moments are stored (default: bf16 for fp8,\n"
+            "                       as DeepSeek-V3 does; fp32 otherwise)\n"
             "  --fp8-grad-tiles S   1x128 (the recipe) | 128x128: output-gradient tiles of fp8's\n"
             "                       input-gradient GEMM (the report's diverging experiment)\n"
             "  --warmup N           linear warmup steps (default %d)\n"
@@ -234,6 +236,13 @@ int cmd_train(int argc, char **argv) {
             if (strcmp(v, "fp32") != 0 && strcmp(v, "bf16") != 0 && strcmp(v, "fp8") != 0)
                 return cli_usage_error("train", usage_train, "--precision must be fp32, bf16 or fp8, got '%s'", v);
             snprintf(a.precision, sizeof a.precision, "%s", v);
+            continue;
+        }
+        if ((r = cli_opt_value("train", usage_train, argc, argv, &i, "--moments", &v)) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+            if (strcmp(v, "fp32") != 0 && strcmp(v, "bf16") != 0)
+                return cli_usage_error("train", usage_train, "--moments must be fp32 or bf16, got '%s'", v);
+            snprintf(a.moments, sizeof a.moments, "%s", v);
             continue;
         }
         if ((r = cli_opt_value("train", usage_train, argc, argv, &i, "--fp8-grad-tiles", &v)) != 0) {

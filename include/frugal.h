@@ -409,6 +409,9 @@ typedef struct {
                                         * recorded) */
     int fp8_grad_tile_rows;            /* fp8: 1 (1 x 128 output-gradient tiles, the recipe) or 128
                                         * (the 128 x 128 experiment); 0 = 1, or the saved one */
+    char moments[8];                   /* AdamW moments stored in "fp32" or "bf16"; "" = bf16 for
+                                        * fp8 (the recipe), fp32 otherwise; on resume the saved
+                                        * one unless given or the precision switches */
 } fr_train_args;
 
 /* Defaults: B 8, T 256, accumulation 1, lr 3e-3 cosine to 10 %, warmup 50, AdamW

@@ -18,6 +18,7 @@
  *     product of the dequantized operands within 2e-6 relative (FP32 accumulation, K = 512).
  */
 #include "frugal.h"
+#include "cpu/ops_cpu.h"
 #include "model/ops.h"
 #include "testutil.h"
 
@@ -163,11 +164,18 @@ static void test_emulated_gemm(const fr_ops *o) {
 int main(void) {
     make_values();
     const fr_ops *o = fr_ops_cpu();
-    test_codes_and_ties(o);
-    test_tiles(o, 200, 300, 1, 128, "1 x 128 (activation)");
-    test_tiles(o, 200, 300, 128, 128, "128 x 128 (weight)");
-    test_tiles(o, 200, 300, 128, 1, "128 x 1 (weight-gradient activation)");
-    test_nonfinite(o);
-    test_emulated_gemm(o);
+    /* every kernel level this CPU has: the AVX-512 quantizer and the scalar one */
+    for (int isa = FR_ISA_GENERIC; isa <= FR_ISA_AVX512; isa++) {
+        if (!fr_cpu_isa_supported(isa)) continue;
+        fr_cpu_set_isa(isa);
+        printf("kernels: %s\n", fr_cpu_isa_name(isa));
+        test_codes_and_ties(o);
+        test_tiles(o, 200, 300, 1, 128, "1 x 128 (activation)");
+        test_tiles(o, 200, 300, 128, 128, "128 x 128 (weight)");
+        test_tiles(o, 200, 300, 128, 1, "128 x 1 (weight-gradient activation)");
+        test_nonfinite(o);
+        test_emulated_gemm(o);
+    }
+    fr_cpu_set_isa(-1);
     return fr_test_finish("test_fp8_recipe");
 }

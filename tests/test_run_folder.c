@@ -445,6 +445,17 @@ static int count_in_metrics(const char *run_dir, const char *needle) {
     return n;
 }
 
+/* Parameters counted by the size of RUN/ckpt-STEP/training_state.bin with moments of
+ * `bytes` each (header 120 bytes, 2 moment arrays, 8-byte checksum); -1 if it does not fit. */
+static long state_params(const char *run_dir, long step, int bytes) {
+    char path[800];
+    snprintf(path, sizeof path, "%s/ckpt-%08ld/training_state.bin", run_dir, step);
+    struct stat st;
+    if (stat(path, &st) != 0) return -1;
+    const long body = (long)st.st_size - 120 - 8;
+    return body > 0 && body % (2 * bytes) == 0 ? body / (2 * bytes) : -1;
+}
+
 static void test_precision(void) {
     fr_train_args a;
     base_args(&a, "runP");
@@ -466,6 +477,12 @@ static void test_precision(void) {
     CHECK(count_in_metrics(a.run_dir, "\"precision\":\"fp8\"") == 3, "every step record says fp8");
     fr_ledger_entry e;
     CHECK(ledger_find(a.run_dir, 1, &e, NULL) && !strcmp(e.precision, "fp8"), "the ledger says fp8");
+    /* fp8 keeps AdamW's moments in BF16: recorded, and the state file holds 2 bytes each */
+    args_text = fr_test_read_file(path, NULL);
+    CHECK(args_text && strstr(args_text, "\"moments\":\t\"bf16\""), "fp8: moments bf16 recorded");
+    free(args_text);
+    const long n_params = state_params(a.run_dir, 3, 2);
+    CHECK(n_params > 0, "fp8: the state file holds BF16 moments (%ld parameters)", n_params);
     /* resume without a precision: fp8 still; with fp32: switched, recorded */
     fr_train_args r;
     memset(&r, 0, sizeof r);
@@ -484,6 +501,20 @@ static void test_precision(void) {
     CHECK(args_text && strstr(args_text, "\"precision\":\t\"fp32\""), "train_args.json records the switch");
     free(args_text);
     CHECK(ledger_find(a.run_dir, 1, &e, NULL) && !strcmp(e.precision, "fp32"), "the ledger records the switch");
+    CHECK(has_info(&h, "moments", "converted to fp32"), "the moments were converted from bf16 on the way in");
+    args_text = fr_test_read_file(path, NULL);
+    CHECK(args_text && strstr(args_text, "\"moments\":\t\"fp32\""), "fp32 from the switch on: moments fp32 recorded");
+    free(args_text);
+    CHECK(state_params(a.run_dir, 5, 4) == n_params, "and the step-5 state file holds FP32 moments");
+    /* back to bf16 moments by --moments alone */
+    r.max_steps = 6;
+    r.precision[0] = 0;
+    snprintf(r.moments, sizeof r.moments, "bf16");
+    memset(&h, 0, sizeof h);
+    CHECK(train(&r, 1, &h, &res) == FR_OK, "resume with --moments bf16: %s", fr_last_error());
+    CHECK(has_info(&h, "moments", "converted to bf16") && state_params(a.run_dir, 6, 2) == n_params,
+          "fp32 moments converted to bf16 and saved so");
+    r.moments[0] = 0;
     /* bf16: a run of its own; the path is announced, and a warning where it is a fallback */
     base_args(&a, "runB");
     fr_test_rm_rf(a.run_dir);

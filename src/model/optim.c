@@ -1,6 +1,7 @@
 /* optim.c — AdamW, gradient norm and the router-bias balancer, on host parameter memory
  * (the CPU backend's buffers are host memory; a device backend supplies its own). */
 #include "model/optim.h"
+#include "formats/numfmt.h"
 
 #include <math.h>
 #include <omp.h>
@@ -50,6 +51,31 @@ void fr_adamw_step(fr_model *m, float *mom, float *var, const fr_adamw_hparams *
             float vj = b2 * vt[j] + (1.0f - b2) * gj * gj;
             mt[j] = mj;
             vt[j] = vj;
+            p[j] = p[j] * decay - step_size * mj / (sqrtf(vj) * inv_sqrt_bc2 + eps);
+        }
+    }
+}
+
+void fr_adamw_step_bf16(fr_model *m, uint16_t *mom, uint16_t *var, const fr_adamw_hparams *h) {
+    const float b1 = (float)h->beta1, b2 = (float)h->beta2, eps = (float)h->eps;
+    const float gs = (float)h->grad_scale;
+    const double bc1 = 1.0 - pow(h->beta1, (double)h->step), bc2 = 1.0 - pow(h->beta2, (double)h->step);
+    const float step_size = (float)(h->lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
+    for (int i = 0; i < m->n_tensors; i++) {
+        const fr_tensor *t = &m->tensors[i];
+        if (!t->trainable) continue;
+        float *p = m->params + t->offset;
+        uint16_t *mt = mom + t->offset, *vt = var + t->offset;
+        const float *g = m->grads + t->offset;
+        const float decay = t->no_decay ? 1.0f : (float)(1.0 - h->lr * h->weight_decay);
+        const long n = (long)t->numel;
+#pragma omp parallel for schedule(static) if (n > 32768)
+        for (long j = 0; j < n; j++) {
+            float gj = g[j] * gs;
+            float mj = b1 * fr_bf16_decode(mt[j]) + (1.0f - b1) * gj;
+            float vj = b2 * fr_bf16_decode(vt[j]) + (1.0f - b2) * gj * gj;
+            mt[j] = fr_bf16_encode(mj);
+            vt[j] = fr_bf16_encode(vj);
             p[j] = p[j] * decay - step_size * mj / (sqrtf(vj) * inv_sqrt_bc2 + eps);
         }
     }

@@ -5,6 +5,8 @@
 
 #include "model/model_internal.h"
 
+#include <stdint.h>
+
 /* Global L2 norm of the trainable gradients times grad_scale. Deterministic: partial sums
  * over fixed-size chunks are added in chunk order whatever the thread count. */
 double fr_grad_norm(const fr_model *m, double grad_scale);
@@ -18,6 +20,10 @@ typedef struct {
 /* One AdamW step (decoupled weight decay, not applied to no_decay tensors) over every
  * trainable tensor. mom/var have the layout of the parameters (n_params floats each). */
 void fr_adamw_step(fr_model *m, float *mom, float *var, const fr_adamw_hparams *h);
+/* The same step with both moments stored in bfloat16 (DeepSeek-V3's recipe: half the
+ * optimizer memory): each moment is decoded, updated in FP32 exactly as fr_adamw_step does,
+ * and stored rounded to nearest even. */
+void fr_adamw_step_bf16(fr_model *m, uint16_t *mom, uint16_t *var, const fr_adamw_hparams *h);
 
 /* DeepSeek-V3 auxiliary-loss-free balancing: for each MoE block with a correction bias,
  * b_e += gamma * sign(mean load - load_e) from the step's assignment counts

@@ -21,6 +21,7 @@
 #include "core/internal.h"
 #include "model/model_internal.h"
 #include "cpu/ops_cpu.h"
+#include "formats/numfmt.h"
 #include "model/optim.h"
 #include "train/train_internal.h"
 
@@ -42,6 +43,9 @@
 
 #define STATE_MAGIC "FRTRAIN1"
 #define STATE_VERSION 1
+/* state_header.reserved: how the two moment arrays are stored (0 in files from before) */
+#define STATE_MOMENTS_FP32 0
+#define STATE_MOMENTS_BF16 1
 #define STATE_FILE "training_state.bin"
 
 /* ================================================================ data */
@@ -90,7 +94,8 @@ typedef struct {
     fr_model *m;
     fr_tokenizer *tok;          /* NULL if the data folder's tokenizer does not load */
     sampler data;
-    float *mom, *var;
+    void *mom, *var;            /* AdamW moments: float, or uint16_t BF16 codes (moments_bf16) */
+    int moments_bf16;
     long step, max_steps;
     long seg_first_step;        /* step at which this process started (ETA from its own pace) */
     double tokens_done, flops_done;
@@ -223,7 +228,7 @@ typedef struct {
 } state_header;
 
 /* FNV-1a over the header and both moment arrays: the last 8 bytes of training_state.bin. */
-static uint64_t state_checksum(const state_header *h, const float *mom, const float *var, size_t pbytes) {
+static uint64_t state_checksum(const state_header *h, const void *mom, const void *var, size_t pbytes) {
     uint64_t sum = fr_fnv1a64(FR_FNV1A64_OFFSET, h, sizeof *h);
     sum = fr_fnv1a64(sum, mom, pbytes);
     return fr_fnv1a64(sum, var, pbytes);
@@ -356,7 +361,8 @@ static int save_checkpoint(run *r, char *out_dir, size_t out_n) {
     h.wall_s = elapsed(r);
     h.n_params = r->m->n_params;
     memcpy(h.run_id, r->led.run_id, sizeof h.run_id);
-    const size_t pbytes = r->m->n_params * sizeof(float);
+    h.reserved = r->moments_bf16 ? STATE_MOMENTS_BF16 : STATE_MOMENTS_FP32;
+    const size_t pbytes = r->m->n_params * (r->moments_bf16 ? sizeof(uint16_t) : sizeof(float));
     uint64_t sum = state_checksum(&h, r->mom, r->var, pbytes);
     const void *parts[] = {&h, r->mom, r->var, &sum};
     const size_t lens[] = {sizeof h, pbytes, pbytes, sizeof sum};
@@ -398,37 +404,76 @@ static int save_checkpoint(run *r, char *out_dir, size_t out_n) {
     return FR_OK;
 }
 
-/* Read straight into the moment buffers: no transient copy of the 2 x n_params floats. */
+/* Moments stored in the other format than the run's: read in chunks and convert, the
+ * checksum taken over the bytes as stored. */
+static int read_converted(FILE *f, void *dst, int dst_bf16, size_t n, uint64_t *sum) {
+    enum { CHUNK = 1 << 16 };
+    static float fbuf[CHUNK];
+    static uint16_t hbuf[CHUNK];
+    for (size_t i = 0; i < n; i += CHUNK) {
+        const size_t k = n - i < CHUNK ? n - i : CHUNK;
+        if (dst_bf16) { /* file FP32 -> run BF16 */
+            if (fread(fbuf, sizeof(float), k, f) != k) return 0;
+            *sum = fr_fnv1a64(*sum, fbuf, k * sizeof(float));
+            for (size_t j = 0; j < k; j++) ((uint16_t *)dst)[i + j] = fr_bf16_encode(fbuf[j]);
+        } else { /* file BF16 -> run FP32 */
+            if (fread(hbuf, sizeof(uint16_t), k, f) != k) return 0;
+            *sum = fr_fnv1a64(*sum, hbuf, k * sizeof(uint16_t));
+            fr_bf16_decode_row((float *)dst + i, hbuf, (int)k);
+        }
+    }
+    return 1;
+}
+
+/* Read straight into the moment buffers when the file stores them as the run does: no
+ * transient copy of the 2 x n_params moments. Otherwise converted on the way in (a resume
+ * that switched the moment format, e.g. with the precision). */
 static int load_state(run *r, const char *dir) {
     char path[1300];
     snprintf(path, sizeof path, "%s/%s", dir, STATE_FILE);
     FILE *f = fopen(path, "rb");
     if (!f) return fr_error(FR_ERR_IO, "cannot open %s: %s", path, strerror(errno));
-    const size_t pbytes = r->m->n_params * sizeof(float);
-    const size_t want_len = sizeof(state_header) + 2 * pbytes + sizeof(uint64_t);
+    const size_t n = r->m->n_params;
+    const size_t run_bytes = n * (r->moments_bf16 ? sizeof(uint16_t) : sizeof(float));
     state_header h;
-    uint64_t want = 0;
-    int rc = FR_OK;
+    uint64_t want = 0, sum = 0;
+    int rc = FR_OK, file_bf16 = 0;
     long len = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
     rewind(f);
-    if (len < 0 || (size_t)len != want_len) {
-        rc = fr_error(FR_ERR_FORMAT, "%s: %ld bytes, expected %zu for %zu parameters (truncated or from another model)",
-                      path, len, want_len, r->m->n_params);
-    } else if (fread(&h, sizeof h, 1, f) != 1 || fread(r->mom, 1, pbytes, f) != pbytes ||
-               fread(r->var, 1, pbytes, f) != pbytes || fread(&want, sizeof want, 1, f) != 1) {
-        rc = fr_error(FR_ERR_IO, "cannot read %s", path);
-    } else if (memcmp(h.magic, STATE_MAGIC, 8) != 0 || h.version != STATE_VERSION) {
-        rc = fr_error(FR_ERR_FORMAT, "%s: not a frugal training state (bad magic or version)", path);
+    if (len < 0 || (size_t)len < sizeof h || fread(&h, sizeof h, 1, f) != 1) {
+        rc = fr_error(FR_ERR_FORMAT, "%s: %ld bytes, too short for a training state (truncated)", path, len);
+    } else if (memcmp(h.magic, STATE_MAGIC, 8) != 0 || h.version != STATE_VERSION ||
+               (h.reserved != STATE_MOMENTS_FP32 && h.reserved != STATE_MOMENTS_BF16)) {
+        rc = fr_error(FR_ERR_FORMAT, "%s: not a frugal training state (bad magic, version or moment format)", path);
     } else {
-        if (state_checksum(&h, r->mom, r->var, pbytes) != want)
-            rc = fr_error(FR_ERR_FORMAT, "%s: checksum mismatch (corrupted)", path);
+        file_bf16 = h.reserved == STATE_MOMENTS_BF16;
+        const size_t file_bytes = n * (file_bf16 ? sizeof(uint16_t) : sizeof(float));
+        const size_t want_len = sizeof h + 2 * file_bytes + sizeof(uint64_t);
+        if ((size_t)len != want_len) {
+            rc = fr_error(FR_ERR_FORMAT, "%s: %ld bytes, expected %zu for %zu parameters (truncated or from another model)",
+                          path, len, want_len, n);
+        } else if (file_bf16 == r->moments_bf16) {
+            if (fread(r->mom, 1, run_bytes, f) != run_bytes || fread(r->var, 1, run_bytes, f) != run_bytes)
+                rc = fr_error(FR_ERR_IO, "cannot read %s", path);
+            else
+                sum = state_checksum(&h, r->mom, r->var, run_bytes);
+        } else {
+            sum = fr_fnv1a64(FR_FNV1A64_OFFSET, &h, sizeof h);
+            if (!read_converted(f, r->mom, r->moments_bf16, n, &sum) || !read_converted(f, r->var, r->moments_bf16, n, &sum))
+                rc = fr_error(FR_ERR_IO, "cannot read %s", path);
+        }
+        if (rc == FR_OK && fread(&want, sizeof want, 1, f) != 1) rc = fr_error(FR_ERR_IO, "cannot read %s", path);
+        if (rc == FR_OK && sum != want) rc = fr_error(FR_ERR_FORMAT, "%s: checksum mismatch (corrupted)", path);
     }
     fclose(f);
     if (rc != FR_OK) {
-        memset(r->mom, 0, pbytes);
-        memset(r->var, 0, pbytes);
+        memset(r->mom, 0, run_bytes);
+        memset(r->var, 0, run_bytes);
         return rc;
     }
+    if (file_bf16 != r->moments_bf16)
+        info(r, "AdamW moments: the checkpoint's %s converted to %s", file_bf16 ? "bf16" : "fp32",
+             r->moments_bf16 ? "bf16" : "fp32");
     r->step = h.step;
     r->tokens_done = h.tokens;
     r->flops_done = h.flops;
@@ -665,7 +710,8 @@ static int train_steps(run *r, fr_train_result *res) {
         if (a->grad_clip > 0 && gnorm > a->grad_clip) clip = a->grad_clip / gnorm;
         const double lr = fr_train_lr(a, r->step, r->max_steps);
         fr_adamw_hparams hp = {lr, a->beta1, a->beta2, a->eps, a->weight_decay, r->step + 1, scale * clip};
-        fr_adamw_step(r->m, r->mom, r->var, &hp);
+        if (r->moments_bf16) fr_adamw_step_bf16(r->m, r->mom, r->var, &hp);
+        else fr_adamw_step(r->m, r->mom, r->var, &hp);
         if (n_moe > 0 && a->bias_update_speed > 0) fr_router_bias_update(r->m, counts, a->bias_update_speed);
         r->step++;
         r->tokens_done += (double)N * a->grad_accum;
@@ -864,7 +910,9 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
         if (args_in->precision[0] && strcmp(args_in->precision, args.precision[0] ? args.precision : "fp32") != 0) {
             snprintf(resumed_precision, sizeof resumed_precision, "%s", args.precision[0] ? args.precision : "fp32");
             snprintf(args.precision, sizeof args.precision, "%s", args_in->precision);
+            args.moments[0] = 0; /* the new precision's default, unless given below */
         }
+        if (args_in->moments[0]) snprintf(args.moments, sizeof args.moments, "%s", args_in->moments);
         const int saved_tiles = args.fp8_grad_tile_rows ? args.fp8_grad_tile_rows : 1;
         if (args_in->fp8_grad_tile_rows && args_in->fp8_grad_tile_rows != saved_tiles)
             return fr_error(FR_ERR_ARG, "cannot resume with other FP8 output-gradient tiles (the run has %s)",
@@ -949,8 +997,11 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
     if (rc == FR_OK) {
         fr_loss_weights w = {(float)args.mtp_lambda, (float)args.balance_alpha};
         fr_model_set_loss_weights(r.m, w);
-        r.mom = fr_alloc(r.m->n_params * sizeof(float));
-        r.var = fr_alloc(r.m->n_params * sizeof(float));
+        r.moments_bf16 = !strcmp(fr_train_moments(&args), "bf16");
+        if (r.moments_bf16) info(&r, "AdamW moments stored in bf16 (half the optimizer memory: %.1f MiB saved)",
+                                 r.m->n_params * 4.0 / 1048576.0);
+        r.mom = fr_alloc(r.m->n_params * (r.moments_bf16 ? sizeof(uint16_t) : sizeof(float)));
+        r.var = fr_alloc(r.m->n_params * (r.moments_bf16 ? sizeof(uint16_t) : sizeof(float)));
         if (!r.mom || !r.var) rc = fr_error(FR_ERR_NOMEM, "out of memory for the AdamW moments");
     }
     if (rc == FR_OK && from_ckpt) rc = load_state(&r, ckpt);
@@ -967,7 +1018,21 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
         rc = fr_train_write_json(path, j);
         cJSON_Delete(j);
     }
-    if (rc == FR_OK && resume && resumed_precision[0]) { /* the switch is the run's from now on */
+    char saved_moments[8] = {0}; /* the moment format train_args.json holds, to see a switch */
+    if (resume) {
+        char *text = NULL;
+        size_t len = 0;
+        snprintf(path, sizeof path, "%s/train_args.json", args.run_dir);
+        if (fr_read_file(path, &text, &len) == FR_OK) {
+            cJSON *j = cJSON_ParseWithLength(text, len);
+            const cJSON *mo = j ? cJSON_GetObjectItemCaseSensitive(j, "moments") : NULL;
+            snprintf(saved_moments, sizeof saved_moments, "%s", cJSON_IsString(mo) ? mo->valuestring : "fp32");
+            cJSON_Delete(j);
+            free(text);
+        }
+    }
+    const int moments_switch = resume && saved_moments[0] && strcmp(saved_moments, fr_train_moments(&args)) != 0;
+    if (rc == FR_OK && resume && (resumed_precision[0] || moments_switch)) { /* the switch is the run's from now on */
         snprintf(path, sizeof path, "%s/train_args.json", args.run_dir);
         char *text = NULL;
         size_t len = 0;
@@ -977,7 +1042,9 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
         if (rc == FR_OK && !j) rc = fr_error(FR_ERR_FORMAT, "%s is not valid JSON", path);
         if (rc == FR_OK) {
             cJSON_DeleteItemFromObjectCaseSensitive(j, "precision");
-            cJSON_AddStringToObject(j, "precision", args.precision);
+            cJSON_AddStringToObject(j, "precision", args.precision[0] ? args.precision : "fp32");
+            cJSON_DeleteItemFromObjectCaseSensitive(j, "moments");
+            cJSON_AddStringToObject(j, "moments", fr_train_moments(&args));
             rc = fr_train_write_json(path, j);
         }
         cJSON_Delete(j);

@@ -57,6 +57,8 @@ int fr_train_args_check(const fr_train_args *a) {
     if (a->precision[0] && strcmp(a->precision, "fp32") != 0 && strcmp(a->precision, "bf16") != 0 &&
         strcmp(a->precision, "fp8") != 0)
         return fr_error(FR_ERR_ARG, "unknown precision '%s' (fp32, bf16 or fp8)", a->precision);
+    if (a->moments[0] && strcmp(a->moments, "fp32") != 0 && strcmp(a->moments, "bf16") != 0)
+        return fr_error(FR_ERR_ARG, "unknown AdamW moment format '%s' (fp32 or bf16)", a->moments);
     if (a->fp8_grad_tile_rows != 0 && a->fp8_grad_tile_rows != 1 && a->fp8_grad_tile_rows != 128)
         return fr_error(FR_ERR_ARG, "FP8 output-gradient tiles are 1x128 or 128x128 (got %d rows)", a->fp8_grad_tile_rows);
     if (!a->run_dir[0] || !a->data_dir[0]) return fr_error(FR_ERR_ARG, "a run folder and a data folder are needed");
@@ -110,6 +112,7 @@ cJSON *fr_train_args_to_json(const fr_train_args *a) {
     cJSON_AddStringToObject(j, "schedule", SCHEDULES[a->schedule]);
     cJSON_AddStringToObject(j, "precision", a->precision[0] ? a->precision : "fp32");
     cJSON_AddStringToObject(j, "fp8_grad_tiles", a->fp8_grad_tile_rows == 128 ? "128x128" : "1x128");
+    cJSON_AddStringToObject(j, "moments", fr_train_moments(a));
     char seed[32];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)a->seed);
     cJSON_AddStringToObject(j, "seed", seed);
@@ -129,6 +132,11 @@ static int json_str(const cJSON *j, const char *key, char *out, size_t n, const 
     if (strlen(v->valuestring) >= n) return fr_error(FR_ERR_FORMAT, "%s: \"%s\" is too long", path, key);
     strcpy(out, v->valuestring);
     return FR_OK;
+}
+
+const char *fr_train_moments(const fr_train_args *a) {
+    if (a->moments[0]) return a->moments;
+    return !strcmp(a->precision, "fp8") ? "bf16" : "fp32";
 }
 
 int fr_train_args_from_json(fr_train_args *a, const char *text, size_t len, const char *path) {
@@ -161,6 +169,8 @@ int fr_train_args_from_json(fr_train_args *a, const char *text, size_t len, cons
     /* runs saved before precisions existed are fp32 */
     if (rc == FR_OK && cJSON_GetObjectItemCaseSensitive(j, "precision"))
         rc = json_str(j, "precision", a->precision, sizeof a->precision, path);
+    if (rc == FR_OK && cJSON_GetObjectItemCaseSensitive(j, "moments"))
+        rc = json_str(j, "moments", a->moments, sizeof a->moments, path);
     char tiles[16];
     if (rc == FR_OK && cJSON_GetObjectItemCaseSensitive(j, "fp8_grad_tiles") &&
         (rc = json_str(j, "fp8_grad_tiles", tiles, sizeof tiles, path)) == FR_OK) {

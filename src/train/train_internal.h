@@ -11,6 +11,8 @@
  * to and from train_args.json (path names the file in messages). */
 int fr_train_args_check(const fr_train_args *a);
 cJSON *fr_train_args_to_json(const fr_train_args *a);
+/* The run's AdamW moment format: a->moments, or the precision's default ("bf16" for fp8). */
+const char *fr_train_moments(const fr_train_args *a);
 int fr_train_args_from_json(fr_train_args *a, const char *text, size_t len, const char *path);
 /* Write j, pretty-printed and newline-terminated, to path atomically. */
 int fr_train_write_json(const char *path, cJSON *j);
