@@ -7,78 +7,119 @@
 #include <omp.h>
 #include <stdlib.h>
 
-#define NORM_CHUNK 65536
+/* The optimizer walks the trainable parameters in chunks of at most CHUNK elements, tensor
+ * by tensor, all in one parallel region: one region per tensor cost ~400 fork / join barriers
+ * a step on the demo model (bench_model counts them). The grad norm's partial sums are per
+ * chunk, added in chunk order, so the result does not depend on the thread count. */
+#define CHUNK 65536
 
-double fr_grad_norm(const fr_model *m, double grad_scale) {
-    double total = 0;
+typedef struct {
+    const fr_tensor *t;
+    size_t lo, hi;
+} opt_chunk;
+
+/* The chunk plan (malloc'd; NULL if out of memory); *n chunks. */
+static opt_chunk *plan_chunks(const fr_model *m, long *n) {
+    long count = 0;
+    for (int i = 0; i < m->n_tensors; i++)
+        if (m->tensors[i].trainable) count += (long)((m->tensors[i].numel + CHUNK - 1) / CHUNK);
+    opt_chunk *c = malloc((size_t)(count > 0 ? count : 1) * sizeof *c);
+    if (!c) return NULL;
+    long k = 0;
     for (int i = 0; i < m->n_tensors; i++) {
         const fr_tensor *t = &m->tensors[i];
         if (!t->trainable) continue;
-        const float *g = m->grads + t->offset;
-        const long n_chunks = (long)((t->numel + NORM_CHUNK - 1) / NORM_CHUNK);
-        double *partial = malloc((size_t)n_chunks * sizeof(double));
-        if (!partial) return NAN;
-#pragma omp parallel for schedule(static)
-        for (long c = 0; c < n_chunks; c++) {
-            size_t lo = (size_t)c * NORM_CHUNK, hi = lo + NORM_CHUNK < t->numel ? lo + NORM_CHUNK : t->numel;
-            double s = 0;
-            for (size_t j = lo; j < hi; j++) s += (double)g[j] * g[j];
-            partial[c] = s;
-        }
-        for (long c = 0; c < n_chunks; c++) total += partial[c];
-        free(partial);
+        for (size_t lo = 0; lo < t->numel; lo += CHUNK)
+            c[k++] = (opt_chunk){t, lo, lo + CHUNK < t->numel ? lo + CHUNK : t->numel};
     }
+    *n = count;
+    return c;
+}
+
+double fr_grad_norm(const fr_model *m, double grad_scale) {
+    long n = 0;
+    opt_chunk *c = plan_chunks(m, &n);
+    double *partial = malloc((size_t)(n > 0 ? n : 1) * sizeof(double));
+    if (!c || !partial) {
+        free(c);
+        free(partial);
+        return NAN;
+    }
+#pragma omp parallel for schedule(static)
+    for (long k = 0; k < n; k++) {
+        const float *g = m->grads + c[k].t->offset;
+        double s = 0;
+        for (size_t j = c[k].lo; j < c[k].hi; j++) s += (double)g[j] * g[j];
+        partial[k] = s;
+    }
+    double total = 0;
+    for (long k = 0; k < n; k++) total += partial[k];
+    free(partial);
+    free(c);
     return sqrt(total) * grad_scale;
 }
 
-void fr_adamw_step(fr_model *m, float *mom, float *var, const fr_adamw_hparams *h) {
-    const float b1 = (float)h->beta1, b2 = (float)h->beta2, eps = (float)h->eps;
-    const float gs = (float)h->grad_scale;
-    /* bias corrections folded into the step size and the epsilon, in double for accuracy */
+/* AdamW's per-step constants: bias corrections folded into the step size and the epsilon, in
+ * double for accuracy. */
+typedef struct {
+    float b1, b2, eps, gs, step_size, inv_sqrt_bc2;
+} adamw_consts;
+
+static adamw_consts adamw_prepare(const fr_adamw_hparams *h) {
     const double bc1 = 1.0 - pow(h->beta1, (double)h->step), bc2 = 1.0 - pow(h->beta2, (double)h->step);
-    const float step_size = (float)(h->lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
-    for (int i = 0; i < m->n_tensors; i++) {
-        const fr_tensor *t = &m->tensors[i];
-        if (!t->trainable) continue;
-        float *p = m->params + t->offset, *mt = mom + t->offset, *vt = var + t->offset;
-        const float *g = m->grads + t->offset;
-        const float decay = t->no_decay ? 1.0f : (float)(1.0 - h->lr * h->weight_decay);
-        const long n = (long)t->numel;
-#pragma omp parallel for schedule(static) if (n > 32768)
-        for (long j = 0; j < n; j++) {
-            float gj = g[j] * gs;
-            float mj = b1 * mt[j] + (1.0f - b1) * gj;
-            float vj = b2 * vt[j] + (1.0f - b2) * gj * gj;
-            mt[j] = mj;
-            vt[j] = vj;
-            p[j] = p[j] * decay - step_size * mj / (sqrtf(vj) * inv_sqrt_bc2 + eps);
-        }
-    }
+    return (adamw_consts){(float)h->beta1, (float)h->beta2, (float)h->eps, (float)h->grad_scale, (float)(h->lr / bc1),
+                          (float)(1.0 / sqrt(bc2))};
 }
 
-void fr_adamw_step_bf16(fr_model *m, uint16_t *mom, uint16_t *var, const fr_adamw_hparams *h) {
-    const float b1 = (float)h->beta1, b2 = (float)h->beta2, eps = (float)h->eps;
-    const float gs = (float)h->grad_scale;
-    const double bc1 = 1.0 - pow(h->beta1, (double)h->step), bc2 = 1.0 - pow(h->beta2, (double)h->step);
-    const float step_size = (float)(h->lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
-    for (int i = 0; i < m->n_tensors; i++) {
-        const fr_tensor *t = &m->tensors[i];
+static float adamw_decay(const fr_tensor *t, const fr_adamw_hparams *h) {
+    return t->no_decay ? 1.0f : (float)(1.0 - h->lr * h->weight_decay);
+}
+
+/* One element: the moments mj, vj updated in FP32 from their old values, the parameter moved. */
+static inline void adamw_elem(const adamw_consts *k, float decay, float *p, float g, float *mj, float *vj) {
+    const float gj = g * k->gs;
+    *mj = k->b1 * *mj + (1.0f - k->b1) * gj;
+    *vj = k->b2 * *vj + (1.0f - k->b2) * gj * gj;
+    *p = *p * decay - k->step_size * *mj / (sqrtf(*vj) * k->inv_sqrt_bc2 + k->eps);
+}
+
+/* Both steps run over the chunk plan in one region; without memory for the plan, over whole
+ * tensors on one thread (same numbers: the update is elementwise). Moments are float, or
+ * BF16 codes when bf16 is set. */
+static void adamw_run(fr_model *m, void *mom, void *var, int bf16, const fr_adamw_hparams *h) {
+    const adamw_consts k = adamw_prepare(h);
+    long n = 0;
+    opt_chunk *c = plan_chunks(m, &n);
+    const int whole = c == NULL;
+    if (whole) n = m->n_tensors;
+#pragma omp parallel for schedule(static) if (!whole)
+    for (long ci = 0; ci < n; ci++) {
+        const fr_tensor *t = whole ? &m->tensors[ci] : c[ci].t;
         if (!t->trainable) continue;
+        const size_t lo = whole ? 0 : c[ci].lo, hi = whole ? t->numel : c[ci].hi;
         float *p = m->params + t->offset;
-        uint16_t *mt = mom + t->offset, *vt = var + t->offset;
         const float *g = m->grads + t->offset;
-        const float decay = t->no_decay ? 1.0f : (float)(1.0 - h->lr * h->weight_decay);
-        const long n = (long)t->numel;
-#pragma omp parallel for schedule(static) if (n > 32768)
-        for (long j = 0; j < n; j++) {
-            float gj = g[j] * gs;
-            float mj = b1 * fr_bf16_decode(mt[j]) + (1.0f - b1) * gj;
-            float vj = b2 * fr_bf16_decode(vt[j]) + (1.0f - b2) * gj * gj;
-            mt[j] = fr_bf16_encode(mj);
-            vt[j] = fr_bf16_encode(vj);
-            p[j] = p[j] * decay - step_size * mj / (sqrtf(vj) * inv_sqrt_bc2 + eps);
+        const float decay = adamw_decay(t, h);
+        if (bf16) {
+            uint16_t *mt = (uint16_t *)mom + t->offset, *vt = (uint16_t *)var + t->offset;
+            for (size_t j = lo; j < hi; j++) {
+                float mj = fr_bf16_decode(mt[j]), vj = fr_bf16_decode(vt[j]);
+                adamw_elem(&k, decay, &p[j], g[j], &mj, &vj);
+                mt[j] = fr_bf16_encode(mj);
+                vt[j] = fr_bf16_encode(vj);
+            }
+        } else {
+            float *mt = (float *)mom + t->offset, *vt = (float *)var + t->offset;
+            for (size_t j = lo; j < hi; j++) adamw_elem(&k, decay, &p[j], g[j], &mt[j], &vt[j]);
         }
     }
+    free(c);
+}
+
+void fr_adamw_step(fr_model *m, float *mom, float *var, const fr_adamw_hparams *h) { adamw_run(m, mom, var, 0, h); }
+
+void fr_adamw_step_bf16(fr_model *m, uint16_t *mom, uint16_t *var, const fr_adamw_hparams *h) {
+    adamw_run(m, mom, var, 1, h);
 }
 
 void fr_router_bias_update(fr_model *m, const long *counts, double gamma) {
