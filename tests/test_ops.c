@@ -346,6 +346,7 @@ static void test_attention_cfg(int B, int T, int H, int dqk, int dv) {
 static void test_attention(void) {
     test_attention_cfg(2, 7, 2, 6, 4);
     test_attention_cfg(1, 19, 3, 40, 72); /* exercises the vector bodies and tails */
+    test_attention_cfg(2, 70, 2, 48, 32); /* several 16-key blocks of dots, no tail (d = 48) */
 }
 
 /* ------------------------------------------------------------------ MLA k/v split */

@@ -6,11 +6,13 @@
 
 For each config, both sides train the same DeepseekV3 architecture without MTP (transformers
 has no MTP head; our figure with MTP is in docs/performance.md separately):
-  - frugal: ./build/bench_model (forward + backward + AdamW, FP32), median step;
+  - frugal: ./build/bench_model (forward + backward + AdamW), median step, in --precision fp32
+    and bf16 (the BF16 GEMM path it ran is printed: AMX / AVX512-BF16 / fallback);
   - PyTorch: transformers' DeepseekV3ForCausalLM, torch.optim.AdamW, the same B x T random
     tokens, torch.set_num_threads(threads); FP32, and BF16 autocast (torch.autocast("cpu",
     dtype=torch.bfloat16)), median step after warmup.
-Prints a table with tokens/s and the ratio frugal / PyTorch, and one JSON line per row.
+Prints a table with tokens/s and the ratio frugal / PyTorch for every pair of precisions, the
+ratio of frugal bf16 to the better of PyTorch's two, and one JSON line per row.
 Pinned versions: tools/requirements.txt.
 """
 from __future__ import annotations
@@ -67,10 +69,11 @@ def torch_steps(cfg_path: str, batch: int, seq: int, steps: int, warmup: int, bf
     return statistics.median(times)
 
 
-def frugal_step(cfg_path: str, batch: int, seq: int, steps: int, threads: int) -> dict:
+def frugal_step(cfg_path: str, batch: int, seq: int, steps: int, threads: int, precision: str) -> dict:
     exe = os.path.join(ROOT, "build", "bench_model")
     out = subprocess.run([exe, "--config", cfg_path, "--batch", str(batch), "--seq", str(seq),
-                          "--steps", str(steps), "--warmup", "1", "--threads", str(threads)],
+                          "--steps", str(steps), "--warmup", "2", "--threads", str(threads),
+                          "--precision", precision],
                          check=True, capture_output=True, text=True).stdout
     line = [l for l in out.splitlines() if l.startswith("{")][-1]
     return json.loads(line)
@@ -94,23 +97,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for path in args.configs:
             cfg = no_mtp_config(path, tmp)
-            fr = frugal_step(cfg, args.batch, args.seq, args.steps, args.threads)
-            fr_tps = fr["tokens_per_s"]
+            fr = {p: frugal_step(cfg, args.batch, args.seq, args.steps, args.threads, p) for p in ("fp32", "bf16")}
+            torch_tps = {}
             for bf16 in (False, True):
                 dt = torch_steps(cfg, args.batch, args.seq, args.steps, args.warmup, bf16)
-                row = {"bench": "train_vs_torch", "config": os.path.basename(path), "mtp": 0,
-                       "batch": args.batch, "seq": args.seq, "threads": args.threads,
-                       "torch_precision": "bf16-autocast" if bf16 else "fp32",
-                       "torch_tokens_per_s": round(tokens / dt, 1), "frugal_precision": "fp32",
-                       "frugal_tokens_per_s": fr_tps, "frugal_mfu": fr["fraction_of_peak"],
-                       "peak_gflops": fr["peak_gflops"], "ratio": round(fr_tps / (tokens / dt), 2),
-                       "torch": torch.__version__, "transformers": transformers.__version__}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                torch_tps["bf16-autocast" if bf16 else "fp32"] = tokens / dt
+            for fp, f in fr.items():
+                for tp, tps in torch_tps.items():
+                    row = {"bench": "train_vs_torch", "config": os.path.basename(path), "mtp": 0,
+                           "batch": args.batch, "seq": args.seq, "threads": args.threads,
+                           "torch_precision": tp, "torch_tokens_per_s": round(tps, 1), "frugal_precision": fp,
+                           "frugal_gemm_path": f.get("gemm_path", "?"), "frugal_tokens_per_s": f["tokens_per_s"],
+                           "frugal_mfu": f["fraction_of_peak"], "peak_gflops": f["peak_gflops"],
+                           "ratio": round(f["tokens_per_s"] / tps, 2),
+                           "torch": torch.__version__, "transformers": transformers.__version__}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+            best = max(torch_tps.values())
+            print(f"{os.path.basename(path)}: frugal bf16 / frugal fp32 = "
+                  f"{fr['bf16']['tokens_per_s'] / fr['fp32']['tokens_per_s']:.2f}x; frugal bf16 / best PyTorch "
+                  f"= {fr['bf16']['tokens_per_s'] / best:.2f}x (bf16 path: {fr['bf16'].get('gemm_path', '?')})",
+                  flush=True)
     print()
-    print(f"{'config':<22} {'torch prec':<14} {'torch tok/s':>12} {'frugal tok/s':>13} {'frugal MFU':>11} {'ratio':>7}")
+    print(f"{'config':<22} {'frugal':<7} {'torch prec':<14} {'torch tok/s':>12} {'frugal tok/s':>13} "
+          f"{'frugal MFU':>11} {'ratio':>7}")
     for r in rows:
-        print(f"{r['config']:<22} {r['torch_precision']:<14} {r['torch_tokens_per_s']:>12.1f} "
+        print(f"{r['config']:<22} {r['frugal_precision']:<7} {r['torch_precision']:<14} {r['torch_tokens_per_s']:>12.1f} "
               f"{r['frugal_tokens_per_s']:>13.1f} {100 * r['frugal_mfu']:>10.1f}% {r['ratio']:>6.2f}x")
 
 
