@@ -162,38 +162,48 @@ static void rope_backward(float *dx, int N, int n_heads, int row_stride, int hea
 }
 
 /* ------------------------------------------------------------------ attention
- * One (b, h, query t) row at a time; the scores of a row live in a per-thread buffer
- * of length T, so memory is O(threads * T), never O(T^2). */
+ * Causal attention in tiles of ATT_TILE query rows: a tile's scores against the keys it may
+ * see (S = scale Q K^T, then P = softmax) and its output (P V) are matrix products on the
+ * backend's GEMM, run single-threaded inside the parallel loop, and the backward likewise
+ * (dP = dO V^T, dQ = dS K, dK += dS^T Q, dV += P^T dO). Row-at-a-time dot products spent more
+ * in horizontal sums than in multiplies. Memory: one ATT_TILE x T score buffer (two in the
+ * backward) per thread, never T x T. */
+#define ATT_TILE 64
 
 static void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                               int B, int T, int H, int dqk, int dv, float scale) {
     const fr_cpu_vec *vo = fr_cpu_vec_ops();
-    long rows = (long)B * H * T;
-    int par = rows * (long)T * (dqk + dv) / 2 >= PAR_MIN_WORK && rows > 1;
-    size_t qs = (size_t)H * dqk, vs = (size_t)H * dv;
+    const int n_tiles = (T + ATT_TILE - 1) / ATT_TILE;
+    const long items = (long)B * H * n_tiles;
+    const int par = (long)B * H * T * (long)T * (dqk + dv) / 2 >= PAR_MIN_WORK && items > 1;
+    const size_t qs = (size_t)H * dqk, vs = (size_t)H * dv;
 #pragma omp parallel if (par)
     {
-        float *s = malloc((size_t)T * sizeof(float));
-        /* schedule(static, 1) interleaves rows so the causal (triangular) work is balanced */
-#pragma omp for schedule(static, 1)
-        for (long r = 0; r < rows; r++) {
-            int t = (int)(r % T);
-            long bh = r / T;
-            int h = (int)(bh % H), b = (int)(bh / H);
+        float *s = malloc((size_t)ATT_TILE * T * sizeof(float));
+        /* dynamic: later tiles see more keys; each tile's numbers do not depend on the thread */
+#pragma omp for schedule(dynamic, 1)
+        for (long it = 0; it < items; it++) {
             if (!s) continue;
-            const float *qt = q + ((size_t)b * T + t) * qs + (size_t)h * dqk;
+            const long bh = it / n_tiles;
+            const int h = (int)(bh % H), b = (int)(bh / H);
+            const int t0 = (int)(it % n_tiles) * ATT_TILE, t1 = t0 + ATT_TILE < T ? t0 + ATT_TILE : T;
+            const int tq = t1 - t0, n = t1; /* the tile's rows see keys 0 .. t1 - 1 at most */
+            const float *q0 = q + ((size_t)b * T + t0) * qs + (size_t)h * dqk;
             const float *k0 = k + (size_t)b * T * qs + (size_t)h * dqk;
             const float *v0 = v + (size_t)b * T * vs + (size_t)h * dv;
-            float *o = out + ((size_t)b * T + t) * vs + (size_t)h * dv;
-            int n = t + 1;
-            vo->dots(s, qt, k0, qs, n, dqk, scale);
-            float m = vo->max(s, n);
-            float sum = vo->expsum(s, s, n, m);
-            float inv = 1.0f / sum;
-            for (int j = 0; j < n; j++) s[j] *= inv;
-            memset(o, 0, (size_t)dv * sizeof(float));
-            vo->axpys(o, s, v0, vs, n, dv);
-            lse[bh * T + t] = m + logf(sum);
+            float *o0 = out + ((size_t)b * T + t0) * vs + (size_t)h * dv;
+            fr_cpu_gemm(0, 1, tq, n, dqk, scale, q0, (int)qs, k0, (int)qs, 0.0f, s, n);
+            for (int i = 0; i < tq; i++) {
+                float *row = s + (size_t)i * n;
+                const int len = t0 + i + 1;
+                const float m = vo->max(row, len);
+                const float sum = vo->expsum(row, row, len, m);
+                const float inv = 1.0f / sum;
+                for (int j = 0; j < len; j++) row[j] *= inv;
+                memset(row + len, 0, (size_t)(n - len) * sizeof(float)); /* the future: masked */
+                lse[bh * T + t0 + i] = m + logf(sum);
+            }
+            fr_cpu_gemm(0, 0, tq, dv, n, 1.0f, s, n, v0, (int)vs, 0.0f, o0, (int)vs);
         }
         free(s);
     }
@@ -211,8 +221,8 @@ static void attention_backward(float *dq, float *dk, float *dv, const float *dou
     size_t qs = (size_t)H * dqk, vs = (size_t)H * dvd;
 #pragma omp parallel if (par)
     {
-        float *p = malloc((size_t)2 * T * sizeof(float));
-        float *dp = p ? p + T : NULL;
+        float *p = malloc((size_t)2 * ATT_TILE * T * sizeof(float));
+        float *dp = p ? p + (size_t)ATT_TILE * T : NULL;
 #pragma omp for schedule(static)
         for (int bh = 0; bh < BH; bh++) {
             int h = bh % H, b = bh / H;
@@ -224,22 +234,26 @@ static void attention_backward(float *dq, float *dk, float *dv, const float *dou
                 memset(dk0 + t * qs, 0, (size_t)dqk * sizeof(float));
                 memset(dv0 + t * vs, 0, (size_t)dvd * sizeof(float));
             }
-            for (int t = 0; t < T; t++) {
-                int n = t + 1;
-                const float *qt = q + (row0 + t) * qs + (size_t)h * dqk;
-                const float *dot_ = dout + (row0 + t) * vs + (size_t)h * dvd;
-                const float *ot = out + (row0 + t) * vs + (size_t)h * dvd;
-                float *dqt = dq + (row0 + t) * qs + (size_t)h * dqk;
-                float l = lse[(size_t)bh * T + t];
-                vo->dots(p, qt, k0, qs, n, dqk, scale);
-                vo->expsum(p, p, n, l);
-                vo->dots(dp, dot_, v0, vs, n, dvd, 1.0f);
-                float Dt = vo->dot(dot_, ot, dvd);
-                for (int j = 0; j < n; j++) dp[j] = scale * (p[j] * (dp[j] - Dt)); /* scale * dS */
-                memset(dqt, 0, (size_t)dqk * sizeof(float));
-                vo->axpys(dqt, dp, k0, qs, n, dqk);
-                vo->rank1s(dk0, qs, dp, qt, n, dqk);
-                vo->rank1s(dv0, vs, p, dot_, n, dvd);
+            for (int t0 = 0; t0 < T; t0 += ATT_TILE) {
+                const int t1 = t0 + ATT_TILE < T ? t0 + ATT_TILE : T, tq = t1 - t0, n = t1;
+                const float *q0 = q + (row0 + t0) * qs + (size_t)h * dqk;
+                const float *do0 = dout + (row0 + t0) * vs + (size_t)h * dvd;
+                float *dq0 = dq + (row0 + t0) * qs + (size_t)h * dqk;
+                fr_cpu_gemm(0, 1, tq, n, dqk, scale, q0, (int)qs, k0, (int)qs, 0.0f, p, n);   /* S */
+                fr_cpu_gemm(0, 1, tq, n, dvd, 1.0f, do0, (int)vs, v0, (int)vs, 0.0f, dp, n);  /* dP */
+                for (int i = 0; i < tq; i++) {
+                    const int t = t0 + i, len = t + 1;
+                    float *pr = p + (size_t)i * n, *dpr = dp + (size_t)i * n;
+                    vo->expsum(pr, pr, len, lse[(size_t)bh * T + t]); /* P */
+                    const float Dt = vo->dot(dout + (row0 + t) * vs + (size_t)h * dvd,
+                                             out + (row0 + t) * vs + (size_t)h * dvd, dvd);
+                    for (int j = 0; j < len; j++) dpr[j] = scale * (pr[j] * (dpr[j] - Dt)); /* scale * dS */
+                    memset(pr + len, 0, (size_t)(n - len) * sizeof(float));
+                    memset(dpr + len, 0, (size_t)(n - len) * sizeof(float));
+                }
+                fr_cpu_gemm(0, 0, tq, dqk, n, 1.0f, dp, n, k0, (int)qs, 0.0f, dq0, (int)qs);  /* dQ */
+                fr_cpu_gemm(1, 0, n, dqk, tq, 1.0f, dp, n, q0, (int)qs, 1.0f, dk0, (int)qs);  /* dK += */
+                fr_cpu_gemm(1, 0, n, dvd, tq, 1.0f, p, n, do0, (int)vs, 1.0f, dv0, (int)vs);  /* dV += */
             }
         }
         free(p);

@@ -236,6 +236,7 @@ static int gcd(int a, int b) {
 }
 
 static int threads_for(double flops) {
+    if (omp_in_parallel()) return 1; /* called from an op's own parallel loop (attention tiles) */
     int nth = omp_get_max_threads();
     if (flops < 4e6) return 1;
     if (nth > 1 && flops / nth < 1e6) nth = (int)(flops / 1e6) > 1 ? (int)(flops / 1e6) : 1;
