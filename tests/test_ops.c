@@ -422,6 +422,21 @@ static void test_swiglu_elementwise(void) {
             if (!(fabs(hw[i] - ref) <= 8 * FLT_EPSILON * fabs(ref) + 1e-30)) bad++;
         }
         CHECK(bad == 0, "[%s] swiglu forward, wide range: %d of %d values off", g_isa, bad, NW);
+        /* the backward over the same values, against double: within 16 ulps of the terms'
+         * magnitudes (1 + g (1 - s) cancels near g = -1.28, so not of the result) */
+        float dhw[NW], dgw[NW], duw[NW];
+        for (int i = 0; i < NW; i++) dhw[i] = (float)(1.0 - 0.0015 * i);
+        O->swiglu_backward(dgw, duw, dhw, gw, uw, NW);
+        bad = 0;
+        for (int i = 0; i < NW; i++) {
+            const double g = gw[i], sg = 1.0 / (1.0 + exp(-g)), d = dhw[i], u = uw[i];
+            const double rdg = d * u * sg * (1.0 + g * (1.0 - sg)), rdu = d * g * sg;
+            const double mag = fabs(d * u * sg) * (1.0 + fabs(g) * (1.0 - sg));
+            if (!(fabs(dgw[i] - rdg) <= 16 * FLT_EPSILON * mag + 1e-30) ||
+                !(fabs(duw[i] - rdu) <= 8 * FLT_EPSILON * fabs(rdu) + 1e-30))
+                bad++;
+        }
+        CHECK(bad == 0, "[%s] swiglu backward, wide range: %d of %d values off", g_isa, bad, NW);
     }
     float *dg = fnew(n), *du = fnew(n);
     O->swiglu_backward(dg, du, e.r, e.g, e.u, n);

@@ -311,13 +311,12 @@ static void swiglu_forward(float *h, const float *g, const float *u, size_t n) {
 
 /* h = g s(g) u:  dg = dh u s (1 + g (1 - s)),  du = dh g s  (dg/du may alias g/u) */
 static void swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
+    const fr_cpu_vec *vo = fr_cpu_vec_ops();
+    const long chunks = (long)((n + SWIGLU_CHUNK - 1) / SWIGLU_CHUNK);
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN_WORK)
-    for (size_t i = 0; i < n; i++) {
-        float gi = g[i], ui = u[i], d = dh[i];
-        float s = sigmoidf_(gi);
-        float silu = gi * s;
-        dg[i] = d * ui * s * (1.0f + gi * (1.0f - s));
-        du[i] = d * silu;
+    for (long c = 0; c < chunks; c++) {
+        const size_t i = (size_t)c * SWIGLU_CHUNK, len = n - i < SWIGLU_CHUNK ? n - i : SWIGLU_CHUNK;
+        vo->swiglu_backward(dg + i, du + i, dh + i, g + i, u + i, (int)len);
     }
 }
 

@@ -45,6 +45,9 @@ typedef struct {
      * versions use their vector exp (1-2 ulp), and the last n % width values the scalar
      * formula, so a value depends only on its position, never on threads */
     void (*swiglu)(float *h, const float *g, const float *u, int n);
+    /* SwiGLU backward for i < n: s = sigmoid(g), dg = dh u s (1 + g (1 - s)), du = dh g s
+     * (the same sigmoid as swiglu; position-only dependence likewise) */
+    void (*swiglu_backward)(float *dg, float *du, const float *dh, const float *g, const float *u, int n);
 } fr_cpu_vec;
 
 const fr_cpu_vec *fr_cpu_vec_ops(void);

@@ -67,8 +67,18 @@ static void swiglu_generic(float *h, const float *g, const float *u, int n) {
     }
 }
 
-static const fr_cpu_vec vec_generic = {dots_generic, axpys_generic,  rank1s_generic, dot_generic,
-                                       max_generic,  expsum_generic, swiglu_generic};
+/* SwiGLU backward: s = sigmoid(g); dg = dh u s (1 + g (1 - s)), du = dh g s */
+static void swiglu_backward_generic(float *dg, float *du, const float *dh, const float *g, const float *u, int n) {
+    for (int i = 0; i < n; i++) {
+        const float gi = g[i], s = 1.0f / (1.0f + expf(-gi)), d = dh[i];
+        dg[i] = d * u[i] * s * (1.0f + gi * (1.0f - s));
+        du[i] = d * (gi * s);
+    }
+}
+
+static const fr_cpu_vec vec_generic = {dots_generic,   axpys_generic,  rank1s_generic,
+                                       dot_generic,    max_generic,    expsum_generic,
+                                       swiglu_generic, swiglu_backward_generic};
 
 /* ------------------------------------------------------------------ AVX2 + FMA */
 
@@ -269,7 +279,23 @@ T_AVX2 static void swiglu_avx2(float *h, const float *g, const float *u, int n) 
     swiglu_generic(h + i, g + i, u + i, n - i);
 }
 
-static const fr_cpu_vec vec_avx2 = {dots_avx2, axpys_avx2, rank1s_avx2, dot_avx2, max_avx2, expsum_avx2, swiglu_avx2};
+T_AVX2 static void swiglu_backward_avx2(float *dg, float *du, const float *dh, const float *g, const float *u, int n) {
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) { /* the sigmoid as in swiglu_avx2 */
+        const __m256 gv = _mm256_loadu_ps(g + i), d = _mm256_loadu_ps(dh + i);
+        const __m256 e = exp256(_mm256_or_ps(gv, sign));
+        const __m256 r = _mm256_div_ps(one, _mm256_add_ps(one, e));
+        const __m256 s = _mm256_blendv_ps(r, _mm256_mul_ps(e, r), gv);
+        const __m256 ds = _mm256_mul_ps(_mm256_mul_ps(d, _mm256_loadu_ps(u + i)), s);
+        _mm256_storeu_ps(dg + i, _mm256_mul_ps(ds, _mm256_fmadd_ps(gv, _mm256_sub_ps(one, s), one)));
+        _mm256_storeu_ps(du + i, _mm256_mul_ps(d, _mm256_mul_ps(gv, s)));
+    }
+    swiglu_backward_generic(dg + i, du + i, dh + i, g + i, u + i, n - i);
+}
+
+static const fr_cpu_vec vec_avx2 = {dots_avx2, axpys_avx2,  rank1s_avx2, dot_avx2,
+                                    max_avx2,  expsum_avx2, swiglu_avx2, swiglu_backward_avx2};
 
 /* ------------------------------------------------------------------ AVX-512F */
 
@@ -461,8 +487,25 @@ T_AVX512 static void swiglu_avx512(float *h, const float *g, const float *u, int
     swiglu_generic(h + i, g + i, u + i, n - i);
 }
 
+T_AVX512 static void swiglu_backward_avx512(float *dg, float *du, const float *dh, const float *g, const float *u,
+                                            int n) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) { /* the sigmoid as in swiglu_avx512 */
+        const __m512 gv = _mm512_loadu_ps(g + i), d = _mm512_loadu_ps(dh + i);
+        const __m512 e = exp512(_mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(gv), _mm512_set1_epi32(INT32_MIN))));
+        const __m512 r = _mm512_div_ps(one, _mm512_add_ps(one, e));
+        const __mmask16 neg = _mm512_cmplt_epi32_mask(_mm512_castps_si512(gv), _mm512_setzero_si512());
+        const __m512 s = _mm512_mask_mul_ps(r, neg, e, r);
+        const __m512 ds = _mm512_mul_ps(_mm512_mul_ps(d, _mm512_loadu_ps(u + i)), s);
+        _mm512_storeu_ps(dg + i, _mm512_mul_ps(ds, _mm512_fmadd_ps(gv, _mm512_sub_ps(one, s), one)));
+        _mm512_storeu_ps(du + i, _mm512_mul_ps(d, _mm512_mul_ps(gv, s)));
+    }
+    swiglu_backward_generic(dg + i, du + i, dh + i, g + i, u + i, n - i);
+}
+
 static const fr_cpu_vec vec_avx512 = {dots_avx512, axpys_avx512,  rank1s_avx512, dot_avx512,
-                                      max_avx512,  expsum_avx512, swiglu_avx512};
+                                      max_avx512,  expsum_avx512, swiglu_avx512, swiglu_backward_avx512};
 
 /* ------------------------------------------------------------------ table of the current isa */
 
