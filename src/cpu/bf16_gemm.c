@@ -151,18 +151,18 @@ static pthread_once_t g_path_once = PTHREAD_ONCE_INIT;
 static dnnl_engine_t g_engine;
 static dnnl_stream_t g_stream;
 
-/* Primitives. oneDNN's fastest BF16 kernels (brgemm) are built for one exact shape, which takes
- * ~0.4 ms; a primitive whose dimensions are given at execution builds in ~0.1 ms, once per
- * transpose / alpha / beta case, but runs a general kernel (up to 2x slower on small shapes).
- * A shape runs the general one until it has been seen PROMOTE_AFTER times, then gets its own:
- * the dense layers repeat their shapes every step and soon run brgemm, while the MoE experts,
- * whose row counts change every step, do not pay a build per call. */
-#define PROMOTE_AFTER 3
+/* Primitives. oneDNN's fastest BF16 kernels (brgemm) are built for one exact shape (~0.4 ms
+ * each), and every shape gets its own on first use: which kernel multiplies (and so the order
+ * of its additions) then depends on the shape alone, never on what ran before, so a resumed
+ * run repeats an uninterrupted one bit for bit. M and K are padded to multiples of PAD, so
+ * the MoE experts' changing token counts fall into a bounded set of shapes. A primitive whose
+ * dimensions are given at execution (a general kernel, once per transpose / alpha / beta
+ * case) runs a shape only if oneDNN cannot build one for it. */
 #define PAD 16           /* M and K are rounded up to this (fr_cpu_gemm_bf16) */
-#define SHAPE_SLOTS 4096 /* open addressing; emptied when three quarters full */
+#define SHAPE_SLOTS 1024 /* open addressing; emptied (primitives freed) when three quarters full */
 
 typedef struct {
-    int used, seen;
+    int used;
     int ta, tb, M, N, K, ldc;
     float alpha, beta;
     dnnl_primitive_t prim;
@@ -235,7 +235,7 @@ static void clear_shapes(void) {
     g_n_shapes = 0;
 }
 
-/* The shape's entry, its sightings counted; NULL when the table was just emptied. */
+/* The shape's entry (new ones without a primitive yet). */
 static shape_entry *shape_find(int ta, int tb, int M, int N, int K, int ldc, float alpha, float beta) {
     uint64_t h = 1469598103934665603ull;
     const int key[6] = {ta * 2 + tb, M, N, K, ldc, (int)(alpha * 1024) ^ (int)(beta * 4096)};
@@ -244,15 +244,14 @@ static shape_entry *shape_find(int ta, int tb, int M, int N, int K, int ldc, flo
         shape_entry *e = &g_shapes[i];
         if (e->used && e->ta == ta && e->tb == tb && e->M == M && e->N == N && e->K == K && e->ldc == ldc &&
             e->alpha == alpha && e->beta == beta) {
-            e->seen++;
             return e;
         }
         if (!e->used) {
-            if (g_n_shapes >= SHAPE_SLOTS * 3 / 4) {
+            if (g_n_shapes >= SHAPE_SLOTS * 3 / 4) { /* full: start over, this shape first */
                 clear_shapes();
-                return NULL;
+                e = &g_shapes[h % SHAPE_SLOTS];
             }
-            *e = (shape_entry){.used = 1, .seen = 1, .ta = ta, .tb = tb, .M = M, .N = N, .K = K, .ldc = ldc,
+            *e = (shape_entry){.used = 1, .ta = ta, .tb = tb, .M = M, .N = N, .K = K, .ldc = ldc,
                                .alpha = alpha, .beta = beta};
             g_n_shapes++;
             return e;
@@ -399,13 +398,13 @@ static int padded_onednn_gemm(dnnl_primitive_t prim, int ta, int tb, int M, int 
     return rc;
 }
 
-/* oneDNN's general kernel for a shape's first PROMOTE_AFTER - 1 calls, then one built for it. */
+/* The shape's own kernel, built on its first call; the general one if that cannot be built. */
 static int dispatch(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
                     float beta, float *C, int ldc) {
     const int Mp = (M + PAD - 1) / PAD * PAD, Kp = (K + PAD - 1) / PAD * PAD;
     const int ldc_run = Mp == M ? ldc : N; /* the C oneDNN writes: C itself, or the scratch */
     shape_entry *e = shape_find(ta, tb, Mp, N, Kp, ldc_run, alpha, beta);
-    if (e && e->seen >= PROMOTE_AFTER && !e->prim && !e->failed) {
+    if (e && !e->prim && !e->failed) {
         e->prim = create_prim(ta, tb, Mp, N, Kp, ldc_run, alpha, beta, 0, NULL, 0);
         e->failed = !e->prim;
     }
