@@ -43,7 +43,8 @@ static void usage(FILE *f) {
             "  --no-adamw     time forward + backward only (default: the whole step, AdamW included)\n"
             "  --precision P  fp32 | bf16 | fp8 for the block linears (default fp32)\n"
             "  --no-mtp       drop the config's MTP modules (num_nextn_predict_layers = 0)\n"
-            "  --gemm-shapes  also print the 20 GEMM shapes that took the most time\n"
+            "  --gemm-shapes  also print the 20 GEMM shapes that took the most time (a grouped call\n"
+            "                 of n products: M = -n, N and K of its first product)\n"
             "\n"
             "OpenMP regions per step: LD_PRELOAD=build/libomp_count.so bench_model ...\n");
 }
@@ -128,6 +129,23 @@ static int timed_gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, con
     g_gemm_calls++;
     shape_add(ta, tb, M, N, K, dt);
     return rc;
+}
+
+static void timed_gemm_grouped(int ta, int tb, float alpha, float beta, const fr_gemm_desc *g, int n) {
+    const double t0 = bench_now();
+    g_real->gemm_grouped(ta, tb, alpha, beta, g, n);
+    const double dt = bench_now() - t0;
+    g_gemm_s += dt;
+    g_gemm_calls++;
+    double flops = 0;
+    for (int i = 0; i < n; i++) flops += 2.0 * g[i].M * g[i].N * g[i].K;
+    if (g_by_shape && n > 0) { /* one row per (transposes, group size) */
+        shape_add(ta, tb, -n, g[0].N, g[0].K, dt);
+        for (int i = 0; i < g_n_shape; i++)
+            if (g_shape[i].M == -n && g_shape[i].ta == ta && g_shape[i].tb == tb && g_shape[i].N == g[0].N &&
+                g_shape[i].K == g[0].K)
+                g_shape[i].flops += flops - 2.0 * -n * g[0].N * g[0].K;
+    }
 }
 
 /* OpenMP parallel regions entered so far, when bench/omp_count.c is preloaded; -1 if not. */
@@ -276,6 +294,7 @@ int main(int argc, char **argv) {
     g_timed = *m->ops;
     g_timed.gemm = timed_gemm;
     g_timed.gemm_bf16 = timed_gemm_bf16;
+    g_timed.gemm_grouped = timed_gemm_grouped;
     m->ops = &g_timed;
     const long regions0 = omp_regions();
     const double tp0 = bench_now();

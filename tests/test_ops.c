@@ -811,6 +811,45 @@ static void run_gemm(int ta, int tb, int M, int N, int K, const float *A, const 
     O->gemm(ta, tb, M, N, K, 1.f, A, ta ? M : K, B, tb ? K : N, 0.f, C, N);
 }
 
+/* gemm_grouped: products of different shapes (an empty one, K = 0, M = 1) in one call equal
+ * the same products made one gemm call at a time, bit for bit (gemm's result does not depend
+ * on the thread count, test_determinism), for beta 0 (C holding NaN, not read) and beta 1;
+ * C's padding columns stay untouched. */
+static void test_gemm_grouped(void) {
+    enum { NG = 7 };
+    const int shape[NG][3] = {{300, 96, 256}, {1, 96, 256}, {0, 96, 256}, {57, 96, 0}, {129, 96, 256}, {640, 96, 256},
+                              {33, 96, 17}};
+    for (int t = 0; t < 4; t++) {
+        const int ta = t & 1, tb = t >> 1;
+        for (int bi = 0; bi < 2; bi++) {
+            const float beta = bi ? 1.0f : 0.0f;
+            fr_gemm_desc g[NG];
+            float *A[NG], *B[NG], *C[NG], *R[NG];
+            for (int i = 0; i < NG; i++) {
+                const int M = shape[i][0], N = shape[i][1], K = shape[i][2], ldc = N + 3;
+                A[i] = frand((size_t)(M ? M : 1) * (K ? K : 1), -1, 1);
+                B[i] = frand((size_t)(K ? K : 1) * N, -1, 1);
+                C[i] = frand((size_t)(M ? M : 1) * ldc, -1, 1);
+                R[i] = fnew((size_t)(M ? M : 1) * ldc);
+                if (!bi)
+                    for (int r = 0; r < M; r++)
+                        for (int c = 0; c < N; c++) C[i][(size_t)r * ldc + c] = NAN;
+                memcpy(R[i], C[i], (size_t)(M ? M : 1) * ldc * sizeof(float));
+                g[i] = (fr_gemm_desc){M, N, K, A[i], ta ? M : K, B[i], tb ? K : N, C[i], ldc};
+                O->gemm(ta, tb, M, N, K, 0.5f, A[i], ta ? M : K, B[i], tb ? K : N, beta, R[i], ldc);
+            }
+            O->gemm_grouped(ta, tb, 0.5f, beta, g, NG);
+            int same = 1;
+            for (int i = 0; i < NG; i++)
+                if (shape[i][0] && memcmp(C[i], R[i], (size_t)shape[i][0] * (shape[i][1] + 3) * sizeof(float)) != 0)
+                    same = 0;
+            CHECK(same, "[%s] gemm_grouped ta=%d tb=%d beta=%g equals one gemm at a time, bit for bit", g_isa, ta, tb,
+                  beta);
+            for (int i = 0; i < NG; i++) free(A[i]), free(B[i]), free(C[i]), free(R[i]);
+        }
+    }
+}
+
 static void test_determinism(void) {
     int M = 200, N = 300, K = 700;
     float *A = frand((size_t)M * K, -1, 1), *B = frand((size_t)K * N, -1, 1);
@@ -893,6 +932,7 @@ int main(void) {
         test_rmsnorm();
         test_rope();
         test_attention();
+        test_gemm_grouped();
         test_mla_split();
         test_swiglu_elementwise();
         test_cross_entropy();

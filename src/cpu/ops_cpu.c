@@ -615,6 +615,7 @@ static const fr_ops cpu_ops = {
     .to_host = cpu_copy,
     .to_device = cpu_copy,
     .gemm = fr_cpu_gemm,
+    .gemm_grouped = fr_cpu_gemm_grouped,
     .gemm_bf16 = fr_cpu_gemm_bf16,
     .fp8_quantize = fr_cpu_fp8_quantize,
     .embedding_forward = embedding_forward,

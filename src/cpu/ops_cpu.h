@@ -72,6 +72,10 @@ void fr_cpu_bf16_round_row(float *dst, const float *src, int n);
  * it for this CPU); the emulation is then set. */
 int fr_cpu_bf16_gemm_set_path(const char *name);
 
+/* fr_ops.gemm_grouped of the CPU backend (ops_cpu_gemm.c). */
+struct fr_gemm_desc;
+void fr_cpu_gemm_grouped(int transA, int transB, float alpha, float beta, const struct fr_gemm_desc *g, int n);
+
 /* The GEMM of the backend (ops_cpu_gemm.c), same contract as fr_ops.gemm. */
 void fr_cpu_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc);

@@ -17,6 +17,7 @@
  * by the same sequence of operations whatever the number of threads.
  */
 #include "cpu/ops_cpu.h"
+#include "model/ops.h"
 
 #include <immintrin.h>
 #include <omp.h>
@@ -428,4 +429,41 @@ blocked:;
     }
     free(Bp);
     free(Ap);
+}
+
+/* ------------------------------------------------------------------ grouped
+ * The products of a group run one per thread at a time inside a single parallel region
+ * (each single-threaded: our kernels see omp_in_parallel(), oneDNN likewise), largest first
+ * so the last ones to start are the short ones. A small expert GEMM split over all threads
+ * pays a fork, a join and thin partitions; a group pays one region. Each product's result
+ * depends only on its own shape, not on the thread that ran it. */
+void fr_cpu_gemm_grouped(int transA, int transB, float alpha, float beta, const fr_gemm_desc *g, int n) {
+    if (n <= 0) return;
+    int *order = malloc((size_t)n * sizeof *order);
+    double flops = 0;
+    for (int i = 0; i < n; i++) flops += 2.0 * g[i].M * g[i].N * g[i].K;
+    if (!order || n == 1 || flops < 4e6) { /* too small to share out (or no memory for the order) */
+        for (int i = 0; i < n; i++)
+            fr_cpu_gemm(transA, transB, g[i].M, g[i].N, g[i].K, alpha, g[i].A, g[i].lda, g[i].B, g[i].ldb, beta,
+                        g[i].C, g[i].ldc);
+        free(order);
+        return;
+    }
+    for (int i = 0; i < n; i++) order[i] = i;
+    for (int i = 1; i < n; i++) { /* insertion sort by work, largest first (n is the expert count) */
+        const int k = order[i];
+        const double wk = (double)g[k].M * g[k].N * g[k].K;
+        int j = i - 1;
+        while (j >= 0 && (double)g[order[j]].M * g[order[j]].N * g[order[j]].K < wk) {
+            order[j + 1] = order[j];
+            j--;
+        }
+        order[j + 1] = k;
+    }
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int i = 0; i < n; i++) {
+        const fr_gemm_desc *d = &g[order[i]];
+        fr_cpu_gemm(transA, transB, d->M, d->N, d->K, alpha, d->A, d->lda, d->B, d->ldb, beta, d->C, d->ldc);
+    }
+    free(order);
 }

@@ -9,6 +9,7 @@
  */
 #include "model/block.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 /* q_a_layernorm and kv_a_layernorm use a fixed eps of 1e-6, whatever rms_norm_eps says:
@@ -215,6 +216,50 @@ static fr_route_params route_params(const fr_config *c) {
     return p;
 }
 
+/* The routed experts' GEMMs of one kind as one grouped call (fr_ops.gemm_grouped) in FP32;
+ * bf16 and fp8 go expert by expert through fr_qlinear_*. For expert e over its cnt_e tokens
+ * (rows off_e .. off_e + cnt_e of the token-sorted buffers):
+ *   kind FWD:  Y_e[cnt, out] = X_e W_e^T           (beta 0)
+ *   kind DX:   dX_e[cnt, in] (beta)= dY_e W_e
+ *   kind DW:   dW_e[out, in] += dY_e^T X_e
+ * Up to two weight sets (W1 / W2 with their own X / Y) go in the same group. */
+enum { EXPERTS_FWD, EXPERTS_DX, EXPERTS_DW };
+
+typedef struct {
+    float *y;        /* FWD: output rows; DX: dX rows; DW: dW of expert 0 */
+    const float *x;  /* FWD: input rows; DX: dY rows; DW: dY rows */
+    const float *x2; /* DW: the X rows */
+    const float *w;  /* FWD / DX: W of expert 0 */
+    int ldy, ldx, ldx2;
+} expert_operands;
+
+static int experts_grouped(fr_model *m, const fr_block_acts *a, size_t expert_numel, int E, int kind, int in, int out,
+                           float beta, const expert_operands *ops, int n_ops) {
+    fr_gemm_desc *g = malloc((size_t)E * n_ops * sizeof *g);
+    if (!g) return 0;
+    int n = 0;
+    for (int k = 0; k < n_ops; k++) {
+        const expert_operands *p = &ops[k];
+        for (int e = 0; e < E; e++) {
+            const int off = a->offsets[e], cnt = a->offsets[e + 1] - off;
+            if (cnt == 0) continue;
+            if (kind == EXPERTS_FWD)
+                g[n++] = (fr_gemm_desc){cnt, out, in, p->x + (size_t)off * p->ldx, p->ldx, p->w + e * expert_numel, in,
+                                        p->y + (size_t)off * p->ldy, p->ldy};
+            else if (kind == EXPERTS_DX)
+                g[n++] = (fr_gemm_desc){cnt, in, out, p->x + (size_t)off * p->ldx, p->ldx, p->w + e * expert_numel, in,
+                                        p->y + (size_t)off * p->ldy, p->ldy};
+            else
+                g[n++] = (fr_gemm_desc){out, in, cnt, p->x + (size_t)off * p->ldx, p->ldx, p->x2 + (size_t)off * p->ldx2,
+                                        p->ldx2, p->y + e * expert_numel, in};
+        }
+    }
+    const int ta = kind == EXPERTS_DW, tb = kind == EXPERTS_FWD;
+    m->ops->gemm_grouped(ta, tb, 1.0f, beta, g, n);
+    free(g);
+    return 1;
+}
+
 static void moe_forward(fr_model *m, const fr_block *b, fr_block_acts *a, int N, float *out) {
     const fr_ops *o = m->ops;
     const fr_config *c = &m->cfg;
@@ -232,21 +277,27 @@ static void moe_forward(fr_model *m, const fr_block *b, fr_block_acts *a, int N,
     /* dropless: sort routing slots by expert, one GEMM per expert over its tokens */
     o->moe_permute(a->perm_token, a->slot_pos, a->offsets, a->topk_idx, N, K, E);
     o->moe_dispatch_forward(a->xe, a->ffn_xn, a->perm_token, N * K, H);
-    for (int e = 0; e < E; e++) {
-        int off = a->offsets[e], cnt = a->offsets[e + 1] - off;
-        if (cnt == 0) continue;
-        fr_qlinear_forward(m, a->ge + (size_t)off * Im, Im, a->xe + (size_t)off * H, H,
-                       P(b->exp_gate) + e * expert_numel, H, cnt, H, Im, 0.0f);
-        fr_qlinear_forward(m, a->ue + (size_t)off * Im, Im, a->xe + (size_t)off * H, H,
-                       P(b->exp_up) + e * expert_numel, H, cnt, H, Im, 0.0f);
-    }
+    const int grouped = m->precision == FR_PREC_FP32;
+    const expert_operands gate_up[2] = {{a->ge, a->xe, NULL, P(b->exp_gate), Im, H, 0},
+                                        {a->ue, a->xe, NULL, P(b->exp_up), Im, H, 0}};
+    if (!grouped || !experts_grouped(m, a, expert_numel, E, EXPERTS_FWD, H, Im, 0.0f, gate_up, 2))
+        for (int e = 0; e < E; e++) {
+            int off = a->offsets[e], cnt = a->offsets[e + 1] - off;
+            if (cnt == 0) continue;
+            fr_qlinear_forward(m, a->ge + (size_t)off * Im, Im, a->xe + (size_t)off * H, H,
+                               P(b->exp_gate) + e * expert_numel, H, cnt, H, Im, 0.0f);
+            fr_qlinear_forward(m, a->ue + (size_t)off * Im, Im, a->xe + (size_t)off * H, H,
+                               P(b->exp_up) + e * expert_numel, H, cnt, H, Im, 0.0f);
+        }
     o->swiglu_forward(a->he, a->ge, a->ue, (size_t)N * K * Im);
-    for (int e = 0; e < E; e++) {
-        int off = a->offsets[e], cnt = a->offsets[e + 1] - off;
-        if (cnt == 0) continue;
-        fr_qlinear_forward(m, a->ye + (size_t)off * H, H, a->he + (size_t)off * Im, Im,
-                       P(b->exp_down) + e * expert_numel, Im, cnt, Im, H, 0.0f);
-    }
+    const expert_operands down = {a->ye, a->he, NULL, P(b->exp_down), H, Im, 0};
+    if (!grouped || !experts_grouped(m, a, expert_numel, E, EXPERTS_FWD, Im, H, 0.0f, &down, 1))
+        for (int e = 0; e < E; e++) {
+            int off = a->offsets[e], cnt = a->offsets[e + 1] - off;
+            if (cnt == 0) continue;
+            fr_qlinear_forward(m, a->ye + (size_t)off * H, H, a->he + (size_t)off * Im, Im,
+                               P(b->exp_down) + e * expert_numel, Im, cnt, Im, H, 0.0f);
+        }
     o->memset0(out, (size_t)N * H * sizeof(float));
     o->moe_combine_forward(out, a->ye, a->topk_w, a->slot_pos, N, K, H);
 
@@ -273,24 +324,38 @@ static void moe_backward(fr_model *m, const fr_block *b, fr_block_acts *a, int B
                      G(b->mlp_up), G(b->mlp_down), a->g, a->u, a->h, s->dg, s->du, s->dh, N, H, b->mlp_inter);
 
     o->moe_combine_backward(s->dye, s->dtopk_w, dout, a->ye, a->topk_w, a->slot_pos, N, K, H);
-    for (int e = 0; e < E; e++) {
-        int off = a->offsets[e], cnt = a->offsets[e + 1] - off;
-        if (cnt == 0) continue;
-        fr_qlinear_backward(m, s->dhe + (size_t)off * Im, Im, 0.0f, G(b->exp_down) + e * expert_numel, Im,
-                        s->dye + (size_t)off * H, H, a->he + (size_t)off * Im, Im,
-                        P(b->exp_down) + e * expert_numel, Im, cnt, Im, H);
-    }
+    /* FP32: five grouped calls (the gate's and up's input gradients add into the same dX, so
+     * they are two groups, one after the other) */
+    const int grouped = m->precision == FR_PREC_FP32;
+    const expert_operands d_down_x = {s->dhe, s->dye, NULL, P(b->exp_down), Im, H, 0};
+    const expert_operands d_down_w = {G(b->exp_down), s->dye, a->he, NULL, 0, H, Im};
+    if (!grouped || !experts_grouped(m, a, expert_numel, E, EXPERTS_DX, Im, H, 0.0f, &d_down_x, 1) ||
+        !experts_grouped(m, a, expert_numel, E, EXPERTS_DW, Im, H, 1.0f, &d_down_w, 1))
+        for (int e = 0; e < E; e++) {
+            int off = a->offsets[e], cnt = a->offsets[e + 1] - off;
+            if (cnt == 0) continue;
+            fr_qlinear_backward(m, s->dhe + (size_t)off * Im, Im, 0.0f, G(b->exp_down) + e * expert_numel, Im,
+                                s->dye + (size_t)off * H, H, a->he + (size_t)off * Im, Im,
+                                P(b->exp_down) + e * expert_numel, Im, cnt, Im, H);
+        }
     o->swiglu_backward(s->dge, s->due, s->dhe, a->ge, a->ue, (size_t)N * K * Im);
-    for (int e = 0; e < E; e++) {
-        int off = a->offsets[e], cnt = a->offsets[e + 1] - off;
-        if (cnt == 0) continue;
-        fr_qlinear_backward(m, s->dxe + (size_t)off * H, H, 0.0f, G(b->exp_gate) + e * expert_numel, H,
-                        s->dge + (size_t)off * Im, Im, a->xe + (size_t)off * H, H,
-                        P(b->exp_gate) + e * expert_numel, H, cnt, H, Im);
-        fr_qlinear_backward(m, s->dxe + (size_t)off * H, H, 1.0f, G(b->exp_up) + e * expert_numel, H,
-                        s->due + (size_t)off * Im, Im, a->xe + (size_t)off * H, H,
-                        P(b->exp_up) + e * expert_numel, H, cnt, H, Im);
-    }
+    const expert_operands d_gate_x = {s->dxe, s->dge, NULL, P(b->exp_gate), H, Im, 0};
+    const expert_operands d_up_x = {s->dxe, s->due, NULL, P(b->exp_up), H, Im, 0};
+    const expert_operands d_gate_up_w[2] = {{G(b->exp_gate), s->dge, a->xe, NULL, 0, Im, H},
+                                            {G(b->exp_up), s->due, a->xe, NULL, 0, Im, H}};
+    if (!grouped || !experts_grouped(m, a, expert_numel, E, EXPERTS_DX, H, Im, 0.0f, &d_gate_x, 1) ||
+        !experts_grouped(m, a, expert_numel, E, EXPERTS_DX, H, Im, 1.0f, &d_up_x, 1) ||
+        !experts_grouped(m, a, expert_numel, E, EXPERTS_DW, H, Im, 1.0f, d_gate_up_w, 2))
+        for (int e = 0; e < E; e++) {
+            int off = a->offsets[e], cnt = a->offsets[e + 1] - off;
+            if (cnt == 0) continue;
+            fr_qlinear_backward(m, s->dxe + (size_t)off * H, H, 0.0f, G(b->exp_gate) + e * expert_numel, H,
+                                s->dge + (size_t)off * Im, Im, a->xe + (size_t)off * H, H,
+                                P(b->exp_gate) + e * expert_numel, H, cnt, H, Im);
+            fr_qlinear_backward(m, s->dxe + (size_t)off * H, H, 1.0f, G(b->exp_up) + e * expert_numel, H,
+                                s->due + (size_t)off * Im, Im, a->xe + (size_t)off * H, H,
+                                P(b->exp_up) + e * expert_numel, H, cnt, H, Im);
+        }
     o->moe_dispatch_backward(s->d_xn, s->dxe, a->slot_pos, N, K, H);
 
     /* router: gate weights (and optionally the balance loss) -> router logits -> x */

@@ -34,6 +34,17 @@ typedef struct {
     float routed_scaling_factor;
 } fr_route_params;
 
+/* One product of a grouped GEMM (fr_ops.gemm_grouped). */
+typedef struct fr_gemm_desc {
+    int M, N, K;
+    const float *A;
+    int lda;
+    const float *B;
+    int ldb;
+    float *C;
+    int ldc;
+} fr_gemm_desc;
+
 typedef struct fr_ops {
     const char *name;
     int host_memory;   /* 1: device pointers are host pointers (no copies needed to read them) */
@@ -56,6 +67,13 @@ typedef struct fr_ops {
      *               d weight  gemm(1,0, out,in,N, 1, dy,out, x,in, 1, dW,in) */
     void (*gemm)(int transA, int transB, int M, int N, int K, float alpha,
                  const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
+    /* ---- grouped matrix multiply: n independent products C_i = alpha op(A_i) op(B_i) + beta C_i
+     * with the transposes, alpha and beta of gemm's contract and each its own shape (M, N or K
+     * may be 0: then C_i = beta C_i, or nothing if M or N is 0). The C_i must not overlap. A
+     * backend may run them concurrently (CPU: one parallel region, a product per thread at a
+     * time): the MoE experts' GEMMs of one kind in one call instead of one call per expert. */
+    void (*gemm_grouped)(int transA, int transB, float alpha, float beta, const struct fr_gemm_desc *g, int n);
 
     /* ---- BF16 matrix multiply for mixed-precision training: the contract of gemm, with
      * op(A) and op(B) rounded to bfloat16 (round to nearest even) and the products
