@@ -8,13 +8,14 @@
 # when nothing is missing. OpenMP (libgomp) comes with gcc. clang (with its libFuzzer
 # runtime) runs the parsers' fuzz targets in the test suite (tests/fuzz/run.sh).
 # The CPU backend runs its matrix products through oneDNN (libdnnl-dev; measured faster than
-# our own kernels, docs/performance.md). `frugal serve` links libmicrohttpd; its tests use
+# our own kernels, docs/performance.md); multi-process training runs on OpenMPI (openmpi-bin,
+# libopenmpi-dev: src/comm/, tests under mpirun). `frugal serve` links libmicrohttpd; its tests use
 # curl, python3 (tests/test_serve.py; the openai client itself comes from
 # `make serve-test-deps`, a venv, never from apt) and chromium (headless, for the chat page).
 # `make fixtures` uses Python (tools/requirements.txt).
 set -euo pipefail
 
-PACKAGES=(build-essential cmake pkg-config libcjson-dev libpcre2-dev libmicrohttpd-dev libdnnl-dev curl chromium python3 python3-venv bible-kjv-text bible-kjv clang libclang-rt-14-dev)
+PACKAGES=(build-essential cmake pkg-config libcjson-dev libpcre2-dev libmicrohttpd-dev libdnnl-dev openmpi-bin libopenmpi-dev curl chromium python3 python3-venv bible-kjv-text bible-kjv clang libclang-rt-14-dev)
 
 usage() {
     cat <<USAGE

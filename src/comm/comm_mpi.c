@@ -1,0 +1,131 @@
+/*
+ * comm_mpi.c — fr_comm over MPI (OpenMPI from Debian's libopenmpi-dev), built when CMake finds
+ * MPI (FR_HAVE_MPI). MPI_COMM_WORLD gets MPI_ERRORS_RETURN, so a failed collective comes back
+ * as an error naming it; MPI counts are int, so a part above INT_MAX values is refused rather
+ * than cut.
+ */
+#include "comm/comm.h"
+#include "core/internal.h"
+
+#ifdef FR_HAVE_MPI
+#include <limits.h>
+#include <mpi.h>
+#include <stdlib.h>
+
+typedef struct {
+    int *counts, *displs, *counts2, *displs2; /* [size] each, for the v-collectives */
+    int finalize;                             /* this process called MPI_Init */
+} mpi_state;
+
+static int mpi_fail(int err, const char *what) {
+    char msg[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(err, msg, &len);
+    return fr_error(FR_ERR_IO, "MPI %s failed: %.*s", what, len, msg);
+}
+
+/* counts (size_t) -> int counts and displacements; FR_ERR_UNSUPPORTED past INT_MAX */
+static int to_int_counts(const fr_comm *c, const size_t *counts, int *ic, int *displs, const char *what) {
+    size_t off = 0;
+    for (int r = 0; r < c->size; r++) {
+        if (counts[r] > INT_MAX || off > INT_MAX)
+            return fr_error(FR_ERR_UNSUPPORTED, "MPI %s: %zu values to one rank, more than an MPI count holds", what,
+                            counts[r]);
+        ic[r] = (int)counts[r];
+        displs[r] = (int)off;
+        off += counts[r];
+    }
+    return FR_OK;
+}
+
+static int m_allreduce(fr_comm *c, float *buf, size_t n) {
+    (void)c;
+    for (size_t off = 0; off < n; off += INT_MAX / 2) { /* in pieces an int count holds */
+        const size_t k = n - off < (size_t)INT_MAX / 2 ? n - off : (size_t)INT_MAX / 2;
+        const int err = MPI_Allreduce(MPI_IN_PLACE, buf + off, (int)k, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+        if (err != MPI_SUCCESS) return mpi_fail(err, "all-reduce");
+    }
+    return FR_OK;
+}
+
+static int m_reduce_scatter(fr_comm *c, float *out, const float *in, const size_t *counts) {
+    mpi_state *s = c->impl;
+    FR_CHECK(to_int_counts(c, counts, s->counts, s->displs, "reduce-scatter"));
+    const int err = MPI_Reduce_scatter(in, out, s->counts, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    return err == MPI_SUCCESS ? FR_OK : mpi_fail(err, "reduce-scatter");
+}
+
+static int m_allgather(fr_comm *c, float *out, const float *in, const size_t *counts) {
+    mpi_state *s = c->impl;
+    FR_CHECK(to_int_counts(c, counts, s->counts, s->displs, "all-gather"));
+    const int err =
+        MPI_Allgatherv(in, s->counts[c->rank], MPI_FLOAT, out, s->counts, s->displs, MPI_FLOAT, MPI_COMM_WORLD);
+    return err == MPI_SUCCESS ? FR_OK : mpi_fail(err, "all-gather");
+}
+
+static int m_alltoallv(fr_comm *c, float *out, const size_t *recv_counts, const float *in, const size_t *send_counts) {
+    mpi_state *s = c->impl;
+    FR_CHECK(to_int_counts(c, send_counts, s->counts, s->displs, "all-to-all"));
+    FR_CHECK(to_int_counts(c, recv_counts, s->counts2, s->displs2, "all-to-all"));
+    const int err = MPI_Alltoallv(in, s->counts, s->displs, MPI_FLOAT, out, s->counts2, s->displs2, MPI_FLOAT,
+                                  MPI_COMM_WORLD);
+    return err == MPI_SUCCESS ? FR_OK : mpi_fail(err, "all-to-all");
+}
+
+static int m_barrier(fr_comm *c) {
+    (void)c;
+    const int err = MPI_Barrier(MPI_COMM_WORLD);
+    return err == MPI_SUCCESS ? FR_OK : mpi_fail(err, "barrier");
+}
+
+static void m_abort(fr_comm *c, int code) {
+    (void)c;
+    MPI_Abort(MPI_COMM_WORLD, code);
+    exit(code); /* not reached */
+}
+
+static void m_free(fr_comm *c) {
+    mpi_state *s = c->impl;
+    if (s) {
+        if (s->finalize) MPI_Finalize();
+        free(s->counts);
+        free(s);
+    }
+    free(c);
+}
+
+static const fr_comm_ops MPI_OPS = {"mpi",       m_allreduce, m_reduce_scatter, m_allgather,
+                                    m_alltoallv, m_barrier,   m_abort,          m_free};
+
+int fr_comm_mpi_init(fr_comm **out, int *argc, char ***argv) {
+    int inited = 0;
+    MPI_Initialized(&inited);
+    if (!inited) {
+        int provided = 0; /* the trainer's threads are OpenMP inside one MPI-calling thread */
+        if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+            return fr_error(FR_ERR_IO, "MPI_Init failed");
+    }
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    fr_comm *c = calloc(1, sizeof *c);
+    mpi_state *s = calloc(1, sizeof *s);
+    int size = 1, rank = 0;
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    int *counts = calloc(4 * (size_t)size, sizeof(int));
+    if (!c || !s || !counts) {
+        free(c), free(s), free(counts);
+        return fr_error(FR_ERR_NOMEM, "out of memory");
+    }
+    s->counts = counts, s->displs = counts + size, s->counts2 = counts + 2 * size, s->displs2 = counts + 3 * size;
+    s->finalize = !inited;
+    c->ops = &MPI_OPS, c->rank = rank, c->size = size, c->impl = s;
+    *out = c;
+    return FR_OK;
+}
+
+#else /* built without MPI: fr_comm_init never calls this */
+int fr_comm_mpi_init(fr_comm **out, int *argc, char ***argv) {
+    (void)out, (void)argc, (void)argv;
+    return fr_error(FR_ERR_UNSUPPORTED, "frugal was built without MPI");
+}
+#endif
