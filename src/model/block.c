@@ -79,27 +79,38 @@ void fr_qlinear_forward(fr_model *m, float *y, int ldy, const float *x, int ldx,
     if (qx && qw) m->ops->gemm(0, 1, N, out, in, 1.0f, qx, in, qw, in, beta, y, ldy);
 }
 
-void fr_qlinear_backward(fr_model *m, float *dx, int lddx, float beta_dx, float *dW, int lddw, const float *dy,
-                         int lddy, const float *x, int ldx, const float *W, int ldw, int N, int in, int out) {
+/* dx[N,in] (beta_dx)= dy · W, reduced over out */
+static void qlinear_backward_dx(fr_model *m, float *dx, int lddx, float beta_dx, const float *dy, int lddy,
+                                const float *W, int ldw, int N, int in, int out) {
     if (m->precision == FR_PREC_BF16) {
-        if (dx) bf16_gemm(m, 0, 0, N, in, out, dy, lddy, W, ldw, beta_dx, dx, lddx);
-        bf16_gemm(m, 1, 0, out, in, N, dy, lddy, x, ldx, 1.0f, dW, lddw);
-        return;
-    }
-    if (m->precision != FR_PREC_FP8) {
-        fr_linear_backward(m->ops, dx, lddx, beta_dx, dW, lddw, dy, lddy, x, ldx, W, ldw, N, in, out);
-        return;
-    }
-    const fr_ops *o = m->ops;
-    if (dx) { /* dx = dy · W, reduced over out; dy in 1 x 128 tiles (or the 128 x 128 experiment) */
+        bf16_gemm(m, 0, 0, N, in, out, dy, lddy, W, ldw, beta_dx, dx, lddx);
+    } else if (m->precision != FR_PREC_FP8) {
+        m->ops->gemm(0, 0, N, in, out, 1.0f, dy, lddy, W, ldw, beta_dx, dx, lddx);
+    } else { /* dy in 1 x 128 tiles (or the 128 x 128 experiment), W in 128 x 128 blocks */
         const float *qdy = fp8_operand(m, 0, dy, lddy, N, out, m->fp8_grad_tile_rows, FP8_TILE);
         const float *qw = fp8_operand(m, 1, W, ldw, out, in, FP8_TILE, FP8_TILE);
-        if (qdy && qw) o->gemm(0, 0, N, in, out, 1.0f, qdy, out, qw, in, beta_dx, dx, lddx);
+        if (qdy && qw) m->ops->gemm(0, 0, N, in, out, 1.0f, qdy, out, qw, in, beta_dx, dx, lddx);
     }
-    /* dW += dy^T · x, reduced over the N tokens: both re-tiled 128 x 1 */
-    const float *qdy = fp8_operand(m, 0, dy, lddy, N, out, FP8_TILE, 1);
-    const float *qx = fp8_operand(m, 1, x, ldx, N, in, FP8_TILE, 1);
-    if (qdy && qx) o->gemm(1, 0, out, in, N, 1.0f, qdy, out, qx, in, 1.0f, dW, lddw);
+}
+
+/* dW[out,in] += dy^T · x, reduced over the N tokens */
+static void qlinear_backward_dw(fr_model *m, float *dW, int lddw, const float *dy, int lddy, const float *x, int ldx,
+                                int N, int in, int out) {
+    if (m->precision == FR_PREC_BF16) {
+        bf16_gemm(m, 1, 0, out, in, N, dy, lddy, x, ldx, 1.0f, dW, lddw);
+    } else if (m->precision != FR_PREC_FP8) {
+        m->ops->gemm(1, 0, out, in, N, 1.0f, dy, lddy, x, ldx, 1.0f, dW, lddw);
+    } else { /* both re-tiled 128 x 1 */
+        const float *qdy = fp8_operand(m, 0, dy, lddy, N, out, FP8_TILE, 1);
+        const float *qx = fp8_operand(m, 1, x, ldx, N, in, FP8_TILE, 1);
+        if (qdy && qx) m->ops->gemm(1, 0, out, in, N, 1.0f, qdy, out, qx, in, 1.0f, dW, lddw);
+    }
+}
+
+void fr_qlinear_backward(fr_model *m, float *dx, int lddx, float beta_dx, float *dW, int lddw, const float *dy,
+                         int lddy, const float *x, int ldx, const float *W, int ldw, int N, int in, int out) {
+    if (dx) qlinear_backward_dx(m, dx, lddx, beta_dx, dy, lddy, W, ldw, N, in, out);
+    qlinear_backward_dw(m, dW, lddw, dy, lddy, x, ldx, N, in, out);
 }
 
 /* ---------------------------------------------------------------- MLA attention */
@@ -216,13 +227,15 @@ static fr_route_params route_params(const fr_config *c) {
     return p;
 }
 
-/* The routed experts' GEMMs of one kind as one grouped call (fr_ops.gemm_grouped) in FP32;
- * bf16 and fp8 go expert by expert through fr_qlinear_*. For expert e over its cnt_e tokens
- * (rows off_e .. off_e + cnt_e of the token-sorted buffers):
+/* The routed experts' GEMMs of one kind. For expert e over its cnt_e tokens (rows off_e ..
+ * off_e + cnt_e of the token-sorted buffers):
  *   kind FWD:  Y_e[cnt, out] = X_e W_e^T           (beta 0)
  *   kind DX:   dX_e[cnt, in] (beta)= dY_e W_e
  *   kind DW:   dW_e[out, in] += dY_e^T X_e
- * Up to two weight sets (W1 / W2 with their own X / Y) go in the same group. */
+ * Up to two weight sets (W1 / W2 with their own X / Y) go in the same call. In FP32 they are
+ * one grouped call (fr_ops.gemm_grouped: one parallel region); bf16 and fp8, whose GEMM paths
+ * keep one scratch per call, and FP32 without memory for the group's list, run them one
+ * expert at a time through fr_qlinear's halves: the same products either way. */
 enum { EXPERTS_FWD, EXPERTS_DX, EXPERTS_DW };
 
 typedef struct {
@@ -233,31 +246,34 @@ typedef struct {
     int ldy, ldx, ldx2;
 } expert_operands;
 
-static int experts_grouped(fr_model *m, const fr_block_acts *a, size_t expert_numel, int E, int kind, int in, int out,
-                           float beta, const expert_operands *ops, int n_ops) {
-    fr_gemm_desc *g = malloc((size_t)E * n_ops * sizeof *g);
-    if (!g) return 0;
+static void experts_gemm(fr_model *m, const fr_block_acts *a, size_t expert_numel, int E, int kind, int in, int out,
+                         float beta, const expert_operands *ops, int n_ops) {
+    fr_gemm_desc *g = m->precision == FR_PREC_FP32 ? malloc((size_t)E * n_ops * sizeof *g) : NULL;
     int n = 0;
     for (int k = 0; k < n_ops; k++) {
         const expert_operands *p = &ops[k];
         for (int e = 0; e < E; e++) {
             const int off = a->offsets[e], cnt = a->offsets[e + 1] - off;
             if (cnt == 0) continue;
-            if (kind == EXPERTS_FWD)
-                g[n++] = (fr_gemm_desc){cnt, out, in, p->x + (size_t)off * p->ldx, p->ldx, p->w + e * expert_numel, in,
-                                        p->y + (size_t)off * p->ldy, p->ldy};
-            else if (kind == EXPERTS_DX)
-                g[n++] = (fr_gemm_desc){cnt, in, out, p->x + (size_t)off * p->ldx, p->ldx, p->w + e * expert_numel, in,
-                                        p->y + (size_t)off * p->ldy, p->ldy};
-            else
-                g[n++] = (fr_gemm_desc){out, in, cnt, p->x + (size_t)off * p->ldx, p->ldx, p->x2 + (size_t)off * p->ldx2,
-                                        p->ldx2, p->y + e * expert_numel, in};
+            const float *x = p->x + (size_t)off * p->ldx, *w = p->w + e * expert_numel;
+            if (kind == EXPERTS_FWD) {
+                float *y = p->y + (size_t)off * p->ldy;
+                if (g) g[n++] = (fr_gemm_desc){cnt, out, in, x, p->ldx, w, in, y, p->ldy};
+                else fr_qlinear_forward(m, y, p->ldy, x, p->ldx, w, in, cnt, in, out, beta);
+            } else if (kind == EXPERTS_DX) {
+                float *dx = p->y + (size_t)off * p->ldy;
+                if (g) g[n++] = (fr_gemm_desc){cnt, in, out, x, p->ldx, w, in, dx, p->ldy};
+                else qlinear_backward_dx(m, dx, p->ldy, beta, x, p->ldx, w, in, cnt, in, out);
+            } else {
+                const float *x2 = p->x2 + (size_t)off * p->ldx2;
+                float *dW = p->y + e * expert_numel;
+                if (g) g[n++] = (fr_gemm_desc){out, in, cnt, x, p->ldx, x2, p->ldx2, dW, in};
+                else qlinear_backward_dw(m, dW, in, x, p->ldx, x2, p->ldx2, cnt, in, out);
+            }
         }
     }
-    const int ta = kind == EXPERTS_DW, tb = kind == EXPERTS_FWD;
-    m->ops->gemm_grouped(ta, tb, 1.0f, beta, g, n);
+    if (g) m->ops->gemm_grouped(kind == EXPERTS_DW, kind == EXPERTS_FWD, 1.0f, beta, g, n);
     free(g);
-    return 1;
 }
 
 static void moe_forward(fr_model *m, const fr_block *b, fr_block_acts *a, int N, float *out) {
@@ -277,27 +293,12 @@ static void moe_forward(fr_model *m, const fr_block *b, fr_block_acts *a, int N,
     /* dropless: sort routing slots by expert, one GEMM per expert over its tokens */
     o->moe_permute(a->perm_token, a->slot_pos, a->offsets, a->topk_idx, N, K, E);
     o->moe_dispatch_forward(a->xe, a->ffn_xn, a->perm_token, N * K, H);
-    const int grouped = m->precision == FR_PREC_FP32;
     const expert_operands gate_up[2] = {{a->ge, a->xe, NULL, P(b->exp_gate), Im, H, 0},
                                         {a->ue, a->xe, NULL, P(b->exp_up), Im, H, 0}};
-    if (!grouped || !experts_grouped(m, a, expert_numel, E, EXPERTS_FWD, H, Im, 0.0f, gate_up, 2))
-        for (int e = 0; e < E; e++) {
-            int off = a->offsets[e], cnt = a->offsets[e + 1] - off;
-            if (cnt == 0) continue;
-            fr_qlinear_forward(m, a->ge + (size_t)off * Im, Im, a->xe + (size_t)off * H, H,
-                               P(b->exp_gate) + e * expert_numel, H, cnt, H, Im, 0.0f);
-            fr_qlinear_forward(m, a->ue + (size_t)off * Im, Im, a->xe + (size_t)off * H, H,
-                               P(b->exp_up) + e * expert_numel, H, cnt, H, Im, 0.0f);
-        }
+    experts_gemm(m, a, expert_numel, E, EXPERTS_FWD, H, Im, 0.0f, gate_up, 2);
     o->swiglu_forward(a->he, a->ge, a->ue, (size_t)N * K * Im);
     const expert_operands down = {a->ye, a->he, NULL, P(b->exp_down), H, Im, 0};
-    if (!grouped || !experts_grouped(m, a, expert_numel, E, EXPERTS_FWD, Im, H, 0.0f, &down, 1))
-        for (int e = 0; e < E; e++) {
-            int off = a->offsets[e], cnt = a->offsets[e + 1] - off;
-            if (cnt == 0) continue;
-            fr_qlinear_forward(m, a->ye + (size_t)off * H, H, a->he + (size_t)off * Im, Im,
-                               P(b->exp_down) + e * expert_numel, Im, cnt, Im, H, 0.0f);
-        }
+    experts_gemm(m, a, expert_numel, E, EXPERTS_FWD, Im, H, 0.0f, &down, 1);
     o->memset0(out, (size_t)N * H * sizeof(float));
     o->moe_combine_forward(out, a->ye, a->topk_w, a->slot_pos, N, K, H);
 
@@ -324,38 +325,19 @@ static void moe_backward(fr_model *m, const fr_block *b, fr_block_acts *a, int B
                      G(b->mlp_up), G(b->mlp_down), a->g, a->u, a->h, s->dg, s->du, s->dh, N, H, b->mlp_inter);
 
     o->moe_combine_backward(s->dye, s->dtopk_w, dout, a->ye, a->topk_w, a->slot_pos, N, K, H);
-    /* FP32: five grouped calls (the gate's and up's input gradients add into the same dX, so
-     * they are two groups, one after the other) */
-    const int grouped = m->precision == FR_PREC_FP32;
+    /* the gate's and up's input gradients add into the same dX: two calls, one after the other */
     const expert_operands d_down_x = {s->dhe, s->dye, NULL, P(b->exp_down), Im, H, 0};
     const expert_operands d_down_w = {G(b->exp_down), s->dye, a->he, NULL, 0, H, Im};
-    if (!grouped || !experts_grouped(m, a, expert_numel, E, EXPERTS_DX, Im, H, 0.0f, &d_down_x, 1) ||
-        !experts_grouped(m, a, expert_numel, E, EXPERTS_DW, Im, H, 1.0f, &d_down_w, 1))
-        for (int e = 0; e < E; e++) {
-            int off = a->offsets[e], cnt = a->offsets[e + 1] - off;
-            if (cnt == 0) continue;
-            fr_qlinear_backward(m, s->dhe + (size_t)off * Im, Im, 0.0f, G(b->exp_down) + e * expert_numel, Im,
-                                s->dye + (size_t)off * H, H, a->he + (size_t)off * Im, Im,
-                                P(b->exp_down) + e * expert_numel, Im, cnt, Im, H);
-        }
+    experts_gemm(m, a, expert_numel, E, EXPERTS_DX, Im, H, 0.0f, &d_down_x, 1);
+    experts_gemm(m, a, expert_numel, E, EXPERTS_DW, Im, H, 1.0f, &d_down_w, 1);
     o->swiglu_backward(s->dge, s->due, s->dhe, a->ge, a->ue, (size_t)N * K * Im);
     const expert_operands d_gate_x = {s->dxe, s->dge, NULL, P(b->exp_gate), H, Im, 0};
     const expert_operands d_up_x = {s->dxe, s->due, NULL, P(b->exp_up), H, Im, 0};
     const expert_operands d_gate_up_w[2] = {{G(b->exp_gate), s->dge, a->xe, NULL, 0, Im, H},
                                             {G(b->exp_up), s->due, a->xe, NULL, 0, Im, H}};
-    if (!grouped || !experts_grouped(m, a, expert_numel, E, EXPERTS_DX, H, Im, 0.0f, &d_gate_x, 1) ||
-        !experts_grouped(m, a, expert_numel, E, EXPERTS_DX, H, Im, 1.0f, &d_up_x, 1) ||
-        !experts_grouped(m, a, expert_numel, E, EXPERTS_DW, H, Im, 1.0f, d_gate_up_w, 2))
-        for (int e = 0; e < E; e++) {
-            int off = a->offsets[e], cnt = a->offsets[e + 1] - off;
-            if (cnt == 0) continue;
-            fr_qlinear_backward(m, s->dxe + (size_t)off * H, H, 0.0f, G(b->exp_gate) + e * expert_numel, H,
-                                s->dge + (size_t)off * Im, Im, a->xe + (size_t)off * H, H,
-                                P(b->exp_gate) + e * expert_numel, H, cnt, H, Im);
-            fr_qlinear_backward(m, s->dxe + (size_t)off * H, H, 1.0f, G(b->exp_up) + e * expert_numel, H,
-                                s->due + (size_t)off * Im, Im, a->xe + (size_t)off * H, H,
-                                P(b->exp_up) + e * expert_numel, H, cnt, H, Im);
-        }
+    experts_gemm(m, a, expert_numel, E, EXPERTS_DX, H, Im, 0.0f, &d_gate_x, 1);
+    experts_gemm(m, a, expert_numel, E, EXPERTS_DX, H, Im, 1.0f, &d_up_x, 1);
+    experts_gemm(m, a, expert_numel, E, EXPERTS_DW, H, Im, 1.0f, d_gate_up_w, 2);
     o->moe_dispatch_backward(s->d_xn, s->dxe, a->slot_pos, N, K, H);
 
     /* router: gate weights (and optionally the balance loss) -> router logits -> x */
