@@ -887,6 +887,7 @@ int fr_train(const fr_train_args *args_in, int resume, const fr_train_hooks *hoo
 static int train_locked(const fr_train_args *args_in, int resume, const fr_train_hooks *hooks, fr_train_result *res) {
     const double t_start = now_s(); /* the segment's wall time includes loading */
     char resumed_precision[8] = {0}; /* the saved precision, when --resume switches it */
+    char saved_moments[8] = {0};     /* the moment format train_args.json holds ("fp32" if none), to see a switch */
     fr_train_args args = *args_in;
     char path[1200];
     if (resume) {
@@ -898,6 +899,7 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
         int rc = fr_train_args_from_json(&args, text, len, path);
         free(text);
         FR_CHECK(rc);
+        snprintf(saved_moments, sizeof saved_moments, "%s", args.moments[0] ? args.moments : "fp32");
         snprintf(args.run_dir, sizeof args.run_dir, "%s", args_in->run_dir);
         if (args_in->max_steps > 0) {
             args.max_steps = args_in->max_steps;
@@ -1018,20 +1020,7 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
         rc = fr_train_write_json(path, j);
         cJSON_Delete(j);
     }
-    char saved_moments[8] = {0}; /* the moment format train_args.json holds, to see a switch */
-    if (resume) {
-        char *text = NULL;
-        size_t len = 0;
-        snprintf(path, sizeof path, "%s/train_args.json", args.run_dir);
-        if (fr_read_file(path, &text, &len) == FR_OK) {
-            cJSON *j = cJSON_ParseWithLength(text, len);
-            const cJSON *mo = j ? cJSON_GetObjectItemCaseSensitive(j, "moments") : NULL;
-            snprintf(saved_moments, sizeof saved_moments, "%s", cJSON_IsString(mo) ? mo->valuestring : "fp32");
-            cJSON_Delete(j);
-            free(text);
-        }
-    }
-    const int moments_switch = resume && saved_moments[0] && strcmp(saved_moments, fr_train_moments(&args)) != 0;
+    const int moments_switch = saved_moments[0] && strcmp(saved_moments, fr_train_moments(&args)) != 0;
     if (rc == FR_OK && resume && (resumed_precision[0] || moments_switch)) { /* the switch is the run's from now on */
         snprintf(path, sizeof path, "%s/train_args.json", args.run_dir);
         char *text = NULL;
