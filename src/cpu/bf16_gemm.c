@@ -404,11 +404,11 @@ static int dispatch(int ta, int tb, int M, int N, int K, float alpha, const floa
     const int Mp = (M + PAD - 1) / PAD * PAD, Kp = (K + PAD - 1) / PAD * PAD;
     const int ldc_run = Mp == M ? ldc : N; /* the C oneDNN writes: C itself, or the scratch */
     shape_entry *e = shape_find(ta, tb, Mp, N, Kp, ldc_run, alpha, beta);
-    if (e && !e->prim && !e->failed) {
+    if (!e->prim && !e->failed) {
         e->prim = create_prim(ta, tb, Mp, N, Kp, ldc_run, alpha, beta, 0, NULL, 0);
         e->failed = !e->prim;
     }
-    return padded_onednn_gemm(e ? e->prim : NULL, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return padded_onednn_gemm(e->prim, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 #endif
 
@@ -419,8 +419,8 @@ int fr_cpu_gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const flo
         fr_cpu_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return 0;
     }
-    fr_cpu_bf16_gemm_path();
-    pthread_mutex_lock(&g_lock);
+    pthread_mutex_lock(&g_lock); /* one lock per product: the path is chosen under it too */
+    pthread_once(&g_path_once, choose_path);
     int rc;
 #ifdef FR_HAVE_DNNL
     if (g_path == PATH_ONEDNN) rc = dispatch(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
