@@ -33,28 +33,15 @@
 
 static char g_root[128];
 
-static const char *TINY_CONFIG =
-    "{\"architectures\": [\"DeepseekV3ForCausalLM\"], \"model_type\": \"deepseek_v3\",\n"
-    " \"vocab_size\": 320, \"hidden_size\": 32, \"intermediate_size\": 64, \"moe_intermediate_size\": 16,\n"
-    " \"num_hidden_layers\": 2, \"num_attention_heads\": 2, \"num_key_value_heads\": 2,\n"
-    " \"q_lora_rank\": 16, \"kv_lora_rank\": 16, \"qk_nope_head_dim\": 8, \"qk_rope_head_dim\": 8, \"v_head_dim\": 8,\n"
-    " \"n_routed_experts\": 8, \"n_shared_experts\": 1, \"num_experts_per_tok\": 2, \"n_group\": 2, \"topk_group\": 1,\n"
-    " \"topk_method\": \"noaux_tc\", \"scoring_func\": \"sigmoid\", \"norm_topk_prob\": true, \"routed_scaling_factor\": 2.5,\n"
-    " \"first_k_dense_replace\": 1, \"moe_layer_freq\": 1, \"num_nextn_predict_layers\": %d,\n"
-    " \"max_position_embeddings\": 256, \"rope_theta\": 10000.0, \"rope_scaling\": null, \"rms_norm_eps\": 1e-06,\n"
-    " \"tie_word_embeddings\": false, \"initializer_range\": 0.02, \"hidden_act\": \"silu\",\n"
-    " \"bos_token_id\": 0, \"eos_token_id\": 1, \"pad_token_id\": 2}\n";
-
 static int prepare_data(void) {
-    char corpus[600], tokdir[600], datadir[600], cfg[600], text[4096];
+    char corpus[600], tokdir[600], datadir[600], cfg[600];
     snprintf(corpus, sizeof corpus, "%s/corpus.jsonl", g_root);
     snprintf(tokdir, sizeof tokdir, "%s/tok", g_root);
     snprintf(datadir, sizeof datadir, "%s/data", g_root);
     fr_test_write_corpus(corpus, 240, 0);
     for (int mtp = 0; mtp <= 1; mtp++) {
         snprintf(cfg, sizeof cfg, "%s/tiny%s.json", g_root, mtp ? "" : "_nomtp");
-        snprintf(text, sizeof text, TINY_CONFIG, mtp);
-        fr_test_write_text(cfg, text);
+        fr_test_write_text(cfg, fr_test_tiny_train_config(mtp));
     }
     return fr_test_prepare_tiny_data(corpus, tokdir, datadir);
 }

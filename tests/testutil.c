@@ -151,6 +151,23 @@ const char *fr_test_q32_config(int vocab_size) {
     return buf;
 }
 
+const char *fr_test_tiny_train_config(int mtp_layers) {
+    static char buf[1400];
+    snprintf(buf, sizeof buf,
+             "{\"architectures\": [\"DeepseekV3ForCausalLM\"], \"model_type\": \"deepseek_v3\",\n"
+             " \"vocab_size\": 320, \"hidden_size\": 32, \"intermediate_size\": 64, \"moe_intermediate_size\": 16,\n"
+             " \"num_hidden_layers\": 2, \"num_attention_heads\": 2, \"num_key_value_heads\": 2,\n"
+             " \"q_lora_rank\": 16, \"kv_lora_rank\": 16, \"qk_nope_head_dim\": 8, \"qk_rope_head_dim\": 8, \"v_head_dim\": 8,\n"
+             " \"n_routed_experts\": 8, \"n_shared_experts\": 1, \"num_experts_per_tok\": 2, \"n_group\": 2, \"topk_group\": 1,\n"
+             " \"topk_method\": \"noaux_tc\", \"scoring_func\": \"sigmoid\", \"norm_topk_prob\": true, \"routed_scaling_factor\": 2.5,\n"
+             " \"first_k_dense_replace\": 1, \"moe_layer_freq\": 1, \"num_nextn_predict_layers\": %d,\n"
+             " \"max_position_embeddings\": 256, \"rope_theta\": 10000.0, \"rope_scaling\": null, \"rms_norm_eps\": 1e-06,\n"
+             " \"tie_word_embeddings\": false, \"initializer_range\": 0.02, \"hidden_act\": \"silu\",\n"
+             " \"bos_token_id\": 0, \"eos_token_id\": 1, \"pad_token_id\": 2}\n",
+             mtp_layers);
+    return buf;
+}
+
 void fr_test_write_corpus(const char *path, int n_docs, int numbered) {
     static const char *subj[] = {"the cat", "a dog", "the old man", "my sister", "the king", "a bird"};
     static const char *verb[] = {"sat on", "looked at", "walked to", "sang about", "ran past", "dreamed of"};

@@ -40,6 +40,9 @@ void fr_test_rm_rf(const char *path);
  * one MTP module) whose every linear width is a multiple of 32, so Q8_0 / Q4_1 can hold all
  * of them, with the given vocabulary size. Returns a static buffer. */
 const char *fr_test_q32_config(int vocab_size);
+/* config.json of the training tests' tiny model (vocab 320, hidden 32, 2 layers: 1 dense + 1
+ * MoE of 8 experts, 2 per token) with mtp_layers MTP modules. Returns a static buffer. */
+const char *fr_test_tiny_train_config(int mtp_layers);
 /* The training tests' corpus: n_docs JSONL documents of six sentences each from a tiny
  * grammar, deterministic; numbered != 0 ends document d with " number d" (all distinct). */
 void fr_test_write_corpus(const char *path, int n_docs, int numbered);
