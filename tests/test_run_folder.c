@@ -215,8 +215,7 @@ static void test_ledger_segments(void) {
     fr_train_set_clock(fake_clock);
     fr_train_set_progress_interval(10.0);
     fr_train_args ra;
-    memset(&ra, 0, sizeof ra);
-    snprintf(ra.run_dir, sizeof ra.run_dir, "%s", a.run_dir);
+    fr_test_resume_args(&ra, a.run_dir, 0);
     hooks_state h;
     memset(&h, 0, sizeof h);
     fr_train_result res;
@@ -279,9 +278,7 @@ static void test_lock_and_dead_end(void) {
         char want[64];
         snprintf(want, sizeof want, "pid %ld", (long)pid);
         fr_train_args ra;
-        memset(&ra, 0, sizeof ra);
-        snprintf(ra.run_dir, sizeof ra.run_dir, "%s", a.run_dir);
-        ra.max_steps = 3;
+        fr_test_resume_args(&ra, a.run_dir, 3);
         hooks_state h;
         memset(&h, 0, sizeof h);
         fr_train_result res;
@@ -305,9 +302,7 @@ static void test_lock_and_dead_end(void) {
     CHECK(found && !strcmp(dead.status, "crashed") && dead.steps >= 2, "the killed attempt is in the ledger: %s, %ld steps",
           found ? dead.status : "absent", found ? dead.steps : 0);
     fr_train_args ra;
-    memset(&ra, 0, sizeof ra);
-    snprintf(ra.run_dir, sizeof ra.run_dir, "%s", a.run_dir);
-    ra.max_steps = 3;
+    fr_test_resume_args(&ra, a.run_dir, 3);
     hooks_state h;
     memset(&h, 0, sizeof h);
     fr_train_result res;
@@ -472,9 +467,7 @@ static void test_precision(void) {
     CHECK(n_params > 0, "fp8: the state file holds BF16 moments (%ld parameters)", n_params);
     /* resume without a precision: fp8 still; with fp32: switched, recorded */
     fr_train_args r;
-    memset(&r, 0, sizeof r);
-    snprintf(r.run_dir, sizeof r.run_dir, "%s", a.run_dir);
-    r.max_steps = 4;
+    fr_test_resume_args(&r, a.run_dir, 4);
     memset(&h, 0, sizeof h);
     CHECK(train(&r, 1, &h, &res) == FR_OK, "resume: %s", fr_last_error());
     CHECK(count_in_metrics(a.run_dir, "\"precision\":\"fp8\"") == 4, "a resume keeps fp8");
@@ -515,9 +508,7 @@ static void test_precision(void) {
     CHECK(has_info(&h, "slow fallback", NULL) == !fr_bf16_hardware(), "a fallback warns (and only a fallback)");
     CHECK(ledger_find(a.run_dir, 1, &e, NULL) && !strcmp(e.precision, "bf16"), "the ledger says bf16");
     /* resuming with other fp8 tiles is refused */
-    memset(&r, 0, sizeof r);
-    snprintf(r.run_dir, sizeof r.run_dir, "%s", a.run_dir);
-    r.max_steps = 3;
+    fr_test_resume_args(&r, a.run_dir, 3);
     r.fp8_grad_tile_rows = 128;
     memset(&h, 0, sizeof h);
     CHECK(train(&r, 1, &h, &res) == FR_ERR_ARG && strstr(fr_last_error(), "tiles"), "tiles cannot change on resume");

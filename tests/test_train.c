@@ -316,8 +316,7 @@ static void test_kill9(void) {
         CHECK(rc == FR_OK, "trial %d: %s loads after kill -9: %s", trial, ck, fr_last_error());
         fr_model_free(m);
         fr_train_args ra;
-        memset(&ra, 0, sizeof ra);
-        snprintf(ra.run_dir, sizeof ra.run_dir, "%.500s", path);
+        fr_test_resume_args(&ra, path, 0);
         const char *slash = strrchr(ck, '-');
         long at = slash ? atol(slash + 1) : 0;
         ra.max_steps = at + 2;
@@ -370,8 +369,7 @@ static void test_precision_resume(void) {
         CHECK(rc == FR_OK && res.interrupted && res.steps_done == 8, "%s: stopped at %ld (%s)", precs[i],
               res.steps_done, fr_last_error());
         fr_train_args r;
-        memset(&r, 0, sizeof r);
-        snprintf(r.run_dir, sizeof r.run_dir, "%s", a.run_dir);
+        fr_test_resume_args(&r, a.run_dir, 0);
         rc = run_train(&r, 1, &e2, &res);
         CHECK(rc == FR_OK && res.steps_done == 16, "%s: resumed to %ld (%s)", precs[i], res.steps_done, fr_last_error());
         snprintf(name, sizeof name, "runD-%s", precs[i]);

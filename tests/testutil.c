@@ -151,6 +151,12 @@ const char *fr_test_q32_config(int vocab_size) {
     return buf;
 }
 
+void fr_test_resume_args(fr_train_args *a, const char *run_dir, long max_steps) {
+    memset(a, 0, sizeof *a);
+    snprintf(a->run_dir, sizeof a->run_dir, "%s", run_dir);
+    a->max_steps = max_steps;
+}
+
 const char *fr_test_tiny_train_config(int mtp_layers) {
     static char buf[1400];
     snprintf(buf, sizeof buf,

@@ -40,6 +40,9 @@ void fr_test_rm_rf(const char *path);
  * one MTP module) whose every linear width is a multiple of 32, so Q8_0 / Q4_1 can hold all
  * of them, with the given vocabulary size. Returns a static buffer. */
 const char *fr_test_q32_config(int vocab_size);
+/* Arguments that resume the run in run_dir (everything else from its train_args.json), to
+ * max_steps steps (0: the saved count). */
+void fr_test_resume_args(fr_train_args *a, const char *run_dir, long max_steps);
 /* config.json of the training tests' tiny model (vocab 320, hidden 32, 2 layers: 1 dense + 1
  * MoE of 8 experts, 2 per token) with mtp_layers MTP modules. Returns a static buffer. */
 const char *fr_test_tiny_train_config(int mtp_layers);
