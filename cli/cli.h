@@ -43,6 +43,8 @@ void usage_quantize(FILE *f);
 void usage_convert(FILE *f);
 int cmd_serve(int argc, char **argv);
 void usage_serve(FILE *f);
+int cmd_plan(int argc, char **argv);
+void usage_plan(FILE *f);
 
 /* Signals (cli_signals.c): no signal handler ever runs; SIGINT, SIGTERM and SIGHUP are
  * blocked in every thread and taken by one watcher thread with sigwait().

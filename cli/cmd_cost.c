@@ -5,6 +5,7 @@
 
 #include "frugal.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -14,7 +15,7 @@
 void usage_cost(FILE *f) {
     fprintf(f,
             "usage: frugal cost [PROJECT_DIR | --ledger FILE] [--final RUN_ID|RUN_DIR] [--kind KIND]\n"
-            "                   [--price-device-hour X] [--watts X] [--price-kwh X] [--gpu] [--json]\n"
+            "                   [--price-device-hour X] [--watts X] [--price-kwh X] [--gpu] [--plan FILE] [--json]\n"
             "\n"
             "Reads the run ledger and prints every run (id, kind, status, steps, tokens, FLOPs,\n"
             "device-hours, energy, cost, losses), then the cost of the final run next to the cost of\n"
@@ -36,6 +37,8 @@ void usage_cost(FILE *f) {
             "  --gpu                   reprice with the GPU defaults ($2.00 per GPU-hour, 700 W)\n"
             "                          (without it, --price-device-hour/--watts fill in from the CPU\n"
             "                          defaults: $0.02 per core-hour, 8 W)\n"
+            "  --plan FILE             a plan written by `frugal plan --json`: its GPU-hours, cost, tokens and\n"
+            "                          FLOPs beside the final run's and the lifecycle's\n"
             "  --json                  print one JSON object instead of the tables\n"
             "  -h, --help              show this help\n"
             "\n"
@@ -71,6 +74,64 @@ static void add_run(totals *t, const fr_ledger_entry *e) {
 }
 
 static double ratio(double a, double b) { return b > 0 ? a / b : NAN; }
+
+/* What `frugal cost --plan` shows of a plan (`frugal plan --json`). */
+typedef struct {
+    char model[128];
+    double gpus, tokens, flops, wall_hours, gpu_hours, cost_usd, price, mfu;
+} plan_summary;
+
+static double plan_num(const cJSON *root, const char *a, const char *b) {
+    const cJSON *o = cJSON_GetObjectItemCaseSensitive(root, a);
+    const cJSON *v = o ? cJSON_GetObjectItemCaseSensitive(o, b) : NULL;
+    return cJSON_IsNumber(v) ? v->valuedouble : NAN;
+}
+
+static int read_plan(const char *path, plan_summary *p) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return cli_fail("--plan %s: cannot open: %s", path, strerror(errno));
+    size_t cap = 1 << 16, len = 0;
+    char *text = malloc(cap);
+    size_t got;
+    while (text && (got = fread(text + len, 1, cap - len, f)) > 0) {
+        len += got;
+        if (len == cap) {
+            char *grown = cap < (64u << 20) ? realloc(text, cap * 2) : NULL;
+            if (!grown) {
+                free(text);
+                text = NULL;
+                break;
+            }
+            text = grown;
+            cap *= 2;
+        }
+    }
+    fclose(f);
+    if (!text) return cli_fail("--plan %s: out of memory or larger than 64 MiB", path);
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    const cJSON *kind = root ? cJSON_GetObjectItemCaseSensitive(root, "kind") : NULL;
+    if (!cJSON_IsString(kind) || strcmp(kind->valuestring, "frugal-plan") != 0) {
+        cJSON_Delete(root);
+        return cli_fail("--plan %s: not a plan written by `frugal plan --json`", path);
+    }
+    memset(p, 0, sizeof *p);
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    const cJSON *name = model ? cJSON_GetObjectItemCaseSensitive(model, "name") : NULL;
+    snprintf(p->model, sizeof p->model, "%s", cJSON_IsString(name) ? name->valuestring : "?");
+    p->gpus = plan_num(root, "run", "gpus");
+    p->tokens = plan_num(root, "run", "tokens");
+    p->flops = plan_num(root, "run", "flops");
+    p->wall_hours = plan_num(root, "run", "wall_hours");
+    p->gpu_hours = plan_num(root, "run", "gpu_hours");
+    p->cost_usd = plan_num(root, "run", "cost_usd");
+    p->mfu = plan_num(root, "run", "mfu");
+    p->price = plan_num(root, "assumptions", "price_per_gpu_hour");
+    cJSON_Delete(root);
+    if (!isfinite(p->gpu_hours) || !isfinite(p->cost_usd))
+        return cli_fail("--plan %s: the plan has no run.gpu_hours / run.cost_usd", path);
+    return CLI_EXIT_OK;
+}
 
 /* Compare run dirs: equal strings, or the same directory on disk. */
 static int same_dir(const char *a, const char *b) {
@@ -136,14 +197,49 @@ static void json_totals(FILE *f, const totals *t) {
     fputs("}}", f);
 }
 
+/* The plan beside the ledger's final run and lifecycle (fin NULL: no final run). */
+static void print_plan(const char *path, const plan_summary *p, const totals *fin, const totals *life) {
+    printf("\nplan %s: %s on %.0f GPUs (frugal plan; MFU %.1f%%, $%.2f per GPU-hour)\n", path, p->model, p->gpus,
+           100 * p->mfu, p->price);
+    printf("  %-16s %14s %14s %14s %12s\n", "", "plan", "final run", "lifecycle", "final/plan");
+    struct {
+        const char *name;
+        double pv, fv, lv;
+        int kind; /* 1 hours, 2 money, 4 count, 5 FLOPs */
+    } rows[] = {
+        {"tokens", p->tokens, fin ? fin->tokens : NAN, life ? life->tokens : NAN, 4},
+        {"FLOPs", p->flops, fin ? fin->flops : NAN, life ? life->flops : NAN, 5},
+        {"wall hours", p->wall_hours, fin ? fin->wall_s / 3600 : NAN, life ? life->wall_s / 3600 : NAN, 1},
+        {"device-hours", p->gpu_hours, fin ? fin->device_hours : NAN, life ? life->device_hours : NAN, 1},
+        {"compute cost $", p->cost_usd, fin ? fin->cost_usd : NAN, life ? life->cost_usd : NAN, 2},
+    };
+    for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
+        char a[32], b[32], c[32], q[32];
+        double v[3] = {rows[r].pv, rows[r].fv, rows[r].lv};
+        char *out[3] = {a, b, c};
+        for (int k = 0; k < 3; k++) {
+            if (rows[r].kind == 1) fmt_hours(out[k], 32, v[k]);
+            else if (rows[r].kind == 2) fmt_money(out[k], 32, v[k]);
+            else if (rows[r].kind == 5) fmt_flops(out[k], 32, v[k]);
+            else if (isfinite(v[k])) cli_human_count(out[k], 32, v[k]);
+            else snprintf(out[k], 32, "-");
+        }
+        double qv = ratio(rows[r].fv, rows[r].pv);
+        if (isfinite(qv)) snprintf(q, sizeof q, "%.3gx", qv);
+        else snprintf(q, sizeof q, "-");
+        printf("  %-16s %14s %14s %14s %12s\n", rows[r].name, a, b, c, q);
+    }
+    printf("  (the plan's device-hours are GPU-hours; the ledger's are the devices its runs recorded)\n");
+}
+
 int cmd_cost(int argc, char **argv) {
-    const char *ledger = "ledger.jsonl", *final_sel = NULL, *kind = "train", *project = NULL;
+    const char *ledger = "ledger.jsonl", *final_sel = NULL, *kind = "train", *project = NULL, *plan_path = NULL;
     int ledger_given = 0;
     double price_dh = NAN, watts = NAN, price_kwh = NAN;
     int gpu = 0, json = 0;
     const cli_opt opts[] = {
         {"--ledger", &ledger, &ledger_given}, {"--final", &final_sel, NULL}, {"--kind", &kind, NULL},
-        {"--gpu", NULL, &gpu}, {"--json", NULL, &json},
+        {"--gpu", NULL, &gpu}, {"--json", NULL, &json}, {"--plan", &plan_path, NULL},
     };
     for (int i = 1; i < argc; i++) {
         const char *v = NULL;
@@ -179,6 +275,9 @@ int cmd_cost(int argc, char **argv) {
         snprintf(project_ledger, sizeof project_ledger, "%s/ledger.jsonl", project);
         ledger = project_ledger;
     }
+
+    plan_summary plan;
+    if (plan_path && read_plan(plan_path, &plan) != CLI_EXIT_OK) return CLI_EXIT_FAIL;
 
     fr_ledger_entry *runs = NULL;
     int n = 0, skipped = 0;
@@ -308,7 +407,33 @@ int cmd_cost(int argc, char **argv) {
         cli_json_number(stdout, chosen >= 0 ? ratio(life.device_hours, fin.device_hours) : NAN);
         printf(",\"energy_kwh\":");
         cli_json_number(stdout, chosen >= 0 ? ratio(life.energy_kwh, fin.energy_kwh) : NAN);
-        printf("}}\n");
+        printf("}");
+        if (plan_path) {
+            printf(",\"plan\":{\"file\":");
+            cli_json_string(stdout, plan_path);
+            printf(",\"model\":");
+            cli_json_string(stdout, plan.model);
+            const struct {
+                const char *name;
+                double v;
+            } pf[] = {{"gpus", plan.gpus},           {"tokens", plan.tokens},         {"flops", plan.flops},
+                      {"wall_hours", plan.wall_hours}, {"gpu_hours", plan.gpu_hours}, {"cost_usd", plan.cost_usd},
+                      {"price_per_gpu_hour", plan.price}, {"mfu", plan.mfu}};
+            for (size_t k = 0; k < sizeof pf / sizeof pf[0]; k++) {
+                printf(",\"%s\":", pf[k].name);
+                cli_json_number(stdout, pf[k].v);
+            }
+            printf(",\"final_over_plan\":{\"device_hours\":");
+            cli_json_number(stdout, chosen >= 0 ? ratio(fin.device_hours, plan.gpu_hours) : NAN);
+            printf(",\"cost_usd\":");
+            cli_json_number(stdout, chosen >= 0 ? ratio(fin.cost_usd, plan.cost_usd) : NAN);
+            printf("},\"lifecycle_over_plan\":{\"device_hours\":");
+            cli_json_number(stdout, ratio(life.device_hours, plan.gpu_hours));
+            printf(",\"cost_usd\":");
+            cli_json_number(stdout, ratio(life.cost_usd, plan.cost_usd));
+            printf("}}");
+        }
+        printf("}\n");
         free(in_final);
         free(runs);
         if (skipped) fprintf(stderr, "frugal cost: warning: skipped %d malformed line(s) in %s\n", skipped, ledger);
@@ -318,6 +443,7 @@ int cmd_cost(int argc, char **argv) {
     if (skipped) fprintf(stderr, "frugal cost: warning: skipped %d malformed line(s) in %s\n", skipped, ledger);
     if (n == 0) {
         printf("ledger %s: no runs recorded\n", ledger);
+        if (plan_path) print_plan(plan_path, &plan, NULL, NULL);
         free(in_final);
         free(runs);
         return CLI_EXIT_OK;
@@ -410,6 +536,7 @@ int cmd_cost(int argc, char **argv) {
     if (chosen >= 0 && fin.cost_usd > 0)
         printf("Quoting only the final run would leave out %.0f%% of what the project cost.\n",
                100.0 * (1.0 - fin.cost_usd / life.cost_usd));
+    if (plan_path) print_plan(plan_path, &plan, chosen >= 0 ? &fin : NULL, &life);
     free(in_final);
     free(runs);
     return CLI_EXIT_OK;
