@@ -67,6 +67,15 @@ void usage_train(FILE *f) {
             "  --sample-interval N  steps between samples, 0 = none (default %d)\n"
             "  --sample-tokens N    tokens per sample (default %d)\n"
             "  --prompt TEXT        sample prompt (default \"And\")\n"
+            "Many processes (OpenMPI: mpirun -np N frugal train ...; N = data-parallel x expert-parallel):\n"
+            "  --ep E               split the routed experts of every MoE layer over groups of E ranks; tokens\n"
+            "                       travel to their experts' rank and back (all-to-all); default 1\n"
+            "  --zero1              shard the AdamW moments over the ranks that hold the same parameters\n"
+            "                       (ZeRO-1: reduce-scatter the gradients, all-gather the new parameters)\n"
+            "                       --batch stays the global batch: each rank takes batch / N sequences. Rank\n"
+            "                       0 writes the run folder and one ledger record for the job (ranks x\n"
+            "                       threads); a failed or killed rank ends the whole job. Launch options: a\n"
+            "                       --resume may use another layout or world size\n"
             "Cost ledger:\n"
             "  --ledger FILE        ledger file (default RUN_DIR/../ledger.jsonl)\n"
             "  --price-hour X       $ per core-hour (default %g)\n"
@@ -121,6 +130,11 @@ static void on_event(void *user, const fr_train_event *ev) {
             cli_json_number(stdout, ev->loss.loss_main);
             printf(", \"lr\": %.6g, \"tokens_per_s\": %.1f, \"gflops\": %.2f, \"mfu\": %.4f, \"elapsed_s\": %.2f, \"cost_usd\": %.6f, \"rss_peak_bytes\": %zu, \"mem_plan_bytes\": %zu",
                    ev->lr, ev->tokens_per_s, ev->gflops, ev->mfu, ev->elapsed_s, ev->cost_usd, ev->rss_peak_bytes, ev->mem_plan_bytes);
+            if (ev->world_size > 1)
+                printf(", \"world_size\": %d, \"comm_bytes\": [%.0f, %.0f, %.0f, %.0f], \"comm_model_bytes\": [%.0f, %.0f, %.0f, %.0f], \"comm_share\": %.4f",
+                       ev->world_size, ev->comm_bytes[0], ev->comm_bytes[1], ev->comm_bytes[2], ev->comm_bytes[3],
+                       ev->comm_model_bytes[0], ev->comm_model_bytes[1], ev->comm_model_bytes[2], ev->comm_model_bytes[3],
+                       ev->comm_share);
             break;
         case FR_EV_EVAL:
             printf("\"eval\", \"step\": %ld, \"val_loss\": ", ev->step);
@@ -156,6 +170,11 @@ static void on_event(void *user, const fr_train_event *ev) {
             double mx = 0;
             for (int i = 0; i < ev->n_moe; i++) mx = ev->maxvio[i] > mx ? ev->maxvio[i] : mx;
             printf(" | MaxVio %.2f", mx);
+        }
+        if (ev->world_size > 1) { /* rank 0's payload this step, what the formulas predict, time share */
+            double sent = 0, model = 0;
+            for (int k = 0; k < 4; k++) sent += ev->comm_bytes[k], model += ev->comm_model_bytes[k];
+            printf(" | comm %.2f MB (model %.2f) %2.0f%%", sent / 1e6, model / 1e6, 100 * ev->comm_share);
         }
         printf(" | %s, ETA %s | $%.4f\n", el, eta, ev->cost_usd);
         break;
@@ -194,7 +213,7 @@ int cmd_train(int argc, char **argv) {
     const char *resume = NULL, *v = NULL;
     out_opts oo = {0, 0, 0, 0};
     int have_peak = 0;
-    const cli_opt flags[] = {{"--quiet", NULL, &oo.quiet}, {"--json", NULL, &oo.json}};
+    const cli_opt flags[] = {{"--quiet", NULL, &oo.quiet}, {"--json", NULL, &oo.json}, {"--zero1", NULL, &a.zero1}};
     for (int i = 1; i < argc; i++) {
         int r;
         long n;
@@ -266,6 +285,7 @@ int cmd_train(int argc, char **argv) {
         INTOPT("--accum", 1, 1 << 20, a.grad_accum)
         INTOPT("--warmup", 0, 1000000000L, a.warmup_steps)
         INTOPT("--threads", 1, 4096, a.threads)
+        INTOPT("--ep", 1, 1 << 16, a.expert_parallel)
         INTOPT("--eval-interval", 0, 1000000000L, a.eval_interval)
         INTOPT("--eval-batches", 1, 1000000, a.eval_batches)
         INTOPT("--ckpt-interval", 0, 1000000000L, a.ckpt_interval)
@@ -317,18 +337,33 @@ int cmd_train(int argc, char **argv) {
         return CLI_EXIT_FAIL;
     }
     if (a.threads > 0) fr_set_num_threads(a.threads);
+    /* started by mpirun: join the job's ranks (a world of one otherwise) */
+    if (fr_world_init(NULL, NULL) != FR_OK) return cli_fail_lib("cannot join the MPI job");
+    const int rank = fr_world_rank(), nranks = fr_world_size();
+    if (rank != 0) oo.quiet = 1, oo.json = 0; /* rank 0 reports for the job */
+    if (nranks == 1 && a.expert_parallel > 1)
+        return cli_usage_error("train", usage_train, "--ep %d needs a job of several ranks (mpirun -np N)", a.expert_parallel);
     /* from here on a signal stops the run cleanly (a signal before the first step: nothing to save) */
     cli_signals_catch("frugal train", "finishing this step, saving a checkpoint");
     if (!have_peak) {
         fr_peak p = {0};
         if (fr_measure_fp32_peak(&p) == FR_OK) a.peak_gflops = p.gflops;
-        if (!oo.json) printf("measured FP32 peak: %.1f GFLOP/s (%s, %d threads)\n", p.gflops, p.isa, p.threads);
+        if (!oo.json && rank == 0)
+            printf("measured FP32 peak: %.1f GFLOP/s (%s, %d threads%s)\n", p.gflops, p.isa, p.threads,
+                   nranks > 1 ? ", on rank 0 while every rank measured" : "");
     }
 
     fr_train_hooks hooks = {on_event, should_stop, &oo};
     fr_train_result res;
     int rc = fr_train(&a, resume != NULL, &hooks, &res);
+    if (rc != FR_OK && nranks > 1) { /* name the rank, and end the others rather than leave them waiting */
+        fprintf(stderr, "frugal train: rank %d of %d: training failed: %s\n", rank, nranks, fr_last_error());
+        fflush(stderr);
+        fr_world_abort(CLI_EXIT_FAIL);
+    }
     if (rc != FR_OK) return cli_fail_lib("training failed");
+    fr_world_finalize();
+    if (rank != 0) return res.interrupted ? cli_stop_exit_code() : CLI_EXIT_OK;
     if (!oo.json) {
         printf("%s run %s at step %ld: loss %.4f", res.interrupted ? "stopped" : "finished", res.run_id, res.steps_done, res.final_loss);
         if (isfinite(res.val_loss)) printf(", val loss %.4f", res.val_loss);

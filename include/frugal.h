@@ -412,6 +412,10 @@ typedef struct {
     char moments[8];                   /* AdamW moments stored in "fp32" or "bf16"; "" = bf16 for
                                         * fp8 (the recipe), fp32 otherwise; on resume the saved
                                         * one unless given or the precision switches */
+    /* Multi-process training (fr_world_init; launch options, not saved: a resume may use
+     * another world) */
+    int expert_parallel;               /* ranks the routed experts are split over (0 or 1 = none) */
+    int zero1;                         /* 1: AdamW moments sharded over the data-parallel ranks */
 } fr_train_args;
 
 /* Defaults: B 8, T 256, accumulation 1, lr 3e-3 cosine to 10 %, warmup 50, AdamW
@@ -434,6 +438,14 @@ typedef struct {
     double val_loss, val_bpb; /* FR_EV_EVAL */
     const char *text;         /* FR_EV_SAMPLE: the sample; FR_EV_CHECKPOINT: its folder; FR_EV_INFO: a message */
     size_t rss_peak_bytes, mem_plan_bytes;
+    /* multi-process jobs (FR_EV_STEP, this rank): payload bytes handed to all-reduce,
+     * reduce-scatter, all-gather and all-to-all this step, what the formulas put on the wire
+     * for them (ring 2(G-1)/G x all-reduce, (G-1)/G x reduce-scatter / all-gather, uniform
+     * routing tokens x top-k x hidden x 4 x (E-1)/E per exchange), and the fraction of the
+     * step's wall time spent inside collectives */
+    int world_size;
+    double comm_bytes[4], comm_model_bytes[4];
+    double comm_share;
 } fr_train_event;
 
 typedef struct {
@@ -465,6 +477,17 @@ int fr_train(const fr_train_args *args, int resume, const fr_train_hooks *hooks,
  * then cosine to lr * min_lr_frac at the last step, or WSD (stable, then a linear decay
  * over the last decay_frac of the steps), or constant. */
 double fr_train_lr(const fr_train_args *a, long step, long max_steps);
+
+/* The world of this process for multi-process training: started by mpirun (OpenMPI) in a
+ * build with MPI, the job's ranks; otherwise a world of one, exactly as before. fr_train uses
+ * it once joined: each rank reads its slice of every global batch, and rank 0 alone writes the
+ * run folder and the ledger. fr_world_abort ends every rank of the job (a failed rank must not
+ * leave the others waiting in a collective); fr_world_finalize leaves the world. */
+int fr_world_init(int *argc, char ***argv);
+int fr_world_rank(void);
+int fr_world_size(void);
+void fr_world_abort(int code);
+void fr_world_finalize(void);
 
 /* Folder of the latest complete checkpoint of a run (RUN_DIR/ckpt-NNNNNNNN). */
 int fr_train_latest_checkpoint(const char *run_dir, char *out, size_t n);

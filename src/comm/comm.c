@@ -1,6 +1,7 @@
 /*
- * comm.c — fr_comm_init's choice of world, and the world of one ("self"): one rank, where a
- * sum over ranks is the rank's own values and every exchange a copy.
+ * comm.c — fr_comm_init's choice of world, the counted wrappers every caller uses, and the
+ * world of one ("self"): one rank, where a sum over ranks is the rank's own values and every
+ * exchange a copy.
  */
 #include "comm/comm.h"
 #include "core/internal.h"
@@ -16,6 +17,8 @@ static size_t sum_counts(const size_t *counts, int n) {
     return s;
 }
 
+/* ---------------------------------------------------------------- the world of one */
+
 static int self_allreduce(fr_comm *c, float *buf, size_t n) {
     (void)c, (void)buf, (void)n;
     return FR_OK;
@@ -27,7 +30,7 @@ static int self_reduce_scatter(fr_comm *c, float *out, const float *in, const si
 }
 
 static int self_allgather(fr_comm *c, float *out, const float *in, const size_t *counts) {
-    if (out != in) memmove(out, in, sum_counts(counts, c->size) * sizeof(float));
+    if (in && out != in) memmove(out, in, sum_counts(counts, c->size) * sizeof(float));
     return FR_OK;
 }
 
@@ -40,10 +43,18 @@ static int self_alltoallv(fr_comm *c, float *out, const size_t *recv_counts, con
     return FR_OK;
 }
 
+static int self_gather_bytes(fr_comm *c, void *out, const void *in, const size_t *counts) {
+    (void)c;
+    if (out != in) memmove(out, in, counts[0]);
+    return FR_OK;
+}
+
 static int self_barrier(fr_comm *c) {
     (void)c;
     return FR_OK;
 }
+
+static int self_split(fr_comm *c, int color, int key, fr_comm **out);
 
 static void self_abort(fr_comm *c, int code) {
     (void)c;
@@ -53,27 +64,122 @@ static void self_abort(fr_comm *c, int code) {
 static void self_free(fr_comm *c) { free(c); }
 
 static const fr_comm_ops SELF_OPS = {"self",         self_allreduce, self_reduce_scatter, self_allgather,
-                                     self_alltoallv, self_barrier,   self_abort,          self_free};
+                                     self_alltoallv, self_gather_bytes, self_barrier, self_split,
+                                     self_abort,     self_free};
 
-int fr_comm_self(fr_comm **out) {
+static fr_comm *self_new(fr_comm_stats *shared) {
     fr_comm *c = calloc(1, sizeof *c);
-    if (!c) return fr_error(FR_ERR_NOMEM, "out of memory");
+    fr_comm_stats *st = shared ? shared : calloc(1, sizeof *st);
+    if (!c || !st) {
+        free(c);
+        if (!shared) free(st);
+        return NULL;
+    }
     c->ops = &SELF_OPS;
     c->rank = 0;
     c->size = 1;
-    *out = c;
-    return FR_OK;
+    c->stats = st;
+    c->owns_stats = !shared;
+    return c;
+}
+
+static int self_split(fr_comm *c, int color, int key, fr_comm **out) {
+    (void)color, (void)key;
+    *out = self_new(c->stats);
+    return *out ? FR_OK : fr_error(FR_ERR_NOMEM, "out of memory");
+}
+
+int fr_comm_self(fr_comm **out) {
+    *out = self_new(NULL);
+    return *out ? FR_OK : fr_error(FR_ERR_NOMEM, "out of memory");
+}
+
+int fr_comm_launched(void) {
+    static const char *const vars[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
+        if (getenv(vars[i])) return 1;
+    return 0;
 }
 
 int fr_comm_init(fr_comm **out, int *argc, char ***argv) {
 #ifdef FR_HAVE_MPI
-    return fr_comm_mpi_init(out, argc, argv);
-#else
+    if (fr_comm_launched()) return fr_comm_mpi_init(out, argc, argv);
+#endif
     (void)argc, (void)argv;
     return fr_comm_self(out);
-#endif
 }
 
 void fr_comm_free(fr_comm *c) {
-    if (c) c->ops->free(c);
+    if (!c) return;
+    fr_comm_stats *st = c->owns_stats ? c->stats : NULL;
+    c->ops->free(c);
+    free(st);
+}
+
+/* ---------------------------------------------------------------- counted wrappers */
+
+static double tick(void) { return fr_now_s(); }
+
+static int count(fr_comm *c, int kind, double bytes, double t0, int rc) {
+    if (c->stats) {
+        c->stats->bytes[kind] += bytes;
+        c->stats->seconds[kind] += tick() - t0;
+        c->stats->calls[kind]++;
+    }
+    return rc;
+}
+
+int fr_comm_allreduce(fr_comm *c, float *buf, size_t n) {
+    const double t0 = tick();
+    return count(c, FR_COMM_ALLREDUCE, c->size > 1 ? (double)n * sizeof(float) : 0, t0, c->ops->allreduce_sum(c, buf, n));
+}
+
+int fr_comm_reduce_scatter(fr_comm *c, float *out, const float *in, const size_t *counts) {
+    const double t0 = tick();
+    const double bytes = c->size > 1 ? (double)sum_counts(counts, c->size) * sizeof(float) : 0;
+    return count(c, FR_COMM_REDUCE_SCATTER, bytes, t0, c->ops->reduce_scatter_sum(c, out, in, counts));
+}
+
+int fr_comm_allgather(fr_comm *c, float *out, const float *in, const size_t *counts) {
+    const double t0 = tick();
+    const double bytes = c->size > 1 ? (double)counts[c->rank] * sizeof(float) : 0;
+    return count(c, FR_COMM_ALLGATHER, bytes, t0, c->ops->allgather(c, out, in, counts));
+}
+
+int fr_comm_alltoallv(fr_comm *c, float *out, const size_t *recv_counts, const float *in, const size_t *send_counts) {
+    const double t0 = tick();
+    const double bytes = (double)(sum_counts(send_counts, c->size) - send_counts[c->rank]) * sizeof(float);
+    return count(c, FR_COMM_ALLTOALL, bytes, t0, c->ops->alltoallv(c, out, recv_counts, in, send_counts));
+}
+
+int fr_comm_gather_bytes(fr_comm *c, void *out, const void *in, const size_t *counts) {
+    const double t0 = tick();
+    return count(c, FR_COMM_OTHER, c->rank != 0 ? (double)counts[c->rank] : 0, t0, c->ops->gather_bytes(c, out, in, counts));
+}
+
+int fr_comm_barrier(fr_comm *c) {
+    const double t0 = tick();
+    return count(c, FR_COMM_OTHER, 0, t0, c->ops->barrier(c));
+}
+
+int fr_comm_split(fr_comm *c, int color, int key, fr_comm **out) { return c->ops->split(c, color, key, out); }
+
+void fr_comm_abort(fr_comm *c, int code) { c->ops->abort(c, code); }
+
+int fr_comm_agree(fr_comm *c, int rc) {
+    if (c->size == 1) return rc;
+    float *v = calloc((size_t)c->size, sizeof(float));
+    if (!v) return fr_error(FR_ERR_NOMEM, "out of memory");
+    v[c->rank] = (float)-rc; /* FR_ERR_* are small negative numbers */
+    const double t0 = tick();
+    int err = count(c, FR_COMM_OTHER, 0, t0, c->ops->allreduce_sum(c, v, (size_t)c->size));
+    int agreed = err;
+    for (int r = 0; r < c->size && agreed == FR_OK; r++)
+        if (v[r] != 0) {
+            agreed = -(int)v[r];
+            if (r != c->rank || rc == FR_OK) fr_error(agreed, "rank %d failed (its own message is in its output)", r);
+        }
+    free(v);
+    if (rc != FR_OK) return rc; /* this rank's own error and message */
+    return agreed;
 }

@@ -8,7 +8,10 @@
  * backend. Shapes: N = B*T tokens, H = hidden, nh = heads, dqk = nope + rope.
  */
 #include "model/block.h"
+#include "comm/comm.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -246,15 +249,26 @@ typedef struct {
     int ldy, ldx, ldx2;
 } expert_operands;
 
-static void experts_gemm(fr_model *m, const fr_block_acts *a, size_t expert_numel, int E, int kind, int in, int out,
+/* Which expert's rows lie where: segment k (rows offsets[k] .. offsets[k+1]) goes to expert
+ * first + k % per_group. Locally the segments are the experts themselves; an expert-parallel
+ * owner's are (source rank, local expert) pairs. */
+typedef struct {
+    const int *offsets;
+    int n_seg, first, per_group;
+} expert_rows;
+
+static expert_rows local_rows(const fr_block_acts *a, int E) { return (expert_rows){a->offsets, E, 0, E}; }
+
+static void experts_gemm(fr_model *m, const expert_rows *rows, size_t expert_numel, int kind, int in, int out,
                          float beta, const expert_operands *ops, int n_ops) {
-    fr_gemm_desc *g = m->precision == FR_PREC_FP32 ? malloc((size_t)E * n_ops * sizeof *g) : NULL;
+    fr_gemm_desc *g = m->precision == FR_PREC_FP32 ? malloc((size_t)rows->n_seg * n_ops * sizeof *g) : NULL;
     int n = 0;
     for (int k = 0; k < n_ops; k++) {
         const expert_operands *p = &ops[k];
-        for (int e = 0; e < E; e++) {
-            const int off = a->offsets[e], cnt = a->offsets[e + 1] - off;
+        for (int sgi = 0; sgi < rows->n_seg; sgi++) {
+            const int off = rows->offsets[sgi], cnt = rows->offsets[sgi + 1] - off;
             if (cnt == 0) continue;
+            const int e = rows->first + sgi % rows->per_group;
             const float *x = p->x + (size_t)off * p->ldx, *w = p->w + e * expert_numel;
             if (kind == EXPERTS_FWD) {
                 float *y = p->y + (size_t)off * p->ldy;
@@ -276,6 +290,184 @@ static void experts_gemm(fr_model *m, const fr_block_acts *a, size_t expert_nume
     free(g);
 }
 
+/* ---------------------------------------------------------------- expert parallelism
+ *
+ * The group's ranks each route their own tokens; the routing slots, sorted by expert, are
+ * already grouped by owner (rank d owns experts d * Eh .. (d + 1) * Eh - 1, Eh = E / group),
+ * so slot rows go to their owner in one all-to-all-v after the per-expert counts are swapped.
+ * The owner runs its experts over everything it received, keeps those rows for the backward,
+ * and sends the outputs back in the reverse exchange; the backward sends output gradients to
+ * the owner and input gradients back the same way. A failure marks m->ep_failed (the forward
+ * or backward then returns it) and leaves the pass's numbers meaningless. */
+
+static void ep_fail(fr_model *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void ep_fail(fr_model *m, const char *fmt, ...) {
+    if (m->ep_failed) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(m->ep_error, sizeof m->ep_error, fmt, ap);
+    va_end(ap);
+    m->ep_failed = 1;
+}
+
+/* *buf holds at least n floats (grown with the backend's allocator); 0 when out of memory */
+static int ep_grow(fr_model *m, float **buf, size_t *cap, size_t n) {
+    if (*cap >= n && *buf) return 1;
+    if (*buf) m->ops->free(*buf);
+    *buf = m->ops->alloc((n > 0 ? n : 1) * sizeof(float));
+    *cap = *buf ? n : 0;
+    if (!*buf) ep_fail(m, "out of memory for %zu floats of expert-parallel rows", n);
+    return *buf != NULL;
+}
+
+void fr_model_ep_free(fr_model *m) {
+    if (m->ep_acts) {
+        const int nb = m->cfg.num_hidden_layers + m->mtp_depth;
+        for (int l = 0; l < nb; l++) {
+            fr_ep_acts *x = &m->ep_acts[l];
+            float *bufs[4] = {x->xr, x->gr, x->ur, x->hr};
+            for (int k = 0; k < 4; k++)
+                if (bufs[k]) m->ops->free(bufs[k]);
+            free(x->seg);
+        }
+        free(m->ep_acts);
+        m->ep_acts = NULL;
+    }
+    for (int k = 0; k < 3; k++) {
+        if (m->ep_scr[k]) m->ops->free(m->ep_scr[k]);
+        m->ep_scr[k] = NULL;
+        m->ep_scr_cap[k] = 0;
+    }
+}
+
+int fr_model_set_expert_parallel(fr_model *m, struct fr_comm *group) {
+    fr_model_ep_free(m);
+    m->ep_comm = NULL;
+    m->ep_active = 0;
+    if (!group || group->size == 1) return FR_OK;
+    const int E = m->cfg.n_routed_experts, P = group->size;
+    if (E == 0 || E % P != 0)
+        return fr_error(FR_ERR_CONFIG, "expert parallelism over %d ranks needs n_routed_experts (%d) to be a multiple of %d",
+                        P, E, P);
+    const int nb = m->cfg.num_hidden_layers + m->mtp_depth;
+    m->ep_acts = calloc((size_t)nb, sizeof *m->ep_acts);
+    if (!m->ep_acts) return fr_error(FR_ERR_NOMEM, "out of memory");
+    for (int l = 0; l < nb; l++) {
+        fr_ep_acts *x = &m->ep_acts[l];
+        /* seg [E + 1] (group x experts_here = E segments) and send / recv [P] in one block */
+        x->seg = malloc((size_t)(E + 1) * sizeof(int) + 2 * (size_t)P * sizeof(size_t) + sizeof(size_t));
+        if (!x->seg) {
+            fr_model_ep_free(m);
+            return fr_error(FR_ERR_NOMEM, "out of memory");
+        }
+        size_t *counts = (size_t *)(((uintptr_t)(x->seg + E + 1) + sizeof(size_t) - 1) & ~(uintptr_t)(sizeof(size_t) - 1));
+        x->send = counts;
+        x->recv = counts + P;
+    }
+    m->ep_comm = group;
+    return FR_OK;
+}
+
+static int ep_on(const fr_model *m) { return m->ep_comm && m->ep_active; }
+
+/* The rows the owners' experts see: segment (s, j) for this rank's Eh experts */
+static expert_rows ep_rows(const fr_model *m, const fr_ep_acts *x) {
+    const fr_comm *c = m->ep_comm;
+    const int Eh = m->cfg.n_routed_experts / c->size;
+    return (expert_rows){x->seg, c->size * Eh, c->rank * Eh, Eh};
+}
+
+/* Forward: a->xe (slot rows sorted by expert) to the owners, their expert MLPs, a->ye back. */
+static void ep_forward(fr_model *m, const fr_block *b, fr_block_acts *a, fr_ep_acts *x) {
+    fr_comm *c = m->ep_comm;
+    const fr_config *cf = &m->cfg;
+    const int E = cf->n_routed_experts, P = c->size, Eh = E / P, H = cf->hidden_size, Im = cf->moe_intermediate_size;
+    float *cnt = malloc(2 * (size_t)E * sizeof(float));
+    size_t *per = malloc((size_t)P * sizeof(size_t));
+    if (!cnt || !per) {
+        free(cnt), free(per);
+        ep_fail(m, "out of memory");
+        return;
+    }
+    /* 1. per-expert row counts to each owner (exact in FP32 below 2^24 rows) */
+    for (int e = 0; e < E; e++) cnt[e] = (float)(a->offsets[e + 1] - a->offsets[e]);
+    for (int d = 0; d < P; d++) per[d] = (size_t)Eh;
+    if (fr_comm_alltoallv(c, cnt + E, per, cnt, per) != FR_OK) {
+        ep_fail(m, "%s", fr_last_error());
+        free(cnt), free(per);
+        return;
+    }
+    x->seg[0] = 0;
+    for (int k = 0; k < E; k++) x->seg[k + 1] = x->seg[k] + (int)cnt[E + k];
+    x->rows = x->seg[E];
+    for (int d = 0; d < P; d++) {
+        x->send[d] = (size_t)(a->offsets[(d + 1) * Eh] - a->offsets[d * Eh]) * H;
+        x->recv[d] = (size_t)(x->seg[(d + 1) * Eh] - x->seg[d * Eh]) * H;
+    }
+    free(cnt), free(per);
+    const size_t R = (size_t)x->rows;
+    if (x->cap_rows < R || !x->xr) {
+        size_t caps[4] = {0, 0, 0, 0};
+        float **bufs[4] = {&x->xr, &x->gr, &x->ur, &x->hr};
+        for (int k = 0; k < 4; k++) {
+            if (*bufs[k]) m->ops->free(*bufs[k]);
+            *bufs[k] = NULL;
+            if (!ep_grow(m, bufs[k], &caps[k], (R + 1) * (k == 0 ? H : Im))) return;
+        }
+        x->cap_rows = R + 1;
+    }
+    if (!ep_grow(m, &m->ep_scr[0], &m->ep_scr_cap[0], (R + 1) * H)) return;
+    /* 2. the rows to their owners */
+    if (fr_comm_alltoallv(c, x->xr, x->recv, a->xe, x->send) != FR_OK) {
+        ep_fail(m, "%s", fr_last_error());
+        return;
+    }
+    /* 3. this rank's experts over everything received */
+    const expert_rows rows = ep_rows(m, x);
+    const expert_operands gate_up[2] = {{x->gr, x->xr, NULL, P(b->exp_gate), Im, H, 0},
+                                        {x->ur, x->xr, NULL, P(b->exp_up), Im, H, 0}};
+    experts_gemm(m, &rows, b->exp_stride, EXPERTS_FWD, H, Im, 0.0f, gate_up, 2);
+    m->ops->swiglu_forward(x->hr, x->gr, x->ur, R * Im);
+    float *yr = m->ep_scr[0];
+    const expert_operands down = {yr, x->hr, NULL, P(b->exp_down), H, Im, 0};
+    experts_gemm(m, &rows, b->exp_stride, EXPERTS_FWD, Im, H, 0.0f, &down, 1);
+    /* 4. the outputs back, into the sender's slot order */
+    if (fr_comm_alltoallv(c, a->ye, x->send, yr, x->recv) != FR_OK) ep_fail(m, "%s", fr_last_error());
+}
+
+/* Backward: s->dye to the owners; their expert gradients; s->dxe back. */
+static void ep_backward(fr_model *m, const fr_block *b, fr_ep_acts *x) {
+    fr_comm *c = m->ep_comm;
+    fr_scratch *s = &m->scr;
+    const fr_config *cf = &m->cfg;
+    const int H = cf->hidden_size, Im = cf->moe_intermediate_size;
+    const size_t R = (size_t)x->rows;
+    if (!ep_grow(m, &m->ep_scr[0], &m->ep_scr_cap[0], (R + 1) * H) ||
+        !ep_grow(m, &m->ep_scr[1], &m->ep_scr_cap[1], (R + 1) * H) ||
+        !ep_grow(m, &m->ep_scr[2], &m->ep_scr_cap[2], 3 * (R + 1) * Im))
+        return;
+    float *dyr = m->ep_scr[0], *dxr = m->ep_scr[1];
+    float *dhr = m->ep_scr[2], *dgr = dhr + (R + 1) * Im, *dur = dgr + (R + 1) * Im;
+    if (fr_comm_alltoallv(c, dyr, x->recv, s->dye, x->send) != FR_OK) {
+        ep_fail(m, "%s", fr_last_error());
+        return;
+    }
+    const expert_rows rows = ep_rows(m, x);
+    const expert_operands d_down_x = {dhr, dyr, NULL, P(b->exp_down), Im, H, 0};
+    const expert_operands d_down_w = {G(b->exp_down), dyr, x->hr, NULL, 0, H, Im};
+    experts_gemm(m, &rows, b->exp_stride, EXPERTS_DX, Im, H, 0.0f, &d_down_x, 1);
+    experts_gemm(m, &rows, b->exp_stride, EXPERTS_DW, Im, H, 1.0f, &d_down_w, 1);
+    m->ops->swiglu_backward(dgr, dur, dhr, x->gr, x->ur, R * Im);
+    const expert_operands d_gate_x = {dxr, dgr, NULL, P(b->exp_gate), H, Im, 0};
+    const expert_operands d_up_x = {dxr, dur, NULL, P(b->exp_up), H, Im, 0};
+    const expert_operands d_gate_up_w[2] = {{G(b->exp_gate), dgr, x->xr, NULL, 0, Im, H},
+                                            {G(b->exp_up), dur, x->xr, NULL, 0, Im, H}};
+    experts_gemm(m, &rows, b->exp_stride, EXPERTS_DX, H, Im, 0.0f, &d_gate_x, 1);
+    experts_gemm(m, &rows, b->exp_stride, EXPERTS_DX, H, Im, 1.0f, &d_up_x, 1);
+    experts_gemm(m, &rows, b->exp_stride, EXPERTS_DW, H, Im, 1.0f, d_gate_up_w, 2);
+    if (fr_comm_alltoallv(c, s->dxe, x->send, dxr, x->recv) != FR_OK) ep_fail(m, "%s", fr_last_error());
+}
+
 static void moe_forward(fr_model *m, const fr_block *b, fr_block_acts *a, int N, float *out) {
     const fr_ops *o = m->ops;
     const fr_config *c = &m->cfg;
@@ -293,12 +485,17 @@ static void moe_forward(fr_model *m, const fr_block *b, fr_block_acts *a, int N,
     /* dropless: sort routing slots by expert, one GEMM per expert over its tokens */
     o->moe_permute(a->perm_token, a->slot_pos, a->offsets, a->topk_idx, N, K, E);
     o->moe_dispatch_forward(a->xe, a->ffn_xn, a->perm_token, N * K, H);
-    const expert_operands gate_up[2] = {{a->ge, a->xe, NULL, P(b->exp_gate), Im, H, 0},
-                                        {a->ue, a->xe, NULL, P(b->exp_up), Im, H, 0}};
-    experts_gemm(m, a, expert_numel, E, EXPERTS_FWD, H, Im, 0.0f, gate_up, 2);
-    o->swiglu_forward(a->he, a->ge, a->ue, (size_t)N * K * Im);
-    const expert_operands down = {a->ye, a->he, NULL, P(b->exp_down), H, Im, 0};
-    experts_gemm(m, a, expert_numel, E, EXPERTS_FWD, Im, H, 0.0f, &down, 1);
+    if (ep_on(m)) {
+        ep_forward(m, b, a, &m->ep_acts[b - m->blocks]);
+    } else {
+        const expert_rows rows = local_rows(a, E);
+        const expert_operands gate_up[2] = {{a->ge, a->xe, NULL, P(b->exp_gate), Im, H, 0},
+                                            {a->ue, a->xe, NULL, P(b->exp_up), Im, H, 0}};
+        experts_gemm(m, &rows, expert_numel, EXPERTS_FWD, H, Im, 0.0f, gate_up, 2);
+        o->swiglu_forward(a->he, a->ge, a->ue, (size_t)N * K * Im);
+        const expert_operands down = {a->ye, a->he, NULL, P(b->exp_down), H, Im, 0};
+        experts_gemm(m, &rows, expert_numel, EXPERTS_FWD, Im, H, 0.0f, &down, 1);
+    }
     o->memset0(out, (size_t)N * H * sizeof(float));
     o->moe_combine_forward(out, a->ye, a->topk_w, a->slot_pos, N, K, H);
 
@@ -325,19 +522,24 @@ static void moe_backward(fr_model *m, const fr_block *b, fr_block_acts *a, int B
                      G(b->mlp_up), G(b->mlp_down), a->g, a->u, a->h, s->dg, s->du, s->dh, N, H, b->mlp_inter);
 
     o->moe_combine_backward(s->dye, s->dtopk_w, dout, a->ye, a->topk_w, a->slot_pos, N, K, H);
-    /* the gate's and up's input gradients add into the same dX: two calls, one after the other */
-    const expert_operands d_down_x = {s->dhe, s->dye, NULL, P(b->exp_down), Im, H, 0};
-    const expert_operands d_down_w = {G(b->exp_down), s->dye, a->he, NULL, 0, H, Im};
-    experts_gemm(m, a, expert_numel, E, EXPERTS_DX, Im, H, 0.0f, &d_down_x, 1);
-    experts_gemm(m, a, expert_numel, E, EXPERTS_DW, Im, H, 1.0f, &d_down_w, 1);
-    o->swiglu_backward(s->dge, s->due, s->dhe, a->ge, a->ue, (size_t)N * K * Im);
-    const expert_operands d_gate_x = {s->dxe, s->dge, NULL, P(b->exp_gate), H, Im, 0};
-    const expert_operands d_up_x = {s->dxe, s->due, NULL, P(b->exp_up), H, Im, 0};
-    const expert_operands d_gate_up_w[2] = {{G(b->exp_gate), s->dge, a->xe, NULL, 0, Im, H},
-                                            {G(b->exp_up), s->due, a->xe, NULL, 0, Im, H}};
-    experts_gemm(m, a, expert_numel, E, EXPERTS_DX, H, Im, 0.0f, &d_gate_x, 1);
-    experts_gemm(m, a, expert_numel, E, EXPERTS_DX, H, Im, 1.0f, &d_up_x, 1);
-    experts_gemm(m, a, expert_numel, E, EXPERTS_DW, H, Im, 1.0f, d_gate_up_w, 2);
+    if (ep_on(m)) {
+        ep_backward(m, b, &m->ep_acts[b - m->blocks]);
+    } else {
+        /* the gate's and up's input gradients add into the same dX: two calls, one after the other */
+        const expert_rows rows = local_rows(a, E);
+        const expert_operands d_down_x = {s->dhe, s->dye, NULL, P(b->exp_down), Im, H, 0};
+        const expert_operands d_down_w = {G(b->exp_down), s->dye, a->he, NULL, 0, H, Im};
+        experts_gemm(m, &rows, expert_numel, EXPERTS_DX, Im, H, 0.0f, &d_down_x, 1);
+        experts_gemm(m, &rows, expert_numel, EXPERTS_DW, Im, H, 1.0f, &d_down_w, 1);
+        o->swiglu_backward(s->dge, s->due, s->dhe, a->ge, a->ue, (size_t)N * K * Im);
+        const expert_operands d_gate_x = {s->dxe, s->dge, NULL, P(b->exp_gate), H, Im, 0};
+        const expert_operands d_up_x = {s->dxe, s->due, NULL, P(b->exp_up), H, Im, 0};
+        const expert_operands d_gate_up_w[2] = {{G(b->exp_gate), s->dge, a->xe, NULL, 0, Im, H},
+                                                {G(b->exp_up), s->due, a->xe, NULL, 0, Im, H}};
+        experts_gemm(m, &rows, expert_numel, EXPERTS_DX, H, Im, 0.0f, &d_gate_x, 1);
+        experts_gemm(m, &rows, expert_numel, EXPERTS_DX, H, Im, 1.0f, &d_up_x, 1);
+        experts_gemm(m, &rows, expert_numel, EXPERTS_DW, H, Im, 1.0f, d_gate_up_w, 2);
+    }
     o->moe_dispatch_backward(s->d_xn, s->dxe, a->slot_pos, N, K, H);
 
     /* router: gate weights (and optionally the balance loss) -> router logits -> x */

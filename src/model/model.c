@@ -60,6 +60,7 @@ static int add_tensor(fr_model *m, size_t *off, int trainable, int ndim, int64_t
     t->offset = m->n_params;
     t->no_decay = ndim == 1;
     t->trainable = trainable;
+    t->expert = -1;
     m->n_params += (t->numel + 15) & ~(size_t)15; /* 64-byte aligned tensors */
     if (off) *off = t->offset;
     return FR_OK;
@@ -116,6 +117,7 @@ static int register_block(fr_model *m, fr_block *b, int index, int is_mtp) {
                     FR_CHECK(add_tensor(m, &off, 1, 2, Im, H, "%s%d.mlp.experts.%d.%s.weight", pre, index, e, kinds[k]));
                 else
                     FR_CHECK(add_tensor(m, &off, 1, 2, H, Im, "%s%d.mlp.experts.%d.%s.weight", pre, index, e, kinds[k]));
+                m->tensors[m->n_tensors - 1].expert = e;
                 if (e == 0) *bases[k] = off;
                 if (e == 1) b->exp_stride = off - *bases[k];
             }
@@ -492,6 +494,7 @@ void fr_model_free(fr_model *m) {
     if (m->rope_sin) m->ops->free(m->rope_sin);
     for (int k = 0; k < 2; k++)
         if (m->fp8_buf[k]) m->ops->free(m->fp8_buf[k]);
+    fr_model_ep_free(m);
     free(m->host_targets);
     free(m->tensors);
     free(m->blocks);
@@ -966,6 +969,10 @@ int fr_model_set_fp8_grad_tiles(fr_model *m, int tile_rows) {
 /* After a forward or backward: the mixed-precision GEMMs ran (their buffers grew) and the FP8
  * GEMMs' inputs were finite. */
 static int gemm_status(fr_model *m, const char *pass) {
+    if (m->ep_failed) {
+        m->ep_failed = 0;
+        return fr_error(FR_ERR_IO, "expert-parallel exchange failed in the %s: %s", pass, m->ep_error);
+    }
     if (m->precision == FR_PREC_FP32) return FR_OK;
     const long bad = m->fp8_nonfinite;
     const int oom = m->fp8_oom || m->gemm_failed;

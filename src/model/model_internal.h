@@ -27,6 +27,7 @@ typedef struct {
     size_t numel;
     int no_decay;    /* norms and biases: no weight decay */
     int trainable;   /* 0 for e_score_correction_bias (updated by the balancer, not by gradients) */
+    int expert;      /* routed expert this matrix belongs to, -1 for every other tensor */
 } fr_tensor;
 
 /* Offsets of one decoder block's tensors (main layers and MTP blocks alike). */
@@ -66,6 +67,17 @@ typedef struct {
     float *xe, *ge, *ue, *he, *ye;      /* [NK,H], [NK,Im] x3, [NK,H] */
     float *out;                         /* [N,H] block output (residual stream) */
 } fr_block_acts;
+
+/* Expert parallelism, the owner's side of one MoE block: the rows the group sent to this
+ * rank's experts, kept from the forward for the backward. Segment k = s * experts_here + j
+ * holds the rows source rank s sent to local expert j (rows seg[k] .. seg[k+1]). */
+typedef struct {
+    int rows;                           /* R, rows received */
+    int *seg;                           /* [group * experts_here + 1] */
+    size_t *send, *recv;                /* [group] values sent to / received from each rank */
+    float *xr, *gr, *ur, *hr;           /* [R,H], [R,Im] x3 */
+    size_t cap_rows;
+} fr_ep_acts;
 
 /* Backward scratch shared by all blocks (sized for the largest). */
 typedef struct {
@@ -138,9 +150,28 @@ struct fr_model {
     size_t fp8_cap[2];                  /* floats */
     long fp8_nonfinite;                 /* NaN / Inf seen entering an FP8 GEMM since the last check */
     int fp8_oom;                        /* a buffer could not grow */
+
+    /* Expert parallelism (fr_model_set_expert_parallel): the routed experts of every MoE block
+     * are split over the ranks of ep_comm, rank r owning experts r * E / size ..; while
+     * ep_active, a training forward sends each token's rows to its experts' owner and back
+     * (all-to-all-v), and the backward mirrors it. Parameters stay whole on every rank. */
+    struct fr_comm *ep_comm;            /* NULL: every expert is local */
+    int ep_active;
+    int ep_failed;                      /* an exchange or a buffer failed in this pass */
+    char ep_error[256];                 /* what failed */
+    fr_ep_acts *ep_acts;                /* [num blocks] */
+    float *ep_scr[3];                   /* owner's backward scratch: [R,H] x2, [R,Im] ... */
+    size_t ep_scr_cap[3];               /* floats */
 };
 
 enum { FR_PREC_FP32 = 0, FR_PREC_BF16 = 1, FR_PREC_FP8 = 2 };
+
+/* Split the routed experts of every MoE block over the ranks of group (NULL: all local again).
+ * FR_ERR_CONFIG when n_routed_experts is not a multiple of the group's size. The exchange runs
+ * only while m->ep_active is set (the trainer's training steps); the buffers it grows are
+ * freed by fr_model_ep_free (and fr_model_free). */
+int fr_model_set_expert_parallel(fr_model *m, struct fr_comm *group);
+void fr_model_ep_free(fr_model *m);
 
 /* Shared with the inference engine (infer.c): RoPE tables [max_pos, qk_rope_head_dim/2]
  * (host memory, YaRN attention factor folded in) and the softmax scale (YaRN mscale^2). */

@@ -5,6 +5,7 @@
 
 #include <math.h>
 #include <omp.h>
+#include <stddef.h>
 #include <stdlib.h>
 
 /* The optimizer walks the trainable parameters in chunks of at most CHUNK elements, tensor
@@ -15,30 +16,48 @@
 
 typedef struct {
     const fr_tensor *t;
-    size_t lo, hi;
+    size_t lo, hi;   /* elements of t */
+    size_t mom;      /* index of element lo in the moment arrays */
 } opt_chunk;
 
-/* The chunk plan (malloc'd; NULL if out of memory); *n chunks. */
-static opt_chunk *plan_chunks(const fr_model *m, long *n) {
+/* The chunk plan over the trainable elements of the ranges (malloc'd; NULL if out of memory);
+ * *n chunks. Ranges are sorted, disjoint spans of the parameter arena; a tensor's elements
+ * outside them are skipped. */
+static opt_chunk *plan_chunks(const fr_model *m, const fr_opt_range *ranges, int n_ranges, long *n) {
     long count = 0;
-    for (int i = 0; i < m->n_tensors; i++)
-        if (m->tensors[i].trainable) count += (long)((m->tensors[i].numel + CHUNK - 1) / CHUNK);
-    opt_chunk *c = malloc((size_t)(count > 0 ? count : 1) * sizeof *c);
-    if (!c) return NULL;
-    long k = 0;
-    for (int i = 0; i < m->n_tensors; i++) {
-        const fr_tensor *t = &m->tensors[i];
-        if (!t->trainable) continue;
-        for (size_t lo = 0; lo < t->numel; lo += CHUNK)
-            c[k++] = (opt_chunk){t, lo, lo + CHUNK < t->numel ? lo + CHUNK : t->numel};
+    for (int pass = 0; pass < 2; pass++) {
+        opt_chunk *c = pass ? malloc((size_t)(count > 0 ? count : 1) * sizeof *c) : NULL;
+        if (pass && !c) return NULL;
+        long k = 0;
+        for (int ri = 0; ri < n_ranges; ri++) {
+            const fr_opt_range *r = &ranges[ri];
+            for (int i = 0; i < m->n_tensors; i++) {
+                const fr_tensor *t = &m->tensors[i];
+                if (!t->trainable) continue;
+                const size_t a = t->offset > r->lo ? t->offset : r->lo;
+                const size_t b = t->offset + t->numel < r->hi ? t->offset + t->numel : r->hi;
+                for (size_t lo = a; lo < b; lo += CHUNK) {
+                    if (pass)
+                        c[k] = (opt_chunk){t, lo - t->offset, (lo + CHUNK < b ? lo + CHUNK : b) - t->offset,
+                                           r->mom + (lo - r->lo)};
+                    k++;
+                }
+            }
+        }
+        if (pass) {
+            *n = k;
+            return c;
+        }
+        count = k;
     }
-    *n = count;
-    return c;
+    return NULL;
 }
 
-double fr_grad_norm(const fr_model *m, double grad_scale) {
+static fr_opt_range whole_arena(const fr_model *m) { return (fr_opt_range){0, m->n_params, 0}; }
+
+double fr_grad_sumsq(const fr_model *m, const fr_opt_range *ranges, int n_ranges) {
     long n = 0;
-    opt_chunk *c = plan_chunks(m, &n);
+    opt_chunk *c = plan_chunks(m, ranges, n_ranges, &n);
     double *partial = malloc((size_t)(n > 0 ? n : 1) * sizeof(double));
     if (!c || !partial) {
         free(c);
@@ -56,7 +75,12 @@ double fr_grad_norm(const fr_model *m, double grad_scale) {
     for (long k = 0; k < n; k++) total += partial[k];
     free(partial);
     free(c);
-    return sqrt(total) * grad_scale;
+    return total;
+}
+
+double fr_grad_norm(const fr_model *m, double grad_scale) {
+    const fr_opt_range all = whole_arena(m);
+    return sqrt(fr_grad_sumsq(m, &all, 1)) * grad_scale;
 }
 
 /* AdamW's per-step constants: bias corrections folded into the step size and the epsilon, in
@@ -86,22 +110,23 @@ static inline void adamw_elem(const adamw_consts *k, float decay, float *p, floa
 /* Both steps run over the chunk plan in one region; without memory for the plan, over whole
  * tensors on one thread (same numbers: the update is elementwise). Moments are float, or
  * BF16 codes when bf16 is set. */
-static void adamw_run(fr_model *m, void *mom, void *var, int bf16, const fr_adamw_hparams *h) {
+static int adamw_run(fr_model *m, void *mom, void *var, int bf16, const fr_opt_range *ranges, int n_ranges,
+                     const fr_adamw_hparams *h) {
     const adamw_consts k = adamw_prepare(h);
     long n = 0;
-    opt_chunk *c = plan_chunks(m, &n);
-    const int whole = c == NULL;
-    if (whole) n = m->n_tensors;
-#pragma omp parallel for schedule(static) if (!whole)
+    opt_chunk *c = plan_chunks(m, ranges, n_ranges, &n);
+    if (!c) return fr_error(FR_ERR_NOMEM, "out of memory for the optimizer's chunk plan");
+#pragma omp parallel for schedule(static)
     for (long ci = 0; ci < n; ci++) {
-        const fr_tensor *t = whole ? &m->tensors[ci] : c[ci].t;
-        if (!t->trainable) continue;
-        const size_t lo = whole ? 0 : c[ci].lo, hi = whole ? t->numel : c[ci].hi;
+        const fr_tensor *t = c[ci].t;
+        const size_t lo = c[ci].lo, hi = c[ci].hi;
         float *p = m->params + t->offset;
         const float *g = m->grads + t->offset;
         const float decay = adamw_decay(t, h);
+        /* moments of element j of t at index mbase + j */
+        const ptrdiff_t mbase = (ptrdiff_t)c[ci].mom - (ptrdiff_t)lo;
         if (bf16) {
-            uint16_t *mt = (uint16_t *)mom + t->offset, *vt = (uint16_t *)var + t->offset;
+            uint16_t *mt = (uint16_t *)mom + mbase, *vt = (uint16_t *)var + mbase;
             for (size_t j = lo; j < hi; j++) {
                 float mj = fr_bf16_decode(mt[j]), vj = fr_bf16_decode(vt[j]);
                 adamw_elem(&k, decay, &p[j], g[j], &mj, &vj);
@@ -109,17 +134,27 @@ static void adamw_run(fr_model *m, void *mom, void *var, int bf16, const fr_adam
                 vt[j] = fr_bf16_encode(vj);
             }
         } else {
-            float *mt = (float *)mom + t->offset, *vt = (float *)var + t->offset;
+            float *mt = (float *)mom + mbase, *vt = (float *)var + mbase;
             for (size_t j = lo; j < hi; j++) adamw_elem(&k, decay, &p[j], g[j], &mt[j], &vt[j]);
         }
     }
     free(c);
+    return FR_OK;
 }
 
-void fr_adamw_step(fr_model *m, float *mom, float *var, const fr_adamw_hparams *h) { adamw_run(m, mom, var, 0, h); }
+int fr_adamw_step(fr_model *m, float *mom, float *var, const fr_adamw_hparams *h) {
+    const fr_opt_range all = whole_arena(m);
+    return adamw_run(m, mom, var, 0, &all, 1, h);
+}
 
-void fr_adamw_step_bf16(fr_model *m, uint16_t *mom, uint16_t *var, const fr_adamw_hparams *h) {
-    adamw_run(m, mom, var, 1, h);
+int fr_adamw_step_bf16(fr_model *m, uint16_t *mom, uint16_t *var, const fr_adamw_hparams *h) {
+    const fr_opt_range all = whole_arena(m);
+    return adamw_run(m, mom, var, 1, &all, 1, h);
+}
+
+int fr_adamw_step_ranges(fr_model *m, void *mom, void *var, int moments_bf16, const fr_opt_range *ranges,
+                         int n_ranges, const fr_adamw_hparams *h) {
+    return adamw_run(m, mom, var, moments_bf16, ranges, n_ranges, h);
 }
 
 void fr_router_bias_update(fr_model *m, const long *counts, double gamma) {

@@ -7,6 +7,15 @@
 
 #include <stdint.h>
 
+/* A span [lo, hi) of the parameter arena whose AdamW moments sit at index mom.. of the moment
+ * arrays (data parallel with ZeRO-1 and expert parallel update only their own spans). */
+typedef struct {
+    size_t lo, hi, mom;
+} fr_opt_range;
+
+/* Sum of squares of the trainable gradients inside the ranges (deterministic as below). */
+double fr_grad_sumsq(const fr_model *m, const fr_opt_range *ranges, int n_ranges);
+
 /* Global L2 norm of the trainable gradients times grad_scale. Deterministic: partial sums
  * over fixed-size chunks are added in chunk order whatever the thread count. */
 double fr_grad_norm(const fr_model *m, double grad_scale);
@@ -19,11 +28,16 @@ typedef struct {
 
 /* One AdamW step (decoupled weight decay, not applied to no_decay tensors) over every
  * trainable tensor. mom/var have the layout of the parameters (n_params floats each). */
-void fr_adamw_step(fr_model *m, float *mom, float *var, const fr_adamw_hparams *h);
+int fr_adamw_step(fr_model *m, float *mom, float *var, const fr_adamw_hparams *h);
 /* The same step with both moments stored in bfloat16 (DeepSeek-V3's recipe: half the
  * optimizer memory): each moment is decoded, updated in FP32 exactly as fr_adamw_step does,
  * and stored rounded to nearest even. */
-void fr_adamw_step_bf16(fr_model *m, uint16_t *mom, uint16_t *var, const fr_adamw_hparams *h);
+int fr_adamw_step_bf16(fr_model *m, uint16_t *mom, uint16_t *var, const fr_adamw_hparams *h);
+/* The step over the trainable elements of the ranges only (sorted, disjoint); mom / var are
+ * float or (moments_bf16) BF16 codes, indexed by each range's mom. FR_ERR_NOMEM without memory
+ * for the chunk plan. */
+int fr_adamw_step_ranges(fr_model *m, void *mom, void *var, int moments_bf16, const fr_opt_range *ranges,
+                         int n_ranges, const fr_adamw_hparams *h);
 
 /* DeepSeek-V3 auxiliary-loss-free balancing: for each MoE block with a correction bias,
  * b_e += gamma * sign(mean load - load_e) from the step's assignment counts

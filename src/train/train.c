@@ -3,7 +3,8 @@
  * arguments, their checks and saved form are train_args.c),
  * gradient accumulation and clipping, DeepSeek-V3's auxiliary-loss-free router-bias
  * balancing, validation loss and bits per byte, samples, atomic checkpoints that resume
- * step for step, metrics.jsonl and the run ledger.
+ * step for step, metrics.jsonl and the run ledger. Checkpoints are checkpoint.c; how a job of
+ * many processes shares the work is dist.c (data parallel, ZeRO-1, expert parallel).
  *
  * Run folder layout:
  *   train_args.json          the arguments (resume needs nothing else)
@@ -24,6 +25,8 @@
 #include "formats/numfmt.h"
 #include "model/optim.h"
 #include "train/train_internal.h"
+#include "train/dist.h"
+#include "train/run.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -41,25 +44,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define STATE_MAGIC "FRTRAIN1"
-#define STATE_VERSION 1
-/* state_header.reserved: how the two moment arrays are stored (0 in files from before) */
-#define STATE_MOMENTS_FP32 0
-#define STATE_MOMENTS_BF16 1
-#define STATE_FILE "training_state.bin"
-
 /* ================================================================ data */
-
-typedef struct {
-    fr_dataset *train, *val;
-    long n_chunks;       /* training chunks of T+1 tokens (stride T) */
-    int T;
-    uint64_t seed;
-    long perm_epoch;     /* epoch whose permutation is in perm */
-    long *perm;
-    int *buf;            /* [T+1] */
-    double val_bytes;    /* bytes of text behind the evaluation tokens (for bits per byte) */
-} sampler;
 
 static int sampler_epoch(sampler *s, long epoch) {
     if (s->perm_epoch == epoch) return FR_OK;
@@ -86,30 +71,6 @@ static int sampler_get(sampler *s, long seq, int *tokens, int *targets) {
     return FR_OK;
 }
 
-/* ================================================================ run state */
-
-typedef struct {
-    const fr_train_args *a;
-    const fr_train_hooks *hooks;
-    fr_model *m;
-    fr_tokenizer *tok;          /* NULL if the data folder's tokenizer does not load */
-    sampler data;
-    void *mom, *var;            /* AdamW moments: float, or uint16_t BF16 codes (moments_bf16) */
-    int moments_bf16;
-    long step, max_steps;
-    long seg_first_step;        /* step at which this process started (ETA from its own pace) */
-    double tokens_done, flops_done;
-    double wall_base;           /* seconds of earlier segments of this run */
-    double t_start;             /* this segment (from the start of fr_train: loading counts) */
-    double t_loop;              /* this segment's first step (for the ETA) */
-    double t_progress;          /* last "progress" ledger record */
-    fr_ledger_entry led;
-    char ledger_path[600];
-    FILE *metrics;
-    double last_loss, last_val;
-    size_t mem_plan;
-} run;
-
 static double (*g_clock)(void);
 static double g_progress_interval = FR_TRAIN_PROGRESS_INTERVAL_S;
 
@@ -121,14 +82,14 @@ void fr_train_set_progress_interval(double seconds) {
 
 static double now_s(void) { return g_clock ? g_clock() : fr_now_s(); }
 
-static double elapsed(const run *r) { return r->wall_base + now_s() - r->t_start; }
+double fr_run_elapsed(const run *r) { return r->wall_base + now_s() - r->t_start; }
 
+/* Events and records come from rank 0 only: every rank computes the same numbers */
 static void emit(run *r, fr_train_event *ev) {
-    if (r->hooks && r->hooks->on_event) r->hooks->on_event(r->hooks->user, ev);
+    if (r->rank == 0 && r->hooks && r->hooks->on_event) r->hooks->on_event(r->hooks->user, ev);
 }
 
-static void info(run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void info(run *r, const char *fmt, ...) {
+void fr_run_info(run *r, const char *fmt, ...) {
     char msg[1024];
     va_list ap;
     va_start(ap, fmt);
@@ -156,7 +117,7 @@ static size_t rss_peak_bytes(void) {
 static void ledger_fill(run *r, const char *status) {
     fr_ledger_entry *e = &r->led;
     snprintf(e->status, sizeof e->status, "%s", status);
-    e->wall_s = elapsed(r);
+    e->wall_s = fr_run_elapsed(r);
     e->steps = r->step;
     e->tokens = r->tokens_done;
     e->flops = r->flops_done;
@@ -168,14 +129,14 @@ static void ledger_fill(run *r, const char *status) {
 
 /* metrics.jsonl: one line per record, flushed, so a crash loses at most a partial line. */
 /* A metrics record: {"type": TYPE, "step": the run's step, ...} for the caller to fill */
-static cJSON *metrics_object(const run *r, const char *type) {
+cJSON *fr_run_metrics_object(const run *r, const char *type) {
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "type", type);
     cJSON_AddNumberToObject(j, "step", (double)r->step);
     return j;
 }
 
-static void metrics_line(run *r, cJSON *j) {
+void fr_run_metrics_line(run *r, cJSON *j) {
     if (!r->metrics) return;
     char *s = cJSON_PrintUnformatted(j);
     if (s) {
@@ -214,273 +175,6 @@ static int metrics_truncate(const char *path, long step) {
     free(out);
     free(text);
     return rc;
-}
-
-/* ================================================================ checkpoints */
-
-typedef struct {
-    char magic[8];
-    uint32_t version, reserved;
-    int64_t step;
-    double tokens, flops, wall_s;
-    uint64_t n_params;
-    char run_id[64];
-} state_header;
-
-/* FNV-1a over the header and both moment arrays: the last 8 bytes of training_state.bin. */
-static uint64_t state_checksum(const state_header *h, const void *mom, const void *var, size_t pbytes) {
-    uint64_t sum = fr_fnv1a64(FR_FNV1A64_OFFSET, h, sizeof *h);
-    sum = fr_fnv1a64(sum, mom, pbytes);
-    return fr_fnv1a64(sum, var, pbytes);
-}
-
-static int ckpt_complete(const char *dir) {
-    const char *need[] = {"config.json", "model.safetensors", STATE_FILE};
-    char path[1300];
-    for (int i = 0; i < 3; i++) {
-        if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, need[i]) >= sizeof path) return 0;
-        if (access(path, R_OK) != 0) return 0;
-    }
-    return 1;
-}
-
-int fr_train_latest_checkpoint(const char *run_dir, char *out, size_t n) {
-    fr_clear_error();
-    char path[1200], name[128] = {0};
-    snprintf(path, sizeof path, "%s/latest", run_dir);
-    FILE *f = fopen(path, "r");
-    if (f) {
-        if (fgets(name, sizeof name, f)) name[strcspn(name, "\r\n")] = 0;
-        fclose(f);
-        snprintf(path, sizeof path, "%s/%s", run_dir, name);
-        if (name[0] && strncmp(name, "ckpt-", 5) == 0 && ckpt_complete(path)) {
-            if ((size_t)snprintf(out, n, "%s", path) >= n) return fr_error(FR_ERR_ARG, "path too long");
-            return FR_OK;
-        }
-    }
-    /* `latest` missing or stale (killed between the rename and its update): the newest complete folder */
-    DIR *d = opendir(run_dir);
-    if (!d) return fr_error(FR_ERR_IO, "cannot open run folder %s: %s", run_dir, strerror(errno));
-    struct dirent *de;
-    long best = -1;
-    while ((de = readdir(d))) {
-        long s;
-        char tail;
-        if (sscanf(de->d_name, "ckpt-%ld%c", &s, &tail) != 1) continue;
-        snprintf(path, sizeof path, "%s/%s", run_dir, de->d_name);
-        if (s > best && ckpt_complete(path)) best = s;
-    }
-    closedir(d);
-    if (best < 0) return fr_error(FR_ERR_STATE, "%s holds no complete checkpoint", run_dir);
-    if ((size_t)snprintf(out, n, "%s/ckpt-%08ld", run_dir, best) >= n) return fr_error(FR_ERR_ARG, "path too long");
-    return FR_OK;
-}
-
-static int write_generation_config(const fr_config *c, const char *path) {
-    cJSON *j = cJSON_CreateObject();
-    if (c->bos_token_id >= 0) cJSON_AddNumberToObject(j, "bos_token_id", c->bos_token_id);
-    if (c->eos_token_id >= 0) cJSON_AddNumberToObject(j, "eos_token_id", c->eos_token_id);
-    cJSON_AddBoolToObject(j, "do_sample", 1);
-    cJSON_AddNumberToObject(j, "temperature", 0.8);
-    cJSON_AddNumberToObject(j, "top_p", 0.95);
-    int rc = fr_train_write_json(path, j);
-    cJSON_Delete(j);
-    return rc;
-}
-
-/* Write RUN/ckpt-NNNNNNNN atomically: build .ckpt-NNNNNNNN.tmp, fsync, rename, then update
- * `latest`; keep the previous checkpoint, remove older ones. */
-/* Remove checkpoint folder ckpt-<step>: renamed to .ckpt-<step>.del first (one atomic step),
- * then deleted, so a kill during the deletion never leaves a half-emptied folder under a
- * checkpoint's name; a leftover .del is removed by the next trainer (remove_leftovers). */
-static void remove_checkpoint(const char *rd, long step) {
-    char path[1200], del[1200];
-    snprintf(path, sizeof path, "%s/ckpt-%08ld", rd, step);
-    snprintf(del, sizeof del, "%s/.ckpt-%08ld.del", rd, step);
-    fr_remove_tree(del);
-    if (rename(path, del) == 0) fr_remove_tree(del);
-}
-
-/* Temporary (.ckpt-N.tmp) and half-deleted (.ckpt-N.del) folders of a killed trainer, and
- * the temporaries of its atomic file writes (latest, train_args.json and metrics.jsonl as
- * NAME.tmp.PID). Only
- * called with the run folder's lock held, so no live trainer owns them. */
-static void remove_leftovers(const char *rd) {
-    static const char *const written[] = {"latest", "train_args.json", "metrics.jsonl"};
-    for (int i = 0; i < 3; i++) {
-        char *path = fr_path_join(rd, written[i]);
-        if (path) fr_remove_stale_tmp(path, ".tmp.");
-        free(path);
-    }
-    DIR *d = opendir(rd);
-    if (!d) return;
-    struct dirent *de;
-    long steps[64];
-    int del[64], n = 0;
-    while ((de = readdir(d)) && n < 64) {
-        long s;
-        char kind[8] = {0};
-        if (sscanf(de->d_name, ".ckpt-%ld.%7s", &s, kind) == 2 && (!strcmp(kind, "tmp") || !strcmp(kind, "del"))) {
-            steps[n] = s;
-            del[n++] = kind[0] == 'd';
-        }
-    }
-    closedir(d);
-    for (int i = 0; i < n; i++) {
-        char path[1200];
-        snprintf(path, sizeof path, "%s/.ckpt-%08ld.%s", rd, steps[i], del[i] ? "del" : "tmp");
-        fr_remove_tree(path);
-    }
-}
-
-static int save_checkpoint(run *r, char *out_dir, size_t out_n) {
-    const char *rd = r->a->run_dir;
-    char tmp[1200], final[1200], path[1300];
-    snprintf(tmp, sizeof tmp, "%s/.ckpt-%08ld.tmp", rd, r->step);
-    snprintf(final, sizeof final, "%s/ckpt-%08ld", rd, r->step);
-    fr_remove_tree(tmp);
-    FR_CHECK(fr_model_save(r->m, tmp));
-    const char *tok_files[] = {"tokenizer.json", "tokenizer_config.json"};
-    for (int i = 0; i < 2; i++) {
-        char src[1200];
-        snprintf(src, sizeof src, "%s/%s", r->a->data_dir, tok_files[i]);
-        if (access(src, R_OK) != 0) continue;
-        snprintf(path, sizeof path, "%s/%s", tmp, tok_files[i]);
-        FR_CHECK(fr_copy_file(src, path));
-    }
-    snprintf(path, sizeof path, "%s/generation_config.json", tmp);
-    FR_CHECK(write_generation_config(fr_model_config(r->m), path));
-
-    state_header h;
-    memset(&h, 0, sizeof h);
-    memcpy(h.magic, STATE_MAGIC, 8);
-    h.version = STATE_VERSION;
-    h.step = r->step;
-    h.tokens = r->tokens_done;
-    h.flops = r->flops_done;
-    h.wall_s = elapsed(r);
-    h.n_params = r->m->n_params;
-    memcpy(h.run_id, r->led.run_id, sizeof h.run_id);
-    h.reserved = r->moments_bf16 ? STATE_MOMENTS_BF16 : STATE_MOMENTS_FP32;
-    const size_t pbytes = r->m->n_params * (r->moments_bf16 ? sizeof(uint16_t) : sizeof(float));
-    uint64_t sum = state_checksum(&h, r->mom, r->var, pbytes);
-    const void *parts[] = {&h, r->mom, r->var, &sum};
-    const size_t lens[] = {sizeof h, pbytes, pbytes, sizeof sum};
-    snprintf(path, sizeof path, "%s/%s", tmp, STATE_FILE);
-    FR_CHECK(fr_write_file_atomic_v(path, parts, lens, 4));
-    fr_fsync_dir(tmp);
-
-    remove_checkpoint(rd, r->step); /* a checkpoint of the same step from a crashed earlier segment */
-    if (rename(tmp, final) != 0) return fr_error(FR_ERR_IO, "cannot rename %s to %s: %s", tmp, final, strerror(errno));
-    fr_fsync_dir(rd);
-    char name[64];
-    int nl = snprintf(name, sizeof name, "ckpt-%08ld\n", r->step);
-    snprintf(path, sizeof path, "%s/latest", rd);
-    FR_CHECK(fr_write_file_atomic(path, name, (size_t)nl));
-
-    /* keep this one and the one before it */
-    DIR *d = opendir(rd);
-    if (d) {
-        long steps[4096];
-        int n = 0;
-        struct dirent *de;
-        while ((de = readdir(d)) && n < 4096) {
-            long s;
-            char tail;
-            if (sscanf(de->d_name, "ckpt-%ld%c", &s, &tail) == 1 && s != r->step) steps[n++] = s;
-        }
-        closedir(d);
-        long keep = -1;
-        for (int i = 0; i < n; i++)
-            if (steps[i] < r->step && steps[i] > keep) keep = steps[i];
-        for (int i = 0; i < n; i++)
-            if (steps[i] != keep) remove_checkpoint(rd, steps[i]);
-    }
-    cJSON *j = metrics_object(r, "checkpoint");
-    cJSON_AddStringToObject(j, "dir", final);
-    metrics_line(r, j);
-    cJSON_Delete(j);
-    if (out_dir) snprintf(out_dir, out_n, "%s", final);
-    return FR_OK;
-}
-
-/* Moments stored in the other format than the run's: read in chunks and convert, the
- * checksum taken over the bytes as stored. */
-static int read_converted(FILE *f, void *dst, int dst_bf16, size_t n, uint64_t *sum) {
-    enum { CHUNK = 1 << 16 };
-    static float fbuf[CHUNK];
-    static uint16_t hbuf[CHUNK];
-    for (size_t i = 0; i < n; i += CHUNK) {
-        const size_t k = n - i < CHUNK ? n - i : CHUNK;
-        if (dst_bf16) { /* file FP32 -> run BF16 */
-            if (fread(fbuf, sizeof(float), k, f) != k) return 0;
-            *sum = fr_fnv1a64(*sum, fbuf, k * sizeof(float));
-            for (size_t j = 0; j < k; j++) ((uint16_t *)dst)[i + j] = fr_bf16_encode(fbuf[j]);
-        } else { /* file BF16 -> run FP32 */
-            if (fread(hbuf, sizeof(uint16_t), k, f) != k) return 0;
-            *sum = fr_fnv1a64(*sum, hbuf, k * sizeof(uint16_t));
-            fr_bf16_decode_row((float *)dst + i, hbuf, (int)k);
-        }
-    }
-    return 1;
-}
-
-/* Read straight into the moment buffers when the file stores them as the run does: no
- * transient copy of the 2 x n_params moments. Otherwise converted on the way in (a resume
- * that switched the moment format, e.g. with the precision). */
-static int load_state(run *r, const char *dir) {
-    char path[1300];
-    snprintf(path, sizeof path, "%s/%s", dir, STATE_FILE);
-    FILE *f = fopen(path, "rb");
-    if (!f) return fr_error(FR_ERR_IO, "cannot open %s: %s", path, strerror(errno));
-    const size_t n = r->m->n_params;
-    const size_t run_bytes = n * (r->moments_bf16 ? sizeof(uint16_t) : sizeof(float));
-    state_header h;
-    uint64_t want = 0, sum = 0;
-    int rc = FR_OK, file_bf16 = 0;
-    long len = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
-    rewind(f);
-    if (len < 0 || (size_t)len < sizeof h || fread(&h, sizeof h, 1, f) != 1) {
-        rc = fr_error(FR_ERR_FORMAT, "%s: %ld bytes, too short for a training state (truncated)", path, len);
-    } else if (memcmp(h.magic, STATE_MAGIC, 8) != 0 || h.version != STATE_VERSION ||
-               (h.reserved != STATE_MOMENTS_FP32 && h.reserved != STATE_MOMENTS_BF16)) {
-        rc = fr_error(FR_ERR_FORMAT, "%s: not a frugal training state (bad magic, version or moment format)", path);
-    } else {
-        file_bf16 = h.reserved == STATE_MOMENTS_BF16;
-        const size_t file_bytes = n * (file_bf16 ? sizeof(uint16_t) : sizeof(float));
-        const size_t want_len = sizeof h + 2 * file_bytes + sizeof(uint64_t);
-        if ((size_t)len != want_len) {
-            rc = fr_error(FR_ERR_FORMAT, "%s: %ld bytes, expected %zu for %zu parameters (truncated or from another model)",
-                          path, len, want_len, n);
-        } else if (file_bf16 == r->moments_bf16) {
-            if (fread(r->mom, 1, run_bytes, f) != run_bytes || fread(r->var, 1, run_bytes, f) != run_bytes)
-                rc = fr_error(FR_ERR_IO, "cannot read %s", path);
-            else
-                sum = state_checksum(&h, r->mom, r->var, run_bytes);
-        } else {
-            sum = fr_fnv1a64(FR_FNV1A64_OFFSET, &h, sizeof h);
-            if (!read_converted(f, r->mom, r->moments_bf16, n, &sum) || !read_converted(f, r->var, r->moments_bf16, n, &sum))
-                rc = fr_error(FR_ERR_IO, "cannot read %s", path);
-        }
-        if (rc == FR_OK && fread(&want, sizeof want, 1, f) != 1) rc = fr_error(FR_ERR_IO, "cannot read %s", path);
-        if (rc == FR_OK && sum != want) rc = fr_error(FR_ERR_FORMAT, "%s: checksum mismatch (corrupted)", path);
-    }
-    fclose(f);
-    if (rc != FR_OK) {
-        memset(r->mom, 0, run_bytes);
-        memset(r->var, 0, run_bytes);
-        return rc;
-    }
-    if (file_bf16 != r->moments_bf16)
-        info(r, "AdamW moments: the checkpoint's %s converted to %s", file_bf16 ? "bf16" : "fp32",
-             r->moments_bf16 ? "bf16" : "fp32");
-    r->step = h.step;
-    r->tokens_done = h.tokens;
-    r->flops_done = h.flops;
-    r->wall_base = h.wall_s;
-    memcpy(r->led.run_id, h.run_id, sizeof r->led.run_id);
-    r->led.run_id[sizeof r->led.run_id - 1] = 0;
-    return FR_OK;
 }
 
 /* ================================================================ evaluation, samples */
@@ -564,7 +258,7 @@ static int sample_text(run *r, char **out) {
         rc = fr_model_forward_eval(r->m, seq + off, NULL, 1, len, NULL);
         if (rc != FR_OK) break;
         const float *logits = fr_model_logits(r->m) + (size_t)(len - 1) * V;
-        int top[40];
+        int top[40] = {0};
         int k = V < 40 ? V : 40;
         for (int i = 0; i < k; i++) top[i] = -1;
         for (int v = 0; v < V; v++) { /* insertion into a sorted top-k */
@@ -601,7 +295,7 @@ static int sample_text(run *r, char **out) {
 
 static int do_checkpoint(run *r) {
     char dir[1200];
-    FR_CHECK(save_checkpoint(r, dir, sizeof dir));
+    FR_CHECK(fr_run_save_checkpoint(r, dir, sizeof dir));
     fr_train_event ev;
     memset(&ev, 0, sizeof ev);
     ev.type = FR_EV_CHECKPOINT;
@@ -609,14 +303,21 @@ static int do_checkpoint(run *r) {
     ev.max_steps = r->max_steps;
     ev.text = dir;
     emit(r, &ev);
-    ledger_fill(r, "running");
+    int rc = FR_OK;
+    if (r->rank == 0) {
+        ledger_fill(r, "running");
+        rc = fr_ledger_update(r->ledger_path, &r->led);
+    }
     r->t_progress = now_s();
-    return fr_ledger_update(r->ledger_path, &r->led);
+    return fr_comm_agree(r->world, rc);
 }
 
+/* Evaluation and samples run on every rank over the same sequences (replicated: every rank
+ * holds all the weights once the experts are synced), so each gets rank 0's numbers. */
 static int do_eval(run *r) {
     if (!r->data.val) return FR_OK;
     double vl = 0, bpb = 0;
+    FR_CHECK(fr_dist_sync_experts(&r->dist, r->m));
     FR_CHECK(evaluate(r, &vl, &bpb));
     r->last_val = vl;
     fr_train_event ev;
@@ -628,17 +329,18 @@ static int do_eval(run *r) {
     ev.val_loss = vl;
     ev.val_bpb = bpb;
     emit(r, &ev);
-    cJSON *j = metrics_object(r, "eval");
+    cJSON *j = fr_run_metrics_object(r, "eval");
     cJSON_AddNumberToObject(j, "tokens", r->tokens_done);
     cJSON_AddNumberToObject(j, "val_loss", vl);
     if (isfinite(bpb)) cJSON_AddNumberToObject(j, "val_bpb", bpb);
-    metrics_line(r, j);
+    fr_run_metrics_line(r, j);
     cJSON_Delete(j);
     return FR_OK;
 }
 
 static int do_sample(run *r) {
     char *text = NULL;
+    FR_CHECK(fr_dist_sync_experts(&r->dist, r->m));
     FR_CHECK(sample_text(r, &text));
     if (!text) return FR_OK;
     fr_train_event ev;
@@ -647,50 +349,108 @@ static int do_sample(run *r) {
     ev.step = r->step;
     ev.text = text;
     emit(r, &ev);
-    cJSON *j = metrics_object(r, "sample");
+    cJSON *j = fr_run_metrics_object(r, "sample");
     cJSON_AddStringToObject(j, "text", text);
-    metrics_line(r, j);
+    fr_run_metrics_line(r, j);
     cJSON_Delete(j);
     free(text);
     return FR_OK;
 }
 
+/* The job's view of one step: every rank's losses averaged (each rank's are means over the same
+ * number of targets, so the average is the mean over the global batch), target counts summed. */
+static int average_losses(run *r, fr_loss_info *mean) {
+    if (r->nranks == 1) return FR_OK;
+    float v[12];
+    v[0] = (float)mean->loss, v[1] = (float)mean->loss_main, v[2] = (float)mean->loss_balance;
+    v[3] = (float)mean->n_targets;
+    for (int k = 0; k < 8; k++) v[4 + k] = (float)mean->loss_mtp[k];
+    FR_CHECK(fr_comm_allreduce(r->world, v, 12));
+    const double w = 1.0 / r->nranks;
+    mean->loss = v[0] * w, mean->loss_main = v[1] * w, mean->loss_balance = v[2] * w;
+    mean->n_targets = (long)v[3];
+    for (int k = 0; k < 8; k++) mean->loss_mtp[k] = v[4 + k] * w;
+    return FR_OK;
+}
+
+/* What the formulas put on the wire per step for this rank (fr_train_event.comm_model_bytes):
+ * ring all-reduce 2 (G-1)/G x bytes, reduce-scatter and all-gather (G-1)/G x bytes each, and for
+ * each MoE block four all-to-all exchanges (rows out and back, forward and backward) of
+ * tokens x top-k x hidden x 4 x (P-1)/P under uniform routing. */
+static void comm_model(const run *r, int local_B, int T, double out[4]) {
+    memset(out, 0, 4 * sizeof(double));
+    const fr_dist *d = &r->dist;
+    for (int k = 0; k < d->n_seg; k++) {
+        const fr_comm *g = d->seg[k].owned ? d->dp : d->world;
+        const double G = g->size, bytes = (double)(d->seg[k].hi - d->seg[k].lo) * sizeof(float);
+        if (G < 2) continue;
+        if (d->zero1) {
+            out[1] += (G - 1) / G * bytes;
+            out[2] += (G - 1) / G * bytes;
+        } else {
+            out[0] += 2 * (G - 1) / G * bytes;
+        }
+    }
+    if (d->ep) {
+        const fr_config *c = &r->m->cfg;
+        const double P = d->ep->size, row = (double)c->num_experts_per_tok * c->hidden_size * sizeof(float);
+        const int L = c->num_hidden_layers;
+        for (int l = 0; l < L + r->m->mtp_depth; l++) {
+            if (!r->m->blocks[l].is_moe) continue;
+            const int Tk = l < L ? T : T - (l - L + 1); /* MTP module k sees T - k positions */
+            if (Tk > 0) out[3] += 4 * (double)local_B * Tk * row * (P - 1) / P;
+        }
+    }
+    for (int k = 0; k < 4; k++) out[k] *= r->a->grad_accum;
+}
+
 static int train_steps(run *r, fr_train_result *res) {
     const fr_train_args *a = r->a;
     const int B = a->batch_size, T = a->seq_len, N = B * T;
+    const int local_B = B / r->nranks; /* this rank's slice of each batch */
     const int E = r->m->cfg.n_routed_experts;
     const int n_moe = fr_model_num_moe_blocks(r->m);
     const double step_flops = fr_model_train_flops(r->m, B, T) * a->grad_accum;
     int *tokens = malloc((size_t)N * sizeof(int)), *targets = malloc((size_t)N * sizeof(int));
     const size_t n_counts = (size_t)n_moe * (size_t)E; /* 0 for a dense model */
+    float *fcounts = calloc(n_counts + 1, sizeof(float));
+    double comm_model_bytes[4];
+    comm_model(r, local_B, T, comm_model_bytes);
     long *counts = calloc(n_counts + 1, sizeof(long));
     long *micro_counts = calloc(n_counts + 1, sizeof(long));
     int *layer_idx = calloc((size_t)n_moe + 1, sizeof(int));
     int rc = FR_OK;
-    if (!tokens || !targets || !counts || !micro_counts || !layer_idx) rc = fr_error(FR_ERR_NOMEM, "out of memory");
+    if (!tokens || !targets || !counts || !micro_counts || !layer_idx || !fcounts) rc = fr_error(FR_ERR_NOMEM, "out of memory");
+    rc = fr_comm_agree(r->world, rc);
 
     while (rc == FR_OK && r->step < r->max_steps) {
-        if (r->hooks && r->hooks->should_stop && r->hooks->should_stop(r->hooks->user)) {
+        float stop = r->hooks && r->hooks->should_stop && r->hooks->should_stop(r->hooks->user);
+        if (r->nranks > 1 && (rc = fr_comm_allreduce(r->world, &stop, 1)) != FR_OK) break; /* any rank's Ctrl-C */
+        if (stop > 0) {
             res->interrupted = 1;
             break;
         }
         const double t0 = now_s();
+        fr_comm_stats comm0 = *r->world->stats;
         fr_model_zero_grad(r->m);
         memset(counts, 0, n_counts * sizeof(long));
         fr_loss_info mean;
         memset(&mean, 0, sizeof mean);
         for (int micro = 0; micro < a->grad_accum && rc == FR_OK; micro++) {
-            for (int b = 0; b < B && rc == FR_OK; b++) {
-                long seq = ((long)r->step * a->grad_accum + micro) * B + b;
+            for (int b = 0; b < local_B && rc == FR_OK; b++) {
+                long seq = ((long)r->step * a->grad_accum + micro) * B + (long)r->rank * local_B + b;
                 rc = sampler_get(&r->data, seq, tokens + (size_t)b * T, targets + (size_t)b * T);
             }
+            rc = fr_comm_agree(r->world, rc); /* a rank that could not read its slice stops the job */
             fr_loss_info li;
-            if (rc == FR_OK) rc = fr_model_forward(r->m, tokens, targets, B, T, &li);
+            r->m->ep_active = 1; /* the training forward and backward route tokens to the experts' owners */
+            if (rc == FR_OK) rc = fr_model_forward(r->m, tokens, targets, local_B, T, &li);
             if (rc == FR_OK && n_moe > 0) { /* before backward, which retires the forward */
                 rc = fr_model_expert_counts(r->m, micro_counts, layer_idx);
                 for (size_t i = 0; i < n_counts; i++) counts[i] += micro_counts[i];
             }
             if (rc == FR_OK) rc = fr_model_backward(r->m);
+            r->m->ep_active = 0;
             if (rc != FR_OK) break;
             const double w = 1.0 / a->grad_accum;
             mean.loss += w * li.loss;
@@ -700,18 +460,31 @@ static int train_steps(run *r, fr_train_result *res) {
             mean.n_targets += li.n_targets;
         }
         if (rc != FR_OK) break;
+        /* the job's gradients, losses and expert loads (sums of small counts: exact in FP32) */
+        rc = fr_dist_reduce_grads(&r->dist, r->m);
+        if (rc == FR_OK) rc = average_losses(r, &mean);
+        if (rc == FR_OK && n_counts > 0 && r->nranks > 1) {
+            for (size_t i = 0; i < n_counts; i++) fcounts[i] = (float)counts[i];
+            rc = fr_comm_allreduce(r->world, fcounts, n_counts);
+            for (size_t i = 0; i < n_counts; i++) counts[i] = (long)fcounts[i];
+        }
+        if (rc != FR_OK) break;
         if (!isfinite(mean.loss)) {
             rc = fr_error(FR_ERR_STATE, "loss is %f at step %ld: training diverged (lower the learning rate)", mean.loss, r->step + 1);
             break;
         }
-        const double scale = 1.0 / a->grad_accum;
-        const double gnorm = fr_grad_norm(r->m, scale);
+        /* every rank's gradient is of its own mean loss: the job's is their average */
+        const double scale = 1.0 / a->grad_accum / r->nranks;
+        double sumsq = 0;
+        if ((rc = fr_dist_grad_sumsq(&r->dist, r->m, &sumsq)) != FR_OK) break;
+        const double gnorm = sqrt(sumsq) * scale;
         double clip = 1.0;
         if (a->grad_clip > 0 && gnorm > a->grad_clip) clip = a->grad_clip / gnorm;
         const double lr = fr_train_lr(a, r->step, r->max_steps);
         fr_adamw_hparams hp = {lr, a->beta1, a->beta2, a->eps, a->weight_decay, r->step + 1, scale * clip};
-        if (r->moments_bf16) fr_adamw_step_bf16(r->m, r->mom, r->var, &hp);
-        else fr_adamw_step(r->m, r->mom, r->var, &hp);
+        rc = fr_adamw_step_ranges(r->m, r->mom, r->var, r->moments_bf16, r->dist.ranges, r->dist.n_ranges, &hp);
+        if (rc == FR_OK) rc = fr_dist_gather_params(&r->dist, r->m); /* ZeRO-1: the updated shards to all */
+        if (rc != FR_OK) break;
         if (n_moe > 0 && a->bias_update_speed > 0) fr_router_bias_update(r->m, counts, a->bias_update_speed);
         r->step++;
         r->tokens_done += (double)N * a->grad_accum;
@@ -730,8 +503,8 @@ static int train_steps(run *r, fr_train_result *res) {
         ev.grad_norm = gnorm;
         ev.tokens_per_s = dt > 0 ? (double)N * a->grad_accum / dt : 0;
         ev.gflops = dt > 0 ? step_flops / dt / 1e9 : 0;
-        ev.mfu = a->peak_gflops > 0 ? ev.gflops / a->peak_gflops : 0;
-        ev.elapsed_s = elapsed(r);
+        ev.mfu = a->peak_gflops > 0 ? ev.gflops / (a->peak_gflops * r->nranks) : 0; /* each rank's peak */
+        ev.elapsed_s = fr_run_elapsed(r);
         const double seg_steps = r->step - r->seg_first_step; /* steps done in this segment */
         ev.eta_s = (now_s() - r->t_loop) / (seg_steps > 0 ? seg_steps : 1) * (double)(r->max_steps - r->step);
         {
@@ -743,8 +516,19 @@ static int train_steps(run *r, fr_train_result *res) {
         ev.n_moe = n_moe < 64 ? n_moe : 64;
         ev.rss_peak_bytes = rss_peak_bytes();
         ev.mem_plan_bytes = r->mem_plan;
+        ev.world_size = r->nranks;
+        {
+            const fr_comm_stats *cs = r->world->stats;
+            double secs = 0;
+            for (int k = 0; k < FR_COMM_KINDS; k++) secs += cs->seconds[k] - comm0.seconds[k];
+            for (int k = 0; k < 4; k++) {
+                ev.comm_bytes[k] = cs->bytes[k] - comm0.bytes[k];
+                ev.comm_model_bytes[k] = comm_model_bytes[k];
+            }
+            ev.comm_share = dt > 0 ? secs / dt : 0;
+        }
 
-        cJSON *j = metrics_object(r, "step");
+        cJSON *j = fr_run_metrics_object(r, "step");
         cJSON_AddNumberToObject(j, "tokens", r->tokens_done);
         cJSON_AddStringToObject(j, "precision", r->a->precision[0] ? r->a->precision : "fp32");
         cJSON_AddNumberToObject(j, "loss", mean.loss);
@@ -762,6 +546,19 @@ static int train_steps(run *r, fr_train_result *res) {
         cJSON_AddNumberToObject(j, "elapsed_s", ev.elapsed_s);
         cJSON_AddNumberToObject(j, "cost_usd", ev.cost_usd);
         cJSON_AddNumberToObject(j, "rss_peak_bytes", (double)ev.rss_peak_bytes);
+        if (r->nranks > 1) { /* this rank's (rank 0's) communication this step */
+            static const char *const kinds[4] = {"allreduce", "reduce_scatter", "allgather", "alltoall"};
+            cJSON *cj = cJSON_AddObjectToObject(j, "comm");
+            cJSON_AddNumberToObject(cj, "world", r->nranks);
+            cJSON_AddNumberToObject(cj, "ep", r->dist.ep_size);
+            cJSON_AddBoolToObject(cj, "zero1", r->dist.zero1);
+            for (int k = 0; k < 4; k++) {
+                cJSON *kj = cJSON_AddObjectToObject(cj, kinds[k]);
+                cJSON_AddNumberToObject(kj, "bytes", ev.comm_bytes[k]);
+                cJSON_AddNumberToObject(kj, "model_bytes", ev.comm_model_bytes[k]);
+            }
+            cJSON_AddNumberToObject(cj, "time_share", ev.comm_share);
+        }
         if (n_moe > 0) {
             cJSON *mv = cJSON_AddArrayToObject(j, "maxvio");
             cJSON *load = cJSON_AddArrayToObject(j, "expert_load");
@@ -783,21 +580,25 @@ static int train_steps(run *r, fr_train_result *res) {
                 cJSON_AddItemToArray(load, row);
             }
         }
-        metrics_line(r, j);
+        fr_run_metrics_line(r, j);
         cJSON_Delete(j);
         emit(r, &ev);
 
+        /* each phase ends with every rank knowing whether all got through it */
         const int last = r->step == r->max_steps;
-        if (a->eval_interval > 0 && (r->step % a->eval_interval == 0 || last)) rc = do_eval(r);
-        if (rc == FR_OK && a->sample_interval > 0 && (r->step % a->sample_interval == 0 || last)) rc = do_sample(r);
+        if (a->eval_interval > 0 && (r->step % a->eval_interval == 0 || last)) rc = fr_comm_agree(r->world, do_eval(r));
+        if (rc == FR_OK && a->sample_interval > 0 && (r->step % a->sample_interval == 0 || last))
+            rc = fr_comm_agree(r->world, do_sample(r));
         if (rc == FR_OK && !last && a->ckpt_interval > 0 && r->step % a->ckpt_interval == 0) rc = do_checkpoint(r);
-        else if (rc == FR_OK && !last && now_s() - r->t_progress >= g_progress_interval) {
+        else if (rc == FR_OK && !last && r->rank == 0 && now_s() - r->t_progress >= g_progress_interval) {
             /* between checkpoints too: a crash then loses at most one interval of the record */
             ledger_fill(r, "running");
             rc = fr_ledger_update(r->ledger_path, &r->led);
             r->t_progress = now_s();
         }
+        if (rc == FR_OK || r->nranks > 1) rc = fr_comm_agree(r->world, rc);
     }
+    free(fcounts);
     free(tokens);
     free(targets);
     free(counts);
@@ -862,29 +663,48 @@ static int lock_run_dir(const char *dir, int *fd_out) {
     return FR_OK;
 }
 
-static int train_locked(const fr_train_args *args_in, int resume, const fr_train_hooks *hooks, fr_train_result *res);
+static int train_locked(const fr_train_args *args_in, int resume, const fr_train_hooks *hooks, fr_train_result *res,
+                        fr_comm *world);
+
+struct fr_comm *fr_world_comm(void); /* comm/world.c */
 
 int fr_train(const fr_train_args *args_in, int resume, const fr_train_hooks *hooks, fr_train_result *res) {
+    fr_comm *world = fr_world_comm(), *self = NULL;
+    if (!world) FR_CHECK(fr_comm_self(&self));
+    const int rc = fr_train_in(args_in, resume, hooks, res, world ? world : self);
+    fr_comm_free(self);
+    return rc;
+}
+
+/* Rank 0 alone owns the run folder (its lock, its leftovers); every rank checks the arguments
+ * and learns whether rank 0 got the lock. */
+int fr_train_in(const fr_train_args *args_in, int resume, const fr_train_hooks *hooks, fr_train_result *res,
+                fr_comm *world) {
     fr_clear_error();
-    if (!args_in || !res) return fr_error(FR_ERR_ARG, "fr_train: NULL argument");
+    if (!args_in || !res || !world) return fr_error(FR_ERR_ARG, "fr_train: NULL argument");
     memset(res, 0, sizeof *res);
+    int rc = FR_OK;
     if (resume) {
         struct stat st;
         if (!args_in->run_dir[0] || stat(args_in->run_dir, &st) != 0 || !S_ISDIR(st.st_mode))
-            return fr_error(FR_ERR_IO, "cannot resume: %s is not a run folder (no train_args.json)", args_in->run_dir);
+            rc = fr_error(FR_ERR_IO, "cannot resume: %s is not a run folder (no train_args.json)", args_in->run_dir);
     } else {
-        FR_CHECK(fr_train_args_check(args_in));
-        FR_CHECK(ensure_dir(args_in->run_dir));
+        rc = fr_train_args_check(args_in);
+        if (rc == FR_OK) rc = ensure_dir(args_in->run_dir);
     }
     int fd = -1;
-    FR_CHECK(lock_run_dir(args_in->run_dir, &fd));
-    remove_leftovers(args_in->run_dir);
-    int rc = train_locked(args_in, resume, hooks, res);
+    if (rc == FR_OK && world->rank == 0) {
+        rc = lock_run_dir(args_in->run_dir, &fd);
+        if (rc == FR_OK) fr_run_remove_leftovers(args_in->run_dir);
+    }
+    rc = fr_comm_agree(world, rc);
+    if (rc == FR_OK) rc = train_locked(args_in, resume, hooks, res, world);
     if (fd >= 0) close(fd);
     return rc;
 }
 
-static int train_locked(const fr_train_args *args_in, int resume, const fr_train_hooks *hooks, fr_train_result *res) {
+static int train_locked(const fr_train_args *args_in, int resume, const fr_train_hooks *hooks, fr_train_result *res,
+                        fr_comm *world) {
     const double t_start = now_s(); /* the segment's wall time includes loading */
     char resumed_precision[8] = {0}; /* the saved precision, when --resume switches it */
     char saved_moments[8] = {0};     /* the moment format train_args.json holds ("fp32" if none), to see a switch */
@@ -909,6 +729,8 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
             args.max_steps = 0;
         }
         if (args_in->peak_gflops > 0) args.peak_gflops = args_in->peak_gflops;
+        args.expert_parallel = args_in->expert_parallel; /* the launch's layout, not the saved one */
+        args.zero1 = args_in->zero1;
         if (args_in->precision[0] && strcmp(args_in->precision, args.precision[0] ? args.precision : "fp32") != 0) {
             snprintf(resumed_precision, sizeof resumed_precision, "%s", args.precision[0] ? args.precision : "fp32");
             snprintf(args.precision, sizeof args.precision, "%s", args_in->precision);
@@ -928,6 +750,9 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
 
     run r;
     memset(&r, 0, sizeof r);
+    r.world = world;
+    r.rank = world->rank;
+    r.nranks = world->size;
     r.a = &args;
     r.hooks = hooks;
     r.t_start = t_start;
@@ -939,7 +764,11 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
     if (args.threads > 0) fr_set_num_threads(args.threads);
     int threads = args.threads > 0 ? args.threads : omp_get_max_threads();
 
-    int rc = fr_dataset_open(&r.data.train, args.data_dir, "train");
+    int rc = FR_OK;
+    if (args.batch_size % r.nranks != 0)
+        rc = fr_error(FR_ERR_ARG, "--batch %d (the global batch) must split evenly over the %d ranks of this job",
+                      args.batch_size, r.nranks);
+    if (rc == FR_OK) rc = fr_dataset_open(&r.data.train, args.data_dir, "train");
     int no_val = 0;
     if (rc == FR_OK && fr_dataset_open(&r.data.val, args.data_dir, "val") != FR_OK) {
         r.data.val = NULL; /* a corpus too small for a validation split still trains */
@@ -964,7 +793,7 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
     char ckpt[1200] = {0};
     const int from_ckpt = resume && !dead_end;
     if (dead_end)
-        info(&r, "%s holds a run that never reached a checkpoint: starting over from step 0 with %s arguments "
+        fr_run_info(&r, "%s holds a run that never reached a checkpoint: starting over from step 0 with %s arguments "
                  "(the ledger keeps the earlier attempt)", args.run_dir, resume ? "its saved" : "the given");
     if (rc == FR_OK && from_ckpt) {
         rc = fr_train_latest_checkpoint(args.run_dir, ckpt, sizeof ckpt);
@@ -980,48 +809,60 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
         rc = fr_error(FR_ERR_CONFIG, "the data's vocabulary (%d) is larger than the model's vocab_size (%d)",
                       fr_dataset_vocab_size(r.data.train), r.m->cfg.vocab_size);
     if (rc == FR_OK && args.seq_len > r.m->cfg.max_position_embeddings)
-        info(&r, "warning: the sequence length %d is above the model's max_position_embeddings %d: positions past %d "
+        fr_run_info(&r, "warning: the sequence length %d is above the model's max_position_embeddings %d: positions past %d "
                  "are beyond what the model is configured for", args.seq_len, r.m->cfg.max_position_embeddings,
              r.m->cfg.max_position_embeddings);
     if (rc == FR_OK) rc = fr_model_set_precision(r.m, args.precision[0] ? args.precision : "fp32");
     if (rc == FR_OK) rc = fr_model_set_fp8_grad_tiles(r.m, args.fp8_grad_tile_rows == 128 ? 128 : 1);
     if (rc == FR_OK && !strcmp(fr_model_precision(r.m), "bf16")) {
-        info(&r, "bf16 GEMMs: %s", fr_bf16_gemm_path());
+        fr_run_info(&r, "bf16 GEMMs: %s", fr_bf16_gemm_path());
         if (!fr_bf16_hardware())
-            info(&r, "warning: this CPU has no BF16 hardware (AMX or AVX512-BF16) that frugal can use: --precision "
+            fr_run_info(&r, "warning: this CPU has no BF16 hardware (AMX or AVX512-BF16) that frugal can use: --precision "
                      "bf16 runs a slow fallback (an exact emulation, no faster than fp32)");
     }
     if (rc == FR_OK && !strcmp(fr_model_precision(r.m), "fp8") && args.fp8_grad_tile_rows == 128)
-        info(&r, "fp8 experiment: output gradients in 128x128 blocks for the input-gradient GEMM (the recipe: 1x128)");
+        fr_run_info(&r, "fp8 experiment: output gradients in 128x128 blocks for the input-gradient GEMM (the recipe: 1x128)");
     if (rc == FR_OK && resumed_precision[0])
-        info(&r, "precision: %s from here on (the run so far: %s); recorded in train_args.json and the ledger",
+        fr_run_info(&r, "precision: %s from here on (the run so far: %s); recorded in train_args.json and the ledger",
              args.precision, resumed_precision);
     if (rc == FR_OK) {
         fr_loss_weights w = {(float)args.mtp_lambda, (float)args.balance_alpha};
         fr_model_set_loss_weights(r.m, w);
         r.moments_bf16 = !strcmp(fr_train_moments(&args), "bf16");
-        if (r.moments_bf16) info(&r, "AdamW moments stored in bf16 (half the optimizer memory: %.1f MiB saved)",
-                                 r.m->n_params * 4.0 / 1048576.0);
-        r.mom = fr_alloc(r.m->n_params * (r.moments_bf16 ? sizeof(uint16_t) : sizeof(float)));
-        r.var = fr_alloc(r.m->n_params * (r.moments_bf16 ? sizeof(uint16_t) : sizeof(float)));
+        rc = fr_dist_setup(&r.dist, world, r.m, args.expert_parallel, args.zero1);
+    }
+    if (rc == FR_OK) rc = fr_model_set_expert_parallel(r.m, r.dist.ep);
+    if (rc == FR_OK) {
+        if (r.moments_bf16) fr_run_info(&r, "AdamW moments stored in bf16 (half the optimizer memory: %.1f MiB saved)",
+                                 r.dist.n_moments * 4.0 / 1048576.0);
+        if (r.nranks > 1)
+            fr_run_info(&r, "%d ranks: %d data-parallel x %d expert-parallel%s, %d of the %d sequences of each micro-batch per "
+                     "rank; rank 0 keeps the AdamW moments of %.1f %% of the parameters",
+                 r.nranks, r.nranks / r.dist.ep_size, r.dist.ep_size, r.dist.zero1 ? " with ZeRO-1" : "",
+                 args.batch_size / r.nranks, args.batch_size, 100.0 * (double)r.dist.n_moments / (double)r.m->n_params);
+        r.mom = fr_alloc((r.dist.n_moments + 1) * (r.moments_bf16 ? sizeof(uint16_t) : sizeof(float)));
+        r.var = fr_alloc((r.dist.n_moments + 1) * (r.moments_bf16 ? sizeof(uint16_t) : sizeof(float)));
         if (!r.mom || !r.var) rc = fr_error(FR_ERR_NOMEM, "out of memory for the AdamW moments");
     }
-    if (rc == FR_OK && from_ckpt) rc = load_state(&r, ckpt);
+    if (rc == FR_OK && from_ckpt) rc = fr_run_load_state(&r, ckpt);
     const long tokens_per_step = (long)args.batch_size * args.seq_len * args.grad_accum;
     r.max_steps = args.max_steps > 0 ? args.max_steps : (long)ceil(args.max_tokens / (double)tokens_per_step);
     if (rc == FR_OK && resume && r.step >= r.max_steps)
         rc = fr_error(FR_ERR_STATE, "%s is already at step %ld of %ld: nothing to resume (raise --steps)", args.run_dir, r.step, r.max_steps);
 
-    /* run folder, saved arguments, metrics, ledger */
-    if (rc == FR_OK) rc = ensure_dir(args.run_dir);
-    if (rc == FR_OK && !resume) { /* (over a dead end's arguments too) */
+    /* run folder, saved arguments, metrics, ledger: rank 0 writes them, once every rank has
+     * loaded what it needs */
+    rc = fr_comm_agree(world, rc);
+    const int writer = r.rank == 0;
+    if (rc == FR_OK && writer) rc = ensure_dir(args.run_dir);
+    if (rc == FR_OK && writer && !resume) { /* (over a dead end's arguments too) */
         cJSON *j = fr_train_args_to_json(&args);
         snprintf(path, sizeof path, "%s/train_args.json", args.run_dir);
         rc = fr_train_write_json(path, j);
         cJSON_Delete(j);
     }
     const int moments_switch = saved_moments[0] && strcmp(saved_moments, fr_train_moments(&args)) != 0;
-    if (rc == FR_OK && resume && (resumed_precision[0] || moments_switch)) { /* the switch is the run's from now on */
+    if (rc == FR_OK && writer && resume && (resumed_precision[0] || moments_switch)) { /* the switch is the run's from now on */
         snprintf(path, sizeof path, "%s/train_args.json", args.run_dir);
         char *text = NULL;
         size_t len = 0;
@@ -1039,8 +880,8 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
         cJSON_Delete(j);
     }
     snprintf(path, sizeof path, "%s/metrics.jsonl", args.run_dir);
-    if (rc == FR_OK && (resume || dead_end)) rc = metrics_truncate(path, r.step);
-    if (rc == FR_OK) {
+    if (rc == FR_OK && writer && (resume || dead_end)) rc = metrics_truncate(path, r.step);
+    if (rc == FR_OK && writer) {
         r.metrics = fopen(path, "a");
         if (!r.metrics) rc = fr_error(FR_ERR_IO, "cannot open %s: %s", path, strerror(errno));
     }
@@ -1052,7 +893,7 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
         snprintf(e->run_dir, sizeof e->run_dir, "%s", args.run_dir);
         snprintf(e->config, sizeof e->config, "%s", args.init_model[0] ? args.init_model : args.model_config);
         snprintf(e->device, sizeof e->device, "cpu");
-        e->n_devices = threads;
+        e->n_devices = threads * r.nranks; /* one record for the job: ranks x threads */
         e->final_loss = NAN;
         e->val_loss = NAN;
         if (from_ckpt && r.led.run_id[0]) {
@@ -1060,7 +901,7 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
              * checkpoint that a crash threw away: that time was spent too) */
             fr_ledger_entry *all = NULL;
             int n = 0;
-            if (fr_ledger_read(r.ledger_path, &all, &n, NULL) == FR_OK) {
+            if (writer && fr_ledger_read(r.ledger_path, &all, &n, NULL) == FR_OK) {
                 for (int i = 0; i < n; i++)
                     if (strcmp(all[i].run_id, r.led.run_id) == 0) {
                         e->start_unix = all[i].start_unix;
@@ -1076,28 +917,31 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
             fr_clear_error();
             e->start_unix = e->start_unix > 0 ? e->start_unix : (double)time(NULL);
             ledger_fill(&r, "running");
-            rc = fr_ledger_update(r.ledger_path, e);
-            info(&r, "resumed %s from %s at step %ld", r.led.run_id, ckpt, r.step);
+            if (writer) rc = fr_ledger_update(r.ledger_path, e);
+            fr_run_info(&r, "resumed %s from %s at step %ld", r.led.run_id, ckpt, r.step);
         } else {
             e->start_unix = (double)time(NULL);
             snprintf(e->precision, sizeof e->precision, "%s", args.precision[0] ? args.precision : "fp32");
-            rc = fr_ledger_begin(r.ledger_path, e);
+            if (writer) rc = fr_ledger_begin(r.ledger_path, e);
+            else snprintf(e->run_id, sizeof e->run_id, "rank-%d", r.rank); /* marks the entry as begun */
         }
     }
+    rc = fr_comm_agree(world, rc);
     r.t_progress = now_s();
-    if (rc == FR_OK && no_val) info(&r, "%s has no validation split: no validation loss will be reported", args.data_dir);
+    if (rc == FR_OK && no_val) fr_run_info(&r, "%s has no validation split: no validation loss will be reported", args.data_dir);
     /* parameters, gradients and the two AdamW moments; the activations of one micro-batch;
      * and, when oneDNN runs the GEMMs, the copy it packs of a whole operand for the largest
      * products (the output head's B·T x vocab logits gradient; measured +34 MiB on the demo) */
+    const int local_B = args.batch_size / r.nranks; /* per rank: its slice of the batch, its moments */
     const size_t gemm_pack = fr_cpu_gemm_uses_onednn() && r.m
-                                 ? (size_t)args.batch_size * args.seq_len * fr_model_config(r.m)->vocab_size * sizeof(float)
+                                 ? (size_t)local_B * args.seq_len * fr_model_config(r.m)->vocab_size * sizeof(float)
                                  : 0;
     /* parameters and gradients in FP32, the moments in FP32 or BF16; not planned: the
      * mixed-precision GEMMs' operand copies and oneDNN's BF16 kernels (measured: +25-32 % over
      * this plan in bf16 runs, docs/training.md) */
     const size_t moment_bytes = r.moments_bf16 ? sizeof(uint16_t) : sizeof(float);
-    r.mem_plan = r.m ? 2 * r.m->n_params * (sizeof(float) + moment_bytes) +
-                           fr_model_activation_bytes(r.m, args.batch_size, args.seq_len) + gemm_pack
+    r.mem_plan = r.m ? 2 * r.m->n_params * sizeof(float) + 2 * r.dist.n_moments * moment_bytes +
+                           fr_model_activation_bytes(r.m, local_B, args.seq_len) + gemm_pack
                      : 0;
     if (rc == FR_OK) {
         snprintf(res->run_id, sizeof res->run_id, "%s", r.led.run_id);
@@ -1109,9 +953,9 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
     /* save what was reached: at the end, on Ctrl-C, never after a failure (the last good
      * checkpoint stays the newest) */
     if (rc == FR_OK && r.step > 0) {
-        rc = save_checkpoint(&r, res->checkpoint, sizeof res->checkpoint);
+        rc = fr_run_save_checkpoint(&r, res->checkpoint, sizeof res->checkpoint);
     }
-    if (r.led.run_id[0]) {
+    if (r.led.run_id[0] && r.rank == 0) {
         char saved[1024];
         snprintf(saved, sizeof saved, "%s", fr_last_error());
         ledger_fill(&r, rc != FR_OK ? "failed" : res->interrupted ? "interrupted" : "finished");
@@ -1124,6 +968,7 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
     if (r.metrics) fclose(r.metrics);
     fr_free(r.mom);
     fr_free(r.var);
+    fr_dist_free(&r.dist);
     fr_model_free(r.m);
     if (r.tok) fr_tokenizer_free(r.tok);
     if (r.data.train) fr_dataset_close(r.data.train);

@@ -17,6 +17,11 @@ int fr_train_args_from_json(fr_train_args *a, const char *text, size_t len, cons
 /* Write j, pretty-printed and newline-terminated, to path atomically. */
 int fr_train_write_json(const char *path, cJSON *j);
 
+/* fr_train over a given world (tests run a one-process reference inside an MPI job) */
+struct fr_comm;
+int fr_train_in(const fr_train_args *args, int resume, const fr_train_hooks *hooks, fr_train_result *res,
+                struct fr_comm *world);
+
 /* The clock the trainer measures wall time with (seconds, monotonic); NULL restores
  * CLOCK_MONOTONIC. Tests inject a fake clock to check that the ledger adds up. */
 void fr_train_set_clock(double (*now)(void));

@@ -1,0 +1,264 @@
+/*
+ * dist.c — the distributed layout of a training job and the collectives of its step
+ * (see dist.h for the layout).
+ */
+#include "train/dist.h"
+#include "core/internal.h"
+#include "model/model_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* The part of [lo, hi) member g of a group of G holds */
+static void cut(size_t lo, size_t hi, int g, int G, size_t *plo, size_t *phi) {
+    const size_t len = hi - lo;
+    *plo = lo + len * (size_t)g / (size_t)G;
+    *phi = lo + len * (size_t)(g + 1) / (size_t)G;
+}
+
+/* Shared and owned segments of world rank `rank` (world of size world_size, expert-parallel
+ * size ep), with that rank's parts; *seg malloc'd. */
+static int build_segments(const fr_model *m, int world_size, int ep, int rank, fr_dist_segment **seg, int *n_seg) {
+    const int E = m->cfg.n_routed_experts, Eh = E > 0 ? E / ep : 0, ep_rank = rank % ep;
+    const int dp_size = world_size / ep, dp_rank = rank / ep;
+    fr_dist_segment *s = malloc((size_t)(m->n_tensors > 0 ? m->n_tensors : 1) * sizeof *s);
+    if (!s) return fr_error(FR_ERR_NOMEM, "out of memory");
+    int n = 0, last_kind = -2; /* kind: 0 shared, 1 owned, -1 foreign */
+    for (int i = 0; i < m->n_tensors; i++) {
+        const fr_tensor *t = &m->tensors[i];
+        const size_t lo = t->offset, hi = i + 1 < m->n_tensors ? m->tensors[i + 1].offset : m->n_params;
+        const int kind = t->expert < 0 || ep == 1 ? 0 : t->expert / Eh == ep_rank ? 1 : -1;
+        if (kind == last_kind && n > 0 && s[n - 1].hi == lo) {
+            s[n - 1].hi = hi;
+        } else if (kind >= 0) {
+            s[n++] = (fr_dist_segment){lo, hi, kind, 0, 0};
+        }
+        last_kind = kind;
+    }
+    for (int k = 0; k < n; k++) {
+        const int g = s[k].owned ? dp_rank : rank, G = s[k].owned ? dp_size : world_size;
+        cut(s[k].lo, s[k].hi, g, G, &s[k].part_lo, &s[k].part_hi);
+    }
+    *seg = s;
+    *n_seg = n;
+    return FR_OK;
+}
+
+int fr_dist_setup(fr_dist *d, fr_comm *world, const fr_model *m, int ep, int zero1) {
+    memset(d, 0, sizeof *d);
+    if (ep <= 0) ep = 1;
+    const int E = m->cfg.n_routed_experts;
+    if (world->size % ep != 0)
+        return fr_error(FR_ERR_ARG, "--ep %d does not divide the %d ranks of this job", ep, world->size);
+    if (ep > 1 && (E == 0 || E % ep != 0))
+        return fr_error(FR_ERR_ARG, "--ep %d needs the routed experts (%d) to split evenly over %d ranks", ep, E, ep);
+    d->world = world;
+    d->ep_size = ep;
+    d->zero1 = zero1 && world->size > 1;
+    int rc = FR_OK;
+    if (ep > 1) {
+        rc = fr_comm_split(world, world->rank / ep, world->rank % ep, &d->ep);
+        if (rc == FR_OK) rc = fr_comm_split(world, world->rank % ep, world->rank / ep, &d->dp);
+    }
+    if (rc == FR_OK) rc = build_segments(m, world->size, ep, world->rank, &d->seg, &d->n_seg);
+    if (rc == FR_OK) {
+        d->ranges = malloc((size_t)(d->n_seg > 0 ? d->n_seg : 1) * sizeof *d->ranges);
+        if (!d->ranges) rc = fr_error(FR_ERR_NOMEM, "out of memory");
+    }
+    if (rc != FR_OK) {
+        fr_dist_free(d);
+        return rc;
+    }
+    size_t mom = 0;
+    for (int k = 0; k < d->n_seg; k++) {
+        const fr_dist_segment *s = &d->seg[k];
+        const size_t lo = d->zero1 ? s->part_lo : s->lo, hi = d->zero1 ? s->part_hi : s->hi;
+        if (hi > lo) d->ranges[d->n_ranges++] = (fr_opt_range){lo, hi, mom};
+        mom += hi - lo;
+    }
+    d->n_moments = mom;
+    return FR_OK;
+}
+
+void fr_dist_free(fr_dist *d) {
+    if (d->ep) fr_comm_free(d->ep);
+    if (d->dp) fr_comm_free(d->dp);
+    free(d->seg);
+    free(d->ranges);
+    free(d->scratch);
+    memset(d, 0, sizeof *d);
+}
+
+static fr_comm *group_of(const fr_dist *d, const fr_dist_segment *s) { return s->owned ? d->dp : d->world; }
+
+/* the counts of the parts of segment s over its group */
+static int part_counts(const fr_dist *d, const fr_dist_segment *s, size_t *counts) {
+    const fr_comm *g = group_of(d, s);
+    for (int r = 0; r < g->size; r++) {
+        size_t lo, hi;
+        cut(s->lo, s->hi, r, g->size, &lo, &hi);
+        counts[r] = hi - lo;
+    }
+    return g->size;
+}
+
+int fr_dist_reduce_grads(fr_dist *d, fr_model *m) {
+    size_t *counts = malloc((size_t)d->world->size * sizeof(size_t));
+    if (!counts) return fr_error(FR_ERR_NOMEM, "out of memory");
+    int rc = FR_OK;
+    for (int k = 0; k < d->n_seg && rc == FR_OK; k++) {
+        const fr_dist_segment *s = &d->seg[k];
+        fr_comm *g = group_of(d, s);
+        if (g->size == 1) continue;
+        float *grads = m->grads + s->lo;
+        if (!d->zero1) {
+            rc = fr_comm_allreduce(g, grads, s->hi - s->lo);
+            continue;
+        }
+        part_counts(d, s, counts);
+        const size_t mine = s->part_hi - s->part_lo;
+        if (d->scratch_cap < mine + 1) {
+            free(d->scratch);
+            d->scratch = malloc((mine + 1) * sizeof(float));
+            d->scratch_cap = d->scratch ? mine + 1 : 0;
+            if (!d->scratch) {
+                rc = fr_error(FR_ERR_NOMEM, "out of memory for a gradient shard");
+                break;
+            }
+        }
+        rc = fr_comm_reduce_scatter(g, d->scratch, grads, counts);
+        if (rc == FR_OK) memcpy(m->grads + s->part_lo, d->scratch, mine * sizeof(float));
+    }
+    free(counts);
+    return rc;
+}
+
+int fr_dist_grad_sumsq(fr_dist *d, const fr_model *m, double *sumsq) {
+    fr_opt_range *parts = malloc((size_t)(d->n_seg > 0 ? d->n_seg : 1) * sizeof *parts);
+    if (!parts) return fr_error(FR_ERR_NOMEM, "out of memory");
+    int n = 0;
+    for (int k = 0; k < d->n_seg; k++)
+        if (d->seg[k].part_hi > d->seg[k].part_lo) parts[n++] = (fr_opt_range){d->seg[k].part_lo, d->seg[k].part_hi, 0};
+    const double local = fr_grad_sumsq(m, parts, n);
+    free(parts);
+    /* each element sits in exactly one rank's parts: the world's sum is the whole */
+    float v = (float)local;
+    FR_CHECK(fr_comm_allreduce(d->world, &v, 1));
+    *sumsq = d->world->size > 1 ? (double)v : local;
+    return FR_OK;
+}
+
+int fr_dist_gather_params(fr_dist *d, fr_model *m) {
+    if (!d->zero1) return FR_OK;
+    size_t *counts = malloc((size_t)d->world->size * sizeof(size_t));
+    if (!counts) return fr_error(FR_ERR_NOMEM, "out of memory");
+    int rc = FR_OK;
+    for (int k = 0; k < d->n_seg && rc == FR_OK; k++) {
+        const fr_dist_segment *s = &d->seg[k];
+        fr_comm *g = group_of(d, s);
+        if (g->size == 1) continue;
+        part_counts(d, s, counts);
+        rc = fr_comm_allgather(g, m->params + s->lo, NULL, counts);
+    }
+    free(counts);
+    return rc;
+}
+
+int fr_dist_sync_experts(fr_dist *d, fr_model *m) {
+    if (!d->ep) return FR_OK;
+    const int P = d->ep->size, E = m->cfg.n_routed_experts;
+    size_t *counts = malloc((size_t)P * sizeof(size_t));
+    if (!counts) return fr_error(FR_ERR_NOMEM, "out of memory");
+    int rc = FR_OK;
+    const int nb = m->cfg.num_hidden_layers + m->mtp_depth;
+    for (int l = 0; l < nb && rc == FR_OK; l++) {
+        const fr_block *b = &m->blocks[l];
+        if (!b->is_moe) continue;
+        /* each kind's E experts are consecutive, exp_stride apart: rank r's Eh of them in a row */
+        for (int r = 0; r < P; r++) counts[r] = (size_t)(E / P) * b->exp_stride;
+        const size_t bases[3] = {b->exp_gate, b->exp_up, b->exp_down};
+        for (int k = 0; k < 3 && rc == FR_OK; k++) rc = fr_comm_allgather(d->ep, m->params + bases[k], NULL, counts);
+    }
+    free(counts);
+    return rc;
+}
+
+int fr_dist_writer_ranges(const fr_dist *d, const fr_model *m, int rank, fr_opt_range **ranges, int *n) {
+    fr_dist_segment *s = NULL;
+    int ns = 0;
+    FR_CHECK(build_segments(m, d->world->size, d->ep_size, rank, &s, &ns));
+    fr_opt_range *r = malloc((size_t)(ns > 0 ? ns : 1) * sizeof *r);
+    if (!r) {
+        free(s);
+        return fr_error(FR_ERR_NOMEM, "out of memory");
+    }
+    const int dp_rank = rank / d->ep_size;
+    int k = 0;
+    size_t packed = 0;
+    for (int i = 0; i < ns; i++) {
+        const int first_member = s[i].owned ? dp_rank == 0 : rank == 0;
+        size_t lo, hi;
+        if (d->zero1) lo = s[i].part_lo, hi = s[i].part_hi;
+        else if (first_member) lo = s[i].lo, hi = s[i].hi;
+        else continue;
+        if (hi <= lo) continue;
+        r[k++] = (fr_opt_range){lo, hi, packed};
+        packed += hi - lo;
+    }
+    free(s);
+    *ranges = r;
+    *n = k;
+    return FR_OK;
+}
+
+int fr_dist_gather_moments(fr_dist *d, const fr_model *m, const void *compact, size_t elem_bytes, void *full) {
+    const int W = d->world->size, me = d->world->rank;
+    fr_opt_range *mine = NULL;
+    int n_mine = 0;
+    FR_CHECK(fr_dist_writer_ranges(d, m, me, &mine, &n_mine));
+    size_t send_n = 0;
+    for (int i = 0; i < n_mine; i++) send_n += mine[i].hi - mine[i].lo;
+    unsigned char *send = malloc(send_n * elem_bytes + 1);
+    size_t *counts = calloc((size_t)W, sizeof(size_t));
+    fr_opt_range **all = calloc((size_t)W, sizeof *all);
+    int *n_all = calloc((size_t)W, sizeof(int));
+    unsigned char *recv = NULL;
+    int rc = send && counts && all && n_all ? FR_OK : fr_error(FR_ERR_NOMEM, "out of memory gathering the moments");
+    /* pack: each writer span from this rank's compact array (its own ranges say where) */
+    for (int i = 0; i < n_mine && rc == FR_OK; i++) {
+        const fr_opt_range *w = &mine[i];
+        size_t done = 0;
+        for (int j = 0; j < d->n_ranges && done < w->hi - w->lo; j++) {
+            const fr_opt_range *h = &d->ranges[j];
+            const size_t lo = w->lo > h->lo ? w->lo : h->lo, hi = w->hi < h->hi ? w->hi : h->hi;
+            if (lo >= hi) continue;
+            memcpy(send + (w->mom + lo - w->lo) * elem_bytes, (const unsigned char *)compact + (h->mom + lo - h->lo) * elem_bytes,
+                   (hi - lo) * elem_bytes);
+            done += hi - lo;
+        }
+    }
+    /* every rank's spans (rank 0 places them; the others need only the counts) */
+    size_t total = 0;
+    for (int r = 0; r < W && rc == FR_OK; r++) {
+        rc = fr_dist_writer_ranges(d, m, r, &all[r], &n_all[r]);
+        for (int i = 0; rc == FR_OK && i < n_all[r]; i++) counts[r] += (all[r][i].hi - all[r][i].lo) * elem_bytes;
+        total += counts[r];
+    }
+    if (rc == FR_OK && me == 0 && !(recv = malloc(total + 1))) rc = fr_error(FR_ERR_NOMEM, "out of memory gathering the moments");
+    rc = fr_comm_agree(d->world, rc);
+    if (rc == FR_OK) rc = fr_comm_gather_bytes(d->world, recv, send, counts);
+    if (rc == FR_OK && me == 0) {
+        size_t off = 0;
+        for (int r = 0; r < W; r++) {
+            for (int i = 0; i < n_all[r]; i++) {
+                const fr_opt_range *w = &all[r][i];
+                memcpy((unsigned char *)full + w->lo * elem_bytes, recv + off + w->mom * elem_bytes,
+                       (w->hi - w->lo) * elem_bytes);
+            }
+            off += counts[r];
+        }
+    }
+    for (int r = 0; all && r < W; r++) free(all[r]);
+    free(all), free(n_all), free(counts), free(send), free(recv), free(mine);
+    return rc;
+}
