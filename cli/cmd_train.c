@@ -70,6 +70,9 @@ void usage_train(FILE *f) {
             "Many processes (OpenMPI: mpirun -np N frugal train ...; N = data-parallel x expert-parallel):\n"
             "  --ep E               split the routed experts of every MoE layer over groups of E ranks; tokens\n"
             "                       travel to their experts' rank and back (all-to-all); default 1\n"
+            "  --node-limit M       with --ep: each token's experts on at most M ranks of its group (DeepSeek-\n"
+            "                       V3's node-limited routing: the routing's groups become the ranks' experts,\n"
+            "                       n_group = E, topk_group = M; this changes the model; off by default)\n"
             "  --zero1              shard the AdamW moments over the ranks that hold the same parameters\n"
             "                       (ZeRO-1: reduce-scatter the gradients, all-gather the new parameters)\n"
             "                       --batch stays the global batch: each rank takes batch / N sequences. Rank\n"
@@ -286,6 +289,7 @@ int cmd_train(int argc, char **argv) {
         INTOPT("--warmup", 0, 1000000000L, a.warmup_steps)
         INTOPT("--threads", 1, 4096, a.threads)
         INTOPT("--ep", 1, 1 << 16, a.expert_parallel)
+        INTOPT("--node-limit", 1, 1 << 16, a.node_limit)
         INTOPT("--eval-interval", 0, 1000000000L, a.eval_interval)
         INTOPT("--eval-batches", 1, 1000000, a.eval_batches)
         INTOPT("--ckpt-interval", 0, 1000000000L, a.ckpt_interval)

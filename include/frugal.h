@@ -416,6 +416,9 @@ typedef struct {
      * another world) */
     int expert_parallel;               /* ranks the routed experts are split over (0 or 1 = none) */
     int zero1;                         /* 1: AdamW moments sharded over the data-parallel ranks */
+    int node_limit;                    /* > 0: each token's experts on at most this many ranks of its
+                                        * expert-parallel group (DeepSeek-V3's node-limited routing;
+                                        * changes the model's n_group / topk_group) */
 } fr_train_args;
 
 /* Defaults: B 8, T 256, accumulation 1, lr 3e-3 cosine to 10 %, warmup 50, AdamW

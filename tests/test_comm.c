@@ -1,12 +1,15 @@
 /*
  * test_comm.c — the communication interface (src/comm/) on the world it is started in: alone
- * (a world of one, MPI's singleton when built with MPI), and under `mpirun -np 2` / `-np 4`
+ * (a world of one: without a launcher there is no MPI job to join), and under `mpirun -np 2` / `-np 4`
  * (CTest entries test_comm_np2 / test_comm_np4). Every rank fills its buffers from its rank and
  * checks each collective against the values computed here from the same formula, exactly
  * (the sums are of small integers, exact in FP32 whatever the reduction order):
  *   all-reduce (also of a length that is not a multiple of anything), reduce-scatter and
  *   all-gather with uneven parts (one of them empty), all-to-all-v with counts that differ by
- *   sender and receiver (zeros included), and a barrier. The self world is also tested when
+ *   sender and receiver (zeros included), a barrier; through the counted wrappers, an
+ *   in-place all-gather (and its byte count), a gather of bytes to rank 0, a split by parity
+ *   (sums over the sub-world, shared statistics) and the agreement on a failed rank's error
+ *   code. The self world is also tested when
  *   MPI runs the rest. Each rank exits non-zero on a failed check, so mpirun does too.
  */
 #include "comm/comm.h"
@@ -81,6 +84,62 @@ static void check_world(fr_comm *c) {
     free(sc), free(rc), free(sb), free(rb);
 
     CHECK(c->ops->barrier(c) == FR_OK, "[rank %d] barrier", me);
+
+    /* the counted wrappers: in-place all-gather (rank r's r + 2 values already in place) */
+    size_t *parts = malloc((size_t)R * sizeof(size_t)), all = 0, at = 0;
+    for (int r = 0; r < R; r++) parts[r] = (size_t)r + 2, all += parts[r];
+    for (int r = 0; r < me; r++) at += parts[r];
+    float *g = calloc(all, sizeof(float));
+    for (size_t i = 0; i < parts[me]; i++) g[at + i] = val(me, i);
+    const double before = c->stats->bytes[FR_COMM_ALLGATHER];
+    CHECK(fr_comm_allgather(c, g, NULL, parts) == FR_OK, "[rank %d] in-place all-gather: %s", me, fr_last_error());
+    bad = 0;
+    off = 0;
+    for (int r = 0; r < R; r++) {
+        for (size_t i = 0; i < parts[r]; i++) bad += g[off + i] != val(r, i);
+        off += parts[r];
+    }
+    CHECK(bad == 0, "[rank %d] in-place all-gather: %zu of %zu values wrong", me, bad, all);
+    CHECK(c->stats->bytes[FR_COMM_ALLGATHER] - before == (R > 1 ? parts[me] * sizeof(float) : 0),
+          "[rank %d] all-gather counted %.0f bytes", me, c->stats->bytes[FR_COMM_ALLGATHER] - before);
+    free(g);
+
+    /* gather to rank 0: rank r sends r + 1 bytes of value r */
+    unsigned char *mine_b = malloc((size_t)me + 1), *got = me == 0 ? malloc((size_t)R * (R + 1) / 2) : NULL;
+    for (int r = 0; r < R; r++) parts[r] = (size_t)r + 1;
+    memset(mine_b, me, (size_t)me + 1);
+    CHECK(fr_comm_gather_bytes(c, got, mine_b, parts) == FR_OK, "[rank %d] gather: %s", me, fr_last_error());
+    if (me == 0) {
+        bad = 0;
+        off = 0;
+        for (int r = 0; r < R; r++)
+            for (int i = 0; i <= r; i++) bad += got[off++] != r;
+        CHECK(bad == 0, "gather: %zu bytes wrong", bad);
+    }
+    free(mine_b), free(got), free(parts);
+
+    /* split by parity: a sum over the sub-world adds the ranks of one parity only */
+    fr_comm *sub = NULL;
+    CHECK(fr_comm_split(c, me % 2, me, &sub) == FR_OK, "[rank %d] split: %s", me, fr_last_error());
+    if (sub) {
+        float v = (float)me, want = 0;
+        for (int r = me % 2; r < R; r += 2) want += (float)r;
+        CHECK(sub->size == (R - me % 2 + 1) / 2 && sub->rank == me / 2, "[rank %d] sub-world rank %d of %d", me,
+              sub->rank, sub->size);
+        CHECK(fr_comm_allreduce(sub, &v, 1) == FR_OK && v == want, "[rank %d] sub-world sum %g, want %g", me, v, want);
+        CHECK(sub->stats == c->stats, "[rank %d] a split shares its world's statistics", me);
+        fr_comm_free(sub);
+    }
+
+    /* agreement: all fine, then the last rank failing */
+    CHECK(fr_comm_agree(c, FR_OK) == FR_OK, "[rank %d] agree on success", me);
+    const int rc2 = fr_comm_agree(c, me == R - 1 ? FR_ERR_IO : FR_OK);
+    CHECK(rc2 == FR_ERR_IO, "[rank %d] agree: every rank gets the failed rank's code (%d)", me, rc2);
+    if (me != R - 1) {
+        char want_msg[64];
+        snprintf(want_msg, sizeof want_msg, "rank %d failed", R - 1);
+        CHECK(strstr(fr_last_error(), want_msg) != NULL, "[rank %d] agree names the failed rank: %s", me, fr_last_error());
+    }
 }
 
 int main(int argc, char **argv) {

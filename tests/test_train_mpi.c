@@ -11,7 +11,9 @@
  * Checkpoints do not depend on the world: a DP x EP2 ZeRO-1 run stopped at step 10 is resumed
  * by rank 0 alone, and a one-process run stopped at step 10 is resumed by the whole job under
  * EP2 with ZeRO-1; both continue with the reference's losses within the same tolerance. The
- * ledger holds one record per job, charging ranks x threads.
+ * ledger holds one record per job, charging ranks x threads. Under 4 ranks, node-limited
+ * routing (each token's experts on at most 2 ranks) equals one process training the model the
+ * option makes (n_group 4, topk_group 2).
  */
 #include "comm/comm.h"
 #include "testutil.h"
@@ -158,6 +160,51 @@ int main(int argc, char **argv) {
         return fr_test_finish("test_train_mpi (alone)");
     }
 
+    /* node-limited routing: under EP over the whole world, each token's experts on at most 2
+     * ranks equals one process training the config with n_group = world, topk_group = 2 (what
+     * the option makes of the model, saved in its checkpoints); an impossible limit is refused */
+    if (W == 4) {
+        char cfg[300], nl_cfg[300];
+        snprintf(cfg, sizeof cfg, "%s/tiny.json", g_root);
+        snprintf(nl_cfg, sizeof nl_cfg, "%s/tiny_nl.json", g_root);
+        recorder nl_ref = {{0}, 0, 0};
+        if (me == 0) {
+            fr_config c;
+            CHECK(fr_config_load(&c, cfg) == FR_OK, "config: %s", fr_last_error());
+            c.n_group = W;
+            c.topk_group = 2;
+            CHECK(fr_config_save(&c, nl_cfg) == FR_OK, "config: %s", fr_last_error());
+            args_for(&a, "nl_ref");
+            snprintf(a.model_config, sizeof a.model_config, "%s", nl_cfg);
+            CHECK(train(self, &a, 0, &nl_ref) == FR_OK, "node-limit reference: %s", fr_last_error());
+        }
+        share(world, &nl_ref);
+        args_for(&a, "nl_ep4");
+        a.expert_parallel = W;
+        a.node_limit = 2;
+        recorder got = {{0}, 0, 0};
+        CHECK(train(world, &a, 0, &got) == FR_OK, "[rank %d] node-limited EP%d: %s", me, W, fr_last_error());
+        if (me == 0) {
+            const double e = compare(&nl_ref, &got, 1, STEPS), e0 = compare(&ref, &got, 1, STEPS);
+            printf("EP%d, node limit 2: worst relative difference %.2e to one process with n_group %d topk_group 2 "
+                   "(%.2e to the unlimited run: the routing changed)\n", W, e, W, e0);
+            CHECK(got.n == STEPS && e <= REL_TOL, "node-limited routing differs from its one-process model by %.3g", e);
+            CHECK(e0 > REL_TOL, "node-limited routing changed nothing");
+            char ck[600];
+            fr_config saved;
+            CHECK(fr_train_latest_checkpoint(a.run_dir, ck, sizeof ck) == FR_OK && strlen(ck) < 580, "checkpoint");
+            strcat(ck, "/config.json");
+            CHECK(fr_config_load(&saved, ck) == FR_OK && saved.n_group == W && saved.topk_group == 2,
+                  "the checkpoint's config records the node-limited routing (n_group %d, topk_group %d)", saved.n_group,
+                  saved.topk_group);
+        }
+        args_for(&a, "nl_bad");
+        a.expert_parallel = 2;
+        a.node_limit = 3;
+        CHECK(train(world, &a, 0, &got) == FR_ERR_ARG && strstr(fr_last_error(), "--node-limit 3"),
+              "[rank %d] --node-limit 3 over EP2 refused: %s", me, fr_last_error());
+    }
+
     /* a checkpoint of DP x EP2 with ZeRO-1, resumed by one process */
     args_for(&a, "from_dist");
     a.expert_parallel = 2;
@@ -206,12 +253,12 @@ int main(int argc, char **argv) {
         CHECK(fr_ledger_read(a.ledger_path, &e, &n, NULL) == FR_OK, "ledger: %s", fr_last_error());
         int jobs = 0;
         for (int i = 0; i < n; i++) {
-            if (!strstr(e[i].run_dir, "/dp")) continue;
+            if (!strstr(e[i].run_dir, "/dp") && !strstr(e[i].run_dir, "/nl_ep")) continue;
             jobs++;
             CHECK(e[i].n_devices == W && !strcmp(e[i].status, "finished"), "%s: %d devices (want %d ranks x 1 thread), %s",
                   e[i].run_dir, e[i].n_devices, W, e[i].status);
         }
-        CHECK(jobs == (W == 2 ? 4 : 6), "one ledger record per distributed job: %d", jobs);
+        CHECK(jobs == (W == 2 ? 4 : 7), "one ledger record per distributed job: %d", jobs);
         free(e);
         fr_test_rm_rf(g_root);
     }

@@ -177,7 +177,7 @@ int fr_comm_agree(fr_comm *c, int rc) {
     for (int r = 0; r < c->size && agreed == FR_OK; r++)
         if (v[r] != 0) {
             agreed = -(int)v[r];
-            if (r != c->rank || rc == FR_OK) fr_error(agreed, "rank %d failed (its own message is in its output)", r);
+            if (rc == FR_OK) fr_error(agreed, "rank %d failed (its own message is in its output)", r);
         }
     free(v);
     if (rc != FR_OK) return rc; /* this rank's own error and message */

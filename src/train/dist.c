@@ -183,6 +183,26 @@ int fr_dist_sync_experts(fr_dist *d, fr_model *m) {
     return rc;
 }
 
+int fr_dist_node_limit(const fr_dist *d, fr_model *m, int max_ranks, int *changed) {
+    *changed = 0;
+    if (d->ep_size < 2) return fr_error(FR_ERR_ARG, "--node-limit needs expert parallelism (--ep 2 or more)");
+    if (max_ranks < 1 || max_ranks > d->ep_size)
+        return fr_error(FR_ERR_ARG, "--node-limit %d: between 1 and the %d ranks of an expert-parallel group", max_ranks,
+                        d->ep_size);
+    if (m->cfg.topk_method == FR_TOPK_GREEDY)
+        return fr_error(FR_ERR_CONFIG, "--node-limit needs group-limited routing (topk_method noaux_tc or "
+                                       "group_limited_greedy); this model routes greedily");
+    fr_config c = m->cfg;
+    c.n_group = d->ep_size;
+    c.topk_group = max_ranks;
+    if (c.n_group == m->cfg.n_group && c.topk_group == m->cfg.topk_group) return FR_OK;
+    if (fr_config_validate(&c) != FR_OK)
+        return fr_error(FR_ERR_ARG, "--node-limit %d over %d ranks: %s", max_ranks, d->ep_size, fr_last_error());
+    m->cfg = c;
+    *changed = 1;
+    return FR_OK;
+}
+
 int fr_dist_writer_ranges(const fr_dist *d, const fr_model *m, int rank, fr_opt_range **ranges, int *n) {
     fr_dist_segment *s = NULL;
     int ns = 0;

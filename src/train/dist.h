@@ -54,6 +54,14 @@ int fr_dist_gather_params(fr_dist *d, fr_model *m);
  * sampling or saving: those run all experts locally) */
 int fr_dist_sync_experts(fr_dist *d, fr_model *m);
 
+/* DeepSeek-V3's node-limited routing over this job's expert-parallel groups: each token's
+ * experts on at most max_ranks ranks, by making the routing's groups the ranks' expert sets
+ * (n_group = ep, topk_group = max_ranks; group-limited routing picks groups by their experts'
+ * scores). It changes the model: m's config (saved with every checkpoint) says so. *changed
+ * = 0 when the config already routes that way. FR_ERR_ARG without expert parallelism or for
+ * an impossible limit; FR_ERR_CONFIG when the routing is not group-limited (greedy). */
+int fr_dist_node_limit(const fr_dist *d, fr_model *m, int max_ranks, int *changed);
+
 /* The moment spans rank `rank` writes into a checkpoint (each arena element by exactly one
  * rank): its parts with ZeRO-1, else its whole segments when it is its group's first member.
  * *ranges malloc'd, .mom = the offset in that rank's packed send buffer. */

@@ -546,6 +546,7 @@ static int train_steps(run *r, fr_train_result *res) {
         cJSON_AddNumberToObject(j, "elapsed_s", ev.elapsed_s);
         cJSON_AddNumberToObject(j, "cost_usd", ev.cost_usd);
         cJSON_AddNumberToObject(j, "rss_peak_bytes", (double)ev.rss_peak_bytes);
+        cJSON_AddNumberToObject(j, "mem_plan_bytes", (double)ev.mem_plan_bytes);
         if (r->nranks > 1) { /* this rank's (rank 0's) communication this step */
             static const char *const kinds[4] = {"allreduce", "reduce_scatter", "allgather", "alltoall"};
             cJSON *cj = cJSON_AddObjectToObject(j, "comm");
@@ -731,6 +732,7 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
         if (args_in->peak_gflops > 0) args.peak_gflops = args_in->peak_gflops;
         args.expert_parallel = args_in->expert_parallel; /* the launch's layout, not the saved one */
         args.zero1 = args_in->zero1;
+        args.node_limit = args_in->node_limit;
         if (args_in->precision[0] && strcmp(args_in->precision, args.precision[0] ? args.precision : "fp32") != 0) {
             snprintf(resumed_precision, sizeof resumed_precision, "%s", args.precision[0] ? args.precision : "fp32");
             snprintf(args.precision, sizeof args.precision, "%s", args_in->precision);
@@ -830,6 +832,14 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
         fr_model_set_loss_weights(r.m, w);
         r.moments_bf16 = !strcmp(fr_train_moments(&args), "bf16");
         rc = fr_dist_setup(&r.dist, world, r.m, args.expert_parallel, args.zero1);
+    }
+    if (rc == FR_OK && args.node_limit > 0) {
+        int changed = 0;
+        rc = fr_dist_node_limit(&r.dist, r.m, args.node_limit, &changed);
+        if (rc == FR_OK && changed)
+            fr_run_info(&r, "node-limited routing: each token's experts on at most %d of the %d ranks of its expert group "
+                            "(the model's routing now has n_group %d, topk_group %d; saved with every checkpoint)",
+                        args.node_limit, r.dist.ep_size, r.m->cfg.n_group, r.m->cfg.topk_group);
     }
     if (rc == FR_OK) rc = fr_model_set_expert_parallel(r.m, r.dist.ep);
     if (rc == FR_OK) {
