@@ -10,6 +10,8 @@
 #include <string.h>
 
 /* The part of [lo, hi) member g of a group of G holds */
+#define FR_DIST_BUCKET ((size_t)1 << 22)
+
 static void cut(size_t lo, size_t hi, int g, int G, size_t *plo, size_t *phi) {
     const size_t len = hi - lo;
     *plo = lo + len * (size_t)g / (size_t)G;
@@ -54,6 +56,8 @@ int fr_dist_setup(fr_dist *d, fr_comm *world, const fr_model *m, int ep, int zer
         return fr_error(FR_ERR_ARG, "--ep %d needs the routed experts (%d) to split evenly over %d ranks", ep, E, ep);
     d->world = world;
     d->ep_size = ep;
+    const char *bucket = getenv("FRUGAL_DIST_BUCKET");
+    d->bucket = bucket && atol(bucket) >= 16 ? (size_t)atol(bucket) : FR_DIST_BUCKET;
     d->zero1 = zero1 && world->size > 1;
     int rc = FR_OK;
     if (ep > 1) {
@@ -91,43 +95,48 @@ void fr_dist_free(fr_dist *d) {
 
 static fr_comm *group_of(const fr_dist *d, const fr_dist_segment *s) { return s->owned ? d->dp : d->world; }
 
-/* the counts of the parts of segment s over its group */
-static int part_counts(const fr_dist *d, const fr_dist_segment *s, size_t *counts) {
-    const fr_comm *g = group_of(d, s);
-    for (int r = 0; r < g->size; r++) {
+/* Collectives go bucket by bucket, d->bucket floats at a time (FR_DIST_BUCKET = 16 MiB, or
+ * FRUGAL_DIST_BUCKET floats): MPI's reduce-scatter and all-reduce keep temporaries the size of
+ * what they are given, which over a whole model would cost more memory than ZeRO-1 saves. */
+
+static size_t overlap(size_t a0, size_t a1, size_t b0, size_t b1) {
+    const size_t lo = a0 > b0 ? a0 : b0, hi = a1 < b1 ? a1 : b1;
+    return hi > lo ? hi - lo : 0;
+}
+
+/* counts[r] = how much of bucket [b0, b1) of segment s falls in group member r's part */
+static void bucket_counts(const fr_dist_segment *s, int G, size_t b0, size_t b1, size_t *counts) {
+    for (int r = 0; r < G; r++) {
         size_t lo, hi;
-        cut(s->lo, s->hi, r, g->size, &lo, &hi);
-        counts[r] = hi - lo;
+        cut(s->lo, s->hi, r, G, &lo, &hi);
+        counts[r] = overlap(b0, b1, lo, hi);
     }
-    return g->size;
 }
 
 int fr_dist_reduce_grads(fr_dist *d, fr_model *m) {
     size_t *counts = malloc((size_t)d->world->size * sizeof(size_t));
     if (!counts) return fr_error(FR_ERR_NOMEM, "out of memory");
-    int rc = FR_OK;
+    if (d->zero1 && !d->scratch) {
+        d->scratch = malloc(d->bucket * sizeof(float));
+        d->scratch_cap = d->scratch ? d->bucket : 0;
+    }
+    int rc = d->zero1 && !d->scratch ? fr_error(FR_ERR_NOMEM, "out of memory for a gradient bucket") : FR_OK;
     for (int k = 0; k < d->n_seg && rc == FR_OK; k++) {
         const fr_dist_segment *s = &d->seg[k];
         fr_comm *g = group_of(d, s);
         if (g->size == 1) continue;
-        float *grads = m->grads + s->lo;
-        if (!d->zero1) {
-            rc = fr_comm_allreduce(g, grads, s->hi - s->lo);
-            continue;
-        }
-        part_counts(d, s, counts);
-        const size_t mine = s->part_hi - s->part_lo;
-        if (d->scratch_cap < mine + 1) {
-            free(d->scratch);
-            d->scratch = malloc((mine + 1) * sizeof(float));
-            d->scratch_cap = d->scratch ? mine + 1 : 0;
-            if (!d->scratch) {
-                rc = fr_error(FR_ERR_NOMEM, "out of memory for a gradient shard");
-                break;
+        for (size_t b0 = s->lo; b0 < s->hi && rc == FR_OK; b0 += d->bucket) {
+            const size_t b1 = s->hi - b0 < d->bucket ? s->hi : b0 + d->bucket;
+            if (!d->zero1) {
+                rc = fr_comm_allreduce(g, m->grads + b0, b1 - b0);
+                continue;
             }
+            /* ZeRO-1: this rank receives the sum of its part of the bucket only */
+            bucket_counts(s, g->size, b0, b1, counts);
+            rc = fr_comm_reduce_scatter(g, d->scratch, m->grads + b0, counts);
+            const size_t at = s->part_lo > b0 ? s->part_lo : b0;
+            if (rc == FR_OK) memcpy(m->grads + at, d->scratch, counts[g->rank] * sizeof(float));
         }
-        rc = fr_comm_reduce_scatter(g, d->scratch, grads, counts);
-        if (rc == FR_OK) memcpy(m->grads + s->part_lo, d->scratch, mine * sizeof(float));
     }
     free(counts);
     return rc;
@@ -157,8 +166,11 @@ int fr_dist_gather_params(fr_dist *d, fr_model *m) {
         const fr_dist_segment *s = &d->seg[k];
         fr_comm *g = group_of(d, s);
         if (g->size == 1) continue;
-        part_counts(d, s, counts);
-        rc = fr_comm_allgather(g, m->params + s->lo, NULL, counts);
+        for (size_t b0 = s->lo; b0 < s->hi && rc == FR_OK; b0 += d->bucket) {
+            const size_t b1 = s->hi - b0 < d->bucket ? s->hi : b0 + d->bucket;
+            bucket_counts(s, g->size, b0, b1, counts);
+            rc = fr_comm_allgather(g, m->params + b0, NULL, counts); /* in place: each part sits where it goes */
+        }
     }
     free(counts);
     return rc;

@@ -34,7 +34,8 @@ typedef struct {
     int n_ranges;
     fr_opt_range *ranges;      /* the spans whose moments this rank keeps */
     size_t n_moments;          /* elements per moment array here */
-    float *scratch;            /* ZeRO-1: one part's reduced gradient */
+    size_t bucket;             /* floats per collective call (FRUGAL_DIST_BUCKET, default 4 Mi) */
+    float *scratch;            /* ZeRO-1: one bucket's reduced gradient */
     size_t scratch_cap;
 } fr_dist;
 
