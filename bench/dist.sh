@@ -8,6 +8,9 @@
 #
 #   bench/dist.sh [DATA_DIR] [CONFIG] [STEPS]    (defaults: data/kjv-4k configs/demo.json 12)
 #
+# A second table shows memory per rank where the AdamW moments matter: the 28.9M-parameter
+# configs/precision-large.json at a small batch (2 x 128), 4 steps per layout.
+#
 # Needs a build with MPI (build/frugal) and prepared data (make demo makes data/kjv-4k).
 set -eu
 DATA=${1:-data/kjv-4k}
@@ -19,7 +22,8 @@ CORES=$(nproc)
 OUT=$(mktemp -d /tmp/frugal-bench-dist.XXXXXX)
 trap 'rm -rf "$OUT"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-COMMON="--config $CONFIG --data $DATA --steps $STEPS --batch 8 --seq 256 --eval-interval 0 --sample-interval 0 --ckpt-interval 0 --peak-gflops 1 --quiet"
+BASE="--data $DATA --eval-interval 0 --sample-interval 0 --ckpt-interval 0 --peak-gflops 1 --quiet"
+COMMON="--config $CONFIG --steps $STEPS --batch 8 --seq 256 $BASE"
 
 run() { # name ranks extra-flags
     name=$1 np=$2
@@ -32,7 +36,7 @@ run() { # name ranks extra-flags
         "$MPIRUN" --oversubscribe -np "$np" "$FRUGAL" train $COMMON --threads "$threads" --out "$OUT/$name" \
             --ledger "$OUT/ledger.jsonl" "$@" >"$OUT/$name.log" 2>&1
     fi || { echo "bench/dist.sh: $name failed:"; tail -5 "$OUT/$name.log"; exit 1; }
-    echo "$name $np $threads" >>"$OUT/runs.txt"
+    echo "$name $np $threads" >>"$OUT/${RUNS:-runs}.txt"
 }
 
 echo "machine: $CORES cores; $CONFIG, global batch 8 x 256 tokens, $STEPS steps per layout"
@@ -45,6 +49,7 @@ python3 - "$OUT" <<'PY'
 import json, statistics, sys
 out = sys.argv[1]
 rows = [l.split() for l in open(out + "/runs.txt")]
+print("\nspeed and communication per step (rank 0; payload handed to MPI, formula's wire bytes in brackets):")
 print("| layout | ranks x threads | step (median) | tokens/s | all-reduce MB (ring model) | reduce-scatter MB (model) | all-gather MB (model) | all-to-all MB (model) | comm share | memory plan / rank | peak RSS rank 0 |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 base = None
@@ -62,4 +67,29 @@ for name, np_, th in rows:
     print(f"| {name} | {np_} x {th} | {t_step*1000:.0f} ms ({base/t_step:.2f}x) | {dt:.0f} | "
           + " | ".join(f"{mb(k,'bytes')} ({mb(k,'model_bytes')})" for k in ("allreduce", "reduce_scatter", "allgather", "alltoall"))
           + f" | {share} | {steps[-1]['mem_plan_bytes']/2**20:.1f} MiB | {steps[-1]['rss_peak_bytes']/2**20:.1f} MiB |")
+PY
+
+echo
+echo "memory per rank: configs/precision-large.json, batch 2 x 128, 4 steps"
+COMMON="--config configs/precision-large.json --steps 4 --batch 2 --seq 128 $BASE"
+RUNS=mem
+export RUNS
+run mem_one 1
+run mem_dp2 2
+run mem_dp2_zero1 2 --zero1
+run mem_ep2 2 --ep 2
+run mem_ep2_zero1 2 --ep 2 --zero1
+python3 - "$OUT" <<'PY'
+import json, sys
+out = sys.argv[1]
+print("| layout | ranks | memory plan / rank | moments / rank | peak RSS rank 0 |")
+print("|---|---|---|---|---|")
+for name, np_, th in (l.split() for l in open(out + "/mem.txt")):
+    steps = [json.loads(l) for l in open(f"{out}/{name}/metrics.jsonl") if '"type":"step"' in l]
+    log = open(f"{out}/{name}.log").read()
+    share = "100 %"
+    for line in log.splitlines():
+        if "keeps the AdamW moments of" in line:
+            share = line.split("keeps the AdamW moments of ")[1].split(" of the")[0]
+    print(f"| {name[4:]} | {np_} | {steps[-1]['mem_plan_bytes']/2**20:.1f} MiB | {share} | {steps[-1]['rss_peak_bytes']/2**20:.1f} MiB |")
 PY
