@@ -2,7 +2,8 @@
 # bench/dist.sh — multi-process training on this machine (issue 17): the same global batch
 # trained by one process and by 2 ranks under each layout (data parallel, ZeRO-1, expert
 # parallel), each rank on its share of the cores. Prints, from rank 0's metrics.jsonl, the
-# median step time, the step's payload bytes by collective next to the formulas' wire bytes,
+# median step time (the gradient reductions overlapping the backward, the default, and started
+# only after it: FRUGAL_DIST_OVERLAP=0, rows *_after_backward), the step's payload bytes by collective next to the formulas' wire bytes,
 # the time share of communication, and memory per rank (the plan, which counts the sharded
 # moments exactly, and the peak resident set).
 #
@@ -33,7 +34,7 @@ run() { # name ranks extra-flags
     if [ "$np" = 1 ]; then
         "$FRUGAL" train $COMMON --threads "$threads" --out "$OUT/$name" --ledger "$OUT/ledger.jsonl" "$@" >"$OUT/$name.log" 2>&1
     else
-        "$MPIRUN" --oversubscribe -np "$np" "$FRUGAL" train $COMMON --threads "$threads" --out "$OUT/$name" \
+        FRUGAL_DIST_OVERLAP=${OVERLAP:-1} "$MPIRUN" -x FRUGAL_DIST_OVERLAP --oversubscribe -np "$np" "$FRUGAL" train $COMMON --threads "$threads" --out "$OUT/$name" \
             --ledger "$OUT/ledger.jsonl" "$@" >"$OUT/$name.log" 2>&1
     fi || { echo "bench/dist.sh: $name failed:"; tail -5 "$OUT/$name.log"; exit 1; }
     echo "$name $np $threads" >>"$OUT/${RUNS:-runs}.txt"
@@ -42,8 +43,11 @@ run() { # name ranks extra-flags
 echo "machine: $CORES cores; $CONFIG, global batch 8 x 256 tokens, $STEPS steps per layout"
 run one 1
 run dp2 2
+OVERLAP=0 run dp2_after_backward 2
 run dp2_zero1 2 --zero1
+OVERLAP=0 run dp2_zero1_after_backward 2 --zero1
 run ep2 2 --ep 2
+OVERLAP=0 run ep2_after_backward 2 --ep 2
 run ep2_zero1 2 --ep 2 --zero1
 python3 - "$OUT" <<'PY'
 import json, statistics, sys

@@ -49,6 +49,28 @@ static int self_gather_bytes(fr_comm *c, void *out, const void *in, const size_t
     return FR_OK;
 }
 
+/* the world of one completes at once: req NULL */
+static int self_iallreduce(fr_comm *c, float *buf, size_t n, fr_comm_req **req) {
+    *req = NULL;
+    return self_allreduce(c, buf, n);
+}
+
+static int self_ireduce_scatter(fr_comm *c, float *out, const float *in, const size_t *counts, fr_comm_req **req) {
+    *req = NULL;
+    return self_reduce_scatter(c, out, in, counts);
+}
+
+static int self_test(fr_comm *c, fr_comm_req *req, int *done) {
+    (void)c, (void)req;
+    *done = 1;
+    return FR_OK;
+}
+
+static int self_wait(fr_comm *c, fr_comm_req *req) {
+    (void)c, (void)req;
+    return FR_OK;
+}
+
 static int self_barrier(fr_comm *c) {
     (void)c;
     return FR_OK;
@@ -63,9 +85,10 @@ static void self_abort(fr_comm *c, int code) {
 
 static void self_free(fr_comm *c) { free(c); }
 
-static const fr_comm_ops SELF_OPS = {"self",         self_allreduce, self_reduce_scatter, self_allgather,
-                                     self_alltoallv, self_gather_bytes, self_barrier, self_split,
-                                     self_abort,     self_free};
+static const fr_comm_ops SELF_OPS = {"self",          self_allreduce,       self_reduce_scatter, self_allgather,
+                                     self_alltoallv,  self_gather_bytes,    self_iallreduce,     self_ireduce_scatter,
+                                     self_test,       self_wait,            self_barrier,        self_split,
+                                     self_abort,      self_free};
 
 static fr_comm *self_new(fr_comm_stats *shared) {
     fr_comm *c = calloc(1, sizeof *c);
@@ -155,6 +178,33 @@ int fr_comm_alltoallv(fr_comm *c, float *out, const size_t *recv_counts, const f
 int fr_comm_gather_bytes(fr_comm *c, void *out, const void *in, const size_t *counts) {
     const double t0 = tick();
     return count(c, FR_COMM_OTHER, c->rank != 0 ? (double)counts[c->rank] : 0, t0, c->ops->gather_bytes(c, out, in, counts));
+}
+
+int fr_comm_iallreduce(fr_comm *c, float *buf, size_t n, fr_comm_req **req) {
+    const double t0 = tick();
+    return count(c, FR_COMM_ALLREDUCE, c->size > 1 ? (double)n * sizeof(float) : 0, t0,
+                 c->ops->iallreduce_sum(c, buf, n, req));
+}
+
+int fr_comm_ireduce_scatter(fr_comm *c, float *out, const float *in, const size_t *counts, fr_comm_req **req) {
+    const double t0 = tick();
+    const double bytes = c->size > 1 ? (double)sum_counts(counts, c->size) * sizeof(float) : 0;
+    return count(c, FR_COMM_REDUCE_SCATTER, bytes, t0, c->ops->ireduce_scatter_sum(c, out, in, counts, req));
+}
+
+int fr_comm_test(fr_comm *c, fr_comm_req *req, int *done) {
+    if (!req) {
+        *done = 1;
+        return FR_OK;
+    }
+    return c->ops->test(c, req, done);
+}
+
+/* the wait's seconds go to kind OTHER's clock under "waiting" — counted as communication time */
+int fr_comm_wait(fr_comm *c, fr_comm_req *req) {
+    if (!req) return FR_OK;
+    const double t0 = tick();
+    return count(c, FR_COMM_OTHER, 0, t0, c->ops->wait(c, req));
 }
 
 int fr_comm_barrier(fr_comm *c) {

@@ -19,6 +19,9 @@
 #include <stddef.h>
 
 typedef struct fr_comm fr_comm;
+/* A started non-blocking collective: complete it with fr_comm_wait (buffers stay untouched
+ * until then) */
+typedef struct fr_comm_req fr_comm_req;
 
 typedef struct {
     const char *name; /* "mpi", "self" */
@@ -37,6 +40,13 @@ typedef struct {
     /* rank 0's out [sum of counts] = every rank's in[0:counts[r]] bytes, in rank order (out is
      * only written on rank 0; other ranks may pass NULL) */
     int (*gather_bytes)(fr_comm *c, void *out, const void *in, const size_t *counts);
+    /* non-blocking all-reduce / reduce-scatter (the same contracts as above): *req to wait
+     * on, or NULL when the operation already completed */
+    int (*iallreduce_sum)(fr_comm *c, float *buf, size_t n, fr_comm_req **req);
+    int (*ireduce_scatter_sum)(fr_comm *c, float *out, const float *in, const size_t *counts, fr_comm_req **req);
+    /* test: *done = 1 (and req freed) when it completed; lets MPI progress it meanwhile */
+    int (*test)(fr_comm *c, fr_comm_req *req, int *done);
+    int (*wait)(fr_comm *c, fr_comm_req *req); /* completes and frees req */
     int (*barrier)(fr_comm *c);
     /* the ranks that pass the same color form one new communicator, ranked by key (then by
      * rank here); it shares this world's statistics */
@@ -78,6 +88,12 @@ int fr_comm_reduce_scatter(fr_comm *c, float *out, const float *in, const size_t
 int fr_comm_allgather(fr_comm *c, float *out, const float *in, const size_t *counts);
 int fr_comm_alltoallv(fr_comm *c, float *out, const size_t *recv_counts, const float *in, const size_t *send_counts);
 int fr_comm_gather_bytes(fr_comm *c, void *out, const void *in, const size_t *counts);
+/* Non-blocking: the bytes are counted when started, the seconds while waiting (the time the
+ * caller could not hide) */
+int fr_comm_iallreduce(fr_comm *c, float *buf, size_t n, fr_comm_req **req);
+int fr_comm_ireduce_scatter(fr_comm *c, float *out, const float *in, const size_t *counts, fr_comm_req **req);
+int fr_comm_test(fr_comm *c, fr_comm_req *req, int *done);
+int fr_comm_wait(fr_comm *c, fr_comm_req *req);
 int fr_comm_barrier(fr_comm *c);
 int fr_comm_split(fr_comm *c, int color, int key, fr_comm **out);
 void fr_comm_abort(fr_comm *c, int code);

@@ -11,6 +11,7 @@
 #include <limits.h>
 #include <mpi.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef struct {
     MPI_Comm comm;                            /* MPI_COMM_WORLD, or one split from it */
@@ -74,6 +75,67 @@ static int m_alltoallv(fr_comm *c, float *out, const size_t *recv_counts, const 
     return err == MPI_SUCCESS ? FR_OK : mpi_fail(err, "all-to-all");
 }
 
+struct fr_comm_req {
+    MPI_Request request;
+    int *counts; /* reduce-scatter's counts: MPI reads them until the operation completes */
+};
+
+static int m_iallreduce(fr_comm *c, float *buf, size_t n, fr_comm_req **req) {
+    *req = NULL;
+    if (n > INT_MAX) return fr_error(FR_ERR_UNSUPPORTED, "MPI all-reduce: %zu values, more than an MPI count holds", n);
+    fr_comm_req *q = calloc(1, sizeof *q);
+    if (!q) return fr_error(FR_ERR_NOMEM, "out of memory");
+    const int err = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, COMM(c), &q->request);
+    if (err != MPI_SUCCESS) {
+        free(q);
+        return mpi_fail(err, "non-blocking all-reduce");
+    }
+    *req = q;
+    return FR_OK;
+}
+
+static int m_ireduce_scatter(fr_comm *c, float *out, const float *in, const size_t *counts, fr_comm_req **req) {
+    *req = NULL;
+    mpi_state *s = c->impl;
+    FR_CHECK(to_int_counts(c, counts, s->counts, s->displs, "reduce-scatter"));
+    fr_comm_req *q = calloc(1, sizeof *q);
+    int *ic = malloc((size_t)c->size * sizeof(int));
+    if (!q || !ic) {
+        free(q), free(ic);
+        return fr_error(FR_ERR_NOMEM, "out of memory");
+    }
+    memcpy(ic, s->counts, (size_t)c->size * sizeof(int));
+    q->counts = ic;
+    const int err = MPI_Ireduce_scatter(in, out, ic, MPI_FLOAT, MPI_SUM, s->comm, &q->request);
+    if (err != MPI_SUCCESS) {
+        free(ic), free(q);
+        return mpi_fail(err, "non-blocking reduce-scatter");
+    }
+    *req = q;
+    return FR_OK;
+}
+
+static int m_test(fr_comm *c, fr_comm_req *req, int *done) {
+    (void)c;
+    int flag = 0;
+    const int err = MPI_Test(&req->request, &flag, MPI_STATUS_IGNORE);
+    *done = flag;
+    if (flag || err != MPI_SUCCESS) {
+        free(req->counts);
+        free(req);
+        *done = 1;
+    }
+    return err == MPI_SUCCESS ? FR_OK : mpi_fail(err, "completing a non-blocking collective");
+}
+
+static int m_wait(fr_comm *c, fr_comm_req *req) {
+    (void)c;
+    const int err = MPI_Wait(&req->request, MPI_STATUS_IGNORE);
+    free(req->counts);
+    free(req);
+    return err == MPI_SUCCESS ? FR_OK : mpi_fail(err, "completing a non-blocking collective");
+}
+
 static int m_gather_bytes(fr_comm *c, void *out, const void *in, const size_t *counts) {
     mpi_state *s = c->impl;
     FR_CHECK(to_int_counts(c, counts, s->counts, s->displs, "gather"));
@@ -105,8 +167,9 @@ static void m_free(fr_comm *c) {
 
 static int m_split(fr_comm *c, int color, int key, fr_comm **out);
 
-static const fr_comm_ops MPI_OPS = {"mpi",   m_allreduce, m_reduce_scatter, m_allgather, m_alltoallv, m_gather_bytes,
-                                    m_barrier, m_split,   m_abort,          m_free};
+static const fr_comm_ops MPI_OPS = {"mpi",        m_allreduce,  m_reduce_scatter, m_allgather, m_alltoallv,
+                                    m_gather_bytes, m_iallreduce, m_ireduce_scatter, m_test,     m_wait,
+                                    m_barrier,    m_split,      m_abort,          m_free};
 
 /* A communicator over comm (taken over: freed with it unless it is the world) */
 static int wrap(MPI_Comm comm, fr_comm_stats *shared, int finalize, fr_comm **out) {

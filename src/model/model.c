@@ -254,8 +254,11 @@ static int model_build(fr_model **out, const fr_config *cfg, int mtp_depth) {
     m->blocks = calloc((size_t)(L + mtp_depth), sizeof *m->blocks);
     if (!m->blocks) { rc = fr_error(FR_ERR_NOMEM, "out of memory"); goto fail; }
     if ((rc = add_tensor(m, &m->embed, 1, 2, V, H, "model.embed_tokens.weight")) != FR_OK) goto fail;
-    for (int l = 0; l < L + mtp_depth; l++)
+    for (int l = 0; l < L + mtp_depth; l++) {
+        const size_t lo = m->n_params;
         if ((rc = register_block(m, &m->blocks[l], l, l >= L)) != FR_OK) goto fail;
+        m->blocks[l].arena_lo = lo;
+    }
     if ((rc = add_tensor(m, &m->final_norm, 1, 1, H, 0, "model.norm.weight")) != FR_OK) goto fail;
     if (cfg->tie_word_embeddings) m->lm_head = m->embed;
     else if ((rc = add_tensor(m, &m->lm_head, 1, 2, V, H, "lm_head.weight")) != FR_OK) goto fail;
@@ -902,9 +905,17 @@ int fr_model_backward(fr_model *m) {
     for (int k = 1; k <= m->mtp_depth && k < T; k++) D = k;
     for (int k = 1; k <= D; k++) o->memset0(m->mtp[k - 1].d_res, (size_t)B * (T - k) * H * sizeof(float));
     for (int k = D; k >= 1; k--) mtp_backward(m, k, B, bal_scale);
-
-    for (int l = L - 1; l >= 0; l--) fr_block_backward(m, &m->blocks[l], &m->bacts[l], B, T, m->pos, m->d_res, bal_scale);
+    /* the MTP blocks, the final norm and an untied head are final now; each main block after its
+     * backward; the embedding (and a tied head) at the end */
+    if (m->grads_ready) m->grads_ready(m->grads_ready_user, L < n_blocks(m) ? m->blocks[L].arena_lo : m->final_norm, m->n_params);
+    for (int l = L - 1; l >= 0; l--) {
+        fr_block_backward(m, &m->blocks[l], &m->bacts[l], B, T, m->pos, m->d_res, bal_scale);
+        if (m->grads_ready)
+            m->grads_ready(m->grads_ready_user, m->blocks[l].arena_lo,
+                           l + 1 < n_blocks(m) ? m->blocks[l + 1].arena_lo : m->final_norm);
+    }
     o->embedding_backward(G(m->embed), m->d_res, m->tokens, N, H);
+    if (m->grads_ready) m->grads_ready(m->grads_ready_user, 0, m->blocks[0].arena_lo);
     m->have_targets = 0;
     return gemm_status(m, "backward pass");
 }

@@ -44,6 +44,8 @@ typedef struct {
     size_t exp_stride;                     /* floats between consecutive experts' matrices */
     /* MTP module extras */
     size_t enorm, hnorm, eh_proj, head_norm;
+    size_t arena_lo;                       /* where the block's tensors start in the arena (they
+                                              run up to the next block's arena_lo) */
 } fr_block;
 
 /* Activations of one block for one forward (pointers into the activation arena). */
@@ -159,6 +161,13 @@ struct fr_model {
     int ep_active;
     int ep_failed;                      /* an exchange or a buffer failed in this pass */
     char ep_error[256];                 /* what failed */
+
+    /* Called by fr_model_backward as spans [lo, hi) of the gradient arena become final: the
+     * MTP blocks with the norm and head, then each main block, then the embedding (every
+     * element once per backward), so a data-parallel trainer can start reducing them while
+     * the backward goes on. NULL: not called. */
+    void (*grads_ready)(void *user, size_t lo, size_t hi);
+    void *grads_ready_user;
     fr_ep_acts *ep_acts;                /* [num blocks] */
     float *ep_scr[3];                   /* owner's backward scratch: [R,H] x2, [R,Im] ... */
     size_t ep_scr_cap[3];               /* floats */

@@ -12,6 +12,15 @@
 /* The part of [lo, hi) member g of a group of G holds */
 #define FR_DIST_BUCKET ((size_t)1 << 22)
 
+/* A started reduction: ZeRO-1's lands in out (n floats), copied to the gradients at `at` */
+struct fr_dist_pending {
+    fr_comm *group;
+    fr_comm_req *req;
+    float *out;
+    size_t at, n;
+};
+
+
 static void cut(size_t lo, size_t hi, int g, int G, size_t *plo, size_t *phi) {
     const size_t len = hi - lo;
     *plo = lo + len * (size_t)g / (size_t)G;
@@ -58,6 +67,8 @@ int fr_dist_setup(fr_dist *d, fr_comm *world, const fr_model *m, int ep, int zer
     d->ep_size = ep;
     const char *bucket = getenv("FRUGAL_DIST_BUCKET");
     d->bucket = bucket && atol(bucket) >= 16 ? (size_t)atol(bucket) : FR_DIST_BUCKET;
+    const char *overlap = getenv("FRUGAL_DIST_OVERLAP");
+    d->overlap = !(overlap && !strcmp(overlap, "0"));
     d->zero1 = zero1 && world->size > 1;
     int rc = FR_OK;
     if (ep > 1) {
@@ -89,7 +100,8 @@ void fr_dist_free(fr_dist *d) {
     if (d->dp) fr_comm_free(d->dp);
     free(d->seg);
     free(d->ranges);
-    free(d->scratch);
+    for (int i = 0; i < d->n_pend; i++) free(d->pend[i].out);
+    free(d->pend);
     memset(d, 0, sizeof *d);
 }
 
@@ -113,33 +125,91 @@ static void bucket_counts(const fr_dist_segment *s, int G, size_t b0, size_t b1,
     }
 }
 
-int fr_dist_reduce_grads(fr_dist *d, fr_model *m) {
+static int push_pending(fr_dist *d, fr_comm *g, fr_comm_req *req, float *out, size_t at, size_t n) {
+    if (d->n_pend == d->cap_pend) {
+        const int cap = d->cap_pend ? 2 * d->cap_pend : 64;
+        struct fr_dist_pending *p = realloc(d->pend, (size_t)cap * sizeof *p);
+        if (!p) return fr_error(FR_ERR_NOMEM, "out of memory");
+        d->pend = p;
+        d->cap_pend = cap;
+    }
+    d->pend[d->n_pend++] = (struct fr_dist_pending){g, req, out, at, n};
+    return FR_OK;
+}
+
+int fr_dist_start_grads(fr_dist *d, fr_model *m, size_t lo, size_t hi) {
     size_t *counts = malloc((size_t)d->world->size * sizeof(size_t));
     if (!counts) return fr_error(FR_ERR_NOMEM, "out of memory");
-    if (d->zero1 && !d->scratch) {
-        d->scratch = malloc(d->bucket * sizeof(float));
-        d->scratch_cap = d->scratch ? d->bucket : 0;
-    }
-    int rc = d->zero1 && !d->scratch ? fr_error(FR_ERR_NOMEM, "out of memory for a gradient bucket") : FR_OK;
+    int rc = FR_OK;
     for (int k = 0; k < d->n_seg && rc == FR_OK; k++) {
         const fr_dist_segment *s = &d->seg[k];
         fr_comm *g = group_of(d, s);
-        if (g->size == 1) continue;
-        for (size_t b0 = s->lo; b0 < s->hi && rc == FR_OK; b0 += d->bucket) {
-            const size_t b1 = s->hi - b0 < d->bucket ? s->hi : b0 + d->bucket;
+        const size_t s0 = s->lo > lo ? s->lo : lo, s1 = s->hi < hi ? s->hi : hi;
+        if (g->size == 1 || s0 >= s1) continue;
+        for (size_t b0 = s0; b0 < s1 && rc == FR_OK; b0 += d->bucket) {
+            const size_t b1 = s1 - b0 < d->bucket ? s1 : b0 + d->bucket;
+            fr_comm_req *req = NULL;
             if (!d->zero1) {
-                rc = fr_comm_allreduce(g, m->grads + b0, b1 - b0);
+                rc = fr_comm_iallreduce(g, m->grads + b0, b1 - b0, &req);
+                if (rc == FR_OK) rc = push_pending(d, g, req, NULL, 0, 0);
                 continue;
             }
             /* ZeRO-1: this rank receives the sum of its part of the bucket only */
             bucket_counts(s, g->size, b0, b1, counts);
-            rc = fr_comm_reduce_scatter(g, d->scratch, m->grads + b0, counts);
-            const size_t at = s->part_lo > b0 ? s->part_lo : b0;
-            if (rc == FR_OK) memcpy(m->grads + at, d->scratch, counts[g->rank] * sizeof(float));
+            const size_t mine = counts[g->rank];
+            float *out = malloc((mine + 1) * sizeof(float));
+            if (!out) {
+                rc = fr_error(FR_ERR_NOMEM, "out of memory for a gradient bucket");
+                break;
+            }
+            rc = fr_comm_ireduce_scatter(g, out, m->grads + b0, counts, &req);
+            if (rc == FR_OK) rc = push_pending(d, g, req, out, s->part_lo > b0 ? s->part_lo : b0, mine);
+            if (rc != FR_OK && !req) free(out);
         }
     }
     free(counts);
+    /* let MPI move what is already started while the backward goes on */
+    for (int i = 0; i < d->n_pend && rc == FR_OK; i++) {
+        int done = 0;
+        if (!d->pend[i].req) continue;
+        rc = fr_comm_test(d->pend[i].group, d->pend[i].req, &done);
+        if (done) d->pend[i].req = NULL;
+    }
     return rc;
+}
+
+int fr_dist_finish_grads(fr_dist *d, fr_model *m) {
+    int rc = d->start_rc;
+    d->start_rc = FR_OK;
+    for (int i = 0; i < d->n_pend; i++) {
+        struct fr_dist_pending *p = &d->pend[i];
+        if (p->req) {
+            const int w = fr_comm_wait(p->group, p->req);
+            if (rc == FR_OK) rc = w;
+        }
+        if (p->out && rc == FR_OK) memcpy(m->grads + p->at, p->out, p->n * sizeof(float));
+        free(p->out);
+    }
+    d->n_pend = 0;
+    return rc;
+}
+
+int fr_dist_reduce_grads(fr_dist *d, fr_model *m) {
+    const int rc = fr_dist_start_grads(d, m, 0, m->n_params);
+    const int fin = fr_dist_finish_grads(d, m); /* completes whatever did start */
+    return rc != FR_OK ? rc : fin;
+}
+
+static void on_grads_ready(void *user, size_t lo, size_t hi) {
+    fr_dist *d = user;
+    const int rc = fr_dist_start_grads(d, d->attached, lo, hi);
+    if (rc != FR_OK && d->start_rc == FR_OK) d->start_rc = rc;
+}
+
+void fr_dist_attach(fr_dist *d, fr_model *m, int on) {
+    d->attached = on ? m : NULL;
+    m->grads_ready = on ? on_grads_ready : NULL;
+    m->grads_ready_user = on ? d : NULL;
 }
 
 int fr_dist_grad_sumsq(fr_dist *d, const fr_model *m, double *sumsq) {

@@ -35,8 +35,11 @@ typedef struct {
     fr_opt_range *ranges;      /* the spans whose moments this rank keeps */
     size_t n_moments;          /* elements per moment array here */
     size_t bucket;             /* floats per collective call (FRUGAL_DIST_BUCKET, default 4 Mi) */
-    float *scratch;            /* ZeRO-1: one bucket's reduced gradient */
-    size_t scratch_cap;
+    int overlap;               /* reductions start during the backward (FRUGAL_DIST_OVERLAP=0: after) */
+    struct fr_dist_pending *pend; /* started reductions not yet completed */
+    int n_pend, cap_pend;
+    int start_rc;              /* the first failure of a start made from the model's hook */
+    struct fr_model *attached; /* the model whose backward starts them */
 } fr_dist;
 
 /* The layout of world over m for expert-parallel size ep and ZeRO-1 on or off. FR_ERR_ARG for
@@ -47,6 +50,13 @@ void fr_dist_free(fr_dist *d);
 /* After the backward: every rank's gradients summed (into its parts with ZeRO-1, everywhere
  * else without) */
 int fr_dist_reduce_grads(fr_dist *d, fr_model *m);
+/* The same in two halves: start the non-blocking reductions of the final gradients in
+ * [lo, hi) (called as the backward finishes each span: fr_dist_attach), then complete
+ * everything started. Every rank starts the same spans in the same order. */
+int fr_dist_start_grads(fr_dist *d, fr_model *m, size_t lo, size_t hi);
+int fr_dist_finish_grads(fr_dist *d, fr_model *m);
+/* While on, m's backward starts the reductions span by span (m->grads_ready); off restores it */
+void fr_dist_attach(fr_dist *d, fr_model *m, int on);
 /* Sum of squares of the whole job's summed gradients (each element counted once) */
 int fr_dist_grad_sumsq(fr_dist *d, const fr_model *m, double *sumsq);
 /* After AdamW with ZeRO-1: every rank's parts of the parameters gathered everywhere */

@@ -449,7 +449,11 @@ static int train_steps(run *r, fr_train_result *res) {
                 rc = fr_model_expert_counts(r->m, micro_counts, layer_idx);
                 for (size_t i = 0; i < n_counts; i++) counts[i] += micro_counts[i];
             }
+            /* the last micro-batch's backward starts reducing each span of final gradients */
+            const int overlap = r->nranks > 1 && r->dist.overlap && micro == a->grad_accum - 1;
+            if (overlap) fr_dist_attach(&r->dist, r->m, 1);
             if (rc == FR_OK) rc = fr_model_backward(r->m);
+            if (overlap) fr_dist_attach(&r->dist, r->m, 0);
             r->m->ep_active = 0;
             if (rc != FR_OK) break;
             const double w = 1.0 / a->grad_accum;
@@ -461,7 +465,7 @@ static int train_steps(run *r, fr_train_result *res) {
         }
         if (rc != FR_OK) break;
         /* the job's gradients, losses and expert loads (sums of small counts: exact in FP32) */
-        rc = fr_dist_reduce_grads(&r->dist, r->m);
+        rc = r->dist.overlap ? fr_dist_finish_grads(&r->dist, r->m) : fr_dist_reduce_grads(&r->dist, r->m);
         if (rc == FR_OK) rc = average_losses(r, &mean);
         if (rc == FR_OK && n_counts > 0 && r->nranks > 1) {
             for (size_t i = 0; i < n_counts; i++) fcounts[i] = (float)counts[i];
