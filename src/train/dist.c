@@ -18,7 +18,12 @@ struct fr_dist_pending {
     fr_comm_req *req;
     float *out;
     size_t at, n;
+    size_t floats;   /* the bucket's size, in flight until req completes */
 };
+
+/* At most this many buckets in flight: OpenMPI keeps a temporary per started collective, so
+ * an unbounded overlap would hold a second copy of the gradients */
+#define FR_DIST_IN_FLIGHT 4
 
 
 static void cut(size_t lo, size_t hi, int g, int G, size_t *plo, size_t *phi) {
@@ -125,7 +130,13 @@ static void bucket_counts(const fr_dist_segment *s, int G, size_t b0, size_t b1,
     }
 }
 
-static int push_pending(fr_dist *d, fr_comm *g, fr_comm_req *req, float *out, size_t at, size_t n) {
+/* pending i completed: no longer in flight */
+static void retire(fr_dist *d, int i) {
+    d->pend[i].req = NULL;
+    d->in_flight -= d->pend[i].floats;
+}
+
+static int push_pending(fr_dist *d, fr_comm *g, fr_comm_req *req, float *out, size_t at, size_t n, size_t floats) {
     if (d->n_pend == d->cap_pend) {
         const int cap = d->cap_pend ? 2 * d->cap_pend : 64;
         struct fr_dist_pending *p = realloc(d->pend, (size_t)cap * sizeof *p);
@@ -133,8 +144,16 @@ static int push_pending(fr_dist *d, fr_comm *g, fr_comm_req *req, float *out, si
         d->pend = p;
         d->cap_pend = cap;
     }
-    d->pend[d->n_pend++] = (struct fr_dist_pending){g, req, out, at, n};
-    return FR_OK;
+    d->pend[d->n_pend++] = (struct fr_dist_pending){g, req, out, at, n, req ? floats : 0};
+    if (req) d->in_flight += floats;
+    /* over the cap: complete the oldest first (every rank does the same, in the same order) */
+    int rc = FR_OK;
+    for (int i = 0; i < d->n_pend && d->in_flight > FR_DIST_IN_FLIGHT * d->bucket && rc == FR_OK; i++) {
+        if (!d->pend[i].req) continue;
+        rc = fr_comm_wait(d->pend[i].group, d->pend[i].req);
+        retire(d, i);
+    }
+    return rc;
 }
 
 int fr_dist_start_grads(fr_dist *d, fr_model *m, size_t lo, size_t hi) {
@@ -151,7 +170,7 @@ int fr_dist_start_grads(fr_dist *d, fr_model *m, size_t lo, size_t hi) {
             fr_comm_req *req = NULL;
             if (!d->zero1) {
                 rc = fr_comm_iallreduce(g, m->grads + b0, b1 - b0, &req);
-                if (rc == FR_OK) rc = push_pending(d, g, req, NULL, 0, 0);
+                if (rc == FR_OK) rc = push_pending(d, g, req, NULL, 0, 0, b1 - b0);
                 continue;
             }
             /* ZeRO-1: this rank receives the sum of its part of the bucket only */
@@ -163,7 +182,7 @@ int fr_dist_start_grads(fr_dist *d, fr_model *m, size_t lo, size_t hi) {
                 break;
             }
             rc = fr_comm_ireduce_scatter(g, out, m->grads + b0, counts, &req);
-            if (rc == FR_OK) rc = push_pending(d, g, req, out, s->part_lo > b0 ? s->part_lo : b0, mine);
+            if (rc == FR_OK) rc = push_pending(d, g, req, out, s->part_lo > b0 ? s->part_lo : b0, mine, b1 - b0);
             if (rc != FR_OK && !req) free(out);
         }
     }
@@ -173,7 +192,7 @@ int fr_dist_start_grads(fr_dist *d, fr_model *m, size_t lo, size_t hi) {
         int done = 0;
         if (!d->pend[i].req) continue;
         rc = fr_comm_test(d->pend[i].group, d->pend[i].req, &done);
-        if (done) d->pend[i].req = NULL;
+        if (done) retire(d, i);
     }
     return rc;
 }
@@ -191,6 +210,7 @@ int fr_dist_finish_grads(fr_dist *d, fr_model *m) {
         free(p->out);
     }
     d->n_pend = 0;
+    d->in_flight = 0;
     return rc;
 }
 

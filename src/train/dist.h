@@ -38,6 +38,7 @@ typedef struct {
     int overlap;               /* reductions start during the backward (FRUGAL_DIST_OVERLAP=0: after) */
     struct fr_dist_pending *pend; /* started reductions not yet completed */
     int n_pend, cap_pend;
+    size_t in_flight;          /* floats of started reductions not yet completed */
     int start_rc;              /* the first failure of a start made from the model's hook */
     struct fr_model *attached; /* the model whose backward starts them */
 } fr_dist;
