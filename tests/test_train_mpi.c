@@ -33,6 +33,8 @@ static char g_root[160];
 typedef struct {
     double loss[STEPS + 1]; /* loss[s] of step s */
     long n, stop_at;
+    double val[STEPS + 1];  /* validation loss after step s (every 10 steps) */
+    int samples;
 } recorder;
 
 static void rec_event(void *user, const fr_train_event *ev) {
@@ -41,6 +43,8 @@ static void rec_event(void *user, const fr_train_event *ev) {
         r->loss[ev->step] = ev->loss.loss;
         r->n = ev->step;
     }
+    if (ev->type == FR_EV_EVAL && ev->step >= 1 && ev->step <= STEPS) r->val[ev->step] = ev->val_loss;
+    if (ev->type == FR_EV_SAMPLE) r->samples++;
 }
 
 static int rec_stop(void *user) {
@@ -54,9 +58,11 @@ static void args_for(fr_train_args *a, const char *run) {
     a->seq_len = 16;
     a->max_steps = STEPS;
     a->threads = 1;
-    a->eval_interval = 0;
+    a->eval_interval = 10; /* evaluation and samples run through the experts' owners too */
+    a->eval_batches = 2;
     a->ckpt_interval = 0;
-    a->sample_interval = 0;
+    a->sample_interval = 20;
+    a->sample_tokens = 4;
 }
 
 static int train(fr_comm *c, const fr_train_args *a, int resume, recorder *rec) {
@@ -67,10 +73,22 @@ static int train(fr_comm *c, const fr_train_args *a, int resume, recorder *rec) 
 
 /* rank 0's recorded losses to every rank (the others add zeros: exact) */
 static void share(fr_comm *world, recorder *rec) {
-    float v[STEPS + 1];
-    for (int s = 0; s <= STEPS; s++) v[s] = world->rank == 0 ? (float)rec->loss[s] : 0.0f;
-    fr_comm_allreduce(world, v, STEPS + 1);
-    for (int s = 0; s <= STEPS; s++) rec->loss[s] = v[s];
+    float v[2 * (STEPS + 1)];
+    for (int s = 0; s <= STEPS; s++) {
+        v[s] = world->rank == 0 ? (float)rec->loss[s] : 0.0f;
+        v[STEPS + 1 + s] = world->rank == 0 ? (float)rec->val[s] : 0.0f;
+    }
+    fr_comm_allreduce(world, v, 2 * (STEPS + 1));
+    for (int s = 0; s <= STEPS; s++) rec->loss[s] = v[s], rec->val[s] = v[STEPS + 1 + s];
+}
+
+static double compare_val(const recorder *ref, const recorder *got) {
+    double worst = 0;
+    for (long s = 10; s <= STEPS; s += 10) {
+        const double e = fabs(got->val[s] - ref->val[s]) / fabs(ref->val[s]);
+        if (!(e <= worst)) worst = e;
+    }
+    return worst;
 }
 
 static double compare(const recorder *ref, const recorder *got, long from, long to) {
@@ -116,7 +134,7 @@ int main(int argc, char **argv) {
     fr_comm_barrier(world);
 
     /* the reference: one process */
-    recorder ref = {{0}, 0, 0};
+    recorder ref = {{0}, 0, 0, {0}, 0};
     fr_train_args a;
     if (me == 0) {
         args_for(&a, "ref");
@@ -136,17 +154,19 @@ int main(int argc, char **argv) {
             args_for(&a, run);
             a.expert_parallel = eps[i];
             a.zero1 = zero;
-            recorder got = {{0}, 0, 0};
+            recorder got = {{0}, 0, 0, {0}, 0};
             /* with ZeRO-1, collectives in buckets of 1,000 floats: parts cut across bucket edges */
             if (zero) setenv("FRUGAL_DIST_BUCKET", "1000", 1);
             const int rc = train(world, &a, 0, &got);
             unsetenv("FRUGAL_DIST_BUCKET");
             CHECK(rc == FR_OK, "[rank %d] %s: %s", me, run, fr_last_error());
             if (me == 0) {
-                const double e = compare(&ref, &got, 1, STEPS);
-                printf("%-14s %2ld steps, loss %.5f -> %.5f, worst relative difference to one process %.2e (tol %.0e)\n",
-                       run, got.n, got.loss[1], got.loss[STEPS], e, REL_TOL);
+                const double e = compare(&ref, &got, 1, STEPS), ev = compare_val(&ref, &got);
+                printf("%-14s %2ld steps, loss %.5f -> %.5f, worst relative difference to one process %.2e, "
+                       "validation %.2e (tol %.0e)\n", run, got.n, got.loss[1], got.loss[STEPS], e, ev, REL_TOL);
                 CHECK(got.n == STEPS && e <= REL_TOL, "%s: losses differ from the one-process run by %.3g", run, e);
+                CHECK(ev <= REL_TOL, "%s: validation losses differ from the one-process run by %.3g", run, ev);
+                CHECK(got.samples == 1, "%s: %d samples", run, got.samples);
             }
         }
     }
@@ -154,7 +174,7 @@ int main(int argc, char **argv) {
     if (W == 1) { /* started alone: expert parallelism is refused with a message */
         args_for(&a, "ep_alone");
         a.expert_parallel = 2;
-        recorder r0 = {{0}, 0, 0};
+        recorder r0 = {{0}, 0, 0, {0}, 0};
         CHECK(train(world, &a, 0, &r0) == FR_ERR_ARG && strstr(fr_last_error(), "--ep 2"), "--ep 2 alone: %s",
               fr_last_error());
         fr_test_rm_rf(g_root);
@@ -170,7 +190,7 @@ int main(int argc, char **argv) {
         char cfg[300], nl_cfg[300];
         snprintf(cfg, sizeof cfg, "%s/tiny.json", g_root);
         snprintf(nl_cfg, sizeof nl_cfg, "%s/tiny_nl.json", g_root);
-        recorder nl_ref = {{0}, 0, 0};
+        recorder nl_ref = {{0}, 0, 0, {0}, 0};
         if (me == 0) {
             fr_config c;
             CHECK(fr_config_load(&c, cfg) == FR_OK, "config: %s", fr_last_error());
@@ -185,7 +205,7 @@ int main(int argc, char **argv) {
         args_for(&a, "nl_ep4");
         a.expert_parallel = W;
         a.node_limit = 2;
-        recorder got = {{0}, 0, 0};
+        recorder got = {{0}, 0, 0, {0}, 0};
         CHECK(train(world, &a, 0, &got) == FR_OK, "[rank %d] node-limited EP%d: %s", me, W, fr_last_error());
         if (me == 0) {
             const double e = compare(&nl_ref, &got, 1, STEPS), e0 = compare(&ref, &got, 1, STEPS);
@@ -212,13 +232,13 @@ int main(int argc, char **argv) {
     args_for(&a, "from_dist");
     a.expert_parallel = 2;
     a.zero1 = 1;
-    recorder d1 = {{0}, 0, 10};
+    recorder d1 = {{0}, 0, 10, {0}, 0};
     CHECK(train(world, &a, 0, &d1) == FR_OK, "[rank %d] from_dist, first part: %s", me, fr_last_error());
     fr_comm_barrier(world);
     if (me == 0) {
         fr_train_args r;
         fr_test_resume_args(&r, a.run_dir, 0);
-        recorder d2 = {{0}, 10, 0};
+        recorder d2 = {{0}, 10, 0, {0}, 0};
         CHECK(train(self, &r, 1, &d2) == FR_OK && d2.n == STEPS, "from_dist resumed alone: %s", fr_last_error());
         const double e = compare(&ref, &d2, 11, STEPS);
         printf("DP%d x EP2 ZeRO-1 checkpoint at step 10 resumed by one process: worst relative difference %.2e\n", W / 2, e);
@@ -230,7 +250,7 @@ int main(int argc, char **argv) {
     /* a one-process checkpoint, resumed by the whole job under EP2 with ZeRO-1 */
     args_for(&a, "from_one");
     if (me == 0) {
-        recorder o1 = {{0}, 0, 10};
+        recorder o1 = {{0}, 0, 10, {0}, 0};
         CHECK(train(self, &a, 0, &o1) == FR_OK, "from_one, first part: %s", fr_last_error());
     }
     fr_comm_barrier(world);
@@ -239,7 +259,7 @@ int main(int argc, char **argv) {
         fr_test_resume_args(&r, a.run_dir, 0);
         r.expert_parallel = 2;
         r.zero1 = 1;
-        recorder o2 = {{0}, 10, 0};
+        recorder o2 = {{0}, 10, 0, {0}, 0};
         CHECK(train(world, &r, 1, &o2) == FR_OK, "[rank %d] from_one resumed by the job: %s", me, fr_last_error());
         if (me == 0) {
             const double e = compare(&ref, &o2, 11, STEPS);

@@ -45,7 +45,7 @@ static int self_alltoallv(fr_comm *c, float *out, const size_t *recv_counts, con
 
 static int self_gather_bytes(fr_comm *c, void *out, const void *in, const size_t *counts) {
     (void)c;
-    if (out != in) memmove(out, in, counts[0]);
+    if (in && out != in) memmove(out, in, counts[0]);
     return FR_OK;
 }
 

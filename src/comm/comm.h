@@ -38,7 +38,8 @@ typedef struct {
      * receives recv_counts[s] values from each rank s into out, in rank order (no overlap) */
     int (*alltoallv)(fr_comm *c, float *out, const size_t *recv_counts, const float *in, const size_t *send_counts);
     /* rank 0's out [sum of counts] = every rank's in[0:counts[r]] bytes, in rank order (out is
-     * only written on rank 0; other ranks may pass NULL) */
+     * only written on rank 0; other ranks may pass NULL); in == NULL on rank 0: its part
+     * already sits at its place in out */
     int (*gather_bytes)(fr_comm *c, void *out, const void *in, const size_t *counts);
     /* non-blocking all-reduce / reduce-scatter (the same contracts as above): *req to wait
      * on, or NULL when the operation already completed */

@@ -139,7 +139,9 @@ static int m_wait(fr_comm *c, fr_comm_req *req) {
 static int m_gather_bytes(fr_comm *c, void *out, const void *in, const size_t *counts) {
     mpi_state *s = c->impl;
     FR_CHECK(to_int_counts(c, counts, s->counts, s->displs, "gather"));
-    const int err = MPI_Gatherv(in, s->counts[c->rank], MPI_BYTE, out, s->counts, s->displs, MPI_BYTE, 0, s->comm);
+    const int err = in || c->rank != 0
+                        ? MPI_Gatherv(in, s->counts[c->rank], MPI_BYTE, out, s->counts, s->displs, MPI_BYTE, 0, s->comm)
+                        : MPI_Gatherv(MPI_IN_PLACE, 0, MPI_BYTE, out, s->counts, s->displs, MPI_BYTE, 0, s->comm);
     return err == MPI_SUCCESS ? FR_OK : mpi_fail(err, "gather");
 }
 

@@ -211,9 +211,10 @@ static int write_checkpoint(run *r, const void *mom, const void *var, char *out_
 }
 
 /* Every rank saves through here: the experts' weights and the moments are brought to rank 0
- * (one process: nothing to bring), which writes; all ranks learn whether it worked. */
+ * (one process: nothing to bring), which writes, then hands the other ranks' experts back;
+ * all ranks learn whether it worked. */
 int fr_run_save_checkpoint(run *r, char *out_dir, size_t out_n) {
-    int rc = fr_dist_sync_experts(&r->dist, r->m);
+    int rc = fr_dist_gather_experts(&r->dist, r->m);
     const void *mom = r->mom, *var = r->var;
     void *full[2] = {NULL, NULL};
     if (rc == FR_OK && r->nranks > 1) {
@@ -229,6 +230,7 @@ int fr_run_save_checkpoint(run *r, char *out_dir, size_t out_n) {
         mom = full[0], var = full[1];
     }
     if (rc == FR_OK && r->rank == 0) rc = write_checkpoint(r, mom, var, out_dir, out_n);
+    if (r->rank == 0) fr_dist_release_foreign(&r->dist, r->m);
     else if (rc == FR_OK && out_dir) snprintf(out_dir, out_n, "%s/ckpt-%08ld", r->a->run_dir, r->step);
     free(full[0]);
     free(full[1]);

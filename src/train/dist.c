@@ -6,8 +6,12 @@
 #include "core/internal.h"
 #include "model/model_internal.h"
 
+#include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 /* The part of [lo, hi) member g of a group of G holds */
 #define FR_DIST_BUCKET ((size_t)1 << 22)
@@ -81,6 +85,19 @@ int fr_dist_setup(fr_dist *d, fr_comm *world, const fr_model *m, int ep, int zer
         if (rc == FR_OK) rc = fr_comm_split(world, world->rank % ep, world->rank / ep, &d->dp);
     }
     if (rc == FR_OK) rc = build_segments(m, world->size, ep, world->rank, &d->seg, &d->n_seg);
+    if (rc == FR_OK && ep > 1) { /* the gaps between this rank's segments: other ranks' experts */
+        d->foreign = malloc((size_t)(d->n_seg + 1) * sizeof *d->foreign);
+        if (!d->foreign) rc = fr_error(FR_ERR_NOMEM, "out of memory");
+        size_t at = 0;
+        for (int k = 0; rc == FR_OK && k <= d->n_seg; k++) {
+            const size_t next = k < d->n_seg ? d->seg[k].lo : m->n_params;
+            if (next > at) {
+                d->foreign[d->n_foreign++] = (fr_opt_range){at, next, 0};
+                d->foreign_floats += next - at;
+            }
+            if (k < d->n_seg) at = d->seg[k].hi;
+        }
+    }
     if (rc == FR_OK) {
         d->ranges = malloc((size_t)(d->n_seg > 0 ? d->n_seg : 1) * sizeof *d->ranges);
         if (!d->ranges) rc = fr_error(FR_ERR_NOMEM, "out of memory");
@@ -104,6 +121,7 @@ void fr_dist_free(fr_dist *d) {
     if (d->ep) fr_comm_free(d->ep);
     if (d->dp) fr_comm_free(d->dp);
     free(d->seg);
+    free(d->foreign);
     free(d->ranges);
     for (int i = 0; i < d->n_pend; i++) free(d->pend[i].out);
     free(d->pend);
@@ -266,8 +284,39 @@ int fr_dist_gather_params(fr_dist *d, fr_model *m) {
     return rc;
 }
 
-int fr_dist_sync_experts(fr_dist *d, fr_model *m) {
-    if (!d->ep) return FR_OK;
+/* [lo, hi) of the arena: whole pages inside it handed back to the kernel (they read as
+ * zeros and cost no memory until written again) */
+static void release(float *base, size_t lo, size_t hi) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)(base + lo) + page - 1) & ~(page - 1), b = (uintptr_t)(base + hi) & ~(page - 1);
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+/* FRUGAL_DIST_POISON=1 fills them with NaN instead, so that any use of another rank's expert
+ * shows in the losses (the tests run with it: whole pages are rare in tiny models) */
+void fr_dist_release_foreign(fr_dist *d, fr_model *m) {
+    const char *poison = getenv("FRUGAL_DIST_POISON");
+    for (int i = 0; i < d->n_foreign; i++) {
+        const size_t lo = d->foreign[i].lo, hi = d->foreign[i].hi;
+        if (poison && !strcmp(poison, "1")) {
+            for (size_t j = lo; j < hi; j++) m->params[j] = m->grads[j] = NAN;
+        } else {
+            release(m->params, lo, hi);
+            release(m->grads, lo, hi);
+        }
+    }
+}
+
+void fr_dist_zero_grads(fr_dist *d, fr_model *m) {
+    if (d->n_foreign == 0) {
+        fr_model_zero_grad(m);
+        return;
+    }
+    for (int k = 0; k < d->n_seg; k++) memset(m->grads + d->seg[k].lo, 0, (d->seg[k].hi - d->seg[k].lo) * sizeof(float));
+}
+
+int fr_dist_gather_experts(fr_dist *d, fr_model *m) {
+    if (!d->ep || d->world->rank / d->ep_size != 0) return FR_OK; /* only world rank 0's group */
     const int P = d->ep->size, E = m->cfg.n_routed_experts;
     size_t *counts = malloc((size_t)P * sizeof(size_t));
     if (!counts) return fr_error(FR_ERR_NOMEM, "out of memory");
@@ -277,9 +326,13 @@ int fr_dist_sync_experts(fr_dist *d, fr_model *m) {
         const fr_block *b = &m->blocks[l];
         if (!b->is_moe) continue;
         /* each kind's E experts are consecutive, exp_stride apart: rank r's Eh of them in a row */
-        for (int r = 0; r < P; r++) counts[r] = (size_t)(E / P) * b->exp_stride;
+        const size_t part = (size_t)(E / P) * b->exp_stride;
+        for (int r = 0; r < P; r++) counts[r] = part * sizeof(float);
         const size_t bases[3] = {b->exp_gate, b->exp_up, b->exp_down};
-        for (int k = 0; k < 3 && rc == FR_OK; k++) rc = fr_comm_allgather(d->ep, m->params + bases[k], NULL, counts);
+        for (int k = 0; k < 3 && rc == FR_OK; k++) {
+            float *run = m->params + bases[k];
+            rc = fr_comm_gather_bytes(d->ep, run, d->ep->rank == 0 ? NULL : run + d->ep->rank * part, counts);
+        }
     }
     free(counts);
     return rc;

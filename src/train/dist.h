@@ -33,6 +33,9 @@ typedef struct {
     fr_dist_segment *seg;      /* shared and owned segments, arena order */
     int n_ranges;
     fr_opt_range *ranges;      /* the spans whose moments this rank keeps */
+    int n_foreign;
+    fr_opt_range *foreign;     /* expert parallel: the other ranks' experts (.mom unused) */
+    size_t foreign_floats;
     size_t n_moments;          /* elements per moment array here */
     size_t bucket;             /* floats per collective call (FRUGAL_DIST_BUCKET, default 4 Mi) */
     int overlap;               /* reductions start during the backward (FRUGAL_DIST_OVERLAP=0: after) */
@@ -62,9 +65,14 @@ void fr_dist_attach(fr_dist *d, fr_model *m, int on);
 int fr_dist_grad_sumsq(fr_dist *d, const fr_model *m, double *sumsq);
 /* After AdamW with ZeRO-1: every rank's parts of the parameters gathered everywhere */
 int fr_dist_gather_params(fr_dist *d, fr_model *m);
-/* Expert parallel: every rank gets the current weights of every expert (before evaluating,
- * sampling or saving: those run all experts locally) */
-int fr_dist_sync_experts(fr_dist *d, fr_model *m);
+/* Expert parallel: a rank holds only its own experts. The parameter and gradient arenas keep
+ * their layout, but the other ranks' experts are handed back to the kernel (after creating or
+ * loading the model, and on rank 0 after each checkpoint) and never touched: the training and
+ * evaluation forwards send tokens to the owners, the gradients are zeroed segment by segment.
+ * fr_dist_gather_experts brings every expert to world rank 0 for a checkpoint. */
+void fr_dist_release_foreign(fr_dist *d, fr_model *m);
+void fr_dist_zero_grads(fr_dist *d, fr_model *m);
+int fr_dist_gather_experts(fr_dist *d, fr_model *m);
 
 /* DeepSeek-V3's node-limited routing over this job's expert-parallel groups: each token's
  * experts on at most max_ranks ranks, by making the routing's groups the ranks' expert sets

@@ -312,13 +312,16 @@ static int do_checkpoint(run *r) {
     return fr_comm_agree(r->world, rc);
 }
 
-/* Evaluation and samples run on every rank over the same sequences (replicated: every rank
- * holds all the weights once the experts are synced), so each gets rank 0's numbers. */
+/* Evaluation and samples run on every rank over the same sequences (replicated), so each gets
+ * rank 0's numbers; under expert parallelism their tokens go to the experts' owners as in
+ * training (no rank holds every expert). */
 static int do_eval(run *r) {
     if (!r->data.val) return FR_OK;
     double vl = 0, bpb = 0;
-    FR_CHECK(fr_dist_sync_experts(&r->dist, r->m));
-    FR_CHECK(evaluate(r, &vl, &bpb));
+    r->m->ep_active = 1;
+    const int rc = evaluate(r, &vl, &bpb);
+    r->m->ep_active = 0;
+    FR_CHECK(rc);
     r->last_val = vl;
     fr_train_event ev;
     memset(&ev, 0, sizeof ev);
@@ -340,8 +343,10 @@ static int do_eval(run *r) {
 
 static int do_sample(run *r) {
     char *text = NULL;
-    FR_CHECK(fr_dist_sync_experts(&r->dist, r->m));
-    FR_CHECK(sample_text(r, &text));
+    r->m->ep_active = 1;
+    const int rc = sample_text(r, &text);
+    r->m->ep_active = 0;
+    FR_CHECK(rc);
     if (!text) return FR_OK;
     fr_train_event ev;
     memset(&ev, 0, sizeof ev);
@@ -432,7 +437,7 @@ static int train_steps(run *r, fr_train_result *res) {
         }
         const double t0 = now_s();
         fr_comm_stats comm0 = *r->world->stats;
-        fr_model_zero_grad(r->m);
+        fr_dist_zero_grads(&r->dist, r->m); /* (never the other ranks' experts) */
         memset(counts, 0, n_counts * sizeof(long));
         fr_loss_info mean;
         memset(&mean, 0, sizeof mean);
@@ -846,6 +851,7 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
                         args.node_limit, r.dist.ep_size, r.m->cfg.n_group, r.m->cfg.topk_group);
     }
     if (rc == FR_OK) rc = fr_model_set_expert_parallel(r.m, r.dist.ep);
+    if (rc == FR_OK) fr_dist_release_foreign(&r.dist, r.m); /* this rank keeps its own experts only */
     if (rc == FR_OK) {
         if (r.moments_bf16) fr_run_info(&r, "AdamW moments stored in bf16 (half the optimizer memory: %.1f MiB saved)",
                                  r.dist.n_moments * 4.0 / 1048576.0);
@@ -954,7 +960,7 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
      * mixed-precision GEMMs' operand copies and oneDNN's BF16 kernels (measured: +25-32 % over
      * this plan in bf16 runs, docs/training.md) */
     const size_t moment_bytes = r.moments_bf16 ? sizeof(uint16_t) : sizeof(float);
-    r.mem_plan = r.m ? 2 * r.m->n_params * sizeof(float) + 2 * r.dist.n_moments * moment_bytes +
+    r.mem_plan = r.m ? 2 * (r.m->n_params - r.dist.foreign_floats) * sizeof(float) + 2 * r.dist.n_moments * moment_bytes +
                            fr_model_activation_bytes(r.m, local_B, args.seq_len) + gemm_pack
                      : 0;
     if (rc == FR_OK) {
