@@ -1,10 +1,14 @@
 /*
- * test_mpi_kill.c — a rank lost with SIGKILL ends the whole job (issue 17): `mpirun -np 2
- * frugal train` on the tiny MoE config with checkpoints every 5 steps; once a checkpoint
- * exists, rank 1 (found by its OMPI_COMM_WORLD_RANK) is killed with SIGKILL. The job must end
- * with a non-zero exit status and an error naming rank 1; the run then resumes from its last
- * checkpoint under mpirun and finishes, and the ledger holds one record for the job, charging
- * 2 ranks x 1 thread. Skipped (77) in a build without MPI.
+ * test_mpi_cli.c — `frugal train` under mpirun (issue 17), the command itself:
+ *   - layouts the job cannot have fail on every rank with a message naming the flag and a
+ *     non-zero exit, and write nothing: --ep 3 over 2 ranks, a --batch that does not split
+ *     over the ranks, --node-limit without --ep; --ep without mpirun is a usage error (2);
+ *   - a rank lost with SIGKILL ends the whole job: `mpirun -np 2 frugal train` on the tiny
+ *     MoE config with checkpoints every 5 steps; once a checkpoint exists, rank 1 (found by
+ *     its OMPI_COMM_WORLD_RANK) is killed. The job must end with a non-zero exit status and an
+ *     error naming rank 1; the run then resumes from its last checkpoint under mpirun and
+ *     finishes, and the ledger holds one record for the job, charging 2 ranks x 1 thread.
+ * Skipped (77) in a build without MPI.
  */
 #include "testutil.h"
 
@@ -19,7 +23,7 @@
 
 #ifndef FR_MPIEXEC
 int main(void) {
-    printf("test_mpi_kill: built without MPI: skipped\n");
+    printf("test_mpi_cli: built without MPI: skipped\n");
     return 77;
 }
 #else
@@ -92,7 +96,7 @@ static void sleep_ms(long ms) {
 }
 
 int main(void) {
-    snprintf(g_root, sizeof g_root, "/tmp/frugal_test_mpi_kill_%d", (int)getpid());
+    snprintf(g_root, sizeof g_root, "/tmp/frugal_test_mpi_cli_%d", (int)getpid());
     fr_test_rm_rf(g_root);
     mkdir(g_root, 0755);
     char corpus[300], tok[300], data[300], cfg[300], run[300], out[300], ledger[300], cmd[4096];
@@ -105,7 +109,41 @@ int main(void) {
     snprintf(ledger, sizeof ledger, "%s/ledger.jsonl", g_root);
     fr_test_write_corpus(corpus, 240, 0);
     fr_test_write_text(cfg, fr_test_tiny_train_config(1));
-    if (fr_test_prepare_tiny_data(corpus, tok, data) != FR_OK) return fr_test_finish("test_mpi_kill");
+    if (fr_test_prepare_tiny_data(corpus, tok, data) != FR_OK) return fr_test_finish("test_mpi_cli");
+
+    /* impossible layouts: a message naming the flag, non-zero, no run folder */
+    static const struct {
+        int np;
+        const char *flags, *must;
+    } bad[] = {{2, "--ep 3", "--ep 3"}, {2, "--batch 3", "--batch 3"}, {2, "--node-limit 1", "--node-limit"},
+               {1, "--ep 2", "--ep 2"}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char badrun[300];
+        snprintf(badrun, sizeof badrun, "%s/bad%zu", g_root, i);
+        if (bad[i].np > 1)
+            snprintf(cmd, sizeof cmd, "'%s' --oversubscribe -np %d '%s' train --config '%s' --data '%s' --out '%s' --steps 2 "
+                     "--batch 4 --seq 16 --threads 1 --peak-gflops 10 %s 2>&1", FR_MPIEXEC, bad[i].np, FR_FRUGAL_BIN, cfg, data, badrun,
+                     bad[i].flags);
+        else
+            snprintf(cmd, sizeof cmd, "'%s' train --config '%s' --data '%s' --out '%s' --steps 2 --batch 4 --seq 16 --peak-gflops 10 %s 2>&1",
+                     FR_FRUGAL_BIN, cfg, data, badrun, bad[i].flags);
+        FILE *p = popen(cmd, "r");
+        char buf[65536];
+        size_t len = p ? fread(buf, 1, sizeof buf - 1, p) : 0;
+        buf[len] = 0;
+        const int st = p ? pclose(p) : -1;
+        const int code = st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        char args_json[400];
+        snprintf(args_json, sizeof args_json, "%s/train_args.json", badrun);
+        CHECK(code != 0 && strstr(buf, bad[i].must) && !fr_test_file_exists(args_json),
+              "mpirun -np %d train %s: exit %d, %s a message naming %s, %s train_args.json:\n%s", bad[i].np, bad[i].flags,
+              code, strstr(buf, bad[i].must) ? "with" : "without", bad[i].must,
+              fr_test_file_exists(args_json) ? "wrote" : "no", buf);
+        if (bad[i].np == 1) CHECK(code == 2, "--ep without mpirun is a usage error (exit %d)", code);
+        const char *line = strstr(buf, "frugal train");
+        const char *eol = line ? strchr(line, '\n') : NULL;
+        if (line) printf("np %d %-16s exit %d: %.*s\n", bad[i].np, bad[i].flags, code, eol ? (int)(eol - line) : 100, line);
+    }
 
     const char *common = "--batch 4 --seq 16 --threads 1 --eval-interval 0 --sample-interval 0 --ckpt-interval 5 "
                          "--peak-gflops 10 --ep 2 --zero1";
@@ -167,6 +205,6 @@ int main(void) {
     }
     free(e);
     fr_test_rm_rf(g_root);
-    return fr_test_finish("test_mpi_kill");
+    return fr_test_finish("test_mpi_cli");
 }
 #endif
