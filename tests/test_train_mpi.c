@@ -17,6 +17,8 @@
  */
 #include "comm/comm.h"
 #include "testutil.h"
+
+#include <cjson/cJSON.h>
 #include "train/train_internal.h"
 
 #include <math.h>
@@ -100,6 +102,39 @@ static double compare(const recorder *ref, const recorder *got, long from, long 
     return worst;
 }
 
+/* The last step record's communication figures (rank 0's metrics.jsonl): *ok when the
+ * all-reduce's ring formula is 2 (W-1)/W x its payload, reduce-scatter's (W-1)/W, the
+ * all-to-all within a factor 2 of its uniform-routing formula (imbalance on 20 steps of a tiny
+ * model), and the time share a fraction. Prints the figures. */
+static int check_comm(const char *run_dir, int W, int ep, int zero) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", run_dir);
+    char *text = fr_test_read_file(path, NULL), *last = NULL;
+    for (char *p = text ? strstr(text, "\"type\":\"step\"") : NULL; p; p = strstr(p + 1, "\"type\":\"step\"")) last = p;
+    int ok = 0;
+    if (last) {
+        while (last > text && last[-1] != '\n') last--;
+        char *eol = strchr(last, '\n');
+        cJSON *j = cJSON_ParseWithLength(last, eol ? (size_t)(eol - last) : strlen(last));
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(j, "comm");
+#define FIG(kind, key) cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(c, kind), key))
+        const double ar = FIG("allreduce", "bytes"), ar_m = FIG("allreduce", "model_bytes");
+        const double rs = FIG("reduce_scatter", "bytes"), rs_m = FIG("reduce_scatter", "model_bytes");
+        const double a2a = FIG("alltoall", "bytes"), a2a_m = FIG("alltoall", "model_bytes");
+        const double share = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(c, "time_share"));
+#undef FIG
+        const int G = W / ep; /* the experts' group; the non-expert gradients go over all W */
+        printf("  comm: all-reduce %.0f B (ring %.0f), reduce-scatter %.0f B (model %.0f), all-to-all %.0f B "
+               "(uniform %.0f), time share %.3f\n", ar, ar_m, rs, rs_m, a2a, a2a_m, share);
+        ok = c && share >= 0 && share <= 1 && (ep == 1 ? a2a == 0 : a2a > 0.5 * a2a_m && a2a < 2 * a2a_m);
+        if (zero) ok = ok && rs > 0 && rs_m >= rs * (G - 1) / G * 0.999 && rs_m <= rs * (W - 1) / W * 1.001;
+        else ok = ok && ar > 0 && ar_m >= 2.0 * ar * (G - 1) / G * 0.999 && ar_m <= 2.0 * ar * (W - 1) / W * 1.001;
+        cJSON_Delete(j);
+    }
+    free(text);
+    return ok;
+}
+
 static int count_runs(const char *ledger) {
     fr_ledger_entry *e = NULL;
     int n = 0;
@@ -167,6 +202,7 @@ int main(int argc, char **argv) {
                 CHECK(got.n == STEPS && e <= REL_TOL, "%s: losses differ from the one-process run by %.3g", run, e);
                 CHECK(ev <= REL_TOL, "%s: validation losses differ from the one-process run by %.3g", run, ev);
                 CHECK(got.samples == 1, "%s: %d samples", run, got.samples);
+                CHECK(check_comm(a.run_dir, W, eps[i], zero), "%s: the communication figures of metrics.jsonl", run);
             }
         }
     }
