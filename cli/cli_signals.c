@@ -112,8 +112,9 @@ int cli_signals_start(void) {
     pthread_attr_t at;
     int rc = pthread_attr_init(&at);
     if (rc == 0) {
+        /* the default stack size: a small fixed one fails (EINVAL) once the libraries linked in
+         * carry large static TLS blocks (CUDA's runtime and cuBLAS do) */
         pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-        pthread_attr_setstacksize(&at, 64 * 1024);
         rc = pthread_create(&t, &at, watcher, NULL);
         pthread_attr_destroy(&at);
     }
