@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # test_layout.sh — the README's layout table and the source tree agree: every folder of src/
-# has its row, every .c file of a folder is named in that row, and no source file outside
+# has its row, every .c / .cu file of a folder is named in that row, and no source file outside
 # the SIMD kernels grows past 1,200 lines (split it along its concerns instead).
 set -u
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,7 +12,7 @@ for dir in "$root"/src/*/; do
     row=$(grep -F "| \`$name\` |" "$root/README.md" || true)
     if [ -z "$row" ]; then bad "README.md has no layout row for $name"; continue; fi
     ok
-    for f in "$dir"*.c; do
+    for f in "$dir"*.c "$dir"*.cu; do
         [ -e "$f" ] || continue
         b=$(basename "$f")
         if printf '%s' "$row" | grep -qF "\`$b\`"; then ok; else bad "README.md's row for $name does not name $b"; fi

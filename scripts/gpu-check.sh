@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# scripts/gpu-check.sh — the one script to run on a GPU machine (issue 18), in well under 6
+# minutes: configure and build with the CUDA backend for this GPU, run the gpu-labelled tests
+# (every op of src/cuda/ against the CPU backend), run them again under compute-sanitizer when
+# it is installed, then print one summary table and write it as JSON lines to
+# gpu-check.jsonl (the machine keeps nothing: copy the figures into docs/performance.md with
+# the date and the device name).
+#
+#   scripts/gpu-check.sh [BUILD_DIR]     (default build-gpu)
+#
+# Not in it yet: the training and decode benchmarks, which need the model on the device
+# (--device cuda); this script grows with them.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+BUILD=${1:-build-gpu}
+OUT=${GPU_CHECK_OUT:-gpu-check.jsonl}
+: >"$OUT"
+t0=$(date +%s)
+row() { # name status seconds detail
+    printf '%-34s %-8s %6s s  %s\n' "$1" "$2" "$3" "$4"
+    python3 -c 'import json,sys; print(json.dumps({"check": sys.argv[1], "status": sys.argv[2], "seconds": float(sys.argv[3]), "detail": sys.argv[4]}))' \
+        "$1" "$2" "$3" "$4" >>"$OUT"
+}
+step() { # name command...: runs it, records pass / fail and its time
+    local name=$1 s=$(date +%s)
+    shift
+    if "$@" >"$BUILD.$name.log" 2>&1; then row "$name" pass $(( $(date +%s) - s )) "$(tail -1 "$BUILD.$name.log")"
+    else row "$name" FAIL $(( $(date +%s) - s )) "$(tail -1 "$BUILD.$name.log") (log: $BUILD.$name.log)"; fi
+}
+
+device=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
+cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d .)
+echo "gpu-check $(date -u +%Y-%m-%dT%H:%MZ): ${device:-no GPU found by nvidia-smi}"
+row device info 0 "${device:-none} (compute capability ${cc:-?})"
+arch=${cc:-90}
+[ "$arch" = 90 ] && arch=90a
+step configure cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$arch"
+step build cmake --build "$BUILD" -j"$(nproc)"
+step kernels_on_host ctest --test-dir "$BUILD" -R '^test_cuda_kernels' --output-on-failure
+step gpu_ops ctest --test-dir "$BUILD" -L gpu --output-on-failure
+if command -v compute-sanitizer >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/compute-sanitizer ]; then
+    cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+    step sanitizer_memcheck "$cs" --tool memcheck --error-exitcode 1 "$BUILD/test_cuda_ops"
+    step sanitizer_racecheck "$cs" --tool racecheck --error-exitcode 1 "$BUILD/test_cuda_ops"
+else
+    row sanitizer skipped 0 "compute-sanitizer not installed"
+fi
+row total info $(( $(date +%s) - t0 )) "figures in $OUT"
+grep -q '"FAIL"' "$OUT" && exit 1
+exit 0
