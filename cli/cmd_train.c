@@ -61,6 +61,8 @@ void usage_train(FILE *f) {
             "Run:\n"
             "  --seed N             initialisation and data order (default %llu)\n"
             "  --threads N          CPU threads (default: OMP_NUM_THREADS or all cores)\n"
+            "  --device D           cpu (default) | cuda: where the model and its training run (an NVIDIA GPU\n"
+            "                       through the CUDA backend; a checkpoint moves freely between devices)\n"
             "  --eval-interval N    steps between validation evaluations, 0 = only at the end (default %d)\n"
             "  --eval-batches N     validation batches per evaluation (default %d)\n"
             "  --ckpt-interval N    steps between checkpoints, 0 = only at the end (default %d)\n"
@@ -213,7 +215,7 @@ int cmd_train(int argc, char **argv) {
     fr_train_args a;
     fr_train_args_default(&a);
     a.max_steps = 0;
-    const char *resume = NULL, *v = NULL;
+    const char *resume = NULL, *v = NULL, *device = "cpu";
     out_opts oo = {0, 0, 0, 0};
     int have_peak = 0;
     const cli_opt flags[] = {{"--quiet", NULL, &oo.quiet}, {"--json", NULL, &oo.json}, {"--zero1", NULL, &a.zero1}};
@@ -251,6 +253,13 @@ int cmd_train(int argc, char **argv) {
         if ((r = cli_opt_value("train", usage_train, argc, argv, &i, "--resume", &v)) != 0) {
             if (r < 0 || copy_arg(a.run_dir, sizeof a.run_dir, "--resume", v) < 0) return CLI_EXIT_USAGE;
             resume = v;
+            continue;
+        }
+        if ((r = cli_opt_value("train", usage_train, argc, argv, &i, "--device", &v)) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+            if (strcmp(v, "cpu") != 0 && strcmp(v, "cuda") != 0)
+                return cli_usage_error("train", usage_train, "--device must be cpu or cuda, got '%s'", v);
+            device = v;
             continue;
         }
         if ((r = cli_opt_value("train", usage_train, argc, argv, &i, "--precision", &v)) != 0) {
@@ -341,6 +350,7 @@ int cmd_train(int argc, char **argv) {
         return CLI_EXIT_FAIL;
     }
     if (a.threads > 0) fr_set_num_threads(a.threads);
+    if (fr_set_device(device) != FR_OK) return cli_fail_lib("cannot train on this device");
     /* started by mpirun: join the job's ranks (a world of one otherwise) */
     if (fr_world_init(NULL, NULL) != FR_OK) return cli_fail_lib("cannot join the MPI job");
     const int rank = fr_world_rank(), nranks = fr_world_size();

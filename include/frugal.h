@@ -711,6 +711,14 @@ int fr_eval_dataset(fr_model *m, const char *data_dir, const char *split, int se
 
 /* Threads used by the CPU backend (0 = OpenMP default). */
 void fr_set_num_threads(int n);
+
+/* The backend that models created or loaded from now on live on: "cpu" (the default),
+ * "cuda" (an NVIDIA GPU through the CUDA backend; FR_ERR_UNSUPPORTED naming why when this
+ * build has no CUDA or the machine no usable GPU) or "cpu-guarded" (the CPU's kernels behind
+ * memory the host cannot touch outside the backend's ops: a check of the device path, slow).
+ * fr_device_name: the current choice. */
+int fr_set_device(const char *name);
+const char *fr_device_name(void);
 /* The machine's measured FP32 FMA peak with the current OpenMP threads (about 1.5 s). */
 typedef struct {
     double gflops;            /* all threads */

@@ -87,4 +87,10 @@ void fr_cpu_gemm(int transA, int transB, int M, int N, int K, float alpha, const
 int fr_cpu_gemm_uses_onednn(void);
 void fr_cpu_gemm_set_onednn(int on);
 
+/* The CPU backend behind device-like memory (ops_cpu_guard.c): backend memory is unreadable
+ * from the host except inside its ops and copies, so host code that touches it faults. For
+ * tests of the device path; the numbers are the CPU backend's. */
+struct fr_ops;
+const struct fr_ops *fr_ops_cpu_guarded(void);
+
 #endif

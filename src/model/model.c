@@ -243,7 +243,7 @@ static int model_build(fr_model **out, const fr_config *cfg, int mtp_depth) {
     fr_model *m = calloc(1, sizeof *m);
     if (!m) return fr_error(FR_ERR_NOMEM, "out of memory");
     m->cfg = *cfg;
-    m->ops = fr_ops_cpu();
+    m->ops = fr_device_ops(); /* fr_set_device's choice */
     m->mtp_depth = mtp_depth;
     m->loss_w.mtp_lambda = 0.3f;
     m->fp8_grad_tile_rows = 1;

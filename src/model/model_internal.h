@@ -182,6 +182,9 @@ enum { FR_PREC_FP32 = 0, FR_PREC_BF16 = 1, FR_PREC_FP8 = 2 };
 int fr_model_set_expert_parallel(fr_model *m, struct fr_comm *group);
 void fr_model_ep_free(fr_model *m);
 
+/* The backend fr_set_device chose for new models (device.c) */
+const fr_ops *fr_device_ops(void);
+
 /* Shared with the inference engine (infer.c): RoPE tables [max_pos, qk_rope_head_dim/2]
  * (host memory, YaRN attention factor folded in) and the softmax scale (YaRN mscale^2). */
 void fr_rope_tables_fill(const fr_config *c, int max_pos, float *cos_table, float *sin_table);

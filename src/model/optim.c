@@ -55,22 +55,35 @@ static opt_chunk *plan_chunks(const fr_model *m, const fr_opt_range *ranges, int
 
 static fr_opt_range whole_arena(const fr_model *m) { return (fr_opt_range){0, m->n_params, 0}; }
 
+/* Device backends (memory the host cannot read): each chunk of the gradients (and, for AdamW,
+ * of the parameters) is copied to a host buffer, used, and the parameters copied back: the
+ * same arithmetic in the same order as on the CPU, at the cost of the transfers. A kernel on
+ * the device replaces this where the backend has one (planned for CUDA). */
+static int on_host(const fr_model *m) { return m->ops->host_memory; }
+
 double fr_grad_sumsq(const fr_model *m, const fr_opt_range *ranges, int n_ranges) {
     long n = 0;
     opt_chunk *c = plan_chunks(m, ranges, n_ranges, &n);
     double *partial = malloc((size_t)(n > 0 ? n : 1) * sizeof(double));
-    if (!c || !partial) {
+    float *stage = on_host(m) ? NULL : malloc(CHUNK * sizeof(float));
+    if (!c || !partial || (!on_host(m) && !stage)) {
         free(c);
         free(partial);
+        free(stage);
         return NAN;
     }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (on_host(m))
     for (long k = 0; k < n; k++) {
         const float *g = m->grads + c[k].t->offset;
+        if (stage) { /* device: this chunk to the host, indexed as before */
+            m->ops->to_host(stage, g + c[k].lo, (c[k].hi - c[k].lo) * sizeof(float));
+            g = stage - c[k].lo;
+        }
         double s = 0;
         for (size_t j = c[k].lo; j < c[k].hi; j++) s += (double)g[j] * g[j];
         partial[k] = s;
     }
+    free(stage);
     double total = 0;
     for (long k = 0; k < n; k++) total += partial[k];
     free(partial);
@@ -115,13 +128,25 @@ static int adamw_run(fr_model *m, void *mom, void *var, int bf16, const fr_opt_r
     const adamw_consts k = adamw_prepare(h);
     long n = 0;
     opt_chunk *c = plan_chunks(m, ranges, n_ranges, &n);
-    if (!c) return fr_error(FR_ERR_NOMEM, "out of memory for the optimizer's chunk plan");
-#pragma omp parallel for schedule(static)
+    float *stage = on_host(m) ? NULL : malloc(2 * CHUNK * sizeof(float)); /* device: params, grads */
+    if (!c || (!on_host(m) && !stage)) {
+        free(c);
+        return fr_error(FR_ERR_NOMEM, "out of memory for the optimizer's chunk plan");
+    }
+#pragma omp parallel for schedule(static) if (on_host(m))
     for (long ci = 0; ci < n; ci++) {
         const fr_tensor *t = c[ci].t;
         const size_t lo = c[ci].lo, hi = c[ci].hi;
         float *p = m->params + t->offset;
         const float *g = m->grads + t->offset;
+        float *device_p = NULL;
+        if (stage) { /* device: the chunk's parameters and gradients to the host, indexed as before */
+            device_p = p + lo;
+            m->ops->to_host(stage, p + lo, (hi - lo) * sizeof(float));
+            m->ops->to_host(stage + CHUNK, g + lo, (hi - lo) * sizeof(float));
+            p = stage - lo;
+            g = stage + CHUNK - lo;
+        }
         const float decay = adamw_decay(t, h);
         /* moments of element j of t at index mbase + j */
         const ptrdiff_t mbase = (ptrdiff_t)c[ci].mom - (ptrdiff_t)lo;
@@ -137,7 +162,9 @@ static int adamw_run(fr_model *m, void *mom, void *var, int bf16, const fr_opt_r
             float *mt = (float *)mom + mbase, *vt = (float *)var + mbase;
             for (size_t j = lo; j < hi; j++) adamw_elem(&k, decay, &p[j], g[j], &mt[j], &vt[j]);
         }
+        if (device_p) m->ops->to_device(device_p, p + lo, (hi - lo) * sizeof(float));
     }
+    free(stage);
     free(c);
     return FR_OK;
 }
@@ -170,10 +197,14 @@ void fr_router_bias_update(fr_model *m, const long *counts, double gamma) {
         for (int e = 0; e < E; e++) total += c[e];
         if (total == 0) continue;
         const double mean = (double)total / E;
-        float *bias = m->params + b->router_bias;
+        float *bias = malloc((size_t)E * sizeof(float)); /* a host copy: the parameters may live on a device */
+        if (!bias) continue;
+        m->ops->to_host(bias, m->params + b->router_bias, (size_t)E * sizeof(float));
         for (int e = 0; e < E; e++) {
             double err = mean - (double)c[e];
             bias[e] += (float)(err > 0 ? gamma : err < 0 ? -gamma : 0.0);
         }
+        m->ops->to_device(m->params + b->router_bias, bias, (size_t)E * sizeof(float));
+        free(bias);
     }
 }

@@ -72,6 +72,10 @@ int fr_dist_setup(fr_dist *d, fr_comm *world, const fr_model *m, int ep, int zer
         return fr_error(FR_ERR_ARG, "--ep %d does not divide the %d ranks of this job", ep, world->size);
     if (ep > 1 && (E == 0 || E % ep != 0))
         return fr_error(FR_ERR_ARG, "--ep %d needs the routed experts (%d) to split evenly over %d ranks", ep, E, ep);
+    if (world->size > 1 && !m->ops->host_memory)
+        return fr_error(FR_ERR_UNSUPPORTED, "training over several processes runs on host memory (MPI); on the %s "
+                                            "backend it needs NCCL, which is not built yet",
+                        m->ops->name);
     d->world = world;
     d->ep_size = ep;
     const char *bucket = getenv("FRUGAL_DIST_BUCKET");

@@ -242,8 +242,9 @@ static int sample_text(run *r, char **out) {
     FR_CHECK(fr_tokenizer_encode(r->tok, prompt, strlen(prompt), 1, &ids, &n));
     size_t cap = n + (size_t)r->a->sample_tokens + 1;
     int *seq = malloc(cap * sizeof(int));
-    if (!seq) {
-        free(ids);
+    float *logits = malloc((size_t)V * sizeof(float)); /* the last position's row, on the host */
+    if (!seq || !logits) {
+        free(ids), free(seq), free(logits);
         return fr_error(FR_ERR_NOMEM, "out of memory");
     }
     memcpy(seq, ids, n * sizeof(int));
@@ -257,7 +258,7 @@ static int sample_text(run *r, char **out) {
         int len = (int)(n - off);
         rc = fr_model_forward_eval(r->m, seq + off, NULL, 1, len, NULL);
         if (rc != FR_OK) break;
-        const float *logits = fr_model_logits(r->m) + (size_t)(len - 1) * V;
+        r->m->ops->to_host(logits, fr_model_logits(r->m) + (size_t)(len - 1) * V, (size_t)V * sizeof(float));
         int top[40] = {0};
         int k = V < 40 ? V : 40;
         for (int i = 0; i < k; i++) top[i] = -1;
@@ -288,6 +289,7 @@ static int sample_text(run *r, char **out) {
         rc = fr_tokenizer_decode(r->tok, seq, n, 1, out, &len);
     }
     free(seq);
+    free(logits);
     return rc;
 }
 
@@ -912,8 +914,9 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
         snprintf(e->kind, sizeof e->kind, "train");
         snprintf(e->run_dir, sizeof e->run_dir, "%s", args.run_dir);
         snprintf(e->config, sizeof e->config, "%s", args.init_model[0] ? args.init_model : args.model_config);
-        snprintf(e->device, sizeof e->device, "cpu");
-        e->n_devices = threads * r.nranks; /* one record for the job: ranks x threads */
+        /* one record for the job: ranks x threads on the CPU, ranks x 1 on a GPU */
+        snprintf(e->device, sizeof e->device, "%s", r.m && !r.m->ops->host_memory ? r.m->ops->name : "cpu");
+        e->n_devices = (r.m && !r.m->ops->host_memory ? 1 : threads) * r.nranks;
         e->final_loss = NAN;
         e->val_loss = NAN;
         if (from_ckpt && r.led.run_id[0]) {
