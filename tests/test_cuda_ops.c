@@ -12,6 +12,7 @@
  * backward add in another order: 1e-5.
  */
 #include "core/internal.h"
+#include "cuda/kernels_optim.cuh"
 #include "cuda/ops_cuda.h"
 #include "model/ops.h"
 #include "testutil.h"
@@ -246,6 +247,32 @@ static void test_elementwise(void) {
     free(g), free(u), free(h), G->free(dg), G->free(du), G->free(dh);
 }
 
+/* the optimizer in device memory against its bodies run on the host (which test_device_guard
+ * holds to the CPU's optim.c bit for bit): 1e-6 (the GPU may fuse multiply-adds) */
+static void test_optim(int bf16) {
+    const size_t n = 70001, es = bf16 ? 2 : 4;
+    float *p = frand(n, -1, 1), *g = frand(n, -1, 1), *m = frand(n, -0.1f, 0.1f), *v = frand(n, 0, 0.01f);
+    unsigned char *hm = malloc(n * es), *hv = malloc(n * es);
+    for (size_t i = 0; i < n; i++) {
+        if (bf16) ((uint16_t *)hm)[i] = fr_k_bf16_encode(m[i]), ((uint16_t *)hv)[i] = fr_k_bf16_encode(v[i]);
+        else ((float *)hm)[i] = m[i], ((float *)hv)[i] = v[i];
+    }
+    float *dp = up(p, n * 4), *dg = up(g, n * 4);
+    void *dm = up(hm, n * es), *dv = up(hv, n * es);
+    const fr_adamw_step_consts k = {0.9f, 0.95f, 1e-8f, 0.5f, 1e-3f, 1.3f, 0.999f};
+    for (size_t i = 0; i < n; i++) fr_k_adamw(i, p, g, hm, hv, bf16, &k);
+    G->adamw(dp, dg, dm, dv, bf16, n, k);
+    status("adamw");
+    CHECK(err_dev(dp, p, n) <= 1e-6, "adamw (%s moments): %.3g", bf16 ? "bf16" : "fp32", err_dev(dp, p, n));
+    double part_h[2], part_d[2];
+    for (size_t c = 0; c < 2; c++) fr_k_sumsq_chunk(c, part_h, g, n, 65536);
+    G->sumsq_chunks(part_d, dg, n, 65536);
+    status("sumsq_chunks");
+    CHECK(fabs(part_d[0] - part_h[0]) <= 1e-12 * part_h[0] && fabs(part_d[1] - part_h[1]) <= 1e-12 * part_h[1],
+          "sumsq chunks %.17g / %.17g", part_d[0], part_h[0]);
+    free(p), free(g), free(m), free(v), free(hm), free(hv), G->free(dp), G->free(dg), G->free(dm), G->free(dv);
+}
+
 int main(void) {
     char why[256] = {0};
     G = fr_ops_cuda(why, sizeof why);
@@ -269,5 +296,7 @@ int main(void) {
     test_attention(1, 130, 2, 192, 128);
     test_moe();
     test_elementwise();
+    test_optim(0);
+    test_optim(1);
     return fr_test_finish("test_cuda_ops");
 }

@@ -6,6 +6,8 @@
  *   - a model's forward and backward (losses, every gradient), MTP and MoE included;
  *   - fr_train: 12 steps with evaluation, a sample and checkpoints, then a resume, against the
  *     same run on the CPU (every step's loss, the validation loss, the checkpoint's weights);
+ *     the optimizer runs in backend memory (fr_ops.adamw / sumsq_chunks, the device's bodies
+ *     of cuda/kernels_optim.cuh run on the host), with FP32 moments and, under fp8, BF16 ones;
  *   - fr_set_device("cuda") without a GPU fails with a message saying why.
  */
 #include "model/model_internal.h"
@@ -68,6 +70,8 @@ static void rec_event(void *user, const fr_train_event *ev) {
     if (ev->type == FR_EV_EVAL) r->val = ev->val_loss;
 }
 
+static const char *g_precision = ""; /* for new runs */
+
 static int train(const char *device, const char *run, long steps, int resume, recorder *rec) {
     fr_train_args a;
     if (resume) fr_test_resume_args(&a, run, steps);
@@ -80,6 +84,7 @@ static int train(const char *device, const char *run, long steps, int resume, re
         a.ckpt_interval = 6;
         a.sample_interval = 12;
         a.sample_tokens = 4;
+        snprintf(a.precision, sizeof a.precision, "%s", g_precision); /* fp8: BF16 moments too */
     }
     if (resume) {
         char full[300];
@@ -98,6 +103,13 @@ static void test_train(void) {
     recorder c = {{0}, 0, 0}, g = {{0}, 0, 0};
     CHECK(train("cpu", "cpu", 12, 0, &c) == FR_OK, "cpu run: %s", fr_last_error());
     CHECK(train("cpu-guarded", "guarded", 12, 0, &g) == FR_OK, "guarded run: %s", fr_last_error());
+    g_precision = "fp8"; /* the FP8 quantizer on the backend, BF16 moments in backend memory */
+    recorder c8 = {{0}, 0, 0}, g8 = {{0}, 0, 0};
+    CHECK(train("cpu", "cpu_fp8", 12, 0, &c8) == FR_OK && train("cpu-guarded", "guarded_fp8", 12, 0, &g8) == FR_OK,
+          "fp8 runs: %s", fr_last_error());
+    CHECK(c8.n == 12 && !memcmp(c8.loss, g8.loss, sizeof c8.loss) && c8.val == g8.val, "fp8, bf16 moments: losses %s",
+          memcmp(c8.loss, g8.loss, sizeof c8.loss) ? "differ" : "equal");
+    g_precision = "";
     CHECK(c.n == 12 && g.n == 12 && !memcmp(c.loss, g.loss, sizeof c.loss) && c.val == g.val,
           "12 steps: losses %s, validation %.9g / %.9g", memcmp(c.loss, g.loss, sizeof c.loss) ? "differ" : "equal",
           c.val, g.val);

@@ -11,6 +11,7 @@
 #include "cpu/ops_cpu.h"
 #include "core/internal.h"
 #include "model/ops.h"
+#include "cuda/kernels_optim.cuh" /* the device optimizer's bodies, run here on the host */
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -143,6 +144,19 @@ static long g_fp8_quantize(float *y, int ldy, float *s, const float *x, int ldx,
     return bad;
 }
 
+/* the optimizer in backend memory, as a device runs it (the CPU backend has no such ops) */
+static void g_adamw(float *p, const float *g, void *mom, void *var, int bf16, size_t n, fr_adamw_step_consts k) {
+    OPEN();
+    for (size_t i = 0; i < n; i++) fr_k_adamw(i, p, g, mom, var, bf16, &k);
+    CLOSE();
+}
+
+static void g_sumsq_chunks(double *partial_host, const float *x, size_t n, size_t chunk) {
+    OPEN();
+    for (size_t c = 0; chunk && c * chunk < n; c++) fr_k_sumsq_chunk(c, partial_host, x, n, chunk);
+    CLOSE();
+}
+
 static fr_ops g_ops;
 
 const fr_ops *fr_ops_cpu_guarded(void) {
@@ -165,6 +179,7 @@ const fr_ops *fr_ops_cpu_guarded(void) {
     o.moe_balance_loss = g_moe_balance_loss, o.moe_permute = g_moe_permute;
     o.moe_dispatch_forward = g_moe_dispatch_forward, o.moe_dispatch_backward = g_moe_dispatch_backward;
     o.moe_combine_forward = g_moe_combine_forward, o.moe_combine_backward = g_moe_combine_backward;
+    o.adamw = g_adamw, o.sumsq_chunks = g_sumsq_chunks;
     g_ops = o;
     return &g_ops;
 }

@@ -12,6 +12,7 @@
  */
 #include "cuda/cuda_internal.h"
 #include "cuda/kernels_basic.cuh"
+#include "cuda/kernels_optim.cuh"
 #include "cuda/ops_cuda.h"
 
 #include <cublas_v2.h>
@@ -123,6 +124,13 @@ __global__ void k_to_bf16(size_t n, uint16_t *dst, const float *src, int ld, int
 __global__ void k_fp8_quantize(size_t n, float *y, int ldy, float *scales, const float *x, int ldx, int rows, int cols,
                                int tile_rows, int tile_cols, unsigned int *bad) {
     FOR_EACH(t, n) fr_k_fp8_quantize_tile(t, y, ldy, scales, x, ldx, rows, cols, tile_rows, tile_cols, bad);
+}
+
+__global__ void k_adamw(size_t n, float *p, const float *g, void *mom, void *var, int bf16, fr_adamw_step_consts k) {
+    FOR_EACH(i, n) fr_k_adamw(i, p, g, mom, var, bf16, &k);
+}
+__global__ void k_sumsq(size_t n, double *partial, const float *x, size_t len, size_t chunk) {
+    FOR_EACH(c, n) fr_k_sumsq_chunk(c, partial, x, len, chunk);
 }
 
 /* ---------------------------------------------------------------- memory */
@@ -277,6 +285,32 @@ static void cu_cross_entropy(float *losses, float *dlogits, const float *logits,
     LAUNCH("cross_entropy", k_cross_entropy, (size_t)N, losses, dlogits, logits, targets, V, grad_scale);
 }
 
+static void cu_adamw(float *p, const float *g, void *mom, void *var, int bf16, size_t n, fr_adamw_step_consts k) {
+    LAUNCH("adamw", k_adamw, n, p, g, mom, var, bf16, k);
+}
+
+/* the partial sums land in a device buffer (grown on demand), then on the host */
+static double *g_partial;
+static size_t g_partial_cap;
+
+static void cu_sumsq_chunks(double *partial_host, const float *x, size_t n, size_t chunk) {
+    const size_t chunks = chunk ? (n + chunk - 1) / chunk : 0;
+    if (!chunks) return;
+    if (g_partial_cap < chunks) {
+        if (g_partial) cudaFree(g_partial);
+        g_partial = NULL;
+        g_partial_cap = 0;
+        if (cudaMalloc((void **)&g_partial, chunks * sizeof(double)) != cudaSuccess) {
+            fr_cuda_note_error("sumsq_chunks");
+            for (size_t c = 0; c < chunks; c++) partial_host[c] = NAN; /* the norm shows it */
+            return;
+        }
+        g_partial_cap = chunks;
+    }
+    LAUNCH("sumsq_chunks", k_sumsq, chunks, g_partial, x, n, chunk);
+    cu_to_host(partial_host, g_partial, chunks * sizeof(double));
+}
+
 static fr_ops g_ops;
 
 /* ---------------------------------------------------------------- entry */
@@ -338,6 +372,8 @@ extern "C" const fr_ops *fr_ops_cuda(char *why, size_t n) {
     o.moe_dispatch_backward = fr_cuda_moe_dispatch_backward;
     o.moe_combine_forward = fr_cuda_moe_combine_forward;
     o.moe_combine_backward = fr_cuda_moe_combine_backward;
+    o.adamw = cu_adamw;
+    o.sumsq_chunks = cu_sumsq_chunks;
     g_ops = o;
     return &g_ops;
 }

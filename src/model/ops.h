@@ -45,6 +45,13 @@ typedef struct fr_gemm_desc {
     int ldc;
 } fr_gemm_desc;
 
+/* One AdamW step's constants for a span of parameters (model/optim.c): the moments' decay
+ * rates, epsilon, the factor folded into every gradient, the bias-corrected step size,
+ * 1 / sqrt(1 - beta2^t), and the span's weight-decay factor (1 - lr * wd, or 1). */
+typedef struct {
+    float b1, b2, eps, grad_scale, step_size, inv_sqrt_bc2, decay;
+} fr_adamw_step_consts;
+
 typedef struct fr_ops {
     const char *name;
     int host_memory;   /* 1: device pointers are host pointers (no copies needed to read them) */
@@ -193,6 +200,16 @@ typedef struct fr_ops {
                                 int N, int K, int D);
     void (*moe_combine_backward)(float *dye, float *dtopk_w, const float *dout, const float *ye,
                                  const float *topk_w, const int *slot_pos, int N, int K, int D);
+
+    /* ---- the optimizer in the backend's memory. NULL on the CPU backend, whose memory the
+     * host reads directly (model/optim.c loops over it); a device backend that lacks them gets
+     * host round trips instead. adamw: p[0:n] moved by AdamW with gradients g and moments
+     * mom / var (floats, or BF16 codes when moments_bf16), all in backend memory, with
+     * model/optim.c's arithmetic. sumsq_chunks: partial_host[c] (HOST) = the sum of x^2 over
+     * chunk c of x[0:n] (chunks of `chunk`), in double and in order. */
+    void (*adamw)(float *p, const float *g, void *mom, void *var, int moments_bf16, size_t n,
+                  fr_adamw_step_consts k);
+    void (*sumsq_chunks)(double *partial_host, const float *x, size_t n, size_t chunk);
 } fr_ops;
 
 /* The CPU backend (OpenMP threads, SIMD chosen at run time). */

@@ -60,13 +60,17 @@ static fr_opt_range whole_arena(const fr_model *m) { return (fr_opt_range){0, m-
  * same arithmetic in the same order as on the CPU, at the cost of the transfers. A kernel on
  * the device replaces this where the backend has one (planned for CUDA). */
 static int on_host(const fr_model *m) { return m->ops->host_memory; }
+/* the backend runs the optimizer in its own memory (moments included: fr_adamw_in_backend) */
+static int in_backend(const fr_model *m) { return !on_host(m) && m->ops->adamw && m->ops->sumsq_chunks; }
+
+int fr_adamw_in_backend(const fr_model *m) { return in_backend(m); }
 
 double fr_grad_sumsq(const fr_model *m, const fr_opt_range *ranges, int n_ranges) {
     long n = 0;
     opt_chunk *c = plan_chunks(m, ranges, n_ranges, &n);
     double *partial = malloc((size_t)(n > 0 ? n : 1) * sizeof(double));
-    float *stage = on_host(m) ? NULL : malloc(CHUNK * sizeof(float));
-    if (!c || !partial || (!on_host(m) && !stage)) {
+    float *stage = on_host(m) || in_backend(m) ? NULL : malloc(CHUNK * sizeof(float));
+    if (!c || !partial || (!on_host(m) && !in_backend(m) && !stage)) {
         free(c);
         free(partial);
         free(stage);
@@ -75,6 +79,10 @@ double fr_grad_sumsq(const fr_model *m, const fr_opt_range *ranges, int n_ranges
 #pragma omp parallel for schedule(static) if (on_host(m))
     for (long k = 0; k < n; k++) {
         const float *g = m->grads + c[k].t->offset;
+        if (in_backend(m)) { /* each chunk's partial sum, in the same order, by the backend */
+            m->ops->sumsq_chunks(&partial[k], g + c[k].lo, c[k].hi - c[k].lo, c[k].hi - c[k].lo);
+            continue;
+        }
         if (stage) { /* device: this chunk to the host, indexed as before */
             m->ops->to_host(stage, g + c[k].lo, (c[k].hi - c[k].lo) * sizeof(float));
             g = stage - c[k].lo;
@@ -128,8 +136,8 @@ static int adamw_run(fr_model *m, void *mom, void *var, int bf16, const fr_opt_r
     const adamw_consts k = adamw_prepare(h);
     long n = 0;
     opt_chunk *c = plan_chunks(m, ranges, n_ranges, &n);
-    float *stage = on_host(m) ? NULL : malloc(2 * CHUNK * sizeof(float)); /* device: params, grads */
-    if (!c || (!on_host(m) && !stage)) {
+    float *stage = on_host(m) || in_backend(m) ? NULL : malloc(2 * CHUNK * sizeof(float)); /* params, grads */
+    if (!c || (!on_host(m) && !in_backend(m) && !stage)) {
         free(c);
         return fr_error(FR_ERR_NOMEM, "out of memory for the optimizer's chunk plan");
     }
@@ -140,6 +148,13 @@ static int adamw_run(fr_model *m, void *mom, void *var, int bf16, const fr_opt_r
         float *p = m->params + t->offset;
         const float *g = m->grads + t->offset;
         float *device_p = NULL;
+        if (in_backend(m)) { /* moments in backend memory too */
+            const size_t esize = bf16 ? sizeof(uint16_t) : sizeof(float);
+            const fr_adamw_step_consts sk = {k.b1, k.b2, k.eps, k.gs, k.step_size, k.inv_sqrt_bc2, adamw_decay(t, h)};
+            m->ops->adamw(p + lo, g + lo, (char *)mom + c[ci].mom * esize, (char *)var + c[ci].mom * esize, bf16,
+                          hi - lo, sk);
+            continue;
+        }
         if (stage) { /* device: the chunk's parameters and gradients to the host, indexed as before */
             device_p = p + lo;
             m->ops->to_host(stage, p + lo, (hi - lo) * sizeof(float));

@@ -39,6 +39,11 @@ int fr_adamw_step_bf16(fr_model *m, uint16_t *mom, uint16_t *var, const fr_adamw
 int fr_adamw_step_ranges(fr_model *m, void *mom, void *var, int moments_bf16, const fr_opt_range *ranges,
                          int n_ranges, const fr_adamw_hparams *h);
 
+/* Nonzero when m's backend runs AdamW and the gradient norm in its own memory (a device
+ * backend with fr_ops.adamw): the moments given to the steps must then be backend memory
+ * (m->ops->alloc); otherwise host memory. */
+int fr_adamw_in_backend(const fr_model *m);
+
 /* DeepSeek-V3 auxiliary-loss-free balancing: for each MoE block with a correction bias,
  * b_e += gamma * sign(mean load - load_e) from the step's assignment counts
  * counts[i * E + e] (block order of fr_model_expert_counts). */

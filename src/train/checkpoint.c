@@ -228,6 +228,13 @@ int fr_run_save_checkpoint(run *r, char *out_dir, size_t out_n) {
         if (rc == FR_OK) rc = fr_dist_gather_moments(&r->dist, r->m, r->mom, esize, full[0]);
         if (rc == FR_OK) rc = fr_dist_gather_moments(&r->dist, r->m, r->var, esize, full[1]);
         mom = full[0], var = full[1];
+    } else if (rc == FR_OK && r->moments_in_backend) { /* one process on a device: the moments to the host */
+        const size_t bytes = r->dist.n_moments * (r->moments_bf16 ? sizeof(uint16_t) : sizeof(float));
+        full[0] = malloc(bytes + 1);
+        full[1] = malloc(bytes + 1);
+        if (!full[0] || !full[1]) rc = fr_error(FR_ERR_NOMEM, "out of memory copying the AdamW moments to the host");
+        if (rc == FR_OK) r->m->ops->to_host(full[0], r->mom, bytes), r->m->ops->to_host(full[1], r->var, bytes);
+        mom = full[0], var = full[1];
     }
     if (rc == FR_OK && r->rank == 0) rc = write_checkpoint(r, mom, var, out_dir, out_n);
     if (r->rank == 0) fr_dist_release_foreign(&r->dist, r->m);
@@ -285,6 +292,17 @@ int fr_run_load_state(run *r, const char *dir) {
     state_header h;
     uint64_t want = 0, sum = 0;
     int rc = FR_OK, file_bf16 = 0;
+    /* moments in backend memory are read into host copies first */
+    void *mom = r->mom, *var = r->var;
+    if (r->moments_in_backend) {
+        mom = malloc(run_bytes + 1);
+        var = malloc(run_bytes + 1);
+        if (!mom || !var) {
+            free(mom), free(var);
+            fclose(f);
+            return fr_error(FR_ERR_NOMEM, "out of memory reading the AdamW moments");
+        }
+    }
     long len = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
     rewind(f);
     if (len < 0 || (size_t)len < sizeof h || fread(&h, sizeof h, 1, f) != 1) {
@@ -303,17 +321,26 @@ int fr_run_load_state(run *r, const char *dir) {
             const fr_opt_range *ranges = r->dist.ranges;
             const int nr = r->dist.n_ranges;
             sum = fr_fnv1a64(FR_FNV1A64_OFFSET, &h, sizeof h);
-            if (!read_moments(f, file_bf16, r->mom, r->moments_bf16, ranges, nr, n, &sum) ||
-                !read_moments(f, file_bf16, r->var, r->moments_bf16, ranges, nr, n, &sum))
+            if (!read_moments(f, file_bf16, mom, r->moments_bf16, ranges, nr, n, &sum) ||
+                !read_moments(f, file_bf16, var, r->moments_bf16, ranges, nr, n, &sum))
                 rc = fr_error(FR_ERR_IO, "cannot read %s", path);
         }
         if (rc == FR_OK && fread(&want, sizeof want, 1, f) != 1) rc = fr_error(FR_ERR_IO, "cannot read %s", path);
         if (rc == FR_OK && sum != want) rc = fr_error(FR_ERR_FORMAT, "%s: checksum mismatch (corrupted)", path);
     }
     fclose(f);
+    if (r->moments_in_backend) {
+        if (rc == FR_OK) r->m->ops->to_device(r->mom, mom, run_bytes), r->m->ops->to_device(r->var, var, run_bytes);
+        free(mom), free(var);
+    }
     if (rc != FR_OK) {
-        memset(r->mom, 0, run_bytes);
-        memset(r->var, 0, run_bytes);
+        if (r->moments_in_backend) {
+            r->m->ops->memset0(r->mom, run_bytes);
+            r->m->ops->memset0(r->var, run_bytes);
+        } else {
+            memset(r->mom, 0, run_bytes);
+            memset(r->var, 0, run_bytes);
+        }
         return rc;
     }
     if (file_bf16 != r->moments_bf16)

@@ -35,6 +35,7 @@ typedef struct {
     void *mom, *var;            /* AdamW moments of this rank's spans (dist.ranges): float, or
                                    uint16_t BF16 codes (moments_bf16) */
     int moments_bf16;
+    int moments_in_backend;     /* allocated by the model's backend (fr_adamw_in_backend) */
     fr_comm *world;             /* the job's ranks (a world of one in a single process) */
     fr_dist dist;               /* how the job spreads over them */
     int rank, nranks;

@@ -862,8 +862,11 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
                      "rank; rank 0 keeps the AdamW moments of %.1f %% of the parameters",
                  r.nranks, r.nranks / r.dist.ep_size, r.dist.ep_size, r.dist.zero1 ? " with ZeRO-1" : "",
                  args.batch_size / r.nranks, args.batch_size, 100.0 * (double)r.dist.n_moments / (double)r.m->n_params);
-        r.mom = fr_alloc((r.dist.n_moments + 1) * (r.moments_bf16 ? sizeof(uint16_t) : sizeof(float)));
-        r.var = fr_alloc((r.dist.n_moments + 1) * (r.moments_bf16 ? sizeof(uint16_t) : sizeof(float)));
+        /* the moments live where the optimizer runs: the device when its backend has the kernels */
+        const size_t mbytes = (r.dist.n_moments + 1) * (r.moments_bf16 ? sizeof(uint16_t) : sizeof(float));
+        r.moments_in_backend = fr_adamw_in_backend(r.m);
+        r.mom = r.moments_in_backend ? r.m->ops->alloc(mbytes) : fr_alloc(mbytes);
+        r.var = r.moments_in_backend ? r.m->ops->alloc(mbytes) : fr_alloc(mbytes);
         if (!r.mom || !r.var) rc = fr_error(FR_ERR_NOMEM, "out of memory for the AdamW moments");
     }
     if (rc == FR_OK && from_ckpt) rc = fr_run_load_state(&r, ckpt);
@@ -989,8 +992,13 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
     res->final_loss = r.last_loss;
     res->val_loss = r.last_val;
     if (r.metrics) fclose(r.metrics);
-    fr_free(r.mom);
-    fr_free(r.var);
+    if (r.moments_in_backend) {
+        if (r.mom) r.m->ops->free(r.mom);
+        if (r.var) r.m->ops->free(r.var);
+    } else {
+        fr_free(r.mom);
+        fr_free(r.var);
+    }
     fr_dist_free(&r.dist);
     fr_model_free(r.m);
     if (r.tok) fr_tokenizer_free(r.tok);
