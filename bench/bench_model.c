@@ -18,6 +18,7 @@
 
 #include "frugal.h"
 #include "cpu/ops_cpu.h"
+#include "cuda/ops_cuda.h"
 #include "model/optim.h"
 
 #include <dlfcn.h>
@@ -43,6 +44,9 @@ static void usage(FILE *f) {
             "  --no-adamw     time forward + backward only (default: the whole step, AdamW included)\n"
             "  --precision P  fp32 | bf16 | fp8 for the block linears (default fp32)\n"
             "  --no-mtp       drop the config's MTP modules (num_nextn_predict_layers = 0)\n"
+            "  --device D     cpu (default) | cuda: the backend the model runs on\n"
+            "  --peak-tflops X  the device's dense peak for the MFU on cuda (e.g. 989 for an H100 / H200's\n"
+            "                 BF16 tensor cores); the CPU's FP32 FMA peak is measured instead\n"
             "  --gemm-shapes  also print the 20 GEMM shapes that took the most time (a grouped call\n"
             "                 of n products: M = -n, N and K of its first product)\n"
             "\n"
@@ -167,7 +171,8 @@ int main(int argc, char **argv) {
     const char *cfg_path = NULL;
     long B = 4, T = 256, steps = 10, warmup = 2, threads = 0;
     int adamw = 1, no_mtp = 0;
-    const char *precision = "fp32";
+    const char *precision = "fp32", *device = "cpu";
+    double peak_tflops = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -191,6 +196,10 @@ int main(int argc, char **argv) {
             no_mtp = 1;
         } else if (!strcmp(a, "--precision")) {
             precision = bench_opt_value(prog, argc, argv, &i);
+        } else if (!strcmp(a, "--device")) {
+            device = bench_opt_value(prog, argc, argv, &i);
+        } else if (!strcmp(a, "--peak-tflops")) {
+            peak_tflops = (double)bench_parse_long(prog, a, bench_opt_value(prog, argc, argv, &i), 1, 100000);
         } else if (!strcmp(a, "--threads")) {
             threads = bench_parse_long(prog, a, bench_opt_value(prog, argc, argv, &i), 1, 4096);
         } else {
@@ -221,6 +230,8 @@ int main(int argc, char **argv) {
     }
     if (no_mtp) cfg.num_nextn_predict_layers = 0;
     fr_model *m = NULL;
+    if (fr_set_device(device) != FR_OK) return fail("--device");
+    const int on_device = strcmp(device, "cpu") != 0;
     if (fr_model_create(&m, &cfg, 1234) != FR_OK) return fail("cannot create the model");
     if (fr_model_set_precision(m, precision) != FR_OK) return fail("--precision");
     char gemm_path[160];
@@ -253,9 +264,21 @@ int main(int argc, char **argv) {
 
     /* The machine's ceiling, measured with the same threads before and after the model runs;
      * the higher of the two counts (a busy neighbour can only make a probe slower). */
-    bench_peak_result peak = bench_fma_peak();
+    bench_peak_result peak = {0};
+    if (on_device) { /* the device's dense peak, given: a probe of the GPU is not this program's job */
+        peak.gflops = peak_tflops * 1e3;
+        peak.threads = 1;
+        peak.isa = device;
+    } else {
+        peak = bench_fma_peak();
+    }
+    if (on_device)
+        snprintf(gemm_path, sizeof gemm_path, "%s", !strcmp(precision, "bf16") ? "cublas bf16" : "cublas fp32");
 
-    float *mom = adamw ? calloc(m->n_params, sizeof(float)) : NULL, *var = adamw ? calloc(m->n_params, sizeof(float)) : NULL;
+    /* the moments live where the optimizer runs (device memory when the backend has the kernels) */
+    const int mom_dev = adamw && fr_adamw_in_backend(m);
+    float *mom = !adamw ? NULL : mom_dev ? m->ops->alloc(m->n_params * sizeof(float)) : calloc(m->n_params, sizeof(float));
+    float *var = !adamw ? NULL : mom_dev ? m->ops->alloc(m->n_params * sizeof(float)) : calloc(m->n_params, sizeof(float));
     if (adamw && (!mom || !var)) {
         fprintf(stderr, "%s: out of memory\n", prog);
         return 1;
@@ -275,6 +298,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     double total = 0, fwd_total = 0;
+    size_t dev_mem_peak = 0; /* device memory in use, sampled at the end of every step */
     for (long s = 0; s < steps; s++) {
         double t0 = bench_now();
         fr_model_zero_grad(m);
@@ -282,15 +306,20 @@ int main(int argc, char **argv) {
         double t1 = bench_now();
         if (fr_model_backward(m) != FR_OK) return fail("backward failed");
         if (adamw) optimizer_step(m, mom, var, ++opt_step);
+        float probe; /* a device backend runs asynchronously: the step ends when its work has */
+        m->ops->to_host(&probe, m->params, sizeof probe);
         double dt = bench_now() - t0;
+        if (on_device && fr_cuda_memory_used() > dev_mem_peak) dev_mem_peak = fr_cuda_memory_used();
         fwd_total += t1 - t0;
         total += dt;
         dts[s] = dt;
         loss_total = li.loss;
         loss_main = li.loss_main;
     }
-    /* the GEMM share and the OpenMP regions, over as many steps again, timed separately */
+    /* the GEMM share and the OpenMP regions, over as many steps again, timed separately (on the
+     * host's clock: meaningless for an asynchronous device, so not there) */
     g_real = m->ops;
+    const long prof_steps = on_device ? 0 : steps;
     g_timed = *m->ops;
     g_timed.gemm = timed_gemm;
     g_timed.gemm_bf16 = timed_gemm_bf16;
@@ -298,7 +327,7 @@ int main(int argc, char **argv) {
     m->ops = &g_timed;
     const long regions0 = omp_regions();
     const double tp0 = bench_now();
-    for (long s = 0; s < steps; s++) {
+    for (long s = 0; s < prof_steps; s++) {
         fr_model_zero_grad(m);
         if (fr_model_forward(m, tokens, targets, (int)B, (int)T, &li) != FR_OK) return fail("forward failed");
         if (fr_model_backward(m) != FR_OK) return fail("backward failed");
@@ -308,8 +337,10 @@ int main(int argc, char **argv) {
     const long regions = regions0 >= 0 ? (omp_regions() - regions0) / steps : -1;
     m->ops = g_real;
     const double gemm_share = prof_s > 0 ? g_gemm_s / prof_s : 0;
-    bench_peak_result peak2 = bench_fma_peak();
-    if (peak2.gflops > peak.gflops) peak = peak2;
+    if (!on_device) {
+        bench_peak_result peak2 = bench_fma_peak();
+        if (peak2.gflops > peak.gflops) peak = peak2;
+    }
     double median = bench_median(dts, steps); /* the headline; sorts dts */
     double best = dts[0], mean = total / (double)steps;
     free(dts);
@@ -360,8 +391,15 @@ int main(int argc, char **argv) {
            isfinite(loss_total) ? loss_total : -1.0, isfinite(loss_main) ? loss_main : -1.0, precision, gemm_path,
            gemm_share, regions);
 
-    free(mom);
-    free(var);
+    if (on_device) printf("{\"bench\": \"model_device\", \"device\": \"%s\", \"memory_peak_bytes\": %zu, "
+                          "\"peak_tflops\": %.1f, \"mfu\": %.5f}\n", device, dev_mem_peak, peak_tflops, frac);
+    if (mom_dev) {
+        m->ops->free(mom);
+        m->ops->free(var);
+    } else {
+        free(mom);
+        free(var);
+    }
     free(tokens);
     free(targets);
     fr_model_free(m);

@@ -8,12 +8,18 @@
 #
 #   scripts/gpu-check.sh [BUILD_DIR]     (default build-gpu)
 #
-# Not in it yet: the training and decode benchmarks, which need the model on the device
-# (--device cuda); this script grows with them.
+# Benchmarks: training steps of bench/configs/bench-1b-moe.json (1.13B parameters, 366M active)
+# at sequence 2048 on the GPU in bf16 and fp32 (tokens/s, MFU against PEAK_TFLOPS, default 989:
+# H100 / H200 dense BF16), and the same model in PyTorch + transformers on the same GPU when
+# both import (tools/bench_torch_train.py). Not in it yet: decode, which needs the inference
+# engine on the device. Logs go beside the JSON lines (GPU_CHECK_OUT's folder).
+# It needs the project's build dependencies (scripts/install-deps.sh) on the GPU machine.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BUILD=${1:-build-gpu}
 OUT=${GPU_CHECK_OUT:-gpu-check.jsonl}
+LOGS=$(dirname "$OUT")
+PEAK=${PEAK_TFLOPS:-989}
 : >"$OUT"
 t0=$(date +%s)
 row() { # name status seconds detail
@@ -24,11 +30,11 @@ row() { # name status seconds detail
 step() { # name command...: runs it, records pass / fail and its time
     local name=$1 s=$(date +%s)
     shift
-    if "$@" >"$BUILD.$name.log" 2>&1; then
+    if "$@" >"$LOGS/gpu-check.$name.log" 2>&1; then
         local st=pass
-        grep -q "(Skipped)" "$BUILD.$name.log" && st=skipped  # a test that found no GPU did not pass
-        row "$name" $st $(( $(date +%s) - s )) "$(tail -1 "$BUILD.$name.log")"
-    else row "$name" FAIL $(( $(date +%s) - s )) "$(tail -1 "$BUILD.$name.log") (log: $BUILD.$name.log)"; fi
+        grep -q "(Skipped)" "$LOGS/gpu-check.$name.log" && st=skipped  # a test that found no GPU did not pass
+        row "$name" $st $(( $(date +%s) - s )) "$(tail -1 "$LOGS/gpu-check.$name.log")"
+    else row "$name" FAIL $(( $(date +%s) - s )) "$(tail -1 "$LOGS/gpu-check.$name.log") (log: $LOGS/gpu-check.$name.log)"; fi
 }
 
 device=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
@@ -43,10 +49,21 @@ step kernels_on_host ctest --test-dir "$BUILD" -R '^test_cuda_kernels' --output-
 step gpu_ops ctest --test-dir "$BUILD" -L gpu --output-on-failure
 if command -v compute-sanitizer >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/compute-sanitizer ]; then
     cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-    step sanitizer_memcheck "$cs" --tool memcheck --error-exitcode 1 "$BUILD/test_cuda_ops"
-    step sanitizer_racecheck "$cs" --tool racecheck --error-exitcode 1 "$BUILD/test_cuda_ops"
+    step sanitizer_memcheck timeout 120 "$cs" --tool memcheck --error-exitcode 1 "$BUILD/test_cuda_ops"
+    step sanitizer_racecheck timeout 120 "$cs" --tool racecheck --error-exitcode 1 "$BUILD/test_cuda_ops"
 else
     row sanitizer skipped 0 "compute-sanitizer not installed"
+fi
+B1=bench/configs/bench-1b-moe.json
+step train_bf16 timeout 180 "$BUILD/bench_model" --device cuda --config $B1 --batch 4 --seq 2048 --precision bf16 \
+    --steps 5 --warmup 2 --peak-tflops "$PEAK"
+step train_fp32 timeout 120 "$BUILD/bench_model" --device cuda --config $B1 --batch 4 --seq 2048 --precision fp32 \
+    --steps 3 --warmup 1 --peak-tflops "$PEAK"
+if python3 -c 'import torch, transformers; assert torch.cuda.is_available()' >/dev/null 2>&1; then
+    step torch_peer timeout 240 python3 tools/bench_torch_train.py --device cuda --configs $B1 --batch 4 --seq 2048 \
+        --steps 3 --warmup 1 --peak-tflops "$PEAK" --bench-model "$BUILD/bench_model"
+else
+    row torch_peer skipped 0 "PyTorch with CUDA and transformers are not both importable here"
 fi
 row total info $(( $(date +%s) - t0 )) "figures in $OUT"
 grep -q '"FAIL"' "$OUT" && exit 1

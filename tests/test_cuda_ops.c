@@ -264,9 +264,11 @@ static void test_optim(int bf16) {
     G->adamw(dp, dg, dm, dv, bf16, n, k);
     status("adamw");
     CHECK(err_dev(dp, p, n) <= 1e-6, "adamw (%s moments): %.3g", bf16 ? "bf16" : "fp32", err_dev(dp, p, n));
-    double part_h[2], part_d[2];
+    double part_h[2], part_d[2], *dpart = G->alloc(2 * sizeof(double));
     for (size_t c = 0; c < 2; c++) fr_k_sumsq_chunk(c, part_h, g, n, 65536);
-    G->sumsq_chunks(part_d, dg, n, 65536);
+    G->sumsq_chunks(dpart, dg, n, 65536);
+    G->to_host(part_d, dpart, sizeof part_d);
+    G->free(dpart);
     status("sumsq_chunks");
     CHECK(fabs(part_d[0] - part_h[0]) <= 1e-12 * part_h[0] && fabs(part_d[1] - part_h[1]) <= 1e-12 * part_h[1],
           "sumsq chunks %.17g / %.17g", part_d[0], part_h[0]);

@@ -43,39 +43,43 @@ def no_mtp_config(path: str, tmpdir: str) -> str:
     return out
 
 
-def torch_steps(cfg_path: str, batch: int, seq: int, steps: int, warmup: int, bf16: bool) -> float:
+def torch_steps(cfg_path: str, batch: int, seq: int, steps: int, warmup: int, bf16: bool, device: str = "cpu") -> float:
     with open(cfg_path) as f:
         raw = json.load(f)
     cfg = DeepseekV3Config(**{k: v for k, v in raw.items() if k not in ("architectures", "torch_dtype")})
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
-    model = DeepseekV3ForCausalLM(cfg).float().train()
+    model = DeepseekV3ForCausalLM(cfg).float().train().to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, cfg.vocab_size, (batch, seq + 1), generator=g)
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq + 1), generator=g).to(device)
     x, y = ids[:, :-1], ids[:, 1:]
     times = []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             logits = model(input_ids=x).logits
             loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()  # the step ends when the GPU's work has
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def frugal_step(cfg_path: str, batch: int, seq: int, steps: int, threads: int, precision: str) -> dict:
-    exe = os.path.join(ROOT, "build", "bench_model")
-    out = subprocess.run([exe, "--config", cfg_path, "--batch", str(batch), "--seq", str(seq),
-                          "--steps", str(steps), "--warmup", "2", "--threads", str(threads),
-                          "--precision", precision],
-                         check=True, capture_output=True, text=True).stdout
-    line = [l for l in out.splitlines() if l.startswith("{")][-1]
+def frugal_step(cfg_path: str, batch: int, seq: int, steps: int, threads: int, precision: str,
+                device: str = "cpu", peak_tflops: float = 0, exe: str = "") -> dict:
+    exe = exe or os.path.join(ROOT, "build", "bench_model")
+    cmd = [exe, "--config", cfg_path, "--batch", str(batch), "--seq", str(seq), "--steps", str(steps), "--warmup", "2",
+           "--threads", str(threads), "--precision", precision, "--device", device]
+    if device != "cpu":
+        cmd += ["--peak-tflops", str(int(peak_tflops))]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    line = [l for l in out.splitlines() if l.startswith('{"bench": "model"')][-1]
     return json.loads(line)
 
 
@@ -88,6 +92,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: both sides on the GPU (frugal --device cuda; PyTorch .to('cuda'), BF16 autocast)")
+    ap.add_argument("--peak-tflops", type=float, default=989.0,
+                    help="the GPU's dense BF16 peak for frugal's MFU (989: H100 / H200 SXM)")
+    ap.add_argument("--bench-model", default="", help="the bench_model to run (default build/bench_model)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tokens = args.batch * args.seq
@@ -97,14 +106,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for path in args.configs:
             cfg = no_mtp_config(path, tmp)
-            fr = {p: frugal_step(cfg, args.batch, args.seq, args.steps, args.threads, p) for p in ("fp32", "bf16")}
+            fr = {p: frugal_step(cfg, args.batch, args.seq, args.steps, args.threads, p, args.device, args.peak_tflops,
+                                 args.bench_model) for p in ("fp32", "bf16")}
             torch_tps = {}
             for bf16 in (False, True):
-                dt = torch_steps(cfg, args.batch, args.seq, args.steps, args.warmup, bf16)
+                dt = torch_steps(cfg, args.batch, args.seq, args.steps, args.warmup, bf16, args.device)
                 torch_tps["bf16-autocast" if bf16 else "fp32"] = tokens / dt
             for fp, f in fr.items():
                 for tp, tps in torch_tps.items():
-                    row = {"bench": "train_vs_torch", "config": os.path.basename(path), "mtp": 0,
+                    row = {"bench": "train_vs_torch", "device": args.device, "config": os.path.basename(path), "mtp": 0,
                            "batch": args.batch, "seq": args.seq, "threads": args.threads,
                            "torch_precision": tp, "torch_tokens_per_s": round(tps, 1), "frugal_precision": fp,
                            "frugal_gemm_path": f.get("gemm_path", "?"), "frugal_tokens_per_s": f["tokens_per_s"],

@@ -151,9 +151,9 @@ static void g_adamw(float *p, const float *g, void *mom, void *var, int bf16, si
     CLOSE();
 }
 
-static void g_sumsq_chunks(double *partial_host, const float *x, size_t n, size_t chunk) {
+static void g_sumsq_chunks(double *partial, const float *x, size_t n, size_t chunk) {
     OPEN();
-    for (size_t c = 0; chunk && c * chunk < n; c++) fr_k_sumsq_chunk(c, partial_host, x, n, chunk);
+    for (size_t c = 0; chunk && c * chunk < n; c++) fr_k_sumsq_chunk(c, partial, x, n, chunk);
     CLOSE();
 }
 

@@ -31,7 +31,7 @@ void fr_cuda_note_error(const char *what);
 /* Record a failure that is not a CUDA error (an unsupported shape) */
 void fr_cuda_fail(const char *what, const char *why);
 /* 0, or non-zero with *why the first failure since the last call (then cleared) */
-int fr_cuda_status(char *why, size_t n);
+int fr_cuda_backend_status(char *why, size_t n);
 
 /* attention_cuda.cu: fr_ops.attention_forward / attention_backward */
 void fr_cuda_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, int B, int T,

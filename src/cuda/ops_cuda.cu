@@ -9,11 +9,14 @@
  * by cublasGemmEx with FP32 accumulation. The other kernels are the bodies of kernels_*.cuh
  * under one-dimensional grid-stride launches. A failure is remembered (fr_cuda_note_error) and
  * reported by fr_cuda_status: the ops interface has no error returns.
+ *
+ * This file and its kernels build libfrugal_cuda.so, which libfrugal loads only when a model is
+ * put on the GPU (cuda_loader.c): CUDA's runtime and cuBLAS cost every command ~0.1 s and
+ * ~200 MB just to be mapped. Its three entry points are the fr_cuda_backend_* below.
  */
 #include "cuda/cuda_internal.h"
 #include "cuda/kernels_basic.cuh"
 #include "cuda/kernels_optim.cuh"
-#include "cuda/ops_cuda.h"
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -49,13 +52,22 @@ extern "C" void fr_cuda_note_error(const char *what) {
     if (e != cudaSuccess) fail(what, cudaGetErrorString(e));
 }
 
-extern "C" int fr_cuda_status(char *why, size_t n) {
+extern "C" __attribute__((visibility("default"))) int fr_cuda_backend_status(char *why, size_t n) {
     const cudaError_t e = cudaStreamSynchronize(g_stream);
     if (e != cudaSuccess) fail("the stream", cudaGetErrorString(e));
     const int failed = g_failed;
     if (failed && why && n) snprintf(why, n, "%s", g_error);
     g_failed = 0;
     return failed;
+}
+
+extern "C" __attribute__((visibility("default"))) size_t fr_cuda_backend_memory_used(void) {
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return total_b - free_b;
 }
 
 static void cublas_check(cublasStatus_t s, const char *what) {
@@ -289,33 +301,16 @@ static void cu_adamw(float *p, const float *g, void *mom, void *var, int bf16, s
     LAUNCH("adamw", k_adamw, n, p, g, mom, var, bf16, k);
 }
 
-/* the partial sums land in a device buffer (grown on demand), then on the host */
-static double *g_partial;
-static size_t g_partial_cap;
-
-static void cu_sumsq_chunks(double *partial_host, const float *x, size_t n, size_t chunk) {
+static void cu_sumsq_chunks(double *partial, const float *x, size_t n, size_t chunk) {
     const size_t chunks = chunk ? (n + chunk - 1) / chunk : 0;
-    if (!chunks) return;
-    if (g_partial_cap < chunks) {
-        if (g_partial) cudaFree(g_partial);
-        g_partial = NULL;
-        g_partial_cap = 0;
-        if (cudaMalloc((void **)&g_partial, chunks * sizeof(double)) != cudaSuccess) {
-            fr_cuda_note_error("sumsq_chunks");
-            for (size_t c = 0; c < chunks; c++) partial_host[c] = NAN; /* the norm shows it */
-            return;
-        }
-        g_partial_cap = chunks;
-    }
-    LAUNCH("sumsq_chunks", k_sumsq, chunks, g_partial, x, n, chunk);
-    cu_to_host(partial_host, g_partial, chunks * sizeof(double));
+    LAUNCH("sumsq_chunks", k_sumsq, chunks, partial, x, n, chunk);
 }
 
 static fr_ops g_ops;
 
 /* ---------------------------------------------------------------- entry */
 
-extern "C" const fr_ops *fr_ops_cuda(char *why, size_t n) {
+extern "C" __attribute__((visibility("default"))) const fr_ops *fr_cuda_backend_ops(char *why, size_t n) {
     if (g_ops.name) return &g_ops;
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);

@@ -15,6 +15,8 @@ extern "C" {
 const fr_ops *fr_ops_cuda(char *why, size_t n);
 /* 0 when every op since the last call ran; else non-zero and *why names the first failure */
 int fr_cuda_status(char *why, size_t n);
+/* Bytes of device memory in use now (the whole device: cudaMemGetInfo), 0 without CUDA */
+size_t fr_cuda_memory_used(void);
 
 #ifdef __cplusplus
 }

@@ -205,11 +205,11 @@ typedef struct fr_ops {
      * host reads directly (model/optim.c loops over it); a device backend that lacks them gets
      * host round trips instead. adamw: p[0:n] moved by AdamW with gradients g and moments
      * mom / var (floats, or BF16 codes when moments_bf16), all in backend memory, with
-     * model/optim.c's arithmetic. sumsq_chunks: partial_host[c] (HOST) = the sum of x^2 over
-     * chunk c of x[0:n] (chunks of `chunk`), in double and in order. */
+     * model/optim.c's arithmetic. sumsq_chunks: partial[c] (backend memory) = the sum of x^2
+     * over chunk c of x[0:n] (chunks of `chunk`), in double and in order. */
     void (*adamw)(float *p, const float *g, void *mom, void *var, int moments_bf16, size_t n,
                   fr_adamw_step_consts k);
-    void (*sumsq_chunks)(double *partial_host, const float *x, size_t n, size_t chunk);
+    void (*sumsq_chunks)(double *partial, const float *x, size_t n, size_t chunk);
 } fr_ops;
 
 /* The CPU backend (OpenMP threads, SIMD chosen at run time). */

@@ -65,12 +65,37 @@ static int in_backend(const fr_model *m) { return !on_host(m) && m->ops->adamw &
 
 int fr_adamw_in_backend(const fr_model *m) { return in_backend(m); }
 
+/* The end of the run of chunks starting at k that are one tensor's consecutive pieces with
+ * consecutive moments: one backend call covers them all (a launch per tensor, not per chunk). */
+static long run_end(const opt_chunk *c, long n, long k) {
+    long j = k + 1;
+    while (j < n && c[j].t == c[k].t && c[j].lo == c[j - 1].hi && c[j].mom == c[j - 1].mom + (c[j - 1].hi - c[j - 1].lo))
+        j++;
+    return j;
+}
+
+/* The partial sums of the chunk plan computed by the backend in its memory, one call per run,
+ * then brought to the host at once */
+static int backend_sumsq(const fr_model *m, const opt_chunk *c, long n, double *partial) {
+    double *dev = m->ops->alloc((size_t)(n > 0 ? n : 1) * sizeof(double));
+    if (!dev) return 0;
+    for (long k = 0; k < n;) {
+        const long j = run_end(c, n, k);
+        const float *g = m->grads + c[k].t->offset;
+        m->ops->sumsq_chunks(dev + k, g + c[k].lo, c[j - 1].hi - c[k].lo, CHUNK);
+        k = j;
+    }
+    m->ops->to_host(partial, dev, (size_t)n * sizeof(double));
+    m->ops->free(dev);
+    return 1;
+}
+
 double fr_grad_sumsq(const fr_model *m, const fr_opt_range *ranges, int n_ranges) {
     long n = 0;
     opt_chunk *c = plan_chunks(m, ranges, n_ranges, &n);
     double *partial = malloc((size_t)(n > 0 ? n : 1) * sizeof(double));
     float *stage = on_host(m) || in_backend(m) ? NULL : malloc(CHUNK * sizeof(float));
-    if (!c || !partial || (!on_host(m) && !in_backend(m) && !stage)) {
+    if (!c || !partial || (!on_host(m) && !in_backend(m) && !stage) || (in_backend(m) && !backend_sumsq(m, c, n, partial))) {
         free(c);
         free(partial);
         free(stage);
@@ -78,11 +103,8 @@ double fr_grad_sumsq(const fr_model *m, const fr_opt_range *ranges, int n_ranges
     }
 #pragma omp parallel for schedule(static) if (on_host(m))
     for (long k = 0; k < n; k++) {
+        if (in_backend(m)) continue; /* (done above) */
         const float *g = m->grads + c[k].t->offset;
-        if (in_backend(m)) { /* each chunk's partial sum, in the same order, by the backend */
-            m->ops->sumsq_chunks(&partial[k], g + c[k].lo, c[k].hi - c[k].lo, c[k].hi - c[k].lo);
-            continue;
-        }
         if (stage) { /* device: this chunk to the host, indexed as before */
             m->ops->to_host(stage, g + c[k].lo, (c[k].hi - c[k].lo) * sizeof(float));
             g = stage - c[k].lo;
@@ -141,6 +163,18 @@ static int adamw_run(fr_model *m, void *mom, void *var, int bf16, const fr_opt_r
         free(c);
         return fr_error(FR_ERR_NOMEM, "out of memory for the optimizer's chunk plan");
     }
+    if (in_backend(m)) { /* moments in backend memory too: a launch per run of chunks */
+        const size_t esize = bf16 ? sizeof(uint16_t) : sizeof(float);
+        for (long ci = 0; ci < n;) {
+            const long j = run_end(c, n, ci);
+            const fr_tensor *t = c[ci].t;
+            const fr_adamw_step_consts sk = {k.b1, k.b2, k.eps, k.gs, k.step_size, k.inv_sqrt_bc2, adamw_decay(t, h)};
+            m->ops->adamw(m->params + t->offset + c[ci].lo, m->grads + t->offset + c[ci].lo, (char *)mom + c[ci].mom * esize,
+                          (char *)var + c[ci].mom * esize, bf16, c[j - 1].hi - c[ci].lo, sk);
+            ci = j;
+        }
+        n = 0; /* nothing left for the loop below */
+    }
 #pragma omp parallel for schedule(static) if (on_host(m))
     for (long ci = 0; ci < n; ci++) {
         const fr_tensor *t = c[ci].t;
@@ -148,13 +182,6 @@ static int adamw_run(fr_model *m, void *mom, void *var, int bf16, const fr_opt_r
         float *p = m->params + t->offset;
         const float *g = m->grads + t->offset;
         float *device_p = NULL;
-        if (in_backend(m)) { /* moments in backend memory too */
-            const size_t esize = bf16 ? sizeof(uint16_t) : sizeof(float);
-            const fr_adamw_step_consts sk = {k.b1, k.b2, k.eps, k.gs, k.step_size, k.inv_sqrt_bc2, adamw_decay(t, h)};
-            m->ops->adamw(p + lo, g + lo, (char *)mom + c[ci].mom * esize, (char *)var + c[ci].mom * esize, bf16,
-                          hi - lo, sk);
-            continue;
-        }
         if (stage) { /* device: the chunk's parameters and gradients to the host, indexed as before */
             device_p = p + lo;
             m->ops->to_host(stage, p + lo, (hi - lo) * sizeof(float));
