@@ -14,7 +14,7 @@
 void usage_eval(FILE *f) {
     fprintf(f,
             "usage: frugal eval --model DIR --tokens FILE [--engine [--weights TYPE] [--chunk N]]\n"
-            "                   [--threads N] [--no-check] [--json]\n"
+            "                   [--threads N] [--device cpu|cuda] [--no-check] [--json]\n"
             "\n"
             "Loads the Hugging Face model folder DIR (config.json + model.safetensors) and prints\n"
             "the mean next-token cross-entropy over the sequences in FILE:\n"
@@ -32,6 +32,8 @@ void usage_eval(FILE *f) {
             "  --chunk N       engine: tokens per sequence per call (default 8; 1 = token-by-token\n"
             "                  decode, longer than the sequence = one prefill)\n"
             "  --threads N     CPU threads (default: OpenMP's default, i.e. OMP_NUM_THREADS or all cores)\n"
+            "  --device D      cpu (default) | cuda: where the training model runs (not with --engine, which\n"
+            "                  runs on the CPU)\n"
             "  --no-check      skip the load-time check that every weight is finite (NaN / Inf); the\n"
             "                  check reads all weights once (pages in the whole checkpoint at start-up)\n"
             "  --json          print one JSON object instead of the text line\n"
@@ -161,11 +163,12 @@ done:
 }
 
 int cmd_eval(int argc, char **argv) {
-    const char *model_dir = NULL, *tokens_path = NULL, *threads_text = NULL, *weights_text = NULL, *chunk_text = NULL;
+    const char *model_dir = NULL, *tokens_path = NULL, *threads_text = NULL, *weights_text = NULL, *chunk_text = NULL,
+               *device = NULL;
     int json = 0, engine = 0, no_check = 0;
     const cli_opt opts[] = {
         {"--model", &model_dir, NULL}, {"--tokens", &tokens_path, NULL}, {"--threads", &threads_text, NULL},
-        {"--weights", &weights_text, NULL}, {"--chunk", &chunk_text, NULL},
+        {"--weights", &weights_text, NULL}, {"--chunk", &chunk_text, NULL}, {"--device", &device, NULL},
         {"--engine", NULL, &engine}, {"--json", NULL, &json}, {"--no-check", NULL, &no_check},
     };
     for (int i = 1; i < argc; i++) {
@@ -193,6 +196,10 @@ int cmd_eval(int argc, char **argv) {
     if (weights_text && cli_parse_weights("eval", usage_eval, weights_text, &weights) != 0) return CLI_EXIT_USAGE;
     if ((weights_text || chunk_text) && !engine)
         return cli_usage_error("eval", usage_eval, "--weights / --chunk need --engine");
+    if (device && strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0)
+        return cli_usage_error("eval", usage_eval, "--device must be cpu or cuda, got '%s'", device);
+    if (device && !strcmp(device, "cuda") && engine)
+        return cli_usage_error("eval", usage_eval, "--engine runs on the CPU only: leave out --device cuda");
     if (!model_dir) return cli_usage_error("eval", usage_eval, "missing required option '--model DIR'");
     if (!tokens_path) return cli_usage_error("eval", usage_eval, "missing required option '--tokens FILE'");
 
@@ -206,6 +213,10 @@ int cmd_eval(int argc, char **argv) {
     if (rc != CLI_EXIT_OK) goto out;
 
     if (threads > 0) fr_set_num_threads((int)threads);
+    if (device && fr_set_device(device) != FR_OK) {
+        rc = cli_fail_lib("cannot evaluate on this device");
+        goto out;
+    }
     double t0 = cli_now();
     if (engine) {
         int longest = 0;

@@ -54,6 +54,14 @@ static void test_forward_backward(void) {
     float *g = malloc(b->n_params * sizeof(float));
     b->ops->to_host(g, b->grads, b->n_params * sizeof(float));
     CHECK(memcmp(g, a->grads, a->n_params * sizeof(float)) == 0, "every gradient bit for bit");
+    /* evaluation of whole sequences (frugal eval's path) */
+    const int *seqs[2] = {tok, tok + T};
+    const int lens[2] = {T, T - 5};
+    double ea = 0, eb = 0;
+    long na = 0, nb = 0;
+    CHECK(fr_model_eval_sequences(a, 2, seqs, lens, &ea, &na) == FR_OK &&
+              fr_model_eval_sequences(b, 2, seqs, lens, &eb, &nb) == FR_OK && ea == eb && na == nb,
+          "eval sequences %.9g / %.9g: %s", ea, eb, fr_last_error());
     free(g), free(tok), free(tgt);
     fr_model_free(a);
     fr_model_free(b);
