@@ -31,6 +31,7 @@ static void usage_main(FILE *f) {
             "  train      train a model: AdamW, aux-loss-free balancing, MTP, checkpoints, ledger\n"
             "  eval       mean next-token loss and perplexity of a model on token sequences\n"
             "  info       config summary, parameter counts, latent KV-cache size, CPU features\n"
+            "  init       a randomly initialised model folder from a config (no training)\n"
             "  cost       run ledger: final-run cost next to the lifecycle cost of all runs\n"
             "  plan       plan a training run on a GPU cluster: memory, step time, MFU, GPU-hours, cost\n"
             "  plot       draw training curves from metrics.jsonl (SVG or terminal)\n"
@@ -85,7 +86,7 @@ static const planned_cmd *find_planned(const char *name) {
 static int cmd_planned(const planned_cmd *p) {
     fprintf(stderr,
             "frugal %s: not implemented yet (planned: %s).\n"
-            "Implemented today: data, tokenizer, train, eval, info, cost, plan, plot, generate, chat, convert, quantize, serve, version. See README.md for the roadmap.\n",
+            "Implemented today: data, tokenizer, train, eval, info, init, cost, plan, plot, generate, chat, convert, quantize, serve, version. See README.md for the roadmap.\n",
             p->name, p->summary);
     return CLI_EXIT_USAGE;
 }
@@ -104,6 +105,7 @@ static const command COMMANDS[] = {
     {"tokenizer", cmd_tokenizer, usage_tokenizer},
     {"eval", cmd_eval, usage_eval},
     {"info", cmd_info, usage_info},
+    {"init", cmd_init, usage_init},
     {"cost", cmd_cost, usage_cost},
     {"plan", cmd_plan, usage_plan},
     {"plot", cmd_plot, usage_plot},
