@@ -35,6 +35,15 @@ static inline int bench_cmp_double(const void *a, const void *b) {
 /* The median of v[0..n) (n >= 1), the mean of the middle two for even n; sorts v, so v[0]
  * is then the best (smallest) time. Medians are the benchmarks' headline figures: robust
  * to a noisy neighbour on a shared machine. */
+/* A xorshift64 stream: random token ids for benchmarks (not for anything statistical). */
+static inline uint64_t bench_xorshift(uint64_t *s) {
+    uint64_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *s = x;
+}
+
 static inline double bench_median(double *v, long n) {
     qsort(v, (size_t)n, sizeof *v, bench_cmp_double);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);

@@ -69,13 +69,6 @@ static void default_config(char *buf, size_t n) {
     snprintf(buf, n, "%s", rel);
 }
 
-static uint64_t xorshift(uint64_t *s) {
-    uint64_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return *s = x;
-}
 
 static int fail(const char *what) {
     fprintf(stderr, "bench_model: %s: %s\n", what, fr_last_error());
@@ -253,9 +246,9 @@ int main(int argc, char **argv) {
     }
     uint64_t rng = 0x9E3779B97F4A7C15ull;
     for (long b = 0; b < B; b++) {
-        int prev = (int)(xorshift(&rng) % (uint64_t)cfg.vocab_size);
+        int prev = (int)(bench_xorshift(&rng) % (uint64_t)cfg.vocab_size);
         for (long t = 0; t < T; t++) {
-            int next = (int)(xorshift(&rng) % (uint64_t)cfg.vocab_size);
+            int next = (int)(bench_xorshift(&rng) % (uint64_t)cfg.vocab_size);
             tokens[b * T + t] = prev;
             targets[b * T + t] = next;
             prev = next;

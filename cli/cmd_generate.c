@@ -224,9 +224,11 @@ static int stream_token(void *user, int seq, int token, const char *text, size_t
 
 static void print_stats(const fr_generate_stats *st, int speculative) {
     double dec_tps = st->decode_s > 0 ? (st->generated_tokens - 1) / st->decode_s : 0;
-    fprintf(stderr, "frugal: prompt %ld tokens in %.3f s (%.1f tokens/s); generated %ld tokens, %.1f tokens/s",
-            st->prompt_tokens, st->prefill_s, st->prefill_s > 0 ? st->prompt_tokens / st->prefill_s : 0,
-            st->generated_tokens, dec_tps);
+    const long computed = st->prompt_tokens - st->reused_tokens;
+    fprintf(stderr, "frugal: prompt %ld tokens", st->prompt_tokens);
+    if (st->reused_tokens) fprintf(stderr, " (%ld from the cache)", st->reused_tokens);
+    fprintf(stderr, " in %.3f s (%.1f tokens/s); generated %ld tokens, %.1f tokens/s", st->prefill_s,
+            st->prefill_s > 0 ? computed / st->prefill_s : 0, st->generated_tokens, dec_tps);
     if (speculative)
         fprintf(stderr, "; MTP drafts accepted %ld/%ld (%.1f %%), %ld main-model steps",
                 st->accepted, st->drafted, st->drafted ? 100.0 * st->accepted / st->drafted : 0.0, st->main_steps);
@@ -365,6 +367,9 @@ int cmd_chat(int argc, char **argv) {
     o.max_tokens = (int)a.max_tokens;
     o.speculative = a.speculative;
     o.on_token = stream_token;
+    /* a turn computes only what the cache does not hold of the conversation (its new message;
+     * after the oldest turns were dropped, everything again) */
+    o.reuse_prefix = 1;
     const int max_len = fr_engine_max_seq_len(e);
     fprintf(stderr, "frugal chat: type a message; /help lists the commands, /reset forgets the conversation, "
                     "/quit or Ctrl-D leaves.\n");

@@ -568,6 +568,9 @@ void fr_seq_free(fr_seq *s);
 int fr_seq_len(const fr_seq *s);
 /* Forget everything after the first len tokens (speculative rollback; 0 = reset). */
 int fr_seq_truncate(fr_seq *s, int len);
+/* How many of tokens[0:n] the sequence's cache already holds, from the start (the earlier
+ * turns of a conversation): the tokens a prompt need not be computed for again. */
+int fr_seq_common_prefix(const fr_seq *s, const int *tokens, int n);
 
 /* Append n_tokens[i] tokens (tokens[i]) to each of n_seqs distinct sequences in one
  * batched forward (prefill: many tokens per sequence; decode: one per sequence; mixed
@@ -612,6 +615,11 @@ typedef struct {
     int n_stop;
     int ignore_eos;            /* 0: stop at the EOS id (config, else tokenizer) */
     int speculative;           /* draft with the MTP module, verify with the main model */
+    int reuse_prefix;          /* 1: keep what each sequence's cache holds of its prompt's start
+                                * (fr_seq_common_prefix; at least the last prompt token is computed
+                                * again for its logits) instead of resetting it: a conversation's
+                                * next turn computes only its new tokens. Not with speculative
+                                * (the MTP cache pairs each row with the following token). */
     /* Streaming: called once per new token in order with the text it completes (bytes of
      * the decoded token; text that may start a stop string is held back and passed later,
      * so len may be 0). Return nonzero to stop that sequence. */
@@ -621,6 +629,7 @@ typedef struct {
 
 typedef struct {
     long prompt_tokens, generated_tokens;   /* all sequences */
+    long reused_tokens;        /* prompt tokens taken from the caches (reuse_prefix), not computed */
     double prefill_s, decode_s;
     long main_steps;           /* batched forwards of the main model after the prefill */
     long drafted, accepted;    /* speculative: draft tokens proposed and accepted */
@@ -630,7 +639,8 @@ typedef struct {
 /* Defaults: sampling defaults, max_tokens 128, no stop strings, speculative 0. */
 void fr_generate_options_default(fr_generate_options *o);
 
-/* Generate for n_seqs prompts at once (each with its own sequence, which is reset first).
+/* Generate for n_seqs prompts at once (each with its own sequence, which is reset first, or
+ * cut to the prompt's cached start with reuse_prefix).
  * out_tokens[i] (malloc'd, caller frees) receives sequence i's new tokens, out_lens[i]
  * their count (after a stop string the tokens that completed it are kept). Each sequence
  * samples with its own stream seeded by sample.seed, so its tokens do not depend on the

@@ -25,6 +25,7 @@ void fr_generate_options_default(fr_generate_options *o) {
 typedef struct {
     int *hist;            /* prompt + generated */
     int n_hist, n_prompt;
+    int n_keep;           /* prompt tokens the cache already held (reuse_prefix) */
     int last, draft, active;
     fr_stop_reason reason;
     fr_sampler *smp;
@@ -147,13 +148,23 @@ int fr_generate(fr_engine *e, const fr_tokenizer *tok, fr_seq *const *seqs, int 
         g[s].n_hist = g[s].n_prompt = prompt_lens[s];
         g[s].active = 1;
         rc = fr_sampler_create(&g[s].smp, &opt->sample, V);
-        if (rc == FR_OK) rc = fr_seq_truncate(seqs[s], 0);
+        /* the cache keeps what it holds of the prompt's start, never its last token: the
+         * logits come from computing that one */
+        int keep = 0;
+        if (opt->reuse_prefix && !spec) {
+            keep = fr_seq_common_prefix(seqs[s], prompts[s], prompt_lens[s]);
+            if (keep > prompt_lens[s] - 1) keep = prompt_lens[s] - 1;
+        }
+        if (rc == FR_OK) rc = fr_seq_truncate(seqs[s], keep);
+        g[s].n_keep = keep;
+        st.reused_tokens += keep;
     }
     if (rc != FR_OK) goto done;
 
-    /* prefill: all prompts in one batched forward */
+    /* prefill: all prompts (what the caches do not hold of them) in one batched forward */
     double t0 = fr_now_s();
-    rc = fr_engine_forward_rows(e, seqs, n_seqs, prompts, prompt_lens, logits, 0, row_start);
+    for (int s = 0; s < n_seqs; s++) tp[s] = prompts[s] + g[s].n_keep, cnt[s] = prompt_lens[s] - g[s].n_keep;
+    rc = fr_engine_forward_rows(e, seqs, n_seqs, tp, cnt, logits, 0, row_start);
     if (rc != FR_OK) goto done;
     for (int s = 0; s < n_seqs; s++) st.prompt_tokens += prompt_lens[s];
     int any = 0;

@@ -93,6 +93,7 @@ struct fr_seq {
     fr_engine *e;
     int len, mtp_len, cap;
     unsigned char **kv;         /* [L + mtp] caches of cap rows */
+    int *ids;                   /* [cap] the tokens behind the main cache's rows (for prefix reuse) */
 };
 
 /* ================================================================ loading */
@@ -578,10 +579,18 @@ void fr_seq_free(fr_seq *s) {
     if (!s) return;
     for (int l = 0; l < s->e->L + s->e->mtp; l++) free(s->kv[l]);
     free(s->kv);
+    free(s->ids);
     free(s);
 }
 
 int fr_seq_len(const fr_seq *s) { return s->len; }
+
+int fr_seq_common_prefix(const fr_seq *s, const int *tokens, int n) {
+    if (!s || !tokens || n <= 0) return 0;
+    int k = 0;
+    while (k < n && k < s->len && s->ids[k] == tokens[k]) k++;
+    return k;
+}
 
 int fr_seq_truncate(fr_seq *s, int len) {
     if (!s || len < 0 || len > s->len) return fr_error(FR_ERR_ARG, "fr_seq_truncate: length %d outside [0, %d]", len, s ? s->len : 0);
@@ -602,6 +611,9 @@ static int seq_grow(fr_seq *s, int need) {
         if (!p) return fr_error(FR_ERR_NOMEM, "out of memory for a %d-token KV cache", cap);
         s->kv[l] = p;
     }
+    int *ids = realloc(s->ids, (size_t)cap * sizeof(int));
+    if (!ids) return fr_error(FR_ERR_NOMEM, "out of memory for a %d-token KV cache", cap);
+    s->ids = ids;
     s->cap = cap;
     return FR_OK;
 }
@@ -968,7 +980,10 @@ static int forward_rows(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int
     for (int l = 0; l < e->L; l++) layer_forward(e, &e->layers[l], l, seqs, n_seqs, row_start, N);
     memcpy(e->hid, e->x, (size_t)N * H * sizeof(float));
     head(e, e->final_norm, N, n_seqs, row_start, logits, all_logits);
-    for (int s = 0; s < n_seqs; s++) seqs[s]->len += n_tokens[s];
+    for (int s = 0; s < n_seqs; s++) {
+        memcpy(seqs[s]->ids + seqs[s]->len, tokens[s], (size_t)n_tokens[s] * sizeof(int));
+        seqs[s]->len += n_tokens[s];
+    }
     return FR_OK;
 }
 
