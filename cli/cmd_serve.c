@@ -381,6 +381,7 @@ static enum MHD_Result handle_metrics(struct MHD_Connection *c) {
     P("# HELP frugal_requests_failed_total Completions that failed during generation.\n# TYPE frugal_requests_failed_total counter\nfrugal_requests_failed_total %lu\n", S.failed_reqs);
     P("# HELP frugal_requests_cancelled_total Completions cancelled because the client went away.\n# TYPE frugal_requests_cancelled_total counter\nfrugal_requests_cancelled_total %lu\n", S.disconnects);
     P("# HELP frugal_prompt_tokens_total Prompt tokens of accepted requests.\n# TYPE frugal_prompt_tokens_total counter\nfrugal_prompt_tokens_total %lu\n", S.prompt_tokens);
+    P("# HELP frugal_prompt_tokens_cached_total Prompt tokens taken from a slot's cache (the conversation's earlier turns), not computed.\n# TYPE frugal_prompt_tokens_cached_total counter\nfrugal_prompt_tokens_cached_total %lu\n", S.prefix_reused);
     P("# HELP frugal_generated_tokens_total Tokens sampled.\n# TYPE frugal_generated_tokens_total counter\nfrugal_generated_tokens_total %lu\n", S.gen_tokens);
     P("# HELP frugal_tokens_per_second Tokens sampled per second over the last 10 s.\n# TYPE frugal_tokens_per_second gauge\nfrugal_tokens_per_second %.2f\n", srv_tokens_per_s(&S));
     P("# HELP frugal_forward_passes_total Batched engine forwards.\n# TYPE frugal_forward_passes_total counter\nfrugal_forward_passes_total %lu\n", S.forwards);

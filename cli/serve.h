@@ -87,6 +87,7 @@ typedef struct {
     unsigned long completions[2];          /* [0] /v1/completions, [1] /v1/chat/completions */
     unsigned long prompt_tokens, gen_tokens, decode_steps, batch_rows, forwards, disconnects,
         finished_reqs, failed_reqs;
+    unsigned long prefix_reused;           /* prompt tokens a slot's cache already held (not computed) */
     double ttft_sum, duration_sum, forward_s, sample_s;
     unsigned long ttft_count;
     long rate_sec[16];                     /* generated tokens per wall-clock second (ring) */

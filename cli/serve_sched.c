@@ -246,9 +246,16 @@ static void *sched_main(void *arg) {
                 finish(s, r, "cancelled", NULL);
             }
         }
-        /* 2. admit queued requests into free slots */
-        for (int i = 0; i < P && s->q_head; i++) {
-            if (s->slots[i]) continue;
+        /* 2. admit queued requests into free slots: each to the free slot whose cache holds
+         * the longest start of its prompt (a conversation's earlier turns), which it keeps */
+        for (;;) {
+            int i = -1, best = -1;
+            for (int j = 0; j < P && s->q_head; j++) {
+                if (s->slots[j]) continue;
+                const int k = fr_seq_common_prefix(s->seqs[j], s->q_head->hist, s->q_head->n_prompt);
+                if (k > best) best = k, i = j;
+            }
+            if (i < 0) break;
             srv_req *r = s->q_head;
             s->q_head = r->next;
             if (!s->q_head) s->q_tail = NULL;
@@ -258,18 +265,19 @@ static void *sched_main(void *arg) {
                 s->disconnects++;
                 r->slot = -1;
                 finish(s, r, "cancelled", NULL);
-                i--;
                 continue;
             }
             if (fr_sampler_create(&r->sampler, &r->sp, s->vocab) != FR_OK) {
                 r->slot = -1;
                 finish(s, r, NULL, fr_last_error());
-                i--;
                 continue;
             }
-            fr_seq_truncate(s->seqs[i], 0);
+            /* the last prompt token is always fed again: its logits start the reply */
+            const int keep = best < r->n_prompt ? best : r->n_prompt - 1;
+            fr_seq_truncate(s->seqs[i], keep);
+            s->prefix_reused += keep;
             r->slot = i;
-            r->fed = 0;
+            r->fed = keep;
             r->state = SRV_RUNNING;
             s->slots[i] = r;
         }

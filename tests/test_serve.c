@@ -227,6 +227,38 @@ static void test_basic(const char *dir) {
         CHECK(strncmp(ref, prompt, pl) == 0 && strcmp(ref + pl, text) == 0,
               "greedy API text equals frugal generate:\n  api: [%s]\n  cli: [%s]", text, ref + pl);
     }
+    /* the next request continues the text: its slot's cache holds the prompt's start (the
+     * prompt-cache metric grows) and the reply still equals frugal generate's */
+    if (text) {
+        const long cached0 = metric("frugal_prompt_tokens_cached_total");
+        char prompt2[512], body2[1024];
+        snprintf(prompt2, sizeof prompt2, "%s%s", prompt, text);
+        cJSON *pj = cJSON_CreateObject();
+        cJSON_AddStringToObject(pj, "model", "tiny");
+        cJSON_AddStringToObject(pj, "prompt", prompt2);
+        cJSON_AddNumberToObject(pj, "max_tokens", 8);
+        cJSON_AddNumberToObject(pj, "temperature", 0);
+        cJSON_AddBoolToObject(pj, "ignore_eos", 1);
+        char *pb = cJSON_PrintUnformatted(pj);
+        snprintf(body2, sizeof body2, "%s", pb);
+        free(pb);
+        cJSON_Delete(pj);
+        int st2 = 0;
+        cJSON *j2 = post_json("/v1/completions", body2, &st2);
+        const char *text2 = jstr(j2, "choices.0.text");
+        const long cached1 = metric("frugal_prompt_tokens_cached_total");
+        CHECK(st2 == 200 && text2 && cached1 > cached0, "a continued prompt reuses the cache: %ld -> %ld cached tokens",
+              cached0, cached1);
+        char *ref2 = generate_cli(dir, prompt2, 8);
+        if (ref2 && text2) {
+            const size_t pl2 = strlen(prompt2);
+            CHECK(strncmp(ref2, prompt2, pl2) == 0 && strcmp(ref2 + pl2, text2) == 0,
+                  "with the cache, the greedy text still equals frugal generate:\n  api: [%s]\n  cli: [%s]", text2,
+                  ref2 + pl2);
+        }
+        free(ref2);
+        cJSON_Delete(j2);
+    }
     /* stop string: cut before its first occurrence */
     size_t at = 2;
     while (text && text[at] && text[at + 1] && !(isalnum((unsigned char)text[at]) && isalnum((unsigned char)text[at + 1]))) at++;
