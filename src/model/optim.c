@@ -226,8 +226,10 @@ int fr_adamw_step_ranges(fr_model *m, void *mom, void *var, int moments_bf16, co
     return adamw_run(m, mom, var, moments_bf16, ranges, n_ranges, h);
 }
 
-void fr_router_bias_update(fr_model *m, const long *counts, double gamma) {
+int fr_router_bias_update(fr_model *m, const long *counts, double gamma) {
     const int E = m->cfg.n_routed_experts, L = m->cfg.num_hidden_layers;
+    float *bias = malloc((size_t)(E > 0 ? E : 1) * sizeof(float)); /* a host copy: the parameters may live on a device */
+    if (!bias) return fr_error(FR_ERR_NOMEM, "out of memory for the router-bias update");
     int i = 0;
     for (int l = 0; l < L + m->mtp_depth; l++) {
         const fr_block *b = &m->blocks[l];
@@ -239,14 +241,13 @@ void fr_router_bias_update(fr_model *m, const long *counts, double gamma) {
         for (int e = 0; e < E; e++) total += c[e];
         if (total == 0) continue;
         const double mean = (double)total / E;
-        float *bias = malloc((size_t)E * sizeof(float)); /* a host copy: the parameters may live on a device */
-        if (!bias) continue;
         m->ops->to_host(bias, m->params + b->router_bias, (size_t)E * sizeof(float));
         for (int e = 0; e < E; e++) {
             double err = mean - (double)c[e];
             bias[e] += (float)(err > 0 ? gamma : err < 0 ? -gamma : 0.0);
         }
         m->ops->to_device(m->params + b->router_bias, bias, (size_t)E * sizeof(float));
-        free(bias);
     }
+    free(bias);
+    return FR_OK;
 }

@@ -47,6 +47,6 @@ int fr_adamw_in_backend(const fr_model *m);
 /* DeepSeek-V3 auxiliary-loss-free balancing: for each MoE block with a correction bias,
  * b_e += gamma * sign(mean load - load_e) from the step's assignment counts
  * counts[i * E + e] (block order of fr_model_expert_counts). */
-void fr_router_bias_update(fr_model *m, const long *counts, double gamma);
+int fr_router_bias_update(fr_model *m, const long *counts, double gamma);
 
 #endif

@@ -496,7 +496,8 @@ static int train_steps(run *r, fr_train_result *res) {
         rc = fr_adamw_step_ranges(r->m, r->mom, r->var, r->moments_bf16, r->dist.ranges, r->dist.n_ranges, &hp);
         if (rc == FR_OK) rc = fr_dist_gather_params(&r->dist, r->m); /* ZeRO-1: the updated shards to all */
         if (rc != FR_OK) break;
-        if (n_moe > 0 && a->bias_update_speed > 0) fr_router_bias_update(r->m, counts, a->bias_update_speed);
+        if (n_moe > 0 && a->bias_update_speed > 0 && (rc = fr_router_bias_update(r->m, counts, a->bias_update_speed)) != FR_OK)
+            break;
         r->step++;
         r->tokens_done += (double)N * a->grad_accum;
         r->flops_done += step_flops;
