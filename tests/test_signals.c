@@ -295,7 +295,8 @@ static void remove_leftovers(void) {
 }
 
 /* A command that writes one output folder, stopped at a random moment of its work: it
- * finished (exit 0, marker file present) or stopped (130 / 143, or killed by the signal
+ * finished (exit 0, marker file present; or killed by the signal after that, while exiting,
+ * when the command is back in the default mode) or stopped (130 / 143, or killed by the signal
  * before main() blocked it) leaving neither the folder nor a temporary one. */
 static int output_trial(const char *what, int trial, int sig, char *const argv[], const char *outdir, const char *marker,
                         double full_ms) {
@@ -323,7 +324,12 @@ static int output_trial(const char *what, int trial, int sig, char *const argv[]
     if (waited != 0) how = "did not stop within 2 minutes";
     else if (bad) how = "memory error on stderr";
     else if (WIFSIGNALED(st) && WTERMSIG(st) != sig) how = "crashed";
-    else if (WIFSIGNALED(st) && delay >= early_ms) how = "killed by the signal (not taken by the command)";
+    else if (WIFSIGNALED(st) && complete && clean) { /* its output was written: the commands go back to
+                                                       * the default action once it is (cli_signals_default),
+                                                       * and the signal came while the process was exiting */
+        ok = 1;
+        how = "finished, then killed by the signal while exiting (output complete)";
+    } else if (WIFSIGNALED(st) && delay >= early_ms) how = "killed by the signal (not taken by the command)";
     else if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
         ok = complete && clean;
         how = ok ? "finished before the signal" : "exit 0 but the output is incomplete";
