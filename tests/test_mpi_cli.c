@@ -99,17 +99,13 @@ int main(void) {
     snprintf(g_root, sizeof g_root, "/tmp/frugal_test_mpi_cli_%d", (int)getpid());
     fr_test_rm_rf(g_root);
     mkdir(g_root, 0755);
-    char corpus[300], tok[300], data[300], cfg[300], run[300], out[300], ledger[300], cmd[4096];
-    snprintf(corpus, sizeof corpus, "%s/corpus.jsonl", g_root);
-    snprintf(tok, sizeof tok, "%s/tok", g_root);
+    char data[300], cfg[300], run[300], out[300], ledger[300], cmd[4096];
     snprintf(data, sizeof data, "%s/data", g_root);
     snprintf(cfg, sizeof cfg, "%s/tiny.json", g_root);
     snprintf(run, sizeof run, "%s/run", g_root);
     snprintf(out, sizeof out, "%s/out.txt", g_root);
     snprintf(ledger, sizeof ledger, "%s/ledger.jsonl", g_root);
-    fr_test_write_corpus(corpus, 240, 0);
-    fr_test_write_text(cfg, fr_test_tiny_train_config(1));
-    if (fr_test_prepare_tiny_data(corpus, tok, data) != FR_OK) return fr_test_finish("test_mpi_cli");
+    if (fr_test_tiny_run_root(g_root) != FR_OK) return fr_test_finish("test_mpi_cli");
 
     /* impossible layouts: a message naming the flag, non-zero, no run folder */
     static const struct {

@@ -84,7 +84,6 @@ static void test_adamw_reference(void) {
 
 static char g_root[128];
 
-static void write_text(const char *path, const char *text) { fr_test_write_text(path, text); }
 
 typedef struct {
     double loss[64];
@@ -123,16 +122,7 @@ static int run_train(const fr_train_args *a, int resume, recorder *rec, fr_train
     return fr_train(a, resume, &h, res);
 }
 
-static int prepare_data(void) {
-    char corpus[600], tokdir[600], datadir[600], cfg[600];
-    snprintf(corpus, sizeof corpus, "%s/corpus.jsonl", g_root);
-    snprintf(tokdir, sizeof tokdir, "%s/tok", g_root);
-    snprintf(datadir, sizeof datadir, "%s/data", g_root);
-    snprintf(cfg, sizeof cfg, "%s/tiny.json", g_root);
-    fr_test_write_corpus(corpus, 240, 0);
-    write_text(cfg, fr_test_tiny_train_config(1));
-    return fr_test_prepare_tiny_data(corpus, tokdir, datadir);
-}
+static int prepare_data(void) { return fr_test_tiny_run_root(g_root); }
 
 static int count_lines_with(const char *path, const char *needle) {
     FILE *f = fopen(path, "r");

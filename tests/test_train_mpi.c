@@ -157,14 +157,7 @@ int main(int argc, char **argv) {
     if (me == 0) {
         fr_test_rm_rf(g_root);
         mkdir(g_root, 0755);
-        char corpus[300], tok[300], data[300], cfg[300];
-        snprintf(corpus, sizeof corpus, "%s/corpus.jsonl", g_root);
-        snprintf(tok, sizeof tok, "%s/tok", g_root);
-        snprintf(data, sizeof data, "%s/data", g_root);
-        snprintf(cfg, sizeof cfg, "%s/tiny.json", g_root);
-        fr_test_write_corpus(corpus, 240, 0);
-        fr_test_write_text(cfg, fr_test_tiny_train_config(1));
-        CHECK(fr_test_prepare_tiny_data(corpus, tok, data) == FR_OK, "data: %s", fr_last_error());
+        CHECK(fr_test_tiny_run_root(g_root) == FR_OK, "data: %s", fr_last_error());
     }
     fr_comm_barrier(world);
 

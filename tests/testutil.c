@@ -227,6 +227,17 @@ int fr_test_prepare_tiny_data(const char *corpus, const char *tok_dir, const cha
     return rc;
 }
 
+int fr_test_tiny_run_root(const char *root) {
+    char corpus[600], tok[600], data[600], cfg[600];
+    snprintf(corpus, sizeof corpus, "%s/corpus.jsonl", root);
+    snprintf(tok, sizeof tok, "%s/tok", root);
+    snprintf(data, sizeof data, "%s/data", root);
+    snprintf(cfg, sizeof cfg, "%s/tiny.json", root);
+    fr_test_write_corpus(corpus, 240, 0);
+    fr_test_write_text(cfg, fr_test_tiny_train_config(1));
+    return fr_test_prepare_tiny_data(corpus, tok, data);
+}
+
 void fr_test_train_args(fr_train_args *a, const char *root, const char *run) {
     fr_train_args_default(a);
     snprintf(a->model_config, sizeof a->model_config, "%s/tiny.json", root);

@@ -53,6 +53,9 @@ void fr_test_write_corpus(const char *path, int n_docs, int numbered);
  * corpus into data_dir (10 % validation, 2 threads). Failed checks name the step; returns
  * FR_OK or the library's error. */
 int fr_test_prepare_tiny_data(const char *corpus, const char *tok_dir, const char *data_dir);
+/* The tiny runs' folder: ROOT/corpus.jsonl (240 documents), ROOT/tiny.json (the tiny config
+ * with one MTP module), ROOT/tok and ROOT/data (fr_test_prepare_tiny_data). */
+int fr_test_tiny_run_root(const char *root);
 /* Training arguments of the tiny runs: ROOT/tiny.json on ROOT/data into ROOT/RUN, ledger
  * ROOT/ledger.jsonl, 4 x 32 tokens, 30 steps, lr 1e-2 with 5 warmup steps, 2 threads, seed 7;
  * evaluation, checkpoint and sample intervals are left to each test. */

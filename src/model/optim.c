@@ -101,9 +101,9 @@ double fr_grad_sumsq(const fr_model *m, const fr_opt_range *ranges, int n_ranges
         free(stage);
         return NAN;
     }
+    const long n_host = in_backend(m) ? 0 : n; /* the chunks summed here (the backend did the others) */
 #pragma omp parallel for schedule(static) if (on_host(m))
-    for (long k = 0; k < n; k++) {
-        if (in_backend(m)) continue; /* (done above) */
+    for (long k = 0; k < n_host; k++) {
         const float *g = m->grads + c[k].t->offset;
         if (stage) { /* device: this chunk to the host, indexed as before */
             m->ops->to_host(stage, g + c[k].lo, (c[k].hi - c[k].lo) * sizeof(float));
@@ -150,9 +150,9 @@ static inline void adamw_elem(const adamw_consts *k, float decay, float *p, floa
     *p = *p * decay - k->step_size * *mj / (sqrtf(*vj) * k->inv_sqrt_bc2 + k->eps);
 }
 
-/* Both steps run over the chunk plan in one region; without memory for the plan, over whole
- * tensors on one thread (same numbers: the update is elementwise). Moments are float, or
- * BF16 codes when bf16 is set. */
+/* AdamW over the chunk plan: by the backend in its memory (a call per run of chunks), else in
+ * one parallel region on host memory (a device without the op: each chunk through a host
+ * copy). Moments are float, or BF16 codes when bf16 is set. */
 static int adamw_run(fr_model *m, void *mom, void *var, int bf16, const fr_opt_range *ranges, int n_ranges,
                      const fr_adamw_hparams *h) {
     const adamw_consts k = adamw_prepare(h);
@@ -173,7 +173,8 @@ static int adamw_run(fr_model *m, void *mom, void *var, int bf16, const fr_opt_r
                           (char *)var + c[ci].mom * esize, bf16, c[j - 1].hi - c[ci].lo, sk);
             ci = j;
         }
-        n = 0; /* nothing left for the loop below */
+        free(c);
+        return FR_OK;
     }
 #pragma omp parallel for schedule(static) if (on_host(m))
     for (long ci = 0; ci < n; ci++) {

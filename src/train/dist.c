@@ -104,7 +104,8 @@ int fr_dist_setup(fr_dist *d, fr_comm *world, const fr_model *m, int ep, int zer
     }
     if (rc == FR_OK) {
         d->ranges = malloc((size_t)(d->n_seg > 0 ? d->n_seg : 1) * sizeof *d->ranges);
-        if (!d->ranges) rc = fr_error(FR_ERR_NOMEM, "out of memory");
+        d->counts = malloc((size_t)world->size * sizeof *d->counts);
+        if (!d->ranges || !d->counts) rc = fr_error(FR_ERR_NOMEM, "out of memory");
     }
     if (rc != FR_OK) {
         fr_dist_free(d);
@@ -127,6 +128,7 @@ void fr_dist_free(fr_dist *d) {
     free(d->seg);
     free(d->foreign);
     free(d->ranges);
+    free(d->counts);
     for (int i = 0; i < d->n_pend; i++) free(d->pend[i].out);
     free(d->pend);
     memset(d, 0, sizeof *d);
@@ -179,8 +181,7 @@ static int push_pending(fr_dist *d, fr_comm *g, fr_comm_req *req, float *out, si
 }
 
 int fr_dist_start_grads(fr_dist *d, fr_model *m, size_t lo, size_t hi) {
-    size_t *counts = malloc((size_t)d->world->size * sizeof(size_t));
-    if (!counts) return fr_error(FR_ERR_NOMEM, "out of memory");
+    size_t *counts = d->counts;
     int rc = FR_OK;
     for (int k = 0; k < d->n_seg && rc == FR_OK; k++) {
         const fr_dist_segment *s = &d->seg[k];
@@ -208,7 +209,6 @@ int fr_dist_start_grads(fr_dist *d, fr_model *m, size_t lo, size_t hi) {
             if (rc != FR_OK && !req) free(out);
         }
     }
-    free(counts);
     /* let MPI move what is already started while the backward goes on */
     for (int i = 0; i < d->n_pend && rc == FR_OK; i++) {
         int done = 0;
@@ -271,8 +271,7 @@ int fr_dist_grad_sumsq(fr_dist *d, const fr_model *m, double *sumsq) {
 
 int fr_dist_gather_params(fr_dist *d, fr_model *m) {
     if (!d->zero1) return FR_OK;
-    size_t *counts = malloc((size_t)d->world->size * sizeof(size_t));
-    if (!counts) return fr_error(FR_ERR_NOMEM, "out of memory");
+    size_t *counts = d->counts;
     int rc = FR_OK;
     for (int k = 0; k < d->n_seg && rc == FR_OK; k++) {
         const fr_dist_segment *s = &d->seg[k];
@@ -284,7 +283,6 @@ int fr_dist_gather_params(fr_dist *d, fr_model *m) {
             rc = fr_comm_allgather(g, m->params + b0, NULL, counts); /* in place: each part sits where it goes */
         }
     }
-    free(counts);
     return rc;
 }
 
@@ -322,8 +320,7 @@ void fr_dist_zero_grads(fr_dist *d, fr_model *m) {
 int fr_dist_gather_experts(fr_dist *d, fr_model *m) {
     if (!d->ep || d->world->rank / d->ep_size != 0) return FR_OK; /* only world rank 0's group */
     const int P = d->ep->size, E = m->cfg.n_routed_experts;
-    size_t *counts = malloc((size_t)P * sizeof(size_t));
-    if (!counts) return fr_error(FR_ERR_NOMEM, "out of memory");
+    size_t *counts = d->counts; /* P <= the world's size */
     int rc = FR_OK;
     const int nb = m->cfg.num_hidden_layers + m->mtp_depth;
     for (int l = 0; l < nb && rc == FR_OK; l++) {
@@ -338,7 +335,6 @@ int fr_dist_gather_experts(fr_dist *d, fr_model *m) {
             rc = fr_comm_gather_bytes(d->ep, run, d->ep->rank == 0 ? NULL : run + d->ep->rank * part, counts);
         }
     }
-    free(counts);
     return rc;
 }
 

@@ -37,6 +37,7 @@ typedef struct {
     fr_opt_range *foreign;     /* expert parallel: the other ranks' experts (.mom unused) */
     size_t foreign_floats;
     size_t n_moments;          /* elements per moment array here */
+    size_t *counts;            /* [world size] one collective's part sizes (scratch) */
     size_t bucket;             /* floats per collective call (FRUGAL_DIST_BUCKET, default 4 Mi) */
     int overlap;               /* reductions start during the backward (FRUGAL_DIST_OVERLAP=0: after) */
     struct fr_dist_pending *pend; /* started reductions not yet completed */

@@ -609,7 +609,7 @@ static int train_steps(run *r, fr_train_result *res) {
             rc = fr_ledger_update(r->ledger_path, &r->led);
             r->t_progress = now_s();
         }
-        if (rc == FR_OK || r->nranks > 1) rc = fr_comm_agree(r->world, rc);
+        rc = fr_comm_agree(r->world, rc); /* (one process: rc itself) */
     }
     free(fcounts);
     free(tokens);
