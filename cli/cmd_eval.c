@@ -32,8 +32,8 @@ void usage_eval(FILE *f) {
             "  --chunk N       engine: tokens per sequence per call (default 8; 1 = token-by-token\n"
             "                  decode, longer than the sequence = one prefill)\n"
             "  --threads N     CPU threads (default: OpenMP's default, i.e. OMP_NUM_THREADS or all cores)\n"
-            "  --device D      cpu (default) | cuda: where the training model runs (not with --engine, which\n"
-            "                  runs on the CPU)\n"
+            "  --device D      cpu (default) | cuda: where the model (or with --engine the inference\n"
+            "                  engine: FP32 weights on cuda) runs\n"
             "  --no-check      skip the load-time check that every weight is finite (NaN / Inf); the\n"
             "                  check reads all weights once (pages in the whole checkpoint at start-up)\n"
             "  --json          print one JSON object instead of the text line\n"
@@ -198,8 +198,6 @@ int cmd_eval(int argc, char **argv) {
         return cli_usage_error("eval", usage_eval, "--weights / --chunk need --engine");
     if (device && strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0)
         return cli_usage_error("eval", usage_eval, "--device must be cpu or cuda, got '%s'", device);
-    if (device && !strcmp(device, "cuda") && engine)
-        return cli_usage_error("eval", usage_eval, "--engine runs on the CPU only: leave out --device cuda");
     if (!model_dir) return cli_usage_error("eval", usage_eval, "missing required option '--model DIR'");
     if (!tokens_path) return cli_usage_error("eval", usage_eval, "missing required option '--tokens FILE'");
 

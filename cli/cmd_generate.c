@@ -44,6 +44,8 @@ void usage_generate(FILE *f) {
             "  --ctx N              maximum sequence length (default: max_position_embeddings)\n"
             "  --speculative        draft with the MTP module, verify with the main model\n"
             "  --threads N          CPU threads (default: OpenMP's default)\n"
+            "  --device D           cpu (default) | cuda: where the engine runs (on cuda: FP32 weights\n"
+            "                       and an FP32 cache, whatever the folder stores)\n"
             "  --no-check           skip the load-time check that every weight is finite (NaN / Inf);\n"
             "                       the check reads all weights once, which pages in the whole\n"
             "                       checkpoint at start-up: skip it for a faster start of a big model\n"
@@ -68,14 +70,15 @@ void usage_chat(FILE *f) {
             "  --system TEXT        system prompt\n"
             "  --max-tokens N       longest reply (default 256)\n"
             "  --temperature, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n, --seed,\n"
-            "  --weights, --kv, --ctx, --speculative, --threads, --no-check   as for `frugal generate`\n"
+            "  --weights, --kv, --ctx, --speculative, --threads, --device, --no-check\n"
+            "                       as for `frugal generate`\n"
             "  -h, --help           show this help\n");
 }
 
 /* ------------------------------------------------------------------ shared options */
 
 typedef struct {
-    const char *model, *prompt, *system;
+    const char *model, *prompt, *system, *device;
     const char *stops[MAX_STOPS];
     int n_stops;
     fr_sample_params sample;
@@ -106,6 +109,7 @@ static int parse_args(const char *cmd, void (*usage)(FILE *), int chat, int argc
         {chat ? "--system" : "--prompt", chat ? &a->system : &a->prompt, NULL}, /* chat has no --prompt */
         {"--speculative", NULL, &a->speculative},
         {"--no-check", NULL, &a->no_check},
+        {"--device", &a->device, NULL},
     };
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
@@ -165,6 +169,10 @@ static int parse_args(const char *cmd, void (*usage)(FILE *), int chat, int argc
 #undef BAD
     }
     if (!a->model) { *exit_code = cli_usage_error(cmd, usage, "missing required option '--model DIR'"); return -1; }
+    if (a->device && strcmp(a->device, "cpu") != 0 && strcmp(a->device, "cuda") != 0) {
+        *exit_code = cli_usage_error(cmd, usage, "--device must be cpu or cuda, got '%s'", a->device);
+        return -1;
+    }
     if (!chat && !a->prompt) { *exit_code = cli_usage_error(cmd, usage, "missing required option '--prompt TEXT'"); return -1; }
     return 0;
 }
@@ -187,6 +195,7 @@ static int open_model(const gen_args *a, fr_engine **e, fr_tokenizer **tok) {
     o.threads = (int)a->threads;
     o.load_mtp = a->speculative;
     o.no_check = a->no_check;
+    if (a->device && fr_set_device(a->device) != FR_OK) return cli_fail_lib("cannot run on this device");
     double t0 = cli_now();
     if (fr_engine_load(e, a->model, &o) != FR_OK) return cli_fail_lib("cannot load the model");
     if ((gguf ? fr_tokenizer_load_gguf(tok, a->model) : fr_tokenizer_load(tok, a->model)) != FR_OK) {

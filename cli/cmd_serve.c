@@ -66,6 +66,8 @@ void usage_serve(FILE *f) {
             "  --weights TYPE       weight storage: auto (as stored; the default), f32, bf16, q8_0, q4_1\n"
             "  --kv TYPE            latent KV cache: f32, bf16, fp8 (default f32)\n"
             "  --threads N          CPU threads (default: OpenMP's default)\n"
+            "  --device D           cpu (default) | cuda: where the engine runs (FP32 weights and cache\n"
+            "                       on cuda)\n"
             "  --name NAME          model id reported by /v1/models (default: the folder's name)\n"
             "  --no-check           skip the load-time check that every weight is finite (NaN / Inf;\n"
             "                       it reads all weights once at start-up)\n"
@@ -644,7 +646,9 @@ int cmd_serve(int argc, char **argv) {
     int no_check = 0;
     fr_kv_type kv = FR_KV_F32;
     const char *cmd = "serve";
-    const cli_opt opts[] = {{"--model", &model, NULL}, {"--host", &host, NULL}, {"--no-check", NULL, &no_check}};
+    const char *device = NULL;
+    const cli_opt opts[] = {{"--model", &model, NULL}, {"--host", &host, NULL}, {"--no-check", NULL, &no_check},
+                            {"--device", &device, NULL}};
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
         int r;
@@ -697,6 +701,8 @@ int cmd_serve(int argc, char **argv) {
 #undef VALUE
     }
     if (!model) return cli_usage_error(cmd, usage_serve, "missing required option '--model DIR'");
+    if (device && strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0)
+        return cli_usage_error(cmd, usage_serve, "--device must be cpu or cuda, got '%s'", device);
     if (api_key && !api_key[0]) api_key = NULL;
     size_t ml = strlen(model);
     struct stat st;
@@ -756,6 +762,10 @@ int cmd_serve(int argc, char **argv) {
     struct MHD_Daemon *d = NULL;
     srv_door *door = NULL;
     double t0 = cli_now();
+    if (device && fr_set_device(device) != FR_OK) {
+        rc = cli_fail_lib("cannot serve on this device");
+        goto out;
+    }
     if (fr_engine_load(&S.engine, model, &o) != FR_OK) {
         rc = cli_fail_lib("cannot load the model");
         goto out;

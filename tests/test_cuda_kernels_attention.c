@@ -232,6 +232,38 @@ static void test_fd(int B, int T, int H, int dqk, int dv, float qk_range, float 
     free(out); free(lse); free(dq); free(dk); free(dvv);
 }
 
+/* ------------------------------------------------------------------ latent decode attention */
+
+static double g_latent_worst;
+
+/* The two bodies over their index spaces (split as fr_cuda_latent_attention would with a
+ * scratch of max_items partials) against the CPU backend's latent_attention. N rows at
+ * positions first_pos .. first_pos + N - 1 (a prefill chunk, or one decoded row for N = 1). */
+static void test_latent(const fr_ops *O, int N, int nh, int kvr, int rope, int first_pos, size_t max_items) {
+    const int row = kvr + rope, keys = first_pos + N;
+    const float scale = 1.0f / sqrtf((float)(128 + rope));
+    float *qf = frand((size_t)N * nh * row, -2, 2), *cache = frand((size_t)keys * row, -1, 1);
+    float *ctx = fnew((size_t)N * nh * kvr), *ref = fnew((size_t)N * nh * kvr);
+    int *pos = malloc((size_t)N * sizeof(int));
+    for (int n = 0; n < N; n++) pos[n] = first_pos + n;
+    int n_split, chunk;
+    fr_latent_attention_split(N, nh, keys, max_items, &n_split, &chunk);
+    const size_t items = (size_t)n_split * N * nh;
+    float *pm = fnew(items), *pl = fnew(items), *pacc = fnew(items * kvr);
+    for (size_t i = 0; i < items; i++)
+        fr_latent_attention_partial_body(pm, pl, pacc, qf, cache, pos, N, nh, row, kvr, chunk, scale, i);
+    for (size_t i = 0; i < (size_t)N * nh * kvr; i++)
+        fr_latent_attention_combine_body(ctx, pm, pl, pacc, N, nh, kvr, n_split, i);
+    O->latent_attention(ref, qf, cache, pos, N, nh, row, kvr, keys, scale);
+    const size_t n = (size_t)N * nh * kvr;
+    const double e = fr_rel_err(ctx, ref, n);
+    CHECK(all_finite(ctx, n) && n_split * chunk >= keys && e <= FWD_TOL,
+          "latent N=%d heads=%d kvr=%d rope=%d keys=%d (%d splits of %d): %.3g (tol %.0e)", N, nh, kvr, rope, keys,
+          n_split, chunk, e, FWD_TOL);
+    if (!(e <= g_latent_worst)) g_latent_worst = e;
+    free(qf); free(cache); free(ctx); free(ref); free(pos); free(pm); free(pl); free(pacc);
+}
+
 int main(void) {
     const fr_ops *O = fr_ops_cpu();
     CHECK(O && O->attention_forward && O->attention_backward, "fr_ops_cpu table");
@@ -252,6 +284,15 @@ int main(void) {
     test_fd(2, 5, 2, 6, 4, 1.0f, 1.0f / sqrtf(6.0f));
     test_fd(1, 9, 3, 5, 3, 2.0f, 1.0f); /* peaky softmax rows: scores spread over ~+-10 */
     test_fd(1, 1, 1, 3, 2, 1.0f, 0.5f); /* one key: p = 1, dq = dk = 0 exactly */
+
+    printf("latent decode attention, bodies vs the CPU backend:\n");
+    test_latent(O, 1, 16, 64, 32, 0, (size_t)1 << 16);      /* the first token: one key */
+    test_latent(O, 1, 16, 64, 32, 299, (size_t)1 << 16);    /* decode: 5 splits, the last partial */
+    test_latent(O, 2, 3, 512, 64, 1000, (size_t)1 << 16);   /* DeepSeek-V3's widths, 2 decoded rows */
+    test_latent(O, 37, 4, 32, 16, 90, 37 * 4);             /* prefill, one split */
+    test_latent(O, 37, 4, 32, 16, 90, 37 * 4 * 2);         /* two splits: later rows' keys cross them */
+    test_latent(O, 5, 2, 16, 8, 0, (size_t)1 << 16);        /* rows 0..4: splits past a row's keys are empty */
+    printf("latent worst %.2e\n", g_latent_worst);
 
     printf("worst vs cpu: out %.2e lse %.2e dq %.2e dk %.2e dv %.2e; worst fd: dq %.2e dk %.2e dv %.2e\n", g_worst[0],
            g_worst[1], g_worst[2], g_worst[3], g_worst[4], g_fd_worst[0], g_fd_worst[1], g_fd_worst[2]);

@@ -167,6 +167,32 @@ static void test_attention(int B, int T, int H, int dqk, int dv) {
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) G->free(dev[i]);
 }
 
+/* the inference engine's decode attention over one sequence's latent cache (N rows at
+ * positions first .. first + N - 1; a long cache splits the keys), and the strided copy */
+static void test_latent(int N, int nh, int kvr, int rope, int first) {
+    const int row = kvr + rope, keys = first + N;
+    const float scale = 0.1f;
+    const size_t nq = (size_t)N * nh * row, nc = (size_t)keys * row, no = (size_t)N * nh * kvr;
+    float *qf = frand(nq, -2, 2), *cache = frand(nc, -1, 1), *ctx = frand(no, 0, 0);
+    int *pos = malloc((size_t)N * sizeof(int));
+    for (int n = 0; n < N; n++) pos[n] = first + n;
+    float *dq = up(qf, nq * 4), *dc = up(cache, nc * 4), *dctx = up(ctx, no * 4);
+    int *dpos = up(pos, (size_t)N * sizeof(int));
+    C->latent_attention(ctx, qf, cache, pos, N, nh, row, kvr, keys, scale);
+    G->latent_attention(dctx, dq, dc, dpos, N, nh, row, kvr, keys, scale);
+    status("latent_attention");
+    CHECK(err_dev(dctx, ctx, no) <= 1e-5, "latent attention N%d heads %d kvr %d keys %d", N, nh, kvr, keys);
+    /* copy2d: the rope columns of every row */
+    float *dst = frand(nq, 0, 0), *ddst = up(dst, nq * 4);
+    C->copy2d(dst, row, cache + kvr, row, keys < N * nh ? keys : N * nh, rope);
+    G->copy2d(ddst, row, dc + kvr, row, keys < N * nh ? keys : N * nh, rope);
+    status("copy2d");
+    CHECK(err_dev(ddst, dst, nq) == 0, "copy2d");
+    free(qf), free(cache), free(ctx), free(pos), free(dst);
+    void *dev[] = {dq, dc, dctx, dpos, ddst};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) G->free(dev[i]);
+}
+
 static void test_moe(void) {
     const int N = 64, E = 16, K = 4, D = 24;
     const fr_route_params p = {E, K, 4, 2, 0 /* noaux_tc */, 0 /* sigmoid */, 1, 2.5f};
@@ -296,6 +322,8 @@ int main(void) {
     test_rows();
     test_attention(2, 17, 3, 24, 16);
     test_attention(1, 130, 2, 192, 128);
+    test_latent(1, 16, 512, 64, 3000); /* DeepSeek-V3's widths, one decoded row, 47 key splits */
+    test_latent(64, 4, 64, 32, 100);   /* a prefill chunk */
     test_moe();
     test_elementwise();
     test_optim(0);

@@ -262,6 +262,36 @@ static void attention_backward(float *dq, float *dk, float *dv, const float *dou
 
 /* ------------------------------------------------------------------ MLA k/v split */
 
+/* MLA's absorbed decode attention (contract in ops.h), one (row, head) per item, with the
+ * kernels of the engine's own attention (infer.c): scaled dots against the cached rows, the
+ * softmax, the weighted sum of their latent parts. One max_keys score buffer per thread. */
+static void latent_attention(float *ctx, const float *qf, const float *cache, const int *pos, int N, int n_heads,
+                             int row, int kvr, int max_keys, float scale) {
+    const fr_cpu_vec *vo = fr_cpu_vec_ops();
+    const long items = (long)N * n_heads;
+    const int par = items > 1 && (double)items * max_keys * row >= PAR_MIN_WORK;
+#pragma omp parallel if (par)
+    {
+        float *sc = malloc((size_t)(max_keys > 0 ? max_keys : 1) * sizeof(float));
+#pragma omp for schedule(dynamic, 1)
+        for (long it = 0; it < items; it++) {
+            if (!sc) continue;
+            const int keys = pos[it / n_heads] + 1;
+            float *acc = ctx + (size_t)it * kvr;
+            vo->dots(sc, qf + (size_t)it * row, cache, (size_t)row, keys, row, scale);
+            const float inv = 1.0f / vo->expsum(sc, sc, keys, vo->max(sc, keys));
+            for (int t = 0; t < keys; t++) sc[t] *= inv;
+            memset(acc, 0, (size_t)kvr * sizeof(float));
+            vo->axpys(acc, sc, cache, (size_t)row, keys, kvr);
+        }
+        free(sc);
+    }
+}
+
+static void copy2d(float *dst, int ldd, const float *src, int lds, int rows, int cols) {
+    for (int r = 0; r < rows; r++) memmove(dst + (size_t)r * ldd, src + (size_t)r * lds, (size_t)cols * sizeof(float));
+}
+
 static void mla_kv_split_forward(float *k, float *v, const float *kv, const float *k_pe, int ld_kpe, int N,
                                  int H, int nope, int rope, int vd) {
 #pragma omp parallel for schedule(static) if ((long)N * H * (nope + rope + vd) >= PAR_MIN_WORK)
@@ -628,6 +658,8 @@ static const fr_ops cpu_ops = {
     .attention_backward = attention_backward,
     .mla_kv_split_forward = mla_kv_split_forward,
     .mla_kv_split_backward = mla_kv_split_backward,
+    .latent_attention = latent_attention,
+    .copy2d = copy2d,
     .swiglu_forward = swiglu_forward,
     .swiglu_backward = swiglu_backward,
     .add = add,

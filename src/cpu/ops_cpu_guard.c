@@ -107,6 +107,10 @@ W_VOID(mla_kv_split_forward, (float *k, float *v, const float *kv, const float *
 W_VOID(mla_kv_split_backward, (float *dkv, float *dpe, int ld, const float *dk, const float *dv, int N, int H, int nope,
                                int rope, int vd),
        (dkv, dpe, ld, dk, dv, N, H, nope, rope, vd))
+W_VOID(latent_attention, (float *ctx, const float *qf, const float *cache, const int *pos, int N, int nh, int row,
+                          int kvr, int max_keys, float scale),
+       (ctx, qf, cache, pos, N, nh, row, kvr, max_keys, scale))
+W_VOID(copy2d, (float *dst, int ldd, const float *src, int lds, int rows, int cols), (dst, ldd, src, lds, rows, cols))
 W_VOID(swiglu_forward, (float *h, const float *g, const float *u, size_t n), (h, g, u, n))
 W_VOID(swiglu_backward, (float *dg, float *du, const float *dh, const float *g, const float *u, size_t n),
        (dg, du, dh, g, u, n))
@@ -173,6 +177,7 @@ const fr_ops *fr_ops_cpu_guarded(void) {
     o.rope_forward = g_rope_forward, o.rope_backward = g_rope_backward;
     o.attention_forward = g_attention_forward, o.attention_backward = g_attention_backward;
     o.mla_kv_split_forward = g_mla_kv_split_forward, o.mla_kv_split_backward = g_mla_kv_split_backward;
+    o.latent_attention = g_latent_attention, o.copy2d = g_copy2d;
     o.swiglu_forward = g_swiglu_forward, o.swiglu_backward = g_swiglu_backward;
     o.add = g_add, o.axpy = g_axpy, o.cross_entropy = g_cross_entropy;
     o.moe_route_forward = g_moe_route_forward, o.moe_route_backward = g_moe_route_backward;

@@ -40,6 +40,10 @@ void fr_cuda_attention_backward(float *dq, float *dk, float *dval, const float *
                                 const float *lse, const float *q, const float *k, const float *v, int B, int T, int H,
                                 int dqk, int dv, float scale);
 
+/* attention_cuda.cu: fr_ops.latent_attention (the inference engine's decode attention) */
+void fr_cuda_latent_attention(float *ctx, const float *qf, const float *cache, const int *pos, int N, int n_heads,
+                              int row, int kvr, int max_keys, float scale);
+
 /* moe_cuda.cu: fr_ops.moe_* */
 void fr_cuda_moe_route_forward(int *topk_idx, float *topk_w, float *scores, const float *logits, const float *bias,
                                int N, const fr_route_params *p);

@@ -125,4 +125,82 @@ FR_HD void fr_attention_backward_body(float *dq, float *dk, float *dval, const f
     }
 }
 
+
+/* ---- MLA's absorbed decode attention (fr_ops.latent_attention, contract in model/ops.h) in two
+ * launches, split over the keys as flash-decoding does, so that one decoded row still gives
+ * the GPU thousands of independent calls:
+ *
+ * 1. partial: one call per (split s, row n, head h), i = (s*N + n)*nh + h. The head varies
+ *    fastest, so the calls of a warp read the same cached rows (one load serves them all) and
+ *    differ only in their query. Over keys t in [s*chunk, min((s+1)*chunk, pos[n] + 1)) the
+ *    online softmax of fr_attention_forward_body, unnormalised:
+ *      part_m[i] = max score,  part_l[i] = sum exp(score - m),
+ *      part_acc[i*kvr + d] = sum exp(score - m) cache[t, d]
+ *    An empty range (a split past the row's keys) leaves m = -inf, l = 0, acc = 0.
+ * 2. combine: one call per (row n, head h, value d), i = (n*nh + h)*kvr + d, which is also
+ *    ctx's index: with M = max_s m_s and w_s = exp(m_s - M) over the splits that saw a key,
+ *      ctx[i] = sum_s w_s acc_s[d] / sum_s w_s l_s.
+ *    Every row has at least one key (t = 0), so the denominator is >= 1.
+ * Layouts: qf [N, nh, row], cache [*, row] (row = kvr + rope: [c_t | k_pe_t]), ctx [N, nh, kvr],
+ * part_m / part_l [n_split * N * nh], part_acc [n_split * N * nh, kvr]. */
+FR_HD void fr_latent_attention_partial_body(float *part_m, float *part_l, float *part_acc, const float *qf,
+                                            const float *cache, const int *pos, int N, int nh, int row, int kvr,
+                                            int chunk, float scale, size_t i) {
+    const int h = (int)(i % (size_t)nh);
+    const size_t sn = i / (size_t)nh;
+    const int n = (int)(sn % (size_t)N), s = (int)(sn / (size_t)N);
+    const int t0 = s * chunk;
+    int t1 = t0 + chunk;
+    if (t1 > pos[n] + 1) t1 = pos[n] + 1;
+    const float *q = qf + ((size_t)n * nh + h) * row;
+    float *acc = part_acc + i * (size_t)kvr;
+    float m = -INFINITY, l = 0.0f;
+    for (int d = 0; d < kvr; d++) acc[d] = 0.0f;
+    for (int t = t0; t < t1; t++) {
+        const float *k = cache + (size_t)t * row;
+        const float sc = scale * fr_attn_dot(q, k, row);
+        if (sc > m) { /* new max: rescale what was summed (the first key: exp(-inf) = 0 on zeros) */
+            const float corr = expf(m - sc);
+            l *= corr;
+            for (int d = 0; d < kvr; d++) acc[d] *= corr;
+            m = sc;
+        }
+        const float p = expf(sc - m);
+        l += p;
+        for (int d = 0; d < kvr; d++) acc[d] += p * k[d];
+    }
+    part_m[i] = m;
+    part_l[i] = l;
+}
+
+FR_HD void fr_latent_attention_combine_body(float *ctx, const float *part_m, const float *part_l,
+                                            const float *part_acc, int N, int nh, int kvr, int n_split, size_t i) {
+    const size_t item = i / (size_t)kvr, stride = (size_t)N * nh; /* item = n*nh + h */
+    const int d = (int)(i % (size_t)kvr);
+    float M = -INFINITY;
+    for (int s = 0; s < n_split; s++) M = fmaxf(M, part_m[(size_t)s * stride + item]);
+    float L = 0.0f, a = 0.0f;
+    for (int s = 0; s < n_split; s++) {
+        const size_t j = (size_t)s * stride + item;
+        if (part_l[j] == 0.0f) continue; /* no key in this split */
+        const float w = expf(part_m[j] - M);
+        L += w * part_l[j];
+        a += w * part_acc[j * (size_t)kvr + d];
+    }
+    ctx[i] = a / L;
+}
+
+/* How fr_cuda_latent_attention splits the keys: splits of `chunk` keys (at least 64) such that
+ * the partial results of N rows x nh heads fit max_items (the scratch it keeps). */
+FR_HD void fr_latent_attention_split(int N, int nh, int max_keys, size_t max_items, int *n_split, int *chunk) {
+    int ns = (max_keys + 63) / 64;
+    const size_t rows = (size_t)N * nh;
+    if ((size_t)ns * rows > max_items) ns = (int)(max_items / rows);
+    if (ns < 1) ns = 1;
+    *chunk = (max_keys + ns - 1) / ns;
+    if (*chunk < 1) *chunk = 1;
+    *n_split = (max_keys + *chunk - 1) / *chunk;
+    if (*n_split < 1) *n_split = 1;
+}
+
 #endif

@@ -170,6 +170,13 @@ static void cu_copy(void *dst, const void *src, size_t bytes) {
         fr_cuda_note_error("copy");
 }
 
+static void cu_copy2d(float *dst, int ldd, const float *src, int lds, int rows, int cols) {
+    if (rows <= 0 || cols <= 0) return;
+    if (cudaMemcpy2DAsync(dst, (size_t)ldd * sizeof(float), src, (size_t)lds * sizeof(float), (size_t)cols * sizeof(float),
+                          (size_t)rows, cudaMemcpyDeviceToDevice, g_stream) != cudaSuccess)
+        fr_cuda_note_error("copy2d");
+}
+
 static void cu_to_host(void *host, const void *src, size_t bytes) {
     if (!bytes) return;
     if (cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, g_stream) != cudaSuccess ||
@@ -354,6 +361,8 @@ extern "C" __attribute__((visibility("default"))) const fr_ops *fr_cuda_backend_
     o.attention_backward = fr_cuda_attention_backward;
     o.mla_kv_split_forward = cu_mla_split_forward;
     o.mla_kv_split_backward = cu_mla_split_backward;
+    o.latent_attention = fr_cuda_latent_attention;
+    o.copy2d = cu_copy2d;
     o.swiglu_forward = cu_swiglu_forward;
     o.swiglu_backward = cu_swiglu_backward;
     o.add = cu_add;

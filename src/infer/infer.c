@@ -21,7 +21,7 @@
  * be fed in any split and a speculative step is just a 2-token append.
  */
 #define _GNU_SOURCE
-#include "infer/infer_internal.h"
+#include "infer/engine.h"
 #include "model/model_internal.h"
 #include "model/ops.h"
 #include "cpu/ops_cpu.h"
@@ -37,64 +37,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-/* q_a_layernorm / kv_a_layernorm use eps 1e-6 whatever rms_norm_eps says (as block.c). */
-#define LATENT_EPS 1e-6f
-
-typedef struct {
-    int index, is_moe, mlp_inter;
-    float *input_norm, *post_norm, *q_a_norm, *kv_a_norm;
-    fr_qmatrix q_a, q_b, q, kv_a, o;
-    fr_qmatrix *uk_t;   /* [nh]: W_UK[h]^T, [kv_lora_rank, qk_nope] */
-    fr_qmatrix *uv;     /* [nh]: W_UV[h],   [v_head, kv_lora_rank] */
-    fr_qmatrix mlp_gate, mlp_up, mlp_down;
-    float *router, *router_bias;
-    fr_qmatrix *exp_gate, *exp_up, *exp_down; /* [E] */
-    /* MTP module */
-    float *enorm, *hnorm, *head_norm;
-    fr_qmatrix eh_proj;
-} eng_layer;
-
-struct fr_engine {
-    fr_config cfg;
-    fr_engine_options opt;
-    /* Mapped checkpoint: F32 / BF16 matrices stored in the wanted format are used in place
-     * from the safetensors mapping (pages are read when first touched), so a checkpoint larger
-     * than RAM opens and only the weights a token uses are read. Kept open while in use. */
-    fr_st_set st;
-    int mapped;                 /* the engine owns `st` (closed by fr_engine_free) */
-    int map_weights;            /* while building: wrap matrices from the mapping */
-    const fr_ops *ops;
-    int L, mtp;                 /* main layers; MTP modules loaded (0/1) */
-    eng_layer *layers;          /* L + mtp */
-    float *embed, *final_norm;  /* [V,H], [H] */
-    fr_qmatrix lm_head;
-    float *rope_cos, *rope_sin; /* [max_len, rope/2] */
-    float scale;
-    int max_len, row;           /* row = kv_lora_rank + qk_rope_head_dim */
-    size_t row_bytes;           /* stored bytes of one cached row */
-
-    /* workspace for `cap` rows */
-    int cap;
-    float *x, *xn, *rstd, *tmp, *qa, *qan, *q, *kva, *kvn, *qn, *qlat, *qf, *ctx, *atth, *att;
-    float *g, *u, *h, *rl, *scores, *topw, *xe, *ge, *ue, *he, *ye, *ffn, *cat, *hid, *lrow;
-    int *topi, *perm, *slot, *offsets, *pos, *seq_of, *tok;
-    fr_qmatmul_job *jobs;       /* [max(2 E + 2, heads)] products of one MoE round / all heads */
-    float *att_scratch;         /* [threads][max_len] */
-    float *att_heads;           /* [heads][max_len] scores of one decoded row, all heads */
-    float *deq;                 /* [max_len, row] dequantized cache of one sequence */
-    int att_threads;
-    int threads;                /* requested threads (0 = OpenMP default), applied per calling thread */
-    fr_gov gov;                 /* all threads or one for decode-sized forwards (governor.c) */
-    int governed;               /* opt.adaptive_threads */
-};
-
-struct fr_seq {
-    fr_engine *e;
-    int len, mtp_len, cap;
-    unsigned char **kv;         /* [L + mtp] caches of cap rows */
-    int *ids;                   /* [cap] the tokens behind the main cache's rows (for prefix reuse) */
-};
 
 /* ================================================================ loading */
 
@@ -171,7 +113,7 @@ static int check_tensor_finite(const fr_st_tensor *t, const char *name) {
 /* The load-time check of weight `name` (fr_engine_options.no_check skips it): the float tensor
  * itself, or for a matrix stored quantized by `frugal quantize` its scales and minima (the
  * integer quants cannot be non-finite). Absent tensors are left to the loaders' messages. */
-static int check_weights(const fr_engine *e, const fr_st_set *st, const char *name) {
+int fr_engine_check_weight(const fr_engine *e, const fr_st_set *st, const char *name) {
     if (e->opt.no_check) return FR_OK;
     const fr_st_tensor *t = fr_st_set_find(st, name);
     if (t) return check_tensor_finite(t, name);
@@ -187,7 +129,7 @@ static int check_weights(const fr_engine *e, const fr_st_set *st, const char *na
 
 static int load_mat_as(fr_engine *e, fr_qmatrix *m, const fr_st_set *st, const char *name, int rows, int cols,
                        fr_qtype want) {
-    FR_CHECK(check_weights(e, st, name));
+    FR_CHECK(fr_engine_check_weight(e, st, name));
     const fr_st_tensor *t = e->map_weights ? fr_st_set_find(st, name) : NULL;
     if (t && t->ndim == 2 && t->shape[0] == rows && t->shape[1] == cols &&
         ((want == FR_QT_F32 && t->dtype == FR_DT_F32) || (want == FR_QT_BF16 && t->dtype == FR_DT_BF16))) {
@@ -206,7 +148,7 @@ static int load_vec(const fr_engine *e, const fr_st_set *st, const char *name, s
     const fr_st_tensor *t = fr_st_set_find(st, name);
     if (!t) return fr_error(FR_ERR_FORMAT, "tensor %s is missing from the checkpoint", name);
     if (t->numel != numel) return fr_error(FR_ERR_FORMAT, "tensor %s has %zu values, expected %zu", name, t->numel, numel);
-    FR_CHECK(check_weights(e, st, name));
+    FR_CHECK(fr_engine_check_weight(e, st, name));
     float *p = fr_alloc(numel * sizeof(float));
     if (!p) return fr_error(FR_ERR_NOMEM, "out of memory loading %s", name);
     int rc = fr_st_to_f32(t, p, numel);
@@ -355,13 +297,19 @@ static int reserve(fr_engine *e, int N) {
         {&e->scores, n * E}, {&e->topw, n * K}, {&e->xe, n * K * H}, {&e->ge, n * K * Im}, {&e->ue, n * K * Im},
         {&e->he, n * K * Im}, {&e->ye, n * K * H}, {&e->ffn, n * H}, {&e->cat, n * 2 * H}, {&e->hid, n * H},
         {&e->lrow, V}};
-    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+    /* on a device the float workspace is the backend's (engine_device.c); the host keeps the
+     * rows' tokens, positions and sequences, and the experts' offsets */
+    for (size_t i = 0; i < sizeof f / sizeof f[0] && !e->dev; i++)
         if (!(*f[i].p = fr_alloc(f[i].n * sizeof(float)))) goto oom;
     struct { int **p; size_t n; } g[] = {{&e->topi, n * K}, {&e->perm, n * K}, {&e->slot, n * K},
                                          {&e->offsets, E + 1}, {&e->pos, n}, {&e->seq_of, n}, {&e->tok, n}};
     for (size_t i = 0; i < sizeof g / sizeof g[0]; i++)
         if (!(*g[i].p = fr_alloc(g[i].n * sizeof(int)))) goto oom;
     if (!(e->jobs = fr_alloc((2 * E + 2 > nh ? 2 * E + 2 : nh) * sizeof(fr_qmatmul_job)))) goto oom;
+    if (e->dev && fr_dev_engine_reserve(e, N) != FR_OK) {
+        free_workspace(e);
+        return fr_error_context(FR_ERR_NOMEM, "the inference workspace (%d rows) on %s", N, e->ops->name);
+    }
     e->cap = N;
     return FR_OK;
 oom:
@@ -383,6 +331,7 @@ void fr_engine_free(fr_engine *e) {
     fr_free(e->att_scratch);
     fr_free(e->att_heads);
     fr_free(e->deq);
+    fr_dev_engine_free(e);
     if (e->mapped) fr_st_set_close(&e->st);
     free(e);
 }
@@ -396,6 +345,18 @@ static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_se
     fr_engine_options o;
     if (opt) o = *opt;
     else fr_engine_options_default(&o);
+    /* fr_set_device's backend: a device engine (engine_device.c) holds FP32 weights and an
+     * FP32 cache; the block formats and the BF16 / FP8 caches are the CPU kernels' */
+    const fr_ops *dops = fr_device_ops();
+    if (!dops->host_memory) {
+        if (o.weight_type != -1 && o.weight_type != FR_QT_F32)
+            return fr_error(FR_ERR_UNSUPPORTED, "on %s the engine holds FP32 weights (--weights %s runs on the CPU)",
+                            dops->name, fr_weight_type_name(o.weight_type) ? fr_weight_type_name(o.weight_type) : "?");
+        if (o.kv_type != FR_KV_F32)
+            return fr_error(FR_ERR_UNSUPPORTED, "on %s the KV cache is FP32 (BF16 and FP8 caches run on the CPU)",
+                            dops->name);
+        o.weight_type = FR_QT_F32;
+    }
     if (o.weight_type == -1) {
         /* as stored: the format of the first layer's output projection (a folder written by
          * `frugal quantize` holds one format for all its linear layers) */
@@ -417,7 +378,7 @@ static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_se
     e->map_weights = map;
     e->cfg = cfg;
     e->opt = o;
-    e->ops = fr_ops_cpu();
+    e->ops = dops->host_memory ? fr_ops_cpu() : dops;
     e->L = cfg.num_hidden_layers;
     e->row = cfg.kv_lora_rank + cfg.qk_rope_head_dim;
     e->row_bytes = (size_t)e->row * kv_value_bytes(o.kv_type) + (o.kv_type == FR_KV_FP8 ? 4 : 0);
@@ -430,12 +391,14 @@ static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_se
         fr_st_set_find(st, NAME("model.layers.%d.eh_proj.weight", cfg.num_hidden_layers)))
         e->mtp = 1;
     const int H = cfg.hidden_size, V = cfg.vocab_size;
-    e->layers = calloc((size_t)(e->L + e->mtp), sizeof *e->layers);
-    if (!e->layers) rc = fr_error(FR_ERR_NOMEM, "out of memory");
-    for (int l = 0; l < e->L + e->mtp && rc == FR_OK; l++) rc = load_layer(e, &e->layers[l], st, l, l >= e->L);
-    if (rc == FR_OK) rc = load_vec(e, st, "model.embed_tokens.weight", (size_t)V * H, &e->embed);
-    if (rc == FR_OK) rc = load_vec(e, st, "model.norm.weight", H, &e->final_norm);
-    if (rc == FR_OK)
+    if (dops->host_memory) {
+        e->layers = calloc((size_t)(e->L + e->mtp), sizeof *e->layers);
+        if (!e->layers) rc = fr_error(FR_ERR_NOMEM, "out of memory");
+    }
+    for (int l = 0; e->layers && l < e->L + e->mtp && rc == FR_OK; l++) rc = load_layer(e, &e->layers[l], st, l, l >= e->L);
+    if (rc == FR_OK && e->layers) rc = load_vec(e, st, "model.embed_tokens.weight", (size_t)V * H, &e->embed);
+    if (rc == FR_OK && e->layers) rc = load_vec(e, st, "model.norm.weight", H, &e->final_norm);
+    if (rc == FR_OK && e->layers)
         rc = load_mat_as(e, &e->lm_head, st, cfg.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight", V,
                          H, sensitive_type(e, H));
     if (rc == FR_OK) {
@@ -454,6 +417,7 @@ static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_se
         else
             fr_rope_tables_fill(&cfg, e->max_len, e->rope_cos, e->rope_sin);
     }
+    if (rc == FR_OK && !dops->host_memory) rc = fr_dev_engine_build(e, st);
     if (rc != FR_OK) {
         fr_engine_free(e);
         return fr_error_context(rc, "%s", what);
@@ -527,9 +491,19 @@ int fr_engine_from_model(fr_engine **out, fr_model *m, const fr_engine_options *
         t->nbytes = t->numel * sizeof(float);
     }
     f.n_tensors = n;
+    /* a model in device memory: the view reads host copies of its parameters */
+    const fr_ops *mo = m->ops;
+    int rc = FR_OK;
+    for (int i = 0; i < n && !mo->host_memory; i++) {
+        void *h = rc == FR_OK ? fr_alloc(f.tensors[i].nbytes) : NULL; /* after a failure: NULL, nothing to free */
+        if (h) mo->to_host(h, f.tensors[i].data, f.tensors[i].nbytes);
+        else if (rc == FR_OK) rc = fr_error(FR_ERR_NOMEM, "out of memory copying %s from %s", f.tensors[i].name, mo->name);
+        f.tensors[i].data = h;
+    }
     qsort(f.tensors, (size_t)n, sizeof *f.tensors, cmp_st_name);
     fr_st_set st = {1, &f};
-    int rc = engine_build(out, fr_model_config(m), &st, opt, "model", 0);
+    if (rc == FR_OK) rc = engine_build(out, fr_model_config(m), &st, opt, "model", 0);
+    for (int i = 0; i < n && !mo->host_memory; i++) fr_free((void *)f.tensors[i].data);
     free(f.tensors);
     return rc;
 }
@@ -546,6 +520,7 @@ static size_t qbytes(const fr_qmatrix *m) {
 }
 
 size_t fr_engine_active_weight_bytes(const fr_engine *e) {
+    if (e->dev) return fr_dev_engine_active_weight_bytes(e);
     const fr_config *c = &e->cfg;
     const size_t H = c->hidden_size;
     size_t b = H * 4 /* embedding row */ + H * 4 + qbytes(&e->lm_head);
@@ -577,7 +552,10 @@ int fr_seq_create(fr_seq **out, fr_engine *e) {
 
 void fr_seq_free(fr_seq *s) {
     if (!s) return;
-    for (int l = 0; l < s->e->L + s->e->mtp; l++) free(s->kv[l]);
+    for (int l = 0; l < s->e->L + s->e->mtp; l++) {
+        if (s->e->dev) s->e->ops->free(s->kv[l]);
+        else free(s->kv[l]);
+    }
     free(s->kv);
     free(s->ids);
     free(s);
@@ -607,8 +585,16 @@ static int seq_grow(fr_seq *s, int need) {
     while (cap < need) cap *= 2;
     if (cap > e->max_len) cap = e->max_len;
     for (int l = 0; l < e->L + e->mtp; l++) {
-        unsigned char *p = realloc(s->kv[l], (size_t)cap * e->row_bytes);
-        if (!p) return fr_error(FR_ERR_NOMEM, "out of memory for a %d-token KV cache", cap);
+        unsigned char *p;
+        if (e->dev) { /* backend memory: a new cache, the rows so far copied over */
+            p = e->ops->alloc((size_t)cap * e->row_bytes);
+            if (!p) return fr_error(FR_ERR_NOMEM, "out of %s memory for a %d-token KV cache", e->ops->name, cap);
+            if (s->kv[l]) e->ops->copy(p, s->kv[l], (size_t)s->cap * e->row_bytes);
+            e->ops->free(s->kv[l]);
+        } else {
+            p = realloc(s->kv[l], (size_t)cap * e->row_bytes);
+            if (!p) return fr_error(FR_ERR_NOMEM, "out of memory for a %d-token KV cache", cap);
+        }
         s->kv[l] = p;
     }
     int *ids = realloc(s->ids, (size_t)cap * sizeof(int));
@@ -976,10 +962,14 @@ static int forward_rows(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int
     int N;
     FR_CHECK(prepare_rows(e, seqs, n_seqs, tokens, n_tokens, 0, row_start, &N));
     const int H = e->cfg.hidden_size;
-    e->ops->embedding_forward(e->x, e->embed, e->tok, N, H);
-    for (int l = 0; l < e->L; l++) layer_forward(e, &e->layers[l], l, seqs, n_seqs, row_start, N);
-    memcpy(e->hid, e->x, (size_t)N * H * sizeof(float));
-    head(e, e->final_norm, N, n_seqs, row_start, logits, all_logits);
+    if (e->dev) {
+        FR_CHECK(fr_dev_engine_forward(e, seqs, n_seqs, row_start, N, logits, all_logits));
+    } else {
+        e->ops->embedding_forward(e->x, e->embed, e->tok, N, H);
+        for (int l = 0; l < e->L; l++) layer_forward(e, &e->layers[l], l, seqs, n_seqs, row_start, N);
+        memcpy(e->hid, e->x, (size_t)N * H * sizeof(float));
+        head(e, e->final_norm, N, n_seqs, row_start, logits, all_logits);
+    }
     for (int s = 0; s < n_seqs; s++) {
         memcpy(seqs[s]->ids + seqs[s]->len, tokens[s], (size_t)n_tokens[s] * sizeof(int));
         seqs[s]->len += n_tokens[s];
@@ -1015,6 +1005,11 @@ static int mtp_forward(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int 
     int N;
     /* capacity: N never exceeds the main forward that filled e->hid, so reserve() keeps it */
     FR_CHECK(prepare_rows(e, seqs, n_seqs, tokens, n_tokens, 1, row_start, &N));
+    if (e->dev) {
+        FR_CHECK(fr_dev_engine_mtp_forward(e, seqs, n_seqs, row_start, N, hid_rows, logits));
+        for (int s = 0; s < n_seqs; s++) seqs[s]->mtp_len += n_tokens[s];
+        return FR_OK;
+    }
     for (int i = 0; i < N; i++) memcpy(e->tmp + (size_t)i * H, e->hid + (size_t)hid_rows[i] * H, (size_t)H * sizeof(float));
     /* eh_proj input: [RMSNorm_e(Emb(t)) ; RMSNorm_h(h)] (embedding first) */
     e->ops->embedding_forward(e->x, e->embed, e->tok, N, H);

@@ -37,3 +37,10 @@ int fr_set_device(const char *name) {
 const char *fr_device_name(void) { return g_device_ops ? g_device_ops->name : "cpu"; }
 
 const fr_ops *fr_device_ops(void) { return g_device_ops ? g_device_ops : fr_ops_cpu(); }
+
+int fr_device_status(const fr_ops *o, const char *what) {
+    if (!o || strcmp(o->name, "cuda") != 0) return FR_OK; /* the CPU backends cannot fail silently */
+    char why[256];
+    if (fr_cuda_status(why, sizeof why) != 0) return fr_error(FR_ERR_STATE, "%s failed on the GPU: %s", what, why);
+    return FR_OK;
+}

@@ -184,6 +184,9 @@ void fr_model_ep_free(fr_model *m);
 
 /* The backend fr_set_device chose for new models (device.c) */
 const fr_ops *fr_device_ops(void);
+/* FR_OK, or FR_ERR_STATE naming the first op of backend o that failed since the last call
+ * (the ops interface has no error returns: the CUDA backend remembers its failures) */
+int fr_device_status(const fr_ops *o, const char *what);
 
 /* Shared with the inference engine (infer.c): RoPE tables [max_pos, qk_rope_head_dim/2]
  * (host memory, YaRN attention factor folded in) and the softmax scale (YaRN mscale^2). */

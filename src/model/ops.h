@@ -149,6 +149,19 @@ typedef struct fr_ops {
     void (*mla_kv_split_backward)(float *dkv, float *dk_pe, int ld_kpe, const float *dk, const float *dv,
                                   int N, int H, int nope, int rope, int vd);
 
+    /* ---- MLA's absorbed decode attention (the inference engine, src/infer/engine_device.c):
+     * N query rows of one sequence attend to its latent cache, rows [c_t | k_pe_t] of `row`
+     * floats (row = kv_lora_rank + qk_rope_head_dim). For row n and head h, over keys
+     * t = 0 .. pos[n]:
+     *   p_t = softmax_t(scale * qf[n,h,:] . cache[t,:]),   ctx[n,h,:] = sum_t p_t cache[t, 0:kvr]
+     * qf [N, n_heads, row] (the absorbed query [W_UK[h]^T q_nope | q_pe]); ctx [N, n_heads, kvr];
+     * pos [N] (device); max_keys (host) >= every pos[n] + 1 (the longest row's key count). */
+    void (*latent_attention)(float *ctx, const float *qf, const float *cache, const int *pos, int N, int n_heads,
+                             int row, int kvr, int max_keys, float scale);
+
+    /* ---- strided copy in backend memory: dst[r*ldd + c] = src[r*lds + c], r < rows, c < cols */
+    void (*copy2d)(float *dst, int ldd, const float *src, int lds, int rows, int cols);
+
     /* ---- SwiGLU: h = silu(g) * u elementwise over n values. */
     void (*swiglu_forward)(float *h, const float *g, const float *u, size_t n);
     void (*swiglu_backward)(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n);

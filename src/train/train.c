@@ -498,6 +498,9 @@ static int train_steps(run *r, fr_train_result *res) {
         if (rc != FR_OK) break;
         if (n_moe > 0 && a->bias_update_speed > 0 && (rc = fr_router_bias_update(r->m, counts, a->bias_update_speed)) != FR_OK)
             break;
+        /* a GPU op that failed (an unsupported shape, out of memory in a kernel's scratch) stops
+         * the run here, before the step is counted or saved */
+        if ((rc = fr_device_status(r->m->ops, "the training step")) != FR_OK) break;
         r->step++;
         r->tokens_done += (double)N * a->grad_accum;
         r->flops_done += step_flops;

@@ -1,0 +1,96 @@
+/*
+ * engine.h — the inference engine's state, private to its files: infer.c (loading, the CPU
+ * forward, sequences) and engine_device.c (the forward on a device backend: weights, caches
+ * and workspace in the backend's memory, every step an fr_ops call).
+ */
+#ifndef FR_ENGINE_H
+#define FR_ENGINE_H
+
+#include "infer/infer_internal.h"
+#include "model/ops.h"
+#include "cpu/qmatmul.h"
+#include "formats/qmatrix.h"
+#include "formats/safetensors.h"
+
+/* q_a_layernorm / kv_a_layernorm use eps 1e-6 whatever rms_norm_eps says (as block.c). */
+#define LATENT_EPS 1e-6f
+
+typedef struct {
+    int index, is_moe, mlp_inter;
+    float *input_norm, *post_norm, *q_a_norm, *kv_a_norm;
+    fr_qmatrix q_a, q_b, q, kv_a, o;
+    fr_qmatrix *uk_t;   /* [nh]: W_UK[h]^T, [kv_lora_rank, qk_nope] */
+    fr_qmatrix *uv;     /* [nh]: W_UV[h],   [v_head, kv_lora_rank] */
+    fr_qmatrix mlp_gate, mlp_up, mlp_down;
+    float *router, *router_bias;
+    fr_qmatrix *exp_gate, *exp_up, *exp_down; /* [E] */
+    /* MTP module */
+    float *enorm, *hnorm, *head_norm;
+    fr_qmatrix eh_proj;
+} eng_layer;
+
+struct fr_dev_engine; /* engine_device.c */
+
+struct fr_engine {
+    fr_config cfg;
+    fr_engine_options opt;
+    /* Mapped checkpoint: F32 / BF16 matrices stored in the wanted format are used in place
+     * from the safetensors mapping (pages are read when first touched), so a checkpoint larger
+     * than RAM opens and only the weights a token uses are read. Kept open while in use. */
+    fr_st_set st;
+    int mapped;                 /* the engine owns `st` (closed by fr_engine_free) */
+    int map_weights;            /* while building: wrap matrices from the mapping */
+    const fr_ops *ops;
+    int L, mtp;                 /* main layers; MTP modules loaded (0/1) */
+    eng_layer *layers;          /* L + mtp */
+    float *embed, *final_norm;  /* [V,H], [H] */
+    fr_qmatrix lm_head;
+    float *rope_cos, *rope_sin; /* [max_len, rope/2] */
+    float scale;
+    int max_len, row;           /* row = kv_lora_rank + qk_rope_head_dim */
+    size_t row_bytes;           /* stored bytes of one cached row */
+
+    /* workspace for `cap` rows */
+    int cap;
+    float *x, *xn, *rstd, *tmp, *qa, *qan, *q, *kva, *kvn, *qn, *qlat, *qf, *ctx, *atth, *att;
+    float *g, *u, *h, *rl, *scores, *topw, *xe, *ge, *ue, *he, *ye, *ffn, *cat, *hid, *lrow;
+    int *topi, *perm, *slot, *offsets, *pos, *seq_of, *tok;
+    fr_qmatmul_job *jobs;       /* [max(2 E + 2, heads)] products of one MoE round / all heads */
+    float *att_scratch;         /* [threads][max_len] */
+    float *att_heads;           /* [heads][max_len] scores of one decoded row, all heads */
+    float *deq;                 /* [max_len, row] dequantized cache of one sequence */
+    int att_threads;
+    int threads;                /* requested threads (0 = OpenMP default), applied per calling thread */
+    fr_gov gov;                 /* all threads or one for decode-sized forwards (governor.c) */
+    int governed;               /* opt.adaptive_threads */
+    struct fr_dev_engine *dev;  /* non-NULL: the engine runs on a device backend (engine_device.c) */
+};
+
+struct fr_seq {
+    fr_engine *e;
+    int len, mtp_len, cap;
+    unsigned char **kv;         /* [L + mtp] caches of cap rows */
+    int *ids;                   /* [cap] the tokens behind the main cache's rows (for prefix reuse) */
+};
+
+
+/* ---- engine_device.c: the engine on a device backend (e->ops->host_memory == 0). The CPU
+ * engine's matrices, workspace and caches stay empty; weights are FP32 in backend memory, the
+ * latent caches of fr_seq.kv are backend allocations, and one forward is a sequence of fr_ops
+ * calls, so any backend of ops.h (cuda, cpu-guarded) runs it. */
+/* Upload the weights of `st` (any stored format, converted to FP32) and the RoPE tables. */
+int fr_dev_engine_build(fr_engine *e, const fr_st_set *st);
+void fr_dev_engine_free(fr_engine *e);
+/* Device workspace for N rows (after the host arrays of reserve()) */
+int fr_dev_engine_reserve(fr_engine *e, int N);
+/* The forward of N prepared rows (e->tok, e->pos, row_start; caches grown): the main model,
+ * or MTP module 1 with main hidden rows hid_rows. logits: host [n_seqs or N, V], or NULL. */
+int fr_dev_engine_forward(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int *row_start, int N, float *logits,
+                          int all_logits);
+int fr_dev_engine_mtp_forward(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int *row_start, int N,
+                              const int *hid_rows, float *logits);
+size_t fr_dev_engine_active_weight_bytes(const fr_engine *e);
+/* The load-time finiteness check of one weight (infer.c; fr_engine_options.no_check skips it) */
+int fr_engine_check_weight(const fr_engine *e, const fr_st_set *st, const char *name);
+
+#endif
