@@ -11,8 +11,9 @@
 # Benchmarks: training steps of bench/configs/bench-1b-moe.json (1.13B parameters, 366M active)
 # at sequence 2048 on the GPU in bf16 and fp32 (tokens/s, MFU against PEAK_TFLOPS, default 989:
 # H100 / H200 dense BF16), and the same model in PyTorch + transformers on the same GPU when
-# both import (tools/bench_torch_train.py). Not in it yet: decode, which needs the inference
-# engine on the device. Logs go beside the JSON lines (GPU_CHECK_OUT's folder).
+# both import (tools/bench_torch_train.py); decode of bench/configs/bench-infer.json at batch 1
+# and 32 on the GPU engine, and the latent decode attention's bandwidth against the device's
+# copy bandwidth (bench_decode_device). Logs go beside the JSON lines (GPU_CHECK_OUT's folder).
 # It needs the project's build dependencies (scripts/install-deps.sh) on the GPU machine.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -51,6 +52,7 @@ if command -v compute-sanitizer >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/comp
     cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
     step sanitizer_memcheck timeout 120 "$cs" --tool memcheck --error-exitcode 1 "$BUILD/test_cuda_ops"
     step sanitizer_racecheck timeout 120 "$cs" --tool racecheck --error-exitcode 1 "$BUILD/test_cuda_ops"
+    step sanitizer_engine timeout 120 "$cs" --tool memcheck --error-exitcode 1 "$BUILD/test_engine_device" cuda
 else
     row sanitizer skipped 0 "compute-sanitizer not installed"
 fi
@@ -59,6 +61,8 @@ step train_bf16 timeout 180 "$BUILD/bench_model" --device cuda --config $B1 --ba
     --steps 5 --warmup 2 --peak-tflops "$PEAK"
 step train_fp32 timeout 120 "$BUILD/bench_model" --device cuda --config $B1 --batch 4 --seq 2048 --precision fp32 \
     --steps 3 --warmup 1 --peak-tflops "$PEAK"
+step decode timeout 120 "$BUILD/bench_decode_device" --device cuda --batch 1,32 --prompt 128 --gen 32
+grep '"bench": "decode_device"' "$LOGS/gpu-check.decode.log" >>"$OUT" 2>/dev/null
 if python3 -c 'import torch, transformers; assert torch.cuda.is_available()' >/dev/null 2>&1; then
     step torch_peer timeout 240 python3 tools/bench_torch_train.py --device cuda --configs $B1 --batch 4 --seq 2048 \
         --steps 3 --warmup 1 --peak-tflops "$PEAK" --bench-model "$BUILD/bench_model"
