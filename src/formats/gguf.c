@@ -203,6 +203,21 @@ int fr_ggml_dequantize(int type, const void *src, float *dst, size_t n) {
             }
         }
         return FR_OK;
+    case FR_GGML_Q4_1: /* [d][m][16 bytes]: x = d q + m, nibbles as Q4_0's */
+        if (n % 32) return fr_error(FR_ERR_ARG, "Q4_1 needs a multiple of 32 elements, got %zu", n);
+        for (size_t b = 0; b < n / 32; b++) {
+            const unsigned char *blk = p + b * 20;
+            uint16_t dh, mh;
+            memcpy(&dh, blk, 2);
+            memcpy(&mh, blk + 2, 2);
+            const float d = fr_gguf_f16_to_f32(dh), m = fr_gguf_f16_to_f32(mh);
+            float *x = dst + 32 * b;
+            for (int j = 0; j < 16; j++) {
+                x[j] = d * (float)(blk[4 + j] & 15) + m;
+                x[j + 16] = d * (float)(blk[4 + j] >> 4) + m;
+            }
+        }
+        return FR_OK;
     default:
         return fr_error(FR_ERR_UNSUPPORTED, "decoding ggml type %s (%d) is not supported",
                         fr_ggml_type_name(type) ? fr_ggml_type_name(type) : "?", type);

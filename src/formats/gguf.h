@@ -16,6 +16,8 @@
 #ifndef FR_GGUF_H
 #define FR_GGUF_H
 
+#include "frugal.h"
+
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -108,6 +110,33 @@ int fr_gguf_arr_str(const fr_gguf_kv *kv, uint64_t i, const char **s, size_t *le
 int fr_gguf_arr_int(const fr_gguf_kv *kv, uint64_t i, int64_t *out);
 /* Dequantize a tensor into dst[n], n == numel. */
 int fr_gguf_tensor_to_f32(const fr_gguf_tensor *t, float *dst, size_t n);
+
+/* ------------------------------------------------------------------ deepseek2 in place
+ * (gguf_import.c) For the inference engine, which runs a GGUF's weights as stored instead of
+ * importing the model: the fr_config of a deepseek2 file's metadata, and where each Hugging
+ * Face parameter lies in it. */
+int fr_gguf_deepseek2_config(const fr_gguf *g, const char *path, fr_config *out);
+/* FR_ERR_FORMAT naming the first tensor of g that the deepseek2 layout of c has no place for */
+int fr_gguf_deepseek2_check_names(const fr_gguf *g, const fr_config *c, const char *path);
+
+/* rows x cols values of ggml type `type` at data (a whole tensor, or one matrix of a stacked
+ * one); a vector has rows = 1. */
+typedef struct {
+    const fr_gguf_tensor *t;
+    int type;
+    const void *data;
+    int64_t rows, cols;
+} fr_gguf_view;
+/* The tensor of HF parameter `hf` ("model.layers.3.self_attn.o_proj.weight",
+ * "model.layers.3.mlp.experts.7.up_proj.weight" -> matrix 7 of blk.3.ffn_up_exps.weight, ...).
+ * kv_b_proj maps to the unsplit attn_kv_b of older files only; split files hold its heads in
+ * blk.N.attn_k_b / attn_v_b (fr_gguf_view_slice). FR_ERR_FORMAT when absent. */
+int fr_gguf_view_hf(const fr_gguf *g, const char *hf, fr_gguf_view *out);
+/* Matrix k of the 3-D tensor `name` (ne {cols, rows, n}). */
+int fr_gguf_view_slice(const fr_gguf *g, const char *name, int64_t k, fr_gguf_view *out);
+/* Index of the first value of the view that is NaN or Inf, judged from the raw bits (floats,
+ * or the fp16 scales and minima of a block format), or SIZE_MAX when there is none. */
+size_t fr_gguf_view_first_nonfinite(const fr_gguf_view *v);
 
 /* ------------------------------------------------------------------ writer */
 

@@ -378,6 +378,165 @@ done:
     return rc;
 }
 
+/* ------------------------------------------------------------------ in place */
+
+int fr_gguf_deepseek2_config(const fr_gguf *g, const char *path, fr_config *out) {
+    importer im = {.path = path, .g = *g};
+    return read_config(&im, out);
+}
+
+/* Per-layer names: Hugging Face suffix -> GGUF suffix (the table load_weights follows) */
+static const struct { const char *hf, *gg; } LAYER_NAMES[] = {
+    {"input_layernorm.weight", "attn_norm.weight"},
+    {"self_attn.q_a_proj.weight", "attn_q_a.weight"},
+    {"self_attn.q_a_layernorm.weight", "attn_q_a_norm.weight"},
+    {"self_attn.q_b_proj.weight", "attn_q_b.weight"},
+    {"self_attn.q_proj.weight", "attn_q.weight"},
+    {"self_attn.kv_a_proj_with_mqa.weight", "attn_kv_a_mqa.weight"},
+    {"self_attn.kv_a_layernorm.weight", "attn_kv_a_norm.weight"},
+    {"self_attn.kv_b_proj.weight", "attn_kv_b.weight"},
+    {"self_attn.o_proj.weight", "attn_output.weight"},
+    {"post_attention_layernorm.weight", "ffn_norm.weight"},
+    {"mlp.gate.weight", "ffn_gate_inp.weight"},
+    {"mlp.gate.e_score_correction_bias", "exp_probs_b.bias"},
+    {"mlp.shared_experts.gate_proj.weight", "ffn_gate_shexp.weight"},
+    {"mlp.shared_experts.up_proj.weight", "ffn_up_shexp.weight"},
+    {"mlp.shared_experts.down_proj.weight", "ffn_down_shexp.weight"},
+    {"mlp.gate_proj.weight", "ffn_gate.weight"},
+    {"mlp.up_proj.weight", "ffn_up.weight"},
+    {"mlp.down_proj.weight", "ffn_down.weight"},
+};
+
+static size_t ggml_row_bytes(int type, int64_t cols) {
+    const int be = fr_ggml_block_elems(type);
+    return be > 0 ? (size_t)(cols / be) * fr_ggml_block_bytes(type) : 0;
+}
+
+static int view_whole(const fr_gguf *g, const char *name, fr_gguf_view *out) {
+    const fr_gguf_tensor *t = fr_gguf_find_tensor(g, name);
+    if (!t) return fr_error(FR_ERR_FORMAT, "missing tensor %s", name);
+    *out = (fr_gguf_view){t, t->type, t->data, t->n_dims >= 2 ? t->ne[1] : 1, t->ne[0]};
+    for (int d = 2; d < t->n_dims; d++) out->rows *= t->ne[d];
+    return FR_OK;
+}
+
+int fr_gguf_view_slice(const fr_gguf *g, const char *name, int64_t k, fr_gguf_view *out) {
+    const fr_gguf_tensor *t = fr_gguf_find_tensor(g, name);
+    if (!t) return fr_error(FR_ERR_FORMAT, "missing tensor %s", name);
+    if (t->n_dims != 3 || k < 0 || k >= t->ne[2])
+        return fr_error(FR_ERR_FORMAT, "tensor %s has no matrix %lld (%d dimensions)", name, (long long)k, t->n_dims);
+    const size_t per = ggml_row_bytes(t->type, t->ne[0]) * (size_t)t->ne[1];
+    if (!per) return fr_error(FR_ERR_UNSUPPORTED, "tensor %s: ggml type %d", name, t->type);
+    *out = (fr_gguf_view){t, t->type, (const unsigned char *)t->data + per * (size_t)k, t->ne[1], t->ne[0]};
+    return FR_OK;
+}
+
+int fr_gguf_view_hf(const fr_gguf *g, const char *hf, fr_gguf_view *out) {
+    char name[160];
+    if (!strcmp(hf, "model.embed_tokens.weight")) return view_whole(g, "token_embd.weight", out);
+    if (!strcmp(hf, "model.norm.weight")) return view_whole(g, "output_norm.weight", out);
+    if (!strcmp(hf, "lm_head.weight")) return view_whole(g, "output.weight", out);
+    int layer, expert, n = 0;
+    char proj[16];
+    if (sscanf(hf, "model.layers.%d.mlp.experts.%d.%15[a-z]_proj.weight%n", &layer, &expert, proj, &n) == 3 &&
+        hf[n] == 0) {
+        snprintf(name, sizeof name, "blk.%d.ffn_%s_exps.weight", layer, proj);
+        return fr_gguf_view_slice(g, name, expert, out);
+    }
+    n = 0;
+    if (sscanf(hf, "model.layers.%d.%n", &layer, &n) == 1 && n > 0)
+        for (size_t i = 0; i < sizeof LAYER_NAMES / sizeof LAYER_NAMES[0]; i++)
+            if (!strcmp(hf + n, LAYER_NAMES[i].hf)) {
+                snprintf(name, sizeof name, "blk.%d.%s", layer, LAYER_NAMES[i].gg);
+                return view_whole(g, name, out);
+            }
+    return fr_error(FR_ERR_FORMAT, "no GGUF tensor holds %s", hf);
+}
+
+/* Whether `name` is a tensor of the deepseek2 layout of configuration c (load_weights' list) */
+static int expected_name(const fr_config *c, const char *name) {
+    if (!strcmp(name, "token_embd.weight") || !strcmp(name, "output_norm.weight") || !strcmp(name, "output.weight"))
+        return 1;
+    int l, n = 0;
+    if (sscanf(name, "blk.%d.%n", &l, &n) != 1 || n == 0 || l < 0 || l >= c->num_hidden_layers) return 0;
+    const char *suf = name + n;
+    const int moe = fr_config_layer_is_moe(c, l);
+    static const char *const common[] = {"attn_norm.weight", "attn_kv_a_mqa.weight", "attn_kv_a_norm.weight",
+                                         "attn_kv_b.weight", "attn_k_b.weight", "attn_v_b.weight",
+                                         "attn_output.weight", "ffn_norm.weight"};
+    for (size_t i = 0; i < sizeof common / sizeof common[0]; i++)
+        if (!strcmp(suf, common[i])) return 1;
+    if (c->q_lora_rank > 0 ? (!strcmp(suf, "attn_q_a.weight") || !strcmp(suf, "attn_q_a_norm.weight") ||
+                              !strcmp(suf, "attn_q_b.weight"))
+                           : !strcmp(suf, "attn_q.weight"))
+        return 1;
+    if (!moe) return !strcmp(suf, "ffn_gate.weight") || !strcmp(suf, "ffn_up.weight") || !strcmp(suf, "ffn_down.weight");
+    if (!strcmp(suf, "ffn_gate_inp.weight") || !strcmp(suf, "ffn_gate_exps.weight") || !strcmp(suf, "ffn_up_exps.weight") ||
+        !strcmp(suf, "ffn_down_exps.weight"))
+        return 1;
+    if (c->has_correction_bias && !strcmp(suf, "exp_probs_b.bias")) return 1;
+    return c->n_shared_experts > 0 && (!strcmp(suf, "ffn_gate_shexp.weight") || !strcmp(suf, "ffn_up_shexp.weight") ||
+                                       !strcmp(suf, "ffn_down_shexp.weight"));
+}
+
+int fr_gguf_deepseek2_check_names(const fr_gguf *g, const fr_config *c, const char *path) {
+    for (int i = 0; i < g->n_tensors; i++)
+        if (!expected_name(c, g->tensors[i].name))
+            return fr_error(FR_ERR_FORMAT, "%s: tensor %s is not part of the deepseek2 layout for this configuration", path,
+                            g->tensors[i].name);
+    return FR_OK;
+}
+
+/* the first of n fp16 fields at p + k * stride + off (k < n) that is NaN or Inf */
+static size_t bad_f16_field(const unsigned char *p, size_t n, size_t stride, size_t off) {
+    for (size_t k = 0; k < n; k++) {
+        uint16_t h;
+        memcpy(&h, p + k * stride + off, 2);
+        if ((h & 0x7c00u) == 0x7c00u) return k;
+    }
+    return SIZE_MAX;
+}
+
+size_t fr_gguf_view_first_nonfinite(const fr_gguf_view *v) {
+    const size_t n = (size_t)(v->rows * v->cols);
+    const unsigned char *p = v->data;
+    switch (v->type) {
+    case FR_GGML_F32:
+        for (size_t i = 0; i < n; i++) {
+            uint32_t x;
+            memcpy(&x, p + 4 * i, 4);
+            if ((x & 0x7f800000u) == 0x7f800000u) return i;
+        }
+        return SIZE_MAX;
+    case FR_GGML_F16: return bad_f16_field(p, n, 2, 0);
+    case FR_GGML_BF16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t x;
+            memcpy(&x, p + 2 * i, 2);
+            if ((x & 0x7f80u) == 0x7f80u) return i;
+        }
+        return SIZE_MAX;
+    default: break;
+    }
+    /* block formats: a non-finite value needs a non-finite scale or minimum */
+    const int be = fr_ggml_block_elems(v->type);
+    const size_t bb = fr_ggml_block_bytes(v->type), nb = be > 0 ? n / (size_t)be : 0;
+    size_t offs[2] = {0, SIZE_MAX};
+    switch (v->type) {
+    case FR_GGML_Q4_1: case FR_GGML_Q5_1: case FR_GGML_Q4_K: case FR_GGML_Q5_K: offs[1] = 2; break;
+    case FR_GGML_Q6_K: case FR_GGML_Q3_K: offs[0] = bb - 2; break; /* d ends the block */
+    case FR_GGML_Q2_K: offs[0] = bb - 4, offs[1] = bb - 2; break;    /* d, dmin end it */
+    default: break;
+    }
+    size_t first = SIZE_MAX;
+    for (int f = 0; f < 2; f++) {
+        if (offs[f] == SIZE_MAX) continue;
+        const size_t k = bad_f16_field(p, nb, bb, offs[f]);
+        if (k != SIZE_MAX && k * (size_t)be < first) first = k * (size_t)be;
+    }
+    return first;
+}
+
 /* ------------------------------------------------------------------ tokenizer */
 
 /* Element i of a string array as a NUL-terminated copy. */

@@ -41,6 +41,7 @@
 #include "formats/qmatrix.h"
 
 #include "core/internal.h"
+#include "formats/gguf.h"
 #include "formats/numfmt.h"
 #include "formats/safetensors.h"
 
@@ -396,5 +397,78 @@ int fr_qmatrix_load(fr_qmatrix *out, const fr_st_set *st, const char *name, int 
         if (rc != FR_OK) rc = fr_error_context(rc, "tensor %s", name);
     }
     fr_free(tmp);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ from ggml blocks
+ * ggml stores a row as consecutive blocks of 32 values, each its fp16 scale(s) then its
+ * quants: Q8_0 [d][32 x int8] (34 bytes), Q4_0 [d][16 bytes] (18), Q4_1 [d][m][16 bytes]
+ * (20), nibbles in the order Q4_1 uses here (byte k: value k low, value k + 16 high). Only
+ * the places change: the scales of a row move together in front of its quants. */
+static int relayout_row(int type, const uint8_t *src, uint8_t *dst, int cols) {
+    const int nb = cols / FR_QBLOCK;
+    if (type == FR_GGML_Q8_0) {
+        for (int b = 0; b < nb; b++) {
+            memcpy(dst + 2 * (size_t)b, src + 34 * (size_t)b, 2);
+            memcpy(dst + 2 * (size_t)nb + 32 * (size_t)b, src + 34 * (size_t)b + 2, 32);
+        }
+        return FR_OK;
+    }
+    const size_t bb = type == FR_GGML_Q4_0 ? 18 : 20;
+    uint16_t *d = (uint16_t *)dst, *m = d + nb;
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *blk = src + bb * (size_t)b;
+        memcpy(&d[b], blk, 2);
+        if (type == FR_GGML_Q4_1) {
+            memcpy(&m[b], blk + 2, 2);
+        } else {
+            /* Q4_0: m = -8 d, exact in fp16 unless it overflows */
+            const float mv = -8.0f * fr_q_f16_to_f32(d[b]);
+            if (!(fabsf(mv) <= 65504.0f)) return fr_error(FR_ERR_FORMAT, "Q4_0 block scale %g is too large", -mv / 8);
+            m[b] = fr_q_f32_to_f16(mv);
+        }
+        memcpy(dst + 4 * (size_t)nb + 16 * (size_t)b, blk + bb - 16, 16);
+    }
+    return FR_OK;
+}
+
+int fr_qmatrix_from_ggml(fr_qmatrix *out, int ggml_type, const void *data, int rows, int cols, int want) {
+    memset(out, 0, sizeof *out);
+    const char *tn = fr_ggml_type_name(ggml_type) ? fr_ggml_type_name(ggml_type) : "?";
+    if (rows <= 0 || cols <= 0) return fr_error(FR_ERR_ARG, "fr_qmatrix_from_ggml: %d x %d matrix", rows, cols);
+    const int keep = want < 0;
+    if ((keep && ggml_type == FR_GGML_F32) || (want == FR_QT_F32 && ggml_type == FR_GGML_F32)) {
+        fr_qmatrix_wrap(out, FR_QT_F32, (void *)data, rows, cols);
+        return FR_OK;
+    }
+    if ((keep && ggml_type == FR_GGML_BF16) || (want == FR_QT_BF16 && ggml_type == FR_GGML_BF16)) {
+        fr_qmatrix_wrap(out, FR_QT_BF16, (void *)data, rows, cols);
+        return FR_OK;
+    }
+    const int blocks = ggml_type == FR_GGML_Q8_0 || ggml_type == FR_GGML_Q4_0 || ggml_type == FR_GGML_Q4_1;
+    const fr_qtype to = ggml_type == FR_GGML_Q8_0 ? FR_QT_Q8_0 : FR_QT_Q4_1;
+    if (blocks && cols % FR_QBLOCK == 0 && (keep || want == (int)to)) {
+        const size_t in_row = (size_t)cols / FR_QBLOCK * fr_ggml_block_bytes(ggml_type), rb = fr_qtype_row_bytes(to, cols);
+        uint8_t *p = fr_alloc((size_t)rows * rb);
+        if (!p) return fr_error(FR_ERR_NOMEM, "out of memory for a %d x %d %s matrix", rows, cols, tn);
+        for (int r = 0; r < rows; r++) {
+            const int rc = relayout_row(ggml_type, (const uint8_t *)data + in_row * (size_t)r, p + rb * (size_t)r, cols);
+            if (rc != FR_OK) { fr_free(p); return rc; }
+        }
+        out->type = to;
+        out->rows = rows;
+        out->cols = cols;
+        out->data = p;
+        out->owned = 1;
+        return FR_OK;
+    }
+    /* through FP32 */
+    const int be = fr_ggml_block_elems(ggml_type);
+    if (be <= 0 || cols % be != 0) return fr_error(FR_ERR_UNSUPPORTED, "ggml type %s for a %d-column matrix", tn, cols);
+    float *f = fr_alloc((size_t)rows * cols * sizeof(float));
+    if (!f) return fr_error(FR_ERR_NOMEM, "out of memory for a %d x %d matrix", rows, cols);
+    int rc = fr_ggml_dequantize(ggml_type, data, f, (size_t)rows * cols);
+    if (rc == FR_OK) rc = fr_qmatrix_from_f32(out, keep ? FR_QT_F32 : (fr_qtype)want, f, rows, cols);
+    fr_free(f);
     return rc;
 }

@@ -54,6 +54,15 @@ void fr_qmatrix_row_f32(const fr_qmatrix *m, int r, float *dst);
  * Fails with a message naming the tensor when it is missing or has another shape. */
 int fr_qmatrix_load(fr_qmatrix *out, const fr_st_set *st, const char *name, int rows, int cols, fr_qtype want);
 
+/* A matrix [rows, cols] from ggml-encoded bytes (a GGUF tensor, or a slice of one: rows
+ * consecutive rows of `ggml_type`, formats/gguf.h). want = -1 keeps the stored numbers:
+ * F32 and BF16 are used in place (not owned: the bytes must outlive the matrix); Q8_0 is
+ * rearranged into FR_QT_Q8_0 and Q4_0 / Q4_1 into FR_QT_Q4_1 without changing a value (the
+ * same fp16 scales and quants: Q4_0's x = d (q - 8) is Q4_1's d q + m with m = -8 d, exact in
+ * fp16); F16 becomes F32. Another want converts through FP32. FR_ERR_UNSUPPORTED names a
+ * ggml type without a path here. */
+int fr_qmatrix_from_ggml(fr_qmatrix *out, int ggml_type, const void *data, int rows, int cols, int want);
+
 /* Format of `name` as stored in a checkpoint: FR_QT_Q8_0 / FR_QT_Q4_1 when the quantized
  * tensors of `frugal quantize` ("<base>.qweight", ...) are present, FR_QT_BF16 for a BF16
  * tensor, FR_QT_F32 for any other float tensor; -1 when absent. */

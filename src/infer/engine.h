@@ -10,6 +10,7 @@
 #include "model/ops.h"
 #include "cpu/qmatmul.h"
 #include "formats/qmatrix.h"
+#include "formats/gguf.h"
 #include "formats/safetensors.h"
 
 /* q_a_layernorm / kv_a_layernorm use eps 1e-6 whatever rms_norm_eps says (as block.c). */
@@ -64,6 +65,12 @@ struct fr_engine {
     fr_gov gov;                 /* all threads or one for decode-sized forwards (governor.c) */
     int governed;               /* opt.adaptive_threads */
     struct fr_dev_engine *dev;  /* non-NULL: the engine runs on a device backend (engine_device.c) */
+    /* A deepseek2 GGUF run as stored (fr_engine_load of a .gguf on the CPU): weights are read
+     * from `gguf`'s mapping (F32, BF16 in place; Q8_0, Q4_0, Q4_1 rearranged without changing
+     * a value), `gg` points at it while loading and after. */
+    fr_gguf gguf;
+    const fr_gguf *gg;
+    int as_stored;              /* each GGUF matrix keeps its own format (weight_type was -1) */
 };
 
 struct fr_seq {

@@ -31,7 +31,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -113,8 +115,23 @@ static int check_tensor_finite(const fr_st_tensor *t, const char *name) {
 /* The load-time check of weight `name` (fr_engine_options.no_check skips it): the float tensor
  * itself, or for a matrix stored quantized by `frugal quantize` its scales and minima (the
  * integer quants cannot be non-finite). Absent tensors are left to the loaders' messages. */
+/* GGUF tensor of HF parameter `name` with its finiteness checked (unless no_check) */
+static int gg_view(const fr_engine *e, const char *name, fr_gguf_view *v) {
+    FR_CHECK(fr_gguf_view_hf(e->gg, name, v));
+    if (e->opt.no_check) return FR_OK;
+    const size_t bad = fr_gguf_view_first_nonfinite(v);
+    if (bad != SIZE_MAX)
+        return fr_error(FR_ERR_FORMAT, "tensor %s (GGUF %s) holds a non-finite value (NaN or Inf) at index %zu", name,
+                        v->t->name, bad);
+    return FR_OK;
+}
+
 int fr_engine_check_weight(const fr_engine *e, const fr_st_set *st, const char *name) {
     if (e->opt.no_check) return FR_OK;
+    if (e->gg) {
+        fr_gguf_view v;
+        return gg_view(e, name, &v);
+    }
     const fr_st_tensor *t = fr_st_set_find(st, name);
     if (t) return check_tensor_finite(t, name);
     static const char *const parts[] = {"scales", "mins"};
@@ -129,6 +146,15 @@ int fr_engine_check_weight(const fr_engine *e, const fr_st_set *st, const char *
 
 static int load_mat_as(fr_engine *e, fr_qmatrix *m, const fr_st_set *st, const char *name, int rows, int cols,
                        fr_qtype want) {
+    if (e->gg) {
+        fr_gguf_view v;
+        FR_CHECK(gg_view(e, name, &v));
+        if (v.rows != rows || v.cols != cols)
+            return fr_error(FR_ERR_FORMAT, "tensor %s (GGUF %s) is %lld x %lld, expected %d x %d", name, v.t->name,
+                            (long long)v.rows, (long long)v.cols, rows, cols);
+        const int rc = fr_qmatrix_from_ggml(m, v.type, v.data, rows, cols, e->as_stored ? -1 : (int)want);
+        return rc == FR_OK ? FR_OK : fr_error_context(rc, "%s", name);
+    }
     FR_CHECK(fr_engine_check_weight(e, st, name));
     const fr_st_tensor *t = e->map_weights ? fr_st_set_find(st, name) : NULL;
     if (t && t->ndim == 2 && t->shape[0] == rows && t->shape[1] == cols &&
@@ -145,6 +171,19 @@ static int load_mat(fr_engine *e, fr_qmatrix *m, const fr_st_set *st, const char
 
 static int load_vec(const fr_engine *e, const fr_st_set *st, const char *name, size_t numel, float **out) {
     *out = NULL;
+    if (e->gg) {
+        fr_gguf_view v;
+        FR_CHECK(gg_view(e, name, &v));
+        if ((size_t)(v.rows * v.cols) != numel)
+            return fr_error(FR_ERR_FORMAT, "tensor %s (GGUF %s) has %lld values, expected %zu", name, v.t->name,
+                            (long long)(v.rows * v.cols), numel);
+        float *p = fr_alloc(numel * sizeof(float));
+        if (!p) return fr_error(FR_ERR_NOMEM, "out of memory loading %s", name);
+        const int rc = fr_ggml_dequantize(v.type, v.data, p, numel);
+        if (rc != FR_OK) { fr_free(p); return fr_error_context(rc, "%s", name); }
+        *out = p;
+        return FR_OK;
+    }
     const fr_st_tensor *t = fr_st_set_find(st, name);
     if (!t) return fr_error(FR_ERR_FORMAT, "tensor %s is missing from the checkpoint", name);
     if (t->numel != numel) return fr_error(FR_ERR_FORMAT, "tensor %s has %zu values, expected %zu", name, t->numel, numel);
@@ -158,6 +197,70 @@ static int load_vec(const fr_engine *e, const fr_st_set *st, const char *name, s
 }
 
 #define NAME(...) (snprintf(name, sizeof name, __VA_ARGS__), name)
+
+/* The absorbed projections of a split GGUF (attn_k_b [heads][kv_lora][nope] is W_UK[h]^T
+ * head by head, attn_v_b [heads][v_dim][kv_lora] is W_UV[h]): each head's matrix as stored,
+ * no transposition needed. */
+static int load_split_kv_b(fr_engine *e, eng_layer *ly, int index) {
+    const fr_config *c = &e->cfg;
+    const int nh = c->num_attention_heads, nope = c->qk_nope_head_dim, vd = c->v_head_dim, kvr = c->kv_lora_rank;
+    char kn[64], vn[64];
+    snprintf(kn, sizeof kn, "blk.%d.attn_k_b.weight", index);
+    snprintf(vn, sizeof vn, "blk.%d.attn_v_b.weight", index);
+    ly->uk_t = calloc((size_t)nh, sizeof(fr_qmatrix));
+    ly->uv = calloc((size_t)nh, sizeof(fr_qmatrix));
+    if (!ly->uk_t || !ly->uv) return fr_error(FR_ERR_NOMEM, "out of memory");
+    for (int h = 0; h < nh; h++) {
+        fr_gguf_view k, v;
+        FR_CHECK(fr_gguf_view_slice(e->gg, kn, h, &k));
+        FR_CHECK(fr_gguf_view_slice(e->gg, vn, h, &v));
+        if (k.rows != kvr || k.cols != nope || v.rows != vd || v.cols != kvr)
+            return fr_error(FR_ERR_FORMAT, "%s / %s: head matrices %lld x %lld and %lld x %lld, expected %d x %d and %d x %d",
+                            kn, vn, (long long)k.rows, (long long)k.cols, (long long)v.rows, (long long)v.cols, kvr, nope,
+                            vd, kvr);
+        if (!e->opt.no_check && (fr_gguf_view_first_nonfinite(&k) != SIZE_MAX || fr_gguf_view_first_nonfinite(&v) != SIZE_MAX))
+            return fr_error(FR_ERR_FORMAT, "%s or %s holds a non-finite value (NaN or Inf) in head %d", kn, vn, h);
+        FR_CHECK(fr_qmatrix_from_ggml(&ly->uk_t[h], k.type, k.data, kvr, nope, e->as_stored ? -1 : (int)sensitive_type(e, nope)));
+        FR_CHECK(fr_qmatrix_from_ggml(&ly->uv[h], v.type, v.data, vd, kvr, e->as_stored ? -1 : (int)mat_type(e, kvr)));
+    }
+    return FR_OK;
+}
+
+/* kv_b_proj [nh*(nope+vd), kvr] of a checkpoint (or an older GGUF) split per head: rows
+ * [h*(nope+vd), +nope) = W_UK[h], the next vd rows = W_UV[h]. W_UK is stored transposed for
+ * the absorbed query. Read as FP32 whatever its storage (float, or Q8_0 / Q4_1 from
+ * `frugal quantize`). */
+static int load_joint_kv_b(fr_engine *e, eng_layer *ly, const fr_st_set *st, int index) {
+    const fr_config *c = &e->cfg;
+    const int nh = c->num_attention_heads, nope = c->qk_nope_head_dim, vd = c->v_head_dim, kvr = c->kv_lora_rank;
+    const char *pre = "model.layers.";
+    char name[160];
+    fr_qmatrix kvb_m;
+    const char *kvb_name = NAME("%s%d.self_attn.kv_b_proj.weight", pre, index);
+    const int as_stored = e->as_stored;
+    e->as_stored = 0; /* FP32 whatever the storage (the unsplit kv_b of an older GGUF too) */
+    int rc0 = load_mat_as(e, &kvb_m, st, kvb_name, nh * (nope + vd), kvr, FR_QT_F32);
+    e->as_stored = as_stored;
+    FR_CHECK(rc0);
+    const float *kvb = (const float *)kvb_m.data;
+    /* W_UK^T has its blocks along qk_nope, not along kv_lora_rank as stored: requantizing a
+     * 4-bit matrix across other blocks would round it twice */
+    const fr_qtype uk_type = sensitive_type(e, nope);
+    ly->uk_t = calloc((size_t)nh, sizeof(fr_qmatrix));
+    ly->uv = calloc((size_t)nh, sizeof(fr_qmatrix));
+    float *tr = malloc((size_t)kvr * nope * sizeof(float));
+    int rc = ly->uk_t && ly->uv && tr ? FR_OK : fr_error(FR_ERR_NOMEM, "out of memory");
+    for (int h = 0; h < nh && rc == FR_OK; h++) {
+        const float *wk = kvb + (size_t)h * (nope + vd) * kvr, *wv = wk + (size_t)nope * kvr;
+        for (int i = 0; i < nope; i++)
+            for (int j = 0; j < kvr; j++) tr[(size_t)j * nope + i] = wk[(size_t)i * kvr + j];
+        rc = fr_qmatrix_from_f32(&ly->uk_t[h], uk_type, tr, kvr, nope);
+        if (rc == FR_OK) rc = fr_qmatrix_from_f32(&ly->uv[h], mat_type(e, kvr), wv, vd, kvr);
+    }
+    free(tr);
+    fr_qmatrix_free(&kvb_m);
+    return rc;
+}
 
 static int load_layer(fr_engine *e, eng_layer *ly, const fr_st_set *st, int index, int is_mtp) {
     const fr_config *c = &e->cfg;
@@ -187,30 +290,10 @@ static int load_layer(fr_engine *e, eng_layer *ly, const fr_st_set *st, int inde
     FR_CHECK(load_vec(e, st, NAME("%s%d.self_attn.kv_a_layernorm.weight", pre, index), kvr, &ly->kv_a_norm));
     FR_CHECK(load_mat(e, &ly->o, st, NAME("%s%d.self_attn.o_proj.weight", pre, index), H, nh * vd));
 
-    /* kv_b_proj [nh*(nope+vd), kvr] split per head: rows [h*(nope+vd), +nope) = W_UK[h],
-     * the next vd rows = W_UV[h]. W_UK is stored transposed for the absorbed query. */
-    /* read as FP32 whatever its storage (float, or Q8_0 / Q4_1 from `frugal quantize`) */
-    fr_qmatrix kvb_m;
-    FR_CHECK(fr_qmatrix_load(&kvb_m, st, NAME("%s%d.self_attn.kv_b_proj.weight", pre, index), nh * (nope + vd), kvr,
-                             FR_QT_F32));
-    const float *kvb = (const float *)kvb_m.data;
-    /* W_UK^T has its blocks along qk_nope, not along kv_lora_rank as stored: requantizing a
-     * 4-bit matrix across other blocks would round it twice */
-    const fr_qtype uk_type = sensitive_type(e, nope);
-    ly->uk_t = calloc((size_t)nh, sizeof(fr_qmatrix));
-    ly->uv = calloc((size_t)nh, sizeof(fr_qmatrix));
-    float *tr = malloc((size_t)kvr * nope * sizeof(float));
-    int rc = ly->uk_t && ly->uv && tr ? FR_OK : fr_error(FR_ERR_NOMEM, "out of memory");
-    for (int h = 0; h < nh && rc == FR_OK; h++) {
-        const float *wk = kvb + (size_t)h * (nope + vd) * kvr, *wv = wk + (size_t)nope * kvr;
-        for (int i = 0; i < nope; i++)
-            for (int j = 0; j < kvr; j++) tr[(size_t)j * nope + i] = wk[(size_t)i * kvr + j];
-        rc = fr_qmatrix_from_f32(&ly->uk_t[h], uk_type, tr, kvr, nope);
-        if (rc == FR_OK) rc = fr_qmatrix_from_f32(&ly->uv[h], mat_type(e, kvr), wv, vd, kvr);
-    }
-    free(tr);
-    fr_qmatrix_free(&kvb_m);
-    if (rc != FR_OK) return rc;
+    char gk[64];
+    snprintf(gk, sizeof gk, "blk.%d.attn_k_b.weight", index);
+    if (e->gg && fr_gguf_find_tensor(e->gg, gk)) FR_CHECK(load_split_kv_b(e, ly, index));
+    else FR_CHECK(load_joint_kv_b(e, ly, st, index));
 
     if (ly->is_moe) {
         const int E = c->n_routed_experts, Im = c->moe_intermediate_size;
@@ -333,14 +416,15 @@ void fr_engine_free(fr_engine *e) {
     fr_free(e->deq);
     fr_dev_engine_free(e);
     if (e->mapped) fr_st_set_close(&e->st);
+    if (e->gg == &e->gguf) fr_gguf_close(&e->gguf);
     free(e);
 }
 
 static size_t kv_value_bytes(fr_kv_type t) { return t == FR_KV_F32 ? 4 : t == FR_KV_BF16 ? 2 : 1; }
 
 /* Build an engine for `cfg` from the tensors of `st`; `what` names the source in errors. */
-static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_set *st, const fr_engine_options *opt,
-                        const char *what, int map) {
+static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_set *st, const fr_gguf *gg,
+                        const fr_engine_options *opt, const char *what, int map) {
     *out = NULL;
     fr_engine_options o;
     if (opt) o = *opt;
@@ -356,6 +440,15 @@ static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_se
             return fr_error(FR_ERR_UNSUPPORTED, "on %s the KV cache is FP32 (BF16 and FP8 caches run on the CPU)",
                             dops->name);
         o.weight_type = FR_QT_F32;
+    }
+    const int as_stored = gg && o.weight_type == -1;
+    if (as_stored) {
+        /* a GGUF as stored: each matrix in its own format; reported is the format of the first
+         * layer's output projection */
+        const fr_gguf_tensor *t = fr_gguf_find_tensor(gg, "blk.0.attn_output.weight");
+        const int gt = t ? t->type : FR_GGML_F32;
+        o.weight_type = gt == FR_GGML_Q8_0 ? FR_QT_Q8_0 : gt == FR_GGML_Q4_0 || gt == FR_GGML_Q4_1 ? FR_QT_Q4_1
+                      : gt == FR_GGML_BF16 ? FR_QT_BF16 : FR_QT_F32;
     }
     if (o.weight_type == -1) {
         /* as stored: the format of the first layer's output projection (a folder written by
@@ -376,6 +469,8 @@ static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_se
     fr_engine *e = calloc(1, sizeof *e);
     if (!e) return fr_error(FR_ERR_NOMEM, "out of memory");
     e->map_weights = map;
+    e->gg = gg;
+    e->as_stored = as_stored;
     e->cfg = cfg;
     e->opt = o;
     e->ops = dops->host_memory ? fr_ops_cpu() : dops;
@@ -387,7 +482,7 @@ static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_se
 
     int rc = FR_OK;
     char name[160];
-    if (o.load_mtp && cfg.num_nextn_predict_layers >= 1 &&
+    if (o.load_mtp && cfg.num_nextn_predict_layers >= 1 && st &&
         fr_st_set_find(st, NAME("model.layers.%d.eh_proj.weight", cfg.num_hidden_layers)))
         e->mtp = 1;
     const int H = cfg.hidden_size, V = cfg.vocab_size;
@@ -422,11 +517,39 @@ static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_se
         fr_engine_free(e);
         return fr_error_context(rc, "%s", what);
     }
-    if (map) {
+    if (map && st) {
         e->st = *st;
         e->mapped = 1;
     }
     e->map_weights = 0;
+    *out = e;
+    return FR_OK;
+}
+
+/* A deepseek2 GGUF run as stored from its mapping. Tensors rearranged into the engine's
+ * layouts (Q8_0, Q4_0, Q4_1, F16) are copies: their pages of the mapping are given back, so
+ * the resident memory is about the file's size. */
+static int engine_load_gguf(fr_engine **out, const char *path, const fr_engine_options *opt) {
+    fr_gguf g;
+    FR_CHECK(fr_gguf_open(&g, path));
+    fr_config cfg;
+    int rc = fr_gguf_deepseek2_config(&g, path, &cfg);
+    if (rc == FR_OK) rc = fr_gguf_deepseek2_check_names(&g, &cfg, path);
+    fr_engine *e = NULL;
+    if (rc == FR_OK) rc = engine_build(&e, &cfg, NULL, &g, opt, path, 0);
+    if (rc != FR_OK) {
+        fr_gguf_close(&g);
+        return rc;
+    }
+    e->gguf = g;
+    e->gg = &e->gguf;
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < g.n_tensors; i++) {
+        const fr_gguf_tensor *t = &g.tensors[i];
+        if (t->type == FR_GGML_F32 || t->type == FR_GGML_BF16) continue; /* used in place */
+        uintptr_t a = ((uintptr_t)t->data + page - 1) / page * page, b = ((uintptr_t)t->data + t->nbytes) / page * page;
+        if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+    }
     *out = e;
     return FR_OK;
 }
@@ -439,7 +562,8 @@ int fr_engine_load(fr_engine **out, const char *dir, const fr_engine_options *op
         size_t dl = strlen(dir);
         struct stat sb;
         if (dl >= 5 && strcasecmp(dir + dl - 5, ".gguf") == 0 && stat(dir, &sb) == 0 && S_ISREG(sb.st_mode)) {
-            fr_model *gm = NULL;
+            if (fr_device_ops()->host_memory) return engine_load_gguf(out, dir, opt);
+            fr_model *gm = NULL; /* a device engine takes FP32 weights: through the imported model */
             int grc = fr_model_load_gguf(&gm, dir);
             if (grc == FR_OK) grc = fr_engine_from_model(out, gm, opt);
             fr_model_free(gm);
@@ -459,7 +583,7 @@ int fr_engine_load(fr_engine **out, const char *dir, const fr_engine_options *op
     if (rc != FR_OK) {
         return fr_error_context(rc, "%s", dir);
     }
-    rc = engine_build(out, &cfg, &st, opt, dir, 1);
+    rc = engine_build(out, &cfg, &st, NULL, opt, dir, 1);
     if (rc != FR_OK) fr_st_set_close(&st); /* on success the engine owns the mapping */
     return rc;
 }
@@ -502,7 +626,7 @@ int fr_engine_from_model(fr_engine **out, fr_model *m, const fr_engine_options *
     }
     qsort(f.tensors, (size_t)n, sizeof *f.tensors, cmp_st_name);
     fr_st_set st = {1, &f};
-    if (rc == FR_OK) rc = engine_build(out, fr_model_config(m), &st, opt, "model", 0);
+    if (rc == FR_OK) rc = engine_build(out, fr_model_config(m), &st, NULL, opt, "model", 0);
     for (int i = 0; i < n && !mo->host_memory; i++) fr_free((void *)f.tensors[i].data);
     free(f.tensors);
     return rc;

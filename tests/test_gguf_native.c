@@ -1,0 +1,177 @@
+/*
+ * test_gguf_native.c — a GGUF run as stored (src/infer/infer.c engine_load_gguf,
+ * formats/qmatrix.c fr_qmatrix_from_ggml): no import through FP32.
+ *
+ *  - the rearrangement of ggml blocks into the engine's row layouts changes no value: every
+ *    value of a Q8_0, Q4_0 and Q4_1 matrix of random blocks (scales from subnormal to large,
+ *    Q8_0 quants including -128) dequantized by the engine (fr_qmatrix_row_f32) equals
+ *    fr_ggml_dequantize's (==: a zero may change sign) (which tools/check_gguf.py ties to the gguf
+ *    package: its quantizer's bytes and its dequantizer); F32 and BF16 are used in place
+ *    (the matrix points into the tensor's bytes);
+ *  - the engine of tests/fixtures/hf_export exported to Q8_0 runs its matrices as Q8_0
+ *    (fr_engine_weight_type) and its logits equal, bit for bit, those of an engine built
+ *    from the same GGUF imported to FP32 and quantized to Q8_0 again, whose every block
+ *    comes back unchanged (a block whose largest |q| is 127 re-quantizes to itself; the
+ *    test counts the blocks where that does not hold and requires none); the Q4_0 export
+ *    runs as Q4_1 (m = -8 d) and, with FP32 activations (fr_qmatmul_set_int8_act(0): the
+ *    weights dequantized in registers), its logits match the FP32 import's within 1e-4
+ *    (summation order only);
+ *  - a forced --weights (f32) converts through FP32 and equals the import's engine exactly.
+ */
+#define _GNU_SOURCE
+#include "frugal.h"
+#include "formats/gguf.h"
+#include "formats/qmatrix.h"
+#include "cpu/qmatmul.h"
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define FIXTURE FR_FIXTURES_DIR "/hf_export"
+
+static uint64_t g_rng = 88172645463325252ull;
+static uint32_t rnd(void) {
+    g_rng ^= g_rng << 13, g_rng ^= g_rng >> 7, g_rng ^= g_rng << 17;
+    return (uint32_t)(g_rng >> 16);
+}
+
+/* a random finite fp16 scale: exponent field 0 (subnormal) .. 24 (~ 512), random sign */
+static uint16_t rnd_scale(void) {
+    const uint16_t e = (uint16_t)(rnd() % 25), m = (uint16_t)(rnd() & 0x3ff);
+    return (uint16_t)((rnd() & 1 ? 0x8000u : 0) | (uint16_t)(e << 10) | m);
+}
+
+static void test_relayout(int type, int rows, int cols) {
+    const size_t bb = fr_ggml_block_bytes(type), nb = (size_t)rows * cols / 32;
+    unsigned char *src = malloc(nb * bb);
+    for (size_t i = 0; i < nb * bb; i++) src[i] = (unsigned char)rnd();
+    for (size_t b = 0; b < nb; b++) { /* scales (and Q4_1 minima) finite */
+        uint16_t d = rnd_scale();
+        memcpy(src + b * bb, &d, 2);
+        if (type == FR_GGML_Q4_1) {
+            uint16_t m = rnd_scale();
+            memcpy(src + b * bb + 2, &m, 2);
+        }
+    }
+    if (type == FR_GGML_Q8_0) src[2] = 0x80; /* a -128 quant */
+    float *want = malloc((size_t)rows * cols * sizeof(float)), *got = malloc((size_t)cols * sizeof(float));
+    CHECK(fr_ggml_dequantize(type, src, want, (size_t)rows * cols) == FR_OK, "dequantize %s", fr_ggml_type_name(type));
+    fr_qmatrix m;
+    const int rc = fr_qmatrix_from_ggml(&m, type, src, rows, cols, -1);
+    CHECK(rc == FR_OK, "%s: %s", fr_ggml_type_name(type), fr_last_error());
+    if (rc == FR_OK) {
+        const fr_qtype expect = type == FR_GGML_Q8_0 ? FR_QT_Q8_0 : FR_QT_Q4_1;
+        CHECK(m.type == expect && m.owned, "%s becomes %s", fr_ggml_type_name(type), fr_qtype_name(m.type));
+        /* equal values; a zero's sign may differ (Q4_0's (8 - 8) d is -0 for a negative d, the
+         * Q4_1 form d 8 + (-8 d) is +0), which no product can tell apart */
+        long bad = 0;
+        for (int r = 0; r < rows; r++) {
+            fr_qmatrix_row_f32(&m, r, got);
+            for (int c = 0; c < cols; c++) bad += !(got[c] == want[(size_t)r * cols + c]);
+        }
+        CHECK(bad == 0, "%s: %ld of %d values differ from ggml's dequantization", fr_ggml_type_name(type), bad, rows * cols);
+        printf("%s %d x %d random blocks -> %s: %ld of %d values differ from ggml's dequantization\n",
+               fr_ggml_type_name(type), rows, cols, fr_qtype_name(m.type), bad, rows * cols);
+        fr_qmatrix_free(&m);
+    }
+    free(src), free(want), free(got);
+}
+
+static void test_in_place(void) {
+    float w[64];
+    for (int i = 0; i < 64; i++) w[i] = (float)i - 20.5f;
+    fr_qmatrix m;
+    CHECK(fr_qmatrix_from_ggml(&m, FR_GGML_F32, w, 2, 32, -1) == FR_OK && m.data == (void *)w && !m.owned,
+          "F32 is used in place");
+    fr_qmatrix_free(&m);
+    uint16_t b[64];
+    CHECK(fr_ggml_quantize(FR_GGML_BF16, w, b, 64) == FR_OK && fr_qmatrix_from_ggml(&m, FR_GGML_BF16, b, 2, 32, -1) == FR_OK &&
+              m.data == (void *)b && m.type == FR_QT_BF16,
+          "BF16 is used in place");
+    fr_qmatrix_free(&m);
+    CHECK(fr_qmatrix_from_ggml(&m, 12345, w, 2, 32, -1) == FR_ERR_UNSUPPORTED, "an unknown type is refused");
+}
+
+/* last-row logits of a prompt through an engine */
+static int logits_of(fr_engine *e, const int *ids, int T, float *out) {
+    fr_seq *s = NULL;
+    int rc = fr_seq_create(&s, e);
+    if (rc == FR_OK) rc = fr_engine_forward(e, &s, 1, &ids, &T, out, 1);
+    fr_seq_free(s);
+    return rc;
+}
+
+static void test_engine(int type, const char *dir) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/m-%s.gguf", dir, fr_ggml_type_name(type));
+    CHECK(fr_gguf_export(FIXTURE, path, type, NULL) == FR_OK, "export %s: %s", fr_ggml_type_name(type), fr_last_error());
+    fr_engine *native = NULL, *ref = NULL, *forced = NULL;
+    fr_model *imp = NULL;
+    CHECK(fr_engine_load(&native, path, NULL) == FR_OK, "native %s: %s", fr_ggml_type_name(type), fr_last_error());
+    CHECK(fr_model_load_gguf(&imp, path) == FR_OK, "import: %s", fr_last_error());
+    fr_engine_options o;
+    fr_engine_options_default(&o);
+    o.weight_type = type == FR_GGML_Q8_0 ? FR_QT_Q8_0 : FR_QT_F32;
+    CHECK(imp && fr_engine_from_model(&ref, imp, &o) == FR_OK, "reference engine: %s", fr_last_error());
+    fr_engine_options_default(&o);
+    o.weight_type = FR_QT_F32;
+    CHECK(fr_engine_load(&forced, path, &o) == FR_OK, "forced f32: %s", fr_last_error());
+    if (native && ref && forced) {
+        const int want = type == FR_GGML_Q8_0 ? FR_QT_Q8_0 : FR_QT_Q4_1;
+        CHECK(fr_engine_weight_type(native) == want, "%s runs as %s", fr_ggml_type_name(type),
+              fr_weight_type_name(fr_engine_weight_type(native)));
+        const int V = fr_engine_config(native)->vocab_size, T = 12;
+        int ids[12];
+        for (int i = 0; i < T; i++) ids[i] = (int)(rnd() % (uint32_t)V);
+        float *a = malloc((size_t)T * V * sizeof(float)), *b = malloc((size_t)T * V * sizeof(float));
+        float *f = malloc((size_t)T * V * sizeof(float));
+        CHECK(logits_of(native, ids, T, a) == FR_OK && logits_of(ref, ids, T, b) == FR_OK &&
+                  logits_of(forced, ids, T, f) == FR_OK,
+              "forward: %s", fr_last_error());
+        const double err = fr_rel_err(a, b, (size_t)T * V);
+        if (type == FR_GGML_Q8_0) {
+            CHECK(memcmp(a, b, (size_t)T * V * sizeof(float)) == 0,
+                  "Q8_0 run as stored differs from the re-quantized import (relative %.3g)", err);
+            printf("Q8_0 GGUF as stored: logits equal bit for bit to the imported model quantized to Q8_0 again\n");
+        } else {
+            /* the same weights: with FP32 activations the products are x W^T up to summation order */
+            fr_qmatmul_set_int8_act(0);
+            float *c = malloc((size_t)T * V * sizeof(float));
+            CHECK(logits_of(native, ids, T, c) == FR_OK, "forward: %s", fr_last_error());
+            fr_qmatmul_set_int8_act(1);
+            const double e32 = fr_rel_err(c, b, (size_t)T * V);
+            CHECK(e32 <= 1e-4, "Q4_0 run as Q4_1 with FP32 activations: relative logit error %.3g vs the FP32 import "
+                  "(tol 1e-4)", e32);
+            printf("Q4_0 GGUF as stored (Q4_1 layout): relative logit error vs the FP32 import %.3g with FP32 "
+                   "activations (tol 1e-4), %.3g with int8 activations (the default: their rounding, on this tiny random model)\n",
+                   e32, err);
+            free(c);
+        }
+        /* forced f32: the import's FP32 engine (o.weight_type f32 for Q4_0's reference) */
+        if (type != FR_GGML_Q8_0)
+            CHECK(memcmp(f, b, (size_t)T * V * sizeof(float)) == 0, "--weights f32 on a GGUF differs from the import");
+        free(a), free(b), free(f);
+    }
+    fr_engine_free(native);
+    fr_engine_free(ref);
+    fr_engine_free(forced);
+    fr_model_free(imp);
+    unlink(path);
+}
+
+int main(void) {
+    test_relayout(FR_GGML_Q8_0, 5, 96);
+    test_relayout(FR_GGML_Q4_0, 5, 96);
+    test_relayout(FR_GGML_Q4_1, 5, 96);
+    test_in_place();
+    char dir[] = "/tmp/frugal_gguf_native_XXXXXX";
+    CHECK(mkdtemp(dir) != NULL, "temp dir");
+    test_engine(FR_GGML_Q8_0, dir);
+    test_engine(FR_GGML_Q4_0, dir);
+    rmdir(dir);
+    return fr_test_finish("test_gguf_native");
+}
