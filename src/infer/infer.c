@@ -422,6 +422,20 @@ void fr_engine_free(fr_engine *e) {
 
 static size_t kv_value_bytes(fr_kv_type t) { return t == FR_KV_F32 ? 4 : t == FR_KV_BF16 ? 2 : 1; }
 
+/* Give back the mapped pages of the GGUF tensors whose names start with `prefix` (all when
+ * NULL) that the engine holds as copies (everything but F32 and BF16, used in place), so that
+ * a copy and its source are not both resident: the peak stays near the file's size. Harmless
+ * if a page is read again (a private read-only mapping refills it from the file). */
+static void gguf_release(const fr_engine *e, const char *prefix) {
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE), pl = prefix ? strlen(prefix) : 0;
+    for (int i = 0; i < e->gg->n_tensors; i++) {
+        const fr_gguf_tensor *t = &e->gg->tensors[i];
+        if (t->type == FR_GGML_F32 || t->type == FR_GGML_BF16 || (prefix && strncmp(t->name, prefix, pl) != 0)) continue;
+        const uintptr_t a = ((uintptr_t)t->data + page - 1) / page * page, b = ((uintptr_t)t->data + t->nbytes) / page * page;
+        if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+    }
+}
+
 /* Build an engine for `cfg` from the tensors of `st`; `what` names the source in errors. */
 static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_set *st, const fr_gguf *gg,
                         const fr_engine_options *opt, const char *what, int map) {
@@ -490,7 +504,10 @@ static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_se
         e->layers = calloc((size_t)(e->L + e->mtp), sizeof *e->layers);
         if (!e->layers) rc = fr_error(FR_ERR_NOMEM, "out of memory");
     }
-    for (int l = 0; e->layers && l < e->L + e->mtp && rc == FR_OK; l++) rc = load_layer(e, &e->layers[l], st, l, l >= e->L);
+    for (int l = 0; e->layers && l < e->L + e->mtp && rc == FR_OK; l++) {
+        rc = load_layer(e, &e->layers[l], st, l, l >= e->L);
+        if (gg) gguf_release(e, NAME("blk.%d.", l));
+    }
     if (rc == FR_OK && e->layers) rc = load_vec(e, st, "model.embed_tokens.weight", (size_t)V * H, &e->embed);
     if (rc == FR_OK && e->layers) rc = load_vec(e, st, "model.norm.weight", H, &e->final_norm);
     if (rc == FR_OK && e->layers)
@@ -543,13 +560,7 @@ static int engine_load_gguf(fr_engine **out, const char *path, const fr_engine_o
     }
     e->gguf = g;
     e->gg = &e->gguf;
-    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    for (int i = 0; i < g.n_tensors; i++) {
-        const fr_gguf_tensor *t = &g.tensors[i];
-        if (t->type == FR_GGML_F32 || t->type == FR_GGML_BF16) continue; /* used in place */
-        uintptr_t a = ((uintptr_t)t->data + page - 1) / page * page, b = ((uintptr_t)t->data + t->nbytes) / page * page;
-        if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
-    }
+    gguf_release(e, NULL); /* the embedding, the output head and the norms */
     *out = e;
     return FR_OK;
 }
