@@ -285,6 +285,8 @@ T_AVX512 static float dot_q4_1_avx512(const uint8_t *row, const float *x, const 
  */
 
 #define QX_MAX 4
+/* rows of a product from which the BF16 prefill path takes it (see "BF16 prefill") */
+#define PREFILL_BF16_MIN 16
 #ifndef QPF_BYTES
 #define QPF_BYTES 4096
 #endif
@@ -840,6 +842,7 @@ void fr_qmatmul_batch(const fr_qmatmul_job *jobs, int n) {
                 (jobs[k].w->type == FR_QT_Q4_1) == (jobs[i].w->type == FR_QT_Q4_1))
                 share = &qj[k];
         ok = fr_qmatmul_uses_int8(jobs[i].w) && jobs[i].M > 0 &&
+             !(jobs[i].M >= PREFILL_BF16_MIN && fr_qmatmul_prefill_bf16()) &&
              qjob_prepare(&qj[i], jobs[i].y, jobs[i].x, jobs[i].w, jobs[i].M, isa, 1, share);
         prepared += ok;
     }
@@ -854,12 +857,60 @@ void fr_qmatmul_batch(const fr_qmatmul_job *jobs, int n) {
     if (qj != stack) free(qj);
 }
 
+/* ------------------------------------------------------------------ BF16 prefill
+ * Prompt processing (M >= PREFILL_BF16_MIN rows) on the CPU's BF16 matrix units: tiles of W
+ * are dequantized (BF16 weights: read as they are) and multiplied by oneDNN's BF16 matmul
+ * (fr_cpu_gemm_bf16: AMX tiles on Sapphire Rapids, vdpbf16ps on AVX512-BF16 CPUs, an exact
+ * emulation elsewhere), activations and weights rounded to BF16, FP32 accumulation. The
+ * weights lose nothing a BF16 or 8-bit format holds... except Q8_0's 8-bit quants times an
+ * fp16 scale, which BF16's 8-bit significand rounds (relative 2^-9); the activations are
+ * rounded to BF16 (2^-9) where the int8 path rounds them per block of 32 (1/254 of the
+ * block's largest). On by default where the matmul runs on AMX; FRUGAL_PREFILL=bf16 or
+ * fr_qmatmul_set_prefill_bf16(1) elsewhere, FRUGAL_PREFILL=exact off. */
+static int g_prefill_bf16 = -1;
+
+void fr_qmatmul_set_prefill_bf16(int on) {
+    if (on < 0) {
+        const char *env = getenv("FRUGAL_PREFILL");
+        if (env && !strcmp(env, "bf16")) on = 1;
+        else if (env && !strcmp(env, "exact")) on = 0;
+        else on = strstr(fr_cpu_bf16_gemm_path(), "amx") != NULL;
+    }
+    g_prefill_bf16 = on ? 1 : 0;
+}
+
+int fr_qmatmul_prefill_bf16(void) {
+    if (g_prefill_bf16 < 0) fr_qmatmul_set_prefill_bf16(-1);
+    return g_prefill_bf16;
+}
+
+/* y[M, rows] = x W^T through fr_cpu_gemm_bf16 in tiles of about 4 MiB of FP32 weights; returns
+ * 0 when it could not run (memory) and the caller takes another path. */
+static int qmatmul_bf16(float *y, const float *x, const fr_qmatrix *w, int M) {
+    const int rows = w->rows, cols = w->cols;
+    size_t want = ((size_t)4 << 20) / ((size_t)cols * sizeof(float));
+    int tile_rows = want < 64 ? 64 : (int)(want - want % 64);
+    if (tile_rows > rows) tile_rows = rows;
+    float *tile = NULL;
+    if (posix_memalign((void **)&tile, 64, (size_t)tile_rows * cols * sizeof(float)) != 0) return 0;
+    int ok = 1;
+    for (int r0 = 0; r0 < rows && ok; r0 += tile_rows) {
+        const int n = rows - r0 < tile_rows ? rows - r0 : tile_rows;
+#pragma omp parallel for schedule(static) if (omp_get_max_threads() > 1)
+        for (int r = 0; r < n; r++) fr_qmatrix_row_f32(w, r0 + r, tile + (size_t)r * cols);
+        ok = fr_cpu_gemm_bf16(0, 1, M, n, cols, 1.0f, x, cols, tile, cols, 0.0f, y + r0, rows) == 0;
+    }
+    free(tile);
+    return ok;
+}
+
 void fr_qmatmul(float *y, const float *x, const fr_qmatrix *w, int M) {
     if (M <= 0 || w->rows <= 0 || w->cols <= 0) return;
     if (w->type == FR_QT_F32) {
         fr_cpu_gemm(0, 1, M, w->rows, w->cols, 1.0f, x, w->cols, (const float *)w->data, w->cols, 0.0f, y, w->rows);
         return;
     }
+    if (M >= PREFILL_BF16_MIN && fr_qmatmul_prefill_bf16() && qmatmul_bf16(y, x, w, M)) return;
     const int isa = quant_isa();
     if (fr_qmatmul_uses_int8(w) && qmatmul_int8(y, x, w, M, isa)) return;
     rowdot_fn dot = pick_dot(w->type, isa);

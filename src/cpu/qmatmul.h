@@ -36,6 +36,13 @@ void fr_qmatmul_batch(const fr_qmatmul_job *jobs, int n);
  * start-up, not while products run. */
 void fr_qmatmul_set_int8_act(int on);
 int fr_qmatmul_int8_act(void);
+/* Prompt processing (16 rows or more) of BF16 / Q8_0 / Q4_1 weights on the BF16 matrix units
+ * through oneDNN (AMX, AVX512-BF16; emulated elsewhere): on = 1, 0 = the exact paths above,
+ * -1 = from the environment (FRUGAL_PREFILL=bf16|exact), else on where oneDNN's BF16 matmul
+ * runs on AMX. Process-wide, like fr_qmatmul_set_int8_act. */
+void fr_qmatmul_set_prefill_bf16(int on);
+int fr_qmatmul_prefill_bf16(void);
+
 /* 1 when fr_qmatmul multiplies w with int8 activations (w is Q8_0 / Q4_1 and they are on). */
 int fr_qmatmul_uses_int8(const fr_qmatrix *w);
 
