@@ -282,7 +282,7 @@ void cli_progress_abort(cli_progress *p) {
 int cli_parse_weights(const char *cmd, void (*usage)(FILE *), const char *text, int *out) {
     const int t = strcmp(text, "auto") ? fr_weight_type_parse(text) : -1;
     if (t < 0 && strcmp(text, "auto")) {
-        cli_usage_error(cmd, usage, "option --weights: '%s' is not one of auto, f32, bf16, q8_0, q4_1", text);
+        cli_usage_error(cmd, usage, "option --weights: '%s' is not one of auto, f32, bf16, q8_0, q4_1, q4_k, q5_k, q6_k", text);
         return -1;
     }
     *out = t;

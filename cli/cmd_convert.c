@@ -26,9 +26,12 @@ void usage_convert(FILE *f) {
             "\n"
             "Options:\n"
             "  --to gguf      output format (only gguf for now)\n"
-            "  --type T       weight type: F32, F16, BF16, Q8_0 or Q4_0 (default F16). Norms, biases\n"
-            "                 and MoE routers stay F32; with Q8_0/Q4_0 a matrix whose rows are not a\n"
-            "                 multiple of 32 is written as F16\n"
+            "  --type T       weight type: F32, F16, BF16, Q8_0, Q4_0, the K-quants Q4_K, Q5_K, Q6_K, or\n"
+            "                 the mixes Q4_K_M, Q5_K_M (Q6_K for the output head, and for attn_v_b and\n"
+            "                 the down projections of the first and last eighth of the layers and every\n"
+            "                 third between) (default F16). Norms, biases and MoE routers stay F32; a\n"
+            "                 matrix whose rows are not a multiple of 256 (K types) is written as Q8_0,\n"
+            "                 one not a multiple of 32 (Q8_0 / Q4_0) as F16\n"
             "  --force        overwrite OUT.gguf if it exists\n"
             "  -h, --help     show this help\n"
             "\n"
@@ -59,9 +62,10 @@ int cmd_convert(int argc, char **argv) {
     if (strcmp(to, "gguf") != 0)
         return cli_usage_error("convert", usage_convert, "--to '%s' is not supported (only gguf)", to);
     if (n_pos != 2) return cli_usage_error("convert", usage_convert, "MODEL_DIR and OUT.gguf are required");
-    int type = fr_ggml_type_from_name(type_s);
-    if (type != FR_GGML_F32 && type != FR_GGML_F16 && type != FR_GGML_BF16 && type != FR_GGML_Q8_0 && type != FR_GGML_Q4_0)
-        return cli_usage_error("convert", usage_convert, "--type '%s' is not one of F32, F16, BF16, Q8_0, Q4_0", type_s);
+    int type = fr_gguf_export_type_from_name(type_s);
+    if (type < 0)
+        return cli_usage_error("convert", usage_convert,
+                               "--type '%s' is not one of F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, Q4_K_M, Q5_K_M", type_s);
     int rc = cli_check_dir(pos[0], "model folder");
     if (rc != CLI_EXIT_OK) return rc;
     struct stat sb;
@@ -73,8 +77,10 @@ int cmd_convert(int argc, char **argv) {
     double t0 = cli_now();
     if (fr_gguf_export(pos[0], pos[1], type, &st) != FR_OK) return cli_fail_lib("GGUF export failed");
     char b[32];
-    printf("wrote %s: %d tensors, %s, type %s (%d kept F32, %d fell back to F16), %d MTP layer%s not exported, %.1f s\n",
-           pos[1], st.n_tensors, cli_human_bytes(b, sizeof b, (double)st.bytes), fr_ggml_type_name(type), st.n_kept_f32,
-           st.n_fallback, st.n_mtp_skipped, st.n_mtp_skipped == 1 ? "" : "s", cli_now() - t0);
+    printf("wrote %s: %d tensors, %s, type %s (%d kept F32, %d fell back to Q8_0, %d to F16), %d MTP layer%s not "
+           "exported, %.1f s\n",
+           pos[1], st.n_tensors, cli_human_bytes(b, sizeof b, (double)st.bytes), fr_gguf_export_type_name(type),
+           st.n_kept_f32, st.n_fallback_q8, st.n_fallback, st.n_mtp_skipped, st.n_mtp_skipped == 1 ? "" : "s",
+           cli_now() - t0);
     return CLI_EXIT_OK;
 }

@@ -515,10 +515,12 @@ typedef enum {
 } fr_kv_type;
 
 typedef struct {
-    int weight_type;   /* storage of linear weights: 0 f32, 1 bf16, 2 q8_0, 3 q4_1 (src/formats/qmatrix.h
-                        * fr_qtype), or -1: as the checkpoint stores them (BF16, Q8_0 / Q4_1 from
-                        * `frugal quantize`, else f32; a model in memory: f32). Matrices whose
-                        * width a block format cannot hold stay FP32. */
+    int weight_type;   /* storage of linear weights: 0 f32, 1 bf16, 2 q8_0, 3 q4_1, 4 q4_k, 5 q5_k,
+                        * 6 q6_k (src/formats/qmatrix.h fr_qtype), or -1: as the checkpoint stores
+                        * them (BF16, Q8_0 / Q4_1 from `frugal quantize`, a GGUF's own format per
+                        * tensor, else f32; a model in memory: f32). Matrices whose width a block
+                        * format cannot hold take Q8_0 (K formats: width not a multiple of 256) or
+                        * stay FP32 (not a multiple of 32). */
     fr_kv_type kv_type;
     int max_seq_len;   /* cache capacity per sequence; 0 = max_position_embeddings */
     int threads;       /* 0 = leave the OpenMP default */
@@ -533,7 +535,8 @@ typedef struct {
                            * same either way. 0: always all threads */
 } fr_engine_options;
 
-/* The name of a weight_type value ("f32", "bf16", "q8_0", "q4_1"; NULL outside 0..3), and the
+/* The name of a weight_type value ("f32", "bf16", "q8_0", "q4_1", "q4_k", "q5_k", "q6_k"; NULL
+ * outside 0..6), and the
  * value of a name (-1 when it names none). */
 const char *fr_weight_type_name(int weight_type);
 int fr_weight_type_parse(const char *name);

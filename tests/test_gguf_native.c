@@ -105,6 +105,21 @@ static int logits_of(fr_engine *e, const int *ids, int T, float *out) {
     return rc;
 }
 
+/* prefill P tokens (all logits), then one token at a time to T: the decode kernels too */
+static int logits_split(fr_engine *e, const int *ids, int T, int P, float *out) {
+    const int V = fr_engine_config(e)->vocab_size;
+    fr_seq *s = NULL;
+    int rc = fr_seq_create(&s, e);
+    if (rc == FR_OK) rc = fr_engine_forward(e, &s, 1, &ids, &P, out, 1);
+    for (int t = P; t < T && rc == FR_OK; t++) {
+        const int *one = ids + t;
+        int n1 = 1;
+        rc = fr_engine_forward(e, &s, 1, &one, &n1, out + (size_t)t * V, 0);
+    }
+    fr_seq_free(s);
+    return rc;
+}
+
 static void test_engine(int type, const char *dir) {
     char path[512];
     snprintf(path, sizeof path, "%s/m-%s.gguf", dir, fr_ggml_type_name(type));
@@ -163,6 +178,99 @@ static void test_engine(int type, const char *dir) {
     unlink(path);
 }
 
+/* ------------------------------------------------------------------ K formats
+ * A random model whose matrices are K-sized (hidden, q_lora, kv_lora, heads x v_head,
+ * intermediate sizes multiples of 256; qk_nope 64, so attn_k_b falls back to Q8_0) exported
+ * to Q4_K_M, Q5_K and Q6_K: run as stored (a 6-token prefill, then 4 decode steps), with
+ * FP32 activations the logits equal the FP32
+ * import's within 1e-4 (the same weights, summation order only); with the default int8
+ * activations within 1e-1 (measured 2-6e-2 on this random model: Q4_K / Q5_K's d sc q terms
+ * are up to twice |w|, the minimum taking the rest exactly, which doubles the activation
+ * rounding's effect; each product's bound is checked in test_kquant). */
+static const char *KCFG =
+    "{\"architectures\": [\"DeepseekV3ForCausalLM\"], \"model_type\": \"deepseek_v3\", \"vocab_size\": 1000,"
+    " \"hidden_size\": 256, \"intermediate_size\": 512, \"moe_intermediate_size\": 256, \"num_hidden_layers\": 3,"
+    " \"num_attention_heads\": 4, \"num_key_value_heads\": 4, \"q_lora_rank\": 256, \"kv_lora_rank\": 256,"
+    " \"qk_nope_head_dim\": 64, \"qk_rope_head_dim\": 32, \"v_head_dim\": 64, \"n_routed_experts\": 0,"
+    " \"n_shared_experts\": 0, \"num_experts_per_tok\": 0, \"first_k_dense_replace\": 3,"
+    " \"num_nextn_predict_layers\": 0, \"max_position_embeddings\": 256, \"rope_theta\": 10000.0,"
+    " \"rope_interleave\": true, \"rms_norm_eps\": 1e-6, \"tie_word_embeddings\": false,"
+    " \"initializer_range\": 0.05, \"bos_token_id\": 0, \"eos_token_id\": 1}";
+
+static int copy_file(const char *from, const char *to) {
+    FILE *a = fopen(from, "rb"), *b = a ? fopen(to, "wb") : NULL;
+    char buf[65536];
+    size_t n;
+    int ok = a && b;
+    while (ok && (n = fread(buf, 1, sizeof buf, a)) > 0) ok = fwrite(buf, 1, n, b) == n;
+    if (a) fclose(a);
+    if (b && fclose(b) != 0) ok = 0;
+    return ok ? 0 : -1;
+}
+
+static void test_k_formats(const char *dir) {
+    char mdir[512], path[512];
+    snprintf(mdir, sizeof mdir, "%s/kmodel", dir);
+    fr_config cfg;
+    fr_model *m = NULL;
+    int rc = fr_config_parse(&cfg, KCFG, strlen(KCFG));
+    if (rc == FR_OK) rc = fr_model_create(&m, &cfg, 9);
+    if (rc == FR_OK) rc = fr_model_save(m, mdir);
+    fr_model_free(m);
+    char a[600], b[600];
+    const char *tok[] = {"tokenizer.json", "tokenizer_config.json"};
+    for (int i = 0; i < 2 && rc == FR_OK; i++) {
+        snprintf(a, sizeof a, "%s/%s", FIXTURE, tok[i]);
+        snprintf(b, sizeof b, "%s/%s", mdir, tok[i]);
+        rc = copy_file(a, b) == 0 ? FR_OK : FR_ERR_IO;
+    }
+    CHECK(rc == FR_OK, "K model: %s", fr_last_error());
+    if (rc != FR_OK) return;
+    const int types[3] = {FR_GGUF_MIX_Q4_K_M, FR_GGML_Q5_K, FR_GGML_Q6_K};
+    const int expect[3] = {FR_QT_Q4_K, FR_QT_Q5_K, FR_QT_Q6_K};
+    for (int k = 0; k < 3; k++) {
+        snprintf(path, sizeof path, "%s/k-%s.gguf", dir, fr_gguf_export_type_name(types[k]));
+        fr_gguf_export_stats st;
+        CHECK(fr_gguf_export(mdir, path, types[k], &st) == FR_OK, "export %s: %s", fr_gguf_export_type_name(types[k]),
+              fr_last_error());
+        fr_engine *native = NULL, *ref = NULL;
+        fr_model *imp = NULL;
+        fr_engine_options o;
+        fr_engine_options_default(&o);
+        o.weight_type = FR_QT_F32;
+        CHECK(fr_engine_load(&native, path, NULL) == FR_OK, "native: %s", fr_last_error());
+        CHECK(fr_model_load_gguf(&imp, path) == FR_OK && fr_engine_from_model(&ref, imp, &o) == FR_OK, "import: %s",
+              fr_last_error());
+        if (native && ref) {
+            CHECK(fr_engine_weight_type(native) == expect[k], "%s runs as %s", fr_gguf_export_type_name(types[k]),
+                  fr_weight_type_name(fr_engine_weight_type(native)));
+            const int V = 1000, T = 10;
+            int ids[10];
+            for (int i = 0; i < T; i++) ids[i] = (int)(rnd() % (uint32_t)V);
+            float *x = malloc((size_t)T * V * sizeof(float)), *y = malloc((size_t)T * V * sizeof(float));
+            float *z = malloc((size_t)T * V * sizeof(float));
+            fr_qmatmul_set_int8_act(0);
+            int r1 = logits_split(native, ids, T, 6, x);
+            fr_qmatmul_set_int8_act(1);
+            int r2 = logits_split(native, ids, T, 6, z), r3 = logits_split(ref, ids, T, 6, y);
+            CHECK(r1 == FR_OK && r2 == FR_OK && r3 == FR_OK, "forward: %s", fr_last_error());
+            const double e32 = fr_rel_err(x, y, (size_t)T * V), e8 = fr_rel_err(z, y, (size_t)T * V);
+            CHECK(e32 <= 1e-4 && e8 <= 1e-1, "%s as stored: relative logit error vs the FP32 import %.3g (FP32 activations, "
+                  "tol 1e-4), %.3g (int8, tol 1e-1)", fr_gguf_export_type_name(types[k]), e32, e8);
+            printf("%-6s GGUF (%d tensors fell back to Q8_0) as stored: logits vs the FP32 import %.2e with FP32 activations "
+                   "(tol 1e-4), %.2e with int8 (tol 1e-1)\n", fr_gguf_export_type_name(types[k]), st.n_fallback_q8, e32, e8);
+            free(x), free(y), free(z);
+        }
+        fr_engine_free(native);
+        fr_engine_free(ref);
+        fr_model_free(imp);
+        unlink(path);
+    }
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", mdir);
+    if (system(cmd) != 0) printf("could not remove %s\n", mdir);
+}
+
 int main(void) {
     test_relayout(FR_GGML_Q8_0, 5, 96);
     test_relayout(FR_GGML_Q4_0, 5, 96);
@@ -172,6 +280,7 @@ int main(void) {
     CHECK(mkdtemp(dir) != NULL, "temp dir");
     test_engine(FR_GGML_Q8_0, dir);
     test_engine(FR_GGML_Q4_0, dir);
+    test_k_formats(dir);
     rmdir(dir);
     return fr_test_finish("test_gguf_native");
 }

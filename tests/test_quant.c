@@ -34,6 +34,10 @@
 #include "formats/safetensors.h"
 #include "testutil.h"
 
+/* The formats with blocks of 32 (and F32 / BF16); the K formats (super-blocks of 256) are
+ * tests/test_kquant.c's and, in the engine, tests/test_gguf_native.c's. */
+#define BLOCK32_TYPES (FR_QT_Q4_1 + 1)
+
 #include <dirent.h>
 #include <math.h>
 #include <stdio.h>
@@ -388,7 +392,7 @@ static void test_matmul(void) {
     static const int ROWS[] = {1, 7, 33, 100};
     static const int COLS[] = {32, 96, 288, 1056};
     static const int MS[] = {1, 3, 4, 17};
-    for (int t = FR_QT_F32; t < FR_QT_COUNT; t++)
+    for (int t = FR_QT_F32; t < BLOCK32_TYPES; t++)
         for (int a = 0; a < 4; a++)
             for (int b = 0; b < 4; b++)
                 for (int c = 0; c < 4; c++) test_matmul_shape((fr_qtype)t, ROWS[a], COLS[b], MS[c]);
@@ -565,7 +569,7 @@ static void test_checkpoint(const char *tmp) {
     {
         const char *nm = "model.layers.0.mlp.down_proj.weight";
         const fr_st_tensor *t = fr_st_set_find(&orig, nm);
-        for (int ty = 0; ty < FR_QT_COUNT && t; ty++) {
+        for (int ty = 0; ty < BLOCK32_TYPES && t; ty++) {
             fr_qmatrix a, b;
             int r1 = fr_qmatrix_load(&a, &orig, nm, (int)t->shape[0], (int)t->shape[1], (fr_qtype)ty);
             int r2 = fr_qmatrix_from_f32(&b, (fr_qtype)ty, (const float *)t->data, (int)t->shape[0], (int)t->shape[1]);
@@ -592,7 +596,7 @@ static void test_checkpoint(const char *tmp) {
         loss_fp32 = li.loss_main;
     }
 
-    for (int ty = FR_QT_BF16; ty < FR_QT_COUNT; ty++) {
+    for (int ty = FR_QT_BF16; ty < BLOCK32_TYPES; ty++) {
         char out[600];
         snprintf(out, sizeof out, "%s/out-%s", tmp, fr_qtype_name((fr_qtype)ty));
         int calls = 0;
@@ -800,7 +804,7 @@ int main(void) {
 
     test_conversions();
     static const int RC[][2] = {{1, 32}, {7, 64}, {33, 96}, {70, 320}};
-    for (int t = FR_QT_F32; t < FR_QT_COUNT; t++)
+    for (int t = FR_QT_F32; t < BLOCK32_TYPES; t++)
         for (int i = 0; i < 4; i++) test_roundtrip((fr_qtype)t, RC[i][0], RC[i][1]);
     test_roundtrip(FR_QT_BF16, 14, 45);
     test_bad_matrix();

@@ -23,6 +23,7 @@
 
 #include "core/internal.h"
 #include "cpu/ops_cpu.h"
+#include "formats/kquant.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -357,9 +358,9 @@ static float block_sum_fixed(const float *xb) {
     return (t[0] + t[2]) + (t[1] + t[3]);
 }
 
-static void quantize_act_row_c(const float *x, int cols, int8_t *q, float *d, float *s) {
+static void quantize_act_row_c(const float *x, int cols, int8_t *q, float *d, float *s, int pairs) {
     const float magic = 0x1.8p23f;
-    const int nb = cols / FR_QBLOCK, pairs = s != NULL;
+    const int nb = cols / FR_QBLOCK;
     for (int b = 0; b < nb; b++) {
         const float *xb = x + b * FR_QBLOCK;
         float amax = 0.f;
@@ -378,8 +379,8 @@ static void quantize_act_row_c(const float *x, int cols, int8_t *q, float *d, fl
     }
 }
 
-T_AVX2 static void quantize_act_row_avx2(const float *x, int cols, int8_t *q, float *d, float *s) {
-    const int nb = cols / FR_QBLOCK, pairs = s != NULL;
+T_AVX2 static void quantize_act_row_avx2(const float *x, int cols, int8_t *q, float *d, float *s, int pairs) {
+    const int nb = cols / FR_QBLOCK;
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (int b = 0; b < nb; b++) {
@@ -405,9 +406,9 @@ T_AVX2 static void quantize_act_row_avx2(const float *x, int cols, int8_t *q, fl
     }
 }
 
-static void quantize_act_row(const float *x, int cols, int8_t *q, float *d, float *s, int isa) {
-    if (isa >= FR_ISA_AVX2) quantize_act_row_avx2(x, cols, q, d, s);
-    else quantize_act_row_c(x, cols, q, d, s);
+static void quantize_act_row(const float *x, int cols, int8_t *q, float *d, float *s, int pairs, int isa) {
+    if (isa >= FR_ISA_AVX2) quantize_act_row_avx2(x, cols, q, d, s, pairs);
+    else quantize_act_row_c(x, cols, q, d, s, pairs);
 }
 
 static void row8_q8_0_c(const uint8_t *row, const qact *a, int j0, int nx, float *out, const uint8_t *pf_end) {
@@ -633,7 +634,26 @@ static int quant_isa(void) {
 
 int fr_qmatmul_isa(void) { return quant_isa(); }
 
+/* K formats with FP32 activations: each super-block dequantized (formats/kquant.c), then dotted */
+#define KQ_DOT_F32(KT)                                                                                        \
+    static float dot_f32_##KT(const uint8_t *row, const float *x, const float *xs, int cols) {              \
+        (void)xs;                                                                                             \
+        const size_t bb = fr_kq_block_bytes(KT);                                                              \
+        float w[FR_QK_K], s = 0.f;                                                                            \
+        for (int b = 0; b < cols / FR_QK_K; b++) {                                                            \
+            fr_kq_dequantize_row(KT, row + bb * (size_t)b, w, FR_QK_K);                                       \
+            for (int i = 0; i < FR_QK_K; i++) s += w[i] * x[b * FR_QK_K + i];                                 \
+        }                                                                                                     \
+        return s;                                                                                             \
+    }
+KQ_DOT_F32(FR_KQ_Q4_K)
+KQ_DOT_F32(FR_KQ_Q5_K)
+KQ_DOT_F32(FR_KQ_Q6_K)
+
 static rowdot_fn pick_dot(fr_qtype t, int isa) {
+    if (t == FR_QT_Q4_K) return dot_f32_FR_KQ_Q4_K;
+    if (t == FR_QT_Q5_K) return dot_f32_FR_KQ_Q5_K;
+    if (t == FR_QT_Q6_K) return dot_f32_FR_KQ_Q6_K;
     static const rowdot_fn table[3][3] = {
         {dot_bf16_c, dot_q8_0_c, dot_q4_1_c},
         {dot_bf16_avx2, dot_q8_0_avx2, dot_q4_1_avx2},
@@ -695,10 +715,31 @@ int fr_qmatmul_int8_act(void) {
 }
 
 int fr_qmatmul_uses_int8(const fr_qmatrix *w) {
-    return (w->type == FR_QT_Q8_0 || w->type == FR_QT_Q4_1) && fr_qmatmul_int8_act();
+    return (w->type == FR_QT_Q8_0 || w->type == FR_QT_Q4_1 || fr_qtype_is_k(w->type)) && fr_qmatmul_int8_act();
 }
 
+/* How a weight format wants its int8 activations: 0 plain blocks (Q8_0, Q6_K), 1 plain with
+ * block sums (Q4_K, Q5_K: their minima), 2 Q4_1's pair order with block sums. Products whose
+ * formats want the same layout can share one quantized copy of an input. */
+static int act_layout(fr_qtype t) { return t == FR_QT_Q4_1 ? 2 : t == FR_QT_Q4_K || t == FR_QT_Q5_K ? 1 : 0; }
+
+/* The K formats (formats/kquant.c kernels, which pick their own ISA): one weight row against
+ * nx activation rows per call, as the other row kernels */
+#define KQ_ROW1(KT)                                                                                         \
+    static void kq_row_##KT(const uint8_t *row, const qact *a, int j0, int nx, float *out, const uint8_t *pf_end) { \
+        (void)pf_end;                                                                                         \
+        fr_kq_dot_q8_rows(KT, row, a->q + (size_t)j0 * a->cols, a->d + (size_t)j0 * a->nb,                     \
+                          a->s ? a->s + (size_t)j0 * a->nb : NULL, a->cols, nx, out);                          \
+    }                                                                                                         \
+    static void dot8_##KT(const qrows *t, const qact *a, int j0, int nx) { QROWS_LOOP(kq_row_##KT, nx) }
+KQ_ROW1(FR_KQ_Q4_K)
+KQ_ROW1(FR_KQ_Q5_K)
+KQ_ROW1(FR_KQ_Q6_K)
+
 static qdot8_fn pick_dot8(fr_qtype t, int isa) {
+    if (t == FR_QT_Q4_K) return dot8_FR_KQ_Q4_K;
+    if (t == FR_QT_Q5_K) return dot8_FR_KQ_Q5_K;
+    if (t == FR_QT_Q6_K) return dot8_FR_KQ_Q6_K;
     if (isa >= FR_ISA_AVX512 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl"))
         return t == FR_QT_Q8_0 ? dot8_q8_0_vnni : dot8_q4_1_vnni;
     if (isa >= FR_ISA_AVX2) return t == FR_QT_Q8_0 ? dot8_q8_0_avx2 : dot8_q4_1_avx2;
@@ -731,7 +772,7 @@ static void qjob_release(qjob *j) {
  * of one input, an expert's gate and up), reused instead of quantized again; or NULL. */
 static int qjob_prepare(qjob *j, float *y, const float *x, const fr_qmatrix *w, int M, int isa, int tiles_per_thread,
                         const qjob *share) {
-    const int rows = w->rows, cols = w->cols, nb = cols / FR_QBLOCK, q41 = w->type == FR_QT_Q4_1;
+    const int rows = w->rows, cols = w->cols, nb = cols / FR_QBLOCK, layout = act_layout(w->type), sums = layout > 0;
     const int threads = omp_get_max_threads();
     j->y = y;
     j->w = w;
@@ -742,14 +783,14 @@ static int qjob_prepare(qjob *j, float *y, const float *x, const fr_qmatrix *w, 
     } else {
         /* one buffer: int8 values (padded to 32 bytes), scales, Q4_1's block sums */
         const size_t qbytes = ((size_t)M * cols + 31) & ~(size_t)31, fbytes = (size_t)M * nb * sizeof(float);
-        unsigned char *buf = malloc(qbytes + fbytes * (q41 ? 2 : 1));
+        unsigned char *buf = malloc(qbytes + fbytes * (sums ? 2 : 1));
         if (!buf) return 0;
-        j->a = (qact){cols, nb, (int8_t *)buf, (float *)(buf + qbytes), q41 ? (float *)(buf + qbytes + fbytes) : NULL};
+        j->a = (qact){cols, nb, (int8_t *)buf, (float *)(buf + qbytes), sums ? (float *)(buf + qbytes + fbytes) : NULL};
         j->owns = 1;
 #pragma omp parallel for schedule(static) if (M >= 16 && threads > 1)
         for (int i = 0; i < M; i++)
             quantize_act_row(x + (size_t)i * cols, cols, j->a.q + (size_t)i * cols, j->a.d + (size_t)i * nb,
-                             q41 ? j->a.s + (size_t)i * nb : NULL, isa);
+                             sums ? j->a.s + (size_t)i * nb : NULL, layout == 2, isa);
     }
     j->dot = pick_dot8(w->type, isa);
     j->rb = fr_qtype_row_bytes(w->type, cols);
@@ -839,7 +880,7 @@ void fr_qmatmul_batch(const fr_qmatmul_job *jobs, int n) {
         const qjob *share = NULL;
         for (int k = 0; k < i && !share; k++)
             if (jobs[k].x == jobs[i].x && jobs[k].M == jobs[i].M && jobs[k].w->cols == jobs[i].w->cols &&
-                (jobs[k].w->type == FR_QT_Q4_1) == (jobs[i].w->type == FR_QT_Q4_1))
+                act_layout(jobs[k].w->type) == act_layout(jobs[i].w->type))
                 share = &qj[k];
         ok = fr_qmatmul_uses_int8(jobs[i].w) && jobs[i].M > 0 &&
              !(jobs[i].M >= PREFILL_BF16_MIN && fr_qmatmul_prefill_bf16()) &&

@@ -10,6 +10,7 @@
  */
 #define _GNU_SOURCE
 #include "formats/gguf.h"
+#include "formats/kquant.h"
 #include "core/internal.h"
 
 #include <errno.h>
@@ -164,6 +165,15 @@ int fr_ggml_quantize(int type, const float *src, void *dst, size_t n) {
             else quant_q4_0(src + 32 * b, o + 18 * b);
         }
         return FR_OK;
+    case FR_GGML_Q4_K: case FR_GGML_Q5_K: case FR_GGML_Q6_K: { /* formats/kquant.c's quantizer */
+        const fr_kq_type k = type == FR_GGML_Q4_K ? FR_KQ_Q4_K : type == FR_GGML_Q5_K ? FR_KQ_Q5_K : FR_KQ_Q6_K;
+        if (n % FR_QK_K) return fr_error(FR_ERR_ARG, "%s needs a multiple of 256 elements, got %zu", fr_ggml_type_name(type), n);
+        for (size_t i = 0; i < n; i++)
+            if (!isfinite(src[i])) return fr_error(FR_ERR_ARG, "a non-finite value cannot be encoded as %s", fr_ggml_type_name(type));
+        const size_t bb = fr_kq_block_bytes(k);
+        for (size_t b = 0; b < n / FR_QK_K; b++) fr_kq_quantize_row(k, src + b * FR_QK_K, o + b * bb, FR_QK_K);
+        return FR_OK;
+    }
     default:
         return fr_error(FR_ERR_UNSUPPORTED, "encoding ggml type %s (%d) is not supported",
                         fr_ggml_type_name(type) ? fr_ggml_type_name(type) : "?", type);
@@ -203,6 +213,13 @@ int fr_ggml_dequantize(int type, const void *src, float *dst, size_t n) {
             }
         }
         return FR_OK;
+    case FR_GGML_Q4_K: case FR_GGML_Q5_K: case FR_GGML_Q6_K: { /* formats/kquant.c */
+        const fr_kq_type k = type == FR_GGML_Q4_K ? FR_KQ_Q4_K : type == FR_GGML_Q5_K ? FR_KQ_Q5_K : FR_KQ_Q6_K;
+        if (n % FR_QK_K) return fr_error(FR_ERR_ARG, "%s needs a multiple of 256 elements, got %zu", fr_ggml_type_name(type), n);
+        const size_t bb = fr_kq_block_bytes(k);
+        for (size_t b = 0; b < n / FR_QK_K; b++) fr_kq_dequantize_row(k, p + b * bb, dst + b * FR_QK_K, FR_QK_K);
+        return FR_OK;
+    }
     case FR_GGML_Q4_1: /* [d][m][16 bytes]: x = d q + m, nibbles as Q4_0's */
         if (n % 32) return fr_error(FR_ERR_ARG, "Q4_1 needs a multiple of 32 elements, got %zu", n);
         for (size_t b = 0; b < n / 32; b++) {
@@ -724,7 +741,8 @@ int fr_gguf_add_tensor(fr_gguf_writer *w, const char *name, int n_dims, const in
     if (w->f) return fr_error(FR_ERR_STATE, "GGUF writer: tensor '%s' added after the header was written", name);
     if (strlen(name) >= GGML_MAX_NAME) return fr_error(FR_ERR_ARG, "GGUF writer: tensor name '%s' is too long", name);
     if (n_dims < 1 || n_dims > FR_GGUF_MAX_DIMS) return fr_error(FR_ERR_ARG, "GGUF writer: tensor '%s' has %d dims", name, n_dims);
-    if (type != FR_GGML_F32 && type != FR_GGML_F16 && type != FR_GGML_BF16 && type != FR_GGML_Q8_0 && type != FR_GGML_Q4_0)
+    if (type != FR_GGML_F32 && type != FR_GGML_F16 && type != FR_GGML_BF16 && type != FR_GGML_Q8_0 && type != FR_GGML_Q4_0 &&
+        type != FR_GGML_Q4_K && type != FR_GGML_Q5_K && type != FR_GGML_Q6_K)
         return fr_error(FR_ERR_UNSUPPORTED, "GGUF writer: type %d is not supported", type);
     for (int i = 0; i < w->n_t; i++)
         if (strcmp(w->t[i].name, name) == 0) return fr_error(FR_ERR_ARG, "GGUF writer: tensor '%s' added twice", name);

@@ -170,13 +170,23 @@ typedef struct {
     int n_tensors;
     uint64_t bytes;
     int n_fallback;       /* tensors written as F16 because ne[0] is not a multiple of 32 */
+    int n_fallback_q8;    /* tensors of a K scheme written as Q8_0: ne[0] not a multiple of 256 */
     int n_kept_f32;       /* 1-D tensors and routers kept in F32 */
     int n_mtp_skipped;    /* MTP layers present in the folder and not exported */
 } fr_gguf_export_stats;
 
+/* Weight schemes of fr_gguf_export beyond single ggml types: mixes that give some tensors
+ * more bits (see gguf_export.c, "types"). Outside ggml's type numbering. */
+enum { FR_GGUF_MIX_Q4_K_M = 1015, FR_GGUF_MIX_Q5_K_M = 1017 };
+/* The scheme named ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q4_K_M",
+ * "Q5_K_M"; any case), or -1 */
+int fr_gguf_export_type_from_name(const char *name);
+const char *fr_gguf_export_type_name(int type);
+
 /* Convert the Hugging Face folder model_dir (config.json, safetensors: F32/BF16/F16 or
  * DeepSeek FP8, tokenizer.json [+ tokenizer_config.json]) into a llama.cpp `deepseek2`
- * GGUF file of weight type `type` (F32, F16, BF16, Q8_0 or Q4_0). */
+ * GGUF file of weight type `type` (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, or a mix:
+ * FR_GGUF_MIX_Q4_K_M / FR_GGUF_MIX_Q5_K_M). */
 int fr_gguf_export(const char *model_dir, const char *out_path, int type, fr_gguf_export_stats *stats);
 
 #endif

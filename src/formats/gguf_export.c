@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 typedef enum { SRC_COPY, SRC_ROPE_Q, SRC_ROPE_KV, SRC_K_B, SRC_V_B, SRC_EXPERTS } src_kind;
@@ -53,6 +54,46 @@ typedef struct {
     int want;              /* requested weight type */
     fr_gguf_export_stats *st;
 } exporter;
+
+/* ------------------------------------------------------------------ types
+ * A single ggml type gives every matrix that type. The mixes are ours, in the spirit of
+ * llama.cpp's *_K_M: the base K type (Q4_K / Q5_K) everywhere except Q6_K for the output
+ * head and, on the first and last eighth of the layers and every third layer between, for the
+ * tensors whose errors reach the residual stream directly: attn_v_b (the values) and the
+ * down projections (dense, shared and routed experts). */
+static int more_bits(int layer, int n_layers) {
+    const int e = n_layers / 8 > 0 ? n_layers / 8 : 1;
+    return layer < e || layer >= n_layers - e || (layer - e) % 3 == 2;
+}
+
+static int tensor_type(const exporter *x, const char *gguf) {
+    if (x->want != FR_GGUF_MIX_Q4_K_M && x->want != FR_GGUF_MIX_Q5_K_M) return x->want;
+    const int base = x->want == FR_GGUF_MIX_Q4_K_M ? FR_GGML_Q4_K : FR_GGML_Q5_K;
+    if (!strcmp(gguf, "output.weight")) return FR_GGML_Q6_K;
+    int l, n = 0;
+    if (sscanf(gguf, "blk.%d.%n", &l, &n) == 1 && n > 0 &&
+        (!strcmp(gguf + n, "attn_v_b.weight") || !strncmp(gguf + n, "ffn_down", 8)) && more_bits(l, x->c->num_hidden_layers))
+        return FR_GGML_Q6_K;
+    return base;
+}
+
+static const struct { const char *name; int type; } EXPORT_TYPES[] = {
+    {"F32", FR_GGML_F32}, {"F16", FR_GGML_F16}, {"BF16", FR_GGML_BF16}, {"Q8_0", FR_GGML_Q8_0},
+    {"Q4_0", FR_GGML_Q4_0}, {"Q4_K", FR_GGML_Q4_K}, {"Q5_K", FR_GGML_Q5_K}, {"Q6_K", FR_GGML_Q6_K},
+    {"Q4_K_M", FR_GGUF_MIX_Q4_K_M}, {"Q5_K_M", FR_GGUF_MIX_Q5_K_M},
+};
+
+int fr_gguf_export_type_from_name(const char *name) {
+    for (size_t i = 0; name && i < sizeof EXPORT_TYPES / sizeof EXPORT_TYPES[0]; i++)
+        if (!strcasecmp(name, EXPORT_TYPES[i].name)) return EXPORT_TYPES[i].type;
+    return -1;
+}
+
+const char *fr_gguf_export_type_name(int type) {
+    for (size_t i = 0; i < sizeof EXPORT_TYPES / sizeof EXPORT_TYPES[0]; i++)
+        if (EXPORT_TYPES[i].type == type) return EXPORT_TYPES[i].name;
+    return NULL;
+}
 
 static int plan_add(exporter *x, const char *gguf, const char *hf, src_kind kind, int64_t rows, int64_t cols, int64_t n_exp) {
     if (x->n == x->cap) {
@@ -83,16 +124,17 @@ static int plan_add(exporter *x, const char *gguf, const char *hf, src_kind kind
     } else {
         e->n_dims = 2; e->ne[0] = cols; e->ne[1] = rows;
     }
-    /* type: 1-D tensors and the router stay F32 (llama.cpp keeps them F32); quantized
-     * types need ne[0] % 32 == 0, otherwise F16 */
+    /* type: 1-D tensors and the router stay F32 (llama.cpp keeps them F32); the rest takes
+     * the scheme's type (tensor_type), and a block type whose block does not divide ne[0]
+     * falls back: a K type to Q8_0 (blocks of 32), Q8_0 / Q4_0 to F16 */
     if (e->n_dims == 1 || strstr(gguf, "ffn_gate_inp")) {
         e->type = FR_GGML_F32;
         x->st->n_kept_f32++;
-    } else if ((x->want == FR_GGML_Q8_0 || x->want == FR_GGML_Q4_0) && e->ne[0] % 32) {
-        e->type = FR_GGML_F16;
-        x->st->n_fallback++;
     } else {
-        e->type = x->want;
+        int t = tensor_type(x, gguf);
+        if (fr_ggml_block_elems(t) == 256 && e->ne[0] % 256) t = FR_GGML_Q8_0, x->st->n_fallback_q8++;
+        if (fr_ggml_block_elems(t) == 32 && e->ne[0] % 32) t = FR_GGML_F16, x->st->n_fallback++;
+        e->type = t;
     }
     return FR_OK;
 }
@@ -250,6 +292,11 @@ static int file_type_of(int t) {
     case FR_GGML_F16: return 1;
     case FR_GGML_Q4_0: return 2;
     case FR_GGML_Q8_0: return 7;
+    case FR_GGML_Q4_K: return 14;  /* llama.cpp's file types: MOSTLY_Q4_K_S */
+    case FR_GGUF_MIX_Q4_K_M: return 15;
+    case FR_GGML_Q5_K: return 16;  /* MOSTLY_Q5_K_S */
+    case FR_GGUF_MIX_Q5_K_M: return 17;
+    case FR_GGML_Q6_K: return 18;
     case FR_GGML_BF16: return 32;
     default: return -1;
     }
@@ -413,9 +460,9 @@ done:
 int fr_gguf_export(const char *model_dir, const char *out_path, int type, fr_gguf_export_stats *stats) {
     fr_clear_error();
     if (!model_dir || !out_path) return fr_error(FR_ERR_ARG, "fr_gguf_export: NULL argument");
-    if (type != FR_GGML_F32 && type != FR_GGML_F16 && type != FR_GGML_BF16 && type != FR_GGML_Q8_0 && type != FR_GGML_Q4_0)
-        return fr_error(FR_ERR_ARG, "GGUF export: type %s is not one of F32, F16, BF16, Q8_0, Q4_0",
-                        fr_ggml_type_name(type) ? fr_ggml_type_name(type) : "?");
+    if (!fr_gguf_export_type_name(type))
+        return fr_error(FR_ERR_ARG, "GGUF export: type %d is not one of F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, Q4_K_M, "
+                        "Q5_K_M", type);
     fr_gguf_export_stats local;
     if (!stats) stats = &local;
     memset(stats, 0, sizeof *stats);

@@ -42,6 +42,7 @@
 
 #include "core/internal.h"
 #include "formats/gguf.h"
+#include "formats/kquant.h"
 #include "formats/numfmt.h"
 #include "formats/safetensors.h"
 
@@ -51,7 +52,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *QT_NAMES[FR_QT_COUNT] = {"f32", "bf16", "q8_0", "q4_1"};
+static const char *QT_NAMES[FR_QT_COUNT] = {"f32", "bf16", "q8_0", "q4_1", "q4_k", "q5_k", "q6_k"};
+
+int fr_qtype_is_k(fr_qtype t) { return t == FR_QT_Q4_K || t == FR_QT_Q5_K || t == FR_QT_Q6_K; }
+
+/* the kquant.h type of a K format */
+static fr_kq_type kq(fr_qtype t) { return t == FR_QT_Q4_K ? FR_KQ_Q4_K : t == FR_QT_Q5_K ? FR_KQ_Q5_K : FR_KQ_Q6_K; }
 
 const char *fr_qtype_name(fr_qtype t) { return (unsigned)t < FR_QT_COUNT ? QT_NAMES[t] : "?"; }
 
@@ -74,6 +80,7 @@ size_t fr_qtype_row_bytes(fr_qtype t, int cols) {
     case FR_QT_BF16: return (size_t)cols * 2;
     case FR_QT_Q8_0: return cols % FR_QBLOCK ? 0 : (size_t)cols + (size_t)(cols / FR_QBLOCK) * 2;
     case FR_QT_Q4_1: return cols % FR_QBLOCK ? 0 : (size_t)cols / 2 + (size_t)(cols / FR_QBLOCK) * 4;
+    case FR_QT_Q4_K: case FR_QT_Q5_K: case FR_QT_Q6_K: return fr_kq_row_bytes(kq(t), cols);
     default: return 0;
     }
 }
@@ -203,9 +210,9 @@ int fr_qmatrix_from_f32(fr_qmatrix *out, fr_qtype t, const float *src, int rows,
     memset(out, 0, sizeof *out);
     size_t rb = fr_qtype_row_bytes(t, cols);
     if (rows <= 0 || rb == 0) {
-        if ((t == FR_QT_Q8_0 || t == FR_QT_Q4_1) && cols > 0 && cols % FR_QBLOCK)
+        if ((t == FR_QT_Q8_0 || t == FR_QT_Q4_1 || fr_qtype_is_k(t)) && cols > 0)
             return fr_error(FR_ERR_ARG, "cannot store a %d x %d matrix as %s: the number of columns must be a multiple of %d",
-                            rows, cols, fr_qtype_name(t), FR_QBLOCK);
+                            rows, cols, fr_qtype_name(t), fr_qtype_is_k(t) ? FR_QK_K : FR_QBLOCK);
         return fr_error(FR_ERR_ARG, "cannot store a %d x %d matrix as %s", rows, cols, fr_qtype_name(t));
     }
     uint8_t *data = fr_alloc(rb * (size_t)rows);
@@ -222,6 +229,10 @@ int fr_qmatrix_from_f32(fr_qmatrix *out, fr_qtype t, const float *src, int rows,
             break;
         case FR_QT_Q8_0: k = quant_row_q8_0(dst, x, cols); break;
         case FR_QT_Q4_1: k = quant_row_q4_1(dst, x, cols); break;
+        case FR_QT_Q4_K: case FR_QT_Q5_K: case FR_QT_Q6_K:
+            for (int c = 0; c < cols && !k; c++) k = isfinite(x[c]) ? 0 : -1; /* the quantizer needs finite input */
+            if (!k) fr_kq_quantize_row(kq(t), x, dst, cols);
+            break;
         default: k = -3; break;
         }
         if (k) {
@@ -243,6 +254,7 @@ int fr_qmatrix_from_f32(fr_qmatrix *out, fr_qtype t, const float *src, int rows,
 static void dequant_row(const fr_qmatrix *m, const uint8_t *row, float *dst) {
     const int cols = m->cols, nb = cols / FR_QBLOCK;
     switch (m->type) {
+    case FR_QT_Q4_K: case FR_QT_Q5_K: case FR_QT_Q6_K: fr_kq_dequantize_row(kq(m->type), row, dst, cols); break;
     case FR_QT_F32: memcpy(dst, row, (size_t)cols * sizeof(float)); break;
     case FR_QT_BF16:
         for (int c = 0; c < cols; c++) dst[c] = fr_bf16_decode(((const uint16_t *)row)[c]);
@@ -443,6 +455,13 @@ int fr_qmatrix_from_ggml(fr_qmatrix *out, int ggml_type, const void *data, int r
     }
     if ((keep && ggml_type == FR_GGML_BF16) || (want == FR_QT_BF16 && ggml_type == FR_GGML_BF16)) {
         fr_qmatrix_wrap(out, FR_QT_BF16, (void *)data, rows, cols);
+        return FR_OK;
+    }
+    /* the K formats: the engine's layout is ggml's, used in place */
+    const fr_qtype kt = ggml_type == FR_GGML_Q4_K ? FR_QT_Q4_K : ggml_type == FR_GGML_Q5_K ? FR_QT_Q5_K
+                      : ggml_type == FR_GGML_Q6_K ? FR_QT_Q6_K : FR_QT_COUNT;
+    if (kt != FR_QT_COUNT && cols % FR_QK_K == 0 && (keep || want == (int)kt)) {
+        fr_qmatrix_wrap(out, kt, (void *)data, rows, cols);
         return FR_OK;
     }
     const int blocks = ggml_type == FR_GGML_Q8_0 || ggml_type == FR_GGML_Q4_0 || ggml_type == FR_GGML_Q4_1;

@@ -24,6 +24,9 @@ typedef enum {
     FR_QT_BF16 = 1,  /* bfloat16 (upper half of a float), round to nearest even */
     FR_QT_Q8_0 = 2,  /* blocks of 32: float scale + 32 int8 */
     FR_QT_Q4_1 = 3,  /* blocks of 32: float scale + float minimum + 32 4-bit values */
+    FR_QT_Q4_K = 4,  /* ggml's K-quants, super-blocks of 256 as GGUF files store them */
+    FR_QT_Q5_K = 5,  /* (formats/kquant.h): 4.5, 5.5 and 6.5625 bits per weight */
+    FR_QT_Q6_K = 6,
     FR_QT_COUNT
 } fr_qtype;
 
@@ -34,10 +37,13 @@ typedef struct {
     int owned;
 } fr_qmatrix;
 
-/* Name ("f32", "bf16", "q8_0", "q4_1") and parse; -1 if unknown. */
+/* Name ("f32", "bf16", "q8_0", "q4_1", "q4_k", "q5_k", "q6_k") and parse; -1 if unknown. */
 const char *fr_qtype_name(fr_qtype t);
 int fr_qtype_parse(const char *name);
-/* Bytes of one stored row of `cols` values (0 if cols is not allowed for the type). */
+/* Bytes of one stored row of `cols` values (0 if cols is not allowed for the type: the K
+ * formats need a multiple of 256, Q8_0 and Q4_1 of 32). */
+/* FR_QT_Q4_K .. FR_QT_Q6_K */
+int fr_qtype_is_k(fr_qtype t);
 size_t fr_qtype_row_bytes(fr_qtype t, int cols);
 
 /* Quantize an FP32 matrix [rows, cols] into a new owned matrix of type t. */

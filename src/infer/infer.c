@@ -27,6 +27,7 @@
 #include "cpu/ops_cpu.h"
 #include "cpu/qmatmul.h"
 #include "formats/safetensors.h"
+#include "formats/kquant.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -52,6 +53,7 @@ void fr_engine_options_default(fr_engine_options *o) {
 
 static fr_qtype mat_type(const fr_engine *e, int cols) {
     fr_qtype t = (fr_qtype)e->opt.weight_type;
+    if (fr_qtype_is_k(t) && cols % FR_QK_K != 0) t = FR_QT_Q8_0; /* as the GGUF export's fallback */
     if ((t == FR_QT_Q8_0 || t == FR_QT_Q4_1) && cols % FR_QBLOCK != 0) return FR_QT_F32;
     return t;
 }
@@ -61,6 +63,7 @@ static fr_qtype mat_type(const fr_engine *e, int cols) {
  * engine was +0.18 % over FP32 with a Q4_1 head, +0.013 % with Q8_0) and W_UK^T (below). */
 static fr_qtype sensitive_type(const fr_engine *e, int cols) {
     const fr_qtype t = mat_type(e, cols);
+    if (t == FR_QT_Q4_K || t == FR_QT_Q5_K) return FR_QT_Q6_K; /* as the *_K_M mixes */
     return t == FR_QT_Q4_1 ? FR_QT_Q8_0 : t;
 }
 
@@ -423,14 +426,17 @@ void fr_engine_free(fr_engine *e) {
 static size_t kv_value_bytes(fr_kv_type t) { return t == FR_KV_F32 ? 4 : t == FR_KV_BF16 ? 2 : 1; }
 
 /* Give back the mapped pages of the GGUF tensors whose names start with `prefix` (all when
- * NULL) that the engine holds as copies (everything but F32 and BF16, used in place), so that
+ * NULL) that the engine holds as copies (everything but F32, BF16 and the K formats, used in
+ * place; a K tensor that fell back is rare enough to leave), so that
  * a copy and its source are not both resident: the peak stays near the file's size. Harmless
  * if a page is read again (a private read-only mapping refills it from the file). */
 static void gguf_release(const fr_engine *e, const char *prefix) {
     const size_t page = (size_t)sysconf(_SC_PAGESIZE), pl = prefix ? strlen(prefix) : 0;
     for (int i = 0; i < e->gg->n_tensors; i++) {
         const fr_gguf_tensor *t = &e->gg->tensors[i];
-        if (t->type == FR_GGML_F32 || t->type == FR_GGML_BF16 || (prefix && strncmp(t->name, prefix, pl) != 0)) continue;
+        const int in_place = t->type == FR_GGML_F32 || t->type == FR_GGML_BF16 || t->type == FR_GGML_Q4_K ||
+                             t->type == FR_GGML_Q5_K || t->type == FR_GGML_Q6_K;
+        if (in_place || (prefix && strncmp(t->name, prefix, pl) != 0)) continue;
         const uintptr_t a = ((uintptr_t)t->data + page - 1) / page * page, b = ((uintptr_t)t->data + t->nbytes) / page * page;
         if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
     }
@@ -462,6 +468,7 @@ static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_se
         const fr_gguf_tensor *t = fr_gguf_find_tensor(gg, "blk.0.attn_output.weight");
         const int gt = t ? t->type : FR_GGML_F32;
         o.weight_type = gt == FR_GGML_Q8_0 ? FR_QT_Q8_0 : gt == FR_GGML_Q4_0 || gt == FR_GGML_Q4_1 ? FR_QT_Q4_1
+                      : gt == FR_GGML_Q4_K ? FR_QT_Q4_K : gt == FR_GGML_Q5_K ? FR_QT_Q5_K : gt == FR_GGML_Q6_K ? FR_QT_Q6_K
                       : gt == FR_GGML_BF16 ? FR_QT_BF16 : FR_QT_F32;
     }
     if (o.weight_type == -1) {
