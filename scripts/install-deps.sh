@@ -13,9 +13,12 @@
 # curl, python3 (tests/test_serve.py; the openai client itself comes from
 # `make serve-test-deps`, a venv, never from apt) and chromium (headless, for the chat page).
 # `make fixtures` uses Python (tools/requirements.txt).
+# bible-kjv-text and bible-kjv give the default corpus (scripts/corpus-kjv.sh); the dict-*,
+# fortunes, python3-doc, perl-doc and manpages packages (rendered by man-db) give the larger
+# mixed corpus of scripts/corpus-mix.sh, with the Python stdlib and libc/kernel headers.
 set -euo pipefail
 
-PACKAGES=(build-essential cmake pkg-config libcjson-dev libpcre2-dev libmicrohttpd-dev libdnnl-dev openmpi-bin libopenmpi-dev curl chromium python3 python3-venv bible-kjv-text bible-kjv clang libclang-rt-14-dev)
+PACKAGES=(build-essential cmake pkg-config libcjson-dev libpcre2-dev libmicrohttpd-dev libdnnl-dev openmpi-bin libopenmpi-dev curl chromium python3 python3-venv bible-kjv-text bible-kjv dict-gcide dict-wn dict-foldoc dict-jargon dict-devil fortunes fortunes-min python3-doc perl-doc manpages manpages-dev man-db clang libclang-rt-14-dev)
 
 usage() {
     cat <<USAGE

@@ -104,6 +104,7 @@
 #include "cpu/ops_cpu.h"
 #include "formats/qmatrix.h"
 
+#include <cpuid.h>
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
@@ -760,12 +761,12 @@ static kq_rows_fn pick_rows(fr_kq_type t) {
     if ((unsigned)t > FR_KQ_Q6_K) return NULL;
     int v = __atomic_load_n(&have_vnni, __ATOMIC_RELAXED), f = __atomic_load_n(&have_f16c, __ATOMIC_RELAXED);
     if (v < 0 || f < 0) {
-        __builtin_cpu_init();
-        f = __builtin_cpu_supports("f16c") ? 1 : 0;
-        v = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
-                    __builtin_cpu_supports("avx512bw") && f
-                ? 1
-                : 0;
+        /* cpuid rather than __builtin_cpu_supports, which clang rejects for "f16c" (the fuzz
+         * build compiles this file with clang); the OS's AVX-512 state is fr_cpu_isa()'s check */
+        unsigned a, b, c, d;
+        f = __get_cpuid(1, &a, &b, &c, &d) && ((c >> 29) & 1);                  /* F16C */
+        v = f && __get_cpuid_count(7, 0, &a, &b, &c, &d) && ((b >> 30) & 1) &&  /* AVX512BW */
+            ((b >> 31) & 1) && ((c >> 11) & 1);                                /* AVX512VL, AVX512_VNNI */
         __atomic_store_n(&have_f16c, f, __ATOMIC_RELAXED);
         __atomic_store_n(&have_vnni, v, __ATOMIC_RELAXED);
     }
