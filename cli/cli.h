@@ -22,6 +22,8 @@
 int cmd_eval(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 void usage_train(FILE *f);
+int cmd_finetune(int argc, char **argv);
+void usage_finetune(FILE *f);
 int cmd_info(int argc, char **argv);
 int cmd_init(int argc, char **argv);
 void usage_eval(FILE *f);

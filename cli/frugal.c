@@ -29,6 +29,7 @@ static void usage_main(FILE *f) {
             "  data       tokenize text / JSONL / folders into token shards; inspect a dataset\n"
             "  tokenizer  train a byte-level BPE tokenizer; encode and decode text\n"
             "  train      train a model: AdamW, aux-loss-free balancing, MTP, checkpoints, ledger\n"
+            "  finetune   fine-tune a model on chat conversations (loss on the assistant replies)\n"
             "  eval       mean next-token loss and perplexity of a model on token sequences\n"
             "  info       config summary, parameter counts, latent KV-cache size, CPU features\n"
             "  init       a randomly initialised model folder from a config (no training)\n"
@@ -37,7 +38,7 @@ static void usage_main(FILE *f) {
             "  plot       draw training curves from metrics.jsonl (SVG or terminal)\n"
             "  generate   sample text from a checkpoint (latent KV cache, MTP speculation)\n"
             "  chat       interactive chat with a checkpoint\n"
-            "  convert    convert a model folder to GGUF for llama.cpp (F32/F16/BF16/Q8_0/Q4_0)\n"
+            "  convert    convert a model folder to GGUF for llama.cpp (F32 ... Q8_0, Q4_0, K-quants)\n"
             "  quantize   store a model's linear weights as BF16 / Q8_0 / Q4_1; validation perplexity\n"
             "  serve      OpenAI-compatible HTTP server with continuous batching and a chat page\n"
             "  version    print the version\n"
@@ -101,6 +102,7 @@ typedef struct {
 
 static const command COMMANDS[] = {
     {"train", cmd_train, usage_train},
+    {"finetune", cmd_finetune, usage_finetune},
     {"data", cmd_data, usage_data},
     {"tokenizer", cmd_tokenizer, usage_tokenizer},
     {"eval", cmd_eval, usage_eval},

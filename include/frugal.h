@@ -305,6 +305,29 @@ int fr_data_prepare(const fr_data_prepare_options *opt, fr_data_stats *stats);
  * is replaced, only after the new one is complete. */
 int fr_data_prepare_replace(const fr_data_prepare_options *opt, fr_data_stats *stats);
 
+/* Fine-tuning data (src/text/sft_prepare.c): chat conversations, one JSON object per line
+ * ({"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}), rendered
+ * with the chat template of the tokenizer in tokenizer_dir and packed into the shards of
+ * fr_data_prepare with a loss mask beside each (fr_chat_encode_masked: the assistant
+ * replies are the targets). A line without an assistant turn is skipped and counted; a
+ * malformed line fails naming its number. A conversation goes to "val" by a hash of its
+ * line (val_fraction of them). output_dir must not exist; it is written as
+ * output_dir.tmp-PID and renamed when complete. */
+typedef struct {
+    const char *tokenizer_dir;
+    const char *input;          /* chat JSONL */
+    const char *output_dir;
+    double val_fraction;        /* [0, 1) */
+} fr_sft_prepare_options;
+
+typedef struct {
+    long conversations, skipped_no_assistant;
+    long train_conversations, val_conversations;
+    uint64_t train_tokens, val_tokens, train_targets, val_targets;
+} fr_sft_stats;
+
+int fr_sft_prepare(const fr_sft_prepare_options *o, fr_sft_stats *stats);
+
 /* Read access to one split ("train" or "val") of a prepared dataset (shards are mmap'd). */
 typedef struct fr_dataset fr_dataset;
 int fr_dataset_open(fr_dataset **out, const char *dir, const char *split);
@@ -314,6 +337,11 @@ int fr_dataset_vocab_size(const fr_dataset *ds);
 int fr_dataset_eot_id(const fr_dataset *ds);
 /* Copy n tokens starting at global position pos (across shard boundaries). */
 int fr_dataset_read(const fr_dataset *ds, uint64_t pos, int *dst, size_t n);
+/* Loss masks (fine-tuning data, fr_sft_prepare): 1 when every shard of the split has one (a
+ * byte per token, 1 = the token is a training target, 0 = context only), 0 when none has.
+ * fr_dataset_read_mask copies n mask bytes from global position pos (all 1 without masks). */
+int fr_dataset_has_mask(const fr_dataset *ds);
+int fr_dataset_read_mask(const fr_dataset *ds, uint64_t pos, unsigned char *dst, size_t n);
 /* Bytes per stored token (2 or 4), number of shards, and path / token count of shard i. */
 int fr_dataset_token_width(const fr_dataset *ds);
 int fr_dataset_num_shards(const fr_dataset *ds);
@@ -397,7 +425,7 @@ typedef struct {
     double mtp_lambda;        /* MTP loss weight */
     uint64_t seed;
     int threads;
-    int eval_interval, eval_batches;   /* 0 = no periodic eval */
+    int eval_interval, eval_batches;   /* 0 = no periodic eval, only the one at the end */
     int ckpt_interval;                 /* steps between checkpoints (0 = only at the end) */
     int sample_interval, sample_tokens;
     char sample_prompt[256];
@@ -687,6 +715,13 @@ typedef struct {
  * *out is malloc'd (caller frees); out_len may be NULL. Unknown roles fail with FR_ERR_ARG. */
 int fr_chat_render(const fr_tokenizer *tok, const fr_chat_message *msgs, int n_msgs,
                    int add_generation_prompt, char **out, size_t *out_len);
+/* A conversation as fine-tuning tokens: the tokens of fr_chat_render's text (no generation
+ * prompt) with mask[i] = 1 for the tokens of each assistant reply and the end-of-sentence
+ * token that closes it (the loss targets), 0 for the rest (bos, system, user turns, the
+ * Assistant tag). The pieces are encoded one by one at the template's special tags, which
+ * gives the same tokens as encoding the whole text. *ids and *mask are malloc'd. */
+int fr_chat_encode_masked(const fr_tokenizer *tok, const fr_chat_message *msgs, int n_msgs, int **ids,
+                          unsigned char **mask, size_t *n);
 /* 1 when tok has no chat template or a DeepSeek-style one (with the User/Assistant tags);
  * 0 when its template is of another family (fr_chat_render still uses DeepSeek-V3's). */
 int fr_chat_template_is_deepseek(const fr_tokenizer *tok);

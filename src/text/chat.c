@@ -49,6 +49,18 @@ int fr_chat_template_is_deepseek(const fr_tokenizer *tok) {
     return strstr(t, USER_TAG) != NULL && strstr(t, ASSISTANT_TAG) != NULL;
 }
 
+/* The tokenizer's bos / eos strings (DeepSeek-V3's without a tokenizer or when it has none),
+ * and whether its (DeepSeek-style) template writes "\n\n" after each system message */
+static void chat_markers(const fr_tokenizer *tok, const char **bos, const char **eos, int *system_sep) {
+    const char *tmpl = tok ? fr_tokenizer_chat_template(tok) : "";
+    *system_sep = tmpl[0] && fr_chat_template_is_deepseek(tok) && strstr(tmpl, "\\n\\n") != NULL;
+    *bos = BOS_DEFAULT, *eos = EOS_DEFAULT;
+    if (!tok) return;
+    const int b = fr_tokenizer_special_id(tok, FR_TOKEN_BOS), e = fr_tokenizer_special_id(tok, FR_TOKEN_EOS);
+    if (b >= 0 && fr_tokenizer_id_to_token(tok, b)) *bos = fr_tokenizer_id_to_token(tok, b);
+    if (e >= 0 && fr_tokenizer_id_to_token(tok, e)) *eos = fr_tokenizer_id_to_token(tok, e);
+}
+
 int fr_chat_render(const fr_tokenizer *tok, const fr_chat_message *msgs, int n_msgs,
                    int add_generation_prompt, char **out, size_t *out_len) {
     if (!out || n_msgs < 0 || (n_msgs > 0 && !msgs)) return fr_error(FR_ERR_ARG, "fr_chat_render: invalid arguments");
@@ -60,15 +72,9 @@ int fr_chat_render(const fr_tokenizer *tok, const fr_chat_message *msgs, int n_m
         if (strcmp(r, "system") && strcmp(r, "user") && strcmp(r, "assistant"))
             return fr_error(FR_ERR_ARG, "chat message %d: unknown role '%.40s' (expected system, user or assistant)", i, r);
     }
-    const char *tmpl = tok ? fr_tokenizer_chat_template(tok) : "";
-    /* "\n\n" after each system message when the (DeepSeek-style) template writes one */
-    int system_sep = tmpl[0] && fr_chat_template_is_deepseek(tok) && strstr(tmpl, "\\n\\n") != NULL;
-    const char *bos = BOS_DEFAULT, *eos = EOS_DEFAULT;
-    if (tok) {
-        int b = fr_tokenizer_special_id(tok, FR_TOKEN_BOS), e = fr_tokenizer_special_id(tok, FR_TOKEN_EOS);
-        if (b >= 0 && fr_tokenizer_id_to_token(tok, b)) bos = fr_tokenizer_id_to_token(tok, b);
-        if (e >= 0 && fr_tokenizer_id_to_token(tok, e)) eos = fr_tokenizer_id_to_token(tok, e);
-    }
+    const char *bos, *eos;
+    int system_sep;
+    chat_markers(tok, &bos, &eos, &system_sep);
     chat_buf b = {0};
     cb_str(&b, bos);
     for (int i = 0; i < n_msgs; i++) {
@@ -93,5 +99,85 @@ int fr_chat_render(const fr_tokenizer *tok, const fr_chat_message *msgs, int n_m
     }
     *out = b.s;
     if (out_len) *out_len = b.n;
+    return FR_OK;
+}
+
+/* ------------------------------------------------------------------ fine-tuning tokens */
+
+typedef struct {
+    int *ids;
+    unsigned char *mask;
+    size_t n, cap;
+} masked_buf;
+
+/* encode text[0:len] (special tags parsed) and append it with mask value m */
+static int mb_add(masked_buf *b, const fr_tokenizer *tok, const char *text, size_t len, unsigned char m) {
+    int *ids = NULL;
+    size_t n = 0;
+    FR_CHECK(fr_tokenizer_encode(tok, text, len, 1, &ids, &n));
+    if (b->n + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->n + n) cap *= 2;
+        int *ni = realloc(b->ids, cap * sizeof *ni);
+        if (ni) b->ids = ni;
+        unsigned char *nm = ni ? realloc(b->mask, cap) : NULL;
+        if (nm) b->mask = nm;
+        if (!ni || !nm) {
+            free(ids);
+            return fr_error(FR_ERR_NOMEM, "out of memory encoding a conversation");
+        }
+        b->cap = cap;
+    }
+    memcpy(b->ids + b->n, ids, n * sizeof *ids);
+    memset(b->mask + b->n, m, n);
+    b->n += n;
+    free(ids);
+    return FR_OK;
+}
+
+int fr_chat_encode_masked(const fr_tokenizer *tok, const fr_chat_message *msgs, int n_msgs, int **ids,
+                          unsigned char **mask, size_t *n) {
+    if (!tok || !ids || !mask || !n || n_msgs < 0 || (n_msgs > 0 && !msgs))
+        return fr_error(FR_ERR_ARG, "fr_chat_encode_masked: invalid arguments");
+    *ids = NULL, *mask = NULL, *n = 0;
+    /* the pieces of fr_chat_render's text, in its order; each begins or ends at a special tag,
+     * so encoding them one by one gives the tokens of the whole text (tests/test_sft.c) */
+    char *whole = NULL;
+    FR_CHECK(fr_chat_render(tok, msgs, n_msgs, 0, &whole, NULL)); /* validates the roles */
+    free(whole);
+    const char *bos, *eos;
+    int system_sep;
+    chat_markers(tok, &bos, &eos, &system_sep);
+    masked_buf b = {0};
+    chat_buf head = {0};
+    cb_str(&head, bos);
+    for (int i = 0; i < n_msgs; i++)
+        if (!strcmp(msgs[i].role, "system")) {
+            cb_str(&head, msgs[i].content);
+            if (system_sep) cb_str(&head, "\n\n");
+        }
+    int rc = head.oom ? fr_error(FR_ERR_NOMEM, "out of memory") : mb_add(&b, tok, head.s, head.n, 0);
+    free(head.s);
+    for (int i = 0; i < n_msgs && rc == FR_OK; i++) {
+        const char *c = msgs[i].content;
+        chat_buf p = {0};
+        if (!strcmp(msgs[i].role, "user")) {
+            cb_str(&p, USER_TAG);
+            cb_str(&p, c);
+            rc = p.oom ? fr_error(FR_ERR_NOMEM, "out of memory") : mb_add(&b, tok, p.s, p.n, 0);
+        } else if (!strcmp(msgs[i].role, "assistant")) {
+            rc = mb_add(&b, tok, ASSISTANT_TAG, strlen(ASSISTANT_TAG), 0);
+            cb_str(&p, c);
+            cb_str(&p, eos);
+            if (rc == FR_OK) rc = p.oom ? fr_error(FR_ERR_NOMEM, "out of memory") : mb_add(&b, tok, p.s, p.n, 1);
+        }
+        free(p.s);
+    }
+    if (rc != FR_OK) {
+        free(b.ids);
+        free(b.mask);
+        return rc;
+    }
+    *ids = b.ids, *mask = b.mask, *n = b.n;
     return FR_OK;
 }

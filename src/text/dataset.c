@@ -24,6 +24,7 @@ typedef struct {
     const unsigned char *tokens; /* after the header */
     uint64_t count;
     uint64_t start;              /* global position of its first token */
+    void *mask_map;              /* the loss mask, `count` bytes (fine-tuning data), or NULL */
 } ds_shard;
 
 struct fr_dataset {
@@ -33,12 +34,14 @@ struct fr_dataset {
     int width;
     int vocab;
     int eot;
+    int masked;                  /* every shard has a loss mask */
 };
 
 void fr_dataset_close(fr_dataset *ds) {
     if (!ds) return;
     for (int i = 0; i < ds->n_shards; i++) {
         if (ds->shards[i].map) munmap(ds->shards[i].map, ds->shards[i].map_len);
+        if (ds->shards[i].mask_map) munmap(ds->shards[i].mask_map, (size_t)ds->shards[i].count);
         free(ds->shards[i].path);
     }
     free(ds->shards);
@@ -51,6 +54,29 @@ static int json_u64(const cJSON *j, uint64_t *out) {
     if (!(d >= 0) || d > 9007199254740992.0 || d != (double)(uint64_t)d) return 0;
     *out = (uint64_t)d;
     return 1;
+}
+
+/* Map shard sh's loss mask `path`: exactly one byte (0 or 1) per token. */
+static int open_mask(ds_shard *sh, const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return fr_error(FR_ERR_IO, "cannot open loss mask %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size != sh->count) {
+        close(fd);
+        return fr_error(FR_ERR_FORMAT, "loss mask %s must hold one byte per token of its shard (%llu)", path,
+                        (unsigned long long)sh->count);
+    }
+    void *map = sh->count ? mmap(NULL, (size_t)sh->count, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
+    close(fd);
+    if (map == MAP_FAILED) return fr_error(FR_ERR_IO, "cannot map loss mask %s", path);
+    const unsigned char *m = map;
+    for (uint64_t i = 0; i < sh->count; i++)
+        if (m[i] > 1) {
+            munmap(map, (size_t)sh->count);
+            return fr_error(FR_ERR_FORMAT, "loss mask %s: byte %llu is %u (must be 0 or 1)", path, (unsigned long long)i, m[i]);
+        }
+    sh->mask_map = map;
+    return FR_OK;
 }
 
 /* Map and validate one shard against the dataset-wide header fields. */
@@ -175,6 +201,20 @@ static int dataset_open(fr_dataset *ds, const char *dir, const char *split) {
             ds->n_shards = i + 1;
             rc = open_shard(ds, &ds->shards[i], p, cnt, i == 0);
             free(p);
+            /* a loss mask on every shard or on none */
+            const cJSON *mask = cJSON_GetObjectItemCaseSensitive(e, "mask");
+            if (rc == FR_OK && i == 0) ds->masked = mask != NULL;
+            else if (rc == FR_OK && (mask != NULL) != ds->masked)
+                rc = fr_error(FR_ERR_FORMAT, "%s: some shards of split '%s' have a loss mask and some do not", meta_path, split);
+            if (rc == FR_OK && mask) {
+                if (!cJSON_IsString(mask) || strchr(mask->valuestring, '/') || mask->valuestring[0] == '.') {
+                    rc = fr_error(FR_ERR_FORMAT, "%s: shard entry %d of split '%s' has a malformed mask", meta_path, i, split);
+                    break;
+                }
+                char *mp = fr_path_join(dir, mask->valuestring);
+                rc = mp ? open_mask(&ds->shards[i], mp) : fr_error(FR_ERR_NOMEM, "out of memory");
+                free(mp);
+            }
             ds->shards[i].start = pos;
             pos += cnt;
         }
@@ -238,6 +278,28 @@ int fr_dataset_vocab_size(const fr_dataset *ds) { return ds ? ds->vocab : 0; }
 int fr_dataset_eot_id(const fr_dataset *ds) { return ds ? ds->eot : -1; }
 int fr_dataset_token_width(const fr_dataset *ds) { return ds ? ds->width : 0; }
 int fr_dataset_num_shards(const fr_dataset *ds) { return ds ? ds->n_shards : 0; }
+int fr_dataset_has_mask(const fr_dataset *ds) { return ds ? ds->masked : 0; }
+
+int fr_dataset_read_mask(const fr_dataset *ds, uint64_t pos, unsigned char *dst, size_t n) {
+    if (!ds || (n && !dst)) return fr_error(FR_ERR_ARG, "fr_dataset_read_mask: NULL argument");
+    if (pos > ds->total || (uint64_t)n > ds->total - pos)
+        return fr_error(FR_ERR_ARG, "fr_dataset_read_mask: [%llu, +%zu) is outside the split's %llu tokens",
+                        (unsigned long long)pos, n, (unsigned long long)ds->total);
+    if (!ds->masked) {
+        memset(dst, 1, n);
+        return FR_OK;
+    }
+    for (int s = 0; s < ds->n_shards && n > 0; s++) {
+        const ds_shard *sh = &ds->shards[s];
+        if (pos >= sh->start + sh->count) continue;
+        const uint64_t off = pos - sh->start;
+        size_t k = n;
+        if ((uint64_t)k > sh->count - off) k = (size_t)(sh->count - off);
+        memcpy(dst, (const unsigned char *)sh->mask_map + off, k);
+        dst += k, pos += k, n -= k;
+    }
+    return FR_OK;
+}
 
 int fr_dataset_shard_info(const fr_dataset *ds, int i, const char **path, uint64_t *n_tokens) {
     if (!ds || i < 0 || i >= ds->n_shards)

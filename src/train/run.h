@@ -22,6 +22,7 @@ typedef struct {
     long perm_epoch;     /* epoch whose permutation is in perm */
     long *perm;
     int *buf;            /* [T+1] */
+    unsigned char *mask; /* [T] loss-mask bytes (fine-tuning data) */
     double val_bytes;    /* bytes of text behind the evaluation tokens (for bits per byte) */
 } sampler;
 

@@ -61,14 +61,27 @@ static int sampler_epoch(sampler *s, long epoch) {
     return FR_OK;
 }
 
+/* The window of T + 1 tokens at pos of ds -> tokens[T] and targets[T] (the next tokens; -1,
+ * which the loss ignores, where fine-tuning data's loss mask marks a token as context only:
+ * the prompt, the user's turns). buf [T+1] and mask [T] are scratch. */
+static int read_window(const fr_dataset *ds, uint64_t pos, int T, int *buf, unsigned char *mask, int *tokens,
+                       int *targets) {
+    FR_CHECK(fr_dataset_read(ds, pos, buf, (size_t)T + 1));
+    memcpy(tokens, buf, (size_t)T * sizeof(int));
+    memcpy(targets, buf + 1, (size_t)T * sizeof(int));
+    if (fr_dataset_has_mask(ds)) {
+        FR_CHECK(fr_dataset_read_mask(ds, pos + 1, mask, (size_t)T));
+        for (int t = 0; t < T; t++)
+            if (!mask[t]) targets[t] = -1;
+    }
+    return FR_OK;
+}
+
 /* Sequence number seq (0, 1, 2, ... over the whole run) -> tokens[T], targets[T]. */
 static int sampler_get(sampler *s, long seq, int *tokens, int *targets) {
     FR_CHECK(sampler_epoch(s, seq / s->n_chunks));
     long chunk = s->perm[seq % s->n_chunks];
-    FR_CHECK(fr_dataset_read(s->train, (uint64_t)chunk * s->T, s->buf, (size_t)s->T + 1));
-    memcpy(tokens, s->buf, (size_t)s->T * sizeof(int));
-    memcpy(targets, s->buf + 1, (size_t)s->T * sizeof(int));
-    return FR_OK;
+    return read_window(s->train, (uint64_t)chunk * s->T, s->T, s->buf, s->mask, tokens, targets);
 }
 
 static double (*g_clock)(void);
@@ -197,11 +210,9 @@ static int evaluate(run *r, double *val_loss, double *val_bpb) {
     int rc = FR_OK;
     for (long s0 = 0; s0 < n_seq && rc == FR_OK; s0 += B) {
         int nb = (int)(n_seq - s0 < B ? n_seq - s0 : B);
-        for (int b = 0; b < nb && rc == FR_OK; b++) {
-            rc = fr_dataset_read(r->data.val, (uint64_t)(s0 + b) * T, buf, (size_t)T + 1);
-            memcpy(tokens + (size_t)b * T, buf, (size_t)T * sizeof(int));
-            memcpy(targets + (size_t)b * T, buf + 1, (size_t)T * sizeof(int));
-        }
+        for (int b = 0; b < nb && rc == FR_OK; b++)
+            rc = read_window(r->data.val, (uint64_t)(s0 + b) * T, T, buf, r->data.mask, tokens + (size_t)b * T,
+                             targets + (size_t)b * T);
         fr_loss_info li;
         if (rc == FR_OK) rc = fr_model_forward_eval(r->m, tokens, targets, nb, T, &li);
         if (rc == FR_OK) {
@@ -209,8 +220,9 @@ static int evaluate(run *r, double *val_loss, double *val_bpb) {
             count += li.n_targets;
         }
     }
-    /* bits per byte: the bytes those targets decode to (special tokens count as 0 bytes) */
-    if (rc == FR_OK && r->data.val_bytes == 0 && r->tok) {
+    /* bits per byte: the bytes those targets decode to (special tokens count as 0 bytes); not
+     * with a loss mask, whose targets are only some of the tokens */
+    if (rc == FR_OK && r->data.val_bytes == 0 && r->tok && !fr_dataset_has_mask(r->data.val)) {
         double bytes = 0;
         for (long s = 0; s < n_seq && rc == FR_OK; s++) {
             rc = fr_dataset_read(r->data.val, (uint64_t)s * T + 1, buf, (size_t)T);
@@ -602,7 +614,8 @@ static int train_steps(run *r, fr_train_result *res) {
 
         /* each phase ends with every rank knowing whether all got through it */
         const int last = r->step == r->max_steps;
-        if (a->eval_interval > 0 && (r->step % a->eval_interval == 0 || last)) rc = fr_comm_agree(r->world, do_eval(r));
+        /* --eval-interval 0: only at the end, as the help says (it used to mean never) */
+        if ((a->eval_interval > 0 && r->step % a->eval_interval == 0) || last) rc = fr_comm_agree(r->world, do_eval(r));
         if (rc == FR_OK && a->sample_interval > 0 && (r->step % a->sample_interval == 0 || last))
             rc = fr_comm_agree(r->world, do_sample(r));
         if (rc == FR_OK && !last && a->ckpt_interval > 0 && r->step % a->ckpt_interval == 0) rc = do_checkpoint(r);
@@ -799,7 +812,8 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
         r.data.n_chunks = (long)((nt - 1) / (uint64_t)args.seq_len);
         r.data.perm = malloc((size_t)(r.data.n_chunks > 0 ? r.data.n_chunks : 1) * sizeof(long));
         r.data.buf = malloc(((size_t)args.seq_len + 1) * sizeof(int));
-        if (!r.data.perm || !r.data.buf) rc = fr_error(FR_ERR_NOMEM, "out of memory");
+        r.data.mask = malloc((size_t)args.seq_len + 1);
+        if (!r.data.perm || !r.data.buf || !r.data.mask) rc = fr_error(FR_ERR_NOMEM, "out of memory");
     }
     if (rc == FR_OK && fr_tokenizer_load(&r.tok, args.data_dir) != FR_OK) {
         r.tok = NULL; /* samples and bits per byte need it; the loss does not */
@@ -918,7 +932,8 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
     else snprintf(r.ledger_path, sizeof r.ledger_path, "%s/../ledger.jsonl", args.run_dir);
     if (rc == FR_OK) {
         fr_ledger_entry *e = &r.led;
-        snprintf(e->kind, sizeof e->kind, "train");
+        /* a run on fine-tuning data (a loss mask: fr_sft_prepare) is a fine-tune in the ledger */
+        snprintf(e->kind, sizeof e->kind, "%s", fr_dataset_has_mask(r.data.train) ? "finetune" : "train");
         snprintf(e->run_dir, sizeof e->run_dir, "%s", args.run_dir);
         snprintf(e->config, sizeof e->config, "%s", args.init_model[0] ? args.init_model : args.model_config);
         /* one record for the job: ranks x threads on the CPU, ranks x 1 on a GPU */
@@ -1010,5 +1025,6 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
     if (r.data.val) fr_dataset_close(r.data.val);
     free(r.data.perm);
     free(r.data.buf);
+    free(r.data.mask);
     return rc;
 }
