@@ -5,6 +5,9 @@
 #include "cli.h"
 
 #include "frugal.h"
+#include "core/internal.h"
+
+#include <cjson/cJSON.h>
 
 #include <errno.h>
 #include <math.h>
@@ -12,12 +15,14 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define MAX_STOPS 16
 
 void usage_generate(FILE *f) {
     fprintf(f,
             "usage: frugal generate --model DIR --prompt TEXT [options]\n"
+            "       frugal generate --model DIR --batch IN.jsonl --out OUT.jsonl [options]\n"
             "\n"
             "Continues TEXT with the model in DIR (config.json, safetensors weights, tokenizer.json),\n"
             "streaming the new text to stdout as it is produced. Special-token strings in TEXT\n"
@@ -26,7 +31,14 @@ void usage_generate(FILE *f) {
             "\n"
             "Options:\n"
             "  --model DIR          model folder, or a deepseek2 .gguf file (frugal convert --to gguf)\n"
-            "  --prompt TEXT        the prompt (required)\n"
+            "  --prompt TEXT        the prompt (required without --batch)\n"
+            "  --batch FILE         one generation per JSONL line: {\"messages\": [...]} (rendered with the\n"
+            "                       chat template; the reply is appended as an assistant message, so OUT\n"
+            "                       is chat JSONL for `frugal finetune`: sequence-level distillation) or\n"
+            "                       {\"prompt\": \"...\"} (gets a \"completion\"); other keys are kept\n"
+            "  --out FILE           where --batch writes (written as FILE.tmp-PID, renamed when complete)\n"
+            "  --parallel N         --batch lines decoded together (default 8); each sequence samples with\n"
+            "                       its own stream seeded by --seed, so results do not depend on N\n"
             "  --max-tokens N       new tokens (default 128)\n"
             "  --temperature T      0 = greedy (default 0.8)\n"
             "  --top-k K            keep the K most likely ids (default 40; 0 = off)\n"
@@ -79,6 +91,8 @@ void usage_chat(FILE *f) {
 
 typedef struct {
     const char *model, *prompt, *system, *device;
+    const char *batch, *out; /* generate --batch IN.jsonl --out OUT.jsonl */
+    long parallel;
     const char *stops[MAX_STOPS];
     int n_stops;
     fr_sample_params sample;
@@ -102,6 +116,7 @@ static int parse_args(const char *cmd, void (*usage)(FILE *), int chat, int argc
     a->weights = -1; /* as stored */
     fr_sample_params_default(&a->sample);
     a->max_tokens = chat ? 256 : 128;
+    a->parallel = 8;
     a->kv = FR_KV_F32;
     const char *v;
     const cli_opt opts[] = {
@@ -162,6 +177,9 @@ static int parse_args(const char *cmd, void (*usage)(FILE *), int chat, int argc
         }
         else if (VALUE("--ctx")) { if (r < 0 || cli_parse_int(cmd, usage, "--ctx", v, 1, 1 << 24, &a->ctx)) BAD(); }
         else if (VALUE("--threads")) { if (r < 0 || cli_parse_int(cmd, usage, "--threads", v, 1, 4096, &a->threads)) BAD(); }
+        else if (!chat && VALUE("--batch")) { if (r < 0) BAD(); a->batch = v; }
+        else if (!chat && VALUE("--out")) { if (r < 0) BAD(); a->out = v; }
+        else if (!chat && VALUE("--parallel")) { if (r < 0 || cli_parse_int(cmd, usage, "--parallel", v, 1, 64, &a->parallel)) BAD(); }
         else if (!chat && (r = cli_opt_flag(cmd, usage, s, "--ignore-eos")) != 0) { if (r < 0) BAD(); a->ignore_eos = 1; }
         else if (s[0] == '-') { cli_usage_error(cmd, usage, "unknown option '%s'", s); BAD(); }
         else { cli_usage_error(cmd, usage, "unexpected argument '%s'", s); BAD(); }
@@ -173,7 +191,12 @@ static int parse_args(const char *cmd, void (*usage)(FILE *), int chat, int argc
         *exit_code = cli_usage_error(cmd, usage, "--device must be cpu or cuda, got '%s'", a->device);
         return -1;
     }
-    if (!chat && !a->prompt) { *exit_code = cli_usage_error(cmd, usage, "missing required option '--prompt TEXT'"); return -1; }
+    if (!chat && a->batch && (a->prompt || !a->out)) {
+        *exit_code = cli_usage_error(cmd, usage, "--batch needs --out and takes no --prompt");
+        return -1;
+    }
+    if (!chat && a->out && !a->batch) { *exit_code = cli_usage_error(cmd, usage, "--out goes with --batch"); return -1; }
+    if (!chat && !a->prompt && !a->batch) { *exit_code = cli_usage_error(cmd, usage, "missing required option '--prompt TEXT'"); return -1; }
     return 0;
 }
 
@@ -244,6 +267,172 @@ static void print_stats(const fr_generate_stats *st, int speculative) {
     fprintf(stderr, "\n");
 }
 
+/* ------------------------------------------------------------------ --batch */
+
+typedef struct {
+    cJSON *root;    /* the input line */
+    int chat;       /* {"messages": ...}: the reply becomes an assistant message */
+    char *prompt;   /* text to encode */
+} batch_item;
+
+/* Line `lineno` of --batch as an item, or an error naming it */
+static int batch_parse(const fr_tokenizer *tok, const char *line, size_t len, long lineno, batch_item *it) {
+    memset(it, 0, sizeof *it);
+    it->root = cJSON_ParseWithLength(line, len);
+    const cJSON *msgs = it->root ? cJSON_GetObjectItemCaseSensitive(it->root, "messages") : NULL;
+    const cJSON *p = it->root ? cJSON_GetObjectItemCaseSensitive(it->root, "prompt") : NULL;
+    if (cJSON_IsString(p)) {
+        it->prompt = strdup(p->valuestring);
+        return it->prompt ? CLI_EXIT_OK : cli_fail("out of memory");
+    }
+    if (!cJSON_IsArray(msgs))
+        return cli_fail("--batch line %ld: expected an object with \"messages\" (an array) or \"prompt\" (a string)", lineno);
+    const int n = cJSON_GetArraySize(msgs);
+    fr_chat_message *m = calloc((size_t)(n > 0 ? n : 1), sizeof *m);
+    if (!m) return cli_fail("out of memory");
+    for (int i = 0; i < n; i++) {
+        const cJSON *x = cJSON_GetArrayItem(msgs, i);
+        const cJSON *r = cJSON_GetObjectItemCaseSensitive(x, "role"), *c = cJSON_GetObjectItemCaseSensitive(x, "content");
+        if (!cJSON_IsString(r) || !cJSON_IsString(c)) {
+            free(m);
+            return cli_fail("--batch line %ld: message %d needs string \"role\" and \"content\"", lineno, i);
+        }
+        m[i] = (fr_chat_message){r->valuestring, c->valuestring};
+    }
+    const int rc = fr_chat_render(tok, m, n, 1, &it->prompt, NULL);
+    free(m);
+    it->chat = 1;
+    if (rc != FR_OK) return cli_fail("--batch line %ld: %s", lineno, fr_last_error());
+    return CLI_EXIT_OK;
+}
+
+/* Bytes that are not UTF-8 (a reply cut inside a character, or a model's odd bytes) become
+ * U+FFFD, so that every output line is valid JSON text. Returns a new string. */
+static char *utf8_clean(const char *s, size_t n) {
+    char *o = malloc(3 * n + 1), *w = o;
+    if (!o) return NULL;
+    for (size_t i = 0; i < n;) {
+        const size_t k = fr_utf8_seq_len((const unsigned char *)s + i, n - i);
+        if (k > 0 && s[i] != 0) {
+            memcpy(w, s + i, k), w += k, i += k;
+        } else {
+            memcpy(w, "\xef\xbf\xbd", 3), w += 3, i++;
+        }
+    }
+    *w = 0;
+    return o;
+}
+
+/* The output line of an item: the input with its reply added */
+static char *batch_result(batch_item *it, const char *reply) {
+    if (it->chat) {
+        cJSON *m = cJSON_CreateObject();
+        cJSON_AddStringToObject(m, "role", "assistant");
+        cJSON_AddStringToObject(m, "content", reply);
+        cJSON_AddItemToArray(cJSON_GetObjectItemCaseSensitive(it->root, "messages"), m);
+    } else {
+        cJSON_DeleteItemFromObjectCaseSensitive(it->root, "completion");
+        cJSON_AddStringToObject(it->root, "completion", reply);
+    }
+    return cJSON_PrintUnformatted(it->root);
+}
+
+static int generate_batch(const gen_args *a, fr_engine *e, fr_tokenizer *tok) {
+    char *text = NULL;
+    size_t len = 0;
+    if (fr_read_file(a->batch, &text, &len) != FR_OK) return cli_fail_lib("cannot read --batch");
+    batch_item *items = NULL;
+    long n = 0, cap = 0, lineno = 0;
+    int rc = CLI_EXIT_OK;
+    for (size_t pos = 0; rc == CLI_EXIT_OK && pos < len;) {
+        const char *line = text + pos, *nl = memchr(line, '\n', len - pos);
+        const size_t ll = nl ? (size_t)(nl - line) : len - pos;
+        pos += ll + (nl != NULL);
+        lineno++;
+        size_t k = 0;
+        while (k < ll && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r')) k++;
+        if (k == ll) continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 64;
+            batch_item *ni = realloc(items, (size_t)cap * sizeof *ni);
+            if (!ni) { rc = cli_fail("out of memory"); break; }
+            items = ni;
+        }
+        rc = batch_parse(tok, line, ll, lineno, &items[n]);
+        n++;
+    }
+    free(text);
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp-%d", a->out, (int)getpid());
+    FILE *f = rc == CLI_EXIT_OK ? fopen(tmp, "w") : NULL;
+    if (rc == CLI_EXIT_OK && !f) rc = cli_fail("cannot create %s: %s", tmp, strerror(errno));
+    const int P = (int)a->parallel;
+    fr_seq **seqs = calloc((size_t)P, sizeof *seqs);
+    if (rc == CLI_EXIT_OK && !seqs) rc = cli_fail("out of memory");
+    for (int i = 0; rc == CLI_EXIT_OK && i < P; i++)
+        if (fr_seq_create(&seqs[i], e) != FR_OK) rc = cli_fail_lib("out of memory");
+    fr_generate_options o;
+    fr_generate_options_default(&o);
+    o.sample = a->sample;
+    o.max_tokens = (int)a->max_tokens;
+    o.stop = a->stops;
+    o.n_stop = a->n_stops;
+    o.ignore_eos = a->ignore_eos;
+    o.speculative = a->speculative;
+    long done = 0, generated = 0;
+    const double t0 = cli_now();
+    for (long g0 = 0; rc == CLI_EXIT_OK && g0 < n; g0 += P) {
+        const int m = (int)(n - g0 < P ? n - g0 : P);
+        int *ids[64] = {0}, lens[64], *outs[64] = {0}, out_lens[64];
+        for (int i = 0; rc == CLI_EXIT_OK && i < m; i++) {
+            size_t nt = 0;
+            if (fr_tokenizer_encode(tok, items[g0 + i].prompt, strlen(items[g0 + i].prompt), 1, &ids[i], &nt) != FR_OK)
+                rc = cli_fail_lib("cannot encode a --batch prompt");
+            else if (nt == 0 || nt >= (size_t)fr_engine_max_seq_len(e))
+                rc = cli_fail("--batch item %ld: its prompt has %zu tokens; it needs 1 .. %d (see --ctx)", g0 + i + 1, nt,
+                              fr_engine_max_seq_len(e) - 1);
+            lens[i] = (int)nt;
+        }
+        fr_generate_stats st;
+        if (rc == CLI_EXIT_OK &&
+            fr_generate(e, tok, seqs, m, (const int *const *)ids, lens, &o, outs, out_lens, &st) != FR_OK)
+            rc = cli_fail_lib("generation failed");
+        for (int i = 0; rc == CLI_EXIT_OK && i < m; i++) {
+            char *reply = NULL;
+            size_t rl = 0;
+            if (fr_tokenizer_decode(tok, outs[i], (size_t)out_lens[i], 1, &reply, &rl) != FR_OK) {
+                rc = cli_fail_lib("cannot decode a reply");
+                break;
+            }
+            for (int k = 0; k < a->n_stops; k++) { /* the text is cut before a stop string */
+                char *hit = strstr(reply, a->stops[k]);
+                if (hit) *hit = 0;
+            }
+            char *clean = utf8_clean(reply, strlen(reply));
+            char *js = clean ? batch_result(&items[g0 + i], clean) : NULL;
+            free(clean);
+            if (!js || fprintf(f, "%s\n", js) < 0) rc = cli_fail("cannot write %s (disk full?)", tmp);
+            free(js);
+            free(reply);
+            generated += out_lens[i];
+        }
+        for (int i = 0; i < m; i++) free(ids[i]), free(outs[i]);
+        done += m;
+        if (rc == CLI_EXIT_OK)
+            fprintf(stderr, "\rfrugal generate --batch: %ld/%ld lines, %ld tokens, %.1f tokens/s", done, n, generated,
+                    generated / (cli_now() - t0 + 1e-9));
+    }
+    if (n) fprintf(stderr, "\n");
+    if (f && fclose(f) != 0 && rc == CLI_EXIT_OK) rc = cli_fail("cannot write %s (disk full?)", tmp);
+    if (rc == CLI_EXIT_OK && rename(tmp, a->out) != 0) rc = cli_fail("cannot rename %s to %s: %s", tmp, a->out, strerror(errno));
+    if (rc != CLI_EXIT_OK) unlink(tmp);
+    for (int i = 0; seqs && i < P; i++) fr_seq_free(seqs[i]);
+    free(seqs);
+    for (long i = 0; i < n; i++) cJSON_Delete(items[i].root), free(items[i].prompt);
+    free(items);
+    return rc;
+}
+
 int cmd_generate(int argc, char **argv) {
     gen_args a;
     int code;
@@ -252,6 +441,12 @@ int cmd_generate(int argc, char **argv) {
     fr_tokenizer *tok;
     int rc = open_model(&a, &e, &tok);
     if (rc != CLI_EXIT_OK) return rc;
+    if (a.batch) {
+        rc = generate_batch(&a, e, tok);
+        fr_tokenizer_free(tok);
+        fr_engine_free(e);
+        return rc;
+    }
     int *ids = NULL, *out = NULL, out_len = 0;
     size_t n_ids = 0;
     fr_seq *s = NULL;

@@ -14,7 +14,8 @@
  *  - `frugal finetune` runs end to end (3 steps), its ledger record has kind "finetune", and its
  *    final validation loss equals the loss of its final checkpoint over the validation windows
  *    with the assistant-only targets (1e-5 relative), while the loss over all targets differs:
- *    the trainer applies the mask.
+ *    the trainer applies the mask;
+ *  - `frugal generate --batch` (sequence-level distillation data), see test_generate_batch.
  */
 #define _GNU_SOURCE
 #include "frugal.h"
@@ -266,6 +267,116 @@ static void test_finetune_cli(void) {
            "(all targets: %.6f)\n", reported, masked, all);
 }
 
+/* `frugal generate --batch`: chat lines get the model's greedy reply appended as an assistant
+ * message (equal to fr_generate's text for the rendered prompt), prompt lines a "completion";
+ * --parallel 1 and 3 write the same file; the output feeds `frugal finetune` (sequence-level
+ * distillation); a malformed line fails naming it and leaves no output. */
+static void test_generate_batch(void) {
+    char in[256], out1[256], out3[256], cmd[2048];
+    snprintf(in, sizeof in, "%s/prompts.jsonl", g_dir);
+    snprintf(out1, sizeof out1, "%s/gen1.jsonl", g_dir);
+    snprintf(out3, sizeof out3, "%s/gen3.jsonl", g_dir);
+    FILE *f = fopen(in, "w");
+    for (int i = 0; f && i < 7; i++) {
+        if (i == 3) fprintf(f, "{\"prompt\": \"In the beginning\", \"id\": 3}\n");
+        else fprintf(f, "{\"messages\": [{\"role\": \"user\", \"content\": \"Tell verse %d.\"}]}\n", i);
+    }
+    if (f) fclose(f);
+    const char *common = "--max-tokens 10 --temperature 0 --threads 1";
+    snprintf(cmd, sizeof cmd, "%s generate --model %s --batch %s --out %s --parallel 1 %s 2>/dev/null", FR_FRUGAL_BIN,
+             FIXTURE, in, out1, common);
+    int rc1 = run(cmd);
+    snprintf(cmd, sizeof cmd, "%s generate --model %s --batch %s --out %s --parallel 3 %s 2>/dev/null", FR_FRUGAL_BIN,
+             FIXTURE, in, out3, common);
+    int rc3 = run(cmd);
+    CHECK(rc1 == 0 && rc3 == 0, "generate --batch exited %d / %d", rc1, rc3);
+    char *a = NULL, *b = NULL;
+    size_t la = 0, lb = 0;
+    FILE *fa = fopen(out1, "r"), *fb = fopen(out3, "r");
+    if (fa) { a = malloc(1 << 16); la = fread(a, 1, (1 << 16) - 1, fa); a[la] = 0; fclose(fa); }
+    if (fb) { b = malloc(1 << 16); lb = fread(b, 1, (1 << 16) - 1, fb); b[lb] = 0; fclose(fb); }
+    CHECK(a && b && la == lb && memcmp(a, b, la) == 0, "--parallel 1 and 3 write different files");
+    /* line 0's reply = fr_generate's greedy text for the rendered prompt */
+    fr_engine *e = NULL;
+    fr_tokenizer *tok = NULL;
+    int lines = 0, replies = 0, same = 0;
+    if (a && fr_engine_load(&e, FIXTURE, NULL) == FR_OK && fr_tokenizer_load(&tok, FIXTURE) == FR_OK) {
+        for (char *p = a; *p; lines++) {
+            char *nl = strchr(p, '\n');
+            cJSON *j = cJSON_ParseWithLength(p, nl ? (size_t)(nl - p) : strlen(p));
+            const cJSON *m = j ? cJSON_GetObjectItem(j, "messages") : NULL;
+            const int n = m ? cJSON_GetArraySize(m) : 0;
+            if (n == 2 && !strcmp(cJSON_GetObjectItem(cJSON_GetArrayItem(m, 1), "role")->valuestring, "assistant")) {
+                replies++;
+                fr_chat_message um = {"user", cJSON_GetObjectItem(cJSON_GetArrayItem(m, 0), "content")->valuestring};
+                char *prompt = NULL;
+                int *ids = NULL, *outt = NULL, outl = 0;
+                size_t ni = 0;
+                fr_seq *s = NULL;
+                fr_generate_options o;
+                fr_generate_options_default(&o);
+                o.sample.temperature = 0;
+                o.max_tokens = 10;
+                if (fr_chat_render(tok, &um, 1, 1, &prompt, NULL) == FR_OK &&
+                    fr_tokenizer_encode(tok, prompt, strlen(prompt), 1, &ids, &ni) == FR_OK && fr_seq_create(&s, e) == FR_OK) {
+                    const int *pp = ids;
+                    int pl = (int)ni;
+                    char *txt = NULL;
+                    size_t tl = 0;
+                    if (fr_generate(e, tok, &s, 1, &pp, &pl, &o, &outt, &outl, NULL) == FR_OK &&
+                        fr_tokenizer_decode(tok, outt, (size_t)outl, 1, &txt, &tl) == FR_OK) {
+                        const char *got = cJSON_GetObjectItem(cJSON_GetArrayItem(m, 1), "content")->valuestring;
+                        /* the file's text is the decoded reply with non-UTF-8 bytes replaced */
+                        int ok = 1;
+                        for (size_t i = 0, k = 0; ok && i < tl;) {
+                            const size_t sl = fr_utf8_seq_len((const unsigned char *)txt + i, tl - i);
+                            if (sl && txt[i]) ok = !strncmp(got + k, txt + i, sl), k += sl, i += sl;
+                            else ok = !strncmp(got + k, "\xef\xbf\xbd", 3), k += 3, i++;
+                            if (i == tl) ok &= got[k] == 0;
+                        }
+                        same += ok;
+                    }
+                    free(txt);
+                }
+                free(prompt), free(ids), free(outt);
+                fr_seq_free(s);
+            }
+            CHECK(lines != 3 || (j && cJSON_IsString(cJSON_GetObjectItem(j, "completion")) &&
+                                 cJSON_GetObjectItem(j, "id")->valueint == 3),
+                  "prompt line: a completion added, other keys kept");
+            cJSON_Delete(j);
+            p = nl ? nl + 1 : p + strlen(p);
+        }
+    }
+    CHECK(lines == 7 && replies == 6 && same == 6, "%d lines, %d chat replies, %d equal to fr_generate's", lines, replies,
+          same);
+    fr_engine_free(e);
+    fr_tokenizer_free(tok);
+    free(a), free(b);
+    /* the teacher's replies train a student */
+    char run_dir[256];
+    snprintf(run_dir, sizeof run_dir, "%s/runs/seqdistill", g_dir);
+    snprintf(cmd, sizeof cmd, "grep messages %s > %s.chat && %s finetune --init %s --data %s.chat --out %s --steps 2 "
+             "--batch 2 --seq 16 --val-fraction 0 --sample-interval 0 --threads 1 > %s/sd.log 2>&1",
+             out1, out1, FR_FRUGAL_BIN, FIXTURE, out1, run_dir, g_dir);
+    CHECK(run(cmd) == 0, "finetune on the generated replies (log %s/sd.log)", g_dir);
+    /* a malformed line */
+    f = fopen(in, "a");
+    if (f) fprintf(f, "{\"messages\": 5}\n"), fclose(f);
+    snprintf(cmd, sizeof cmd, "%s generate --model %s --batch %s --out %s/badgen.jsonl %s > %s/bad.log 2>&1", FR_FRUGAL_BIN,
+             FIXTURE, in, g_dir, common, g_dir);
+    const int rb = run(cmd);
+    char badp[300], log[4096] = {0};
+    snprintf(badp, sizeof badp, "%s/bad.log", g_dir);
+    FILE *lf = fopen(badp, "r");
+    if (lf) { size_t r = fread(log, 1, sizeof log - 1, lf); log[r] = 0; fclose(lf); }
+    snprintf(badp, sizeof badp, "%s/badgen.jsonl", g_dir);
+    struct stat sb;
+    CHECK(rb == 1 && strstr(log, "line 8") && stat(badp, &sb) != 0, "malformed --batch line: exit %d, '%s'", rb, log);
+    printf("generate --batch: 7 lines (6 chats, 1 prompt), replies = fr_generate's greedy text, --parallel 1 = 3; "
+           "finetune on them runs\n");
+}
+
 int main(void) {
     snprintf(g_dir, sizeof g_dir, "/tmp/frugal_test_sft_%d", (int)getpid());
     mkdir(g_dir, 0755);
@@ -277,6 +388,7 @@ int main(void) {
         fr_tokenizer_free(tok);
     }
     test_finetune_cli();
+    test_generate_batch();
     const int rc = fr_test_finish("test_sft");
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf %s", g_dir);
