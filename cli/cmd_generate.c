@@ -344,14 +344,12 @@ static int generate_batch(const gen_args *a, fr_engine *e, fr_tokenizer *tok) {
     batch_item *items = NULL;
     long n = 0, cap = 0, lineno = 0;
     int rc = CLI_EXIT_OK;
-    for (size_t pos = 0; rc == CLI_EXIT_OK && pos < len;) {
-        const char *line = text + pos, *nl = memchr(line, '\n', len - pos);
-        const size_t ll = nl ? (size_t)(nl - line) : len - pos;
-        pos += ll + (nl != NULL);
+    size_t pos = 0, ll;
+    const char *line;
+    int blank;
+    while (rc == CLI_EXIT_OK && fr_next_line(text, len, &pos, &line, &ll, &blank)) {
         lineno++;
-        size_t k = 0;
-        while (k < ll && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r')) k++;
-        if (k == ll) continue;
+        if (blank) continue;
         if (n == cap) {
             cap = cap ? 2 * cap : 64;
             batch_item *ni = realloc(items, (size_t)cap * sizeof *ni);

@@ -61,22 +61,6 @@ static fr_engine *load(const char *dir, int dev, const fr_engine_options *o) {
     return rc == FR_OK ? e : NULL;
 }
 
-/* prefill P tokens (all logits), then one token at a time up to T */
-static int engine_logits(fr_engine *e, const int *tokens, int T, int P, float *out) {
-    const int V = fr_engine_config(e)->vocab_size;
-    fr_seq *s;
-    if (fr_seq_create(&s, e) != FR_OK) return -1;
-    const int *tp = tokens;
-    int rc = fr_engine_forward(e, &s, 1, &tp, &P, out, 1);
-    for (int t = P; t < T && rc == FR_OK; t++) {
-        const int *one = tokens + t;
-        int n1 = 1;
-        rc = fr_engine_forward(e, &s, 1, &one, &n1, out + (size_t)t * V, 0);
-    }
-    if (rc == FR_OK && fr_seq_len(s) != T) rc = -1;
-    fr_seq_free(s);
-    return rc;
-}
 
 static void test_fixture(const char *name) {
     char dir[1024];
@@ -87,7 +71,7 @@ static void test_fixture(const char *name) {
         int tok[60];
         make_tokens(tok, T, V, 17);
         float *lc = malloc((size_t)T * V * sizeof(float)), *ld = malloc((size_t)T * V * sizeof(float));
-        const int rc = engine_logits(c, tok, T, P, lc), rd = engine_logits(d, tok, T, P, ld);
+        const int rc = fr_test_engine_logits(c, tok, T, P, lc), rd = fr_test_engine_logits(d, tok, T, P, ld);
         CHECK(rc == FR_OK && rd == FR_OK, "%s: forward (%s)", name, fr_last_error());
         const double w = rc == FR_OK && rd == FR_OK ? worst_row_err(ld, lc, T, V) : 1;
         CHECK(w <= TOL, "%s: %s engine vs CPU engine, worst row error %.3g > %.0e", name, g_device, w, TOL);
@@ -201,7 +185,7 @@ static void test_model_on_device(void) {
         int tok[20];
         make_tokens(tok, T, V, 5);
         float *lc = malloc((size_t)T * V * sizeof(float)), *ld = malloc((size_t)T * V * sizeof(float));
-        const int r1 = engine_logits(c, tok, T, 8, lc), r2 = engine_logits(d, tok, T, 8, ld);
+        const int r1 = fr_test_engine_logits(c, tok, T, 8, lc), r2 = fr_test_engine_logits(d, tok, T, 8, ld);
         const double w = r1 == FR_OK && r2 == FR_OK ? worst_row_err(ld, lc, T, V) : 1;
         CHECK(w <= TOL, "engine from a model on %s: worst row error %.3g", g_device, w);
         printf("engine built from a model in %s memory: worst error %.3g\n", g_device, w);

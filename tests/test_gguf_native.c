@@ -105,20 +105,6 @@ static int logits_of(fr_engine *e, const int *ids, int T, float *out) {
     return rc;
 }
 
-/* prefill P tokens (all logits), then one token at a time to T: the decode kernels too */
-static int logits_split(fr_engine *e, const int *ids, int T, int P, float *out) {
-    const int V = fr_engine_config(e)->vocab_size;
-    fr_seq *s = NULL;
-    int rc = fr_seq_create(&s, e);
-    if (rc == FR_OK) rc = fr_engine_forward(e, &s, 1, &ids, &P, out, 1);
-    for (int t = P; t < T && rc == FR_OK; t++) {
-        const int *one = ids + t;
-        int n1 = 1;
-        rc = fr_engine_forward(e, &s, 1, &one, &n1, out + (size_t)t * V, 0);
-    }
-    fr_seq_free(s);
-    return rc;
-}
 
 static void test_engine(int type, const char *dir) {
     char path[512];
@@ -250,9 +236,9 @@ static void test_k_formats(const char *dir) {
             float *x = malloc((size_t)T * V * sizeof(float)), *y = malloc((size_t)T * V * sizeof(float));
             float *z = malloc((size_t)T * V * sizeof(float));
             fr_qmatmul_set_int8_act(0);
-            int r1 = logits_split(native, ids, T, 6, x);
+            int r1 = fr_test_engine_logits(native, ids, T, 6, x);
             fr_qmatmul_set_int8_act(1);
-            int r2 = logits_split(native, ids, T, 6, z), r3 = logits_split(ref, ids, T, 6, y);
+            int r2 = fr_test_engine_logits(native, ids, T, 6, z), r3 = fr_test_engine_logits(ref, ids, T, 6, y);
             CHECK(r1 == FR_OK && r2 == FR_OK && r3 == FR_OK, "forward: %s", fr_last_error());
             const double e32 = fr_rel_err(x, y, (size_t)T * V), e8 = fr_rel_err(z, y, (size_t)T * V);
             CHECK(e32 <= 1e-4 && e8 <= 1e-1, "%s as stored: relative logit error vs the FP32 import %.3g (FP32 activations, "

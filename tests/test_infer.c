@@ -53,22 +53,6 @@ static void make_tokens(int *t, int n, int V, uint64_t seed) {
     }
 }
 
-/* Engine logits for tokens[0:T]: prefill `P` tokens (all logits), then decode one at a time. */
-static int engine_logits(fr_engine *e, const int *tokens, int T, int P, float *out) {
-    const int V = fr_engine_config(e)->vocab_size;
-    fr_seq *s;
-    if (fr_seq_create(&s, e) != FR_OK) return -1;
-    const int *tp = tokens;
-    int rc = fr_engine_forward(e, &s, 1, &tp, &P, out, 1);
-    for (int t = P; t < T && rc == FR_OK; t++) {
-        const int *one = tokens + t;
-        int n1 = 1;
-        rc = fr_engine_forward(e, &s, 1, &one, &n1, out + (size_t)t * V, 0);
-    }
-    if (rc == FR_OK && fr_seq_len(s) != T) rc = -1;
-    fr_seq_free(s);
-    return rc;
-}
 
 /* engine vs training forward on one model folder; returns worst error or -1 */
 static double compare_with_training(const char *dir, int T, int P, fr_kv_type kv) {
@@ -92,7 +76,7 @@ static double compare_with_training(const char *dir, int T, int P, fr_kv_type kv
     CHECK(rc == FR_OK, "training forward: %s", fr_last_error());
     if (rc == FR_OK) {
         memcpy(ref, fr_model_logits(m), (size_t)T * V * sizeof(float));
-        rc = engine_logits(e, tok, T, P, got);
+        rc = fr_test_engine_logits(e, tok, T, P, got);
         CHECK(rc == FR_OK, "engine forward: %s", fr_last_error());
         if (rc == FR_OK) w = worst_row_err(got, ref, T, V);
     }
@@ -228,7 +212,7 @@ static void test_from_model(void) {
     int tok[24];
     make_tokens(tok, T, V, 3);
     float *la = malloc((size_t)T * V * sizeof(float)), *lb = malloc((size_t)T * V * sizeof(float));
-    int ra = engine_logits(a, tok, T, 10, la), rb = engine_logits(b, tok, T, 10, lb);
+    int ra = fr_test_engine_logits(a, tok, T, 10, la), rb = fr_test_engine_logits(b, tok, T, 10, lb);
     CHECK(ra == FR_OK && rb == FR_OK && memcmp(la, lb, (size_t)T * V * sizeof(float)) == 0,
           "engine from a model in memory differs from the engine loaded from its folder");
     CHECK(fr_engine_mtp_depth(a) == 1 && fr_engine_active_weight_bytes(a) == fr_engine_active_weight_bytes(b), "same engine");
@@ -261,7 +245,7 @@ static void test_weight_types(void) {
         int tok[40];
         make_tokens(tok, T, V, 11);
         float *l = malloc((size_t)T * V * sizeof(float));
-        rc = engine_logits(e, tok, T, P, l);
+        rc = fr_test_engine_logits(e, tok, T, P, l);
         CHECK(rc == FR_OK, "%s forward: %s", names[wt], fr_last_error());
         bytes[wt] = fr_engine_active_weight_bytes(e);
         if (wt == 0) ref = l;
@@ -304,7 +288,7 @@ static void test_thread_count_independence(void) {
             int tok[40];
             make_tokens(tok, T, V, 23);
             l[t] = malloc((size_t)T * V * sizeof(float));
-            rc = engine_logits(e, tok, T, P, l[t]);
+            rc = fr_test_engine_logits(e, tok, T, P, l[t]);
             CHECK(rc == FR_OK, "forward: %s", fr_last_error());
             ok &= rc == FR_OK;
             fr_engine_free(e);

@@ -252,3 +252,19 @@ void fr_test_train_args(fr_train_args *a, const char *root, const char *run) {
     a->threads = 2;
     a->seed = 7;
 }
+
+int fr_test_engine_logits(fr_engine *e, const int *tokens, int T, int P, float *out) {
+    const int V = fr_engine_config(e)->vocab_size;
+    fr_seq *s = NULL;
+    int rc = fr_seq_create(&s, e);
+    const int *tp = tokens;
+    if (rc == FR_OK) rc = fr_engine_forward(e, &s, 1, &tp, &P, out, 1);
+    for (int t = P; t < T && rc == FR_OK; t++) {
+        const int *one = tokens + t;
+        int n1 = 1;
+        rc = fr_engine_forward(e, &s, 1, &one, &n1, out + (size_t)t * V, 0);
+    }
+    if (rc == FR_OK && fr_seq_len(s) != T) rc = -1;
+    fr_seq_free(s);
+    return rc;
+}

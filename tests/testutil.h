@@ -60,6 +60,10 @@ int fr_test_tiny_run_root(const char *root);
  * ROOT/ledger.jsonl, 4 x 32 tokens, 30 steps, lr 1e-2 with 5 warmup steps, 2 threads, seed 7;
  * evaluation, checkpoint and sample intervals are left to each test. */
 void fr_test_train_args(fr_train_args *a, const char *root, const char *run);
+/* Engine logits of tokens[0:T] in a new sequence: a prefill of the first P tokens (all their
+ * logits), then one token per forward; out [T, V]. FR_OK, or the failing call's code (-1
+ * when the sequence does not end at T tokens). */
+int fr_test_engine_logits(fr_engine *e, const int *tokens, int T, int P, float *out);
 /* Prints "N passed, N failed" and returns the process exit code. */
 int fr_test_finish(const char *suite);
 

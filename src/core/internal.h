@@ -23,6 +23,10 @@ int fr_write_file_atomic_v(const char *path, const void *const *parts, const siz
 /* "dir/name" in a new malloc'd string (no doubled '/' when dir ends in one); NULL when out
  * of memory. */
 char *fr_path_join(const char *dir, const char *name);
+/* JSONL and other line-based input: the next line of text[0:len] from *pos (without its
+ * '\n'; a last line without one counts). Returns 1 with *line / *line_len set, *pos moved
+ * past it and *blank telling whether it holds only spaces, tabs and '\r'; 0 at the end. */
+int fr_next_line(const char *text, size_t len, size_t *pos, const char **line, size_t *line_len, int *blank);
 /* Seconds of the monotonic clock (for durations). */
 double fr_now_s(void);
 /* Copy the file src to dst with fr_write_file_atomic (small files: read whole). */

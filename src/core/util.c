@@ -274,3 +274,14 @@ double fr_now_s(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+
+int fr_next_line(const char *text, size_t len, size_t *pos, const char **line, size_t *line_len, int *blank) {
+    if (*pos >= len) return 0;
+    const char *l = text + *pos, *nl = memchr(l, '\n', len - *pos);
+    const size_t ll = nl ? (size_t)(nl - l) : len - *pos;
+    *pos += ll + (nl != NULL);
+    size_t k = 0;
+    while (k < ll && (l[k] == ' ' || l[k] == '\t' || l[k] == '\r')) k++;
+    *line = l, *line_len = ll, *blank = k == ll;
+    return 1;
+}

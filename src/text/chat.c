@@ -10,6 +10,7 @@
  */
 #include "frugal.h"
 #include "core/internal.h"
+#include "text/tokenizer_internal.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -104,17 +105,7 @@ int fr_chat_render(const fr_tokenizer *tok, const fr_chat_message *msgs, int n_m
 
 /* ------------------------------------------------------------------ fine-tuning tokens */
 
-typedef struct {
-    int *ids;
-    unsigned char *mask;
-    size_t n, cap;
-} masked_buf;
-
-/* encode text[0:len] (special tags parsed) and append it with mask value m */
-static int mb_add(masked_buf *b, const fr_tokenizer *tok, const char *text, size_t len, unsigned char m) {
-    int *ids = NULL;
-    size_t n = 0;
-    FR_CHECK(fr_tokenizer_encode(tok, text, len, 1, &ids, &n));
+int fr_tokmask_append(fr_tokmask *b, const int *ids, const unsigned char *mask, unsigned char fill, size_t n) {
     if (b->n + n > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
         while (cap < b->n + n) cap *= 2;
@@ -122,17 +113,30 @@ static int mb_add(masked_buf *b, const fr_tokenizer *tok, const char *text, size
         if (ni) b->ids = ni;
         unsigned char *nm = ni ? realloc(b->mask, cap) : NULL;
         if (nm) b->mask = nm;
-        if (!ni || !nm) {
-            free(ids);
-            return fr_error(FR_ERR_NOMEM, "out of memory encoding a conversation");
-        }
+        if (!ni || !nm) return fr_error(FR_ERR_NOMEM, "out of memory for %zu fine-tuning tokens", b->n + n);
         b->cap = cap;
     }
     memcpy(b->ids + b->n, ids, n * sizeof *ids);
-    memset(b->mask + b->n, m, n);
+    if (mask) memcpy(b->mask + b->n, mask, n);
+    else memset(b->mask + b->n, fill, n);
     b->n += n;
-    free(ids);
     return FR_OK;
+}
+
+void fr_tokmask_free(fr_tokmask *b) {
+    free(b->ids);
+    free(b->mask);
+    memset(b, 0, sizeof *b);
+}
+
+/* encode text[0:len] (special tags parsed) and append it with mask value m */
+static int mb_add(fr_tokmask *b, const fr_tokenizer *tok, const char *text, size_t len, unsigned char m) {
+    int *ids = NULL;
+    size_t n = 0;
+    FR_CHECK(fr_tokenizer_encode(tok, text, len, 1, &ids, &n));
+    const int rc = fr_tokmask_append(b, ids, NULL, m, n);
+    free(ids);
+    return rc;
 }
 
 int fr_chat_encode_masked(const fr_tokenizer *tok, const fr_chat_message *msgs, int n_msgs, int **ids,
@@ -148,7 +152,7 @@ int fr_chat_encode_masked(const fr_tokenizer *tok, const fr_chat_message *msgs, 
     const char *bos, *eos;
     int system_sep;
     chat_markers(tok, &bos, &eos, &system_sep);
-    masked_buf b = {0};
+    fr_tokmask b = {0};
     chat_buf head = {0};
     cb_str(&head, bos);
     for (int i = 0; i < n_msgs; i++)
@@ -174,8 +178,7 @@ int fr_chat_encode_masked(const fr_tokenizer *tok, const fr_chat_message *msgs, 
         free(p.s);
     }
     if (rc != FR_OK) {
-        free(b.ids);
-        free(b.mask);
+        fr_tokmask_free(&b);
         return rc;
     }
     *ids = b.ids, *mask = b.mask, *n = b.n;

@@ -21,6 +21,7 @@
 #define _GNU_SOURCE
 #include "core/internal.h"
 #include "text/shard.h"
+#include "text/tokenizer_internal.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -32,27 +33,13 @@
 #include <unistd.h>
 
 typedef struct {
-    int *ids;
-    unsigned char *mask;
-    size_t n, cap;
+    fr_tokmask tm;
     uint64_t targets, docs;
 } split_buf;
 
 static int split_add(split_buf *s, const int *ids, const unsigned char *mask, size_t n) {
-    if (s->n + n > s->cap) {
-        size_t cap = s->cap ? s->cap : 4096;
-        while (cap < s->n + n) cap *= 2;
-        int *ni = realloc(s->ids, cap * sizeof *ni);
-        if (ni) s->ids = ni;
-        unsigned char *nm = ni ? realloc(s->mask, cap) : NULL;
-        if (nm) s->mask = nm;
-        if (!ni || !nm) return fr_error(FR_ERR_NOMEM, "out of memory for the fine-tuning tokens");
-        s->cap = cap;
-    }
-    memcpy(s->ids + s->n, ids, n * sizeof *ids);
-    memcpy(s->mask + s->n, mask, n);
+    FR_CHECK(fr_tokmask_append(&s->tm, ids, mask, 0, n));
     for (size_t i = 0; i < n; i++) s->targets += mask[i];
-    s->n += n;
     s->docs++;
     return FR_OK;
 }
@@ -71,14 +58,14 @@ static int write_split(const char *dir, const char *name, const split_buf *s, in
     memcpy(h, FR_SHARD_MAGIC, 8);
     put_u32(h + 8, FR_SHARD_VERSION);
     put_u32(h + 12, (uint32_t)width);
-    put_u32(h + 16, (uint32_t)s->n);
-    put_u32(h + 20, (uint32_t)((uint64_t)s->n >> 32));
+    put_u32(h + 16, (uint32_t)s->tm.n);
+    put_u32(h + 20, (uint32_t)((uint64_t)s->tm.n >> 32));
     put_u32(h + 24, (uint32_t)vocab);
     put_u32(h + 28, (uint32_t)eot);
     int ok = fwrite(h, 1, sizeof h, f) == sizeof h;
-    for (size_t i = 0; ok && i < s->n; i++) {
+    for (size_t i = 0; ok && i < s->tm.n; i++) {
         unsigned char t[4];
-        put_u32(t, (uint32_t)s->ids[i]);
+        put_u32(t, (uint32_t)s->tm.ids[i]);
         ok = fwrite(t, 1, (size_t)width, f) == (size_t)width;
     }
     if (fclose(f) != 0) ok = 0;
@@ -86,14 +73,14 @@ static int write_split(const char *dir, const char *name, const split_buf *s, in
     snprintf(path, sizeof path, "%s/%s.mask", dir, name);
     f = fopen(path, "wb");
     if (!f) return fr_error(FR_ERR_IO, "cannot create %s: %s", path, strerror(errno));
-    ok = s->n == 0 || fwrite(s->mask, 1, s->n, f) == s->n;
+    ok = s->tm.n == 0 || fwrite(s->tm.mask, 1, s->tm.n, f) == s->tm.n;
     if (fclose(f) != 0) ok = 0;
     return ok ? FR_OK : fr_error(FR_ERR_IO, "cannot write %s (disk full?)", path);
 }
 
 static void add_split(cJSON *splits, const char *name, const split_buf *s) {
     cJSON *o = cJSON_AddObjectToObject(splits, name);
-    cJSON_AddNumberToObject(o, "tokens", (double)s->n);
+    cJSON_AddNumberToObject(o, "tokens", (double)s->tm.n);
     cJSON_AddNumberToObject(o, "targets", (double)s->targets);
     cJSON_AddNumberToObject(o, "conversations", (double)s->docs);
     cJSON *arr = cJSON_AddArrayToObject(o, "shards");
@@ -103,7 +90,7 @@ static void add_split(cJSON *splits, const char *name, const split_buf *s) {
     snprintf(mask, sizeof mask, "%s_000.mask", name);
     cJSON_AddStringToObject(e, "file", file);
     cJSON_AddStringToObject(e, "mask", mask);
-    cJSON_AddNumberToObject(e, "tokens", (double)s->n);
+    cJSON_AddNumberToObject(e, "tokens", (double)s->tm.n);
     cJSON_AddItemToArray(arr, e);
 }
 
@@ -143,17 +130,16 @@ int fr_sft_prepare(const fr_sft_prepare_options *o, fr_sft_stats *stats) {
     char *text = NULL;
     size_t len = 0;
     int rc = fr_read_file(o->input, &text, &len);
-    split_buf sp[2] = {{0}, {0}}; /* train, val */
+    split_buf sp[2]; /* train, val */
+    memset(sp, 0, sizeof sp);
     const uint64_t cut = (uint64_t)(o->val_fraction * 18446744073709551615.0);
     long lineno = 0;
-    for (size_t pos = 0; rc == FR_OK && pos < len;) {
-        const char *line = text + pos, *nl = memchr(line, '\n', len - pos);
-        const size_t ll = nl ? (size_t)(nl - line) : len - pos;
-        pos += ll + (nl != NULL);
+    size_t pos = 0, ll;
+    const char *line;
+    int blank;
+    while (rc == FR_OK && fr_next_line(text, len, &pos, &line, &ll, &blank)) {
         lineno++;
-        size_t k = 0;
-        while (k < ll && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r')) k++;
-        if (k == ll) continue; /* blank line */
+        if (blank) continue;
         cJSON *root = NULL;
         fr_chat_message *msgs = NULL;
         int n = 0, has_assistant = 0;
@@ -187,7 +173,7 @@ int fr_sft_prepare(const fr_sft_prepare_options *o, fr_sft_stats *stats) {
     snprintf(tmp, sizeof tmp, "%s.tmp-%d", o->output_dir, (int)getpid());
     if (rc == FR_OK && mkdir(tmp, 0755) != 0) rc = fr_error(FR_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
     if (rc == FR_OK) rc = write_split(tmp, "train_000", &sp[0], width, vocab, eot < 0 ? 0 : eot);
-    if (rc == FR_OK && sp[1].n) rc = write_split(tmp, "val_000", &sp[1], width, vocab, eot < 0 ? 0 : eot);
+    if (rc == FR_OK && sp[1].tm.n) rc = write_split(tmp, "val_000", &sp[1], width, vocab, eot < 0 ? 0 : eot);
     if (rc == FR_OK) {
         cJSON *m = cJSON_CreateObject();
         cJSON_AddStringToObject(m, "format", "frugal-token-shards");
@@ -200,7 +186,7 @@ int fr_sft_prepare(const fr_sft_prepare_options *o, fr_sft_stats *stats) {
         cJSON_AddNumberToObject(m, "skipped_without_assistant", (double)st.skipped_no_assistant);
         cJSON *splits = cJSON_AddObjectToObject(m, "splits");
         add_split(splits, "train", &sp[0]);
-        if (sp[1].n) add_split(splits, "val", &sp[1]);
+        if (sp[1].tm.n) add_split(splits, "val", &sp[1]);
         char *js = cJSON_Print(m);
         cJSON_Delete(m);
         char path[4300];
@@ -219,11 +205,11 @@ int fr_sft_prepare(const fr_sft_prepare_options *o, fr_sft_stats *stats) {
         snprintf(cmd, sizeof cmd, "%s/meta.json", tmp), unlink(cmd);
         rmdir(tmp);
     }
-    st.train_tokens = sp[0].n, st.val_tokens = sp[1].n;
+    st.train_tokens = sp[0].tm.n, st.val_tokens = sp[1].tm.n;
     st.train_targets = sp[0].targets, st.val_targets = sp[1].targets;
     st.train_conversations = (long)sp[0].docs, st.val_conversations = (long)sp[1].docs;
     if (stats) *stats = st;
-    for (int i = 0; i < 2; i++) free(sp[i].ids), free(sp[i].mask);
+    for (int i = 0; i < 2; i++) fr_tokmask_free(&sp[i].tm);
     fr_tokenizer_free(tok);
     return rc;
 }

@@ -145,4 +145,15 @@ const cJSON *fr_tokenizer_skeleton(const fr_tokenizer *tok);
 /* tokenizer_config.json as loaded or built, or NULL. */
 const cJSON *fr_tokenizer_config_json(const fr_tokenizer *tok);
 
+/* Tokens with a loss-mask byte each (1 = a training target), growing: fine-tuning data
+ * (chat.c fr_chat_encode_masked, sft_prepare.c). fr_tokmask_append adds n ids with their mask
+ * bytes, or with `fill` for every one when mask is NULL. */
+typedef struct {
+    int *ids;
+    unsigned char *mask;
+    size_t n, cap;
+} fr_tokmask;
+int fr_tokmask_append(fr_tokmask *b, const int *ids, const unsigned char *mask, unsigned char fill, size_t n);
+void fr_tokmask_free(fr_tokmask *b);
+
 #endif
