@@ -327,9 +327,14 @@ static int parse_value(cursor *c, fr_gguf_kv *kv) {
             if (n > (c->size - c->pos) / 8)
                 return fr_error(FR_ERR_FORMAT, "GGUF: key '%s': array of %llu strings does not fit in the file", kv->key,
                                 (unsigned long long)n);
+            /* each string's offset, so that fr_gguf_arr_str finds element i at once (a
+             * tokenizer's 100k+ tokens were a quadratic walk) */
+            kv->str_off = malloc((size_t)(n ? n : 1) * sizeof *kv->str_off);
+            if (!kv->str_off) return fr_error(FR_ERR_NOMEM, "out of memory for the GGUF key '%s'", kv->key);
             for (uint64_t i = 0; i < n; i++) {
                 const char *s;
                 size_t len;
+                kv->str_off[i] = c->pos - start;
                 FR_CHECK(rd_str(c, &s, &len, "an array string"));
             }
         } else {
@@ -370,7 +375,7 @@ static int check_unique(char **names, int n, const char *what) {
 
 void fr_gguf_close(fr_gguf *g) {
     if (!g) return;
-    for (int i = 0; i < g->n_kv; i++) free(g->kv[i].key);
+    for (int i = 0; i < g->n_kv; i++) free(g->kv[i].key), free(g->kv[i].str_off);
     for (int i = 0; i < g->n_tensors; i++) free(g->tensors[i].name);
     free(g->kv);
     free(g->tensors);
@@ -577,17 +582,12 @@ int fr_gguf_arr_str(const fr_gguf_kv *kv, uint64_t i, const char **s, size_t *le
     if (!kv || !s || !len) return fr_error(FR_ERR_ARG, "fr_gguf_arr_str: NULL argument");
     if (kv->type != FR_GGUF_ARRAY || kv->arr_type != FR_GGUF_STRING || i >= kv->arr_n)
         return fr_error(FR_ERR_FORMAT, "GGUF: key '%s' has no string element %llu", kv->key, (unsigned long long)i);
-    size_t pos = 0; /* lengths were validated by the parser */
-    for (uint64_t k = 0;; k++) {
-        uint64_t n;
-        memcpy(&n, kv->val + pos, 8);
-        if (k == i) {
-            *s = (const char *)kv->val + pos + 8;
-            *len = (size_t)n;
-            return FR_OK;
-        }
-        pos += 8 + (size_t)n;
-    }
+    const size_t pos = kv->str_off[i]; /* offsets and lengths were validated by the parser */
+    uint64_t n;
+    memcpy(&n, kv->val + pos, 8);
+    *s = (const char *)kv->val + pos + 8;
+    *len = (size_t)n;
+    return FR_OK;
 }
 
 int fr_gguf_arr_int(const fr_gguf_kv *kv, uint64_t i, int64_t *out) {

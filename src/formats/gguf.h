@@ -68,6 +68,7 @@ typedef struct {
     uint64_t arr_n;               /* FR_GGUF_ARRAY only */
     const unsigned char *val;     /* raw value bytes in the buffer (array: first element) */
     size_t val_len;
+    size_t *str_off;              /* array of strings: element i's offset from val (owned) */
 } fr_gguf_kv;
 
 typedef struct {
