@@ -782,11 +782,43 @@ static void cache_load(const fr_engine *e, float *dst, const unsigned char *src)
 
 /* ================================================================ forward */
 
-/* y[M, rows] = x[M, cols] W^T. For FP32 weights and a few rows (decode of a small batch, a
- * speculative 2-token step) the backend GEMM would pack the whole weight matrix on every
- * call; instead each weight chunk is read once and dotted with the M inputs (the same dot
- * kernel as the matrix-vector path, so results match M = 1 exactly). */
+/* FP32 weights times a few activation rows (decode, a small batch, a speculative step): the
+ * products' rows, taken together in chunks of F32_CHUNK, are shared out to the threads in
+ * one parallel region, each chunk's weights read once and dotted with the M inputs. The backend
+ * GEMM would pack whole matrices on every call, and one call per product left the small ones
+ * (an expert's 256 x 1024 rows) to a single thread. A chunk starts at a multiple of F32_CHUNK
+ * rows of its matrix and goes through the same dot kernel whatever the thread, the batch or
+ * M, so a row's result does not depend on them. */
 #define SMALL_M 8
+#define F32_CHUNK 32
+static void f32_products(const fr_qmatmul_job *jobs, int n) {
+    const fr_cpu_vec *v = fr_cpu_vec_ops();
+    double work = 0; /* weights read, the measure of a chunk's cost */
+    for (int i = 0; i < n; i++) work += (double)jobs[i].w->rows * jobs[i].w->cols;
+#pragma omp parallel if (work * jobs[0].M >= 2e6)
+    {
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
+        /* a chunk is thread t's when its middle falls in t's share of the weights: shares of
+         * equal bytes (the products' widths differ), every chunk exactly once */
+        double start = 0;
+        for (int i = 0; i < n; i++) {
+            const fr_qmatrix *w = jobs[i].w;
+            for (int r0 = 0; r0 < w->rows; r0 += F32_CHUNK) {
+                const int nr = w->rows - r0 < F32_CHUNK ? w->rows - r0 : F32_CHUNK;
+                const double cost = (double)nr * w->cols;
+                const int owner = (int)((start + cost / 2) * T / work);
+                start += cost;
+                if (owner != t && !(t == T - 1 && owner >= T)) continue;
+                const float *W = (const float *)w->data + (size_t)r0 * w->cols;
+                for (int m = 0; m < jobs[i].M; m++)
+                    v->dots(jobs[i].y + (size_t)m * w->rows + r0, jobs[i].x + (size_t)m * w->cols, W, (size_t)w->cols,
+                            nr, w->cols, 1.0f);
+            }
+        }
+    }
+}
+
+/* y[M, rows] = x[M, cols] W^T */
 static void linear(float *y, const float *x, const fr_qmatrix *w, int M) {
     if (w->type != FR_QT_F32 && !fr_qmatmul_uses_int8(w) && M > 3 && M <= SMALL_M) {
         /* FP32 activations: fr_qmatmul dequantizes whole tiles for M >= 4, which costs more
@@ -796,33 +828,29 @@ static void linear(float *y, const float *x, const fr_qmatrix *w, int M) {
             fr_qmatmul(y + (size_t)m * w->rows, x + (size_t)m * w->cols, w, M - m < 3 ? M - m : 3);
         return;
     }
-    if (w->type != FR_QT_F32 || M <= 1 || M > SMALL_M) {
-        fr_qmatmul(y, x, w, M);
+    if (w->type == FR_QT_F32 && M <= SMALL_M) {
+        const fr_qmatmul_job job = {y, x, w, M};
+        f32_products(&job, 1);
         return;
     }
-    const fr_cpu_vec *v = fr_cpu_vec_ops();
-    const int rows = w->rows, cols = w->cols, chunk = 32;
-    const float *W = (const float *)w->data;
-    const int n_chunks = (rows + chunk - 1) / chunk;
-#pragma omp parallel for schedule(static) if ((double)rows * cols * M >= 2e6 && n_chunks > 1)
-    for (int c = 0; c < n_chunks; c++) {
-        const int r0 = c * chunk, n = rows - r0 < chunk ? rows - r0 : chunk;
-        for (int m = 0; m < M; m++)
-            v->dots(y + (size_t)m * rows + r0, x + (size_t)m * cols, W + (size_t)r0 * cols, (size_t)cols, n, cols, 1.0f);
-    }
+    fr_qmatmul(y, x, w, M);
 }
 
 static void add_rows(float *y, const float *a, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] += a[i];
 }
 
-/* Independent products: with int8 activations all in one parallel region (fewer fork/join
- * rounds per decoded token, which dominate small-batch decode on few cores); otherwise one
- * linear() after another. Results are the same either way. */
+/* Independent products: with int8 activations, or FP32 weights at decode sizes, all in one
+ * parallel region (fewer fork/join rounds per decoded token, which dominate small-batch decode
+ * on few cores); otherwise one linear() after another. Results are the same either way. */
 static void linear_batch(const fr_qmatmul_job *jobs, int n) {
-    int all = n > 1;
-    for (int i = 0; all && i < n; i++) all = fr_qmatmul_uses_int8(jobs[i].w);
+    int all = n > 1, all_f32 = n > 1;
+    for (int i = 0; i < n; i++) {
+        all &= fr_qmatmul_uses_int8(jobs[i].w);
+        all_f32 &= jobs[i].w->type == FR_QT_F32 && jobs[i].M <= SMALL_M;
+    }
     if (all) fr_qmatmul_batch(jobs, n);
+    else if (all_f32) f32_products(jobs, n);
     else
         for (int i = 0; i < n; i++) linear(jobs[i].y, jobs[i].x, jobs[i].w, jobs[i].M);
 }
