@@ -99,5 +99,20 @@ int fr_dev_engine_mtp_forward(fr_engine *e, fr_seq *const *seqs, int n_seqs, con
 size_t fr_dev_engine_active_weight_bytes(const fr_engine *e);
 /* The load-time finiteness check of one weight (infer.c; fr_engine_options.no_check skips it) */
 int fr_engine_check_weight(const fr_engine *e, const fr_st_set *st, const char *name);
+/* Build an engine for cfg from the tensors of st (a safetensors checkpoint or a model in
+ * memory; map: use F32 / BF16 tensors in place) or of gg (a GGUF as stored); `what` names the
+ * source in errors (infer.c). */
+int fr_engine_build(fr_engine **out, const fr_config *cfg, const fr_st_set *st, const fr_gguf *gg,
+                    const fr_engine_options *opt, const char *what, int map);
+
+/* ---- engine_gguf.c: a deepseek2 GGUF as stored */
+int fr_engine_load_gguf(fr_engine **out, const char *path, const fr_engine_options *opt);
+/* The GGUF tensor of HF parameter `name`, its finiteness checked (unless no_check) */
+int fr_engine_gguf_view(const fr_engine *e, const char *name, fr_gguf_view *v);
+/* Layer `index`'s absorbed projections from a split GGUF's attn_k_b / attn_v_b heads, as stored
+ * or as uk_type / uv_type when the engine's weight type was given */
+int fr_engine_gguf_kv_b(fr_engine *e, eng_layer *ly, int index, fr_qtype uk_type, fr_qtype uv_type);
+/* Give back the mapped pages of the rearranged tensors whose names start with prefix (NULL: all) */
+void fr_engine_gguf_release(const fr_engine *e, const char *prefix);
 
 #endif

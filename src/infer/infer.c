@@ -118,22 +118,12 @@ static int check_tensor_finite(const fr_st_tensor *t, const char *name) {
 /* The load-time check of weight `name` (fr_engine_options.no_check skips it): the float tensor
  * itself, or for a matrix stored quantized by `frugal quantize` its scales and minima (the
  * integer quants cannot be non-finite). Absent tensors are left to the loaders' messages. */
-/* GGUF tensor of HF parameter `name` with its finiteness checked (unless no_check) */
-static int gg_view(const fr_engine *e, const char *name, fr_gguf_view *v) {
-    FR_CHECK(fr_gguf_view_hf(e->gg, name, v));
-    if (e->opt.no_check) return FR_OK;
-    const size_t bad = fr_gguf_view_first_nonfinite(v);
-    if (bad != SIZE_MAX)
-        return fr_error(FR_ERR_FORMAT, "tensor %s (GGUF %s) holds a non-finite value (NaN or Inf) at index %zu", name,
-                        v->t->name, bad);
-    return FR_OK;
-}
 
 int fr_engine_check_weight(const fr_engine *e, const fr_st_set *st, const char *name) {
     if (e->opt.no_check) return FR_OK;
     if (e->gg) {
         fr_gguf_view v;
-        return gg_view(e, name, &v);
+        return fr_engine_gguf_view(e, name, &v);
     }
     const fr_st_tensor *t = fr_st_set_find(st, name);
     if (t) return check_tensor_finite(t, name);
@@ -151,7 +141,7 @@ static int load_mat_as(fr_engine *e, fr_qmatrix *m, const fr_st_set *st, const c
                        fr_qtype want) {
     if (e->gg) {
         fr_gguf_view v;
-        FR_CHECK(gg_view(e, name, &v));
+        FR_CHECK(fr_engine_gguf_view(e, name, &v));
         if (v.rows != rows || v.cols != cols)
             return fr_error(FR_ERR_FORMAT, "tensor %s (GGUF %s) is %lld x %lld, expected %d x %d", name, v.t->name,
                             (long long)v.rows, (long long)v.cols, rows, cols);
@@ -176,7 +166,7 @@ static int load_vec(const fr_engine *e, const fr_st_set *st, const char *name, s
     *out = NULL;
     if (e->gg) {
         fr_gguf_view v;
-        FR_CHECK(gg_view(e, name, &v));
+        FR_CHECK(fr_engine_gguf_view(e, name, &v));
         if ((size_t)(v.rows * v.cols) != numel)
             return fr_error(FR_ERR_FORMAT, "tensor %s (GGUF %s) has %lld values, expected %zu", name, v.t->name,
                             (long long)(v.rows * v.cols), numel);
@@ -201,33 +191,6 @@ static int load_vec(const fr_engine *e, const fr_st_set *st, const char *name, s
 
 #define NAME(...) (snprintf(name, sizeof name, __VA_ARGS__), name)
 
-/* The absorbed projections of a split GGUF (attn_k_b [heads][kv_lora][nope] is W_UK[h]^T
- * head by head, attn_v_b [heads][v_dim][kv_lora] is W_UV[h]): each head's matrix as stored,
- * no transposition needed. */
-static int load_split_kv_b(fr_engine *e, eng_layer *ly, int index) {
-    const fr_config *c = &e->cfg;
-    const int nh = c->num_attention_heads, nope = c->qk_nope_head_dim, vd = c->v_head_dim, kvr = c->kv_lora_rank;
-    char kn[64], vn[64];
-    snprintf(kn, sizeof kn, "blk.%d.attn_k_b.weight", index);
-    snprintf(vn, sizeof vn, "blk.%d.attn_v_b.weight", index);
-    ly->uk_t = calloc((size_t)nh, sizeof(fr_qmatrix));
-    ly->uv = calloc((size_t)nh, sizeof(fr_qmatrix));
-    if (!ly->uk_t || !ly->uv) return fr_error(FR_ERR_NOMEM, "out of memory");
-    for (int h = 0; h < nh; h++) {
-        fr_gguf_view k, v;
-        FR_CHECK(fr_gguf_view_slice(e->gg, kn, h, &k));
-        FR_CHECK(fr_gguf_view_slice(e->gg, vn, h, &v));
-        if (k.rows != kvr || k.cols != nope || v.rows != vd || v.cols != kvr)
-            return fr_error(FR_ERR_FORMAT, "%s / %s: head matrices %lld x %lld and %lld x %lld, expected %d x %d and %d x %d",
-                            kn, vn, (long long)k.rows, (long long)k.cols, (long long)v.rows, (long long)v.cols, kvr, nope,
-                            vd, kvr);
-        if (!e->opt.no_check && (fr_gguf_view_first_nonfinite(&k) != SIZE_MAX || fr_gguf_view_first_nonfinite(&v) != SIZE_MAX))
-            return fr_error(FR_ERR_FORMAT, "%s or %s holds a non-finite value (NaN or Inf) in head %d", kn, vn, h);
-        FR_CHECK(fr_qmatrix_from_ggml(&ly->uk_t[h], k.type, k.data, kvr, nope, e->as_stored ? -1 : (int)sensitive_type(e, nope)));
-        FR_CHECK(fr_qmatrix_from_ggml(&ly->uv[h], v.type, v.data, vd, kvr, e->as_stored ? -1 : (int)mat_type(e, kvr)));
-    }
-    return FR_OK;
-}
 
 /* kv_b_proj [nh*(nope+vd), kvr] of a checkpoint (or an older GGUF) split per head: rows
  * [h*(nope+vd), +nope) = W_UK[h], the next vd rows = W_UV[h]. W_UK is stored transposed for
@@ -295,7 +258,7 @@ static int load_layer(fr_engine *e, eng_layer *ly, const fr_st_set *st, int inde
 
     char gk[64];
     snprintf(gk, sizeof gk, "blk.%d.attn_k_b.weight", index);
-    if (e->gg && fr_gguf_find_tensor(e->gg, gk)) FR_CHECK(load_split_kv_b(e, ly, index));
+    if (e->gg && fr_gguf_find_tensor(e->gg, gk)) FR_CHECK(fr_engine_gguf_kv_b(e, ly, index, sensitive_type(e, c->qk_nope_head_dim), mat_type(e, c->kv_lora_rank)));
     else FR_CHECK(load_joint_kv_b(e, ly, st, index));
 
     if (ly->is_moe) {
@@ -425,26 +388,8 @@ void fr_engine_free(fr_engine *e) {
 
 static size_t kv_value_bytes(fr_kv_type t) { return t == FR_KV_F32 ? 4 : t == FR_KV_BF16 ? 2 : 1; }
 
-/* Give back the mapped pages of the GGUF tensors whose names start with `prefix` (all when
- * NULL) that the engine holds as copies (everything but F32, BF16 and the K formats, used in
- * place; a K tensor that fell back is rare enough to leave), so that
- * a copy and its source are not both resident: the peak stays near the file's size. Harmless
- * if a page is read again (a private read-only mapping refills it from the file). */
-static void gguf_release(const fr_engine *e, const char *prefix) {
-    const size_t page = (size_t)sysconf(_SC_PAGESIZE), pl = prefix ? strlen(prefix) : 0;
-    for (int i = 0; i < e->gg->n_tensors; i++) {
-        const fr_gguf_tensor *t = &e->gg->tensors[i];
-        const int in_place = t->type == FR_GGML_F32 || t->type == FR_GGML_BF16 || t->type == FR_GGML_Q4_K ||
-                             t->type == FR_GGML_Q5_K || t->type == FR_GGML_Q6_K;
-        if (in_place || (prefix && strncmp(t->name, prefix, pl) != 0)) continue;
-        const uintptr_t a = ((uintptr_t)t->data + page - 1) / page * page, b = ((uintptr_t)t->data + t->nbytes) / page * page;
-        if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
-    }
-}
-
-/* Build an engine for `cfg` from the tensors of `st`; `what` names the source in errors. */
-static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_set *st, const fr_gguf *gg,
-                        const fr_engine_options *opt, const char *what, int map) {
+int fr_engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_set *st, const fr_gguf *gg,
+                    const fr_engine_options *opt, const char *what, int map) {
     *out = NULL;
     fr_engine_options o;
     if (opt) o = *opt;
@@ -513,7 +458,7 @@ static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_se
     }
     for (int l = 0; e->layers && l < e->L + e->mtp && rc == FR_OK; l++) {
         rc = load_layer(e, &e->layers[l], st, l, l >= e->L);
-        if (gg) gguf_release(e, NAME("blk.%d.", l));
+        if (gg) fr_engine_gguf_release(e, NAME("blk.%d.", l));
     }
     if (rc == FR_OK && e->layers) rc = load_vec(e, st, "model.embed_tokens.weight", (size_t)V * H, &e->embed);
     if (rc == FR_OK && e->layers) rc = load_vec(e, st, "model.norm.weight", H, &e->final_norm);
@@ -550,27 +495,6 @@ static int engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_se
     return FR_OK;
 }
 
-/* A deepseek2 GGUF run as stored from its mapping. Tensors rearranged into the engine's
- * layouts (Q8_0, Q4_0, Q4_1, F16) are copies: their pages of the mapping are given back, so
- * the resident memory is about the file's size. */
-static int engine_load_gguf(fr_engine **out, const char *path, const fr_engine_options *opt) {
-    fr_gguf g;
-    FR_CHECK(fr_gguf_open(&g, path));
-    fr_config cfg;
-    int rc = fr_gguf_deepseek2_config(&g, path, &cfg);
-    if (rc == FR_OK) rc = fr_gguf_deepseek2_check_names(&g, &cfg, path);
-    fr_engine *e = NULL;
-    if (rc == FR_OK) rc = engine_build(&e, &cfg, NULL, &g, opt, path, 0);
-    if (rc != FR_OK) {
-        fr_gguf_close(&g);
-        return rc;
-    }
-    e->gguf = g;
-    e->gg = &e->gguf;
-    gguf_release(e, NULL); /* the embedding, the output head and the norms */
-    *out = e;
-    return FR_OK;
-}
 
 int fr_engine_load(fr_engine **out, const char *dir, const fr_engine_options *opt) {
     fr_clear_error();
@@ -580,7 +504,7 @@ int fr_engine_load(fr_engine **out, const char *dir, const fr_engine_options *op
         size_t dl = strlen(dir);
         struct stat sb;
         if (dl >= 5 && strcasecmp(dir + dl - 5, ".gguf") == 0 && stat(dir, &sb) == 0 && S_ISREG(sb.st_mode)) {
-            if (fr_device_ops()->host_memory) return engine_load_gguf(out, dir, opt);
+            if (fr_device_ops()->host_memory) return fr_engine_load_gguf(out, dir, opt);
             fr_model *gm = NULL; /* a device engine takes FP32 weights: through the imported model */
             int grc = fr_model_load_gguf(&gm, dir);
             if (grc == FR_OK) grc = fr_engine_from_model(out, gm, opt);
@@ -601,7 +525,7 @@ int fr_engine_load(fr_engine **out, const char *dir, const fr_engine_options *op
     if (rc != FR_OK) {
         return fr_error_context(rc, "%s", dir);
     }
-    rc = engine_build(out, &cfg, &st, NULL, opt, dir, 1);
+    rc = fr_engine_build(out, &cfg, &st, NULL, opt, dir, 1);
     if (rc != FR_OK) fr_st_set_close(&st); /* on success the engine owns the mapping */
     return rc;
 }
@@ -644,7 +568,7 @@ int fr_engine_from_model(fr_engine **out, fr_model *m, const fr_engine_options *
     }
     qsort(f.tensors, (size_t)n, sizeof *f.tensors, cmp_st_name);
     fr_st_set st = {1, &f};
-    if (rc == FR_OK) rc = engine_build(out, fr_model_config(m), &st, NULL, opt, "model", 0);
+    if (rc == FR_OK) rc = fr_engine_build(out, fr_model_config(m), &st, NULL, opt, "model", 0);
     for (int i = 0; i < n && !mo->host_memory; i++) fr_free((void *)f.tensors[i].data);
     free(f.tensors);
     return rc;
