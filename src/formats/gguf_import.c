@@ -487,12 +487,13 @@ int fr_gguf_deepseek2_check_names(const fr_gguf *g, const fr_config *c, const ch
     return FR_OK;
 }
 
-/* the first of n fp16 fields at p + k * stride + off (k < n) that is NaN or Inf */
-static size_t bad_f16_field(const unsigned char *p, size_t n, size_t stride, size_t off) {
+/* The first k < n whose field of `width` bytes (2 or 4, little-endian) at p + k * stride + off
+ * has every bit of `exp_mask` set (a NaN or Inf: an all-ones exponent), or SIZE_MAX */
+static size_t first_all_ones(const unsigned char *p, size_t n, size_t stride, size_t off, int width, uint32_t exp_mask) {
     for (size_t k = 0; k < n; k++) {
-        uint16_t h;
-        memcpy(&h, p + k * stride + off, 2);
-        if ((h & 0x7c00u) == 0x7c00u) return k;
+        uint32_t v = 0;
+        memcpy(&v, p + k * stride + off, (size_t)width);
+        if ((v & exp_mask) == exp_mask) return k;
     }
     return SIZE_MAX;
 }
@@ -501,24 +502,12 @@ size_t fr_gguf_view_first_nonfinite(const fr_gguf_view *v) {
     const size_t n = (size_t)(v->rows * v->cols);
     const unsigned char *p = v->data;
     switch (v->type) {
-    case FR_GGML_F32:
-        for (size_t i = 0; i < n; i++) {
-            uint32_t x;
-            memcpy(&x, p + 4 * i, 4);
-            if ((x & 0x7f800000u) == 0x7f800000u) return i;
-        }
-        return SIZE_MAX;
-    case FR_GGML_F16: return bad_f16_field(p, n, 2, 0);
-    case FR_GGML_BF16:
-        for (size_t i = 0; i < n; i++) {
-            uint16_t x;
-            memcpy(&x, p + 2 * i, 2);
-            if ((x & 0x7f80u) == 0x7f80u) return i;
-        }
-        return SIZE_MAX;
+    case FR_GGML_F32: return first_all_ones(p, n, 4, 0, 4, 0x7f800000u);
+    case FR_GGML_F16: return first_all_ones(p, n, 2, 0, 2, 0x7c00u);
+    case FR_GGML_BF16: return first_all_ones(p, n, 2, 0, 2, 0x7f80u);
     default: break;
     }
-    /* block formats: a non-finite value needs a non-finite scale or minimum */
+    /* block formats: a non-finite value needs a non-finite fp16 scale or minimum */
     const int be = fr_ggml_block_elems(v->type);
     const size_t bb = fr_ggml_block_bytes(v->type), nb = be > 0 ? n / (size_t)be : 0;
     size_t offs[2] = {0, SIZE_MAX};
@@ -531,7 +520,7 @@ size_t fr_gguf_view_first_nonfinite(const fr_gguf_view *v) {
     size_t first = SIZE_MAX;
     for (int f = 0; f < 2; f++) {
         if (offs[f] == SIZE_MAX) continue;
-        const size_t k = bad_f16_field(p, nb, bb, offs[f]);
+        const size_t k = first_all_ones(p, nb, bb, offs[f], 2, 0x7c00u);
         if (k != SIZE_MAX && k * (size_t)be < first) first = k * (size_t)be;
     }
     return first;

@@ -300,9 +300,7 @@ static void moe(fr_engine *e, const dev_layer *ly, float *out, const float *x, i
     const fr_ops *o = e->ops;
     const fr_config *c = &e->cfg;
     const int H = c->hidden_size, E = c->n_routed_experts, K = c->num_experts_per_tok, Im = c->moe_intermediate_size;
-    fr_route_params rp = {.n_experts = E, .top_k = K, .n_group = c->n_group, .topk_group = c->topk_group,
-                          .method = (int)c->topk_method, .scoring = (int)c->scoring_func,
-                          .norm_topk_prob = c->norm_topk_prob, .routed_scaling_factor = c->routed_scaling_factor};
+    const fr_route_params rp = fr_route_params_of(c);
     linear(e, d->rl, x, ly->router, N, E, H);
     o->moe_route_forward(d->topi, d->topw, d->scores, d->rl, ly->router_bias, N, &rp);
     o->moe_permute(d->perm, d->slot, e->offsets, d->topi, N, K, E); /* offsets: host */

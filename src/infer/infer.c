@@ -793,9 +793,7 @@ static void moe(fr_engine *e, const eng_layer *ly, float *out, const float *x, i
     const fr_ops *o = e->ops;
     const fr_config *c = &e->cfg;
     const int H = c->hidden_size, E = c->n_routed_experts, K = c->num_experts_per_tok, Im = c->moe_intermediate_size;
-    fr_route_params rp = {.n_experts = E, .top_k = K, .n_group = c->n_group, .topk_group = c->topk_group,
-                          .method = (int)c->topk_method, .scoring = (int)c->scoring_func,
-                          .norm_topk_prob = c->norm_topk_prob, .routed_scaling_factor = c->routed_scaling_factor};
+    const fr_route_params rp = fr_route_params_of(c);
     o->gemm(0, 1, N, E, H, 1.0f, x, H, ly->router, H, 0.0f, e->rl, E);
     o->moe_route_forward(e->topi, e->topw, e->scores, e->rl, ly->router_bias, N, &rp);
     o->moe_permute(e->perm, e->slot, e->offsets, e->topi, N, K, E);

@@ -216,7 +216,7 @@ static void mlp_backward(fr_model *m, float *dx, const float *dout, const float 
 
 /* ---------------------------------------------------------------- DeepSeekMoE */
 
-static fr_route_params route_params(const fr_config *c) {
+fr_route_params fr_route_params_of(const fr_config *c) {
     fr_route_params p = {
         .n_experts = c->n_routed_experts,
         .top_k = c->num_experts_per_tok,
@@ -474,7 +474,7 @@ static void moe_forward(fr_model *m, const fr_block *b, fr_block_acts *a, int N,
     const int H = c->hidden_size, E = c->n_routed_experts, K = c->num_experts_per_tok;
     const int Im = c->moe_intermediate_size;
     const size_t expert_numel = b->exp_stride;
-    fr_route_params rp = route_params(c);
+    fr_route_params rp = fr_route_params_of(c);
 
     /* router in FP32: logits -> scores -> top-k experts and their gate weights */
     float *router_logits = m->scr.dlogits_r;
@@ -515,7 +515,7 @@ static void moe_backward(fr_model *m, const fr_block *b, fr_block_acts *a, int B
     const int N = B * T, H = c->hidden_size, E = c->n_routed_experts, K = c->num_experts_per_tok;
     const int Im = c->moe_intermediate_size;
     const size_t expert_numel = b->exp_stride;
-    fr_route_params rp = route_params(c);
+    fr_route_params rp = fr_route_params_of(c);
 
     if (b->mlp_inter > 0)
         mlp_backward(m, s->d_xn, dout, a->ffn_xn, P(b->mlp_gate), P(b->mlp_up), P(b->mlp_down), G(b->mlp_gate),

@@ -184,6 +184,8 @@ void fr_model_ep_free(fr_model *m);
 
 /* The backend fr_set_device chose for new models (device.c) */
 const fr_ops *fr_device_ops(void);
+/* The routing parameters of c's MoE layers (block.c; the inference engines use them too) */
+fr_route_params fr_route_params_of(const fr_config *c);
 /* FR_OK, or FR_ERR_STATE naming the first op of backend o that failed since the last call
  * (the ops interface has no error returns: the CUDA backend remembers its failures) */
 int fr_device_status(const fr_ops *o, const char *what);
