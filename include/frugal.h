@@ -649,8 +649,9 @@ typedef struct {
     int reuse_prefix;          /* 1: keep what each sequence's cache holds of its prompt's start
                                 * (fr_seq_common_prefix; at least the last prompt token is computed
                                 * again for its logits) instead of resetting it: a conversation's
-                                * next turn computes only its new tokens. Not with speculative
-                                * (the MTP cache pairs each row with the following token). */
+                                * next turn computes only its new tokens. With speculative, one
+                                * token fewer at most (the MTP cache pairs each row with the
+                                * following token, so its last shared row is recomputed). */
     /* Streaming: called once per new token in order with the text it completes (bytes of
      * the decoded token; text that may start a stop string is held back and passed later,
      * so len may be 0). Return nonzero to stop that sequence. */

@@ -151,9 +151,18 @@ int fr_generate(fr_engine *e, const fr_tokenizer *tok, fr_seq *const *seqs, int 
         /* the cache keeps what it holds of the prompt's start, never its last token: the
          * logits come from computing that one */
         int keep = 0;
-        if (opt->reuse_prefix && !spec) {
+        if (opt->reuse_prefix) {
             keep = fr_seq_common_prefix(seqs[s], prompts[s], prompt_lens[s]);
             if (keep > prompt_lens[s] - 1) keep = prompt_lens[s] - 1;
+            /* with speculation the MTP cache must hold rows 0 .. keep-1 too, each still pairing
+             * its position with the same next token (row j with token j+1: j <= common - 2),
+             * because its rows from `keep` on are computed from this prefill's hidden rows */
+            if (spec) {
+                const int mtp_ok = fr_seq_mtp_len(seqs[s]);
+                if (keep > mtp_ok) keep = mtp_ok;
+                const int common = fr_seq_common_prefix(seqs[s], prompts[s], prompt_lens[s]);
+                if (keep > common - 1) keep = common > 0 ? common - 1 : 0;
+            }
         }
         if (rc == FR_OK) rc = fr_seq_truncate(seqs[s], keep);
         g[s].n_keep = keep;
@@ -187,10 +196,10 @@ int fr_generate(fr_engine *e, const fr_tokenizer *tok, fr_seq *const *seqs, int 
             act[na] = seqs[s];
             act_i[na] = s;
             tp[na] = mt + k;
-            cnt[na] = prompt_lens[s];
-            for (int j = 0; j < prompt_lens[s]; j++, k++) {
+            cnt[na] = prompt_lens[s] - g[s].n_keep; /* the MTP cache holds the rest (reuse_prefix) */
+            for (int j = g[s].n_keep; j < prompt_lens[s]; j++, k++) {
                 mt[k] = j + 1 < prompt_lens[s] ? prompts[s][j + 1] : g[s].last;
-                hr[k] = row_start[s] + j;
+                hr[k] = row_start[s] + j - g[s].n_keep;
             }
             na++;
         }

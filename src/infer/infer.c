@@ -628,6 +628,7 @@ void fr_seq_free(fr_seq *s) {
 }
 
 int fr_seq_len(const fr_seq *s) { return s->len; }
+int fr_seq_mtp_len(const fr_seq *s) { return s->mtp_len; }
 
 int fr_seq_common_prefix(const fr_seq *s, const int *tokens, int n) {
     if (!s || !tokens || n <= 0) return 0;

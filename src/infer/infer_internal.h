@@ -23,6 +23,9 @@ int fr_engine_forward_rows(fr_engine *e, fr_seq *const *seqs, int n_seqs, const 
 int fr_engine_mtp_forward(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int *const *tokens,
                           const int *n_tokens, const int *hid_rows, float *logits, int *row_start);
 
+/* Rows the sequence's MTP cache holds (row j pairs position j with token j + 1) */
+int fr_seq_mtp_len(const fr_seq *s);
+
 /* Thread governor of decode-sized forwards (governor.c): arm 0 runs on all threads, arm 1
  * on one; fr_gov_pick says which arm the next forward uses, fr_gov_record gives its cost
  * (seconds for rows rows). */
