@@ -15,7 +15,7 @@
 
 void usage_quantize(FILE *f) {
     fprintf(f,
-            "usage: frugal quantize --model DIR --type bf16|q8_0|q4_1 --out DIR\n"
+            "usage: frugal quantize --model DIR --type bf16|q8_0|q4_1|q4_k|q5_k|q6_k --out DIR\n"
             "                       [--eval-data DATA_DIR [--eval-seq T] [--eval-tokens N]\n"
             "                        [--eval-chunk N]]\n"
             "                       [--threads N] [--json] [--quiet]\n"
@@ -25,6 +25,8 @@ void usage_quantize(FILE *f) {
             "  bf16   bfloat16, round to nearest even (a plain BF16 checkpoint)\n"
             "  q8_0   blocks of 32 values: float16 scale + 32 int8 (8.5 bits per weight)\n"
             "  q4_1   blocks of 32 values: float16 scale and minimum + 32 4-bit values (5 bits)\n"
+            "  q4_k, q5_k, q6_k   ggml's K-quants (super-blocks of 256 values: 4.5, 5.5, 6.56 bits), as\n"
+            "         GGUF files store them; a matrix whose width is not a multiple of 256 as q8_0\n"
             "Embeddings, lm_head, the router (mlp.gate), norms and e_score_correction_bias stay\n"
             "FP32. config.json gets a \"quantization_config\" (q8_0, q4_1); tokenizer.json,\n"
             "tokenizer_config.json and generation_config.json are copied. The output folder is\n"
@@ -32,7 +34,7 @@ void usage_quantize(FILE *f) {
             "\n"
             "Options:\n"
             "  --model DIR         model folder (config.json + safetensors, FP32 / BF16 / F16)\n"
-            "  --type T            bf16, q8_0 or q4_1\n"
+            "  --type T            bf16, q8_0, q4_1, q4_k, q5_k or q6_k\n"
             "  --out DIR           output folder\n"
             "  --eval-data DIR     after writing, report the validation perplexity (split \"val\" of\n"
             "                      this prepared dataset, windows of T predicted tokens) three times:\n"
@@ -142,11 +144,11 @@ int cmd_quantize(int argc, char **argv) {
     if (chunk_text && cli_parse_int(C, usage_quantize, "--eval-chunk", chunk_text, 1, 1 << 20, &chunk) != 0)
         return CLI_EXIT_USAGE;
     if (!model) return cli_usage_error(C, usage_quantize, "missing required option '--model DIR'");
-    if (!type) return cli_usage_error(C, usage_quantize, "missing required option '--type bf16|q8_0|q4_1'");
+    if (!type) return cli_usage_error(C, usage_quantize, "missing required option '--type bf16|q8_0|q4_1|q4_k|q5_k|q6_k'");
     if (!out) return cli_usage_error(C, usage_quantize, "missing required option '--out DIR'");
     const int wtype = fr_weight_type_parse(type); /* the engine's weight_type for the evaluation */
     if (wtype < 1) /* f32 is not a quantization */
-        return cli_usage_error(C, usage_quantize, "option '--type' expects bf16, q8_0 or q4_1, got '%s'", type);
+        return cli_usage_error(C, usage_quantize, "option '--type' expects bf16, q8_0, q4_1, q4_k, q5_k or q6_k, got '%s'", type);
     if ((seq_text || tok_text || chunk_text) && !data)
         return cli_usage_error(C, usage_quantize, "--eval-seq / --eval-tokens / --eval-chunk need --eval-data");
     int rc = cli_check_dir(model, "model folder");

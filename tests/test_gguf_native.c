@@ -252,8 +252,57 @@ static void test_k_formats(const char *dir) {
         fr_model_free(imp);
         unlink(path);
     }
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", mdir);
+    /* `frugal quantize --type q6_k`: a folder of ggml's blocks ("<base>.q6_k"; kv_b_proj kept
+     * FP32), used as stored by the engine. Its q_a_proj blocks are our quantizer's output for the
+     * FP32 source (the dequantized model holds exactly their values), and its logits equal, bit
+     * for bit, those of the FP32 folder run with --weights q6_k: the engine gets the same
+     * matrices either way. */
+    char qdir[600];
+    snprintf(qdir, sizeof qdir, "%s/kmodel-q6k", dir);
+    CHECK(fr_quantize_model(mdir, qdir, "q6_k", NULL, NULL) == FR_OK, "quantize q6_k: %s", fr_last_error());
+    fr_model *src = NULL, *deq = NULL;
+    fr_engine *qe = NULL, *fe = NULL;
+    CHECK(fr_model_load(&src, mdir) == FR_OK && fr_model_load_dequantized(&deq, qdir) == FR_OK, "models: %s",
+          fr_last_error());
+    if (src && deq) {
+        size_t n = 0;
+        const char *nm = "model.layers.1.self_attn.q_a_proj.weight";
+        const float *w = fr_model_param(src, nm, &n), *wd = fr_model_param(deq, nm, NULL);
+        fr_qmatrix q;
+        int same = fr_qmatrix_from_f32(&q, FR_QT_Q6_K, w, 256, 256) == FR_OK;
+        float *row = malloc(256 * sizeof(float));
+        for (int r = 0; same && r < 256; r++) {
+            fr_qmatrix_row_f32(&q, r, row);
+            same = memcmp(row, wd + (size_t)r * 256, 256 * sizeof(float)) == 0;
+        }
+        CHECK(same, "q6_k folder: the dequantized %s differs from our quantizer's blocks", nm);
+        fr_qmatrix_free(&q);
+        free(row);
+    }
+    fr_engine_options o6;
+    fr_engine_options_default(&o6);
+    o6.weight_type = FR_QT_Q6_K;
+    CHECK(fr_engine_load(&qe, qdir, NULL) == FR_OK && fr_engine_load(&fe, mdir, &o6) == FR_OK, "engines: %s",
+          fr_last_error());
+    if (qe && fe) {
+        CHECK(fr_engine_weight_type(qe) == FR_QT_Q6_K, "the q6_k folder runs as %s",
+              fr_weight_type_name(fr_engine_weight_type(qe)));
+        const int V = 1000, T = 10;
+        int ids[10];
+        for (int i = 0; i < T; i++) ids[i] = (int)(rnd() % (uint32_t)V);
+        float *a = malloc((size_t)T * V * sizeof(float)), *b = malloc((size_t)T * V * sizeof(float));
+        CHECK(fr_test_engine_logits(qe, ids, T, 6, a) == FR_OK && fr_test_engine_logits(fe, ids, T, 6, b) == FR_OK,
+              "forward: %s", fr_last_error());
+        CHECK(memcmp(a, b, (size_t)T * V * sizeof(float)) == 0, "q6_k folder vs the FP32 folder with --weights q6_k: "
+              "relative %.3g, not bit for bit", fr_rel_err(a, b, (size_t)T * V));
+        printf("q6_k folder (frugal quantize): blocks = our quantizer's, runs as q6_k, logits = --weights q6_k on the FP32 "
+               "folder bit for bit\n");
+        free(a), free(b);
+    }
+    fr_engine_free(qe), fr_engine_free(fe);
+    fr_model_free(src), fr_model_free(deq);
+    char cmd[1300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", mdir, qdir);
     if (system(cmd) != 0) printf("could not remove %s\n", mdir);
 }
 

@@ -145,7 +145,7 @@ static int read_hf(exporter *x, const char *name, int64_t rows, int64_t cols, fl
     if (!s && cols > 0) {
         /* stored quantized by `frugal quantize`: dequantize (fr_qmatrix_load checks the parts) */
         const int qt = fr_qmatrix_stored_type(&x->set, name);
-        if (qt == FR_QT_Q8_0 || qt == FR_QT_Q4_1) {
+        if (qt == FR_QT_Q8_0 || qt == FR_QT_Q4_1 || fr_qtype_is_k((fr_qtype)qt)) {
             if (rows > INT32_MAX || cols > INT32_MAX) return fr_error(FR_ERR_FORMAT, "tensor %s is too large", name);
             fr_qmatrix q;
             FR_CHECK(fr_qmatrix_load(&q, &x->set, name, (int)rows, (int)cols, FR_QT_F32));

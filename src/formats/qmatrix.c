@@ -301,6 +301,8 @@ int fr_qmatrix_tensor_name(char *buf, size_t n, const char *name, const char *su
 
 int fr_qmatrix_stored_type(const fr_st_set *st, const char *name) {
     char qn[1024];
+    for (int k = FR_QT_Q4_K; k <= FR_QT_Q6_K; k++) /* "<base>.q4_k": ggml's blocks, row by row */
+        if (fr_qmatrix_tensor_name(qn, sizeof qn, name, QT_NAMES[k]) == 0 && fr_st_set_find(st, qn)) return k;
     if (fr_qmatrix_tensor_name(qn, sizeof qn, name, "qweight") == 0) {
         const fr_st_tensor *q = fr_st_set_find(st, qn);
         if (q) return q->dtype == FR_DT_U8 ? FR_QT_Q4_1 : FR_QT_Q8_0;
@@ -319,9 +321,24 @@ static int check_tensor(const fr_st_tensor *t, const char *tname, fr_dtype dt, i
     return FR_OK;
 }
 
-/* Assemble a matrix of type t (Q8_0 or Q4_1) from "<base>.qweight/.scales/.mins". */
+/* Assemble a matrix of type t from "<base>.qweight/.scales/.mins" (Q8_0, Q4_1) or
+ * "<base>.q4_k" (the K formats: U8 [rows, row bytes], ggml's blocks as they are). */
 static int load_quantized(fr_qmatrix *out, const fr_st_set *st, const char *name, int rows, int cols, fr_qtype t) {
     char qn[1024], sn[1024], mn[1024];
+    if (fr_qtype_is_k(t)) {
+        const size_t rb = fr_qtype_row_bytes(t, cols);
+        if (fr_qmatrix_tensor_name(qn, sizeof qn, name, QT_NAMES[t])) return fr_error(FR_ERR_ARG, "tensor name too long: %s", name);
+        if (!rb) return fr_error(FR_ERR_FORMAT, "tensor %s: %d columns is not a multiple of 256, as %s needs", name, cols,
+                                 fr_qtype_name(t));
+        const fr_st_tensor *q = fr_st_set_find(st, qn);
+        FR_CHECK(check_tensor(q, qn, FR_DT_U8, rows, (int64_t)rb));
+        uint8_t *data = fr_alloc(rb * (size_t)rows);
+        if (!data) return fr_error(FR_ERR_NOMEM, "out of memory loading %s", name);
+        memcpy(data, q->data, rb * (size_t)rows);
+        fr_qmatrix_wrap(out, t, data, rows, cols);
+        out->owned = 1;
+        return FR_OK;
+    }
     if (fr_qmatrix_tensor_name(qn, sizeof qn, name, "qweight") || fr_qmatrix_tensor_name(sn, sizeof sn, name, "scales") ||
         fr_qmatrix_tensor_name(mn, sizeof mn, name, "mins"))
         return fr_error(FR_ERR_ARG, "tensor name too long: %s", name);
@@ -361,7 +378,7 @@ int fr_qmatrix_load(fr_qmatrix *out, const fr_st_set *st, const char *name, int 
     if (rows <= 0 || cols <= 0) return fr_error(FR_ERR_ARG, "tensor %s: bad shape [%d, %d]", name, rows, cols);
     int stored = fr_qmatrix_stored_type(st, name);
     if (stored < 0) return fr_error(FR_ERR_FORMAT, "tensor %s is missing from the checkpoint", name);
-    if (stored == FR_QT_Q8_0 || stored == FR_QT_Q4_1) {
+    if (stored == FR_QT_Q8_0 || stored == FR_QT_Q4_1 || fr_qtype_is_k((fr_qtype)stored)) {
         fr_qmatrix q;
         FR_CHECK(load_quantized(&q, st, name, rows, cols, (fr_qtype)stored));
         if (want == (fr_qtype)stored) {

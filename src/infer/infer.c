@@ -420,7 +420,7 @@ int fr_engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_set *s
         /* as stored: the format of the first layer's output projection (a folder written by
          * `frugal quantize` holds one format for all its linear layers) */
         const int t = fr_qmatrix_stored_type(st, "model.layers.0.self_attn.o_proj.weight");
-        o.weight_type = t == FR_QT_BF16 || t == FR_QT_Q8_0 || t == FR_QT_Q4_1 ? t : FR_QT_F32;
+        o.weight_type = t == FR_QT_BF16 || t == FR_QT_Q8_0 || t == FR_QT_Q4_1 || fr_qtype_is_k((fr_qtype)t) ? t : FR_QT_F32;
     }
     if (o.weight_type < 0 || o.weight_type >= FR_QT_COUNT)
         return fr_error(FR_ERR_ARG, "unknown weight type %d", o.weight_type);

@@ -4,6 +4,7 @@
  * a folder, and the validation loss of a model over a token-shard split.
  */
 #include "formats/qmatrix.h"
+#include "formats/kquant.h"
 
 #include "core/internal.h"
 #include "formats/safetensors.h"
@@ -90,6 +91,7 @@ static int quantize_tensor(qwriter *w, const fr_st_tensor *t, fr_qtype type) {
     const int rows = (int)t->shape[0], cols = (int)t->shape[1];
     if (t->shape[0] > INT32_MAX / 2 || t->shape[1] > INT32_MAX / 2 || rows <= 0 || cols <= 0)
         return fr_error(FR_ERR_FORMAT, "tensor %s: unsupported shape", t->name);
+    if (fr_qtype_is_k(type) && cols % FR_QK_K) type = FR_QT_Q8_0; /* as the engine and the GGUF export do */
     if (type != FR_QT_BF16 && cols % FR_QBLOCK)
         return fr_error(FR_ERR_ARG, "tensor %s has %d columns, not a multiple of %d: cannot quantize it to %s", t->name,
                         cols, FR_QBLOCK, fr_qtype_name(type));
@@ -107,13 +109,16 @@ static int quantize_tensor(qwriter *w, const fr_st_tensor *t, fr_qtype type) {
     const size_t rb = fr_qtype_row_bytes(type, cols);
     const int nb = cols / FR_QBLOCK;
     const uint8_t *src = q.data;
-    if (type == FR_QT_BF16) {
+    if (type == FR_QT_BF16 || fr_qtype_is_k(type)) { /* rows as they are: BF16, or "<base>.q4_k" U8 [rows, rb] */
         uint8_t *b = qw_keep(w, malloc(rb * rows));
+        char nm[1024];
         if (!b) rc = fr_error(FR_ERR_NOMEM, "out of memory quantizing %s", t->name);
+        else if (fr_qtype_is_k(type) && fr_qmatrix_tensor_name(nm, sizeof nm, t->name, fr_qtype_name(type)))
+            rc = fr_error(FR_ERR_ARG, "tensor name too long: %s", t->name);
         else {
             memcpy(b, src, rb * rows);
-            int64_t sh[2] = {rows, cols};
-            rc = qw_add(w, t->name, FR_DT_BF16, 2, sh, b);
+            int64_t sh[2] = {rows, type == FR_QT_BF16 ? cols : (int64_t)rb};
+            rc = qw_add(w, type == FR_QT_BF16 ? t->name : nm, type == FR_QT_BF16 ? FR_DT_BF16 : FR_DT_U8, 2, sh, b);
         }
         fr_qmatrix_free(&q);
         return rc;
@@ -180,8 +185,8 @@ int fr_quantize_model(const char *in_dir, const char *out_dir, const char *type,
     fr_clear_error();
     if (!in_dir || !out_dir || !type) return fr_error(FR_ERR_ARG, "fr_quantize_model: NULL argument");
     int qt = fr_qtype_parse(type);
-    if (qt != FR_QT_BF16 && qt != FR_QT_Q8_0 && qt != FR_QT_Q4_1)
-        return fr_error(FR_ERR_ARG, "unknown quantization type '%s' (expected bf16, q8_0 or q4_1)", type);
+    if (qt != FR_QT_BF16 && qt != FR_QT_Q8_0 && qt != FR_QT_Q4_1 && !fr_qtype_is_k((fr_qtype)qt))
+        return fr_error(FR_ERR_ARG, "unknown quantization type '%s' (expected bf16, q8_0, q4_1, q4_k, q5_k or q6_k)", type);
     struct stat sb;
     if (stat(in_dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
         return fr_error(FR_ERR_IO, "model folder %s does not exist or is not a folder", in_dir);
@@ -228,7 +233,13 @@ int fr_quantize_model(const char *in_dir, const char *out_dir, const char *type,
     for (int f = 0; f < set.n_files && rc == FR_OK; f++) {
         for (int i = 0; i < set.files[f].n_tensors && rc == FR_OK; i++) {
             const fr_st_tensor *t = &set.files[f].tensors[i];
-            if (is_float_dtype(t->dtype) && is_quantized_linear(t)) {
+            /* K formats: kv_b_proj stays FP32. The engine never multiplies by it as stored: it
+             * splits it into W_UK^T and W_UV per head and quantizes those (blocks along other
+             * axes), so quantizing it here would only round it twice; a K folder then gives the
+             * engine exactly the matrices `--weights q4_k` gives it from the FP32 folder. */
+            const size_t nl = strlen(t->name);
+            const int keep_kvb = fr_qtype_is_k((fr_qtype)qt) && nl >= 16 && !strcmp(t->name + nl - 16, "kv_b_proj.weight");
+            if (is_float_dtype(t->dtype) && is_quantized_linear(t) && !keep_kvb) {
                 rc = quantize_tensor(&w, t, (fr_qtype)qt);
                 n_quant++;
             } else if (is_float_dtype(t->dtype)) {
@@ -268,7 +279,10 @@ int fr_quantize_model(const char *in_dir, const char *out_dir, const char *type,
         cJSON_AddNumberToObject(qc, "block_size", FR_QBLOCK);
         cJSON_AddStringToObject(qc, "scale_dtype", "float16");
         cJSON_AddStringToObject(qc, "tensors", qt == FR_QT_Q8_0 ? "<base>.qweight I8 [rows, cols], <base>.scales F16 [rows, cols/32]"
-                                                                : "<base>.qweight U8 [rows, cols/2], <base>.scales F16 [rows, cols/32], <base>.mins F16 [rows, cols/32]");
+                                             : qt == FR_QT_Q4_1
+                                                 ? "<base>.qweight U8 [rows, cols/2], <base>.scales F16 [rows, cols/32], <base>.mins F16 [rows, cols/32]"
+                                                 : "<base>.<format> U8 [rows, row bytes]: ggml's super-blocks of 256 values as GGUF "
+                                                   "stores them; a matrix whose width is not a multiple of 256 as q8_0");
         cJSON_AddStringToObject(qc, "quantized_modules", "2-D tensors named *_proj.weight");
         cJSON_AddItemToObject(qc, "modules_not_quantized", skipped);
         skipped = NULL;
@@ -358,7 +372,7 @@ int fr_model_load_dequantized(fr_model **out, const char *dir) {
         int st = fr_qmatrix_stored_type(&set, name);
         if (st < 0) {
             rc = fr_error(FR_ERR_FORMAT, "%s: missing tensor %s", dir, name);
-        } else if (st == FR_QT_Q8_0 || st == FR_QT_Q4_1) {
+        } else if (st == FR_QT_Q8_0 || st == FR_QT_Q4_1 || fr_qtype_is_k((fr_qtype)st)) {
             fr_qmatrix q;
             if (ndim != 2) rc = fr_error(FR_ERR_FORMAT, "%s: tensor %s is stored quantized but is not a matrix", dir, name);
             else rc = fr_qmatrix_load(&q, &set, name, (int)shape[0], (int)shape[1], (fr_qtype)st);
