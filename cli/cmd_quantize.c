@@ -15,7 +15,7 @@
 
 void usage_quantize(FILE *f) {
     fprintf(f,
-            "usage: frugal quantize --model DIR --type bf16|q8_0|q4_1|q4_k|q5_k|q6_k --out DIR\n"
+            "usage: frugal quantize --model DIR --type bf16|q8_0|q4_1|q4_k|q5_k|q6_k|q4_k_m|q5_k_m --out DIR\n"
             "                       [--eval-data DATA_DIR [--eval-seq T] [--eval-tokens N]\n"
             "                        [--eval-chunk N]]\n"
             "                       [--threads N] [--json] [--quiet]\n"
@@ -27,6 +27,8 @@ void usage_quantize(FILE *f) {
             "  q4_1   blocks of 32 values: float16 scale and minimum + 32 4-bit values (5 bits)\n"
             "  q4_k, q5_k, q6_k   ggml's K-quants (super-blocks of 256 values: 4.5, 5.5, 6.56 bits), as\n"
             "         GGUF files store them; a matrix whose width is not a multiple of 256 as q8_0\n"
+            "  q4_k_m, q5_k_m   q4_k / q5_k with q6_k for the down projections of the first and last\n"
+            "         eighth of the layers and every third between (the GGUF export's mixes)\n"
             "Embeddings, lm_head, the router (mlp.gate), norms and e_score_correction_bias stay\n"
             "FP32. config.json gets a \"quantization_config\" (q8_0, q4_1); tokenizer.json,\n"
             "tokenizer_config.json and generation_config.json are copied. The output folder is\n"
@@ -34,7 +36,7 @@ void usage_quantize(FILE *f) {
             "\n"
             "Options:\n"
             "  --model DIR         model folder (config.json + safetensors, FP32 / BF16 / F16)\n"
-            "  --type T            bf16, q8_0, q4_1, q4_k, q5_k or q6_k\n"
+            "  --type T            bf16, q8_0, q4_1, q4_k, q5_k, q6_k, q4_k_m or q5_k_m\n"
             "  --out DIR           output folder\n"
             "  --eval-data DIR     after writing, report the validation perplexity (split \"val\" of\n"
             "                      this prepared dataset, windows of T predicted tokens) three times:\n"
@@ -144,11 +146,12 @@ int cmd_quantize(int argc, char **argv) {
     if (chunk_text && cli_parse_int(C, usage_quantize, "--eval-chunk", chunk_text, 1, 1 << 20, &chunk) != 0)
         return CLI_EXIT_USAGE;
     if (!model) return cli_usage_error(C, usage_quantize, "missing required option '--model DIR'");
-    if (!type) return cli_usage_error(C, usage_quantize, "missing required option '--type bf16|q8_0|q4_1|q4_k|q5_k|q6_k'");
+    if (!type) return cli_usage_error(C, usage_quantize, "missing required option '--type bf16|q8_0|q4_1|q4_k|q5_k|q6_k|q4_k_m|q5_k_m'");
     if (!out) return cli_usage_error(C, usage_quantize, "missing required option '--out DIR'");
-    const int wtype = fr_weight_type_parse(type); /* the engine's weight_type for the evaluation */
+    /* the engine's weight_type for the evaluation (a mix: its base format) */
+    const int wtype = !strcmp(type, "q4_k_m") ? fr_weight_type_parse("q4_k") : !strcmp(type, "q5_k_m") ? fr_weight_type_parse("q5_k") : fr_weight_type_parse(type);
     if (wtype < 1) /* f32 is not a quantization */
-        return cli_usage_error(C, usage_quantize, "option '--type' expects bf16, q8_0, q4_1, q4_k, q5_k or q6_k, got '%s'", type);
+        return cli_usage_error(C, usage_quantize, "option '--type' expects bf16, q8_0, q4_1, q4_k, q5_k, q6_k, q4_k_m or q5_k_m, got '%s'", type);
     if ((seq_text || tok_text || chunk_text) && !data)
         return cli_usage_error(C, usage_quantize, "--eval-seq / --eval-tokens / --eval-chunk need --eval-data");
     int rc = cli_check_dir(model, "model folder");

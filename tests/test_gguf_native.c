@@ -23,6 +23,7 @@
 #include "formats/gguf.h"
 #include "formats/qmatrix.h"
 #include "cpu/qmatmul.h"
+#include "infer/engine.h" /* the engine's matrices, checked below */
 #include "testutil.h"
 
 #include <math.h>
@@ -301,8 +302,25 @@ static void test_k_formats(const char *dir) {
     }
     fr_engine_free(qe), fr_engine_free(fe);
     fr_model_free(src), fr_model_free(deq);
-    char cmd[1300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", mdir, qdir);
+    /* --type q4_k_m: Q6_K down projections on the layers fr_kmix_more_bits names (of 3: 0 and
+     * 2), Q4_K elsewhere, and the engine keeps each matrix's own format */
+    char mdir2[700];
+    snprintf(mdir2, sizeof mdir2, "%s/kmodel-q4km", dir);
+    fr_engine *me = NULL;
+    CHECK(fr_quantize_model(mdir, mdir2, "q4_k_m", NULL, NULL) == FR_OK && fr_engine_load(&me, mdir2, NULL) == FR_OK,
+          "q4_k_m folder: %s", fr_last_error());
+    if (me) {
+        const int want[3] = {FR_QT_Q6_K, FR_QT_Q4_K, FR_QT_Q6_K};
+        int ok = fr_engine_weight_type(me) == FR_QT_Q4_K;
+        for (int l = 0; l < 3; l++) ok &= me->layers[l].mlp_down.type == (fr_qtype)want[l] && me->layers[l].o.type == FR_QT_Q4_K;
+        CHECK(ok, "q4_k_m folder: down projections %s %s %s, o_proj %s", fr_qtype_name(me->layers[0].mlp_down.type),
+              fr_qtype_name(me->layers[1].mlp_down.type), fr_qtype_name(me->layers[2].mlp_down.type),
+              fr_qtype_name(me->layers[0].o.type));
+        printf("q4_k_m folder: down projections q6_k / q4_k / q6_k by layer, the rest q4_k, each run as stored\n");
+    }
+    fr_engine_free(me);
+    char cmd[2100];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s' '%s'", mdir, qdir, mdir2);
     if (system(cmd) != 0) printf("could not remove %s\n", mdir);
 }
 

@@ -17,6 +17,7 @@
 #define _GNU_SOURCE
 #include "formats/fp8.h"
 #include "formats/gguf.h"
+#include "formats/kquant.h"
 #include "formats/qmatrix.h"
 #include "core/internal.h"
 #include "formats/safetensors.h"
@@ -61,18 +62,13 @@ typedef struct {
  * head and, on the first and last eighth of the layers and every third layer between, for the
  * tensors whose errors reach the residual stream directly: attn_v_b (the values) and the
  * down projections (dense, shared and routed experts). */
-static int more_bits(int layer, int n_layers) {
-    const int e = n_layers / 8 > 0 ? n_layers / 8 : 1;
-    return layer < e || layer >= n_layers - e || (layer - e) % 3 == 2;
-}
-
 static int tensor_type(const exporter *x, const char *gguf) {
     if (x->want != FR_GGUF_MIX_Q4_K_M && x->want != FR_GGUF_MIX_Q5_K_M) return x->want;
     const int base = x->want == FR_GGUF_MIX_Q4_K_M ? FR_GGML_Q4_K : FR_GGML_Q5_K;
     if (!strcmp(gguf, "output.weight")) return FR_GGML_Q6_K;
     int l, n = 0;
     if (sscanf(gguf, "blk.%d.%n", &l, &n) == 1 && n > 0 &&
-        (!strcmp(gguf + n, "attn_v_b.weight") || !strncmp(gguf + n, "ffn_down", 8)) && more_bits(l, x->c->num_hidden_layers))
+        (!strcmp(gguf + n, "attn_v_b.weight") || !strncmp(gguf + n, "ffn_down", 8)) && fr_kmix_more_bits(l, x->c->num_hidden_layers))
         return FR_GGML_Q6_K;
     return base;
 }

@@ -791,3 +791,8 @@ void fr_kq_dot_q8_rows(fr_kq_type t, const void *row, const int8_t *qx, const fl
     if (!fn || n <= 0 || n % FR_QK_K || nx < 1 || nx > KQ_MAXNX) return;
     fn((const uint8_t *)row, qx, dx, xs, n, nx, out);
 }
+
+int fr_kmix_more_bits(int layer, int n_layers) {
+    const int e = n_layers / 8 > 0 ? n_layers / 8 : 1;
+    return layer < e || layer >= n_layers - e || (layer - e) % 3 == 2;
+}

@@ -58,4 +58,8 @@ float fr_kq_dot_q8(fr_kq_type t, const void *row, const int8_t *qx, const float 
 void fr_kq_dot_q8_rows(fr_kq_type t, const void *row, const int8_t *qx, const float *dx, const float *xs, int n,
                        int nx, float *out);
 
+/* The *_K_M mixes (ours, in the spirit of llama.cpp's): of n_layers, the layers whose
+ * value and down projections get Q6_K: the first and last eighth and every third between. */
+int fr_kmix_more_bits(int layer, int n_layers);
+
 #endif

@@ -71,6 +71,8 @@ struct fr_engine {
     fr_gguf gguf;
     const fr_gguf *gg;
     int as_stored;              /* each GGUF matrix keeps its own format (weight_type was -1) */
+    int folder_stored;          /* a folder's quantized matrices keep their own format (weight_type
+                                 * was -1): the mixes of `frugal quantize --type q4_k_m` */
 };
 
 struct fr_seq {

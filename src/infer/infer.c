@@ -149,6 +149,10 @@ static int load_mat_as(fr_engine *e, fr_qmatrix *m, const fr_st_set *st, const c
         return rc == FR_OK ? FR_OK : fr_error_context(rc, "%s", name);
     }
     FR_CHECK(fr_engine_check_weight(e, st, name));
+    if (e->folder_stored) { /* a quantized matrix of the folder as stored (a mix holds several formats) */
+        const int stored = fr_qmatrix_stored_type(st, name);
+        if (stored > FR_QT_BF16) want = (fr_qtype)stored;
+    }
     const fr_st_tensor *t = e->map_weights ? fr_st_set_find(st, name) : NULL;
     if (t && t->ndim == 2 && t->shape[0] == rows && t->shape[1] == cols &&
         ((want == FR_QT_F32 && t->dtype == FR_DT_F32) || (want == FR_QT_BF16 && t->dtype == FR_DT_BF16))) {
@@ -203,10 +207,10 @@ static int load_joint_kv_b(fr_engine *e, eng_layer *ly, const fr_st_set *st, int
     char name[160];
     fr_qmatrix kvb_m;
     const char *kvb_name = NAME("%s%d.self_attn.kv_b_proj.weight", pre, index);
-    const int as_stored = e->as_stored;
-    e->as_stored = 0; /* FP32 whatever the storage (the unsplit kv_b of an older GGUF too) */
+    const int as_stored = e->as_stored, folder_stored = e->folder_stored;
+    e->as_stored = e->folder_stored = 0; /* FP32 whatever the storage (the unsplit kv_b of an older GGUF too) */
     int rc0 = load_mat_as(e, &kvb_m, st, kvb_name, nh * (nope + vd), kvr, FR_QT_F32);
-    e->as_stored = as_stored;
+    e->as_stored = as_stored, e->folder_stored = folder_stored;
     FR_CHECK(rc0);
     const float *kvb = (const float *)kvb_m.data;
     /* W_UK^T has its blocks along qk_nope, not along kv_lora_rank as stored: requantizing a
@@ -406,7 +410,7 @@ int fr_engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_set *s
                             dops->name);
         o.weight_type = FR_QT_F32;
     }
-    const int as_stored = gg && o.weight_type == -1;
+    const int as_stored = gg && o.weight_type == -1, folder_stored = !gg && st && o.weight_type == -1;
     if (as_stored) {
         /* a GGUF as stored: each matrix in its own format; reported is the format of the first
          * layer's output projection */
@@ -437,6 +441,7 @@ int fr_engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_set *s
     e->map_weights = map;
     e->gg = gg;
     e->as_stored = as_stored;
+    e->folder_stored = folder_stored;
     e->cfg = cfg;
     e->opt = o;
     e->ops = dops->host_memory ? fr_ops_cpu() : dops;

@@ -184,9 +184,14 @@ int fr_quantize_model(const char *in_dir, const char *out_dir, const char *type,
                       int (*progress)(void *user, double frac, const char *phase), void *user) {
     fr_clear_error();
     if (!in_dir || !out_dir || !type) return fr_error(FR_ERR_ARG, "fr_quantize_model: NULL argument");
-    int qt = fr_qtype_parse(type);
+    /* q4_k_m / q5_k_m: the base K format, Q6_K for the down projections of the layers
+     * fr_kmix_more_bits names (the GGUF export's mixes; the value half of kv_b_proj stays FP32
+     * here, see below) */
+    const int mix = type && (!strcmp(type, "q4_k_m") || !strcmp(type, "q5_k_m"));
+    int qt = mix ? (type[1] == '4' ? FR_QT_Q4_K : FR_QT_Q5_K) : fr_qtype_parse(type);
     if (qt != FR_QT_BF16 && qt != FR_QT_Q8_0 && qt != FR_QT_Q4_1 && !fr_qtype_is_k((fr_qtype)qt))
-        return fr_error(FR_ERR_ARG, "unknown quantization type '%s' (expected bf16, q8_0, q4_1, q4_k, q5_k or q6_k)", type);
+        return fr_error(FR_ERR_ARG,
+                        "unknown quantization type '%s' (expected bf16, q8_0, q4_1, q4_k, q5_k, q6_k, q4_k_m or q5_k_m)", type);
     struct stat sb;
     if (stat(in_dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
         return fr_error(FR_ERR_IO, "model folder %s does not exist or is not a folder", in_dir);
@@ -240,7 +245,11 @@ int fr_quantize_model(const char *in_dir, const char *out_dir, const char *type,
             const size_t nl = strlen(t->name);
             const int keep_kvb = fr_qtype_is_k((fr_qtype)qt) && nl >= 16 && !strcmp(t->name + nl - 16, "kv_b_proj.weight");
             if (is_float_dtype(t->dtype) && is_quantized_linear(t) && !keep_kvb) {
-                rc = quantize_tensor(&w, t, (fr_qtype)qt);
+                int layer = -1, n = 0;
+                const int down = nl > 16 && !strcmp(t->name + nl - 16, "down_proj.weight") &&
+                                 sscanf(t->name, "model.layers.%d.%n", &layer, &n) == 1;
+                const int q6 = mix && down && fr_kmix_more_bits(layer, cfg.num_hidden_layers);
+                rc = quantize_tensor(&w, t, q6 ? FR_QT_Q6_K : (fr_qtype)qt);
                 n_quant++;
             } else if (is_float_dtype(t->dtype)) {
                 float *b = qw_keep(&w, malloc((t->numel ? t->numel : 1) * sizeof(float)));
@@ -275,7 +284,7 @@ int fr_quantize_model(const char *in_dir, const char *out_dir, const char *type,
         if (!json) rc = fr_error(FR_ERR_NOMEM, "out of memory");
     } else if (rc == FR_OK) {
         cJSON_AddStringToObject(qc, "quant_method", "frugal");
-        cJSON_AddStringToObject(qc, "format", fr_qtype_name((fr_qtype)qt));
+        cJSON_AddStringToObject(qc, "format", mix ? type : fr_qtype_name((fr_qtype)qt));
         cJSON_AddNumberToObject(qc, "block_size", FR_QBLOCK);
         cJSON_AddStringToObject(qc, "scale_dtype", "float16");
         cJSON_AddStringToObject(qc, "tensors", qt == FR_QT_Q8_0 ? "<base>.qweight I8 [rows, cols], <base>.scales F16 [rows, cols/32]"
