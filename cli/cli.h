@@ -166,4 +166,9 @@ void cli_progress_update(cli_progress *p, double frac);
 void cli_progress_finish(cli_progress *p);
 void cli_progress_abort(cli_progress *p);
 
+/* Copy of p[0..n) that is valid UTF-8 for JSON: every byte that does not start a valid
+ * sequence (and every NUL) becomes U+FFFD; *out_len its length. NULL when out of memory.
+ * (`serve` and `generate --batch` write model text into JSON.) */
+char *cli_utf8_sanitize(const char *p, size_t n, size_t *out_len);
+
 #endif

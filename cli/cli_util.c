@@ -293,3 +293,27 @@ const char *cli_weights_name(int weight_type) {
     const char *name = fr_weight_type_name(weight_type);
     return name ? name : "auto";
 }
+
+/* Copy of p[0..n) that is valid UTF-8 for JSON: every byte that does not start a valid
+ * sequence (and every NUL) becomes U+FFFD. */
+char *cli_utf8_sanitize(const char *p, size_t n, size_t *out_len) {
+    char *o = malloc(3 * n + 1);
+    if (!o) return NULL;
+    size_t k = 0;
+    const unsigned char *u = (const unsigned char *)p;
+    for (size_t i = 0; i < n;) {
+        size_t l = u[i] ? fr_utf8_seq_len(u + i, n - i) : 0; /* NUL too becomes U+FFFD */
+        if (l) {
+            memcpy(o + k, p + i, l);
+            k += l;
+            i += l;
+        } else {
+            memcpy(o + k, "\xef\xbf\xbd", 3);
+            k += 3;
+            i++;
+        }
+    }
+    o[k] = 0;
+    *out_len = k;
+    return o;
+}

@@ -306,23 +306,6 @@ static int batch_parse(const fr_tokenizer *tok, const char *line, size_t len, lo
     return CLI_EXIT_OK;
 }
 
-/* Bytes that are not UTF-8 (a reply cut inside a character, or a model's odd bytes) become
- * U+FFFD, so that every output line is valid JSON text. Returns a new string. */
-static char *utf8_clean(const char *s, size_t n) {
-    char *o = malloc(3 * n + 1), *w = o;
-    if (!o) return NULL;
-    for (size_t i = 0; i < n;) {
-        const size_t k = fr_utf8_seq_len((const unsigned char *)s + i, n - i);
-        if (k > 0 && s[i] != 0) {
-            memcpy(w, s + i, k), w += k, i += k;
-        } else {
-            memcpy(w, "\xef\xbf\xbd", 3), w += 3, i++;
-        }
-    }
-    *w = 0;
-    return o;
-}
-
 /* The output line of an item: the input with its reply added */
 static char *batch_result(batch_item *it, const char *reply) {
     if (it->chat) {
@@ -406,7 +389,8 @@ static int generate_batch(const gen_args *a, fr_engine *e, fr_tokenizer *tok) {
                 char *hit = strstr(reply, a->stops[k]);
                 if (hit) *hit = 0;
             }
-            char *clean = utf8_clean(reply, strlen(reply));
+            size_t cl;
+            char *clean = cli_utf8_sanitize(reply, strlen(reply), &cl); /* every line valid JSON */
             char *js = clean ? batch_result(&items[g0 + i], clean) : NULL;
             free(clean);
             if (!js || fprintf(f, "%s\n", js) < 0) rc = cli_fail("cannot write %s (disk full?)", tmp);

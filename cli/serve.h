@@ -107,9 +107,6 @@ int srv_submit(srv_server *s, srv_req *r);
 /* Reference counting; srv_req_unref frees at zero. Call with s->mu held. */
 void srv_req_unref_locked(srv_req *r);
 double srv_now(void);
-/* Copy of p[0..n) as valid UTF-8: each byte that starts no valid sequence (and NUL) becomes
- * U+FFFD. malloc'd, NUL-terminated; *out_len its length. */
-char *srv_utf8_sanitize(const char *p, size_t n, size_t *out_len);
 /* Tokens/s over the last 10 whole seconds (mu held). */
 double srv_tokens_per_s(srv_server *s);
 

@@ -7,6 +7,7 @@
  * samples with its own fr_sampler (seeded by the request's seed), and the new text is
  * released to the request's output under the stop-string / UTF-8 hold-back rules. */
 #define _GNU_SOURCE
+#include "cli.h"
 #include "serve.h"
 
 #include <math.h>
@@ -145,30 +146,6 @@ static size_t utf8_incomplete_tail(const char *text, size_t n) {
     return 0;
 }
 
-/* Copy of p[0..n) that is valid UTF-8 for JSON: every byte that does not start a valid
- * sequence (and every NUL) becomes U+FFFD. */
-char *srv_utf8_sanitize(const char *p, size_t n, size_t *out_len) {
-    char *o = malloc(3 * n + 1);
-    if (!o) return NULL;
-    size_t k = 0;
-    const unsigned char *u = (const unsigned char *)p;
-    for (size_t i = 0; i < n;) {
-        size_t l = u[i] ? fr_utf8_seq_len(u + i, n - i) : 0; /* NUL too becomes U+FFFD */
-        if (l) {
-            memcpy(o + k, p + i, l);
-            k += l;
-            i += l;
-        } else {
-            memcpy(o + k, "\xef\xbf\xbd", 3);
-            k += 3;
-            i++;
-        }
-    }
-    o[k] = 0;
-    *out_len = k;
-    return o;
-}
-
 /* After a new token (mu NOT held): decode the completion and decide how much text to release
  * and whether a stop string ended it. Returns the new text (malloc'd) in *txt / *tl;
  * *stopped = 1 when a stop string was found. */
@@ -198,7 +175,7 @@ static int advance_text(srv_server *s, srv_req *r, int final, char **txt, size_t
         size_t hb = stop_holdback(r, text, end);
         end -= hb;
     }
-    if (end > from && !(*txt = srv_utf8_sanitize(text + from, end - from, tl))) {
+    if (end > from && !(*txt = cli_utf8_sanitize(text + from, end - from, tl))) {
         free(text);
         return -1;
     }

@@ -20,6 +20,7 @@
  */
 #define _GNU_SOURCE
 #include "frugal.h"
+#include "core/internal.h"
 #include "formats/gguf.h"
 #include "formats/qmatrix.h"
 #include "cpu/qmatmul.h"
@@ -184,17 +185,6 @@ static const char *KCFG =
     " \"rope_interleave\": true, \"rms_norm_eps\": 1e-6, \"tie_word_embeddings\": false,"
     " \"initializer_range\": 0.05, \"bos_token_id\": 0, \"eos_token_id\": 1}";
 
-static int copy_file(const char *from, const char *to) {
-    FILE *a = fopen(from, "rb"), *b = a ? fopen(to, "wb") : NULL;
-    char buf[65536];
-    size_t n;
-    int ok = a && b;
-    while (ok && (n = fread(buf, 1, sizeof buf, a)) > 0) ok = fwrite(buf, 1, n, b) == n;
-    if (a) fclose(a);
-    if (b && fclose(b) != 0) ok = 0;
-    return ok ? 0 : -1;
-}
-
 static void test_k_formats(const char *dir) {
     char mdir[512], path[512];
     snprintf(mdir, sizeof mdir, "%s/kmodel", dir);
@@ -209,7 +199,7 @@ static void test_k_formats(const char *dir) {
     for (int i = 0; i < 2 && rc == FR_OK; i++) {
         snprintf(a, sizeof a, "%s/%s", FIXTURE, tok[i]);
         snprintf(b, sizeof b, "%s/%s", mdir, tok[i]);
-        rc = copy_file(a, b) == 0 ? FR_OK : FR_ERR_IO;
+        rc = fr_copy_file(a, b);
     }
     CHECK(rc == FR_OK, "K model: %s", fr_last_error());
     if (rc != FR_OK) return;

@@ -61,13 +61,6 @@ static int doc_is_val(const char *text, size_t len, double val_fraction) {
     return u < val_fraction;
 }
 
-static void put_u32(unsigned char *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static void put_u64(unsigned char *p, uint64_t v) {
-    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-
 /* Growable byte buffer (for meta.json). */
 typedef struct {
     char *p;
@@ -498,16 +491,6 @@ static int write_all(int fd, const void *data, size_t len, const char *path) {
     return FR_OK;
 }
 
-static void make_header(unsigned char h[FR_SHARD_HEADER_BYTES], int width, uint64_t count, uint32_t vocab,
-                        uint32_t eot) {
-    memset(h, 0, FR_SHARD_HEADER_BYTES);
-    memcpy(h, FR_SHARD_MAGIC, 8);
-    put_u32(h + 8, FR_SHARD_VERSION);
-    put_u32(h + 12, (uint32_t)width);
-    put_u64(h + 16, count);
-    put_u32(h + 24, vocab);
-    put_u32(h + 28, eot);
-}
 
 static int writer_flush(shard_writer *w) {
     if (w->buf_len == 0) return FR_OK;
@@ -543,7 +526,7 @@ static int writer_open_shard(shard_writer *w) {
     w->n_shards++;
     w->in_shard = 0;
     unsigned char h[FR_SHARD_HEADER_BYTES];
-    make_header(h, w->width, 0, w->vocab, w->eot); /* count patched on close */
+    fr_shard_make_header(h, w->width, 0, w->vocab, w->eot); /* count patched on close */
     return write_all(w->fd, h, sizeof h, w->path);
 }
 
@@ -552,7 +535,7 @@ static int writer_close_shard(shard_writer *w) {
     int rc = writer_flush(w);
     if (rc == FR_OK) {
         unsigned char h[FR_SHARD_HEADER_BYTES];
-        make_header(h, w->width, w->in_shard, w->vocab, w->eot);
+        fr_shard_make_header(h, w->width, w->in_shard, w->vocab, w->eot);
         if (pwrite(w->fd, h, sizeof h, 0) != (ssize_t)sizeof h)
             rc = fr_error(FR_ERR_IO, "cannot write the header of %s: %s", w->path, strerror(errno));
     }

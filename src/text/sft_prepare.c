@@ -44,28 +44,18 @@ static int split_add(split_buf *s, const int *ids, const unsigned char *mask, si
     return FR_OK;
 }
 
-static void put_u32(unsigned char *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-
 /* dir/name.bin (header + tokens) and dir/name.mask */
 static int write_split(const char *dir, const char *name, const split_buf *s, int width, int vocab, int eot) {
     char path[4200];
     snprintf(path, sizeof path, "%s/%s.bin", dir, name);
     FILE *f = fopen(path, "wb");
     if (!f) return fr_error(FR_ERR_IO, "cannot create %s: %s", path, strerror(errno));
-    unsigned char h[FR_SHARD_HEADER_BYTES] = {0};
-    memcpy(h, FR_SHARD_MAGIC, 8);
-    put_u32(h + 8, FR_SHARD_VERSION);
-    put_u32(h + 12, (uint32_t)width);
-    put_u32(h + 16, (uint32_t)s->tm.n);
-    put_u32(h + 20, (uint32_t)((uint64_t)s->tm.n >> 32));
-    put_u32(h + 24, (uint32_t)vocab);
-    put_u32(h + 28, (uint32_t)eot);
+    unsigned char h[FR_SHARD_HEADER_BYTES];
+    fr_shard_make_header(h, width, s->tm.n, (uint32_t)vocab, (uint32_t)eot);
     int ok = fwrite(h, 1, sizeof h, f) == sizeof h;
     for (size_t i = 0; ok && i < s->tm.n; i++) {
         unsigned char t[4];
-        put_u32(t, (uint32_t)s->tm.ids[i]);
+        fr_shard_put_u32(t, (uint32_t)s->tm.ids[i]);
         ok = fwrite(t, 1, (size_t)width, f) == (size_t)width;
     }
     if (fclose(f) != 0) ok = 0;
@@ -152,8 +142,7 @@ int fr_sft_prepare(const fr_sft_prepare_options *o, fr_sft_stats *stats) {
             size_t nt = 0;
             rc = fr_chat_encode_masked(tok, msgs, n, &ids, &mask, &nt);
             if (rc != FR_OK) rc = fr_error_context(rc, "%s: line %ld", o->input, lineno);
-            uint64_t h = 1469598103934665603ull; /* FNV-1a of the line */
-            for (size_t i = 0; i < ll; i++) h = (h ^ (unsigned char)line[i]) * 1099511628211ull;
+            const uint64_t h = fr_fnv1a64(FR_FNV1A64_OFFSET, line, ll);
             if (rc == FR_OK) rc = split_add(&sp[h < cut], ids, mask, nt);
             st.conversations += rc == FR_OK;
             free(ids);
