@@ -22,11 +22,6 @@
 
 static fr_rng g_rng;
 
-static float *frand(size_t n, float lo, float hi) {
-    float *x = malloc((n ? n : 1) * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * (float)fr_rng_uniform(&g_rng);
-    return x;
-}
 
 static float *fcopy(const float *x, size_t n) {
     float *y = malloc((n ? n : 1) * sizeof(float));
@@ -38,14 +33,14 @@ static int exact(const float *a, const float *b, size_t n) { return memcmp(a, b,
 
 static void test_embedding(const fr_ops *O) {
     const int V = 37, N = 53, D = 24;
-    float *table = frand((size_t)V * D, -1, 1);
+    float *table = fr_test_frand(&g_rng, (size_t)V * D, -1, 1);
     int *tok = malloc(N * sizeof(int));
     for (int n = 0; n < N; n++) tok[n] = (int)(fr_rng_next(&g_rng) % 8); /* repeats: accumulation */
-    float *a = frand((size_t)N * D, 0, 0), *b = frand((size_t)N * D, 0, 0);
+    float *a = fr_test_frand(&g_rng, (size_t)N * D, 0, 0), *b = fr_test_frand(&g_rng, (size_t)N * D, 0, 0);
     O->embedding_forward(a, table, tok, N, D);
     for (size_t i = 0; i < (size_t)N * D; i++) fr_k_embedding_forward(i, b, table, tok, D);
     CHECK(exact(a, b, (size_t)N * D), "embedding forward");
-    float *dout = frand((size_t)N * D, -1, 1), *da = frand((size_t)V * D, -1, 1), *db = fcopy(da, (size_t)V * D);
+    float *dout = fr_test_frand(&g_rng, (size_t)N * D, -1, 1), *da = fr_test_frand(&g_rng, (size_t)V * D, -1, 1), *db = fcopy(da, (size_t)V * D);
     O->embedding_backward(da, dout, tok, N, D);
     for (size_t i = 0; i < (size_t)N * D; i++) fr_k_embedding_backward(i, db, dout, tok, D);
     CHECK(fr_rel_err(db, da, (size_t)V * D) <= 1e-6, "embedding backward %.3g", fr_rel_err(db, da, (size_t)V * D));
@@ -53,14 +48,14 @@ static void test_embedding(const fr_ops *O) {
 }
 
 static void test_rmsnorm(const fr_ops *O, int N, int D, int ldx) {
-    float *x = frand((size_t)N * ldx, -2, 2), *w = frand((size_t)D, 0.5f, 1.5f);
-    float *ya = frand((size_t)N * D, 0, 0), *yb = frand((size_t)N * D, 0, 0), *ra = frand(N, 0, 0), *rb = frand(N, 0, 0);
+    float *x = fr_test_frand(&g_rng, (size_t)N * ldx, -2, 2), *w = fr_test_frand(&g_rng, (size_t)D, 0.5f, 1.5f);
+    float *ya = fr_test_frand(&g_rng, (size_t)N * D, 0, 0), *yb = fr_test_frand(&g_rng, (size_t)N * D, 0, 0), *ra = fr_test_frand(&g_rng, N, 0, 0), *rb = fr_test_frand(&g_rng, N, 0, 0);
     O->rmsnorm_forward(ya, ra, x, ldx, w, N, D, 1e-6f);
     for (int n = 0; n < N; n++) fr_k_rmsnorm_forward_row(n, yb, rb, x, ldx, w, D, 1e-6f);
     CHECK(fr_rel_err(yb, ya, (size_t)N * D) <= 1e-5 && fr_rel_err(rb, ra, N) <= 1e-5, "rmsnorm forward %dx%d: %.3g",
           N, D, fr_rel_err(yb, ya, (size_t)N * D));
-    float *dy = frand((size_t)N * D, -1, 1), *dxa = frand((size_t)N * ldx, -1, 1), *dxb = fcopy(dxa, (size_t)N * ldx);
-    float *dwa = frand(D, -1, 1), *dwb = fcopy(dwa, D);
+    float *dy = fr_test_frand(&g_rng, (size_t)N * D, -1, 1), *dxa = fr_test_frand(&g_rng, (size_t)N * ldx, -1, 1), *dxb = fcopy(dxa, (size_t)N * ldx);
+    float *dwa = fr_test_frand(&g_rng, D, -1, 1), *dwb = fcopy(dwa, D);
     O->rmsnorm_backward(dxa, ldx, dwa, dy, x, ldx, w, ra, N, D);
     for (int n = 0; n < N; n++) fr_k_rmsnorm_backward_dx_row(n, dxb, ldx, dy, x, ldx, w, ra, D);
     for (int d = 0; d < D; d++) fr_k_rmsnorm_backward_dw_col(d, dwb, dy, x, ldx, ra, N, D);
@@ -71,10 +66,10 @@ static void test_rmsnorm(const fr_ops *O, int N, int D, int ldx) {
 
 static void test_rope(const fr_ops *O, int interleave) {
     const int N = 19, H = 3, nope = 8, rope = 16, hs = nope + rope, rs = H * hs + 5, maxpos = 64;
-    float *cs = frand((size_t)maxpos * rope / 2, -1, 1), *sn = frand((size_t)maxpos * rope / 2, -1, 1);
+    float *cs = fr_test_frand(&g_rng, (size_t)maxpos * rope / 2, -1, 1), *sn = fr_test_frand(&g_rng, (size_t)maxpos * rope / 2, -1, 1);
     int *pos = malloc(N * sizeof(int));
     for (int n = 0; n < N; n++) pos[n] = (int)(fr_rng_next(&g_rng) % maxpos);
-    float *xa = frand((size_t)N * rs, -1, 1), *xb = fcopy(xa, (size_t)N * rs);
+    float *xa = fr_test_frand(&g_rng, (size_t)N * rs, -1, 1), *xb = fcopy(xa, (size_t)N * rs);
     const size_t pairs = (size_t)N * H * (rope / 2);
     O->rope_forward(xa, N, H, rs, hs, nope, rope, pos, cs, sn, interleave);
     for (size_t i = 0; i < pairs; i++) fr_k_rope(i, xb, H, rs, hs, nope, rope, pos, cs, sn, interleave, 1.0f);
@@ -89,14 +84,14 @@ static void test_rope(const fr_ops *O, int interleave) {
 
 static void test_mla_split(const fr_ops *O) {
     const int N = 11, H = 3, nope = 8, rope = 4, vd = 6, ld = rope + 3;
-    float *kv = frand((size_t)N * H * (nope + vd), -1, 1), *kpe = frand((size_t)N * ld, -1, 1);
+    float *kv = fr_test_frand(&g_rng, (size_t)N * H * (nope + vd), -1, 1), *kpe = fr_test_frand(&g_rng, (size_t)N * ld, -1, 1);
     const size_t nk = (size_t)N * H * (nope + rope), nv = (size_t)N * H * vd;
-    float *ka = frand(nk, 0, 0), *kb = frand(nk, 0, 0), *va = frand(nv, 0, 0), *vb = frand(nv, 0, 0);
+    float *ka = fr_test_frand(&g_rng, nk, 0, 0), *kb = fr_test_frand(&g_rng, nk, 0, 0), *va = fr_test_frand(&g_rng, nv, 0, 0), *vb = fr_test_frand(&g_rng, nv, 0, 0);
     O->mla_kv_split_forward(ka, va, kv, kpe, ld, N, H, nope, rope, vd);
     for (size_t i = 0; i < (size_t)N * H; i++) fr_k_mla_kv_split_forward(i, kb, vb, kv, kpe, ld, H, nope, rope, vd);
     CHECK(exact(ka, kb, nk) && exact(va, vb, nv), "mla split forward");
     const size_t nkv = (size_t)N * H * (nope + vd);
-    float *da = frand(nkv, 0, 0), *db = frand(nkv, 0, 0), *pa = frand((size_t)N * ld, 0, 0), *pb = fcopy(pa, (size_t)N * ld);
+    float *da = fr_test_frand(&g_rng, nkv, 0, 0), *db = fr_test_frand(&g_rng, nkv, 0, 0), *pa = fr_test_frand(&g_rng, (size_t)N * ld, 0, 0), *pb = fcopy(pa, (size_t)N * ld);
     O->mla_kv_split_backward(da, pa, ld, ka, va, N, H, nope, rope, vd);
     for (size_t i = 0; i < (size_t)N * H; i++) fr_k_mla_kv_split_backward_dkv(i, db, ka, va, nope, rope, vd);
     for (size_t i = 0; i < (size_t)N * rope; i++) fr_k_mla_kv_split_backward_dpe(i, pb, ld, ka, H, nope, rope);
@@ -110,16 +105,16 @@ static void test_mla_split(const fr_ops *O) {
 
 static void test_elementwise(const fr_ops *O) {
     const size_t n = 4099;
-    float *g = frand(n, -6, 6), *u = frand(n, -2, 2), *ha = frand(n, 0, 0), *hb = frand(n, 0, 0);
+    float *g = fr_test_frand(&g_rng, n, -6, 6), *u = fr_test_frand(&g_rng, n, -2, 2), *ha = fr_test_frand(&g_rng, n, 0, 0), *hb = fr_test_frand(&g_rng, n, 0, 0);
     O->swiglu_forward(ha, g, u, n);
     for (size_t i = 0; i < n; i++) fr_k_swiglu_forward(i, hb, g, u);
     CHECK(fr_rel_err(hb, ha, n) <= 1e-6, "swiglu forward %.3g", fr_rel_err(hb, ha, n));
-    float *dh = frand(n, -1, 1), *dga = frand(n, 0, 0), *dua = frand(n, 0, 0), *dgb = frand(n, 0, 0), *dub = frand(n, 0, 0);
+    float *dh = fr_test_frand(&g_rng, n, -1, 1), *dga = fr_test_frand(&g_rng, n, 0, 0), *dua = fr_test_frand(&g_rng, n, 0, 0), *dgb = fr_test_frand(&g_rng, n, 0, 0), *dub = fr_test_frand(&g_rng, n, 0, 0);
     O->swiglu_backward(dga, dua, dh, g, u, n);
     for (size_t i = 0; i < n; i++) fr_k_swiglu_backward(i, dgb, dub, dh, g, u);
     CHECK(fr_rel_err(dgb, dga, n) <= 1e-6 && fr_rel_err(dub, dua, n) <= 1e-6, "swiglu backward %.3g %.3g",
           fr_rel_err(dgb, dga, n), fr_rel_err(dub, dua, n));
-    float *ya = frand(n, 0, 0), *yb = frand(n, 0, 0);
+    float *ya = fr_test_frand(&g_rng, n, 0, 0), *yb = fr_test_frand(&g_rng, n, 0, 0);
     O->add(ya, g, u, n);
     for (size_t i = 0; i < n; i++) fr_k_add(i, yb, g, u);
     CHECK(exact(ya, yb, n), "add");
@@ -131,9 +126,9 @@ static void test_elementwise(const fr_ops *O) {
 
 static void test_cross_entropy(const fr_ops *O, int V) {
     const int N = 7;
-    float *x = frand((size_t)N * V, -8, 8);
+    float *x = fr_test_frand(&g_rng, (size_t)N * V, -8, 8);
     int t[7] = {0, V - 1, 3 % V, -100, V / 2, V, 1 % V}; /* an ignored and an invalid target */
-    float *la = frand(N, 0, 0), *lb = frand(N, 0, 0), *da = frand((size_t)N * V, 0, 0), *db = frand((size_t)N * V, 0, 0);
+    float *la = fr_test_frand(&g_rng, N, 0, 0), *lb = fr_test_frand(&g_rng, N, 0, 0), *da = fr_test_frand(&g_rng, (size_t)N * V, 0, 0), *db = fr_test_frand(&g_rng, (size_t)N * V, 0, 0);
     O->cross_entropy(la, da, x, t, N, V, 0.25f);
     for (int n = 0; n < N; n++) fr_k_cross_entropy_row(n, lb, db, x, t, V, 0.25f);
     CHECK(fr_rel_err(lb, la, N) <= 1e-5 && fr_rel_err(db, da, (size_t)N * V) <= 1e-5, "cross-entropy V %d: %.3g %.3g", V,
@@ -174,12 +169,12 @@ static void test_bf16(void) {
 }
 
 static void test_fp8(const fr_ops *O, int rows, int cols, int tr, int tc) {
-    float *x = frand((size_t)rows * cols, -3, 3);
+    float *x = fr_test_frand(&g_rng, (size_t)rows * cols, -3, 3);
     for (int i = 0; i < rows * cols; i += 97) x[i] *= 1e-4f; /* small values: E4M3 subnormals */
     if (rows * cols > 50) x[50] = 0.0f;
-    float *ya = frand((size_t)rows * cols, 0, 0), *yb = frand((size_t)rows * cols, 0, 0);
+    float *ya = fr_test_frand(&g_rng, (size_t)rows * cols, 0, 0), *yb = fr_test_frand(&g_rng, (size_t)rows * cols, 0, 0);
     const size_t tiles = (size_t)((rows + tr - 1) / tr) * ((cols + tc - 1) / tc);
-    float *sa = frand(tiles, 0, 0), *sb = frand(tiles, 0, 0);
+    float *sa = fr_test_frand(&g_rng, tiles, 0, 0), *sb = fr_test_frand(&g_rng, tiles, 0, 0);
     const long bad_a = O->fp8_quantize(ya, cols, sa, x, cols, rows, cols, tr, tc);
     unsigned int bad_b = 0;
     for (size_t t = 0; t < tiles; t++) fr_k_fp8_quantize_tile(t, yb, cols, sb, x, cols, rows, cols, tr, tc, &bad_b);

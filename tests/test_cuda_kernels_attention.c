@@ -48,16 +48,6 @@ static fr_rng g_rng;
 static double g_worst[5]; /* largest measured error: out, lse, dq, dk, dv (vs the CPU) */
 static double g_fd_worst[3];
 
-static float *fnew(size_t n) { /* NaN-filled: outputs that must be overwritten */
-    float *p = malloc((n ? n : 1) * sizeof(float));
-    for (size_t i = 0; i < n; i++) p[i] = NAN;
-    return p;
-}
-static float *frand(size_t n, float lo, float hi) {
-    float *p = fnew(n);
-    for (size_t i = 0; i < n; i++) p[i] = lo + (hi - lo) * (float)fr_rng_uniform(&g_rng);
-    return p;
-}
 static double max_abs(const float *x, size_t n) {
     double m = 0;
     for (size_t i = 0; i < n; i++)
@@ -94,8 +84,8 @@ static void test_vs_cpu(const fr_ops *O, int B, int T, int H, int dqk, int dv) {
     const float scale = 1.0f / sqrtf((float)dqk);
     /* q, k in [-2, 2]: scores of standard deviation ~1.3 after the scale, softmax rows far
      * from uniform, so the online max changes often and matters */
-    float *q = frand(nq, -2, 2), *k = frand(nq, -2, 2), *v = frand(nv, -1, 1), *dout = frand(nv, -1, 1);
-    float *out = fnew(nv), *lse = fnew(nl), *rout = fnew(nv), *rlse = fnew(nl);
+    float *q = fr_test_frand(&g_rng, nq, -2, 2), *k = fr_test_frand(&g_rng, nq, -2, 2), *v = fr_test_frand(&g_rng, nv, -1, 1), *dout = fr_test_frand(&g_rng, nv, -1, 1);
+    float *out = fr_test_fnew(nv), *lse = fr_test_fnew(nl), *rout = fr_test_fnew(nv), *rlse = fr_test_fnew(nl);
     body_forward(out, lse, q, k, v, B, T, H, dqk, dv, scale);
     O->attention_forward(rout, rlse, q, k, v, B, T, H, dqk, dv, scale);
     const double eo = fr_rel_err(out, rout, nv), el = fr_rel_err(lse, rlse, nl);
@@ -105,7 +95,7 @@ static void test_vs_cpu(const fr_ops *O, int B, int T, int H, int dqk, int dv) {
           dqk, dv, eo, el, FWD_TOL);
 
     /* backward of both from the CPU's out / lse, so that only the backward differs */
-    float *dq = fnew(nq), *dk = fnew(nq), *dvv = fnew(nv), *rdq = fnew(nq), *rdk = fnew(nq), *rdv = fnew(nv);
+    float *dq = fr_test_fnew(nq), *dk = fr_test_fnew(nq), *dvv = fr_test_fnew(nv), *rdq = fr_test_fnew(nq), *rdk = fr_test_fnew(nq), *rdv = fr_test_fnew(nv);
     body_backward(dq, dk, dvv, dout, rout, rlse, q, k, v, B, T, H, dqk, dv, scale);
     O->attention_backward(rdq, rdk, rdv, dout, rout, rlse, q, k, v, B, T, H, dqk, dv, scale);
     double eq = fr_rel_err(dq, rdq, nq), ek = fr_rel_err(dk, rdk, nq);
@@ -206,19 +196,19 @@ static double *to_double(const float *x, size_t n) {
 
 static void test_fd(int B, int T, int H, int dqk, int dv, float qk_range, float scale) {
     const size_t nq = (size_t)B * T * H * dqk, nv = (size_t)B * T * H * dv, nl = (size_t)B * H * T;
-    float *q = frand(nq, -qk_range, qk_range), *k = frand(nq, -qk_range, qk_range), *v = frand(nv, -1, 1);
-    float *r = frand(nv, -1, 1);
+    float *q = fr_test_frand(&g_rng, nq, -qk_range, qk_range), *k = fr_test_frand(&g_rng, nq, -qk_range, qk_range), *v = fr_test_frand(&g_rng, nv, -1, 1);
+    float *r = fr_test_frand(&g_rng, nv, -1, 1);
     fd_ctx c = {to_double(q, nq), to_double(k, nq), to_double(v, nv), r, B, T, H, dqk, dv, (double)scale};
     double *rout = malloc(nv * sizeof(double)), *rlse = malloc(nl * sizeof(double));
     ref_forward(&c, rout, rlse);
 
-    float *out = fnew(nv), *lse = fnew(nl);
+    float *out = fr_test_fnew(nv), *lse = fr_test_fnew(nl);
     body_forward(out, lse, q, k, v, B, T, H, dqk, dv, scale);
     const double eo = rel_err_d(out, rout, nv), el = rel_err_d(lse, rlse, nl);
     CHECK(eo <= FWD_TOL && el <= FWD_TOL, "fd case B=%d T=%d H=%d dqk=%d dv=%d: forward vs double out %.3g lse %.3g",
           B, T, H, dqk, dv, eo, el);
 
-    float *dq = fnew(nq), *dk = fnew(nq), *dvv = fnew(nv);
+    float *dq = fr_test_fnew(nq), *dk = fr_test_fnew(nq), *dvv = fr_test_fnew(nv);
     body_backward(dq, dk, dvv, r, out, lse, q, k, v, B, T, H, dqk, dv, scale); /* dL/dout = r */
     const double e[3] = {fd_err(&c, c.q, nq, dq), fd_err(&c, c.k, nq, dk), fd_err(&c, c.v, nv, dvv)};
     CHECK(e[0] <= BWD_TOL && e[1] <= BWD_TOL && e[2] <= BWD_TOL,
@@ -242,14 +232,14 @@ static double g_latent_worst;
 static void test_latent(const fr_ops *O, int N, int nh, int kvr, int rope, int first_pos, size_t max_items) {
     const int row = kvr + rope, keys = first_pos + N;
     const float scale = 1.0f / sqrtf((float)(128 + rope));
-    float *qf = frand((size_t)N * nh * row, -2, 2), *cache = frand((size_t)keys * row, -1, 1);
-    float *ctx = fnew((size_t)N * nh * kvr), *ref = fnew((size_t)N * nh * kvr);
+    float *qf = fr_test_frand(&g_rng, (size_t)N * nh * row, -2, 2), *cache = fr_test_frand(&g_rng, (size_t)keys * row, -1, 1);
+    float *ctx = fr_test_fnew((size_t)N * nh * kvr), *ref = fr_test_fnew((size_t)N * nh * kvr);
     int *pos = malloc((size_t)N * sizeof(int));
     for (int n = 0; n < N; n++) pos[n] = first_pos + n;
     int n_split, chunk;
     fr_latent_attention_split(N, nh, keys, max_items, &n_split, &chunk);
     const size_t items = (size_t)n_split * N * nh;
-    float *pm = fnew(items), *pl = fnew(items), *pacc = fnew(items * kvr);
+    float *pm = fr_test_fnew(items), *pl = fr_test_fnew(items), *pacc = fr_test_fnew(items * kvr);
     for (size_t i = 0; i < items; i++)
         fr_latent_attention_partial_body(pm, pl, pacc, qf, cache, pos, N, nh, row, kvr, chunk, scale, i);
     for (size_t i = 0; i < (size_t)N * nh * kvr; i++)

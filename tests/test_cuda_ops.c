@@ -24,11 +24,6 @@
 static const fr_ops *C, *G; /* the CPU and the CUDA backend */
 static fr_rng g_rng;
 
-static float *frand(size_t n, float lo, float hi) {
-    float *x = malloc((n ? n : 1) * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * (float)fr_rng_uniform(&g_rng);
-    return x;
-}
 
 /* a device copy of host data (n bytes) */
 static void *up(const void *host, size_t n) {
@@ -62,7 +57,7 @@ static void status(const char *what) {
 static void test_gemm(int ta, int tb, int M, int N, int K, int bf16) {
     const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
     const size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb, nc = (size_t)M * ldc;
-    float *A = frand(na, -1, 1), *B = frand(nb, -1, 1), *Cc = frand(nc, -1, 1);
+    float *A = fr_test_frand(&g_rng, na, -1, 1), *B = fr_test_frand(&g_rng, nb, -1, 1), *Cc = fr_test_frand(&g_rng, nc, -1, 1);
     float *dA = up(A, na * 4), *dB = up(B, nb * 4), *dC = up(Cc, nc * 4);
     if (bf16) {
         C->gemm_bf16(ta, tb, M, N, K, 0.5f, A, lda, B, ldb, 1.0f, Cc, ldc);
@@ -86,7 +81,7 @@ static void test_grouped(void) {
     float *hostC[3];
     for (int i = 0; i < 3; i++) {
         const int M = shapes[i][0], N = shapes[i][1], K = shapes[i][2];
-        float *A = frand((size_t)M * K + 1, -1, 1), *B = frand((size_t)N * K + 1, -1, 1), *Cm = frand((size_t)M * N + 1, -1, 1);
+        float *A = fr_test_frand(&g_rng, (size_t)M * K + 1, -1, 1), *B = fr_test_frand(&g_rng, (size_t)N * K + 1, -1, 1), *Cm = fr_test_frand(&g_rng, (size_t)M * N + 1, -1, 1);
         hc[i] = (fr_gemm_desc){M, N, K, A, K, B, K, Cm, N};
         hg[i] = (fr_gemm_desc){M, N, K, up(A, ((size_t)M * K + 1) * 4), K, up(B, ((size_t)N * K + 1) * 4), K,
                                up(Cm, ((size_t)M * N + 1) * 4), N};
@@ -106,7 +101,7 @@ static void test_grouped(void) {
 
 static void test_fp8(int rows, int cols, int tr, int tc) {
     const size_t n = (size_t)rows * cols, tiles = (size_t)((rows + tr - 1) / tr) * ((cols + tc - 1) / tc);
-    float *x = frand(n, -3, 3), *y = frand(n, 0, 0), *s = frand(tiles, 0, 0);
+    float *x = fr_test_frand(&g_rng, n, -3, 3), *y = fr_test_frand(&g_rng, n, 0, 0), *s = fr_test_frand(&g_rng, tiles, 0, 0);
     float *dx = up(x, n * 4), *dy = up(y, n * 4), *ds = up(s, tiles * 4);
     const long bc = C->fp8_quantize(y, cols, s, x, cols, rows, cols, tr, tc);
     const long bg = G->fp8_quantize(dy, cols, ds, dx, cols, rows, cols, tr, tc);
@@ -118,20 +113,20 @@ static void test_fp8(int rows, int cols, int tr, int tc) {
 
 static void test_rows(void) {
     const int N = 37, D = 200, V = 1000;
-    float *x = frand((size_t)N * D, -2, 2), *w = frand(D, 0.5f, 1.5f), *y = frand((size_t)N * D, 0, 0), *r = frand(N, 0, 0);
+    float *x = fr_test_frand(&g_rng, (size_t)N * D, -2, 2), *w = fr_test_frand(&g_rng, D, 0.5f, 1.5f), *y = fr_test_frand(&g_rng, (size_t)N * D, 0, 0), *r = fr_test_frand(&g_rng, N, 0, 0);
     float *dx = up(x, (size_t)N * D * 4), *dw = up(w, D * 4), *dy = up(y, (size_t)N * D * 4), *dr = up(r, N * 4);
     C->rmsnorm_forward(y, r, x, D, w, N, D, 1e-6f);
     G->rmsnorm_forward(dy, dr, dx, D, dw, N, D, 1e-6f);
     status("rmsnorm_forward");
     CHECK(err_dev(dy, y, (size_t)N * D) <= 1e-5 && err_dev(dr, r, N) <= 1e-5, "rmsnorm forward");
-    float *g = frand((size_t)N * D, -1, 1), *gx = frand((size_t)N * D, -1, 1), *gw = frand(D, -1, 1);
+    float *g = fr_test_frand(&g_rng, (size_t)N * D, -1, 1), *gx = fr_test_frand(&g_rng, (size_t)N * D, -1, 1), *gw = fr_test_frand(&g_rng, D, -1, 1);
     float *dg = up(g, (size_t)N * D * 4), *dgx = up(gx, (size_t)N * D * 4), *dgw = up(gw, D * 4);
     C->rmsnorm_backward(gx, D, gw, g, x, D, w, r, N, D);
     G->rmsnorm_backward(dgx, D, dgw, dg, dx, D, dw, dr, N, D);
     status("rmsnorm_backward");
     CHECK(err_dev(dgx, gx, (size_t)N * D) <= 1e-5 && err_dev(dgw, gw, D) <= 1e-5, "rmsnorm backward");
     /* cross-entropy */
-    float *lg = frand((size_t)N * V, -8, 8), *loss = frand(N, 0, 0), *dl = frand((size_t)N * V, 0, 0);
+    float *lg = fr_test_frand(&g_rng, (size_t)N * V, -8, 8), *loss = fr_test_frand(&g_rng, N, 0, 0), *dl = fr_test_frand(&g_rng, (size_t)N * V, 0, 0);
     int *t = malloc(N * sizeof(int));
     for (int n = 0; n < N; n++) t[n] = n == 3 ? -100 : (int)(fr_rng_next(&g_rng) % V);
     float *dlg = up(lg, (size_t)N * V * 4), *dloss = up(loss, N * 4), *ddl = up(dl, (size_t)N * V * 4);
@@ -148,14 +143,14 @@ static void test_rows(void) {
 static void test_attention(int B, int T, int H, int dqk, int dv) {
     const size_t nq = (size_t)B * T * H * dqk, nv = (size_t)B * T * H * dv, nl = (size_t)B * H * T;
     const float scale = 1.0f / sqrtf((float)dqk);
-    float *q = frand(nq, -1, 1), *k = frand(nq, -1, 1), *v = frand(nv, -1, 1), *o = frand(nv, 0, 0), *l = frand(nl, 0, 0);
+    float *q = fr_test_frand(&g_rng, nq, -1, 1), *k = fr_test_frand(&g_rng, nq, -1, 1), *v = fr_test_frand(&g_rng, nv, -1, 1), *o = fr_test_frand(&g_rng, nv, 0, 0), *l = fr_test_frand(&g_rng, nl, 0, 0);
     float *dq_ = up(q, nq * 4), *dk_ = up(k, nq * 4), *dv_ = up(v, nv * 4), *do_ = up(o, nv * 4), *dl_ = up(l, nl * 4);
     C->attention_forward(o, l, q, k, v, B, T, H, dqk, dv, scale);
     G->attention_forward(do_, dl_, dq_, dk_, dv_, B, T, H, dqk, dv, scale);
     status("attention_forward");
     CHECK(err_dev(do_, o, nv) <= 1e-5 && err_dev(dl_, l, nl) <= 1e-5, "attention forward B%d T%d H%d %d/%d", B, T, H,
           dqk, dv);
-    float *g = frand(nv, -1, 1), *gq = frand(nq, 0, 0), *gk = frand(nq, 0, 0), *gv = frand(nv, 0, 0);
+    float *g = fr_test_frand(&g_rng, nv, -1, 1), *gq = fr_test_frand(&g_rng, nq, 0, 0), *gk = fr_test_frand(&g_rng, nq, 0, 0), *gv = fr_test_frand(&g_rng, nv, 0, 0);
     float *dg = up(g, nv * 4), *dgq = up(gq, nq * 4), *dgk = up(gk, nq * 4), *dgv = up(gv, nv * 4);
     C->attention_backward(gq, gk, gv, g, o, l, q, k, v, B, T, H, dqk, dv, scale);
     G->attention_backward(dgq, dgk, dgv, dg, do_, dl_, dq_, dk_, dv_, B, T, H, dqk, dv, scale);
@@ -173,7 +168,7 @@ static void test_latent(int N, int nh, int kvr, int rope, int first) {
     const int row = kvr + rope, keys = first + N;
     const float scale = 0.1f;
     const size_t nq = (size_t)N * nh * row, nc = (size_t)keys * row, no = (size_t)N * nh * kvr;
-    float *qf = frand(nq, -2, 2), *cache = frand(nc, -1, 1), *ctx = frand(no, 0, 0);
+    float *qf = fr_test_frand(&g_rng, nq, -2, 2), *cache = fr_test_frand(&g_rng, nc, -1, 1), *ctx = fr_test_frand(&g_rng, no, 0, 0);
     int *pos = malloc((size_t)N * sizeof(int));
     for (int n = 0; n < N; n++) pos[n] = first + n;
     float *dq = up(qf, nq * 4), *dc = up(cache, nc * 4), *dctx = up(ctx, no * 4);
@@ -183,7 +178,7 @@ static void test_latent(int N, int nh, int kvr, int rope, int first) {
     status("latent_attention");
     CHECK(err_dev(dctx, ctx, no) <= 1e-5, "latent attention N%d heads %d kvr %d keys %d", N, nh, kvr, keys);
     /* copy2d: the rope columns of every row */
-    float *dst = frand(nq, 0, 0), *ddst = up(dst, nq * 4);
+    float *dst = fr_test_frand(&g_rng, nq, 0, 0), *ddst = up(dst, nq * 4);
     C->copy2d(dst, row, cache + kvr, row, keys < N * nh ? keys : N * nh, rope);
     G->copy2d(ddst, row, dc + kvr, row, keys < N * nh ? keys : N * nh, rope);
     status("copy2d");
@@ -196,9 +191,9 @@ static void test_latent(int N, int nh, int kvr, int rope, int first) {
 static void test_moe(void) {
     const int N = 64, E = 16, K = 4, D = 24;
     const fr_route_params p = {E, K, 4, 2, 0 /* noaux_tc */, 0 /* sigmoid */, 1, 2.5f};
-    float *lg = frand((size_t)N * E, -3, 3), *bias = frand(E, -0.1f, 0.1f);
+    float *lg = fr_test_frand(&g_rng, (size_t)N * E, -3, 3), *bias = fr_test_frand(&g_rng, E, -0.1f, 0.1f);
     int *idx = malloc((size_t)N * K * sizeof(int));
-    float *w = frand((size_t)N * K, 0, 0), *sc = frand((size_t)N * E, 0, 0);
+    float *w = fr_test_frand(&g_rng, (size_t)N * K, 0, 0), *sc = fr_test_frand(&g_rng, (size_t)N * E, 0, 0);
     float *dlg = up(lg, (size_t)N * E * 4), *dbias = up(bias, E * 4), *dw = up(w, (size_t)N * K * 4),
           *dsc = up(sc, (size_t)N * E * 4);
     int *didx = up(idx, (size_t)N * K * sizeof(int));
@@ -208,7 +203,7 @@ static void test_moe(void) {
     CHECK(same_dev_ints(didx, idx, (size_t)N * K) && err_dev(dw, w, (size_t)N * K) <= 1e-6 &&
               err_dev(dsc, sc, (size_t)N * E) <= 1e-6,
           "moe route forward");
-    float *gw = frand((size_t)N * K, -1, 1), *gl = frand((size_t)N * E, 0, 0);
+    float *gw = fr_test_frand(&g_rng, (size_t)N * K, -1, 1), *gl = fr_test_frand(&g_rng, (size_t)N * E, 0, 0);
     float *dgw = up(gw, (size_t)N * K * 4), *dgl = up(gl, (size_t)N * E * 4);
     C->moe_route_backward(gl, gw, NULL, sc, idx, N, &p);
     G->moe_route_backward(dgl, dgw, NULL, dsc, didx, N, &p);
@@ -223,18 +218,18 @@ static void test_moe(void) {
     CHECK(same_dev_ints(dperm, perm, (size_t)N * K) && same_dev_ints(dpos, pos, (size_t)N * K) &&
               !memcmp(off_c, off_g, sizeof off_c),
           "moe permute");
-    float *x = frand((size_t)N * D, -1, 1), *xe = frand((size_t)N * K * D, 0, 0);
+    float *x = fr_test_frand(&g_rng, (size_t)N * D, -1, 1), *xe = fr_test_frand(&g_rng, (size_t)N * K * D, 0, 0);
     float *dx = up(x, (size_t)N * D * 4), *dxe = up(xe, (size_t)N * K * D * 4);
     C->moe_dispatch_forward(xe, x, perm, N * K, D);
     G->moe_dispatch_forward(dxe, dx, dperm, N * K, D);
     status("moe_dispatch_forward");
     CHECK(err_dev(dxe, xe, (size_t)N * K * D) == 0, "moe dispatch forward");
-    float *out = frand((size_t)N * D, -1, 1), *dout = up(out, (size_t)N * D * 4);
+    float *out = fr_test_frand(&g_rng, (size_t)N * D, -1, 1), *dout = up(out, (size_t)N * D * 4);
     C->moe_combine_forward(out, xe, w, pos, N, K, D);
     G->moe_combine_forward(dout, dxe, dw, dpos, N, K, D);
     status("moe_combine_forward");
     CHECK(err_dev(dout, out, (size_t)N * D) <= 1e-6, "moe combine forward");
-    float *dye = frand((size_t)N * K * D, 0, 0), *dtw = frand((size_t)N * K, 0, 0);
+    float *dye = fr_test_frand(&g_rng, (size_t)N * K * D, 0, 0), *dtw = fr_test_frand(&g_rng, (size_t)N * K, 0, 0);
     float *ddye = up(dye, (size_t)N * K * D * 4), *ddtw = up(dtw, (size_t)N * K * 4);
     C->moe_combine_backward(dye, dtw, x, xe, w, pos, N, K, D);
     G->moe_combine_backward(ddye, ddtw, dx, dxe, dw, dpos, N, K, D);
@@ -245,7 +240,7 @@ static void test_moe(void) {
     G->moe_dispatch_backward(dout, ddye, dpos, N, K, D);
     status("moe_dispatch_backward");
     CHECK(err_dev(dout, out, (size_t)N * D) <= 1e-6, "moe dispatch backward");
-    float *bl = frand(4, 0, 0), *dbl = up(bl, 16), *ds = frand((size_t)N * E, 0, 0), *dds = up(ds, (size_t)N * E * 4);
+    float *bl = fr_test_frand(&g_rng, 4, 0, 0), *dbl = up(bl, 16), *ds = fr_test_frand(&g_rng, (size_t)N * E, 0, 0), *dds = up(ds, (size_t)N * E * 4);
     C->moe_balance_loss(bl, ds, sc, idx, 4, N / 4, E, K, 0.1f);
     G->moe_balance_loss(dbl, dds, dsc, didx, 4, N / 4, E, K, 0.1f);
     status("moe_balance_loss");
@@ -258,7 +253,7 @@ static void test_moe(void) {
 
 static void test_elementwise(void) {
     const size_t n = 100003;
-    float *g = frand(n, -6, 6), *u = frand(n, -2, 2), *h = frand(n, 0, 0);
+    float *g = fr_test_frand(&g_rng, n, -6, 6), *u = fr_test_frand(&g_rng, n, -2, 2), *h = fr_test_frand(&g_rng, n, 0, 0);
     float *dg = up(g, n * 4), *du = up(u, n * 4), *dh = up(h, n * 4);
     C->swiglu_forward(h, g, u, n);
     G->swiglu_forward(dh, dg, du, n);
@@ -277,7 +272,7 @@ static void test_elementwise(void) {
  * holds to the CPU's optim.c bit for bit): 1e-6 (the GPU may fuse multiply-adds) */
 static void test_optim(int bf16) {
     const size_t n = 70001, es = bf16 ? 2 : 4;
-    float *p = frand(n, -1, 1), *g = frand(n, -1, 1), *m = frand(n, -0.1f, 0.1f), *v = frand(n, 0, 0.01f);
+    float *p = fr_test_frand(&g_rng, n, -1, 1), *g = fr_test_frand(&g_rng, n, -1, 1), *m = fr_test_frand(&g_rng, n, -0.1f, 0.1f), *v = fr_test_frand(&g_rng, n, 0, 0.01f);
     unsigned char *hm = malloc(n * es), *hv = malloc(n * es);
     for (size_t i = 0; i < n; i++) {
         if (bf16) ((uint16_t *)hm)[i] = fr_k_bf16_encode(m[i]), ((uint16_t *)hv)[i] = fr_k_bf16_encode(v[i]);

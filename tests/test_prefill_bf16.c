@@ -30,11 +30,6 @@
 
 static fr_rng g_rng;
 
-static float *frand(size_t n) {
-    float *x = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = (float)(2 * fr_rng_uniform(&g_rng) - 1);
-    return x;
-}
 
 static void bf16_round(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = fr_bf16_decode(fr_bf16_encode(x[i]));
@@ -42,7 +37,7 @@ static void bf16_round(float *x, size_t n) {
 
 static void test_product(fr_qtype t) {
     const int M = 40, R = 96, C = 256;
-    float *x = frand((size_t)M * C), *w = frand((size_t)R * C);
+    float *x = fr_test_frand(&g_rng, (size_t)M * C, -1, 1), *w = fr_test_frand(&g_rng, (size_t)R * C, -1, 1);
     fr_qmatrix q;
     CHECK(fr_qmatrix_from_f32(&q, t, w, R, C) == FR_OK, "quantize %s", fr_qtype_name(t));
     float *wd = malloc((size_t)R * C * sizeof(float)), *xr = malloc((size_t)M * C * sizeof(float));

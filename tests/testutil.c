@@ -268,3 +268,15 @@ int fr_test_engine_logits(fr_engine *e, const int *tokens, int T, int P, float *
     fr_seq_free(s);
     return rc;
 }
+
+float *fr_test_fnew(size_t n) {
+    float *p = malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; p && i < n; i++) p[i] = NAN;
+    return p;
+}
+
+float *fr_test_frand(fr_rng *r, size_t n, float lo, float hi) {
+    float *p = fr_test_fnew(n);
+    for (size_t i = 0; p && i < n; i++) p[i] = lo + (hi - lo) * (float)fr_rng_uniform(r);
+    return p;
+}

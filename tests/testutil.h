@@ -5,6 +5,7 @@
 #include <stddef.h>
 
 #include "frugal.h"
+#include "core/internal.h" /* fr_rng */
 
 extern int fr_test_passed, fr_test_failed;
 
@@ -64,6 +65,10 @@ void fr_test_train_args(fr_train_args *a, const char *root, const char *run);
  * logits), then one token per forward; out [T, V]. FR_OK, or the failing call's code (-1
  * when the sequence does not end at T tokens). */
 int fr_test_engine_logits(fr_engine *e, const int *tokens, int T, int P, float *out);
+/* Test arrays (malloc'd, never NULL-sized): n NaNs (outputs a call must overwrite), or n
+ * values uniform in [lo, hi) drawn from r in order. */
+float *fr_test_fnew(size_t n);
+float *fr_test_frand(fr_rng *r, size_t n, float lo, float hi);
 /* Prints "N passed, N failed" and returns the process exit code. */
 int fr_test_finish(const char *suite);
 
