@@ -25,10 +25,12 @@
  * q_proj, kv_a_proj_with_mqa, kv_b_proj, o_proj, gate_proj, up_proj, down_proj, eh_proj).
  * Everything else (embeddings, lm_head, MTP shared heads, the router mlp.gate, norms,
  * e_score_correction_bias) is written as FP32. */
-static int is_quantized_linear(const fr_st_tensor *t) {
-    size_t len = strlen(t->name);
-    return t->ndim == 2 && len > 12 && strcmp(t->name + len - 12, "_proj.weight") == 0;
+static int ends_with(const char *s, const char *suffix) {
+    const size_t n = strlen(s), k = strlen(suffix);
+    return n > k && strcmp(s + n - k, suffix) == 0;
 }
+
+static int is_quantized_linear(const fr_st_tensor *t) { return t->ndim == 2 && ends_with(t->name, "_proj.weight"); }
 
 static int is_float_dtype(fr_dtype d) {
     return d == FR_DT_F32 || d == FR_DT_F16 || d == FR_DT_BF16 || d == FR_DT_F64;
@@ -242,12 +244,10 @@ int fr_quantize_model(const char *in_dir, const char *out_dir, const char *type,
              * splits it into W_UK^T and W_UV per head and quantizes those (blocks along other
              * axes), so quantizing it here would only round it twice; a K folder then gives the
              * engine exactly the matrices `--weights q4_k` gives it from the FP32 folder. */
-            const size_t nl = strlen(t->name);
-            const int keep_kvb = fr_qtype_is_k((fr_qtype)qt) && nl >= 16 && !strcmp(t->name + nl - 16, "kv_b_proj.weight");
+            const int keep_kvb = fr_qtype_is_k((fr_qtype)qt) && ends_with(t->name, "kv_b_proj.weight");
             if (is_float_dtype(t->dtype) && is_quantized_linear(t) && !keep_kvb) {
                 int layer = -1, n = 0;
-                const int down = nl > 16 && !strcmp(t->name + nl - 16, "down_proj.weight") &&
-                                 sscanf(t->name, "model.layers.%d.%n", &layer, &n) == 1;
+                const int down = ends_with(t->name, "down_proj.weight") && sscanf(t->name, "model.layers.%d.%n", &layer, &n) == 1;
                 const int q6 = mix && down && fr_kmix_more_bits(layer, cfg.num_hidden_layers);
                 rc = quantize_tensor(&w, t, q6 ? FR_QT_Q6_K : (fr_qtype)qt);
                 n_quant++;
