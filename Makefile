@@ -75,6 +75,8 @@ fixtures:
 	$(PYTHON) -m pip install -q -r tools/requirements.txt
 	$(PYTHON) tools/make_fixtures.py --out tests/fixtures
 	$(PYTHON) tools/make_generate_fixture.py --out tests/fixtures/generate
+	$(PYTHON) tools/make_peft_fixture.py --out tests/fixtures/peft
+	$(PYTHON) tools/make_kd_fixture.py --out tests/fixtures/kd
 	$(CMAKE) -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release && $(CMAKE) --build $(BUILD) -j$(NPROC) --target test_tokenizer && $(PYTHON) tools/make_tokenizer_fixtures.py --out tests/fixtures/tokenizer --test-bin $(BUILD)/test_tokenizer
 	$(CMAKE) --build $(BUILD) -j$(NPROC) --target test_interop && $(PYTHON) tools/make_interop_fixtures.py --out tests/fixtures --test-bin $(BUILD)/test_interop
 

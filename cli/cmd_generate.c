@@ -61,6 +61,8 @@ void usage_generate(FILE *f) {
             "  --no-check           skip the load-time check that every weight is finite (NaN / Inf);\n"
             "                       the check reads all weights once, which pages in the whole\n"
             "                       checkpoint at start-up: skip it for a faster start of a big model\n"
+            "  --adapter DIR        fold a LoRA adapter (a PEFT folder: frugal finetune --lora-rank, or\n"
+            "                       peft's save_pretrained) into the weights at load time\n"
             "  -h, --help           show this help\n",
             MAX_STOPS);
 }
@@ -82,7 +84,7 @@ void usage_chat(FILE *f) {
             "  --system TEXT        system prompt\n"
             "  --max-tokens N       longest reply (default 256)\n"
             "  --temperature, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n, --seed,\n"
-            "  --weights, --kv, --ctx, --speculative, --threads, --device, --no-check\n"
+            "  --weights, --kv, --ctx, --speculative, --threads, --device, --no-check, --adapter\n"
             "                       as for `frugal generate`\n"
             "  -h, --help           show this help\n");
 }
@@ -90,7 +92,7 @@ void usage_chat(FILE *f) {
 /* ------------------------------------------------------------------ shared options */
 
 typedef struct {
-    const char *model, *prompt, *system, *device;
+    const char *model, *prompt, *system, *device, *adapter;
     const char *batch, *out; /* generate --batch IN.jsonl --out OUT.jsonl */
     long parallel;
     const char *stops[MAX_STOPS];
@@ -125,6 +127,7 @@ static int parse_args(const char *cmd, void (*usage)(FILE *), int chat, int argc
         {"--speculative", NULL, &a->speculative},
         {"--no-check", NULL, &a->no_check},
         {"--device", &a->device, NULL},
+        {"--adapter", &a->adapter, NULL},
     };
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
@@ -218,6 +221,7 @@ static int open_model(const gen_args *a, fr_engine **e, fr_tokenizer **tok) {
     o.threads = (int)a->threads;
     o.load_mtp = a->speculative;
     o.no_check = a->no_check;
+    o.adapter = a->adapter;
     if (a->device && fr_set_device(a->device) != FR_OK) return cli_fail_lib("cannot run on this device");
     double t0 = cli_now();
     if (fr_engine_load(e, a->model, &o) != FR_OK) return cli_fail_lib("cannot load the model");

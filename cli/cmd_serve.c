@@ -71,6 +71,7 @@ void usage_serve(FILE *f) {
             "  --name NAME          model id reported by /v1/models (default: the folder's name)\n"
             "  --no-check           skip the load-time check that every weight is finite (NaN / Inf;\n"
             "                       it reads all weights once at start-up)\n"
+            "  --adapter DIR        fold a LoRA adapter (PEFT folder) into the weights at load time\n"
             "  --max-connections N  open connections in all (default: max-queue + parallel + 64)\n"
             "  --max-client-connections N\n"
             "                       open connections per client address (default: max-connections\n"
@@ -638,7 +639,7 @@ static void drain(srv_door **door, const sigset_t *sigs, double drain_s) {
 /* ------------------------------------------------------------------ command */
 
 int cmd_serve(int argc, char **argv) {
-    const char *model = NULL, *host = "127.0.0.1", *api_key = getenv("FRUGAL_API_KEY"), *name = NULL, *v;
+    const char *model = NULL, *adapter = NULL, *host = "127.0.0.1", *api_key = getenv("FRUGAL_API_KEY"), *name = NULL, *v;
     long port = 8080, parallel = 4, ctx = 0, threads = 0, max_queue = 256, max_conns = 0, max_client = -1,
          hdr_timeout = 10;
     double drain_s = 10;
@@ -647,7 +648,7 @@ int cmd_serve(int argc, char **argv) {
     fr_kv_type kv = FR_KV_F32;
     const char *cmd = "serve";
     const char *device = NULL;
-    const cli_opt opts[] = {{"--model", &model, NULL}, {"--host", &host, NULL}, {"--no-check", NULL, &no_check},
+    const cli_opt opts[] = {{"--model", &model, NULL}, {"--adapter", &adapter, NULL}, {"--host", &host, NULL}, {"--no-check", NULL, &no_check},
                             {"--device", &device, NULL}};
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
@@ -727,6 +728,7 @@ int cmd_serve(int argc, char **argv) {
     o.threads = (int)threads;
     o.load_mtp = 0;
     o.no_check = no_check;
+    o.adapter = adapter;
     long ctx_given = ctx;
     if (!gguf) {
         fr_config cfg;

@@ -58,6 +58,20 @@ void usage_train(FILE *f) {
             "  --bias-speed X       gamma of the auxiliary-loss-free router-bias update (default %g)\n"
             "  --balance-alpha X    weight of the sequence-wise balance loss (default %g)\n"
             "  --mtp-lambda X       weight of the multi-token-prediction loss (default %g)\n"
+            "Fine-tuning (with --init):\n"
+            "  --lora-rank R        train low-rank adapters (LoRA) of rank R instead of every weight: the base\n"
+            "                       model is frozen (no gradients, no optimizer state; the router-bias\n"
+            "                       balancer off); checkpoints hold the adapter as a PEFT folder\n"
+            "                       (adapter_config.json + adapter_model.safetensors)\n"
+            "  --lora-alpha A       scale = A / R (default 2 R)\n"
+            "  --rslora             scale = A / sqrt(R) (rank-stabilised LoRA)\n"
+            "  --lora-targets LIST  comma-separated: q_proj, q_a_proj, q_b_proj, kv_a_proj_with_mqa, kv_b_proj,\n"
+            "                       o_proj, mlp, shared_experts, experts, or all (default all)\n"
+            "Distillation (see `frugal distill --help`):\n"
+            "  --distill-topk K     add a logit-distillation loss on the teacher's K largest logits\n"
+            "  --teacher DIR        the teacher model (else teacher top-k shards beside the data's shards)\n"
+            "  --distill-temperature T   (default %g)\n"
+            "  --distill-alpha A    loss = A T^2 KL + (1 - A) CE (default %g)\n"
             "Run:\n"
             "  --seed N             initialisation and data order (default %llu)\n"
             "  --threads N          CPU threads (default: OMP_NUM_THREADS or all cores)\n"
@@ -96,7 +110,7 @@ void usage_train(FILE *f) {
             "saved: 130 SIGINT (Ctrl-C), 143 SIGTERM, 129 SIGHUP (128 + the signal number).\n",
             d.batch_size, d.seq_len, d.grad_accum, d.lr, d.warmup_steps, d.min_lr_frac, d.decay_frac, d.beta1,
             d.beta2, d.eps, d.weight_decay, d.grad_clip, d.bias_update_speed, d.balance_alpha, d.mtp_lambda,
-            (unsigned long long)d.seed, d.eval_interval, d.eval_batches, d.ckpt_interval, d.sample_interval,
+            d.distill_temperature, d.distill_alpha, (unsigned long long)d.seed, d.eval_interval, d.eval_batches, d.ckpt_interval, d.sample_interval,
             d.sample_tokens, d.prices.usd_per_device_hour, d.prices.watts_per_device, d.prices.usd_per_kwh);
 }
 
@@ -169,6 +183,7 @@ static void on_event(void *user, const fr_train_event *ev) {
         for (long m = ev->max_steps; m >= 10; m /= 10) w++;
         printf("step %*ld/%ld | loss %.4f (main %.4f", w, ev->step, ev->max_steps, ev->loss.loss, ev->loss.loss_main);
         if (ev->loss.loss_mtp[0] > 0) printf(" mtp %.4f", ev->loss.loss_mtp[0]);
+        if (ev->loss.loss_kd > 0) printf(" kl %.4f", ev->loss.loss_kd);
         printf(") | lr %.2e | %6.0f tok/s | %5.1f GFLOP/s", ev->lr, ev->tokens_per_s, ev->gflops);
         if (ev->mfu > 0) printf(" | MFU %4.1f%%", 100 * ev->mfu);
         if (ev->n_moe > 0) {
@@ -298,6 +313,17 @@ int cmd_train(int argc, char **argv) {
         INTOPT("--warmup", 0, 1000000000L, a.warmup_steps)
         INTOPT("--threads", 1, 4096, a.threads)
         INTOPT("--ep", 1, 1 << 16, a.expert_parallel)
+        INTOPT("--lora-rank", 1, 4096, a.lora_rank)
+        DBLOPT("--lora-alpha", 1e-6, 1e6, a.lora_alpha)
+        STROPT("--lora-targets", lora_targets)
+        STROPT("--teacher", teacher)
+        INTOPT("--distill-topk", 1, 1 << 20, a.distill_topk)
+        DBLOPT("--distill-temperature", 1e-3, 1e3, a.distill_temperature)
+        DBLOPT("--distill-alpha", 0, 1, a.distill_alpha)
+        if (!strcmp(argv[i], "--rslora")) {
+            a.lora_rslora = 1;
+            continue;
+        }
         INTOPT("--node-limit", 1, 1 << 16, a.node_limit)
         INTOPT("--eval-interval", 0, 1000000000L, a.eval_interval)
         INTOPT("--eval-batches", 1, 1000000, a.eval_batches)

@@ -8,16 +8,6 @@
 
 #include <string.h>
 
-typedef struct {
-    const char *name;
-    const char *summary;
-} planned_cmd;
-
-/* Commands on the roadmap. They exist as names so that scripts get an honest answer. */
-static const planned_cmd PLANNED[] = {
-    {"distill", "distil a large model into a small one"},
-};
-#define N_PLANNED ((int)(sizeof PLANNED / sizeof PLANNED[0]))
 
 static void usage_main(FILE *f) {
     fprintf(f,
@@ -29,7 +19,9 @@ static void usage_main(FILE *f) {
             "  data       tokenize text / JSONL / folders into token shards; inspect a dataset\n"
             "  tokenizer  train a byte-level BPE tokenizer; encode and decode text\n"
             "  train      train a model: AdamW, aux-loss-free balancing, MTP, checkpoints, ledger\n"
-            "  finetune   fine-tune a model on chat conversations (loss on the assistant replies)\n"
+            "  finetune   fine-tune a model on chat conversations (loss on the assistant replies; LoRA)\n"
+            "  merge      fold a LoRA adapter (PEFT folder) into a model folder\n"
+            "  distill    train a student on a teacher's logits (or store the teacher's top-k once)\n"
             "  eval       mean next-token loss and perplexity of a model on token sequences\n"
             "  info       config summary, parameter counts, latent KV-cache size, CPU features\n"
             "  init       a randomly initialised model folder from a config (no training)\n"
@@ -44,12 +36,8 @@ static void usage_main(FILE *f) {
             "  version    print the version\n"
             "  help       show this help, or `frugal help <command>` for a command's help\n"
             "\n"
-            "Planned, not implemented yet (they print \"not implemented yet\" and exit 2):\n");
-    for (int i = 0; i < N_PLANNED; i++) fprintf(f, "  %-10s %s\n", PLANNED[i].name, PLANNED[i].summary);
-    fprintf(f,
-            "\n"
             "Run `frugal <command> --help` for the options of a command.\n"
-            "Exit status: 0 success, 1 failure, 2 usage error or command not implemented yet.\n");
+            "Exit status: 0 success, 1 failure, 2 usage error.\n");
 }
 
 static void usage_version(FILE *f) {
@@ -78,20 +66,6 @@ static int cmd_version(int argc, char **argv) {
     return CLI_EXIT_OK;
 }
 
-static const planned_cmd *find_planned(const char *name) {
-    for (int i = 0; i < N_PLANNED; i++)
-        if (strcmp(PLANNED[i].name, name) == 0) return &PLANNED[i];
-    return NULL;
-}
-
-static int cmd_planned(const planned_cmd *p) {
-    fprintf(stderr,
-            "frugal %s: not implemented yet (planned: %s).\n"
-            "Implemented today: data, tokenizer, train, eval, info, init, cost, plan, plot, generate, chat, convert, quantize, serve, version. See README.md for the roadmap.\n",
-            p->name, p->summary);
-    return CLI_EXIT_USAGE;
-}
-
 static int cmd_help(int argc, char **argv);
 
 typedef struct {
@@ -103,6 +77,8 @@ typedef struct {
 static const command COMMANDS[] = {
     {"train", cmd_train, usage_train},
     {"finetune", cmd_finetune, usage_finetune},
+    {"merge", cmd_merge, usage_merge},
+    {"distill", cmd_distill, usage_distill},
     {"data", cmd_data, usage_data},
     {"tokenizer", cmd_tokenizer, usage_tokenizer},
     {"eval", cmd_eval, usage_eval},
@@ -142,8 +118,6 @@ static int cmd_help(int argc, char **argv) {
         c->usage(stdout);
         return CLI_EXIT_OK;
     }
-    const planned_cmd *p = find_planned(argv[1]);
-    if (p) return cmd_planned(p);
     fprintf(stderr, "frugal help: unknown command '%s'\nRun 'frugal help' for the list of commands.\n", argv[1]);
     return CLI_EXIT_USAGE;
 }
@@ -171,8 +145,6 @@ int main(int argc, char **argv) {
         if (!serve) cli_signals_start();
         return c->run(argc - 1, argv + 1);
     }
-    const planned_cmd *p = find_planned(name);
-    if (p) return cmd_planned(p);
     fprintf(stderr, "frugal: unknown %s '%s'\nRun 'frugal help' for the list of commands.\n",
             name[0] == '-' ? "option" : "command", name);
     return CLI_EXIT_USAGE;

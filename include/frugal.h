@@ -111,11 +111,13 @@ typedef struct {
 } fr_loss_weights;
 
 typedef struct {
-    double loss;          /* total: main + mtp + balance */
+    double loss;          /* total: main + mtp + balance; with distillation (fr_model_set_distill)
+                           * the main head's share is (1 - alpha) main + alpha T^2 kd */
     double loss_main;     /* mean cross-entropy of the main head over non-ignored targets */
     double loss_mtp[8];   /* mean cross-entropy of MTP module k (k < D) */
     double loss_balance;  /* alpha * sum over MoE layers of the mean-over-sequences balance loss */
     long n_targets;       /* non-ignored targets of the main head */
+    double loss_kd;       /* distillation: mean KL(teacher_T || student_T) over the targets; else 0 */
 } fr_loss_info;
 
 #define FR_IGNORE_INDEX (-100)
@@ -195,6 +197,39 @@ const float *fr_model_logits(const fr_model *m);
 /* Backward of the last forward with targets; ADDS into the gradients. */
 int fr_model_backward(fr_model *m);
 void fr_model_zero_grad(fr_model *m);
+
+/* Logit distillation on the next training forward with targets (src/model/kd.c): the teacher's
+ * k largest logits at every position, topk_idx / topk_logit [B*T, k] in host memory (kept by
+ * the caller until that forward returns), temperature T > 0, alpha in [0, 1]. The main head's
+ * loss becomes alpha T^2 KL(p_T || q_T) + (1 - alpha) CE, p_T the teacher's top-k softmax at T
+ * (renormalised over the k), q_T the student's softmax at T over the vocabulary. NULL arrays
+ * turn it off. Evaluation forwards ignore it. FR_ERR_UNSUPPORTED on a device backend. */
+int fr_model_set_distill(fr_model *m, const int32_t *topk_idx, const float *topk_logit, int k, float temperature,
+                         float alpha);
+
+/* ---- LoRA adapters (src/model/lora.c)
+ * fr_model_add_lora adds a low-rank adapter to every linear layer of the main layers that
+ * `targets` names (comma-separated: q_proj, q_a_proj, q_b_proj, kv_a_proj_with_mqa,
+ * kv_b_proj, o_proj, mlp (dense layers), shared_experts, experts (every routed expert), or
+ * all): y = W x + scale * B (A x), A [rank, in] uniform in +-1/sqrt(in), B [out, rank] zero,
+ * scale = alpha / rank (rslora: alpha / sqrt(rank)). From then on the base tensors are frozen:
+ * no weight gradients for the linear layers, no optimizer state; fr_model_save writes the base
+ * model only. FR_ERR_ARG for an unknown target (the message lists the valid names) or
+ * targets that match nothing. */
+int fr_model_add_lora(fr_model *m, int rank, double alpha, const char *targets, int rslora, uint64_t seed);
+/* Number of adapted matrices (0 without adapters). */
+int fr_model_lora_sites(const fr_model *m);
+/* The valid target names, for messages. */
+const char *fr_lora_target_names(void);
+/* Write the adapters as a PEFT folder: adapter_config.json (target_modules as one regex) and
+ * adapter_model.safetensors (PEFT's names: base_model.model.<module>.lora_A.weight). */
+int fr_model_lora_save(const fr_model *m, const char *dir, const char *base_model);
+/* Read adapter weights saved by fr_model_lora_save (or PEFT, same targets) into the added
+ * adapters; r, lora_alpha and rslora must match. */
+int fr_model_lora_load(fr_model *m, const char *dir);
+/* Fold a PEFT LoRA adapter folder (any targets) into the weights: W += scale * B A.
+ * DoRA, fan_in_fan_out and per-module rank / alpha patterns are refused. */
+int fr_model_merge_adapter(fr_model *m, const char *dir);
 
 /* MoE blocks: main MoE layers in order, then the MoE blocks of the MTP modules. */
 int fr_model_num_moe_blocks(const fr_model *m);
@@ -447,6 +482,20 @@ typedef struct {
     int node_limit;                    /* > 0: each token's experts on at most this many ranks of its
                                         * expert-parallel group (DeepSeek-V3's node-limited routing;
                                         * changes the model's n_group / topk_group) */
+    /* LoRA (fr_model_add_lora; needs init_model): lora_rank 0 trains every weight. The base is
+     * frozen (and the router-bias balancer off); checkpoints hold the adapter as a PEFT folder */
+    int lora_rank;
+    double lora_alpha;                 /* 0 = 2 x lora_rank */
+    int lora_rslora;
+    char lora_targets[256];            /* "" = all */
+    /* Logit distillation: loss = distill_alpha * T^2 * KL(teacher_T || student_T) +
+     * (1 - distill_alpha) * CE over the student's targets, the teacher's distribution being its
+     * distill_topk largest logits renormalised (src/train/distill.c). The teacher is the model
+     * folder `teacher` (run by the inference engine), or "" with teacher top-k shards beside the
+     * data's shards (fr_distill_dump_teacher). distill_topk 0 = no distillation. */
+    char teacher[512];
+    int distill_topk;
+    double distill_temperature, distill_alpha;
 } fr_train_args;
 
 /* Defaults: B 8, T 256, accumulation 1, lr 3e-3 cosine to 10 %, warmup 50, AdamW
@@ -561,6 +610,8 @@ typedef struct {
                            * the engine measures faster, so a machine shared with busy processes
                            * does not stall every barrier (docs/performance.md); results are the
                            * same either way. 0: always all threads */
+    const char *adapter;  /* a PEFT LoRA adapter folder to fold into the weights at load time
+                           * (fr_model_merge_adapter; the model goes through FP32), or NULL */
 } fr_engine_options;
 
 /* The name of a weight_type value ("f32", "bf16", "q8_0", "q4_1", "q4_k", "q5_k", "q6_k"; NULL
@@ -699,6 +750,19 @@ int fr_engine_eval_dataset(fr_engine *e, const char *data_dir, const char *split
  * its tokens 1 .. lens[i]-1. */
 int fr_engine_eval_sequences(fr_engine *e, int n_seqs, const int *const *seqs, const int *lens, int chunk,
                              double *mean_loss, long *n_predicted);
+
+/* ---- Distillation teachers (src/infer/teacher.c, src/train/distill.c)
+ * The k largest next-token logits (descending, ties to the lower id) at every position of
+ * n_windows windows tokens [n_windows, T], each run from an empty cache:
+ * topk_idx / topk_logit [n_windows * T, k]. */
+int fr_engine_topk(fr_engine *e, int n_windows, const int *tokens, int T, int k, int32_t *topk_idx,
+                   float *topk_logit);
+/* Teacher top-k shards (format in src/train/distill.c) beside every training shard of data_dir:
+ * the teacher model (folder or GGUF, run by the engine) over the trainer's windows of seq_len
+ * tokens. Each file is written under a temporary name and renamed when complete; on failure
+ * none remains. progress (optional) gets the fraction done; nonzero stops (FR_ERR_STATE). */
+int fr_distill_dump_teacher(const char *teacher_dir, const char *data_dir, int seq_len, int k,
+                            int (*progress)(void *user, double frac), void *user);
 
 /* ------------------------------------------------------------------ chat template */
 

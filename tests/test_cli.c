@@ -22,7 +22,7 @@
 #endif
 
 static void test_usage(void) {
-    expect("--help", 0, "eval", "not implemented");
+    expect("--help", 0, "eval", "distill");
     expect("help", 0, "info", "train");
     expect("", 2, "usage", NULL);
     expect("eval --help", 0, "frugal eval", "--tokens");
@@ -60,14 +60,14 @@ static void test_usage(void) {
     expect("train --config c --data d --out o --steps 1 --fp8-grad-tiles 64x64", 2, "64x64", NULL);
     expect("info --model a --config b", 2, "only one", NULL);
 
-    static const char *planned[] = {"distill"};
-    for (size_t i = 0; i < sizeof planned / sizeof planned[0]; i++) {
-        char args[64];
-        snprintf(args, sizeof args, "%s", planned[i]);
-        expect(args, 2, "not implemented yet", planned[i]);
-        snprintf(args, sizeof args, "%s --help", planned[i]);
-        expect(args, 2, "not implemented yet", NULL);
-    }
+    /* the fine-tuning and distillation options: bad values are usage errors naming them */
+    expect("distill --help", 0, "dump-teacher", "KL");
+    expect("merge --help", 0, "--adapter", "PEFT");
+    expect("merge --model a --adapter b", 2, "--out", NULL);
+    expect("distill dump-teacher --teacher t --data d", 2, "--seq", NULL);
+    expect("distill dump-teacher --teacher t --data d --seq 16 --topk 0", 2, "--topk", NULL);
+    expect("train --config c --data d --out o --steps 1 --lora-rank 0", 2, "--lora-rank", NULL);
+    expect("train --config c --data d --out o --steps 1 --distill-alpha 2", 2, "--distill-alpha", NULL);
 }
 
 /* A tiny DeepSeek-V3 config (MLA with q compression, grouped sigmoid routing, 1 dense + 1 MoE). */

@@ -501,10 +501,26 @@ int fr_engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_set *s
 }
 
 
+/* A model with a LoRA adapter folded in: through the FP32 model (a GGUF is imported) */
+static int load_with_adapter(fr_engine **out, const char *dir, const fr_engine_options *opt) {
+    const size_t dl = strlen(dir);
+    fr_model *m = NULL;
+    int rc = dl >= 5 && strcasecmp(dir + dl - 5, ".gguf") == 0 ? fr_model_load_gguf(&m, dir)
+                                                               : fr_model_load_flags(&m, dir, opt->no_check ? FR_LOAD_NO_CHECK : 0);
+    if (rc == FR_OK) rc = fr_model_merge_adapter(m, opt->adapter);
+    if (rc != FR_OK) rc = fr_error_context(rc, "adapter %s on %s", opt->adapter, dir);
+    fr_engine_options o = *opt;
+    o.adapter = NULL;
+    if (rc == FR_OK) rc = fr_engine_from_model(out, m, &o);
+    fr_model_free(m);
+    return rc;
+}
+
 int fr_engine_load(fr_engine **out, const char *dir, const fr_engine_options *opt) {
     fr_clear_error();
     if (!out || !dir) return fr_error(FR_ERR_ARG, "fr_engine_load: NULL argument");
     *out = NULL;
+    if (opt && opt->adapter) return load_with_adapter(out, dir, opt);
     {   /* a regular file named *.gguf: import it (src/formats/gguf_import.c) */
         size_t dl = strlen(dir);
         struct stat sb;

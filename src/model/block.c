@@ -9,6 +9,7 @@
  */
 #include "model/block.h"
 #include "comm/comm.h"
+#include "model/lora.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -35,7 +36,7 @@ void fr_linear_backward(const fr_ops *o, float *dx, int lddx, float beta_dx, flo
                             const float *dy, int lddy, const float *x, int ldx, const float *W, int ldw,
                             int N, int in, int out) {
     if (dx) o->gemm(0, 0, N, in, out, 1.0f, dy, lddy, W, ldw, beta_dx, dx, lddx);
-    o->gemm(1, 0, out, in, N, 1.0f, dy, lddy, x, ldx, 1.0f, dW, lddw);
+    if (dW) o->gemm(1, 0, out, in, N, 1.0f, dy, lddy, x, ldx, 1.0f, dW, lddw);
 }
 
 /* FP8 (DeepSeek-V3): activations and output gradients in 1 x 128 tiles along the reduced
@@ -67,8 +68,8 @@ static void bf16_gemm(fr_model *m, int ta, int tb, int M, int N, int K, const fl
     if (m->ops->gemm_bf16(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc) != 0) m->gemm_failed = 1;
 }
 
-void fr_qlinear_forward(fr_model *m, float *y, int ldy, const float *x, int ldx, const float *W, int ldw, int N,
-                        int in, int out, float beta) {
+static void qlinear_base_forward(fr_model *m, float *y, int ldy, const float *x, int ldx, const float *W, int ldw,
+                                 int N, int in, int out, float beta) {
     if (m->precision == FR_PREC_BF16) {
         bf16_gemm(m, 0, 1, N, out, in, x, ldx, W, ldw, beta, y, ldy);
         return;
@@ -110,10 +111,23 @@ static void qlinear_backward_dw(fr_model *m, float *dW, int lddw, const float *d
     }
 }
 
+/* A LoRA adapter (lora.c) adds its product after the base layer's; a frozen base matrix gets
+ * no weight gradient. */
+void fr_qlinear_forward(fr_model *m, float *y, int ldy, const float *x, int ldx, const float *W, int ldw, int N,
+                        int in, int out, float beta) {
+    qlinear_base_forward(m, y, ldy, x, ldx, W, ldw, N, in, out, beta);
+    const fr_lora_site *s = m->n_lora ? fr_lora_find(m, (size_t)(W - m->params)) : NULL;
+    if (s) fr_lora_forward(m, s, y, ldy, x, ldx, N);
+}
+
 void fr_qlinear_backward(fr_model *m, float *dx, int lddx, float beta_dx, float *dW, int lddw, const float *dy,
                          int lddy, const float *x, int ldx, const float *W, int ldw, int N, int in, int out) {
+    const size_t off = (size_t)(dW - m->grads);
     if (dx) qlinear_backward_dx(m, dx, lddx, beta_dx, dy, lddy, W, ldw, N, in, out);
-    qlinear_backward_dw(m, dW, lddw, dy, lddy, x, ldx, N, in, out);
+    if (!fr_lora_frozen(m, off)) qlinear_backward_dw(m, dW, lddw, dy, lddy, x, ldx, N, in, out);
+    const fr_lora_site *s = m->n_lora ? fr_lora_find(m, off) : NULL;
+    if (s && dx) fr_lora_backward_dx(m, s, dx, lddx, dy, lddy, N);
+    if (s) fr_lora_backward_dw(m, s, dy, lddy, x, ldx, N);
 }
 
 /* ---------------------------------------------------------------- MLA attention */
@@ -259,6 +273,25 @@ typedef struct {
 
 static expert_rows local_rows(const fr_block_acts *a, int E) { return (expert_rows){a->offsets, E, 0, E}; }
 
+/* The adapters of the experts a call covered, after the base products (which may overwrite) */
+static void experts_lora(fr_model *m, const expert_rows *rows, size_t expert_numel, int kind, const expert_operands *ops,
+                         int n_ops) {
+    for (int k = 0; k < n_ops; k++) {
+        const expert_operands *p = &ops[k];
+        const float *base0 = kind == EXPERTS_DW ? p->y - (m->grads - m->params) : p->w;
+        for (int sgi = 0; sgi < rows->n_seg; sgi++) {
+            const int off = rows->offsets[sgi], cnt = rows->offsets[sgi + 1] - off;
+            const int e = rows->first + sgi % rows->per_group;
+            const fr_lora_site *s = cnt > 0 ? fr_lora_find(m, (size_t)(base0 + e * expert_numel - m->params)) : NULL;
+            if (!s) continue;
+            const float *x = p->x + (size_t)off * p->ldx;
+            if (kind == EXPERTS_FWD) fr_lora_forward(m, s, p->y + (size_t)off * p->ldy, p->ldy, x, p->ldx, cnt);
+            else if (kind == EXPERTS_DX) fr_lora_backward_dx(m, s, p->y + (size_t)off * p->ldy, p->ldy, x, p->ldx, cnt);
+            else fr_lora_backward_dw(m, s, x, p->ldx, p->x2 + (size_t)off * p->ldx2, p->ldx2, cnt);
+        }
+    }
+}
+
 static void experts_gemm(fr_model *m, const expert_rows *rows, size_t expert_numel, int kind, int in, int out,
                          float beta, const expert_operands *ops, int n_ops) {
     fr_gemm_desc *g = m->precision == FR_PREC_FP32 ? malloc((size_t)rows->n_seg * n_ops * sizeof *g) : NULL;
@@ -281,13 +314,15 @@ static void experts_gemm(fr_model *m, const expert_rows *rows, size_t expert_num
             } else {
                 const float *x2 = p->x2 + (size_t)off * p->ldx2;
                 float *dW = p->y + e * expert_numel;
+                if (fr_lora_frozen(m, (size_t)(dW - m->grads))) continue;
                 if (g) g[n++] = (fr_gemm_desc){out, in, cnt, x, p->ldx, x2, p->ldx2, dW, in};
                 else qlinear_backward_dw(m, dW, in, x, p->ldx, x2, p->ldx2, cnt, in, out);
             }
         }
     }
-    if (g) m->ops->gemm_grouped(kind == EXPERTS_DW, kind == EXPERTS_FWD, 1.0f, beta, g, n);
+    if (g && n > 0) m->ops->gemm_grouped(kind == EXPERTS_DW, kind == EXPERTS_FWD, 1.0f, beta, g, n);
     free(g);
+    if (m->n_lora) experts_lora(m, rows, expert_numel, kind, ops, n_ops);
 }
 
 /* ---------------------------------------------------------------- expert parallelism
@@ -550,7 +585,8 @@ static void moe_backward(fr_model *m, const fr_block *b, fr_block_acts *a, int B
         extra = s->dscores;
     }
     o->moe_route_backward(s->dlogits_r, s->dtopk_w, extra, a->scores, a->topk_idx, N, &rp);
-    fr_linear_backward(o, s->d_xn, H, 1.0f, G(b->router), H, s->dlogits_r, E, a->ffn_xn, H, P(b->router), H, N, H, E);
+    fr_linear_backward(o, s->d_xn, H, 1.0f, fr_lora_frozen(m, b->router) ? NULL : G(b->router), H, s->dlogits_r, E,
+                       a->ffn_xn, H, P(b->router), H, N, H, E);
 }
 
 /* ---------------------------------------------------------------- the block */

@@ -19,6 +19,7 @@
 #include "model/block.h"
 #include "formats/fp8.h"
 #include "model/model_internal.h"
+#include "model/lora.h"
 #include "formats/safetensors.h"
 
 #include <errno.h>
@@ -35,10 +36,7 @@
 
 /* ================================================================ parameters */
 
-static int add_tensor(fr_model *m, size_t *off, int trainable, int ndim, int64_t d0, int64_t d1,
-                      const char *fmt, ...) __attribute__((format(printf, 7, 8)));
-
-static int add_tensor(fr_model *m, size_t *off, int trainable, int ndim, int64_t d0, int64_t d1,
+int fr_model_add_tensor(fr_model *m, size_t *off, int trainable, int ndim, int64_t d0, int64_t d1,
                       const char *fmt, ...) {
     if (m->n_tensors == m->cap_tensors) {
         int cap = m->cap_tensors ? 2 * m->cap_tensors : 256;
@@ -82,31 +80,31 @@ static int register_block(fr_model *m, fr_block *b, int index, int is_mtp) {
     for (size_t i = 0; i < sizeof none / sizeof none[0]; i++) *none[i] = FR_NONE;
 
     if (is_mtp) {
-        FR_CHECK(add_tensor(m, &b->enorm, 1, 1, H, 0, "%s%d.enorm.weight", pre, index));
-        FR_CHECK(add_tensor(m, &b->hnorm, 1, 1, H, 0, "%s%d.hnorm.weight", pre, index));
-        FR_CHECK(add_tensor(m, &b->eh_proj, 1, 2, H, 2 * H, "%s%d.eh_proj.weight", pre, index));
-        FR_CHECK(add_tensor(m, &b->head_norm, 1, 1, H, 0, "%s%d.shared_head.norm.weight", pre, index));
+        FR_CHECK(fr_model_add_tensor(m, &b->enorm, 1, 1, H, 0, "%s%d.enorm.weight", pre, index));
+        FR_CHECK(fr_model_add_tensor(m, &b->hnorm, 1, 1, H, 0, "%s%d.hnorm.weight", pre, index));
+        FR_CHECK(fr_model_add_tensor(m, &b->eh_proj, 1, 2, H, 2 * H, "%s%d.eh_proj.weight", pre, index));
+        FR_CHECK(fr_model_add_tensor(m, &b->head_norm, 1, 1, H, 0, "%s%d.shared_head.norm.weight", pre, index));
     }
-    FR_CHECK(add_tensor(m, &b->input_norm, 1, 1, H, 0, "%s%d.input_layernorm.weight", pre, index));
+    FR_CHECK(fr_model_add_tensor(m, &b->input_norm, 1, 1, H, 0, "%s%d.input_layernorm.weight", pre, index));
     if (qr > 0) {
-        FR_CHECK(add_tensor(m, &b->q_a, 1, 2, qr, H, "%s%d.self_attn.q_a_proj.weight", pre, index));
-        FR_CHECK(add_tensor(m, &b->q_a_norm, 1, 1, qr, 0, "%s%d.self_attn.q_a_layernorm.weight", pre, index));
-        FR_CHECK(add_tensor(m, &b->q_b, 1, 2, (int64_t)nh * dqk, qr, "%s%d.self_attn.q_b_proj.weight", pre, index));
+        FR_CHECK(fr_model_add_tensor(m, &b->q_a, 1, 2, qr, H, "%s%d.self_attn.q_a_proj.weight", pre, index));
+        FR_CHECK(fr_model_add_tensor(m, &b->q_a_norm, 1, 1, qr, 0, "%s%d.self_attn.q_a_layernorm.weight", pre, index));
+        FR_CHECK(fr_model_add_tensor(m, &b->q_b, 1, 2, (int64_t)nh * dqk, qr, "%s%d.self_attn.q_b_proj.weight", pre, index));
     } else {
-        FR_CHECK(add_tensor(m, &b->q, 1, 2, (int64_t)nh * dqk, H, "%s%d.self_attn.q_proj.weight", pre, index));
+        FR_CHECK(fr_model_add_tensor(m, &b->q, 1, 2, (int64_t)nh * dqk, H, "%s%d.self_attn.q_proj.weight", pre, index));
     }
-    FR_CHECK(add_tensor(m, &b->kv_a, 1, 2, kvr + rope, H, "%s%d.self_attn.kv_a_proj_with_mqa.weight", pre, index));
-    FR_CHECK(add_tensor(m, &b->kv_a_norm, 1, 1, kvr, 0, "%s%d.self_attn.kv_a_layernorm.weight", pre, index));
-    FR_CHECK(add_tensor(m, &b->kv_b, 1, 2, (int64_t)nh * (c->qk_nope_head_dim + c->v_head_dim), kvr,
+    FR_CHECK(fr_model_add_tensor(m, &b->kv_a, 1, 2, kvr + rope, H, "%s%d.self_attn.kv_a_proj_with_mqa.weight", pre, index));
+    FR_CHECK(fr_model_add_tensor(m, &b->kv_a_norm, 1, 1, kvr, 0, "%s%d.self_attn.kv_a_layernorm.weight", pre, index));
+    FR_CHECK(fr_model_add_tensor(m, &b->kv_b, 1, 2, (int64_t)nh * (c->qk_nope_head_dim + c->v_head_dim), kvr,
                         "%s%d.self_attn.kv_b_proj.weight", pre, index));
-    FR_CHECK(add_tensor(m, &b->o, 1, 2, H, (int64_t)nh * c->v_head_dim, "%s%d.self_attn.o_proj.weight", pre, index));
-    FR_CHECK(add_tensor(m, &b->post_norm, 1, 1, H, 0, "%s%d.post_attention_layernorm.weight", pre, index));
+    FR_CHECK(fr_model_add_tensor(m, &b->o, 1, 2, H, (int64_t)nh * c->v_head_dim, "%s%d.self_attn.o_proj.weight", pre, index));
+    FR_CHECK(fr_model_add_tensor(m, &b->post_norm, 1, 1, H, 0, "%s%d.post_attention_layernorm.weight", pre, index));
 
     if (b->is_moe) {
         const int E = c->n_routed_experts, Im = c->moe_intermediate_size;
-        FR_CHECK(add_tensor(m, &b->router, 1, 2, E, H, "%s%d.mlp.gate.weight", pre, index));
+        FR_CHECK(fr_model_add_tensor(m, &b->router, 1, 2, E, H, "%s%d.mlp.gate.weight", pre, index));
         if (c->has_correction_bias)
-            FR_CHECK(add_tensor(m, &b->router_bias, 0, 1, E, 0, "%s%d.mlp.gate.e_score_correction_bias", pre, index));
+            FR_CHECK(fr_model_add_tensor(m, &b->router_bias, 0, 1, E, 0, "%s%d.mlp.gate.e_score_correction_bias", pre, index));
         /* experts of one kind are contiguous: expert e at base + e * exp_stride */
         const char *kinds[3] = {"gate_proj", "up_proj", "down_proj"};
         size_t *bases[3] = {&b->exp_gate, &b->exp_up, &b->exp_down};
@@ -114,9 +112,9 @@ static int register_block(fr_model *m, fr_block *b, int index, int is_mtp) {
             for (int e = 0; e < E; e++) {
                 size_t off;
                 if (k < 2)
-                    FR_CHECK(add_tensor(m, &off, 1, 2, Im, H, "%s%d.mlp.experts.%d.%s.weight", pre, index, e, kinds[k]));
+                    FR_CHECK(fr_model_add_tensor(m, &off, 1, 2, Im, H, "%s%d.mlp.experts.%d.%s.weight", pre, index, e, kinds[k]));
                 else
-                    FR_CHECK(add_tensor(m, &off, 1, 2, H, Im, "%s%d.mlp.experts.%d.%s.weight", pre, index, e, kinds[k]));
+                    FR_CHECK(fr_model_add_tensor(m, &off, 1, 2, H, Im, "%s%d.mlp.experts.%d.%s.weight", pre, index, e, kinds[k]));
                 m->tensors[m->n_tensors - 1].expert = e;
                 if (e == 0) *bases[k] = off;
                 if (e == 1) b->exp_stride = off - *bases[k];
@@ -125,16 +123,16 @@ static int register_block(fr_model *m, fr_block *b, int index, int is_mtp) {
         if (c->n_shared_experts > 0) {
             int Is = c->n_shared_experts * Im;
             b->mlp_inter = Is;
-            FR_CHECK(add_tensor(m, &b->mlp_gate, 1, 2, Is, H, "%s%d.mlp.shared_experts.gate_proj.weight", pre, index));
-            FR_CHECK(add_tensor(m, &b->mlp_up, 1, 2, Is, H, "%s%d.mlp.shared_experts.up_proj.weight", pre, index));
-            FR_CHECK(add_tensor(m, &b->mlp_down, 1, 2, H, Is, "%s%d.mlp.shared_experts.down_proj.weight", pre, index));
+            FR_CHECK(fr_model_add_tensor(m, &b->mlp_gate, 1, 2, Is, H, "%s%d.mlp.shared_experts.gate_proj.weight", pre, index));
+            FR_CHECK(fr_model_add_tensor(m, &b->mlp_up, 1, 2, Is, H, "%s%d.mlp.shared_experts.up_proj.weight", pre, index));
+            FR_CHECK(fr_model_add_tensor(m, &b->mlp_down, 1, 2, H, Is, "%s%d.mlp.shared_experts.down_proj.weight", pre, index));
         }
     } else {
         int I = c->intermediate_size;
         b->mlp_inter = I;
-        FR_CHECK(add_tensor(m, &b->mlp_gate, 1, 2, I, H, "%s%d.mlp.gate_proj.weight", pre, index));
-        FR_CHECK(add_tensor(m, &b->mlp_up, 1, 2, I, H, "%s%d.mlp.up_proj.weight", pre, index));
-        FR_CHECK(add_tensor(m, &b->mlp_down, 1, 2, H, I, "%s%d.mlp.down_proj.weight", pre, index));
+        FR_CHECK(fr_model_add_tensor(m, &b->mlp_gate, 1, 2, I, H, "%s%d.mlp.gate_proj.weight", pre, index));
+        FR_CHECK(fr_model_add_tensor(m, &b->mlp_up, 1, 2, I, H, "%s%d.mlp.up_proj.weight", pre, index));
+        FR_CHECK(fr_model_add_tensor(m, &b->mlp_down, 1, 2, H, I, "%s%d.mlp.down_proj.weight", pre, index));
     }
     return FR_OK;
 }
@@ -253,15 +251,15 @@ static int model_build(fr_model **out, const fr_config *cfg, int mtp_depth) {
 
     m->blocks = calloc((size_t)(L + mtp_depth), sizeof *m->blocks);
     if (!m->blocks) { rc = fr_error(FR_ERR_NOMEM, "out of memory"); goto fail; }
-    if ((rc = add_tensor(m, &m->embed, 1, 2, V, H, "model.embed_tokens.weight")) != FR_OK) goto fail;
+    if ((rc = fr_model_add_tensor(m, &m->embed, 1, 2, V, H, "model.embed_tokens.weight")) != FR_OK) goto fail;
     for (int l = 0; l < L + mtp_depth; l++) {
         const size_t lo = m->n_params;
         if ((rc = register_block(m, &m->blocks[l], l, l >= L)) != FR_OK) goto fail;
         m->blocks[l].arena_lo = lo;
     }
-    if ((rc = add_tensor(m, &m->final_norm, 1, 1, H, 0, "model.norm.weight")) != FR_OK) goto fail;
+    if ((rc = fr_model_add_tensor(m, &m->final_norm, 1, 1, H, 0, "model.norm.weight")) != FR_OK) goto fail;
     if (cfg->tie_word_embeddings) m->lm_head = m->embed;
-    else if ((rc = add_tensor(m, &m->lm_head, 1, 2, V, H, "lm_head.weight")) != FR_OK) goto fail;
+    else if ((rc = fr_model_add_tensor(m, &m->lm_head, 1, 2, V, H, "lm_head.weight")) != FR_OK) goto fail;
 
     /* parameters and gradients: one allocation, same layout twice */
     m->params = m->ops->alloc(2 * m->n_params * sizeof(float));
@@ -436,7 +434,9 @@ int fr_model_save(const fr_model *m, const char *dir) {
 
     /* a host backend's parameters are written in place: no second copy of the model */
     float *host = m->ops->host_memory ? m->params : malloc(m->n_params * sizeof(float));
-    int n_entries = m->n_tensors + 2 * m->mtp_depth;
+    /* the base model only: LoRA adapters go to their own folder (fr_model_lora_save) */
+    const int n_model = m->n_lora ? m->n_base_tensors : m->n_tensors;
+    int n_entries = n_model + 2 * m->mtp_depth;
     fr_st_entry *e = calloc((size_t)n_entries, sizeof *e);
     char (*names)[128] = calloc((size_t)(2 * m->mtp_depth + 1), sizeof *names);
     if (!host || !e || !names) {
@@ -446,7 +446,7 @@ int fr_model_save(const fr_model *m, const char *dir) {
     }
     if (host != m->params) m->ops->to_host(host, m->params, m->n_params * sizeof(float));
     int n = 0;
-    for (int i = 0; i < m->n_tensors; i++, n++) {
+    for (int i = 0; i < n_model; i++, n++) {
         const fr_tensor *t = &m->tensors[i];
         e[n].name = t->name;
         e[n].dtype = FR_DT_F32;
@@ -499,6 +499,8 @@ void fr_model_free(fr_model *m) {
         if (m->fp8_buf[k]) m->ops->free(m->fp8_buf[k]);
     fr_model_ep_free(m);
     free(m->host_targets);
+    free(m->lora);
+    if (m->lora_buf) m->ops->free(m->lora_buf);
     free(m->tensors);
     free(m->blocks);
     free(m);
@@ -822,6 +824,13 @@ static int forward(fr_model *m, const int *tokens, const int *targets, int B, in
         li.n_targets = m->n_targets;
         li.loss_main = m->n_targets > 0 ? sum / m->n_targets : 0.0;
         li.loss = li.loss_main + li.loss_balance;
+        if (aux && m->kd_idx) { /* distillation: the main head's loss and gradient (kd.c) */
+            const double kl = fr_kd_apply(m->logits, m->dlogits, hp, N, c->vocab_size, m->kd_idx, m->kd_logit, m->kd_k,
+                                          m->kd_temperature, m->kd_alpha, scale);
+            const double a = m->kd_alpha, T2 = (double)m->kd_temperature * m->kd_temperature;
+            li.loss_kd = m->n_targets > 0 ? kl / m->n_targets : 0.0;
+            li.loss = (1 - a) * li.loss_main + a * T2 * li.loss_kd + li.loss_balance;
+        }
         const int D = m->mtp_depth;
         for (int k = 0; k < D && aux; k++) li.loss += m->loss_w.mtp_lambda / D * li.loss_mtp[k];
         m->have_targets = aux ? 1 : 0;
@@ -844,6 +853,24 @@ int fr_model_forward_eval(fr_model *m, const int *tokens, const int *targets, in
 
 const float *fr_model_logits(const fr_model *m) { return m->logits; }
 
+int fr_model_set_distill(fr_model *m, const int32_t *topk_idx, const float *topk_logit, int k, float temperature,
+                         float alpha) {
+    fr_clear_error();
+    if (!m) return fr_error(FR_ERR_ARG, "fr_model_set_distill: NULL model");
+    if (!topk_idx || !topk_logit) {
+        m->kd_idx = NULL, m->kd_logit = NULL;
+        return FR_OK;
+    }
+    if (!m->ops->host_memory)
+        return fr_error(FR_ERR_UNSUPPORTED, "logit distillation runs on the CPU backend only (not on %s)", m->ops->name);
+    if (k < 1 || k > m->cfg.vocab_size || !(temperature > 0) || !(alpha >= 0 && alpha <= 1))
+        return fr_error(FR_ERR_ARG, "distillation: top-k %d (1..%d), temperature %g (> 0), alpha %g ([0, 1])", k,
+                        m->cfg.vocab_size, temperature, alpha);
+    m->kd_idx = topk_idx, m->kd_logit = topk_logit, m->kd_k = k;
+    m->kd_temperature = temperature, m->kd_alpha = alpha;
+    return FR_OK;
+}
+
 /* ================================================================ backward */
 
 /* Gradient of the head w.r.t. its input h, ADDED into d_h; lm_head and norm grads accumulate. */
@@ -854,7 +881,8 @@ static void head_backward(fr_model *m, float *d_h, const float *dlogits, const f
     if (m->precision == FR_PREC_BF16)
         fr_qlinear_backward(m, m->scr.d_xn, H, 0.0f, G(m->lm_head), H, dlogits, V, xn, H, P(m->lm_head), H, N, H, V);
     else
-        fr_linear_backward(m->ops, m->scr.d_xn, H, 0.0f, G(m->lm_head), H, dlogits, V, xn, H, P(m->lm_head), H, N, H, V);
+        fr_linear_backward(m->ops, m->scr.d_xn, H, 0.0f, fr_lora_frozen(m, m->lm_head) ? NULL : G(m->lm_head), H, dlogits,
+                           V, xn, H, P(m->lm_head), H, N, H, V);
     m->ops->rmsnorm_backward(d_h, H, G(norm_w), m->scr.d_xn, h, H, P(norm_w), rstd, N, H);
 }
 

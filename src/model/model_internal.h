@@ -171,6 +171,25 @@ struct fr_model {
     fr_ep_acts *ep_acts;                /* [num blocks] */
     float *ep_scr[3];                   /* owner's backward scratch: [R,H] x2, [R,Im] ... */
     size_t ep_scr_cap[3];               /* floats */
+
+    /* LoRA (lora.c, fr_model_add_lora): the adapters are the tensors from index n_base_tensors
+     * on, at arena offsets from train_lo on; every base tensor is frozen (no gradient, no
+     * optimizer state). n_lora sites, sorted by their base matrix's offset. */
+    int n_lora, lora_rank, lora_rslora;
+    double lora_alpha;
+    float lora_scale;                   /* alpha / rank, or alpha / sqrt(rank) (rsLoRA) */
+    char lora_targets[256];             /* as given to fr_model_add_lora */
+    struct fr_lora_site *lora;
+    int n_base_tensors;
+    size_t train_lo;                    /* 0 without adapters */
+    float *lora_buf;                    /* scratch [rows, 2 rank] */
+    size_t lora_cap;                    /* floats */
+
+    /* Logit distillation (fr_model_set_distill, kd.c): host arrays [N, kd_k] or NULL */
+    const int32_t *kd_idx;
+    const float *kd_logit;
+    int kd_k;
+    float kd_temperature, kd_alpha;
 };
 
 enum { FR_PREC_FP32 = 0, FR_PREC_BF16 = 1, FR_PREC_FP8 = 2 };
@@ -181,6 +200,16 @@ enum { FR_PREC_FP32 = 0, FR_PREC_BF16 = 1, FR_PREC_FP8 = 2 };
  * freed by fr_model_ep_free (and fr_model_free). */
 int fr_model_set_expert_parallel(fr_model *m, struct fr_comm *group);
 void fr_model_ep_free(fr_model *m);
+
+/* Register a tensor (model.c): a new entry at the end of the arena, *off its offset */
+int fr_model_add_tensor(fr_model *m, size_t *off, int trainable, int ndim, int64_t d0, int64_t d1, const char *fmt, ...)
+    __attribute__((format(printf, 7, 8)));
+
+/* kd.c: over the rows with targets, add the distillation gradient to the cross-entropy's
+ * dlogits (host memory): dlogits = (1 - alpha) dlogits + grad_scale alpha T (q_T - p_T).
+ * Returns the sum over those rows of KL(p_T || q_T). */
+double fr_kd_apply(const float *logits, float *dlogits, const int *targets, int N, int V, const int32_t *topk_idx,
+                   const float *topk_logit, int K, float temperature, float alpha, float grad_scale);
 
 /* The backend fr_set_device chose for new models (device.c) */
 const fr_ops *fr_device_ops(void);

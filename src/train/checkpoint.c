@@ -39,14 +39,18 @@ static uint64_t state_checksum(const state_header *h, const void *mom, const voi
     return fr_fnv1a64(sum, var, pbytes);
 }
 
+/* A whole model, or a LoRA run's adapter (PEFT folder), and the training state */
 static int ckpt_complete(const char *dir) {
-    const char *need[] = {"config.json", "model.safetensors", STATE_FILE};
+    const char *need[2][3] = {{"config.json", "model.safetensors", STATE_FILE},
+                              {"adapter_config.json", "adapter_model.safetensors", STATE_FILE}};
     char path[1300];
-    for (int i = 0; i < 3; i++) {
-        if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, need[i]) >= sizeof path) return 0;
-        if (access(path, R_OK) != 0) return 0;
+    for (int k = 0; k < 2; k++) {
+        int ok = 1;
+        for (int i = 0; i < 3 && ok; i++)
+            ok = (size_t)snprintf(path, sizeof path, "%s/%s", dir, need[k][i]) < sizeof path && access(path, R_OK) == 0;
+        if (ok) return 1;
     }
-    return 1;
+    return 0;
 }
 
 int fr_train_latest_checkpoint(const char *run_dir, char *out, size_t n) {
@@ -138,14 +142,17 @@ void fr_run_remove_leftovers(const char *rd) {
     }
 }
 
-/* Rank 0 writes the checkpoint with the full moments mom / var (n_params each). */
+/* Rank 0 writes the checkpoint with the moments mom / var of the trainable span [train_lo,
+ * n_params) of the arena: all of it, or a LoRA run's adapters (whose checkpoint is the
+ * adapter folder: the frozen base stays where --init points). */
 static int write_checkpoint(run *r, const void *mom, const void *var, char *out_dir, size_t out_n) {
     const char *rd = r->a->run_dir;
     char tmp[1200], final[1200], path[1300];
     snprintf(tmp, sizeof tmp, "%s/.ckpt-%08ld.tmp", rd, r->step);
     snprintf(final, sizeof final, "%s/ckpt-%08ld", rd, r->step);
     fr_remove_tree(tmp);
-    FR_CHECK(fr_model_save(r->m, tmp));
+    if (r->m->n_lora) FR_CHECK(fr_model_lora_save(r->m, tmp, r->a->init_model));
+    else FR_CHECK(fr_model_save(r->m, tmp));
     const char *tok_files[] = {"tokenizer.json", "tokenizer_config.json"};
     for (int i = 0; i < 2; i++) {
         char src[1200];
@@ -165,10 +172,10 @@ static int write_checkpoint(run *r, const void *mom, const void *var, char *out_
     h.tokens = r->tokens_done;
     h.flops = r->flops_done;
     h.wall_s = fr_run_elapsed(r);
-    h.n_params = r->m->n_params;
+    h.n_params = r->m->n_params - r->m->train_lo;
     memcpy(h.run_id, r->led.run_id, sizeof h.run_id);
     h.reserved = r->moments_bf16 ? STATE_MOMENTS_BF16 : STATE_MOMENTS_FP32;
-    const size_t pbytes = r->m->n_params * (r->moments_bf16 ? sizeof(uint16_t) : sizeof(float));
+    const size_t pbytes = h.n_params * (r->moments_bf16 ? sizeof(uint16_t) : sizeof(float));
     uint64_t sum = state_checksum(&h, mom, var, pbytes);
     const void *parts[] = {&h, mom, var, &sum};
     const size_t lens[] = {sizeof h, pbytes, pbytes, sizeof sum};
@@ -227,7 +234,8 @@ int fr_run_save_checkpoint(run *r, char *out_dir, size_t out_n) {
         rc = fr_comm_agree(r->world, rc);
         if (rc == FR_OK) rc = fr_dist_gather_moments(&r->dist, r->m, r->mom, esize, full[0]);
         if (rc == FR_OK) rc = fr_dist_gather_moments(&r->dist, r->m, r->var, esize, full[1]);
-        mom = full[0], var = full[1];
+        if (full[0] && full[1]) /* (indexed by arena offset: the state holds the trainable span) */
+            mom = (unsigned char *)full[0] + r->m->train_lo * esize, var = (unsigned char *)full[1] + r->m->train_lo * esize;
     } else if (rc == FR_OK && r->moments_in_backend) { /* one process on a device: the moments to the host */
         const size_t bytes = r->dist.n_moments * (r->moments_bf16 ? sizeof(uint16_t) : sizeof(float));
         full[0] = malloc(bytes + 1);
@@ -248,14 +256,14 @@ int fr_run_save_checkpoint(run *r, char *out_dir, size_t out_n) {
  * in chunks into this rank's compact array dst (the run's format) through its spans, converted
  * when the formats differ; the checksum is taken over the bytes as stored. 0 on a short read. */
 static int read_moments(FILE *f, int file_bf16, void *dst, int run_bf16, const fr_opt_range *ranges, int n_ranges,
-                        size_t n, uint64_t *sum) {
+                        size_t lo0, size_t n, uint64_t *sum) {
     enum { CHUNK = 1 << 16 };
     const size_t fsize = file_bf16 ? sizeof(uint16_t) : sizeof(float);
     unsigned char *raw = malloc(CHUNK * sizeof(float));
     if (!raw) return 0;
     int ri = 0;
-    for (size_t i = 0; i < n; i += CHUNK) {
-        const size_t k = n - i < CHUNK ? n - i : CHUNK;
+    for (size_t i = lo0; i < lo0 + n; i += CHUNK) { /* i: arena offset of the chunk's first element */
+        const size_t k = lo0 + n - i < CHUNK ? lo0 + n - i : CHUNK;
         if (fread(raw, fsize, k, f) != k) {
             free(raw);
             return 0;
@@ -287,7 +295,7 @@ int fr_run_load_state(run *r, const char *dir) {
     snprintf(path, sizeof path, "%s/%s", dir, STATE_FILE);
     FILE *f = fopen(path, "rb");
     if (!f) return fr_error(FR_ERR_IO, "cannot open %s: %s", path, strerror(errno));
-    const size_t n = r->m->n_params;
+    const size_t lo0 = r->m->train_lo, n = r->m->n_params - lo0;
     const size_t run_bytes = r->dist.n_moments * (r->moments_bf16 ? sizeof(uint16_t) : sizeof(float));
     state_header h;
     uint64_t want = 0, sum = 0;
@@ -321,8 +329,8 @@ int fr_run_load_state(run *r, const char *dir) {
             const fr_opt_range *ranges = r->dist.ranges;
             const int nr = r->dist.n_ranges;
             sum = fr_fnv1a64(FR_FNV1A64_OFFSET, &h, sizeof h);
-            if (!read_moments(f, file_bf16, mom, r->moments_bf16, ranges, nr, n, &sum) ||
-                !read_moments(f, file_bf16, var, r->moments_bf16, ranges, nr, n, &sum))
+            if (!read_moments(f, file_bf16, mom, r->moments_bf16, ranges, nr, lo0, n, &sum) ||
+                !read_moments(f, file_bf16, var, r->moments_bf16, ranges, nr, lo0, n, &sum))
                 rc = fr_error(FR_ERR_IO, "cannot read %s", path);
         }
         if (rc == FR_OK && fread(&want, sizeof want, 1, f) != 1) rc = fr_error(FR_ERR_IO, "cannot read %s", path);

@@ -47,6 +47,7 @@ static int build_segments(const fr_model *m, int world_size, int ep, int rank, f
     for (int i = 0; i < m->n_tensors; i++) {
         const fr_tensor *t = &m->tensors[i];
         const size_t lo = t->offset, hi = i + 1 < m->n_tensors ? m->tensors[i + 1].offset : m->n_params;
+        if (lo < m->train_lo) continue; /* a LoRA run's frozen base: no gradients, no moments */
         const int kind = t->expert < 0 || ep == 1 ? 0 : t->expert / Eh == ep_rank ? 1 : -1;
         if (kind == last_kind && n > 0 && s[n - 1].hi == lo) {
             s[n - 1].hi = hi;

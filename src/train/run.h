@@ -52,6 +52,11 @@ typedef struct {
     FILE *metrics;
     double last_loss, last_val;
     size_t mem_plan;
+    /* logit distillation (distill.c): the teacher and one micro-batch's top-k */
+    struct fr_teacher *teacher;
+    int32_t *kd_idx;            /* [local_B * T, k] */
+    float *kd_logit;
+    uint64_t *kd_pos;           /* [local_B] window starts */
 } run;
 
 /* train.c */

@@ -27,6 +27,7 @@
 #include "train/train_internal.h"
 #include "train/dist.h"
 #include "train/run.h"
+#include "train/distill.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -78,10 +79,12 @@ static int read_window(const fr_dataset *ds, uint64_t pos, int T, int *buf, unsi
 }
 
 /* Sequence number seq (0, 1, 2, ... over the whole run) -> tokens[T], targets[T]. */
-static int sampler_get(sampler *s, long seq, int *tokens, int *targets) {
+/* Window `seq` of the run (its start in the split to *pos) */
+static int sampler_get(sampler *s, long seq, int *tokens, int *targets, uint64_t *pos) {
     FR_CHECK(sampler_epoch(s, seq / s->n_chunks));
     long chunk = s->perm[seq % s->n_chunks];
-    return read_window(s->train, (uint64_t)chunk * s->T, s->T, s->buf, s->mask, tokens, targets);
+    *pos = (uint64_t)chunk * s->T;
+    return read_window(s->train, *pos, s->T, s->buf, s->mask, tokens, targets);
 }
 
 static double (*g_clock)(void);
@@ -380,13 +383,14 @@ static int do_sample(run *r) {
  * number of targets, so the average is the mean over the global batch), target counts summed. */
 static int average_losses(run *r, fr_loss_info *mean) {
     if (r->nranks == 1) return FR_OK;
-    float v[12];
+    float v[13];
     v[0] = (float)mean->loss, v[1] = (float)mean->loss_main, v[2] = (float)mean->loss_balance;
     v[3] = (float)mean->n_targets;
     for (int k = 0; k < 8; k++) v[4 + k] = (float)mean->loss_mtp[k];
-    FR_CHECK(fr_comm_allreduce(r->world, v, 12));
+    v[12] = (float)mean->loss_kd;
+    FR_CHECK(fr_comm_allreduce(r->world, v, 13));
     const double w = 1.0 / r->nranks;
-    mean->loss = v[0] * w, mean->loss_main = v[1] * w, mean->loss_balance = v[2] * w;
+    mean->loss = v[0] * w, mean->loss_main = v[1] * w, mean->loss_balance = v[2] * w, mean->loss_kd = v[12] * w;
     mean->n_targets = (long)v[3];
     for (int k = 0; k < 8; k++) mean->loss_mtp[k] = v[4 + k] * w;
     return FR_OK;
@@ -429,7 +433,8 @@ static int train_steps(run *r, fr_train_result *res) {
     const int local_B = B / r->nranks; /* this rank's slice of each batch */
     const int E = r->m->cfg.n_routed_experts;
     const int n_moe = fr_model_num_moe_blocks(r->m);
-    const double step_flops = fr_model_train_flops(r->m, B, T) * a->grad_accum;
+    /* a LoRA run skips the frozen base's weight-gradient GEMMs: about a third of the 6 N P */
+    const double step_flops = fr_model_train_flops(r->m, B, T) * a->grad_accum * (r->m->n_lora ? 2.0 / 3.0 : 1.0);
     int *tokens = malloc((size_t)N * sizeof(int)), *targets = malloc((size_t)N * sizeof(int));
     const size_t n_counts = (size_t)n_moe * (size_t)E; /* 0 for a dense model */
     float *fcounts = calloc(n_counts + 1, sizeof(float));
@@ -458,7 +463,15 @@ static int train_steps(run *r, fr_train_result *res) {
         for (int micro = 0; micro < a->grad_accum && rc == FR_OK; micro++) {
             for (int b = 0; b < local_B && rc == FR_OK; b++) {
                 long seq = ((long)r->step * a->grad_accum + micro) * B + (long)r->rank * local_B + b;
-                rc = sampler_get(&r->data, seq, tokens + (size_t)b * T, targets + (size_t)b * T);
+                uint64_t pos;
+                rc = sampler_get(&r->data, seq, tokens + (size_t)b * T, targets + (size_t)b * T, &pos);
+                if (r->kd_pos) r->kd_pos[b] = pos;
+            }
+            if (rc == FR_OK && r->teacher) { /* the teacher's top-k for these windows */
+                rc = fr_teacher_topk(r->teacher, local_B, tokens, r->kd_pos, r->kd_idx, r->kd_logit);
+                if (rc == FR_OK)
+                    rc = fr_model_set_distill(r->m, r->kd_idx, r->kd_logit, a->distill_topk, (float)a->distill_temperature,
+                                              (float)a->distill_alpha);
             }
             rc = fr_comm_agree(r->world, rc); /* a rank that could not read its slice stops the job */
             fr_loss_info li;
@@ -480,6 +493,7 @@ static int train_steps(run *r, fr_train_result *res) {
             mean.loss_main += w * li.loss_main;
             for (int k = 0; k < 8; k++) mean.loss_mtp[k] += w * li.loss_mtp[k];
             mean.loss_balance += w * li.loss_balance;
+            mean.loss_kd += w * li.loss_kd;
             mean.n_targets += li.n_targets;
         }
         if (rc != FR_OK) break;
@@ -565,6 +579,7 @@ static int train_steps(run *r, fr_train_result *res) {
             for (int k = 0; k < r->m->mtp_depth && k < 8; k++) cJSON_AddItemToArray(mtp, cJSON_CreateNumber(mean.loss_mtp[k]));
         }
         cJSON_AddNumberToObject(j, "loss_balance", mean.loss_balance);
+        if (r->teacher) cJSON_AddNumberToObject(j, "loss_kd", mean.loss_kd); /* mean KL(teacher_T || student_T) */
         cJSON_AddNumberToObject(j, "lr", lr);
         cJSON_AddNumberToObject(j, "grad_norm", gnorm);
         cJSON_AddNumberToObject(j, "tokens_per_s", ev.tokens_per_s);
@@ -732,6 +747,40 @@ int fr_train_in(const fr_train_args *args_in, int resume, const fr_train_hooks *
     return rc;
 }
 
+/* LoRA: adapters on the loaded base (and, resuming, the checkpoint's adapter weights) */
+static int setup_lora(run *r, fr_train_args *a, const char *ckpt) {
+    if (a->expert_parallel > 1) return fr_error(FR_ERR_UNSUPPORTED, "LoRA runs do not split the experts (--ep): drop --ep");
+    if (a->lora_alpha <= 0) a->lora_alpha = 2.0 * a->lora_rank;
+    const size_t base = fr_model_num_params(r->m);
+    FR_CHECK(fr_model_add_lora(r->m, a->lora_rank, a->lora_alpha, a->lora_targets[0] ? a->lora_targets : "all",
+                               a->lora_rslora, a->seed));
+    if (ckpt) FR_CHECK(fr_model_lora_load(r->m, ckpt));
+    const size_t adapters = fr_model_num_params(r->m) - base;
+    fr_run_info(r, "LoRA: rank %d, alpha %g%s on %d matrices (%s): %zu trainable parameters, %.3f %% of the %zu "
+                   "frozen ones",
+                a->lora_rank, a->lora_alpha, a->lora_rslora ? " (rsLoRA)" : "", fr_model_lora_sites(r->m),
+                a->lora_targets[0] ? a->lora_targets : "all", adapters, 100.0 * (double)adapters / (double)base, base);
+    if (a->bias_update_speed > 0) {
+        fr_run_info(r, "LoRA: the router-bias balancer is off (it would change the frozen base)");
+        a->bias_update_speed = 0;
+    }
+    return FR_OK;
+}
+
+/* Logit distillation: the teacher (a model folder, or top-k shards beside the data) */
+static int setup_teacher(run *r, const fr_train_args *a) {
+    const int local_B = a->batch_size / r->nranks, K = a->distill_topk;
+    FR_CHECK(fr_teacher_open(&r->teacher, a->teacher, K, a->seq_len, r->data.train, r->m->cfg.vocab_size));
+    r->kd_idx = malloc((size_t)local_B * a->seq_len * K * sizeof *r->kd_idx);
+    r->kd_logit = malloc((size_t)local_B * a->seq_len * K * sizeof *r->kd_logit);
+    r->kd_pos = malloc((size_t)local_B * sizeof *r->kd_pos);
+    if (!r->kd_idx || !r->kd_logit || !r->kd_pos) return fr_error(FR_ERR_NOMEM, "out of memory for the teacher's top-k");
+    fr_run_info(r, "distillation: loss = %g x T^2 KL + %g x CE at T = %g, the teacher's top-%d %s", a->distill_alpha,
+                1 - a->distill_alpha, a->distill_temperature, K,
+                a->teacher[0] ? a->teacher : "from the top-k shards beside the data");
+    return FR_OK;
+}
+
 static int train_locked(const fr_train_args *args_in, int resume, const fr_train_hooks *hooks, fr_train_result *res,
                         fr_comm *world) {
     const double t_start = now_s(); /* the segment's wall time includes loading */
@@ -826,9 +875,10 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
     if (dead_end)
         fr_run_info(&r, "%s holds a run that never reached a checkpoint: starting over from step 0 with %s arguments "
                  "(the ledger keeps the earlier attempt)", args.run_dir, resume ? "its saved" : "the given");
+    const int lora = args.lora_rank > 0;
     if (rc == FR_OK && from_ckpt) {
         rc = fr_train_latest_checkpoint(args.run_dir, ckpt, sizeof ckpt);
-        if (rc == FR_OK) rc = fr_model_load(&r.m, ckpt);
+        if (rc == FR_OK) rc = fr_model_load(&r.m, lora ? args.init_model : ckpt); /* (a LoRA checkpoint: the adapter) */
     } else if (rc == FR_OK && args.init_model[0]) {
         rc = fr_model_load(&r.m, args.init_model);
     } else if (rc == FR_OK) {
@@ -843,6 +893,8 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
         fr_run_info(&r, "warning: the sequence length %d is above the model's max_position_embeddings %d: positions past %d "
                  "are beyond what the model is configured for", args.seq_len, r.m->cfg.max_position_embeddings,
              r.m->cfg.max_position_embeddings);
+    if (rc == FR_OK && lora) rc = setup_lora(&r, &args, from_ckpt ? ckpt : NULL);
+    if (rc == FR_OK && args.distill_topk > 0) rc = setup_teacher(&r, &args);
     if (rc == FR_OK) rc = fr_model_set_precision(r.m, args.precision[0] ? args.precision : "fp32");
     if (rc == FR_OK) rc = fr_model_set_fp8_grad_tiles(r.m, args.fp8_grad_tile_rows == 128 ? 128 : 1);
     if (rc == FR_OK && !strcmp(fr_model_precision(r.m), "bf16")) {
@@ -933,7 +985,7 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
     if (rc == FR_OK) {
         fr_ledger_entry *e = &r.led;
         /* a run on fine-tuning data (a loss mask: fr_sft_prepare) is a fine-tune in the ledger */
-        snprintf(e->kind, sizeof e->kind, "%s", fr_dataset_has_mask(r.data.train) ? "finetune" : "train");
+        snprintf(e->kind, sizeof e->kind, "%s", fr_dataset_has_mask(r.data.train) || lora ? "finetune" : "train");
         snprintf(e->run_dir, sizeof e->run_dir, "%s", args.run_dir);
         snprintf(e->config, sizeof e->config, "%s", args.init_model[0] ? args.init_model : args.model_config);
         /* one record for the job: ranks x threads on the CPU, ranks x 1 on a GPU */
@@ -1020,6 +1072,8 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
     }
     fr_dist_free(&r.dist);
     fr_model_free(r.m);
+    fr_teacher_free(r.teacher);
+    free(r.kd_idx), free(r.kd_logit), free(r.kd_pos);
     if (r.tok) fr_tokenizer_free(r.tok);
     if (r.data.train) fr_dataset_close(r.data.train);
     if (r.data.val) fr_dataset_close(r.data.val);

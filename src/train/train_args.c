@@ -39,6 +39,8 @@ void fr_train_args_default(fr_train_args *a) {
     a->sample_interval = 200;
     a->sample_tokens = 48;
     a->prices = fr_prices_default(0);
+    a->distill_temperature = 2.0;
+    a->distill_alpha = 0.5;
 }
 
 static const char *SCHEDULES[] = {"cosine", "wsd", "constant"};
@@ -61,6 +63,12 @@ int fr_train_args_check(const fr_train_args *a) {
         return fr_error(FR_ERR_ARG, "unknown AdamW moment format '%s' (fp32 or bf16)", a->moments);
     if (a->fp8_grad_tile_rows != 0 && a->fp8_grad_tile_rows != 1 && a->fp8_grad_tile_rows != 128)
         return fr_error(FR_ERR_ARG, "FP8 output-gradient tiles are 1x128 or 128x128 (got %d rows)", a->fp8_grad_tile_rows);
+    if (a->lora_rank < 0 || a->lora_alpha < 0) return fr_error(FR_ERR_ARG, "LoRA rank and alpha must be >= 0");
+    if (a->lora_rank > 0 && !a->init_model[0])
+        return fr_error(FR_ERR_ARG, "LoRA fine-tunes an existing model: give the model folder to start from (--init)");
+    if (a->distill_topk < 0 || (a->distill_topk > 0 && (!(a->distill_temperature > 0) || a->distill_alpha < 0 ||
+                                                         a->distill_alpha > 1)))
+        return fr_error(FR_ERR_ARG, "distillation needs top-k >= 1, a temperature > 0 and an alpha in [0, 1]");
     if (!a->run_dir[0] || !a->data_dir[0]) return fr_error(FR_ERR_ARG, "a run folder and a data folder are needed");
     if (!a->model_config[0] && !a->init_model[0]) return fr_error(FR_ERR_ARG, "give a model config or a model folder to start from");
     return FR_OK;
@@ -93,26 +101,35 @@ static const arg_field ARG_FIELDS[] = {
     {"usd_per_kwh", ARG_DOUBLE, offsetof(fr_train_args, prices.usd_per_kwh), 0},
     A_NUM(peak_gflops, ARG_DOUBLE),
 };
+/* fields that runs saved before them lack (read when present) */
+static const arg_field OPT_FIELDS[] = {
+    A_NUM(lora_rank, ARG_INT), A_NUM(lora_alpha, ARG_DOUBLE), A_NUM(lora_rslora, ARG_INT), A_STR(lora_targets),
+    A_STR(teacher), A_NUM(distill_topk, ARG_INT), A_NUM(distill_temperature, ARG_DOUBLE),
+    A_NUM(distill_alpha, ARG_DOUBLE),
+};
+#define N_OPT_FIELDS ((int)(sizeof OPT_FIELDS / sizeof OPT_FIELDS[0]))
 #undef A_STR
 #undef A_NUM
 #define N_ARG_FIELDS ((int)(sizeof ARG_FIELDS / sizeof ARG_FIELDS[0]))
 
+static void add_field(cJSON *j, const arg_field *f, const fr_train_args *a) {
+    const char *p = (const char *)a + f->offset;
+    switch (f->kind) {
+    case ARG_STR: cJSON_AddStringToObject(j, f->key, p); break;
+    case ARG_INT: cJSON_AddNumberToObject(j, f->key, *(const int *)p); break;
+    case ARG_LONG: cJSON_AddNumberToObject(j, f->key, (double)*(const long *)p); break;
+    case ARG_DOUBLE: cJSON_AddNumberToObject(j, f->key, *(const double *)p); break;
+    }
+}
+
 cJSON *fr_train_args_to_json(const fr_train_args *a) {
     cJSON *j = cJSON_CreateObject();
-    for (int i = 0; i < N_ARG_FIELDS; i++) {
-        const arg_field *f = &ARG_FIELDS[i];
-        const char *p = (const char *)a + f->offset;
-        switch (f->kind) {
-        case ARG_STR: cJSON_AddStringToObject(j, f->key, p); break;
-        case ARG_INT: cJSON_AddNumberToObject(j, f->key, *(const int *)p); break;
-        case ARG_LONG: cJSON_AddNumberToObject(j, f->key, (double)*(const long *)p); break;
-        case ARG_DOUBLE: cJSON_AddNumberToObject(j, f->key, *(const double *)p); break;
-        }
-    }
+    for (int i = 0; i < N_ARG_FIELDS; i++) add_field(j, &ARG_FIELDS[i], a);
     cJSON_AddStringToObject(j, "schedule", SCHEDULES[a->schedule]);
     cJSON_AddStringToObject(j, "precision", a->precision[0] ? a->precision : "fp32");
     cJSON_AddStringToObject(j, "fp8_grad_tiles", a->fp8_grad_tile_rows == 128 ? "128x128" : "1x128");
     cJSON_AddStringToObject(j, "moments", fr_train_moments(a));
+    for (int i = 0; i < N_OPT_FIELDS; i++) add_field(j, &OPT_FIELDS[i], a);
     char seed[32];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)a->seed);
     cJSON_AddStringToObject(j, "seed", seed);
@@ -144,8 +161,9 @@ int fr_train_args_from_json(fr_train_args *a, const char *text, size_t len, cons
     if (!j) return fr_error(FR_ERR_FORMAT, "%s is not valid JSON", path);
     fr_train_args_default(a);
     int rc = FR_OK;
-    for (int i = 0; i < N_ARG_FIELDS && rc == FR_OK; i++) {
-        const arg_field *f = &ARG_FIELDS[i];
+    for (int i = 0; i < N_ARG_FIELDS + N_OPT_FIELDS && rc == FR_OK; i++) {
+        const arg_field *f = i < N_ARG_FIELDS ? &ARG_FIELDS[i] : &OPT_FIELDS[i - N_ARG_FIELDS];
+        if (i >= N_ARG_FIELDS && !cJSON_GetObjectItemCaseSensitive(j, f->key)) continue;
         char *p = (char *)a + f->offset;
         double d = 0;
         if (f->kind == ARG_STR) {
