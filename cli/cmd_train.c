@@ -315,7 +315,11 @@ int cmd_train(int argc, char **argv) {
         INTOPT("--ep", 1, 1 << 16, a.expert_parallel)
         INTOPT("--lora-rank", 1, 4096, a.lora_rank)
         DBLOPT("--lora-alpha", 1e-6, 1e6, a.lora_alpha)
-        STROPT("--lora-targets", lora_targets)
+        if ((r = cli_opt_value("train", usage_train, argc, argv, &i, "--lora-targets", &v)) != 0) {
+            if (r < 0 || copy_arg(a.lora_targets, sizeof a.lora_targets, "--lora-targets", v) < 0) return CLI_EXIT_USAGE;
+            if (fr_lora_check_targets(v) != FR_OK) return cli_usage_error("train", usage_train, "%s", fr_last_error());
+            continue;
+        }
         STROPT("--teacher", teacher)
         INTOPT("--distill-topk", 1, 1 << 20, a.distill_topk)
         DBLOPT("--distill-temperature", 1e-3, 1e3, a.distill_temperature)

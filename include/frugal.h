@@ -219,8 +219,9 @@ int fr_model_set_distill(fr_model *m, const int32_t *topk_idx, const float *topk
 int fr_model_add_lora(fr_model *m, int rank, double alpha, const char *targets, int rslora, uint64_t seed);
 /* Number of adapted matrices (0 without adapters). */
 int fr_model_lora_sites(const fr_model *m);
-/* The valid target names, for messages. */
+/* The valid target names, for messages; FR_ERR_ARG naming the first unknown one in list. */
 const char *fr_lora_target_names(void);
+int fr_lora_check_targets(const char *list);
 /* Write the adapters as a PEFT folder: adapter_config.json (target_modules as one regex) and
  * adapter_model.safetensors (PEFT's names: base_model.model.<module>.lora_A.weight). */
 int fr_model_lora_save(const fr_model *m, const char *dir, const char *base_model);

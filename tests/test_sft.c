@@ -267,6 +267,56 @@ static void test_finetune_cli(void) {
            "(all targets: %.6f)\n", reported, masked, all);
 }
 
+/* LoRA through the CLI: `frugal finetune --lora-rank` checkpoints hold only the adapter (a
+ * PEFT folder) and resume bit for bit (the adapter after 4 steps equals the one of a run
+ * stopped at 2 and resumed); `frugal merge` writes a model whose greedy text equals the
+ * engine's with --adapter and differs from the base's; an unknown target is a usage error
+ * listing the valid names. (The arithmetic against peft is test_lora's.) */
+static void test_lora_cli(void) {
+    char in[256], args[2048], a[256], b[256], merged[256], path[600];
+    snprintf(in, sizeof in, "%s/many.jsonl", g_dir); /* test_finetune_cli's conversations */
+    snprintf(a, sizeof a, "%s/runs/lora-a", g_dir);
+    snprintf(b, sizeof b, "%s/runs/lora-b", g_dir);
+    const char *common = "--val-fraction 0.25 --batch 2 --seq 16 --lr 2e-2 --warmup 1 --lora-rank 4 --lora-alpha 8 "
+                         "--lora-targets q_a_proj,kv_b_proj,o_proj,experts --eval-interval 0 --sample-interval 0 "
+                         "--ckpt-interval 2 --threads 1 --quiet";
+    snprintf(args, sizeof args, "finetune --init %s --data %s --out %s --steps 4 %s", FIXTURE, in, a, common);
+    fr_test_expect_frugal(FR_FRUGAL_BIN, args, 0, "LoRA: rank 4, alpha 8", "frozen");
+    snprintf(args, sizeof args, "finetune --init %s --data %s --out %s --steps 2 %s", FIXTURE, in, b, common);
+    fr_test_expect_frugal(FR_FRUGAL_BIN, args, 0, NULL, NULL);
+    snprintf(args, sizeof args, "finetune --resume %s --steps 4 --quiet", b);
+    fr_test_expect_frugal(FR_FRUGAL_BIN, args, 0, "resumed", NULL);
+    char pa[400], pb[400];
+    snprintf(pa, sizeof pa, "%s/ckpt-00000004/adapter_model.safetensors", a);
+    snprintf(pb, sizeof pb, "%s/ckpt-00000004/adapter_model.safetensors", b);
+    size_t la = 0, lb = 0;
+    char *fa = fr_test_read_file(pa, &la), *fb = fr_test_read_file(pb, &lb);
+    CHECK(fa && fb && la == lb && !memcmp(fa, fb, la), "the resumed adapter equals the uninterrupted one bit for bit");
+    free(fa), free(fb);
+    snprintf(path, sizeof path, "%s/ckpt-00000004/model.safetensors", a);
+    CHECK(!fr_test_file_exists(path), "a LoRA checkpoint holds the adapter, not the frozen base");
+    /* merge, --adapter, base: greedy text */
+    snprintf(merged, sizeof merged, "%s/merged", g_dir);
+    snprintf(args, sizeof args, "merge --model %s --adapter %s/ckpt-00000004 --out %s", FIXTURE, a, merged);
+    fr_test_expect_frugal(FR_FRUGAL_BIN, args, 0, "folded in", NULL);
+    char *text[3] = {NULL, NULL, NULL}, *err[3] = {NULL, NULL, NULL}; /* stdout: the text; stderr: the load line */
+    const char *gen = "--prompt \"Verse 3, please.\" --max-tokens 12 --temperature 0";
+    snprintf(args, sizeof args, "generate --model %s %s", merged, gen);
+    CHECK(fr_test_run_frugal_err(FR_FRUGAL_BIN, args, &text[0], &err[0]) == 0, "generate with the merged model");
+    snprintf(args, sizeof args, "generate --model %s --adapter %s/ckpt-00000004 %s", FIXTURE, a, gen);
+    CHECK(fr_test_run_frugal_err(FR_FRUGAL_BIN, args, &text[1], &err[1]) == 0, "generate --adapter");
+    snprintf(args, sizeof args, "generate --model %s %s", FIXTURE, gen);
+    CHECK(fr_test_run_frugal_err(FR_FRUGAL_BIN, args, &text[2], &err[2]) == 0, "generate with the base");
+    CHECK(text[0] && text[1] && !strcmp(text[0], text[1]), "merged and --adapter give the same text");
+    CHECK(text[0] && text[2] && strcmp(text[0], text[2]) != 0, "the adapter changes the text");
+    for (int i = 0; i < 3; i++) free(text[i]), free(err[i]);
+    snprintf(args, sizeof args, "finetune --init %s --data %s --out %s/runs/bad --steps 1 --lora-rank 2 --lora-targets "
+             "q_a_proj,attn", FIXTURE, in, g_dir);
+    fr_test_expect_frugal(FR_FRUGAL_BIN, args, 2, "unknown LoRA target 'attn'", "kv_a_proj_with_mqa");
+    snprintf(args, sizeof args, "merge --model %s --adapter %s --out %s/m2", FIXTURE, FIXTURE, g_dir);
+    fr_test_expect_frugal(FR_FRUGAL_BIN, args, 1, "adapter_config.json", NULL);
+}
+
 /* `frugal generate --batch`: chat lines get the model's greedy reply appended as an assistant
  * message (equal to fr_generate's text for the rendered prompt), prompt lines a "completion";
  * --parallel 1 and 3 write the same file; the output feeds `frugal finetune` (sequence-level
@@ -388,6 +438,7 @@ int main(void) {
         fr_tokenizer_free(tok);
     }
     test_finetune_cli();
+    test_lora_cli();
     test_generate_batch();
     const int rc = fr_test_finish("test_sft");
     char cmd[300];

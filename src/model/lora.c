@@ -72,6 +72,12 @@ static int parse_targets(const char *list, unsigned *mask) {
     return FR_OK;
 }
 
+int fr_lora_check_targets(const char *list) {
+    unsigned mask;
+    if (!list) return fr_error(FR_ERR_ARG, "no LoRA targets given");
+    return parse_targets(list, &mask);
+}
+
 /* The target bit of a main layer's tensor name (after "model.layers.N."), or 0 */
 static unsigned target_of(const char *rest) {
     static const char *const mlp[3] = {"gate_proj.weight", "up_proj.weight", "down_proj.weight"};

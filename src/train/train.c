@@ -985,7 +985,8 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
     if (rc == FR_OK) {
         fr_ledger_entry *e = &r.led;
         /* a run on fine-tuning data (a loss mask: fr_sft_prepare) is a fine-tune in the ledger */
-        snprintf(e->kind, sizeof e->kind, "%s", fr_dataset_has_mask(r.data.train) || lora ? "finetune" : "train");
+        snprintf(e->kind, sizeof e->kind, "%s",
+                 args.distill_topk > 0 ? "distill" : fr_dataset_has_mask(r.data.train) || lora ? "finetune" : "train");
         snprintf(e->run_dir, sizeof e->run_dir, "%s", args.run_dir);
         snprintf(e->config, sizeof e->config, "%s", args.init_model[0] ? args.init_model : args.model_config);
         /* one record for the job: ranks x threads on the CPU, ranks x 1 on a GPU */
