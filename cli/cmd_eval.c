@@ -13,8 +13,9 @@
 
 void usage_eval(FILE *f) {
     fprintf(f,
-            "usage: frugal eval --model DIR --tokens FILE [--engine [--weights TYPE] [--chunk N]]\n"
-            "                   [--threads N] [--device cpu|cuda] [--no-check] [--json]\n"
+            "usage: frugal eval --model DIR (--tokens FILE | --data DIR [--split S] [--seq T])\n"
+            "                   [--engine [--weights TYPE] [--chunk N]] [--threads N] [--device cpu|cuda]\n"
+            "                   [--no-check] [--json]\n"
             "\n"
             "Loads the Hugging Face model folder DIR (config.json + model.safetensors) and prints\n"
             "the mean next-token cross-entropy over the sequences in FILE:\n"
@@ -27,6 +28,8 @@ void usage_eval(FILE *f) {
             "  --model DIR     model folder (DeepSeek-V3 / V2 config.json and safetensors weights)\n"
             "  --tokens FILE   one sequence per line: whitespace-separated token ids, each in\n"
             "                  [0, vocab_size); at least 2 tokens per line; blank lines are skipped\n"
+            "  --data DIR      or a prepared dataset: its split S (default val) in the trainer's windows\n"
+            "                  of T predicted tokens (default 256): window w reads tokens w*T .. w*T+T\n"
             "  --engine        evaluate through the inference engine\n"
             "  --weights TYPE  engine weight storage: auto (as stored; the default), f32, bf16, q8_0, q4_1\n"
             "  --chunk N       engine: tokens per sequence per call (default 8; 1 = token-by-token\n"
@@ -162,14 +165,65 @@ done:
     return rc;
 }
 
+/* --data: a split of a prepared dataset in the trainer's windows (fr_eval_dataset, or through
+ * the engine fr_engine_eval_dataset) */
+static int eval_split(const char *model_dir, const char *data_dir, const char *split, int seq, int engine, int weights,
+                      int chunk, int no_check, long threads, const char *device, int json) {
+    if (cli_check_dir(model_dir, "model folder") != CLI_EXIT_OK || cli_check_dir(data_dir, "data folder") != CLI_EXIT_OK)
+        return CLI_EXIT_FAIL;
+    if (threads > 0) fr_set_num_threads((int)threads);
+    if (device && fr_set_device(device) != FR_OK) return cli_fail_lib("cannot evaluate on this device");
+    fr_model *m = NULL;
+    fr_engine *e = NULL;
+    double mean = 0;
+    long n = 0;
+    const double t0 = cli_now();
+    int st;
+    if (engine) {
+        fr_engine_options o;
+        fr_engine_options_default(&o);
+        o.weight_type = weights;
+        o.max_seq_len = seq;
+        o.load_mtp = 0;
+        o.no_check = no_check;
+        st = fr_engine_load(&e, model_dir, &o);
+        if (st == FR_OK) st = fr_engine_eval_dataset(e, data_dir, split, seq, chunk, 0, &mean, &n);
+    } else {
+        st = fr_model_load_flags(&m, model_dir, no_check ? FR_LOAD_NO_CHECK : 0);
+        if (st == FR_OK) st = fr_eval_dataset(m, data_dir, split, seq, 8, 0, &mean, &n);
+    }
+    fr_model_free(m);
+    fr_engine_free(e);
+    if (st != FR_OK) return cli_fail_lib("evaluation failed");
+    if (json) {
+        printf("{\"command\": \"eval\", \"model\": ");
+        cli_json_string(stdout, model_dir);
+        printf(", \"data\": ");
+        cli_json_string(stdout, data_dir);
+        printf(", \"split\": ");
+        cli_json_string(stdout, split);
+        printf(", \"seq\": %d, \"tokens\": %ld, \"loss\": ", seq, n);
+        cli_json_number(stdout, mean);
+        printf(", \"ppl\": ");
+        cli_json_number(stdout, exp(mean));
+        printf(", \"seconds\": ");
+        cli_json_number(stdout, cli_now() - t0);
+        printf(", \"engine\": %s}\n", engine ? "true" : "false");
+    } else {
+        printf("loss %.6f ppl %.4f tokens %ld\n", mean, exp(mean), n);
+    }
+    return CLI_EXIT_OK;
+}
+
 int cmd_eval(int argc, char **argv) {
     const char *model_dir = NULL, *tokens_path = NULL, *threads_text = NULL, *weights_text = NULL, *chunk_text = NULL,
-               *device = NULL;
+               *device = NULL, *data_dir = NULL, *split = "val", *seq_text = "256";
     int json = 0, engine = 0, no_check = 0;
     const cli_opt opts[] = {
         {"--model", &model_dir, NULL}, {"--tokens", &tokens_path, NULL}, {"--threads", &threads_text, NULL},
         {"--weights", &weights_text, NULL}, {"--chunk", &chunk_text, NULL}, {"--device", &device, NULL},
         {"--engine", NULL, &engine}, {"--json", NULL, &json}, {"--no-check", NULL, &no_check},
+        {"--data", &data_dir, NULL}, {"--split", &split, NULL}, {"--seq", &seq_text, NULL},
     };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -199,7 +253,10 @@ int cmd_eval(int argc, char **argv) {
     if (device && strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0)
         return cli_usage_error("eval", usage_eval, "--device must be cpu or cuda, got '%s'", device);
     if (!model_dir) return cli_usage_error("eval", usage_eval, "missing required option '--model DIR'");
-    if (!tokens_path) return cli_usage_error("eval", usage_eval, "missing required option '--tokens FILE'");
+    if (!tokens_path == !data_dir) return cli_usage_error("eval", usage_eval, "give one of --tokens FILE and --data DIR");
+    long seq = 256;
+    if (cli_parse_int("eval", usage_eval, "--seq", seq_text, 2, 1 << 20, &seq) != 0) return CLI_EXIT_USAGE;
+    if (data_dir) return eval_split(model_dir, data_dir, split, (int)seq, engine, weights, (int)chunk, no_check, threads, device, json);
 
     token_seqs seqs = {0};
     fr_model *m = NULL;

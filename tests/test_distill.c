@@ -16,7 +16,9 @@
  *  - Bad input: a teacher with another vocabulary is refused naming both sizes; a shard made
  *    for another --seq or --topk, a truncated one and a missing one are refused naming the file.
  *  - `frugal distill` runs (teacher folder and shards), reports loss_kd in metrics.jsonl and
- *    records the run in the ledger with kind "distill".
+ *    records the run in the ledger with kind "distill"; `frugal eval --data` (how the
+ *    distillation experiment scores its students) gives the same loss through the training
+ *    forward and through the engine (1e-5 relative).
  */
 #include "frugal.h"
 #include "testutil.h"
@@ -263,6 +265,17 @@ static void test_cli(const char *root) {
              "--threads 2 --ledger %s/ledger.jsonl",
              root, path, root, root, root);
     fr_test_expect_frugal(FR_FRUGAL_BIN, args, 1, "vocabulary (320)", "(384)");
+    /* frugal eval --data: the val split in the trainer's windows, model and engine agree */
+    char *o1 = NULL, *o2 = NULL;
+    snprintf(args, sizeof args, "eval --model %s/teacher --data %s/data --seq 32", root, root);
+    CHECK(fr_test_run_frugal(FR_FRUGAL_BIN, args, &o1) == 0, "eval --data");
+    snprintf(args, sizeof args, "eval --model %s/teacher --data %s/data --seq 32 --engine --chunk 32", root, root);
+    CHECK(fr_test_run_frugal(FR_FRUGAL_BIN, args, &o2) == 0, "eval --data --engine");
+    double l1 = NAN, l2 = NAN;
+    if (o1) sscanf(o1, "loss %lf", &l1);
+    if (o2) sscanf(o2, "loss %lf", &l2);
+    CHECK(isfinite(l1) && fabs(l1 - l2) <= 1e-5 * l1, "eval --data: model %.6f, engine %.6f", l1, l2);
+    free(o1), free(o2);
     snprintf(args, sizeof args, "distill dump-teacher --teacher %s/teacher --data %s/data --seq 32 --topk 6", root, root);
     fr_test_expect_frugal(FR_FRUGAL_BIN, args, 0, "wrote the top-6 logits", NULL);
     snprintf(args, sizeof args,
