@@ -12,20 +12,20 @@ void usage_distill(FILE *f) {
     fprintf(f,
             "usage: frugal distill --data DIR --out RUN_DIR (--config CONFIG.json | --init DIR) (--steps N | --tokens N)\n"
             "                      [--teacher DIR] [--topk K] [--temperature T] [--alpha A] [train options]\n"
-            "       frugal distill dump-teacher --teacher DIR --data DIR --seq T [--topk K]\n"
+            "       frugal distill dump-teacher --teacher DIR --data DIR --seq T [--topk K] [--temperature T]\n"
             "       frugal distill --resume RUN_DIR [train options]\n"
             "\n"
             "Logit distillation (Hinton et al.): the student trains on\n"
             "  loss = A T^2 KL(teacher_T || student_T) + (1 - A) CE\n"
-            "over its targets, where teacher_T is the teacher's K largest logits at temperature T,\n"
-            "renormalised over those K (the mass outside them is dropped), and student_T the student's\n"
-            "softmax at T over the whole vocabulary. Teacher and student need the same tokenizer: a\n"
-            "teacher whose vocabulary size differs is refused.\n"
+            "over its targets, the KL between teacher and student at temperature T over the teacher's K\n"
+            "most likely tokens plus one bucket for the rest of the vocabulary (the teacher's remaining\n"
+            "mass comes from its log-sum-exp, stored beside its top K). Teacher and student need the same\n"
+            "tokenizer: a teacher whose vocabulary size differs is refused.\n"
             "\n"
             "The teacher is either a model folder (or GGUF) that frugal runs beside the student on every\n"
             "window (--teacher), or top-k shards stored beside the data's shards (train_NNN.topk) by\n"
             "`frugal distill dump-teacher`, or by tools/dump_teacher_topk.py from any transformers\n"
-            "causal LM with the same tokenizer. Shards are made for one --seq and --topk.\n"
+            "causal LM with the same tokenizer. Shards are made for one --seq, --topk and --temperature.\n"
             "The run is `frugal train` with these options added (see `frugal train --help`);\n"
             "validation reports the student's plain cross-entropy.\n"
             "\n"
@@ -36,7 +36,7 @@ void usage_distill(FILE *f) {
             "Options:\n"
             "  --teacher DIR        the teacher model (without it: the top-k shards beside --data)\n"
             "  --topk K             teacher logits kept per position (default 32)\n"
-            "  --temperature T      softening temperature (default 2)\n"
+            "  --temperature T      softening temperature (default 2; dump-teacher: the one the run will use)\n"
             "  --alpha A            weight of the distillation term, in [0, 1] (default 0.5)\n"
             "  --seq T              (dump-teacher) the window length the run will use\n"
             "  -h, --help           show this help\n");
@@ -48,9 +48,9 @@ static int progress_cb(void *user, double frac) {
 }
 
 static int dump_teacher(int argc, char **argv) {
-    const char *teacher = NULL, *data = NULL, *seq_text = NULL, *topk_text = "32";
+    const char *teacher = NULL, *data = NULL, *seq_text = NULL, *topk_text = "32", *temp_text = "2";
     const cli_opt opts[] = {{"--teacher", &teacher, NULL}, {"--data", &data, NULL}, {"--seq", &seq_text, NULL},
-                            {"--topk", &topk_text, NULL}};
+                            {"--topk", &topk_text, NULL}, {"--temperature", &temp_text, NULL}};
     for (int i = 1; i < argc; i++) {
         int r;
         if (cli_is_help(argv[i])) {
@@ -67,21 +67,23 @@ static int dump_teacher(int argc, char **argv) {
     if (!teacher || !data || !seq_text)
         return cli_usage_error("distill", usage_distill, "dump-teacher needs --teacher, --data and --seq");
     long seq, topk;
+    double temperature;
     if (cli_parse_int("distill", usage_distill, "--seq", seq_text, 2, 1 << 20, &seq) != 0 ||
-        cli_parse_int("distill", usage_distill, "--topk", topk_text, 1, 1 << 20, &topk) != 0)
+        cli_parse_int("distill", usage_distill, "--topk", topk_text, 1, 1 << 20, &topk) != 0 ||
+        cli_parse_double("distill", usage_distill, "--temperature", temp_text, 1e-3, 1e3, &temperature) != 0)
         return CLI_EXIT_USAGE;
     if (cli_check_dir(data, "data folder") != CLI_EXIT_OK) return CLI_EXIT_FAIL;
     cli_signals_start();
     cli_progress pb;
     cli_progress_start(&pb, "teacher top-k", 0, NULL);
     const double t0 = cli_now();
-    if (fr_distill_dump_teacher(teacher, data, (int)seq, (int)topk, progress_cb, &pb) != FR_OK) {
+    if (fr_distill_dump_teacher(teacher, data, (int)seq, (int)topk, (float)temperature, progress_cb, &pb) != FR_OK) {
         cli_progress_abort(&pb);
         return cli_fail_lib("cannot write the teacher's top-k shards");
     }
     cli_progress_finish(&pb);
-    printf("wrote the top-%ld logits of %s for windows of %ld tokens beside the shards of %s (%.1f s)\n", topk, teacher,
-           seq, data, cli_now() - t0);
+    printf("wrote the top-%ld logits of %s (and their log-sum-exp at T = %g) for windows of %ld tokens beside the shards "
+           "of %s (%.1f s)\n", topk, teacher, temperature, seq, data, cli_now() - t0);
     return CLI_EXIT_OK;
 }
 

@@ -198,14 +198,15 @@ const float *fr_model_logits(const fr_model *m);
 int fr_model_backward(fr_model *m);
 void fr_model_zero_grad(fr_model *m);
 
-/* Logit distillation on the next training forward with targets (src/model/kd.c): the teacher's
- * k largest logits at every position, topk_idx / topk_logit [B*T, k] in host memory (kept by
- * the caller until that forward returns), temperature T > 0, alpha in [0, 1]. The main head's
- * loss becomes alpha T^2 KL(p_T || q_T) + (1 - alpha) CE, p_T the teacher's top-k softmax at T
- * (renormalised over the k), q_T the student's softmax at T over the vocabulary. NULL arrays
+/* Logit distillation on the next training forward with targets (src/model/kd.c): at every
+ * position the teacher's k largest logits topk_idx / topk_logit [B*T, k] (distinct ids) and its
+ * log-sum-exp at the temperature over the whole vocabulary, teacher_lse [B*T], all in host
+ * memory and kept by the caller until that forward returns; temperature T > 0, alpha in
+ * [0, 1]. The main head's loss becomes alpha T^2 KL + (1 - alpha) CE, the KL between teacher
+ * and student at T over the top k plus one bucket for the rest of the vocabulary. NULL arrays
  * turn it off. Evaluation forwards ignore it. FR_ERR_UNSUPPORTED on a device backend. */
-int fr_model_set_distill(fr_model *m, const int32_t *topk_idx, const float *topk_logit, int k, float temperature,
-                         float alpha);
+int fr_model_set_distill(fr_model *m, const int32_t *topk_idx, const float *topk_logit, const float *teacher_lse, int k,
+                         float temperature, float alpha);
 
 /* ---- LoRA adapters (src/model/lora.c)
  * fr_model_add_lora adds a low-rank adapter to every linear layer of the main layers that
@@ -755,14 +756,16 @@ int fr_engine_eval_sequences(fr_engine *e, int n_seqs, const int *const *seqs, c
 /* ---- Distillation teachers (src/infer/teacher.c, src/train/distill.c)
  * The k largest next-token logits (descending, ties to the lower id) at every position of
  * n_windows windows tokens [n_windows, T], each run from an empty cache:
- * topk_idx / topk_logit [n_windows * T, k]. */
-int fr_engine_topk(fr_engine *e, int n_windows, const int *tokens, int T, int k, int32_t *topk_idx,
-                   float *topk_logit);
+ * topk_idx / topk_logit [n_windows * T, k], and the log-sum-exp of each row at `temperature`
+ * over the whole vocabulary, lse [n_windows * T]. */
+int fr_engine_topk(fr_engine *e, int n_windows, const int *tokens, int T, int k, float temperature, int32_t *topk_idx,
+                   float *topk_logit, float *lse);
 /* Teacher top-k shards (format in src/train/distill.c) beside every training shard of data_dir:
  * the teacher model (folder or GGUF, run by the engine) over the trainer's windows of seq_len
- * tokens. Each file is written under a temporary name and renamed when complete; on failure
- * none remains. progress (optional) gets the fraction done; nonzero stops (FR_ERR_STATE). */
-int fr_distill_dump_teacher(const char *teacher_dir, const char *data_dir, int seq_len, int k,
+ * tokens, with the log-sum-exp at `temperature` (the distillation run must use the same).
+ * Each file is written under a temporary name and renamed when complete; on failure none
+ * remains. progress (optional) gets the fraction done; nonzero stops (FR_ERR_STATE). */
+int fr_distill_dump_teacher(const char *teacher_dir, const char *data_dir, int seq_len, int k, float temperature,
                             int (*progress)(void *user, double frac), void *user);
 
 /* ------------------------------------------------------------------ chat template */

@@ -56,7 +56,7 @@ echo "== 2/6 student ce: configs/demo.json, $SSTEPS steps of cross-entropy"
 echo "== 3/6 the teacher's top-32 beside a copy of the data"
 cp -r data/kjv-4k "$OUT/data-topk"
 s=$(t)
-"$FRUGAL" distill dump-teacher --teacher "$TEACHER" --data "$OUT/data-topk" --seq 256 --topk 32
+"$FRUGAL" distill dump-teacher --teacher "$TEACHER" --data "$OUT/data-topk" --seq 256 --topk 32 --temperature 2
 SECS[dump]=$(echo "$(t) - $s" | bc)
 
 echo "== 4/6 student logit: logit distillation, $SSTEPS steps"

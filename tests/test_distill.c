@@ -54,11 +54,11 @@ static void test_loss_vs_torch(void) {
         float *z = tensor(&f, cases[c], "z", &nz), *yf = tensor(&f, cases[c], "y", &ny);
         float *idxf = tensor(&f, cases[c], "topk_idx", &nk), *tl = tensor(&f, cases[c], "topk_logit", NULL);
         float *Tm = tensor(&f, cases[c], "temperature", NULL), *al = tensor(&f, cases[c], "alpha", NULL);
-        float *grad = tensor(&f, cases[c], "grad", NULL);
+        float *grad = tensor(&f, cases[c], "grad", NULL), *lse = tensor(&f, cases[c], "teacher_lse", NULL);
         char nm[16];
         snprintf(nm, sizeof nm, "%s.loss", cases[c]);
         const fr_st_tensor *lt = fr_st_find(&f, nm);
-        if (!z || !yf || !idxf || !tl || !Tm || !al || !grad || !lt) {
+        if (!z || !yf || !idxf || !tl || !Tm || !al || !grad || !lse || !lt) {
             CHECK(0, "case %s: fixture tensors missing", cases[c]);
             continue;
         }
@@ -74,14 +74,14 @@ static void test_loss_vs_torch(void) {
         fr_ops_cpu()->cross_entropy(losses, d, z, y, N, V, 1.0f / n_t);
         double ce = 0;
         for (int i = 0; i < N; i++) ce += y[i] >= 0 ? losses[i] : 0;
-        const double kl = fr_kd_apply(z, d, y, N, V, idx, tl, K, Tm[0], al[0], 1.0f / n_t);
+        const double kl = fr_kd_apply(z, d, y, N, V, idx, tl, lse, K, Tm[0], al[0], 1.0f / n_t);
         const double got = ((1 - (double)al[0]) * ce + (double)al[0] * Tm[0] * Tm[0] * kl) / n_t;
         const double lerr = fabs(got - want) / fabs(want), gerr = fr_rel_err(d, grad, nz);
         printf("kd case %s (N %d, V %d, K %d, T %g, alpha %g): loss %.9f vs torch %.9f (rel %.1e), grad rel err %.1e\n",
                cases[c], N, V, K, Tm[0], al[0], got, want, lerr, gerr);
         CHECK(lerr <= 1e-6, "case %s: loss %.9g vs %.9g", cases[c], got, want);
         CHECK(gerr <= 1e-5, "case %s: gradient rel err %.3g", cases[c], gerr);
-        free(z), free(yf), free(idxf), free(tl), free(Tm), free(al), free(grad), free(y), free(idx), free(losses), free(d);
+        free(z), free(yf), free(idxf), free(tl), free(Tm), free(al), free(grad), free(lse), free(y), free(idx), free(losses), free(d);
     }
     fr_st_close(&f);
 }
@@ -103,7 +103,7 @@ static void test_model_gradient(void) {
     const int V = cfg.vocab_size;
     int tok[B * T], tg[B * T];
     int32_t idx[B * T * K];
-    float tl[B * T * K];
+    float tl[B * T * K], lse[B * T];
     fr_rng rng;
     fr_rng_seed(&rng, 5);
     for (int i = 0; i < B * T; i++) {
@@ -113,8 +113,9 @@ static void test_model_gradient(void) {
             idx[i * K + k] = (i * 13 + k * 71) % V; /* distinct per row */
             tl[i * K + k] = 4.0f - 1.1f * k + (float)fr_rng_uniform(&rng) * 0.5f;
         }
+        lse[i] = 0.5f * tl[i * K] + 1.0f; /* at T = 2: top-4 mass about 0.77, a tail of about 0.23 */
     }
-    CHECK(fr_model_set_distill(m, idx, tl, K, 2.0f, 0.6f) == FR_OK, "set_distill: %s", fr_last_error());
+    CHECK(fr_model_set_distill(m, idx, tl, lse, K, 2.0f, 0.6f) == FR_OK, "set_distill: %s", fr_last_error());
     fr_model_zero_grad(m);
     fr_loss_info li;
     CHECK(fr_model_forward(m, tok, tg, B, T, &li) == FR_OK && fr_model_backward(m) == FR_OK, "pass");
@@ -160,8 +161,8 @@ static void test_model_gradient(void) {
     CHECK(checked == 4, "every tensor checked (%d, %d routing flips)", checked, flips);
     printf("distillation through the model: %d gradients match finite differences (%d routing flips skipped)\n", checked,
            flips);
-    CHECK(fr_model_set_distill(m, NULL, NULL, 0, 0, 0) == FR_OK, "clear");
-    CHECK(fr_model_set_distill(m, idx, tl, V + 1, 2.0f, 0.5f) == FR_ERR_ARG, "top-k above the vocabulary refused");
+    CHECK(fr_model_set_distill(m, NULL, NULL, NULL, 0, 0, 0) == FR_OK, "clear");
+    CHECK(fr_model_set_distill(m, idx, tl, lse, V + 1, 2.0f, 0.5f) == FR_ERR_ARG, "top-k above the vocabulary refused");
     fr_model_free(m);
 }
 
@@ -177,18 +178,18 @@ static void test_shards(const char *root) {
     CHECK(fr_model_create(&m, &cfg, 11) == FR_OK && fr_model_save(m, teacher) == FR_OK, "teacher: %s", fr_last_error());
     fr_model_free(m);
     enum { T = 32, K = 6 };
-    CHECK(fr_distill_dump_teacher(teacher, data, T, K, NULL, NULL) == FR_OK, "dump: %s", fr_last_error());
+    CHECK(fr_distill_dump_teacher(teacher, data, T, K, 2.0f, NULL, NULL) == FR_OK, "dump: %s", fr_last_error());
     fr_dataset *ds = NULL;
     CHECK(fr_dataset_open(&ds, data, "train") == FR_OK, "dataset");
     fr_teacher *from_files = NULL, *online = NULL;
-    CHECK(fr_teacher_open(&from_files, "", K, T, ds, cfg.vocab_size) == FR_OK, "open shards: %s", fr_last_error());
-    CHECK(fr_teacher_open(&online, teacher, K, T, ds, cfg.vocab_size) == FR_OK, "open teacher: %s", fr_last_error());
+    CHECK(fr_teacher_open(&from_files, "", K, T, 2.0f, ds, cfg.vocab_size) == FR_OK, "open shards: %s", fr_last_error());
+    CHECK(fr_teacher_open(&online, teacher, K, T, 2.0f, ds, cfg.vocab_size) == FR_OK, "open teacher: %s", fr_last_error());
     const long n_chunks = (long)((fr_dataset_num_tokens(ds) - 1) / T);
     enum { B = 4 };
     int tok[B * T];
     uint64_t pos[B];
     int32_t ia[B * T * K], ib[B * T * K];
-    float la[B * T * K], lb[B * T * K];
+    float la[B * T * K], lb[B * T * K], lse_a[B * T], lse_b[B * T];
     /* the first windows, a middle one and the last one */
     const long pick[B] = {0, 1, n_chunks / 2, n_chunks - 1};
     for (int b = 0; b < B; b++) {
@@ -196,31 +197,36 @@ static void test_shards(const char *root) {
         fr_dataset_read(ds, pos[b], tok + b * T, T);
     }
     if (from_files && online) {
-        CHECK(fr_teacher_topk(from_files, B, tok, pos, ia, la) == FR_OK, "shard top-k: %s", fr_last_error());
-        CHECK(fr_teacher_topk(online, B, tok, pos, ib, lb) == FR_OK, "engine top-k: %s", fr_last_error());
+        CHECK(fr_teacher_topk(from_files, B, tok, pos, ia, la, lse_a) == FR_OK, "shard top-k: %s", fr_last_error());
+        CHECK(fr_teacher_topk(online, B, tok, pos, ib, lb, lse_b) == FR_OK, "engine top-k: %s", fr_last_error());
         int same = 0;
         double worst = 0;
         for (int i = 0; i < B * T * K; i++) {
             same += ia[i] == ib[i];
             worst = fmax(worst, fabs((double)la[i] - lb[i]));
         }
-        printf("teacher top-%d of %ld windows: shards vs engine: %d/%d indices equal, logits max diff %.2e\n", K, n_chunks,
-               same, B * T * K, worst);
+        for (int i = 0; i < B * T; i++) worst = fmax(worst, fabs((double)lse_a[i] - lse_b[i]));
+        printf("teacher top-%d of %ld windows: shards vs engine: %d/%d indices equal, logits and log-sum-exp max diff "
+               "%.2e\n", K, n_chunks, same, B * T * K, worst);
         CHECK(same == B * T * K && worst <= 1e-5, "shards equal the engine's top-k (%d equal, %.3g)", same, worst);
-        for (int i = 0; i < B * T; i++)
+        for (int i = 0; i < B * T; i++) {
             for (int k = 1; k < K; k++) CHECK(la[i * K + k] <= la[i * K + k - 1], "descending");
+            double mass = 0; /* the top k's probability at T, below 1: the rest is the tail bucket */
+            for (int k = 0; k < K; k++) mass += exp(la[i * K + k] / 2.0 - lse_a[i]);
+            CHECK(mass > 0 && mass < 1, "top-k mass %.4f in (0, 1)", mass);
+        }
     }
     fr_teacher_free(from_files), fr_teacher_free(online);
     /* refusals */
     from_files = NULL;
-    CHECK(fr_teacher_open(&from_files, "", K, T * 2, ds, cfg.vocab_size) != FR_OK && strstr(fr_last_error(), "--seq is 64"),
+    CHECK(fr_teacher_open(&from_files, "", K, T * 2, 2.0f, ds, cfg.vocab_size) != FR_OK && strstr(fr_last_error(), "--seq is 64"),
           "a shard for another --seq: %s", fr_last_error());
-    CHECK(fr_teacher_open(&from_files, "", K + 1, T, ds, cfg.vocab_size) != FR_OK && strstr(fr_last_error(), "top-6"),
+    CHECK(fr_teacher_open(&from_files, "", K + 1, T, 2.0f, ds, cfg.vocab_size) != FR_OK && strstr(fr_last_error(), "top-6"),
           "a shard for another --topk: %s", fr_last_error());
-    CHECK(fr_teacher_open(&from_files, "", K, T, ds, cfg.vocab_size + 5) != FR_OK &&
+    CHECK(fr_teacher_open(&from_files, "", K, T, 2.0f, ds, cfg.vocab_size + 5) != FR_OK &&
               strstr(fr_last_error(), "vocabulary (320)") && strstr(fr_last_error(), "(325)"),
           "shards of a teacher with another vocabulary: %s", fr_last_error());
-    CHECK(fr_teacher_open(&online, teacher, K, T, ds, cfg.vocab_size + 5) != FR_OK &&
+    CHECK(fr_teacher_open(&online, teacher, K, T, 2.0f, ds, cfg.vocab_size + 5) != FR_OK &&
               strstr(fr_last_error(), "vocabulary (320)") && strstr(fr_last_error(), "(325)"),
           "a teacher model with another vocabulary: %s", fr_last_error());
     const char *shard = NULL;
@@ -229,10 +235,12 @@ static void test_shards(const char *root) {
     struct stat sb;
     CHECK(stat(path, &sb) == 0, "%s exists", path);
     CHECK(truncate(path, sb.st_size - 8) == 0, "truncate");
-    CHECK(fr_teacher_open(&from_files, "", K, T, ds, cfg.vocab_size) == FR_ERR_FORMAT && strstr(fr_last_error(), "truncated"),
+    CHECK(fr_teacher_open(&from_files, "", K, T, 1.0f, ds, cfg.vocab_size) != FR_OK && strstr(fr_last_error(), "temperature 2"),
+          "shards for another temperature: %s", fr_last_error());
+    CHECK(fr_teacher_open(&from_files, "", K, T, 2.0f, ds, cfg.vocab_size) == FR_ERR_FORMAT && strstr(fr_last_error(), "truncated"),
           "a truncated shard: %s", fr_last_error());
     unlink(path);
-    CHECK(fr_teacher_open(&from_files, "", K, T, ds, cfg.vocab_size) == FR_ERR_IO && strstr(fr_last_error(), "dump-teacher"),
+    CHECK(fr_teacher_open(&from_files, "", K, T, 2.0f, ds, cfg.vocab_size) == FR_ERR_IO && strstr(fr_last_error(), "dump-teacher"),
           "a missing shard: %s", fr_last_error());
     CHECK(fr_test_no_tmp_leftovers(data), "no temporaries left in the data folder");
     fr_dataset_close(ds);

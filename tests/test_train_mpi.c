@@ -13,7 +13,8 @@
  * EP2 with ZeRO-1; both continue with the reference's losses within the same tolerance. The
  * ledger holds one record per job, charging ranks x threads. Under 4 ranks, node-limited
  * routing (each token's experts on at most 2 ranks) equals one process training the model the
- * option makes (n_group 4, topk_group 2).
+ * option makes (n_group 4, topk_group 2). LoRA adapters trained data parallel (with and without
+ * ZeRO-1) equal one process training them.
  */
 #include "comm/comm.h"
 #include "testutil.h"
@@ -211,6 +212,42 @@ int main(int argc, char **argv) {
         fr_comm_free(self);
         fr_comm_free(world);
         return fr_test_finish("test_train_mpi (alone)");
+    }
+
+    /* LoRA over the whole world, data parallel with and without ZeRO-1: the adapters' gradients
+     * are reduced after the whole backward (they sit at the end of the arena, past every
+     * block's span), and the losses equal one process training the same adapters */
+    {
+        char init[sizeof a.init_model];
+        snprintf(init, sizeof init, "%s/ref", g_root);
+        CHECK(fr_train_latest_checkpoint(init, init, sizeof init) == FR_OK, "the reference's checkpoint");
+        recorder lref = {{0}, 0, 0, {0}, 0};
+        if (me == 0) {
+            args_for(&a, "lora_ref");
+            snprintf(a.init_model, sizeof a.init_model, "%s", init);
+            a.lora_rank = 2;
+            CHECK(train(self, &a, 0, &lref) == FR_OK, "LoRA reference: %s", fr_last_error());
+        }
+        share(world, &lref);
+        for (int zero = 0; zero < 2; zero++) {
+            char run[64];
+            snprintf(run, sizeof run, "lora_dp%d_z%d", W, zero);
+            args_for(&a, run);
+            snprintf(a.init_model, sizeof a.init_model, "%s", init);
+            a.lora_rank = 2;
+            a.zero1 = zero;
+            recorder got = {{0}, 0, 0, {0}, 0};
+            if (zero) setenv("FRUGAL_DIST_BUCKET", "1000", 1);
+            CHECK(train(world, &a, 0, &got) == FR_OK, "[rank %d] %s: %s", me, run, fr_last_error());
+            unsetenv("FRUGAL_DIST_BUCKET");
+            if (me == 0) {
+                const double e = compare(&lref, &got, 1, STEPS);
+                printf("%-14s %2ld steps, loss %.5f -> %.5f, worst relative difference to one process %.2e (tol %.0e)\n",
+                       run, got.n, got.loss[1], got.loss[STEPS], e, REL_TOL);
+                CHECK(got.n == STEPS && e <= REL_TOL && lref.loss[STEPS] < lref.loss[1],
+                      "%s: LoRA losses differ from the one-process run by %.3g", run, e);
+            }
+        }
     }
 
     /* node-limited routing: under EP over the whole world, each token's experts on at most 2

@@ -3,21 +3,24 @@
 (AutoModelForCausalLM): the path for a teacher that frugal cannot run itself.
 
     python3 tools/dump_teacher_topk.py --model DIR_OR_HUB_ID --data DIR --seq T [--topk K]
-        [--batch N] [--dtype float32|bfloat16] [--threads N] [--device cpu|cuda|...]
+        [--temperature T] [--batch N] [--dtype float32|bfloat16] [--threads N] [--device cpu|cuda|...]
         [--attn eager|sdpa|...]
 
-then `frugal distill --data DIR --seq T --topk K ...` without --teacher reads them.
+then `frugal distill --data DIR --seq T --topk K --temperature T ...` without --teacher
+reads them.
 
 The output is what `frugal distill dump-teacher` writes (src/train/distill.c has the
 format): beside each training shard DIR/train_NNNNN.bin listed in DIR/meta.json, a file
 DIR/train_NNNNN.topk with a 64-byte little-endian header
 
-    0  char[8] "FRTOPK1\\0"   8 u32 k   12 u32 seq_len   16 u32 vocab (the logits width)
-    20 u32 0   24 u64 n_tokens   32 u64 start   40 u64 valid   48 u8[16] 0
+    0  char[8] "FRTOPK2\\0"   8 u32 k   12 u32 seq_len   16 u32 vocab (the logits width)
+    20 f32 temperature   24 u64 n_tokens   32 u64 start   40 u64 valid   48 u8[16] 0
 
 and then, for each position p < valid of the shard, a record: int32 idx[k], float32
 logit[k], the teacher's k largest logits for the token after p, descending, ties to the
-lower token id.
+lower token id, then float32 lse = log sum_j exp(logit_j / temperature) over the whole
+vocabulary (the teacher's mass outside its top k follows from it; the distillation run
+must use the same --temperature).
 
 Windows are the trainer's: the training split is the concatenation of its shards in
 meta.json order; chunk c is global tokens [c*T, c*T + T] (T + 1 tokens) for
@@ -37,6 +40,7 @@ Options:
   --data DIR     a folder made by `frugal data prepare`
   --seq T        the window length the distillation run will use (--seq of frugal distill)
   --topk K       logits kept per position (default 32, frugal distill's default)
+  --temperature T  the temperature of the stored log-sum-exp: the run's (default 2)
   --batch N      windows per forward (default 8)
   --dtype D      float32 (default) or bfloat16: the teacher's weights and compute; the
                  stored logits are float32 either way
@@ -59,7 +63,7 @@ import time
 
 import numpy as np
 
-TOPK_MAGIC = b"FRTOPK1\0"
+TOPK_MAGIC = b"FRTOPK2\0"
 SHARD_MAGIC = b"FRUGALTK"
 SHARD_HEADER = 64
 
@@ -289,7 +293,8 @@ def dump(args) -> int:
                           file=sys.stderr)
 
     covered = n_chunks * T
-    rec = np.dtype([("idx", "<i4", (K,)), ("logit", "<f4", (K,))])
+    rec = np.dtype([("idx", "<i4", (K,)), ("logit", "<f4", (K,)), ("lse", "<f4")])
+    Tm = float(np.float32(args.temperature))
     tmps, files = [], []
     pid = os.getpid()
     ok = False
@@ -300,7 +305,7 @@ def dump(args) -> int:
             f = open(tmp, "wb")
             files.append(f)
             valid = min(max(covered - start, 0), count)
-            f.write(struct.pack("<8sIIIIQQQ16x", TOPK_MAGIC, K, T, V, 0, count, start, valid))
+            f.write(struct.pack("<8sIIIfQQQ16x", TOPK_MAGIC, K, T, V, Tm, count, start, valid))
 
         prog = Progress(n_chunks, T)
         dev = torch.device(args.device)
@@ -320,6 +325,8 @@ def dump(args) -> int:
                 r = np.empty(B * T, dtype=rec)
                 r["idx"] = idx.to(torch.int32).cpu().numpy()
                 r["logit"] = val.cpu().numpy()
+                flat = logits.reshape(B * T, V).double() / Tm  # log-sum-exp at the temperature, in double
+                r["lse"] = torch.logsumexp(flat, dim=-1).float().cpu().numpy()
                 g, at = c0 * T, 0  # global position of r[at]
                 while at < B * T:
                     while g >= split.starts[s] + split.counts[s]:
@@ -366,6 +373,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True, help="a folder made by `frugal data prepare`")
     p.add_argument("--seq", type=int, required=True, help="window length (the distillation run's --seq)")
     p.add_argument("--topk", type=int, default=32, help="logits kept per position (default 32)")
+    p.add_argument("--temperature", type=float, default=2.0,
+                   help="temperature of the stored log-sum-exp: the distillation run's (default 2)")
     p.add_argument("--batch", type=int, default=8, help="windows per forward (default 8)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="teacher dtype (default float32)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")

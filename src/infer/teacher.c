@@ -7,11 +7,13 @@
  * Each window runs from an empty cache as its own engine sequence, so its logits depend on its
  * own tokens only (as the student's do in training); several windows share one batched
  * forward. The k largest logits of each row are kept in descending order, ties to the lower
- * token id, so the result does not depend on the grouping.
+ * token id, so the result does not depend on the grouping; with them the row's log-sum-exp
+ * at the distillation temperature, which gives the mass outside the top k (src/model/kd.c).
  */
 #include "frugal.h"
 #include "core/internal.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,10 +38,19 @@ static void row_topk(const float *x, int V, int k, int32_t *idx, float *val) {
     }
 }
 
-int fr_engine_topk(fr_engine *e, int n_windows, const int *tokens, int T, int k, int32_t *topk_idx,
-                   float *topk_logit) {
+/* log sum_j exp(x_j / temperature), in double */
+static float row_lse(const float *x, int V, double inv_t) {
+    float mx = x[0];
+    for (int j = 1; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+    double s = 0;
+    for (int j = 0; j < V; j++) s += exp((x[j] - (double)mx) * inv_t);
+    return (float)(mx * inv_t + log(s));
+}
+
+int fr_engine_topk(fr_engine *e, int n_windows, const int *tokens, int T, int k, float temperature, int32_t *topk_idx,
+                   float *topk_logit, float *lse) {
     fr_clear_error();
-    if (!e || !tokens || !topk_idx || !topk_logit || n_windows < 0 || T < 1)
+    if (!e || !tokens || !topk_idx || !topk_logit || !lse || n_windows < 0 || T < 1 || !(temperature > 0))
         return fr_error(FR_ERR_ARG, "fr_engine_topk: invalid arguments");
     const int V = fr_engine_config(e)->vocab_size;
     if (k < 1 || k > V) return fr_error(FR_ERR_ARG, "top-k %d is outside [1, %d] (the teacher's vocabulary)", k, V);
@@ -65,8 +76,10 @@ int fr_engine_topk(fr_engine *e, int n_windows, const int *tokens, int T, int k,
         if (rc != FR_OK) break;
         const size_t row0 = (size_t)w0 * T;
 #pragma omp parallel for schedule(static)
-        for (int r = 0; r < B * T; r++)
+        for (int r = 0; r < B * T; r++) {
             row_topk(logits + (size_t)r * V, V, k, topk_idx + (row0 + r) * k, topk_logit + (row0 + r) * k);
+            lse[row0 + r] = row_lse(logits + (size_t)r * V, V, 1.0 / temperature);
+        }
     }
     for (int i = 0; seqs && i < G; i++) fr_seq_free(seqs[i]);
     free(seqs);

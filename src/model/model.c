@@ -825,8 +825,9 @@ static int forward(fr_model *m, const int *tokens, const int *targets, int B, in
         li.loss_main = m->n_targets > 0 ? sum / m->n_targets : 0.0;
         li.loss = li.loss_main + li.loss_balance;
         if (aux && m->kd_idx) { /* distillation: the main head's loss and gradient (kd.c) */
-            const double kl = fr_kd_apply(m->logits, m->dlogits, hp, N, c->vocab_size, m->kd_idx, m->kd_logit, m->kd_k,
-                                          m->kd_temperature, m->kd_alpha, scale);
+            const double kl = fr_kd_apply(m->logits, m->dlogits, hp, N, c->vocab_size, m->kd_idx, m->kd_logit, m->kd_lse,
+                                          m->kd_k, m->kd_temperature, m->kd_alpha, scale);
+            if (!isfinite(kl)) return fr_error(FR_ERR_NOMEM, "out of memory in the distillation loss");
             const double a = m->kd_alpha, T2 = (double)m->kd_temperature * m->kd_temperature;
             li.loss_kd = m->n_targets > 0 ? kl / m->n_targets : 0.0;
             li.loss = (1 - a) * li.loss_main + a * T2 * li.loss_kd + li.loss_balance;
@@ -853,12 +854,12 @@ int fr_model_forward_eval(fr_model *m, const int *tokens, const int *targets, in
 
 const float *fr_model_logits(const fr_model *m) { return m->logits; }
 
-int fr_model_set_distill(fr_model *m, const int32_t *topk_idx, const float *topk_logit, int k, float temperature,
-                         float alpha) {
+int fr_model_set_distill(fr_model *m, const int32_t *topk_idx, const float *topk_logit, const float *teacher_lse, int k,
+                         float temperature, float alpha) {
     fr_clear_error();
     if (!m) return fr_error(FR_ERR_ARG, "fr_model_set_distill: NULL model");
-    if (!topk_idx || !topk_logit) {
-        m->kd_idx = NULL, m->kd_logit = NULL;
+    if (!topk_idx || !topk_logit || !teacher_lse) {
+        m->kd_idx = NULL, m->kd_logit = NULL, m->kd_lse = NULL;
         return FR_OK;
     }
     if (!m->ops->host_memory)
@@ -866,7 +867,7 @@ int fr_model_set_distill(fr_model *m, const int32_t *topk_idx, const float *topk
     if (k < 1 || k > m->cfg.vocab_size || !(temperature > 0) || !(alpha >= 0 && alpha <= 1))
         return fr_error(FR_ERR_ARG, "distillation: top-k %d (1..%d), temperature %g (> 0), alpha %g ([0, 1])", k,
                         m->cfg.vocab_size, temperature, alpha);
-    m->kd_idx = topk_idx, m->kd_logit = topk_logit, m->kd_k = k;
+    m->kd_idx = topk_idx, m->kd_logit = topk_logit, m->kd_lse = teacher_lse, m->kd_k = k;
     m->kd_temperature = temperature, m->kd_alpha = alpha;
     return FR_OK;
 }
@@ -917,6 +918,14 @@ static void mtp_backward(fr_model *m, int k, int B, float bal_scale) {
         o->axpy(prev_d + (size_t)bb * Tprev * H, 1.0f, s->d_xn + (size_t)bb * Tk * H, (size_t)Tk * H);
 }
 
+/* grads_ready for the base span [lo, hi): a LoRA model's adapters, at the end of the arena,
+ * are announced once the whole backward is done */
+static void grads_ready(fr_model *m, size_t lo, size_t hi) {
+    if (!m->grads_ready) return;
+    if (m->n_lora && hi > m->train_lo) hi = m->train_lo;
+    if (hi > lo) m->grads_ready(m->grads_ready_user, lo, hi);
+}
+
 int fr_model_backward(fr_model *m) {
     fr_clear_error();
     if (!m) return fr_error(FR_ERR_ARG, "fr_model_backward: NULL model");
@@ -935,15 +944,15 @@ int fr_model_backward(fr_model *m) {
     for (int k = D; k >= 1; k--) mtp_backward(m, k, B, bal_scale);
     /* the MTP blocks, the final norm and an untied head are final now; each main block after its
      * backward; the embedding (and a tied head) at the end */
-    if (m->grads_ready) m->grads_ready(m->grads_ready_user, L < n_blocks(m) ? m->blocks[L].arena_lo : m->final_norm, m->n_params);
+    grads_ready(m, L < n_blocks(m) ? m->blocks[L].arena_lo : m->final_norm, m->n_params);
     for (int l = L - 1; l >= 0; l--) {
         fr_block_backward(m, &m->blocks[l], &m->bacts[l], B, T, m->pos, m->d_res, bal_scale);
-        if (m->grads_ready)
-            m->grads_ready(m->grads_ready_user, m->blocks[l].arena_lo,
-                           l + 1 < n_blocks(m) ? m->blocks[l + 1].arena_lo : m->final_norm);
+        grads_ready(m, m->blocks[l].arena_lo, l + 1 < n_blocks(m) ? m->blocks[l + 1].arena_lo : m->final_norm);
     }
     o->embedding_backward(G(m->embed), m->d_res, m->tokens, N, H);
-    if (m->grads_ready) m->grads_ready(m->grads_ready_user, 0, m->blocks[0].arena_lo);
+    grads_ready(m, 0, m->blocks[0].arena_lo);
+    if (m->n_lora && m->grads_ready) /* every block's adapters: final only now */
+        m->grads_ready(m->grads_ready_user, m->train_lo, m->n_params);
     m->have_targets = 0;
     return gemm_status(m, "backward pass");
 }

@@ -187,7 +187,7 @@ struct fr_model {
 
     /* Logit distillation (fr_model_set_distill, kd.c): host arrays [N, kd_k] or NULL */
     const int32_t *kd_idx;
-    const float *kd_logit;
+    const float *kd_logit, *kd_lse;
     int kd_k;
     float kd_temperature, kd_alpha;
 };
@@ -206,10 +206,13 @@ int fr_model_add_tensor(fr_model *m, size_t *off, int trainable, int ndim, int64
     __attribute__((format(printf, 7, 8)));
 
 /* kd.c: over the rows with targets, add the distillation gradient to the cross-entropy's
- * dlogits (host memory): dlogits = (1 - alpha) dlogits + grad_scale alpha T (q_T - p_T).
- * Returns the sum over those rows of KL(p_T || q_T). */
+ * dlogits (host memory): dlogits = (1 - alpha) dlogits + grad_scale alpha T^2 dKL/dz, KL over
+ * the teacher's top k plus the tail bucket (teacher_lse: its log-sum-exp at T over the
+ * vocabulary). Returns the sum over those rows of the KL; NaN when out of memory. Top-k ids
+ * must be distinct and inside [0, V). */
 double fr_kd_apply(const float *logits, float *dlogits, const int *targets, int N, int V, const int32_t *topk_idx,
-                   const float *topk_logit, int K, float temperature, float alpha, float grad_scale);
+                   const float *topk_logit, const float *teacher_lse, int K, float temperature, float alpha,
+                   float grad_scale);
 
 /* The backend fr_set_device chose for new models (device.c) */
 const fr_ops *fr_device_ops(void);

@@ -7,16 +7,18 @@
  * Teacher top-k shard: beside each training shard DIR/train_NNN.bin, DIR/train_NNN.topk:
  *
  *   header (64 bytes, little-endian)
- *     0  char[8]  magic "FRTOPK1\0"
+ *     0  char[8]  magic "FRTOPK2\0"
  *     8  u32      k            logits kept per position
  *    12  u32      seq_len      the window length they were computed with
  *    16  u32      vocab        the teacher's vocabulary size
- *    20  u32      reserved (0)
+ *    20  f32      temperature  of the log-sum-exp below
  *    24  u64      n_tokens     tokens of the shard
  *    32  u64      start        global position of the shard's first token in the split
  *    40  u64      valid        positions [0, valid) of the shard have a record
  *    48  u8[16]   reserved (0)
- *   records, one per position p < valid: i32 idx[k], then f32 logit[k] (descending)
+ *   records, one per position p < valid: i32 idx[k], then f32 logit[k] (descending), then f32
+ *   lse, the log-sum-exp of all the teacher's logits / temperature (so the mass outside the
+ *   top k is known: src/model/kd.c)
  *
  * The record of global position g holds the teacher's k largest logits for the token after g,
  * computed on the window floor(g / seq_len) * seq_len .. + seq_len (the trainer's windows:
@@ -34,11 +36,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define TOPK_MAGIC "FRTOPK1"
+#define TOPK_MAGIC "FRTOPK2"
 
 typedef struct {
     char magic[8];
-    uint32_t k, seq_len, vocab, reserved0;
+    uint32_t k, seq_len, vocab;
+    float temperature;
     uint64_t n_tokens, start, valid;
     uint8_t reserved[16];
 } topk_header;
@@ -56,6 +59,7 @@ struct fr_teacher {
     topk_file *files;       /* one per training shard */
     int n_files;
     int k, T;
+    float temperature;
 };
 
 /* DIR/train_NNN.bin -> DIR/train_NNN.topk (into out) */
@@ -67,15 +71,16 @@ static int topk_path(const char *shard, char *out, size_t n) {
     return FR_OK;
 }
 
-static size_t record_bytes(int k) { return (size_t)k * (sizeof(int32_t) + sizeof(float)); }
+static size_t record_bytes(int k) { return (size_t)k * (sizeof(int32_t) + sizeof(float)) + sizeof(float); }
 
 /* ---------------------------------------------------------------- writing */
 
-int fr_distill_dump_teacher(const char *teacher_dir, const char *data_dir, int seq_len, int k,
+int fr_distill_dump_teacher(const char *teacher_dir, const char *data_dir, int seq_len, int k, float temperature,
                             int (*progress)(void *user, double frac), void *user) {
     fr_clear_error();
     if (!teacher_dir || !data_dir) return fr_error(FR_ERR_ARG, "fr_distill_dump_teacher: NULL argument");
-    if (seq_len < 2 || k < 1) return fr_error(FR_ERR_ARG, "sequence length must be >= 2 and top-k >= 1");
+    if (seq_len < 2 || k < 1 || !(temperature > 0))
+        return fr_error(FR_ERR_ARG, "sequence length must be >= 2, top-k >= 1 and the temperature > 0");
     fr_dataset *ds = NULL;
     FR_CHECK(fr_dataset_open(&ds, data_dir, "train"));
     const uint64_t nt = fr_dataset_num_tokens(ds);
@@ -117,7 +122,7 @@ int fr_distill_dump_teacher(const char *teacher_dir, const char *data_dir, int s
         topk_header h;
         memset(&h, 0, sizeof h);
         memcpy(h.magic, TOPK_MAGIC, 8);
-        h.k = (uint32_t)k, h.seq_len = (uint32_t)seq_len, h.vocab = (uint32_t)V;
+        h.k = (uint32_t)k, h.seq_len = (uint32_t)seq_len, h.vocab = (uint32_t)V, h.temperature = temperature;
         h.n_tokens = count[s], h.start = start[s];
         h.valid = covered <= start[s] ? 0 : covered - start[s] < count[s] ? covered - start[s] : count[s];
         if (fwrite(&h, sizeof h, 1, fs[s]) != 1) rc = fr_error(FR_ERR_IO, "cannot write %s: %s", tmp[s], strerror(errno));
@@ -126,9 +131,9 @@ int fr_distill_dump_teacher(const char *teacher_dir, const char *data_dir, int s
     enum { GROUP = 16 };
     int *tok = malloc((size_t)GROUP * (seq_len + 1) * sizeof *tok), *win = malloc((size_t)GROUP * seq_len * sizeof *win);
     int32_t *idx = malloc((size_t)GROUP * seq_len * k * sizeof *idx);
-    float *val = malloc((size_t)GROUP * seq_len * k * sizeof *val);
+    float *val = malloc((size_t)GROUP * seq_len * k * sizeof *val), *lse = malloc((size_t)GROUP * seq_len * sizeof *lse);
     unsigned char *rec = malloc(record_bytes(k));
-    if (rc == FR_OK && (!tok || !win || !idx || !val || !rec)) rc = fr_error(FR_ERR_NOMEM, "out of memory");
+    if (rc == FR_OK && (!tok || !win || !idx || !val || !lse || !rec)) rc = fr_error(FR_ERR_NOMEM, "out of memory");
     int sh = 0;
     for (long c0 = 0; c0 < n_chunks && rc == FR_OK; c0 += GROUP) {
         const int G = n_chunks - c0 < GROUP ? (int)(n_chunks - c0) : GROUP;
@@ -136,12 +141,13 @@ int fr_distill_dump_teacher(const char *teacher_dir, const char *data_dir, int s
             rc = fr_dataset_read(ds, (uint64_t)(c0 + g) * seq_len, tok, (size_t)seq_len);
             memcpy(win + (size_t)g * seq_len, tok, (size_t)seq_len * sizeof *tok);
         }
-        if (rc == FR_OK) rc = fr_engine_topk(e, G, win, seq_len, k, idx, val);
+        if (rc == FR_OK) rc = fr_engine_topk(e, G, win, seq_len, k, temperature, idx, val, lse);
         for (long r = 0; r < (long)G * seq_len && rc == FR_OK; r++) {
             const uint64_t gpos = (uint64_t)c0 * seq_len + (uint64_t)r;
             while (sh < n_sh - 1 && gpos >= start[sh] + count[sh]) sh++;
             memcpy(rec, idx + (size_t)r * k, (size_t)k * sizeof *idx);
             memcpy(rec + (size_t)k * sizeof *idx, val + (size_t)r * k, (size_t)k * sizeof *val);
+            memcpy(rec + (size_t)k * (sizeof *idx + sizeof *val), lse + r, sizeof *lse);
             if (fwrite(rec, record_bytes(k), 1, fs[sh]) != 1)
                 rc = fr_error(FR_ERR_IO, "cannot write %s: %s", tmp[sh], strerror(errno));
         }
@@ -163,7 +169,7 @@ int fr_distill_dump_teacher(const char *teacher_dir, const char *data_dir, int s
         if (rc != FR_OK) unlink(tmp[s]);
     }
     free(fs), free(tmp), free(start), free(count);
-    free(tok), free(win), free(idx), free(val), free(rec);
+    free(tok), free(win), free(idx), free(val), free(lse), free(rec);
     fr_engine_free(e);
     fr_dataset_close(ds);
     return rc;
@@ -205,6 +211,10 @@ static int open_files(fr_teacher *t, const fr_dataset *train, int student_vocab)
                                            "distillation needs the same tokenizer", path, h->vocab, student_vocab);
         if ((int)h->k != t->k)
             return fr_error(FR_ERR_CONFIG, "%s holds the teacher's top-%u; the run asks for top-%d", path, h->k, t->k);
+        if (h->temperature != t->temperature)
+            return fr_error(FR_ERR_CONFIG, "%s holds the teacher's log-sum-exp at temperature %g; this run's is %g "
+                                           "(dump the teacher again with --temperature %g)", path, h->temperature,
+                            t->temperature, t->temperature);
         if ((int)h->seq_len != t->T)
             return fr_error(FR_ERR_CONFIG, "%s was made for windows of %u tokens; this run's --seq is %d", path,
                             h->seq_len, t->T);
@@ -226,13 +236,14 @@ void fr_teacher_free(fr_teacher *t) {
     free(t);
 }
 
-int fr_teacher_open(fr_teacher **out, const char *teacher_dir, int k, int seq_len, const fr_dataset *train,
-                    int student_vocab) {
+int fr_teacher_open(fr_teacher **out, const char *teacher_dir, int k, int seq_len, float temperature,
+                    const fr_dataset *train, int student_vocab) {
     *out = NULL;
     fr_teacher *t = calloc(1, sizeof *t);
     if (!t) return fr_error(FR_ERR_NOMEM, "out of memory");
     t->k = k;
     t->T = seq_len;
+    t->temperature = temperature;
     int rc;
     if (teacher_dir && teacher_dir[0]) {
         fr_engine_options o;
@@ -257,9 +268,10 @@ int fr_teacher_open(fr_teacher **out, const char *teacher_dir, int k, int seq_le
     return FR_OK;
 }
 
-int fr_teacher_topk(fr_teacher *t, int B, const int *tokens, const uint64_t *pos, int32_t *idx, float *logit) {
+int fr_teacher_topk(fr_teacher *t, int B, const int *tokens, const uint64_t *pos, int32_t *idx, float *logit,
+                    float *lse) {
     const int T = t->T, k = t->k;
-    if (t->engine) return fr_engine_topk(t->engine, B, tokens, T, k, idx, logit);
+    if (t->engine) return fr_engine_topk(t->engine, B, tokens, T, k, t->temperature, idx, logit, lse);
     const size_t rb = record_bytes(k);
     for (int b = 0; b < B; b++)
         for (int i = 0; i < T; i++) {
@@ -274,6 +286,7 @@ int fr_teacher_topk(fr_teacher *t, int B, const int *tokens, const uint64_t *pos
             int32_t *di = idx + ((size_t)b * T + i) * k;
             memcpy(di, rec, (size_t)k * sizeof *di);
             memcpy(logit + ((size_t)b * T + i) * k, rec + (size_t)k * sizeof *di, (size_t)k * sizeof(float));
+            memcpy(lse + (size_t)b * T + i, rec + (size_t)k * (sizeof *di + sizeof(float)), sizeof(float));
             for (int j = 0; j < k; j++)
                 if (di[j] < 0 || (uint32_t)di[j] >= f->h.vocab)
                     return fr_error(FR_ERR_FORMAT, "teacher top-k shard %d: token id %d at position %llu is outside the "

@@ -56,6 +56,7 @@ typedef struct {
     struct fr_teacher *teacher;
     int32_t *kd_idx;            /* [local_B * T, k] */
     float *kd_logit;
+    float *kd_lse;              /* [local_B * T] */
     uint64_t *kd_pos;           /* [local_B] window starts */
 } run;
 

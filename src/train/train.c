@@ -468,10 +468,10 @@ static int train_steps(run *r, fr_train_result *res) {
                 if (r->kd_pos) r->kd_pos[b] = pos;
             }
             if (rc == FR_OK && r->teacher) { /* the teacher's top-k for these windows */
-                rc = fr_teacher_topk(r->teacher, local_B, tokens, r->kd_pos, r->kd_idx, r->kd_logit);
+                rc = fr_teacher_topk(r->teacher, local_B, tokens, r->kd_pos, r->kd_idx, r->kd_logit, r->kd_lse);
                 if (rc == FR_OK)
-                    rc = fr_model_set_distill(r->m, r->kd_idx, r->kd_logit, a->distill_topk, (float)a->distill_temperature,
-                                              (float)a->distill_alpha);
+                    rc = fr_model_set_distill(r->m, r->kd_idx, r->kd_logit, r->kd_lse, a->distill_topk,
+                                              (float)a->distill_temperature, (float)a->distill_alpha);
             }
             rc = fr_comm_agree(r->world, rc); /* a rank that could not read its slice stops the job */
             fr_loss_info li;
@@ -770,12 +770,14 @@ static int setup_lora(run *r, fr_train_args *a, const char *ckpt) {
 /* Logit distillation: the teacher (a model folder, or top-k shards beside the data) */
 static int setup_teacher(run *r, const fr_train_args *a) {
     const int local_B = a->batch_size / r->nranks, K = a->distill_topk;
-    FR_CHECK(fr_teacher_open(&r->teacher, a->teacher, K, a->seq_len, r->data.train, r->m->cfg.vocab_size));
+    FR_CHECK(fr_teacher_open(&r->teacher, a->teacher, K, a->seq_len, (float)a->distill_temperature, r->data.train,
+                             r->m->cfg.vocab_size));
     r->kd_idx = malloc((size_t)local_B * a->seq_len * K * sizeof *r->kd_idx);
     r->kd_logit = malloc((size_t)local_B * a->seq_len * K * sizeof *r->kd_logit);
+    r->kd_lse = malloc((size_t)local_B * a->seq_len * sizeof *r->kd_lse);
     r->kd_pos = malloc((size_t)local_B * sizeof *r->kd_pos);
-    if (!r->kd_idx || !r->kd_logit || !r->kd_pos) return fr_error(FR_ERR_NOMEM, "out of memory for the teacher's top-k");
-    fr_run_info(r, "distillation: loss = %g x T^2 KL + %g x CE at T = %g, the teacher's top-%d %s", a->distill_alpha,
+    if (!r->kd_idx || !r->kd_logit || !r->kd_lse || !r->kd_pos) return fr_error(FR_ERR_NOMEM, "out of memory for the teacher's top-k");
+    fr_run_info(r, "distillation: loss = %g x T^2 KL + %g x CE at T = %g, the teacher's top-%d and the rest %s", a->distill_alpha,
                 1 - a->distill_alpha, a->distill_temperature, K,
                 a->teacher[0] ? a->teacher : "from the top-k shards beside the data");
     return FR_OK;
@@ -1074,7 +1076,7 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
     fr_dist_free(&r.dist);
     fr_model_free(r.m);
     fr_teacher_free(r.teacher);
-    free(r.kd_idx), free(r.kd_logit), free(r.kd_pos);
+    free(r.kd_idx), free(r.kd_logit), free(r.kd_lse), free(r.kd_pos);
     if (r.tok) fr_tokenizer_free(r.tok);
     if (r.data.train) fr_dataset_close(r.data.train);
     if (r.data.val) fr_dataset_close(r.data.val);
