@@ -170,6 +170,19 @@ void cli_progress_update(cli_progress *p, double frac);
 void cli_progress_finish(cli_progress *p);
 void cli_progress_abort(cli_progress *p);
 
+/* A job that is not a training run but costs compute (a teacher's top-k dump, batch
+ * generation) recorded in the ledger, so the lifecycle cost counts it: begin appends the
+ * "begin" record (path NULL: no ledger, nothing done), end the "end" record with the wall
+ * time, tokens and status. n_devices: the CPU threads it ran on. */
+typedef struct {
+    const char *path;
+    fr_ledger_entry e;
+    double t0;
+} cli_ledger_job;
+void cli_ledger_job_begin(cli_ledger_job *j, const char *path, const char *kind, const char *dir, const char *config,
+                          int n_devices);
+void cli_ledger_job_end(cli_ledger_job *j, const char *status, double tokens);
+
 /* Copy of p[0..n) that is valid UTF-8 for JSON: every byte that does not start a valid
  * sequence (and every NUL) becomes U+FFFD; *out_len its length. NULL when out of memory.
  * (`serve` and `generate --batch` write model text into JSON.) */

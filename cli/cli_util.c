@@ -317,3 +317,36 @@ char *cli_utf8_sanitize(const char *p, size_t n, size_t *out_len) {
     *out_len = k;
     return o;
 }
+
+void cli_ledger_job_begin(cli_ledger_job *j, const char *path, const char *kind, const char *dir, const char *config,
+                          int n_devices) {
+    memset(j, 0, sizeof *j);
+    j->path = path;
+    j->t0 = cli_now();
+    if (!path) return;
+    fr_ledger_entry *e = &j->e;
+    snprintf(e->kind, sizeof e->kind, "%s", kind);
+    snprintf(e->run_dir, sizeof e->run_dir, "%s", dir);
+    snprintf(e->config, sizeof e->config, "%s", config);
+    snprintf(e->device, sizeof e->device, "cpu");
+    e->n_devices = n_devices > 0 ? n_devices : 1;
+    e->start_unix = (double)time(NULL);
+    e->final_loss = NAN;
+    e->val_loss = NAN;
+    if (fr_ledger_begin(path, e) != FR_OK) { /* the job still runs; the ledger says why it lacks it */
+        fprintf(stderr, "frugal: warning: cannot record the job in %s: %s\n", path, fr_last_error());
+        j->path = NULL;
+    }
+}
+
+void cli_ledger_job_end(cli_ledger_job *j, const char *status, double tokens) {
+    if (!j->path) return;
+    fr_ledger_entry *e = &j->e;
+    snprintf(e->status, sizeof e->status, "%s", status);
+    e->wall_s = cli_now() - j->t0;
+    e->tokens = tokens;
+    const fr_prices prices = fr_prices_default(0);
+    fr_ledger_price(e, &prices);
+    if (fr_ledger_update(j->path, e) != FR_OK)
+        fprintf(stderr, "frugal: warning: cannot record the job's end in %s: %s\n", j->path, fr_last_error());
+}

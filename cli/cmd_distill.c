@@ -13,6 +13,7 @@ void usage_distill(FILE *f) {
             "usage: frugal distill --data DIR --out RUN_DIR (--config CONFIG.json | --init DIR) (--steps N | --tokens N)\n"
             "                      [--teacher DIR] [--topk K] [--temperature T] [--alpha A] [train options]\n"
             "       frugal distill dump-teacher --teacher DIR --data DIR --seq T [--topk K] [--temperature T]\n"
+            "                      [--threads N] [--ledger FILE]\n"
             "       frugal distill --resume RUN_DIR [train options]\n"
             "\n"
             "Logit distillation (Hinton et al.): the student trains on\n"
@@ -39,6 +40,9 @@ void usage_distill(FILE *f) {
             "  --temperature T      softening temperature (default 2; dump-teacher: the one the run will use)\n"
             "  --alpha A            weight of the distillation term, in [0, 1] (default 0.5)\n"
             "  --seq T              (dump-teacher) the window length the run will use\n"
+            "  --ledger FILE        (dump-teacher) record the dump in this ledger (kind teacher-topk), so\n"
+            "                       `frugal cost` counts it in the distilled model's lifecycle cost\n"
+            "  --threads N          (dump-teacher) CPU threads\n"
             "  -h, --help           show this help\n");
 }
 
@@ -48,9 +52,12 @@ static int progress_cb(void *user, double frac) {
 }
 
 static int dump_teacher(int argc, char **argv) {
-    const char *teacher = NULL, *data = NULL, *seq_text = NULL, *topk_text = "32", *temp_text = "2";
-    const cli_opt opts[] = {{"--teacher", &teacher, NULL}, {"--data", &data, NULL}, {"--seq", &seq_text, NULL},
-                            {"--topk", &topk_text, NULL}, {"--temperature", &temp_text, NULL}};
+    const char *teacher = NULL, *data = NULL, *seq_text = NULL, *topk_text = "32", *temp_text = "2", *ledger = NULL,
+               *threads_text = NULL;
+    const cli_opt opts[] = {{"--teacher", &teacher, NULL},      {"--data", &data, NULL},
+                            {"--seq", &seq_text, NULL},         {"--topk", &topk_text, NULL},
+                            {"--temperature", &temp_text, NULL}, {"--ledger", &ledger, NULL},
+                            {"--threads", &threads_text, NULL}};
     for (int i = 1; i < argc; i++) {
         int r;
         if (cli_is_help(argv[i])) {
@@ -66,22 +73,31 @@ static int dump_teacher(int argc, char **argv) {
     }
     if (!teacher || !data || !seq_text)
         return cli_usage_error("distill", usage_distill, "dump-teacher needs --teacher, --data and --seq");
-    long seq, topk;
+    long seq, topk, threads = 0;
     double temperature;
+    if (threads_text && cli_parse_int("distill", usage_distill, "--threads", threads_text, 1, 4096, &threads) != 0)
+        return CLI_EXIT_USAGE;
     if (cli_parse_int("distill", usage_distill, "--seq", seq_text, 2, 1 << 20, &seq) != 0 ||
         cli_parse_int("distill", usage_distill, "--topk", topk_text, 1, 1 << 20, &topk) != 0 ||
         cli_parse_double("distill", usage_distill, "--temperature", temp_text, 1e-3, 1e3, &temperature) != 0)
         return CLI_EXIT_USAGE;
     if (cli_check_dir(data, "data folder") != CLI_EXIT_OK) return CLI_EXIT_FAIL;
-    cli_signals_start();
+    if (threads > 0) fr_set_num_threads((int)threads);
     cli_progress pb;
     cli_progress_start(&pb, "teacher top-k", 0, NULL);
     const double t0 = cli_now();
+    cli_ledger_job job; /* the teacher's forward over the data is part of what distillation costs */
+    cli_ledger_job_begin(&job, ledger, "teacher-topk", data, teacher, fr_num_threads());
     if (fr_distill_dump_teacher(teacher, data, (int)seq, (int)topk, (float)temperature, progress_cb, &pb) != FR_OK) {
         cli_progress_abort(&pb);
+        cli_ledger_job_end(&job, cli_stop_signal() ? "interrupted" : "failed", 0);
         return cli_fail_lib("cannot write the teacher's top-k shards");
     }
     cli_progress_finish(&pb);
+    fr_dataset *ds = NULL;
+    const double tokens = fr_dataset_open(&ds, data, "train") == FR_OK ? (double)fr_dataset_num_tokens(ds) : 0;
+    fr_dataset_close(ds);
+    cli_ledger_job_end(&job, "finished", tokens);
     printf("wrote the top-%ld logits of %s (and their log-sum-exp at T = %g) for windows of %ld tokens beside the shards "
            "of %s (%.1f s)\n", topk, teacher, temperature, seq, data, cli_now() - t0);
     return CLI_EXIT_OK;

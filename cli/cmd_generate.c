@@ -37,6 +37,8 @@ void usage_generate(FILE *f) {
             "                       is chat JSONL for `frugal finetune`: sequence-level distillation) or\n"
             "                       {\"prompt\": \"...\"} (gets a \"completion\"); other keys are kept\n"
             "  --out FILE           where --batch writes (written as FILE.tmp-PID, renamed when complete)\n"
+            "  --ledger FILE        record the --batch job in this ledger (kind generate): a teacher's replies\n"
+            "                       for distillation are part of the student's lifecycle cost\n"
             "  --parallel N         --batch lines decoded together (default 8); each sequence samples with\n"
             "                       its own stream seeded by --seed, so results do not depend on N\n"
             "  --max-tokens N       new tokens (default 128)\n"
@@ -94,6 +96,7 @@ void usage_chat(FILE *f) {
 typedef struct {
     const char *model, *prompt, *system, *device, *adapter;
     const char *batch, *out; /* generate --batch IN.jsonl --out OUT.jsonl */
+    const char *ledger;      /* generate --batch: record the job in this ledger */
     long parallel;
     const char *stops[MAX_STOPS];
     int n_stops;
@@ -182,6 +185,7 @@ static int parse_args(const char *cmd, void (*usage)(FILE *), int chat, int argc
         else if (VALUE("--threads")) { if (r < 0 || cli_parse_int(cmd, usage, "--threads", v, 1, 4096, &a->threads)) BAD(); }
         else if (!chat && VALUE("--batch")) { if (r < 0) BAD(); a->batch = v; }
         else if (!chat && VALUE("--out")) { if (r < 0) BAD(); a->out = v; }
+        else if (!chat && VALUE("--ledger")) { if (r < 0) BAD(); a->ledger = v; }
         else if (!chat && VALUE("--parallel")) { if (r < 0 || cli_parse_int(cmd, usage, "--parallel", v, 1, 64, &a->parallel)) BAD(); }
         else if (!chat && (r = cli_opt_flag(cmd, usage, s, "--ignore-eos")) != 0) { if (r < 0) BAD(); a->ignore_eos = 1; }
         else if (s[0] == '-') { cli_usage_error(cmd, usage, "unknown option '%s'", s); BAD(); }
@@ -198,7 +202,10 @@ static int parse_args(const char *cmd, void (*usage)(FILE *), int chat, int argc
         *exit_code = cli_usage_error(cmd, usage, "--batch needs --out and takes no --prompt");
         return -1;
     }
-    if (!chat && a->out && !a->batch) { *exit_code = cli_usage_error(cmd, usage, "--out goes with --batch"); return -1; }
+    if (!chat && (a->out || a->ledger) && !a->batch) {
+        *exit_code = cli_usage_error(cmd, usage, "--out and --ledger go with --batch");
+        return -1;
+    }
     if (!chat && !a->prompt && !a->batch) { *exit_code = cli_usage_error(cmd, usage, "missing required option '--prompt TEXT'"); return -1; }
     return 0;
 }
@@ -366,6 +373,10 @@ static int generate_batch(const gen_args *a, fr_engine *e, fr_tokenizer *tok) {
     o.speculative = a->speculative;
     long done = 0, generated = 0;
     const double t0 = cli_now();
+    cli_ledger_job job; /* a teacher writing distillation data: part of the student's lifecycle cost */
+    cli_ledger_job_begin(&job, rc == CLI_EXIT_OK ? a->ledger : NULL, "generate", a->out, a->model, fr_num_threads());
+    cli_progress pb; /* lines done; a line per 10 % when stderr is not a terminal */
+    cli_progress_start(&pb, "generate --batch", (double)n, "lines");
     for (long g0 = 0; rc == CLI_EXIT_OK && g0 < n; g0 += P) {
         const int m = (int)(n - g0 < P ? n - g0 : P);
         int *ids[64] = {0}, lens[64], *outs[64] = {0}, out_lens[64];
@@ -404,11 +415,16 @@ static int generate_batch(const gen_args *a, fr_engine *e, fr_tokenizer *tok) {
         }
         for (int i = 0; i < m; i++) free(ids[i]), free(outs[i]);
         done += m;
-        if (rc == CLI_EXIT_OK)
-            fprintf(stderr, "\rfrugal generate --batch: %ld/%ld lines, %ld tokens, %.1f tokens/s", done, n, generated,
-                    generated / (cli_now() - t0 + 1e-9));
+        if (rc == CLI_EXIT_OK) cli_progress_update(&pb, (double)done / (double)n);
     }
-    if (n) fprintf(stderr, "\n");
+    cli_ledger_job_end(&job, rc == CLI_EXIT_OK ? "finished" : cli_stop_signal() ? "interrupted" : "failed", (double)generated);
+    if (rc == CLI_EXIT_OK) {
+        cli_progress_finish(&pb);
+        fprintf(stderr, "frugal generate --batch: %ld lines, %ld tokens in %.1f s (%.1f tokens/s)\n", n, generated,
+                cli_now() - t0, generated / (cli_now() - t0 + 1e-9));
+    } else {
+        cli_progress_abort(&pb);
+    }
     if (f && fclose(f) != 0 && rc == CLI_EXIT_OK) rc = cli_fail("cannot write %s (disk full?)", tmp);
     if (rc == CLI_EXIT_OK && rename(tmp, a->out) != 0) rc = cli_fail("cannot rename %s to %s: %s", tmp, a->out, strerror(errno));
     if (rc != CLI_EXIT_OK) unlink(tmp);

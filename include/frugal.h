@@ -826,8 +826,9 @@ int fr_eval_dataset(fr_model *m, const char *data_dir, const char *split, int se
 
 /* ------------------------------------------------------------------ runtime */
 
-/* Threads used by the CPU backend (0 = OpenMP default). */
+/* Threads used by the CPU backend (0 = OpenMP default); fr_num_threads: how many it uses now. */
 void fr_set_num_threads(int n);
+int fr_num_threads(void);
 
 /* The backend that models created or loaded from now on live on: "cpu" (the default),
  * "cuda" (an NVIDIA GPU through the CUDA backend; FR_ERR_UNSUPPORTED naming why when this

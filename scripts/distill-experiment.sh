@@ -56,7 +56,8 @@ echo "== 2/6 student ce: configs/demo.json, $SSTEPS steps of cross-entropy"
 echo "== 3/6 the teacher's top-32 beside a copy of the data"
 cp -r data/kjv-4k "$OUT/data-topk"
 s=$(t)
-"$FRUGAL" distill dump-teacher --teacher "$TEACHER" --data "$OUT/data-topk" --seq 256 --topk 32 --temperature 2
+"$FRUGAL" distill dump-teacher --teacher "$TEACHER" --data "$OUT/data-topk" --seq 256 --topk 32 --temperature 2 \
+    --threads "$THREADS" --ledger "$LEDGER"
 SECS[dump]=$(echo "$(t) - $s" | bc)
 
 echo "== 4/6 student logit: logit distillation, $SSTEPS steps"
@@ -78,7 +79,7 @@ with open(out, "w", encoding="utf-8") as f:
 EOF
 s=$(t)
 "$FRUGAL" generate --model "$TEACHER" --batch "$OUT/prompts.jsonl" --out "$OUT/teacher-text.jsonl" --parallel 16 \
-    --max-tokens 128 --temperature 1.0 --top-k 0 --top-p 1.0 --seed 1 --threads "$THREADS"
+    --max-tokens 128 --temperature 1.0 --top-k 0 --top-p 1.0 --seed 1 --threads "$THREADS" --ledger "$LEDGER"
 SECS[generate]=$(echo "$(t) - $s" | bc)
 "$PY" - "$OUT/teacher-text.jsonl" "$OUT/teacher-text-docs.jsonl" <<'EOF'
 import json, sys
@@ -92,16 +93,33 @@ EOF
 "$FRUGAL" train --config configs/demo.json --data "$OUT/data-seq" --out "$OUT/seq" --steps "$SSTEPS" "${COMMON[@]}"
 
 echo "== 6/6 scores on the KJV validation split (the same windows for every model)"
-printf '%-8s %10s %10s %12s %12s\n' model val_loss ppl wall_s cost_usd
 for m in teacher ce logit seq; do
     ck=$OUT/$m/$(cat "$OUT/$m/latest")
-    j=$("$FRUGAL" eval --model "$ck" --data data/kjv-4k --split val --seq 256 --threads "$THREADS" --json)
-    loss=$(printf '%s' "$j" | sed -n 's/.*"loss": *\([0-9.eE+-]*\).*/\1/p')
-    last=$(grep '"type":"step"' "$OUT/$m/metrics.jsonl" | tail -1)
-    wall=$(printf '%s' "$last" | sed -n 's/.*"elapsed_s":\([0-9.eE+-]*\).*/\1/p')
-    cost=$(printf '%s' "$last" | sed -n 's/.*"cost_usd":\([0-9.eE+-]*\).*/\1/p')
-    printf '%-8s %10.4f %10.2f %12.1f %12.5f\n' "$m" "$loss" "$(awk -v l="$loss" 'BEGIN{print exp(l)}')" "$wall" "$cost"
+    printf '%-8s %s\n' "$m" "$("$FRUGAL" eval --model "$ck" --data data/kjv-4k --split val --seq 256 --threads "$THREADS")"
 done
-echo "teacher side: top-k dump ${SECS[dump]} s, generation ${SECS[generate]} s (wall clock, this machine)"
-"$FRUGAL" cost --ledger "$LEDGER" | tail -12
+echo
+echo "== cost of every job of this experiment (runs/ledger.jsonl), and what each student carries"
+"$PY" - "$LEDGER" "$OUT" <<'EOF'
+import json, sys
+ledger, out = sys.argv[1], sys.argv[2]
+jobs = {}
+for line in open(ledger, encoding="utf-8"):
+    try:
+        r = json.loads(line)
+    except ValueError:
+        continue
+    if str(r.get("run_dir", "")).startswith(out):
+        jobs[r["run_id"]] = r  # the latest record of each job wins
+rows = sorted(jobs.values(), key=lambda r: r.get("start_unix", 0))
+print(f"{'kind':14s} {'job':42s} {'wall_s':>9s} {'core_h':>8s} {'cost_usd':>10s}")
+total = {}
+for r in rows:
+    name = r["run_dir"][len(out) + 1:]
+    print(f"{r['kind']:14s} {name:42s} {r.get('wall_s', 0):9.1f} {r.get('device_hours', 0):8.4f} {r.get('cost_usd', 0):10.5f}")
+    total[name.split("/")[0].split(".")[0]] = r.get("cost_usd", 0)
+t = total.get("teacher", 0)
+print(f"student ce: {total.get('ce', 0):.5f}; logit: {total.get('logit', 0):.5f} + teacher {t:.5f} + top-k dump "
+      f"{total.get('data-topk', 0):.5f}; seq: {total.get('seq', 0):.5f} + teacher {t:.5f} + generation "
+      f"{total.get('teacher-text', 0):.5f} (USD, the ledger's default core-hour price)")
+EOF
 "$FRUGAL" plot "$OUT/ce" "$OUT/logit" "$OUT/seq" --metric val_loss --out "$OUT/val_loss.svg" && echo "curves: $OUT/val_loss.svg"

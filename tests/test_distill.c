@@ -284,8 +284,14 @@ static void test_cli(const char *root) {
     if (o2) sscanf(o2, "loss %lf", &l2);
     CHECK(isfinite(l1) && fabs(l1 - l2) <= 1e-5 * l1, "eval --data: model %.6f, engine %.6f", l1, l2);
     free(o1), free(o2);
-    snprintf(args, sizeof args, "distill dump-teacher --teacher %s/teacher --data %s/data --seq 32 --topk 6", root, root);
+    snprintf(args, sizeof args, "distill dump-teacher --teacher %s/teacher --data %s/data --seq 32 --topk 6 --threads 2 "
+             "--ledger %s/ledger.jsonl", root, root, root);
     fr_test_expect_frugal(FR_FRUGAL_BIN, args, 0, "wrote the top-6 logits", NULL);
+    snprintf(path, sizeof path, "%s/ledger.jsonl", root);
+    ledger = fr_test_read_file(path, NULL);
+    CHECK(ledger && strstr(ledger, "\"kind\":\"teacher-topk\"") && strstr(ledger, "\"status\":\"finished\""),
+          "the dump is a job of the ledger (kind teacher-topk)");
+    free(ledger);
     snprintf(args, sizeof args,
              "distill --config %s/tiny.json --data %s/data --out %s/kd-shards --steps 2 --batch 2 --seq 32 --topk 6 "
              "--eval-interval 0 --sample-interval 0 --threads 2 --ledger %s/ledger.jsonl",

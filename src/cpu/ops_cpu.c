@@ -26,6 +26,8 @@ void fr_set_num_threads(int n) {
     if (n > 0) omp_set_num_threads(n);
 }
 
+int fr_num_threads(void) { return omp_get_max_threads(); }
+
 /* ------------------------------------------------------------------ memory */
 
 static void *cpu_alloc(size_t bytes) { return fr_alloc(bytes); }
