@@ -65,6 +65,9 @@ void usage_train(FILE *f) {
             "                       (adapter_config.json + adapter_model.safetensors)\n"
             "  --lora-alpha A       scale = A / R (default 2 R)\n"
             "  --rslora             scale = A / sqrt(R) (rank-stabilised LoRA)\n"
+            "  --lora-base F        keep the frozen base's block linears as f32 (default), bf16 or q8_0\n"
+            "                       (QLoRA-style: dequantized for each product; less memory, same math as\n"
+            "                       the FP32 model with the dequantized weights)\n"
             "  --lora-targets LIST  comma-separated: q_proj, q_a_proj, q_b_proj, kv_a_proj_with_mqa, kv_b_proj,\n"
             "                       o_proj, mlp, shared_experts, experts, or all (default all)\n"
             "Distillation (see `frugal distill --help`):\n"
@@ -321,6 +324,7 @@ int cmd_train(int argc, char **argv) {
             continue;
         }
         STROPT("--teacher", teacher)
+        STROPT("--lora-base", lora_base)
         INTOPT("--distill-topk", 1, 1 << 20, a.distill_topk)
         DBLOPT("--distill-temperature", 1e-3, 1e3, a.distill_temperature)
         DBLOPT("--distill-alpha", 0, 1, a.distill_alpha)

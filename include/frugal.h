@@ -229,6 +229,15 @@ int fr_model_lora_save(const fr_model *m, const char *dir, const char *base_mode
 /* Read adapter weights saved by fr_model_lora_save (or PEFT, same targets) into the added
  * adapters; r, lora_alpha and rslora must match. */
 int fr_model_lora_load(fr_model *m, const char *dir);
+/* QLoRA-style: keep the frozen base's block linears (attention projections, MLPs, experts,
+ * eh_proj; not the embedding, head and routers) as "bf16" or "q8_0" ("f32": nothing done),
+ * dequantized span by span for each product, and release their FP32 pages and the base's
+ * gradient pages. The model then computes exactly what the FP32 model with the dequantized
+ * weights computes. CPU backend only; after it fr_model_save refuses (the base's FP32 weights
+ * are gone). fr_model_lora_base_bytes: bytes of the quantized copies (*fp32_bytes: what they
+ * replaced). */
+int fr_model_lora_quantize_base(fr_model *m, const char *type);
+size_t fr_model_lora_base_bytes(const fr_model *m, size_t *fp32_bytes);
 /* Fold a PEFT LoRA adapter folder (any targets) into the weights: W += scale * B A.
  * DoRA, fan_in_fan_out and per-module rank / alpha patterns are refused. */
 int fr_model_merge_adapter(fr_model *m, const char *dir);
@@ -490,6 +499,8 @@ typedef struct {
     double lora_alpha;                 /* 0 = 2 x lora_rank */
     int lora_rslora;
     char lora_targets[256];            /* "" = all */
+    char lora_base[8];                 /* the frozen base's block linears kept as "f32" (""), "bf16" or
+                                        * "q8_0" (fr_model_lora_quantize_base: QLoRA-style memory) */
     /* Logit distillation: loss = distill_alpha * T^2 * KL(teacher_T || student_T) +
      * (1 - distill_alpha) * CE over the student's targets, the teacher's distribution being its
      * distill_topk largest logits renormalised (src/train/distill.c). The teacher is the model

@@ -70,6 +70,7 @@ static void bf16_gemm(fr_model *m, int ta, int tb, int M, int N, int K, const fl
 
 static void qlinear_base_forward(fr_model *m, float *y, int ldy, const float *x, int ldx, const float *W, int ldw,
                                  int N, int in, int out, float beta) {
+    if (!(W = fr_lora_weights(m, 0, W, (size_t)(out - 1) * ldw + in))) return; /* (a quantized frozen base) */
     if (m->precision == FR_PREC_BF16) {
         bf16_gemm(m, 0, 1, N, out, in, x, ldx, W, ldw, beta, y, ldy);
         return;
@@ -86,6 +87,7 @@ static void qlinear_base_forward(fr_model *m, float *y, int ldy, const float *x,
 /* dx[N,in] (beta_dx)= dy · W, reduced over out */
 static void qlinear_backward_dx(fr_model *m, float *dx, int lddx, float beta_dx, const float *dy, int lddy,
                                 const float *W, int ldw, int N, int in, int out) {
+    if (!(W = fr_lora_weights(m, 0, W, (size_t)(out - 1) * ldw + in))) return;
     if (m->precision == FR_PREC_BF16) {
         bf16_gemm(m, 0, 0, N, in, out, dy, lddy, W, ldw, beta_dx, dx, lddx);
     } else if (m->precision != FR_PREC_FP8) {
@@ -295,6 +297,14 @@ static void experts_lora(fr_model *m, const expert_rows *rows, size_t expert_num
 static void experts_gemm(fr_model *m, const expert_rows *rows, size_t expert_numel, int kind, int in, int out,
                          float beta, const expert_operands *ops, int n_ops) {
     fr_gemm_desc *g = m->precision == FR_PREC_FP32 ? malloc((size_t)rows->n_seg * n_ops * sizeof *g) : NULL;
+    /* one grouped call reads every expert's W of each operand at once: a quantized frozen base
+     * dequantizes all of them, operand k into scratch slot k (qlinear does its own otherwise) */
+    const float *wq[2] = {NULL, NULL};
+    for (int k = 0; g && k < n_ops && kind != EXPERTS_DW; k++)
+        if (!(wq[k] = fr_lora_weights(m, k, ops[k].w, (size_t)m->cfg.n_routed_experts * expert_numel))) {
+            free(g);
+            return;
+        }
     int n = 0;
     for (int k = 0; k < n_ops; k++) {
         const expert_operands *p = &ops[k];
@@ -302,7 +312,7 @@ static void experts_gemm(fr_model *m, const expert_rows *rows, size_t expert_num
             const int off = rows->offsets[sgi], cnt = rows->offsets[sgi + 1] - off;
             if (cnt == 0) continue;
             const int e = rows->first + sgi % rows->per_group;
-            const float *x = p->x + (size_t)off * p->ldx, *w = p->w + e * expert_numel;
+            const float *x = p->x + (size_t)off * p->ldx, *w = (g ? wq[k] : p->w) + e * expert_numel;
             if (kind == EXPERTS_FWD) {
                 float *y = p->y + (size_t)off * p->ldy;
                 if (g) g[n++] = (fr_gemm_desc){cnt, out, in, x, p->ldx, w, in, y, p->ldy};

@@ -27,6 +27,15 @@ void fr_lora_backward_dx(fr_model *m, const fr_lora_site *s, float *dx, int lddx
 void fr_lora_backward_dw(fr_model *m, const fr_lora_site *s, const float *dy, int lddy, const float *x, int ldx,
                          int N);
 
+/* FP32 values of the parameter span [w, w + n): w itself, or, where the frozen base is stored
+ * quantized (fr_model_lora_quantize_base), a dequantized copy in scratch slot 0 or 1 at the
+ * same relative position, valid until the next call for that slot. NULL (and m->gemm_failed)
+ * when out of memory. */
+const float *fr_lora_weights(fr_model *m, int slot, const float *w, size_t n);
+
+/* Free the quantized frozen base (fr_model_free) */
+void fr_lora_free_base(fr_model *m);
+
 /* Nonzero when the arena span at grads offset off is frozen (no gradient wanted). */
 static inline int fr_lora_frozen(const fr_model *m, size_t off) { return m->n_lora > 0 && off < m->train_lo; }
 

@@ -424,6 +424,9 @@ int fr_model_load_flags(fr_model **out, const char *dir, int flags) {
 int fr_model_save(const fr_model *m, const char *dir) {
     fr_clear_error();
     if (!m || !dir) return fr_error(FR_ERR_ARG, "fr_model_save: NULL argument");
+    if (m->n_frozen_q)
+        return fr_error(FR_ERR_STATE, "the model's frozen base is stored quantized (its FP32 weights were released): save "
+                                      "the adapters (fr_model_lora_save) and merge them into the original base");
     if (mkdir(dir, 0755) != 0 && errno != EEXIST)
         return fr_error(FR_ERR_IO, "cannot create %s: %s", dir, strerror(errno));
     char path[4096];
@@ -501,6 +504,7 @@ void fr_model_free(fr_model *m) {
     free(m->host_targets);
     free(m->lora);
     if (m->lora_buf) m->ops->free(m->lora_buf);
+    fr_lora_free_base(m);
     free(m->tensors);
     free(m->blocks);
     free(m);

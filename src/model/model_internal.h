@@ -184,6 +184,13 @@ struct fr_model {
     size_t train_lo;                    /* 0 without adapters */
     float *lora_buf;                    /* scratch [rows, 2 rank] */
     size_t lora_cap;                    /* floats */
+    /* QLoRA-style frozen base (fr_model_lora_quantize_base): the block linears of the base
+     * stored as BF16 / Q8_0, their FP32 pages released; the products read a dequantized copy
+     * of the span they need (fr_lora_weights), into one of two scratch slots */
+    struct fr_frozen_q *frozen_q;       /* sorted by offset */
+    int n_frozen_q, frozen_type;
+    float *deq_buf[2];
+    size_t deq_cap[2];                  /* floats */
 
     /* Logit distillation (fr_model_set_distill, kd.c): host arrays [N, kd_k] or NULL */
     const int32_t *kd_idx;

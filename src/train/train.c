@@ -755,6 +755,13 @@ static int setup_lora(run *r, fr_train_args *a, const char *ckpt) {
     FR_CHECK(fr_model_add_lora(r->m, a->lora_rank, a->lora_alpha, a->lora_targets[0] ? a->lora_targets : "all",
                                a->lora_rslora, a->seed));
     if (ckpt) FR_CHECK(fr_model_lora_load(r->m, ckpt));
+    if (a->lora_base[0] && strcmp(a->lora_base, "f32") != 0) {
+        FR_CHECK(fr_model_lora_quantize_base(r->m, a->lora_base));
+        size_t fp32 = 0;
+        const size_t q = fr_model_lora_base_bytes(r->m, &fp32);
+        fr_run_info(r, "LoRA: the frozen base's block linears kept as %s: %.1f MiB instead of %.1f MiB in FP32", a->lora_base,
+                    q / 1048576.0, fp32 / 1048576.0);
+    }
     const size_t adapters = fr_model_num_params(r->m) - base;
     fr_run_info(r, "LoRA: rank %d, alpha %g%s on %d matrices (%s): %zu trainable parameters, %.3f %% of the %zu "
                    "frozen ones",

@@ -64,6 +64,12 @@ int fr_train_args_check(const fr_train_args *a) {
     if (a->fp8_grad_tile_rows != 0 && a->fp8_grad_tile_rows != 1 && a->fp8_grad_tile_rows != 128)
         return fr_error(FR_ERR_ARG, "FP8 output-gradient tiles are 1x128 or 128x128 (got %d rows)", a->fp8_grad_tile_rows);
     if (a->lora_rank < 0 || a->lora_alpha < 0) return fr_error(FR_ERR_ARG, "LoRA rank and alpha must be >= 0");
+    if (a->lora_base[0] && strcmp(a->lora_base, "f32") != 0 && strcmp(a->lora_base, "bf16") != 0 &&
+        strcmp(a->lora_base, "q8_0") != 0)
+        return fr_error(FR_ERR_ARG, "the frozen base can be kept as f32, bf16 or q8_0, not '%s'", a->lora_base);
+    if (a->lora_base[0] && strcmp(a->lora_base, "f32") != 0 && a->lora_rank <= 0)
+        return fr_error(FR_ERR_ARG, "--lora-base %s needs LoRA (--lora-rank): only a frozen base can be stored quantized",
+                        a->lora_base);
     if (a->lora_rank > 0 && !a->init_model[0])
         return fr_error(FR_ERR_ARG, "LoRA fine-tunes an existing model: give the model folder to start from (--init)");
     if (a->distill_topk < 0 || (a->distill_topk > 0 && (!(a->distill_temperature > 0) || a->distill_alpha < 0 ||
@@ -104,6 +110,7 @@ static const arg_field ARG_FIELDS[] = {
 /* fields that runs saved before them lack (read when present) */
 static const arg_field OPT_FIELDS[] = {
     A_NUM(lora_rank, ARG_INT), A_NUM(lora_alpha, ARG_DOUBLE), A_NUM(lora_rslora, ARG_INT), A_STR(lora_targets),
+    A_STR(lora_base),
     A_STR(teacher), A_NUM(distill_topk, ARG_INT), A_NUM(distill_temperature, ARG_DOUBLE),
     A_NUM(distill_alpha, ARG_DOUBLE),
 };
