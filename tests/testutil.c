@@ -280,3 +280,23 @@ float *fr_test_frand(fr_rng *r, size_t n, float lo, float hi) {
     for (size_t i = 0; p && i < n; i++) p[i] = lo + (hi - lo) * (float)fr_rng_uniform(r);
     return p;
 }
+
+static double fd_loss(fr_model *m, const int *tok, const int *tg, int B, int T) {
+    fr_loss_info li;
+    fr_model_forward(m, tok, tg, B, T, &li);
+    return li.loss;
+}
+
+double fr_test_fd_grad(fr_model *m, float *p, const int *tok, const int *tg, int B, int T, double h, int *flip) {
+    const float orig = *p;
+    const double dh[4] = {h, -h, h / 2, -h / 2};
+    double l[4];
+    for (int q = 0; q < 4; q++) {
+        *p = orig + (float)dh[q];
+        l[q] = fd_loss(m, tok, tg, B, T);
+    }
+    *p = orig;
+    const double fd = (l[0] - l[1]) / (2 * h), fd2 = (l[2] - l[3]) / h;
+    if (flip) *flip = fabs(fd - fd2) > 0.05 * fabs(fd2) + 1e-3;
+    return (4.0 * fd2 - fd) / 3.0;
+}

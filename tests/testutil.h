@@ -69,6 +69,12 @@ int fr_test_engine_logits(fr_engine *e, const int *tokens, int T, int P, float *
  * values uniform in [lo, hi) drawn from r in order. */
 float *fr_test_fnew(size_t n);
 float *fr_test_frand(fr_rng *r, size_t n, float lo, float hi);
+/* Finite-difference gradient of the training loss (fr_model_forward's li.loss on tok / tg,
+ * B x T) with respect to the parameter *p: central differences D(h) and D(h/2) combined by
+ * Richardson extrapolation, (4 D(h/2) - D(h)) / 3. *flip (optional) is set when D(h) and
+ * D(h/2) disagree by more than 5 % + 1e-3: a routing choice flipped inside the interval,
+ * where the loss is not differentiable. *p is restored. */
+double fr_test_fd_grad(fr_model *m, float *p, const int *tok, const int *tg, int B, int T, double h, int *flip);
 /* Prints "N passed, N failed" and returns the process exit code. */
 int fr_test_finish(const char *suite);
 
