@@ -1,4 +1,4 @@
-/* cmd_finetune.c — `frugal finetune`: supervised fine-tuning on chat conversations. The
+/* cmd_finetune.c — `frugal finetune`: supervised fine-tuning (full or LoRA) on chat conversations. The
  * conversations become a fine-tuning dataset (fr_sft_prepare: token shards with a loss mask
  * on the assistant replies) beside the run, then `frugal train --init` trains on it: the same
  * loop, checkpoints, resume, metrics and ledger (kind "finetune"). */
@@ -15,7 +15,11 @@ void usage_finetune(FILE *f) {
             "                       [--val-fraction F] [train options]\n"
             "       frugal finetune --resume RUN_DIR [train options]\n"
             "\n"
-            "Fine-tunes the model in MODEL_DIR on chat conversations, all weights (full fine-tuning).\n"
+            "Fine-tunes the model in MODEL_DIR on chat conversations: all weights (full fine-tuning), or\n"
+            "low-rank adapters with --lora-rank R (the base frozen; --lora-alpha, --lora-targets,\n"
+            "--rslora, --lora-base f32|bf16|q8_0: see `frugal train --help`). A LoRA run's checkpoints\n"
+            "are PEFT adapter folders: `frugal merge` folds one into the model, and generate, chat and\n"
+            "serve take it with --adapter DIR.\n"
             "CHAT.jsonl holds one conversation per line in the common form\n"
             "  {\"messages\": [{\"role\": \"system\"|\"user\"|\"assistant\", \"content\": \"...\"}, ...]}\n"
             "rendered with MODEL_DIR's chat template; the loss counts the assistant replies (and the\n"
