@@ -313,6 +313,10 @@ static void test_lora_cli(void) {
     snprintf(args, sizeof args, "finetune --init %s --data %s --out %s/runs/bad --steps 1 --lora-rank 2 --lora-targets "
              "q_a_proj,attn", FIXTURE, in, g_dir);
     fr_test_expect_frugal(FR_FRUGAL_BIN, args, 2, "unknown LoRA target 'attn'", "kv_a_proj_with_mqa");
+    /* a Q8_0 frozen base (its arithmetic is test_lora's): the run says what it kept */
+    snprintf(args, sizeof args, "finetune --init %s --data %s --out %s/runs/lora-q8 --steps 2 %s --lora-base q8_0", FIXTURE,
+             in, g_dir, common);
+    fr_test_expect_frugal(FR_FRUGAL_BIN, args, 0, "kept as q8_0", NULL);
     snprintf(args, sizeof args, "merge --model %s --adapter %s --out %s/m2", FIXTURE, FIXTURE, g_dir);
     fr_test_expect_frugal(FR_FRUGAL_BIN, args, 1, "adapter_config.json", NULL);
 }
