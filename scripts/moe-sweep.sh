@@ -12,6 +12,10 @@
 #   moe-nobias   no router-bias balancing (speed 0; only the default sequence-wise loss, 1e-4)
 #   moe-aux      balance loss instead of the bias (alpha 0.01, speed 0: DeepSeek-V2's way)
 #   moe-lr6, dense-lr6   both at twice the learning rate (6e-3)
+#   moe-rsf1     routed_scaling_factor 1.0 instead of DeepSeek-V3's 2.5
+#   moe-nonorm   norm_topk_prob false: the top-k sigmoid scores unnormalised (x 2.5)
+#   moe-e64      finest: 64 experts of width 32, top-16, 1 shared (of width 32)
+#   moe-e32-noshared  32 experts of width 64, top-10, no shared expert
 #   moe-long, dense-long (--long) both for 4x the steps
 #
 #   scripts/moe-sweep.sh [--steps N] [--threads N] [--only NAME,NAME] [--long]
@@ -51,7 +55,11 @@ moe-noshared|compare-moe|n_shared_experts=0,num_experts_per_tok=5|
 moe-nobias|compare-moe||--bias-speed 0
 moe-aux|compare-moe||--bias-speed 0 --balance-alpha 0.01
 moe-lr6|compare-moe||--lr 6e-3
-dense-lr6|compare-dense||--lr 6e-3"
+dense-lr6|compare-dense||--lr 6e-3
+moe-rsf1|compare-moe|routed_scaling_factor=1.0|
+moe-nonorm|compare-moe|norm_topk_prob=false|
+moe-e64|compare-moe|n_routed_experts=64,moe_intermediate_size=32,num_experts_per_tok=16|
+moe-e32-noshared|compare-moe|n_routed_experts=32,moe_intermediate_size=64,num_experts_per_tok=10,n_shared_experts=0|"
 if [ "$LONG" = 1 ]; then
     VARIANTS="moe-long|compare-moe||--long
 dense-long|compare-dense||--long"
@@ -68,7 +76,7 @@ import json, sys
 c = json.load(open(sys.argv[1]))
 for kv in filter(None, sys.argv[3].split(",")):
     k, v = kv.split("=")
-    c[k] = int(v)
+    c[k] = {"true": True, "false": False}.get(v) if v in ("true", "false") else float(v) if "." in v else int(v)
 json.dump(c, open(sys.argv[2], "w"), indent=2)
 EOF
     steps=$STEPS
