@@ -42,25 +42,27 @@ double fr_kd_apply(const float *logits, float *dlogits, const int *targets, int 
     int failed = 0;
 #pragma omp parallel reduction(+ : kl_sum, failed)
     {
-        int32_t *sorted = malloc((size_t)K * sizeof *sorted); /* the row's top k, for "j off the top k" */
-        failed += !sorted;
+        /* per thread: the row's e_j = exp(z_j / T - m), and its top k sorted (for "off the top k") */
+        double *e = malloc((size_t)V * sizeof *e);
+        int32_t *sorted = malloc((size_t)K * sizeof *sorted);
+        failed += !e || !sorted;
 #pragma omp for schedule(static)
         for (int i = 0; i < N; i++) {
-            if (targets[i] < 0 || !sorted) continue;
+            if (targets[i] < 0 || !e || !sorted) continue;
             const float *z = logits + (size_t)i * V;
             float *d = dlogits + (size_t)i * V;
             const int32_t *idx = topk_idx + (size_t)i * K;
             const float *tl = topk_logit + (size_t)i * K;
-            /* student at T: e_j = exp(z_j / T - m), s = sum e_j */
+            /* student at T: e_j, s = sum e_j */
             float zmax = z[0];
             for (int j = 1; j < V; j++) zmax = z[j] > zmax ? z[j] : zmax;
             const double m = zmax * invT;
             double s = 0;
-            for (int j = 0; j < V; j++) s += exp(z[j] * invT - m);
+            for (int j = 0; j < V; j++) s += e[j] = exp(z[j] * invT - m);
             /* the teacher's top k and tail; the student's mass on the same k */
             double p_sum = 0, e_top = 0, kl = 0;
             for (int k = 0; k < K; k++) {
-                const double logp = tl[k] * invT - teacher_lse[i], ek = exp(z[idx[k]] * invT - m);
+                const double logp = tl[k] * invT - teacher_lse[i], ek = e[idx[k]];
                 p_sum += exp(logp);
                 e_top += ek;
                 kl += exp(logp) * (logp - log(ek / s));
@@ -82,13 +84,14 @@ double fr_kd_apply(const float *logits, float *dlogits, const int *targets, int 
                     next++;
                     continue;
                 }
-                d[j] = keep * d[j] + (float)(off * exp(z[j] * invT - m));
+                d[j] = keep * d[j] + (float)(off * e[j]);
             }
             for (int k = 0; k < K; k++) {
-                const double qk = exp(z[idx[k]] * invT - m) / s, pk = exp(tl[k] * invT - teacher_lse[i]);
+                const double qk = e[idx[k]] / s, pk = exp(tl[k] * invT - teacher_lse[i]);
                 d[idx[k]] = keep * d[idx[k]] + (float)(g * (qk - pk));
             }
         }
+        free(e);
         free(sorted);
     }
     return failed ? NAN : kl_sum;

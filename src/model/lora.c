@@ -431,13 +431,9 @@ int fr_model_merge_adapter(fr_model *m, const char *dir) {
         snprintf(base, sizeof base, "%.*s.weight", (int)mod_len, ta->name + sizeof prefix - 1);
         snprintf(bname, sizeof bname, "%.*s.lora_B.weight", (int)(strlen(ta->name) - 14), ta->name);
         const fr_st_tensor *tb = fr_st_find(&f, bname);
-        size_t numel = 0;
-        float *dst = fr_model_param(m, base, &numel);
-        const fr_tensor *t = NULL;
-        for (int k = 0; k < m->n_tensors && !t; k++)
-            if (!strcmp(m->tensors[k].name, base)) t = &m->tensors[k];
+        const fr_tensor *t = fr_model_find_tensor(m, base);
         if (!tb) rc = fr_error(FR_ERR_FORMAT, "%s: %s has no %s", path, ta->name, bname);
-        else if (!dst || !t || t->ndim != 2)
+        else if (!t || t->ndim != 2)
             rc = fr_error(FR_ERR_CONFIG, "%s adapts %s, which this model does not have", dir, base);
         else if (ta->ndim != 2 || tb->ndim != 2 || ta->shape[0] != rank || tb->shape[1] != rank ||
                  ta->shape[1] != t->shape[1] || tb->shape[0] != t->shape[0])
@@ -445,6 +441,8 @@ int fr_model_merge_adapter(fr_model *m, const char *dir) {
                           (long long)t->shape[0], (long long)t->shape[1], rank);
         if (rc != FR_OK) break;
         const int out = (int)t->shape[0], in = (int)t->shape[1];
+        const size_t numel = t->numel;
+        float *dst = m->params + t->offset;
         float *nw = realloc(w, numel * sizeof(float)), *na = realloc(a, ta->numel * sizeof(float)),
               *nb = realloc(b, tb->numel * sizeof(float));
         if (nw) w = nw;

@@ -1043,21 +1043,21 @@ size_t fr_model_num_params(const fr_model *m) {
     return n;
 }
 
-static const fr_tensor *find_tensor(const fr_model *m, const char *name) {
+const fr_tensor *fr_model_find_tensor(const fr_model *m, const char *name) {
     for (int i = 0; i < m->n_tensors; i++)
         if (strcmp(m->tensors[i].name, name) == 0) return &m->tensors[i];
     return NULL;
 }
 
 float *fr_model_param(fr_model *m, const char *name, size_t *numel) {
-    const fr_tensor *t = find_tensor(m, name);
+    const fr_tensor *t = fr_model_find_tensor(m, name);
     if (!t) return NULL;
     if (numel) *numel = t->numel;
     return P(t->offset);
 }
 
 float *fr_model_grad(fr_model *m, const char *name, size_t *numel) {
-    const fr_tensor *t = find_tensor(m, name);
+    const fr_tensor *t = fr_model_find_tensor(m, name);
     if (!t) return NULL;
     if (numel) *numel = t->numel;
     return G(t->offset);

@@ -221,6 +221,9 @@ double fr_kd_apply(const float *logits, float *dlogits, const int *targets, int 
                    const float *topk_logit, const float *teacher_lse, int K, float temperature, float alpha,
                    float grad_scale);
 
+/* The tensor registered under `name`, or NULL (model.c) */
+const fr_tensor *fr_model_find_tensor(const fr_model *m, const char *name);
+
 /* The backend fr_set_device chose for new models (device.c) */
 const fr_ops *fr_device_ops(void);
 /* The routing parameters of c's MoE layers (block.c; the inference engines use them too) */

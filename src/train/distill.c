@@ -129,18 +129,16 @@ int fr_distill_dump_teacher(const char *teacher_dir, const char *data_dir, int s
     }
     /* windows in groups, each group's records appended to the shards they fall in */
     enum { GROUP = 16 };
-    int *tok = malloc((size_t)GROUP * (seq_len + 1) * sizeof *tok), *win = malloc((size_t)GROUP * seq_len * sizeof *win);
+    int *win = malloc((size_t)GROUP * seq_len * sizeof *win);
     int32_t *idx = malloc((size_t)GROUP * seq_len * k * sizeof *idx);
     float *val = malloc((size_t)GROUP * seq_len * k * sizeof *val), *lse = malloc((size_t)GROUP * seq_len * sizeof *lse);
     unsigned char *rec = malloc(record_bytes(k));
-    if (rc == FR_OK && (!tok || !win || !idx || !val || !lse || !rec)) rc = fr_error(FR_ERR_NOMEM, "out of memory");
+    if (rc == FR_OK && (!win || !idx || !val || !lse || !rec)) rc = fr_error(FR_ERR_NOMEM, "out of memory");
     int sh = 0;
     for (long c0 = 0; c0 < n_chunks && rc == FR_OK; c0 += GROUP) {
         const int G = n_chunks - c0 < GROUP ? (int)(n_chunks - c0) : GROUP;
-        for (int g = 0; g < G && rc == FR_OK; g++) {
-            rc = fr_dataset_read(ds, (uint64_t)(c0 + g) * seq_len, tok, (size_t)seq_len);
-            memcpy(win + (size_t)g * seq_len, tok, (size_t)seq_len * sizeof *tok);
-        }
+        for (int g = 0; g < G && rc == FR_OK; g++)
+            rc = fr_dataset_read(ds, (uint64_t)(c0 + g) * seq_len, win + (size_t)g * seq_len, (size_t)seq_len);
         if (rc == FR_OK) rc = fr_engine_topk(e, G, win, seq_len, k, temperature, idx, val, lse);
         for (long r = 0; r < (long)G * seq_len && rc == FR_OK; r++) {
             const uint64_t gpos = (uint64_t)c0 * seq_len + (uint64_t)r;
@@ -169,7 +167,7 @@ int fr_distill_dump_teacher(const char *teacher_dir, const char *data_dir, int s
         if (rc != FR_OK) unlink(tmp[s]);
     }
     free(fs), free(tmp), free(start), free(count);
-    free(tok), free(win), free(idx), free(val), free(lse), free(rec);
+    free(win), free(idx), free(val), free(lse), free(rec);
     fr_engine_free(e);
     fr_dataset_close(ds);
     return rc;
@@ -274,9 +272,8 @@ int fr_teacher_topk(fr_teacher *t, int B, const int *tokens, const uint64_t *pos
     if (t->engine) return fr_engine_topk(t->engine, B, tokens, T, k, t->temperature, idx, logit, lse);
     const size_t rb = record_bytes(k);
     for (int b = 0; b < B; b++)
-        for (int i = 0; i < T; i++) {
+        for (int i = 0, s = 0; i < T; i++) { /* s: the shard holding g, found once and advanced */
             const uint64_t g = pos[b] + (uint64_t)i;
-            int s = 0;
             while (s < t->n_files - 1 && g >= t->files[s].h.start + t->files[s].h.n_tokens) s++;
             const topk_file *f = &t->files[s];
             if (g < f->h.start || g - f->h.start >= f->h.valid)
