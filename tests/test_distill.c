@@ -126,12 +126,10 @@ static void test_model_gradient(void) {
         size_t n;
         float *p = fr_model_param(m, names[q], &n);
         const float *g = fr_model_grad(m, names[q], &n);
-        size_t used[3] = {n, n, n};
+        size_t pick[3];
+        fr_test_top3(g, n, pick);
         for (int tries = 0; tries < 3; tries++) {
-            size_t best = n;
-            for (size_t i = 0; i < n; i++)
-                if (i != used[0] && i != used[1] && (best == n || fabs(g[i]) > fabs(g[best]))) best = i;
-            used[tries] = best;
+            const size_t best = pick[tries];
             const double an = g[best];
             int flip = 0;
             const double rich = fr_test_fd_grad(m, &p[best], tok, tg, B, T, h, &flip);

@@ -75,16 +75,8 @@ static void gradcheck(const char *label, const char *json) {
         size_t n;
         float *p = fr_model_param(m, name, &n);
         float *g = fr_model_grad(m, name, &n);
-        /* the three largest analytic gradients of this tensor */
-        size_t pick[3] = {0, 0, 0};
-        for (int r = 0; r < 3; r++) {
-            double best = -1;
-            for (size_t i = 0; i < n; i++) {
-                int used = 0;
-                for (int q = 0; q < r; q++) used |= pick[q] == i;
-                if (!used && fabs(g[i]) > best) { best = fabs(g[i]); pick[r] = i; }
-            }
-        }
+        size_t pick[3]; /* the three largest analytic gradients of this tensor */
+        fr_test_top3(g, n, pick);
         for (int r = 0; r < 3 && (size_t)r < n; r++) {
             size_t i = pick[r];
             double an = g[i];

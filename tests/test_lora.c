@@ -78,15 +78,8 @@ static void test_gradients(void) {
         size_t n;
         float *p = fr_model_param(m, name, &n);
         const float *g = fr_model_grad(m, name, &n);
-        size_t pick[3] = {0, 0, 0};
-        for (int r = 0; r < 3; r++) {
-            double best = -1;
-            for (size_t i = 0; i < n; i++) {
-                int used = 0;
-                for (int q = 0; q < r; q++) used |= pick[q] == i;
-                if (!used && fabs(g[i]) > best) best = fabs(g[i]), pick[r] = i;
-            }
-        }
+        size_t pick[3]; /* the three largest analytic gradients of this tensor */
+        fr_test_top3(g, n, pick);
         for (int r = 0; r < 3 && (size_t)r < n; r++) {
             const size_t i = pick[r];
             const double an = g[i];

@@ -300,3 +300,15 @@ double fr_test_fd_grad(fr_model *m, float *p, const int *tok, const int *tg, int
     if (flip) *flip = fabs(fd - fd2) > 0.05 * fabs(fd2) + 1e-3;
     return (4.0 * fd2 - fd) / 3.0;
 }
+
+void fr_test_top3(const float *g, size_t n, size_t pick[3]) {
+    pick[0] = pick[1] = pick[2] = 0;
+    for (int r = 0; r < 3; r++) {
+        double best = -1;
+        for (size_t i = 0; i < n; i++) {
+            int used = 0;
+            for (int q = 0; q < r; q++) used |= pick[q] == i;
+            if (!used && fabs(g[i]) > best) best = fabs(g[i]), pick[r] = i;
+        }
+    }
+}

@@ -69,6 +69,9 @@ int fr_test_engine_logits(fr_engine *e, const int *tokens, int T, int P, float *
  * values uniform in [lo, hi) drawn from r in order. */
 float *fr_test_fnew(size_t n);
 float *fr_test_frand(fr_rng *r, size_t n, float lo, float hi);
+/* The indices of the 3 largest |g[i]| (of n), largest first, the lower index on ties; n < 3
+ * leaves the rest 0. */
+void fr_test_top3(const float *g, size_t n, size_t pick[3]);
 /* Finite-difference gradient of the training loss (fr_model_forward's li.loss on tok / tg,
  * B x T) with respect to the parameter *p: central differences D(h) and D(h/2) combined by
  * Richardson extrapolation, (4 D(h/2) - D(h)) / 3. *flip (optional) is set when D(h) and
