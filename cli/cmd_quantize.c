@@ -1,5 +1,5 @@
 /* cmd_quantize.c — `frugal quantize`: write a copy of a model folder with its linear weights
- * in BF16, Q8_0 or Q4_1 (docs/quantization.md); optionally measure the validation
+ * in BF16, Q8_0, Q4_0, Q4_1 or a K format or mix (docs/quantization.md); optionally measure the validation
  * perplexity of the FP32 weights, of the dequantized quantized weights (training forward)
  * and of the quantized folder run by the inference engine, on a prepared dataset. */
 #define _GNU_SOURCE
@@ -15,35 +15,39 @@
 
 void usage_quantize(FILE *f) {
     fprintf(f,
-            "usage: frugal quantize --model DIR --type bf16|q8_0|q4_1|q4_k|q5_k|q6_k|q4_k_m|q5_k_m --out DIR\n"
+            "usage: frugal quantize --model DIR --type bf16|q8_0|q4_0|q4_1|q4_k|q5_k|q6_k|q4_k_m|q5_k_m --out DIR\n"
             "                       [--eval-data DATA_DIR [--eval-seq T] [--eval-tokens N]\n"
             "                        [--eval-chunk N]]\n"
             "                       [--threads N] [--json] [--quiet]\n"
             "\n"
             "Writes a copy of the Hugging Face model folder DIR into --out with its linear weights\n"
-            "(every 2-D tensor named *_proj.weight) stored as:\n"
+            "(every 2-D tensor named *_proj.weight, and kv_a_proj_with_mqa) stored as:\n"
             "  bf16   bfloat16, round to nearest even (a plain BF16 checkpoint)\n"
             "  q8_0   blocks of 32 values: float16 scale + 32 int8 (8.5 bits per weight)\n"
+            "  q4_0   blocks of 32 values: float16 scale + 32 4-bit values (stored as q4_1, m = -8 d)\n"
             "  q4_1   blocks of 32 values: float16 scale and minimum + 32 4-bit values (5 bits)\n"
             "  q4_k, q5_k, q6_k   ggml's K-quants (super-blocks of 256 values: 4.5, 5.5, 6.56 bits), as\n"
             "         GGUF files store them; a matrix whose width is not a multiple of 256 as q8_0\n"
-            "  q4_k_m, q5_k_m   q4_k / q5_k with q6_k for the down projections of the first and last\n"
-            "         eighth of the layers and every third between (the GGUF export's mixes)\n"
-            "Embeddings, lm_head, the router (mlp.gate), norms and e_score_correction_bias stay\n"
-            "FP32. config.json gets a \"quantization_config\" (q8_0, q4_1); tokenizer.json,\n"
+            "  q4_k_m, q5_k_m   q4_k / q5_k with q6_k for the head and, on the first and last eighth of\n"
+            "         the layers and every third between, the values and down projections\n"
+            "Every type but q4_1 holds the blocks `frugal convert --to gguf` writes for the same type:\n"
+            "the embedding and lm_head take its types too, kv_b_proj stays FP32 (the engine splits it\n"
+            "as the GGUF does), so the folder and the GGUF give the same logits. The router\n"
+            "(mlp.gate), norms and e_score_correction_bias stay FP32 (under q4_1 also the embedding\n"
+            "and lm_head). config.json gets a \"quantization_config\" (all but bf16); tokenizer.json,\n"
             "tokenizer_config.json and generation_config.json are copied. The output folder is\n"
             "built under a temporary name and renamed when complete; it must not exist (or be empty).\n"
             "\n"
             "Options:\n"
             "  --model DIR         model folder (config.json + safetensors, FP32 / BF16 / F16)\n"
-            "  --type T            bf16, q8_0, q4_1, q4_k, q5_k, q6_k, q4_k_m or q5_k_m\n"
+            "  --type T            bf16, q8_0, q4_0, q4_1, q4_k, q5_k, q6_k, q4_k_m or q5_k_m\n"
             "  --out DIR           output folder\n"
             "  --eval-data DIR     after writing, report the validation perplexity (split \"val\" of\n"
             "                      this prepared dataset, windows of T predicted tokens) three times:\n"
             "                      the FP32 model and the output's weights dequantized to FP32 (both\n"
             "                      with the training forward: the error of the weight format alone),\n"
-            "                      and the output run by the inference engine in its format (what\n"
-            "                      `frugal generate --weights TYPE` computes, kernels included)\n"
+            "                      and the output run by the inference engine as stored (what\n"
+            "                      `frugal generate --model OUT` computes, kernels included)\n"
             "  --eval-seq T        window length for --eval-data (default 256)\n"
             "  --eval-tokens N     read at most N validation tokens (default: all)\n"
             "  --eval-chunk N      tokens per engine call in the engine measurement (default 8;\n"
@@ -82,7 +86,8 @@ static int eval_one(const char *dir, int dequantized, const char *data, int T, l
 }
 
 /* Mean validation loss of the folder dir run by the inference engine with weight_type
- * weights: what generation computes, including any rounding of activations in the kernels. */
+ * weights (-1: as stored, each matrix in its own format, as `frugal generate` runs the folder):
+ * what generation computes, including any rounding of activations in the kernels. */
 static int eval_engine(const char *dir, int weight_type, const char *data, int T, int chunk, long max_tokens,
                        double *loss) {
     fr_engine_options o;
@@ -146,12 +151,13 @@ int cmd_quantize(int argc, char **argv) {
     if (chunk_text && cli_parse_int(C, usage_quantize, "--eval-chunk", chunk_text, 1, 1 << 20, &chunk) != 0)
         return CLI_EXIT_USAGE;
     if (!model) return cli_usage_error(C, usage_quantize, "missing required option '--model DIR'");
-    if (!type) return cli_usage_error(C, usage_quantize, "missing required option '--type bf16|q8_0|q4_1|q4_k|q5_k|q6_k|q4_k_m|q5_k_m'");
+    if (!type) return cli_usage_error(C, usage_quantize, "missing required option '--type bf16|q8_0|q4_0|q4_1|q4_k|q5_k|q6_k|q4_k_m|q5_k_m'");
     if (!out) return cli_usage_error(C, usage_quantize, "missing required option '--out DIR'");
-    /* the engine's weight_type for the evaluation (a mix: its base format) */
-    const int wtype = !strcmp(type, "q4_k_m") ? fr_weight_type_parse("q4_k") : !strcmp(type, "q5_k_m") ? fr_weight_type_parse("q5_k") : fr_weight_type_parse(type);
-    if (wtype < 1) /* f32 is not a quantization */
-        return cli_usage_error(C, usage_quantize, "option '--type' expects bf16, q8_0, q4_1, q4_k, q5_k, q6_k, q4_k_m or q5_k_m, got '%s'", type);
+    static const char *const TYPES[] = {"bf16", "q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m"};
+    int known = 0;
+    for (size_t k = 0; k < sizeof TYPES / sizeof TYPES[0]; k++) known |= !strcmp(type, TYPES[k]);
+    if (!known) /* f32 is not a quantization */
+        return cli_usage_error(C, usage_quantize, "option '--type' expects bf16, q8_0, q4_0, q4_1, q4_k, q5_k, q6_k, q4_k_m or q5_k_m, got '%s'", type);
     if ((seq_text || tok_text || chunk_text) && !data)
         return cli_usage_error(C, usage_quantize, "--eval-seq / --eval-tokens / --eval-chunk need --eval-data");
     int rc = cli_check_dir(model, "model folder");
@@ -190,7 +196,7 @@ int cmd_quantize(int argc, char **argv) {
         if ((rc = eval_one(out, 1, data, (int)seq, max_tokens, &loss_q, &n_q)) != CLI_EXIT_OK) return rc;
         t_eval = cli_now() - t1;
         t1 = cli_now();
-        if ((rc = eval_engine(out, wtype, data, (int)seq, (int)chunk, max_tokens, &loss_e)) != CLI_EXIT_OK)
+        if ((rc = eval_engine(out, -1, data, (int)seq, (int)chunk, max_tokens, &loss_e)) != CLI_EXIT_OK)
             return rc;
         t_engine = cli_now() - t1;
     }

@@ -814,13 +814,17 @@ size_t fr_utf8_seq_len(const unsigned char *s, size_t n);
 /* ------------------------------------------------------------------ quantization */
 
 /* Write a copy of the HF model folder in_dir into out_dir with its linear weights (2-D
- * tensors named "*_proj.weight") stored as type "bf16", "q8_0" or "q4_1" (blocks of 32
- * values, float16 scales; layouts and tensor names in docs/quantization.md). Embeddings,
- * lm_head, the router (mlp.gate), norms and e_score_correction_bias are written as FP32.
- * config.json gets a "quantization_config"; tokenizer.json, tokenizer_config.json and
+ * tensors named "*_proj.weight", and kv_a_proj_with_mqa) stored as type "bf16", "q8_0", "q4_0",
+ * "q4_1", "q4_k", "q5_k", "q6_k", "q4_k_m" or "q5_k_m" (layouts and tensor names in
+ * docs/quantization.md). Every type but q4_1 holds the blocks a GGUF export of the same type
+ * (fr_gguf_export) holds, the embedding and lm_head included, with kv_b_proj kept FP32 (the
+ * engine splits it as the GGUF does), so the engine gives the folder and the GGUF the same
+ * logits. The router (mlp.gate), norms and e_score_correction_bias are written as FP32 (under
+ * q4_1 also the embeddings and lm_head). config.json gets a "quantization_config" (all but bf16);
+ * tokenizer.json, tokenizer_config.json and
  * generation_config.json are copied when present. Atomic: built in out_dir.tmp-PID and
- * renamed; an existing non-empty out_dir is refused. A q8_0 / q4_1 matrix whose width is
- * not a multiple of 32 fails with a message naming the tensor. progress (may be NULL):
+ * renamed; an existing non-empty out_dir is refused. A matrix whose width is not a multiple of
+ * 32 (bf16 aside) fails with a message naming the tensor. progress (may be NULL):
  * frac in [0,1]; return nonzero to cancel (FR_ERR_STATE). */
 int fr_quantize_model(const char *in_dir, const char *out_dir, const char *type,
                       int (*progress)(void *user, double frac, const char *phase), void *user);

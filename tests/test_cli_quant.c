@@ -102,7 +102,7 @@ int main(void) {
         CHECK(fabs(lf - ref_f) <= 1e-12 * fabs(ref_f) && fabs(lq - ref_q) <= 1e-12 * fabs(ref_q),
               "CLI losses %.9g %.9g vs library %.9g %.9g", lf, lq, ref_f, ref_q);
         CHECK(lf != lq, "the quantized loss differs from the FP32 one (the weights changed)");
-        /* the engine measurement: the q8_0 folder run in q8_0, 8 tokens per call (default) */
+        /* the engine measurement: the q8_0 folder run as stored (q8_0), 8 tokens per call (default) */
         double le = json_number(text, "engine_loss"), pe = json_number(text, "engine_ppl"),
                ce = json_number(text, "engine_ppl_change_pct"), pq = json_number(text, "quant_ppl"),
                pf = json_number(text, "fp32_ppl"), chunk = json_number(text, "engine_chunk");
@@ -116,13 +116,14 @@ int main(void) {
         {
             fr_engine_options eo;
             fr_engine_options_default(&eo);
-            eo.weight_type = 2; /* q8_0 */
-            eo.max_seq_len = 64;
+            eo.max_seq_len = 64; /* weight_type -1: as stored, as the CLI runs the folder */
             eo.load_mtp = 0;
             fr_engine *e = NULL;
             double ref_e = NAN;
-            /* the engine reads the quantized folder itself (kv_b_proj stored as Q8_0 too) */
-            CHECK(fr_engine_load(&e, out, &eo) == FR_OK, "engine loads the q8_0 folder: %s", fr_last_error());
+            /* the engine reads the quantized folder itself (kv_b_proj stored FP32, split and
+             * quantized as a Q8_0 GGUF's attn_k_b / attn_v_b) */
+            CHECK(fr_engine_load(&e, out, &eo) == FR_OK && fr_engine_weight_type(e) == 2, "engine loads the q8_0 folder "
+                  "as q8_0: %s", fr_last_error());
             if (e) {
                 fr_engine_eval_dataset(e, data, "val", 64, 8, 1025, &ref_e, NULL);
                 fr_engine_free(e);

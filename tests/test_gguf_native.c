@@ -16,7 +16,9 @@
  *    runs as Q4_1 (m = -8 d) and, with FP32 activations (fr_qmatmul_set_int8_act(0): the
  *    weights dequantized in registers), its logits match the FP32 import's within 1e-4
  *    (summation order only);
- *  - a forced --weights (f32) converts through FP32 and equals the import's engine exactly.
+ *  - a forced --weights (f32) converts through FP32 and equals the import's engine exactly;
+ *  - `frugal quantize` and `frugal convert --to gguf` of one model in each common type give,
+ *    each run as stored, the same logits bit for bit (test_folder_equals_gguf).
  */
 #define _GNU_SOURCE
 #include "frugal.h"
@@ -243,16 +245,16 @@ static void test_k_formats(const char *dir) {
         fr_model_free(imp);
         unlink(path);
     }
-    /* `frugal quantize --type q6_k`: a folder of ggml's blocks ("<base>.q6_k"; kv_b_proj kept
-     * FP32), used as stored by the engine. Its q_a_proj blocks are our quantizer's output for the
-     * FP32 source (the dequantized model holds exactly their values), and its logits equal, bit
-     * for bit, those of the FP32 folder run with --weights q6_k: the engine gets the same
-     * matrices either way. */
+    /* `frugal quantize --type q6_k`: a folder of ggml's blocks ("<base>.q6_k"), used as stored by
+     * the engine. Its q_a_proj blocks are our quantizer's output for the FP32 source (the
+     * dequantized model holds exactly their values); the embedding and the head are stored in
+     * Q6_K too (the GGUF's token_embd and output), kv_b_proj stays FP32 (the engine splits it
+     * as the GGUF's attn_k_b / attn_v_b: test_folder_equals_gguf checks the logits). */
     char qdir[600];
     snprintf(qdir, sizeof qdir, "%s/kmodel-q6k", dir);
     CHECK(fr_quantize_model(mdir, qdir, "q6_k", NULL, NULL) == FR_OK, "quantize q6_k: %s", fr_last_error());
     fr_model *src = NULL, *deq = NULL;
-    fr_engine *qe = NULL, *fe = NULL;
+    fr_engine *qe = NULL;
     CHECK(fr_model_load(&src, mdir) == FR_OK && fr_model_load_dequantized(&deq, qdir) == FR_OK, "models: %s",
           fr_last_error());
     if (src && deq) {
@@ -270,27 +272,20 @@ static void test_k_formats(const char *dir) {
         fr_qmatrix_free(&q);
         free(row);
     }
-    fr_engine_options o6;
-    fr_engine_options_default(&o6);
-    o6.weight_type = FR_QT_Q6_K;
-    CHECK(fr_engine_load(&qe, qdir, NULL) == FR_OK && fr_engine_load(&fe, mdir, &o6) == FR_OK, "engines: %s",
-          fr_last_error());
-    if (qe && fe) {
-        CHECK(fr_engine_weight_type(qe) == FR_QT_Q6_K, "the q6_k folder runs as %s",
-              fr_weight_type_name(fr_engine_weight_type(qe)));
-        const int V = 1000, T = 10;
-        int ids[10];
-        for (int i = 0; i < T; i++) ids[i] = (int)(rnd() % (uint32_t)V);
-        float *a = malloc((size_t)T * V * sizeof(float)), *b = malloc((size_t)T * V * sizeof(float));
-        CHECK(fr_test_engine_logits(qe, ids, T, 6, a) == FR_OK && fr_test_engine_logits(fe, ids, T, 6, b) == FR_OK,
-              "forward: %s", fr_last_error());
-        CHECK(memcmp(a, b, (size_t)T * V * sizeof(float)) == 0, "q6_k folder vs the FP32 folder with --weights q6_k: "
-              "relative %.3g, not bit for bit", fr_rel_err(a, b, (size_t)T * V));
-        printf("q6_k folder (frugal quantize): blocks = our quantizer's, runs as q6_k, logits = --weights q6_k on the FP32 "
-               "folder bit for bit\n");
-        free(a), free(b);
-    }
-    fr_engine_free(qe), fr_engine_free(fe);
+    fr_st_set qs;
+    if (fr_st_set_open_dir(&qs, qdir) == FR_OK) {
+        CHECK(fr_qmatrix_stored_type(&qs, "model.embed_tokens.weight") == FR_QT_Q6_K &&
+                  fr_qmatrix_stored_type(&qs, "lm_head.weight") == FR_QT_Q6_K &&
+                  fr_qmatrix_stored_type(&qs, "model.layers.0.self_attn.kv_a_proj_with_mqa.weight") == FR_QT_Q6_K &&
+                  fr_qmatrix_stored_type(&qs, "model.layers.0.self_attn.kv_b_proj.weight") == FR_QT_F32,
+              "q6_k folder: embedding, head and kv_a in q6_k, kv_b_proj FP32");
+        fr_st_set_close(&qs);
+    } else CHECK(0, "open %s: %s", qdir, fr_last_error());
+    CHECK(fr_engine_load(&qe, qdir, NULL) == FR_OK && fr_engine_weight_type(qe) == FR_QT_Q6_K, "the q6_k folder runs as %s: %s",
+          qe ? fr_weight_type_name(fr_engine_weight_type(qe)) : "-", fr_last_error());
+    printf("q6_k folder (frugal quantize): blocks = our quantizer's, embedding / head / kv_a in q6_k, kv_b_proj FP32, "
+           "runs as q6_k\n");
+    fr_engine_free(qe);
     fr_model_free(src), fr_model_free(deq);
     /* --type q4_k_m: Q6_K down projections on the layers fr_kmix_more_bits names (of 3: 0 and
      * 2), Q4_K elsewhere, and the engine keeps each matrix's own format */
@@ -314,6 +309,98 @@ static void test_k_formats(const char *dir) {
     if (system(cmd) != 0) printf("could not remove %s\n", mdir);
 }
 
+/* ------------------------------------------------------------------ folder = GGUF
+ * `frugal quantize --type T` and `frugal convert --to gguf --type T` of one FP32 model hold the
+ * same blocks (the export's per-tensor rule, fr_gguf_matrix_type, and ggml's encoders), so the
+ * engine gives the folder and the GGUF, each run as stored, the same logits bit for bit: a
+ * 6-token prefill, then 4 decode steps. The model has MoE layers, K-sized matrices and some
+ * that are not (qk_nope 64: attn_k_b takes Q8_0 under a K type; expert and shared widths 128:
+ * their down projections too), so the mixes' Q6_K layers and the fallbacks are both crossed.
+ * A tied variant (the head quantized from the FP32 embedding, as the GGUF's output is) runs
+ * for two types. "f32" is the control: the FP32 folder itself against the F32 GGUF. */
+static const char *MCFG =
+    "{\"architectures\": [\"DeepseekV3ForCausalLM\"], \"model_type\": \"deepseek_v3\", \"vocab_size\": 1000,"
+    " \"hidden_size\": 256, \"intermediate_size\": 512, \"moe_intermediate_size\": 128, \"num_hidden_layers\": 3,"
+    " \"num_attention_heads\": 4, \"num_key_value_heads\": 4, \"q_lora_rank\": 256, \"kv_lora_rank\": 256,"
+    " \"qk_nope_head_dim\": 64, \"qk_rope_head_dim\": 32, \"v_head_dim\": 64, \"n_routed_experts\": 4,"
+    " \"n_shared_experts\": 1, \"num_experts_per_tok\": 2, \"first_k_dense_replace\": 1, \"moe_layer_freq\": 1,"
+    " \"n_group\": 1, \"topk_group\": 1, \"norm_topk_prob\": true, \"routed_scaling_factor\": 2.5,"
+    " \"num_nextn_predict_layers\": 0, \"max_position_embeddings\": 256, \"rope_theta\": 10000.0,"
+    " \"rope_interleave\": true, \"rms_norm_eps\": 1e-6, \"tie_word_embeddings\": %s,"
+    " \"initializer_range\": 0.05, \"bos_token_id\": 0, \"eos_token_id\": 1}";
+
+static int make_model(const char *mdir, int tied, uint64_t seed) {
+    char text[2048];
+    snprintf(text, sizeof text, MCFG, tied ? "true" : "false");
+    fr_config cfg;
+    fr_model *m = NULL;
+    int rc = fr_config_parse(&cfg, text, strlen(text));
+    if (rc == FR_OK) rc = fr_model_create(&m, &cfg, seed);
+    if (rc == FR_OK) rc = fr_model_save(m, mdir);
+    fr_model_free(m);
+    const char *tok[] = {"tokenizer.json", "tokenizer_config.json"};
+    for (int i = 0; i < 2 && rc == FR_OK; i++) {
+        char a[700], b[700];
+        snprintf(a, sizeof a, "%s/%s", FIXTURE, tok[i]);
+        snprintf(b, sizeof b, "%s/%s", mdir, tok[i]);
+        rc = fr_copy_file(a, b);
+    }
+    return rc;
+}
+
+static void test_folder_equals_gguf(const char *dir) {
+    static const char *const types[] = {"f32", "bf16", "q8_0", "q4_0", "q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m"};
+    const int n_types = (int)(sizeof types / sizeof types[0]);
+    for (int tied = 0; tied < 2; tied++) {
+        char mdir[600];
+        snprintf(mdir, sizeof mdir, "%s/fmodel-%d", dir, tied);
+        const int rc = make_model(mdir, tied, 21 + (uint64_t)tied);
+        CHECK(rc == FR_OK, "model: %s", fr_last_error());
+        if (rc != FR_OK) return;
+        for (int k = 0; k < n_types; k++) {
+            const char *t = types[k];
+            if (tied && strcmp(t, "q8_0") && strcmp(t, "q4_k_m")) continue;
+            char qdir[700], path[700];
+            snprintf(qdir, sizeof qdir, "%s-%s", mdir, t);
+            snprintf(path, sizeof path, "%s-%s.gguf", mdir, t);
+            const int control = !strcmp(t, "f32");
+            CHECK(fr_gguf_export(mdir, path, fr_gguf_export_type_from_name(t), NULL) == FR_OK, "export %s: %s", t,
+                  fr_last_error());
+            const int qrc = control ? FR_OK : fr_quantize_model(mdir, qdir, t, NULL, NULL);
+            CHECK(qrc == FR_OK, "quantize %s: %s", t, fr_last_error());
+            fr_engine *fe = NULL, *ge = NULL;
+            if (qrc == FR_OK)
+                CHECK(fr_engine_load(&fe, control ? mdir : qdir, NULL) == FR_OK && fr_engine_load(&ge, path, NULL) == FR_OK,
+                      "%s engines: %s", t, fr_last_error());
+            if (fe && ge) {
+                enum { T = 10, V = 1000 };
+                int ids[T];
+                for (int i = 0; i < T; i++) ids[i] = (int)(rnd() % V);
+                float *a = malloc((size_t)T * V * sizeof(float)), *b = malloc((size_t)T * V * sizeof(float));
+                CHECK(fr_test_engine_logits(fe, ids, T, 6, a) == FR_OK && fr_test_engine_logits(ge, ids, T, 6, b) == FR_OK,
+                      "%s forward: %s", t, fr_last_error());
+                double worst = 0;
+                for (size_t i = 0; i < (size_t)T * V; i++) worst = fmax(worst, fabs((double)a[i] - b[i]));
+                const int same = memcmp(a, b, (size_t)T * V * sizeof(float)) == 0;
+                CHECK(same && fr_engine_weight_type(fe) == fr_engine_weight_type(ge),
+                      "%s%s: folder and GGUF logits differ (max abs %.3g; weight types %s / %s)", t, tied ? " tied" : "",
+                      worst, fr_weight_type_name(fr_engine_weight_type(fe)), fr_weight_type_name(fr_engine_weight_type(ge)));
+                printf("%-6s%s folder vs GGUF, each as stored (%s): logits %s, max abs difference %.3g\n", t,
+                       tied ? " (tied)" : "", fr_weight_type_name(fr_engine_weight_type(fe)),
+                       same ? "equal bit for bit" : "DIFFER", worst);
+                free(a), free(b);
+            }
+            fr_engine_free(fe), fr_engine_free(ge);
+            char cmd[1700];
+            snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", qdir, path);
+            if (system(cmd) != 0) printf("could not remove %s\n", qdir);
+        }
+        char cmd[700];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", mdir);
+        if (system(cmd) != 0) printf("could not remove %s\n", mdir);
+    }
+}
+
 int main(void) {
     test_relayout(FR_GGML_Q8_0, 5, 96);
     test_relayout(FR_GGML_Q4_0, 5, 96);
@@ -324,6 +411,7 @@ int main(void) {
     test_engine(FR_GGML_Q8_0, dir);
     test_engine(FR_GGML_Q4_0, dir);
     test_k_formats(dir);
+    test_folder_equals_gguf(dir);
     rmdir(dir);
     return fr_test_finish("test_gguf_native");
 }

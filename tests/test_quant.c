@@ -31,6 +31,7 @@
 #include "core/internal.h"
 #include "cpu/ops_cpu.h"
 #include "cpu/qmatmul.h"
+#include "formats/gguf.h"
 #include "formats/safetensors.h"
 #include "testutil.h"
 
@@ -263,9 +264,13 @@ static double int8_ref(const fr_qmatrix *q, int r, const float *x, double *S8, d
         double xabs = 0;
         for (int i = 0; i < 32; i++) {
             amax = fmaxf(amax, fabsf(xb[i]));
-            xs += xb[i];
             xabs += fabs((double)xb[i]);
         }
+        /* the block sum in the kernels' documented order (qmatmul.c, quantize_act_row), so
+         * that y below is what they compute up to their FP32 accumulation over blocks */
+        float lane[8];
+        for (int l = 0; l < 8; l++) lane[l] = ((xb[l] + xb[l + 8]) + xb[l + 16]) + xb[l + 24];
+        xs = ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
         const float dx = amax / 127.f, inv = dx > 0.f ? 1.f / dx : 0.f;
         long isum = 0, iabs = 0;
         double qabs = 0;
@@ -409,6 +414,14 @@ static void test_matmul(void) {
     /* int8 path: several activation groups of 4 and L2 tiles of W rows, odd block counts */
     test_matmul_shape(FR_QT_Q8_0, 517, 1056, 11);
     test_matmul_shape(FR_QT_Q4_1, 517, 1056, 6);
+    /* block counts that take every path of the 512-bit kernels (groups of 16 and 8, Q4_1's
+     * quads, its trailing pair and lone block): 2, 8, 14 = 8 + 4 + 2, 27 = 16 + 8 + 2 + 1, 64 */
+    static const int ZMM_COLS[] = {64, 256, 448, 864, 2048};
+    for (int b = 0; b < 5; b++)
+        for (int c = 0; c < 3; c++) {
+            test_matmul_shape(FR_QT_Q8_0, 37, ZMM_COLS[b], (int[]){1, 2, 5}[c]);
+            test_matmul_shape(FR_QT_Q4_1, 37, ZMM_COLS[b], (int[]){1, 2, 5}[c]);
+        }
 }
 
 /* fr_qmatmul_batch: every job's result is bit-identical to fr_qmatmul alone, whether the jobs
@@ -518,7 +531,19 @@ static int exists(const char *path) {
 
 static int is_linear_name(const char *name) {
     size_t n = strlen(name);
-    return n > 12 && strcmp(name + n - 12, "_proj.weight") == 0;
+    return (n > 12 && strcmp(name + n - 12, "_proj.weight") == 0) || strstr(name, ".kv_a_proj_with_mqa.weight");
+}
+
+/* What fr_quantize_model stores for matrix `name` under --type ty (docs/quantization.md): q4_1
+ * by our quantizer, the *_proj matrices and kv_a only; bf16 and q8_0 are GGUF export schemes:
+ * the embedding and the head too, q8_0 by ggml's encoder, with kv_b_proj FP32 (the engine splits
+ * it as the GGUF's attn_k_b / attn_v_b). Returns 0 for a tensor kept FP32. */
+static int stored_as(fr_qtype ty, const char *name, const float *w, int rows, int cols, fr_qmatrix *out) {
+    const int head = !strcmp(name, "model.embed_tokens.weight") || !strcmp(name, "lm_head.weight");
+    if (!(is_linear_name(name) || (ty != FR_QT_Q4_1 && head)) || (ty == FR_QT_Q8_0 && strstr(name, "kv_b_proj"))) return 0;
+    const int rc = ty == FR_QT_Q8_0 ? fr_qmatrix_from_f32_ggml(out, FR_GGML_Q8_0, w, rows, cols)
+                                    : fr_qmatrix_from_f32(out, ty, w, rows, cols);
+    return rc == FR_OK ? 1 : -1;
 }
 
 /* No leftover temporary folder beside out ("<out>.tmp-*"). */
@@ -633,13 +658,14 @@ static void test_checkpoint(const char *tmp) {
         int n_lin = 0, n_ok = 0, n_other = 0, n_other_ok = 0;
         for (int i = 0; i < orig.files[0].n_tensors; i++) {
             const fr_st_tensor *t = &orig.files[0].tensors[i];
-            if (t->ndim == 2 && is_linear_name(t->name)) {
+            fr_qmatrix a, b, f;
+            const int as = t->ndim == 2 ? stored_as((fr_qtype)ty, t->name, (const float *)t->data, (int)t->shape[0],
+                                                    (int)t->shape[1], &b) : 0;
+            if (as) {
                 n_lin++;
                 int rows = (int)t->shape[0], cols = (int)t->shape[1];
-                fr_qmatrix a, b, f;
-                int ok = fr_qmatrix_stored_type(&qs, t->name) == ty;
+                int ok = as == 1 && fr_qmatrix_stored_type(&qs, t->name) == ty;
                 ok &= fr_qmatrix_load(&a, &qs, t->name, rows, cols, (fr_qtype)ty) == FR_OK;
-                ok &= fr_qmatrix_from_f32(&b, (fr_qtype)ty, (const float *)t->data, rows, cols) == FR_OK;
                 ok &= a.type == (fr_qtype)ty && memcmp(a.data, b.data, fr_qtype_row_bytes((fr_qtype)ty, cols) * rows) == 0;
                 /* wanting FP32 from the quantized file gives the dequantized values */
                 ok &= fr_qmatrix_load(&f, &qs, t->name, rows, cols, FR_QT_F32) == FR_OK;
@@ -684,22 +710,24 @@ static void test_checkpoint(const char *tmp) {
         st = fr_model_load_dequantized(&m2, out);
         CHECK(st == FR_OK, "load dequantized %s: %s", fr_qtype_name((fr_qtype)ty), fr_last_error());
         if (st == FR_OK) {
-            /* dequantized parameters equal fr_qmatrix_row_f32 of the stored matrices */
-            size_t n = 0;
-            const char *nm = "model.layers.1.self_attn.kv_b_proj.weight";
-            const float *p = fr_model_param(m2, nm, &n), *p0 = fr_model_param(m, nm, NULL);
-            fr_qmatrix b;
-            int rows = (int)(n / 32);
-            int ok = p && fr_qmatrix_from_f32(&b, (fr_qtype)ty, p0, rows, 32) == FR_OK;
-            float row[32];
-            for (int r = 0; ok && r < rows; r++) {
-                fr_qmatrix_row_f32(&b, r, row);
-                ok &= memcmp(row, p + (size_t)r * 32, sizeof row) == 0;
+            /* dequantized parameters equal fr_qmatrix_row_f32 of the stored matrices (kv_b_proj,
+             * the embedding: FP32 ones equal the source) */
+            static const char *const names[2] = {"model.layers.1.self_attn.kv_b_proj.weight", "model.embed_tokens.weight"};
+            for (int k = 0; k < 2; k++) {
+                size_t n = 0;
+                const float *p = fr_model_param(m2, names[k], &n), *p0 = fr_model_param(m, names[k], NULL);
+                const int cols = k ? 64 : 32, rows = (int)(n / (size_t)cols);
+                fr_qmatrix b;
+                const int as = p ? stored_as((fr_qtype)ty, names[k], p0, rows, cols, &b) : -1;
+                int ok = as == 0 ? memcmp(p, p0, n * 4) == 0 : as == 1;
+                float row[64];
+                for (int r = 0; as == 1 && ok && r < rows; r++) {
+                    fr_qmatrix_row_f32(&b, r, row);
+                    ok &= memcmp(row, p + (size_t)r * cols, (size_t)cols * 4) == 0;
+                }
+                if (as == 1) fr_qmatrix_free(&b);
+                CHECK(ok, "dequantized %s: %s", fr_qtype_name((fr_qtype)ty), names[k]);
             }
-            if (p) fr_qmatrix_free(&b);
-            CHECK(ok, "dequantized %s parameters", fr_qtype_name((fr_qtype)ty));
-            const float *e0 = fr_model_param(m, "model.embed_tokens.weight", &n), *e1 = fr_model_param(m2, "model.embed_tokens.weight", NULL);
-            CHECK(e0 && e1 && memcmp(e0, e1, n * 4) == 0, "embedding unchanged");
             CHECK(fr_model_config(m2)->num_nextn_predict_layers == 1, "MTP module found through its quantized eh_proj");
             int tokens[2 * 24], targets[2 * 24];
             for (int i = 0; i < 48; i++) tokens[i] = (i * 37 + 11) % 1024, targets[i] = (i * 53 + 5) % 1024;

@@ -184,6 +184,19 @@ enum { FR_GGUF_MIX_Q4_K_M = 1015, FR_GGUF_MIX_Q5_K_M = 1017 };
 int fr_gguf_export_type_from_name(const char *name);
 const char *fr_gguf_export_type_name(int type);
 
+/* The ggml type fr_gguf_export gives the matrix `gguf_name` ("token_embd.weight",
+ * "blk.3.attn_v_b.weight", ...) under scheme `scheme` (a type or mix above) in a model of
+ * n_layers layers, ne0 the length of its rows (the axis blocks run along): the router
+ * (ffn_gate_inp) F32, a mix's choice per tensor, and a block type whose block does not divide
+ * ne0 falls back (a K type to Q8_0, Q8_0 / Q4_0 to F16). -1 for an unknown scheme. 1-D
+ * tensors are F32 (not asked here). */
+int fr_gguf_matrix_type(int scheme, const char *gguf_name, int64_t ne0, int n_layers);
+/* The same for the Hugging Face matrix hf_name [rows, cols] of a DeepseekV3 folder:
+ * model.embed_tokens is token_embd, lm_head output, a layer's *down_proj.weight ffn_down*,
+ * mlp.gate.weight the router, any other matrix of layer L one of blk.L's. -1 for kv_b_proj
+ * (stored split: ask for blk.L.attn_k_b / attn_v_b) and for names outside those. */
+int fr_gguf_hf_matrix_type(int scheme, const char *hf_name, int64_t cols, int n_layers);
+
 /* Convert the Hugging Face folder model_dir (config.json, safetensors: F32/BF16/F16 or
  * DeepSeek FP8, tokenizer.json [+ tokenizer_config.json]) into a llama.cpp `deepseek2`
  * GGUF file of weight type `type` (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, or a mix:

@@ -61,16 +61,43 @@ typedef struct {
  * llama.cpp's *_K_M: the base K type (Q4_K / Q5_K) everywhere except Q6_K for the output
  * head and, on the first and last eighth of the layers and every third layer between, for the
  * tensors whose errors reach the residual stream directly: attn_v_b (the values) and the
- * down projections (dense, shared and routed experts). */
-static int tensor_type(const exporter *x, const char *gguf) {
-    if (x->want != FR_GGUF_MIX_Q4_K_M && x->want != FR_GGUF_MIX_Q5_K_M) return x->want;
-    const int base = x->want == FR_GGUF_MIX_Q4_K_M ? FR_GGML_Q4_K : FR_GGML_Q5_K;
+ * down projections (dense, shared and routed experts). `frugal quantize` and the engine's
+ * split of a folder's kv_b_proj take their types from here too (gguf.h), so that a folder and
+ * a GGUF of one model hold the same blocks. */
+static int scheme_type(int scheme, const char *gguf, int n_layers) {
+    if (scheme != FR_GGUF_MIX_Q4_K_M && scheme != FR_GGUF_MIX_Q5_K_M) return scheme;
+    const int base = scheme == FR_GGUF_MIX_Q4_K_M ? FR_GGML_Q4_K : FR_GGML_Q5_K;
     if (!strcmp(gguf, "output.weight")) return FR_GGML_Q6_K;
     int l, n = 0;
     if (sscanf(gguf, "blk.%d.%n", &l, &n) == 1 && n > 0 &&
-        (!strcmp(gguf + n, "attn_v_b.weight") || !strncmp(gguf + n, "ffn_down", 8)) && fr_kmix_more_bits(l, x->c->num_hidden_layers))
+        (!strcmp(gguf + n, "attn_v_b.weight") || !strncmp(gguf + n, "ffn_down", 8)) && fr_kmix_more_bits(l, n_layers))
         return FR_GGML_Q6_K;
     return base;
+}
+
+int fr_gguf_matrix_type(int scheme, const char *gguf_name, int64_t ne0, int n_layers) {
+    if (!fr_gguf_export_type_name(scheme) || !gguf_name || ne0 <= 0) return -1;
+    if (strstr(gguf_name, "ffn_gate_inp")) return FR_GGML_F32; /* the router: llama.cpp keeps it F32 */
+    int t = scheme_type(scheme, gguf_name, n_layers);
+    if (fr_ggml_block_elems(t) == 256 && ne0 % 256) t = FR_GGML_Q8_0;
+    if (fr_ggml_block_elems(t) == 32 && ne0 % 32) t = FR_GGML_F16;
+    return t;
+}
+
+int fr_gguf_hf_matrix_type(int scheme, const char *hf_name, int64_t cols, int n_layers) {
+    char gg[64];
+    int l, n = 0;
+    if (!hf_name) return -1;
+    if (!strcmp(hf_name, "model.embed_tokens.weight")) snprintf(gg, sizeof gg, "token_embd.weight");
+    else if (!strcmp(hf_name, "lm_head.weight")) snprintf(gg, sizeof gg, "output.weight");
+    else if (sscanf(hf_name, "model.layers.%d.%n", &l, &n) == 1 && n > 0 && strstr(hf_name + n, "kv_b_proj")) return -1;
+    else if (n > 0 && !strcmp(hf_name + n, "mlp.gate.weight")) snprintf(gg, sizeof gg, "blk.%d.ffn_gate_inp.weight", l);
+    else if (n > 0) { /* what tells the rule's tensors apart: a down projection or not */
+        const size_t len = strlen(hf_name);
+        const int down = len >= 16 && !strcmp(hf_name + len - 16, "down_proj.weight");
+        snprintf(gg, sizeof gg, "blk.%d.%s.weight", l, down ? "ffn_down" : "ffn_up");
+    } else return -1;
+    return fr_gguf_matrix_type(scheme, gg, cols, n_layers);
 }
 
 static const struct { const char *name; int type; } EXPORT_TYPES[] = {
@@ -121,16 +148,16 @@ static int plan_add(exporter *x, const char *gguf, const char *hf, src_kind kind
         e->n_dims = 2; e->ne[0] = cols; e->ne[1] = rows;
     }
     /* type: 1-D tensors and the router stay F32 (llama.cpp keeps them F32); the rest takes
-     * the scheme's type (tensor_type), and a block type whose block does not divide ne[0]
-     * falls back: a K type to Q8_0 (blocks of 32), Q8_0 / Q4_0 to F16 */
+     * the scheme's type (fr_gguf_matrix_type), and a block type whose block does not divide
+     * ne[0] falls back: a K type to Q8_0 (blocks of 32), Q8_0 / Q4_0 to F16 */
     if (e->n_dims == 1 || strstr(gguf, "ffn_gate_inp")) {
         e->type = FR_GGML_F32;
         x->st->n_kept_f32++;
     } else {
-        int t = tensor_type(x, gguf);
-        if (fr_ggml_block_elems(t) == 256 && e->ne[0] % 256) t = FR_GGML_Q8_0, x->st->n_fallback_q8++;
-        if (fr_ggml_block_elems(t) == 32 && e->ne[0] % 32) t = FR_GGML_F16, x->st->n_fallback++;
-        e->type = t;
+        const int want = scheme_type(x->want, gguf, x->c->num_hidden_layers);
+        e->type = fr_gguf_matrix_type(x->want, gguf, e->ne[0], x->c->num_hidden_layers);
+        if (fr_ggml_block_elems(want) == 256 && e->ne[0] % 256) x->st->n_fallback_q8++;
+        if (e->type == FR_GGML_F16 && want != FR_GGML_F16) x->st->n_fallback++;
     }
     return FR_OK;
 }

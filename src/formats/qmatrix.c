@@ -508,3 +508,31 @@ int fr_qmatrix_from_ggml(fr_qmatrix *out, int ggml_type, const void *data, int r
     fr_free(f);
     return rc;
 }
+
+/* ------------------------------------------------------------------ with ggml's encoders */
+
+int fr_qmatrix_from_f32_ggml(fr_qmatrix *out, int ggml_type, const float *src, int rows, int cols) {
+    memset(out, 0, sizeof *out);
+    const char *tn = fr_ggml_type_name(ggml_type) ? fr_ggml_type_name(ggml_type) : "?";
+    const int be = fr_ggml_block_elems(ggml_type);
+    if (rows <= 0 || cols <= 0 || be <= 0 || cols % be)
+        return fr_error(FR_ERR_ARG, "cannot store a %d x %d matrix as %s%s", rows, cols, tn,
+                        be > 1 ? ": the number of columns must be a multiple of its block" : "");
+    /* what fr_ggml_quantize does not check: finite input, and scales that fit float16 (Q8_0
+     * max|x| / 127; Q4_0 its largest |x| / 8, and -8 d for the Q4_1 form it runs in) */
+    const float lim = ggml_type == FR_GGML_Q8_0 ? 65504.0f * 127.0f : ggml_type == FR_GGML_Q4_0 ? 65504.0f : INFINITY;
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) {
+            const float v = src[(size_t)r * cols + c];
+            if (!isfinite(v)) return fr_error(FR_ERR_ARG, "row %d holds a non-finite value: cannot quantize to %s", r, tn);
+            if (fabsf(v) > lim) return fr_error(FR_ERR_ARG, "row %d holds values beyond the float16 range of %s scales", r, tn);
+        }
+    const size_t bytes = (size_t)rows * (size_t)(cols / be) * fr_ggml_block_bytes(ggml_type);
+    uint8_t *enc = fr_alloc(bytes ? bytes : 1);
+    if (!enc) return fr_error(FR_ERR_NOMEM, "out of memory for a %d x %d %s matrix", rows, cols, tn);
+    int rc = fr_ggml_quantize(ggml_type, src, enc, (size_t)rows * cols);
+    if (rc == FR_OK) rc = fr_qmatrix_from_ggml(out, ggml_type, enc, rows, cols, -1);
+    if (rc == FR_OK && !out->owned) out->owned = 1; /* used in place (F32, BF16, K): the matrix keeps the encoding */
+    else fr_free(enc);
+    return rc;
+}

@@ -69,6 +69,13 @@ int fr_qmatrix_load(fr_qmatrix *out, const fr_st_set *st, const char *name, int 
  * ggml type without a path here. */
 int fr_qmatrix_from_ggml(fr_qmatrix *out, int ggml_type, const void *data, int rows, int cols, int want);
 
+/* Quantize an FP32 matrix [rows, cols] with ggml's encoder for `ggml_type` (fr_ggml_quantize:
+ * the blocks a GGUF export writes, byte for byte) into a new owned matrix in the engine's
+ * layout, as fr_qmatrix_from_ggml keeps them (Q4_0 becomes Q4_1 with m = -8 d, F16 the F32 of
+ * the rounded values). Non-finite values and scales beyond float16 are refused naming the row.
+ * `frugal quantize` and the engine use it where a matrix must equal the GGUF's. */
+int fr_qmatrix_from_f32_ggml(fr_qmatrix *out, int ggml_type, const float *src, int rows, int cols);
+
 /* Format of `name` as stored in a checkpoint: FR_QT_Q8_0 / FR_QT_Q4_1 when the quantized
  * tensors of `frugal quantize` ("<base>.qweight", ...) are present, FR_QT_BF16 for a BF16
  * tensor, FR_QT_F32 for any other float tensor; -1 when absent. */

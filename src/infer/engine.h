@@ -73,6 +73,9 @@ struct fr_engine {
     int as_stored;              /* each GGUF matrix keeps its own format (weight_type was -1) */
     int folder_stored;          /* a folder's quantized matrices keep their own format (weight_type
                                  * was -1): the mixes of `frugal quantize --type q4_k_m` */
+    int scheme;                 /* folder_stored and written by `frugal quantize` in a GGUF export's
+                                 * scheme: that scheme (gguf.h), whose per-tensor types and
+                                 * encoders the matrices it keeps in FP32 take at load; else -1 */
 };
 
 struct fr_seq {
@@ -103,9 +106,9 @@ size_t fr_dev_engine_active_weight_bytes(const fr_engine *e);
 int fr_engine_check_weight(const fr_engine *e, const fr_st_set *st, const char *name);
 /* Build an engine for cfg from the tensors of st (a safetensors checkpoint or a model in
  * memory; map: use F32 / BF16 tensors in place) or of gg (a GGUF as stored); `what` names the
- * source in errors (infer.c). */
+ * source in errors; scheme: fr_engine_folder_scheme of a folder, else -1 (infer.c). */
 int fr_engine_build(fr_engine **out, const fr_config *cfg, const fr_st_set *st, const fr_gguf *gg,
-                    const fr_engine_options *opt, const char *what, int map);
+                    const fr_engine_options *opt, const char *what, int map, int scheme);
 
 /* ---- engine_gguf.c: a deepseek2 GGUF as stored */
 int fr_engine_load_gguf(fr_engine **out, const char *path, const fr_engine_options *opt);
@@ -116,5 +119,14 @@ int fr_engine_gguf_view(const fr_engine *e, const char *name, fr_gguf_view *v);
 int fr_engine_gguf_kv_b(fr_engine *e, eng_layer *ly, int index, fr_qtype uk_type, fr_qtype uv_type);
 /* Give back the mapped pages of the rearranged tensors whose names start with prefix (NULL: all) */
 void fr_engine_gguf_release(const fr_engine *e, const char *prefix);
+/* A folder of `frugal quantize` held to the blocks of the GGUF of its scheme (engine_gguf.c):
+ * the scheme its config.json names (quantization_config.format), or -1; */
+int fr_engine_folder_scheme(const char *dir);
+/* matrix `name` [rows, cols], stored as floats, encoded as that GGUF encodes it in ggml_type; */
+int fr_engine_folder_mat(const fr_engine *e, fr_qmatrix *m, const fr_st_set *st, const char *name, int rows, int cols,
+                         int ggml_type);
+/* the embedding table [V, H] as that GGUF's token_embd gives it (FP32 rows into *out): the stored
+ * blocks dequantized, or, stored as floats, quantized to token_embd's type and back. */
+int fr_engine_folder_embed(const fr_engine *e, const fr_st_set *st, int V, int H, float **out);
 
 #endif

@@ -4,9 +4,14 @@
  * (formats/gguf_import.c's name mapping) and used in its own format, from the mapping where
  * the engine's layout is ggml's (F32, BF16, the K formats) and rearranged without changing a
  * value where it is not (Q8_0, Q4_0, Q4_1: fr_qmatrix_from_ggml). See docs/interop.md.
+ * Also the other side of that equality: a folder of `frugal quantize` in a GGUF scheme run as
+ * stored, whose FP32 matrices (kv_b_proj, a tied embedding) take the GGUF's types and blocks.
  */
 #define _GNU_SOURCE
 #include "infer/engine.h"
+#include "core/internal.h"
+
+#include <cjson/cJSON.h>
 
 #include <stdint.h>
 #include <stdio.h>
@@ -81,7 +86,7 @@ int fr_engine_load_gguf(fr_engine **out, const char *path, const fr_engine_optio
     int rc = fr_gguf_deepseek2_config(&g, path, &cfg);
     if (rc == FR_OK) rc = fr_gguf_deepseek2_check_names(&g, &cfg, path);
     fr_engine *e = NULL;
-    if (rc == FR_OK) rc = fr_engine_build(&e, &cfg, NULL, &g, opt, path, 0);
+    if (rc == FR_OK) rc = fr_engine_build(&e, &cfg, NULL, &g, opt, path, 0, -1);
     if (rc != FR_OK) {
         fr_gguf_close(&g);
         return rc;
@@ -90,5 +95,60 @@ int fr_engine_load_gguf(fr_engine **out, const char *path, const fr_engine_optio
     e->gg = &e->gguf;
     fr_engine_gguf_release(e, NULL); /* the embedding, the output head and the norms */
     *out = e;
+    return FR_OK;
+}
+
+/* ------------------------------------------------------------------ folders in a GGUF scheme */
+
+int fr_engine_folder_scheme(const char *dir) {
+    char path[4096], *text = NULL;
+    size_t len = 0;
+    if ((size_t)snprintf(path, sizeof path, "%s/config.json", dir) >= sizeof path) return -1;
+    if (fr_read_file(path, &text, &len) != FR_OK) {
+        fr_clear_error(); /* the caller has read it already: nothing new to report */
+        return -1;
+    }
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    const cJSON *qc = cJSON_GetObjectItemCaseSensitive(root, "quantization_config");
+    const cJSON *qm = cJSON_GetObjectItemCaseSensitive(qc, "quant_method"), *f = cJSON_GetObjectItemCaseSensitive(qc, "format");
+    const int scheme = cJSON_IsString(qm) && !strcmp(qm->valuestring, "frugal") && cJSON_IsString(f)
+                           ? fr_gguf_export_type_from_name(f->valuestring) : -1;
+    cJSON_Delete(root);
+    return scheme;
+}
+
+int fr_engine_folder_mat(const fr_engine *e, fr_qmatrix *m, const fr_st_set *st, const char *name, int rows, int cols,
+                         int ggml_type) {
+    fr_qmatrix f;
+    FR_CHECK(fr_engine_check_weight(e, st, name));
+    FR_CHECK(fr_qmatrix_load(&f, st, name, rows, cols, FR_QT_F32));
+    const int rc = fr_qmatrix_from_f32_ggml(m, ggml_type, f.data, rows, cols);
+    fr_qmatrix_free(&f);
+    return rc == FR_OK ? FR_OK : fr_error_context(rc, "tensor %s", name);
+}
+
+int fr_engine_folder_embed(const fr_engine *e, const fr_st_set *st, int V, int H, float **out) {
+    const char *name = "model.embed_tokens.weight";
+    *out = NULL;
+    const int stored = fr_qmatrix_stored_type(st, name);
+    const int gt = e->scheme >= 0 && stored >= 0 && stored <= FR_QT_BF16
+                       ? fr_gguf_matrix_type(e->scheme, "token_embd.weight", H, e->cfg.num_hidden_layers) : FR_GGML_F32;
+    fr_qmatrix f;
+    FR_CHECK(fr_engine_check_weight(e, st, name));
+    FR_CHECK(fr_qmatrix_load(&f, st, name, V, H, FR_QT_F32)); /* owned FP32 rows (fr_alloc) */
+    int rc = FR_OK;
+    if (gt != FR_GGML_F32) { /* what the GGUF's engine reads: ggml's encoding, decoded by ggml's rule */
+        const size_t n = (size_t)V * H, bytes = n / (size_t)fr_ggml_block_elems(gt) * fr_ggml_block_bytes(gt);
+        void *enc = malloc(bytes ? bytes : 1);
+        rc = enc ? fr_ggml_quantize(gt, f.data, enc, n) : fr_error(FR_ERR_NOMEM, "out of memory loading %s", name);
+        if (rc == FR_OK) rc = fr_ggml_dequantize(gt, enc, f.data, n);
+        free(enc);
+    }
+    if (rc != FR_OK) {
+        fr_qmatrix_free(&f);
+        return fr_error_context(rc, "%s", name);
+    }
+    *out = f.data;
     return FR_OK;
 }

@@ -214,8 +214,14 @@ static int load_joint_kv_b(fr_engine *e, eng_layer *ly, const fr_st_set *st, int
     FR_CHECK(rc0);
     const float *kvb = (const float *)kvb_m.data;
     /* W_UK^T has its blocks along qk_nope, not along kv_lora_rank as stored: requantizing a
-     * 4-bit matrix across other blocks would round it twice */
+     * 4-bit matrix across other blocks would round it twice. A folder in a GGUF scheme takes
+     * the types and blocks of that GGUF's attn_k_b / attn_v_b. */
     const fr_qtype uk_type = sensitive_type(e, nope);
+    char kn[64], vn[64];
+    snprintf(kn, sizeof kn, "blk.%d.attn_k_b.weight", index);
+    snprintf(vn, sizeof vn, "blk.%d.attn_v_b.weight", index);
+    const int uk_g = e->scheme >= 0 ? fr_gguf_matrix_type(e->scheme, kn, nope, c->num_hidden_layers) : -1;
+    const int uv_g = e->scheme >= 0 ? fr_gguf_matrix_type(e->scheme, vn, kvr, c->num_hidden_layers) : -1;
     ly->uk_t = calloc((size_t)nh, sizeof(fr_qmatrix));
     ly->uv = calloc((size_t)nh, sizeof(fr_qmatrix));
     float *tr = malloc((size_t)kvr * nope * sizeof(float));
@@ -224,8 +230,11 @@ static int load_joint_kv_b(fr_engine *e, eng_layer *ly, const fr_st_set *st, int
         const float *wk = kvb + (size_t)h * (nope + vd) * kvr, *wv = wk + (size_t)nope * kvr;
         for (int i = 0; i < nope; i++)
             for (int j = 0; j < kvr; j++) tr[(size_t)j * nope + i] = wk[(size_t)i * kvr + j];
-        rc = fr_qmatrix_from_f32(&ly->uk_t[h], uk_type, tr, kvr, nope);
-        if (rc == FR_OK) rc = fr_qmatrix_from_f32(&ly->uv[h], mat_type(e, kvr), wv, vd, kvr);
+        rc = uk_g >= 0 ? fr_qmatrix_from_f32_ggml(&ly->uk_t[h], uk_g, tr, kvr, nope)
+                       : fr_qmatrix_from_f32(&ly->uk_t[h], uk_type, tr, kvr, nope);
+        if (rc == FR_OK)
+            rc = uv_g >= 0 ? fr_qmatrix_from_f32_ggml(&ly->uv[h], uv_g, wv, vd, kvr)
+                           : fr_qmatrix_from_f32(&ly->uv[h], mat_type(e, kvr), wv, vd, kvr);
     }
     free(tr);
     fr_qmatrix_free(&kvb_m);
@@ -393,7 +402,7 @@ void fr_engine_free(fr_engine *e) {
 static size_t kv_value_bytes(fr_kv_type t) { return t == FR_KV_F32 ? 4 : t == FR_KV_BF16 ? 2 : 1; }
 
 int fr_engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_set *st, const fr_gguf *gg,
-                    const fr_engine_options *opt, const char *what, int map) {
+                    const fr_engine_options *opt, const char *what, int map, int scheme) {
     *out = NULL;
     fr_engine_options o;
     if (opt) o = *opt;
@@ -442,6 +451,7 @@ int fr_engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_set *s
     e->gg = gg;
     e->as_stored = as_stored;
     e->folder_stored = folder_stored;
+    e->scheme = folder_stored ? scheme : -1;
     e->cfg = cfg;
     e->opt = o;
     e->ops = dops->host_memory ? fr_ops_cpu() : dops;
@@ -465,11 +475,17 @@ int fr_engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_set *s
         rc = load_layer(e, &e->layers[l], st, l, l >= e->L);
         if (gg) fr_engine_gguf_release(e, NAME("blk.%d.", l));
     }
-    if (rc == FR_OK && e->layers) rc = load_vec(e, st, "model.embed_tokens.weight", (size_t)V * H, &e->embed);
+    /* a folder's embedding stored quantized (as its GGUF's token_embd), or held to its scheme */
+    const char *emb = "model.embed_tokens.weight", *head = cfg.tie_word_embeddings ? emb : "lm_head.weight";
+    const int emb_plain = gg || (e->scheme < 0 && fr_qmatrix_stored_type(st, emb) <= FR_QT_BF16);
+    if (rc == FR_OK && e->layers)
+        rc = emb_plain ? load_vec(e, st, emb, (size_t)V * H, &e->embed) : fr_engine_folder_embed(e, st, V, H, &e->embed);
     if (rc == FR_OK && e->layers) rc = load_vec(e, st, "model.norm.weight", H, &e->final_norm);
     if (rc == FR_OK && e->layers)
-        rc = load_mat_as(e, &e->lm_head, st, cfg.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight", V,
-                         H, sensitive_type(e, H));
+        rc = e->scheme >= 0 && fr_qmatrix_stored_type(st, head) <= FR_QT_BF16
+                 ? fr_engine_folder_mat(e, &e->lm_head, st, head, V, H,
+                                        fr_gguf_matrix_type(e->scheme, "output.weight", H, cfg.num_hidden_layers))
+                 : load_mat_as(e, &e->lm_head, st, head, V, H, sensitive_type(e, H));
     if (rc == FR_OK) {
         size_t half = (size_t)cfg.qk_rope_head_dim / 2;
         e->rope_cos = malloc((size_t)e->max_len * half * sizeof(float) + 1);
@@ -546,7 +562,7 @@ int fr_engine_load(fr_engine **out, const char *dir, const fr_engine_options *op
     if (rc != FR_OK) {
         return fr_error_context(rc, "%s", dir);
     }
-    rc = fr_engine_build(out, &cfg, &st, NULL, opt, dir, 1);
+    rc = fr_engine_build(out, &cfg, &st, NULL, opt, dir, 1, fr_engine_folder_scheme(dir));
     if (rc != FR_OK) fr_st_set_close(&st); /* on success the engine owns the mapping */
     return rc;
 }
@@ -589,7 +605,7 @@ int fr_engine_from_model(fr_engine **out, fr_model *m, const fr_engine_options *
     }
     qsort(f.tensors, (size_t)n, sizeof *f.tensors, cmp_st_name);
     fr_st_set st = {1, &f};
-    if (rc == FR_OK) rc = fr_engine_build(out, fr_model_config(m), &st, NULL, opt, "model", 0);
+    if (rc == FR_OK) rc = fr_engine_build(out, fr_model_config(m), &st, NULL, opt, "model", 0, -1);
     for (int i = 0; i < n && !mo->host_memory; i++) fr_free((void *)f.tensors[i].data);
     free(f.tensors);
     return rc;

@@ -1,10 +1,12 @@
 /*
  * quantize.c — `frugal quantize`: a checkpoint folder rewritten with its linear layers in
- * BF16 / Q8_0 / Q4_1 (on-disk names in formats/qmatrix.c), the dequantized FP32 model of such
- * a folder, and the validation loss of a model over a token-shard split.
+ * BF16 / Q8_0 / Q4_0 / Q4_1 / a K format or mix (on-disk names in formats/qmatrix.c; every type
+ * but Q4_1 as the GGUF export of that type stores them), the dequantized FP32 model of such a
+ * folder, and the validation loss of a model over a token-shard split.
  */
 #include "formats/qmatrix.h"
 #include "formats/kquant.h"
+#include "formats/gguf.h"
 
 #include "core/internal.h"
 #include "formats/safetensors.h"
@@ -22,15 +24,18 @@
 /* ------------------------------------------------------------------ quantizing a checkpoint */
 
 /* Linear layers that are quantized: 2-D tensors named "*_proj.weight" (q_a_proj, q_b_proj,
- * q_proj, kv_a_proj_with_mqa, kv_b_proj, o_proj, gate_proj, up_proj, down_proj, eh_proj).
- * Everything else (embeddings, lm_head, MTP shared heads, the router mlp.gate, norms,
- * e_score_correction_bias) is written as FP32. */
+ * q_proj, kv_b_proj, o_proj, gate_proj, up_proj, down_proj, eh_proj) and
+ * kv_a_proj_with_mqa. Everything else (embeddings, lm_head, MTP shared heads, the router
+ * mlp.gate, norms, e_score_correction_bias) is written as FP32, but for the embedding and the
+ * head in a GGUF scheme (below). */
 static int ends_with(const char *s, const char *suffix) {
     const size_t n = strlen(s), k = strlen(suffix);
     return n > k && strcmp(s + n - k, suffix) == 0;
 }
 
-static int is_quantized_linear(const fr_st_tensor *t) { return t->ndim == 2 && ends_with(t->name, "_proj.weight"); }
+static int is_quantized_linear(const fr_st_tensor *t) {
+    return t->ndim == 2 && (ends_with(t->name, "_proj.weight") || ends_with(t->name, ".kv_a_proj_with_mqa.weight"));
+}
 
 static int is_float_dtype(fr_dtype d) {
     return d == FR_DT_F32 || d == FR_DT_F16 || d == FR_DT_BF16 || d == FR_DT_F64;
@@ -88,13 +93,15 @@ static void qw_free(qwriter *w) {
     memset(w, 0, sizeof *w);
 }
 
-/* Quantize one linear tensor into writer entries. */
-static int quantize_tensor(qwriter *w, const fr_st_tensor *t, fr_qtype type) {
+/* Quantize one matrix into writer entries: to `type` with our quantizers (qmatrix.c), or, when
+ * ggml_type >= 0, with ggml's encoder for that type, the bytes a GGUF export of the model holds
+ * (a Q4_0 matrix is stored in the Q4_1 layout, m = -8 d, as the engine runs it). */
+static int quantize_tensor(qwriter *w, const fr_st_tensor *t, fr_qtype type, int ggml_type) {
     const int rows = (int)t->shape[0], cols = (int)t->shape[1];
     if (t->shape[0] > INT32_MAX / 2 || t->shape[1] > INT32_MAX / 2 || rows <= 0 || cols <= 0)
         return fr_error(FR_ERR_FORMAT, "tensor %s: unsupported shape", t->name);
-    if (fr_qtype_is_k(type) && cols % FR_QK_K) type = FR_QT_Q8_0; /* as the engine and the GGUF export do */
-    if (type != FR_QT_BF16 && cols % FR_QBLOCK)
+    if (ggml_type < 0 && fr_qtype_is_k(type) && cols % FR_QK_K) type = FR_QT_Q8_0;
+    if (ggml_type < 0 && type != FR_QT_BF16 && cols % FR_QBLOCK)
         return fr_error(FR_ERR_ARG, "tensor %s has %d columns, not a multiple of %d: cannot quantize it to %s", t->name,
                         cols, FR_QBLOCK, fr_qtype_name(type));
     float *tmp = malloc((size_t)rows * cols * sizeof(float));
@@ -103,11 +110,12 @@ static int quantize_tensor(qwriter *w, const fr_st_tensor *t, fr_qtype type) {
     fr_qmatrix q;
     memset(&q, 0, sizeof q);
     if (rc == FR_OK) {
-        rc = fr_qmatrix_from_f32(&q, type, tmp, rows, cols);
+        rc = ggml_type >= 0 ? fr_qmatrix_from_f32_ggml(&q, ggml_type, tmp, rows, cols) : fr_qmatrix_from_f32(&q, type, tmp, rows, cols);
         if (rc != FR_OK) rc = fr_error_context(rc, "tensor %s", t->name);
     }
     free(tmp);
     if (rc != FR_OK) return rc;
+    type = q.type;
     const size_t rb = fr_qtype_row_bytes(type, cols);
     const int nb = cols / FR_QBLOCK;
     const uint8_t *src = q.data;
@@ -186,14 +194,19 @@ int fr_quantize_model(const char *in_dir, const char *out_dir, const char *type,
                       int (*progress)(void *user, double frac, const char *phase), void *user) {
     fr_clear_error();
     if (!in_dir || !out_dir || !type) return fr_error(FR_ERR_ARG, "fr_quantize_model: NULL argument");
-    /* q4_k_m / q5_k_m: the base K format, Q6_K for the down projections of the layers
-     * fr_kmix_more_bits names (the GGUF export's mixes; the value half of kv_b_proj stays FP32
-     * here, see below) */
-    const int mix = type && (!strcmp(type, "q4_k_m") || !strcmp(type, "q5_k_m"));
-    int qt = mix ? (type[1] == '4' ? FR_QT_Q4_K : FR_QT_Q5_K) : fr_qtype_parse(type);
-    if (qt != FR_QT_BF16 && qt != FR_QT_Q8_0 && qt != FR_QT_Q4_1 && !fr_qtype_is_k((fr_qtype)qt))
-        return fr_error(FR_ERR_ARG,
-                        "unknown quantization type '%s' (expected bf16, q8_0, q4_1, q4_k, q5_k, q6_k, q4_k_m or q5_k_m)", type);
+    /* q4_1 is ours (qmatrix.c). Every other type is a scheme of the GGUF export (bf16 ... q5_k_m:
+     * fr_gguf_export_type_from_name), and its matrices take the ggml type that export gives
+     * them (fr_gguf_hf_matrix_type: the mixes' Q6_K layers, the fallbacks of widths that are
+     * not a multiple of a block), encoded as the export encodes them, so the folder holds the
+     * GGUF's blocks and the engine gives both the same logits. */
+    static const char *const TYPES[] = {"bf16", "q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m"};
+    int known = 0;
+    for (size_t k = 0; k < sizeof TYPES / sizeof TYPES[0]; k++) known |= !strcmp(type, TYPES[k]);
+    if (!known)
+        return fr_error(FR_ERR_ARG, "unknown quantization type '%s' (expected bf16, q8_0, q4_0, q4_1, q4_k, q5_k, q6_k, "
+                        "q4_k_m or q5_k_m)", type);
+    const int scheme = strcmp(type, "q4_1") ? fr_gguf_export_type_from_name(type) : -1;
+    const fr_qtype qt = scheme == FR_GGML_BF16 ? FR_QT_BF16 : FR_QT_Q4_1; /* our quantizers' types */
     struct stat sb;
     if (stat(in_dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
         return fr_error(FR_ERR_IO, "model folder %s does not exist or is not a folder", in_dir);
@@ -240,17 +253,32 @@ int fr_quantize_model(const char *in_dir, const char *out_dir, const char *type,
     for (int f = 0; f < set.n_files && rc == FR_OK; f++) {
         for (int i = 0; i < set.files[f].n_tensors && rc == FR_OK; i++) {
             const fr_st_tensor *t = &set.files[f].tensors[i];
-            /* K formats: kv_b_proj stays FP32. The engine never multiplies by it as stored: it
-             * splits it into W_UK^T and W_UV per head and quantizes those (blocks along other
-             * axes), so quantizing it here would only round it twice; a K folder then gives the
-             * engine exactly the matrices `--weights q4_k` gives it from the FP32 folder. */
-            const int keep_kvb = fr_qtype_is_k((fr_qtype)qt) && ends_with(t->name, "kv_b_proj.weight");
-            if (is_float_dtype(t->dtype) && is_quantized_linear(t) && !keep_kvb) {
-                int layer = -1, n = 0;
-                const int down = ends_with(t->name, "down_proj.weight") && sscanf(t->name, "model.layers.%d.%n", &layer, &n) == 1;
-                const int q6 = mix && down && fr_kmix_more_bits(layer, cfg.num_hidden_layers);
-                rc = quantize_tensor(&w, t, q6 ? FR_QT_Q6_K : (fr_qtype)qt);
-                n_quant++;
+            /* A block scheme keeps kv_b_proj FP32: the engine never multiplies by it as stored
+             * but splits it into W_UK^T and W_UV per head (the GGUF's attn_k_b / attn_v_b, blocks
+             * along other axes) and quantizes those by the export's rule, so quantizing it here
+             * would only round it twice. The embedding and the head take the GGUF's token_embd
+             * and output types; a tied embedding stays FP32 unless both are one type (the engine
+             * then derives each from the FP32 values, as the export does). */
+            const int linear = is_float_dtype(t->dtype) && is_quantized_linear(t);
+            const int head = is_float_dtype(t->dtype) && t->ndim == 2 &&
+                             (!strcmp(t->name, "model.embed_tokens.weight") || !strcmp(t->name, "lm_head.weight"));
+            int gt = -1; /* the GGUF's type of this matrix */
+            if (scheme >= 0 && (linear || head)) {
+                const int L = cfg.num_hidden_layers;
+                gt = ends_with(t->name, "kv_b_proj.weight") ? (scheme == FR_GGML_BF16 ? FR_GGML_BF16 : FR_GGML_F32)
+                                                           : fr_gguf_hf_matrix_type(scheme, t->name, t->shape[1], L);
+                if (head && cfg.tie_word_embeddings && gt != fr_gguf_matrix_type(scheme, "output.weight", t->shape[1], L))
+                    gt = FR_GGML_F32;
+                if (linear && gt == FR_GGML_F16)
+                    rc = fr_error(FR_ERR_ARG, "tensor %s has %lld columns, not a multiple of %d: cannot quantize it to %s",
+                                  t->name, (long long)t->shape[1], FR_QBLOCK, type);
+            }
+            const int quant = scheme < 0 ? linear : gt >= 0 && gt != FR_GGML_F32 && gt != FR_GGML_F16;
+            if (rc != FR_OK) break;
+            if (quant) {
+                /* BF16 by our encoder: the same bits as ggml's for finite values, and NaN kept */
+                rc = quantize_tensor(&w, t, qt, gt == FR_GGML_BF16 ? -1 : gt);
+                n_quant += linear;
             } else if (is_float_dtype(t->dtype)) {
                 float *b = qw_keep(&w, malloc((t->numel ? t->numel : 1) * sizeof(float)));
                 if (!b) rc = fr_error(FR_ERR_NOMEM, "out of memory copying %s", t->name);
@@ -284,15 +312,21 @@ int fr_quantize_model(const char *in_dir, const char *out_dir, const char *type,
         if (!json) rc = fr_error(FR_ERR_NOMEM, "out of memory");
     } else if (rc == FR_OK) {
         cJSON_AddStringToObject(qc, "quant_method", "frugal");
-        cJSON_AddStringToObject(qc, "format", mix ? type : fr_qtype_name((fr_qtype)qt));
+        cJSON_AddStringToObject(qc, "format", type);
         cJSON_AddNumberToObject(qc, "block_size", FR_QBLOCK);
         cJSON_AddStringToObject(qc, "scale_dtype", "float16");
-        cJSON_AddStringToObject(qc, "tensors", qt == FR_QT_Q8_0 ? "<base>.qweight I8 [rows, cols], <base>.scales F16 [rows, cols/32]"
-                                             : qt == FR_QT_Q4_1
-                                                 ? "<base>.qweight U8 [rows, cols/2], <base>.scales F16 [rows, cols/32], <base>.mins F16 [rows, cols/32]"
-                                                 : "<base>.<format> U8 [rows, row bytes]: ggml's super-blocks of 256 values as GGUF "
-                                                   "stores them; a matrix whose width is not a multiple of 256 as q8_0");
-        cJSON_AddStringToObject(qc, "quantized_modules", "2-D tensors named *_proj.weight");
+        const char *q4 = "<base>.qweight U8 [rows, cols/2], <base>.scales F16 [rows, cols/32], <base>.mins F16 [rows, cols/32]";
+        cJSON_AddStringToObject(qc, "tensors", scheme == FR_GGML_Q8_0 ? "<base>.qweight I8 [rows, cols], <base>.scales F16 [rows, cols/32]"
+                                             : scheme < 0 ? q4
+                                             : scheme == FR_GGML_Q4_0 ? "as q4_1: <base>.qweight U8 [rows, cols/2], <base>.scales F16 "
+                                                                        "[rows, cols/32], <base>.mins F16 [rows, cols/32] = -8 scales"
+                                             : "<base>.<type> U8 [rows, row bytes]: ggml's super-blocks of 256 values as GGUF "
+                                               "stores them; a matrix whose width is not a multiple of 256 as q8_0");
+        cJSON_AddStringToObject(qc, "quantized_modules",
+                                scheme < 0 ? "2-D tensors named *_proj.weight and kv_a_proj_with_mqa"
+                                           : "2-D tensors named *_proj.weight but kv_b_proj, kv_a_proj_with_mqa, "
+                                             "model.embed_tokens and lm_head, each in the ggml type and blocks of a GGUF "
+                                             "export of this format");
         cJSON_AddItemToObject(qc, "modules_not_quantized", skipped);
         skipped = NULL;
         cJSON_AddItemToObject(root, "quantization_config", qc);
@@ -312,7 +346,7 @@ int fr_quantize_model(const char *in_dir, const char *out_dir, const char *type,
     }
     if (rc == FR_OK) {
         snprintf(path, sizeof path, "%s/model.safetensors", tmp_dir);
-        const char *mk[] = {"format", "frugal_quantization"}, *mv[] = {"pt", fr_qtype_name((fr_qtype)qt)};
+        const char *mk[] = {"format", "frugal_quantization"}, *mv[] = {"pt", type};
         rc = fr_st_write(path, w.e, w.n, mk, mv, 2);
     }
     if (rc == FR_OK && progress && progress(user, 0.98, "writing"))
