@@ -46,9 +46,16 @@ void fr_remove_tree(const char *path);
  * fails with ESRCH). This process's own and live processes' temporaries are kept. Best effort. */
 void fr_remove_stale_tmp(const char *path, const char *sep);
 
-/* 64-byte aligned, zeroed allocation for host buffers; free with fr_free. */
+/* 64-byte aligned, zeroed allocation for host buffers; free with fr_free. From 4 MiB up, on
+ * transparent huge pages where the kernel gives them (util.c). */
+#define FR_HUGE_PAGE ((size_t)2 << 20)
 void *fr_alloc(size_t bytes);
 void fr_free(void *p);
+/* Like fr_alloc, for weight matrices read once per decoded token: small ones (an expert's, a
+ * head's) are packed into shared chunks on huge pages (core/weight_pool.c); fr_free releases
+ * them. */
+void *fr_alloc_weights(size_t bytes);
+int fr_weight_pool_release(void *p); /* 1 when p was the pool's (and is released now) */
 
 #define FR_CHECK(expr) do { int fr_rc_ = (expr); if (fr_rc_ != FR_OK) return fr_rc_; } while (0)
 

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -156,16 +157,25 @@ static int remove_entry(const char *path, const struct stat *st, int flag, struc
 
 void fr_remove_tree(const char *path) { nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS); }
 
+/* Buffers of 4 MiB or more start on a 2 MiB boundary and ask for transparent huge pages
+ * (the kernel's default here is "madvise": only regions that ask get them). A stream over
+ * 4 KiB pages restarts the hardware prefetchers at every page and takes a TLB miss per 4 KiB:
+ * a Q8_0 decode product read 36-38 GB/s from them and 58-59 GB/s from huge pages (bench_quant,
+ * AMD Zen 4). Where the kernel gives none, the advice is ignored and nothing changes. */
 void *fr_alloc(size_t bytes) {
     void *p = NULL;
     size_t rounded = (bytes + 63) & ~(size_t)63;
     if (rounded == 0) rounded = 64;
-    if (posix_memalign(&p, 64, rounded) != 0) return NULL;
+    const int huge = rounded >= 2 * FR_HUGE_PAGE;
+    if (posix_memalign(&p, huge ? FR_HUGE_PAGE : 64, rounded) != 0) return NULL;
+    if (huge) madvise(p, rounded & ~(FR_HUGE_PAGE - 1), MADV_HUGEPAGE);
     memset(p, 0, rounded);
     return p;
 }
 
-void fr_free(void *p) { free(p); }
+void fr_free(void *p) {
+    if (!fr_weight_pool_release(p)) free(p);
+}
 
 static uint64_t splitmix64(uint64_t *x) {
     uint64_t z = (*x += 0x9E3779B97F4A7C15ull);

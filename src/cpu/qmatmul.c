@@ -4,7 +4,8 @@
  *
  * Kernels (fr_qmatmul).
  *   Q8_0 / Q4_1 (default): activations quantized to int8 per block of 32 once per call, exact
- *           integer block dot products (AVX-512 VNNI vpdpbusd / AVX2 vpmaddubsw / C), for
+ *           integer block dot products (AVX-512 VNNI vpdpbusd on 512-bit vectors in
+ *           qmatmul_zmm.c / AVX2 vpmaddubsw / C), for
  *           every M: tiles of W rows that fit the L2 cache, each tile dotted with groups of
  *           up to 4 activation rows ("int8 activations" below has the arithmetic and bounds).
  *   BF16, and Q8_0 / Q4_1 with FP32 activations (fr_qmatmul_set_int8_act(0)): weights are
@@ -20,6 +21,7 @@
  *
  */
 #include "cpu/qmatmul.h"
+#include "cpu/qmatmul_internal.h"
 
 #include "core/internal.h"
 #include "cpu/ops_cpu.h"
@@ -285,66 +287,31 @@ T_AVX512 static float dot_q4_1_avx512(const uint8_t *row, const float *x, const 
  * beside it, so a row's result does not depend on the batch it is computed in.
  */
 
-#define QX_MAX 4
 /* rows of a product from which the BF16 prefill path takes it (see "BF16 prefill") */
 #define PREFILL_BF16_MIN 16
-#ifndef QPF_BYTES
-#define QPF_BYTES 4096
-#endif
 
-typedef struct {
-    int cols, nb;
-    int8_t *q;  /* [M, cols] */
-    float *d;   /* [M, nb] dx_b */
-    float *s;   /* [M, nb] xs_b */
-} qact;
-
-/* Weight rows [r0, r1) of one tile (rows of rb bytes from base); results go to
- * y[(j0 + k) * ystride + r]. The kernels prefetch QPF_BYTES ahead of the weights they read,
- * but not past pf_end, the tile's end (beyond it lie another thread's rows, or nothing: with
- * tiles of a few dozen short rows, overshooting wastes a noticeable share of the bandwidth). */
-typedef struct {
-    const uint8_t *base, *pf_end;
-    size_t rb;
-    int r0, r1, ystride;
-    float *y;
-} qrows;
-
-/* y[j0 + k][r] = dot(row r, activation row j0 + k) for r in [r0, r1), k < nx (1 <= nx <= QX_MAX).
- * The row loop is inside the kernel so that short rows (a 64-wide head: 2 blocks) do not
- * pay an indirect call and the pointer setup per row. */
-typedef void (*qdot8_fn)(const qrows *t, const qact *a, int j0, int nx);
-
-/* the row loop around a one-row kernel ROW1(row, a, j0, nx, out, pf_end) */
-#define QROWS_LOOP(ROW1, NXC)                                                                              \
-    for (int r = t->r0; r < t->r1; r++) {                                                                  \
-        float out[QX_MAX];                                                                                 \
-        ROW1(t->base + t->rb * (size_t)r, a, j0, NXC, out, t->pf_end);                                     \
-        for (int k = 0; k < NXC; k++) t->y[(size_t)(j0 + k) * t->ystride + r] = out[k];                    \
+/* Where value i of activation block b sits in a quantized row. Plain order (group 1), except
+ * for Q4_1, whose kernels meet a load of nibbles with activations in two plain loads:
+ * - group 2 (the 256-bit kernels): blocks 2p and 2p+1 interleaved by halves,
+ *   [2p: 0..15][2p+1: 0..15][2p: 16..31][2p+1: 16..31], so that one 32-byte load of a pair's
+ *   nibbles, masked (low halves of both blocks) and shifted (high halves), meets them;
+ * - group 4 (the 512-bit kernel): the same over four blocks, [4p..4p+3: 0..15] then
+ *   [4p..4p+3: 16..31], for a 64-byte load; the last nb % 4 blocks go as a pair, then a
+ *   single block.
+ * A last block without a partner stays in plain order. */
+static inline size_t qx_index(int b, int i, int nb, int group) {
+    int g0 = b & ~(group - 1), size = group;
+    if (group > 1 && g0 + size > nb) { /* the tail after the last full group */
+        size = group == 4 ? 2 : 1;
+        g0 = b & ~(size - 1);
+        if (g0 + size > nb) size = 1;
     }
-
-/* QROWS_LOOP with the row count NX a compile-time constant in each branch (the SIMD row
- * kernels unroll their per-row accumulators on it) */
-#define QROWS_BY_NX(ROW1)                                                                                  \
-    switch (nx) {                                                                                          \
-    case 1: QROWS_LOOP(ROW1, 1) break;                                                                     \
-    case 2: QROWS_LOOP(ROW1, 2) break;                                                                     \
-    case 3: QROWS_LOOP(ROW1, 3) break;                                                                     \
-    default: QROWS_LOOP(ROW1, 4) break;                                                                    \
-    }
-
-/* Where value i of activation block b sits in a quantized row. Plain order, except for
- * Q4_1 (pairs = 1): blocks 2p and 2p+1 are interleaved by halves, [2p: 0..15][2p+1: 0..15]
- * [2p: 16..31][2p+1: 16..31], so that one 32-byte load of a pair's nibbles, masked (low
- * halves of both blocks) and shifted (high halves), meets its activations in two plain
- * loads. A last block without a partner stays in plain order. */
-static inline size_t qx_index(int b, int i, int nb, int pairs) {
-    if (!pairs || ((nb & 1) && b == nb - 1)) return (size_t)b * FR_QBLOCK + i;
-    return (size_t)(b & ~1) * FR_QBLOCK + (i >= 16 ? 32 : 0) + (b & 1) * 16 + (i & 15);
+    if (size <= 1) return (size_t)b * FR_QBLOCK + i;
+    return (size_t)g0 * FR_QBLOCK + (i >= 16 ? 16 * (size_t)size : 0) + (size_t)(b - g0) * 16 + (i & 15);
 }
 
-/* One activation row into blocks (s = NULL: no block sums, plain order, as for Q8_0; else
- * sums and the Q4_1 pair order). Rounding uses the 1.5 · 2^23 trick: for |v| < 2^22,
+/* One activation row into blocks (s = NULL: no block sums, as for Q8_0; else sums, and for Q4_1
+ * its group order). Rounding uses the 1.5 · 2^23 trick: for |v| < 2^22,
  * (v + 1.5·2^23) - 1.5·2^23 is v rounded to the nearest integer, ties to even, exactly
  * nearbyint's result in the default rounding mode (and cvtps2dq's, which the AVX2 version
  * uses), without a libm call per value on CPUs that lack SSE4.1 rounding instructions.
@@ -358,7 +325,7 @@ static float block_sum_fixed(const float *xb) {
     return (t[0] + t[2]) + (t[1] + t[3]);
 }
 
-static void quantize_act_row_c(const float *x, int cols, int8_t *q, float *d, float *s, int pairs) {
+static void quantize_act_row_c(const float *x, int cols, int8_t *q, float *d, float *s, int group) {
     const float magic = 0x1.8p23f;
     const int nb = cols / FR_QBLOCK;
     for (int b = 0; b < nb; b++) {
@@ -369,7 +336,7 @@ static void quantize_act_row_c(const float *x, int cols, int8_t *q, float *d, fl
             amax = v > amax ? v : amax;
         }
         const float dx = amax / 127.f, inv = dx > 0.f ? 1.f / dx : 0.f;
-        int8_t *lo = q + qx_index(b, 0, nb, pairs), *hi = q + qx_index(b, 16, nb, pairs); /* values 0..15, 16..31 */
+        int8_t *lo = q + qx_index(b, 0, nb, group), *hi = q + qx_index(b, 16, nb, group); /* values 0..15, 16..31 */
         for (int i = 0; i < 16; i++) {
             lo[i] = (int8_t)(int)((xb[i] * inv + magic) - magic);
             hi[i] = (int8_t)(int)((xb[i + 16] * inv + magic) - magic);
@@ -379,7 +346,7 @@ static void quantize_act_row_c(const float *x, int cols, int8_t *q, float *d, fl
     }
 }
 
-T_AVX2 static void quantize_act_row_avx2(const float *x, int cols, int8_t *q, float *d, float *s, int pairs) {
+T_AVX2 static void quantize_act_row_avx2(const float *x, int cols, int8_t *q, float *d, float *s, int group) {
     const int nb = cols / FR_QBLOCK;
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
@@ -399,16 +366,16 @@ T_AVX2 static void quantize_act_row_avx2(const float *x, int cols, int8_t *q, fl
         const __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, vi)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, vi));
         const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
         const __m256i qb = _mm256_permutevar8x32_epi32(p, order); /* values 0..31 in order */
-        _mm_storeu_si128((__m128i *)(q + qx_index(b, 0, nb, pairs)), _mm256_castsi256_si128(qb));
-        _mm_storeu_si128((__m128i *)(q + qx_index(b, 16, nb, pairs)), _mm256_extracti128_si256(qb, 1));
+        _mm_storeu_si128((__m128i *)(q + qx_index(b, 0, nb, group)), _mm256_castsi256_si128(qb));
+        _mm_storeu_si128((__m128i *)(q + qx_index(b, 16, nb, group)), _mm256_extracti128_si256(qb, 1));
         d[b] = dx;
         if (s) s[b] = hsum256(_mm256_add_ps(_mm256_add_ps(_mm256_add_ps(v0, v1), v2), v3));
     }
 }
 
-static void quantize_act_row(const float *x, int cols, int8_t *q, float *d, float *s, int pairs, int isa) {
-    if (isa >= FR_ISA_AVX2) quantize_act_row_avx2(x, cols, q, d, s, pairs);
-    else quantize_act_row_c(x, cols, q, d, s, pairs);
+static void quantize_act_row(const float *x, int cols, int8_t *q, float *d, float *s, int group, int isa) {
+    if (isa >= FR_ISA_AVX2) quantize_act_row_avx2(x, cols, q, d, s, group);
+    else quantize_act_row_c(x, cols, q, d, s, group);
 }
 
 static void row8_q8_0_c(const uint8_t *row, const qact *a, int j0, int nx, float *out, const uint8_t *pf_end) {
@@ -441,7 +408,7 @@ static void row8_q4_1_c(const uint8_t *row, const qact *a, int j0, int nx, float
         for (int b = 0; b < nb; b++) {
             /* where this block's activations 0..15 and 16..31 sit (qx_index, hoisted out of
              * the value loop: the pair layout puts each half in 16 consecutive bytes) */
-            const int8_t *lo = qx + qx_index(b, 0, nb, 1), *hi = qx + qx_index(b, 16, nb, 1);
+            const int8_t *lo = qx + qx_index(b, 0, nb, 2), *hi = qx + qx_index(b, 16, nb, 2);
             int32_t isum = 0;
             for (int k = 0; k < 16; k++) {
                 const uint8_t v = q[b * 16 + k];
@@ -456,8 +423,8 @@ static void row8_q4_1_c(const uint8_t *row, const qact *a, int j0, int nx, float
 static void dot8_q8_0_c(const qrows *t, const qact *a, int j0, int nx) { QROWS_LOOP(row8_q8_0_c, nx) }
 static void dot8_q4_1_c(const qrows *t, const qact *a, int j0, int nx) { QROWS_LOOP(row8_q4_1_c, nx) }
 
-/* SIMD kernels, one body for AVX2 (vpmaddubsw + vpmaddwd) and AVX-512 VNNI (vpdpbusd on
- * 256-bit vectors): DOT32(u, s) returns 8 int32 lanes whose total is Σ u_i s_i over 32
+/* The AVX2 kernels (vpmaddubsw + vpmaddwd; the body once took vpdpbusd on 256-bit vectors
+ * too, before qmatmul_zmm.c's 512-bit kernels replaced it): DOT32(u, s) returns 8 int32 lanes whose total is Σ u_i s_i over 32
  * unsigned × signed bytes. Q8_0's signed weights use |w| as the unsigned operand and move
  * the sign onto the activation (vpsignb); a stored -128 becomes the unsigned 128, and the
  * int16 pair sums stay below 2 · 128 · 127 < 2^15, so vpmaddubsw never saturates.
@@ -614,14 +581,6 @@ T_AVX2 static inline __m256i dot64_avx2(__m256i u0, __m256i s0, __m256i u1, __m2
 }
 QDOT8_KERNELS(avx2, T_AVX2, dot32_avx2, dot64_avx2)
 
-#define T_VNNI __attribute__((target("avx512f,avx512vl,avx512vnni,avx2,fma,f16c")))
-T_VNNI static inline __m256i dot32_vnni(__m256i u, __m256i s) {
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
-}
-T_VNNI static inline __m256i dot64_vnni(__m256i u0, __m256i s0, __m256i u1, __m256i s1) {
-    return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u0, s0), u1, s1);
-}
-QDOT8_KERNELS(vnni, T_VNNI, dot32_vnni, dot64_vnni)
 
 /* ------------------------------------------------------------------ dispatch */
 
@@ -719,9 +678,13 @@ int fr_qmatmul_uses_int8(const fr_qmatrix *w) {
 }
 
 /* How a weight format wants its int8 activations: 0 plain blocks (Q8_0, Q6_K), 1 plain with
- * block sums (Q4_K, Q5_K: their minima), 2 Q4_1's pair order with block sums. Products whose
- * formats want the same layout can share one quantized copy of an input. */
-static int act_layout(fr_qtype t) { return t == FR_QT_Q4_1 ? 2 : t == FR_QT_Q4_K || t == FR_QT_Q5_K ? 1 : 0; }
+ * block sums (Q4_K, Q5_K: their minima), 2 / 3 Q4_1's pair / quad order with block sums (the
+ * 256-bit / 512-bit kernels). Products whose formats want the same layout can share one
+ * quantized copy of an input. */
+static int use_zmm(int isa) { return isa >= FR_ISA_AVX512 && fr_qzmm_supported(); }
+static int act_layout(fr_qtype t, int isa) {
+    return t == FR_QT_Q4_1 ? (use_zmm(isa) ? 3 : 2) : t == FR_QT_Q4_K || t == FR_QT_Q5_K ? 1 : 0;
+}
 
 /* The K formats (formats/kquant.c kernels, which pick their own ISA): one weight row against
  * nx activation rows per call, as the other row kernels */
@@ -740,8 +703,7 @@ static qdot8_fn pick_dot8(fr_qtype t, int isa) {
     if (t == FR_QT_Q4_K) return dot8_FR_KQ_Q4_K;
     if (t == FR_QT_Q5_K) return dot8_FR_KQ_Q5_K;
     if (t == FR_QT_Q6_K) return dot8_FR_KQ_Q6_K;
-    if (isa >= FR_ISA_AVX512 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl"))
-        return t == FR_QT_Q8_0 ? dot8_q8_0_vnni : dot8_q4_1_vnni;
+    if (use_zmm(isa)) return t == FR_QT_Q8_0 ? fr_qzmm_dot8_q8_0 : fr_qzmm_dot8_q4_1;
     if (isa >= FR_ISA_AVX2) return t == FR_QT_Q8_0 ? dot8_q8_0_avx2 : dot8_q4_1_avx2;
     return t == FR_QT_Q8_0 ? dot8_q8_0_c : dot8_q4_1_c;
 }
@@ -772,7 +734,7 @@ static void qjob_release(qjob *j) {
  * of one input, an expert's gate and up), reused instead of quantized again; or NULL. */
 static int qjob_prepare(qjob *j, float *y, const float *x, const fr_qmatrix *w, int M, int isa, int tiles_per_thread,
                         const qjob *share) {
-    const int rows = w->rows, cols = w->cols, nb = cols / FR_QBLOCK, layout = act_layout(w->type), sums = layout > 0;
+    const int rows = w->rows, cols = w->cols, nb = cols / FR_QBLOCK, layout = act_layout(w->type, isa), sums = layout > 0;
     const int threads = omp_get_max_threads();
     j->y = y;
     j->w = w;
@@ -790,7 +752,7 @@ static int qjob_prepare(qjob *j, float *y, const float *x, const fr_qmatrix *w, 
 #pragma omp parallel for schedule(static) if (M >= 16 && threads > 1)
         for (int i = 0; i < M; i++)
             quantize_act_row(x + (size_t)i * cols, cols, j->a.q + (size_t)i * cols, j->a.d + (size_t)i * nb,
-                             sums ? j->a.s + (size_t)i * nb : NULL, layout == 2, isa);
+                             sums ? j->a.s + (size_t)i * nb : NULL, layout == 3 ? 4 : layout == 2 ? 2 : 1, isa);
     }
     j->dot = pick_dot8(w->type, isa);
     j->rb = fr_qtype_row_bytes(w->type, cols);
@@ -880,7 +842,7 @@ void fr_qmatmul_batch(const fr_qmatmul_job *jobs, int n) {
         const qjob *share = NULL;
         for (int k = 0; k < i && !share; k++)
             if (jobs[k].x == jobs[i].x && jobs[k].M == jobs[i].M && jobs[k].w->cols == jobs[i].w->cols &&
-                act_layout(jobs[k].w->type) == act_layout(jobs[i].w->type))
+                act_layout(jobs[k].w->type, isa) == act_layout(jobs[i].w->type, isa))
                 share = &qj[k];
         ok = fr_qmatmul_uses_int8(jobs[i].w) && jobs[i].M > 0 &&
              !(jobs[i].M >= PREFILL_BF16_MIN && fr_qmatmul_prefill_bf16()) &&

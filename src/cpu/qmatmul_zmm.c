@@ -1,0 +1,217 @@
+/*
+ * qmatmul_zmm.c — the int8-activation row kernels of Q8_0 and Q4_1 weights on 512-bit
+ * vectors (AVX-512 VNNI), for decode, where a product streams its weights once and the kernel
+ * must keep up with memory.
+ *
+ * Why a kernel of its own: the 256-bit kernels of qmatmul.c fold every 32-weight block to 4
+ * lanes, convert it and scale it on its own, so they spend about ten vector operations per
+ * block and run at 1.5x DRAM speed with their weights in cache: computing and streaming at
+ * nearly equal rates cannot overlap. Here a vector holds 2 (Q8_0) or 4 (Q4_1) blocks, and
+ * their int32 lanes are converted and multiplied by a vector of per-lane scales at once, the
+ * lanes of each block taking its own scale from one permute of the group's 16 scale products.
+ *
+ * Arithmetic, identical to qmatmul.c's "int8 activations": block b's integer dot product is
+ * exact, its scale product d_b · dx_b is one FP32 multiply, and only the FP32 accumulation
+ * order over blocks differs (lanes of two accumulators, then one reduction per row). A row's
+ * result depends on nothing but its own inputs, whatever the number of activation rows (NX)
+ * beside it.
+ *
+ * Q8_0 (plain activation blocks): vpdpbusd multiplies unsigned by signed bytes, so the
+ * weights go in as |w| and their signs move onto the activations (a masked subtraction from
+ * zero where w < 0). A stored -128 stays 0x80, the unsigned 128: 128 · 127 · 4 fits an int32
+ * lane with room to spare.
+ * Q4_1 (activations in quad order, qmatmul.c's qx_index group 4): 64 bytes of nibbles are
+ * blocks 4p..4p+3; their low nibbles meet the quad's first 64 activation bytes, the high
+ * nibbles the next 64. A row's last nb % 4 blocks go as a pair (256-bit) and a single block.
+ * Its minimum term m_b · xs_b is one FMA per 16 blocks.
+ */
+#include "cpu/qmatmul_internal.h"
+
+#include <immintrin.h>
+
+#define T_ZMM __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+#define INLINE static inline __attribute__((always_inline))
+
+int fr_qzmm_supported(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("f16c");
+}
+
+/* The scale products of blocks b0 .. b0 + n - 1 (n <= 16, lanes beyond n zero): sc[j] lane k =
+ * d[b0 + k] · dx[j][b0 + k] */
+T_ZMM INLINE void group_scales(const uint16_t *d, const float *const *dx, int b0, int n, const int NX, __m512 *sc) {
+    if (n == 16) {
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(d + b0)));
+        for (int j = 0; j < NX; j++) sc[j] = _mm512_mul_ps(dw, _mm512_loadu_ps(dx[j] + b0));
+        return;
+    }
+    const __mmask16 m = (__mmask16)((1u << n) - 1);
+    const __m512 dw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, d + b0));
+    for (int j = 0; j < NX; j++) sc[j] = _mm512_mul_ps(dw, _mm512_maskz_loadu_ps(m, dx[j] + b0));
+}
+
+/* Software prefetch, measured on the 680M model's decode and bench_quant (AMD Zen 4, 2
+ * threads): Q8_0 streams best on the hardware prefetchers alone (a prefetch into L1 4 KiB
+ * ahead cost it 15-20 %); Q4_1, which spends twice the instructions per byte, gains from a
+ * non-temporal prefetch 4 KiB ahead (the weights are read once per token, so they need not
+ * displace the activations from L1 or L2). Never past pf_end: beyond lie another thread's
+ * rows. */
+#define Q8_0_PREFETCH 0
+#define Q4_1_PREFETCH 4096
+T_ZMM INLINE void prefetch_ahead(const void *p, const uint8_t *pf_end, const int dist) {
+    if (dist && (const uint8_t *)p + dist < pf_end) _mm_prefetch((const char *)p + dist, _MM_HINT_NTA);
+}
+
+/* acc += the int32 lanes of dot, each times its block's scale: lanes [g*L, (g+1)*L) belong to
+ * block `first + g` of the group (L = 8 for Q8_0's pairs, 4 for Q4_1's quads) */
+T_ZMM INLINE __m512 scale_lanes(__m512 acc, __m512i dot, __m512 sc, __m512i lane_block, int first) {
+    const __m512 s = _mm512_permutexvar_ps(_mm512_add_epi32(lane_block, _mm512_set1_epi32(first)), sc);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc);
+}
+
+/* ------------------------------------------------------------------ Q8_0 */
+
+/* blocks b, b + 1 of a row (64 bytes; `bytes` 32 for a lone last block), group-relative index k */
+T_ZMM INLINE void q8_0_pair(const int8_t *q, const int8_t *const *qx, int b, int k, const int NX, const __m512 *sc,
+                            __m512 *acc, const uint8_t *pf_end, const int lone) {
+    const size_t off = (size_t)b * FR_QBLOCK;
+    const __m512i lane_block = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    const __mmask64 bytes = lone ? (__mmask64)0xffffffffu : ~(__mmask64)0;
+    prefetch_ahead(q + off, pf_end, Q8_0_PREFETCH);
+    const __m512i w = lone ? _mm512_maskz_loadu_epi8(bytes, q + off) : _mm512_loadu_si512(q + off);
+    const __m512i aw = _mm512_abs_epi8(w);
+    const __mmask64 neg = _mm512_movepi8_mask(w);
+    for (int j = 0; j < NX; j++) {
+        const __m512i x = lone ? _mm512_maskz_loadu_epi8(bytes, qx[j] + off) : _mm512_loadu_si512(qx[j] + off);
+        const __m512i sx = _mm512_mask_sub_epi8(x, neg, _mm512_setzero_si512(), x);
+        acc[j] = scale_lanes(acc[j], _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw, sx), sc[j], lane_block, k);
+    }
+}
+
+/* blocks b0 .. b0 + n - 1 (n <= 16). `full`: n is a compile-time constant and the pairs are
+ * unrolled, alternating between the two accumulators; else (a row's last blocks) they all go
+ * to the first: an accumulator index known only at run time would put every accumulator of
+ * the row on the stack. */
+T_ZMM INLINE void q8_0_group(const uint16_t *d, const int8_t *q, const int8_t *const *qx, const float *const *dx, int b0,
+                             const int n, const int full, const int NX, __m512 (*acc)[QX_MAX], const uint8_t *pf_end) {
+    __m512 sc[QX_MAX];
+    group_scales(d, dx, b0, n, NX, sc);
+    _Pragma("GCC unroll 8") for (int k = 0; k + 1 < n; k += 2)
+        q8_0_pair(q, qx, b0 + k, k, NX, sc, acc[full ? (k >> 1) & 1 : 0], pf_end, 0);
+    if (n & 1) q8_0_pair(q, qx, b0 + n - 1, n - 1, NX, sc, acc[0], pf_end, 1);
+}
+
+T_ZMM INLINE void q8_0_row(const uint8_t *row, const qact *a, int j0, const int NX, float *out, const uint8_t *pf_end) {
+    const int nb = a->nb;
+    const uint16_t *d = (const uint16_t *)row;
+    const int8_t *q = (const int8_t *)(row + 2 * (size_t)nb);
+    const int8_t *qx[QX_MAX];
+    const float *dx[QX_MAX];
+    __m512 acc[2][QX_MAX];
+    for (int j = 0; j < NX; j++) {
+        qx[j] = a->q + (size_t)(j0 + j) * a->cols;
+        dx[j] = a->d + (size_t)(j0 + j) * nb;
+        acc[0][j] = acc[1][j] = _mm512_setzero_ps();
+    }
+    int b0 = 0;
+    for (; b0 + 16 <= nb; b0 += 16) q8_0_group(d, q, qx, dx, b0, 16, 1, NX, acc, pf_end);
+    if (b0 + 8 <= nb) { /* 256-wide rows (an expert's down projection, W_UV) take this path whole */
+        q8_0_group(d, q, qx, dx, b0, 8, 1, NX, acc, pf_end);
+        b0 += 8;
+    }
+    if (b0 < nb) q8_0_group(d, q, qx, dx, b0, nb - b0, 0, NX, acc, pf_end);
+    for (int j = 0; j < NX; j++) out[j] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][j], acc[1][j]));
+}
+
+/* ------------------------------------------------------------------ Q4_1 */
+
+/* blocks b .. b + 3 (64 bytes of nibbles, activations in quad order), group-relative index k */
+T_ZMM INLINE void q4_1_quad(const uint8_t *q, const int8_t *const *qx, int b, int k, const int NX, const __m512 *sc,
+                            __m512 *acc, const uint8_t *pf_end) {
+    const __m512i lane_block = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    const __m512i low = _mm512_set1_epi8(15);
+    prefetch_ahead(q + (size_t)b * 16, pf_end, Q4_1_PREFETCH);
+    const __m512i v = _mm512_loadu_si512(q + (size_t)b * 16);
+    const __m512i lo = _mm512_and_si512(v, low), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+    const size_t off = (size_t)b * FR_QBLOCK;
+    for (int j = 0; j < NX; j++) {
+        const __m512i xl = _mm512_loadu_si512(qx[j] + off), xh = _mm512_loadu_si512(qx[j] + off + 64);
+        const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl), hi, xh);
+        acc[j] = scale_lanes(acc[j], dot, sc[j], lane_block, k);
+    }
+}
+
+/* the last nb % 4 blocks of a row: a pair in pair order (lanes 0-3, 4-7), then a lone block
+ * in plain order (lanes 0-7); 256-bit products, widened */
+T_ZMM INLINE void q4_1_tail(const uint8_t *q, const int8_t *const *qx, int b, int k, int n, const int NX,
+                            const __m512 *sc, __m512 *acc) {
+    const __m256i low = _mm256_set1_epi8(15);
+    if (n >= 2) {
+        const __m512i lane_block = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(q + (size_t)b * 16));
+        const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+        const size_t off = (size_t)b * FR_QBLOCK;
+        for (int j = 0; j < NX; j++) {
+            const __m256i xl = _mm256_loadu_si256((const __m256i *)(qx[j] + off));
+            const __m256i xh = _mm256_loadu_si256((const __m256i *)(qx[j] + off + 32));
+            const __m256i dot = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, xl), hi, xh);
+            acc[j] = scale_lanes(acc[j], _mm512_zextsi256_si512(dot), sc[j], lane_block, k);
+        }
+        b += 2, k += 2, n -= 2;
+    }
+    if (n == 1) {
+        const __m128i v = _mm_loadu_si128((const __m128i *)(q + (size_t)b * 16));
+        const __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), low);
+        const size_t off = (size_t)b * FR_QBLOCK;
+        for (int j = 0; j < NX; j++) {
+            const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, _mm256_loadu_si256((const __m256i *)(qx[j] + off)));
+            acc[j] = scale_lanes(acc[j], _mm512_zextsi256_si512(dot), sc[j], _mm512_setzero_si512(), k);
+        }
+    }
+}
+
+T_ZMM INLINE void q4_1_group(const uint16_t *d, const uint16_t *mn, const uint8_t *q, const int8_t *const *qx,
+                             const float *const *dx, const float *const *xs, int b0, const int n, const int full,
+                             const int NX, __m512 (*acc)[QX_MAX], __m512 *accm, const uint8_t *pf_end) {
+    __m512 sc[QX_MAX], mw;
+    group_scales(d, dx, b0, n, NX, sc);
+    if (n == 16) {
+        mw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(mn + b0)));
+        for (int j = 0; j < NX; j++) accm[j] = _mm512_fmadd_ps(mw, _mm512_loadu_ps(xs[j] + b0), accm[j]);
+    } else {
+        const __mmask16 m = (__mmask16)((1u << n) - 1);
+        mw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, mn + b0));
+        for (int j = 0; j < NX; j++) accm[j] = _mm512_fmadd_ps(mw, _mm512_maskz_loadu_ps(m, xs[j] + b0), accm[j]);
+    }
+    _Pragma("GCC unroll 4") for (int k = 0; k + 3 < n; k += 4)
+        q4_1_quad(q, qx, b0 + k, k, NX, sc, acc[full ? (k >> 2) & 1 : 0], pf_end); /* as in q8_0_group */
+    if (n & 3) q4_1_tail(q, qx, b0 + (n & ~3), n & ~3, n & 3, NX, sc, acc[0]);
+}
+
+T_ZMM INLINE void q4_1_row(const uint8_t *row, const qact *a, int j0, const int NX, float *out, const uint8_t *pf_end) {
+    const int nb = a->nb;
+    const uint16_t *d = (const uint16_t *)row, *mn = d + nb;
+    const uint8_t *q = row + 4 * (size_t)nb;
+    const int8_t *qx[QX_MAX];
+    const float *dx[QX_MAX], *xs[QX_MAX];
+    __m512 acc[2][QX_MAX], accm[QX_MAX];
+    for (int j = 0; j < NX; j++) {
+        qx[j] = a->q + (size_t)(j0 + j) * a->cols;
+        dx[j] = a->d + (size_t)(j0 + j) * nb;
+        xs[j] = a->s + (size_t)(j0 + j) * nb;
+        acc[0][j] = acc[1][j] = accm[j] = _mm512_setzero_ps();
+    }
+    int b0 = 0;
+    for (; b0 + 16 <= nb; b0 += 16) q4_1_group(d, mn, q, qx, dx, xs, b0, 16, 1, NX, acc, accm, pf_end);
+    if (b0 + 8 <= nb) {
+        q4_1_group(d, mn, q, qx, dx, xs, b0, 8, 1, NX, acc, accm, pf_end);
+        b0 += 8;
+    }
+    if (b0 < nb) q4_1_group(d, mn, q, qx, dx, xs, b0, nb - b0, 0, NX, acc, accm, pf_end);
+    for (int j = 0; j < NX; j++)
+        out[j] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0][j], acc[1][j]), accm[j]));
+}
+
+T_ZMM void fr_qzmm_dot8_q8_0(const qrows *t, const qact *a, int j0, int nx) { QROWS_BY_NX(q8_0_row) }
+T_ZMM void fr_qzmm_dot8_q4_1(const qrows *t, const qact *a, int j0, int nx) { QROWS_BY_NX(q4_1_row) }
