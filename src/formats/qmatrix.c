@@ -215,7 +215,7 @@ int fr_qmatrix_from_f32(fr_qmatrix *out, fr_qtype t, const float *src, int rows,
                             rows, cols, fr_qtype_name(t), fr_qtype_is_k(t) ? FR_QK_K : FR_QBLOCK);
         return fr_error(FR_ERR_ARG, "cannot store a %d x %d matrix as %s", rows, cols, fr_qtype_name(t));
     }
-    uint8_t *data = fr_alloc(rb * (size_t)rows);
+    uint8_t *data = fr_alloc_weights(rb * (size_t)rows);
     if (!data) return fr_error(FR_ERR_NOMEM, "out of memory for a %d x %d %s matrix", rows, cols, fr_qtype_name(t));
     int bad_row = -1, bad_kind = 0;
     for (int r = 0; r < rows && bad_row < 0; r++) {
@@ -332,7 +332,7 @@ static int load_quantized(fr_qmatrix *out, const fr_st_set *st, const char *name
                                  fr_qtype_name(t));
         const fr_st_tensor *q = fr_st_set_find(st, qn);
         FR_CHECK(check_tensor(q, qn, FR_DT_U8, rows, (int64_t)rb));
-        uint8_t *data = fr_alloc(rb * (size_t)rows);
+        uint8_t *data = fr_alloc_weights(rb * (size_t)rows);
         if (!data) return fr_error(FR_ERR_NOMEM, "out of memory loading %s", name);
         memcpy(data, q->data, rb * (size_t)rows);
         fr_qmatrix_wrap(out, t, data, rows, cols);
@@ -355,7 +355,7 @@ static int load_quantized(fr_qmatrix *out, const fr_st_set *st, const char *name
         FR_CHECK(check_tensor(mi, mn, FR_DT_F16, rows, nb));
     }
     const size_t rb = fr_qtype_row_bytes(t, cols), qb = t == FR_QT_Q8_0 ? (size_t)cols : (size_t)cols / 2;
-    uint8_t *data = fr_alloc(rb * (size_t)rows);
+    uint8_t *data = fr_alloc_weights(rb * (size_t)rows);
     if (!data) return fr_error(FR_ERR_NOMEM, "out of memory loading %s", name);
     for (int r = 0; r < rows; r++) {
         uint8_t *row = data + rb * (size_t)r;
@@ -406,7 +406,7 @@ int fr_qmatrix_load(fr_qmatrix *out, const fr_st_set *st, const char *name, int 
     if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols)
         return fr_error(FR_ERR_FORMAT, "tensor %s: expected shape [%d, %d]", name, rows, cols);
     if (t->dtype == FR_DT_BF16 && want == FR_QT_BF16) { /* as stored, bit for bit */
-        void *data = fr_alloc((size_t)rows * cols * 2);
+        void *data = fr_alloc_weights((size_t)rows * cols * 2);
         if (!data) return fr_error(FR_ERR_NOMEM, "out of memory loading %s", name);
         memcpy(data, t->data, (size_t)rows * cols * 2);
         fr_qmatrix_wrap(out, FR_QT_BF16, data, rows, cols);
@@ -485,7 +485,7 @@ int fr_qmatrix_from_ggml(fr_qmatrix *out, int ggml_type, const void *data, int r
     const fr_qtype to = ggml_type == FR_GGML_Q8_0 ? FR_QT_Q8_0 : FR_QT_Q4_1;
     if (blocks && cols % FR_QBLOCK == 0 && (keep || want == (int)to)) {
         const size_t in_row = (size_t)cols / FR_QBLOCK * fr_ggml_block_bytes(ggml_type), rb = fr_qtype_row_bytes(to, cols);
-        uint8_t *p = fr_alloc((size_t)rows * rb);
+        uint8_t *p = fr_alloc_weights((size_t)rows * rb);
         if (!p) return fr_error(FR_ERR_NOMEM, "out of memory for a %d x %d %s matrix", rows, cols, tn);
         for (int r = 0; r < rows; r++) {
             const int rc = relayout_row(ggml_type, (const uint8_t *)data + in_row * (size_t)r, p + rb * (size_t)r, cols);
@@ -528,7 +528,7 @@ int fr_qmatrix_from_f32_ggml(fr_qmatrix *out, int ggml_type, const float *src, i
             if (fabsf(v) > lim) return fr_error(FR_ERR_ARG, "row %d holds values beyond the float16 range of %s scales", r, tn);
         }
     const size_t bytes = (size_t)rows * (size_t)(cols / be) * fr_ggml_block_bytes(ggml_type);
-    uint8_t *enc = fr_alloc(bytes ? bytes : 1);
+    uint8_t *enc = fr_alloc_weights(bytes ? bytes : 1);
     if (!enc) return fr_error(FR_ERR_NOMEM, "out of memory for a %d x %d %s matrix", rows, cols, tn);
     int rc = fr_ggml_quantize(ggml_type, src, enc, (size_t)rows * cols);
     if (rc == FR_OK) rc = fr_qmatrix_from_ggml(out, ggml_type, enc, rows, cols, -1);
