@@ -22,6 +22,9 @@
 /* Parallelise a loop only when it has at least this many elements of work. */
 #define PAR_MIN_WORK 32768
 
+/* the loop in parallel only when COND holds (FR_OMP_IF: no construct at all otherwise) */
+#define PAR_FOR_IF(COND, ...) FR_OMP_IF(COND, "omp parallel for schedule(static)", __VA_ARGS__)
+
 void fr_set_num_threads(int n) {
     if (n > 0) omp_set_num_threads(n);
 }
@@ -42,9 +45,10 @@ static void cpu_copy(void *dst, const void *src, size_t bytes) {
 /* ------------------------------------------------------------------ embedding */
 
 static void embedding_forward(float *out, const float *table, const int *tokens, int N, int D) {
-#pragma omp parallel for schedule(static) if ((long)N * D >= PAR_MIN_WORK)
-    for (int n = 0; n < N; n++)
-        memcpy(out + (size_t)n * D, table + (size_t)tokens[n] * D, (size_t)D * sizeof(float));
+    PAR_FOR_IF((long)N * D >= PAR_MIN_WORK,
+        for (int n = 0; n < N; n++)
+            memcpy(out + (size_t)n * D, table + (size_t)tokens[n] * D, (size_t)D * sizeof(float));
+    );
 }
 
 /* Columns are split between threads; each thread walks all rows in order, so repeated
@@ -69,15 +73,16 @@ static void embedding_backward(float *dtable, const float *dout, const int *toke
 static void rmsnorm_forward(float *y, float *rstd, const float *x, int ldx, const float *w, int N, int D,
                             float eps) {
     const fr_cpu_vec *v = fr_cpu_vec_ops();
-#pragma omp parallel for schedule(static) if ((long)N * D >= PAR_MIN_WORK)
-    for (int n = 0; n < N; n++) {
-        const float *xr = x + (size_t)n * ldx;
-        float *yr = y + (size_t)n * D;
-        float ss = v->dot(xr, xr, D);
-        float r = 1.0f / sqrtf(ss / (float)D + eps);
-        rstd[n] = r;
-        for (int d = 0; d < D; d++) yr[d] = (xr[d] * r) * w[d];
-    }
+    PAR_FOR_IF((long)N * D >= PAR_MIN_WORK,
+        for (int n = 0; n < N; n++) {
+            const float *xr = x + (size_t)n * ldx;
+            float *yr = y + (size_t)n * D;
+            float ss = v->dot(xr, xr, D);
+            float r = 1.0f / sqrtf(ss / (float)D + eps);
+            rstd[n] = r;
+            for (int d = 0; d < D; d++) yr[d] = (xr[d] * r) * w[d];
+        }
+    );
 }
 
 /* y = x r w, r = (mean(x^2) + eps)^(-1/2):
@@ -127,26 +132,27 @@ static void rope_apply(float *x, int N, int n_heads, int row_stride, int head_st
                        int rope_dim, const int *pos, const float *cos_table, const float *sin_table,
                        int interleave, float sign) {
     int half = rope_dim / 2;
-#pragma omp parallel for schedule(static) if ((long)N * n_heads * rope_dim >= PAR_MIN_WORK)
-    for (int n = 0; n < N; n++) {
-        const float *c = cos_table + (size_t)pos[n] * half, *s = sin_table + (size_t)pos[n] * half;
-        for (int h = 0; h < n_heads; h++) {
-            float *b = x + (size_t)n * row_stride + (size_t)h * head_stride + offset;
-            if (interleave) {
-                for (int i = 0; i < half; i++) {
-                    float x0 = b[2 * i], x1 = b[2 * i + 1], si = sign * s[i];
-                    b[2 * i] = x0 * c[i] - x1 * si;
-                    b[2 * i + 1] = x0 * si + x1 * c[i];
-                }
-            } else {
-                for (int i = 0; i < half; i++) {
-                    float x0 = b[i], x1 = b[i + half], si = sign * s[i];
-                    b[i] = x0 * c[i] - x1 * si;
-                    b[i + half] = x0 * si + x1 * c[i];
+    PAR_FOR_IF((long)N * n_heads * rope_dim >= PAR_MIN_WORK,
+        for (int n = 0; n < N; n++) {
+            const float *c = cos_table + (size_t)pos[n] * half, *s = sin_table + (size_t)pos[n] * half;
+            for (int h = 0; h < n_heads; h++) {
+                float *b = x + (size_t)n * row_stride + (size_t)h * head_stride + offset;
+                if (interleave) {
+                    for (int i = 0; i < half; i++) {
+                        float x0 = b[2 * i], x1 = b[2 * i + 1], si = sign * s[i];
+                        b[2 * i] = x0 * c[i] - x1 * si;
+                        b[2 * i + 1] = x0 * si + x1 * c[i];
+                    }
+                } else {
+                    for (int i = 0; i < half; i++) {
+                        float x0 = b[i], x1 = b[i + half], si = sign * s[i];
+                        b[i] = x0 * c[i] - x1 * si;
+                        b[i + half] = x0 * si + x1 * c[i];
+                    }
                 }
             }
         }
-    }
+    );
 }
 
 static void rope_forward(float *x, int N, int n_heads, int row_stride, int head_stride, int offset,
@@ -296,32 +302,34 @@ static void copy2d(float *dst, int ldd, const float *src, int lds, int rows, int
 
 static void mla_kv_split_forward(float *k, float *v, const float *kv, const float *k_pe, int ld_kpe, int N,
                                  int H, int nope, int rope, int vd) {
-#pragma omp parallel for schedule(static) if ((long)N * H * (nope + rope + vd) >= PAR_MIN_WORK)
-    for (int n = 0; n < N; n++) {
-        for (int h = 0; h < H; h++) {
-            const float *src = kv + ((size_t)n * H + h) * (nope + vd);
-            float *kd = k + ((size_t)n * H + h) * (nope + rope);
-            memcpy(kd, src, (size_t)nope * sizeof(float));
-            memcpy(kd + nope, k_pe + (size_t)n * ld_kpe, (size_t)rope * sizeof(float));
-            memcpy(v + ((size_t)n * H + h) * vd, src + nope, (size_t)vd * sizeof(float));
+    PAR_FOR_IF((long)N * H * (nope + rope + vd) >= PAR_MIN_WORK,
+        for (int n = 0; n < N; n++) {
+            for (int h = 0; h < H; h++) {
+                const float *src = kv + ((size_t)n * H + h) * (nope + vd);
+                float *kd = k + ((size_t)n * H + h) * (nope + rope);
+                memcpy(kd, src, (size_t)nope * sizeof(float));
+                memcpy(kd + nope, k_pe + (size_t)n * ld_kpe, (size_t)rope * sizeof(float));
+                memcpy(v + ((size_t)n * H + h) * vd, src + nope, (size_t)vd * sizeof(float));
+            }
         }
-    }
+    );
 }
 
 static void mla_kv_split_backward(float *dkv, float *dk_pe, int ld_kpe, const float *dk, const float *dv,
                                   int N, int H, int nope, int rope, int vd) {
-#pragma omp parallel for schedule(static) if ((long)N * H * (nope + rope + vd) >= PAR_MIN_WORK)
-    for (int n = 0; n < N; n++) {
-        float *dpe = dk_pe + (size_t)n * ld_kpe;
-        memset(dpe, 0, (size_t)rope * sizeof(float));
-        for (int h = 0; h < H; h++) {
-            float *dst = dkv + ((size_t)n * H + h) * (nope + vd);
-            const float *dkr = dk + ((size_t)n * H + h) * (nope + rope);
-            memcpy(dst, dkr, (size_t)nope * sizeof(float));
-            memcpy(dst + nope, dv + ((size_t)n * H + h) * vd, (size_t)vd * sizeof(float));
-            for (int j = 0; j < rope; j++) dpe[j] += dkr[nope + j];
+    PAR_FOR_IF((long)N * H * (nope + rope + vd) >= PAR_MIN_WORK,
+        for (int n = 0; n < N; n++) {
+            float *dpe = dk_pe + (size_t)n * ld_kpe;
+            memset(dpe, 0, (size_t)rope * sizeof(float));
+            for (int h = 0; h < H; h++) {
+                float *dst = dkv + ((size_t)n * H + h) * (nope + vd);
+                const float *dkr = dk + ((size_t)n * H + h) * (nope + rope);
+                memcpy(dst, dkr, (size_t)nope * sizeof(float));
+                memcpy(dst + nope, dv + ((size_t)n * H + h) * vd, (size_t)vd * sizeof(float));
+                for (int j = 0; j < rope; j++) dpe[j] += dkr[nope + j];
+            }
         }
-    }
+    );
 }
 
 /* ------------------------------------------------------------------ SwiGLU, elementwise */
@@ -334,32 +342,36 @@ static inline float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
 static void swiglu_forward(float *h, const float *g, const float *u, size_t n) {
     const fr_cpu_vec *v = fr_cpu_vec_ops();
     const long chunks = (long)((n + SWIGLU_CHUNK - 1) / SWIGLU_CHUNK);
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN_WORK)
-    for (long c = 0; c < chunks; c++) {
-        const size_t i = (size_t)c * SWIGLU_CHUNK, len = n - i < SWIGLU_CHUNK ? n - i : SWIGLU_CHUNK;
-        v->swiglu(h + i, g + i, u + i, (int)len);
-    }
+    PAR_FOR_IF(n >= PAR_MIN_WORK,
+        for (long c = 0; c < chunks; c++) {
+            const size_t i = (size_t)c * SWIGLU_CHUNK, len = n - i < SWIGLU_CHUNK ? n - i : SWIGLU_CHUNK;
+            v->swiglu(h + i, g + i, u + i, (int)len);
+        }
+    );
 }
 
 /* h = g s(g) u:  dg = dh u s (1 + g (1 - s)),  du = dh g s  (dg/du may alias g/u) */
 static void swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, size_t n) {
     const fr_cpu_vec *vo = fr_cpu_vec_ops();
     const long chunks = (long)((n + SWIGLU_CHUNK - 1) / SWIGLU_CHUNK);
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN_WORK)
-    for (long c = 0; c < chunks; c++) {
-        const size_t i = (size_t)c * SWIGLU_CHUNK, len = n - i < SWIGLU_CHUNK ? n - i : SWIGLU_CHUNK;
-        vo->swiglu_backward(dg + i, du + i, dh + i, g + i, u + i, (int)len);
-    }
+    PAR_FOR_IF(n >= PAR_MIN_WORK,
+        for (long c = 0; c < chunks; c++) {
+            const size_t i = (size_t)c * SWIGLU_CHUNK, len = n - i < SWIGLU_CHUNK ? n - i : SWIGLU_CHUNK;
+            vo->swiglu_backward(dg + i, du + i, dh + i, g + i, u + i, (int)len);
+        }
+    );
 }
 
 static void add(float *y, const float *a, const float *b, size_t n) {
-#pragma omp parallel for schedule(static) if (n >= 4 * PAR_MIN_WORK)
-    for (size_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+    PAR_FOR_IF(n >= 4 * PAR_MIN_WORK,
+        for (size_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+    );
 }
 
 static void axpy(float *y, float alpha, const float *x, size_t n) {
-#pragma omp parallel for schedule(static) if (n >= 4 * PAR_MIN_WORK)
-    for (size_t i = 0; i < n; i++) y[i] += alpha * x[i];
+    PAR_FOR_IF(n >= 4 * PAR_MIN_WORK,
+        for (size_t i = 0; i < n; i++) y[i] += alpha * x[i];
+    );
 }
 
 /* ------------------------------------------------------------------ cross-entropy
@@ -367,26 +379,27 @@ static void axpy(float *y, float alpha, const float *x, size_t n) {
 static void cross_entropy(float *losses, float *dlogits, const float *logits, const int *targets, int N,
                           int V, float grad_scale) {
     const fr_cpu_vec *vo = fr_cpu_vec_ops();
-#pragma omp parallel for schedule(static) if ((long)N * V >= PAR_MIN_WORK && N > 1)
-    for (int n = 0; n < N; n++) {
-        const float *x = logits + (size_t)n * V;
-        float *dx = dlogits ? dlogits + (size_t)n * V : NULL;
-        int tg = targets[n];
-        if (tg < 0 || tg >= V) {
-            losses[n] = 0.f;
-            if (dx) memset(dx, 0, (size_t)V * sizeof(float));
-            continue;
+    PAR_FOR_IF((long)N * V >= PAR_MIN_WORK && N > 1,
+        for (int n = 0; n < N; n++) {
+            const float *x = logits + (size_t)n * V;
+            float *dx = dlogits ? dlogits + (size_t)n * V : NULL;
+            int tg = targets[n];
+            if (tg < 0 || tg >= V) {
+                losses[n] = 0.f;
+                if (dx) memset(dx, 0, (size_t)V * sizeof(float));
+                continue;
+            }
+            float xt = x[tg];
+            float m = vo->max(x, V);
+            float sum = vo->expsum(dx, x, V, m); /* dx (may alias x) receives exp(x - m) */
+            losses[n] = (m + logf(sum)) - xt;
+            if (dx) {
+                float c = grad_scale / sum;
+                for (int i = 0; i < V; i++) dx[i] *= c;
+                dx[tg] -= grad_scale;
+            }
         }
-        float xt = x[tg];
-        float m = vo->max(x, V);
-        float sum = vo->expsum(dx, x, V, m); /* dx (may alias x) receives exp(x - m) */
-        losses[n] = (m + logf(sum)) - xt;
-        if (dx) {
-            float c = grad_scale / sum;
-            for (int i = 0; i < V; i++) dx[i] *= c;
-            dx[tg] -= grad_scale;
-        }
-    }
+    );
 }
 
 /* ------------------------------------------------------------------ MoE routing */
@@ -470,9 +483,18 @@ static void route_row(int *topk_idx, float *topk_w, float *scores, const float *
 static void moe_route_forward(int *topk_idx, float *topk_w, float *scores, const float *logits,
                               const float *bias, int N, const fr_route_params *p) {
     int E = p->n_experts, K = p->top_k, G = p->n_group > 0 ? p->n_group : 1;
-#pragma omp parallel if ((long)N * E >= PAR_MIN_WORK / 4)
+    const size_t work_bytes = ((size_t)E + G) * sizeof(float) + (size_t)G * sizeof(int);
+    if ((long)N * E < PAR_MIN_WORK / 4) { /* decode: one row, no parallel construct (FR_OMP_IF) */
+        float *work = malloc(work_bytes);
+        for (int n = 0; work && n < N; n++)
+            route_row(topk_idx + (size_t)n * K, topk_w + (size_t)n * K, scores + (size_t)n * E,
+                      logits + (size_t)n * E, bias, p, work, work + E, (int *)(work + E + G));
+        free(work);
+        return;
+    }
+#pragma omp parallel
     {
-        float *work = malloc(((size_t)E + G) * sizeof(float) + (size_t)G * sizeof(int));
+        float *work = malloc(work_bytes);
 #pragma omp for schedule(static)
         for (int n = 0; n < N; n++) {
             if (!work) continue;
@@ -490,32 +512,33 @@ static void moe_route_backward(float *dlogits, const float *dtopk_w, const float
                                const float *scores, const int *topk_idx, int N, const fr_route_params *p) {
     int E = p->n_experts, K = p->top_k;
     float rsf = p->routed_scaling_factor;
-#pragma omp parallel for schedule(static) if ((long)N * E >= PAR_MIN_WORK / 4)
-    for (int n = 0; n < N; n++) {
-        const float *s = scores + (size_t)n * E;
-        const int *idx = topk_idx + (size_t)n * K;
-        const float *g = dtopk_w + (size_t)n * K;
-        float *dl = dlogits + (size_t)n * E;
-        /* dl holds dscores until the final activation step */
-        if (dscores_extra) memcpy(dl, dscores_extra + (size_t)n * E, (size_t)E * sizeof(float));
-        else memset(dl, 0, (size_t)E * sizeof(float));
-        if (p->norm_topk_prob) {
-            float S = 0.f, gs = 0.f;
-            for (int j = 0; j < K; j++) S += s[idx[j]];
-            S += 1e-20f;
-            for (int j = 0; j < K; j++) gs += g[j] * s[idx[j]];
-            for (int j = 0; j < K; j++) dl[idx[j]] += rsf * (g[j] - gs / S) / S;
-        } else {
-            for (int j = 0; j < K; j++) dl[idx[j]] += rsf * g[j];
+    PAR_FOR_IF((long)N * E >= PAR_MIN_WORK / 4,
+        for (int n = 0; n < N; n++) {
+            const float *s = scores + (size_t)n * E;
+            const int *idx = topk_idx + (size_t)n * K;
+            const float *g = dtopk_w + (size_t)n * K;
+            float *dl = dlogits + (size_t)n * E;
+            /* dl holds dscores until the final activation step */
+            if (dscores_extra) memcpy(dl, dscores_extra + (size_t)n * E, (size_t)E * sizeof(float));
+            else memset(dl, 0, (size_t)E * sizeof(float));
+            if (p->norm_topk_prob) {
+                float S = 0.f, gs = 0.f;
+                for (int j = 0; j < K; j++) S += s[idx[j]];
+                S += 1e-20f;
+                for (int j = 0; j < K; j++) gs += g[j] * s[idx[j]];
+                for (int j = 0; j < K; j++) dl[idx[j]] += rsf * (g[j] - gs / S) / S;
+            } else {
+                for (int j = 0; j < K; j++) dl[idx[j]] += rsf * g[j];
+            }
+            if (p->scoring == FR_SCORING_SOFTMAX) {
+                float dot = 0.f;
+                for (int e = 0; e < E; e++) dot += dl[e] * s[e];
+                for (int e = 0; e < E; e++) dl[e] = s[e] * (dl[e] - dot);
+            } else {
+                for (int e = 0; e < E; e++) dl[e] = dl[e] * s[e] * (1.0f - s[e]);
+            }
         }
-        if (p->scoring == FR_SCORING_SOFTMAX) {
-            float dot = 0.f;
-            for (int e = 0; e < E; e++) dot += dl[e] * s[e];
-            for (int e = 0; e < E; e++) dl[e] = s[e] * (dl[e] - dot);
-        } else {
-            for (int e = 0; e < E; e++) dl[e] = dl[e] * s[e] * (1.0f - s[e]);
-        }
-    }
+    );
 }
 
 /* Per sequence b (rows b*T .. b*T+T-1): f_i = E/(K T) count_i, Z_t = sum_j s_tj,
@@ -590,49 +613,53 @@ static void moe_permute(int *perm_token, int *slot_pos, int *expert_offsets, con
 }
 
 static void moe_dispatch_forward(float *xe, const float *x, const int *perm_token, int NK, int D) {
-#pragma omp parallel for schedule(static) if ((long)NK * D >= PAR_MIN_WORK)
-    for (int i = 0; i < NK; i++)
-        memcpy(xe + (size_t)i * D, x + (size_t)perm_token[i] * D, (size_t)D * sizeof(float));
+    PAR_FOR_IF((long)NK * D >= PAR_MIN_WORK,
+        for (int i = 0; i < NK; i++)
+            memcpy(xe + (size_t)i * D, x + (size_t)perm_token[i] * D, (size_t)D * sizeof(float));
+    );
 }
 
 static void moe_dispatch_backward(float *dx, const float *dxe, const int *slot_pos, int N, int K, int D) {
-#pragma omp parallel for schedule(static) if ((long)N * K * D >= PAR_MIN_WORK)
-    for (int n = 0; n < N; n++) {
-        float *d = dx + (size_t)n * D;
-        for (int k = 0; k < K; k++) {
-            const float *src = dxe + (size_t)slot_pos[(size_t)n * K + k] * D;
-            for (int i = 0; i < D; i++) d[i] += src[i];
+    PAR_FOR_IF((long)N * K * D >= PAR_MIN_WORK,
+        for (int n = 0; n < N; n++) {
+            float *d = dx + (size_t)n * D;
+            for (int k = 0; k < K; k++) {
+                const float *src = dxe + (size_t)slot_pos[(size_t)n * K + k] * D;
+                for (int i = 0; i < D; i++) d[i] += src[i];
+            }
         }
-    }
+    );
 }
 
 static void moe_combine_forward(float *out, const float *ye, const float *topk_w, const int *slot_pos, int N,
                                 int K, int D) {
-#pragma omp parallel for schedule(static) if ((long)N * K * D >= PAR_MIN_WORK)
-    for (int n = 0; n < N; n++) {
-        float *o = out + (size_t)n * D;
-        for (int k = 0; k < K; k++) {
-            float w = topk_w[(size_t)n * K + k];
-            const float *y = ye + (size_t)slot_pos[(size_t)n * K + k] * D;
-            for (int i = 0; i < D; i++) o[i] += w * y[i];
+    PAR_FOR_IF((long)N * K * D >= PAR_MIN_WORK,
+        for (int n = 0; n < N; n++) {
+            float *o = out + (size_t)n * D;
+            for (int k = 0; k < K; k++) {
+                float w = topk_w[(size_t)n * K + k];
+                const float *y = ye + (size_t)slot_pos[(size_t)n * K + k] * D;
+                for (int i = 0; i < D; i++) o[i] += w * y[i];
+            }
         }
-    }
+    );
 }
 
 static void moe_combine_backward(float *dye, float *dtopk_w, const float *dout, const float *ye,
                                  const float *topk_w, const int *slot_pos, int N, int K, int D) {
     const fr_cpu_vec *vo = fr_cpu_vec_ops();
-#pragma omp parallel for schedule(static) if ((long)N * K * D >= PAR_MIN_WORK)
-    for (int n = 0; n < N; n++) {
-        const float *g = dout + (size_t)n * D;
-        for (int k = 0; k < K; k++) {
-            size_t slot = (size_t)slot_pos[(size_t)n * K + k];
-            float w = topk_w[(size_t)n * K + k];
-            float *d = dye + slot * D;
-            for (int i = 0; i < D; i++) d[i] = w * g[i];
-            dtopk_w[(size_t)n * K + k] = vo->dot(g, ye + slot * D, D);
+    PAR_FOR_IF((long)N * K * D >= PAR_MIN_WORK,
+        for (int n = 0; n < N; n++) {
+            const float *g = dout + (size_t)n * D;
+            for (int k = 0; k < K; k++) {
+                size_t slot = (size_t)slot_pos[(size_t)n * K + k];
+                float w = topk_w[(size_t)n * K + k];
+                float *d = dye + slot * D;
+                for (int i = 0; i < D; i++) d[i] = w * g[i];
+                dtopk_w[(size_t)n * K + k] = vo->dot(g, ye + slot * D, D);
+            }
         }
-    }
+    );
 }
 
 /* ------------------------------------------------------------------ the table */

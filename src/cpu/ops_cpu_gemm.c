@@ -16,6 +16,7 @@
  * boundaries are multiples of MR / NR counted from 0, so every element of C is computed
  * by the same sequence of operations whatever the number of threads.
  */
+#include "core/internal.h"
 #include "cpu/ops_cpu.h"
 #include "model/ops.h"
 
@@ -261,22 +262,23 @@ static void gemv(int dot_form, int n, int len, float alpha, const float *Mat, in
     const fr_cpu_vec *v = fr_cpu_vec_ops();
     int nth = threads_for(2.0 * n * len);
     if (nth > n / 16) nth = n / 16 > 1 ? n / 16 : 1;
-#pragma omp parallel num_threads(nth) if (nth > 1)
-    {
-        int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        int j0 = (int)((long)n * t / nt), j1 = (int)((long)n * (t + 1) / nt);
-        float acc[256];
-        for (int j = j0; j < j1; j += 256) {
-            int m = j1 - j < 256 ? j1 - j : 256;
-            if (dot_form) {
-                v->dots(acc, x, Mat + (size_t)j * ld, (size_t)ld, m, len, 1.f);
-            } else {
-                memset(acc, 0, sizeof(float) * (size_t)m);
-                v->axpys(acc, x, Mat + j, (size_t)ld, len, m);
+    FR_OMP_REGION_IF(nth > 1, "omp parallel num_threads(nth) if (nth > 1)",
+        {
+            int t = omp_get_thread_num(), nt = omp_get_num_threads();
+            int j0 = (int)((long)n * t / nt), j1 = (int)((long)n * (t + 1) / nt);
+            float acc[256];
+            for (int j = j0; j < j1; j += 256) {
+                int m = j1 - j < 256 ? j1 - j : 256;
+                if (dot_form) {
+                    v->dots(acc, x, Mat + (size_t)j * ld, (size_t)ld, m, len, 1.f);
+                } else {
+                    memset(acc, 0, sizeof(float) * (size_t)m);
+                    v->axpys(acc, x, Mat + j, (size_t)ld, len, m);
+                }
+                store_vec(y + (size_t)j * incy, incy, acc, m, alpha, beta);
             }
-            store_vec(y + (size_t)j * incy, incy, acc, m, alpha, beta);
         }
-    }
+    );
 }
 
 /* -1: not yet decided (FRUGAL_GEMM read on first use) */

@@ -629,8 +629,9 @@ static void matvec(float *y, const float *x, const float *xs, const fr_qmatrix *
     const uint8_t *base = (const uint8_t *)w->data;
     const int rows = w->rows, cols = w->cols;
     const int par = (double)rows * cols > 65536.0 && omp_get_max_threads() > 1;
-#pragma omp parallel for schedule(static) if (par)
-    for (int r = 0; r < rows; r++) y[r] = dot(base + rb * (size_t)r, x, xs, cols);
+    FR_OMP_IF(par, "omp parallel for schedule(static)",
+        for (int r = 0; r < rows; r++) y[r] = dot(base + rb * (size_t)r, x, xs, cols);
+    );
 }
 
 static void block_sums(float *xs, const float *x, int cols) {
@@ -749,10 +750,19 @@ static int qjob_prepare(qjob *j, float *y, const float *x, const fr_qmatrix *w, 
         if (!buf) return 0;
         j->a = (qact){cols, nb, (int8_t *)buf, (float *)(buf + qbytes), sums ? (float *)(buf + qbytes + fbytes) : NULL};
         j->owns = 1;
-#pragma omp parallel for schedule(static) if (M >= 16 && threads > 1)
-        for (int i = 0; i < M; i++)
-            quantize_act_row(x + (size_t)i * cols, cols, j->a.q + (size_t)i * cols, j->a.d + (size_t)i * nb,
-                             sums ? j->a.s + (size_t)i * nb : NULL, layout == 3 ? 4 : layout == 2 ? 2 : 1, isa);
+        const int group = layout == 3 ? 4 : layout == 2 ? 2 : 1;
+        /* no parallel construct at all for a few rows: even one whose if() is false costs a
+         * team start and a futex wake at its end (libgomp wakes the barrier unconditionally),
+         * and decode prepares ~40 products per layer */
+        if (M >= 16 && threads > 1) {
+#pragma omp parallel for schedule(static)
+            for (int i = 0; i < M; i++)
+                quantize_act_row(x + (size_t)i * cols, cols, j->a.q + (size_t)i * cols, j->a.d + (size_t)i * nb,
+                                 sums ? j->a.s + (size_t)i * nb : NULL, group, isa);
+        } else
+            for (int i = 0; i < M; i++)
+                quantize_act_row(x + (size_t)i * cols, cols, j->a.q + (size_t)i * cols, j->a.d + (size_t)i * nb,
+                                 sums ? j->a.s + (size_t)i * nb : NULL, group, isa);
     }
     j->dot = pick_dot8(w->type, isa);
     j->rb = fr_qtype_row_bytes(w->type, cols);
@@ -801,29 +811,31 @@ static void run_jobs(const qjob *qj, int n) {
     }
     const int threads = omp_get_max_threads(), par = threads > 1 && work > 65536.0;
     if (one_pass) {
-#pragma omp parallel num_threads(threads) if (par)
-        {
-            const int t = omp_get_thread_num(), T = omp_get_num_threads();
-            const double lo = total * t / T, hi = total * (t + 1) / T;
-            double start = 0;
-            for (int i = 0; i < n; i++) {
-                const double len = (double)qj[i].rb * qj[i].w->rows;
-                if (start < hi && start + len > lo) {
-                    const int r0 = cut_row(&qj[i], start, lo), r1 = cut_row(&qj[i], start, hi);
-                    if (r1 > r0) qjob_run_rows(&qj[i], r0, r1);
+        FR_OMP_REGION_IF(par, "omp parallel num_threads(threads) if (par)",
+            {
+                const int t = omp_get_thread_num(), T = omp_get_num_threads();
+                const double lo = total * t / T, hi = total * (t + 1) / T;
+                double start = 0;
+                for (int i = 0; i < n; i++) {
+                    const double len = (double)qj[i].rb * qj[i].w->rows;
+                    if (start < hi && start + len > lo) {
+                        const int r0 = cut_row(&qj[i], start, lo), r1 = cut_row(&qj[i], start, hi);
+                        if (r1 > r0) qjob_run_rows(&qj[i], r0, r1);
+                    }
+                    start += len;
                 }
-                start += len;
             }
-        }
+        );
         return;
     }
-#pragma omp parallel for schedule(dynamic, 1) if (par && tiles > 1)
-    for (int t = 0; t < tiles; t++) {
-        int i = 0, tt = t;
-        while (tt >= qj[i].n_tiles) tt -= qj[i++].n_tiles;
-        const int r0 = tt * qj[i].tile, r1 = r0 + qj[i].tile < qj[i].w->rows ? r0 + qj[i].tile : qj[i].w->rows;
-        qjob_run_rows(&qj[i], r0, r1);
-    }
+    FR_OMP_IF(par && tiles > 1, "omp parallel for schedule(dynamic, 1)",
+        for (int t = 0; t < tiles; t++) {
+            int i = 0, tt = t;
+            while (tt >= qj[i].n_tiles) tt -= qj[i++].n_tiles;
+            const int r0 = tt * qj[i].tile, r1 = r0 + qj[i].tile < qj[i].w->rows ? r0 + qj[i].tile : qj[i].w->rows;
+            qjob_run_rows(&qj[i], r0, r1);
+        }
+    );
 }
 
 static int qmatmul_int8(float *y, const float *x, const fr_qmatrix *w, int M, int isa) {
@@ -935,9 +947,10 @@ void fr_qmatmul(float *y, const float *x, const fr_qmatrix *w, int M) {
     for (int r0 = 0; r0 < rows; r0 += tile_rows) {
         const int n = rows - r0 < tile_rows ? rows - r0 : tile_rows;
         const int par = omp_get_max_threads() > 1;
-#pragma omp parallel for schedule(static) if (par)
-        for (int r = 0; r < n; r++)
-            fr_qmatrix_row_f32(w, r0 + r, tile + (size_t)r * cols);
+        FR_OMP_IF(par, "omp parallel for schedule(static)",
+            for (int r = 0; r < n; r++)
+                fr_qmatrix_row_f32(w, r0 + r, tile + (size_t)r * cols);
+        );
         fr_cpu_gemm(0, 1, M, n, cols, 1.0f, x, cols, tile, cols, 0.0f, y + r0, rows);
     }
     free(tile);

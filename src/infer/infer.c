@@ -757,27 +757,28 @@ static void f32_products(const fr_qmatmul_job *jobs, int n) {
     const fr_cpu_vec *v = fr_cpu_vec_ops();
     double work = 0; /* weights read, the measure of a chunk's cost */
     for (int i = 0; i < n; i++) work += (double)jobs[i].w->rows * jobs[i].w->cols;
-#pragma omp parallel if (work * jobs[0].M >= 2e6)
-    {
-        const int t = omp_get_thread_num(), T = omp_get_num_threads();
-        /* a chunk is thread t's when its middle falls in t's share of the weights: shares of
-         * equal bytes (the products' widths differ), every chunk exactly once */
-        double start = 0;
-        for (int i = 0; i < n; i++) {
-            const fr_qmatrix *w = jobs[i].w;
-            for (int r0 = 0; r0 < w->rows; r0 += F32_CHUNK) {
-                const int nr = w->rows - r0 < F32_CHUNK ? w->rows - r0 : F32_CHUNK;
-                const double cost = (double)nr * w->cols;
-                const int owner = (int)((start + cost / 2) * T / work);
-                start += cost;
-                if (owner != t && !(t == T - 1 && owner >= T)) continue;
-                const float *W = (const float *)w->data + (size_t)r0 * w->cols;
-                for (int m = 0; m < jobs[i].M; m++)
-                    v->dots(jobs[i].y + (size_t)m * w->rows + r0, jobs[i].x + (size_t)m * w->cols, W, (size_t)w->cols,
-                            nr, w->cols, 1.0f);
+    FR_OMP_REGION_IF(work * jobs[0].M >= 2e6, "omp parallel if (work * jobs[0].M >= 2e6)",
+        {
+            const int t = omp_get_thread_num(), T = omp_get_num_threads();
+            /* a chunk is thread t's when its middle falls in t's share of the weights: shares of
+             * equal bytes (the products' widths differ), every chunk exactly once */
+            double start = 0;
+            for (int i = 0; i < n; i++) {
+                const fr_qmatrix *w = jobs[i].w;
+                for (int r0 = 0; r0 < w->rows; r0 += F32_CHUNK) {
+                    const int nr = w->rows - r0 < F32_CHUNK ? w->rows - r0 : F32_CHUNK;
+                    const double cost = (double)nr * w->cols;
+                    const int owner = (int)((start + cost / 2) * T / work);
+                    start += cost;
+                    if (owner != t && !(t == T - 1 && owner >= T)) continue;
+                    const float *W = (const float *)w->data + (size_t)r0 * w->cols;
+                    for (int m = 0; m < jobs[i].M; m++)
+                        v->dots(jobs[i].y + (size_t)m * w->rows + r0, jobs[i].x + (size_t)m * w->cols, W, (size_t)w->cols,
+                                nr, w->cols, 1.0f);
+                }
             }
         }
-    }
+    );
 }
 
 /* y[M, rows] = x[M, cols] W^T */
@@ -893,27 +894,28 @@ static void attend_row(fr_engine *e, int i, int N, int nh, int n_keys, const flo
     const int row = e->row, kvr = e->cfg.kv_lora_rank;
     const int nt0 = omp_get_max_threads() < nh ? omp_get_max_threads() : nh;
     const int par = nt0 > 1 && (long)n_keys * nh * row >= 32768;
-#pragma omp parallel num_threads(nt0) if (par)
-    {
-        const int t = omp_get_thread_num(), T = omp_get_num_threads();
-        const int h0 = nh * t / T, h1 = nh * (t + 1) / T;
-        for (int b = 0; b < n_keys; b += ATT_BLOCK_KEYS) {
-            const int nb = n_keys - b < ATT_BLOCK_KEYS ? n_keys - b : ATT_BLOCK_KEYS;
-            for (int h = h0; h < h1; h++)
-                vo->dots(e->att_heads + (size_t)h * e->max_len + b, e->qf + ((size_t)i * nh + h) * row,
-                         K + (size_t)b * row, (size_t)row, nb, row, e->scale);
+    FR_OMP_REGION_IF(par, "omp parallel num_threads(nt0) if (par)",
+        {
+            const int t = omp_get_thread_num(), T = omp_get_num_threads();
+            const int h0 = nh * t / T, h1 = nh * (t + 1) / T;
+            for (int b = 0; b < n_keys; b += ATT_BLOCK_KEYS) {
+                const int nb = n_keys - b < ATT_BLOCK_KEYS ? n_keys - b : ATT_BLOCK_KEYS;
+                for (int h = h0; h < h1; h++)
+                    vo->dots(e->att_heads + (size_t)h * e->max_len + b, e->qf + ((size_t)i * nh + h) * row,
+                             K + (size_t)b * row, (size_t)row, nb, row, e->scale);
+            }
+            for (int h = h0; h < h1; h++) {
+                softmax_scores(vo, e->att_heads + (size_t)h * e->max_len, n_keys);
+                memset(e->ctx + ((size_t)h * N + i) * kvr, 0, (size_t)kvr * sizeof(float));
+            }
+            for (int b = 0; b < n_keys; b += ATT_BLOCK_KEYS) {
+                const int nb = n_keys - b < ATT_BLOCK_KEYS ? n_keys - b : ATT_BLOCK_KEYS;
+                for (int h = h0; h < h1; h++)
+                    vo->axpys(e->ctx + ((size_t)h * N + i) * kvr, e->att_heads + (size_t)h * e->max_len + b,
+                              K + (size_t)b * row, (size_t)row, nb, kvr);
+            }
         }
-        for (int h = h0; h < h1; h++) {
-            softmax_scores(vo, e->att_heads + (size_t)h * e->max_len, n_keys);
-            memset(e->ctx + ((size_t)h * N + i) * kvr, 0, (size_t)kvr * sizeof(float));
-        }
-        for (int b = 0; b < n_keys; b += ATT_BLOCK_KEYS) {
-            const int nb = n_keys - b < ATT_BLOCK_KEYS ? n_keys - b : ATT_BLOCK_KEYS;
-            for (int h = h0; h < h1; h++)
-                vo->axpys(e->ctx + ((size_t)h * N + i) * kvr, e->att_heads + (size_t)h * e->max_len + b,
-                          K + (size_t)b * row, (size_t)row, nb, kvr);
-        }
-    }
+    );
 }
 
 /* One decoder block over e->x [N,H] in place. Rows belong to sequences seqs[seq_of[i]]

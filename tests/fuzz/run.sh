@@ -28,7 +28,7 @@ flags=(-g -O1 -std=gnu11 -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,addre
        -fno-sanitize-recover=undefined -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas
        -I"$root/include" -I"$root/src")
 # The parsers and what they call (no OpenMP code is among them).
-lib=(core/util.c formats/safetensors.c model/config.c text/tokenizer.c text/pretok.c text/strmap.c formats/gguf.c formats/kquant.c formats/qmatrix.c cpu/isa.c formats/fp8.c formats/numfmt.c)
+lib=(core/util.c core/weight_pool.c formats/safetensors.c model/config.c text/tokenizer.c text/pretok.c text/strmap.c formats/gguf.c formats/kquant.c formats/qmatrix.c cpu/isa.c formats/fp8.c formats/numfmt.c)
 objs=()
 for s in "${lib[@]}"; do
     o="$out/obj/$(basename "${s%.c}").o"
