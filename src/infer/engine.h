@@ -119,6 +119,8 @@ int fr_engine_gguf_view(const fr_engine *e, const char *name, fr_gguf_view *v);
 int fr_engine_gguf_kv_b(fr_engine *e, eng_layer *ly, int index, fr_qtype uk_type, fr_qtype uv_type);
 /* Give back the mapped pages of the rearranged tensors whose names start with prefix (NULL: all) */
 void fr_engine_gguf_release(const fr_engine *e, const char *prefix);
+/* A matrix that points into the GGUF's mapping gets memory of its own (engine_gguf.c) */
+int fr_engine_own_matrix(fr_qmatrix *m, const char *name);
 /* A folder of `frugal quantize` held to the blocks of the GGUF of its scheme (engine_gguf.c):
  * the scheme its config.json names (quantization_config.format), or -1; */
 int fr_engine_folder_scheme(const char *dir);
