@@ -18,7 +18,10 @@
  *    (summation order only);
  *  - a forced --weights (f32) converts through FP32 and equals the import's engine exactly;
  *  - `frugal quantize` and `frugal convert --to gguf` of one model in each common type give,
- *    each run as stored, the same logits bit for bit (test_folder_equals_gguf).
+ *    each run as stored, the same logits bit for bit (test_folder_equals_gguf);
+ *  - a folder of `frugal quantize` (every --type) of a model with an MTP module gives an engine
+ *    with that module, its matrices in their stored format, and speculative greedy decoding
+ *    equal to plain greedy (test_folder_mtp, which states its logit checks).
  */
 #define _GNU_SOURCE
 #include "frugal.h"
@@ -27,6 +30,7 @@
 #include "formats/qmatrix.h"
 #include "cpu/qmatmul.h"
 #include "infer/engine.h" /* the engine's matrices, checked below */
+#include "infer/infer_internal.h"
 #include "testutil.h"
 
 #include <math.h>
@@ -325,17 +329,41 @@ static const char *MCFG =
     " \"qk_nope_head_dim\": 64, \"qk_rope_head_dim\": 32, \"v_head_dim\": 64, \"n_routed_experts\": 4,"
     " \"n_shared_experts\": 1, \"num_experts_per_tok\": 2, \"first_k_dense_replace\": 1, \"moe_layer_freq\": 1,"
     " \"n_group\": 1, \"topk_group\": 1, \"norm_topk_prob\": true, \"routed_scaling_factor\": 2.5,"
-    " \"num_nextn_predict_layers\": 0, \"max_position_embeddings\": 256, \"rope_theta\": 10000.0,"
+    " \"num_nextn_predict_layers\": %d, \"max_position_embeddings\": 256, \"rope_theta\": 10000.0,"
     " \"rope_interleave\": true, \"rms_norm_eps\": 1e-6, \"tie_word_embeddings\": %s,"
     " \"initializer_range\": 0.05, \"bos_token_id\": 0, \"eos_token_id\": 1}";
 
-static int make_model(const char *mdir, int tied, uint64_t seed) {
+/* nextn 1: with MTP module 1 (layer 3, a MoE block), made to draft well as test_infer's
+ * oracle model: main blocks damped (x0.01 on o_proj and the down projections) so the next
+ * token mostly follows the current one; eh_proj = [I | 0.1 W_h] so the MTP block starts from
+ * RMSNorm(Emb(t_{i+1})) plus a little of the main hidden row; its o_proj and down projections
+ * x0.1 (not zeroed: each of its matrices still counts in its logits). */
+static void make_drafting(fr_model *m, const fr_config *c) {
+    const int L = c->num_hidden_layers, H = c->hidden_size;
+    char name[160];
+    size_t n;
+    for (int l = 0; l <= L; l++) {
+        const char *scaled[] = {"self_attn.o_proj", "mlp.down_proj", "mlp.shared_experts.down_proj"};
+        for (int k = 0; k < 3 + c->n_routed_experts; k++) {
+            if (k < 3) snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, scaled[k]);
+            else snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%d.down_proj.weight", l, k - 3);
+            float *w = fr_model_param(m, name, &n);
+            for (size_t i = 0; w && i < n; i++) w[i] *= l < L ? 0.01f : 0.1f;
+        }
+    }
+    snprintf(name, sizeof name, "model.layers.%d.eh_proj.weight", L);
+    float *eh = fr_model_param(m, name, &n);
+    for (size_t i = 0; eh && i < n; i++) eh[i] = i % (2 * H) >= (size_t)H ? 0.1f * eh[i] : i / (2 * H) == i % (2 * H) ? 1.0f : 0.0f;
+}
+
+static int make_model(const char *mdir, int tied, uint64_t seed, int nextn) {
     char text[2048];
-    snprintf(text, sizeof text, MCFG, tied ? "true" : "false");
+    snprintf(text, sizeof text, MCFG, nextn, tied ? "true" : "false");
     fr_config cfg;
     fr_model *m = NULL;
     int rc = fr_config_parse(&cfg, text, strlen(text));
     if (rc == FR_OK) rc = fr_model_create(&m, &cfg, seed);
+    if (rc == FR_OK && nextn) make_drafting(m, &cfg);
     if (rc == FR_OK) rc = fr_model_save(m, mdir);
     fr_model_free(m);
     const char *tok[] = {"tokenizer.json", "tokenizer_config.json"};
@@ -354,7 +382,7 @@ static void test_folder_equals_gguf(const char *dir) {
     for (int tied = 0; tied < 2; tied++) {
         char mdir[600];
         snprintf(mdir, sizeof mdir, "%s/fmodel-%d", dir, tied);
-        const int rc = make_model(mdir, tied, 21 + (uint64_t)tied);
+        const int rc = make_model(mdir, tied, 21 + (uint64_t)tied, 0);
         CHECK(rc == FR_OK, "model: %s", fr_last_error());
         if (rc != FR_OK) return;
         for (int k = 0; k < n_types; k++) {
@@ -401,6 +429,162 @@ static void test_folder_equals_gguf(const char *dir) {
     }
 }
 
+/* ------------------------------------------------------------------ MTP of a quantized folder */
+
+/* MTP logits of an engine over ids[0..T): a P-token prefill and MTP module 1 over it (row j
+ * pairs h_j with ids[j+1]), then for t = P .. T-2 one decoded token and one MTP row (h_t with
+ * ids[t+1]); each MTP call's last-row logits go to out [T - P, V]. */
+static int mtp_logits(fr_engine *e, const int *ids, int T, int P, float *out) {
+    const int V = fr_engine_config(e)->vocab_size;
+    float *scratch = malloc((size_t)V * sizeof(float));
+    fr_seq *s = NULL;
+    int rc = scratch ? fr_seq_create(&s, e) : FR_ERR_NOMEM;
+    int rs[2], n = P, hr[64];
+    for (int j = 0; j < P; j++) hr[j] = j;
+    const int *tp = ids, *mp = ids + 1;
+    if (rc == FR_OK) rc = fr_engine_forward_rows(e, &s, 1, &tp, &n, scratch, 0, rs);
+    if (rc == FR_OK) rc = fr_engine_mtp_forward(e, &s, 1, &mp, &n, hr, out, rs);
+    for (int t = P; rc == FR_OK && t < T - 1; t++) {
+        int one = 1;
+        tp = ids + t, mp = ids + t + 1, hr[0] = 0;
+        rc = fr_engine_forward_rows(e, &s, 1, &tp, &one, scratch, 0, rs);
+        if (rc == FR_OK) rc = fr_engine_mtp_forward(e, &s, 1, &mp, &one, hr, out + (size_t)(t - P + 1) * V, rs);
+    }
+    fr_seq_free(s);
+    free(scratch);
+    return rc;
+}
+
+/* `frugal quantize --type T` of a model with MTP module 1, for every T: the engine of the folder
+ * (as stored) has the module (the folder holds its eh_proj as "<base>.qweight" / "<base>.q4_k"
+ * ..., not "<base>.weight"), holds its matrices in their stored formats, and:
+ *  - bf16, q4_1: its MTP and main logits equal bit for bit those of an engine of the folder's own
+ *    values dequantized to FP32 (fr_model_load_dequantized) run with --weights T: BF16 and our
+ *    Q4_1 blocks come back unchanged when quantized again, kv_b_proj is split from FP32 in both.
+ *    The GGUF schemes (q8_0 ... q5_k_m) hold the kv_b split, embedding and head to the GGUF's
+ *    ggml blocks, which an engine of FP32 weights does not, so no exact reference exists there;
+ *  - every T: the MTP logits are finite and their relative error (fr_rel_err) against the FP32
+ *    folder run with the same --weights is at most 2 x the main logits' error between the same
+ *    engines + 0.01 (measured 0.4-1.4 x: both are that format's rounding on this random model,
+ *    the MTP logits through the embedding, eh_proj, one MoE block and the head);
+ *  - greedy speculative decoding (48 tokens, most drafts accepted, some rejected) = plain greedy. */
+static void test_folder_mtp(const char *dir) {
+    static const char *const types[] = {"bf16", "q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m"};
+    char mdir[600];
+    snprintf(mdir, sizeof mdir, "%s/mtpmodel", dir);
+    int rc = make_model(mdir, 0, 31, 1);
+    CHECK(rc == FR_OK, "MTP model: %s", fr_last_error());
+    if (rc != FR_OK) return;
+    enum { T = 24, P = 8, V = 1000, R = T - P, L = 3 };
+    int ids[T];
+    for (int i = 0; i < T; i++) ids[i] = (int)(rnd() % V);
+    float *qm = malloc((size_t)R * V * sizeof(float)), *rm = malloc((size_t)R * V * sizeof(float));
+    float *ql = malloc((size_t)T * V * sizeof(float)), *rl = malloc((size_t)T * V * sizeof(float));
+    for (int k = 0; k < (int)(sizeof types / sizeof types[0]); k++) {
+        const char *t = types[k];
+        char qdir[700];
+        snprintf(qdir, sizeof qdir, "%s-%s", mdir, t);
+        CHECK(fr_quantize_model(mdir, qdir, t, NULL, NULL) == FR_OK, "quantize %s: %s", t, fr_last_error());
+        fr_engine *qe = NULL, *we = NULL, *de = NULL;
+        fr_model *dq = NULL;
+        CHECK(fr_engine_load(&qe, qdir, NULL) == FR_OK, "%s folder: %s", t, fr_last_error());
+        if (!qe) continue;
+        CHECK(fr_engine_mtp_depth(qe) == 1, "%s folder: the engine has no MTP module (depth %d)", t, fr_engine_mtp_depth(qe));
+        if (fr_engine_mtp_depth(qe) != 1) {
+            fr_engine_free(qe);
+            continue;
+        }
+        /* the MTP block's matrices in their stored format, as the main layers' */
+        fr_st_set qs;
+        CHECK(fr_st_set_open_dir(&qs, qdir) == FR_OK, "open %s: %s", qdir, fr_last_error());
+        const eng_layer *ly = &qe->layers[L];
+        const fr_qmatrix *mats[] = {&ly->eh_proj, &ly->q_a, &ly->kv_a, &ly->o, &ly->exp_gate[0], &ly->exp_down[3], &ly->mlp_down};
+        static const char *const names[] = {"eh_proj", "self_attn.q_a_proj", "self_attn.kv_a_proj_with_mqa", "self_attn.o_proj",
+                                            "mlp.experts.0.gate_proj", "mlp.experts.3.down_proj", "mlp.shared_experts.down_proj"};
+        int n_as_stored = 0;
+        for (int j = 0; j < 7; j++) {
+            char nm[160];
+            snprintf(nm, sizeof nm, "model.layers.%d.%s.weight", L, names[j]);
+            const int st = fr_qmatrix_stored_type(&qs, nm);
+            const int ok = st > FR_QT_F32 && mats[j]->type == (fr_qtype)st;
+            CHECK(ok, "%s folder: MTP %s held as %s, stored as %s", t, names[j], fr_qtype_name(mats[j]->type),
+                  st >= 0 ? fr_qtype_name((fr_qtype)st) : "(absent)");
+            n_as_stored += ok;
+        }
+        fr_st_set_close(&qs);
+        /* logits against the FP32 folder run with the same --weights, and (bf16, q4_1) against the
+         * folder's own values dequantized to FP32 run with that --weights */
+        fr_engine_options o;
+        fr_engine_options_default(&o);
+        o.weight_type = fr_engine_weight_type(qe);
+        const int exact = !strcmp(t, "bf16") || !strcmp(t, "q4_1");
+        CHECK(fr_engine_load(&we, mdir, &o) == FR_OK, "FP32 folder --weights %s: %s", fr_weight_type_name(o.weight_type),
+              fr_last_error());
+        if (exact)
+            CHECK(fr_model_load_dequantized(&dq, qdir) == FR_OK && fr_engine_from_model(&de, dq, &o) == FR_OK,
+                  "%s dequantized: %s", t, fr_last_error());
+        int r1 = mtp_logits(qe, ids, T, P, qm), r2 = fr_test_engine_logits(qe, ids, T, P, ql);
+        CHECK(r1 == FR_OK && r2 == FR_OK, "%s folder forward: %s", t, fr_last_error());
+        int finite = 1;
+        for (size_t i = 0; i < (size_t)R * V; i++) finite &= isfinite(qm[i]) != 0;
+        CHECK(finite, "%s folder: non-finite MTP logits", t);
+        if (de) {
+            CHECK(mtp_logits(de, ids, T, P, rm) == FR_OK && fr_test_engine_logits(de, ids, T, P, rl) == FR_OK,
+                  "%s dequantized forward: %s", t, fr_last_error());
+            CHECK(memcmp(qm, rm, (size_t)R * V * sizeof(float)) == 0 && memcmp(ql, rl, (size_t)T * V * sizeof(float)) == 0,
+                  "%s folder: MTP / main logits differ from the dequantized folder's at --weights %s (relative %.3g / %.3g)",
+                  t, fr_weight_type_name(o.weight_type), fr_rel_err(qm, rm, (size_t)R * V), fr_rel_err(ql, rl, (size_t)T * V));
+        }
+        double em = -1, el = -1;
+        if (we) {
+            CHECK(mtp_logits(we, ids, T, P, rm) == FR_OK && fr_test_engine_logits(we, ids, T, P, rl) == FR_OK,
+                  "FP32 folder forward: %s", fr_last_error());
+            em = fr_rel_err(qm, rm, (size_t)R * V), el = fr_rel_err(ql, rl, (size_t)T * V);
+            CHECK(em <= 2 * el + 0.01, "%s folder: MTP logits vs the FP32 folder at --weights %s: relative %.3g, more than "
+                  "2 x the main logits' %.3g + 0.01", t, fr_weight_type_name(o.weight_type), em, el);
+        }
+        /* greedy speculative decoding = plain greedy decoding */
+        enum { NP = 12, NT = 48 };
+        const int *pp = ids;
+        int np = NP, *out[2] = {NULL, NULL}, ol[2] = {0, 0};
+        fr_generate_stats gs[2];
+        fr_seq *s = NULL;
+        rc = fr_seq_create(&s, qe);
+        for (int spec = 0; spec < 2 && rc == FR_OK; spec++) {
+            fr_generate_options g;
+            fr_generate_options_default(&g);
+            g.sample.temperature = 0;
+            g.max_tokens = NT;
+            g.ignore_eos = 1;
+            g.speculative = spec;
+            rc = fr_generate(qe, NULL, &s, 1, &pp, &np, &g, &out[spec], &ol[spec], &gs[spec]);
+        }
+        CHECK(rc == FR_OK, "%s folder generate: %s", t, fr_last_error());
+        if (rc == FR_OK) {
+            CHECK(ol[0] == NT && ol[1] == NT && memcmp(out[0], out[1], NT * sizeof(int)) == 0,
+                  "%s folder: speculative greedy output differs from plain greedy", t);
+            CHECK(gs[1].drafted > 0 && gs[1].accepted > 0, "%s folder: %ld drafts, %ld accepted", t, gs[1].drafted,
+                  gs[1].accepted);
+        }
+        printf("%-6s folder: MTP module loaded (%d/7 of its matrices as stored, eh_proj %s); MTP logits %s; relative "
+               "error vs the FP32 folder at --weights %s: MTP %.3g, main %.3g (tol MTP <= 2 x main + 0.01); speculative "
+               "= plain greedy for %d tokens, %ld of %ld drafts accepted\n", t, n_as_stored, fr_qtype_name(ly->eh_proj.type),
+               de ? "= the dequantized folder's bit for bit" : "finite", fr_weight_type_name(o.weight_type), em, el, NT,
+               rc == FR_OK ? gs[1].accepted : -1L, rc == FR_OK ? gs[1].drafted : -1L);
+        free(out[0]), free(out[1]);
+        fr_seq_free(s);
+        fr_engine_free(qe), fr_engine_free(we), fr_engine_free(de);
+        fr_model_free(dq);
+        char cmd[800];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", qdir);
+        if (system(cmd) != 0) printf("could not remove %s\n", qdir);
+    }
+    free(qm), free(rm), free(ql), free(rl);
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", mdir);
+    if (system(cmd) != 0) printf("could not remove %s\n", mdir);
+}
+
 int main(void) {
     test_relayout(FR_GGML_Q8_0, 5, 96);
     test_relayout(FR_GGML_Q4_0, 5, 96);
@@ -412,6 +596,7 @@ int main(void) {
     test_engine(FR_GGML_Q4_0, dir);
     test_k_formats(dir);
     test_folder_equals_gguf(dir);
+    test_folder_mtp(dir);
     rmdir(dir);
     return fr_test_finish("test_gguf_native");
 }

@@ -464,8 +464,10 @@ int fr_engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_set *s
 
     int rc = FR_OK;
     char name[160];
+    /* MTP module 1, found by its eh_proj in any storage (a folder of `frugal quantize` holds
+     * "<base>.qweight" / "<base>.q4_k" ... instead of "<base>.weight") */
     if (o.load_mtp && cfg.num_nextn_predict_layers >= 1 && st &&
-        fr_st_set_find(st, NAME("model.layers.%d.eh_proj.weight", cfg.num_hidden_layers)))
+        fr_qmatrix_stored_type(st, NAME("model.layers.%d.eh_proj.weight", cfg.num_hidden_layers)) >= 0)
         e->mtp = 1;
     const int H = cfg.hidden_size, V = cfg.vocab_size;
     if (dops->host_memory) {
