@@ -39,6 +39,10 @@ void usage_train(FILE *f) {
             "Optimizer (AdamW; no weight decay on norms and biases):\n"
             "  --lr X               peak learning rate (default %g)\n"
             "  --schedule S         cosine | wsd | constant (default cosine)\n"
+            "  --lr-router-scale X  the MoE routers' weights (mlp.gate.weight) train at lr x X (> 0, default 1;\n"
+            "                       not the correction bias, which --bias-speed moves)\n"
+            "  --lr-experts-scale X the routed experts (mlp.experts.*) train at lr x X (> 0, default 1);\n"
+            "                       weight decay follows (AdamW's is lr x decay). Not with --lora-rank\n"
             "  --precision P        fp32 | bf16 | fp8 for the block linears' GEMMs. bf16: BF16 inputs, FP32\n"
             "                       accumulation (AMX / AVX512-BF16 via oneDNN; elsewhere an emulation no\n"
             "                       faster than fp32, with a warning). fp8: DeepSeek-V3's recipe (E4M3,\n"
@@ -346,6 +350,16 @@ int cmd_train(int argc, char **argv) {
         DBLOPT("--tokens", 1, 1e18, a.max_tokens)
         DBLOPT("--lr", 1e-12, 10, a.lr)
         DBLOPT("--min-lr-frac", 0, 1, a.min_lr_frac)
+#define SCALEOPT(name, dst) \
+        if ((r = cli_opt_value("train", usage_train, argc, argv, &i, name, &v)) != 0) { \
+            if (r < 0 || cli_parse_double("train", usage_train, name, v, 0, 1e6, &x) < 0) return CLI_EXIT_USAGE; \
+            if (!(x > 0)) return cli_usage_error("train", usage_train, "%s multiplies the learning rate: it must be > 0, got '%s'", name, v); \
+            dst = x; \
+            continue; \
+        }
+        SCALEOPT("--lr-router-scale", a.lr_router_scale)
+        SCALEOPT("--lr-experts-scale", a.lr_experts_scale)
+#undef SCALEOPT
         DBLOPT("--decay-frac", 0, 1, a.decay_frac)
         DBLOPT("--beta1", 0, 0.999999, a.beta1)
         DBLOPT("--beta2", 0, 0.999999999, a.beta2)
@@ -379,6 +393,9 @@ int cmd_train(int argc, char **argv) {
         if (!a.model_config[0] && !a.init_model[0]) return cli_usage_error("train", usage_train, "--config FILE or --init DIR is required");
         if (a.model_config[0] && a.init_model[0]) return cli_usage_error("train", usage_train, "give --config or --init, not both");
         if (a.max_steps <= 0 && a.max_tokens <= 0) return cli_usage_error("train", usage_train, "--steps N or --tokens N is required");
+        if (a.lora_rank > 0 && (a.lr_router_scale != 1 || a.lr_experts_scale != 1))
+            return cli_usage_error("train", usage_train, "--lr-router-scale / --lr-experts-scale apply to full training: "
+                                   "with --lora-rank the routers and experts are frozen");
         if (cli_check_dir(a.data_dir, "data folder") != CLI_EXIT_OK) return CLI_EXIT_FAIL;
     } else if (cli_check_dir(resume, "run folder") != CLI_EXIT_OK) {
         return CLI_EXIT_FAIL;

@@ -462,6 +462,9 @@ typedef struct {
     long max_steps;           /* 0: derived from max_tokens */
     double max_tokens;
     double lr, min_lr_frac;   /* peak learning rate; floor as a fraction of it */
+    double lr_router_scale;   /* the MoE routers' weights (mlp.gate.weight) train at lr x this (> 0;
+                               * default 1; not the correction bias, which the balancer moves) */
+    double lr_experts_scale;  /* the routed experts' matrices (mlp.experts.*) at lr x this (> 0; 1) */
     int warmup_steps;
     fr_lr_schedule schedule;
     double decay_frac;        /* WSD: fraction of the steps spent decaying at the end */
@@ -511,8 +514,8 @@ typedef struct {
     double distill_temperature, distill_alpha;
 } fr_train_args;
 
-/* Defaults: B 8, T 256, accumulation 1, lr 3e-3 cosine to 10 %, warmup 50, AdamW
- * (0.9, 0.95, 1e-8, wd 0.1), clip 1.0, gamma 1e-3, alpha 1e-4, lambda 0.3, seed 1,
+/* Defaults: B 8, T 256, accumulation 1, lr 3e-3 cosine to 10 % (router and expert scales 1),
+ * warmup 50, AdamW (0.9, 0.95, 1e-8, wd 0.1), clip 1.0, gamma 1e-3, alpha 1e-4, lambda 0.3, seed 1,
  * eval every 100 steps over 8 batches, checkpoint every 200, sample every 200 (48 tokens). */
 void fr_train_args_default(fr_train_args *a);
 

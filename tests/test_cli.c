@@ -68,6 +68,12 @@ static void test_usage(void) {
     expect("distill dump-teacher --teacher t --data d --seq 16 --topk 0", 2, "--topk", NULL);
     expect("train --config c --data d --out o --steps 1 --lora-rank 0", 2, "--lora-rank", NULL);
     expect("train --config c --data d --out o --steps 1 --distill-alpha 2", 2, "--distill-alpha", NULL);
+    /* the router / expert learning-rate scales: > 0, and full training only */
+    expect("train --help", 0, "--lr-router-scale", "--lr-experts-scale");
+    expect("train --config c --data d --out o --steps 1 --lr-router-scale 0", 2, "--lr-router-scale", "> 0");
+    expect("train --config c --data d --out o --steps 1 --lr-experts-scale -2", 2, "--lr-experts-scale", NULL);
+    expect("train --config c --data d --out o --steps 1 --lr-experts-scale x", 2, "--lr-experts-scale", NULL);
+    expect("train --init m --data d --out o --steps 1 --lora-rank 4 --lr-experts-scale 2", 2, "--lora-rank", NULL);
 }
 
 /* A tiny DeepSeek-V3 config (MLA with q compression, grouped sigmoid routing, 1 dense + 1 MoE). */

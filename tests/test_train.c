@@ -9,7 +9,11 @@
  *    at step 12 and resumed reproduces the uninterrupted run's losses bit for bit,
  *    checkpoints load as model folders, the ledger records finished and interrupted runs,
  *    the router biases move only when gamma > 0, a corrupted training state is refused,
- *    and kill -9 at random moments never leaves a checkpoint that fails to load.
+ *    and kill -9 at random moments never leaves a checkpoint that fails to load;
+ *  - the router / expert learning-rate scales (issue 21): at the optimizer, scale 1 is the plain
+ *    step bit for bit and other scales give AdamW's formula at lr x scale exactly (the fused
+ *    gradient zeroing and sum of squares too); in the trainer a router at 1e-30 x lr keeps its
+ *    weights, a stopped and resumed run equals the uninterrupted one, bad values are refused.
  */
 #include "frugal.h"
 #include "model/model_internal.h"
@@ -318,6 +322,165 @@ static void test_kill9(void) {
     }
 }
 
+/* ------------------------------------------------------------------ router / expert learning rates */
+
+typedef enum { K_OTHER, K_ROUTER, K_EXPERT } tensor_kind;
+static tensor_kind kind_of(const fr_tensor *t) { return t->router ? K_ROUTER : t->expert >= 0 ? K_EXPERT : K_OTHER; }
+
+/* The tiny MoE of the end-to-end runs (tiny.json, seed 7: the trainer's initial weights) */
+static fr_model *tiny_model(void) {
+    char path[300];
+    snprintf(path, sizeof path, "%s/tiny.json", g_root);
+    fr_config cfg;
+    fr_model *m = NULL;
+    int rc = fr_config_load(&cfg, path);
+    if (rc == FR_OK) rc = fr_model_create(&m, &cfg, 7);
+    CHECK(rc == FR_OK, "tiny model: %s", fr_last_error());
+    return rc == FR_OK ? m : NULL;
+}
+
+/* One AdamW step at the optimizer: scales 1 equal the plain step bit for bit; router 1e-30
+ * and experts 2 give exactly what AdamW's formula gives at lr x scale (first step: m = (1 -
+ * b1) g, v = (1 - b2) g^2), the rest unchanged; the fused gradient zeroing and sum of squares
+ * leave zeros and return fr_grad_sumsq's value bit for bit. */
+static void test_adamw_lr_scales(void) {
+    fr_model *m = tiny_model();
+    if (!m) return;
+    const size_t n = m->n_params, bytes = n * sizeof(float);
+    float *p0 = malloc(bytes), *g0 = malloc(bytes), *plain = malloc(bytes), *mom = malloc(bytes), *var = malloc(bytes);
+    float *plain_m = malloc(bytes);
+    memcpy(p0, m->params, bytes);
+    for (size_t j = 0; j < n; j++) g0[j] = (float)(0.01 * sin(0.37 * (double)j) + 0.001 * cos(0.11 * (double)j));
+    const fr_adamw_hparams h = {1e-2, 0.9, 0.95, 1e-8, 0.1, 1, 0.5};
+    const fr_opt_range all = {0, n, 0};
+    memcpy(m->grads, g0, bytes);
+    const double want_sumsq = fr_grad_sumsq(m, &all, 1);
+    int rc = FR_OK;
+    for (int pass = 0; pass < 3 && rc == FR_OK; pass++) {
+        memcpy(m->params, p0, bytes), memcpy(m->grads, g0, bytes);
+        memset(mom, 0, bytes), memset(var, 0, bytes);
+        double sumsq = -1;
+        const fr_adamw_extra ones = {1.0, 1.0, 0, NULL}, scaled = {1e-30, 2.0, 1, &sumsq};
+        rc = fr_adamw_step_ranges(m, mom, var, 0, &all, 1, &h, pass == 0 ? NULL : pass == 1 ? &ones : &scaled);
+        CHECK(rc == FR_OK, "adamw pass %d: %s", pass, fr_last_error());
+        if (pass == 0) memcpy(plain, m->params, bytes), memcpy(plain_m, mom, bytes);
+        if (pass == 1)
+            CHECK(!memcmp(plain, m->params, bytes) && !memcmp(plain_m, mom, bytes), "scales 1 = the plain step, bit for bit");
+        if (pass != 2) continue;
+        size_t nonzero = 0;
+        for (size_t j = 0; j < n; j++) nonzero += m->grads[j] != 0;
+        CHECK(nonzero == 0, "zero_grads left %zu gradients nonzero", nonzero);
+        CHECK(!memcmp(&sumsq, &want_sumsq, sizeof sumsq), "fused sum of squares %.17g = fr_grad_sumsq %.17g", sumsq, want_sumsq);
+        /* the formula of model/optim.c at lr x scale, step 1 (zero moments) */
+        const float b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, gs = 0.5f;
+        const double bc1 = 1.0 - pow(h.beta1, 1.0), bc2 = 1.0 - pow(h.beta2, 1.0);
+        const float isb = (float)(1.0 / sqrt(bc2));
+        size_t mism[3] = {0}, moved[3] = {0}, count[3] = {0};
+        double worst2x = 0;
+        for (int i = 0; i < m->n_tensors; i++) {
+            const fr_tensor *t = &m->tensors[i];
+            if (!t->trainable) continue;
+            const tensor_kind k = kind_of(t);
+            const double lr = h.lr * (k == K_ROUTER ? 1e-30 : k == K_EXPERT ? 2.0 : 1.0);
+            const float step = (float)(lr / bc1), decay = t->no_decay ? 1.0f : (float)(1.0 - lr * h.weight_decay);
+            for (size_t j = t->offset; j < t->offset + t->numel; j++) {
+                const float gj = g0[j] * gs;
+                const float mj = b1 * 0.0f + (1.0f - b1) * gj, vj = b2 * 0.0f + (1.0f - b2) * gj * gj;
+                const float want = p0[j] * decay - step * mj / (sqrtf(vj) * isb + eps);
+                mism[k] += memcmp(&want, &m->params[j], sizeof want) != 0;
+                moved[k] += m->params[j] != p0[j];
+                count[k]++;
+                if (k == K_EXPERT) { /* the update against twice the plain step's, relative to its size */
+                    const double d1 = (double)plain[j] - p0[j], d2 = (double)m->params[j] - p0[j];
+                    if (fabs(d2 - 2 * d1) / fabs(d1) > worst2x) worst2x = fabs(d2 - 2 * d1) / fabs(d1);
+                }
+            }
+            if (k == K_OTHER)
+                CHECK(!memcmp(m->params + t->offset, plain + t->offset, t->numel * sizeof(float)), "%s: scale 1 differs", t->name);
+        }
+        CHECK(count[K_ROUTER] > 0 && count[K_EXPERT] > 0, "tiny model has routers (%zu) and experts (%zu)", count[K_ROUTER],
+              count[K_EXPERT]);
+        for (int k = 0; k < 3; k++) CHECK(mism[k] == 0, "kind %d: %zu elements differ from AdamW's formula", k, mism[k]);
+        CHECK(moved[K_ROUTER] == 0, "router scale 1e-30: %zu of %zu router weights moved", moved[K_ROUTER], count[K_ROUTER]);
+        CHECK(moved[K_EXPERT] == count[K_EXPERT] && worst2x < 1e-5, "experts x2: %zu of %zu moved, update / (2 x plain) - 1 up to %.3g",
+              moved[K_EXPERT], count[K_EXPERT], worst2x);
+        printf("adamw lr scales: %zu router weights unchanged at x1e-30, %zu expert weights = AdamW at 2 lr bit for bit "
+               "(update = 2 x the x1 update within %.2g relative), %zu others = the plain step\n",
+               count[K_ROUTER], count[K_EXPERT], worst2x, count[K_OTHER]);
+    }
+    free(p0), free(g0), free(plain), free(plain_m), free(mom), free(var);
+    fr_model_free(m);
+}
+
+/* max |a - b| over the tensors of one kind of the checkpoint `dir` against m0 */
+static void ckpt_moves(const char *dir, fr_model *m0, double out[3]) {
+    fr_model *m = NULL;
+    out[0] = out[1] = out[2] = -1;
+    if (fr_model_load(&m, dir) != FR_OK) return;
+    out[0] = out[1] = out[2] = 0;
+    for (int i = 0; i < m->n_tensors && i < m0->n_tensors; i++) {
+        const fr_tensor *t = &m->tensors[i];
+        if (!t->trainable) continue;
+        for (size_t j = t->offset; j < t->offset + t->numel; j++) {
+            const double d = fabs((double)m->params[j] - m0->params[j]);
+            if (d > out[kind_of(t)]) out[kind_of(t)] = d;
+        }
+    }
+    fr_model_free(m);
+}
+
+/* The trainer with the options: a router at 1e-30 x lr keeps its initial weights while the
+ * rest trains; a run stopped at step 3 and resumed (arguments from train_args.json only) gives
+ * the uninterrupted run's losses bit for bit; bad values are refused. */
+static void test_lr_scales_train(void) {
+    fr_model *m0 = tiny_model();
+    if (!m0) return;
+    fr_train_args a;
+    fr_train_result res;
+    recorder full = {0}, part = {0}, rest = {0};
+    base_args(&a, "runS-full");
+    a.max_steps = 6, a.eval_interval = 0, a.sample_interval = 0, a.ckpt_interval = 0;
+    a.lr_router_scale = 1e-30, a.lr_experts_scale = 2;
+    int rc = run_train(&a, 0, &full, &res);
+    CHECK(rc == FR_OK && res.steps_done == 6, "scaled run: %s", fr_last_error());
+    double mv[3];
+    ckpt_moves(res.checkpoint, m0, mv);
+    CHECK(mv[K_ROUTER] == 0 && mv[K_EXPERT] > 1e-3 && mv[K_OTHER] > 1e-3,
+          "6 steps, router x1e-30: max |change| routers %g, experts %g, others %g", mv[K_ROUTER], mv[K_EXPERT], mv[K_OTHER]);
+    printf("lr scales run: after 6 steps max |change| routers %g (x1e-30), experts %g (x2), others %g\n", mv[K_ROUTER],
+           mv[K_EXPERT], mv[K_OTHER]);
+    base_args(&a, "runS-part");
+    a.max_steps = 6, a.eval_interval = 0, a.sample_interval = 0, a.ckpt_interval = 0;
+    a.lr_router_scale = 1e-30, a.lr_experts_scale = 2;
+    part.stop_at = 3;
+    rc = run_train(&a, 0, &part, &res);
+    CHECK(rc == FR_OK && res.interrupted && res.steps_done == 3, "scaled run stopped at %ld (%s)", res.steps_done, fr_last_error());
+    fr_train_args ra;
+    fr_test_resume_args(&ra, a.run_dir, 0);
+    rc = run_train(&ra, 1, &rest, &res);
+    CHECK(rc == FR_OK && res.steps_done == 6, "scaled run resumed: %s", fr_last_error());
+    CHECK(same_losses(&full, &part, 1, 3) && same_losses(&full, &rest, 4, 6),
+          "scaled run stopped and resumed = uninterrupted, bit for bit (step 4: %.9f vs %.9f)", rest.loss[3], full.loss[3]);
+    char path[700];
+    snprintf(path, sizeof path, "%s/train_args.json", a.run_dir);
+    CHECK(count_lines_with(path, "\"lr_router_scale\":\t1e-30") == 1 && count_lines_with(path, "\"lr_experts_scale\":\t2") == 1,
+          "train_args.json records the scales");
+    /* refused: not > 0, and with LoRA */
+    const double bad[] = {0, -1, NAN, INFINITY};
+    for (int i = 0; i < 8; i++) {
+        base_args(&a, "runS-bad");
+        if (i < 4) a.lr_router_scale = bad[i];
+        else a.lr_experts_scale = bad[i - 4];
+        rc = run_train(&a, 0, &part, &res);
+        CHECK(rc == FR_ERR_ARG && strstr(fr_last_error(), "scales"), "scale %g refused: rc %d, %s", bad[i % 4], rc, fr_last_error());
+    }
+    base_args(&a, "runS-bad");
+    a.lora_rank = 4, a.lr_experts_scale = 2;
+    rc = run_train(&a, 0, &part, &res);
+    CHECK(rc == FR_ERR_ARG && strstr(fr_last_error(), "LoRA"), "scales with LoRA refused: %s", fr_last_error());
+    fr_model_free(m0);
+}
+
 static void test_schedule_args(void) {
     fr_train_args a;
     fr_train_args_default(&a);
@@ -381,6 +544,8 @@ int main(void) {
     test_schedule_args();
     test_end_to_end();
     test_precision_resume();
+    test_adamw_lr_scales();
+    test_lr_scales_train();
     test_kill9();
     char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf %s", g_root);

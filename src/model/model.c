@@ -103,6 +103,7 @@ static int register_block(fr_model *m, fr_block *b, int index, int is_mtp) {
     if (b->is_moe) {
         const int E = c->n_routed_experts, Im = c->moe_intermediate_size;
         FR_CHECK(fr_model_add_tensor(m, &b->router, 1, 2, E, H, "%s%d.mlp.gate.weight", pre, index));
+        m->tensors[m->n_tensors - 1].router = 1;
         if (c->has_correction_bias)
             FR_CHECK(fr_model_add_tensor(m, &b->router_bias, 0, 1, E, 0, "%s%d.mlp.gate.e_score_correction_bias", pre, index));
         /* experts of one kind are contiguous: expert e at base + e * exp_stride */

@@ -28,6 +28,7 @@ typedef struct {
     int no_decay;    /* norms and biases: no weight decay */
     int trainable;   /* 0 for e_score_correction_bias (updated by the balancer, not by gradients) */
     int expert;      /* routed expert this matrix belongs to, -1 for every other tensor */
+    int router;      /* 1 for a MoE block's router weight (mlp.gate.weight): its own learning rate */
 } fr_tensor;
 
 /* Offsets of one decoder block's tensors (main layers and MTP blocks alike). */

@@ -7,6 +7,7 @@
 #include <omp.h>
 #include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* The optimizer walks the trainable parameters in chunks of at most CHUNK elements, tensor
  * by tensor, all in one parallel region: one region per tensor cost ~400 fork / join barriers
@@ -127,40 +128,121 @@ double fr_grad_norm(const fr_model *m, double grad_scale) {
 }
 
 /* AdamW's per-step constants: bias corrections folded into the step size and the epsilon, in
- * double for accuracy. */
+ * double for accuracy. The step size and the decay factor depend on the tensor's learning rate
+ * (adamw_rate). */
 typedef struct {
-    float b1, b2, eps, gs, step_size, inv_sqrt_bc2;
+    float b1, b2, eps, gs, inv_sqrt_bc2;
+    double bc1;
 } adamw_consts;
 
 static adamw_consts adamw_prepare(const fr_adamw_hparams *h) {
     const double bc1 = 1.0 - pow(h->beta1, (double)h->step), bc2 = 1.0 - pow(h->beta2, (double)h->step);
-    return (adamw_consts){(float)h->beta1, (float)h->beta2, (float)h->eps, (float)h->grad_scale, (float)(h->lr / bc1),
-                          (float)(1.0 / sqrt(bc2))};
+    return (adamw_consts){(float)h->beta1, (float)h->beta2, (float)h->eps, (float)h->grad_scale,
+                          (float)(1.0 / sqrt(bc2)), bc1};
 }
 
-static float adamw_decay(const fr_tensor *t, const fr_adamw_hparams *h) {
-    return t->no_decay ? 1.0f : (float)(1.0 - h->lr * h->weight_decay);
+/* The learning-rate multiplier of tensor t: routers and routed experts may have their own
+ * (issue 21); 0 stands for 1 */
+static double lr_scale(const fr_tensor *t, const fr_adamw_extra *x) {
+    const double s = t->router ? x->lr_scale_router : t->expert >= 0 ? x->lr_scale_experts : 1.0;
+    return s > 0 ? s : 1.0;
+}
+
+/* Tensor t's step size lr_t / bc1 and decay factor 1 - lr_t wd (1 on no_decay tensors), with
+ * lr_t = lr x its scale: a scale of 1 leaves lr, so both are bit for bit the single-rate ones */
+typedef struct {
+    float step_size, decay;
+} adamw_rate;
+
+static adamw_rate adamw_rate_of(const fr_tensor *t, const fr_adamw_hparams *h, const fr_adamw_extra *x,
+                                 const adamw_consts *k) {
+    const double lr = h->lr * lr_scale(t, x);
+    return (adamw_rate){(float)(lr / k->bc1), t->no_decay ? 1.0f : (float)(1.0 - lr * h->weight_decay)};
 }
 
 /* One element: the moments mj, vj updated in FP32 from their old values, the parameter moved. */
-static inline void adamw_elem(const adamw_consts *k, float decay, float *p, float g, float *mj, float *vj) {
+static inline void adamw_elem(const adamw_consts *k, adamw_rate r, float *p, float g, float *mj, float *vj) {
     const float gj = g * k->gs;
     *mj = k->b1 * *mj + (1.0f - k->b1) * gj;
     *vj = k->b2 * *vj + (1.0f - k->b2) * gj * gj;
-    *p = *p * decay - k->step_size * *mj / (sqrtf(*vj) * k->inv_sqrt_bc2 + k->eps);
+    *p = *p * r.decay - r.step_size * *mj / (sqrtf(*vj) * k->inv_sqrt_bc2 + k->eps);
+}
+
+/* Elements lo..hi of one tensor (p, g and the moments mom / var indexed alike; moments float,
+ * or BF16 codes when bf16). zero: each g[j] set to 0 once used. Returns the sum of g[j]^2 in
+ * element order when sum (fr_grad_sumsq's chunk sum, bit for bit), else 0. Always inlined and
+ * called with constant flags, so each combination is its own loop without tests inside. */
+static inline __attribute__((always_inline)) double adamw_span(const adamw_consts *k, adamw_rate r, float *p, float *g,
+                                                               void *mom, void *var, size_t lo, size_t hi,
+                                                               const int bf16, const int zero, const int sum) {
+    double s = 0;
+    for (size_t j = lo; j < hi; j++) {
+        const float gj = g[j];
+        if (sum) s += (double)gj * gj;
+        if (bf16) {
+            uint16_t *mt = mom, *vt = var;
+            float mj = fr_bf16_decode(mt[j]), vj = fr_bf16_decode(vt[j]);
+            adamw_elem(k, r, &p[j], gj, &mj, &vj);
+            mt[j] = fr_bf16_encode(mj);
+            vt[j] = fr_bf16_encode(vj);
+        } else {
+            adamw_elem(k, r, &p[j], gj, &((float *)mom)[j], &((float *)var)[j]);
+        }
+        if (zero) g[j] = 0.0f;
+    }
+    return s;
+}
+
+static double adamw_span_flags(const adamw_consts *k, adamw_rate r, float *p, float *g, void *mom, void *var, size_t lo,
+                               size_t hi, int bf16, int zero, int sum) {
+    if (bf16) {
+        if (zero) return sum ? adamw_span(k, r, p, g, mom, var, lo, hi, 1, 1, 1) : adamw_span(k, r, p, g, mom, var, lo, hi, 1, 1, 0);
+        return sum ? adamw_span(k, r, p, g, mom, var, lo, hi, 1, 0, 1) : adamw_span(k, r, p, g, mom, var, lo, hi, 1, 0, 0);
+    }
+    if (zero) return sum ? adamw_span(k, r, p, g, mom, var, lo, hi, 0, 1, 1) : adamw_span(k, r, p, g, mom, var, lo, hi, 0, 1, 0);
+    return sum ? adamw_span(k, r, p, g, mom, var, lo, hi, 0, 0, 1) : adamw_span(k, r, p, g, mom, var, lo, hi, 0, 0, 0);
+}
+
+/* zero_grads: the gradients of the ranges outside the trainable tensors' elements (the chunk
+ * plan's gaps: non-trainable tensors, the padding that aligns each tensor), so that with the
+ * fused zeroing the whole of every range is zero, as a memset of it would leave it. The
+ * backward writes none of these today; zeroing them keeps that an assumption nobody relies on. */
+static void zero_gaps(fr_model *m, const fr_opt_range *ranges, int n_ranges) {
+    for (int ri = 0; ri < n_ranges; ri++) {
+        size_t at = ranges[ri].lo; /* everything before it in the range is done */
+        for (int i = 0; i < m->n_tensors; i++) {
+            const fr_tensor *t = &m->tensors[i];
+            if (!t->trainable) continue;
+            const size_t a = t->offset > ranges[ri].lo ? t->offset : ranges[ri].lo;
+            const size_t b = t->offset + t->numel < ranges[ri].hi ? t->offset + t->numel : ranges[ri].hi;
+            if (a >= b) continue;
+            if (a > at) memset(m->grads + at, 0, (a - at) * sizeof(float));
+            if (b > at) at = b;
+        }
+        if (ranges[ri].hi > at) memset(m->grads + at, 0, (ranges[ri].hi - at) * sizeof(float));
+    }
 }
 
 /* AdamW over the chunk plan: by the backend in its memory (a call per run of chunks), else in
  * one parallel region on host memory (a device without the op: each chunk through a host
- * copy). Moments are float, or BF16 codes when bf16 is set. */
+ * copy). Moments are float, or BF16 codes when bf16. */
 static int adamw_run(fr_model *m, void *mom, void *var, int bf16, const fr_opt_range *ranges, int n_ranges,
-                     const fr_adamw_hparams *h) {
+                     const fr_adamw_hparams *h, const fr_adamw_extra *x_in) {
+    static const fr_adamw_extra none = {1.0, 1.0, 0, NULL};
+    const fr_adamw_extra *x = x_in ? x_in : &none;
+    if ((x->zero_grads || x->grad_sumsq) && !on_host(m))
+        return fr_error(FR_ERR_UNSUPPORTED, "the optimizer zeroes the gradients or sums their squares in its pass on "
+                                            "host memory only (the %s backend: zero them and take the norm apart)",
+                        m->ops->name);
     const adamw_consts k = adamw_prepare(h);
     long n = 0;
     opt_chunk *c = plan_chunks(m, ranges, n_ranges, &n);
     float *stage = on_host(m) || in_backend(m) ? NULL : malloc(2 * CHUNK * sizeof(float)); /* params, grads */
-    if (!c || (!on_host(m) && !in_backend(m) && !stage)) {
+    double *partial = x->grad_sumsq ? malloc((size_t)(n > 0 ? n : 1) * sizeof(double)) : NULL;
+    if (!c || (!on_host(m) && !in_backend(m) && !stage) || (x->grad_sumsq && !partial)) {
         free(c);
+        free(stage);
+        free(partial);
         return fr_error(FR_ERR_NOMEM, "out of memory for the optimizer's chunk plan");
     }
     if (in_backend(m)) { /* moments in backend memory too: a launch per run of chunks */
@@ -168,7 +250,8 @@ static int adamw_run(fr_model *m, void *mom, void *var, int bf16, const fr_opt_r
         for (long ci = 0; ci < n;) {
             const long j = run_end(c, n, ci);
             const fr_tensor *t = c[ci].t;
-            const fr_adamw_step_consts sk = {k.b1, k.b2, k.eps, k.gs, k.step_size, k.inv_sqrt_bc2, adamw_decay(t, h)};
+            const adamw_rate r = adamw_rate_of(t, h, x, &k);
+            const fr_adamw_step_consts sk = {k.b1, k.b2, k.eps, k.gs, r.step_size, k.inv_sqrt_bc2, r.decay};
             m->ops->adamw(m->params + t->offset + c[ci].lo, m->grads + t->offset + c[ci].lo, (char *)mom + c[ci].mom * esize,
                           (char *)var + c[ci].mom * esize, bf16, c[j - 1].hi - c[ci].lo, sk);
             ci = j;
@@ -176,12 +259,13 @@ static int adamw_run(fr_model *m, void *mom, void *var, int bf16, const fr_opt_r
         free(c);
         return FR_OK;
     }
+    const int zero = x->zero_grads != 0, sum = x->grad_sumsq != NULL;
 #pragma omp parallel for schedule(static) if (on_host(m))
     for (long ci = 0; ci < n; ci++) {
         const fr_tensor *t = c[ci].t;
         const size_t lo = c[ci].lo, hi = c[ci].hi;
         float *p = m->params + t->offset;
-        const float *g = m->grads + t->offset;
+        float *g = m->grads + t->offset;
         float *device_p = NULL;
         if (stage) { /* device: the chunk's parameters and gradients to the host, indexed as before */
             device_p = p + lo;
@@ -190,23 +274,21 @@ static int adamw_run(fr_model *m, void *mom, void *var, int bf16, const fr_opt_r
             p = stage - lo;
             g = stage + CHUNK - lo;
         }
-        const float decay = adamw_decay(t, h);
         /* moments of element j of t at index mbase + j */
         const ptrdiff_t mbase = (ptrdiff_t)c[ci].mom - (ptrdiff_t)lo;
-        if (bf16) {
-            uint16_t *mt = (uint16_t *)mom + mbase, *vt = (uint16_t *)var + mbase;
-            for (size_t j = lo; j < hi; j++) {
-                float mj = fr_bf16_decode(mt[j]), vj = fr_bf16_decode(vt[j]);
-                adamw_elem(&k, decay, &p[j], g[j], &mj, &vj);
-                mt[j] = fr_bf16_encode(mj);
-                vt[j] = fr_bf16_encode(vj);
-            }
-        } else {
-            float *mt = (float *)mom + mbase, *vt = (float *)var + mbase;
-            for (size_t j = lo; j < hi; j++) adamw_elem(&k, decay, &p[j], g[j], &mt[j], &vt[j]);
-        }
+        const size_t esize = bf16 ? sizeof(uint16_t) : sizeof(float);
+        const double s = adamw_span_flags(&k, adamw_rate_of(t, h, x, &k), p, g, (char *)mom + mbase * (ptrdiff_t)esize,
+                                          (char *)var + mbase * (ptrdiff_t)esize, lo, hi, bf16, zero, sum);
+        if (sum) partial[ci] = s;
         if (device_p) m->ops->to_device(device_p, p + lo, (hi - lo) * sizeof(float));
     }
+    if (zero) zero_gaps(m, ranges, n_ranges);
+    if (sum) { /* in chunk order, as fr_grad_sumsq adds them */
+        double total = 0;
+        for (long ci = 0; ci < n; ci++) total += partial[ci];
+        *x->grad_sumsq = total;
+    }
+    free(partial);
     free(stage);
     free(c);
     return FR_OK;
@@ -214,17 +296,17 @@ static int adamw_run(fr_model *m, void *mom, void *var, int bf16, const fr_opt_r
 
 int fr_adamw_step(fr_model *m, float *mom, float *var, const fr_adamw_hparams *h) {
     const fr_opt_range all = whole_arena(m);
-    return adamw_run(m, mom, var, 0, &all, 1, h);
+    return adamw_run(m, mom, var, 0, &all, 1, h, NULL);
 }
 
 int fr_adamw_step_bf16(fr_model *m, uint16_t *mom, uint16_t *var, const fr_adamw_hparams *h) {
     const fr_opt_range all = whole_arena(m);
-    return adamw_run(m, mom, var, 1, &all, 1, h);
+    return adamw_run(m, mom, var, 1, &all, 1, h, NULL);
 }
 
 int fr_adamw_step_ranges(fr_model *m, void *mom, void *var, int moments_bf16, const fr_opt_range *ranges,
-                         int n_ranges, const fr_adamw_hparams *h) {
-    return adamw_run(m, mom, var, moments_bf16, ranges, n_ranges, h);
+                         int n_ranges, const fr_adamw_hparams *h, const fr_adamw_extra *x) {
+    return adamw_run(m, mom, var, moments_bf16, ranges, n_ranges, h, x);
 }
 
 int fr_router_bias_update(fr_model *m, const long *counts, double gamma) {

@@ -318,6 +318,26 @@ void fr_dist_zero_grads(fr_dist *d, fr_model *m) {
     for (int k = 0; k < d->n_seg; k++) memset(m->grads + d->seg[k].lo, 0, (d->seg[k].hi - d->seg[k].lo) * sizeof(float));
 }
 
+/* The gradients [lo, hi) zeroed except the sorted, disjoint ranges (already zero) */
+static void zero_except(fr_model *m, size_t lo, size_t hi, const fr_opt_range *ranges, int n) {
+    size_t at = lo; /* [lo, at) done */
+    for (int i = 0; i < n; i++) {
+        const size_t a = ranges[i].lo > lo ? ranges[i].lo : lo, b = ranges[i].hi < hi ? ranges[i].hi : hi;
+        if (a >= b) continue;
+        if (a > at) m->ops->memset0(m->grads + at, (a - at) * sizeof(float));
+        if (b > at) at = b;
+    }
+    if (hi > at) m->ops->memset0(m->grads + at, (hi - at) * sizeof(float));
+}
+
+void fr_dist_zero_grads_rest(fr_dist *d, fr_model *m) {
+    if (d->n_foreign == 0) { /* fr_dist_zero_grads zeroes the whole arena */
+        zero_except(m, 0, m->n_params, d->ranges, d->n_ranges);
+        return;
+    }
+    for (int k = 0; k < d->n_seg; k++) zero_except(m, d->seg[k].lo, d->seg[k].hi, d->ranges, d->n_ranges);
+}
+
 int fr_dist_gather_experts(fr_dist *d, fr_model *m) {
     if (!d->ep || d->world->rank / d->ep_size != 0) return FR_OK; /* only world rank 0's group */
     const int P = d->ep->size, E = m->cfg.n_routed_experts;

@@ -73,6 +73,10 @@ int fr_dist_gather_params(fr_dist *d, fr_model *m);
  * fr_dist_gather_experts brings every expert to world rank 0 for a checkpoint. */
 void fr_dist_release_foreign(fr_dist *d, fr_model *m);
 void fr_dist_zero_grads(fr_dist *d, fr_model *m);
+/* After an AdamW step that zeroed the gradients of d->ranges (fr_adamw_hparams.zero_grads): the
+ * rest of what fr_dist_zero_grads zeroes (with ZeRO-1 the other ranks' parts, in a LoRA run the
+ * frozen base), so that the gradients are all zero again, as fr_dist_zero_grads leaves them */
+void fr_dist_zero_grads_rest(fr_dist *d, fr_model *m);
 int fr_dist_gather_experts(fr_dist *d, fr_model *m);
 
 /* DeepSeek-V3's node-limited routing over this job's expert-parallel groups: each token's

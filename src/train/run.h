@@ -37,6 +37,8 @@ typedef struct {
                                    uint16_t BF16 codes (moments_bf16) */
     int moments_bf16;
     int moments_in_backend;     /* allocated by the model's backend (fr_adamw_in_backend) */
+    int grads_zero;             /* the last step's optimizer left the gradients all zero: the next
+                                   step needs no zeroing pass */
     fr_comm *world;             /* the job's ranks (a world of one in a single process) */
     fr_dist dist;               /* how the job spreads over them */
     int rank, nranks;

@@ -456,7 +456,8 @@ static int train_steps(run *r, fr_train_result *res) {
         }
         const double t0 = now_s();
         fr_comm_stats comm0 = *r->world->stats;
-        fr_dist_zero_grads(&r->dist, r->m); /* (never the other ranks' experts) */
+        if (!r->grads_zero) fr_dist_zero_grads(&r->dist, r->m); /* (never the other ranks' experts) */
+        r->grads_zero = 0;
         memset(counts, 0, n_counts * sizeof(long));
         fr_loss_info mean;
         memset(&mean, 0, sizeof mean);
@@ -512,14 +513,24 @@ static int train_steps(run *r, fr_train_result *res) {
         }
         /* every rank's gradient is of its own mean loss: the job's is their average */
         const double scale = 1.0 / a->grad_accum / r->nranks;
+        /* On host memory AdamW's pass also zeroes the gradients for the next step and, when the
+         * norm is only reported (no clipping, one process), sums their squares: two passes over
+         * the gradients instead of three, or one (docs/training.md, "One step"). Same numbers */
+        const int fused = r->m->ops->host_memory, norm_in_step = fused && !(a->grad_clip > 0) && r->nranks == 1;
         double sumsq = 0;
-        if ((rc = fr_dist_grad_sumsq(&r->dist, r->m, &sumsq)) != FR_OK) break;
-        const double gnorm = sqrt(sumsq) * scale;
+        if (!norm_in_step && (rc = fr_dist_grad_sumsq(&r->dist, r->m, &sumsq)) != FR_OK) break;
+        double gnorm = sqrt(sumsq) * scale;
         double clip = 1.0;
         if (a->grad_clip > 0 && gnorm > a->grad_clip) clip = a->grad_clip / gnorm;
         const double lr = fr_train_lr(a, r->step, r->max_steps);
-        fr_adamw_hparams hp = {lr, a->beta1, a->beta2, a->eps, a->weight_decay, r->step + 1, scale * clip};
-        rc = fr_adamw_step_ranges(r->m, r->mom, r->var, r->moments_bf16, r->dist.ranges, r->dist.n_ranges, &hp);
+        const fr_adamw_hparams hp = {lr, a->beta1, a->beta2, a->eps, a->weight_decay, r->step + 1, scale * clip};
+        const fr_adamw_extra hx = {a->lr_router_scale, a->lr_experts_scale, fused, norm_in_step ? &sumsq : NULL};
+        rc = fr_adamw_step_ranges(r->m, r->mom, r->var, r->moments_bf16, r->dist.ranges, r->dist.n_ranges, &hp, &hx);
+        if (rc == FR_OK && norm_in_step) gnorm = sqrt(sumsq) * scale;
+        if (rc == FR_OK && fused) {
+            fr_dist_zero_grads_rest(&r->dist, r->m);
+            r->grads_zero = 1;
+        }
         if (rc == FR_OK) rc = fr_dist_gather_params(&r->dist, r->m); /* ZeRO-1: the updated shards to all */
         if (rc != FR_OK) break;
         if (n_moe > 0 && a->bias_update_speed > 0 && (rc = fr_router_bias_update(r->m, counts, a->bias_update_speed)) != FR_OK)
@@ -934,6 +945,12 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
     if (rc == FR_OK) rc = fr_model_set_expert_parallel(r.m, r.dist.ep);
     if (rc == FR_OK) fr_dist_release_foreign(&r.dist, r.m); /* this rank keeps its own experts only */
     if (rc == FR_OK) {
+        if (args.lr_router_scale != 1 || args.lr_experts_scale != 1) { /* (a dense model has neither) */
+            int routers = 0, experts = 0;
+            for (int i = 0; i < r.m->n_tensors; i++) routers += r.m->tensors[i].router, experts += r.m->tensors[i].expert >= 0;
+            fr_run_info(&r, "learning rate x %g for the routers' weights (%d tensors), x %g for the routed experts' (%d tensors)",
+                        args.lr_router_scale, routers, args.lr_experts_scale, experts);
+        }
         if (r.moments_bf16) fr_run_info(&r, "AdamW moments stored in bf16 (half the optimizer memory: %.1f MiB saved)",
                                  r.dist.n_moments * 4.0 / 1048576.0);
         if (r.nranks > 1)

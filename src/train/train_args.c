@@ -20,6 +20,8 @@ void fr_train_args_default(fr_train_args *a) {
     a->seq_len = 256;
     a->grad_accum = 1;
     a->lr = 3e-3;
+    a->lr_router_scale = 1.0;
+    a->lr_experts_scale = 1.0;
     a->min_lr_frac = 0.1;
     a->warmup_steps = 50;
     a->schedule = FR_LR_COSINE;
@@ -50,6 +52,14 @@ int fr_train_args_check(const fr_train_args *a) {
         return fr_error(FR_ERR_ARG, "batch size, sequence length (>= 2) and accumulation must be positive");
     if (a->max_steps <= 0 && a->max_tokens <= 0) return fr_error(FR_ERR_ARG, "give a number of steps or tokens");
     if (!(a->lr > 0) || a->min_lr_frac < 0 || a->min_lr_frac > 1) return fr_error(FR_ERR_ARG, "learning rate must be > 0 and the floor fraction in [0, 1]");
+    if (!(a->lr_router_scale > 0) || !(a->lr_experts_scale > 0) || !isfinite(a->lr_router_scale) ||
+        !isfinite(a->lr_experts_scale))
+        return fr_error(FR_ERR_ARG, "the router and expert learning-rate scales must be finite and > 0 (got %g and %g)",
+                        a->lr_router_scale, a->lr_experts_scale);
+    /* the adapters of a LoRA run have one learning rate: its routers and experts are frozen */
+    if (a->lora_rank > 0 && (a->lr_router_scale != 1 || a->lr_experts_scale != 1))
+        return fr_error(FR_ERR_ARG, "the router and expert learning-rate scales apply to full training, not to LoRA "
+                                    "adapters (the routers and experts are frozen there)");
     if (a->beta1 < 0 || a->beta1 >= 1 || a->beta2 < 0 || a->beta2 >= 1 || !(a->eps > 0))
         return fr_error(FR_ERR_ARG, "AdamW betas must lie in [0, 1) and eps be > 0");
     if (a->weight_decay < 0 || a->grad_clip < 0 || a->bias_update_speed < 0 || a->balance_alpha < 0 || a->mtp_lambda < 0)
@@ -112,7 +122,7 @@ static const arg_field OPT_FIELDS[] = {
     A_NUM(lora_rank, ARG_INT), A_NUM(lora_alpha, ARG_DOUBLE), A_NUM(lora_rslora, ARG_INT), A_STR(lora_targets),
     A_STR(lora_base),
     A_STR(teacher), A_NUM(distill_topk, ARG_INT), A_NUM(distill_temperature, ARG_DOUBLE),
-    A_NUM(distill_alpha, ARG_DOUBLE),
+    A_NUM(distill_alpha, ARG_DOUBLE), A_NUM(lr_router_scale, ARG_DOUBLE), A_NUM(lr_experts_scale, ARG_DOUBLE),
 };
 #define N_OPT_FIELDS ((int)(sizeof OPT_FIELDS / sizeof OPT_FIELDS[0]))
 #undef A_STR
