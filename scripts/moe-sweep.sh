@@ -16,7 +16,9 @@
 #   moe-nonorm   norm_topk_prob false: the top-k sigmoid scores unnormalised (x 2.5)
 #   moe-e64      finest: 64 experts of width 32, top-16, 1 shared (of width 32)
 #   moe-e32-noshared  32 experts of width 64, top-10, no shared expert
-#   moe-long, dense-long (--long) both for 4x the steps
+#   moe-best     the winners together: 32 experts of width 64, top-10, no shared expert,
+#                routed_scaling_factor 1.0
+#   moe-noshared-long, dense-long (--long) the best single change and dense, 4x the steps
 #
 #   scripts/moe-sweep.sh [--steps N] [--threads N] [--only NAME,NAME] [--long]
 #       (default 1000 steps of 8 x 256 tokens = 2.05M tokens per run)
@@ -36,7 +38,7 @@ while [ $# -gt 0 ]; do
         --threads) THREADS=$2; shift 2 ;;
         --only) ONLY=$2; shift 2 ;;
         --long) LONG=1; shift ;;
-        -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "moe-sweep: unknown argument '$1'" >&2; exit 2 ;;
     esac
 done
@@ -47,6 +49,7 @@ OUT=runs/moe-sweep-$(date -u +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
 
 # name | base config | config changes (key=value,...) | extra train flags | step factor
+BEST=n_routed_experts=32,moe_intermediate_size=64,num_experts_per_tok=10,n_shared_experts=0,routed_scaling_factor=1.0
 VARIANTS="moe|compare-moe||
 dense|compare-dense||
 moe-e8|compare-moe|n_routed_experts=8,moe_intermediate_size=256,num_experts_per_tok=2|
@@ -59,9 +62,10 @@ dense-lr6|compare-dense||--lr 6e-3
 moe-rsf1|compare-moe|routed_scaling_factor=1.0|
 moe-nonorm|compare-moe|norm_topk_prob=false|
 moe-e64|compare-moe|n_routed_experts=64,moe_intermediate_size=32,num_experts_per_tok=16|
-moe-e32-noshared|compare-moe|n_routed_experts=32,moe_intermediate_size=64,num_experts_per_tok=10,n_shared_experts=0|"
+moe-e32-noshared|compare-moe|n_routed_experts=32,moe_intermediate_size=64,num_experts_per_tok=10,n_shared_experts=0|
+moe-best|compare-moe|$BEST|"
 if [ "$LONG" = 1 ]; then
-    VARIANTS="moe-long|compare-moe||--long
+    VARIANTS="moe-noshared-long|compare-moe|n_shared_experts=0,num_experts_per_tok=5|--long
 dense-long|compare-dense||--long"
 fi
 
