@@ -1,8 +1,10 @@
 /* optim.c — AdamW, gradient norm and the router-bias balancer, on host parameter memory
  * (the CPU backend's buffers are host memory; a device backend supplies its own). */
 #include "model/optim.h"
+#include "cpu/ops_cpu.h"
 #include "formats/numfmt.h"
 
+#include <immintrin.h>
 #include <math.h>
 #include <omp.h>
 #include <stddef.h>
@@ -193,8 +195,39 @@ static inline __attribute__((always_inline)) double adamw_span(const adamw_const
     return s;
 }
 
+/* The FP32-moment update of elements lo.. on 16 lanes (AVX-512F); returns where the scalar loop
+ * takes over (the last hi - lo mod 16). The same operations as adamw_elem, in the same order,
+ * each correctly rounded (square root and division included), and no multiply-add contracted
+ * into an FMA: the results are adamw_elem's bit for bit (test_train compares every element of
+ * a step with the formula). The scalar loop ran at about 1.6 ns per weight, computing; this one
+ * keeps up with memory. */
+#define T_AVX512_EXACT __attribute__((target("avx512f"), optimize("fp-contract=off")))
+T_AVX512_EXACT static size_t adamw_f32_avx512(const adamw_consts *k, adamw_rate r, float *p, float *g, float *mom,
+                                              float *var, size_t lo, size_t hi, int zero) {
+    const __m512 gs = _mm512_set1_ps(k->gs), b1 = _mm512_set1_ps(k->b1), b2 = _mm512_set1_ps(k->b2);
+    const __m512 c1 = _mm512_set1_ps(1.0f - k->b1), c2 = _mm512_set1_ps(1.0f - k->b2), eps = _mm512_set1_ps(k->eps);
+    const __m512 ibc = _mm512_set1_ps(k->inv_sqrt_bc2), decay = _mm512_set1_ps(r.decay), step = _mm512_set1_ps(r.step_size);
+    size_t j = lo;
+    for (; j + 16 <= hi; j += 16) {
+        const __m512 gj = _mm512_mul_ps(_mm512_loadu_ps(g + j), gs);
+        const __m512 mj = _mm512_add_ps(_mm512_mul_ps(b1, _mm512_loadu_ps(mom + j)), _mm512_mul_ps(c1, gj));
+        const __m512 vj = _mm512_add_ps(_mm512_mul_ps(b2, _mm512_loadu_ps(var + j)), _mm512_mul_ps(_mm512_mul_ps(c2, gj), gj));
+        _mm512_storeu_ps(mom + j, mj);
+        _mm512_storeu_ps(var + j, vj);
+        const __m512 den = _mm512_add_ps(_mm512_mul_ps(_mm512_sqrt_ps(vj), ibc), eps);
+        const __m512 upd = _mm512_div_ps(_mm512_mul_ps(step, mj), den);
+        _mm512_storeu_ps(p + j, _mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(p + j), decay), upd));
+        if (zero) _mm512_storeu_ps(g + j, _mm512_setzero_ps());
+    }
+    return j;
+}
+
 static double adamw_span_flags(const adamw_consts *k, adamw_rate r, float *p, float *g, void *mom, void *var, size_t lo,
                                size_t hi, int bf16, int zero, int sum) {
+    if (!bf16 && !sum && fr_cpu_isa() >= FR_ISA_AVX512) { /* (the sum keeps its element order: scalar) */
+        const size_t j = adamw_f32_avx512(k, r, p, g, mom, var, lo, hi, zero);
+        return zero ? adamw_span(k, r, p, g, mom, var, j, hi, 0, 1, 0) : adamw_span(k, r, p, g, mom, var, j, hi, 0, 0, 0);
+    }
     if (bf16) {
         if (zero) return sum ? adamw_span(k, r, p, g, mom, var, lo, hi, 1, 1, 1) : adamw_span(k, r, p, g, mom, var, lo, hi, 1, 1, 0);
         return sum ? adamw_span(k, r, p, g, mom, var, lo, hi, 1, 0, 1) : adamw_span(k, r, p, g, mom, var, lo, hi, 1, 0, 0);
