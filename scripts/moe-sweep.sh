@@ -18,6 +18,8 @@
 #   moe-e32-noshared  32 experts of width 64, top-10, no shared expert
 #   moe-best     the winners together: 32 experts of width 64, top-10, no shared expert,
 #                routed_scaling_factor 1.0
+#   moe-lr-router03  the router's weights at 0.3 x lr (--lr-router-scale)
+#   moe-lr-experts2  the routed experts at 2 x lr (--lr-experts-scale)
 #   moe-noshared-long, dense-long (--long) the best single change and dense, 4x the steps
 #
 #   scripts/moe-sweep.sh [--steps N] [--threads N] [--only NAME,NAME] [--long]
@@ -38,7 +40,7 @@ while [ $# -gt 0 ]; do
         --threads) THREADS=$2; shift 2 ;;
         --only) ONLY=$2; shift 2 ;;
         --long) LONG=1; shift ;;
-        -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "moe-sweep: unknown argument '$1'" >&2; exit 2 ;;
     esac
 done
@@ -63,7 +65,9 @@ moe-rsf1|compare-moe|routed_scaling_factor=1.0|
 moe-nonorm|compare-moe|norm_topk_prob=false|
 moe-e64|compare-moe|n_routed_experts=64,moe_intermediate_size=32,num_experts_per_tok=16|
 moe-e32-noshared|compare-moe|n_routed_experts=32,moe_intermediate_size=64,num_experts_per_tok=10,n_shared_experts=0|
-moe-best|compare-moe|$BEST|"
+moe-best|compare-moe|$BEST|
+moe-lr-router03|compare-moe||--lr-router-scale 0.3
+moe-lr-experts2|compare-moe||--lr-experts-scale 2"
 if [ "$LONG" = 1 ]; then
     VARIANTS="moe-noshared-long|compare-moe|n_shared_experts=0,num_experts_per_tok=5|--long
 dense-long|compare-dense||--long"
