@@ -53,7 +53,7 @@ static int new_chunk(void) {
     int slot = -1;
     for (int i = 0; i < g_n_chunks && slot < 0; i++)
         if (!g_chunks[i].base) slot = i;
-    if (slot < 0 && g_n_chunks < MAX_CHUNKS) slot = g_n_chunks++;
+    if (slot < 0 && g_n_chunks < MAX_CHUNKS) slot = __atomic_add_fetch(&g_n_chunks, 1, __ATOMIC_RELEASE) - 1;
     if (slot < 0) {
         munmap(base, CHUNK_BYTES);
         return -1;
@@ -89,7 +89,9 @@ void *fr_alloc_weights(size_t bytes) {
 }
 
 int fr_weight_pool_release(void *p) {
-    if (!p) return 0;
+    /* every fr_free comes here: no lock while no chunk was ever made (training never makes one).
+     * A pointer of the pool was handed out after its chunk's slot was counted. */
+    if (!p || __atomic_load_n(&g_n_chunks, __ATOMIC_ACQUIRE) == 0) return 0;
     pthread_mutex_lock(&g_lock);
     const int i = chunk_of(p);
     if (i >= 0 && --g_chunks[i].live == 0) {

@@ -424,8 +424,8 @@ static void dot8_q8_0_c(const qrows *t, const qact *a, int j0, int nx) { QROWS_L
 static void dot8_q4_1_c(const qrows *t, const qact *a, int j0, int nx) { QROWS_LOOP(row8_q4_1_c, nx) }
 
 /* The AVX2 kernels (vpmaddubsw + vpmaddwd; the body once took vpdpbusd on 256-bit vectors
- * too, before qmatmul_zmm.c's 512-bit kernels replaced it): DOT32(u, s) returns 8 int32 lanes whose total is Σ u_i s_i over 32
- * unsigned × signed bytes. Q8_0's signed weights use |w| as the unsigned operand and move
+ * too, before qmatmul_zmm.c's 512-bit kernels replaced it): DOT32(u, s) returns 8 int32
+ * lanes whose total is Σ u_i s_i over 32 unsigned × signed bytes. Q8_0's signed weights use |w| as the unsigned operand and move
  * the sign onto the activation (vpsignb); a stored -128 becomes the unsigned 128, and the
  * int16 pair sums stay below 2 · 128 · 127 < 2^15, so vpmaddubsw never saturates.
  * Blocks go in groups of 8: the scale products d_b · dx_b of a group are one vector
@@ -751,18 +751,12 @@ static int qjob_prepare(qjob *j, float *y, const float *x, const fr_qmatrix *w, 
         j->a = (qact){cols, nb, (int8_t *)buf, (float *)(buf + qbytes), sums ? (float *)(buf + qbytes + fbytes) : NULL};
         j->owns = 1;
         const int group = layout == 3 ? 4 : layout == 2 ? 2 : 1;
-        /* no parallel construct at all for a few rows: even one whose if() is false costs a
-         * team start and a futex wake at its end (libgomp wakes the barrier unconditionally),
-         * and decode prepares ~40 products per layer */
-        if (M >= 16 && threads > 1) {
-#pragma omp parallel for schedule(static)
+        /* (decode prepares ~40 products per layer, each of one row: no parallel construct) */
+        FR_OMP_IF(M >= 16 && threads > 1, "omp parallel for schedule(static)",
             for (int i = 0; i < M; i++)
                 quantize_act_row(x + (size_t)i * cols, cols, j->a.q + (size_t)i * cols, j->a.d + (size_t)i * nb,
                                  sums ? j->a.s + (size_t)i * nb : NULL, group, isa);
-        } else
-            for (int i = 0; i < M; i++)
-                quantize_act_row(x + (size_t)i * cols, cols, j->a.q + (size_t)i * cols, j->a.d + (size_t)i * nb,
-                                 sums ? j->a.s + (size_t)i * nb : NULL, group, isa);
+        );
     }
     j->dot = pick_dot8(w->type, isa);
     j->rb = fr_qtype_row_bytes(w->type, cols);

@@ -72,7 +72,7 @@ T_ZMM INLINE __m512 scale_lanes(__m512 acc, __m512i dot, __m512 sc, __m512i lane
 
 /* ------------------------------------------------------------------ Q8_0 */
 
-/* blocks b, b + 1 of a row (64 bytes; `bytes` 32 for a lone last block), group-relative index k */
+/* blocks b, b + 1 of a row (64 bytes; `lone`: block b alone, the row's last, 32 bytes), group-relative index k */
 T_ZMM INLINE void q8_0_pair(const int8_t *q, const int8_t *const *qx, int b, int k, const int NX, const __m512 *sc,
                             __m512 *acc, const uint8_t *pf_end, const int lone) {
     const size_t off = (size_t)b * FR_QBLOCK;

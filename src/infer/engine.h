@@ -117,9 +117,10 @@ int fr_engine_gguf_view(const fr_engine *e, const char *name, fr_gguf_view *v);
 /* Layer `index`'s absorbed projections from a split GGUF's attn_k_b / attn_v_b heads, as stored
  * or as uk_type / uv_type when the engine's weight type was given */
 int fr_engine_gguf_kv_b(fr_engine *e, eng_layer *ly, int index, fr_qtype uk_type, fr_qtype uv_type);
-/* Give back the mapped pages of the rearranged tensors whose names start with prefix (NULL: all) */
+/* Give back the mapped pages of the tensors the engine holds copies of (all but F32 and BF16) whose
+ * names start with prefix (NULL: all) */
 void fr_engine_gguf_release(const fr_engine *e, const char *prefix);
-/* A matrix that points into the GGUF's mapping gets memory of its own (engine_gguf.c) */
+/* A K-format matrix that points into the GGUF's mapping gets memory of its own (engine_gguf.c) */
 int fr_engine_own_matrix(fr_qmatrix *m, const char *name);
 /* A folder of `frugal quantize` held to the blocks of the GGUF of its scheme (engine_gguf.c):
  * the scheme its config.json names (quantization_config.format), or -1; */

@@ -756,12 +756,6 @@ static void cache_load(const fr_engine *e, float *dst, const unsigned char *src)
  * M, so a row's result does not depend on them. */
 #define SMALL_M 8
 #define F32_CHUNK 32
-#ifndef PFROWS
-#define PFROWS 2
-#endif
-#ifndef PFLOC
-#define PFLOC 0
-#endif
 static void f32_products(const fr_qmatmul_job *jobs, int n) {
     const fr_cpu_vec *v = fr_cpu_vec_ops();
     double work = 0; /* weights read, the measure of a chunk's cost */
