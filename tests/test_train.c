@@ -18,6 +18,7 @@
 #include "frugal.h"
 #include "model/model_internal.h"
 #include "model/optim.h"
+#include "cuda/kernels_optim.cuh"
 #include "formats/safetensors.h"
 #include "testutil.h"
 
@@ -339,6 +340,39 @@ static fr_model *tiny_model(void) {
     return rc == FR_OK ? m : NULL;
 }
 
+/* The gradient norm's sum of squares (16 interleaved partial sums a chunk, then chunks in
+ * order): within the rounding bound of a long double sum, whatever the length's remainder mod
+ * 16; and the same bits with 1 and 2 threads. Bound: each element's square is exact in double
+ * and meets at most n / 16 + 4 roundings of 2^-53 on its way into the total. */
+static void test_grad_sumsq(void) {
+    fr_model *m = tiny_model();
+    if (!m) return;
+    const size_t n = m->n_params;
+    for (size_t j = 0; j < n; j++) m->grads[j] = (float)(0.01 * sin(0.37 * (double)j) + 0.001 * cos(0.11 * (double)j));
+    long double ref = 0; /* over the trainable tensors (the router bias, for one, is not) */
+    for (int i = 0; i < m->n_tensors; i++)
+        for (size_t j = 0; m->tensors[i].trainable && j < m->tensors[i].numel; j++)
+            ref += (long double)m->grads[m->tensors[i].offset + j] * m->grads[m->tensors[i].offset + j];
+    const fr_opt_range all = {0, n, 0};
+    fr_set_num_threads(1);
+    const double one = fr_grad_sumsq(m, &all, 1);
+    fr_set_num_threads(2);
+    const double two = fr_grad_sumsq(m, &all, 1);
+    const double bound = ((double)n / 16 + 4) * 0x1p-53 * (double)ref;
+    CHECK(fabs(one - (double)ref) <= bound, "grad sumsq %.17g vs long double %.17Lg (bound %.3g)", one, ref, bound);
+    CHECK(!memcmp(&one, &two, sizeof one), "grad sumsq with 1 and 2 threads: %.17g / %.17g", one, two);
+    /* spans of every length 0..40 against the long double sum (the lanes' tail) */
+    size_t bad = 0;
+    for (size_t len = 0; len <= 40; len++) {
+        long double r = 0;
+        for (size_t j = 0; j < len; j++) r += (long double)m->grads[j] * m->grads[j];
+        const double got = fr_k_sumsq_span(m->grads, len);
+        bad += fabs(got - (double)r) > ((double)len / 16 + 4) * 0x1p-53 * (double)r;
+    }
+    CHECK(bad == 0, "fr_k_sumsq_span: %zu of 41 lengths off the long double sum", bad);
+    fr_model_free(m);
+}
+
 /* One AdamW step at the optimizer: scales 1 equal the plain step bit for bit; router 1e-30
  * and experts 2 give exactly what AdamW's formula gives at lr x scale (first step: m = (1 -
  * b1) g, v = (1 - b2) g^2), the rest unchanged; the fused gradient zeroing and sum of squares
@@ -544,6 +578,7 @@ int main(void) {
     test_schedule_args();
     test_end_to_end();
     test_precision_resume();
+    test_grad_sumsq();
     test_adamw_lr_scales();
     test_lr_scales_train();
     test_kill9();

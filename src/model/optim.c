@@ -2,6 +2,7 @@
  * (the CPU backend's buffers are host memory; a device backend supplies its own). */
 #include "model/optim.h"
 #include "cpu/ops_cpu.h"
+#include "cuda/kernels_optim.cuh" /* fr_k_sumsq_span: the order of the norm's sums, shared with devices */
 #include "formats/numfmt.h"
 
 #include <immintrin.h>
@@ -112,9 +113,7 @@ double fr_grad_sumsq(const fr_model *m, const fr_opt_range *ranges, int n_ranges
             m->ops->to_host(stage, g + c[k].lo, (c[k].hi - c[k].lo) * sizeof(float));
             g = stage - c[k].lo;
         }
-        double s = 0;
-        for (size_t j = c[k].lo; j < c[k].hi; j++) s += (double)g[j] * g[j];
-        partial[k] = s;
+        partial[k] = fr_k_sumsq_span(g + c[k].lo, c[k].hi - c[k].lo);
     }
     free(stage);
     double total = 0;
@@ -171,16 +170,13 @@ static inline void adamw_elem(const adamw_consts *k, adamw_rate r, float *p, flo
 }
 
 /* Elements lo..hi of one tensor (p, g and the moments mom / var indexed alike; moments float,
- * or BF16 codes when bf16). zero: each g[j] set to 0 once used. Returns the sum of g[j]^2 in
- * element order when sum (fr_grad_sumsq's chunk sum, bit for bit), else 0. Always inlined and
- * called with constant flags, so each combination is its own loop without tests inside. */
-static inline __attribute__((always_inline)) double adamw_span(const adamw_consts *k, adamw_rate r, float *p, float *g,
-                                                               void *mom, void *var, size_t lo, size_t hi,
-                                                               const int bf16, const int zero, const int sum) {
-    double s = 0;
+ * or BF16 codes when bf16). zero: each g[j] set to 0 once used. Always inlined and called with
+ * constant flags, so each combination is its own loop without tests inside. */
+static inline __attribute__((always_inline)) void adamw_span(const adamw_consts *k, adamw_rate r, float *p, float *g,
+                                                             void *mom, void *var, size_t lo, size_t hi,
+                                                             const int bf16, const int zero) {
     for (size_t j = lo; j < hi; j++) {
         const float gj = g[j];
-        if (sum) s += (double)gj * gj;
         if (bf16) {
             uint16_t *mt = mom, *vt = var;
             float mj = fr_bf16_decode(mt[j]), vj = fr_bf16_decode(vt[j]);
@@ -192,7 +188,6 @@ static inline __attribute__((always_inline)) double adamw_span(const adamw_const
         }
         if (zero) g[j] = 0.0f;
     }
-    return s;
 }
 
 /* The FP32-moment update of elements lo.. on 16 lanes (AVX-512F); returns where the scalar loop
@@ -222,18 +217,23 @@ T_AVX512_EXACT static size_t adamw_f32_avx512(const adamw_consts *k, adamw_rate 
     return j;
 }
 
+/* The update of elements lo..hi; when sum, first their sum of squares (fr_grad_sumsq's chunk
+ * sum, bit for bit), returned (else 0) */
 static double adamw_span_flags(const adamw_consts *k, adamw_rate r, float *p, float *g, void *mom, void *var, size_t lo,
                                size_t hi, int bf16, int zero, int sum) {
-    if (!bf16 && !sum && fr_cpu_isa() >= FR_ISA_AVX512) { /* (the sum keeps its element order: scalar) */
+    const double s = sum ? fr_k_sumsq_span(g + lo, hi - lo) : 0.0;
+    if (!bf16 && fr_cpu_isa() >= FR_ISA_AVX512) {
         const size_t j = adamw_f32_avx512(k, r, p, g, mom, var, lo, hi, zero);
-        return zero ? adamw_span(k, r, p, g, mom, var, j, hi, 0, 1, 0) : adamw_span(k, r, p, g, mom, var, j, hi, 0, 0, 0);
+        if (zero) adamw_span(k, r, p, g, mom, var, j, hi, 0, 1);
+        else adamw_span(k, r, p, g, mom, var, j, hi, 0, 0);
+    } else if (bf16) {
+        if (zero) adamw_span(k, r, p, g, mom, var, lo, hi, 1, 1);
+        else adamw_span(k, r, p, g, mom, var, lo, hi, 1, 0);
+    } else {
+        if (zero) adamw_span(k, r, p, g, mom, var, lo, hi, 0, 1);
+        else adamw_span(k, r, p, g, mom, var, lo, hi, 0, 0);
     }
-    if (bf16) {
-        if (zero) return sum ? adamw_span(k, r, p, g, mom, var, lo, hi, 1, 1, 1) : adamw_span(k, r, p, g, mom, var, lo, hi, 1, 1, 0);
-        return sum ? adamw_span(k, r, p, g, mom, var, lo, hi, 1, 0, 1) : adamw_span(k, r, p, g, mom, var, lo, hi, 1, 0, 0);
-    }
-    if (zero) return sum ? adamw_span(k, r, p, g, mom, var, lo, hi, 0, 1, 1) : adamw_span(k, r, p, g, mom, var, lo, hi, 0, 1, 0);
-    return sum ? adamw_span(k, r, p, g, mom, var, lo, hi, 0, 0, 1) : adamw_span(k, r, p, g, mom, var, lo, hi, 0, 0, 0);
+    return s;
 }
 
 /* zero_grads: the gradients of the ranges outside the trainable tensors' elements (the chunk
