@@ -645,21 +645,39 @@ static void moe_combine_forward(float *out, const float *ye, const float *topk_w
     );
 }
 
+/* Routing slot i = (token i / K, choice i % K) lies at row slot_pos[i] of dye and ye, the
+ * N * K rows sorted by expert (10.5 MB each a layer for the small comparison model: out of
+ * cache since the forward). The loop runs in slot order, so that these two are read and
+ * written in sequence and only dout's rows (N of them) come out of order: bench_moe_ops, 2
+ * cores of the Zen 4 machine, cold caches, 1.0-1.2 -> 0.8-0.9 ms a call (18 -> 26 GB/s). Token
+ * order, which the sums of combine forward and dispatch backward need (each output row is one
+ * token's), meets the big buffers as K interleaved streams; software prefetching of the next
+ * tokens' rows (into L1 or L2, 2 to 16 tokens ahead) did not speed those up. Each row of dye
+ * and each dtopk_w is written once, by one thread, with the same arithmetic in either order. */
+static inline void moe_combine_backward_slot(float *dye, float *dtopk_w, const float *dout, const float *ye,
+                                             const float *topk_w, const fr_cpu_vec *vo, long i, size_t slot, int K,
+                                             int D) {
+    const float *g = dout + (size_t)(i / K) * D;
+    float *d = dye + slot * D;
+    for (int e = 0; e < D; e++) d[e] = topk_w[i] * g[e];
+    dtopk_w[i] = vo->dot(g, ye + slot * D, D);
+}
+
 static void moe_combine_backward(float *dye, float *dtopk_w, const float *dout, const float *ye,
                                  const float *topk_w, const int *slot_pos, int N, int K, int D) {
     const fr_cpu_vec *vo = fr_cpu_vec_ops();
-    PAR_FOR_IF((long)N * K * D >= PAR_MIN_WORK,
-        for (int n = 0; n < N; n++) {
-            const float *g = dout + (size_t)n * D;
-            for (int k = 0; k < K; k++) {
-                size_t slot = (size_t)slot_pos[(size_t)n * K + k];
-                float w = topk_w[(size_t)n * K + k];
-                float *d = dye + slot * D;
-                for (int i = 0; i < D; i++) d[i] = w * g[i];
-                dtopk_w[(size_t)n * K + k] = vo->dot(g, ye + slot * D, D);
-            }
-        }
+    const long NK = (long)N * K;
+    int *slot_of = malloc((size_t)(NK > 0 ? NK : 1) * sizeof(int)); /* the inverse of slot_pos */
+    if (!slot_of) { /* no memory for it: token order, the same results */
+        for (long i = 0; i < NK; i++) moe_combine_backward_slot(dye, dtopk_w, dout, ye, topk_w, vo, i, (size_t)slot_pos[i], K, D);
+        return;
+    }
+    for (long i = 0; i < NK; i++) slot_of[slot_pos[i]] = (int)i;
+    PAR_FOR_IF(NK * D >= PAR_MIN_WORK,
+        for (long slot = 0; slot < NK; slot++)
+            moe_combine_backward_slot(dye, dtopk_w, dout, ye, topk_w, vo, slot_of[slot], (size_t)slot, K, D);
     );
+    free(slot_of);
 }
 
 /* ------------------------------------------------------------------ the table */
