@@ -11,8 +11,14 @@
  * the headline figures carry no timing overhead), and the OpenMP parallel regions per step
  * when run under bench/omp_count (LD_PRELOAD=build/libomp_count.so).
  *
+ * --against FILE: a second model (issue 21: MoE against dense at equal active FLOPs) trained
+ * in the same process, its steps alternating with the first's, so that both meet the same
+ * state of a shared machine; the ratio of the two medians and the median of the ratios of
+ * neighbouring steps are printed. Run one after the other, the two figures drifted by 5-10 %
+ * between processes on the 2-vCPU development machine, more than the difference measured.
+ *
  *   bench_model [--config FILE] [--batch B] [--seq T] [--steps N] [--warmup N] [--threads N]
- *               [--precision fp32|bf16|fp8] [--no-mtp]
+ *               [--precision fp32|bf16|fp8] [--no-mtp] [--against FILE]
  */
 #include "bench_common.h"
 
@@ -47,6 +53,8 @@ static void usage(FILE *f) {
             "  --device D     cpu (default) | cuda: the backend the model runs on\n"
             "  --peak-tflops X  the device's dense peak for the MFU on cuda (e.g. 989 for an H100 / H200's\n"
             "                 BF16 tensor cores); the CPU's FP32 FMA peak is measured instead\n"
+            "  --against FILE  also a second model from FILE, its steps alternating with the first's\n"
+            "                 (same batch, tokens and options): the ratio of the step times\n"
             "  --gemm-shapes  also print the 20 GEMM shapes that took the most time (a grouped call\n"
             "                 of n products: M = -n, N and K of its first product)\n"
             "\n"
@@ -153,20 +161,52 @@ static long omp_regions(void) {
 
 /* What the trainer does after backward (one process, clipping on): the global gradient norm,
  * then AdamW, which on host memory also zeroes the gradients for the next step in its pass
- * (g_grads_zero: the step's own zeroing is then skipped, as the trainer skips it). */
-static int g_grads_zero;
-static void optimizer_step(fr_model *m, float *mom, float *var, long step) {
+ * (*grads_zero: the step's own zeroing is then skipped, as the trainer skips it). */
+static void optimizer_step(fr_model *m, float *mom, float *var, long step, int *grads_zero) {
     fr_adamw_hparams h = {1e-4, 0.9, 0.95, 1e-8, 0.1, step, 1.0};
     fr_grad_norm(m, 1.0);
     const fr_opt_range all = {0, m->n_params, 0};
     const fr_adamw_extra x = {1.0, 1.0, m->ops->host_memory, NULL};
     fr_adamw_step_ranges(m, mom, var, 0, &all, 1, &h, &x);
-    g_grads_zero = m->ops->host_memory;
+    *grads_zero = m->ops->host_memory;
 }
 
-static void zero_grads(fr_model *m) {
-    if (!g_grads_zero) fr_model_zero_grad(m);
-    g_grads_zero = 0;
+static void zero_grads(fr_model *m, int *grads_zero) {
+    if (!*grads_zero) fr_model_zero_grad(m);
+    *grads_zero = 0;
+}
+
+/* The --against model: its own parameters, moments and step count */
+typedef struct {
+    fr_model *m;
+    float *mom, *var;
+    long opt_step;
+    int grads_zero;
+} peer_model;
+
+static int peer_create(peer_model *p, const char *path, const char *precision, int adamw, int no_mtp, long T) {
+    fr_config cfg;
+    if (fr_config_load(&cfg, path) != FR_OK) return fail("cannot load the --against config");
+    if (T > cfg.max_position_embeddings) return fail("--seq exceeds the --against model's max_position_embeddings");
+    if (no_mtp) cfg.num_nextn_predict_layers = 0;
+    if (fr_model_create(&p->m, &cfg, 1234) != FR_OK) return fail("cannot create the --against model");
+    if (fr_model_set_precision(p->m, precision) != FR_OK) return fail("--precision (--against model)");
+    fr_loss_weights w = {cfg.num_nextn_predict_layers > 0 ? 0.3f : 0.0f, 1e-4f};
+    fr_model_set_loss_weights(p->m, w);
+    if (adamw && (!(p->mom = calloc(p->m->n_params, sizeof(float))) || !(p->var = calloc(p->m->n_params, sizeof(float)))))
+        return fail("out of memory for the --against model's moments");
+    return 0;
+}
+
+/* one whole step of the --against model: its seconds, or a negative value on failure */
+static double peer_step(peer_model *p, const int *tokens, const int *targets, long B, long T, int adamw) {
+    const double t0 = bench_now();
+    fr_loss_info li;
+    zero_grads(p->m, &p->grads_zero);
+    if (fr_model_forward(p->m, tokens, targets, (int)B, (int)T, &li) != FR_OK || fr_model_backward(p->m) != FR_OK)
+        return -1;
+    if (adamw) optimizer_step(p->m, p->mom, p->var, ++p->opt_step, &p->grads_zero);
+    return bench_now() - t0;
 }
 
 int main(int argc, char **argv) {
@@ -175,7 +215,7 @@ int main(int argc, char **argv) {
     const char *cfg_path = NULL;
     long B = 4, T = 256, steps = 10, warmup = 2, threads = 0;
     int adamw = 1, no_mtp = 0;
-    const char *precision = "fp32", *device = "cpu";
+    const char *precision = "fp32", *device = "cpu", *against = NULL;
     double peak_tflops = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -194,6 +234,8 @@ int main(int argc, char **argv) {
             warmup = bench_parse_long(prog, a, bench_opt_value(prog, argc, argv, &i), 0, 1 << 20);
         } else if (!strcmp(a, "--no-adamw")) {
             adamw = 0;
+        } else if (!strcmp(a, "--against")) {
+            against = bench_opt_value(prog, argc, argv, &i);
         } else if (!strcmp(a, "--gemm-shapes")) {
             g_by_shape = 1;
         } else if (!strcmp(a, "--no-mtp")) {
@@ -288,16 +330,33 @@ int main(int argc, char **argv) {
         return 1;
     }
     long opt_step = 0;
+    int grads_zero = 0;
     fr_loss_info li;
+    peer_model peer = {0};
+    if (against) {
+        if (on_device) {
+            fprintf(stderr, "%s: --against runs on the CPU only\n", prog);
+            return 2;
+        }
+        if (peer_create(&peer, against, precision, adamw, no_mtp, T)) return 1;
+        if (peer.m->cfg.vocab_size < cfg.vocab_size) {
+            fprintf(stderr, "%s: the --against model's vocabulary (%d) is smaller than the first's (%d)\n", prog,
+                    peer.m->cfg.vocab_size, cfg.vocab_size);
+            return 2;
+        }
+        for (long s = 0; s < warmup; s++)
+            if (peer_step(&peer, tokens, targets, B, T, adamw) < 0) return fail("--against model: step failed");
+    }
     double loss_total = NAN, loss_main = NAN;
     for (long s = 0; s < warmup; s++) {
-        zero_grads(m);
+        zero_grads(m, &grads_zero);
         if (fr_model_forward(m, tokens, targets, (int)B, (int)T, &li) != FR_OK) return fail("forward failed");
         if (fr_model_backward(m) != FR_OK) return fail("backward failed");
-        if (adamw) optimizer_step(m, mom, var, ++opt_step);
+        if (adamw) optimizer_step(m, mom, var, ++opt_step, &grads_zero);
     }
     double *dts = malloc((size_t)steps * sizeof *dts);
-    if (!dts) {
+    double *dts_peer = malloc((size_t)steps * sizeof *dts), *pair_ratio = malloc((size_t)steps * sizeof *dts);
+    if (!dts || !dts_peer || !pair_ratio) {
         fprintf(stderr, "%s: out of memory\n", prog);
         return 1;
     }
@@ -305,11 +364,11 @@ int main(int argc, char **argv) {
     size_t dev_mem_peak = 0; /* device memory in use, sampled at the end of every step */
     for (long s = 0; s < steps; s++) {
         double t0 = bench_now();
-        zero_grads(m);
+        zero_grads(m, &grads_zero);
         if (fr_model_forward(m, tokens, targets, (int)B, (int)T, &li) != FR_OK) return fail("forward failed");
         double t1 = bench_now();
         if (fr_model_backward(m) != FR_OK) return fail("backward failed");
-        if (adamw) optimizer_step(m, mom, var, ++opt_step);
+        if (adamw) optimizer_step(m, mom, var, ++opt_step, &grads_zero);
         float probe; /* a device backend runs asynchronously: the step ends when its work has */
         m->ops->to_host(&probe, m->params, sizeof probe);
         double dt = bench_now() - t0;
@@ -319,6 +378,11 @@ int main(int argc, char **argv) {
         dts[s] = dt;
         loss_total = li.loss;
         loss_main = li.loss_main;
+        if (peer.m) {
+            if ((dts_peer[s] = peer_step(&peer, tokens, targets, B, T, adamw)) < 0)
+                return fail("--against model: step failed");
+            pair_ratio[s] = dt / dts_peer[s];
+        }
     }
     /* the GEMM share and the OpenMP regions, over as many steps again, timed separately (on the
      * host's clock: meaningless for an asynchronous device, so not there) */
@@ -332,10 +396,10 @@ int main(int argc, char **argv) {
     const long regions0 = omp_regions();
     const double tp0 = bench_now();
     for (long s = 0; s < prof_steps; s++) {
-        zero_grads(m);
+        zero_grads(m, &grads_zero);
         if (fr_model_forward(m, tokens, targets, (int)B, (int)T, &li) != FR_OK) return fail("forward failed");
         if (fr_model_backward(m) != FR_OK) return fail("backward failed");
-        if (adamw) optimizer_step(m, mom, var, ++opt_step);
+        if (adamw) optimizer_step(m, mom, var, ++opt_step, &grads_zero);
     }
     const double prof_s = bench_now() - tp0;
     const long regions = regions0 >= 0 ? (omp_regions() - regions0) / steps : -1;
@@ -348,6 +412,9 @@ int main(int argc, char **argv) {
     double median = bench_median(dts, steps); /* the headline; sorts dts */
     double best = dts[0], mean = total / (double)steps;
     free(dts);
+    const double peer_median = peer.m ? bench_median(dts_peer, steps) : 0, pair_median = peer.m ? bench_median(pair_ratio, steps) : 0;
+    free(dts_peer);
+    free(pair_ratio);
     double flops = fr_model_train_flops(m, (int)B, (int)T);
     double tok_s = (double)n / median;
     double gflops = flops / median / 1e9;
@@ -395,6 +462,21 @@ int main(int argc, char **argv) {
            isfinite(loss_total) ? loss_total : -1.0, isfinite(loss_main) ? loss_main : -1.0, precision, gemm_path,
            gemm_share, regions);
 
+    if (peer.m) {
+        const char *pname = strrchr(against, '/');
+        pname = pname ? pname + 1 : against;
+        printf("against %s (%.2fM params, %.2fM active/token), steps alternating: step %.1f ms median; %s / %s: "
+               "%.4fx (ratio of the medians), %.4fx (median of the neighbouring steps' ratios)\n",
+               pname, fr_model_num_params(peer.m) / 1e6, fr_model_num_active_params(peer.m) / 1e6, 1e3 * peer_median,
+               name, pname, median / peer_median, pair_median);
+        printf("{\"bench\": \"model_pair\", \"config\": \"%s\", \"against\": \"%s\", \"steps\": %ld, \"threads\": %d, "
+               "\"step_ms_median\": %.3f, \"against_step_ms_median\": %.3f, \"ratio_of_medians\": %.5f, "
+               "\"median_pair_ratio\": %.5f}\n",
+               name, pname, steps, peak.threads, 1e3 * median, 1e3 * peer_median, median / peer_median, pair_median);
+        free(peer.mom);
+        free(peer.var);
+        fr_model_free(peer.m);
+    }
     if (on_device) printf("{\"bench\": \"model_device\", \"device\": \"%s\", \"memory_peak_bytes\": %zu, "
                           "\"peak_tflops\": %.1f, \"mfu\": %.5f}\n", device, dev_mem_peak, peak_tflops, frac);
     if (mom_dev) {
