@@ -22,8 +22,9 @@
 #   moe-lr-experts2  the routed experts at 2 x lr (--lr-experts-scale)
 #   moe-noshared-long, dense-long (--long) the best single change and dense, 4x the steps
 #
-#   scripts/moe-sweep.sh [--steps N] [--threads N] [--only NAME,NAME] [--long]
-#       (default 1000 steps of 8 x 256 tokens = 2.05M tokens per run)
+#   scripts/moe-sweep.sh [--steps N] [--threads N] [--only NAME,NAME] [--long] [--ckpt-interval N]
+#       (default 1000 steps of 8 x 256 tokens = 2.05M tokens per run; checkpoints only at the
+#       end unless --ckpt-interval: a long run cut short continues with frugal train --resume)
 #
 # Writes runs/moe-sweep-<time>/ (configs, runs, val_loss.svg, summary.tsv) and records every
 # run in runs/ledger.jsonl. Wall-clock figures from a busy machine are not comparable: the
@@ -34,17 +35,19 @@ STEPS=1000
 THREADS=$(nproc)
 ONLY=""
 LONG=0
+CKPT=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --steps) STEPS=$2; shift 2 ;;
         --threads) THREADS=$2; shift 2 ;;
         --only) ONLY=$2; shift 2 ;;
         --long) LONG=1; shift ;;
-        -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --ckpt-interval) CKPT=$2; shift 2 ;;
+        -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "moe-sweep: unknown argument '$1'" >&2; exit 2 ;;
     esac
 done
-FRUGAL=./build/frugal
+FRUGAL=${FRUGAL:-./build/frugal}
 PY=${PYTHON:-python3}
 THREADS=$THREADS scripts/prepare-corpus.sh mix
 OUT=runs/moe-sweep-$(date -u +%Y%m%d-%H%M%S)
@@ -94,7 +97,7 @@ EOF
     echo "== $name: $("$FRUGAL" info --config "$cfg" | grep '^parameters' | sed 's/parameters *//'), $steps steps ${extra[*]:-}"
     "$FRUGAL" train --config "$cfg" --data data/mix-4k --out "$OUT/$name" --steps "$steps" --batch 8 --seq 256 --lr 3e-3 \
         --warmup 30 --bias-speed 0.01 --seed 1 --threads "$THREADS" --ledger runs/ledger.jsonl --eval-interval 100 \
-        --eval-batches 8 --ckpt-interval 0 --sample-interval 0 --quiet "${extra[@]}"
+        --eval-batches 8 --ckpt-interval "$CKPT" --sample-interval 0 --quiet "${extra[@]}"
     m=$OUT/$name/metrics.jsonl
     vl=$(grep '"type":"eval"' "$m" | tail -1 | sed -n 's/.*"val_loss":\([0-9.eE+-]*\).*/\1/p')
     wall=$(grep '"type":"step"' "$m" | tail -1 | sed -n 's/.*"elapsed_s":\([0-9.eE+-]*\).*/\1/p')
