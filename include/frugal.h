@@ -441,8 +441,9 @@ void fr_ledger_price(fr_ledger_entry *e, const fr_prices *prices);
 int fr_ledger_begin(const char *ledger_path, fr_ledger_entry *e);
 /* Append a "progress" record (status "running") or the "end" record (any other status). */
 int fr_ledger_update(const char *ledger_path, const fr_ledger_entry *e);
-/* Read the ledger: one entry per run (latest record wins; runs without an end record get
- * status "crashed"). *entries is malloc'd. Torn or malformed lines are skipped and
+/* Read the ledger: one entry per run (latest record wins; a run without an end record gets
+ * status "running" while its trainer still holds the run folder's lock, else "crashed").
+ * *entries is malloc'd. Torn or malformed lines are skipped and
  * counted in *n_skipped (optional). A missing file is an empty ledger. */
 int fr_ledger_read(const char *ledger_path, fr_ledger_entry **entries, int *n_entries,
                    int *n_skipped);

@@ -15,6 +15,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -420,6 +424,49 @@ static void test_concurrent(void) {
     free(v);
 }
 
+/* A run without an end record is "running" while its trainer holds RUN_DIR/.lock (flock, as
+ * train.c takes it), "crashed" once the lock is gone; of two runs naming the same folder only
+ * the newer can be running; an ended run keeps its status whatever the lock. */
+static void test_running_while_locked(void) {
+    char path[512], dir[512], lock[600];
+    path_in_tmp(path, sizeof path, "running.jsonl");
+    path_in_tmp(dir, sizeof dir, "run-folder");
+    snprintf(lock, sizeof lock, "%s/.lock", dir);
+    CHECK(mkdir(dir, 0755) == 0, "mkdir %s", dir);
+    fr_ledger_entry a = make_entry("train", 1, 5.0), b = make_entry("train", 1, 5.0), c = make_entry("train", 1, 5.0);
+    snprintf(a.run_dir, sizeof a.run_dir, "%s", dir);
+    snprintf(b.run_dir, sizeof b.run_dir, "%s", dir);
+    a.start_unix = 100, b.start_unix = 200, c.start_unix = 50; /* c: an older run of the folder, ended */
+    CHECK(fr_ledger_begin(path, &a) == FR_OK, "begin a: %s", fr_last_error());
+    const int fd = open(lock, O_RDWR | O_CREAT, 0644); /* the trainer's lock */
+    CHECK(fd >= 0 && flock(fd, LOCK_EX) == 0, "lock %s", lock);
+    const char *want[][3] = {{"running", NULL, NULL}, {"crashed", "running", "finished"}, {"crashed", "crashed", "finished"}};
+    for (int phase = 0; phase < 3; phase++) {
+        if (phase == 1) { /* a newer run takes the folder; an older one of it ends late */
+            CHECK(fr_ledger_begin(path, &b) == FR_OK, "begin b: %s", fr_last_error());
+            CHECK(fr_ledger_begin(path, &c) == FR_OK, "begin c: %s", fr_last_error());
+            snprintf(c.run_dir, sizeof c.run_dir, "%s", dir);
+            snprintf(c.status, sizeof c.status, "finished");
+            CHECK(fr_ledger_update(path, &c) == FR_OK, "end c: %s", fr_last_error());
+        }
+        if (phase == 2) close(fd); /* the trainer is gone */
+        fr_ledger_entry *v = NULL;
+        int n = 0;
+        CHECK(fr_ledger_read(path, &v, &n, NULL) == FR_OK, "read: %s", fr_last_error());
+        const char *ids[3] = {a.run_id, b.run_id, c.run_id};
+        for (int k = 0; k < 3; k++) {
+            const fr_ledger_entry *r = find_run(v, n, ids[k]);
+            if (!want[phase][k]) {
+                CHECK(r == NULL || phase == 0, "phase %d: run %d not begun yet", phase, k);
+                continue;
+            }
+            CHECK(r && strcmp(r->status, want[phase][k]) == 0, "phase %d run %d: status %s, want %s", phase, k,
+                  r ? r->status : "(none)", want[phase][k]);
+        }
+        free(v);
+    }
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/fr_test_ledger_XXXXXX");
     if (!mkdtemp(tmpdir)) {
@@ -429,6 +476,7 @@ int main(void) {
     test_prices();
     test_roundtrip();
     test_crashed_and_statuses();
+    test_running_while_locked();
     test_torn_and_malformed();
     test_missing_and_unwritable();
     test_unique_ids();

@@ -13,7 +13,8 @@
  *
  * Reading: lines that do not parse as a record are skipped and counted; records are grouped
  * by run_id and the latest record of a run gives its entry; a run whose latest record is not
- * "end" is reported as "crashed". */
+ * "end" is reported as "running" while its trainer still holds the run folder's lock (see
+ * run_still_going), else as "crashed". */
 #define _GNU_SOURCE
 #include "core/internal.h"
 
@@ -275,6 +276,30 @@ static uint64_t hash_str(const char *s) {
     return h;
 }
 
+/* Whether the trainer of a run without an end record is still at work: train.c holds an
+ * exclusive flock(2) on RUN_DIR/.lock for the whole of a run (a resumed run keeps its run id,
+ * so this covers every segment). Of the runs that name the same folder only the one begun last
+ * can be its holder: a crashed run whose folder a newer run took over stays crashed. A
+ * relative run folder is looked up from the current directory, as the trainer named it; a
+ * folder not found there (another machine, another directory) reads as crashed, as every run
+ * without an end record did before this check, `frugal cost` included during a long run. */
+static int run_still_going(const fr_ledger_entry *all, int n, int i) {
+    const fr_ledger_entry *e = &all[i];
+    if (!e->run_dir[0]) return 0;
+    for (int j = 0; j < n; j++)
+        if (j != i && all[j].start_unix > e->start_unix && strcmp(all[j].run_dir, e->run_dir) == 0) return 0;
+    char path[sizeof e->run_dir + 8];
+    if ((size_t)snprintf(path, sizeof path, "%s/.lock", e->run_dir) >= sizeof path) return 0;
+    const int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    int rc;
+    while ((rc = flock(fd, LOCK_SH | LOCK_NB)) != 0 && errno == EINTR) {
+    }
+    const int held = rc != 0 && errno == EWOULDBLOCK;
+    close(fd); /* drops the shared lock if this took it */
+    return held;
+}
+
 int fr_ledger_read(const char *ledger_path, fr_ledger_entry **entries, int *n_entries, int *n_skipped) {
     fr_clear_error();
     if (!entries || !n_entries) return fr_error(FR_ERR_ARG, "fr_ledger_read: entries and n_entries are required");
@@ -372,7 +397,7 @@ int fr_ledger_read(const char *ledger_path, fr_ledger_entry **entries, int *n_en
         return rc;
     }
     for (int i = 0; i < n; i++)
-        if (!ended[i]) snprintf(out[i].status, sizeof out[i].status, "crashed");
+        if (!ended[i]) snprintf(out[i].status, sizeof out[i].status, "%s", run_still_going(out, n, i) ? "running" : "crashed");
     free(ended);
     *entries = out;
     *n_entries = n;
