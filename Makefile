@@ -1,7 +1,8 @@
 # Top-level convenience targets; the real build is CMake (CMakeLists.txt).
 #
 #   make            install missing Debian packages, then build Release into build/
-#   make demo       the main job: install, build, prepare the KJV corpus, train ~10 min, plot, cost
+#   make demo       the main job: install, build, prepare the KJV corpus, train ~10 min, plot, MoE vs
+#                   dense on the Debian corpus (~5 min), cost
 #   make test       build Release and run its tests, then the ASan/UBSan build (build-asan/) and its tests
 #   make soak       the fault tests at full length (kill -9 / signals at random moments, full disk, slow
 #                   HTTP clients, drain); a short version of each runs in make test
