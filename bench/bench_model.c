@@ -177,37 +177,74 @@ static void zero_grads(fr_model *m, int *grads_zero) {
     *grads_zero = 0;
 }
 
-/* The --against model: its own parameters, moments and step count */
+/* A model being timed (the first, and the --against one): its parameters, AdamW moments and
+ * optimizer step count */
 typedef struct {
     fr_model *m;
     float *mom, *var;
+    int mom_dev; /* the moments in the backend's memory (device kernels), else fr_alloc'd */
     long opt_step;
     int grads_zero;
-} peer_model;
+} bench_run;
 
-static int peer_create(peer_model *p, const char *path, const char *precision, int adamw, int no_mtp, long T) {
+/* The model of the config at path (on the current device), checked against the sequence
+ * length; what: how the messages name it. Returns 0, or the exit code after a message. */
+static int run_create(bench_run *r, const char *prog, const char *what, const char *path, const char *precision,
+                      int no_mtp, long T) {
     fr_config cfg;
-    if (fr_config_load(&cfg, path) != FR_OK) return fail("cannot load the --against config");
-    if (T > cfg.max_position_embeddings) return fail("--seq exceeds the --against model's max_position_embeddings");
+    if (fr_config_load(&cfg, path) != FR_OK) {
+        fprintf(stderr, "%s: cannot load the config %s: %s\n", prog, path, fr_last_error());
+        return 1;
+    }
+    if (T > cfg.max_position_embeddings) {
+        fprintf(stderr, "%s: --seq %ld exceeds max_position_embeddings %d of %s\n", prog, T, cfg.max_position_embeddings, path);
+        return 2;
+    }
     if (no_mtp) cfg.num_nextn_predict_layers = 0;
-    if (fr_model_create(&p->m, &cfg, 1234) != FR_OK) return fail("cannot create the --against model");
-    if (fr_model_set_precision(p->m, precision) != FR_OK) return fail("--precision (--against model)");
+    if (fr_model_create(&r->m, &cfg, 1234) != FR_OK) {
+        fprintf(stderr, "%s: cannot create the %s: %s\n", prog, what, fr_last_error());
+        return 1;
+    }
+    if (fr_model_set_precision(r->m, precision) != FR_OK) return fail("--precision");
     fr_loss_weights w = {cfg.num_nextn_predict_layers > 0 ? 0.3f : 0.0f, 1e-4f};
-    fr_model_set_loss_weights(p->m, w);
-    if (adamw && (!(p->mom = fr_alloc(p->m->n_params * sizeof(float))) || !(p->var = fr_alloc(p->m->n_params * sizeof(float)))))
-        return fail("out of memory for the --against model's moments");
+    fr_model_set_loss_weights(r->m, w);
     return 0;
 }
 
-/* one whole step of the --against model: its seconds, or a negative value on failure */
-static double peer_step(peer_model *p, const int *tokens, const int *targets, long B, long T, int adamw) {
+/* The moments live where the optimizer runs (device memory when the backend has the kernels),
+ * on the host in fr_alloc's zeroed huge-page buffers as the trainer's: from calloc's 4 KiB
+ * pages AdamW read them a third slower, and the MoE model (1.72x the parameters) lost more. */
+static int run_moments(bench_run *r, int adamw) {
+    if (!adamw) return 0;
+    const size_t bytes = r->m->n_params * sizeof(float);
+    r->mom_dev = fr_adamw_in_backend(r->m);
+    r->mom = r->mom_dev ? r->m->ops->alloc(bytes) : fr_alloc(bytes);
+    r->var = r->mom_dev ? r->m->ops->alloc(bytes) : fr_alloc(bytes);
+    return r->mom && r->var ? 0 : fail("out of memory for the AdamW moments");
+}
+
+static void run_free(bench_run *r) {
+    if (r->mom_dev) {
+        if (r->mom) r->m->ops->free(r->mom);
+        if (r->var) r->m->ops->free(r->var);
+    } else {
+        fr_free(r->mom);
+        fr_free(r->var);
+    }
+    fr_model_free(r->m);
+}
+
+/* One training step as the trainer takes it; *fwd_s (optional): the seconds until the forward
+ * was done. Returns 0, or 1 after a message. */
+static int run_step(bench_run *r, const int *tokens, const int *targets, long B, long T, int adamw, fr_loss_info *li,
+                    double *fwd_s) {
     const double t0 = bench_now();
-    fr_loss_info li;
-    zero_grads(p->m, &p->grads_zero);
-    if (fr_model_forward(p->m, tokens, targets, (int)B, (int)T, &li) != FR_OK || fr_model_backward(p->m) != FR_OK)
-        return -1;
-    if (adamw) optimizer_step(p->m, p->mom, p->var, ++p->opt_step, &p->grads_zero);
-    return bench_now() - t0;
+    zero_grads(r->m, &r->grads_zero);
+    if (fr_model_forward(r->m, tokens, targets, (int)B, (int)T, li) != FR_OK) return fail("forward failed");
+    if (fwd_s) *fwd_s = bench_now() - t0;
+    if (fr_model_backward(r->m) != FR_OK) return fail("backward failed");
+    if (adamw) optimizer_step(r->m, r->mom, r->var, ++r->opt_step, &r->grads_zero);
+    return 0;
 }
 
 int main(int argc, char **argv) {
@@ -268,19 +305,13 @@ int main(int argc, char **argv) {
         return 2;
     }
 
-    fr_config cfg;
-    if (fr_config_load(&cfg, cfg_path) != FR_OK) return fail("cannot load the config");
-    if (T > cfg.max_position_embeddings) {
-        fprintf(stderr, "%s: --seq %ld exceeds max_position_embeddings %d of %s\n", prog, T,
-                cfg.max_position_embeddings, cfg_path);
-        return 2;
-    }
-    if (no_mtp) cfg.num_nextn_predict_layers = 0;
-    fr_model *m = NULL;
     if (fr_set_device(device) != FR_OK) return fail("--device");
     const int on_device = strcmp(device, "cpu") != 0;
-    if (fr_model_create(&m, &cfg, 1234) != FR_OK) return fail("cannot create the model");
-    if (fr_model_set_precision(m, precision) != FR_OK) return fail("--precision");
+    bench_run run = {0}, peer = {0};
+    int rc = run_create(&run, prog, "model", cfg_path, precision, no_mtp, T);
+    if (rc) return rc;
+    fr_model *m = run.m;
+    const fr_config cfg = m->cfg;
     char gemm_path[160];
     if (!strcmp(precision, "bf16"))
         snprintf(gemm_path, sizeof gemm_path, "bf16 %s%s", fr_bf16_gemm_path(),
@@ -288,8 +319,6 @@ int main(int argc, char **argv) {
     else
         snprintf(gemm_path, sizeof gemm_path, "%s%s", !strcmp(precision, "fp8") ? "fp8 emulated on " : "",
                  fr_cpu_gemm_uses_onednn() ? "onednn sgemm" : "frugal sgemm");
-    fr_loss_weights w = {cfg.num_nextn_predict_layers > 0 ? 0.3f : 0.0f, 1e-4f};
-    fr_model_set_loss_weights(m, w);
 
     size_t n_params = fr_model_num_params(m), n_active = fr_model_num_active_params(m);
     int n = (int)(B * T);
@@ -322,41 +351,26 @@ int main(int argc, char **argv) {
     if (on_device)
         snprintf(gemm_path, sizeof gemm_path, "%s", !strcmp(precision, "bf16") ? "cublas bf16" : "cublas fp32");
 
-    /* the moments live where the optimizer runs (device memory when the backend has the kernels),
-     * on the host in fr_alloc's zeroed huge-page buffers as the trainer's: from calloc's 4 KiB
-     * pages AdamW read them a third slower, and the MoE model (1.72x the parameters) lost more */
-    const int mom_dev = adamw && fr_adamw_in_backend(m);
-    float *mom = !adamw ? NULL : mom_dev ? m->ops->alloc(m->n_params * sizeof(float)) : fr_alloc(m->n_params * sizeof(float));
-    float *var = !adamw ? NULL : mom_dev ? m->ops->alloc(m->n_params * sizeof(float)) : fr_alloc(m->n_params * sizeof(float));
-    if (adamw && (!mom || !var)) {
-        fprintf(stderr, "%s: out of memory\n", prog);
-        return 1;
-    }
-    long opt_step = 0;
-    int grads_zero = 0;
+    if (run_moments(&run, adamw)) return 1;
     fr_loss_info li;
-    peer_model peer = {0};
     if (against) {
         if (on_device) {
             fprintf(stderr, "%s: --against runs on the CPU only\n", prog);
             return 2;
         }
-        if (peer_create(&peer, against, precision, adamw, no_mtp, T)) return 1;
+        if ((rc = run_create(&peer, prog, "--against model", against, precision, no_mtp, T)) || (rc = run_moments(&peer, adamw)))
+            return rc;
         if (peer.m->cfg.vocab_size < cfg.vocab_size) {
             fprintf(stderr, "%s: the --against model's vocabulary (%d) is smaller than the first's (%d)\n", prog,
                     peer.m->cfg.vocab_size, cfg.vocab_size);
             return 2;
         }
         for (long s = 0; s < warmup; s++)
-            if (peer_step(&peer, tokens, targets, B, T, adamw) < 0) return fail("--against model: step failed");
+            if (run_step(&peer, tokens, targets, B, T, adamw, &li, NULL)) return 1;
     }
     double loss_total = NAN, loss_main = NAN;
-    for (long s = 0; s < warmup; s++) {
-        zero_grads(m, &grads_zero);
-        if (fr_model_forward(m, tokens, targets, (int)B, (int)T, &li) != FR_OK) return fail("forward failed");
-        if (fr_model_backward(m) != FR_OK) return fail("backward failed");
-        if (adamw) optimizer_step(m, mom, var, ++opt_step, &grads_zero);
-    }
+    for (long s = 0; s < warmup; s++)
+        if (run_step(&run, tokens, targets, B, T, adamw, &li, NULL)) return 1;
     double *dts = malloc((size_t)steps * sizeof *dts);
     double *dts_peer = malloc((size_t)steps * sizeof *dts), *pair_ratio = malloc((size_t)steps * sizeof *dts);
     if (!dts || !dts_peer || !pair_ratio) {
@@ -366,24 +380,23 @@ int main(int argc, char **argv) {
     double total = 0, fwd_total = 0;
     size_t dev_mem_peak = 0; /* device memory in use, sampled at the end of every step */
     for (long s = 0; s < steps; s++) {
-        double t0 = bench_now();
-        zero_grads(m, &grads_zero);
-        if (fr_model_forward(m, tokens, targets, (int)B, (int)T, &li) != FR_OK) return fail("forward failed");
-        double t1 = bench_now();
-        if (fr_model_backward(m) != FR_OK) return fail("backward failed");
-        if (adamw) optimizer_step(m, mom, var, ++opt_step, &grads_zero);
+        const double t0 = bench_now();
+        double fwd_s;
+        if (run_step(&run, tokens, targets, B, T, adamw, &li, &fwd_s)) return 1;
         float probe; /* a device backend runs asynchronously: the step ends when its work has */
         m->ops->to_host(&probe, m->params, sizeof probe);
         double dt = bench_now() - t0;
         if (on_device && fr_cuda_memory_used() > dev_mem_peak) dev_mem_peak = fr_cuda_memory_used();
-        fwd_total += t1 - t0;
+        fwd_total += fwd_s;
         total += dt;
         dts[s] = dt;
         loss_total = li.loss;
         loss_main = li.loss_main;
         if (peer.m) {
-            if ((dts_peer[s] = peer_step(&peer, tokens, targets, B, T, adamw)) < 0)
-                return fail("--against model: step failed");
+            fr_loss_info peer_li;
+            const double tp = bench_now();
+            if (run_step(&peer, tokens, targets, B, T, adamw, &peer_li, NULL)) return 1;
+            dts_peer[s] = bench_now() - tp;
             pair_ratio[s] = dt / dts_peer[s];
         }
     }
@@ -398,12 +411,8 @@ int main(int argc, char **argv) {
     m->ops = &g_timed;
     const long regions0 = omp_regions();
     const double tp0 = bench_now();
-    for (long s = 0; s < prof_steps; s++) {
-        zero_grads(m, &grads_zero);
-        if (fr_model_forward(m, tokens, targets, (int)B, (int)T, &li) != FR_OK) return fail("forward failed");
-        if (fr_model_backward(m) != FR_OK) return fail("backward failed");
-        if (adamw) optimizer_step(m, mom, var, ++opt_step, &grads_zero);
-    }
+    for (long s = 0; s < prof_steps; s++)
+        if (run_step(&run, tokens, targets, B, T, adamw, &li, NULL)) return 1;
     const double prof_s = bench_now() - tp0;
     const long regions = regions0 >= 0 ? (omp_regions() - regions0) / steps : -1;
     m->ops = g_real;
@@ -476,21 +485,12 @@ int main(int argc, char **argv) {
                "\"step_ms_median\": %.3f, \"against_step_ms_median\": %.3f, \"ratio_of_medians\": %.5f, "
                "\"median_pair_ratio\": %.5f}\n",
                name, pname, steps, peak.threads, 1e3 * median, 1e3 * peer_median, median / peer_median, pair_median);
-        fr_free(peer.mom);
-        fr_free(peer.var);
-        fr_model_free(peer.m);
+        run_free(&peer);
     }
     if (on_device) printf("{\"bench\": \"model_device\", \"device\": \"%s\", \"memory_peak_bytes\": %zu, "
                           "\"peak_tflops\": %.1f, \"mfu\": %.5f}\n", device, dev_mem_peak, peak_tflops, frac);
-    if (mom_dev) {
-        m->ops->free(mom);
-        m->ops->free(var);
-    } else {
-        fr_free(mom);
-        fr_free(var);
-    }
     free(tokens);
     free(targets);
-    fr_model_free(m);
+    run_free(&run);
     return 0;
 }
