@@ -70,6 +70,24 @@ T_ZMM INLINE __m512 scale_lanes(__m512 acc, __m512i dot, __m512 sc, __m512i lane
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc);
 }
 
+/* The sum of a vector's lanes by halves (256, 128, 64, then 32 bits), the order of GCC's
+ * _mm512_reduce_add_ps, written out so that reduce4 below matches it on every compiler. */
+T_ZMM INLINE float reduce1(__m512 v) {
+    const __m256 t = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    const __m128 u = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+    const __m128 w = _mm_add_ps(u, _mm_permute_ps(u, 0x4e));
+    return _mm_cvtss_f32(_mm_add_ps(w, _mm_permute_ps(w, 0xb1)));
+}
+
+/* The lane sums of four vectors, reduce1's additions on all four at once: lane 4r holds v_r's */
+T_ZMM INLINE __m512 reduce4(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
+    const __m512 s01 = _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, 0x44), _mm512_shuffle_f32x4(v0, v1, 0xee));
+    const __m512 s23 = _mm512_add_ps(_mm512_shuffle_f32x4(v2, v3, 0x44), _mm512_shuffle_f32x4(v2, v3, 0xee));
+    const __m512 u = _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0x88), _mm512_shuffle_f32x4(s01, s23, 0xdd));
+    const __m512 w = _mm512_add_ps(u, _mm512_permute_ps(u, 0x4e));
+    return _mm512_add_ps(w, _mm512_permute_ps(w, 0xb1));
+}
+
 /* ------------------------------------------------------------------ Q8_0 */
 
 /* blocks b, b + 1 of a row (64 bytes; `lone`: block b alone, the row's last, 32 bytes), group-relative index k */
@@ -121,7 +139,54 @@ T_ZMM INLINE void q8_0_row(const uint8_t *row, const qact *a, int j0, const int 
         b0 += 8;
     }
     if (b0 < nb) q8_0_group(d, q, qx, dx, b0, nb - b0, 0, NX, acc, pf_end);
-    for (int j = 0; j < NX; j++) out[j] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][j], acc[1][j]));
+    for (int j = 0; j < NX; j++) out[j] = reduce1(_mm512_add_ps(acc[0][j], acc[1][j]));
+}
+
+/* Four short weight rows against one activation row (decode). A row costs a fixed amount
+ * beside its pairs (clearing, a horizontal sum, its group scales), and rows of 256 or 64
+ * weights (an expert's down projection, W_UV, W_UK) are only 4 or 1 pairs, so that cost was as
+ * large as the row's work. Four of them side by side share the activation loads and one
+ * reduce4. Each row's accumulators see the operations of q8_0_row in the same order, and
+ * reduce4 adds as reduce1 does, so a row's result has the same bits in a four or alone.
+ * (Long rows stay one at a time: four 1 KiB rows side by side are four streams that jump by
+ * four rows, which the prefetchers follow badly; four short rows are one run of memory.) */
+#define Q8_0_ROWS4_MAX_NB 8
+T_ZMM INLINE void q8_0_pair4(const int8_t *const *q, const int8_t *qx, int b, int k, const __m512 *sc, __m512 *acc,
+                             const int lone) {
+    const size_t off = (size_t)b * FR_QBLOCK;
+    const __m512i lane_block = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    const __mmask64 bytes = lone ? (__mmask64)0xffffffffu : ~(__mmask64)0;
+    const __m512i x = lone ? _mm512_maskz_loadu_epi8(bytes, qx + off) : _mm512_loadu_si512(qx + off);
+    for (int r = 0; r < 4; r++) {
+        const __m512i w = lone ? _mm512_maskz_loadu_epi8(bytes, q[r] + off) : _mm512_loadu_si512(q[r] + off);
+        const __m512i sx = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(w), _mm512_setzero_si512(), x);
+        acc[r] = scale_lanes(acc[r], _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), sx), sc[r], lane_block, k);
+    }
+}
+
+T_ZMM INLINE void q8_0_rows4(const uint8_t *row, size_t rb, const qact *a, int j0, float *out) {
+    const int nb = a->nb;
+    const int8_t *q[4];
+    const int8_t *qx = a->q + (size_t)j0 * a->cols;
+    const float *dx = a->d + (size_t)j0 * nb;
+    __m512 acc[2][4], sc[4];
+    for (int r = 0; r < 4; r++) {
+        q[r] = (const int8_t *)(row + rb * r + 2 * (size_t)nb);
+        acc[0][r] = acc[1][r] = _mm512_setzero_ps();
+    }
+    /* as q8_0_row: a group of 8 (full, alternating accumulators), or the row's last n < 8 */
+    const int full = nb == 8;
+    for (int r = 0; r < 4; r++) group_scales((const uint16_t *)(row + rb * r), &dx, 0, nb, 1, &sc[r]);
+    if (full) {
+        _Pragma("GCC unroll 4") for (int k = 0; k < 8; k += 2) q8_0_pair4(q, qx, k, k, sc, acc[(k >> 1) & 1], 0);
+    } else {
+        for (int k = 0; k + 1 < nb; k += 2) q8_0_pair4(q, qx, k, k, sc, acc[0], 0);
+        if (nb & 1) q8_0_pair4(q, qx, nb - 1, nb - 1, sc, acc[0], 1);
+    }
+    float sums[16];
+    _mm512_storeu_ps(sums, reduce4(_mm512_add_ps(acc[0][0], acc[1][0]), _mm512_add_ps(acc[0][1], acc[1][1]),
+                                   _mm512_add_ps(acc[0][2], acc[1][2]), _mm512_add_ps(acc[0][3], acc[1][3])));
+    for (int r = 0; r < 4; r++) out[r] = sums[4 * r];
 }
 
 /* ------------------------------------------------------------------ Q4_1 */
@@ -209,9 +274,17 @@ T_ZMM INLINE void q4_1_row(const uint8_t *row, const qact *a, int j0, const int 
         b0 += 8;
     }
     if (b0 < nb) q4_1_group(d, mn, q, qx, dx, xs, b0, nb - b0, 0, NX, acc, accm, pf_end);
-    for (int j = 0; j < NX; j++)
-        out[j] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0][j], acc[1][j]), accm[j]));
+    for (int j = 0; j < NX; j++) out[j] = reduce1(_mm512_add_ps(_mm512_add_ps(acc[0][j], acc[1][j]), accm[j]));
 }
 
-T_ZMM void fr_qzmm_dot8_q8_0(const qrows *t, const qact *a, int j0, int nx) { QROWS_BY_NX(q8_0_row) }
+T_ZMM void fr_qzmm_dot8_q8_0(const qrows *t, const qact *a, int j0, int nx) {
+    if (nx > 1 || a->nb > Q8_0_ROWS4_MAX_NB) {
+        QROWS_BY_NX(q8_0_row)
+        return;
+    }
+    float *y = t->y + (size_t)j0 * t->ystride;
+    int r = t->r0;
+    for (; r + 4 <= t->r1; r += 4) q8_0_rows4(t->base + t->rb * (size_t)r, t->rb, a, j0, &y[r]);
+    for (; r < t->r1; r++) q8_0_row(t->base + t->rb * (size_t)r, a, j0, 1, &y[r], t->pf_end);
+}
 T_ZMM void fr_qzmm_dot8_q4_1(const qrows *t, const qact *a, int j0, int nx) { QROWS_BY_NX(q4_1_row) }

@@ -54,8 +54,12 @@ int fr_engine_gguf_kv_b(fr_engine *e, eng_layer *ly, int index, fr_qtype uk_type
         if (!e->opt.no_check && (fr_gguf_view_first_nonfinite(&k) != SIZE_MAX || fr_gguf_view_first_nonfinite(&v) != SIZE_MAX))
             return fr_error(FR_ERR_FORMAT, "%s or %s holds a non-finite value (NaN or Inf) in head %d", kn, vn, h);
         FR_CHECK(fr_qmatrix_from_ggml(&ly->uk_t[h], k.type, k.data, kvr, nope, e->as_stored ? -1 : (int)uk_type));
-        FR_CHECK(fr_qmatrix_from_ggml(&ly->uv[h], v.type, v.data, vd, kvr, e->as_stored ? -1 : (int)uv_type));
         FR_CHECK(fr_engine_own_matrix(&ly->uk_t[h], kn));
+    }
+    for (int h = 0; h < nh; h++) {
+        fr_gguf_view v;
+        FR_CHECK(fr_gguf_view_slice(e->gg, vn, h, &v));
+        FR_CHECK(fr_qmatrix_from_ggml(&ly->uv[h], v.type, v.data, vd, kvr, e->as_stored ? -1 : (int)uv_type));
         FR_CHECK(fr_engine_own_matrix(&ly->uv[h], vn));
     }
     return FR_OK;

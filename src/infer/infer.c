@@ -167,7 +167,9 @@ static int load_mat(fr_engine *e, fr_qmatrix *m, const fr_st_set *st, const char
     return load_mat_as(e, m, st, name, rows, cols, mat_type(e, cols));
 }
 
-static int load_vec(const fr_engine *e, const fr_st_set *st, const char *name, size_t numel, float **out) {
+/* pool: a matrix read at every decoded token (the router's), placed among the weights in reading
+ * order on huge pages (fr_alloc_weights); else ordinary memory */
+static int load_floats(const fr_engine *e, const fr_st_set *st, const char *name, size_t numel, float **out, int pool) {
     *out = NULL;
     if (e->gg) {
         fr_gguf_view v;
@@ -175,7 +177,7 @@ static int load_vec(const fr_engine *e, const fr_st_set *st, const char *name, s
         if ((size_t)(v.rows * v.cols) != numel)
             return fr_error(FR_ERR_FORMAT, "tensor %s (GGUF %s) has %lld values, expected %zu", name, v.t->name,
                             (long long)(v.rows * v.cols), numel);
-        float *p = fr_alloc(numel * sizeof(float));
+        float *p = pool ? fr_alloc_weights(numel * sizeof(float)) : fr_alloc(numel * sizeof(float));
         if (!p) return fr_error(FR_ERR_NOMEM, "out of memory loading %s", name);
         const int rc = fr_ggml_dequantize(v.type, v.data, p, numel);
         if (rc != FR_OK) { fr_free(p); return fr_error_context(rc, "%s", name); }
@@ -186,12 +188,16 @@ static int load_vec(const fr_engine *e, const fr_st_set *st, const char *name, s
     if (!t) return fr_error(FR_ERR_FORMAT, "tensor %s is missing from the checkpoint", name);
     if (t->numel != numel) return fr_error(FR_ERR_FORMAT, "tensor %s has %zu values, expected %zu", name, t->numel, numel);
     FR_CHECK(fr_engine_check_weight(e, st, name));
-    float *p = fr_alloc(numel * sizeof(float));
+    float *p = pool ? fr_alloc_weights(numel * sizeof(float)) : fr_alloc(numel * sizeof(float));
     if (!p) return fr_error(FR_ERR_NOMEM, "out of memory loading %s", name);
     int rc = fr_st_to_f32(t, p, numel);
     if (rc != FR_OK) { fr_free(p); return rc; }
     *out = p;
     return FR_OK;
+}
+
+static int load_vec(const fr_engine *e, const fr_st_set *st, const char *name, size_t numel, float **out) {
+    return load_floats(e, st, name, numel, out, 0);
 }
 
 #define NAME(...) (snprintf(name, sizeof name, __VA_ARGS__), name)
@@ -227,15 +233,18 @@ static int load_joint_kv_b(fr_engine *e, eng_layer *ly, const fr_st_set *st, int
     ly->uv = calloc((size_t)nh, sizeof(fr_qmatrix));
     float *tr = malloc((size_t)kvr * nope * sizeof(float));
     int rc = ly->uk_t && ly->uv && tr ? FR_OK : fr_error(FR_ERR_NOMEM, "out of memory");
+    /* every head's W_UK^T, then every head's W_UV: each kind one run of memory (load_layer) */
     for (int h = 0; h < nh && rc == FR_OK; h++) {
-        const float *wk = kvb + (size_t)h * (nope + vd) * kvr, *wv = wk + (size_t)nope * kvr;
+        const float *wk = kvb + (size_t)h * (nope + vd) * kvr;
         for (int i = 0; i < nope; i++)
             for (int j = 0; j < kvr; j++) tr[(size_t)j * nope + i] = wk[(size_t)i * kvr + j];
         rc = uk_g >= 0 ? fr_qmatrix_from_f32_ggml(&ly->uk_t[h], uk_g, tr, kvr, nope)
                        : fr_qmatrix_from_f32(&ly->uk_t[h], uk_type, tr, kvr, nope);
-        if (rc == FR_OK)
-            rc = uv_g >= 0 ? fr_qmatrix_from_f32_ggml(&ly->uv[h], uv_g, wv, vd, kvr)
-                           : fr_qmatrix_from_f32(&ly->uv[h], mat_type(e, kvr), wv, vd, kvr);
+    }
+    for (int h = 0; h < nh && rc == FR_OK; h++) {
+        const float *wv = kvb + (size_t)h * (nope + vd) * kvr + (size_t)nope * kvr;
+        rc = uv_g >= 0 ? fr_qmatrix_from_f32_ggml(&ly->uv[h], uv_g, wv, vd, kvr)
+                       : fr_qmatrix_from_f32(&ly->uv[h], mat_type(e, kvr), wv, vd, kvr);
     }
     free(tr);
     fr_qmatrix_free(&kvb_m);
@@ -259,25 +268,27 @@ static int load_layer(fr_engine *e, eng_layer *ly, const fr_st_set *st, int inde
     }
     FR_CHECK(load_vec(e, st, NAME("%s%d.input_layernorm.weight", pre, index), H, &ly->input_norm));
     FR_CHECK(load_vec(e, st, NAME("%s%d.post_attention_layernorm.weight", pre, index), H, &ly->post_norm));
+    /* Matrices are loaded (and so laid out in the weight pool, fr_alloc_weights) in the order a
+     * decoded token reads them, so that one product's stream runs on into the next: the
+     * prefetchers need not start afresh at each of a layer's small matrices. */
     if (qr > 0) {
         FR_CHECK(load_mat(e, &ly->q_a, st, NAME("%s%d.self_attn.q_a_proj.weight", pre, index), qr, H));
         FR_CHECK(load_vec(e, st, NAME("%s%d.self_attn.q_a_layernorm.weight", pre, index), qr, &ly->q_a_norm));
-        FR_CHECK(load_mat(e, &ly->q_b, st, NAME("%s%d.self_attn.q_b_proj.weight", pre, index), nh * dqk, qr));
     } else {
         FR_CHECK(load_mat(e, &ly->q, st, NAME("%s%d.self_attn.q_proj.weight", pre, index), nh * dqk, H));
     }
     FR_CHECK(load_mat(e, &ly->kv_a, st, NAME("%s%d.self_attn.kv_a_proj_with_mqa.weight", pre, index), kvr + rope, H));
     FR_CHECK(load_vec(e, st, NAME("%s%d.self_attn.kv_a_layernorm.weight", pre, index), kvr, &ly->kv_a_norm));
-    FR_CHECK(load_mat(e, &ly->o, st, NAME("%s%d.self_attn.o_proj.weight", pre, index), H, nh * vd));
-
+    if (qr > 0) FR_CHECK(load_mat(e, &ly->q_b, st, NAME("%s%d.self_attn.q_b_proj.weight", pre, index), nh * dqk, qr));
     char gk[64];
     snprintf(gk, sizeof gk, "blk.%d.attn_k_b.weight", index);
     if (e->gg && fr_gguf_find_tensor(e->gg, gk)) FR_CHECK(fr_engine_gguf_kv_b(e, ly, index, sensitive_type(e, c->qk_nope_head_dim), mat_type(e, c->kv_lora_rank)));
     else FR_CHECK(load_joint_kv_b(e, ly, st, index));
+    FR_CHECK(load_mat(e, &ly->o, st, NAME("%s%d.self_attn.o_proj.weight", pre, index), H, nh * vd));
 
     if (ly->is_moe) {
         const int E = c->n_routed_experts, Im = c->moe_intermediate_size;
-        FR_CHECK(load_vec(e, st, NAME("%s%d.mlp.gate.weight", pre, index), (size_t)E * H, &ly->router));
+        FR_CHECK(load_floats(e, st, NAME("%s%d.mlp.gate.weight", pre, index), (size_t)E * H, &ly->router, 1));
         if (c->has_correction_bias)
             FR_CHECK(load_vec(e, st, NAME("%s%d.mlp.gate.e_score_correction_bias", pre, index), E, &ly->router_bias));
         ly->exp_gate = calloc((size_t)E, sizeof(fr_qmatrix));
