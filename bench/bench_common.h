@@ -93,22 +93,89 @@ typedef struct {
 } bench_bw_result;
 
 /* Returns 0 on success, -1 if the arrays cannot be allocated. */
+/* Seconds for all OpenMP threads to read a[0:n] once, each a contiguous share (prefetch: with
+ * a software prefetch 4 KiB ahead as well) */
+static inline double bench_read_span(const float *a, long n, int prefetch, int *threads) {
+    static volatile float sink;
+    int nt = 1;
+    const double t0 = omp_get_wtime();
+#pragma omp parallel
+    {
+        int tid = omp_get_thread_num(), T = omp_get_num_threads();
+        long lo = (long)((double)n * tid / T), hi = (long)((double)n * (tid + 1) / T);
+        lo -= lo % 32;
+        hi = tid == T - 1 ? n : hi - hi % 32;
+        float acc[32] = {0};
+        if (prefetch)
+            for (long i = lo; i < hi; i += 32) {
+                __builtin_prefetch(a + i + 1024);
+                __builtin_prefetch(a + i + 1040);
+                for (int j = 0; j < 32; j++) acc[j] += a[i + j];
+            }
+        else
+            for (long i = lo; i < hi; i += 32)
+                for (int j = 0; j < 32; j++) acc[j] += a[i + j];
+        float s = 0;
+        for (int j = 0; j < 32; j++) s += acc[j];
+#pragma omp atomic
+        sink += s;
+#pragma omp single nowait
+        nt = T;
+    }
+    const double t = omp_get_wtime() - t0;
+    if (threads) *threads = nt;
+    return t;
+}
+
+/* n floats on transparent huge pages, as the library's weights (fr_alloc, fr_alloc_weights):
+ * from 4 KiB pages this VM's reads came out a third lower, and a bound measured there would
+ * flatter every kernel that reads huge pages. Touched by all threads (static schedule). */
+static inline float *bench_huge_floats(size_t n, float value) {
+    const size_t huge = (size_t)2 << 20;
+    float *a = NULL;
+    if (posix_memalign((void **)&a, huge, n * sizeof(float)) != 0) return NULL;
+    madvise(a, n * sizeof(float), MADV_HUGEPAGE);
+    const long ln = (long)n;
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < ln; i++) a[i] = value;
+    return a;
+}
+
+/* A read probe to run between timed steps, so that each step has a bandwidth measured under
+ * the same conditions (on a shared VM the read bandwidth moved between about 38 and 73 GB/s
+ * from minute to minute, more than the effects measured). One array on huge pages, read a slice
+ * at a time, slices in turn, so that a probe never finds its slice in the last-level cache. */
+typedef struct {
+    float *a;
+    long n, slice, next;
+} bench_read_probe;
+
+static inline int bench_read_probe_init(bench_read_probe *p, size_t array_bytes, size_t slice_bytes) {
+    p->n = (long)(array_bytes / sizeof(float));
+    p->slice = (long)(slice_bytes / sizeof(float));
+    p->slice -= p->slice % 64;
+    p->n -= p->n % p->slice;
+    p->next = 0;
+    p->a = bench_huge_floats((size_t)p->n, 1.0f);
+    return p->a ? 0 : -1;
+}
+
+/* GB/s of one read of the next slice */
+static inline double bench_read_probe_gbs(bench_read_probe *p) {
+    const double t = bench_read_span(p->a + p->next, p->slice, 0, NULL);
+    p->next = (p->next + p->slice) % p->n;
+    return (double)p->slice * sizeof(float) / t / 1e9;
+}
+
+static inline void bench_read_probe_free(bench_read_probe *p) {
+    free(p->a);
+    p->a = NULL;
+}
+
 static inline int bench_memory_bandwidth(size_t array_bytes, bench_bw_result *out) {
     size_t n = array_bytes / sizeof(float);
     n -= n % 64;
-    float *a = NULL, *b = NULL, *c = NULL;
-    /* on transparent huge pages, as the library's weights (fr_alloc, fr_alloc_weights): from
-     * 4 KiB pages this VM's reads came out a third lower, and a bound measured there would
-     * flatter every kernel that reads huge pages */
-    const size_t huge = (size_t)2 << 20;
-    if (posix_memalign((void **)&a, huge, n * sizeof(float)) != 0) a = NULL;
-    if (posix_memalign((void **)&b, huge, n * sizeof(float)) != 0) b = NULL;
-    if (posix_memalign((void **)&c, huge, n * sizeof(float)) != 0) c = NULL;
-    if (a && b && c) {
-        madvise(a, n * sizeof(float), MADV_HUGEPAGE);
-        madvise(b, n * sizeof(float), MADV_HUGEPAGE);
-        madvise(c, n * sizeof(float), MADV_HUGEPAGE);
-    }
+    float *a = bench_huge_floats(n, 1.0f), *b = bench_huge_floats(n, 2.0f), *c = bench_huge_floats(n, 0.5f);
     if (!a || !b || !c) {
         free(a);
         free(b);
@@ -116,54 +183,23 @@ static inline int bench_memory_bandwidth(size_t array_bytes, bench_bw_result *ou
         return -1;
     }
     long ln = (long)n;
-    /* First touch with the same static schedule as the kernels (NUMA placement). */
-#pragma omp parallel for schedule(static)
-    for (long i = 0; i < ln; i++) {
-        a[i] = 1.0f;
-        b[i] = 2.0f;
-        c[i] = 0.5f;
-    }
-    static volatile float sink;
     double best_read = 1e30, best_triad = 1e30;
     int nt = 1;
     for (int rep = 0; rep < 6; rep++) {
-        double t0 = omp_get_wtime();
-#pragma omp parallel
-        {
-            int tid = omp_get_thread_num(), T = omp_get_num_threads();
-            long lo = (long)((double)ln * tid / T), hi = (long)((double)ln * (tid + 1) / T);
-            lo -= lo % 32;
-            hi = tid == T - 1 ? ln : hi - hi % 32;
-            float acc[32] = {0};
-            /* odd repetitions prefetch 4 KiB ahead in software (as the decode kernels do);
-             * the best of both counts, so the bound is what a reader can actually get */
-            if (rep & 1)
-                for (long i = lo; i < hi; i += 32) {
-                    __builtin_prefetch(a + i + 1024);
-                    __builtin_prefetch(a + i + 1040);
-                    for (int j = 0; j < 32; j++) acc[j] += a[i + j];
-                }
-            else
-                for (long i = lo; i < hi; i += 32)
-                    for (int j = 0; j < 32; j++) acc[j] += a[i + j];
-            float s = 0;
-            for (int j = 0; j < 32; j++) s += acc[j];
-#pragma omp atomic
-            sink += s;
-#pragma omp single nowait
-            nt = T;
-        }
-        double t = omp_get_wtime() - t0;
+        /* odd repetitions prefetch 4 KiB ahead in software (as the decode kernels do);
+         * the best of both counts, so the bound is what a reader can actually get */
+        double t = bench_read_span(a, ln, rep & 1, &nt);
         if (t < best_read) best_read = t;
 
         const float scalar = 0.999f;
-        t0 = omp_get_wtime();
+        const double t0 = omp_get_wtime();
 #pragma omp parallel for schedule(static)
         for (long i = 0; i < ln; i++) a[i] = b[i] + scalar * c[i];
         t = omp_get_wtime() - t0;
         if (t < best_triad) best_triad = t;
     }
-    sink += a[n / 2];
+    static volatile float keep; /* the triad's stores are used */
+    keep += a[n / 2];
     double bytes = (double)n * sizeof(float);
     out->read_gbs = bytes / best_read / 1e9;
     out->triad_gbs = 3.0 * bytes / best_triad / 1e9;
