@@ -324,15 +324,17 @@ static void test_kv_bytes(void) {
 }
 
 /* rollback: truncate, re-append the same tokens -> same logits; chunked prefill = at once */
-/* A decoded row's attention runs as one blocked pass over the cache for all heads
- * (attend_row); it must give bit-identical logits to the head-by-head loop, for each cache
- * type, at contexts that cross several 32-key blocks and end mid-block. */
+/* A decoded row runs through decode_row.c (each thread its own heads, from q_b to W_UV, and its
+ * own experts) and its attention as one blocked pass over the cache for all heads; both must give
+ * bit-identical logits to the many-row path and its head-by-head loop, for each cache type, at
+ * contexts that cross several 32-key blocks and end mid-block, on 1 and 2 threads. */
 static void test_blocked_attention(void) {
     const fr_kv_type types[3] = {FR_KV_F32, FR_KV_BF16, FR_KV_FP8};
     for (int k = 0; k < 3; k++) {
         fr_engine_options o;
         fr_engine_options_default(&o);
         o.kv_type = types[k];
+        o.adaptive_threads = 0; /* the passes' thread counts as set (no governor) */
         fr_engine *e;
         int rc = fr_engine_load(&e, g_random_dir, &o);
         CHECK(rc == FR_OK, "load: %s", fr_last_error());
@@ -340,28 +342,37 @@ static void test_blocked_attention(void) {
         const int V = fr_engine_config(e)->vocab_size, P = 70, G = 6;
         int tok[76];
         make_tokens(tok, P + G, V, 11);
-        float *a = malloc((size_t)G * V * sizeof(float)), *b = malloc((size_t)G * V * sizeof(float));
+        /* passes: decode_row.c on 2 and on 1 thread, the many-row path with the blocked attention,
+         * and with the head-by-head loop (the reference) */
+        float *l[4];
+        for (int pass = 0; pass < 4; pass++) l[pass] = malloc((size_t)G * V * sizeof(float));
         fr_seq *s;
         fr_seq_create(&s, e);
-        for (int pass = 0; pass < 2; pass++) {
-            fr_engine_set_blocked_attention(pass == 0);
+        const int threads_before = omp_get_max_threads();
+        for (int pass = 0; pass < 4; pass++) {
+            fr_engine_set_fused_decode(pass < 2);
+            fr_engine_set_blocked_attention(pass < 3);
+            fr_set_num_threads(pass == 1 ? 1 : 2);
             fr_seq_truncate(s, 0);
             const int *tp = tok;
             int n = P, one = 1;
-            rc = fr_engine_forward(e, &s, 1, &tp, &n, pass == 0 ? a : b, 0);
+            rc = fr_engine_forward(e, &s, 1, &tp, &n, l[pass], 0);
             for (int g = 0; g < G && rc == FR_OK; g++) {
                 tp = tok + P + g;
-                rc = fr_engine_forward(e, &s, 1, &tp, &one, (pass == 0 ? a : b) + (size_t)g * V, 0);
+                rc = fr_engine_forward(e, &s, 1, &tp, &one, l[pass] + (size_t)g * V, 0);
             }
             CHECK(rc == FR_OK, "decode: %s", fr_last_error());
         }
+        fr_engine_set_fused_decode(1);
         fr_engine_set_blocked_attention(1);
-        CHECK(!memcmp(a, b, (size_t)G * V * sizeof(float)), "kv %d: blocked all-heads attention differs from head by head",
-              (int)types[k]);
+        fr_set_num_threads(threads_before);
+        static const char *what[3] = {"decode_row.c (2 threads)", "decode_row.c (1 thread)", "blocked all-heads attention"};
+        for (int pass = 0; pass < 3; pass++)
+            CHECK(!memcmp(l[pass], l[3], (size_t)G * V * sizeof(float)), "kv %d: %s differs from head by head", (int)types[k],
+                  what[pass]);
         fr_seq_free(s);
         fr_engine_free(e);
-        free(a);
-        free(b);
+        for (int pass = 0; pass < 4; pass++) free(l[pass]);
     }
 }
 

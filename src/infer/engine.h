@@ -9,6 +9,7 @@
 #include "infer/infer_internal.h"
 #include "model/ops.h"
 #include "cpu/qmatmul.h"
+#include "cpu/ops_cpu.h"
 #include "formats/qmatrix.h"
 #include "formats/gguf.h"
 #include "formats/safetensors.h"
@@ -109,6 +110,24 @@ int fr_engine_check_weight(const fr_engine *e, const fr_st_set *st, const char *
  * source in errors; scheme: fr_engine_folder_scheme of a folder, else -1 (infer.c). */
 int fr_engine_build(fr_engine **out, const fr_config *cfg, const fr_st_set *st, const fr_gguf *gg,
                     const fr_engine_options *opt, const char *what, int map, int scheme);
+
+/* ---- infer.c: y[M, rows] = x[M, cols] W^T for the engine's matrices (the path each format and
+ * size is fastest on), and independent products together (one parallel region when they allow) */
+void fr_engine_linear(float *y, const float *x, const fr_qmatrix *w, int M);
+void fr_engine_linear_batch(const fr_qmatmul_job *jobs, int n);
+
+/* ---- decode_row.c: one decoded row's attention heads and routed experts, each thread on its own
+ * heads and experts from start to end */
+/* The absorbed attention of row 0 (N = 1) from e->qan (RMSNorm of q_a x) to e->att [heads * v_head]:
+ * q_b, RoPE, W_UK, the attention over K [n_keys, e->row], W_UV */
+void fr_engine_attention_row(fr_engine *e, const eng_layer *ly, const float *K, int n_keys);
+/* The routed experts of row 0 (routed: e->offsets) into e->ye, and the shared ones into e->tmp */
+void fr_engine_moe_row(fr_engine *e, const eng_layer *ly, const float *x);
+/* Attention of decoded row i of N (its absorbed queries in e->qf) over K, all heads, into e->ctx */
+void fr_engine_attend_row(fr_engine *e, int i, int N, int n_keys, const float *K);
+void fr_engine_softmax_scores(const fr_cpu_vec *vo, float *sc, int n);
+int fr_engine_blocked_attention(void);
+int fr_engine_fused_decode(void);
 
 /* ---- engine_gguf.c: a deepseek2 GGUF as stored */
 int fr_engine_load_gguf(fr_engine **out, const char *path, const fr_engine_options *opt);

@@ -802,7 +802,7 @@ static void f32_products(const fr_qmatmul_job *jobs, int n) {
 }
 
 /* y[M, rows] = x[M, cols] W^T */
-static void linear(float *y, const float *x, const fr_qmatrix *w, int M) {
+void fr_engine_linear(float *y, const float *x, const fr_qmatrix *w, int M) {
     if (w->type != FR_QT_F32 && !fr_qmatmul_uses_int8(w) && M > 3 && M <= SMALL_M) {
         /* FP32 activations: fr_qmatmul dequantizes whole tiles for M >= 4, which costs more
          * than M matrix-vector products at decode sizes; keep its row path (M <= 3). (The
@@ -825,8 +825,8 @@ static void add_rows(float *y, const float *a, size_t n) {
 
 /* Independent products: with int8 activations, or FP32 weights at decode sizes, all in one
  * parallel region (fewer fork/join rounds per decoded token, which dominate small-batch decode
- * on few cores); otherwise one linear() after another. Results are the same either way. */
-static void linear_batch(const fr_qmatmul_job *jobs, int n) {
+ * on few cores); otherwise one fr_engine_linear() after another. Results are the same either way. */
+void fr_engine_linear_batch(const fr_qmatmul_job *jobs, int n) {
     int all = n > 1, all_f32 = n > 1;
     for (int i = 0; i < n; i++) {
         all &= fr_qmatmul_uses_int8(jobs[i].w);
@@ -835,16 +835,16 @@ static void linear_batch(const fr_qmatmul_job *jobs, int n) {
     if (all) fr_qmatmul_batch(jobs, n);
     else if (all_f32) f32_products(jobs, n);
     else
-        for (int i = 0; i < n; i++) linear(jobs[i].y, jobs[i].x, jobs[i].w, jobs[i].M);
+        for (int i = 0; i < n; i++) fr_engine_linear(jobs[i].y, jobs[i].x, jobs[i].w, jobs[i].M);
 }
 
 /* out[N,H] = SwiGLU MLP(x) */
 static void mlp(fr_engine *e, float *out, const float *x, const fr_qmatrix *Wg, const fr_qmatrix *Wu,
                 const fr_qmatrix *Wd, int N, int I) {
-    linear(e->g, x, Wg, N);
-    linear(e->u, x, Wu, N);
+    const fr_qmatmul_job jobs[2] = {{e->g, x, Wg, N}, {e->u, x, Wu, N}};
+    fr_engine_linear_batch(jobs, 2);
     e->ops->swiglu_forward(e->h, e->g, e->u, (size_t)N * I);
-    linear(out, e->h, Wd, N);
+    fr_engine_linear(out, e->h, Wd, N);
 }
 
 /* out[N,H] = DeepSeekMoE(x): routed experts (dropless, grouped by expert) + shared experts */
@@ -856,10 +856,17 @@ static void moe(fr_engine *e, const eng_layer *ly, float *out, const float *x, i
     o->gemm(0, 1, N, E, H, 1.0f, x, H, ly->router, H, 0.0f, e->rl, E);
     o->moe_route_forward(e->topi, e->topw, e->scores, e->rl, ly->router_bias, N, &rp);
     o->moe_permute(e->perm, e->slot, e->offsets, e->topi, N, K, E);
+    const int shared = ly->mlp_inter > 0;
+    if (N == 1 && fr_engine_fused_decode()) { /* each thread its own experts, start to end */
+        fr_engine_moe_row(e, ly, x);
+        memset(out, 0, (size_t)H * sizeof(float));
+        o->moe_combine_forward(out, e->ye, e->topw, e->slot, 1, K, H);
+        if (shared) add_rows(out, e->tmp, (size_t)H);
+        return;
+    }
     o->moe_dispatch_forward(e->xe, x, e->perm, N * K, H);
     /* the routed experts' and the shared expert's products in two rounds: gate and up,
      * then down */
-    const int shared = ly->mlp_inter > 0;
     fr_qmatmul_job *jobs = e->jobs;
     int nj = 0;
     for (int x_ = 0; x_ < E; x_++) {
@@ -875,7 +882,7 @@ static void moe(fr_engine *e, const eng_layer *ly, float *out, const float *x, i
         jobs[nj++] = (fr_qmatmul_job){e->g, x, &ly->mlp_gate, N};
         jobs[nj++] = (fr_qmatmul_job){e->u, x, &ly->mlp_up, N};
     }
-    linear_batch(jobs, nj);
+    fr_engine_linear_batch(jobs, nj);
     o->swiglu_forward(e->he, e->ge, e->ue, (size_t)N * K * Im);
     if (shared) o->swiglu_forward(e->h, e->g, e->u, (size_t)N * ly->mlp_inter);
     nj = 0;
@@ -885,57 +892,20 @@ static void moe(fr_engine *e, const eng_layer *ly, float *out, const float *x, i
         jobs[nj++] = (fr_qmatmul_job){e->ye + (size_t)off * H, e->he + (size_t)off * Im, &ly->exp_down[x_], cnt};
     }
     if (shared) jobs[nj++] = (fr_qmatmul_job){e->tmp, e->h, &ly->mlp_down, N};
-    linear_batch(jobs, nj);
+    fr_engine_linear_batch(jobs, nj);
     memset(out, 0, (size_t)N * H * sizeof(float));
     o->moe_combine_forward(out, e->ye, e->topw, e->slot, N, K, H);
     if (shared) add_rows(out, e->tmp, (size_t)N * H);
 }
 
-/* Attention of one decoded row (row i of the N in this call, keys 0 .. n_keys-1 of K, rows of
- * e->row floats) for all heads, into e->ctx. MLA's heads all read the same cached latents, so instead of one head
- * after another each sweeping the whole cache (12 sweeps of a 1.2 MB cache per layer at a
- * 1024-token context, which does not fit L2), each thread takes a group of heads and walks the
- * cache once per pass in blocks that stay in L2, scoring (pass 1) and then accumulating
- * (pass 2) every head of its group on each block. The dot and axpy kernels treat each key row
- * and each accumulated row in order whatever the blocking, so the result is bit-identical to
- * the head-by-head loop (the prefill path below). */
-/* sc[0:n] = softmax(sc[0:n]), in place; both attention paths use it, so they agree bit for bit */
-static void softmax_scores(const fr_cpu_vec *vo, float *sc, int n) {
-    const float inv = 1.0f / vo->expsum(sc, sc, n, vo->max(sc, n));
-    for (int j = 0; j < n; j++) sc[j] *= inv;
-}
-
-#define ATT_BLOCK_KEYS 32
-static int g_blocked_attention = 1;
-void fr_engine_set_blocked_attention(int on) { g_blocked_attention = on; }
-
-static void attend_row(fr_engine *e, int i, int N, int nh, int n_keys, const float *K) {
-    const fr_cpu_vec *vo = fr_cpu_vec_ops();
-    const int row = e->row, kvr = e->cfg.kv_lora_rank;
-    const int nt0 = omp_get_max_threads() < nh ? omp_get_max_threads() : nh;
-    const int par = nt0 > 1 && (long)n_keys * nh * row >= 32768;
-    FR_OMP_REGION_IF(par, "omp parallel num_threads(nt0) if (par)",
-        {
-            const int t = omp_get_thread_num(), T = omp_get_num_threads();
-            const int h0 = nh * t / T, h1 = nh * (t + 1) / T;
-            for (int b = 0; b < n_keys; b += ATT_BLOCK_KEYS) {
-                const int nb = n_keys - b < ATT_BLOCK_KEYS ? n_keys - b : ATT_BLOCK_KEYS;
-                for (int h = h0; h < h1; h++)
-                    vo->dots(e->att_heads + (size_t)h * e->max_len + b, e->qf + ((size_t)i * nh + h) * row,
-                             K + (size_t)b * row, (size_t)row, nb, row, e->scale);
-            }
-            for (int h = h0; h < h1; h++) {
-                softmax_scores(vo, e->att_heads + (size_t)h * e->max_len, n_keys);
-                memset(e->ctx + ((size_t)h * N + i) * kvr, 0, (size_t)kvr * sizeof(float));
-            }
-            for (int b = 0; b < n_keys; b += ATT_BLOCK_KEYS) {
-                const int nb = n_keys - b < ATT_BLOCK_KEYS ? n_keys - b : ATT_BLOCK_KEYS;
-                for (int h = h0; h < h1; h++)
-                    vo->axpys(e->ctx + ((size_t)h * N + i) * kvr, e->att_heads + (size_t)h * e->max_len + b,
-                              K + (size_t)b * row, (size_t)row, nb, kvr);
-            }
-        }
-    );
+/* The cached rows 0 .. n_keys-1 of cache ci of s as FP32 rows of e->row floats: the cache
+ * itself, or its rows converted into e->deq */
+static const float *cache_keys(fr_engine *e, const fr_seq *s, int ci, int n_keys) {
+    if (e->opt.kv_type == FR_KV_F32) return (const float *)s->kv[ci];
+    const unsigned char *src = s->kv[ci];
+#pragma omp parallel for schedule(static) if (n_keys >= 256)
+    for (int t = 0; t < n_keys; t++) cache_load(e, e->deq + (size_t)t * e->row, src + (size_t)t * e->row_bytes);
+    return e->deq;
 }
 
 /* One decoder block over e->x [N,H] in place. Rows belong to sequences seqs[seq_of[i]]
@@ -954,12 +924,14 @@ static void layer_forward(fr_engine *e, const eng_layer *ly, int ci, fr_seq *con
     /* the two projections of the normed input (query, latent of the new tokens) together */
     fr_qmatmul_job in_jobs[2] = {{qr > 0 ? e->qa : e->q, e->xn, qr > 0 ? &ly->q_a : &ly->q, N},
                                  {e->kva, e->xn, &ly->kv_a, N}};
-    linear_batch(in_jobs, 2);
-    if (qr > 0) {
-        o->rmsnorm_forward(e->qan, e->rstd, e->qa, qr, ly->q_a_norm, N, qr, LATENT_EPS);
-        linear(e->q, e->qan, &ly->q_b, N);
+    fr_engine_linear_batch(in_jobs, 2);
+    /* one decoded row: from q_b to W_UV, each thread its own heads (decode_row.c) */
+    const int fused = N == 1 && qr > 0 && fr_engine_fused_decode() && fr_engine_blocked_attention();
+    if (qr > 0) o->rmsnorm_forward(e->qan, e->rstd, e->qa, qr, ly->q_a_norm, N, qr, LATENT_EPS);
+    if (!fused) {
+        if (qr > 0) fr_engine_linear(e->q, e->qan, &ly->q_b, N);
+        o->rope_forward(e->q, N, nh, nh * dqk, dqk, nope, rope, pos, e->rope_cos, e->rope_sin, c->rope_interleave);
     }
-    o->rope_forward(e->q, N, nh, nh * dqk, dqk, nope, rope, pos, e->rope_cos, e->rope_sin, c->rope_interleave);
 
     /* latent of the new tokens -> cache */
     o->rope_forward(e->kva, N, 1, row, 0, kvr, rope, pos, e->rope_cos, e->rope_sin, c->rope_interleave);
@@ -970,13 +942,17 @@ static void layer_forward(fr_engine *e, const eng_layer *ly, int ci, fr_seq *con
         cache_store(e, seqs[e->seq_of[i]]->kv[ci] + (size_t)pos[i] * e->row_bytes, r);
     }
 
+    if (fused) {
+        fr_engine_attention_row(e, ly, cache_keys(e, seqs[e->seq_of[0]], ci, pos[0] + 1), pos[0] + 1);
+        goto o_proj;
+    }
     /* absorbed queries: qf[i][h] = [W_UK[h]^T q_nope | q_pe] */
     for (int h = 0; h < nh; h++)
         for (int i = 0; i < N; i++)
             memcpy(e->qn + ((size_t)h * N + i) * nope, e->q + (size_t)i * nh * dqk + (size_t)h * dqk, (size_t)nope * sizeof(float));
     for (int h = 0; h < nh; h++)
         e->jobs[h] = (fr_qmatmul_job){e->qlat + (size_t)h * N * kvr, e->qn + (size_t)h * N * nope, &ly->uk_t[h], N};
-    linear_batch(e->jobs, nh);
+    fr_engine_linear_batch(e->jobs, nh);
     for (int i = 0; i < N; i++)
         for (int h = 0; h < nh; h++) {
             float *d = e->qf + ((size_t)i * nh + h) * row;
@@ -989,17 +965,9 @@ static void layer_forward(fr_engine *e, const eng_layer *ly, int ci, fr_seq *con
         const int r0 = row_start[s], r1 = row_start[s + 1];
         if (r1 == r0) continue;
         const int n_keys = pos[r1 - 1] + 1;
-        const float *K;
-        if (e->opt.kv_type == FR_KV_F32) {
-            K = (const float *)seqs[s]->kv[ci];
-        } else {
-            const unsigned char *src = seqs[s]->kv[ci];
-#pragma omp parallel for schedule(static) if (n_keys >= 256)
-            for (int t = 0; t < n_keys; t++) cache_load(e, e->deq + (size_t)t * row, src + (size_t)t * e->row_bytes);
-            K = e->deq;
-        }
-        if (r1 - r0 == 1 && g_blocked_attention) { /* one decoded row: all heads share the cached rows */
-            attend_row(e, r0, N, nh, n_keys, K);
+        const float *K = cache_keys(e, seqs[s], ci, n_keys);
+        if (r1 - r0 == 1 && fr_engine_blocked_attention()) { /* one decoded row: all heads share the cached rows */
+            fr_engine_attend_row(e, r0, N, n_keys, K);
             continue;
         }
         const long work = (long)(r1 - r0) * nh;
@@ -1011,7 +979,7 @@ static void layer_forward(fr_engine *e, const eng_layer *ly, int ci, fr_seq *con
             float *sc = e->att_scratch + (size_t)omp_get_thread_num() * e->max_len;
             int n = pos[i] + 1;
             vo->dots(sc, e->qf + ((size_t)i * nh + h) * row, K, (size_t)row, n, row, e->scale);
-            softmax_scores(vo, sc, n);
+            fr_engine_softmax_scores(vo, sc, n);
             float *acc = e->ctx + ((size_t)h * N + i) * kvr;
             memset(acc, 0, (size_t)kvr * sizeof(float));
             vo->axpys(acc, sc, K, (size_t)row, n, kvr);
@@ -1021,11 +989,12 @@ static void layer_forward(fr_engine *e, const eng_layer *ly, int ci, fr_seq *con
     /* values: o[h] = W_UV[h] ctx[h], then o_proj */
     for (int h = 0; h < nh; h++)
         e->jobs[h] = (fr_qmatmul_job){e->atth + (size_t)h * N * vd, e->ctx + (size_t)h * N * kvr, &ly->uv[h], N};
-    linear_batch(e->jobs, nh);
+    fr_engine_linear_batch(e->jobs, nh);
     for (int i = 0; i < N; i++)
         for (int h = 0; h < nh; h++)
             memcpy(e->att + (size_t)i * nh * vd + (size_t)h * vd, e->atth + ((size_t)h * N + i) * vd, (size_t)vd * sizeof(float));
-    linear(e->tmp, e->att, &ly->o, N);
+o_proj:
+    fr_engine_linear(e->tmp, e->att, &ly->o, N);
     add_rows(e->x, e->tmp, (size_t)N * H);
 
     o->rmsnorm_forward(e->xn, e->rstd, e->x, H, ly->post_norm, N, H, c->rms_norm_eps);
@@ -1078,11 +1047,11 @@ static void head(fr_engine *e, const float *norm_w, int N, int n_seqs, const int
     e->ops->rmsnorm_forward(e->xn, e->rstd, e->x, H, norm_w, N, H, e->cfg.rms_norm_eps);
     if (!logits) return;
     if (all) {
-        linear(logits, e->xn, &e->lm_head, N);
+        fr_engine_linear(logits, e->xn, &e->lm_head, N);
     } else {
         for (int s = 0; s < n_seqs; s++)
             memcpy(e->tmp + (size_t)s * H, e->xn + (size_t)(row_start[s + 1] - 1) * H, (size_t)H * sizeof(float));
-        linear(logits, e->tmp, &e->lm_head, n_seqs);
+        fr_engine_linear(logits, e->tmp, &e->lm_head, n_seqs);
     }
 }
 
@@ -1169,7 +1138,7 @@ static int mtp_forward(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int 
     for (int i = 0; i < N; i++) memcpy(e->cat + (size_t)i * 2 * H, e->xn + (size_t)i * H, (size_t)H * sizeof(float));
     e->ops->rmsnorm_forward(e->xn, e->rstd, e->tmp, H, ly->hnorm, N, H, e->cfg.rms_norm_eps);
     for (int i = 0; i < N; i++) memcpy(e->cat + (size_t)i * 2 * H + H, e->xn + (size_t)i * H, (size_t)H * sizeof(float));
-    linear(e->x, e->cat, &ly->eh_proj, N);
+    fr_engine_linear(e->x, e->cat, &ly->eh_proj, N);
     layer_forward(e, ly, e->L, seqs, n_seqs, row_start, N);
     head(e, ly->head_norm, N, n_seqs, row_start, logits, 0);
     for (int s = 0; s < n_seqs; s++) seqs[s]->mtp_len += n_tokens[s];

@@ -1,0 +1,168 @@
+/*
+ * decode_row.c — one decoded row's attention heads and routed experts, each thread on its own
+ * heads and its own experts from start to end: the latency path of batch-1 decode.
+ *
+ * A decode step is a chain of small dependent products. Run as one parallel region per product
+ * (infer.c's path for many rows), each ends in a barrier, the serial work between them (RoPE,
+ * the absorbed queries' copies, the activations' quantization) runs on one thread while the
+ * others wait, and every hand-off moves the activations from the cores that wrote them to the
+ * cores that read them. But MLA's heads are independent from the query up-projection q_b to the
+ * value projection W_UV, and each routed expert from its gate to its down projection:
+ *
+ *   per thread t, heads [h0, h1):   q[h] = q_b rows of h · RMSNorm(q_a x);  RoPE(q_pe[h]);
+ *                                  q_lat[h] = W_UK[h]^T q_nope[h];  attention over the cache;
+ *                                  att[h] = W_UV[h] ctx[h]
+ *   per thread t, its experts:     ye[slot] = down(SwiGLU(gate · x, up · x))  (and the shared one)
+ *
+ * so each layer's attention and experts are one parallel region each, with no barrier inside.
+ * A head or an expert goes through the same kernels on the same rows as in the many-row path,
+ * so the logits are the same bits on any number of threads, and the same as that path's
+ * (test_infer: test_blocked_attention, test_thread_count_independence).
+ */
+#include "infer/engine.h"
+#include "cpu/ops_cpu.h"
+#include "core/internal.h"
+
+#include <omp.h>
+#include <string.h>
+
+static int g_blocked_attention = 1, g_fused = 1;
+void fr_engine_set_blocked_attention(int on) { g_blocked_attention = on; }
+void fr_engine_set_fused_decode(int on) { g_fused = on; }
+int fr_engine_blocked_attention(void) { return g_blocked_attention; }
+int fr_engine_fused_decode(void) { return g_fused; }
+
+/* sc[0:n] = softmax(sc[0:n]), in place; both attention paths use it, so they agree bit for bit */
+void fr_engine_softmax_scores(const fr_cpu_vec *vo, float *sc, int n) {
+    const float inv = 1.0f / vo->expsum(sc, sc, n, vo->max(sc, n));
+    for (int j = 0; j < n; j++) sc[j] *= inv;
+}
+
+/* Attention of decoded row i (of the N in this call) for heads [h0, h1) over keys 0 .. n_keys-1
+ * of K (rows of e->row floats), into e->ctx. MLA's heads all read the same cached latents, so
+ * instead of one head after another each sweeping the whole cache (12 sweeps of a 1.2 MB cache
+ * per layer at a 1024-token context, which does not fit L2), the heads walk the cache together,
+ * in blocks that stay in L2, scoring (pass 1) and then accumulating (pass 2) every head on each
+ * block. The dot and axpy kernels treat each key row and each accumulated row in order whatever
+ * the blocking, so the result is bit-identical to the head-by-head loop (infer.c's many-row
+ * path). */
+#define ATT_BLOCK_KEYS 32
+static void attend_heads(fr_engine *e, int i, int N, int h0, int h1, int n_keys, const float *K) {
+    const fr_cpu_vec *vo = fr_cpu_vec_ops();
+    const int row = e->row, kvr = e->cfg.kv_lora_rank, nh = e->cfg.num_attention_heads;
+    for (int b = 0; b < n_keys; b += ATT_BLOCK_KEYS) {
+        const int nb = n_keys - b < ATT_BLOCK_KEYS ? n_keys - b : ATT_BLOCK_KEYS;
+        for (int h = h0; h < h1; h++)
+            vo->dots(e->att_heads + (size_t)h * e->max_len + b, e->qf + ((size_t)i * nh + h) * row, K + (size_t)b * row,
+                     (size_t)row, nb, row, e->scale);
+    }
+    for (int h = h0; h < h1; h++) {
+        fr_engine_softmax_scores(vo, e->att_heads + (size_t)h * e->max_len, n_keys);
+        memset(e->ctx + ((size_t)h * N + i) * kvr, 0, (size_t)kvr * sizeof(float));
+    }
+    for (int b = 0; b < n_keys; b += ATT_BLOCK_KEYS) {
+        const int nb = n_keys - b < ATT_BLOCK_KEYS ? n_keys - b : ATT_BLOCK_KEYS;
+        for (int h = h0; h < h1; h++)
+            vo->axpys(e->ctx + ((size_t)h * N + i) * kvr, e->att_heads + (size_t)h * e->max_len + b, K + (size_t)b * row,
+                      (size_t)row, nb, kvr);
+    }
+}
+
+/* attend_heads for all heads, a group of heads per thread */
+void fr_engine_attend_row(fr_engine *e, int i, int N, int n_keys, const float *K) {
+    const int nh = e->cfg.num_attention_heads;
+    const int nt0 = omp_get_max_threads() < nh ? omp_get_max_threads() : nh;
+    const int par = nt0 > 1 && (long)n_keys * nh * e->row >= 32768;
+    FR_OMP_REGION_IF(par, "omp parallel num_threads(nt0) if (par)",
+        {
+            const int t = omp_get_thread_num(), T = omp_get_num_threads();
+            attend_heads(e, i, N, nh * t / T, nh * (t + 1) / T, n_keys, K);
+        }
+    );
+}
+
+/* rows [r0, r0 + n) of m as a matrix of their own (no copy) */
+static fr_qmatrix row_range(const fr_qmatrix *m, int r0, int n) {
+    fr_qmatrix s;
+    fr_qmatrix_wrap(&s, m->type, (unsigned char *)m->data + fr_qtype_row_bytes(m->type, m->cols) * (size_t)r0, n, m->cols);
+    return s;
+}
+
+void fr_engine_attention_row(fr_engine *e, const eng_layer *ly, const float *K, int n_keys) {
+    const fr_config *c = &e->cfg;
+    const int nh = c->num_attention_heads, nope = c->qk_nope_head_dim, rope = c->qk_rope_head_dim;
+    const int dqk = nope + rope, vd = c->v_head_dim, kvr = c->kv_lora_rank, row = e->row;
+    const int threads = omp_get_max_threads() < nh ? omp_get_max_threads() : nh;
+    FR_OMP_REGION_IF(threads > 1, "omp parallel num_threads(threads) if (threads > 1)",
+        {
+            const int t = omp_get_thread_num(), T = omp_get_num_threads();
+            const int h0 = nh * t / T, h1 = nh * (t + 1) / T;
+            /* the query rows of heads h0 .. h1-1, rotated */
+            const fr_qmatrix q_b = row_range(&ly->q_b, h0 * dqk, (h1 - h0) * dqk);
+            fr_engine_linear(e->q + (size_t)h0 * dqk, e->qan, &q_b, 1);
+            e->ops->rope_forward(e->q + (size_t)h0 * dqk, 1, h1 - h0, nh * dqk, dqk, nope, rope, e->pos, e->rope_cos,
+                                 e->rope_sin, c->rope_interleave);
+            /* absorbed queries: qf[h] = [W_UK[h]^T q_nope[h] | q_pe[h]] */
+            for (int h = h0; h < h1; h++) {
+                memcpy(e->qn + (size_t)h * nope, e->q + (size_t)h * dqk, (size_t)nope * sizeof(float));
+                e->jobs[h] = (fr_qmatmul_job){e->qlat + (size_t)h * kvr, e->qn + (size_t)h * nope, &ly->uk_t[h], 1};
+            }
+            fr_engine_linear_batch(e->jobs + h0, h1 - h0);
+            for (int h = h0; h < h1; h++) {
+                float *d = e->qf + (size_t)h * row;
+                memcpy(d, e->qlat + (size_t)h * kvr, (size_t)kvr * sizeof(float));
+                memcpy(d + kvr, e->q + (size_t)h * dqk + nope, (size_t)rope * sizeof(float));
+            }
+            attend_heads(e, 0, 1, h0, h1, n_keys, K);
+            /* values: att[h] = W_UV[h] ctx[h] */
+            for (int h = h0; h < h1; h++)
+                e->jobs[h] = (fr_qmatmul_job){e->att + (size_t)h * vd, e->ctx + (size_t)h * kvr, &ly->uv[h], 1};
+            fr_engine_linear_batch(e->jobs + h0, h1 - h0);
+        }
+    );
+}
+
+static double mat_bytes(const fr_qmatrix *m) { return (double)fr_qtype_row_bytes(m->type, m->cols) * m->rows; }
+
+void fr_engine_moe_row(fr_engine *e, const eng_layer *ly, const float *x) {
+    const fr_ops *o = e->ops;
+    const fr_config *c = &e->cfg;
+    const int H = c->hidden_size, E = c->n_routed_experts, Im = c->moe_intermediate_size;
+    /* units: the routed experts with a row (ascending, the order of their weights in memory),
+     * then the shared experts; a unit is a thread's when its middle byte falls in the thread's
+     * share of all the units' weights (balance by bytes, whole units: an expert's three products
+     * are one run of memory, and its down projection needs all of its gate and up) */
+    double total = 0;
+    for (int u = 0; u <= E; u++) {
+        const int routed = u < E;
+        if (routed ? e->offsets[u + 1] == e->offsets[u] : ly->mlp_inter == 0) continue;
+        total += routed ? mat_bytes(&ly->exp_gate[u]) + mat_bytes(&ly->exp_up[u]) + mat_bytes(&ly->exp_down[u])
+                        : mat_bytes(&ly->mlp_gate) + mat_bytes(&ly->mlp_up) + mat_bytes(&ly->mlp_down);
+    }
+    const int threads = omp_get_max_threads();
+    FR_OMP_REGION_IF(threads > 1, "omp parallel num_threads(threads) if (threads > 1)",
+        {
+            const int t = omp_get_thread_num(), T = omp_get_num_threads();
+            double start = 0;
+            for (int u = 0; u <= E; u++) {
+                const int routed = u < E;
+                if (routed ? e->offsets[u + 1] == e->offsets[u] : ly->mlp_inter == 0) continue;
+                const fr_qmatrix *wg = routed ? &ly->exp_gate[u] : &ly->mlp_gate, *wu = routed ? &ly->exp_up[u] : &ly->mlp_up;
+                const fr_qmatrix *wd = routed ? &ly->exp_down[u] : &ly->mlp_down;
+                const double cost = mat_bytes(wg) + mat_bytes(wu) + mat_bytes(wd);
+                int owner = (int)((start + cost / 2) * T / total);
+                start += cost;
+                if (owner >= T) owner = T - 1;
+                if (owner != t) continue;
+                const size_t off = routed ? (size_t)e->offsets[u] : 0;
+                const int I = routed ? Im : ly->mlp_inter;
+                float *g = routed ? e->ge + off * Im : e->g, *up = routed ? e->ue + off * Im : e->u;
+                float *h = routed ? e->he + off * Im : e->h, *y = routed ? e->ye + off * H : e->tmp;
+                const fr_qmatmul_job jobs[2] = {{g, x, wg, 1}, {up, x, wu, 1}};
+                fr_engine_linear_batch(jobs, 2);
+                o->swiglu_forward(h, g, up, (size_t)I);
+                fr_engine_linear(y, h, wd, 1);
+            }
+        }
+    );
+}
