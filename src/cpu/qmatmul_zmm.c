@@ -287,4 +287,50 @@ T_ZMM void fr_qzmm_dot8_q8_0(const qrows *t, const qact *a, int j0, int nx) {
     for (; r + 4 <= t->r1; r += 4) q8_0_rows4(t->base + t->rb * (size_t)r, t->rb, a, j0, &y[r]);
     for (; r < t->r1; r++) q8_0_row(t->base + t->rb * (size_t)r, a, j0, 1, &y[r], t->pf_end);
 }
-T_ZMM void fr_qzmm_dot8_q4_1(const qrows *t, const qact *a, int j0, int nx) { QROWS_BY_NX(q4_1_row) }
+/* Four rows of 8 blocks (256 weights: an expert's down projection, W_UV) against one activation
+ * row, side by side, as q8_0_rows4: the activation loads shared, one reduce4; each row's
+ * accumulators see q4_1_row's operations in its order (its group of 8: the masked scales and
+ * minimum term, quads 0 and 4 into the two accumulators), so its result has the same bits. */
+T_ZMM INLINE void q4_1_rows4_nb8(const uint8_t *row, size_t rb, const qact *a, int j0, float *out, const uint8_t *pf_end) {
+    const int nb = 8;
+    const __mmask16 m = 0xff;
+    const __m512i lane_block = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    const __m512i low = _mm512_set1_epi8(15);
+    const int8_t *qx = a->q + (size_t)j0 * a->cols;
+    const __m512 dx = _mm512_maskz_loadu_ps(m, a->d + (size_t)j0 * nb), xs = _mm512_maskz_loadu_ps(m, a->s + (size_t)j0 * nb);
+    const uint8_t *q[4];
+    __m512 acc[2][4], accm[4], sc[4];
+    for (int r = 0; r < 4; r++) {
+        const uint16_t *d = (const uint16_t *)(row + rb * r), *mn = d + nb;
+        q[r] = row + rb * r + 4 * (size_t)nb;
+        sc[r] = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, d)), dx);
+        accm[r] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, mn)), xs, _mm512_setzero_ps());
+        acc[0][r] = acc[1][r] = _mm512_setzero_ps();
+    }
+    for (int k = 0; k < 8; k += 4) {
+        const __m512i xl = _mm512_loadu_si512(qx + (size_t)k * FR_QBLOCK), xh = _mm512_loadu_si512(qx + (size_t)k * FR_QBLOCK + 64);
+        for (int r = 0; r < 4; r++) {
+            prefetch_ahead(q[r] + (size_t)k * 16, pf_end, Q4_1_PREFETCH);
+            const __m512i v = _mm512_loadu_si512(q[r] + (size_t)k * 16);
+            const __m512i lo = _mm512_and_si512(v, low), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+            const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl), hi, xh);
+            acc[k >> 2][r] = scale_lanes(acc[k >> 2][r], dot, sc[r], lane_block, k);
+        }
+    }
+    __m512 v[4];
+    for (int r = 0; r < 4; r++) v[r] = _mm512_add_ps(_mm512_add_ps(acc[0][r], acc[1][r]), accm[r]);
+    float sums[16];
+    _mm512_storeu_ps(sums, reduce4(v[0], v[1], v[2], v[3]));
+    for (int r = 0; r < 4; r++) out[r] = sums[4 * r];
+}
+
+T_ZMM void fr_qzmm_dot8_q4_1(const qrows *t, const qact *a, int j0, int nx) {
+    if (nx > 1 || a->nb != 8) {
+        QROWS_BY_NX(q4_1_row)
+        return;
+    }
+    float *y = t->y + (size_t)j0 * t->ystride;
+    int r = t->r0;
+    for (; r + 4 <= t->r1; r += 4) q4_1_rows4_nb8(t->base + t->rb * (size_t)r, t->rb, a, j0, &y[r], t->pf_end);
+    for (; r < t->r1; r++) q4_1_row(t->base + t->rb * (size_t)r, a, j0, 1, &y[r], t->pf_end);
+}
