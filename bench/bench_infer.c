@@ -7,6 +7,7 @@
  *   - prompt processing: one prompt of --prompt tokens, batch 1 (tokens/s);
  *   - decode: --gen tokens, one per step, at batch 1 and batch 4 (tokens/s, all sequences,
  *     from the median step time);
+ * (all threads at every step: the engine's thread governor is off except in --hog's test)
  * next to the bound "measured memory read bandwidth / weight bytes read per decoded token"
  * (the best read bandwidth probed so far in the run: three probes at the start, one more
  * before each format's decode; printed in the row), and the paired bound: each batch-1 step
@@ -205,8 +206,8 @@ int main(int argc, char **argv) {
            cfg_path, n_params / 1e6, n_params * 4 / 1e6, t_create, omp_get_max_threads(), peak_gbs);
     printf("| weights | MB read / decoded token | prompt tok/s (B=1, %ld tokens) | decode tok/s B=1 | decode tok/s B=4 (total) | "
            "read GB/s (best probe) | bound tok/s (bandwidth / bytes) | B=1 / bound | paired probe GB/s (median) | "
-           "B=1 / paired bound (median) | 2-token step / 1-token step |\n", P);
-    printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+           "B=1 / paired bound (median) | thread round trip ns | 2-token step / 1-token step |\n", P);
+    printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     char json[8192]; /* one JSON line per format, printed after the table */
     char hog_rows[4096]; /* the --hog table, printed after the main one */
     int rows_hog = 0;
@@ -218,11 +219,15 @@ int main(int argc, char **argv) {
         if (only && !bench_list_has(only, fr_weight_type_name(wt))) continue;
         fr_engine_options o;
         fr_engine_options_default(&o);
+        /* all threads at every step: the governor (on by default in the product) moves decode
+         * to one thread when it measures that cheaper, which a shared VM's noise can make it do
+         * for a whole pass; --hog measures it on its own */
+        o.adaptive_threads = 0;
         o.weight_type = wt;
         o.max_seq_len = (int)(P + 3 * G + 32);
         fr_engine *e;
         if (fr_engine_from_model(&e, m, &o) != FR_OK) {
-            printf("| %s | not available in this build: %s | | | | | | | | | |\n", fr_weight_type_name(wt), fr_last_error());
+            printf("| %s | not available in this build: %s | | | | | | | | | | |\n", fr_weight_type_name(wt), fr_last_error());
             continue;
         }
         const double bytes = (double)fr_engine_active_weight_bytes(e);
@@ -277,7 +282,7 @@ int main(int argc, char **argv) {
          * GB/s): the bandwidth the step could have had, measured within a millisecond of it. The
          * probes flush the last-level cache, so a model that fits in it decodes slower here
          * than in the B=1 column. */
-        double paired_frac = 0, paired_gbs = 0;
+        double paired_frac = 0, paired_gbs = 0, rt_ns = bench_thread_round_trip_ns();
         {
             fr_seq_truncate(s[0], 0);
             const int *p0 = prompt;
@@ -310,26 +315,29 @@ int main(int argc, char **argv) {
             step2_ratio = bench_median(step_s, G) / med1;
         }
         double bound = peak_gbs * 1e9 / bytes;
-        printf("| %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.0f %% | %.1f | %.0f %% | %.2f |\n", fr_weight_type_name(wt),
+        rt_ns = (rt_ns + bench_thread_round_trip_ns()) / 2; /* before and after the paired pass */
+        printf("| %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.0f %% | %.1f | %.0f %% | %.0f | %.2f |\n", fr_weight_type_name(wt),
                bytes / 1e6, pp_tps, dec[0], dec[1], peak_gbs, bound, 100.0 * dec[0] / bound, paired_gbs, 100.0 * paired_frac,
-               step2_ratio);
+               rt_ns, step2_ratio);
         rows_json += snprintf(json + rows_json, sizeof json - (size_t)rows_json,
                               "{\"bench\": \"infer\", \"weights\": \"%s\", \"threads\": %d, \"mb_per_token\": %.2f, "
                               "\"prompt_tokens\": %ld, \"prompt_tps\": %.2f, \"decode_steps\": %ld, \"decode_tps_b1\": %.2f, "
                               "\"decode_tps_b4\": %.2f, \"read_gbs\": %.3f, \"bound_tps\": %.2f, \"fraction_of_bound\": %.4f, "
-                              "\"paired_read_gbs\": %.3f, \"paired_fraction_of_bound\": %.4f, \"step2_over_step1\": %.3f}\n",
+                              "\"paired_read_gbs\": %.3f, \"paired_fraction_of_bound\": %.4f, \"thread_round_trip_ns\": %.0f, "
+                              "\"step2_over_step1\": %.3f}\n",
                               fr_weight_type_name(wt), omp_get_max_threads(), bytes / 1e6, P, pp_tps, G, dec[0], dec[1], peak_gbs, bound,
-                              dec[0] / bound, paired_gbs, paired_frac, step2_ratio);
+                              dec[0] / bound, paired_gbs, paired_frac, rt_ns, step2_ratio);
         if (rows_json >= (int)sizeof json) rows_json = (int)sizeof json - 1;
         for (int fixed = 0; hog > 0 && fixed < 2; fixed++) {
             /* alone, with hog, alone, with hog: the better of the two of each counts (a
              * neighbour's burst lands in one), the same rule for both conditions */
             fr_engine *he = e;
             fr_seq *hs = s[0];
-            if (fixed) {
-                o.adaptive_threads = 0;
+            if (!fixed) {
+                o.adaptive_threads = 1;
                 if (fr_engine_from_model(&he, m, &o) != FR_OK || fr_seq_create(&hs, he) != FR_OK)
-                    return die("engine with fixed threads");
+                    return die("engine with the thread governor");
+                o.adaptive_threads = 0;
             }
             double tot[2] = {0, 0}, med[2] = {0, 0};
             pid_t pids[HOG_MAX];
@@ -348,7 +356,7 @@ int main(int argc, char **argv) {
                 if (tt > tot[with]) tot[with] = tt;
                 if (mt > med[with]) med[with] = mt;
             }
-            if (fixed) {
+            if (!fixed) {
                 fr_seq_free(hs);
                 fr_engine_free(he);
             }

@@ -1,5 +1,6 @@
-/* bench_peak.c — this machine's ceilings: FP32 FMA peak (GFLOP/s, all OpenMP threads) and
- * memory bandwidth (GB/s). Prints a small table and one JSON line.
+/* bench_peak.c — this machine's ceilings: FP32 FMA peak (GFLOP/s, all OpenMP threads),
+ * memory bandwidth (GB/s) and the thread-to-thread round trip of a cache line (ns). Prints a
+ * small table and one JSON line.
  *
  *   bench_peak [--threads N] [--bw-mib MIB]
  */
@@ -13,7 +14,8 @@ static void usage(FILE *f) {
             "\n"
             "Measures the FP32 FMA peak with all OpenMP threads (register-resident FMA chains,\n"
             "AVX-512 or AVX2+FMA as the CPU allows) and the memory bandwidth (read and triad over\n"
-            "arrays of MIB MiB each, default 256).\n"
+            "arrays of MIB MiB each, default 256), and the round trip of a cache line between\n"
+            "OpenMP threads 0 and 1 (ns).\n"
             "\n"
             "  --threads N    OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
             "  --bw-mib MIB   size of each bandwidth array in MiB (default 256; 0 skips the test)\n");
@@ -49,6 +51,7 @@ int main(int argc, char **argv) {
         else fprintf(stderr, "bench_peak: cannot allocate 3 x %ld MiB for the bandwidth test; skipped\n", bw_mib);
     }
 
+    const double rt_ns = bench_thread_round_trip_ns();
     const char *feat = fr_cpu_features();
     printf("frugal bench_peak\n");
     printf("  cpu features      %s\n", feat && feat[0] ? feat : "(none detected)");
@@ -60,12 +63,14 @@ int main(int argc, char **argv) {
         printf("  memory triad      %10.1f GB/s     (a = b + s*c, 3 x %zu MiB, STREAM counting)\n", bw.triad_gbs,
                bw.array_bytes >> 20);
     }
+    if (rt_ns > 0) printf("  thread round trip %10.0f ns       (a cache line from thread 0 to 1 and back)\n", rt_ns);
     printf("{\"bench\": \"peak\", \"threads\": %d, \"isa\": \"%s\", \"fma_gflops\": %.2f, "
            "\"fma_gflops_per_thread\": %.2f",
            p.threads, p.isa, p.gflops, p.gflops_per_thread);
     if (have_bw)
         printf(", \"mem_read_gbs\": %.2f, \"mem_triad_gbs\": %.2f, \"bw_array_mib\": %zu", bw.read_gbs, bw.triad_gbs,
                bw.array_bytes >> 20);
+    if (rt_ns > 0) printf(", \"thread_round_trip_ns\": %.0f", rt_ns);
     printf(", \"cpu_features\": \"%s\"}\n", feat ? feat : "");
     return 0;
 }
