@@ -112,7 +112,7 @@ static const char *RANDOM_CONFIG =
     " \"mscale_all_dim\": 1.0}, \"rms_norm_eps\": 1e-6, \"tie_word_embeddings\": false,"
     " \"initializer_range\": 0.08, \"bos_token_id\": 0, \"eos_token_id\": 1}";
 
-static char g_random_dir[256], g_dense_dir[256], g_oracle_dir[256];
+static char g_random_dir[256], g_dense_dir[256], g_oracle_dir[256], g_wide_dir[256];
 
 static int save_model_from(const char *json, const char *dir, uint64_t seed, int oracle) {
     fr_config cfg;
@@ -173,9 +173,17 @@ static int make_random_models(void) {
     snprintf(dense, sizeof dense, "%s", RANDOM_CONFIG);
     char *p = strstr(dense, "\"n_routed_experts\": 8");
     if (p) memcpy(p, "\"n_routed_experts\": 0", strlen("\"n_routed_experts\": 0"));
+    /* the wide variant: 40 routed experts (a decoded row's experts shared out among threads
+     * by bytes, decode_row.c, with more units than threads) */
+    snprintf(g_wide_dir, sizeof g_wide_dir, "/tmp/frugal_test_infer_wide_%d", (int)getpid());
+    char wide[4096];
+    const char *at = strstr(RANDOM_CONFIG, "\"n_routed_experts\": 8");
+    snprintf(wide, sizeof wide, "%.*s\"n_routed_experts\": 40%s", at ? (int)(at - RANDOM_CONFIG) : 0, RANDOM_CONFIG,
+             at ? at + strlen("\"n_routed_experts\": 8") : "");
     int rc = save_model_from(RANDOM_CONFIG, g_random_dir, 77, 0);
     if (rc == FR_OK) rc = save_model_from(dense, g_dense_dir, 78, 0);
     if (rc == FR_OK) rc = save_model_from(RANDOM_CONFIG, g_oracle_dir, 79, 1);
+    if (rc == FR_OK) rc = save_model_from(wide, g_wide_dir, 80, 0);
     return rc;
 }
 
@@ -329,14 +337,14 @@ static void test_kv_bytes(void) {
  * bit-identical logits to the many-row path and its head-by-head loop, for each cache type, at
  * contexts that cross several 32-key blocks and end mid-block, on 1 and 2 threads. */
 static void test_blocked_attention(void) {
-    const fr_kv_type types[3] = {FR_KV_F32, FR_KV_BF16, FR_KV_FP8};
-    for (int k = 0; k < 3; k++) {
+    const fr_kv_type types[4] = {FR_KV_F32, FR_KV_BF16, FR_KV_FP8, FR_KV_F32};
+    for (int k = 0; k < 4; k++) { /* the last: the model with 40 experts */
         fr_engine_options o;
         fr_engine_options_default(&o);
         o.kv_type = types[k];
         o.adaptive_threads = 0; /* the passes' thread counts as set (no governor) */
         fr_engine *e;
-        int rc = fr_engine_load(&e, g_random_dir, &o);
+        int rc = fr_engine_load(&e, k < 3 ? g_random_dir : g_wide_dir, &o);
         CHECK(rc == FR_OK, "load: %s", fr_last_error());
         if (rc != FR_OK) return;
         const int V = fr_engine_config(e)->vocab_size, P = 70, G = 6;
@@ -368,8 +376,8 @@ static void test_blocked_attention(void) {
         fr_set_num_threads(threads_before);
         static const char *what[3] = {"decode_row.c (2 threads)", "decode_row.c (1 thread)", "blocked all-heads attention"};
         for (int pass = 0; pass < 3; pass++)
-            CHECK(!memcmp(l[pass], l[3], (size_t)G * V * sizeof(float)), "kv %d: %s differs from head by head", (int)types[k],
-                  what[pass]);
+            CHECK(!memcmp(l[pass], l[3], (size_t)G * V * sizeof(float)), "%s, kv %d: %s differs from head by head",
+                  k < 3 ? "8 experts" : "40 experts", (int)types[k], what[pass]);
         fr_seq_free(s);
         fr_engine_free(e);
         for (int pass = 0; pass < 4; pass++) free(l[pass]);
@@ -1271,8 +1279,8 @@ int main(void) {
     test_generate_vs_transformers();
     test_stop_strings();
     test_padded_vocab();
-    const char *dirs[3] = {g_random_dir, g_dense_dir, g_oracle_dir};
-    for (int i = 0; i < 3; i++) {
+    const char *dirs[4] = {g_random_dir, g_dense_dir, g_oracle_dir, g_wide_dir};
+    for (int i = 0; i < 4; i++) {
         char cmd[512];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", dirs[i]);
         if (dirs[i][0] && system(cmd) != 0) printf("note: could not remove %s\n", dirs[i]);
