@@ -264,7 +264,7 @@ static void gemv(int dot_form, int n, int len, float alpha, const float *Mat, in
     if (nth > n / 16) nth = n / 16 > 1 ? n / 16 : 1;
     FR_OMP_REGION_IF(nth > 1, "omp parallel num_threads(nth) if (nth > 1)",
         {
-            int t = omp_get_thread_num(), nt = omp_get_num_threads();
+            const int t = fr_t, nt = fr_T;
             int j0 = (int)((long)n * t / nt), j1 = (int)((long)n * (t + 1) / nt);
             float acc[256];
             for (int j = j0; j < j1; j += 256) {

@@ -807,7 +807,7 @@ static void run_jobs(const qjob *qj, int n) {
     if (one_pass) {
         FR_OMP_REGION_IF(par, "omp parallel num_threads(threads) if (par)",
             {
-                const int t = omp_get_thread_num(), T = omp_get_num_threads();
+                const int t = fr_t, T = fr_T;
                 const double lo = total * t / T, hi = total * (t + 1) / T;
                 double start = 0;
                 for (int i = 0; i < n; i++) {

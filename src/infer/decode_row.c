@@ -75,7 +75,7 @@ void fr_engine_attend_row(fr_engine *e, int i, int N, int n_keys, const float *K
     const int par = nt0 > 1 && (long)n_keys * nh * e->row >= 32768;
     FR_OMP_REGION_IF(par, "omp parallel num_threads(nt0) if (par)",
         {
-            const int t = omp_get_thread_num(), T = omp_get_num_threads();
+            const int t = fr_t, T = fr_T;
             attend_heads(e, i, N, nh * t / T, nh * (t + 1) / T, n_keys, K);
         }
     );
@@ -95,7 +95,7 @@ void fr_engine_attention_row(fr_engine *e, const eng_layer *ly, const float *K, 
     const int threads = omp_get_max_threads() < nh ? omp_get_max_threads() : nh;
     FR_OMP_REGION_IF(threads > 1, "omp parallel num_threads(threads) if (threads > 1)",
         {
-            const int t = omp_get_thread_num(), T = omp_get_num_threads();
+            const int t = fr_t, T = fr_T;
             const int h0 = nh * t / T, h1 = nh * (t + 1) / T;
             /* the query rows of heads h0 .. h1-1, rotated */
             const fr_qmatrix q_b = row_range(&ly->q_b, h0 * dqk, (h1 - h0) * dqk);
@@ -142,7 +142,7 @@ void fr_engine_moe_row(fr_engine *e, const eng_layer *ly, const float *x) {
     const int threads = omp_get_max_threads();
     FR_OMP_REGION_IF(threads > 1, "omp parallel num_threads(threads) if (threads > 1)",
         {
-            const int t = omp_get_thread_num(), T = omp_get_num_threads();
+            const int t = fr_t, T = fr_T;
             double start = 0;
             for (int u = 0; u <= E; u++) {
                 const int routed = u < E;

@@ -773,7 +773,7 @@ static void f32_products(const fr_qmatmul_job *jobs, int n) {
     for (int i = 0; i < n; i++) work += (double)jobs[i].w->rows * jobs[i].w->cols;
     FR_OMP_REGION_IF(work * jobs[0].M >= 2e6, "omp parallel if (work * jobs[0].M >= 2e6)",
         {
-            const int t = omp_get_thread_num(), T = omp_get_num_threads();
+            const int t = fr_t, T = fr_T;
             /* a chunk is thread t's when its middle falls in t's share of the weights: shares of
              * equal bytes (the products' widths differ), every chunk exactly once */
             double start = 0;
