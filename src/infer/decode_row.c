@@ -46,15 +46,28 @@ void fr_engine_softmax_scores(const fr_cpu_vec *vo, float *sc, int n) {
  * block. The dot and axpy kernels treat each key row and each accumulated row in order whatever
  * the blocking, so the result is bit-identical to the head-by-head loop (infer.c's many-row
  * path). */
-#define ATT_BLOCK_KEYS 32
-static void attend_heads(fr_engine *e, int i, int N, int h0, int h1, int n_keys, const float *K) {
+#define ATT_BLOCK_KEYS FR_ATT_BLOCK_KEYS
+
+/* keys b .. b + nb - 1 as FP32 rows: K's (an FP32 cache), or the stored rows converted into buf */
+static const float *key_block(const fr_engine *e, const float *K, const unsigned char *stored, float *buf, int b, int nb) {
+    if (K) return K + (size_t)b * e->row;
+    for (int j = 0; j < nb; j++) fr_engine_cache_load(e, buf + (size_t)j * e->row, stored + (size_t)(b + j) * e->row_bytes);
+    return buf;
+}
+
+/* K NULL: the keys are the stored rows at `stored`, converted a block at a time into buf
+ * (FR_ATT_BLOCK_KEYS rows) before each pass uses them. Converting the whole cache first (the
+ * many-row path's e->deq) wrote and read back 1.7 MB a layer at a 1,500-token context. */
+static void attend_heads(fr_engine *e, int i, int N, int h0, int h1, int n_keys, const float *K,
+                         const unsigned char *stored, float *buf) {
     const fr_cpu_vec *vo = fr_cpu_vec_ops();
     const int row = e->row, kvr = e->cfg.kv_lora_rank, nh = e->cfg.num_attention_heads;
     for (int b = 0; b < n_keys; b += ATT_BLOCK_KEYS) {
         const int nb = n_keys - b < ATT_BLOCK_KEYS ? n_keys - b : ATT_BLOCK_KEYS;
+        const float *Kb = key_block(e, K, stored, buf, b, nb);
         for (int h = h0; h < h1; h++)
-            vo->dots(e->att_heads + (size_t)h * e->max_len + b, e->qf + ((size_t)i * nh + h) * row, K + (size_t)b * row,
-                     (size_t)row, nb, row, e->scale);
+            vo->dots(e->att_heads + (size_t)h * e->max_len + b, e->qf + ((size_t)i * nh + h) * row, Kb, (size_t)row, nb, row,
+                     e->scale);
     }
     for (int h = h0; h < h1; h++) {
         fr_engine_softmax_scores(vo, e->att_heads + (size_t)h * e->max_len, n_keys);
@@ -62,9 +75,10 @@ static void attend_heads(fr_engine *e, int i, int N, int h0, int h1, int n_keys,
     }
     for (int b = 0; b < n_keys; b += ATT_BLOCK_KEYS) {
         const int nb = n_keys - b < ATT_BLOCK_KEYS ? n_keys - b : ATT_BLOCK_KEYS;
+        const float *Kb = key_block(e, K, stored, buf, b, nb);
         for (int h = h0; h < h1; h++)
-            vo->axpys(e->ctx + ((size_t)h * N + i) * kvr, e->att_heads + (size_t)h * e->max_len + b, K + (size_t)b * row,
-                      (size_t)row, nb, kvr);
+            vo->axpys(e->ctx + ((size_t)h * N + i) * kvr, e->att_heads + (size_t)h * e->max_len + b, Kb, (size_t)row, nb,
+                      kvr);
     }
 }
 
@@ -76,7 +90,7 @@ void fr_engine_attend_row(fr_engine *e, int i, int N, int n_keys, const float *K
     FR_OMP_REGION_IF(par, "omp parallel num_threads(nt0) if (par)",
         {
             const int t = fr_t, T = fr_T;
-            attend_heads(e, i, N, nh * t / T, nh * (t + 1) / T, n_keys, K);
+            attend_heads(e, i, N, nh * t / T, nh * (t + 1) / T, n_keys, K, NULL, NULL);
         }
     );
 }
@@ -88,11 +102,12 @@ static fr_qmatrix row_range(const fr_qmatrix *m, int r0, int n) {
     return s;
 }
 
-void fr_engine_attention_row(fr_engine *e, const eng_layer *ly, const float *K, int n_keys) {
+void fr_engine_attention_row(fr_engine *e, const eng_layer *ly, const float *K, const unsigned char *stored, int n_keys) {
     const fr_config *c = &e->cfg;
     const int nh = c->num_attention_heads, nope = c->qk_nope_head_dim, rope = c->qk_rope_head_dim;
     const int dqk = nope + rope, vd = c->v_head_dim, kvr = c->kv_lora_rank, row = e->row;
-    const int threads = omp_get_max_threads() < nh ? omp_get_max_threads() : nh;
+    int threads = omp_get_max_threads() < nh ? omp_get_max_threads() : nh;
+    if (!K && threads > e->att_threads) threads = e->att_threads; /* e->kblock holds att_threads blocks */
     FR_OMP_REGION_IF(threads > 1, "omp parallel num_threads(threads) if (threads > 1)",
         {
             const int t = fr_t, T = fr_T;
@@ -113,7 +128,7 @@ void fr_engine_attention_row(fr_engine *e, const eng_layer *ly, const float *K, 
                 memcpy(d, e->qlat + (size_t)h * kvr, (size_t)kvr * sizeof(float));
                 memcpy(d + kvr, e->q + (size_t)h * dqk + nope, (size_t)rope * sizeof(float));
             }
-            attend_heads(e, 0, 1, h0, h1, n_keys, K);
+            attend_heads(e, 0, 1, h0, h1, n_keys, K, stored, K ? NULL : e->kblock + (size_t)t * FR_ATT_BLOCK_KEYS * row);
             /* values: att[h] = W_UV[h] ctx[h] */
             for (int h = h0; h < h1; h++)
                 e->jobs[h] = (fr_qmatmul_job){e->att + (size_t)h * vd, e->ctx + (size_t)h * kvr, &ly->uv[h], 1};

@@ -61,6 +61,8 @@ struct fr_engine {
     float *att_scratch;         /* [threads][max_len] */
     float *att_heads;           /* [heads][max_len] scores of one decoded row, all heads */
     float *deq;                 /* [max_len, row] dequantized cache of one sequence */
+    float *kblock;              /* [att_threads][FR_ATT_BLOCK_KEYS * row] a lossy cache's block of
+                                 * keys as FP32, per thread (decode_row.c) */
     int att_threads;
     int threads;                /* requested threads (0 = OpenMP default), applied per calling thread */
     fr_gov gov;                 /* all threads or one for decode-sized forwards (governor.c) */
@@ -111,6 +113,12 @@ int fr_engine_check_weight(const fr_engine *e, const fr_st_set *st, const char *
 int fr_engine_build(fr_engine **out, const fr_config *cfg, const fr_st_set *st, const fr_gguf *gg,
                     const fr_engine_options *opt, const char *what, int map, int scheme);
 
+/* Keys per block of a decoded row's attention (decode_row.c: blocks that stay in L2) */
+#define FR_ATT_BLOCK_KEYS 32
+
+/* ---- infer.c: one cached row (e->row_bytes at src) as FP32 (e->row floats) */
+void fr_engine_cache_load(const fr_engine *e, float *dst, const unsigned char *src);
+
 /* ---- infer.c: y[M, rows] = x[M, cols] W^T for the engine's matrices (the path each format and
  * size is fastest on), and independent products together (one parallel region when they allow) */
 void fr_engine_linear(float *y, const float *x, const fr_qmatrix *w, int M);
@@ -119,8 +127,10 @@ void fr_engine_linear_batch(const fr_qmatmul_job *jobs, int n);
 /* ---- decode_row.c: one decoded row's attention heads and routed experts, each thread on its own
  * heads and experts from start to end */
 /* The absorbed attention of row 0 (N = 1) from e->qan (RMSNorm of q_a x) to e->att [heads * v_head]:
- * q_b, RoPE, W_UK, the attention over K [n_keys, e->row], W_UV */
-void fr_engine_attention_row(fr_engine *e, const eng_layer *ly, const float *K, int n_keys);
+ * q_b, RoPE, W_UK, the attention over the cached rows 0 .. n_keys-1, W_UV. The rows: K
+ * [n_keys, e->row] (an FP32 cache), or, K NULL, the stored rows at `stored` (a BF16 / FP8
+ * cache), converted a block at a time by each thread as it needs them. */
+void fr_engine_attention_row(fr_engine *e, const eng_layer *ly, const float *K, const unsigned char *stored, int n_keys);
 /* The routed experts of row 0 (routed: e->offsets) into e->ye, and the shared ones into e->tmp */
 void fr_engine_moe_row(fr_engine *e, const eng_layer *ly, const float *x);
 /* Attention of decoded row i of N (its absorbed queries in e->qf) over K, all heads, into e->ctx */

@@ -405,6 +405,7 @@ void fr_engine_free(fr_engine *e) {
     fr_free(e->att_scratch);
     fr_free(e->att_heads);
     fr_free(e->deq);
+    fr_free(e->kblock);
     fr_dev_engine_free(e);
     if (e->mapped) fr_st_set_close(&e->st);
     if (e->gg == &e->gguf) fr_gguf_close(&e->gguf);
@@ -510,8 +511,12 @@ int fr_engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_set *s
         fr_gov_init(&e->gov);
         e->att_scratch = fr_alloc((size_t)e->att_threads * e->max_len * sizeof(float));
         e->att_heads = fr_alloc((size_t)cfg.num_attention_heads * e->max_len * sizeof(float));
-        e->deq = o.kv_type != FR_KV_F32 ? fr_alloc((size_t)e->max_len * e->row * sizeof(float)) : NULL;
-        if (!e->rope_cos || !e->rope_sin || !e->att_scratch || !e->att_heads || (o.kv_type != FR_KV_F32 && !e->deq))
+        if (o.kv_type != FR_KV_F32) {
+            e->deq = fr_alloc((size_t)e->max_len * e->row * sizeof(float));
+            e->kblock = fr_alloc((size_t)e->att_threads * FR_ATT_BLOCK_KEYS * e->row * sizeof(float));
+        }
+        if (!e->rope_cos || !e->rope_sin || !e->att_scratch || !e->att_heads ||
+            (o.kv_type != FR_KV_F32 && (!e->deq || !e->kblock)))
             rc = fr_error(FR_ERR_NOMEM, "out of memory for a %d-token context", e->max_len);
         else
             fr_rope_tables_fill(&cfg, e->max_len, e->rope_cos, e->rope_sin);
@@ -746,7 +751,7 @@ static void cache_store(const fr_engine *e, unsigned char *dst, const float *v) 
 /* One cached row back to FP32 (the row decoders of sample.c, written to vectorise: every
  * cached row of a sequence is decoded at every decode step and layer). The BF16 row is 2-byte
  * aligned in the cache (rows of 2 * row bytes); FP8 rows start with their FP32 scale. */
-static void cache_load(const fr_engine *e, float *dst, const unsigned char *src) {
+void fr_engine_cache_load(const fr_engine *e, float *dst, const unsigned char *src) {
     if (e->opt.kv_type == FR_KV_BF16) {
         fr_bf16_decode_row(dst, (const uint16_t *)src, e->row);
     } else {
@@ -904,7 +909,7 @@ static const float *cache_keys(fr_engine *e, const fr_seq *s, int ci, int n_keys
     if (e->opt.kv_type == FR_KV_F32) return (const float *)s->kv[ci];
     const unsigned char *src = s->kv[ci];
 #pragma omp parallel for schedule(static) if (n_keys >= 256)
-    for (int t = 0; t < n_keys; t++) cache_load(e, e->deq + (size_t)t * e->row, src + (size_t)t * e->row_bytes);
+    for (int t = 0; t < n_keys; t++) fr_engine_cache_load(e, e->deq + (size_t)t * e->row, src + (size_t)t * e->row_bytes);
     return e->deq;
 }
 
@@ -943,7 +948,9 @@ static void layer_forward(fr_engine *e, const eng_layer *ly, int ci, fr_seq *con
     }
 
     if (fused) {
-        fr_engine_attention_row(e, ly, cache_keys(e, seqs[e->seq_of[0]], ci, pos[0] + 1), pos[0] + 1);
+        const unsigned char *stored = seqs[e->seq_of[0]]->kv[ci];
+        if (e->opt.kv_type == FR_KV_F32) fr_engine_attention_row(e, ly, (const float *)stored, NULL, pos[0] + 1);
+        else fr_engine_attention_row(e, ly, NULL, stored, pos[0] + 1);
         goto o_proj;
     }
     /* absorbed queries: qf[i][h] = [W_UK[h]^T q_nope | q_pe] */
