@@ -309,6 +309,51 @@ static void test_thread_count_independence(void) {
     fr_set_num_threads(threads_before); /* the engines set this thread's count */
 }
 
+/* Forwards of a few rows (a small batch of sequences, a speculative pair) take decode_row.c's
+ * path too; its logits must be the many-row path's bit for bit, on 1 and 2 threads: three
+ * sequences one token each, then a 2-token append to one of them, FP32 and BF16 caches, both
+ * random MoE models. */
+static void test_decode_rows_paths(void) {
+    for (int k = 0; k < 4; k++) {
+        fr_engine_options o;
+        fr_engine_options_default(&o);
+        o.kv_type = k & 1 ? FR_KV_BF16 : FR_KV_F32;
+        o.adaptive_threads = 0;
+        fr_engine *e;
+        int rc = fr_engine_load(&e, k < 2 ? g_random_dir : g_wide_dir, &o);
+        CHECK(rc == FR_OK, "load: %s", fr_last_error());
+        if (rc != FR_OK) return;
+        const int V = fr_engine_config(e)->vocab_size;
+        int tok[84];
+        make_tokens(tok, 84, V, 5 + k);
+        float *l[3];
+        const size_t per = (size_t)5 * V; /* 3 rows (last of each sequence) + a pair's 2 rows */
+        for (int p = 0; p < 3; p++) l[p] = malloc(per * sizeof(float));
+        const int threads_before = omp_get_max_threads();
+        for (int pass = 0; pass < 3; pass++) { /* decode_row.c on 2 and 1 threads, the many-row path */
+            fr_engine_set_fused_decode(pass < 2);
+            fr_set_num_threads(pass == 1 ? 1 : 2);
+            fr_seq *s[3];
+            for (int q = 0; q < 3; q++) fr_seq_create(&s[q], e);
+            const int *tp[3] = {tok, tok + 20, tok + 40};
+            int n[3] = {9, 17, 33 + k}, ones[3] = {1, 1, 1}, two = 2;
+            rc = fr_engine_forward(e, s, 3, tp, n, NULL, 0);
+            const int *step[3] = {tok + 80, tok + 81, tok + 82};
+            if (rc == FR_OK) rc = fr_engine_forward(e, s, 3, step, ones, l[pass], 0);
+            const int *pair = tok + 76;
+            if (rc == FR_OK) rc = fr_engine_forward(e, &s[1], 1, &pair, &two, l[pass] + (size_t)3 * V, 1);
+            CHECK(rc == FR_OK, "forward: %s", fr_last_error());
+            for (int q = 0; q < 3; q++) fr_seq_free(s[q]);
+        }
+        fr_engine_set_fused_decode(1);
+        fr_set_num_threads(threads_before);
+        CHECK(!memcmp(l[0], l[2], per * sizeof(float)), "model %d kv %d: decode_row.c (2 threads) differs from the many-row path", k / 2, k & 1);
+        CHECK(!memcmp(l[1], l[2], per * sizeof(float)), "model %d kv %d: decode_row.c (1 thread) differs from the many-row path", k / 2, k & 1);
+        for (int p = 0; p < 3; p++) free(l[p]);
+        fr_engine_free(e);
+    }
+}
+
 static void test_kv_bytes(void) {
     const fr_kv_type types[3] = {FR_KV_F32, FR_KV_BF16, FR_KV_FP8};
     const size_t per[3] = {4, 2, 1};
@@ -1271,6 +1316,7 @@ int main(void) {
         test_thread_count_independence();
         test_truncate_and_chunks();
         test_blocked_attention();
+        test_decode_rows_paths();
         test_batched_forward();
         test_speculative();
         test_bad_input();

@@ -1,6 +1,7 @@
 /*
- * decode_row.c — one decoded row's attention heads and routed experts, each thread on its own
- * heads and its own experts from start to end: the latency path of batch-1 decode.
+ * decode_row.c — the attention heads and routed experts of a decode-sized forward (up to
+ * FR_DECODE_ROWS rows: a decoded token, a speculative pair, a few sequences' tokens), each
+ * thread on its own heads and its own experts from start to end: the latency path of decode.
  *
  * A decode step is a chain of small dependent products. Run as one parallel region per product
  * (infer.c's path for many rows), each ends in a barrier, the serial work between them (RoPE,
@@ -17,7 +18,7 @@
  * so each layer's attention and experts are one parallel region each, with no barrier inside.
  * A head or an expert goes through the same kernels on the same rows as in the many-row path,
  * so the logits are the same bits on any number of threads, and the same as that path's
- * (test_infer: test_blocked_attention, test_thread_count_independence).
+ * (test_infer: test_blocked_attention, test_decode_rows_paths, test_thread_count_independence).
  */
 #include "infer/engine.h"
 #include "cpu/ops_cpu.h"
@@ -102,44 +103,59 @@ static fr_qmatrix row_range(const fr_qmatrix *m, int r0, int n) {
     return s;
 }
 
-void fr_engine_attention_row(fr_engine *e, const eng_layer *ly, const float *K, const unsigned char *stored, int n_keys) {
+void fr_engine_attention_rows(fr_engine *e, const eng_layer *ly, fr_seq *const *seqs, int ci, int N) {
     const fr_config *c = &e->cfg;
     const int nh = c->num_attention_heads, nope = c->qk_nope_head_dim, rope = c->qk_rope_head_dim;
-    const int dqk = nope + rope, vd = c->v_head_dim, kvr = c->kv_lora_rank, row = e->row;
+    const int dqk = nope + rope, vd = c->v_head_dim, kvr = c->kv_lora_rank, qr = c->q_lora_rank, row = e->row;
+    const int f32 = e->opt.kv_type == FR_KV_F32;
     int threads = omp_get_max_threads() < nh ? omp_get_max_threads() : nh;
-    if (!K && threads > e->att_threads) threads = e->att_threads; /* e->kblock holds att_threads blocks */
+    if (!f32 && threads > e->att_threads) threads = e->att_threads; /* e->kblock holds att_threads blocks */
     FR_OMP_REGION_IF(threads > 1, "omp parallel num_threads(threads) if (threads > 1)",
         {
             const int t = fr_t, T = fr_T;
             const int h0 = nh * t / T, h1 = nh * (t + 1) / T;
-            /* the query rows of heads h0 .. h1-1, rotated */
+            /* the query rows of heads h0 .. h1-1, rotated (row by row: a product's output rows
+             * are its own matrix's, here a slice of each query row) */
             const fr_qmatrix q_b = row_range(&ly->q_b, h0 * dqk, (h1 - h0) * dqk);
-            fr_engine_linear(e->q + (size_t)h0 * dqk, e->qan, &q_b, 1);
-            e->ops->rope_forward(e->q + (size_t)h0 * dqk, 1, h1 - h0, nh * dqk, dqk, nope, rope, e->pos, e->rope_cos,
+            for (int i = 0; i < N; i++)
+                fr_engine_linear(e->q + (size_t)i * nh * dqk + (size_t)h0 * dqk, e->qan + (size_t)i * qr, &q_b, 1);
+            e->ops->rope_forward(e->q + (size_t)h0 * dqk, N, h1 - h0, nh * dqk, dqk, nope, rope, e->pos, e->rope_cos,
                                  e->rope_sin, c->rope_interleave);
-            /* absorbed queries: qf[h] = [W_UK[h]^T q_nope[h] | q_pe[h]] */
+            /* absorbed queries: qf[i][h] = [W_UK[h]^T q_nope[i][h] | q_pe[i][h]] */
             for (int h = h0; h < h1; h++) {
-                memcpy(e->qn + (size_t)h * nope, e->q + (size_t)h * dqk, (size_t)nope * sizeof(float));
-                e->jobs[h] = (fr_qmatmul_job){e->qlat + (size_t)h * kvr, e->qn + (size_t)h * nope, &ly->uk_t[h], 1};
+                for (int i = 0; i < N; i++)
+                    memcpy(e->qn + ((size_t)h * N + i) * nope, e->q + (size_t)i * nh * dqk + (size_t)h * dqk,
+                           (size_t)nope * sizeof(float));
+                e->jobs[h] = (fr_qmatmul_job){e->qlat + (size_t)h * N * kvr, e->qn + (size_t)h * N * nope, &ly->uk_t[h], N};
             }
             fr_engine_linear_batch(e->jobs + h0, h1 - h0);
-            for (int h = h0; h < h1; h++) {
-                float *d = e->qf + (size_t)h * row;
-                memcpy(d, e->qlat + (size_t)h * kvr, (size_t)kvr * sizeof(float));
-                memcpy(d + kvr, e->q + (size_t)h * dqk + nope, (size_t)rope * sizeof(float));
+            for (int i = 0; i < N; i++)
+                for (int h = h0; h < h1; h++) {
+                    float *d = e->qf + ((size_t)i * nh + h) * row;
+                    memcpy(d, e->qlat + ((size_t)h * N + i) * kvr, (size_t)kvr * sizeof(float));
+                    memcpy(d + kvr, e->q + (size_t)i * nh * dqk + (size_t)h * dqk + nope, (size_t)rope * sizeof(float));
+                }
+            /* each row over its own sequence's cache, up to its own position */
+            for (int i = 0; i < N; i++) {
+                const unsigned char *stored = seqs[e->seq_of[i]]->kv[ci];
+                attend_heads(e, i, N, h0, h1, e->pos[i] + 1, f32 ? (const float *)stored : NULL, stored,
+                             f32 ? NULL : e->kblock + (size_t)t * FR_ATT_BLOCK_KEYS * row);
             }
-            attend_heads(e, 0, 1, h0, h1, n_keys, K, stored, K ? NULL : e->kblock + (size_t)t * FR_ATT_BLOCK_KEYS * row);
-            /* values: att[h] = W_UV[h] ctx[h] */
+            /* values: att[i][h] = W_UV[h] ctx[h][i] */
             for (int h = h0; h < h1; h++)
-                e->jobs[h] = (fr_qmatmul_job){e->att + (size_t)h * vd, e->ctx + (size_t)h * kvr, &ly->uv[h], 1};
+                e->jobs[h] = (fr_qmatmul_job){e->atth + (size_t)h * N * vd, e->ctx + (size_t)h * N * kvr, &ly->uv[h], N};
             fr_engine_linear_batch(e->jobs + h0, h1 - h0);
+            for (int i = 0; i < N; i++)
+                for (int h = h0; h < h1; h++)
+                    memcpy(e->att + (size_t)i * nh * vd + (size_t)h * vd, e->atth + ((size_t)h * N + i) * vd,
+                           (size_t)vd * sizeof(float));
         }
     );
 }
 
 static double mat_bytes(const fr_qmatrix *m) { return (double)fr_qtype_row_bytes(m->type, m->cols) * m->rows; }
 
-void fr_engine_moe_row(fr_engine *e, const eng_layer *ly, const float *x) {
+void fr_engine_moe_rows(fr_engine *e, const eng_layer *ly, const float *x, int N) {
     const fr_ops *o = e->ops;
     const fr_config *c = &e->cfg;
     const int H = c->hidden_size, E = c->n_routed_experts, Im = c->moe_intermediate_size;
@@ -169,14 +185,16 @@ void fr_engine_moe_row(fr_engine *e, const eng_layer *ly, const float *x) {
                 start += cost;
                 if (owner >= T) owner = T - 1;
                 if (owner != t) continue;
+                /* an expert's rows (grouped by moe_dispatch_forward; one row read where it is) */
                 const size_t off = routed ? (size_t)e->offsets[u] : 0;
-                const int I = routed ? Im : ly->mlp_inter;
+                const int rows = routed ? e->offsets[u + 1] - e->offsets[u] : N, I = routed ? Im : ly->mlp_inter;
+                const float *in = !routed ? x : rows == 1 ? x + (size_t)e->perm[off] * H : e->xe + off * H;
                 float *g = routed ? e->ge + off * Im : e->g, *up = routed ? e->ue + off * Im : e->u;
                 float *h = routed ? e->he + off * Im : e->h, *y = routed ? e->ye + off * H : e->tmp;
-                const fr_qmatmul_job jobs[2] = {{g, x, wg, 1}, {up, x, wu, 1}};
+                const fr_qmatmul_job jobs[2] = {{g, in, wg, rows}, {up, in, wu, rows}};
                 fr_engine_linear_batch(jobs, 2);
-                o->swiglu_forward(h, g, up, (size_t)I);
-                fr_engine_linear(y, h, wd, 1);
+                o->swiglu_forward(h, g, up, (size_t)rows * I);
+                fr_engine_linear(y, h, wd, rows);
             }
         }
     );

@@ -126,13 +126,15 @@ void fr_engine_linear_batch(const fr_qmatmul_job *jobs, int n);
 
 /* ---- decode_row.c: one decoded row's attention heads and routed experts, each thread on its own
  * heads and experts from start to end */
-/* The absorbed attention of row 0 (N = 1) from e->qan (RMSNorm of q_a x) to e->att [heads * v_head]:
- * q_b, RoPE, W_UK, the attention over the cached rows 0 .. n_keys-1, W_UV. The rows: K
- * [n_keys, e->row] (an FP32 cache), or, K NULL, the stored rows at `stored` (a BF16 / FP8
- * cache), converted a block at a time by each thread as it needs them. */
-void fr_engine_attention_row(fr_engine *e, const eng_layer *ly, const float *K, const unsigned char *stored, int n_keys);
-/* The routed experts of row 0 (routed: e->offsets) into e->ye, and the shared ones into e->tmp */
-void fr_engine_moe_row(fr_engine *e, const eng_layer *ly, const float *x);
+/* Decode-sized forwards (up to FR_DECODE_ROWS rows: a decoded token, a speculative pair, a small
+ * batch of sequences) take decode_row.c's path */
+#define FR_DECODE_ROWS 4
+/* The absorbed attention of the N rows from e->qan (RMSNorm of q_a x) to e->att [N, heads * v_head]:
+ * q_b, RoPE, W_UK, each row's attention over its sequence's cache ci up to its position, W_UV */
+void fr_engine_attention_rows(fr_engine *e, const eng_layer *ly, fr_seq *const *seqs, int ci, int N);
+/* The routed experts of the N rows (routed and dispatched: e->offsets, e->perm, e->xe) into
+ * e->ye, and the shared ones into e->tmp */
+void fr_engine_moe_rows(fr_engine *e, const eng_layer *ly, const float *x, int N);
 /* Attention of decoded row i of N (its absorbed queries in e->qf) over K, all heads, into e->ctx */
 void fr_engine_attend_row(fr_engine *e, int i, int N, int n_keys, const float *K);
 void fr_engine_softmax_scores(const fr_cpu_vec *vo, float *sc, int n);

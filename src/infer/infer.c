@@ -862,14 +862,14 @@ static void moe(fr_engine *e, const eng_layer *ly, float *out, const float *x, i
     o->moe_route_forward(e->topi, e->topw, e->scores, e->rl, ly->router_bias, N, &rp);
     o->moe_permute(e->perm, e->slot, e->offsets, e->topi, N, K, E);
     const int shared = ly->mlp_inter > 0;
-    if (N == 1 && fr_engine_fused_decode()) { /* each thread its own experts, start to end */
-        fr_engine_moe_row(e, ly, x);
-        memset(out, 0, (size_t)H * sizeof(float));
-        o->moe_combine_forward(out, e->ye, e->topw, e->slot, 1, K, H);
-        if (shared) add_rows(out, e->tmp, (size_t)H);
+    o->moe_dispatch_forward(e->xe, x, e->perm, N * K, H);
+    if (N <= FR_DECODE_ROWS && fr_engine_fused_decode()) { /* each thread its own experts, start to end */
+        fr_engine_moe_rows(e, ly, x, N);
+        memset(out, 0, (size_t)N * H * sizeof(float));
+        o->moe_combine_forward(out, e->ye, e->topw, e->slot, N, K, H);
+        if (shared) add_rows(out, e->tmp, (size_t)N * H);
         return;
     }
-    o->moe_dispatch_forward(e->xe, x, e->perm, N * K, H);
     /* the routed experts' and the shared expert's products in two rounds: gate and up,
      * then down */
     fr_qmatmul_job *jobs = e->jobs;
@@ -931,7 +931,7 @@ static void layer_forward(fr_engine *e, const eng_layer *ly, int ci, fr_seq *con
                                  {e->kva, e->xn, &ly->kv_a, N}};
     fr_engine_linear_batch(in_jobs, 2);
     /* one decoded row: from q_b to W_UV, each thread its own heads (decode_row.c) */
-    const int fused = N == 1 && qr > 0 && fr_engine_fused_decode() && fr_engine_blocked_attention();
+    const int fused = N <= FR_DECODE_ROWS && qr > 0 && fr_engine_fused_decode() && fr_engine_blocked_attention();
     if (qr > 0) o->rmsnorm_forward(e->qan, e->rstd, e->qa, qr, ly->q_a_norm, N, qr, LATENT_EPS);
     if (!fused) {
         if (qr > 0) fr_engine_linear(e->q, e->qan, &ly->q_b, N);
@@ -948,9 +948,7 @@ static void layer_forward(fr_engine *e, const eng_layer *ly, int ci, fr_seq *con
     }
 
     if (fused) {
-        const unsigned char *stored = seqs[e->seq_of[0]]->kv[ci];
-        if (e->opt.kv_type == FR_KV_F32) fr_engine_attention_row(e, ly, (const float *)stored, NULL, pos[0] + 1);
-        else fr_engine_attention_row(e, ly, NULL, stored, pos[0] + 1);
+        fr_engine_attention_rows(e, ly, seqs, ci, N);
         goto o_proj;
     }
     /* absorbed queries: qf[i][h] = [W_UK[h]^T q_nope | q_pe] */
