@@ -125,16 +125,16 @@ static void hog_stop(const pid_t *pids, int n) {
     for (int k = 0; k < n; k++) waitpid(pids[k], NULL, 0);
 }
 
-/* G batch-1 decode steps on s (after a 16-token prompt): *total_tps from the summed step
- * times, *median_tps from the median step. Returns 0, or 1 on an engine error. */
-static int hog_decode(fr_engine *e, fr_seq *s, const int *prompt, long G, int V, float *logits, double *step_s,
-                      double *total_tps, double *median_tps) {
+/* G greedy batch-1 decode steps on s after a 16-token prompt, each step's seconds in step_s;
+ * with a probe, a read of its next slice after each step, its GB/s in probe_gbs. Returns 0, or
+ * 1 on an engine error. */
+static int decode_steps(fr_engine *e, fr_seq *s, const int *prompt, long G, int V, float *logits, double *step_s,
+                        bench_read_probe *probe, double *probe_gbs) {
     const int *pp = prompt;
     int pl = 16, one = 1, tok = 0;
     fr_seq_truncate(s, 0);
     if (fr_engine_forward(e, &s, 1, &pp, &pl, logits, 0) != FR_OK) return 1;
     const int *tp = &tok;
-    double sum = 0;
     for (long g = 0; g < G; g++) {
         int best = 0;
         for (int v = 1; v < V; v++)
@@ -143,8 +143,18 @@ static int hog_decode(fr_engine *e, fr_seq *s, const int *prompt, long G, int V,
         const double t = bench_now();
         if (fr_engine_forward(e, &s, 1, &tp, &one, logits, 0) != FR_OK) return 1;
         step_s[g] = bench_now() - t;
-        sum += step_s[g];
+        if (probe) probe_gbs[g] = bench_read_probe_gbs(probe);
     }
+    return 0;
+}
+
+/* decode_steps for the --hog test: *total_tps from the summed step times, *median_tps from the
+ * median step */
+static int hog_decode(fr_engine *e, fr_seq *s, const int *prompt, long G, int V, float *logits, double *step_s,
+                      double *total_tps, double *median_tps) {
+    if (decode_steps(e, s, prompt, G, V, logits, step_s, NULL, NULL)) return 1;
+    double sum = 0;
+    for (long g = 0; g < G; g++) sum += step_s[g];
     *total_tps = G / sum;
     *median_tps = 1.0 / bench_median(step_s, G);
     return 0;
@@ -283,26 +293,10 @@ int main(int argc, char **argv) {
          * probes flush the last-level cache, so a model that fits in it decodes slower here
          * than in the B=1 column. */
         double paired_frac = 0, paired_gbs = 0, rt_ns = bench_thread_round_trip_ns();
-        {
-            fr_seq_truncate(s[0], 0);
-            const int *p0 = prompt;
-            int l16 = 16, one = 1;
-            if (fr_engine_forward(e, s, 1, &p0, &l16, logits, 0) != FR_OK) return die("prompt");
-            const int *sp0 = step;
-            for (long g = 0; g < G; g++) {
-                int best = 0;
-                for (int v = 1; v < V; v++)
-                    if (logits[v] > logits[best]) best = v;
-                step[0] = best;
-                t = bench_now();
-                if (fr_engine_forward(e, s, 1, &sp0, &one, logits, 0) != FR_OK) return die("decode");
-                const double dt = bench_now() - t;
-                probe_gbs[g] = bench_read_probe_gbs(&probe);
-                step_s[g] = bytes / dt / 1e9 / probe_gbs[g];
-            }
-            paired_frac = bench_median(step_s, G);
-            paired_gbs = bench_median(probe_gbs, G);
-        }
+        if (decode_steps(e, s[0], prompt, G, V, logits, step_s, &probe, probe_gbs)) return die("decode");
+        for (long g = 0; g < G; g++) step_s[g] = bytes / step_s[g] / 1e9 / probe_gbs[g]; /* now fractions */
+        paired_frac = bench_median(step_s, G);
+        paired_gbs = bench_median(probe_gbs, G);
         /* the speculative verify step: 2 tokens appended to one sequence per step */
         {
             int two = 2, pair[2] = {3, 5};
