@@ -88,6 +88,13 @@ T_ZMM INLINE __m512 reduce4(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
     return _mm512_add_ps(w, _mm512_permute_ps(w, 0xb1));
 }
 
+/* out[r] = the lane sum of v_r, r < 4 */
+T_ZMM INLINE void store_sums4(float *out, __m512 v0, __m512 v1, __m512 v2, __m512 v3) {
+    float sums[16];
+    _mm512_storeu_ps(sums, reduce4(v0, v1, v2, v3));
+    for (int r = 0; r < 4; r++) out[r] = sums[4 * r];
+}
+
 /* ------------------------------------------------------------------ Q8_0 */
 
 /* blocks b, b + 1 of a row (64 bytes; `lone`: block b alone, the row's last, 32 bytes), group-relative index k */
@@ -183,10 +190,8 @@ T_ZMM INLINE void q8_0_rows4(const uint8_t *row, size_t rb, const qact *a, int j
         for (int k = 0; k + 1 < nb; k += 2) q8_0_pair4(q, qx, k, k, sc, acc[0], 0);
         if (nb & 1) q8_0_pair4(q, qx, nb - 1, nb - 1, sc, acc[0], 1);
     }
-    float sums[16];
-    _mm512_storeu_ps(sums, reduce4(_mm512_add_ps(acc[0][0], acc[1][0]), _mm512_add_ps(acc[0][1], acc[1][1]),
-                                   _mm512_add_ps(acc[0][2], acc[1][2]), _mm512_add_ps(acc[0][3], acc[1][3])));
-    for (int r = 0; r < 4; r++) out[r] = sums[4 * r];
+    store_sums4(out, _mm512_add_ps(acc[0][0], acc[1][0]), _mm512_add_ps(acc[0][1], acc[1][1]),
+                _mm512_add_ps(acc[0][2], acc[1][2]), _mm512_add_ps(acc[0][3], acc[1][3]));
 }
 
 /* ------------------------------------------------------------------ Q4_1 */
@@ -287,6 +292,7 @@ T_ZMM void fr_qzmm_dot8_q8_0(const qrows *t, const qact *a, int j0, int nx) {
     for (; r + 4 <= t->r1; r += 4) q8_0_rows4(t->base + t->rb * (size_t)r, t->rb, a, j0, &y[r]);
     for (; r < t->r1; r++) q8_0_row(t->base + t->rb * (size_t)r, a, j0, 1, &y[r], t->pf_end);
 }
+
 /* Four rows of 8 blocks (256 weights: an expert's down projection, W_UV) against one activation
  * row, side by side, as q8_0_rows4: the activation loads shared, one reduce4; each row's
  * accumulators see q4_1_row's operations in its order (its group of 8: the masked scales and
@@ -319,9 +325,7 @@ T_ZMM INLINE void q4_1_rows4_nb8(const uint8_t *row, size_t rb, const qact *a, i
     }
     __m512 v[4];
     for (int r = 0; r < 4; r++) v[r] = _mm512_add_ps(_mm512_add_ps(acc[0][r], acc[1][r]), accm[r]);
-    float sums[16];
-    _mm512_storeu_ps(sums, reduce4(v[0], v[1], v[2], v[3]));
-    for (int r = 0; r < 4; r++) out[r] = sums[4 * r];
+    store_sums4(out, v[0], v[1], v[2], v[3]);
 }
 
 T_ZMM void fr_qzmm_dot8_q4_1(const qrows *t, const qact *a, int j0, int nx) {

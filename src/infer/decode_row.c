@@ -103,10 +103,38 @@ static fr_qmatrix row_range(const fr_qmatrix *m, int r0, int n) {
     return s;
 }
 
+void fr_engine_absorb_queries(fr_engine *e, const eng_layer *ly, int h0, int h1, int N) {
+    const fr_config *c = &e->cfg;
+    const int nh = c->num_attention_heads, nope = c->qk_nope_head_dim, rope = c->qk_rope_head_dim;
+    const int dqk = nope + rope, kvr = c->kv_lora_rank, row = e->row;
+    for (int h = h0; h < h1; h++) {
+        for (int i = 0; i < N; i++)
+            memcpy(e->qn + ((size_t)h * N + i) * nope, e->q + (size_t)i * nh * dqk + (size_t)h * dqk, (size_t)nope * sizeof(float));
+        e->jobs[h] = (fr_qmatmul_job){e->qlat + (size_t)h * N * kvr, e->qn + (size_t)h * N * nope, &ly->uk_t[h], N};
+    }
+    fr_engine_linear_batch(e->jobs + h0, h1 - h0);
+    for (int i = 0; i < N; i++)
+        for (int h = h0; h < h1; h++) {
+            float *d = e->qf + ((size_t)i * nh + h) * row;
+            memcpy(d, e->qlat + ((size_t)h * N + i) * kvr, (size_t)kvr * sizeof(float));
+            memcpy(d + kvr, e->q + (size_t)i * nh * dqk + (size_t)h * dqk + nope, (size_t)rope * sizeof(float));
+        }
+}
+
+void fr_engine_head_values(fr_engine *e, const eng_layer *ly, int h0, int h1, int N) {
+    const int nh = e->cfg.num_attention_heads, vd = e->cfg.v_head_dim, kvr = e->cfg.kv_lora_rank;
+    for (int h = h0; h < h1; h++)
+        e->jobs[h] = (fr_qmatmul_job){e->atth + (size_t)h * N * vd, e->ctx + (size_t)h * N * kvr, &ly->uv[h], N};
+    fr_engine_linear_batch(e->jobs + h0, h1 - h0);
+    for (int i = 0; i < N; i++)
+        for (int h = h0; h < h1; h++)
+            memcpy(e->att + (size_t)i * nh * vd + (size_t)h * vd, e->atth + ((size_t)h * N + i) * vd, (size_t)vd * sizeof(float));
+}
+
 void fr_engine_attention_rows(fr_engine *e, const eng_layer *ly, fr_seq *const *seqs, int ci, int N) {
     const fr_config *c = &e->cfg;
     const int nh = c->num_attention_heads, nope = c->qk_nope_head_dim, rope = c->qk_rope_head_dim;
-    const int dqk = nope + rope, vd = c->v_head_dim, kvr = c->kv_lora_rank, qr = c->q_lora_rank, row = e->row;
+    const int dqk = nope + rope, qr = c->q_lora_rank, row = e->row;
     const int f32 = e->opt.kv_type == FR_KV_F32;
     int threads = omp_get_max_threads() < nh ? omp_get_max_threads() : nh;
     if (!f32 && threads > e->att_threads) threads = e->att_threads; /* e->kblock holds att_threads blocks */
@@ -121,39 +149,30 @@ void fr_engine_attention_rows(fr_engine *e, const eng_layer *ly, fr_seq *const *
                 fr_engine_linear(e->q + (size_t)i * nh * dqk + (size_t)h0 * dqk, e->qan + (size_t)i * qr, &q_b, 1);
             e->ops->rope_forward(e->q + (size_t)h0 * dqk, N, h1 - h0, nh * dqk, dqk, nope, rope, e->pos, e->rope_cos,
                                  e->rope_sin, c->rope_interleave);
-            /* absorbed queries: qf[i][h] = [W_UK[h]^T q_nope[i][h] | q_pe[i][h]] */
-            for (int h = h0; h < h1; h++) {
-                for (int i = 0; i < N; i++)
-                    memcpy(e->qn + ((size_t)h * N + i) * nope, e->q + (size_t)i * nh * dqk + (size_t)h * dqk,
-                           (size_t)nope * sizeof(float));
-                e->jobs[h] = (fr_qmatmul_job){e->qlat + (size_t)h * N * kvr, e->qn + (size_t)h * N * nope, &ly->uk_t[h], N};
-            }
-            fr_engine_linear_batch(e->jobs + h0, h1 - h0);
-            for (int i = 0; i < N; i++)
-                for (int h = h0; h < h1; h++) {
-                    float *d = e->qf + ((size_t)i * nh + h) * row;
-                    memcpy(d, e->qlat + ((size_t)h * N + i) * kvr, (size_t)kvr * sizeof(float));
-                    memcpy(d + kvr, e->q + (size_t)i * nh * dqk + (size_t)h * dqk + nope, (size_t)rope * sizeof(float));
-                }
+            fr_engine_absorb_queries(e, ly, h0, h1, N);
             /* each row over its own sequence's cache, up to its own position */
             for (int i = 0; i < N; i++) {
                 const unsigned char *stored = seqs[e->seq_of[i]]->kv[ci];
                 attend_heads(e, i, N, h0, h1, e->pos[i] + 1, f32 ? (const float *)stored : NULL, stored,
                              f32 ? NULL : e->kblock + (size_t)t * FR_ATT_BLOCK_KEYS * row);
             }
-            /* values: att[i][h] = W_UV[h] ctx[h][i] */
-            for (int h = h0; h < h1; h++)
-                e->jobs[h] = (fr_qmatmul_job){e->atth + (size_t)h * N * vd, e->ctx + (size_t)h * N * kvr, &ly->uv[h], N};
-            fr_engine_linear_batch(e->jobs + h0, h1 - h0);
-            for (int i = 0; i < N; i++)
-                for (int h = h0; h < h1; h++)
-                    memcpy(e->att + (size_t)i * nh * vd + (size_t)h * vd, e->atth + ((size_t)h * N + i) * vd,
-                           (size_t)vd * sizeof(float));
+            fr_engine_head_values(e, ly, h0, h1, N);
         }
     );
 }
 
 static double mat_bytes(const fr_qmatrix *m) { return (double)fr_qtype_row_bytes(m->type, m->cols) * m->rows; }
+
+/* Unit u of a layer's experts (u < E: routed expert u; u == E: the shared experts): its gate, up
+ * and down matrices in w, and its bytes; 0 when it has no rows (or there is no shared expert). */
+static double expert_unit(const fr_engine *e, const eng_layer *ly, int u, const fr_qmatrix *w[3]) {
+    const int routed = u < e->cfg.n_routed_experts;
+    if (routed ? e->offsets[u + 1] == e->offsets[u] : ly->mlp_inter == 0) return 0;
+    w[0] = routed ? &ly->exp_gate[u] : &ly->mlp_gate;
+    w[1] = routed ? &ly->exp_up[u] : &ly->mlp_up;
+    w[2] = routed ? &ly->exp_down[u] : &ly->mlp_down;
+    return mat_bytes(w[0]) + mat_bytes(w[1]) + mat_bytes(w[2]);
+}
 
 void fr_engine_moe_rows(fr_engine *e, const eng_layer *ly, const float *x, int N) {
     const fr_ops *o = e->ops;
@@ -165,10 +184,8 @@ void fr_engine_moe_rows(fr_engine *e, const eng_layer *ly, const float *x, int N
      * are one run of memory, and its down projection needs all of its gate and up) */
     double total = 0;
     for (int u = 0; u <= E; u++) {
-        const int routed = u < E;
-        if (routed ? e->offsets[u + 1] == e->offsets[u] : ly->mlp_inter == 0) continue;
-        total += routed ? mat_bytes(&ly->exp_gate[u]) + mat_bytes(&ly->exp_up[u]) + mat_bytes(&ly->exp_down[u])
-                        : mat_bytes(&ly->mlp_gate) + mat_bytes(&ly->mlp_up) + mat_bytes(&ly->mlp_down);
+        const fr_qmatrix *w[3];
+        total += expert_unit(e, ly, u, w);
     }
     const int threads = omp_get_max_threads();
     FR_OMP_REGION_IF(threads > 1, "omp parallel num_threads(threads) if (threads > 1)",
@@ -176,25 +193,24 @@ void fr_engine_moe_rows(fr_engine *e, const eng_layer *ly, const float *x, int N
             const int t = fr_t, T = fr_T;
             double start = 0;
             for (int u = 0; u <= E; u++) {
-                const int routed = u < E;
-                if (routed ? e->offsets[u + 1] == e->offsets[u] : ly->mlp_inter == 0) continue;
-                const fr_qmatrix *wg = routed ? &ly->exp_gate[u] : &ly->mlp_gate, *wu = routed ? &ly->exp_up[u] : &ly->mlp_up;
-                const fr_qmatrix *wd = routed ? &ly->exp_down[u] : &ly->mlp_down;
-                const double cost = mat_bytes(wg) + mat_bytes(wu) + mat_bytes(wd);
+                const fr_qmatrix *w[3];
+                const double cost = expert_unit(e, ly, u, w);
+                if (cost == 0) continue;
                 int owner = (int)((start + cost / 2) * T / total);
                 start += cost;
                 if (owner >= T) owner = T - 1;
                 if (owner != t) continue;
                 /* an expert's rows (grouped by moe_dispatch_forward; one row read where it is) */
+                const int routed = u < E;
                 const size_t off = routed ? (size_t)e->offsets[u] : 0;
                 const int rows = routed ? e->offsets[u + 1] - e->offsets[u] : N, I = routed ? Im : ly->mlp_inter;
                 const float *in = !routed ? x : rows == 1 ? x + (size_t)e->perm[off] * H : e->xe + off * H;
                 float *g = routed ? e->ge + off * Im : e->g, *up = routed ? e->ue + off * Im : e->u;
                 float *h = routed ? e->he + off * Im : e->h, *y = routed ? e->ye + off * H : e->tmp;
-                const fr_qmatmul_job jobs[2] = {{g, in, wg, rows}, {up, in, wu, rows}};
+                const fr_qmatmul_job jobs[2] = {{g, in, w[0], rows}, {up, in, w[1], rows}};
                 fr_engine_linear_batch(jobs, 2);
                 o->swiglu_forward(h, g, up, (size_t)rows * I);
-                fr_engine_linear(y, h, wd, rows);
+                fr_engine_linear(y, h, w[2], rows);
             }
         }
     );

@@ -124,8 +124,8 @@ void fr_engine_cache_load(const fr_engine *e, float *dst, const unsigned char *s
 void fr_engine_linear(float *y, const float *x, const fr_qmatrix *w, int M);
 void fr_engine_linear_batch(const fr_qmatmul_job *jobs, int n);
 
-/* ---- decode_row.c: one decoded row's attention heads and routed experts, each thread on its own
- * heads and experts from start to end */
+/* ---- decode_row.c: the attention heads and routed experts of decode-sized forwards, each
+ * thread on its own heads and experts from start to end */
 /* Decode-sized forwards (up to FR_DECODE_ROWS rows: a decoded token, a speculative pair, a small
  * batch of sequences) take decode_row.c's path */
 #define FR_DECODE_ROWS 4
@@ -135,6 +135,11 @@ void fr_engine_attention_rows(fr_engine *e, const eng_layer *ly, fr_seq *const *
 /* The routed experts of the N rows (routed and dispatched: e->offsets, e->perm, e->xe) into
  * e->ye, and the shared ones into e->tmp */
 void fr_engine_moe_rows(fr_engine *e, const eng_layer *ly, const float *x, int N);
+/* Heads [h0, h1) of N rows: the absorbed queries qf[i][h] = [W_UK[h]^T q_nope[i][h] | q_pe[i][h]]
+ * from e->q (rotated), and the values att[i][h] = W_UV[h] ctx[h][i]; the many-row path calls
+ * them for all heads, decode_row.c for each thread's */
+void fr_engine_absorb_queries(fr_engine *e, const eng_layer *ly, int h0, int h1, int N);
+void fr_engine_head_values(fr_engine *e, const eng_layer *ly, int h0, int h1, int N);
 /* Attention of decoded row i of N (its absorbed queries in e->qf) over K, all heads, into e->ctx */
 void fr_engine_attend_row(fr_engine *e, int i, int N, int n_keys, const float *K);
 void fr_engine_softmax_scores(const fr_cpu_vec *vo, float *sc, int n);

@@ -861,43 +861,39 @@ static void moe(fr_engine *e, const eng_layer *ly, float *out, const float *x, i
     o->gemm(0, 1, N, E, H, 1.0f, x, H, ly->router, H, 0.0f, e->rl, E);
     o->moe_route_forward(e->topi, e->topw, e->scores, e->rl, ly->router_bias, N, &rp);
     o->moe_permute(e->perm, e->slot, e->offsets, e->topi, N, K, E);
+    /* an expert's rows grouped, for the experts with more than one (a single row is read where
+     * it is: products with the same input, every expert of a decoded token and the shared one,
+     * then quantize it once); with one row no expert has two */
+    if (N > 1) o->moe_dispatch_forward(e->xe, x, e->perm, N * K, H);
     const int shared = ly->mlp_inter > 0;
-    o->moe_dispatch_forward(e->xe, x, e->perm, N * K, H);
-    if (N <= FR_DECODE_ROWS && fr_engine_fused_decode()) { /* each thread its own experts, start to end */
-        fr_engine_moe_rows(e, ly, x, N);
-        memset(out, 0, (size_t)N * H * sizeof(float));
-        o->moe_combine_forward(out, e->ye, e->topw, e->slot, N, K, H);
-        if (shared) add_rows(out, e->tmp, (size_t)N * H);
-        return;
+    if (N <= FR_DECODE_ROWS && fr_engine_fused_decode()) {
+        fr_engine_moe_rows(e, ly, x, N); /* each thread its own experts, start to end */
+    } else { /* the routed experts' and the shared expert's products in two rounds: gate and up, then down */
+        fr_qmatmul_job *jobs = e->jobs;
+        int nj = 0;
+        for (int x_ = 0; x_ < E; x_++) {
+            int off = e->offsets[x_], cnt = e->offsets[x_ + 1] - off;
+            if (cnt == 0) continue;
+            const float *xin = cnt == 1 ? x + (size_t)e->perm[off] * H : e->xe + (size_t)off * H;
+            jobs[nj++] = (fr_qmatmul_job){e->ge + (size_t)off * Im, xin, &ly->exp_gate[x_], cnt};
+            jobs[nj++] = (fr_qmatmul_job){e->ue + (size_t)off * Im, xin, &ly->exp_up[x_], cnt};
+        }
+        if (shared) {
+            jobs[nj++] = (fr_qmatmul_job){e->g, x, &ly->mlp_gate, N};
+            jobs[nj++] = (fr_qmatmul_job){e->u, x, &ly->mlp_up, N};
+        }
+        fr_engine_linear_batch(jobs, nj);
+        o->swiglu_forward(e->he, e->ge, e->ue, (size_t)N * K * Im);
+        if (shared) o->swiglu_forward(e->h, e->g, e->u, (size_t)N * ly->mlp_inter);
+        nj = 0;
+        for (int x_ = 0; x_ < E; x_++) {
+            int off = e->offsets[x_], cnt = e->offsets[x_ + 1] - off;
+            if (cnt == 0) continue;
+            jobs[nj++] = (fr_qmatmul_job){e->ye + (size_t)off * H, e->he + (size_t)off * Im, &ly->exp_down[x_], cnt};
+        }
+        if (shared) jobs[nj++] = (fr_qmatmul_job){e->tmp, e->h, &ly->mlp_down, N};
+        fr_engine_linear_batch(jobs, nj);
     }
-    /* the routed experts' and the shared expert's products in two rounds: gate and up,
-     * then down */
-    fr_qmatmul_job *jobs = e->jobs;
-    int nj = 0;
-    for (int x_ = 0; x_ < E; x_++) {
-        int off = e->offsets[x_], cnt = e->offsets[x_ + 1] - off;
-        if (cnt == 0) continue;
-        /* an expert with one row reads it where it is: products with the same input (every
-         * expert of a decoded token, and the shared one) then quantize it once */
-        const float *xin = cnt == 1 ? x + (size_t)e->perm[off] * H : e->xe + (size_t)off * H;
-        jobs[nj++] = (fr_qmatmul_job){e->ge + (size_t)off * Im, xin, &ly->exp_gate[x_], cnt};
-        jobs[nj++] = (fr_qmatmul_job){e->ue + (size_t)off * Im, xin, &ly->exp_up[x_], cnt};
-    }
-    if (shared) {
-        jobs[nj++] = (fr_qmatmul_job){e->g, x, &ly->mlp_gate, N};
-        jobs[nj++] = (fr_qmatmul_job){e->u, x, &ly->mlp_up, N};
-    }
-    fr_engine_linear_batch(jobs, nj);
-    o->swiglu_forward(e->he, e->ge, e->ue, (size_t)N * K * Im);
-    if (shared) o->swiglu_forward(e->h, e->g, e->u, (size_t)N * ly->mlp_inter);
-    nj = 0;
-    for (int x_ = 0; x_ < E; x_++) {
-        int off = e->offsets[x_], cnt = e->offsets[x_ + 1] - off;
-        if (cnt == 0) continue;
-        jobs[nj++] = (fr_qmatmul_job){e->ye + (size_t)off * H, e->he + (size_t)off * Im, &ly->exp_down[x_], cnt};
-    }
-    if (shared) jobs[nj++] = (fr_qmatmul_job){e->tmp, e->h, &ly->mlp_down, N};
-    fr_engine_linear_batch(jobs, nj);
     memset(out, 0, (size_t)N * H * sizeof(float));
     o->moe_combine_forward(out, e->ye, e->topw, e->slot, N, K, H);
     if (shared) add_rows(out, e->tmp, (size_t)N * H);
@@ -913,58 +909,14 @@ static const float *cache_keys(fr_engine *e, const fr_seq *s, int ci, int n_keys
     return e->deq;
 }
 
-/* One decoder block over e->x [N,H] in place. Rows belong to sequences seqs[seq_of[i]]
- * (contiguous runs) at positions e->pos[i]; their latents go to cache `ci`. */
-static void layer_forward(fr_engine *e, const eng_layer *ly, int ci, fr_seq *const *seqs, int n_seqs,
-                          const int *row_start, int N) {
-    const fr_ops *o = e->ops;
-    const fr_config *c = &e->cfg;
+/* The absorbed attention of N rows in any numbers per sequence (prefill, large batches), from the
+ * rotated queries e->q to e->att: each row attends causally over its sequence's cache ci. */
+static void attention_many_rows(fr_engine *e, const eng_layer *ly, int ci, fr_seq *const *seqs, int n_seqs,
+                                const int *row_start, int N) {
     const fr_cpu_vec *vo = fr_cpu_vec_ops();
-    const int H = c->hidden_size, nh = c->num_attention_heads, nope = c->qk_nope_head_dim;
-    const int rope = c->qk_rope_head_dim, dqk = nope + rope, vd = c->v_head_dim;
-    const int kvr = c->kv_lora_rank, qr = c->q_lora_rank, row = e->row;
+    const int nh = e->cfg.num_attention_heads, kvr = e->cfg.kv_lora_rank, row = e->row;
     const int *pos = e->pos;
-
-    o->rmsnorm_forward(e->xn, e->rstd, e->x, H, ly->input_norm, N, H, c->rms_norm_eps);
-    /* the two projections of the normed input (query, latent of the new tokens) together */
-    fr_qmatmul_job in_jobs[2] = {{qr > 0 ? e->qa : e->q, e->xn, qr > 0 ? &ly->q_a : &ly->q, N},
-                                 {e->kva, e->xn, &ly->kv_a, N}};
-    fr_engine_linear_batch(in_jobs, 2);
-    /* one decoded row: from q_b to W_UV, each thread its own heads (decode_row.c) */
-    const int fused = N <= FR_DECODE_ROWS && qr > 0 && fr_engine_fused_decode() && fr_engine_blocked_attention();
-    if (qr > 0) o->rmsnorm_forward(e->qan, e->rstd, e->qa, qr, ly->q_a_norm, N, qr, LATENT_EPS);
-    if (!fused) {
-        if (qr > 0) fr_engine_linear(e->q, e->qan, &ly->q_b, N);
-        o->rope_forward(e->q, N, nh, nh * dqk, dqk, nope, rope, pos, e->rope_cos, e->rope_sin, c->rope_interleave);
-    }
-
-    /* latent of the new tokens -> cache */
-    o->rope_forward(e->kva, N, 1, row, 0, kvr, rope, pos, e->rope_cos, e->rope_sin, c->rope_interleave);
-    o->rmsnorm_forward(e->kvn, e->rstd, e->kva, row, ly->kv_a_norm, N, kvr, LATENT_EPS);
-    for (int i = 0; i < N; i++) {
-        float *r = e->kva + (size_t)i * row;
-        memcpy(r, e->kvn + (size_t)i * kvr, (size_t)kvr * sizeof(float));
-        cache_store(e, seqs[e->seq_of[i]]->kv[ci] + (size_t)pos[i] * e->row_bytes, r);
-    }
-
-    if (fused) {
-        fr_engine_attention_rows(e, ly, seqs, ci, N);
-        goto o_proj;
-    }
-    /* absorbed queries: qf[i][h] = [W_UK[h]^T q_nope | q_pe] */
-    for (int h = 0; h < nh; h++)
-        for (int i = 0; i < N; i++)
-            memcpy(e->qn + ((size_t)h * N + i) * nope, e->q + (size_t)i * nh * dqk + (size_t)h * dqk, (size_t)nope * sizeof(float));
-    for (int h = 0; h < nh; h++)
-        e->jobs[h] = (fr_qmatmul_job){e->qlat + (size_t)h * N * kvr, e->qn + (size_t)h * N * nope, &ly->uk_t[h], N};
-    fr_engine_linear_batch(e->jobs, nh);
-    for (int i = 0; i < N; i++)
-        for (int h = 0; h < nh; h++) {
-            float *d = e->qf + ((size_t)i * nh + h) * row;
-            memcpy(d, e->qlat + ((size_t)h * N + i) * kvr, (size_t)kvr * sizeof(float));
-            memcpy(d + kvr, e->q + (size_t)i * nh * dqk + (size_t)h * dqk + nope, (size_t)rope * sizeof(float));
-        }
-
+    fr_engine_absorb_queries(e, ly, 0, nh, N);
     /* attention in the latent space, one sequence at a time */
     for (int s = 0; s < n_seqs; s++) {
         const int r0 = row_start[s], r1 = row_start[s + 1];
@@ -991,14 +943,44 @@ static void layer_forward(fr_engine *e, const eng_layer *ly, int ci, fr_seq *con
         }
     }
 
-    /* values: o[h] = W_UV[h] ctx[h], then o_proj */
-    for (int h = 0; h < nh; h++)
-        e->jobs[h] = (fr_qmatmul_job){e->atth + (size_t)h * N * vd, e->ctx + (size_t)h * N * kvr, &ly->uv[h], N};
-    fr_engine_linear_batch(e->jobs, nh);
-    for (int i = 0; i < N; i++)
-        for (int h = 0; h < nh; h++)
-            memcpy(e->att + (size_t)i * nh * vd + (size_t)h * vd, e->atth + ((size_t)h * N + i) * vd, (size_t)vd * sizeof(float));
-o_proj:
+    fr_engine_head_values(e, ly, 0, nh, N);
+}
+
+/* One decoder block over e->x [N,H] in place. Rows belong to sequences seqs[seq_of[i]]
+ * (contiguous runs) at positions e->pos[i]; their latents go to cache `ci`. */
+static void layer_forward(fr_engine *e, const eng_layer *ly, int ci, fr_seq *const *seqs, int n_seqs,
+                          const int *row_start, int N) {
+    const fr_ops *o = e->ops;
+    const fr_config *c = &e->cfg;
+    const int H = c->hidden_size, nh = c->num_attention_heads, nope = c->qk_nope_head_dim;
+    const int rope = c->qk_rope_head_dim, dqk = nope + rope;
+    const int kvr = c->kv_lora_rank, qr = c->q_lora_rank, row = e->row;
+    const int *pos = e->pos;
+
+    o->rmsnorm_forward(e->xn, e->rstd, e->x, H, ly->input_norm, N, H, c->rms_norm_eps);
+    /* the two projections of the normed input (query, latent of the new tokens) together */
+    fr_qmatmul_job in_jobs[2] = {{qr > 0 ? e->qa : e->q, e->xn, qr > 0 ? &ly->q_a : &ly->q, N},
+                                 {e->kva, e->xn, &ly->kv_a, N}};
+    fr_engine_linear_batch(in_jobs, 2);
+    /* a decode-sized forward: from q_b to W_UV, each thread its own heads (decode_row.c) */
+    const int fused = N <= FR_DECODE_ROWS && qr > 0 && fr_engine_fused_decode() && fr_engine_blocked_attention();
+    if (qr > 0) o->rmsnorm_forward(e->qan, e->rstd, e->qa, qr, ly->q_a_norm, N, qr, LATENT_EPS);
+    if (!fused) {
+        if (qr > 0) fr_engine_linear(e->q, e->qan, &ly->q_b, N);
+        o->rope_forward(e->q, N, nh, nh * dqk, dqk, nope, rope, pos, e->rope_cos, e->rope_sin, c->rope_interleave);
+    }
+
+    /* latent of the new tokens -> cache */
+    o->rope_forward(e->kva, N, 1, row, 0, kvr, rope, pos, e->rope_cos, e->rope_sin, c->rope_interleave);
+    o->rmsnorm_forward(e->kvn, e->rstd, e->kva, row, ly->kv_a_norm, N, kvr, LATENT_EPS);
+    for (int i = 0; i < N; i++) {
+        float *r = e->kva + (size_t)i * row;
+        memcpy(r, e->kvn + (size_t)i * kvr, (size_t)kvr * sizeof(float));
+        cache_store(e, seqs[e->seq_of[i]]->kv[ci] + (size_t)pos[i] * e->row_bytes, r);
+    }
+
+    if (fused) fr_engine_attention_rows(e, ly, seqs, ci, N);
+    else attention_many_rows(e, ly, ci, seqs, n_seqs, row_start, N);
     fr_engine_linear(e->tmp, e->att, &ly->o, N);
     add_rows(e->x, e->tmp, (size_t)N * H);
 

@@ -53,9 +53,9 @@ void fr_gov_record(fr_gov *g, int arm, double seconds, int rows);
  * calls instead of the blocked all-heads pass (attend_row), to check they agree bit for bit.
  * Not thread-safe against a running forward. */
 void fr_engine_set_blocked_attention(int on);
-/* Tests only: 0 sends a decoded row (N = 1) through the many-row path instead of decode_row.c's
- * (each thread its own heads and experts), to check they agree bit for bit. Not thread-safe
- * against a running forward. */
+/* Tests only: 0 sends decode-sized forwards (up to FR_DECODE_ROWS rows) through the many-row
+ * path instead of decode_row.c's (each thread its own heads and experts), to check they agree
+ * bit for bit. Not thread-safe against a running forward. */
 void fr_engine_set_fused_decode(int on);
 
 struct fr_sampler {
