@@ -36,6 +36,19 @@ static void axpys_generic(float *acc, const float *p, const float *V, size_t vs,
     }
 }
 
+/* dots_heads / axpys_heads as nh calls of the table's own dots / axpys (the generic and AVX2
+ * tables) */
+#define HEADS_AS_CALLS(name, dots_fn, axpys_fn)                                                                      \
+    static void dots_heads_##name(float *out, size_t os, const float *q, size_t qs, int nh, const float *K, size_t ks, \
+                                  int rows, int d, float scale) {                                                      \
+        for (int h = 0; h < nh; h++) dots_fn(out + (size_t)h * os, q + (size_t)h * qs, K, ks, rows, d, scale);        \
+    }                                                                                                                  \
+    static void axpys_heads_##name(float *acc, size_t as, const float *p, size_t ps, int nh, const float *V,          \
+                                   size_t vs, int rows, int d) {                                                       \
+        for (int h = 0; h < nh; h++) axpys_fn(acc + (size_t)h * as, p + (size_t)h * ps, V, vs, rows, d);              \
+    }
+HEADS_AS_CALLS(generic, dots_generic, axpys_generic)
+
 static void rank1s_generic(float *Y, size_t ys, const float *c, const float *x, int rows, int d) {
     for (int j = 0; j < rows; j++) {
         float *y = Y + (size_t)j * ys;
@@ -76,8 +89,8 @@ static void swiglu_backward_generic(float *dg, float *du, const float *dh, const
     }
 }
 
-static const fr_cpu_vec vec_generic = {dots_generic,   axpys_generic,  rank1s_generic,
-                                       dot_generic,    max_generic,    expsum_generic,
+static const fr_cpu_vec vec_generic = {dots_generic,    axpys_generic,  dots_heads_generic, axpys_heads_generic,
+                                       rank1s_generic,  dot_generic,    max_generic,        expsum_generic,
                                        swiglu_generic, swiglu_backward_generic};
 
 /* ------------------------------------------------------------------ AVX2 + FMA */
@@ -294,8 +307,10 @@ T_AVX2 static void swiglu_backward_avx2(float *dg, float *du, const float *dh, c
     swiglu_backward_generic(dg + i, du + i, dh + i, g + i, u + i, n - i);
 }
 
-static const fr_cpu_vec vec_avx2 = {dots_avx2, axpys_avx2,  rank1s_avx2, dot_avx2,
-                                    max_avx2,  expsum_avx2, swiglu_avx2, swiglu_backward_avx2};
+HEADS_AS_CALLS(avx2, dots_avx2, axpys_avx2)
+
+static const fr_cpu_vec vec_avx2 = {dots_avx2, axpys_avx2,  dots_heads_avx2, axpys_heads_avx2, rank1s_avx2,
+                                    dot_avx2,  max_avx2,    expsum_avx2,     swiglu_avx2,      swiglu_backward_avx2};
 
 /* ------------------------------------------------------------------ AVX-512F */
 
@@ -504,7 +519,100 @@ T_AVX512 static void swiglu_backward_avx512(float *dg, float *du, const float *d
     swiglu_backward_generic(dg + i, du + i, dh + i, g + i, u + i, n - i);
 }
 
-static const fr_cpu_vec vec_avx512 = {dots_avx512, axpys_avx512,  rank1s_avx512, dot_avx512,
+/* dots_heads: keys in 16s, as dots_avx512 takes them, but a tile of (up to) 4 heads x 4 keys at
+ * a time, so each key vector loaded serves 4 heads and each query vector 4 keys (8 loads per
+ * 16 FMAs instead of 17). A (head, key) accumulator sees dots_avx512's FMAs in its order; the
+ * 16 accumulators of one head's 16 keys are summed by the same hsum16x16, so the bits are
+ * dots_avx512's. The last rows % 16 keys go through dots_avx512 itself. */
+#define INLINE_AVX512 T_AVX512 static inline __attribute__((always_inline))
+/* one 16-float chunk i of the tile: masked by m (the row's last, partial chunk) or whole */
+INLINE_AVX512 void score_chunk(__m512 (*acc)[4], const float *q, size_t qs, const float *kr, size_t ks, int i, __mmask16 m,
+                               const int NH) {
+    __m512 kv[4];
+    for (int u = 0; u < 4; u++) kv[u] = _mm512_maskz_loadu_ps(m, kr + (size_t)u * ks + i);
+    for (int h = 0; h < NH; h++) {
+        const __m512 qv = _mm512_maskz_loadu_ps(m, q + (size_t)h * qs + i);
+        for (int u = 0; u < 4; u++) acc[h][u] = _mm512_fmadd_ps(qv, kv[u], acc[h][u]);
+    }
+}
+
+INLINE_AVX512 void score_tile(__m512 *sums, const float *q, size_t qs, const float *K, size_t ks, int k0, int d16,
+                              __mmask16 m, const int NH) {
+    __m512 acc[4][4];
+    for (int h = 0; h < NH; h++)
+        for (int u = 0; u < 4; u++) acc[h][u] = _mm512_setzero_ps();
+    const float *kr = K + (size_t)k0 * ks;
+    for (int i = 0; i < d16; i += 16) score_chunk(acc, q, qs, kr, ks, i, (__mmask16)0xFFFF, NH);
+    if (m) score_chunk(acc, q, qs, kr, ks, d16, m, NH);
+    for (int h = 0; h < NH; h++)
+        for (int u = 0; u < 4; u++) sums[h * 16 + k0 + u] = acc[h][u];
+}
+
+T_AVX512 static void dots_heads_avx512(float *out, size_t os, const float *q, size_t qs, int nh, const float *K,
+                                       size_t ks, int rows, int d, float scale) {
+    const int d16 = d & ~15;
+    const __mmask16 m = tailmask(d - d16);
+    int j = 0;
+    for (; j + 16 <= rows; j += 16) {
+        const float *Kj = K + (size_t)j * ks;
+        for (int h0 = 0; h0 < nh; h0 += 4) {
+            __m512 sums[4 * 16]; /* head h's accumulator of key k at h * 16 + k */
+            const int n = nh - h0 < 4 ? nh - h0 : 4;
+            const float *qh = q + (size_t)h0 * qs;
+            for (int k0 = 0; k0 < 16; k0 += 4) switch (n) {
+                case 4: score_tile(sums, qh, qs, Kj, ks, k0, d16, m, 4); break;
+                case 3: score_tile(sums, qh, qs, Kj, ks, k0, d16, m, 3); break;
+                case 2: score_tile(sums, qh, qs, Kj, ks, k0, d16, m, 2); break;
+                default: score_tile(sums, qh, qs, Kj, ks, k0, d16, m, 1);
+                }
+            for (int h = 0; h < n; h++)
+                _mm512_storeu_ps(out + (size_t)(h0 + h) * os + j, _mm512_mul_ps(_mm512_set1_ps(scale), hsum16x16(sums + h * 16)));
+        }
+    }
+    if (j < rows)
+        for (int h = 0; h < nh; h++) dots_avx512(out + (size_t)h * os + j, q + (size_t)h * qs, K + (size_t)j * ks, ks, rows - j, d, scale);
+}
+
+/* axpys_heads: (up to) 4 heads x 64 columns at a time over all rows, each V vector loaded once
+ * for 4 heads (8 loads per 16 FMAs instead of 9 per 8). Each accumulator lane sees the FMAs of
+ * axpys_avx512 in row order, so the bits are its. Columns past the last 64 go through
+ * axpys_avx512. */
+INLINE_AVX512 void value_tile(float *acc, size_t as, const float *p, size_t ps, const float *V, size_t vs, int rows, int c0,
+                              const int NH) {
+    __m512 a[4][4];
+    for (int h = 0; h < NH; h++)
+        for (int u = 0; u < 4; u++) a[h][u] = _mm512_loadu_ps(acc + (size_t)h * as + c0 + 16 * u);
+    for (int j = 0; j < rows; j++) {
+        const float *v = V + (size_t)j * vs + c0;
+        __m512 vv[4];
+        for (int u = 0; u < 4; u++) vv[u] = _mm512_loadu_ps(v + 16 * u);
+        for (int h = 0; h < NH; h++) {
+            const __m512 pj = _mm512_set1_ps(p[(size_t)h * ps + j]);
+            for (int u = 0; u < 4; u++) a[h][u] = _mm512_fmadd_ps(pj, vv[u], a[h][u]);
+        }
+    }
+    for (int h = 0; h < NH; h++)
+        for (int u = 0; u < 4; u++) _mm512_storeu_ps(acc + (size_t)h * as + c0 + 16 * u, a[h][u]);
+}
+
+T_AVX512 static void axpys_heads_avx512(float *acc, size_t as, const float *p, size_t ps, int nh, const float *V,
+                                        size_t vs, int rows, int d) {
+    const int d64 = d & ~63;
+    for (int h0 = 0; h0 < nh; h0 += 4) {
+        float *ah = acc + (size_t)h0 * as;
+        const float *ph = p + (size_t)h0 * ps;
+        for (int c0 = 0; c0 < d64; c0 += 64) switch (nh - h0 < 4 ? nh - h0 : 4) {
+            case 4: value_tile(ah, as, ph, ps, V, vs, rows, c0, 4); break;
+            case 3: value_tile(ah, as, ph, ps, V, vs, rows, c0, 3); break;
+            case 2: value_tile(ah, as, ph, ps, V, vs, rows, c0, 2); break;
+            default: value_tile(ah, as, ph, ps, V, vs, rows, c0, 1);
+            }
+    }
+    if (d64 < d)
+        for (int h = 0; h < nh; h++) axpys_avx512(acc + (size_t)h * as + d64, p + (size_t)h * ps, V + d64, vs, rows, d - d64);
+}
+
+static const fr_cpu_vec vec_avx512 = {dots_avx512, axpys_avx512,  dots_heads_avx512, axpys_heads_avx512, rank1s_avx512, dot_avx512,
                                       max_avx512,  expsum_avx512, swiglu_avx512, swiglu_backward_avx512};
 
 /* ------------------------------------------------------------------ table of the current isa */

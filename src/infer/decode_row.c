@@ -44,9 +44,10 @@ void fr_engine_softmax_scores(const fr_cpu_vec *vo, float *sc, int n) {
  * instead of one head after another each sweeping the whole cache (12 sweeps of a 1.2 MB cache
  * per layer at a 1024-token context, which does not fit L2), the heads walk the cache together,
  * in blocks that stay in L2, scoring (pass 1) and then accumulating (pass 2) every head on each
- * block. The dot and axpy kernels treat each key row and each accumulated row in order whatever
- * the blocking, so the result is bit-identical to the head-by-head loop (infer.c's many-row
- * path). */
+ * block; the kernels (fr_cpu_vec.dots_heads / axpys_heads) take each key once for up to four
+ * heads. They treat each key row and each accumulated row in order whatever the blocking, and
+ * give each head the bits of a dots / axpys call of its own, so the result is bit-identical to
+ * a head-by-head loop. */
 #define ATT_BLOCK_KEYS FR_ATT_BLOCK_KEYS
 
 /* keys b .. b + nb - 1 as FP32 rows: K's (an FP32 cache), or the stored rows converted into buf */
@@ -63,12 +64,11 @@ static void attend_heads(fr_engine *e, int i, int N, int h0, int h1, int n_keys,
                          const unsigned char *stored, float *buf) {
     const fr_cpu_vec *vo = fr_cpu_vec_ops();
     const int row = e->row, kvr = e->cfg.kv_lora_rank, nh = e->cfg.num_attention_heads;
+    float *const sc = e->att_heads + (size_t)h0 * e->max_len;
     for (int b = 0; b < n_keys; b += ATT_BLOCK_KEYS) {
         const int nb = n_keys - b < ATT_BLOCK_KEYS ? n_keys - b : ATT_BLOCK_KEYS;
-        const float *Kb = key_block(e, K, stored, buf, b, nb);
-        for (int h = h0; h < h1; h++)
-            vo->dots(e->att_heads + (size_t)h * e->max_len + b, e->qf + ((size_t)i * nh + h) * row, Kb, (size_t)row, nb, row,
-                     e->scale);
+        vo->dots_heads(sc + b, e->max_len, e->qf + ((size_t)i * nh + h0) * row, (size_t)row, h1 - h0,
+                       key_block(e, K, stored, buf, b, nb), (size_t)row, nb, row, e->scale);
     }
     for (int h = h0; h < h1; h++) {
         fr_engine_softmax_scores(vo, e->att_heads + (size_t)h * e->max_len, n_keys);
@@ -76,10 +76,8 @@ static void attend_heads(fr_engine *e, int i, int N, int h0, int h1, int n_keys,
     }
     for (int b = 0; b < n_keys; b += ATT_BLOCK_KEYS) {
         const int nb = n_keys - b < ATT_BLOCK_KEYS ? n_keys - b : ATT_BLOCK_KEYS;
-        const float *Kb = key_block(e, K, stored, buf, b, nb);
-        for (int h = h0; h < h1; h++)
-            vo->axpys(e->ctx + ((size_t)h * N + i) * kvr, e->att_heads + (size_t)h * e->max_len + b, Kb, (size_t)row, nb,
-                      kvr);
+        vo->axpys_heads(e->ctx + ((size_t)h0 * N + i) * kvr, (size_t)N * kvr, sc + b, e->max_len, h1 - h0,
+                        key_block(e, K, stored, buf, b, nb), (size_t)row, nb, kvr);
     }
 }
 

@@ -41,6 +41,9 @@
 #include <string.h>
 #include <time.h>
 
+/* heads per work item of the many-row attention (its scratch holds this many score rows per thread) */
+#define ATT_HEAD_GROUP 4
+
 /* ================================================================ loading */
 
 void fr_engine_options_default(fr_engine_options *o) {
@@ -509,7 +512,7 @@ int fr_engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_set *s
         e->threads = o.threads;
         e->governed = o.adaptive_threads;
         fr_gov_init(&e->gov);
-        e->att_scratch = fr_alloc((size_t)e->att_threads * e->max_len * sizeof(float));
+        e->att_scratch = fr_alloc((size_t)e->att_threads * ATT_HEAD_GROUP * e->max_len * sizeof(float));
         e->att_heads = fr_alloc((size_t)cfg.num_attention_heads * e->max_len * sizeof(float));
         if (o.kv_type != FR_KV_F32) {
             e->deq = fr_alloc((size_t)e->max_len * e->row * sizeof(float));
@@ -927,19 +930,25 @@ static void attention_many_rows(fr_engine *e, const eng_layer *ly, int ci, fr_se
             fr_engine_attend_row(e, r0, N, n_keys, K);
             continue;
         }
-        const long work = (long)(r1 - r0) * nh;
+        /* a work item: one row's group of up to ATT_HEAD_GROUP heads (dots_heads / axpys_heads load
+         * each key once for the group) */
+        const int groups = (nh + ATT_HEAD_GROUP - 1) / ATT_HEAD_GROUP;
+        const long work = (long)(r1 - r0) * groups;
         /* at most att_threads threads: the per-thread score rows were sized at load time */
         const int nt = omp_get_max_threads() < e->att_threads ? omp_get_max_threads() : e->att_threads;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (work > 1 && (long)n_keys * work * row >= 32768)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (work > 1 && (long)n_keys * (r1 - r0) * nh * row >= 32768)
         for (long w = 0; w < work; w++) {
-            int i = r0 + (int)(w / nh), h = (int)(w % nh);
-            float *sc = e->att_scratch + (size_t)omp_get_thread_num() * e->max_len;
-            int n = pos[i] + 1;
-            vo->dots(sc, e->qf + ((size_t)i * nh + h) * row, K, (size_t)row, n, row, e->scale);
-            fr_engine_softmax_scores(vo, sc, n);
-            float *acc = e->ctx + ((size_t)h * N + i) * kvr;
-            memset(acc, 0, (size_t)kvr * sizeof(float));
-            vo->axpys(acc, sc, K, (size_t)row, n, kvr);
+            const int i = r0 + (int)(w / groups), h0 = (int)(w % groups) * ATT_HEAD_GROUP;
+            const int n_heads = nh - h0 < ATT_HEAD_GROUP ? nh - h0 : ATT_HEAD_GROUP, n = pos[i] + 1;
+            float *sc = e->att_scratch + (size_t)omp_get_thread_num() * ATT_HEAD_GROUP * e->max_len;
+            float *acc = e->ctx + ((size_t)h0 * N + i) * kvr;
+            vo->dots_heads(sc, e->max_len, e->qf + ((size_t)i * nh + h0) * row, (size_t)row, n_heads, K, (size_t)row, n,
+                           row, e->scale);
+            for (int h = 0; h < n_heads; h++) {
+                fr_engine_softmax_scores(vo, sc + (size_t)h * e->max_len, n);
+                memset(acc + (size_t)h * N * kvr, 0, (size_t)kvr * sizeof(float));
+            }
+            vo->axpys_heads(acc, (size_t)N * kvr, sc, e->max_len, n_heads, K, (size_t)row, n, kvr);
         }
     }
 
