@@ -51,17 +51,12 @@ T_ZMM INLINE void group_scales(const uint16_t *d, const float *const *dx, int b0
     for (int j = 0; j < NX; j++) sc[j] = _mm512_mul_ps(dw, _mm512_maskz_loadu_ps(m, dx[j] + b0));
 }
 
-/* Software prefetch, measured on the 680M model's decode and bench_quant (AMD Zen 4, 2
- * threads): Q8_0 streams best on the hardware prefetchers alone (a prefetch into L1 4 KiB
- * ahead cost it 15-20 %); Q4_1, which spends twice the instructions per byte, gains from a
- * non-temporal prefetch 4 KiB ahead (the weights are read once per token, so they need not
- * displace the activations from L1 or L2). Never past pf_end: beyond lie another thread's
- * rows. */
-#define Q8_0_PREFETCH 0
-#define Q4_1_PREFETCH 4096
-T_ZMM INLINE void prefetch_ahead(const void *p, const uint8_t *pf_end, const int dist) {
-    if (dist && (const uint8_t *)p + dist < pf_end) _mm_prefetch((const char *)p + dist, _MM_HINT_NTA);
-}
+/* No software prefetch: these kernels stream on the hardware prefetchers alone. Measured on
+ * AMD Zen 4 (2 vCPUs), 512 x 1024 products streamed from memory: a prefetch into L1 4 KiB
+ * ahead cost Q8_0 15-20 %; for Q4_1 a non-temporal prefetch 1-8 KiB ahead cost 15-25 % (one
+ * thread 18.5 -> 23.6 GB/s without it, two 31 -> 38.8), T1 / T2 hints more, and the 680M
+ * model's Q4_1 decode went 7-10 % faster without it (bench_infer, both of the VM's states).
+ * (The 256-bit kernels of qmatmul.c still gain from theirs on the same machine.) */
 
 /* acc += the int32 lanes of dot, each times its block's scale: lanes [g*L, (g+1)*L) belong to
  * block `first + g` of the group (L = 8 for Q8_0's pairs, 4 for Q4_1's quads) */
@@ -99,11 +94,10 @@ T_ZMM INLINE void store_sums4(float *out, __m512 v0, __m512 v1, __m512 v2, __m51
 
 /* blocks b, b + 1 of a row (64 bytes; `lone`: block b alone, the row's last, 32 bytes), group-relative index k */
 T_ZMM INLINE void q8_0_pair(const int8_t *q, const int8_t *const *qx, int b, int k, const int NX, const __m512 *sc,
-                            __m512 *acc, const uint8_t *pf_end, const int lone) {
+                            __m512 *acc, const int lone) {
     const size_t off = (size_t)b * FR_QBLOCK;
     const __m512i lane_block = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     const __mmask64 bytes = lone ? (__mmask64)0xffffffffu : ~(__mmask64)0;
-    prefetch_ahead(q + off, pf_end, Q8_0_PREFETCH);
     const __m512i w = lone ? _mm512_maskz_loadu_epi8(bytes, q + off) : _mm512_loadu_si512(q + off);
     const __m512i aw = _mm512_abs_epi8(w);
     const __mmask64 neg = _mm512_movepi8_mask(w);
@@ -119,15 +113,16 @@ T_ZMM INLINE void q8_0_pair(const int8_t *q, const int8_t *const *qx, int b, int
  * to the first: an accumulator index known only at run time would put every accumulator of
  * the row on the stack. */
 T_ZMM INLINE void q8_0_group(const uint16_t *d, const int8_t *q, const int8_t *const *qx, const float *const *dx, int b0,
-                             const int n, const int full, const int NX, __m512 (*acc)[QX_MAX], const uint8_t *pf_end) {
+                             const int n, const int full, const int NX, __m512 (*acc)[QX_MAX]) {
     __m512 sc[QX_MAX];
     group_scales(d, dx, b0, n, NX, sc);
     _Pragma("GCC unroll 8") for (int k = 0; k + 1 < n; k += 2)
-        q8_0_pair(q, qx, b0 + k, k, NX, sc, acc[full ? (k >> 1) & 1 : 0], pf_end, 0);
-    if (n & 1) q8_0_pair(q, qx, b0 + n - 1, n - 1, NX, sc, acc[0], pf_end, 1);
+        q8_0_pair(q, qx, b0 + k, k, NX, sc, acc[full ? (k >> 1) & 1 : 0], 0);
+    if (n & 1) q8_0_pair(q, qx, b0 + n - 1, n - 1, NX, sc, acc[0], 1);
 }
 
 T_ZMM INLINE void q8_0_row(const uint8_t *row, const qact *a, int j0, const int NX, float *out, const uint8_t *pf_end) {
+    (void)pf_end; /* QROWS_LOOP's row signature; these kernels do not prefetch */
     const int nb = a->nb;
     const uint16_t *d = (const uint16_t *)row;
     const int8_t *q = (const int8_t *)(row + 2 * (size_t)nb);
@@ -140,12 +135,12 @@ T_ZMM INLINE void q8_0_row(const uint8_t *row, const qact *a, int j0, const int 
         acc[0][j] = acc[1][j] = _mm512_setzero_ps();
     }
     int b0 = 0;
-    for (; b0 + 16 <= nb; b0 += 16) q8_0_group(d, q, qx, dx, b0, 16, 1, NX, acc, pf_end);
+    for (; b0 + 16 <= nb; b0 += 16) q8_0_group(d, q, qx, dx, b0, 16, 1, NX, acc);
     if (b0 + 8 <= nb) { /* 256-wide rows (an expert's down projection, W_UV) take this path whole */
-        q8_0_group(d, q, qx, dx, b0, 8, 1, NX, acc, pf_end);
+        q8_0_group(d, q, qx, dx, b0, 8, 1, NX, acc);
         b0 += 8;
     }
-    if (b0 < nb) q8_0_group(d, q, qx, dx, b0, nb - b0, 0, NX, acc, pf_end);
+    if (b0 < nb) q8_0_group(d, q, qx, dx, b0, nb - b0, 0, NX, acc);
     for (int j = 0; j < NX; j++) out[j] = reduce1(_mm512_add_ps(acc[0][j], acc[1][j]));
 }
 
@@ -198,10 +193,9 @@ T_ZMM INLINE void q8_0_rows4(const uint8_t *row, size_t rb, const qact *a, int j
 
 /* blocks b .. b + 3 (64 bytes of nibbles, activations in quad order), group-relative index k */
 T_ZMM INLINE void q4_1_quad(const uint8_t *q, const int8_t *const *qx, int b, int k, const int NX, const __m512 *sc,
-                            __m512 *acc, const uint8_t *pf_end) {
+                            __m512 *acc) {
     const __m512i lane_block = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     const __m512i low = _mm512_set1_epi8(15);
-    prefetch_ahead(q + (size_t)b * 16, pf_end, Q4_1_PREFETCH);
     const __m512i v = _mm512_loadu_si512(q + (size_t)b * 16);
     const __m512i lo = _mm512_and_si512(v, low), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
     const size_t off = (size_t)b * FR_QBLOCK;
@@ -243,7 +237,7 @@ T_ZMM INLINE void q4_1_tail(const uint8_t *q, const int8_t *const *qx, int b, in
 
 T_ZMM INLINE void q4_1_group(const uint16_t *d, const uint16_t *mn, const uint8_t *q, const int8_t *const *qx,
                              const float *const *dx, const float *const *xs, int b0, const int n, const int full,
-                             const int NX, __m512 (*acc)[QX_MAX], __m512 *accm, const uint8_t *pf_end) {
+                             const int NX, __m512 (*acc)[QX_MAX], __m512 *accm) {
     __m512 sc[QX_MAX], mw;
     group_scales(d, dx, b0, n, NX, sc);
     if (n == 16) {
@@ -255,11 +249,12 @@ T_ZMM INLINE void q4_1_group(const uint16_t *d, const uint16_t *mn, const uint8_
         for (int j = 0; j < NX; j++) accm[j] = _mm512_fmadd_ps(mw, _mm512_maskz_loadu_ps(m, xs[j] + b0), accm[j]);
     }
     _Pragma("GCC unroll 4") for (int k = 0; k + 3 < n; k += 4)
-        q4_1_quad(q, qx, b0 + k, k, NX, sc, acc[full ? (k >> 2) & 1 : 0], pf_end); /* as in q8_0_group */
+        q4_1_quad(q, qx, b0 + k, k, NX, sc, acc[full ? (k >> 2) & 1 : 0]); /* as in q8_0_group */
     if (n & 3) q4_1_tail(q, qx, b0 + (n & ~3), n & ~3, n & 3, NX, sc, acc[0]);
 }
 
 T_ZMM INLINE void q4_1_row(const uint8_t *row, const qact *a, int j0, const int NX, float *out, const uint8_t *pf_end) {
+    (void)pf_end; /* QROWS_LOOP's row signature; these kernels do not prefetch */
     const int nb = a->nb;
     const uint16_t *d = (const uint16_t *)row, *mn = d + nb;
     const uint8_t *q = row + 4 * (size_t)nb;
@@ -273,12 +268,12 @@ T_ZMM INLINE void q4_1_row(const uint8_t *row, const qact *a, int j0, const int 
         acc[0][j] = acc[1][j] = accm[j] = _mm512_setzero_ps();
     }
     int b0 = 0;
-    for (; b0 + 16 <= nb; b0 += 16) q4_1_group(d, mn, q, qx, dx, xs, b0, 16, 1, NX, acc, accm, pf_end);
+    for (; b0 + 16 <= nb; b0 += 16) q4_1_group(d, mn, q, qx, dx, xs, b0, 16, 1, NX, acc, accm);
     if (b0 + 8 <= nb) {
-        q4_1_group(d, mn, q, qx, dx, xs, b0, 8, 1, NX, acc, accm, pf_end);
+        q4_1_group(d, mn, q, qx, dx, xs, b0, 8, 1, NX, acc, accm);
         b0 += 8;
     }
-    if (b0 < nb) q4_1_group(d, mn, q, qx, dx, xs, b0, nb - b0, 0, NX, acc, accm, pf_end);
+    if (b0 < nb) q4_1_group(d, mn, q, qx, dx, xs, b0, nb - b0, 0, NX, acc, accm);
     for (int j = 0; j < NX; j++) out[j] = reduce1(_mm512_add_ps(_mm512_add_ps(acc[0][j], acc[1][j]), accm[j]));
 }
 
@@ -297,7 +292,7 @@ T_ZMM void fr_qzmm_dot8_q8_0(const qrows *t, const qact *a, int j0, int nx) {
  * row, side by side, as q8_0_rows4: the activation loads shared, one reduce4; each row's
  * accumulators see q4_1_row's operations in its order (its group of 8: the masked scales and
  * minimum term, quads 0 and 4 into the two accumulators), so its result has the same bits. */
-T_ZMM INLINE void q4_1_rows4_nb8(const uint8_t *row, size_t rb, const qact *a, int j0, float *out, const uint8_t *pf_end) {
+T_ZMM INLINE void q4_1_rows4_nb8(const uint8_t *row, size_t rb, const qact *a, int j0, float *out) {
     const int nb = 8;
     const __mmask16 m = 0xff;
     const __m512i lane_block = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
@@ -316,7 +311,6 @@ T_ZMM INLINE void q4_1_rows4_nb8(const uint8_t *row, size_t rb, const qact *a, i
     for (int k = 0; k < 8; k += 4) {
         const __m512i xl = _mm512_loadu_si512(qx + (size_t)k * FR_QBLOCK), xh = _mm512_loadu_si512(qx + (size_t)k * FR_QBLOCK + 64);
         for (int r = 0; r < 4; r++) {
-            prefetch_ahead(q[r] + (size_t)k * 16, pf_end, Q4_1_PREFETCH);
             const __m512i v = _mm512_loadu_si512(q[r] + (size_t)k * 16);
             const __m512i lo = _mm512_and_si512(v, low), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
             const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl), hi, xh);
@@ -335,6 +329,6 @@ T_ZMM void fr_qzmm_dot8_q4_1(const qrows *t, const qact *a, int j0, int nx) {
     }
     float *y = t->y + (size_t)j0 * t->ystride;
     int r = t->r0;
-    for (; r + 4 <= t->r1; r += 4) q4_1_rows4_nb8(t->base + t->rb * (size_t)r, t->rb, a, j0, &y[r], t->pf_end);
+    for (; r + 4 <= t->r1; r += 4) q4_1_rows4_nb8(t->base + t->rb * (size_t)r, t->rb, a, j0, &y[r]);
     for (; r < t->r1; r++) q4_1_row(t->base + t->rb * (size_t)r, a, j0, 1, &y[r], t->pf_end);
 }
