@@ -36,18 +36,16 @@ static void axpys_generic(float *acc, const float *p, const float *V, size_t vs,
     }
 }
 
-/* dots_heads / axpys_heads as nh calls of the table's own dots / axpys (the generic and AVX2
- * tables) */
-#define HEADS_AS_CALLS(name, dots_fn, axpys_fn)                                                                      \
-    static void dots_heads_##name(float *out, size_t os, const float *q, size_t qs, int nh, const float *K, size_t ks, \
-                                  int rows, int d, float scale) {                                                      \
-        for (int h = 0; h < nh; h++) dots_fn(out + (size_t)h * os, q + (size_t)h * qs, K, ks, rows, d, scale);        \
-    }                                                                                                                  \
-    static void axpys_heads_##name(float *acc, size_t as, const float *p, size_t ps, int nh, const float *V,          \
-                                   size_t vs, int rows, int d) {                                                       \
-        for (int h = 0; h < nh; h++) axpys_fn(acc + (size_t)h * as, p + (size_t)h * ps, V, vs, rows, d);              \
-    }
-HEADS_AS_CALLS(generic, dots_generic, axpys_generic)
+/* dots_heads / axpys_heads of the generic table: a call per head */
+static void dots_heads_generic(float *out, size_t os, const float *q, size_t qs, int nh, const float *K, size_t ks, int rows,
+                               int d, float scale) {
+    for (int h = 0; h < nh; h++) dots_generic(out + (size_t)h * os, q + (size_t)h * qs, K, ks, rows, d, scale);
+}
+
+static void axpys_heads_generic(float *acc, size_t as, const float *p, size_t ps, int nh, const float *V, size_t vs, int rows,
+                                int d) {
+    for (int h = 0; h < nh; h++) axpys_generic(acc + (size_t)h * as, p + (size_t)h * ps, V, vs, rows, d);
+}
 
 static void rank1s_generic(float *Y, size_t ys, const float *c, const float *x, int rows, int d) {
     for (int j = 0; j < rows; j++) {
@@ -307,7 +305,86 @@ T_AVX2 static void swiglu_backward_avx2(float *dg, float *du, const float *dh, c
     swiglu_backward_generic(dg + i, du + i, dh + i, g + i, u + i, n - i);
 }
 
-HEADS_AS_CALLS(avx2, dots_avx2, axpys_avx2)
+/* dots_heads / axpys_heads on 256-bit vectors: 2 heads x 4 keys (8 accumulators, 6 loads per 8
+ * FMAs instead of 5 per 4) and 2 heads x 32 columns, each (head, key) and each accumulated
+ * column seeing dots_avx2's / axpys_avx2's operations in their order (the key's hsum256, then
+ * its scalar tail), so the bits are theirs; the last rows % 4 keys and the columns past the
+ * last 64 go through dots_avx2 / axpys_avx2 themselves. */
+#define INLINE_AVX2 T_AVX2 static inline __attribute__((always_inline))
+INLINE_AVX2 void score_tile_avx2(float *out, size_t os, const float *q, size_t qs, const float *K, size_t ks, int j, int d,
+                                 float scale, const int NH) {
+    const int d8 = d & ~7;
+    const float *kr = K + (size_t)j * ks;
+    __m256 acc[2][4];
+    for (int h = 0; h < NH; h++)
+        for (int u = 0; u < 4; u++) acc[h][u] = _mm256_setzero_ps();
+    for (int i = 0; i < d8; i += 8) {
+        __m256 kv[4];
+        for (int u = 0; u < 4; u++) {
+            kv[u] = _mm256_loadu_ps(kr + (size_t)u * ks + i);
+            __asm__("" : "+x"(kv[u])); /* in a register: not reloaded as an operand of every head's FMA */
+        }
+        for (int h = 0; h < NH; h++) {
+            const __m256 qv = _mm256_loadu_ps(q + (size_t)h * qs + i);
+            for (int u = 0; u < 4; u++) acc[h][u] = _mm256_fmadd_ps(qv, kv[u], acc[h][u]);
+        }
+    }
+    for (int h = 0; h < NH; h++)
+        for (int u = 0; u < 4; u++) {
+            const float *qh = q + (size_t)h * qs, *ku = kr + (size_t)u * ks;
+            float r = hsum256(acc[h][u]);
+            for (int i = d8; i < d; i++) r += qh[i] * ku[i];
+            out[(size_t)h * os + j + u] = scale * r;
+        }
+}
+
+T_AVX2 static void dots_heads_avx2(float *out, size_t os, const float *q, size_t qs, int nh, const float *K, size_t ks,
+                                   int rows, int d, float scale) {
+    const int rows4 = rows & ~3;
+    for (int h0 = 0; h0 < nh; h0 += 2)
+        for (int j = 0; j < rows4; j += 4) {
+            if (nh - h0 >= 2) score_tile_avx2(out + (size_t)h0 * os, os, q + (size_t)h0 * qs, qs, K, ks, j, d, scale, 2);
+            else score_tile_avx2(out + (size_t)h0 * os, os, q + (size_t)h0 * qs, qs, K, ks, j, d, scale, 1);
+        }
+    if (rows4 < rows)
+        for (int h = 0; h < nh; h++) dots_avx2(out + (size_t)h * os + rows4, q + (size_t)h * qs, K + (size_t)rows4 * ks, ks, rows - rows4, d, scale);
+}
+
+INLINE_AVX2 void value_tile_avx2(float *acc, size_t as, const float *p, size_t ps, const float *V, size_t vs, int rows, int c0,
+                                 const int NH) {
+    __m256 a[2][4];
+    for (int h = 0; h < NH; h++)
+        for (int u = 0; u < 4; u++) a[h][u] = _mm256_loadu_ps(acc + (size_t)h * as + c0 + 8 * u);
+    for (int j = 0; j < rows; j++) {
+        const float *v = V + (size_t)j * vs + c0;
+        __m256 vv[4];
+        for (int u = 0; u < 4; u++) {
+            vv[u] = _mm256_loadu_ps(v + 8 * u);
+            __asm__("" : "+x"(vv[u])); /* as in score_tile_avx2 */
+        }
+        for (int h = 0; h < NH; h++) {
+            const __m256 pj = _mm256_broadcast_ss(p + (size_t)h * ps + j);
+            for (int u = 0; u < 4; u++) a[h][u] = _mm256_fmadd_ps(pj, vv[u], a[h][u]);
+        }
+    }
+    for (int h = 0; h < NH; h++)
+        for (int u = 0; u < 4; u++) _mm256_storeu_ps(acc + (size_t)h * as + c0 + 8 * u, a[h][u]);
+}
+
+T_AVX2 static void axpys_heads_avx2(float *acc, size_t as, const float *p, size_t ps, int nh, const float *V, size_t vs,
+                                   int rows, int d) {
+    const int d64 = d & ~63;
+    for (int h0 = 0; h0 < nh; h0 += 2) {
+        float *ah = acc + (size_t)h0 * as;
+        const float *ph = p + (size_t)h0 * ps;
+        for (int c0 = 0; c0 < d64; c0 += 32) {
+            if (nh - h0 >= 2) value_tile_avx2(ah, as, ph, ps, V, vs, rows, c0, 2);
+            else value_tile_avx2(ah, as, ph, ps, V, vs, rows, c0, 1);
+        }
+    }
+    if (d64 < d)
+        for (int h = 0; h < nh; h++) axpys_avx2(acc + (size_t)h * as + d64, p + (size_t)h * ps, V + d64, vs, rows, d - d64);
+}
 
 static const fr_cpu_vec vec_avx2 = {dots_avx2, axpys_avx2,  dots_heads_avx2, axpys_heads_avx2, rank1s_avx2,
                                     dot_avx2,  max_avx2,    expsum_avx2,     swiglu_avx2,      swiglu_backward_avx2};
