@@ -414,6 +414,13 @@ static void test_matmul(void) {
     /* int8 path: several activation groups of 4 and L2 tiles of W rows, odd block counts */
     test_matmul_shape(FR_QT_Q8_0, 517, 1056, 11);
     test_matmul_shape(FR_QT_Q4_1, 517, 1056, 6);
+    /* Q4_1 with one activation row takes a thread's rows from up to three streams
+     * (qmatmul_zmm.c): long rows and groups of four short ones, with three and two streams and
+     * remainders; the M > 1 check above compares each row with the M = 1 product bit for bit */
+    test_matmul_shape(FR_QT_Q4_1, 1030, 256, 3);
+    test_matmul_shape(FR_QT_Q4_1, 301, 1056, 2);
+    test_matmul_shape(FR_QT_Q4_1, 240, 1056, 2);
+    test_matmul_shape(FR_QT_Q4_1, 1300, 256, 2);
     /* block counts that take every path of the 512-bit kernels (groups of 16 and 8, Q4_1's
      * quads, its trailing pair and lone block): 2, 8, 14 = 8 + 4 + 2, 27 = 16 + 8 + 2 + 1, 64 */
     static const int ZMM_COLS[] = {64, 256, 448, 864, 2048};
