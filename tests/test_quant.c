@@ -41,6 +41,7 @@
 
 #include <dirent.h>
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -469,6 +470,51 @@ static void test_matmul_batch(void) {
  * and up): fr_qmatmul_batch quantizes it once per layout (Q8_0 plain, Q4_1 pair-interleaved)
  * and every result stays bit-identical to fr_qmatmul alone, for a single pass (M <= 4) and
  * for the tiled prefill path (M = 6). */
+/* FP32 weights times a prompt's rows (FR_ONEDNN_MATMUL_MIN_M .. MAX_M of them) go through
+ * oneDNN's matmul primitive when the library has it (onednn_f32.c): the same bits from run to
+ * run and on 1 and 2 threads, and the products of a double reference within the FP32 bound
+ * (|err| <= (K + 4) u sum |x w|, as test_matmul_shape). Shapes at the edges of the row range
+ * and a new shape between two calls of an old one (the primitive cache). */
+static void test_f32_prompt_products(void) {
+    static const int SH[][3] = {{16, 288, 1024}, {64, 1024, 256}, {17, 100, 96}, {300, 64, 1024}, {1024, 33, 64}, {16, 288, 1024}};
+    const int nth = omp_get_max_threads();
+    for (int s = 0; s < 6; s++) {
+        const int M = SH[s][0], rows = SH[s][1], cols = SH[s][2];
+        float *w = malloc((size_t)rows * cols * sizeof(float)), *x = malloc((size_t)M * cols * sizeof(float));
+        for (size_t i = 0; i < (size_t)rows * cols; i++) w[i] = urand(-1, 1);
+        for (size_t i = 0; i < (size_t)M * cols; i++) x[i] = urand(-2, 2);
+        fr_qmatrix q;
+        CHECK(fr_qmatrix_from_f32(&q, FR_QT_F32, w, rows, cols) == FR_OK, "f32 matrix %dx%d", rows, cols);
+        float *y[3];
+        for (int k = 0; k < 3; k++) {
+            y[k] = malloc((size_t)M * rows * sizeof(float));
+            for (size_t i = 0; i < (size_t)M * rows; i++) y[k][i] = NAN;
+            omp_set_num_threads(k == 2 ? 1 : nth);
+            fr_qmatmul(y[k], x, &q, M);
+        }
+        omp_set_num_threads(nth);
+        int viol = 0;
+        for (int i = 0; i < M; i++)
+            for (int r = 0; r < rows; r++) {
+                double ref = 0, mag = 0;
+                for (int c = 0; c < cols; c++) {
+                    ref += (double)x[(size_t)i * cols + c] * w[(size_t)r * cols + c];
+                    mag += fabs((double)x[(size_t)i * cols + c] * w[(size_t)r * cols + c]);
+                }
+                viol += !(fabs(y[0][(size_t)i * rows + r] - ref) <= (cols + 4) * U * mag + 1e-37);
+            }
+        CHECK(viol == 0, "f32 prompt product M %d %dx%d: %d outputs beyond the FP32 bound", M, rows, cols, viol);
+        CHECK(memcmp(y[0], y[1], (size_t)M * rows * sizeof(float)) == 0, "f32 prompt product M %d %dx%d: not reproducible", M,
+              rows, cols);
+        CHECK(memcmp(y[0], y[2], (size_t)M * rows * sizeof(float)) == 0, "f32 prompt product M %d %dx%d: depends on the threads",
+              M, rows, cols);
+        for (int k = 0; k < 3; k++) free(y[k]);
+        fr_qmatrix_free(&q);
+        free(w);
+        free(x);
+    }
+}
+
 static void test_matmul_batch_shared(void) {
     enum { NJ = 5, COLS = 96 };
     const int rows[NJ] = {40, 7, 130, 64, 3};
@@ -846,6 +892,7 @@ int main(void) {
     test_matmul();
     test_matmul_batch();
     test_matmul_batch_shared();
+    test_f32_prompt_products();
 
     char tmp[] = "/tmp/frugal-test-quant-XXXXXX";
     if (!mkdtemp(tmp)) {

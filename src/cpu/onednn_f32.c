@@ -1,0 +1,123 @@
+/*
+ * onednn_f32.c — the inference engine's FP32-weight products of 16..1024 rows (a prompt's)
+ * through oneDNN's matmul primitive, where its SGEMM (dnnl_sgemm, the backend's path for every
+ * other matrix product: ops_cpu_gemm.c) is slow.
+ *
+ * Why: on AMD Zen 4, whose AVX-512 runs on 256-bit units, oneDNN 2.6's AVX-512 SGEMM multiplies
+ * a short prompt's activations by a weight matrix (C = A B^T, A of 16-256 rows, K >= 512) at 22-146
+ * GFLOP/s of a 234 peak on 2 threads, a third of what its AVX2 code or our own GEMM reach on the
+ * same products; its matmul primitive (brgemm, "brg:avx512_core") reaches 130-226. At training
+ * sizes (2048 rows) the two are level (within 5 %, either way), and below 16 rows the SGEMM is
+ * the faster (6 x 256 x 1024: 164 against 86). Measured with throwaway harnesses and
+ * bench_gemm_peers, docs/performance.md ("FP32 prompt processing and oneDNN on Zen 4").
+ *
+ * Training keeps the SGEMM: routing its products here cost 11 % of a training step (demo and
+ * bench-100m configs, 2 threads), the experts' row counts changing at every step and so the
+ * shapes to build.
+ *
+ * A primitive is built for one exact shape (~0.4 ms) and kept: which kernel runs, and so the
+ * order of its additions, depends on the shape alone, never on what ran before. Its results
+ * were the same bits on 1 and 2 threads; test_ops runs the GEMM contract (bitwise
+ * reproducible, the same on 1 and 2 threads) through this path too.
+ */
+#include "cpu/ops_cpu.h"
+
+#ifdef FR_HAVE_DNNL
+#include <dnnl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+
+#define SHAPE_SLOTS 512 /* open addressing; emptied (primitives freed) when three quarters full */
+
+typedef struct {
+    int used, failed;
+    int M, N, K, lda, ldb, ldc;
+    dnnl_primitive_t prim;
+} f32_shape;
+
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static dnnl_engine_t g_engine;
+static dnnl_stream_t g_stream;
+static f32_shape g_shapes[SHAPE_SLOTS];
+static int g_n_shapes;
+
+/* A [M, K] (row stride lda), B [N, K] (row stride ldb) read as its transpose, C [M, N] (ldc) */
+static int make_descs(int M, int N, int K, int lda, int ldb, int ldc, dnnl_memory_desc_t *a, dnnl_memory_desc_t *b,
+                      dnnl_memory_desc_t *c) {
+    dnnl_dims_t da = {M, K}, db = {K, N}, dc = {M, N}, sa = {lda, 1}, sb = {1, ldb}, sc = {ldc, 1};
+    return dnnl_memory_desc_init_by_strides(a, 2, da, dnnl_f32, sa) == dnnl_success &&
+           dnnl_memory_desc_init_by_strides(b, 2, db, dnnl_f32, sb) == dnnl_success &&
+           dnnl_memory_desc_init_by_strides(c, 2, dc, dnnl_f32, sc) == dnnl_success;
+}
+
+static dnnl_primitive_t build(int M, int N, int K, int lda, int ldb, int ldc) {
+    dnnl_memory_desc_t a, b, c;
+    dnnl_matmul_desc_t md;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_t prim = NULL;
+    if (make_descs(M, N, K, lda, ldb, ldc, &a, &b, &c) && dnnl_matmul_desc_init(&md, &a, &b, NULL, &c) == dnnl_success &&
+        dnnl_primitive_desc_create(&pd, &md, NULL, g_engine, NULL) == dnnl_success &&
+        dnnl_primitive_create(&prim, pd) != dnnl_success)
+        prim = NULL;
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    return prim;
+}
+
+static void clear_shapes(void) {
+    for (int i = 0; i < SHAPE_SLOTS; i++)
+        if (g_shapes[i].prim) dnnl_primitive_destroy(g_shapes[i].prim);
+    memset(g_shapes, 0, sizeof g_shapes);
+    g_n_shapes = 0;
+}
+
+/* The shape's primitive, built on first use; NULL when oneDNN cannot build one. */
+static dnnl_primitive_t shape_prim(int M, int N, int K, int lda, int ldb, int ldc) {
+    const int key[6] = {M, N, K, lda, ldb, ldc};
+    uint64_t h = 1469598103934665603ull;
+    for (int i = 0; i < 6; i++) h = (h ^ (uint32_t)key[i]) * 1099511628211ull;
+    for (size_t i = (size_t)(h % SHAPE_SLOTS);; i = (i + 1) % SHAPE_SLOTS) {
+        f32_shape *e = &g_shapes[i];
+        if (e->used && e->M == M && e->N == N && e->K == K && e->lda == lda && e->ldb == ldb && e->ldc == ldc)
+            return e->prim;
+        if (!e->used) {
+            if (g_n_shapes >= SHAPE_SLOTS * 3 / 4) { /* full: start over, this shape first */
+                clear_shapes();
+                e = &g_shapes[h % SHAPE_SLOTS];
+            }
+            *e = (f32_shape){.used = 1, .M = M, .N = N, .K = K, .lda = lda, .ldb = ldb, .ldc = ldc};
+            g_n_shapes++;
+            e->prim = build(M, N, K, lda, ldb, ldc);
+            e->failed = e->prim == NULL;
+            return e->prim;
+        }
+    }
+}
+
+int fr_cpu_onednn_f32_nt(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc) {
+    pthread_mutex_lock(&g_lock);
+    int ok = (g_engine || dnnl_engine_create(&g_engine, dnnl_cpu, 0) == dnnl_success) &&
+             (g_stream || dnnl_stream_create(&g_stream, g_engine, dnnl_stream_default_flags) == dnnl_success);
+    const dnnl_primitive_t prim = ok ? shape_prim(M, N, K, lda, ldb, ldc) : NULL;
+    dnnl_memory_desc_t a, b, c;
+    dnnl_memory_t ma = NULL, mb = NULL, mc = NULL;
+    ok = prim && make_descs(M, N, K, lda, ldb, ldc, &a, &b, &c) &&
+         dnnl_memory_create(&ma, &a, g_engine, (void *)A) == dnnl_success &&
+         dnnl_memory_create(&mb, &b, g_engine, (void *)B) == dnnl_success &&
+         dnnl_memory_create(&mc, &c, g_engine, C) == dnnl_success;
+    if (ok) {
+        dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}};
+        ok = dnnl_primitive_execute(prim, g_stream, 3, args) == dnnl_success && dnnl_stream_wait(g_stream) == dnnl_success;
+    }
+    if (ma) dnnl_memory_destroy(ma);
+    if (mb) dnnl_memory_destroy(mb);
+    if (mc) dnnl_memory_destroy(mc);
+    pthread_mutex_unlock(&g_lock);
+    return ok ? 0 : -1;
+}
+#else
+int fr_cpu_onednn_f32_nt(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc) {
+    (void)M, (void)N, (void)K, (void)A, (void)lda, (void)B, (void)ldb, (void)C, (void)ldc;
+    return -1;
+}
+#endif
