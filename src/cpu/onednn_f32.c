@@ -15,8 +15,9 @@
  * bench-100m configs, 2 threads), the experts' row counts changing at every step and so the
  * shapes to build.
  *
- * A primitive is built for one exact shape (~0.4 ms) and kept: which kernel runs, and so the
- * order of its additions, depends on the shape alone, never on what ran before. Its results
+ * A primitive is built for one exact shape (~0.4 ms) and kept (the rows go in power-of-two
+ * chunks, below, so the shapes are few): which kernel runs, and so the order of its additions,
+ * depends on the shape alone, never on what ran before. Its results
  * were the same bits on 1 and 2 threads; test_ops runs the GEMM contract (bitwise
  * reproducible, the same on 1 and 2 threads) through this path too.
  */
@@ -94,17 +95,15 @@ static dnnl_primitive_t shape_prim(int M, int N, int K, int lda, int ldb, int ld
     }
 }
 
-int fr_cpu_onednn_f32_nt(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc) {
-    pthread_mutex_lock(&g_lock);
-    int ok = (g_engine || dnnl_engine_create(&g_engine, dnnl_cpu, 0) == dnnl_success) &&
-             (g_stream || dnnl_stream_create(&g_stream, g_engine, dnnl_stream_default_flags) == dnnl_success);
-    const dnnl_primitive_t prim = ok ? shape_prim(M, N, K, lda, ldb, ldc) : NULL;
+/* rows [0, M) of the product through the shape's primitive; -1 if oneDNN could not */
+static int run_shape(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc) {
+    const dnnl_primitive_t prim = shape_prim(M, N, K, lda, ldb, ldc);
     dnnl_memory_desc_t a, b, c;
     dnnl_memory_t ma = NULL, mb = NULL, mc = NULL;
-    ok = prim && make_descs(M, N, K, lda, ldb, ldc, &a, &b, &c) &&
-         dnnl_memory_create(&ma, &a, g_engine, (void *)A) == dnnl_success &&
-         dnnl_memory_create(&mb, &b, g_engine, (void *)B) == dnnl_success &&
-         dnnl_memory_create(&mc, &c, g_engine, C) == dnnl_success;
+    int ok = prim && make_descs(M, N, K, lda, ldb, ldc, &a, &b, &c) &&
+             dnnl_memory_create(&ma, &a, g_engine, (void *)A) == dnnl_success &&
+             dnnl_memory_create(&mb, &b, g_engine, (void *)B) == dnnl_success &&
+             dnnl_memory_create(&mc, &c, g_engine, C) == dnnl_success;
     if (ok) {
         dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}};
         ok = dnnl_primitive_execute(prim, g_stream, 3, args) == dnnl_success && dnnl_stream_wait(g_stream) == dnnl_success;
@@ -112,6 +111,31 @@ int fr_cpu_onednn_f32_nt(int M, int N, int K, const float *A, int lda, const flo
     if (ma) dnnl_memory_destroy(ma);
     if (mb) dnnl_memory_destroy(mb);
     if (mc) dnnl_memory_destroy(mc);
+    return ok ? 0 : -1;
+}
+
+/* The rows go in chunks of a power of two from FR_ONEDNN_MATMUL_MIN_M to FR_ONEDNN_MATMUL_MAX_M
+ * rows, largest first, and the last M % 16 through the SGEMM (fast below 16 rows): so a model
+ * needs at most 7 primitives per weight shape, whatever its prompts' lengths. One primitive per
+ * row count took 0.3-0.4 MB each, and oneDNN keeps up to 1,024 of them: 415 MB after prompts
+ * of every length from 16 to 400 rows. */
+int fr_cpu_onednn_f32_nt(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc) {
+    pthread_mutex_lock(&g_lock);
+    int ok = (g_engine || dnnl_engine_create(&g_engine, dnnl_cpu, 0) == dnnl_success) &&
+             (g_stream || dnnl_stream_create(&g_stream, g_engine, dnnl_stream_default_flags) == dnnl_success);
+    int r = 0;
+    while (ok && M - r >= FR_ONEDNN_MATMUL_MIN_M) {
+        int chunk = FR_ONEDNN_MATMUL_MAX_M;
+        while (chunk > M - r) chunk /= 2;
+        const float *Ar = A + (size_t)r * lda;
+        float *Cr = C + (size_t)r * ldc;
+        if (run_shape(chunk, N, K, Ar, lda, B, ldb, Cr, ldc) != 0)
+            ok = dnnl_sgemm('N', 'T', chunk, N, K, 1.0f, Ar, lda, B, ldb, 0.0f, Cr, ldc) == dnnl_success;
+        r += chunk;
+    }
+    if (ok && r < M)
+        ok = dnnl_sgemm('N', 'T', M - r, N, K, 1.0f, A + (size_t)r * lda, lda, B, ldb, 0.0f, C + (size_t)r * ldc, ldc) ==
+             dnnl_success;
     pthread_mutex_unlock(&g_lock);
     return ok ? 0 : -1;
 }
