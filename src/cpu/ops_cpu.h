@@ -73,6 +73,11 @@ long fr_cpu_fp8_quantize(float *y, int ldy, float *scales, const float *x, int l
 #define FR_ONEDNN_MATMUL_MIN_M 16
 #define FR_ONEDNN_MATMUL_MAX_M 1024
 int fr_cpu_onednn_f32_nt(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc);
+/* Whether a product goes there: 16-1024 rows and at least 2^21 multiply-adds (a small model's
+ * products gain nothing from a primitive's ~0.4 ms build) */
+static inline int fr_cpu_onednn_f32_wanted(int M, int N, int K) {
+    return M >= FR_ONEDNN_MATMUL_MIN_M && M <= FR_ONEDNN_MATMUL_MAX_M && (double)M * N * K >= (double)(1 << 21);
+}
 
 /* fr_ops.gemm_bf16 of the CPU backend (bf16_gemm.c); the path it runs ("onednn
  * brg:avx512_core_amx", "onednn brg:avx512_core_bf16", "emulated (...)"), and whether that
