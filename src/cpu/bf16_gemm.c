@@ -18,6 +18,7 @@
  * benchmark figure is never from the wrong path.
  */
 #include "cpu/ops_cpu.h"
+#include "cpu/onednn_cache.h"
 #include "formats/numfmt.h"
 #include "frugal.h"
 
@@ -159,24 +160,13 @@ static dnnl_stream_t g_stream;
  * dimensions are given at execution (a general kernel, once per transpose / alpha / beta
  * case) runs a shape only if oneDNN cannot build one for it. */
 #define PAD 16           /* M and K are rounded up to this (fr_cpu_gemm_bf16) */
-#define SHAPE_SLOTS 1024 /* open addressing; emptied (primitives freed) when three quarters full */
-
-typedef struct {
-    int used;
-    int ta, tb, M, N, K, ldc;
-    float alpha, beta;
-    dnnl_primitive_t prim;
-    int failed; /* oneDNN could not build one: the general kernel runs it */
-} shape_entry;
-
 typedef struct {
     int ta, tb;
     float alpha, beta;
     dnnl_primitive_t prim;
 } general_entry;
 
-static shape_entry g_shapes[SHAPE_SLOTS];
-static int g_n_shapes;
+static fr_dnnl_cache g_shapes;
 static general_entry g_general[32];
 static int g_n_general;
 static char g_impl[48]; /* oneDNN's name for the shape-specific kernel */
@@ -228,35 +218,12 @@ static dnnl_primitive_t create_prim(int ta, int tb, int M, int N, int K, int ldc
     return prim;
 }
 
-static void clear_shapes(void) {
-    for (int i = 0; i < SHAPE_SLOTS; i++)
-        if (g_shapes[i].prim) dnnl_primitive_destroy(g_shapes[i].prim);
-    memset(g_shapes, 0, sizeof g_shapes);
-    g_n_shapes = 0;
-}
-
-/* The shape's entry (new ones without a primitive yet). */
-static shape_entry *shape_find(int ta, int tb, int M, int N, int K, int ldc, float alpha, float beta) {
-    uint64_t h = 1469598103934665603ull;
-    const int key[6] = {ta * 2 + tb, M, N, K, ldc, (int)(alpha * 1024) ^ (int)(beta * 4096)};
-    for (int i = 0; i < 6; i++) h = (h ^ (uint32_t)key[i]) * 1099511628211ull;
-    for (size_t i = (size_t)(h % SHAPE_SLOTS);; i = (i + 1) % SHAPE_SLOTS) {
-        shape_entry *e = &g_shapes[i];
-        if (e->used && e->ta == ta && e->tb == tb && e->M == M && e->N == N && e->K == K && e->ldc == ldc &&
-            e->alpha == alpha && e->beta == beta) {
-            return e;
-        }
-        if (!e->used) {
-            if (g_n_shapes >= SHAPE_SLOTS * 3 / 4) { /* full: start over, this shape first */
-                clear_shapes();
-                e = &g_shapes[h % SHAPE_SLOTS];
-            }
-            *e = (shape_entry){.used = 1, .ta = ta, .tb = tb, .M = M, .N = N, .K = K, .ldc = ldc,
-                               .alpha = alpha, .beta = beta};
-            g_n_shapes++;
-            return e;
-        }
-    }
+/* The shape's entry (new ones without a primitive yet); alpha and beta by their bits. */
+static fr_dnnl_entry *shape_find(int ta, int tb, int M, int N, int K, int ldc, float alpha, float beta) {
+    int key[FR_DNNL_KEY] = {ta * 2 + tb, M, N, K, ldc};
+    memcpy(&key[5], &alpha, sizeof alpha);
+    memcpy(&key[6], &beta, sizeof beta);
+    return fr_dnnl_cache_find(&g_shapes, key);
 }
 
 static dnnl_primitive_t general_prim(int ta, int tb, float alpha, float beta) {
@@ -403,7 +370,7 @@ static int dispatch(int ta, int tb, int M, int N, int K, float alpha, const floa
                     float beta, float *C, int ldc) {
     const int Mp = (M + PAD - 1) / PAD * PAD, Kp = (K + PAD - 1) / PAD * PAD;
     const int ldc_run = Mp == M ? ldc : N; /* the C oneDNN writes: C itself, or the scratch */
-    shape_entry *e = shape_find(ta, tb, Mp, N, Kp, ldc_run, alpha, beta);
+    fr_dnnl_entry *e = shape_find(ta, tb, Mp, N, Kp, ldc_run, alpha, beta);
     if (!e->prim && !e->failed) {
         e->prim = create_prim(ta, tb, Mp, N, Kp, ldc_run, alpha, beta, 0, NULL, 0);
         e->failed = !e->prim;

@@ -22,26 +22,16 @@
  * reproducible, the same on 1 and 2 threads) through this path too.
  */
 #include "cpu/ops_cpu.h"
+#include "cpu/onednn_cache.h"
 
 #ifdef FR_HAVE_DNNL
 #include <dnnl.h>
 #include <pthread.h>
-#include <stdint.h>
-#include <string.h>
-
-#define SHAPE_SLOTS 512 /* open addressing; emptied (primitives freed) when three quarters full */
-
-typedef struct {
-    int used, failed;
-    int M, N, K, lda, ldb, ldc;
-    dnnl_primitive_t prim;
-} f32_shape;
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static dnnl_engine_t g_engine;
 static dnnl_stream_t g_stream;
-static f32_shape g_shapes[SHAPE_SLOTS];
-static int g_n_shapes;
+static fr_dnnl_cache g_shapes;
 
 /* A [M, K] (row stride lda), B [N, K] (row stride ldb) read as its transpose, C [M, N] (ldc) */
 static int make_descs(int M, int N, int K, int lda, int ldb, int ldc, dnnl_memory_desc_t *a, dnnl_memory_desc_t *b,
@@ -65,34 +55,15 @@ static dnnl_primitive_t build(int M, int N, int K, int lda, int ldb, int ldc) {
     return prim;
 }
 
-static void clear_shapes(void) {
-    for (int i = 0; i < SHAPE_SLOTS; i++)
-        if (g_shapes[i].prim) dnnl_primitive_destroy(g_shapes[i].prim);
-    memset(g_shapes, 0, sizeof g_shapes);
-    g_n_shapes = 0;
-}
-
 /* The shape's primitive, built on first use; NULL when oneDNN cannot build one. */
 static dnnl_primitive_t shape_prim(int M, int N, int K, int lda, int ldb, int ldc) {
-    const int key[6] = {M, N, K, lda, ldb, ldc};
-    uint64_t h = 1469598103934665603ull;
-    for (int i = 0; i < 6; i++) h = (h ^ (uint32_t)key[i]) * 1099511628211ull;
-    for (size_t i = (size_t)(h % SHAPE_SLOTS);; i = (i + 1) % SHAPE_SLOTS) {
-        f32_shape *e = &g_shapes[i];
-        if (e->used && e->M == M && e->N == N && e->K == K && e->lda == lda && e->ldb == ldb && e->ldc == ldc)
-            return e->prim;
-        if (!e->used) {
-            if (g_n_shapes >= SHAPE_SLOTS * 3 / 4) { /* full: start over, this shape first */
-                clear_shapes();
-                e = &g_shapes[h % SHAPE_SLOTS];
-            }
-            *e = (f32_shape){.used = 1, .M = M, .N = N, .K = K, .lda = lda, .ldb = ldb, .ldc = ldc};
-            g_n_shapes++;
-            e->prim = build(M, N, K, lda, ldb, ldc);
-            e->failed = e->prim == NULL;
-            return e->prim;
-        }
+    const int key[FR_DNNL_KEY] = {M, N, K, lda, ldb, ldc};
+    fr_dnnl_entry *e = fr_dnnl_cache_find(&g_shapes, key);
+    if (!e->prim && !e->failed) {
+        e->prim = build(M, N, K, lda, ldb, ldc);
+        e->failed = !e->prim;
     }
+    return e->prim;
 }
 
 /* rows [0, M) of the product through the shape's primitive; -1 if oneDNN could not */
