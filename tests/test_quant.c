@@ -470,7 +470,7 @@ static void test_matmul_batch(void) {
  * and up): fr_qmatmul_batch quantizes it once per layout (Q8_0 plain, Q4_1 pair-interleaved)
  * and every result stays bit-identical to fr_qmatmul alone, for a single pass (M <= 4) and
  * for the tiled prefill path (M = 6). */
-/* FP32 weights times a prompt's rows (FR_ONEDNN_MATMUL_MIN_M .. MAX_M of them) go through
+/* FP32 weights times a prompt's rows (16 .. 1024 of them) go through
  * oneDNN's matmul primitive when the library has it (onednn_f32.c): the same bits from run to
  * run and on 1 and 2 threads, and the products of a double reference within the FP32 bound
  * (|err| <= (K + 4) u sum |x w|, as test_matmul_shape). Shapes at the edges of the row range

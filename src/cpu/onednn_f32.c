@@ -17,12 +17,16 @@
  *
  * A primitive is built for one exact shape (~0.4 ms) and kept (the rows go in power-of-two
  * chunks, below, so the shapes are few): which kernel runs, and so the order of its additions,
- * depends on the shape alone, never on what ran before. Its results
- * were the same bits on 1 and 2 threads; test_ops runs the GEMM contract (bitwise
- * reproducible, the same on 1 and 2 threads) through this path too.
+ * depends on the shape alone, never on what ran before. Its results were the same bits on 1
+ * and 2 threads; test_quant (test_f32_prompt_products) checks that, run-to-run bits and the
+ * FP32 error bound through this path.
  */
 #include "cpu/ops_cpu.h"
 #include "cpu/onednn_cache.h"
+
+#define MIN_ROWS 16   /* fewer: the SGEMM is the faster (6 x 256 x 1024: 164 against 86 GFLOP/s) */
+#define MAX_ROWS 1024 /* more: the two are level */
+#define MIN_MACS (1 << 21) /* a small model's products gain nothing from a primitive's ~0.4 ms build */
 
 #ifdef FR_HAVE_DNNL
 #include <dnnl.h>
@@ -85,34 +89,37 @@ static int run_shape(int M, int N, int K, const float *A, int lda, const float *
     return ok ? 0 : -1;
 }
 
-/* The rows go in chunks of a power of two from FR_ONEDNN_MATMUL_MIN_M to FR_ONEDNN_MATMUL_MAX_M
- * rows, largest first, and the last M % 16 through the SGEMM (fast below 16 rows): so a model
- * needs at most 7 primitives per weight shape, whatever its prompts' lengths. One primitive per
- * row count took 0.3-0.4 MB each, and oneDNN keeps up to 1,024 of them: 415 MB after prompts
- * of every length from 16 to 400 rows. */
-int fr_cpu_onednn_f32_nt(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc) {
+/* The rows go in chunks of a power of two from MIN_ROWS to MAX_ROWS rows, largest first, and
+ * the last M % 16 through the SGEMM (fast below 16 rows): so a model needs at most 7 primitives
+ * per weight shape, whatever its prompts' lengths. One primitive per row count took 0.3-0.4 MB
+ * each, and oneDNN keeps up to 1,024 of them: 415 MB after prompts of every length from 16 to
+ * 400 rows. Returns -1 if oneDNN could not (nothing is then left to trust in y). */
+static int prompt_product(float *y, const float *x, const float *W, int M, int N, int K) {
     pthread_mutex_lock(&g_lock);
     int ok = (g_engine || dnnl_engine_create(&g_engine, dnnl_cpu, 0) == dnnl_success) &&
              (g_stream || dnnl_stream_create(&g_stream, g_engine, dnnl_stream_default_flags) == dnnl_success);
     int r = 0;
-    while (ok && M - r >= FR_ONEDNN_MATMUL_MIN_M) {
-        int chunk = FR_ONEDNN_MATMUL_MAX_M;
+    while (ok && M - r >= MIN_ROWS) {
+        int chunk = MAX_ROWS;
         while (chunk > M - r) chunk /= 2;
-        const float *Ar = A + (size_t)r * lda;
-        float *Cr = C + (size_t)r * ldc;
-        if (run_shape(chunk, N, K, Ar, lda, B, ldb, Cr, ldc) != 0)
-            ok = dnnl_sgemm('N', 'T', chunk, N, K, 1.0f, Ar, lda, B, ldb, 0.0f, Cr, ldc) == dnnl_success;
+        const float *xr = x + (size_t)r * K;
+        float *yr = y + (size_t)r * N;
+        if (run_shape(chunk, N, K, xr, K, W, K, yr, N) != 0)
+            ok = dnnl_sgemm('N', 'T', chunk, N, K, 1.0f, xr, K, W, K, 0.0f, yr, N) == dnnl_success;
         r += chunk;
     }
     if (ok && r < M)
-        ok = dnnl_sgemm('N', 'T', M - r, N, K, 1.0f, A + (size_t)r * lda, lda, B, ldb, 0.0f, C + (size_t)r * ldc, ldc) ==
-             dnnl_success;
+        ok = dnnl_sgemm('N', 'T', M - r, N, K, 1.0f, x + (size_t)r * K, K, W, K, 0.0f, y + (size_t)r * N, N) == dnnl_success;
     pthread_mutex_unlock(&g_lock);
     return ok ? 0 : -1;
 }
-#else
-int fr_cpu_onednn_f32_nt(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc) {
-    (void)M, (void)N, (void)K, (void)A, (void)lda, (void)B, (void)ldb, (void)C, (void)ldc;
-    return -1;
-}
 #endif
+
+void fr_cpu_linear_f32(float *y, const float *x, const float *W, int M, int N, int K) {
+#ifdef FR_HAVE_DNNL
+    if (M >= MIN_ROWS && M <= MAX_ROWS && (double)M * N * K >= MIN_MACS && fr_cpu_gemm_uses_onednn() &&
+        prompt_product(y, x, W, M, N, K) == 0)
+        return;
+#endif
+    fr_cpu_gemm(0, 1, M, N, K, 1.0f, x, K, W, K, 0.0f, y, N);
+}

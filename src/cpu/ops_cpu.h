@@ -65,19 +65,10 @@ const fr_cpu_vec *fr_cpu_vec_ops(void);
 long fr_cpu_fp8_quantize(float *y, int ldy, float *scales, const float *x, int ldx, int rows, int cols, int tile_rows,
                          int tile_cols);
 
-/* C[M, N] = A[M, K] B[N, K]^T (row strides lda, ldb, ldc; alpha 1, beta 0) through oneDNN's FP32
- * matmul primitive, one per shape, built on first use (onednn_f32.c); fr_qmatmul sends it the
- * inference engine's FP32-weight products of FR_ONEDNN_MATMUL_MIN_M .. FR_ONEDNN_MATMUL_MAX_M
- * rows (a prompt). -1: not built with oneDNN, or oneDNN could not (the caller then takes
- * another path). */
-#define FR_ONEDNN_MATMUL_MIN_M 16
-#define FR_ONEDNN_MATMUL_MAX_M 1024
-int fr_cpu_onednn_f32_nt(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc);
-/* Whether a product goes there: 16-1024 rows and at least 2^21 multiply-adds (a small model's
- * products gain nothing from a primitive's ~0.4 ms build) */
-static inline int fr_cpu_onednn_f32_wanted(int M, int N, int K) {
-    return M >= FR_ONEDNN_MATMUL_MIN_M && M <= FR_ONEDNN_MATMUL_MAX_M && (double)M * N * K >= (double)(1 << 21);
-}
+/* y[M, N] = x[M, K] W[N, K]^T, dense: the inference engine's products by FP32 weight rows
+ * (fr_qmatmul, the router). A prompt's (16-1024 rows, 2^21 multiply-adds or more) go through
+ * oneDNN's matmul primitive when oneDNN is the GEMM (onednn_f32.c), the rest to fr_cpu_gemm. */
+void fr_cpu_linear_f32(float *y, const float *x, const float *W, int M, int N, int K);
 
 /* fr_ops.gemm_bf16 of the CPU backend (bf16_gemm.c); the path it runs ("onednn
  * brg:avx512_core_amx", "onednn brg:avx512_core_bf16", "emulated (...)"), and whether that

@@ -916,11 +916,7 @@ static int qmatmul_bf16(float *y, const float *x, const fr_qmatrix *w, int M) {
 void fr_qmatmul(float *y, const float *x, const fr_qmatrix *w, int M) {
     if (M <= 0 || w->rows <= 0 || w->cols <= 0) return;
     if (w->type == FR_QT_F32) {
-        /* a prompt's rows: oneDNN's matmul primitive, 1.5-6x its SGEMM on Zen 4 (onednn_f32.c) */
-        if (fr_cpu_onednn_f32_wanted(M, w->rows, w->cols) && fr_cpu_gemm_uses_onednn() &&
-            fr_cpu_onednn_f32_nt(M, w->rows, w->cols, x, w->cols, (const float *)w->data, w->cols, y, w->rows) == 0)
-            return;
-        fr_cpu_gemm(0, 1, M, w->rows, w->cols, 1.0f, x, w->cols, (const float *)w->data, w->cols, 0.0f, y, w->rows);
+        fr_cpu_linear_f32(y, x, (const float *)w->data, M, w->rows, w->cols);
         return;
     }
     if (M >= PREFILL_BF16_MIN && fr_qmatmul_prefill_bf16() && qmatmul_bf16(y, x, w, M)) return;

@@ -861,11 +861,11 @@ static void moe(fr_engine *e, const eng_layer *ly, float *out, const float *x, i
     const fr_config *c = &e->cfg;
     const int H = c->hidden_size, E = c->n_routed_experts, K = c->num_experts_per_tok, Im = c->moe_intermediate_size;
     const fr_route_params rp = fr_route_params_of(c);
-    /* a prompt's router logits through oneDNN's matmul primitive (onednn_f32.c): its SGEMM took
-     * ~3 ms for this 62 x 64 x 1024 product on Zen 4, 15 % of a 62-token FP32 prefill */
-    if (!(fr_cpu_onednn_f32_wanted(N, E, H) && e->ops == fr_ops_cpu() && fr_cpu_gemm_uses_onednn() &&
-          fr_cpu_onednn_f32_nt(N, E, H, x, H, ly->router, H, e->rl, E) == 0))
-        o->gemm(0, 1, N, E, H, 1.0f, x, H, ly->router, H, 0.0f, e->rl, E);
+    /* on the CPU as the FP32 weights' products (a prompt's through oneDNN's matmul primitive:
+     * its SGEMM took ~3 ms for this 62 x 64 x 1024 product on Zen 4, 15 % of a 62-token FP32
+     * prefill) */
+    if (o == fr_ops_cpu()) fr_cpu_linear_f32(e->rl, x, ly->router, N, E, H);
+    else o->gemm(0, 1, N, E, H, 1.0f, x, H, ly->router, H, 0.0f, e->rl, E);
     o->moe_route_forward(e->topi, e->topw, e->scores, e->rl, ly->router_bias, N, &rp);
     o->moe_permute(e->perm, e->slot, e->offsets, e->topi, N, K, E);
     /* an expert's rows grouped, for the experts with more than one (a single row is read where
