@@ -26,7 +26,7 @@
 
 #define MIN_ROWS 16   /* fewer: the SGEMM is the faster (6 x 256 x 1024: 164 against 86 GFLOP/s) */
 #define MAX_ROWS 1024 /* more: the two are level */
-#define MIN_MACS (1 << 21) /* a small model's products gain nothing from a primitive's ~0.4 ms build */
+#define MIN_MACS (1 << 19) /* a small model's products gain nothing from a primitive's ~0.4 ms build */
 
 #ifdef FR_HAVE_DNNL
 #include <dnnl.h>

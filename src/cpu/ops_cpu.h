@@ -66,7 +66,7 @@ long fr_cpu_fp8_quantize(float *y, int ldy, float *scales, const float *x, int l
                          int tile_cols);
 
 /* y[M, N] = x[M, K] W[N, K]^T, dense: the inference engine's products by FP32 weight rows
- * (fr_qmatmul, the router). A prompt's (16-1024 rows, 2^21 multiply-adds or more) go through
+ * (fr_qmatmul, the router). A prompt's (16-1024 rows, 2^19 multiply-adds or more) go through
  * oneDNN's matmul primitive when oneDNN is the GEMM (onednn_f32.c), the rest to fr_cpu_gemm. */
 void fr_cpu_linear_f32(float *y, const float *x, const float *W, int M, int N, int K);
 
