@@ -58,7 +58,7 @@ struct fr_engine {
     float *g, *u, *h, *rl, *scores, *topw, *xe, *ge, *ue, *he, *ye, *ffn, *cat, *hid, *lrow;
     int *topi, *perm, *slot, *offsets, *pos, *seq_of, *tok;
     fr_qmatmul_job *jobs;       /* [max(2 E + 2, heads)] products of one MoE round / all heads */
-    float *att_scratch;         /* [threads][max_len] */
+    float *att_scratch;         /* [att_threads][ATT_HEAD_GROUP = 4 heads][max_len] (infer.c) */
     float *att_heads;           /* [heads][max_len] scores of one decoded row, all heads */
     float *deq;                 /* [max_len, row] dequantized cache of one sequence */
     float *kblock;              /* [att_threads][FR_ATT_BLOCK_KEYS * row] a lossy cache's block of
