@@ -59,11 +59,13 @@
 #include "frugal.h"
 #include "core/internal.h"
 #include "cpu/ops_cpu.h"
+#include "formats/gguf.h"
 #include "formats/kquant.h"
 #include "formats/qmatrix.h"
 #include "testutil.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -534,6 +536,32 @@ static void test_api_edges(void) {
     CHECK(fr_kq_dot_q8(FR_KQ_Q6_K, blk, qx, dx, NULL, 256) == 0.f, "Q6_K with xs = NULL");
 }
 
+/* The GGUF encoder quantizes a tensor's super-blocks on all threads: the bytes must not depend on
+ * how many (one super-block's search never reads another's) */
+static void test_encoder_threads(void) {
+    const size_t n = (size_t)FR_QK_K * 1024;
+    float *x = malloc(n * sizeof(float));
+    uint8_t *one = malloc(n), *all = malloc(n);
+    CHECK(x && one && all, "out of memory");
+    if (!x || !one || !all) goto done;
+    for (size_t i = 0; i < n; i++) x[i] = (float)fr_rng_normal(&g_rng) * (i % 4096 < 256 ? 30.f : 1.f);
+    const int types[3] = {FR_GGML_Q4_K, FR_GGML_Q5_K, FR_GGML_Q6_K}, threads = omp_get_max_threads();
+    for (int k = 0; k < 3; k++) {
+        omp_set_num_threads(1);
+        const int rc1 = fr_ggml_quantize(types[k], x, one, n);
+        omp_set_num_threads(threads > 1 ? threads : 2);
+        const int rc2 = fr_ggml_quantize(types[k], x, all, n);
+        const size_t bytes = n / FR_QK_K * fr_kq_block_bytes((fr_kq_type)k);
+        CHECK(rc1 == FR_OK && rc2 == FR_OK && memcmp(one, all, bytes) == 0,
+              "%s: the encoder's bytes differ between 1 and %d threads", NAMES[k], threads > 1 ? threads : 2);
+    }
+    omp_set_num_threads(threads);
+done:
+    free(x);
+    free(one);
+    free(all);
+}
+
 int main(void) {
     fr_rng_seed(&g_rng, 20240611);
     __builtin_cpu_init();
@@ -541,6 +569,7 @@ int main(void) {
     test_api_edges();
     test_fixtures();
     test_quantize();
+    test_encoder_threads();
     build_cases();
     test_isa_and_rows();
     free_cases();
