@@ -148,8 +148,9 @@ void fr_model_set_loss_weights(fr_model *m, fr_loss_weights w);
  * attention, master weights, gradients and the optimizer stay FP32 in all.
  *  "fp32"  the default.
  *  "bf16"  the inputs of all three GEMMs of each of these layers, and of the output head,
- *          rounded to bfloat16, FP32 accumulation: oneDNN's matmul on AMX or AVX512-BF16 where the CPU has them, an
- *          exact emulation (no faster than fp32) elsewhere; fr_bf16_gemm_path() says which.
+ *          rounded to bfloat16, FP32 accumulation: oneDNN's matmul on AMX, or on AVX512-BF16 where that beats
+ *          FP32 (not on Intel cores), an exact emulation (no faster than fp32) elsewhere; fr_bf16_gemm_path()
+ *          says which.
  *  "fp8"   DeepSeek-V3's recipe: the inputs of the three GEMMs in E4M3 with FP32 scales per
  *          1 x 128 tile (activations, output gradients), 128 x 128 block (weights) or
  *          128 x 1 tile (both inputs of the weight-gradient GEMM), FP32 accumulation; the
@@ -870,7 +871,7 @@ const char *fr_cpu_features(void);
 /* The path of the "bf16" precision's GEMMs on this CPU, e.g. "onednn brg:avx512_core_amx",
  * "onednn brg:avx512_core_bf16" or "emulated (BF16-rounded operands, FP32 GEMM)"
  * (FRUGAL_BF16_GEMM=onednn|emulated overrides the choice), and whether it is BF16 hardware
- * (AMX or AVX512-BF16) rather than a fallback no faster than fp32. */
+ * (AMX, or AVX512-BF16 on a CPU other than Intel's) rather than a fallback no faster than fp32. */
 const char *fr_bf16_gemm_path(void);
 int fr_bf16_hardware(void);
 

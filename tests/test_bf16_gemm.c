@@ -18,6 +18,7 @@
 #include "cpu/ops_cpu.h"
 #include "testutil.h"
 
+#include <cpuid.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -192,12 +193,22 @@ int main(void) {
     }
     fr_cpu_bf16_gemm_set_path(NULL);
     printf("default path here: %s (BF16 hardware: %s)\n", fr_bf16_gemm_path(), fr_bf16_hardware() ? "yes" : "no");
-    const int has_bf16 = strstr(fr_cpu_features(), "avx512bf16") || strstr(fr_cpu_features(), "amx-bf16");
+    const int has_amx = strstr(fr_cpu_features(), "amx-bf16") != NULL;
+    const int has_bf16 = strstr(fr_cpu_features(), "avx512bf16") || has_amx;
+    /* Intel without AMX: AVX512-BF16 is no faster than its FP32 FMAs, so the default is the emulation */
+    unsigned a, b, c, d;
+    const int intel = __get_cpuid(0, &a, &b, &c, &d) && !memcmp(&b, "Genu", 4) && !memcmp(&d, "ineI", 4) &&
+                      !memcmp(&c, "ntel", 4);
+    const int pays = has_amx || (has_bf16 && !intel);
     const char *cap = getenv("DNNL_MAX_CPU_ISA");
-    if (onednn && has_bf16 && !cap) /* oneDNN, not capped below the CPU: the hardware runs by default */
+    if (onednn && pays && !cap) /* oneDNN, not capped below the CPU: the hardware runs by default */
         CHECK(fr_bf16_hardware(), "a CPU with BF16 hardware runs it by default (path %s)", fr_bf16_gemm_path());
-    if (!has_bf16 || cap)
-        CHECK(!fr_bf16_hardware(), "without BF16 hardware the default is not called hardware (%s)",
+    if (!pays || cap)
+        CHECK(!fr_bf16_hardware() && strstr(fr_bf16_gemm_path(), "emulated"),
+              "without BF16 hardware that beats FP32 the default is the emulation, not called hardware (%s)",
+              fr_bf16_gemm_path());
+    if (onednn && has_bf16 && !has_amx && intel && !cap)
+        CHECK(strstr(fr_bf16_gemm_path(), "Intel without AMX") != NULL, "the path says why it is not oneDNN's (%s)",
               fr_bf16_gemm_path());
     return fr_test_finish("test_bf16_gemm");
 }

@@ -499,7 +499,7 @@ static void test_precision(void) {
     CHECK(count_in_metrics(a.run_dir, "\"precision\":\"bf16\"") == 2, "every step record says bf16");
     CHECK(has_info(&h, "bf16 GEMMs", fr_bf16_gemm_path()), "the bf16 GEMM path is announced");
     printf("bf16 GEMM path here: %s (hardware: %s)\n", fr_bf16_gemm_path(), fr_bf16_hardware() ? "yes" : "no");
-    CHECK(has_info(&h, "slow fallback", NULL) == !fr_bf16_hardware(), "a fallback warns (and only a fallback)");
+    CHECK(has_info(&h, "runs an exact emulation", NULL) == !fr_bf16_hardware(), "a fallback warns (and only a fallback)");
     CHECK(ledger_find(a.run_dir, 1, &e, NULL) && !strcmp(e.precision, "bf16"), "the ledger says bf16");
     /* resuming with other fp8 tiles is refused */
     fr_test_resume_args(&r, a.run_dir, 3);

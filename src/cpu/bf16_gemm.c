@@ -11,7 +11,16 @@
  *  - "emulated": the operands are rounded to BF16 values held in FP32 and the backend's
  *    FP32 GEMM multiplies them. A product of two BF16 values (8-bit significands) is exact
  *    in FP32 (24 bits), so this computes what the hardware computes; it is never faster
- *    than FP32, which is why the trainer warns when it is the only path.
+ *    than FP32, which is why the trainer warns when it is the path taken.
+ *
+ * The default is oneDNN where its kernel is AMX, or AVX512-BF16 on a CPU other than Intel's;
+ * else the emulation. Intel cores issue vdpbf16ps on one port, at the FLOPs of one of their two
+ * 512-bit FMA ports, so without AMX BF16 buys them no arithmetic and costs the operands'
+ * packing: on the Intel Xeon (Emerald Rapids, AMX not exposed) VM, oneDNN's
+ * brg:avx512_core_bf16 ran the training GEMMs at 100-160 GFLOP/s against 300 for FP32, and
+ * the emulation trained 1.5x faster (bench_model, demo 3,360 -> 5,159 tok/s, bench-100m
+ * 614 -> 944; FP32 6,398 and 1,148). Zen 4, whose FMAs are 256 bits wide, gets twice its FP32
+ * rate from it (1.33-1.43x faster steps; docs/performance.md).
  *
  * The choice is made once (FRUGAL_BF16_GEMM=onednn|emulated overrides it for tests and
  * benchmarks) and fr_cpu_bf16_gemm_path() names it, with the kernel oneDNN reported, so a
@@ -22,6 +31,7 @@
 #include "formats/numfmt.h"
 #include "frugal.h"
 
+#include <cpuid.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -145,7 +155,7 @@ static void *scratch(int k, size_t bytes) {
 
 enum { PATH_UNSET = -1, PATH_EMULATED = 0, PATH_ONEDNN = 1 };
 static int g_path = PATH_UNSET;
-static char g_path_name[96];
+static char g_path_name[160];
 static pthread_once_t g_path_once = PTHREAD_ONCE_INIT;
 
 #ifdef FR_HAVE_DNNL
@@ -280,8 +290,14 @@ static int onednn_available(char *impl, size_t impl_n) {
 }
 #endif
 
+/* cpuid's vendor string is "GenuineIntel" */
+static int cpu_is_intel(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(0, &a, &b, &c, &d) && b == 0x756e6547u && d == 0x49656e69u && c == 0x6c65746eu;
+}
+
 /* Sets the path: want PATH_ONEDNN, PATH_EMULATED, or PATH_UNSET for the default (oneDNN
- * when it runs BF16 on hardware). Returns whether the path asked for is the one set. */
+ * when its BF16 kernel is faster than FP32: see the top). Returns whether the path asked for is the one set. */
 static int set_path(int want) {
     g_path = PATH_EMULATED;
     snprintf(g_path_name, sizeof g_path_name, "emulated (BF16-rounded operands, FP32 GEMM)");
@@ -291,10 +307,14 @@ static int set_path(int want) {
         if (onednn_available(impl, sizeof impl)) {
             /* below AVX512-BF16 oneDNN converts to FP32 inside its own GEMM ("gemm:jit"): no
              * faster than ours, so unless asked for it the emulation runs there */
-            const int hardware = strstr(impl, "amx") || strstr(impl, "bf16");
+            const int intel_bf16 = !strstr(impl, "amx") && strstr(impl, "bf16") && cpu_is_intel();
+            const int hardware = strstr(impl, "amx") || (strstr(impl, "bf16") && !intel_bf16);
             if (hardware || want == PATH_ONEDNN) {
                 g_path = PATH_ONEDNN;
                 snprintf(g_path_name, sizeof g_path_name, "onednn %s", impl);
+            } else if (intel_bf16) {
+                snprintf(g_path_name, sizeof g_path_name,
+                         "emulated (BF16-rounded operands, FP32 GEMM: faster than onednn %s on Intel without AMX)", impl);
             }
         }
     }

@@ -920,8 +920,8 @@ static int train_locked(const fr_train_args *args_in, int resume, const fr_train
     if (rc == FR_OK && !strcmp(fr_model_precision(r.m), "bf16")) {
         fr_run_info(&r, "bf16 GEMMs: %s", fr_bf16_gemm_path());
         if (!fr_bf16_hardware())
-            fr_run_info(&r, "warning: this CPU has no BF16 hardware (AMX or AVX512-BF16) that frugal can use: --precision "
-                     "bf16 runs a slow fallback (an exact emulation, no faster than fp32)");
+            fr_run_info(&r, "warning: no BF16 hardware that frugal can use here (AMX; or AVX512-BF16, which on Intel is "
+                     "no faster than FP32): --precision bf16 runs an exact emulation, no faster than fp32");
     }
     if (rc == FR_OK && !strcmp(fr_model_precision(r.m), "fp8") && args.fp8_grad_tile_rows == 128)
         fr_run_info(&r, "fp8 experiment: output gradients in 128x128 blocks for the input-gradient GEMM (the recipe: 1x128)");
