@@ -775,11 +775,16 @@ void fr_engine_cache_load(const fr_engine *e, float *dst, const unsigned char *s
  * M, so a row's result does not depend on them. */
 #define SMALL_M 8
 #define F32_CHUNK 32
+/* weights x rows from which the threads share the chunks: 512 KiB of FP32 weights take one
+ * core ~30 us to stream, against a few for the region's fork and join. (At 2e6 the 680M
+ * model's q_a + kv_a (2.75 MB) and o (4 MB) ran on one thread at every layer while the other
+ * spun: FP32 decode 38.0-39.8 -> 40.6-45.8 tok/s on the Intel VM, three alternations.) */
+#define F32_PARALLEL_MIN (1 << 17)
 static void f32_products(const fr_qmatmul_job *jobs, int n) {
     const fr_cpu_vec *v = fr_cpu_vec_ops();
     double work = 0; /* weights read, the measure of a chunk's cost */
     for (int i = 0; i < n; i++) work += (double)jobs[i].w->rows * jobs[i].w->cols;
-    FR_OMP_REGION_IF(work * jobs[0].M >= 2e6, "omp parallel if (work * jobs[0].M >= 2e6)",
+    FR_OMP_REGION_IF(work * jobs[0].M >= F32_PARALLEL_MIN, "omp parallel if (work * jobs[0].M >= F32_PARALLEL_MIN)",
         {
             const int t = fr_t, T = fr_T;
             /* a chunk is thread t's when its middle falls in t's share of the weights: shares of
