@@ -45,7 +45,10 @@ struct fr_engine {
     const fr_ops *ops;
     int L, mtp;                 /* main layers; MTP modules loaded (0/1) */
     eng_layer *layers;          /* L + mtp */
-    float *embed, *final_norm;  /* [V,H], [H] */
+    float *embed, *final_norm;  /* [V,H], [H]; embed NULL: a GGUF's token_embd, read in place: */
+    const unsigned char *embed_rows; /* row t (ggml type embed_type) at embed_rows + t * embed_row_bytes */
+    size_t embed_row_bytes;
+    int embed_type;
     fr_qmatrix lm_head;
     float *rope_cos, *rope_sin; /* [max_len, rope/2] */
     float scale;

@@ -99,7 +99,8 @@ void fr_engine_gguf_release(const fr_engine *e, const char *prefix) {
 
 /* A deepseek2 GGUF run as stored: every matrix in its file format (Q8_0, Q4_0 and Q4_1 in the
  * engine's row layouts, without changing a value; F32 and BF16 in the mapping, the others in
- * memory of the engine's own, whose pages of the mapping are given back), so the resident
+ * memory of the engine's own, whose pages of the mapping are given back; the embedding table
+ * in the mapping whatever its type, a row decoded when a token looks it up), so the resident
  * memory is about the file's size. */
 int fr_engine_load_gguf(fr_engine **out, const char *path, const fr_engine_options *opt) {
     fr_gguf g;

@@ -203,6 +203,40 @@ static int load_vec(const fr_engine *e, const fr_st_set *st, const char *name, s
     return load_floats(e, st, name, numel, out, 0);
 }
 
+/* A GGUF's embedding table stays in the mapping, in its own type: a token's row is decoded when
+ * it is looked up (the same values as decoding the whole table at load). Decoded at load, the
+ * table took V x H x 4 bytes of memory of its own (131 MB for a 32,000 x 1,024 model, 3.7 GB for
+ * DeepSeek-V3's) beside a file that holds it in a quarter or an eighth of that. */
+static int gguf_embedding(fr_engine *e, const char *name, int V, int H) {
+    fr_gguf_view v;
+    FR_CHECK(fr_engine_gguf_view(e, name, &v));
+    if (v.rows != V || v.cols != H)
+        return fr_error(FR_ERR_FORMAT, "tensor %s (GGUF %s) is %lld x %lld, expected %d x %d", name, v.t->name,
+                        (long long)v.rows, (long long)v.cols, V, H);
+    const int block = fr_ggml_block_elems(v.type);
+    if (block <= 0 || H % block) return load_vec(e, NULL, name, (size_t)V * H, &e->embed); /* rows not whole blocks */
+    float *row0 = malloc((size_t)H * sizeof(float)); /* a type this build cannot decode fails here, not at a lookup */
+    const int rc = row0 ? fr_ggml_dequantize(v.type, v.data, row0, (size_t)H) : fr_error(FR_ERR_NOMEM, "out of memory");
+    free(row0);
+    if (rc != FR_OK) return fr_error_context(rc, "%s", name);
+    e->embed_rows = v.data;
+    e->embed_row_bytes = (size_t)(H / block) * fr_ggml_block_bytes(v.type);
+    e->embed_type = v.type;
+    return FR_OK;
+}
+
+/* x[N, H] = the embedding rows of e->tok */
+static void embed_tokens(fr_engine *e, float *x, int N) {
+    const int H = e->cfg.hidden_size;
+    if (e->embed) {
+        e->ops->embedding_forward(x, e->embed, e->tok, N, H);
+        return;
+    }
+    for (int i = 0; i < N; i++) /* (a type and row length that gguf_embedding decoded once) */
+        (void)fr_ggml_dequantize(e->embed_type, e->embed_rows + (size_t)e->tok[i] * e->embed_row_bytes,
+                                 x + (size_t)i * H, (size_t)H);
+}
+
 #define NAME(...) (snprintf(name, sizeof name, __VA_ARGS__), name)
 
 
@@ -497,7 +531,8 @@ int fr_engine_build(fr_engine **out, const fr_config *cfg_in, const fr_st_set *s
     const char *emb = "model.embed_tokens.weight", *head = cfg.tie_word_embeddings ? emb : "lm_head.weight";
     const int emb_plain = gg || (e->scheme < 0 && fr_qmatrix_stored_type(st, emb) <= FR_QT_BF16);
     if (rc == FR_OK && e->layers)
-        rc = emb_plain ? load_vec(e, st, emb, (size_t)V * H, &e->embed) : fr_engine_folder_embed(e, st, V, H, &e->embed);
+        rc = gg ? gguf_embedding(e, emb, V, H)
+                : emb_plain ? load_vec(e, st, emb, (size_t)V * H, &e->embed) : fr_engine_folder_embed(e, st, V, H, &e->embed);
     if (rc == FR_OK && e->layers) rc = load_vec(e, st, "model.norm.weight", H, &e->final_norm);
     if (rc == FR_OK && e->layers)
         rc = e->scheme >= 0 && fr_qmatrix_stored_type(st, head) <= FR_QT_BF16
@@ -1091,7 +1126,7 @@ static int forward_rows(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int
     if (e->dev) {
         FR_CHECK(fr_dev_engine_forward(e, seqs, n_seqs, row_start, N, logits, all_logits));
     } else {
-        e->ops->embedding_forward(e->x, e->embed, e->tok, N, H);
+        embed_tokens(e, e->x, N);
         for (int l = 0; l < e->L; l++) layer_forward(e, &e->layers[l], l, seqs, n_seqs, row_start, N);
         memcpy(e->hid, e->x, (size_t)N * H * sizeof(float));
         head(e, e->final_norm, N, n_seqs, row_start, logits, all_logits);
@@ -1138,7 +1173,7 @@ static int mtp_forward(fr_engine *e, fr_seq *const *seqs, int n_seqs, const int 
     }
     for (int i = 0; i < N; i++) memcpy(e->tmp + (size_t)i * H, e->hid + (size_t)hid_rows[i] * H, (size_t)H * sizeof(float));
     /* eh_proj input: [RMSNorm_e(Emb(t)) ; RMSNorm_h(h)] (embedding first) */
-    e->ops->embedding_forward(e->x, e->embed, e->tok, N, H);
+    embed_tokens(e, e->x, N);
     e->ops->rmsnorm_forward(e->xn, e->rstd, e->x, H, ly->enorm, N, H, e->cfg.rms_norm_eps);
     for (int i = 0; i < N; i++) memcpy(e->cat + (size_t)i * 2 * H, e->xn + (size_t)i * H, (size_t)H * sizeof(float));
     e->ops->rmsnorm_forward(e->xn, e->rstd, e->tmp, H, ly->hnorm, N, H, e->cfg.rms_norm_eps);
