@@ -133,6 +133,10 @@ static void test_engine(int type, const char *dir) {
         const int want = type == FR_GGML_Q8_0 ? FR_QT_Q8_0 : FR_QT_Q4_1;
         CHECK(fr_engine_weight_type(native) == want, "%s runs as %s", fr_ggml_type_name(type),
               fr_weight_type_name(fr_engine_weight_type(native)));
+        /* the embedding table is read in the file's type, in place (the logits below check its rows) */
+        const fr_gguf_tensor *emb = fr_gguf_find_tensor(&native->gguf, "token_embd.weight");
+        CHECK(!native->embed && native->embed_rows && emb && native->embed_type == (int)emb->type,
+              "%s: the embedding is read in place, not decoded into memory of its own", fr_ggml_type_name(type));
         const int V = fr_engine_config(native)->vocab_size, T = 12;
         int ids[12];
         for (int i = 0; i < T; i++) ids[i] = (int)(rnd() % (uint32_t)V);
