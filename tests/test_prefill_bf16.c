@@ -4,7 +4,8 @@
  * emulation elsewhere; CTest runs this test a second time with DNNL_MAX_CPU_ISA=AVX2, which
  * takes the emulation).
  *
- *  - fr_qmatmul of 40 rows with the path on, for BF16, Q8_0 and Q4_1 weights, equals the FP32
+ *  - fr_qmatmul of 40 rows with the path on, for BF16, Q8_0 and Q4_1 weights (on the default
+ *    BF16 GEMM, and on oneDNN's too where it has a kernel that is not the default), equals the FP32
  *    product of the BF16-rounded activations and the BF16-rounded dequantized weights within
  *    1e-5 relative (the products of two BF16 values are exact in FP32: only the order of the
  *    FP32 additions differs), and the FP32 product of the unrounded operands within 1e-2
@@ -139,6 +140,14 @@ int main(void) {
     test_product(FR_QT_BF16);
     test_product(FR_QT_Q8_0);
     test_product(FR_QT_Q4_1);
+    /* where the default is the emulation but oneDNN has a BF16 kernel (Intel without AMX, which
+     * takes the emulation as the faster), the products on oneDNN's too */
+    if (strncmp(fr_cpu_bf16_gemm_path(), "onednn", 6) != 0 && fr_cpu_bf16_gemm_set_path("onednn")) {
+        test_product(FR_QT_BF16);
+        test_product(FR_QT_Q8_0);
+        test_product(FR_QT_Q4_1);
+    }
+    fr_cpu_bf16_gemm_set_path(NULL);
     if (make_dense() == FR_OK) {
         test_engine(FR_QT_BF16);
         test_engine(FR_QT_Q8_0);
