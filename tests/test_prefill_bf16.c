@@ -19,6 +19,7 @@
 #include "core/internal.h"
 #include "cpu/ops_cpu.h"
 #include "cpu/qmatmul.h"
+#include "cpu/qmatmul_internal.h"
 #include "formats/numfmt.h"
 #include "formats/qmatrix.h"
 #include "testutil.h"
@@ -72,6 +73,53 @@ static void test_product(fr_qtype t) {
     free(x), free(w), free(wd), free(xr), free(y), free(ref), free(y0), free(exact), free(a), free(b);
 }
 
+/* The int8 prefill (qgemm_vnni.c): a Q8_0 product of >= 16 rows as a VNNI matrix product. The
+ * same int8 activations and integer block sums as the row kernels, one FP32 FMA per block in
+ * block order where they add 8 lanes per block and reduce at the end: each side's result is
+ * the exact sum of its nb block terms t_b (|t_b| <= sum over the block of |w^_i x_i| (1 + 2^-7),
+ * the activation's rounding) with at most nb + 16 roundings, so
+ * |y_int8 - y_rows| <= 2 (nb + 16) u (1 + 2^-7) sum_i |w^_i x_i|, u = 2^-24. Quants of -128 (a
+ * GGUF may hold them; the repacking adds 128) are in the rows. */
+static void test_int8_product(int M, int R, int C) {
+    float *x = fr_test_frand(&g_rng, (size_t)M * C, -1, 1), *w = fr_test_frand(&g_rng, (size_t)R * C, -1, 1);
+    fr_qmatrix q;
+    CHECK(fr_qmatrix_from_f32(&q, FR_QT_Q8_0, w, R, C) == FR_OK, "quantize");
+    const int nb = C / 32;
+    for (int r = 0; r < R; r += 3) /* a -128 in every third row, at a varying place */
+        ((int8_t *)q.data)[fr_qtype_row_bytes(FR_QT_Q8_0, C) * (size_t)r + 2 * (size_t)nb + (size_t)(r * 7) % C] = -128;
+    float *wd = malloc((size_t)R * C * sizeof(float));
+    for (int r = 0; r < R; r++) fr_qmatrix_row_f32(&q, r, wd + (size_t)r * C);
+    float *yr = malloc((size_t)M * R * sizeof(float)), *yg = malloc((size_t)M * R * sizeof(float));
+    fr_qmatmul_set_prefill_int8(0);
+    fr_qmatmul(yr, x, &q, M);
+    fr_qmatmul_set_prefill_int8(1);
+    fr_qmatmul(yg, x, &q, M);
+    double worst = 0;
+    long over = 0;
+    for (int j = 0; j < M; j++)
+        for (int r = 0; r < R; r++) {
+            double S = 0;
+            for (int i = 0; i < C; i++) S += fabs((double)wd[(size_t)r * C + i] * x[(size_t)j * C + i]);
+            const double bound = 2.0 * (nb + 16) * 0x1p-24 * (1 + 0x1p-7) * S;
+            const double diff = fabs((double)yg[(size_t)j * R + r] - yr[(size_t)j * R + r]);
+            if (diff > bound) over++;
+            if (bound > 0 && diff / bound > worst) worst = diff / bound;
+        }
+    CHECK(over == 0, "int8 prefill %d x %d x %d: %ld results beyond the reordering bound", M, C, R, over);
+    if (fr_qzmm_supported())
+        CHECK(memcmp(yr, yg, (size_t)M * R * sizeof(float)) != 0, "int8 prefill %d x %d x %d: the path was not taken",
+              M, C, R);
+    /* decode-sized products never take it */
+    fr_qmatmul(yg, x, &q, 8);
+    fr_qmatmul_set_prefill_int8(0);
+    fr_qmatmul(yr, x, &q, 8);
+    CHECK(memcmp(yr, yg, (size_t)8 * R * sizeof(float)) == 0, "an 8-row product changed with the int8 prefill on");
+    printf("int8 prefill %d x %d x %d (%s): worst |y - y_rows| / bound %.3f\n", M, C, R,
+           fr_qzmm_supported() ? "VNNI matrix product" : "no AVX-512 VNNI: the row kernels", worst);
+    fr_qmatrix_free(&q);
+    free(x), free(w), free(wd), free(yr), free(yg);
+}
+
 /* A dense random model (no routed experts: a BF16 rounding cannot flip a routing choice,
  * which on a tiny MoE changes whole tokens' logits) saved to a temporary folder */
 static const char *DENSE =
@@ -117,22 +165,34 @@ static void test_engine(int weight_type) {
     for (int i = 0; i < T; i++) ids[i] = (int)(fr_rng_uniform(&g_rng) * V);
     float *on = malloc((size_t)T * V * sizeof(float)), *exact = malloc((size_t)T * V * sizeof(float));
     float *i8 = malloc((size_t)T * V * sizeof(float));
+    float *gemm = malloc((size_t)T * V * sizeof(float));
     fr_qmatmul_set_prefill_bf16(1);
     int rc = prefill_logits(weight_type, on, T, ids);
     fr_qmatmul_set_prefill_bf16(0);
     if (rc == FR_OK) rc = prefill_logits(weight_type, i8, T, ids); /* the default path: int8 activations */
+    fr_qmatmul_set_prefill_int8(1);                                  /* Q8_0 as VNNI matrix products */
+    if (rc == FR_OK) rc = prefill_logits(weight_type, gemm, T, ids);
+    fr_qmatmul_set_prefill_int8(0);
     fr_qmatmul_set_int8_act(0);                                      /* exact: x W^T in FP32 */
     if (rc == FR_OK) rc = prefill_logits(weight_type, exact, T, ids);
     fr_qmatmul_set_int8_act(1);
     CHECK(rc == FR_OK, "engine: %s", fr_last_error());
     if (rc == FR_OK) {
         const double e = fr_rel_err(on, exact, (size_t)T * V), e8 = fr_rel_err(i8, exact, (size_t)T * V);
+        const double eg = fr_rel_err(gemm, exact, (size_t)T * V);
         CHECK(e <= 3e-2, "%s engine: BF16 prefill vs exact, relative logit error %.3g (tol 3e-2)",
               fr_weight_type_name(weight_type), e);
+        /* The int8 prefill reorders the int8-activation path's FP32 additions, but the next
+         * product's activations are rounded to int8 again, and a last-bit change can move one
+         * to the next level: the two paths differ by about as much as each differs from FP32
+         * activations, and the int8 prefill must be as close to those as the rows are. */
+        CHECK(eg <= 1.5 * e8 + 1e-3, "%s engine: int8 prefill vs exact, relative logit error %.3g (tol 1.5 x the int8 "
+              "rows' %.3g + 1e-3)", fr_weight_type_name(weight_type), eg, e8);
         printf("engine %-5s prefill of %d tokens, relative logit error vs FP32 activations: BF16 path %.3g (tol 3e-2), "
-               "int8-activation path %.3g\n", fr_weight_type_name(weight_type), T, e, e8);
+               "int8-activation rows %.3g, int8 prefill %.3g (tol 1.5 x rows + 1e-3)\n",
+               fr_weight_type_name(weight_type), T, e, e8, eg);
     }
-    free(on), free(exact), free(i8);
+    free(on), free(exact), free(i8), free(gemm);
 }
 
 int main(void) {
@@ -148,6 +208,10 @@ int main(void) {
         test_product(FR_QT_Q4_1);
     }
     fr_cpu_bf16_gemm_set_path(NULL);
+    test_int8_product(40, 100, 256);
+    test_int8_product(17, 33, 96);   /* an odd number of blocks, rows not a multiple of 16 */
+    test_int8_product(64, 48, 1024);
+    test_int8_product(16, 16, 32);   /* the smallest: one block, one group */
     if (make_dense() == FR_OK) {
         test_engine(FR_QT_BF16);
         test_engine(FR_QT_Q8_0);
@@ -157,5 +221,6 @@ int main(void) {
         if (system(cmd) != 0) printf("could not remove %s\n", g_dir);
     }
     fr_qmatmul_set_prefill_bf16(-1);
+    fr_qmatmul_set_prefill_int8(-1);
     return fr_test_finish("test_prefill_bf16");
 }

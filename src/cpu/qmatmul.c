@@ -289,6 +289,9 @@ T_AVX512 static float dot_q4_1_avx512(const uint8_t *row, const float *x, const 
 
 /* rows of a product from which the BF16 prefill path takes it (see "BF16 prefill") */
 #define PREFILL_BF16_MIN 16
+/* rows of a Q8_0 product from which the int8 prefill takes it (see "int8 prefill") */
+#define PREFILL_INT8_MIN 16
+static int fr_qmatmul_prefill_int8(void);
 
 /* Where value i of activation block b sits in a quantized row. Plain order (group 1), except
  * for Q4_1, whose kernels meet a load of nibbles with activations in two plain loads:
@@ -719,10 +722,13 @@ typedef struct {
     size_t rb;
     qdot8_fn dot;
     qact a;
-    int owns; /* a's buffer was allocated for this product (else it is another's) */
+    int owns;   /* a's buffer was allocated for this product (else it is another's) */
+    int32_t *sx; /* the int8 prefill (Q8_0 as a matrix product, qgemm_vnni.c): the blocks' integer sums; else NULL */
 } qjob;
 
 static void qjob_release(qjob *j) {
+    free(j->sx);
+    j->sx = NULL;
     if (j->owns) free(j->a.q);
     j->a.q = NULL;
     j->a.d = j->a.s = NULL;
@@ -760,10 +766,15 @@ static int qjob_prepare(qjob *j, float *y, const float *x, const fr_qmatrix *w, 
     }
     j->dot = pick_dot8(w->type, isa);
     j->rb = fr_qtype_row_bytes(w->type, cols);
+    j->sx = NULL;
+    if (w->type == FR_QT_Q8_0 && M >= PREFILL_INT8_MIN && use_zmm(isa) && fr_qmatmul_prefill_int8() &&
+        (j->sx = malloc((size_t)M * nb * sizeof(int32_t))) != NULL)
+        fr_qgemm_block_sums(&j->a, M, j->sx);
     /* tiles of at most 128 KiB of weights (run_jobs uses them when several groups of
      * activation rows pass over the weights, each re-reading the tile from L2) */
     int tile = (int)(((size_t)128 << 10) / j->rb);
     if (tile > rows / (tiles_per_thread * threads)) tile = rows / (tiles_per_thread * threads);
+    if (j->sx && tile >= 16) tile -= tile % 16; /* the matrix product takes rows 16 at a time */
     j->tile = tile < 1 ? 1 : tile;
     j->n_tiles = (rows + j->tile - 1) / j->tile;
     return 1;
@@ -773,6 +784,7 @@ static int qjob_prepare(qjob *j, float *y, const float *x, const fr_qmatrix *w, 
 static void qjob_run_rows(const qjob *j, int r0, int r1) {
     const uint8_t *base = (const uint8_t *)j->w->data;
     const qrows tr = {base, base + j->rb * (size_t)r1, j->rb, r0, r1, j->w->rows, j->y};
+    if (j->sx && fr_qgemm_q8_0_rows(&tr, &j->a, j->sx, j->M) == 0) return;
     for (int j0 = 0; j0 < j->M; j0 += QX_MAX) j->dot(&tr, &j->a, j0, j->M - j0 < QX_MAX ? j->M - j0 : QX_MAX);
 }
 
@@ -891,6 +903,31 @@ void fr_qmatmul_set_prefill_bf16(int on) {
 int fr_qmatmul_prefill_bf16(void) {
     if (g_prefill_bf16 < 0) fr_qmatmul_set_prefill_bf16(-1);
     return g_prefill_bf16;
+}
+
+/* ------------------------------------------------------------------ int8 prefill
+ * A prompt's Q8_0 products (M >= PREFILL_INT8_MIN rows) as a matrix product on AVX-512 VNNI
+ * (qgemm_vnni.c): the same int8 activations and integer block sums as the row kernels, the FP32
+ * additions in another order. A row's result then depends on whether it came in a prompt of 16
+ * rows or more, and is no longer the bits that decode gives it; the error against FP32
+ * activations is the row kernels' (test_prefill_bf16). On by default where the CPU runs it
+ * (the BF16 prefill, on AMX, comes first); FRUGAL_PREFILL=exact keeps every product on the row
+ * kernels (the tests' setting: they compare paths bit for bit), =int8 asks for it. The 680M
+ * Q8_0 model on the Intel VM: a 64-token prompt 498-550 -> 798-855 tok/s, 463 tokens 448-514
+ * -> 714-926 (docs/performance.md). */
+static int g_prefill_int8 = -1;
+
+void fr_qmatmul_set_prefill_int8(int on) {
+    if (on < 0) {
+        const char *env = getenv("FRUGAL_PREFILL");
+        on = env ? !strcmp(env, "int8") : 1;
+    }
+    g_prefill_int8 = on ? 1 : 0;
+}
+
+static int fr_qmatmul_prefill_int8(void) {
+    if (g_prefill_int8 < 0) fr_qmatmul_set_prefill_int8(-1);
+    return g_prefill_int8;
 }
 
 /* y[M, rows] = x W^T through fr_cpu_gemm_bf16 in tiles of about 4 MiB of FP32 weights; returns

@@ -66,4 +66,10 @@ int fr_qzmm_supported(void);
 void fr_qzmm_dot8_q8_0(const qrows *t, const qact *a, int j0, int nx);
 void fr_qzmm_dot8_q4_1(const qrows *t, const qact *a, int j0, int nx);
 
+/* The int8 prefill's Q8_0 matrix product (qgemm_vnni.c; the CPU must pass fr_qzmm_supported):
+ * y[j * ystride + r] for weight rows [t->r0, t->r1) and activation rows j < M (plain order),
+ * sx the activation blocks' integer sums (fr_qgemm_block_sums). -1 when out of memory. */
+int fr_qgemm_q8_0_rows(const qrows *t, const qact *a, const int32_t *sx, int M);
+void fr_qgemm_block_sums(const qact *a, int M, int32_t *sx);
+
 #endif
