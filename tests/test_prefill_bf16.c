@@ -80,15 +80,28 @@ static void test_product(fr_qtype t) {
  * the activation's rounding) with at most nb + 16 roundings, so
  * |y_int8 - y_rows| <= 2 (nb + 16) u (1 + 2^-7) sum_i |w^_i x_i|, u = 2^-24. Quants of -128 (a
  * GGUF may hold them; the repacking adds 128) are in the rows. */
-static void test_int8_product(int M, int R, int C) {
+static void test_int8_product(fr_qtype t, int M, int R, int C) {
     float *x = fr_test_frand(&g_rng, (size_t)M * C, -1, 1), *w = fr_test_frand(&g_rng, (size_t)R * C, -1, 1);
     fr_qmatrix q;
-    CHECK(fr_qmatrix_from_f32(&q, FR_QT_Q8_0, w, R, C) == FR_OK, "quantize");
+    CHECK(fr_qmatrix_from_f32(&q, t, w, R, C) == FR_OK, "quantize");
     const int nb = C / 32;
-    for (int r = 0; r < R; r += 3) /* a -128 in every third row, at a varying place */
-        ((int8_t *)q.data)[fr_qtype_row_bytes(FR_QT_Q8_0, C) * (size_t)r + 2 * (size_t)nb + (size_t)(r * 7) % C] = -128;
-    float *wd = malloc((size_t)R * C * sizeof(float));
+    const size_t rb = fr_qtype_row_bytes(t, C);
+    if (t == FR_QT_Q8_0)
+        for (int r = 0; r < R; r += 3) /* a -128 in every third row, at a varying place */
+            ((int8_t *)q.data)[rb * (size_t)r + 2 * (size_t)nb + (size_t)(r * 7) % C] = -128;
+    float *wd = malloc((size_t)R * C * sizeof(float)), *mag = malloc((size_t)R * C * sizeof(float));
     for (int r = 0; r < R; r++) fr_qmatrix_row_f32(&q, r, wd + (size_t)r * C);
+    /* |d q_i| + |m_b| per weight (Q4_1's minimum term is a term of its own) */
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < C; i++) {
+            float m = 0.f;
+            if (t == FR_QT_Q4_1) {
+                uint16_t h;
+                memcpy(&h, (const uint8_t *)q.data + rb * (size_t)r + 2 * (size_t)(nb + i / 32), 2);
+                m = fr_q_f16_to_f32(h);
+            }
+            mag[(size_t)r * C + i] = fabsf(wd[(size_t)r * C + i] - m) + fabsf(m);
+        }
     float *yr = malloc((size_t)M * R * sizeof(float)), *yg = malloc((size_t)M * R * sizeof(float));
     fr_qmatmul_set_prefill_int8(0);
     fr_qmatmul(yr, x, &q, M);
@@ -99,25 +112,27 @@ static void test_int8_product(int M, int R, int C) {
     for (int j = 0; j < M; j++)
         for (int r = 0; r < R; r++) {
             double S = 0;
-            for (int i = 0; i < C; i++) S += fabs((double)wd[(size_t)r * C + i] * x[(size_t)j * C + i]);
+            for (int i = 0; i < C; i++) S += fabs((double)mag[(size_t)r * C + i] * x[(size_t)j * C + i]);
             const double bound = 2.0 * (nb + 16) * 0x1p-24 * (1 + 0x1p-7) * S;
             const double diff = fabs((double)yg[(size_t)j * R + r] - yr[(size_t)j * R + r]);
             if (diff > bound) over++;
             if (bound > 0 && diff / bound > worst) worst = diff / bound;
         }
-    CHECK(over == 0, "int8 prefill %d x %d x %d: %ld results beyond the reordering bound", M, C, R, over);
+    const char *tn = fr_qtype_name(t);
+    CHECK(over == 0, "int8 prefill %s %d x %d x %d: %ld results beyond the reordering bound", tn, M, C, R, over);
     if (fr_qzmm_supported())
-        CHECK(memcmp(yr, yg, (size_t)M * R * sizeof(float)) != 0, "int8 prefill %d x %d x %d: the path was not taken",
-              M, C, R);
+        CHECK(memcmp(yr, yg, (size_t)M * R * sizeof(float)) != 0, "int8 prefill %s %d x %d x %d: the path was not taken",
+              tn, M, C, R);
     /* decode-sized products never take it */
     fr_qmatmul(yg, x, &q, 8);
     fr_qmatmul_set_prefill_int8(0);
     fr_qmatmul(yr, x, &q, 8);
-    CHECK(memcmp(yr, yg, (size_t)8 * R * sizeof(float)) == 0, "an 8-row product changed with the int8 prefill on");
-    printf("int8 prefill %d x %d x %d (%s): worst |y - y_rows| / bound %.3f\n", M, C, R,
+    CHECK(memcmp(yr, yg, (size_t)8 * R * sizeof(float)) == 0, "%s: an 8-row product changed with the int8 prefill on",
+          tn);
+    printf("int8 prefill %s %d x %d x %d (%s): worst |y - y_rows| / bound %.3f\n", tn, M, C, R,
            fr_qzmm_supported() ? "VNNI matrix product" : "no AVX-512 VNNI: the row kernels", worst);
     fr_qmatrix_free(&q);
-    free(x), free(w), free(wd), free(yr), free(yg);
+    free(x), free(w), free(wd), free(mag), free(yr), free(yg);
 }
 
 /* A dense random model (no routed experts: a BF16 rounding cannot flip a routing choice,
@@ -208,10 +223,14 @@ int main(void) {
         test_product(FR_QT_Q4_1);
     }
     fr_cpu_bf16_gemm_set_path(NULL);
-    test_int8_product(40, 100, 256);
-    test_int8_product(17, 33, 96);   /* an odd number of blocks, rows not a multiple of 16 */
-    test_int8_product(64, 48, 1024);
-    test_int8_product(16, 16, 32);   /* the smallest: one block, one group */
+    for (int k = 0; k < 2; k++) {
+        const fr_qtype t = k ? FR_QT_Q4_1 : FR_QT_Q8_0;
+        test_int8_product(t, 40, 100, 256);
+        test_int8_product(t, 17, 33, 96);  /* an odd number of blocks (Q4_1: a quad, then a pair... */
+        test_int8_product(t, 20, 20, 224); /* ... 7 blocks: a quad, a pair and a single), rows not 16 */
+        test_int8_product(t, 64, 48, 1024);
+        test_int8_product(t, 16, 16, 32);  /* the smallest: one block, one group */
+    }
     if (make_dense() == FR_OK) {
         test_engine(FR_QT_BF16);
         test_engine(FR_QT_Q8_0);

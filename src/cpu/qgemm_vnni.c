@@ -1,6 +1,6 @@
 /*
- * qgemm_vnni.c — a prompt's Q8_0 products as a matrix product on AVX-512 VNNI: the "int8"
- * prefill (qmatmul.c, "Prefill paths").
+ * qgemm_vnni.c — a prompt's Q8_0 and Q4_1 products as matrix products on AVX-512 VNNI: the
+ * "int8 prefill" (qmatmul.c).
  *
  * Why: the row kernels (qmatmul_zmm.c) dot one weight row with at most 4 activation rows, and
  * for every pair of 32-value blocks spend a permute, a conversion and an FMA beside the one
@@ -11,11 +11,14 @@
  * conversion and one FMA per block for 16 outputs.
  *
  * Layout: vpdpbusd multiplies unsigned by signed bytes, so the 16 rows' quants are repacked,
- * block by block, as unsigned w + 128 in groups of 4 bytes per row ([k4][row][4 bytes], 64
- * bytes per k4), and the block sum starts from -128 times the activation block's integer sum:
+ * block by block, as unsigned bytes in groups of 4 per row ([k4][row][4 bytes], 64 bytes per
+ * k4): Q4_1's nibbles (0..15) as they are, Q8_0's quants as w + 128, whose block sum starts
+ * from -128 times the activation block's integer sum:
  *   sum_i (w_i + 128) x_i - 128 sum_i x_i = sum_i w_i x_i, exact in int32 (|.| < 2^21).
- * The repacking (a 4-byte transpose of 16 rows) costs about a vpdpbusd per 64 bytes and is
- * paid once per 16 rows for all the activation rows.
+ * The repacking (a 4-byte transpose of 16 rows) is paid once per 16 rows for all the
+ * activation rows. The activations' 4-byte words of block b are found through a table
+ * (xoff), which covers Q4_1's quad order as well as the plain one; Q4_1's minimum term is one
+ * more FMA per block, m_b times the exact block sum of x, as in the row kernels.
  *
  * Arithmetic: y[j][r] = sum over blocks b, in order, of float(isum_b) * (d_r,b * dx_j,b), one
  * FP32 FMA per block: the same integers as the row kernels, the FP32 additions in another
@@ -32,79 +35,112 @@
 #define GROUP 16 /* weight rows side by side: one per int32 lane */
 #define MR 8     /* activation rows whose accumulators stay in registers */
 
-/* rows [r, r + n) (n <= 16; missing rows zero) of a Q8_0 matrix into pk [nb][8][16][4] (w + 128)
- * and their scales into dw [nb][16] */
-T_ZMM static void repack16(const uint8_t *base, size_t rb, int r, int n, int nb, uint32_t *pk, float *dw) {
-    const int words = nb * 8; /* 4-byte words of a row's quants */
+/* rows [r, r + n) (n <= 16; missing rows zero) into pk [nb][8][16][4] (unsigned bytes, see
+ * the top), their scales into dw [nb][16] and Q4_1's minima into mw [nb][16] */
+T_ZMM static void repack16(const uint8_t *base, size_t rb, int q8, int r, int n, int nb, uint32_t *pk, float *dw,
+                           float *mw) {
     for (int l = 0; l < GROUP; l++) {
         if (l >= n) {
-            for (int k = 0; k < words; k++) pk[(size_t)k * GROUP + l] = 0x80808080u; /* w = 0 */
-            for (int b = 0; b < nb; b++) dw[(size_t)b * GROUP + l] = 0.f;
+            for (int k = 0; k < nb * 8; k++) pk[(size_t)k * GROUP + l] = q8 ? 0x80808080u : 0u; /* w = 0 */
+            for (int b = 0; b < nb; b++) dw[(size_t)b * GROUP + l] = mw[(size_t)b * GROUP + l] = 0.f;
             continue;
         }
         const uint8_t *row = base + rb * (size_t)(r + l);
         const uint16_t *d = (const uint16_t *)row;
-        const uint8_t *q = row + 2 * (size_t)nb;
-        for (int k = 0; k < words; k++) {
-            uint32_t v;
-            memcpy(&v, q + 4 * (size_t)k, 4);
-            pk[(size_t)k * GROUP + l] = v ^ 0x80808080u;
-        }
         for (int b = 0; b < nb; b++) dw[(size_t)b * GROUP + l] = _cvtsh_ss(d[b]);
+        if (q8) {
+            const uint8_t *q = row + 2 * (size_t)nb;
+            for (int k = 0; k < nb * 8; k++) {
+                uint32_t v;
+                memcpy(&v, q + 4 * (size_t)k, 4);
+                pk[(size_t)k * GROUP + l] = v ^ 0x80808080u;
+            }
+            continue;
+        }
+        for (int b = 0; b < nb; b++) mw[(size_t)b * GROUP + l] = _cvtsh_ss(d[nb + b]);
+        const uint8_t *q = row + 4 * (size_t)nb; /* byte k of block b: value k low, value k + 16 high */
+        for (int b = 0; b < nb; b++)
+            for (int k = 0; k < 4; k++) {
+                uint32_t v;
+                memcpy(&v, q + 16 * (size_t)b + 4 * (size_t)k, 4);
+                pk[((size_t)b * 8 + k) * GROUP + l] = v & 0x0f0f0f0fu;
+                pk[((size_t)b * 8 + k + 4) * GROUP + l] = (v >> 4) & 0x0f0f0f0fu;
+            }
     }
 }
 
-/* y[j * ys + r0 .. + n) for activation rows [j0, j0 + NJ), NJ <= MR */
-T_ZMM static inline __attribute__((always_inline)) void tile(const uint32_t *pk, const float *dw, int nb,
-                                                              const qact *a, const int32_t *sx, int j0, const int NJ,
+typedef struct {
+    const uint32_t *pk;
+    const float *dw, *mw;
+    int nb;
+} group16;
+
+/* y[j * ys + r0 .. + 16) (lanes in keep) for activation rows [j0, j0 + NJ), NJ <= MR */
+T_ZMM static inline __attribute__((always_inline)) void tile(const group16 *g, const qact *a, const int32_t *sx,
+                                                              const int32_t *xoff, int j0, const int NJ, const int Q8,
                                                               float *y, int ys, int r0, __mmask16 keep) {
     __m512 acc[MR];
     for (int j = 0; j < NJ; j++) acc[j] = _mm512_setzero_ps();
-    for (int b = 0; b < nb; b++) {
+    for (int b = 0; b < g->nb; b++) {
         __m512i w[8];
-        for (int k = 0; k < 8; k++) w[k] = _mm512_loadu_si512((const void *)(pk + ((size_t)b * 8 + k) * GROUP));
-        const __m512 d = _mm512_loadu_ps(dw + (size_t)b * GROUP);
+        for (int k = 0; k < 8; k++) w[k] = _mm512_loadu_si512((const void *)(g->pk + ((size_t)b * 8 + k) * GROUP));
+        const __m512 d = _mm512_loadu_ps(g->dw + (size_t)b * GROUP);
+        const __m512 m = Q8 ? d : _mm512_loadu_ps(g->mw + (size_t)b * GROUP);
+        const int32_t *off = xoff + (size_t)b * 8;
         for (int j = 0; j < NJ; j++) {
-            const int32_t *x = (const int32_t *)(a->q + (size_t)(j0 + j) * a->cols + (size_t)b * FR_QBLOCK);
-            __m512i s = _mm512_set1_epi32(-128 * sx[(size_t)(j0 + j) * a->nb + b]);
-            for (int k = 0; k < 8; k++) s = _mm512_dpbusd_epi32(s, w[k], _mm512_set1_epi32(x[k]));
-            const __m512 scale = _mm512_mul_ps(d, _mm512_set1_ps(a->d[(size_t)(j0 + j) * a->nb + b]));
-            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[j]);
+            const size_t jb = (size_t)(j0 + j) * a->nb + b;
+            const int8_t *x = a->q + (size_t)(j0 + j) * a->cols;
+            __m512i s = Q8 ? _mm512_set1_epi32(-128 * sx[jb]) : _mm512_setzero_si512();
+            for (int k = 0; k < 8; k++) {
+                int32_t xw;
+                memcpy(&xw, x + off[k], 4);
+                s = _mm512_dpbusd_epi32(s, w[k], _mm512_set1_epi32(xw));
+            }
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(d, _mm512_set1_ps(a->d[jb])), acc[j]);
+            if (!Q8) acc[j] = _mm512_fmadd_ps(m, _mm512_set1_ps(a->s[jb]), acc[j]);
         }
     }
     for (int j = 0; j < NJ; j++) _mm512_mask_storeu_ps(y + (size_t)(j0 + j) * ys + r0, keep, acc[j]);
 }
 
-T_ZMM static void rows_group(const uint32_t *pk, const float *dw, int nb, const qact *a, const int32_t *sx, int M,
+#define TILES(Q8)                                                                                              \
+    for (; j + MR <= M; j += MR) tile(g, a, sx, xoff, j, MR, Q8, y, ys, r0, keep);                              \
+    switch (M - j) {                                                                                           \
+    case 1: tile(g, a, sx, xoff, j, 1, Q8, y, ys, r0, keep); break;                                            \
+    case 2: tile(g, a, sx, xoff, j, 2, Q8, y, ys, r0, keep); break;                                            \
+    case 3: tile(g, a, sx, xoff, j, 3, Q8, y, ys, r0, keep); break;                                            \
+    case 4: tile(g, a, sx, xoff, j, 4, Q8, y, ys, r0, keep); break;                                            \
+    case 5: tile(g, a, sx, xoff, j, 5, Q8, y, ys, r0, keep); break;                                            \
+    case 6: tile(g, a, sx, xoff, j, 6, Q8, y, ys, r0, keep); break;                                            \
+    case 7: tile(g, a, sx, xoff, j, 7, Q8, y, ys, r0, keep); break;                                            \
+    default: break;                                                                                            \
+    }
+
+T_ZMM static void rows_group(const group16 *g, const qact *a, const int32_t *sx, const int32_t *xoff, int q8, int M,
                              float *y, int ys, int r0, int n) {
     const __mmask16 keep = (__mmask16)((1u << n) - 1);
     int j = 0;
-    for (; j + MR <= M; j += MR) tile(pk, dw, nb, a, sx, j, MR, y, ys, r0, keep);
-    switch (M - j) {
-    case 1: tile(pk, dw, nb, a, sx, j, 1, y, ys, r0, keep); break;
-    case 2: tile(pk, dw, nb, a, sx, j, 2, y, ys, r0, keep); break;
-    case 3: tile(pk, dw, nb, a, sx, j, 3, y, ys, r0, keep); break;
-    case 4: tile(pk, dw, nb, a, sx, j, 4, y, ys, r0, keep); break;
-    case 5: tile(pk, dw, nb, a, sx, j, 5, y, ys, r0, keep); break;
-    case 6: tile(pk, dw, nb, a, sx, j, 6, y, ys, r0, keep); break;
-    case 7: tile(pk, dw, nb, a, sx, j, 7, y, ys, r0, keep); break;
-    default: break;
+    if (q8) {
+        TILES(1)
+    } else {
+        TILES(0)
     }
 }
 
-int fr_qgemm_q8_0_rows(const qrows *t, const qact *a, const int32_t *sx, int M) {
+int fr_qgemm_rows(const qrows *t, const qact *a, int q8, const int32_t *sx, const int32_t *xoff, int M) {
     const int nb = a->nb;
     uint32_t *pk = aligned_alloc(64, (size_t)nb * 8 * GROUP * sizeof(uint32_t));
-    float *dw = aligned_alloc(64, (size_t)nb * GROUP * sizeof(float));
+    float *dw = aligned_alloc(64, (size_t)nb * GROUP * sizeof(float) * 2);
     if (!pk || !dw) {
         free(pk);
         free(dw);
         return -1;
     }
+    const group16 g = {pk, dw, dw + (size_t)nb * GROUP, nb};
     for (int r = t->r0; r < t->r1; r += GROUP) {
         const int n = t->r1 - r < GROUP ? t->r1 - r : GROUP;
-        repack16(t->base, t->rb, r, n, nb, pk, dw);
-        rows_group(pk, dw, nb, a, sx, M, t->y, t->ystride, r, n);
+        repack16(t->base, t->rb, q8, r, n, nb, pk, dw, dw + (size_t)nb * GROUP);
+        rows_group(&g, a, sx, xoff, q8, M, t->y, t->ystride, r, n);
     }
     free(pk);
     free(dw);

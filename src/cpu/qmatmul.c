@@ -722,13 +722,14 @@ typedef struct {
     size_t rb;
     qdot8_fn dot;
     qact a;
-    int owns;   /* a's buffer was allocated for this product (else it is another's) */
-    int32_t *sx; /* the int8 prefill (Q8_0 as a matrix product, qgemm_vnni.c): the blocks' integer sums; else NULL */
+    int owns;     /* a's buffer was allocated for this product (else it is another's) */
+    int32_t *gemm; /* the int8 prefill (qgemm_vnni.c): [nb * 8] where each block's 4-byte words sit in an
+                    * activation row, then (Q8_0) [M * nb] the blocks' integer sums; NULL: the row kernels */
 } qjob;
 
 static void qjob_release(qjob *j) {
-    free(j->sx);
-    j->sx = NULL;
+    free(j->gemm);
+    j->gemm = NULL;
     if (j->owns) free(j->a.q);
     j->a.q = NULL;
     j->a.d = j->a.s = NULL;
@@ -766,15 +767,20 @@ static int qjob_prepare(qjob *j, float *y, const float *x, const fr_qmatrix *w, 
     }
     j->dot = pick_dot8(w->type, isa);
     j->rb = fr_qtype_row_bytes(w->type, cols);
-    j->sx = NULL;
-    if (w->type == FR_QT_Q8_0 && M >= PREFILL_INT8_MIN && use_zmm(isa) && fr_qmatmul_prefill_int8() &&
-        (j->sx = malloc((size_t)M * nb * sizeof(int32_t))) != NULL)
-        fr_qgemm_block_sums(&j->a, M, j->sx);
+    j->gemm = NULL;
+    const int q8 = w->type == FR_QT_Q8_0;
+    if ((q8 || w->type == FR_QT_Q4_1) && M >= PREFILL_INT8_MIN && use_zmm(isa) && fr_qmatmul_prefill_int8() &&
+        (j->gemm = malloc(((size_t)nb * 8 + (q8 ? (size_t)M * nb : 0)) * sizeof(int32_t))) != NULL) {
+        const int group = layout == 3 ? 4 : layout == 2 ? 2 : 1;
+        for (int b = 0; b < nb; b++)
+            for (int k = 0; k < 8; k++) j->gemm[8 * b + k] = (int32_t)qx_index(b, 4 * k, nb, group);
+        if (q8) fr_qgemm_block_sums(&j->a, M, j->gemm + (size_t)nb * 8);
+    }
     /* tiles of at most 128 KiB of weights (run_jobs uses them when several groups of
      * activation rows pass over the weights, each re-reading the tile from L2) */
     int tile = (int)(((size_t)128 << 10) / j->rb);
     if (tile > rows / (tiles_per_thread * threads)) tile = rows / (tiles_per_thread * threads);
-    if (j->sx && tile >= 16) tile -= tile % 16; /* the matrix product takes rows 16 at a time */
+    if (j->gemm && tile >= 16) tile -= tile % 16; /* the matrix product takes rows 16 at a time */
     j->tile = tile < 1 ? 1 : tile;
     j->n_tiles = (rows + j->tile - 1) / j->tile;
     return 1;
@@ -784,7 +790,10 @@ static int qjob_prepare(qjob *j, float *y, const float *x, const fr_qmatrix *w, 
 static void qjob_run_rows(const qjob *j, int r0, int r1) {
     const uint8_t *base = (const uint8_t *)j->w->data;
     const qrows tr = {base, base + j->rb * (size_t)r1, j->rb, r0, r1, j->w->rows, j->y};
-    if (j->sx && fr_qgemm_q8_0_rows(&tr, &j->a, j->sx, j->M) == 0) return;
+    if (j->gemm) {
+        const int q8 = j->w->type == FR_QT_Q8_0, nb = j->a.nb;
+        if (fr_qgemm_rows(&tr, &j->a, q8, q8 ? j->gemm + (size_t)nb * 8 : NULL, j->gemm, j->M) == 0) return;
+    }
     for (int j0 = 0; j0 < j->M; j0 += QX_MAX) j->dot(&tr, &j->a, j0, j->M - j0 < QX_MAX ? j->M - j0 : QX_MAX);
 }
 
@@ -906,7 +915,7 @@ int fr_qmatmul_prefill_bf16(void) {
 }
 
 /* ------------------------------------------------------------------ int8 prefill
- * A prompt's Q8_0 products (M >= PREFILL_INT8_MIN rows) as a matrix product on AVX-512 VNNI
+ * A prompt's Q8_0 and Q4_1 products (M >= PREFILL_INT8_MIN rows) as matrix products on AVX-512 VNNI
  * (qgemm_vnni.c): the same int8 activations and integer block sums as the row kernels, the FP32
  * additions in another order. A row's result then depends on whether it came in a prompt of 16
  * rows or more, and is no longer the bits that decode gives it; the error against FP32
