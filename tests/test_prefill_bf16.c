@@ -20,6 +20,7 @@
 #include "cpu/ops_cpu.h"
 #include "cpu/qmatmul.h"
 #include "cpu/qmatmul_internal.h"
+#include "formats/kquant.h"
 #include "formats/numfmt.h"
 #include "formats/qmatrix.h"
 #include "testutil.h"
@@ -91,7 +92,9 @@ static void test_int8_product(fr_qtype t, int M, int R, int C) {
             ((int8_t *)q.data)[rb * (size_t)r + 2 * (size_t)nb + (size_t)(r * 7) % C] = -128;
     float *wd = malloc((size_t)R * C * sizeof(float)), *mag = malloc((size_t)R * C * sizeof(float));
     for (int r = 0; r < R; r++) fr_qmatrix_row_f32(&q, r, wd + (size_t)r * C);
-    /* |d q_i| + |m_b| per weight (Q4_1's minimum term is a term of its own) */
+    /* |d q_i| + |m_b| per weight (the minimum term of Q4_1 and the K formats is a term of its own:
+     * Q4_1's value is d q + m, the K formats' d sc_j q - dmin m_j) */
+    const int kfmt = t == FR_QT_Q4_K || t == FR_QT_Q5_K;
     for (int r = 0; r < R; r++)
         for (int i = 0; i < C; i++) {
             float m = 0.f;
@@ -99,6 +102,13 @@ static void test_int8_product(fr_qtype t, int M, int R, int C) {
                 uint16_t h;
                 memcpy(&h, (const uint8_t *)q.data + rb * (size_t)r + 2 * (size_t)(nb + i / 32), 2);
                 m = fr_q_f16_to_f32(h);
+            } else if (kfmt) {
+                const fr_kq_type kt = t == FR_QT_Q4_K ? FR_KQ_Q4_K : FR_KQ_Q5_K;
+                uint8_t qq[FR_QK_K];
+                float sc[8], mn[8];
+                fr_kq_unpack_q45(kt, (const uint8_t *)q.data + rb * (size_t)r + fr_kq_block_bytes(kt) * (size_t)(i / 256),
+                                 qq, sc, mn);
+                m = -mn[(i % 256) / 32];
             }
             mag[(size_t)r * C + i] = fabsf(wd[(size_t)r * C + i] - m) + fabsf(m);
         }
@@ -230,6 +240,12 @@ int main(void) {
         test_int8_product(t, 20, 20, 224); /* ... 7 blocks: a quad, a pair and a single), rows not 16 */
         test_int8_product(t, 64, 48, 1024);
         test_int8_product(t, 16, 16, 32);  /* the smallest: one block, one group */
+    }
+    for (int k = 0; k < 2; k++) { /* the K formats: sub-blocks of 32 in super-blocks of 256 */
+        const fr_qtype t = k ? FR_QT_Q5_K : FR_QT_Q4_K;
+        test_int8_product(t, 40, 100, 256);
+        test_int8_product(t, 17, 33, 768);
+        test_int8_product(t, 64, 48, 1024);
     }
     if (make_dense() == FR_OK) {
         test_engine(FR_QT_BF16);

@@ -1,6 +1,6 @@
 /*
- * qgemm_vnni.c — a prompt's Q8_0 and Q4_1 products as matrix products on AVX-512 VNNI: the
- * "int8 prefill" (qmatmul.c).
+ * qgemm_vnni.c — a prompt's Q8_0, Q4_1, Q4_K and Q5_K products as matrix products on AVX-512
+ * VNNI: the "int8 prefill" (qmatmul.c).
  *
  * Why: the row kernels (qmatmul_zmm.c) dot one weight row with at most 4 activation rows, and
  * for every pair of 32-value blocks spend a permute, a conversion and an FMA beside the one
@@ -12,13 +12,15 @@
  *
  * Layout: vpdpbusd multiplies unsigned by signed bytes, so the 16 rows' quants are repacked,
  * block by block, as unsigned bytes in groups of 4 per row ([k4][row][4 bytes], 64 bytes per
- * k4): Q4_1's nibbles (0..15) as they are, Q8_0's quants as w + 128, whose block sum starts
+ * k4): Q4_1's nibbles (0..15) and the K formats' quants (0..31, a block being a sub-block of
+ * 32) as they are, Q8_0's quants as w + 128, whose block sum starts
  * from -128 times the activation block's integer sum:
  *   sum_i (w_i + 128) x_i - 128 sum_i x_i = sum_i w_i x_i, exact in int32 (|.| < 2^21).
  * The repacking (a 4-byte transpose of 16 rows) is paid once per 16 rows for all the
  * activation rows. The activations' 4-byte words of block b are found through a table
- * (xoff), which covers Q4_1's quad order as well as the plain one; Q4_1's minimum term is one
- * more FMA per block, m_b times the exact block sum of x, as in the row kernels.
+ * (xoff), which covers Q4_1's quad order as well as the plain one; the minimum term (Q4_1's
+ * m_b, the K formats' -dmin m_j) is one more FMA per block, times the exact block sum of x, as
+ * in the row kernels.
  *
  * Arithmetic: y[j][r] = sum over blocks b, in order, of float(isum_b) * (d_r,b * dx_j,b), one
  * FP32 FMA per block: the same integers as the row kernels, the FP32 additions in another
@@ -26,6 +28,7 @@
  * from theirs in the last bits and depends on nothing but its own row and column.
  */
 #include "cpu/qmatmul_internal.h"
+#include "formats/kquant.h"
 
 #include <immintrin.h>
 #include <stdlib.h>
@@ -36,9 +39,11 @@
 #define MR 8     /* activation rows whose accumulators stay in registers */
 
 /* rows [r, r + n) (n <= 16; missing rows zero) into pk [nb][8][16][4] (unsigned bytes, see
- * the top), their scales into dw [nb][16] and Q4_1's minima into mw [nb][16] */
-T_ZMM static void repack16(const uint8_t *base, size_t rb, int q8, int r, int n, int nb, uint32_t *pk, float *dw,
-                           float *mw) {
+ * the top), their blocks' scales into dw [nb][16] and the minimum terms into mw [nb][16]
+ * (Q4_1's m_b; the K formats' -dmin m_j: their values are d sc_j q - dmin m_j) */
+T_ZMM static void repack16(const uint8_t *base, size_t rb, fr_qtype type, int r, int n, int nb, uint32_t *pk,
+                           float *dw, float *mw) {
+    const int q8 = type == FR_QT_Q8_0;
     for (int l = 0; l < GROUP; l++) {
         if (l >= n) {
             for (int k = 0; k < nb * 8; k++) pk[(size_t)k * GROUP + l] = q8 ? 0x80808080u : 0u; /* w = 0 */
@@ -46,6 +51,22 @@ T_ZMM static void repack16(const uint8_t *base, size_t rb, int q8, int r, int n,
             continue;
         }
         const uint8_t *row = base + rb * (size_t)(r + l);
+        if (type == FR_QT_Q4_K || type == FR_QT_Q5_K) { /* super-blocks of 8 sub-blocks of 32 */
+            const fr_kq_type kt = type == FR_QT_Q4_K ? FR_KQ_Q4_K : FR_KQ_Q5_K;
+            const size_t bb = fr_kq_block_bytes(kt);
+            uint8_t q[FR_QK_K];
+            float sc[8], mn[8];
+            for (int sb = 0; sb < nb / 8; sb++) {
+                fr_kq_unpack_q45(kt, row + bb * (size_t)sb, q, sc, mn);
+                for (int j = 0; j < 8; j++) {
+                    const size_t b = (size_t)sb * 8 + j;
+                    dw[b * GROUP + l] = sc[j];
+                    mw[b * GROUP + l] = -mn[j];
+                    for (int k = 0; k < 8; k++) memcpy(&pk[(b * 8 + k) * GROUP + l], q + 32 * j + 4 * k, 4);
+                }
+            }
+            continue;
+        }
         const uint16_t *d = (const uint16_t *)row;
         for (int b = 0; b < nb; b++) dw[(size_t)b * GROUP + l] = _cvtsh_ss(d[b]);
         if (q8) {
@@ -127,7 +148,8 @@ T_ZMM static void rows_group(const group16 *g, const qact *a, const int32_t *sx,
     }
 }
 
-int fr_qgemm_rows(const qrows *t, const qact *a, int q8, const int32_t *sx, const int32_t *xoff, int M) {
+int fr_qgemm_rows(const qrows *t, const qact *a, fr_qtype type, const int32_t *sx, const int32_t *xoff, int M) {
+    const int q8 = type == FR_QT_Q8_0;
     const int nb = a->nb;
     uint32_t *pk = aligned_alloc(64, (size_t)nb * 8 * GROUP * sizeof(uint32_t));
     float *dw = aligned_alloc(64, (size_t)nb * GROUP * sizeof(float) * 2);
@@ -139,7 +161,7 @@ int fr_qgemm_rows(const qrows *t, const qact *a, int q8, const int32_t *sx, cons
     const group16 g = {pk, dw, dw + (size_t)nb * GROUP, nb};
     for (int r = t->r0; r < t->r1; r += GROUP) {
         const int n = t->r1 - r < GROUP ? t->r1 - r : GROUP;
-        repack16(t->base, t->rb, q8, r, n, nb, pk, dw, dw + (size_t)nb * GROUP);
+        repack16(t->base, t->rb, type, r, n, nb, pk, dw, dw + (size_t)nb * GROUP);
         rows_group(&g, a, sx, xoff, q8, M, t->y, t->ystride, r, n);
     }
     free(pk);

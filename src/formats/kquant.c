@@ -176,6 +176,18 @@ static inline void unpack_q6(const uint8_t *blk, uint8_t *q) {
             }
 }
 
+void fr_kq_unpack_q45(fr_kq_type t, const void *blk, uint8_t *q, float *scale, float *min) {
+    const uint8_t *b = blk;
+    const float d = fr_q_f16_to_f32(rd16(b)), dmin = fr_q_f16_to_f32(rd16(b + 2));
+    uint8_t sc[8], m[8];
+    unpack_scales(b + 4, sc, m);
+    unpack_q45(b, t == FR_KQ_Q5_K, q);
+    for (int j = 0; j < 8; j++) {
+        scale[j] = d * (float)sc[j];
+        min[j] = dmin * (float)m[j];
+    }
+}
+
 /* ------------------------------------------------------------------ dequantization */
 
 static void dequant_q45(const uint8_t *blk, int five, float *y) {

@@ -45,6 +45,11 @@ void fr_kq_dequantize_row(fr_kq_type t, const void *src, float *dst, int n);
  * (algorithm in kquant.c, "quantization"). */
 void fr_kq_quantize_row(fr_kq_type t, const float *src, void *dst, int n);
 
+/* A Q4_K / Q5_K super-block as 8 sub-blocks of 32 values: q[256] its quants in value order,
+ * scale[j] = d * sc_j and min[j] = dmin * m_j (value = scale[j] q - min[j]; both products
+ * exact in FP32, as the dot products below form them). */
+void fr_kq_unpack_q45(fr_kq_type t, const void *blk, uint8_t *q, float *scale, float *min);
+
 /* Dot product of one stored row (n values, n % 256 == 0) with an int8 activation row:
  * qx[n], dx[n/32], xs[n/32] as above (xs is not read for Q6_K and may be NULL then).
  *   Q4_K / Q5_K:  y = sum_j (d*sc_j*dx_j) * sum_i q_i qx_i  -  (dmin*m_j) * xs_j
