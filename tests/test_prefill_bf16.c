@@ -241,8 +241,8 @@ int main(void) {
         test_int8_product(t, 64, 48, 1024);
         test_int8_product(t, 16, 16, 32);  /* the smallest: one block, one group */
     }
-    for (int k = 0; k < 2; k++) { /* the K formats: sub-blocks of 32 in super-blocks of 256 */
-        const fr_qtype t = k ? FR_QT_Q5_K : FR_QT_Q4_K;
+    for (int k = 0; k < 3; k++) { /* the K formats: sub-blocks of 32 (Q6_K: 16) in super-blocks of 256 */
+        const fr_qtype t = k == 2 ? FR_QT_Q6_K : k ? FR_QT_Q5_K : FR_QT_Q4_K;
         test_int8_product(t, 40, 100, 256);
         test_int8_product(t, 17, 33, 768);
         test_int8_product(t, 64, 48, 1024);

@@ -768,14 +768,15 @@ static int qjob_prepare(qjob *j, float *y, const float *x, const fr_qmatrix *w, 
     j->dot = pick_dot8(w->type, isa);
     j->rb = fr_qtype_row_bytes(w->type, cols);
     j->gemm = NULL;
-    const int q8 = w->type == FR_QT_Q8_0;
-    const int gemm_type = q8 || w->type == FR_QT_Q4_1 || w->type == FR_QT_Q4_K || w->type == FR_QT_Q5_K;
+    const int q8 = w->type == FR_QT_Q8_0, q6 = w->type == FR_QT_Q6_K;
+    const int gemm_type = q8 || q6 || w->type == FR_QT_Q4_1 || w->type == FR_QT_Q4_K || w->type == FR_QT_Q5_K;
+    const size_t n_sums = q8 ? (size_t)M * nb : q6 ? (size_t)M * nb * 2 : 0;
     if (gemm_type && M >= PREFILL_INT8_MIN && use_zmm(isa) && fr_qmatmul_prefill_int8() &&
-        (j->gemm = malloc(((size_t)nb * 8 + (q8 ? (size_t)M * nb : 0)) * sizeof(int32_t))) != NULL) {
+        (j->gemm = malloc(((size_t)nb * 8 + n_sums) * sizeof(int32_t))) != NULL) {
         const int group = layout == 3 ? 4 : layout == 2 ? 2 : 1;
         for (int b = 0; b < nb; b++)
             for (int k = 0; k < 8; k++) j->gemm[8 * b + k] = (int32_t)qx_index(b, 4 * k, nb, group);
-        if (q8) fr_qgemm_block_sums(&j->a, M, j->gemm + (size_t)nb * 8);
+        if (n_sums) fr_qgemm_block_sums(&j->a, M, q6, j->gemm + (size_t)nb * 8);
     }
     /* tiles of at most 128 KiB of weights (run_jobs uses them when several groups of
      * activation rows pass over the weights, each re-reading the tile from L2) */
@@ -792,8 +793,7 @@ static void qjob_run_rows(const qjob *j, int r0, int r1) {
     const uint8_t *base = (const uint8_t *)j->w->data;
     const qrows tr = {base, base + j->rb * (size_t)r1, j->rb, r0, r1, j->w->rows, j->y};
     if (j->gemm) {
-        const int q8 = j->w->type == FR_QT_Q8_0, nb = j->a.nb;
-        if (fr_qgemm_rows(&tr, &j->a, j->w->type, q8 ? j->gemm + (size_t)nb * 8 : NULL, j->gemm, j->M) == 0) return;
+        if (fr_qgemm_rows(&tr, &j->a, j->w->type, j->gemm + (size_t)j->a.nb * 8, j->gemm, j->M) == 0) return;
     }
     for (int j0 = 0; j0 < j->M; j0 += QX_MAX) j->dot(&tr, &j->a, j0, j->M - j0 < QX_MAX ? j->M - j0 : QX_MAX);
 }
@@ -916,7 +916,7 @@ int fr_qmatmul_prefill_bf16(void) {
 }
 
 /* ------------------------------------------------------------------ int8 prefill
- * A prompt's Q8_0, Q4_1, Q4_K and Q5_K products (M >= PREFILL_INT8_MIN rows) as matrix products on AVX-512 VNNI
+ * A prompt's Q8_0, Q4_1 and K-format products (M >= PREFILL_INT8_MIN rows) as matrix products on AVX-512 VNNI
  * (qgemm_vnni.c): the same int8 activations and integer block sums as the row kernels, the FP32
  * additions in another order. A row's result then depends on whether it came in a prompt of 16
  * rows or more, and is no longer the bits that decode gives it; the error against FP32

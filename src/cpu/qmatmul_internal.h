@@ -66,12 +66,12 @@ int fr_qzmm_supported(void);
 void fr_qzmm_dot8_q8_0(const qrows *t, const qact *a, int j0, int nx);
 void fr_qzmm_dot8_q4_1(const qrows *t, const qact *a, int j0, int nx);
 
-/* The int8 prefill's matrix product of Q8_0, Q4_1, Q4_K or Q5_K weights (qgemm_vnni.c; the CPU
- * must pass fr_qzmm_supported): y[j * ystride + r] for weight rows [t->r0, t->r1) and
+/* The int8 prefill's matrix product of Q8_0, Q4_1, Q4_K, Q5_K or Q6_K weights (qgemm_vnni.c; the
+ * CPU must pass fr_qzmm_supported): y[j * ystride + r] for weight rows [t->r0, t->r1) and
  * activation rows j < M; xoff[8 b + k]: where the 4-byte word k (values 4k .. 4k+3) of block b
- * sits in an activation row; sx (Q8_0): the activation blocks' integer sums
- * (fr_qgemm_block_sums). -1 when out of memory. */
+ * sits in an activation row; sx: the activation blocks' integer sums (Q8_0), or their halves'
+ * (Q6_K), from fr_qgemm_block_sums (plain order). -1 when out of memory. */
 int fr_qgemm_rows(const qrows *t, const qact *a, fr_qtype type, const int32_t *sx, const int32_t *xoff, int M);
-void fr_qgemm_block_sums(const qact *a, int M, int32_t *sx);
+void fr_qgemm_block_sums(const qact *a, int M, int halves, int32_t *sx);
 
 #endif

@@ -188,6 +188,13 @@ void fr_kq_unpack_q45(fr_kq_type t, const void *blk, uint8_t *q, float *scale, f
     }
 }
 
+void fr_kq_unpack_q6k(const void *blk, uint8_t *q, int8_t *sc, float *d) {
+    const uint8_t *b = blk;
+    unpack_q6(b, q);
+    memcpy(sc, b + 192, 16);
+    *d = fr_q_f16_to_f32(rd16(b + 208));
+}
+
 /* ------------------------------------------------------------------ dequantization */
 
 static void dequant_q45(const uint8_t *blk, int five, float *y) {

@@ -50,6 +50,10 @@ void fr_kq_quantize_row(fr_kq_type t, const float *src, void *dst, int n);
  * exact in FP32, as the dot products below form them). */
 void fr_kq_unpack_q45(fr_kq_type t, const void *blk, uint8_t *q, float *scale, float *min);
 
+/* A Q6_K super-block: q[256] its quants (0..63, not yet minus 32) in value order, sc[16] the
+ * sub-block scales, *d the super-block's scale (value = d sc_k (q - 32)). */
+void fr_kq_unpack_q6k(const void *blk, uint8_t *q, int8_t *sc, float *d);
+
 /* Dot product of one stored row (n values, n % 256 == 0) with an int8 activation row:
  * qx[n], dx[n/32], xs[n/32] as above (xs is not read for Q6_K and may be NULL then).
  *   Q4_K / Q5_K:  y = sum_j (d*sc_j*dx_j) * sum_i q_i qx_i  -  (dmin*m_j) * xs_j
