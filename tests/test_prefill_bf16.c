@@ -14,6 +14,10 @@
  *  - the engine (a 40-token prefill of a dense random model, all logits, weights bf16 / q8_0 /
  *    q4_1) with the path on vs FP32 activations (fr_qmatmul_set_int8_act(0): x W^T up to summation
  *    order): relative logit error <= 3e-2; the int8-activation path's error is printed beside.
+ *
+ * And the int8 prefill (cpu/qgemm_vnni.c, prompts' Q8_0 / Q4_1 / K-format products as VNNI
+ * matrix products): each product against the row kernels within the reordering bound, decode
+ * sizes untouched, and the engine's logits against FP32 activations (test_int8_product, below).
  */
 #include "frugal.h"
 #include "core/internal.h"

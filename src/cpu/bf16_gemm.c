@@ -307,8 +307,8 @@ static int set_path(int want) {
         if (onednn_available(impl, sizeof impl)) {
             /* below AVX512-BF16 oneDNN converts to FP32 inside its own GEMM ("gemm:jit"): no
              * faster than ours, so unless asked for it the emulation runs there */
-            const int intel_bf16 = !strstr(impl, "amx") && strstr(impl, "bf16") && cpu_is_intel();
-            const int hardware = strstr(impl, "amx") || (strstr(impl, "bf16") && !intel_bf16);
+            const int amx = strstr(impl, "amx") != NULL, intel_bf16 = !amx && strstr(impl, "bf16") && cpu_is_intel();
+            const int hardware = amx || (strstr(impl, "bf16") && !intel_bf16);
             if (hardware || want == PATH_ONEDNN) {
                 g_path = PATH_ONEDNN;
                 snprintf(g_path_name, sizeof g_path_name, "onednn %s", impl);

@@ -40,6 +40,11 @@
 #define GROUP 16 /* weight rows side by side: one per int32 lane */
 #define MR 8     /* activation rows whose accumulators stay in registers */
 
+/* the 32 unpacked quants q32 of block b, row l, into pk */
+static inline void put_block(uint32_t *pk, size_t b, int l, const uint8_t *q32) {
+    for (int k = 0; k < 8; k++) memcpy(&pk[(b * 8 + k) * GROUP + l], q32 + 4 * k, 4);
+}
+
 /* rows [r, r + n) (n <= 16; missing rows zero) into pk [nb][8][16][4] (unsigned bytes, see
  * the top), their blocks' scales into dw [nb][16] and the minimum terms into mw [nb][16]
  * (Q4_1's m_b; the K formats' -dmin m_j: their values are d sc_j q - dmin m_j) */
@@ -68,7 +73,7 @@ T_ZMM static void repack16(const uint8_t *base, size_t rb, fr_qtype type, int r,
                     dw[b * GROUP + l] = d;
                     sca[b * GROUP + l] = sc[2 * j];
                     scb[b * GROUP + l] = sc[2 * j + 1];
-                    for (int k = 0; k < 8; k++) memcpy(&pk[(b * 8 + k) * GROUP + l], q + 32 * j + 4 * k, 4);
+                    put_block(pk, b, l, q + 32 * j);
                 }
             }
             continue;
@@ -84,7 +89,7 @@ T_ZMM static void repack16(const uint8_t *base, size_t rb, fr_qtype type, int r,
                     const size_t b = (size_t)sb * 8 + j;
                     dw[b * GROUP + l] = sc[j];
                     mw[b * GROUP + l] = -mn[j];
-                    for (int k = 0; k < 8; k++) memcpy(&pk[(b * 8 + k) * GROUP + l], q + 32 * j + 4 * k, 4);
+                    put_block(pk, b, l, q + 32 * j);
                 }
             }
             continue;

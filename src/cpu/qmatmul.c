@@ -289,7 +289,7 @@ T_AVX512 static float dot_q4_1_avx512(const uint8_t *row, const float *x, const 
 
 /* rows of a product from which the BF16 prefill path takes it (see "BF16 prefill") */
 #define PREFILL_BF16_MIN 16
-/* rows of a Q8_0 product from which the int8 prefill takes it (see "int8 prefill") */
+/* rows of a product from which the int8 prefill takes it (see "int8 prefill") */
 #define PREFILL_INT8_MIN 16
 static int fr_qmatmul_prefill_int8(void);
 
@@ -724,7 +724,8 @@ typedef struct {
     qact a;
     int owns;     /* a's buffer was allocated for this product (else it is another's) */
     int32_t *gemm; /* the int8 prefill (qgemm_vnni.c): [nb * 8] where each block's 4-byte words sit in an
-                    * activation row, then (Q8_0) [M * nb] the blocks' integer sums; NULL: the row kernels */
+                    * activation row, then the activation blocks' integer sums, [M * nb] for Q8_0 and
+                    * [M * nb * 2] (halves) for Q6_K; NULL: the row kernels */
 } qjob;
 
 static void qjob_release(qjob *j) {
@@ -792,9 +793,7 @@ static int qjob_prepare(qjob *j, float *y, const float *x, const fr_qmatrix *w, 
 static void qjob_run_rows(const qjob *j, int r0, int r1) {
     const uint8_t *base = (const uint8_t *)j->w->data;
     const qrows tr = {base, base + j->rb * (size_t)r1, j->rb, r0, r1, j->w->rows, j->y};
-    if (j->gemm) {
-        if (fr_qgemm_rows(&tr, &j->a, j->w->type, j->gemm + (size_t)j->a.nb * 8, j->gemm, j->M) == 0) return;
-    }
+    if (j->gemm && fr_qgemm_rows(&tr, &j->a, j->w->type, j->gemm + (size_t)j->a.nb * 8, j->gemm, j->M) == 0) return;
     for (int j0 = 0; j0 < j->M; j0 += QX_MAX) j->dot(&tr, &j->a, j0, j->M - j0 < QX_MAX ? j->M - j0 : QX_MAX);
 }
 

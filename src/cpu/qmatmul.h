@@ -42,7 +42,8 @@ int fr_qmatmul_int8_act(void);
  * runs on AMX. Process-wide, like fr_qmatmul_set_int8_act. */
 void fr_qmatmul_set_prefill_bf16(int on);
 int fr_qmatmul_prefill_bf16(void);
-/* The int8 prefill: a prompt's Q8_0 products as VNNI matrix products (-1: from FRUGAL_PREFILL) */
+/* The int8 prefill: a prompt's Q8_0, Q4_1 and K-format products as VNNI matrix products (-1: from
+ * FRUGAL_PREFILL, on unless it says exact or bf16) */
 void fr_qmatmul_set_prefill_int8(int on);
 
 /* 1 when fr_qmatmul multiplies w with int8 activations (w is Q8_0 / Q4_1 and they are on). */
